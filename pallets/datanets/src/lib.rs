@@ -1,1 +1,656 @@
+//! # DataNets pallet
+//!
+//! Community datasets. An owner creates a DataNet and names curators; anyone contributes items
+//! (by content hash, with a deposit held); curators accept or reject them. A rejected item forfeits
+//! part of its deposit to the treasury; a pending item can be withdrawn. Accepted items earn the
+//! training rewards the attribution pallet pays into the DataNet's pool, equally per item, and
+//! their contributors claim them. Deposits stay held while the DataNet or item exists.
 #![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub use pallet::*;
+pub use weights::WeightInfo;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+mod types;
+pub mod weights;
+
+pub use types::*;
+
+#[polkadot_sdk::frame_support::pallet]
+pub mod pallet {
+	use super::*;
+	use openledger_primitives::{ContentHash, DataNetId, ItemId};
+	use polkadot_sdk::{
+		frame_support::{
+			pallet_prelude::*,
+			traits::{
+				fungible::{Mutate, MutateHold},
+				tokens::{Fortitude, Precision, Preservation, Restriction},
+			},
+			PalletId,
+		},
+		frame_system::{self, pallet_prelude::*},
+		sp_runtime::{
+			traits::{AccountIdConversion, Saturating, Zero},
+			Permill,
+		},
+	};
+
+	#[pallet::pallet]
+	pub struct Pallet<T>(_);
+
+	#[pallet::config]
+	pub trait Config: polkadot_sdk::frame_system::Config<RuntimeEvent: From<Event<Self>>> {
+		/// The OPEN token: deposits are held on it.
+		type Currency: Mutate<Self::AccountId>
+			+ MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
+		/// The runtime's hold reasons.
+		type RuntimeHoldReason: From<HoldReason>;
+		/// Receives forfeited deposits and reward remainders.
+		type Treasury: Get<Self::AccountId>;
+		/// Derives the account that holds unclaimed training rewards.
+		#[pallet::constant]
+		type PalletId: Get<PalletId>;
+		/// Held from the owner for every DataNet.
+		#[pallet::constant]
+		type DataNetDeposit: Get<BalanceOf<Self>>;
+		/// The lowest contribution deposit a DataNet may ask for.
+		#[pallet::constant]
+		type MinContributionDeposit: Get<BalanceOf<Self>>;
+		/// The part of a rejected item's deposit that goes to the treasury.
+		#[pallet::constant]
+		type RejectionPenalty: Get<Permill>;
+		#[pallet::constant]
+		type MaxNameLen: Get<u32>;
+		#[pallet::constant]
+		type MaxUriLen: Get<u32>;
+		#[pallet::constant]
+		type MaxLicenseLen: Get<u32>;
+		#[pallet::constant]
+		type MaxCurators: Get<u32>;
+		/// The most live items (pending or accepted) one DataNet may hold.
+		#[pallet::constant]
+		type MaxItemsPerDataNet: Get<u32>;
+		/// The largest item, in bytes, a contribution may declare.
+		#[pallet::constant]
+		type MaxItemBytes: Get<u64>;
+		type WeightInfo: WeightInfo;
+	}
+
+	/// Why this pallet holds funds.
+	#[pallet::composite_enum]
+	pub enum HoldReason {
+		/// The deposit of a DataNet, held from its owner.
+		#[codec(index = 0)]
+		DataNetDeposit,
+		/// The deposit of a contribution, held from its contributor.
+		#[codec(index = 1)]
+		ContributionDeposit,
+	}
+
+	/// The id the next DataNet gets.
+	#[pallet::storage]
+	pub type NextDataNetId<T> = StorageValue<_, DataNetId, ValueQuery>;
+
+	#[pallet::storage]
+	pub type DataNets<T: Config> = StorageMap<_, Blake2_128Concat, DataNetId, DataNetOf<T>>;
+
+	#[pallet::storage]
+	pub type Contributions<T: Config> = StorageDoubleMap<
+		_,
+		Blake2_128Concat,
+		DataNetId,
+		Twox64Concat,
+		ItemId,
+		ContributionOf<T>,
+	>;
+
+	/// Content hash → item, so a DataNet never holds the same content twice.
+	#[pallet::storage]
+	pub type ContentIndex<T> =
+		StorageDoubleMap<_, Blake2_128Concat, DataNetId, Identity, ContentHash, ItemId>;
+
+	/// Training reward paid so far to each accepted item of a DataNet (cumulative, per item).
+	#[pallet::storage]
+	pub type RewardPerItem<T: Config> =
+		StorageMap<_, Blake2_128Concat, DataNetId, BalanceOf<T>, ValueQuery>;
+
+	#[pallet::genesis_config]
+	#[derive(polkadot_sdk::frame_support::DefaultNoBound)]
+	pub struct GenesisConfig<T: Config> {
+		#[serde(skip)]
+		pub _config: core::marker::PhantomData<T>,
+	}
+
+	#[pallet::genesis_build]
+	impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
+		fn build(&self) {
+			// The reward pool receives payments smaller than the existential deposit: keep it alive.
+			frame_system::Pallet::<T>::inc_providers(&Pallet::<T>::reward_pool());
+		}
+	}
+
+	#[pallet::event]
+	#[pallet::generate_deposit(pub(super) fn deposit_event)]
+	pub enum Event<T: Config> {
+		/// A DataNet was created and its deposit held.
+		DataNetCreated { datanet: DataNetId, owner: T::AccountId },
+		/// A DataNet's name, metadata or license was changed.
+		DataNetUpdated { datanet: DataNetId },
+		CuratorAdded { datanet: DataNetId, curator: T::AccountId },
+		CuratorRemoved { datanet: DataNetId, curator: T::AccountId },
+		/// An item was contributed and its deposit held; it awaits curation.
+		Contributed {
+			datanet: DataNetId,
+			item: ItemId,
+			contributor: T::AccountId,
+			content_hash: ContentHash,
+		},
+		ContributionAccepted { datanet: DataNetId, item: ItemId, curator: T::AccountId },
+		/// An item was rejected and removed; `forfeited` of its deposit went to the treasury.
+		ContributionRejected { datanet: DataNetId, item: ItemId, forfeited: BalanceOf<T> },
+		/// An item was withdrawn by its contributor and its deposit released.
+		ContributionWithdrawn { datanet: DataNetId, item: ItemId },
+		/// Training rewards of an accepted item were paid to its contributor.
+		RewardsClaimed {
+			datanet: DataNetId,
+			item: ItemId,
+			contributor: T::AccountId,
+			amount: BalanceOf<T>,
+		},
+	}
+
+	#[pallet::error]
+	pub enum Error<T> {
+		/// No DataNet has this id.
+		UnknownDataNet,
+		/// The DataNet has no item with this id.
+		UnknownItem,
+		/// Only the DataNet's owner may do this.
+		NotOwner,
+		/// Only the DataNet's owner or one of its curators may do this.
+		NotCurator,
+		/// Only the item's contributor may do this.
+		NotContributor,
+		/// The account is already a curator of the DataNet.
+		AlreadyCurator,
+		/// The DataNet has the most curators it may have.
+		TooManyCurators,
+		/// The DataNet already holds an item with this content hash.
+		DuplicateContent,
+		/// The DataNet holds the most items it may hold.
+		TooManyItems,
+		NameTooLong,
+		UriTooLong,
+		LicenseTooLong,
+		/// An item must declare at least one byte.
+		EmptyItem,
+		/// The item is larger than `MaxItemBytes`.
+		ItemTooLarge,
+		/// The contribution deposit is below `MinContributionDeposit`.
+		DepositTooLow,
+		/// The item has already been curated.
+		NotPending,
+		/// The item has no unclaimed rewards.
+		NothingToClaim,
+		/// The account cannot pay the deposit.
+		InsufficientBalance,
+		/// No more ids can be issued.
+		IdsExhausted,
+	}
+
+	#[pallet::hooks]
+	impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+		fn integrity_test() {
+			assert!(T::MaxCurators::get() > 0, "a DataNet must be able to have a curator");
+			assert!(T::MaxItemsPerDataNet::get() > 0, "a DataNet must be able to hold items");
+			assert!(!T::MinContributionDeposit::get().is_zero(), "contributions need a deposit");
+		}
+
+		#[cfg(feature = "try-runtime")]
+		fn try_state(_n: BlockNumberFor<T>) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+			Self::do_try_state()
+		}
+	}
+
+	#[pallet::call]
+	impl<T: Config> Pallet<T> {
+		/// Creates a DataNet owned by the caller and holds `DataNetDeposit` from them.
+		///
+		/// - `contribution_deposit`: held from every contributor, at least `MinContributionDeposit`.
+		///
+		/// Emits `DataNetCreated`. Errors: `NameTooLong`, `UriTooLong`, `LicenseTooLong`,
+		/// `DepositTooLow`, `InsufficientBalance`, `IdsExhausted`. O(1).
+		#[pallet::call_index(0)]
+		#[pallet::weight(T::WeightInfo::create_datanet())]
+		pub fn create_datanet(
+			origin: OriginFor<T>,
+			name: alloc::vec::Vec<u8>,
+			metadata_hash: ContentHash,
+			metadata_uri: alloc::vec::Vec<u8>,
+			license: alloc::vec::Vec<u8>,
+			contribution_deposit: BalanceOf<T>,
+		) -> DispatchResult {
+			let owner = ensure_signed(origin)?;
+			let name: BoundedVec<u8, T::MaxNameLen> =
+				name.try_into().map_err(|_| Error::<T>::NameTooLong)?;
+			let metadata_uri: BoundedVec<u8, T::MaxUriLen> =
+				metadata_uri.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+			let license: BoundedVec<u8, T::MaxLicenseLen> =
+				license.try_into().map_err(|_| Error::<T>::LicenseTooLong)?;
+			ensure!(
+				contribution_deposit >= T::MinContributionDeposit::get(),
+				Error::<T>::DepositTooLow
+			);
+			let id = NextDataNetId::<T>::get();
+			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			let deposit = T::DataNetDeposit::get();
+			T::Currency::hold(&HoldReason::DataNetDeposit.into(), &owner, deposit)
+				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			DataNets::<T>::insert(
+				id,
+				DataNet {
+					owner: owner.clone(),
+					name,
+					metadata_hash,
+					metadata_uri,
+					license,
+					curators: BoundedVec::new(),
+					contribution_deposit,
+					deposit,
+					next_item: 0,
+					live_items: 0,
+					accepted_items: 0,
+				},
+			);
+			NextDataNetId::<T>::put(next);
+			Self::deposit_event(Event::DataNetCreated { datanet: id, owner });
+			Ok(())
+		}
+
+		/// Replaces a DataNet's name, metadata and license. Owner only.
+		///
+		/// Emits `DataNetUpdated`. Errors: `UnknownDataNet`, `NotOwner`, `NameTooLong`,
+		/// `UriTooLong`, `LicenseTooLong`. O(1).
+		#[pallet::call_index(1)]
+		#[pallet::weight(T::WeightInfo::update_metadata())]
+		pub fn update_metadata(
+			origin: OriginFor<T>,
+			datanet: DataNetId,
+			name: alloc::vec::Vec<u8>,
+			metadata_hash: ContentHash,
+			metadata_uri: alloc::vec::Vec<u8>,
+			license: alloc::vec::Vec<u8>,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			DataNets::<T>::try_mutate(datanet, |entry| {
+				let net = entry.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+				ensure!(net.owner == who, Error::<T>::NotOwner);
+				net.name = name.try_into().map_err(|_| Error::<T>::NameTooLong)?;
+				net.metadata_hash = metadata_hash;
+				net.metadata_uri = metadata_uri.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+				net.license = license.try_into().map_err(|_| Error::<T>::LicenseTooLong)?;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::DataNetUpdated { datanet });
+			Ok(())
+		}
+
+		/// Adds a curator. Owner only.
+		///
+		/// Emits `CuratorAdded`. Errors: `UnknownDataNet`, `NotOwner`, `AlreadyCurator`,
+		/// `TooManyCurators`. O(MaxCurators).
+		#[pallet::call_index(2)]
+		#[pallet::weight(T::WeightInfo::add_curator())]
+		pub fn add_curator(
+			origin: OriginFor<T>,
+			datanet: DataNetId,
+			curator: T::AccountId,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			DataNets::<T>::try_mutate(datanet, |entry| {
+				let net = entry.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+				ensure!(net.owner == who, Error::<T>::NotOwner);
+				ensure!(!net.curators.contains(&curator), Error::<T>::AlreadyCurator);
+				net.curators.try_push(curator.clone()).map_err(|_| Error::<T>::TooManyCurators)?;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::CuratorAdded { datanet, curator });
+			Ok(())
+		}
+
+		/// Removes a curator. Owner only.
+		///
+		/// Emits `CuratorRemoved`. Errors: `UnknownDataNet`, `NotOwner`, `NotCurator`.
+		/// O(MaxCurators).
+		#[pallet::call_index(3)]
+		#[pallet::weight(T::WeightInfo::remove_curator())]
+		pub fn remove_curator(
+			origin: OriginFor<T>,
+			datanet: DataNetId,
+			curator: T::AccountId,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			DataNets::<T>::try_mutate(datanet, |entry| {
+				let net = entry.as_mut().ok_or(Error::<T>::UnknownDataNet)?;
+				ensure!(net.owner == who, Error::<T>::NotOwner);
+				let position =
+					net.curators.iter().position(|c| *c == curator).ok_or(Error::<T>::NotCurator)?;
+				net.curators.remove(position);
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::CuratorRemoved { datanet, curator });
+			Ok(())
+		}
+
+		/// Contributes an item, identified by the blake2-256 of its normalised text
+		/// (`openledger_primitives::item_hash`), and holds the DataNet's contribution deposit.
+		///
+		/// Emits `Contributed`. Errors: `UnknownDataNet`, `EmptyItem`, `ItemTooLarge`,
+		/// `DuplicateContent`, `TooManyItems`, `InsufficientBalance`, `IdsExhausted`. O(1).
+		#[pallet::call_index(4)]
+		#[pallet::weight(T::WeightInfo::contribute())]
+		pub fn contribute(
+			origin: OriginFor<T>,
+			datanet: DataNetId,
+			content_hash: ContentHash,
+			bytes: u64,
+		) -> DispatchResult {
+			let contributor = ensure_signed(origin)?;
+			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			ensure!(bytes > 0, Error::<T>::EmptyItem);
+			ensure!(bytes <= T::MaxItemBytes::get(), Error::<T>::ItemTooLarge);
+			ensure!(
+				!ContentIndex::<T>::contains_key(datanet, content_hash),
+				Error::<T>::DuplicateContent
+			);
+			ensure!(net.live_items < T::MaxItemsPerDataNet::get(), Error::<T>::TooManyItems);
+			let item = net.next_item;
+			net.next_item = item.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			net.live_items += 1;
+			let deposit = net.contribution_deposit;
+			T::Currency::hold(&HoldReason::ContributionDeposit.into(), &contributor, deposit)
+				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			Contributions::<T>::insert(
+				datanet,
+				item,
+				Contribution {
+					contributor: contributor.clone(),
+					content_hash,
+					bytes,
+					status: ContributionStatus::Pending,
+					deposit,
+					reward_index: Zero::zero(),
+				},
+			);
+			ContentIndex::<T>::insert(datanet, content_hash, item);
+			DataNets::<T>::insert(datanet, net);
+			Self::deposit_event(Event::Contributed { datanet, item, contributor, content_hash });
+			Ok(())
+		}
+
+		/// Accepts a pending item. The owner or a curator only.
+		///
+		/// Emits `ContributionAccepted`. Errors: `UnknownDataNet`, `NotCurator`, `UnknownItem`,
+		/// `NotPending`. O(MaxCurators).
+		#[pallet::call_index(5)]
+		#[pallet::weight(T::WeightInfo::accept())]
+		pub fn accept(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
+			let curator = ensure_signed(origin)?;
+			let mut net = Self::curated_datanet(datanet, &curator)?;
+			let mut contribution = Self::pending_item(datanet, item)?;
+			contribution.status = ContributionStatus::Accepted;
+			// The item shares only in rewards paid from now on.
+			contribution.reward_index = RewardPerItem::<T>::get(datanet);
+			net.accepted_items += 1;
+			Contributions::<T>::insert(datanet, item, contribution);
+			DataNets::<T>::insert(datanet, net);
+			Self::deposit_event(Event::ContributionAccepted { datanet, item, curator });
+			Ok(())
+		}
+
+		/// Rejects a pending item and removes it: `RejectionPenalty` of its deposit goes to the
+		/// treasury and the rest is released. The owner or a curator only.
+		///
+		/// Emits `ContributionRejected`. Errors: `UnknownDataNet`, `NotCurator`, `UnknownItem`,
+		/// `NotPending`. O(MaxCurators).
+		#[pallet::call_index(6)]
+		#[pallet::weight(T::WeightInfo::reject())]
+		pub fn reject(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
+			let curator = ensure_signed(origin)?;
+			let mut net = Self::curated_datanet(datanet, &curator)?;
+			let contribution = Self::pending_item(datanet, item)?;
+			let forfeited = T::RejectionPenalty::get().mul_floor(contribution.deposit);
+			let reason = HoldReason::ContributionDeposit.into();
+			T::Currency::transfer_on_hold(
+				&reason,
+				&contribution.contributor,
+				&T::Treasury::get(),
+				forfeited,
+				Precision::Exact,
+				Restriction::Free,
+				Fortitude::Force,
+			)?;
+			T::Currency::release(
+				&reason,
+				&contribution.contributor,
+				contribution.deposit.saturating_sub(forfeited),
+				Precision::Exact,
+			)?;
+			Self::remove_item(&mut net, datanet, item, &contribution);
+			DataNets::<T>::insert(datanet, net);
+			Self::deposit_event(Event::ContributionRejected { datanet, item, forfeited });
+			Ok(())
+		}
+
+		/// Withdraws an item: its deposit is released and it is removed. For an accepted item the
+		/// unclaimed training rewards are paid first. The contributor only.
+		///
+		/// Emits `ContributionWithdrawn` (and `RewardsClaimed` when rewards were paid). Errors:
+		/// `UnknownDataNet`, `UnknownItem`, `NotContributor`. O(1).
+		#[pallet::call_index(7)]
+		#[pallet::weight(T::WeightInfo::withdraw_contribution())]
+		pub fn withdraw_contribution(
+			origin: OriginFor<T>,
+			datanet: DataNetId,
+			item: ItemId,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			let mut contribution =
+				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
+			ensure!(contribution.contributor == who, Error::<T>::NotContributor);
+			if contribution.status == ContributionStatus::Accepted {
+				Self::pay_rewards(datanet, item, &mut contribution)?;
+			}
+			T::Currency::release(
+				&HoldReason::ContributionDeposit.into(),
+				&who,
+				contribution.deposit,
+				Precision::Exact,
+			)?;
+			Self::remove_item(&mut net, datanet, item, &contribution);
+			DataNets::<T>::insert(datanet, net);
+			Self::deposit_event(Event::ContributionWithdrawn { datanet, item });
+			Ok(())
+		}
+
+		/// Pays an accepted item's unclaimed training rewards to its contributor. Anyone may call
+		/// it; the rewards always go to the contributor.
+		///
+		/// Emits `RewardsClaimed`. Errors: `UnknownItem`, `NothingToClaim` (not accepted, or no
+		/// reward accrued since the last claim). O(1).
+		#[pallet::call_index(8)]
+		#[pallet::weight(T::WeightInfo::claim_rewards())]
+		pub fn claim_rewards(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
+			ensure_signed(origin)?;
+			let mut contribution =
+				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
+			ensure!(
+				contribution.status == ContributionStatus::Accepted,
+				Error::<T>::NothingToClaim
+			);
+			let paid = Self::pay_rewards(datanet, item, &mut contribution)?;
+			ensure!(!paid.is_zero(), Error::<T>::NothingToClaim);
+			Contributions::<T>::insert(datanet, item, contribution);
+			Ok(())
+		}
+	}
+
+	impl<T: Config> Pallet<T> {
+		/// The account that holds unclaimed training rewards.
+		pub fn reward_pool() -> T::AccountId {
+			T::PalletId::get().into_account_truncating()
+		}
+
+		/// The unclaimed training rewards of an item.
+		pub fn unclaimed_rewards(datanet: DataNetId, item: ItemId) -> BalanceOf<T> {
+			match Contributions::<T>::get(datanet, item) {
+				Some(c) if c.status == ContributionStatus::Accepted =>
+					RewardPerItem::<T>::get(datanet).saturating_sub(c.reward_index),
+				_ => Zero::zero(),
+			}
+		}
+
+		fn curated_datanet(
+			datanet: DataNetId,
+			who: &T::AccountId,
+		) -> Result<DataNetOf<T>, DispatchError> {
+			let net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			ensure!(net.owner == *who || net.curators.contains(who), Error::<T>::NotCurator);
+			Ok(net)
+		}
+
+		fn pending_item(datanet: DataNetId, item: ItemId) -> Result<ContributionOf<T>, DispatchError> {
+			let contribution =
+				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
+			ensure!(contribution.status == ContributionStatus::Pending, Error::<T>::NotPending);
+			Ok(contribution)
+		}
+
+		fn pay_rewards(
+			datanet: DataNetId,
+			item: ItemId,
+			contribution: &mut ContributionOf<T>,
+		) -> Result<BalanceOf<T>, DispatchError> {
+			let index = RewardPerItem::<T>::get(datanet);
+			let amount = index.saturating_sub(contribution.reward_index);
+			if !amount.is_zero() {
+				T::Currency::transfer(
+					&Self::reward_pool(),
+					&contribution.contributor,
+					amount,
+					Preservation::Expendable,
+				)?;
+				Self::deposit_event(Event::RewardsClaimed {
+					datanet,
+					item,
+					contributor: contribution.contributor.clone(),
+					amount,
+				});
+			}
+			contribution.reward_index = index;
+			Ok(amount)
+		}
+
+		fn remove_item(
+			net: &mut DataNetOf<T>,
+			datanet: DataNetId,
+			item: ItemId,
+			contribution: &ContributionOf<T>,
+		) {
+			net.live_items = net.live_items.saturating_sub(1);
+			if contribution.status == ContributionStatus::Accepted {
+				net.accepted_items = net.accepted_items.saturating_sub(1);
+			}
+			Contributions::<T>::remove(datanet, item);
+			ContentIndex::<T>::remove(datanet, contribution.content_hash);
+		}
+
+		/// Invariants: item counters match storage, every content hash indexes its item, holds
+		/// equal the deposits recorded, and the reward pool covers every unclaimed reward.
+		#[cfg(any(feature = "try-runtime", test))]
+		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+			use alloc::collections::btree_map::BTreeMap;
+			use polkadot_sdk::frame_support::traits::fungible::{Inspect, InspectHold};
+			let mut held: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
+			let mut unclaimed: BalanceOf<T> = Zero::zero();
+			for (id, net) in DataNets::<T>::iter() {
+				ensure!(id < NextDataNetId::<T>::get(), "DataNet id at or above the next id");
+				*held.entry(net.owner.clone()).or_default() += net.deposit;
+				let (mut live, mut accepted) = (0u32, 0u32);
+				for (item, c) in Contributions::<T>::iter_prefix(id) {
+					live += 1;
+					ensure!(item < net.next_item, "item id at or above the next id");
+					ensure!(
+						ContentIndex::<T>::get(id, c.content_hash) == Some(item),
+						"content index does not point at its item"
+					);
+					if c.status == ContributionStatus::Accepted {
+						accepted += 1;
+						unclaimed += RewardPerItem::<T>::get(id).saturating_sub(c.reward_index);
+					}
+					*held.entry(c.contributor.clone()).or_default() += c.deposit;
+				}
+				ensure!(live == net.live_items, "live item count differs from storage");
+				ensure!(accepted == net.accepted_items, "accepted item count differs from storage");
+				ensure!(live <= T::MaxItemsPerDataNet::get(), "DataNet over its item bound");
+				ensure!(
+					ContentIndex::<T>::iter_prefix(id).count() as u32 == live,
+					"content index has stale entries"
+				);
+			}
+			for (who, deposits) in held {
+				let on_hold = T::Currency::balance_on_hold(&HoldReason::DataNetDeposit.into(), &who) +
+					T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &who);
+				ensure!(on_hold == deposits, "held balance differs from recorded deposits");
+			}
+			ensure!(
+				T::Currency::balance(&Self::reward_pool()) >= unclaimed,
+				"reward pool does not cover unclaimed rewards"
+			);
+			Ok(())
+		}
+	}
+
+	impl<T: Config> openledger_primitives::traits::DataNetsInspect<T::AccountId> for Pallet<T> {
+		fn datanet_exists(datanet: DataNetId) -> bool {
+			DataNets::<T>::contains_key(datanet)
+		}
+
+		fn accepted_item(datanet: DataNetId, item: ItemId) -> Option<(T::AccountId, ContentHash)> {
+			Contributions::<T>::get(datanet, item)
+				.filter(|c| c.status == ContributionStatus::Accepted)
+				.map(|c| (c.contributor, c.content_hash))
+		}
+
+		fn accepted_count(datanet: DataNetId) -> u32 {
+			DataNets::<T>::get(datanet).map_or(0, |net| net.accepted_items)
+		}
+	}
+
+	impl<T: Config> openledger_primitives::traits::TrainingRewards<T::AccountId, BalanceOf<T>>
+		for Pallet<T>
+	{
+		fn reward_pool_account() -> T::AccountId {
+			Self::reward_pool()
+		}
+
+		fn note_training_reward(datanet: DataNetId, amount: BalanceOf<T>) {
+			let accepted = DataNets::<T>::get(datanet).map_or(0, |net| net.accepted_items);
+			if accepted == 0 {
+				return;
+			}
+			let per_item = amount / BalanceOf::<T>::from(accepted);
+			RewardPerItem::<T>::mutate(datanet, |index| *index = index.saturating_add(per_item));
+		}
+	}
+
+}

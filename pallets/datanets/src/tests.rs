@@ -1,0 +1,260 @@
+//! Behaviour of every call: success with balances and holds, wrong origin, each error.
+
+use crate::{mock::*, ContentIndex, Contributions, ContributionStatus, DataNets as DataNetStore, Error, Event, HoldReason, NextDataNetId, RewardPerItem};
+use openledger_primitives::{item_hash, traits::{DataNetsInspect, TrainingRewards}};
+use polkadot_sdk::{
+	frame_support::{assert_noop, assert_ok, traits::fungible::{Inspect, InspectHold, Mutate}},
+	sp_runtime::DispatchError,
+};
+
+fn create(owner: AccountId) -> u32 {
+	let id = NextDataNetId::<Test>::get();
+	assert_ok!(DataNets::create_datanet(
+		RuntimeOrigin::signed(owner),
+		b"wiki".to_vec(),
+		item_hash("metadata"),
+		b"ipfs://meta".to_vec(),
+		b"CC-BY".to_vec(),
+		CONTRIBUTION_DEPOSIT,
+	));
+	id
+}
+
+fn contribute(who: AccountId, datanet: u32, text: &str) -> u32 {
+	let item = DataNetStore::<Test>::get(datanet).unwrap().next_item;
+	assert_ok!(DataNets::contribute(RuntimeOrigin::signed(who), datanet, item_hash(text), text.len() as u64));
+	item
+}
+
+fn held(reason: HoldReason, who: AccountId) -> Balance {
+	Balances::balance_on_hold(&reason.into(), &who)
+}
+
+#[test]
+fn create_datanet_holds_deposit_and_records_it() {
+	run(|| {
+		let id = create(OWNER);
+		let net = DataNetStore::<Test>::get(id).unwrap();
+		assert_eq!(net.owner, OWNER);
+		assert_eq!(net.name.to_vec(), b"wiki".to_vec());
+		assert_eq!(net.contribution_deposit, CONTRIBUTION_DEPOSIT);
+		assert_eq!(held(HoldReason::DataNetDeposit, OWNER), DATANET_DEPOSIT);
+		assert_eq!(Balances::balance(&OWNER), ENDOWMENT - DATANET_DEPOSIT);
+		assert_eq!(NextDataNetId::<Test>::get(), 1);
+		System::assert_last_event(Event::DataNetCreated { datanet: id, owner: OWNER }.into());
+	});
+}
+
+#[test]
+fn create_datanet_rejects_bad_input() {
+	run(|| {
+		let h = item_hash("m");
+		let call = |origin, name: &[u8], uri: &[u8], license: &[u8], deposit| {
+			DataNets::create_datanet(origin, name.to_vec(), h, uri.to_vec(), license.to_vec(), deposit)
+		};
+		assert_noop!(call(RuntimeOrigin::none(), b"n", b"u", b"l", 100), DispatchError::BadOrigin);
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), &[0; 17], b"u", b"l", 100), Error::<Test>::NameTooLong);
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), b"n", &[0; 33], b"l", 100), Error::<Test>::UriTooLong);
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), b"n", b"u", &[0; 9], 100), Error::<Test>::LicenseTooLong);
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), b"n", b"u", b"l", 9), Error::<Test>::DepositTooLow);
+		assert_noop!(call(RuntimeOrigin::signed(POOR), b"n", b"u", b"l", 100), Error::<Test>::InsufficientBalance);
+		NextDataNetId::<Test>::put(u32::MAX);
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), b"n", b"u", b"l", 100), Error::<Test>::IdsExhausted);
+	});
+}
+
+#[test]
+fn update_metadata_is_owner_only_and_bounded() {
+	run(|| {
+		let id = create(OWNER);
+		let h = item_hash("new");
+		assert_ok!(DataNets::update_metadata(RuntimeOrigin::signed(OWNER), id, b"new".to_vec(), h, b"u2".to_vec(), b"MIT".to_vec()));
+		let net = DataNetStore::<Test>::get(id).unwrap();
+		assert_eq!((net.name.to_vec(), net.metadata_hash, net.license.to_vec()), (b"new".to_vec(), h, b"MIT".to_vec()));
+		System::assert_last_event(Event::DataNetUpdated { datanet: id }.into());
+		let update = |origin, id, name: &[u8], uri: &[u8], license: &[u8]| {
+			DataNets::update_metadata(origin, id, name.to_vec(), h, uri.to_vec(), license.to_vec())
+		};
+		assert_noop!(update(RuntimeOrigin::none(), id, b"n", b"u", b"l"), DispatchError::BadOrigin);
+		assert_noop!(update(RuntimeOrigin::signed(ALICE), id, b"n", b"u", b"l"), Error::<Test>::NotOwner);
+		assert_noop!(update(RuntimeOrigin::signed(OWNER), 7, b"n", b"u", b"l"), Error::<Test>::UnknownDataNet);
+		assert_noop!(update(RuntimeOrigin::signed(OWNER), id, &[0; 17], b"u", b"l"), Error::<Test>::NameTooLong);
+		assert_noop!(update(RuntimeOrigin::signed(OWNER), id, b"n", &[0; 33], b"l"), Error::<Test>::UriTooLong);
+		assert_noop!(update(RuntimeOrigin::signed(OWNER), id, b"n", b"u", &[0; 9]), Error::<Test>::LicenseTooLong);
+	});
+}
+
+#[test]
+fn curators_are_added_and_removed_by_the_owner() {
+	run(|| {
+		let id = create(OWNER);
+		assert_noop!(DataNets::add_curator(RuntimeOrigin::none(), id, CURATOR), DispatchError::BadOrigin);
+		assert_noop!(DataNets::add_curator(RuntimeOrigin::signed(ALICE), id, CURATOR), Error::<Test>::NotOwner);
+		assert_noop!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), 9, CURATOR), Error::<Test>::UnknownDataNet);
+		assert_ok!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), id, CURATOR));
+		System::assert_last_event(Event::CuratorAdded { datanet: id, curator: CURATOR }.into());
+		assert_noop!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), id, CURATOR), Error::<Test>::AlreadyCurator);
+		assert_ok!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), id, ALICE));
+		assert_noop!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), id, BOB), Error::<Test>::TooManyCurators);
+
+		assert_noop!(DataNets::remove_curator(RuntimeOrigin::none(), id, ALICE), DispatchError::BadOrigin);
+		assert_noop!(DataNets::remove_curator(RuntimeOrigin::signed(ALICE), id, ALICE), Error::<Test>::NotOwner);
+		assert_noop!(DataNets::remove_curator(RuntimeOrigin::signed(OWNER), id, BOB), Error::<Test>::NotCurator);
+		assert_noop!(DataNets::remove_curator(RuntimeOrigin::signed(OWNER), 9, BOB), Error::<Test>::UnknownDataNet);
+		assert_ok!(DataNets::remove_curator(RuntimeOrigin::signed(OWNER), id, ALICE));
+		System::assert_last_event(Event::CuratorRemoved { datanet: id, curator: ALICE }.into());
+		assert_eq!(DataNetStore::<Test>::get(id).unwrap().curators.to_vec(), vec![CURATOR]);
+	});
+}
+
+#[test]
+fn contribution_holds_deposit_and_indexes_content() {
+	run(|| {
+		let id = create(OWNER);
+		let item = contribute(ALICE, id, "The sky is blue.");
+		let c = Contributions::<Test>::get(id, item).unwrap();
+		assert_eq!((c.contributor, c.status, c.deposit), (ALICE, ContributionStatus::Pending, CONTRIBUTION_DEPOSIT));
+		assert_eq!(ContentIndex::<Test>::get(id, item_hash("The sky is blue.")), Some(item));
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), CONTRIBUTION_DEPOSIT);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - CONTRIBUTION_DEPOSIT);
+		System::assert_last_event(
+			Event::Contributed { datanet: id, item, contributor: ALICE, content_hash: item_hash("The sky is blue.") }.into(),
+		);
+	});
+}
+
+#[test]
+fn contribution_rejects_bad_input() {
+	run(|| {
+		let id = create(OWNER);
+		let h = item_hash("x");
+		assert_noop!(DataNets::contribute(RuntimeOrigin::none(), id, h, 1), DispatchError::BadOrigin);
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(ALICE), 5, h, 1), Error::<Test>::UnknownDataNet);
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(ALICE), id, h, 0), Error::<Test>::EmptyItem);
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(ALICE), id, h, 1_001), Error::<Test>::ItemTooLarge);
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(POOR), id, h, 1), Error::<Test>::InsufficientBalance);
+		contribute(ALICE, id, "x");
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(BOB), id, h, 1), Error::<Test>::DuplicateContent);
+		contribute(ALICE, id, "y");
+		contribute(BOB, id, "z");
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(BOB), id, item_hash("w"), 1), Error::<Test>::TooManyItems);
+		DataNetStore::<Test>::mutate(id, |net| {
+			let net = net.as_mut().unwrap();
+			net.next_item = u32::MAX;
+			net.live_items = 0;
+		});
+		assert_noop!(DataNets::contribute(RuntimeOrigin::signed(BOB), id, item_hash("w"), 1), Error::<Test>::IdsExhausted);
+		DataNetStore::<Test>::mutate(id, |net| net.as_mut().unwrap().live_items = 3);
+	});
+}
+
+#[test]
+fn curators_and_owner_accept_pending_items() {
+	run(|| {
+		let id = create(OWNER);
+		assert_ok!(DataNets::add_curator(RuntimeOrigin::signed(OWNER), id, CURATOR));
+		let a = contribute(ALICE, id, "a");
+		let b = contribute(BOB, id, "b");
+		assert_noop!(DataNets::accept(RuntimeOrigin::none(), id, a), DispatchError::BadOrigin);
+		assert_noop!(DataNets::accept(RuntimeOrigin::signed(ALICE), id, a), Error::<Test>::NotCurator);
+		assert_noop!(DataNets::accept(RuntimeOrigin::signed(CURATOR), 3, a), Error::<Test>::UnknownDataNet);
+		assert_noop!(DataNets::accept(RuntimeOrigin::signed(CURATOR), id, 42), Error::<Test>::UnknownItem);
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(CURATOR), id, a));
+		System::assert_last_event(Event::ContributionAccepted { datanet: id, item: a, curator: CURATOR }.into());
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, b));
+		assert_noop!(DataNets::accept(RuntimeOrigin::signed(CURATOR), id, a), Error::<Test>::NotPending);
+		assert_eq!(DataNets::accepted_item(id, a), Some((ALICE, item_hash("a"))));
+		assert_eq!(<DataNets as DataNetsInspect<_>>::accepted_count(id), 2);
+		// Accepted items keep their deposit held until withdrawn.
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), CONTRIBUTION_DEPOSIT);
+	});
+}
+
+#[test]
+fn rejected_contribution_forfeits_deposit() {
+	run(|| {
+		let id = create(OWNER);
+		let a = contribute(ALICE, id, "spam");
+		assert_noop!(DataNets::reject(RuntimeOrigin::none(), id, a), DispatchError::BadOrigin);
+		assert_noop!(DataNets::reject(RuntimeOrigin::signed(BOB), id, a), Error::<Test>::NotCurator);
+		assert_noop!(DataNets::reject(RuntimeOrigin::signed(OWNER), 8, a), Error::<Test>::UnknownDataNet);
+		assert_noop!(DataNets::reject(RuntimeOrigin::signed(OWNER), id, 8), Error::<Test>::UnknownItem);
+		assert_ok!(DataNets::reject(RuntimeOrigin::signed(OWNER), id, a));
+		System::assert_last_event(Event::ContributionRejected { datanet: id, item: a, forfeited: 20 }.into());
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), 0);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - 20);
+		assert_eq!(Balances::balance(&TREASURY), ENDOWMENT + 20);
+		assert!(Contributions::<Test>::get(id, a).is_none());
+		// The content may be offered again.
+		let again = contribute(BOB, id, "spam");
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, again));
+		assert_noop!(DataNets::reject(RuntimeOrigin::signed(OWNER), id, again), Error::<Test>::NotPending);
+	});
+}
+
+#[test]
+fn pending_item_is_withdrawn_with_its_deposit() {
+	run(|| {
+		let id = create(OWNER);
+		let a = contribute(ALICE, id, "mine");
+		assert_noop!(DataNets::withdraw_contribution(RuntimeOrigin::none(), id, a), DispatchError::BadOrigin);
+		assert_noop!(DataNets::withdraw_contribution(RuntimeOrigin::signed(BOB), id, a), Error::<Test>::NotContributor);
+		assert_noop!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), 4, a), Error::<Test>::UnknownDataNet);
+		assert_noop!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), id, 4), Error::<Test>::UnknownItem);
+		assert_ok!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), id, a));
+		System::assert_last_event(Event::ContributionWithdrawn { datanet: id, item: a }.into());
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), 0);
+		assert_eq!(DataNetStore::<Test>::get(id).unwrap().live_items, 0);
+	});
+}
+
+/// Pays `amount` into the pool as the attribution pallet does.
+fn pay_training(datanet: u32, amount: Balance) {
+	assert_ok!(Balances::transfer(&TREASURY, &DataNets::reward_pool_account(), amount, polkadot_sdk::frame_support::traits::tokens::Preservation::Preserve));
+	DataNets::note_training_reward(datanet, amount);
+}
+
+#[test]
+fn accepted_items_share_training_rewards_equally() {
+	run(|| {
+		let id = create(OWNER);
+		let a = contribute(ALICE, id, "a");
+		let b = contribute(BOB, id, "b");
+		let pending = contribute(BOB, id, "c");
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, a));
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, b));
+		pay_training(id, 300);
+		assert_eq!(RewardPerItem::<Test>::get(id), 150);
+		assert_eq!(DataNets::unclaimed_rewards(id, a), 150);
+		assert_eq!(DataNets::unclaimed_rewards(id, pending), 0);
+		assert_noop!(DataNets::claim_rewards(RuntimeOrigin::none(), id, a), DispatchError::BadOrigin);
+		assert_noop!(DataNets::claim_rewards(RuntimeOrigin::signed(ALICE), id, 9), Error::<Test>::UnknownItem);
+		assert_noop!(DataNets::claim_rewards(RuntimeOrigin::signed(ALICE), id, pending), Error::<Test>::NothingToClaim);
+		// Anyone may trigger the claim; the contributor is paid.
+		assert_ok!(DataNets::claim_rewards(RuntimeOrigin::signed(OWNER), id, a));
+		System::assert_last_event(Event::RewardsClaimed { datanet: id, item: a, contributor: ALICE, amount: 150 }.into());
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - CONTRIBUTION_DEPOSIT + 150);
+		assert_noop!(DataNets::claim_rewards(RuntimeOrigin::signed(ALICE), id, a), Error::<Test>::NothingToClaim);
+		// An item accepted later shares only later rewards.
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, pending));
+		pay_training(id, 30);
+		assert_eq!(DataNets::unclaimed_rewards(id, pending), 10);
+		assert_eq!(DataNets::unclaimed_rewards(id, b), 160);
+		// Withdrawing an accepted item pays its rewards and releases its deposit.
+		assert_ok!(DataNets::withdraw_contribution(RuntimeOrigin::signed(BOB), id, b));
+		assert_eq!(Balances::balance(&BOB), ENDOWMENT - CONTRIBUTION_DEPOSIT + 160);
+		assert_eq!(DataNets::accepted_item(id, b), None);
+		assert_eq!(<DataNets as DataNetsInspect<_>>::accepted_count(id), 2);
+	});
+}
+
+#[test]
+fn training_reward_without_accepted_items_changes_nothing() {
+	run(|| {
+		let id = create(OWNER);
+		DataNets::note_training_reward(id, 100);
+		assert_eq!(RewardPerItem::<Test>::get(id), 0);
+		assert!(!DataNets::datanet_exists(id + 1));
+	});
+}
