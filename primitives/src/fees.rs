@@ -119,8 +119,17 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 	let adapter_net = after_protocol(adapter_part);
 	let data_part = inputs.data_share.mul_floor(adapter_net);
 	let mut training_paid = B::zero();
-	for source in inputs.training.iter().filter(|s| s.accepted_items > 0) {
-		let share = portion(data_part, u64::from(source.share_ppm.min(PPM)), u64::from(PPM));
+	// Shares are capped so they never sum past 100 % (the registry refuses such provenance).
+	let mut remaining_ppm = PPM;
+	let mut allocated_ppm = 0u32;
+	for source in inputs.training {
+		let share_ppm = source.share_ppm.min(remaining_ppm);
+		remaining_ppm -= share_ppm;
+		allocated_ppm += share_ppm;
+		if source.accepted_items == 0 {
+			continue;
+		}
+		let share = portion(data_part, u64::from(share_ppm), u64::from(PPM));
 		// Only a multiple of the item count enters the pool, so every item's reward is exact.
 		let per_item = share / B::from(source.accepted_items);
 		let credited = per_item * B::from(source.accepted_items);
@@ -129,8 +138,7 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 	}
 	// Provenance shares below 100 % leave the rest of the data part with the adapter owner;
 	// remainders of DataNets without accepted items or of rounding go to the treasury below.
-	let unallocated_ppm =
-		PPM.saturating_sub(inputs.training.iter().map(|s| s.share_ppm.min(PPM)).sum::<u32>().min(PPM));
+	let unallocated_ppm = PPM - allocated_ppm;
 	let owner_data_part = portion(data_part, u64::from(unallocated_ppm), u64::from(PPM));
 	pay(Payee::AdapterOwner, adapter_net - data_part + owner_data_part);
 	debug_assert!(training_paid + owner_data_part <= data_part);

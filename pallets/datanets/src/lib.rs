@@ -576,7 +576,7 @@ pub mod pallet {
 
 		/// Invariants: item counters match storage, every content hash indexes its item, holds
 		/// equal the deposits recorded, and the reward pool covers every unclaimed reward.
-		#[cfg(any(feature = "try-runtime", test))]
+		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use alloc::collections::btree_map::BTreeMap;
 			use polkadot_sdk::frame_support::traits::fungible::{Inspect, InspectHold};

@@ -1,1 +1,624 @@
+//! # Registry pallet
+//!
+//! What inference is paid for. Governance registers the **base models** that workers serve and
+//! retires them. Anyone registers a **LoRA adapter** over an active base model, naming the
+//! DataNets it was trained on with a share of each (its training provenance), or a **prompt
+//! template**; each registration holds a deposit from the caller, released to that same account
+//! when the entry is retired, whoever owns the entry by then. Owners set prices and transfer
+//! ownership. The attribution pallet reads the registry through [`RegistryInspect`].
+//!
+//! [`RegistryInspect`]: openledger_primitives::traits::RegistryInspect
 #![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub use pallet::*;
+pub use weights::WeightInfo;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+mod types;
+pub mod weights;
+
+pub use types::*;
+
+/// What the benchmarks need from the runtime.
+#[cfg(feature = "runtime-benchmarks")]
+pub trait BenchmarkHelper {
+	/// Makes a DataNet exist and returns its id; different `i` give different DataNets.
+	fn create_datanet(i: u32) -> openledger_primitives::DataNetId;
+}
+
+#[polkadot_sdk::frame_support::pallet]
+pub mod pallet {
+	use super::*;
+	use alloc::vec::Vec;
+	use openledger_primitives::{
+		traits::{AdapterView, DataNetsInspect, PromptView, RegistryInspect},
+		AdapterId, BaseModelId, ContentHash, DataNetId, PromptId, PPM,
+	};
+	use polkadot_sdk::{
+		frame_support::{
+			pallet_prelude::*,
+			traits::{
+				fungible::{Mutate, MutateHold},
+				tokens::Precision,
+			},
+		},
+		frame_system::pallet_prelude::*,
+		sp_runtime::{traits::Zero, SaturatedConversion},
+	};
+
+	#[pallet::pallet]
+	pub struct Pallet<T>(_);
+
+	#[pallet::config]
+	pub trait Config: polkadot_sdk::frame_system::Config<RuntimeEvent: From<Event<Self>>> {
+		/// The OPEN token: deposits are held on it.
+		type Currency: Mutate<Self::AccountId>
+			+ MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
+		/// The runtime's hold reasons.
+		type RuntimeHoldReason: From<HoldReason>;
+		/// Registers and retires base models.
+		type GovernanceOrigin: EnsureOrigin<Self::RuntimeOrigin>;
+		/// Tells whether the DataNets an adapter's provenance names exist.
+		type DataNets: DataNetsInspect<Self::AccountId>;
+		/// Held from the caller for every adapter.
+		#[pallet::constant]
+		type AdapterDeposit: Get<BalanceOf<Self>>;
+		/// Held from the caller for every prompt template.
+		#[pallet::constant]
+		type PromptDeposit: Get<BalanceOf<Self>>;
+		/// The longest base model name.
+		#[pallet::constant]
+		type MaxNameLen: Get<u32>;
+		/// The longest base model architecture.
+		#[pallet::constant]
+		type MaxArchitectureLen: Get<u32>;
+		/// The longest adapter or prompt uri.
+		#[pallet::constant]
+		type MaxUriLen: Get<u32>;
+		/// The highest LoRA rank an adapter may declare.
+		#[pallet::constant]
+		type MaxRank: Get<u32>;
+		/// The most DataNets an adapter's provenance may name.
+		#[pallet::constant]
+		type MaxProvenance: Get<u32>;
+		type WeightInfo: WeightInfo;
+		/// Creates the DataNets that benchmarks name in provenance.
+		#[cfg(feature = "runtime-benchmarks")]
+		type BenchmarkHelper: crate::BenchmarkHelper;
+	}
+
+	/// Why this pallet holds funds.
+	#[pallet::composite_enum]
+	pub enum HoldReason {
+		/// The deposit of an adapter, held from whoever registered it.
+		#[codec(index = 0)]
+		AdapterDeposit,
+		/// The deposit of a prompt template, held from whoever registered it.
+		#[codec(index = 1)]
+		PromptDeposit,
+	}
+
+	/// The id the next base model gets.
+	#[pallet::storage]
+	pub type NextBaseModelId<T> = StorageValue<_, BaseModelId, ValueQuery>;
+
+	/// Base models; they are retired, never removed.
+	#[pallet::storage]
+	pub type BaseModels<T: Config> = StorageMap<_, Blake2_128Concat, BaseModelId, BaseModelOf<T>>;
+
+	/// The id the next adapter gets.
+	#[pallet::storage]
+	pub type NextAdapterId<T> = StorageValue<_, AdapterId, ValueQuery>;
+
+	#[pallet::storage]
+	pub type Adapters<T: Config> = StorageMap<_, Blake2_128Concat, AdapterId, AdapterOf<T>>;
+
+	/// The id the next prompt template gets.
+	#[pallet::storage]
+	pub type NextPromptId<T> = StorageValue<_, PromptId, ValueQuery>;
+
+	#[pallet::storage]
+	pub type Prompts<T: Config> = StorageMap<_, Blake2_128Concat, PromptId, PromptOf<T>>;
+
+	#[pallet::event]
+	#[pallet::generate_deposit(pub(super) fn deposit_event)]
+	pub enum Event<T: Config> {
+		/// A base model was registered, active.
+		BaseModelRegistered { base_model: BaseModelId, weights_hash: ContentHash },
+		/// A base model was retired: it takes no new adapters.
+		BaseModelRetired { base_model: BaseModelId },
+		/// An adapter was registered and its deposit held from `owner`.
+		AdapterRegistered {
+			adapter: AdapterId,
+			owner: T::AccountId,
+			base_model: BaseModelId,
+			weights_hash: ContentHash,
+		},
+		/// An adapter's price was changed.
+		AdapterPriceSet { adapter: AdapterId, price_per_1k_tokens: BalanceOf<T> },
+		/// An adapter changed owner; its deposit stays with its depositor.
+		AdapterTransferred { adapter: AdapterId, from: T::AccountId, to: T::AccountId },
+		/// An adapter was removed and `deposit` released to `depositor`.
+		AdapterRetired { adapter: AdapterId, depositor: T::AccountId, deposit: BalanceOf<T> },
+		/// A prompt template was registered and its deposit held from `owner`.
+		PromptRegistered { prompt: PromptId, owner: T::AccountId, template_hash: ContentHash },
+		/// A prompt template's price was changed.
+		PromptPriceSet { prompt: PromptId, price_per_call: BalanceOf<T> },
+		/// A prompt template changed owner; its deposit stays with its depositor.
+		PromptTransferred { prompt: PromptId, from: T::AccountId, to: T::AccountId },
+		/// A prompt template was removed and `deposit` released to `depositor`.
+		PromptRetired { prompt: PromptId, depositor: T::AccountId, deposit: BalanceOf<T> },
+	}
+
+	#[pallet::error]
+	pub enum Error<T> {
+		/// No base model has this id.
+		UnknownBaseModel,
+		/// The base model is retired: it takes no new adapters and cannot be retired again.
+		BaseModelRetired,
+		/// No adapter has this id.
+		UnknownAdapter,
+		/// No prompt template has this id.
+		UnknownPrompt,
+		/// Only the entry's owner may do this.
+		NotOwner,
+		/// The base model name is longer than `MaxNameLen`.
+		NameTooLong,
+		/// The base model architecture is longer than `MaxArchitectureLen`.
+		ArchitectureTooLong,
+		/// The uri is longer than `MaxUriLen`.
+		UriTooLong,
+		/// The adapter's rank is 0 or above `MaxRank`.
+		RankOutOfRange,
+		/// The provenance names more than `MaxProvenance` DataNets.
+		TooManyProvenanceEntries,
+		/// The provenance names a DataNet that does not exist.
+		UnknownDataNet,
+		/// The provenance names a DataNet twice.
+		DuplicateProvenance,
+		/// A provenance share is zero.
+		ZeroShare,
+		/// The provenance shares sum to more than 1 000 000 ppm (100 %).
+		SharesOverHundredPercent,
+		/// The account cannot pay the deposit.
+		InsufficientBalance,
+		/// No more ids can be issued.
+		IdsExhausted,
+	}
+
+	#[pallet::hooks]
+	impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+		fn integrity_test() {
+			assert!(T::MaxNameLen::get() > 0, "a base model must be able to have a name");
+			assert!(T::MaxArchitectureLen::get() > 0, "a base model must have an architecture");
+			assert!(T::MaxUriLen::get() > 0, "adapters and prompts must be able to have a uri");
+			assert!(T::MaxRank::get() > 0, "some LoRA rank must be allowed");
+			assert!(T::MaxProvenance::get() > 0, "an adapter must be able to name a DataNet");
+			assert!(T::MaxProvenance::get() <= PPM, "every provenance share is at least 1 ppm");
+			assert!(!T::AdapterDeposit::get().is_zero(), "adapters need a deposit");
+			assert!(!T::PromptDeposit::get().is_zero(), "prompt templates need a deposit");
+		}
+
+		#[cfg(feature = "try-runtime")]
+		fn try_state(
+			_n: BlockNumberFor<T>,
+		) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+			Self::do_try_state()
+		}
+	}
+
+	#[pallet::call]
+	impl<T: Config> Pallet<T> {
+		/// Registers an active base model. `GovernanceOrigin` only.
+		///
+		/// - `name`: at most `MaxNameLen` bytes.
+		/// - `architecture`: the model family, at most `MaxArchitectureLen` bytes.
+		/// - `weights_hash`: blake2-256 of the weights file.
+		///
+		/// Emits `BaseModelRegistered`. Errors: `NameTooLong`, `ArchitectureTooLong`,
+		/// `IdsExhausted`. O(1).
+		#[pallet::call_index(0)]
+		#[pallet::weight(T::WeightInfo::register_base_model())]
+		pub fn register_base_model(
+			origin: OriginFor<T>,
+			name: Vec<u8>,
+			architecture: Vec<u8>,
+			weights_hash: ContentHash,
+		) -> DispatchResult {
+			T::GovernanceOrigin::ensure_origin(origin)?;
+			let name: BoundedVec<u8, T::MaxNameLen> =
+				name.try_into().map_err(|_| Error::<T>::NameTooLong)?;
+			let architecture: BoundedVec<u8, T::MaxArchitectureLen> =
+				architecture.try_into().map_err(|_| Error::<T>::ArchitectureTooLong)?;
+			let id = NextBaseModelId::<T>::get();
+			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			BaseModels::<T>::insert(
+				id,
+				BaseModel { name, architecture, weights_hash, active: true },
+			);
+			NextBaseModelId::<T>::put(next);
+			Self::deposit_event(Event::BaseModelRegistered { base_model: id, weights_hash });
+			Ok(())
+		}
+
+		/// Retires a base model: it takes no new adapters and receipts naming it are refused.
+		/// Adapters already registered on it stay until their owners retire them.
+		/// `GovernanceOrigin` only.
+		///
+		/// Emits `BaseModelRetired`. Errors: `UnknownBaseModel`, `BaseModelRetired`. O(1).
+		#[pallet::call_index(1)]
+		#[pallet::weight(T::WeightInfo::retire_base_model())]
+		pub fn retire_base_model(origin: OriginFor<T>, base_model: BaseModelId) -> DispatchResult {
+			T::GovernanceOrigin::ensure_origin(origin)?;
+			BaseModels::<T>::try_mutate(base_model, |entry| {
+				let model = entry.as_mut().ok_or(Error::<T>::UnknownBaseModel)?;
+				ensure!(model.active, Error::<T>::BaseModelRetired);
+				model.active = false;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::BaseModelRetired { base_model });
+			Ok(())
+		}
+
+		/// Registers a LoRA adapter owned by the caller and holds `AdapterDeposit` from them.
+		/// Any signed account.
+		///
+		/// - `base_model`: a registered, active base model.
+		/// - `weights_hash`, `config_hash`: blake2-256 of `adapter_model.safetensors` and
+		///   `adapter_config.json`.
+		/// - `rank`: the LoRA rank, in `1..=MaxRank`.
+		/// - `uri`: where the files can be fetched, at most `MaxUriLen` bytes.
+		/// - `provenance`: (DataNet, share in ppm) for each training DataNet: at most
+		///   `MaxProvenance` entries, each DataNet existing and named once, each share above zero,
+		///   the shares summing to at most 1 000 000. May be empty.
+		/// - `price_per_1k_tokens`: what a user pays the owner per 1000 tokens.
+		///
+		/// Emits `AdapterRegistered`. Errors: `UriTooLong`, `RankOutOfRange`,
+		/// `TooManyProvenanceEntries`, `ZeroShare`, `SharesOverHundredPercent`,
+		/// `DuplicateProvenance`, `UnknownDataNet`, `UnknownBaseModel`, `BaseModelRetired`,
+		/// `IdsExhausted`, `InsufficientBalance`. O(P log P) in the provenance length P, with P
+		/// DataNet reads.
+		#[pallet::call_index(2)]
+		#[pallet::weight(T::WeightInfo::register_adapter(provenance.len().saturated_into()))]
+		pub fn register_adapter(
+			origin: OriginFor<T>,
+			base_model: BaseModelId,
+			weights_hash: ContentHash,
+			config_hash: ContentHash,
+			rank: u32,
+			uri: Vec<u8>,
+			provenance: Vec<(DataNetId, u32)>,
+			price_per_1k_tokens: BalanceOf<T>,
+		) -> DispatchResult {
+			let owner = ensure_signed(origin)?;
+			let uri: BoundedVec<u8, T::MaxUriLen> =
+				uri.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+			ensure!((1..=T::MaxRank::get()).contains(&rank), Error::<T>::RankOutOfRange);
+			let provenance = Self::checked_provenance(provenance)?;
+			let model = BaseModels::<T>::get(base_model).ok_or(Error::<T>::UnknownBaseModel)?;
+			ensure!(model.active, Error::<T>::BaseModelRetired);
+			let id = NextAdapterId::<T>::get();
+			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			let deposit = T::AdapterDeposit::get();
+			T::Currency::hold(&HoldReason::AdapterDeposit.into(), &owner, deposit)
+				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			Adapters::<T>::insert(
+				id,
+				Adapter {
+					owner: owner.clone(),
+					depositor: owner.clone(),
+					deposit,
+					base_model,
+					weights_hash,
+					config_hash,
+					rank,
+					uri,
+					provenance,
+					price_per_1k_tokens,
+				},
+			);
+			NextAdapterId::<T>::put(next);
+			Self::deposit_event(Event::AdapterRegistered {
+				adapter: id,
+				owner,
+				base_model,
+				weights_hash,
+			});
+			Ok(())
+		}
+
+		/// Sets an adapter's price per 1000 tokens. The adapter's owner only.
+		///
+		/// Emits `AdapterPriceSet`. Errors: `UnknownAdapter`, `NotOwner`. O(1).
+		#[pallet::call_index(3)]
+		#[pallet::weight(T::WeightInfo::set_adapter_price())]
+		pub fn set_adapter_price(
+			origin: OriginFor<T>,
+			adapter: AdapterId,
+			price_per_1k_tokens: BalanceOf<T>,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Adapters::<T>::try_mutate(adapter, |entry| {
+				let a = entry.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
+				ensure!(a.owner == who, Error::<T>::NotOwner);
+				a.price_per_1k_tokens = price_per_1k_tokens;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::AdapterPriceSet { adapter, price_per_1k_tokens });
+			Ok(())
+		}
+
+		/// Makes `new_owner` the adapter's owner. The deposit stays held from the account that
+		/// paid it. The adapter's owner only.
+		///
+		/// Emits `AdapterTransferred`. Errors: `UnknownAdapter`, `NotOwner`. O(1).
+		#[pallet::call_index(4)]
+		#[pallet::weight(T::WeightInfo::transfer_adapter())]
+		pub fn transfer_adapter(
+			origin: OriginFor<T>,
+			adapter: AdapterId,
+			new_owner: T::AccountId,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Adapters::<T>::try_mutate(adapter, |entry| {
+				let a = entry.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
+				ensure!(a.owner == who, Error::<T>::NotOwner);
+				a.owner = new_owner.clone();
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::AdapterTransferred { adapter, from: who, to: new_owner });
+			Ok(())
+		}
+
+		/// Removes an adapter and releases its deposit to the account that paid it. The adapter's
+		/// owner only.
+		///
+		/// Emits `AdapterRetired`. Errors: `UnknownAdapter`, `NotOwner`. O(1).
+		#[pallet::call_index(5)]
+		#[pallet::weight(T::WeightInfo::retire_adapter())]
+		pub fn retire_adapter(origin: OriginFor<T>, adapter: AdapterId) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let entry = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
+			ensure!(entry.owner == who, Error::<T>::NotOwner);
+			T::Currency::release(
+				&HoldReason::AdapterDeposit.into(),
+				&entry.depositor,
+				entry.deposit,
+				Precision::Exact,
+			)?;
+			Adapters::<T>::remove(adapter);
+			Self::deposit_event(Event::AdapterRetired {
+				adapter,
+				depositor: entry.depositor,
+				deposit: entry.deposit,
+			});
+			Ok(())
+		}
+
+		/// Registers a prompt template owned by the caller and holds `PromptDeposit` from them.
+		/// Any signed account.
+		///
+		/// - `template_hash`: blake2-256 of the template text.
+		/// - `uri`: where the template can be fetched, at most `MaxUriLen` bytes.
+		/// - `price_per_call`: what a user pays the owner per request that uses the template.
+		///
+		/// Emits `PromptRegistered`. Errors: `UriTooLong`, `IdsExhausted`,
+		/// `InsufficientBalance`. O(1).
+		#[pallet::call_index(6)]
+		#[pallet::weight(T::WeightInfo::register_prompt())]
+		pub fn register_prompt(
+			origin: OriginFor<T>,
+			template_hash: ContentHash,
+			uri: Vec<u8>,
+			price_per_call: BalanceOf<T>,
+		) -> DispatchResult {
+			let owner = ensure_signed(origin)?;
+			let uri: BoundedVec<u8, T::MaxUriLen> =
+				uri.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+			let id = NextPromptId::<T>::get();
+			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			let deposit = T::PromptDeposit::get();
+			T::Currency::hold(&HoldReason::PromptDeposit.into(), &owner, deposit)
+				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			Prompts::<T>::insert(
+				id,
+				Prompt {
+					owner: owner.clone(),
+					depositor: owner.clone(),
+					deposit,
+					template_hash,
+					uri,
+					price_per_call,
+				},
+			);
+			NextPromptId::<T>::put(next);
+			Self::deposit_event(Event::PromptRegistered { prompt: id, owner, template_hash });
+			Ok(())
+		}
+
+		/// Sets a prompt template's price per call. The template's owner only.
+		///
+		/// Emits `PromptPriceSet`. Errors: `UnknownPrompt`, `NotOwner`. O(1).
+		#[pallet::call_index(7)]
+		#[pallet::weight(T::WeightInfo::set_prompt_price())]
+		pub fn set_prompt_price(
+			origin: OriginFor<T>,
+			prompt: PromptId,
+			price_per_call: BalanceOf<T>,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Prompts::<T>::try_mutate(prompt, |entry| {
+				let p = entry.as_mut().ok_or(Error::<T>::UnknownPrompt)?;
+				ensure!(p.owner == who, Error::<T>::NotOwner);
+				p.price_per_call = price_per_call;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::PromptPriceSet { prompt, price_per_call });
+			Ok(())
+		}
+
+		/// Makes `new_owner` the prompt template's owner. The deposit stays held from the account
+		/// that paid it. The template's owner only.
+		///
+		/// Emits `PromptTransferred`. Errors: `UnknownPrompt`, `NotOwner`. O(1).
+		#[pallet::call_index(8)]
+		#[pallet::weight(T::WeightInfo::transfer_prompt())]
+		pub fn transfer_prompt(
+			origin: OriginFor<T>,
+			prompt: PromptId,
+			new_owner: T::AccountId,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Prompts::<T>::try_mutate(prompt, |entry| {
+				let p = entry.as_mut().ok_or(Error::<T>::UnknownPrompt)?;
+				ensure!(p.owner == who, Error::<T>::NotOwner);
+				p.owner = new_owner.clone();
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::PromptTransferred { prompt, from: who, to: new_owner });
+			Ok(())
+		}
+
+		/// Removes a prompt template and releases its deposit to the account that paid it. The
+		/// template's owner only.
+		///
+		/// Emits `PromptRetired`. Errors: `UnknownPrompt`, `NotOwner`. O(1).
+		#[pallet::call_index(9)]
+		#[pallet::weight(T::WeightInfo::retire_prompt())]
+		pub fn retire_prompt(origin: OriginFor<T>, prompt: PromptId) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let entry = Prompts::<T>::get(prompt).ok_or(Error::<T>::UnknownPrompt)?;
+			ensure!(entry.owner == who, Error::<T>::NotOwner);
+			T::Currency::release(
+				&HoldReason::PromptDeposit.into(),
+				&entry.depositor,
+				entry.deposit,
+				Precision::Exact,
+			)?;
+			Prompts::<T>::remove(prompt);
+			Self::deposit_event(Event::PromptRetired {
+				prompt,
+				depositor: entry.depositor,
+				deposit: entry.deposit,
+			});
+			Ok(())
+		}
+	}
+
+	impl<T: Config> Pallet<T> {
+		/// Checks a provenance list, in order: its length, every share, their sum, duplicates,
+		/// then that every DataNet exists (the only storage reads).
+		fn checked_provenance(
+			provenance: Vec<(DataNetId, u32)>,
+		) -> Result<Provenance<T::MaxProvenance>, DispatchError> {
+			let provenance: Provenance<T::MaxProvenance> =
+				provenance.try_into().map_err(|_| Error::<T>::TooManyProvenanceEntries)?;
+			let mut total: u32 = 0;
+			for (_, share) in provenance.iter() {
+				ensure!(*share > 0, Error::<T>::ZeroShare);
+				total = total
+					.checked_add(*share)
+					.filter(|sum| *sum <= PPM)
+					.ok_or(Error::<T>::SharesOverHundredPercent)?;
+			}
+			let mut ids: Vec<DataNetId> = provenance.iter().map(|(datanet, _)| *datanet).collect();
+			ids.sort_unstable();
+			ensure!(ids.windows(2).all(|pair| pair[0] != pair[1]), Error::<T>::DuplicateProvenance);
+			ensure!(
+				ids.iter().all(|datanet| T::DataNets::datanet_exists(*datanet)),
+				Error::<T>::UnknownDataNet
+			);
+			Ok(provenance)
+		}
+
+		/// Invariants: ids lie below their counters, adapters name registered base models, ranks
+		/// and provenance respect their bounds, and holds equal the deposits recorded.
+		#[cfg(any(feature = "try-runtime", feature = "std"))]
+		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
+			use alloc::collections::btree_map::BTreeMap;
+			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+			for (id, _) in BaseModels::<T>::iter() {
+				ensure!(id < NextBaseModelId::<T>::get(), "base model id at or above the next id");
+			}
+			// Per depositor: (adapter deposits, prompt deposits).
+			let mut held: BTreeMap<T::AccountId, (BalanceOf<T>, BalanceOf<T>)> = BTreeMap::new();
+			for (id, adapter) in Adapters::<T>::iter() {
+				ensure!(id < NextAdapterId::<T>::get(), "adapter id at or above the next id");
+				ensure!(
+					BaseModels::<T>::contains_key(adapter.base_model),
+					"adapter names an unregistered base model"
+				);
+				ensure!(
+					(1..=T::MaxRank::get()).contains(&adapter.rank),
+					"adapter rank out of range"
+				);
+				ensure!(
+					adapter.provenance.len() as u32 <= T::MaxProvenance::get(),
+					"provenance over its bound"
+				);
+				let mut total: u64 = 0;
+				let mut ids = Vec::new();
+				for (datanet, share) in adapter.provenance.iter() {
+					ensure!(*share > 0, "zero provenance share");
+					total += u64::from(*share);
+					ids.push(*datanet);
+				}
+				ensure!(total <= u64::from(PPM), "provenance shares over 100 %");
+				ids.sort_unstable();
+				ensure!(
+					ids.windows(2).all(|pair| pair[0] != pair[1]),
+					"provenance names a DataNet twice"
+				);
+				held.entry(adapter.depositor).or_default().0 += adapter.deposit;
+			}
+			for (id, prompt) in Prompts::<T>::iter() {
+				ensure!(id < NextPromptId::<T>::get(), "prompt id at or above the next id");
+				held.entry(prompt.depositor).or_default().1 += prompt.deposit;
+			}
+			for (who, (adapters, prompts)) in held {
+				ensure!(
+					T::Currency::balance_on_hold(&HoldReason::AdapterDeposit.into(), &who) ==
+						adapters,
+					"adapter hold differs from recorded adapter deposits"
+				);
+				ensure!(
+					T::Currency::balance_on_hold(&HoldReason::PromptDeposit.into(), &who) ==
+						prompts,
+					"prompt hold differs from recorded prompt deposits"
+				);
+			}
+			Ok(())
+		}
+	}
+
+	impl<T: Config> RegistryInspect<T::AccountId, BalanceOf<T>> for Pallet<T> {
+		fn base_model_active(id: BaseModelId) -> bool {
+			BaseModels::<T>::get(id).is_some_and(|model| model.active)
+		}
+
+		fn adapter(id: AdapterId) -> Option<AdapterView<T::AccountId, BalanceOf<T>>> {
+			Adapters::<T>::get(id).map(|a| AdapterView {
+				owner: a.owner,
+				base_model: a.base_model,
+				weights_hash: a.weights_hash,
+				price_per_1k_tokens: a.price_per_1k_tokens,
+				provenance: a.provenance.into_inner(),
+			})
+		}
+
+		fn prompt(id: PromptId) -> Option<PromptView<T::AccountId, BalanceOf<T>>> {
+			Prompts::<T>::get(id).map(|p| PromptView {
+				owner: p.owner,
+				template_hash: p.template_hash,
+				price_per_call: p.price_per_call,
+			})
+		}
+	}
+}

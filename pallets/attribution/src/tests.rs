@@ -1,0 +1,492 @@
+//! Behaviour of the attribution pallet: credit, authorisation, and every way a receipt is
+//! settled or rejected, with balances asserted after each step.
+
+use crate::{
+	mock::*, Allowances, AllowanceCount, DataShare, Error, Event, HoldReason, PendingWithdrawals,
+	PruneCursor, RejectReason, RetrievalPrice, Settled, SettledByExpiry,
+};
+use openledger_primitives::{
+	content_hash, signing_payload, Receipt, SignedReceipt,
+	SignedVoucher, Voucher, RECEIPT_DOMAIN, VOUCHER_DOMAIN,
+};
+use polkadot_sdk::{
+	frame_support::{
+		assert_noop, assert_ok,
+		traits::{fungible::{Inspect, InspectHold}, Hooks},
+		BoundedVec,
+	},
+	sp_core::{sr25519, Pair, H256},
+	sp_runtime::{DispatchError, Permill},
+};
+
+fn credit(who: &AccountId) -> Balance {
+	Balances::balance_on_hold(&HoldReason::Credit.into(), who)
+}
+
+fn batch(receipts: Vec<SignedReceipt<AccountId, Balance>>) -> BoundedVec<SignedReceipt<AccountId, Balance>, MaxReceiptsPerBatch> {
+	BoundedVec::truncate_from(receipts)
+}
+
+fn submit(who: &AccountId, receipts: Vec<SignedReceipt<AccountId, Balance>>) {
+	assert_ok!(Attribution::submit_receipts(RuntimeOrigin::signed(who.clone()), batch(receipts)));
+}
+
+fn last_reason() -> Option<RejectReason> {
+	System::events().into_iter().rev().find_map(|record| match record.event {
+		RuntimeEvent::Attribution(Event::ReceiptRejected { reason, .. }) => Some(reason),
+		_ => None,
+	})
+}
+
+/// Balances of everyone a receipt could pay, to check that a rejected one paid nothing.
+fn snapshot() -> Vec<Balance> {
+	everyone().iter().map(|who| Balances::total_balance(who)).collect()
+}
+
+#[test]
+fn deposit_holds_credit() {
+	run(|| {
+		let payer = account(Role::Payer);
+		let before = Balances::balance(&payer);
+		assert_ok!(Attribution::deposit(RuntimeOrigin::signed(payer.clone()), 500));
+		assert_eq!(credit(&payer), CREDIT + 500);
+		assert_eq!(Balances::balance(&payer), before - 500);
+		System::assert_last_event(Event::CreditDeposited { payer: payer.clone(), amount: 500 }.into());
+		assert_noop!(Attribution::deposit(RuntimeOrigin::none(), 5), DispatchError::BadOrigin);
+		assert_noop!(Attribution::deposit(RuntimeOrigin::signed(payer.clone()), 0), Error::<Test>::ZeroAmount);
+		assert_noop!(Attribution::deposit(RuntimeOrigin::signed(payer), ENDOWMENT * 10), Error::<Test>::InsufficientBalance);
+	});
+}
+
+#[test]
+fn withdrawal_waits_out_the_delay() {
+	run(|| {
+		let payer = account(Role::Payer);
+		let signed = RuntimeOrigin::signed(payer.clone());
+		assert_noop!(Attribution::withdraw(RuntimeOrigin::none(), 5), DispatchError::BadOrigin);
+		assert_noop!(Attribution::withdraw(signed.clone(), 0), Error::<Test>::ZeroAmount);
+		assert_noop!(Attribution::withdraw(signed.clone(), CREDIT + 1), Error::<Test>::InsufficientCredit);
+		assert_noop!(Attribution::claim_withdrawal(signed.clone()), Error::<Test>::NoPendingWithdrawal);
+		assert_ok!(Attribution::withdraw(signed.clone(), 1_000));
+		let unlock_at = 1 + WITHDRAWAL_DELAY;
+		System::assert_last_event(Event::WithdrawalScheduled { payer: payer.clone(), amount: 1_000, unlock_at }.into());
+		assert_noop!(Attribution::claim_withdrawal(signed.clone()), Error::<Test>::WithdrawalLocked);
+		assert_noop!(Attribution::claim_withdrawal(RuntimeOrigin::none()), DispatchError::BadOrigin);
+		System::set_block_number(unlock_at);
+		let free = Balances::balance(&payer);
+		assert_ok!(Attribution::claim_withdrawal(signed));
+		assert_eq!(credit(&payer), CREDIT - 1_000);
+		assert_eq!(Balances::balance(&payer), free + 1_000);
+		assert!(PendingWithdrawals::<Test>::get(&payer).is_none());
+		System::assert_last_event(Event::CreditWithdrawn { payer, amount: 1_000 }.into());
+	});
+}
+
+#[test]
+fn credit_withdrawal_still_pays_receipts_during_the_delay() {
+	run(|| {
+		let payer = account(Role::Payer);
+		assert_ok!(Attribution::withdraw(RuntimeOrigin::signed(payer.clone()), CREDIT));
+		submit(&account(Role::Worker), vec![sign(receipt(1))]);
+		assert_eq!(credit(&payer), CREDIT - EXPECTED_FEE);
+		System::set_block_number(1 + WITHDRAWAL_DELAY);
+		assert_ok!(Attribution::claim_withdrawal(RuntimeOrigin::signed(payer.clone())));
+		// Only what was left is released.
+		assert_eq!(credit(&payer), 0);
+		System::assert_last_event(Event::CreditWithdrawn { payer, amount: CREDIT - EXPECTED_FEE }.into());
+	});
+}
+
+#[test]
+fn allowances_are_set_removed_and_bounded() {
+	run(|| {
+		let payer = account(Role::Payer);
+		let signed = RuntimeOrigin::signed(payer.clone());
+		assert_noop!(Attribution::set_allowance(RuntimeOrigin::none(), account(Role::Worker), 5), DispatchError::BadOrigin);
+		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 5));
+		System::assert_last_event(Event::AllowanceSet { payer: payer.clone(), worker: account(Role::Other), amount: 5 }.into());
+		assert_eq!(AllowanceCount::<Test>::get(&payer), 2);
+		assert_noop!(Attribution::set_allowance(signed.clone(), account(Role::Treasury), 5), Error::<Test>::TooManyAllowances);
+		// Changing an existing allowance is not a new one.
+		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 7));
+		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 0));
+		assert!(Allowances::<Test>::get(&payer, account(Role::Other)).is_none());
+		assert_eq!(AllowanceCount::<Test>::get(&payer), 1);
+		assert_ok!(Attribution::set_allowance(signed, account(Role::Treasury), 5));
+	});
+}
+
+#[test]
+fn fee_params_are_set_by_governance_only() {
+	run(|| {
+		assert_noop!(
+			Attribution::set_fee_params(RuntimeOrigin::signed(account(Role::Payer)), Permill::zero(), Permill::zero(), 1),
+			DispatchError::BadOrigin
+		);
+		assert_ok!(Attribution::set_fee_params(RuntimeOrigin::root(), Permill::from_percent(1), Permill::from_percent(2), 3));
+		assert_eq!((DataShare::<Test>::get(), RetrievalPrice::<Test>::get()), (Permill::from_percent(2), 3));
+		System::assert_last_event(
+			Event::FeeParamsSet { protocol_share: Permill::from_percent(1), data_share: Permill::from_percent(2), retrieval_price: 3 }.into(),
+		);
+	});
+}
+
+#[test]
+fn valid_receipt_pays_everyone_their_share() {
+	run(|| {
+		let before: Vec<(Role, Balance)> = ROLES.iter().map(|r| (*r, Balances::total_balance(&account(*r)))).collect();
+		let pool_before = Balances::total_balance(&pool());
+		let issuance = Balances::total_issuance();
+		let signed = sign(receipt(1));
+		let id = signed.receipt.id();
+		submit(&account(Role::Worker), vec![signed]);
+		System::assert_has_event(Event::ReceiptSettled { receipt_id: id, worker: account(Role::Worker), payer: account(Role::Payer), fee: EXPECTED_FEE }.into());
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
+		// Computed by hand in `mock::EXPECTED_*`, independently of the fee code.
+		for (role, was) in before {
+			let expected_gain = expected_payout(role);
+			let now = Balances::total_balance(&account(role));
+			if role == Role::Payer {
+				assert_eq!(was - now, EXPECTED_FEE, "payer");
+			} else {
+				assert_eq!(now - was, expected_gain, "{role:?}");
+			}
+		}
+		assert_eq!(Balances::total_balance(&pool()) - pool_before, EXPECTED_TRAINING_POOL);
+		assert_eq!(DataNets::unclaimed_rewards(DATANET, ITEM_A), EXPECTED_TRAINING_POOL / 2);
+		assert_eq!(Balances::total_issuance(), issuance);
+		assert_eq!(Allowances::<Test>::get(account(Role::Payer), account(Role::Worker)), Some(ALLOWANCE - EXPECTED_FEE));
+	});
+}
+
+#[test]
+fn replayed_receipt_is_not_paid() {
+	run(|| {
+		let signed = sign(receipt(1));
+		submit(&account(Role::Worker), vec![signed.clone()]);
+		let before = snapshot();
+		submit(&account(Role::Worker), vec![signed.clone()]);
+		assert_eq!(last_reason(), Some(RejectReason::AlreadySettled));
+		// A copy submitted by a third party is refused too.
+		submit(&account(Role::Other), vec![signed]);
+		assert_eq!(last_reason(), Some(RejectReason::AlreadySettled));
+		// So is a different receipt for the same request (e.g. a later expiry).
+		let mut other = receipt(1);
+		other.expires_at += 1;
+		submit(&account(Role::Worker), vec![sign(other)]);
+		assert_eq!(last_reason(), Some(RejectReason::AlreadySettled));
+		assert_eq!(snapshot(), before);
+	});
+}
+
+#[test]
+fn receipt_submitted_by_a_third_party_pays_the_right_people() {
+	run(|| {
+		let worker_before = Balances::total_balance(&account(Role::Worker));
+		let other_before = Balances::total_balance(&account(Role::Other));
+		submit(&account(Role::Other), vec![sign(receipt(1))]);
+		assert_eq!(Balances::total_balance(&account(Role::Worker)) - worker_before, expected_payout(Role::Worker));
+		// The submitter pays only its transaction fee, which the mock does not charge.
+		assert_eq!(Balances::total_balance(&account(Role::Other)), other_before);
+	});
+}
+
+/// Submits `signed` and asserts it is rejected for `reason` and pays nothing.
+fn assert_rejected(signed: SignedReceipt<AccountId, Balance>, reason: RejectReason) {
+	let before = snapshot();
+	let pool_before = Balances::total_balance(&pool());
+	let id = signed.receipt.id();
+	submit(&account(Role::Other), vec![signed]);
+	System::assert_has_event(Event::ReceiptRejected { receipt_id: id, reason }.into());
+	assert_eq!(snapshot(), before, "a rejected receipt ({reason:?}) paid someone");
+	assert_eq!(Balances::total_balance(&pool()), pool_before);
+}
+
+#[test]
+fn expired_receipt_is_rejected() {
+	run(|| {
+		System::set_block_number(50);
+		let mut r = receipt(1);
+		r.expires_at = 49;
+		assert_rejected(sign(r), RejectReason::Expired);
+		let mut far = receipt(2);
+		far.expires_at = (50 + MAX_LIFETIME + 1) as u32;
+		assert_rejected(sign(far), RejectReason::ExpiryTooFar);
+	});
+}
+
+#[test]
+fn signature_from_another_chain_domain_or_key_is_rejected() {
+	run(|| {
+		let r = receipt(1);
+		let wrong_genesis = session_pair().sign(&r.signing_payload(&H256::repeat_byte(1)));
+		assert_rejected(SignedReceipt { receipt: r.clone(), signature: wrong_genesis, voucher: None }, RejectReason::InvalidSignature);
+		let wrong_domain = session_pair().sign(&signing_payload(VOUCHER_DOMAIN, &genesis_hash(), &r));
+		assert_rejected(SignedReceipt { receipt: r.clone(), signature: wrong_domain, voucher: None }, RejectReason::InvalidSignature);
+		let wrong_key = sr25519::Pair::from_string("//NotTheSessionKey", None).unwrap()
+			.sign(&signing_payload(RECEIPT_DOMAIN, &genesis_hash(), &r));
+		assert_rejected(SignedReceipt { receipt: r.clone(), signature: wrong_key, voucher: None }, RejectReason::InvalidSignature);
+		// A tampered receipt no longer matches its signature.
+		let mut signed = sign(r);
+		signed.receipt.completion_tokens += 1;
+		assert_rejected(signed, RejectReason::InvalidSignature);
+	});
+}
+
+#[test]
+fn receipt_from_unregistered_worker_is_rejected() {
+	run(|| {
+		let mut r = receipt(1);
+		r.worker = account(Role::Other);
+		assert_rejected(sign(r), RejectReason::UnknownWorker);
+	});
+}
+
+#[test]
+fn receipt_naming_unknown_or_mismatched_entries_is_rejected() {
+	run(|| {
+		let mut r = receipt(1);
+		r.adapter = Some((ADAPTER + 9, adapter_hash()));
+		assert_rejected(sign(r), RejectReason::UnknownAdapter);
+		let mut r = receipt(2);
+		r.adapter = Some((ADAPTER, content_hash(b"other weights")));
+		assert_rejected(sign(r), RejectReason::AdapterHashMismatch);
+		let mut r = receipt(3);
+		r.prompt = Some((PROMPT + 9, template_hash()));
+		assert_rejected(sign(r), RejectReason::UnknownPrompt);
+		let mut r = receipt(4);
+		r.prompt = Some((PROMPT, content_hash(b"other template")));
+		assert_rejected(sign(r), RejectReason::PromptHashMismatch);
+		let mut r = receipt(5);
+		r.base_model = 2;
+		assert_rejected(sign(r), RejectReason::ModelNotServed);
+	});
+}
+
+#[test]
+fn receipt_naming_unaccepted_item_is_rejected() {
+	run(|| {
+		let mut r = receipt(1);
+		r.attribution[1].item = Some(ITEM_PENDING);
+		assert_rejected(sign(r), RejectReason::UnacceptedItem);
+		let mut r = receipt(2);
+		r.attribution[1].item = Some(999);
+		assert_rejected(sign(r), RejectReason::UnacceptedItem);
+	});
+}
+
+#[test]
+fn receipt_with_bad_attribution_is_rejected() {
+	run(|| {
+		let mut r = receipt(1);
+		r.attribution[1].weight_ppm += 1;
+		assert_rejected(sign(r), RejectReason::InvalidAttribution);
+		let mut r = receipt(2);
+		r.attribution[1].item = None;
+		assert_rejected(sign(r), RejectReason::InvalidAttribution);
+		let mut r = receipt(3);
+		r.attribution[0].datanet = DATANET + 1;
+		assert_rejected(sign(r), RejectReason::InvalidTrainingEntry);
+		let mut r = receipt(4);
+		r.attribution[0].item = Some(ITEM_A);
+		assert_rejected(sign(r), RejectReason::InvalidTrainingEntry);
+	});
+}
+
+#[test]
+fn receipt_without_authorisation_is_rejected() {
+	run(|| {
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), 0));
+		assert_rejected(sign(receipt(1)), RejectReason::NotAuthorised);
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), EXPECTED_FEE - 1));
+		assert_rejected(sign(receipt(2)), RejectReason::FeeExceedsAuthorisation);
+	});
+}
+
+fn voucher(r: &Receipt<AccountId>, max_fee: Balance) -> Voucher<AccountId, Balance> {
+	Voucher { payer: r.payer.clone(), worker: r.worker.clone(), request_hash: r.request_hash, max_fee, expires_at: r.expires_at }
+}
+
+fn with_voucher(r: Receipt<AccountId>, v: Voucher<AccountId, Balance>, signer: &sr25519::Pair) -> SignedReceipt<AccountId, Balance> {
+	let signature = signer.sign(&v.signing_payload(&genesis_hash())).into();
+	SignedReceipt { voucher: Some(SignedVoucher { voucher: v, signature }), ..sign(r) }
+}
+
+#[test]
+fn voucher_authorises_exactly_its_request() {
+	run(|| {
+		// No allowance: only vouchers authorise.
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), 0));
+		let payer = payer_pair();
+		let r = receipt(1);
+		assert_rejected(with_voucher(r.clone(), voucher(&r, EXPECTED_FEE - 1), &payer), RejectReason::FeeExceedsAuthorisation);
+		let mut other_request = voucher(&r, EXPECTED_FEE);
+		other_request.request_hash = content_hash(b"another request");
+		assert_rejected(with_voucher(r.clone(), other_request, &payer), RejectReason::VoucherMismatch);
+		assert_rejected(with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &session_pair()), RejectReason::InvalidVoucherSignature);
+		let mut expired = voucher(&r, EXPECTED_FEE);
+		expired.expires_at = 0;
+		assert_rejected(with_voucher(r.clone(), expired, &payer), RejectReason::VoucherExpired);
+		let before = credit(&account(Role::Payer));
+		submit(&account(Role::Worker), vec![with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer)]);
+		assert_eq!(before - credit(&account(Role::Payer)), EXPECTED_FEE);
+	});
+}
+
+#[test]
+fn receipt_beyond_payer_credit_is_rejected() {
+	run(|| {
+		let payer = account(Role::Payer);
+		assert_ok!(Attribution::withdraw(RuntimeOrigin::signed(payer.clone()), CREDIT - EXPECTED_FEE + 1));
+		System::set_block_number(1 + WITHDRAWAL_DELAY);
+		assert_ok!(Attribution::claim_withdrawal(RuntimeOrigin::signed(payer)));
+		let mut r = receipt(1);
+		r.expires_at = (1 + WITHDRAWAL_DELAY + 10) as u32;
+		assert_rejected(sign(r), RejectReason::InsufficientCredit);
+	});
+}
+
+#[test]
+fn one_bad_receipt_does_not_sink_the_batch() {
+	run(|| {
+		let mut bad = receipt(2);
+		bad.worker = account(Role::Other);
+		submit(&account(Role::Worker), vec![sign(receipt(1)), sign(bad), sign(receipt(3))]);
+		System::assert_last_event(Event::BatchProcessed { settled: 2, rejected: 1 }.into());
+		assert_eq!(credit(&account(Role::Payer)), CREDIT - 2 * EXPECTED_FEE);
+	});
+}
+
+#[test]
+fn empty_batch_and_wrong_origin_are_refused() {
+	run(|| {
+		assert_noop!(Attribution::submit_receipts(RuntimeOrigin::signed(account(Role::Worker)), batch(vec![])), Error::<Test>::EmptyBatch);
+		assert_noop!(Attribution::submit_receipts(RuntimeOrigin::none(), batch(vec![sign(receipt(1))])), DispatchError::BadOrigin);
+	});
+}
+
+#[test]
+fn settled_records_are_pruned_after_expiry_and_replays_stay_refused() {
+	run(|| {
+		let signed = sign(receipt(1));
+		let expires_at = signed.receipt.expires_at as u64;
+		submit(&account(Role::Worker), vec![signed.clone()]);
+		assert_eq!(Settled::<Test>::iter().count(), 1);
+		Attribution::on_initialize(expires_at);
+		assert_eq!(Settled::<Test>::iter().count(), 1, "not pruned before it expires");
+		System::set_block_number(expires_at + 1);
+		Attribution::on_initialize(expires_at + 1);
+		assert_eq!(Settled::<Test>::iter().count(), 0);
+		assert_eq!(SettledByExpiry::<Test>::iter().count(), 0);
+		assert_eq!(PruneCursor::<Test>::get(), expires_at + 1);
+		assert_rejected(signed, RejectReason::Expired);
+	});
+}
+
+#[test]
+fn pruning_is_bounded_per_block() {
+	run(|| {
+		let receipts: Vec<_> = (0..(MAX_PRUNE + 2)).map(|n| sign(receipt(n as u8))).collect();
+		let expires_at = receipts[0].receipt.expires_at as u64;
+		submit(&account(Role::Worker), receipts);
+		System::set_block_number(expires_at + 1);
+		Attribution::on_initialize(expires_at + 1);
+		assert_eq!(Settled::<Test>::iter().count(), 2);
+		Attribution::on_initialize(expires_at + 2);
+		assert_eq!(Settled::<Test>::iter().count(), 0);
+	});
+}
+
+mod properties {
+	use super::*;
+	use openledger_primitives::fees::{split_fee, FeeInputs, TrainingSource, WeightedItem};
+	use proptest::prelude::*;
+
+	proptest! {
+		#![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+		/// Random prices, shares and weights: payouts sum to the fee and nothing is paid from
+		/// a zero part.
+		#[test]
+		fn split_conserves_the_fee(
+			tokens in 0u64..5_000_000,
+			worker_rate in 0u128..1_000_000_000_000_000_000,
+			adapter_rate in 0u128..1_000_000_000_000_000_000,
+			prompt_price in 0u128..1_000_000_000_000_000,
+			retrieval_price in 0u128..1_000_000_000_000_000,
+			weights in proptest::collection::vec(0u32..1_000_000, 0..8),
+			shares in proptest::collection::vec((1u32..600_000, 0u32..50), 0..4),
+			protocol in 0u32..1_000_000,
+			data in 0u32..1_000_000,
+		) {
+			let items: Vec<WeightedItem> = weights.iter().enumerate()
+				.map(|(i, w)| WeightedItem { datanet: 0, item: i as u32, weight_ppm: *w }).collect();
+			let training: Vec<TrainingSource> = shares.iter().enumerate()
+				.map(|(i, (s, n))| TrainingSource { datanet: i as u32, share_ppm: *s, accepted_items: *n }).collect();
+			let inputs = FeeInputs {
+				tokens, worker_rate_per_1k: worker_rate, adapter_rate_per_1k: adapter_rate,
+				prompt_price, retrieval_price, items: &items, training: &training,
+				protocol_share: Permill::from_parts(protocol), data_share: Permill::from_parts(data),
+			};
+			let split = split_fee(&inputs).unwrap();
+			prop_assert_eq!(split.payouts.iter().map(|(_, a)| *a).sum::<u128>(), split.fee);
+			for (payee, amount) in &split.payouts {
+				prop_assert!(*amount > 0);
+				use openledger_primitives::fees::Payee;
+				match payee {
+					Payee::Worker => prop_assert!(worker_rate > 0 && tokens > 0),
+					Payee::PromptOwner => prop_assert!(prompt_price > 0),
+					Payee::AdapterOwner | Payee::TrainingPool(_) => prop_assert!(adapter_rate > 0 && tokens > 0),
+					Payee::Contributor(_, i) => prop_assert!(retrieval_price > 0 && weights[*i as usize] > 0),
+					Payee::Treasury => {},
+				}
+			}
+		}
+
+		/// The same through the pallet: random prices and shares on chain, a settled receipt
+		/// moves exactly its fee from the payer's credit and creates or destroys nothing.
+		#[test]
+		fn settlement_conserves_value(
+			// Bounded so the largest fee (about 83,000) stays within the payer's credit.
+			worker_rate in 0u128..2_000,
+			adapter_rate in 0u128..2_000,
+			prompt_price in 0u128..40_000,
+			retrieval_price in 0u128..1_000,
+			protocol in 0u32..1_000_000,
+			data in 0u32..1_000_000,
+			split_a in 1u32..799_999,
+			tokens in 1u32..10_000,
+		) {
+			let mut ok = Ok(());
+			run(|| {
+				set_prices(worker_rate, adapter_rate, prompt_price);
+				assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), CREDIT));
+				assert_ok!(Attribution::set_fee_params(RuntimeOrigin::root(), Permill::from_parts(protocol), Permill::from_parts(data), retrieval_price));
+				let mut r = receipt(1);
+				r.completion_tokens = tokens;
+				r.attribution[1].weight_ppm = split_a;
+				r.attribution[2].weight_ppm = 800_000 - split_a;
+				let issuance = Balances::total_issuance();
+				let mut all = everyone();
+				all.push(pool());
+				let before: Vec<Balance> = all.iter().map(|a| Balances::total_balance(a)).collect();
+				submit(&account(Role::Worker), vec![sign(r)]);
+				let after: Vec<Balance> = all.iter().map(|a| Balances::total_balance(a)).collect();
+				let fee = System::events().into_iter().find_map(|e| match e.event {
+					RuntimeEvent::Attribution(Event::ReceiptSettled { fee, .. }) => Some(fee),
+					_ => None,
+				});
+				ok = (|| {
+					let fee = fee.ok_or_else(|| TestCaseError::fail(format!("receipt rejected: {:?}", last_reason())))?;
+					prop_assert_eq!(Balances::total_issuance(), issuance);
+					let gained: u128 = before.iter().zip(&after).filter(|(b, a)| a > b).map(|(b, a)| a - b).sum();
+					let lost: u128 = before.iter().zip(&after).filter(|(b, a)| a < b).map(|(b, a)| b - a).sum();
+					prop_assert_eq!(gained, fee);
+					prop_assert_eq!(lost, fee);
+					Ok(())
+				})();
+			});
+			ok?;
+		}
+	}
+}

@@ -1,0 +1,267 @@
+//! Benchmarks of the registry pallet, each at the worst case of its bounds: names, architectures
+//! and uris at their longest, provenance naming `MaxProvenance` distinct existing DataNets.
+
+use super::*;
+use alloc::{vec, vec::Vec};
+use openledger_primitives::{AdapterId, BaseModelId, DataNetId, PromptId, PPM};
+use polkadot_sdk::{
+	frame_benchmarking::v2::*,
+	frame_support::traits::{
+		fungible::{Inspect, InspectHold, Mutate},
+		EnsureOrigin, Get,
+	},
+	frame_system::{self, RawOrigin},
+	sp_core::H256,
+	sp_runtime::traits::{Saturating, Zero},
+};
+
+/// An account funded for the deposits of a few registrations.
+fn funded<T: Config>(name: &'static str) -> T::AccountId {
+	let who: T::AccountId = account(name, 0, 0);
+	let deposits = T::AdapterDeposit::get().saturating_add(T::PromptDeposit::get());
+	T::Currency::set_balance(
+		&who,
+		T::Currency::minimum_balance().saturating_add(deposits.saturating_mul(4u32.into())),
+	);
+	who
+}
+
+fn uri<T: Config>() -> Vec<u8> {
+	vec![b'u'; T::MaxUriLen::get() as usize]
+}
+
+/// Registers a base model with the longest name and architecture.
+fn base_model<T: Config>() -> Result<BaseModelId, BenchmarkError> {
+	let origin =
+		T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+	let id = NextBaseModelId::<T>::get();
+	Pallet::<T>::register_base_model(
+		origin,
+		vec![b'n'; T::MaxNameLen::get() as usize],
+		vec![b'a'; T::MaxArchitectureLen::get() as usize],
+		H256::repeat_byte(1),
+	)?;
+	Ok(id)
+}
+
+/// `p` distinct existing DataNets sharing 100 % as evenly as ppm allows.
+fn provenance<T: Config>(p: u32) -> Vec<(DataNetId, u32)> {
+	let share = PPM / p.max(1);
+	(0..p).map(|i| (T::BenchmarkHelper::create_datanet(i), share)).collect()
+}
+
+/// Registers an adapter of `owner` at the bounds: longest uri, full provenance.
+fn adapter<T: Config>(owner: &T::AccountId) -> Result<AdapterId, BenchmarkError> {
+	let base = base_model::<T>()?;
+	let id = NextAdapterId::<T>::get();
+	Pallet::<T>::register_adapter(
+		RawOrigin::Signed(owner.clone()).into(),
+		base,
+		H256::repeat_byte(2),
+		H256::repeat_byte(3),
+		T::MaxRank::get(),
+		uri::<T>(),
+		provenance::<T>(T::MaxProvenance::get()),
+		1u32.into(),
+	)?;
+	Ok(id)
+}
+
+/// Registers a prompt template of `owner` with the longest uri.
+fn prompt<T: Config>(owner: &T::AccountId) -> Result<PromptId, BenchmarkError> {
+	let id = NextPromptId::<T>::get();
+	Pallet::<T>::register_prompt(
+		RawOrigin::Signed(owner.clone()).into(),
+		H256::repeat_byte(4),
+		uri::<T>(),
+		1u32.into(),
+	)?;
+	Ok(id)
+}
+
+fn assert_last_event<T: Config>(event: Event<T>) {
+	frame_system::Pallet::<T>::assert_last_event(event.into());
+}
+
+#[benchmarks]
+mod benchmarks {
+	use super::*;
+
+	#[benchmark]
+	fn register_base_model() -> Result<(), BenchmarkError> {
+		let origin =
+			T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+		let weights_hash = H256::repeat_byte(1);
+		let id = NextBaseModelId::<T>::get();
+
+		#[extrinsic_call]
+		_(
+			origin as T::RuntimeOrigin,
+			vec![b'n'; T::MaxNameLen::get() as usize],
+			vec![b'a'; T::MaxArchitectureLen::get() as usize],
+			weights_hash,
+		);
+
+		assert_last_event::<T>(Event::BaseModelRegistered { base_model: id, weights_hash });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn retire_base_model() -> Result<(), BenchmarkError> {
+		let base = base_model::<T>()?;
+		let origin =
+			T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+
+		#[extrinsic_call]
+		_(origin as T::RuntimeOrigin, base);
+
+		assert_last_event::<T>(Event::BaseModelRetired { base_model: base });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn register_adapter(p: Linear<0, { T::MaxProvenance::get() }>) -> Result<(), BenchmarkError> {
+		let caller = funded::<T>("caller");
+		let base = base_model::<T>()?;
+		let provenance = provenance::<T>(p);
+		let weights_hash = H256::repeat_byte(2);
+		let id = NextAdapterId::<T>::get();
+
+		#[extrinsic_call]
+		_(
+			RawOrigin::Signed(caller.clone()),
+			base,
+			weights_hash,
+			H256::repeat_byte(3),
+			T::MaxRank::get(),
+			uri::<T>(),
+			provenance,
+			1u32.into(),
+		);
+
+		assert_last_event::<T>(Event::AdapterRegistered {
+			adapter: id,
+			owner: caller.clone(),
+			base_model: base,
+			weights_hash,
+		});
+		assert_eq!(
+			T::Currency::balance_on_hold(&HoldReason::AdapterDeposit.into(), &caller),
+			T::AdapterDeposit::get()
+		);
+		Ok(())
+	}
+
+	#[benchmark]
+	fn set_adapter_price() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = adapter::<T>(&owner)?;
+		let price: BalanceOf<T> = 2u32.into();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner), id, price);
+
+		assert_last_event::<T>(Event::AdapterPriceSet { adapter: id, price_per_1k_tokens: price });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn transfer_adapter() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = adapter::<T>(&owner)?;
+		let new_owner: T::AccountId = account("new_owner", 0, 0);
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id, new_owner.clone());
+
+		assert_last_event::<T>(Event::AdapterTransferred {
+			adapter: id,
+			from: owner,
+			to: new_owner,
+		});
+		Ok(())
+	}
+
+	#[benchmark]
+	fn retire_adapter() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = adapter::<T>(&owner)?;
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id);
+
+		assert_last_event::<T>(Event::AdapterRetired {
+			adapter: id,
+			depositor: owner.clone(),
+			deposit: T::AdapterDeposit::get(),
+		});
+		assert!(T::Currency::balance_on_hold(&HoldReason::AdapterDeposit.into(), &owner).is_zero());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn register_prompt() -> Result<(), BenchmarkError> {
+		let caller = funded::<T>("caller");
+		let template_hash = H256::repeat_byte(4);
+		let id = NextPromptId::<T>::get();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(caller.clone()), template_hash, uri::<T>(), 1u32.into());
+
+		assert_last_event::<T>(Event::PromptRegistered {
+			prompt: id,
+			owner: caller.clone(),
+			template_hash,
+		});
+		assert_eq!(
+			T::Currency::balance_on_hold(&HoldReason::PromptDeposit.into(), &caller),
+			T::PromptDeposit::get()
+		);
+		Ok(())
+	}
+
+	#[benchmark]
+	fn set_prompt_price() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = prompt::<T>(&owner)?;
+		let price: BalanceOf<T> = 2u32.into();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner), id, price);
+
+		assert_last_event::<T>(Event::PromptPriceSet { prompt: id, price_per_call: price });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn transfer_prompt() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = prompt::<T>(&owner)?;
+		let new_owner: T::AccountId = account("new_owner", 0, 0);
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id, new_owner.clone());
+
+		assert_last_event::<T>(Event::PromptTransferred { prompt: id, from: owner, to: new_owner });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn retire_prompt() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = prompt::<T>(&owner)?;
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id);
+
+		assert_last_event::<T>(Event::PromptRetired {
+			prompt: id,
+			depositor: owner.clone(),
+			deposit: T::PromptDeposit::get(),
+		});
+		assert!(T::Currency::balance_on_hold(&HoldReason::PromptDeposit.into(), &owner).is_zero());
+		Ok(())
+	}
+
+	impl_benchmark_test_suite!(Pallet, crate::mock::new_test_ext(), crate::mock::Test);
+}

@@ -1,0 +1,481 @@
+//! Behaviour of every call: success with balances and holds, wrong origin, each error.
+
+use crate::{
+	mock::*, Adapters, BaseModels, Error, Event, HoldReason, NextAdapterId, NextBaseModelId,
+	NextPromptId, Prompts,
+};
+use openledger_primitives::{
+	content_hash,
+	traits::{AdapterView, PromptView, RegistryInspect},
+	DataNetId, PPM,
+};
+use polkadot_sdk::{
+	frame_support::{
+		assert_noop, assert_ok,
+		traits::fungible::{Inspect, InspectHold, MutateHold},
+	},
+	sp_core::H256,
+	sp_runtime::{DispatchError, DispatchResult},
+};
+
+const PRICE: Balance = 7;
+
+fn held(reason: HoldReason, who: AccountId) -> Balance {
+	Balances::balance_on_hold(&reason.into(), &who)
+}
+
+fn weights() -> H256 {
+	content_hash(b"adapter_model.safetensors")
+}
+
+fn config() -> H256 {
+	content_hash(b"adapter_config.json")
+}
+
+fn template() -> H256 {
+	content_hash(b"You are a helpful assistant.")
+}
+
+fn base_model() -> u32 {
+	let id = NextBaseModelId::<Test>::get();
+	assert_ok!(Registry::register_base_model(
+		RuntimeOrigin::root(),
+		b"SmolLM2-135M".to_vec(),
+		b"llama".to_vec(),
+		content_hash(b"base weights"),
+	));
+	id
+}
+
+/// Creates a DataNet through the real DataNets pallet.
+fn datanet() -> DataNetId {
+	let id = pallet_datanets::NextDataNetId::<Test>::get();
+	assert_ok!(DataNets::create_datanet(
+		RuntimeOrigin::signed(TREASURY),
+		b"wiki".to_vec(),
+		content_hash(b"metadata"),
+		b"ipfs://meta".to_vec(),
+		b"CC-BY".to_vec(),
+		100,
+	));
+	id
+}
+
+fn register_adapter(
+	who: AccountId,
+	base: u32,
+	rank: u32,
+	uri: &[u8],
+	provenance: &[(DataNetId, u32)],
+) -> DispatchResult {
+	Registry::register_adapter(
+		RuntimeOrigin::signed(who),
+		base,
+		weights(),
+		config(),
+		rank,
+		uri.to_vec(),
+		provenance.to_vec(),
+		PRICE,
+	)
+}
+
+/// Registers an adapter of `who` on a new base model, trained on one new DataNet.
+fn adapter(who: AccountId) -> u32 {
+	let base = base_model();
+	let net = datanet();
+	let id = NextAdapterId::<Test>::get();
+	assert_ok!(register_adapter(who, base, 8, b"ipfs://lora", &[(net, 400_000)]));
+	id
+}
+
+fn prompt(who: AccountId) -> u32 {
+	let id = NextPromptId::<Test>::get();
+	assert_ok!(Registry::register_prompt(
+		RuntimeOrigin::signed(who),
+		template(),
+		b"ipfs://prompt".to_vec(),
+		PRICE
+	));
+	id
+}
+
+#[test]
+fn governance_registers_active_base_models() {
+	run(|| {
+		let id = base_model();
+		let model = BaseModels::<Test>::get(id).unwrap();
+		assert_eq!(model.name.to_vec(), b"SmolLM2-135M".to_vec());
+		assert_eq!(model.architecture.to_vec(), b"llama".to_vec());
+		assert_eq!(model.weights_hash, content_hash(b"base weights"));
+		assert!(model.active);
+		assert!(Registry::base_model_active(id));
+		assert!(!Registry::base_model_active(id + 1));
+		assert_eq!(NextBaseModelId::<Test>::get(), 1);
+		System::assert_last_event(
+			Event::BaseModelRegistered { base_model: id, weights_hash: content_hash(b"base weights") }
+				.into(),
+		);
+		// Registration is free: no balance moves.
+		assert_eq!(Balances::total_issuance(), 4 * ENDOWMENT + POOR_ENDOWMENT);
+		assert_eq!(base_model(), 1);
+	});
+}
+
+#[test]
+fn base_model_registration_rejects_bad_input() {
+	run(|| {
+		let h = content_hash(b"w");
+		let call = |origin, name: &[u8], architecture: &[u8]| {
+			Registry::register_base_model(origin, name.to_vec(), architecture.to_vec(), h)
+		};
+		assert_noop!(call(RuntimeOrigin::signed(OWNER), b"m", b"llama"), DispatchError::BadOrigin);
+		assert_noop!(call(RuntimeOrigin::none(), b"m", b"llama"), DispatchError::BadOrigin);
+		assert_noop!(
+			call(RuntimeOrigin::root(), &[b'n'; MAX_NAME_LEN as usize + 1], b"llama"),
+			Error::<Test>::NameTooLong
+		);
+		assert_noop!(
+			call(RuntimeOrigin::root(), b"m", &[b'a'; MAX_ARCHITECTURE_LEN as usize + 1]),
+			Error::<Test>::ArchitectureTooLong
+		);
+		// Names and architectures at their bounds are accepted.
+		assert_ok!(call(
+			RuntimeOrigin::root(),
+			&[b'n'; MAX_NAME_LEN as usize],
+			&[b'a'; MAX_ARCHITECTURE_LEN as usize]
+		));
+		NextBaseModelId::<Test>::put(u32::MAX);
+		assert_noop!(call(RuntimeOrigin::root(), b"m", b"llama"), Error::<Test>::IdsExhausted);
+	});
+}
+
+#[test]
+fn retired_base_model_takes_no_new_adapters() {
+	run(|| {
+		let base = base_model();
+		let net = datanet();
+		assert_ok!(register_adapter(ALICE, base, 8, b"u", &[(net, 1)]));
+		assert_noop!(Registry::retire_base_model(RuntimeOrigin::signed(OWNER), base), DispatchError::BadOrigin);
+		assert_noop!(Registry::retire_base_model(RuntimeOrigin::root(), 9), Error::<Test>::UnknownBaseModel);
+		assert_ok!(Registry::retire_base_model(RuntimeOrigin::root(), base));
+		System::assert_last_event(Event::BaseModelRetired { base_model: base }.into());
+		assert!(!BaseModels::<Test>::get(base).unwrap().active);
+		assert!(!Registry::base_model_active(base));
+		assert_noop!(Registry::retire_base_model(RuntimeOrigin::root(), base), Error::<Test>::BaseModelRetired);
+		assert_noop!(register_adapter(BOB, base, 8, b"u", &[(net, 1)]), Error::<Test>::BaseModelRetired);
+		assert_eq!(held(HoldReason::AdapterDeposit, BOB), 0);
+		// The adapter registered before stays, with its deposit, until its owner retires it.
+		assert!(Registry::adapter(0).is_some());
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), 0));
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+	});
+}
+
+#[test]
+fn adapter_registration_holds_deposit_and_records_provenance() {
+	run(|| {
+		let base = base_model();
+		let (a, b) = (datanet(), datanet());
+		let id = NextAdapterId::<Test>::get();
+		assert_ok!(register_adapter(ALICE, base, 16, b"ipfs://lora", &[(b, 600_000), (a, 400_000)]));
+		System::assert_last_event(
+			Event::AdapterRegistered { adapter: id, owner: ALICE, base_model: base, weights_hash: weights() }
+				.into(),
+		);
+		let stored = Adapters::<Test>::get(id).unwrap();
+		assert_eq!((stored.owner, stored.depositor, stored.deposit), (ALICE, ALICE, ADAPTER_DEPOSIT));
+		assert_eq!((stored.config_hash, stored.rank, stored.uri.to_vec()), (config(), 16, b"ipfs://lora".to_vec()));
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - ADAPTER_DEPOSIT);
+		assert_eq!(Balances::total_balance(&ALICE), ENDOWMENT);
+		assert_eq!(NextAdapterId::<Test>::get(), id + 1);
+		assert_eq!(
+			Registry::adapter(id),
+			Some(AdapterView {
+				owner: ALICE,
+				base_model: base,
+				weights_hash: weights(),
+				price_per_1k_tokens: PRICE,
+				provenance: vec![(b, 600_000), (a, 400_000)],
+			})
+		);
+		assert_eq!(Registry::adapter(id + 1), None);
+	});
+}
+
+#[test]
+fn adapter_provenance_may_be_empty_or_exactly_one_hundred_percent() {
+	run(|| {
+		let base = base_model();
+		let nets: Vec<DataNetId> = (0..MAX_PROVENANCE).map(|_| datanet()).collect();
+		assert_ok!(register_adapter(ALICE, base, 1, b"", &[]));
+		let full = [(nets[0], 500_000), (nets[1], 499_999), (nets[2], 1)];
+		assert_ok!(register_adapter(ALICE, base, MAX_RANK, &[b'u'; MAX_URI_LEN as usize], &full));
+		assert_eq!(Registry::adapter(0).unwrap().provenance, vec![]);
+		assert_eq!(Registry::adapter(1).unwrap().provenance, full.to_vec());
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 2 * ADAPTER_DEPOSIT);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - 2 * ADAPTER_DEPOSIT);
+	});
+}
+
+#[test]
+fn adapter_registration_rejects_bad_input() {
+	run(|| {
+		let base = base_model();
+		let (a, b) = (datanet(), datanet());
+		let long_uri = [b'u'; MAX_URI_LEN as usize + 1];
+		assert_noop!(
+			Registry::register_adapter(RuntimeOrigin::none(), base, weights(), config(), 8, vec![], vec![], PRICE),
+			DispatchError::BadOrigin
+		);
+		assert_noop!(
+			Registry::register_adapter(RuntimeOrigin::root(), base, weights(), config(), 8, vec![], vec![], PRICE),
+			DispatchError::BadOrigin
+		);
+		assert_noop!(register_adapter(ALICE, base + 1, 8, b"u", &[(a, 1)]), Error::<Test>::UnknownBaseModel);
+		assert_noop!(register_adapter(ALICE, base, 8, &long_uri, &[(a, 1)]), Error::<Test>::UriTooLong);
+		assert_noop!(register_adapter(ALICE, base, 0, b"u", &[(a, 1)]), Error::<Test>::RankOutOfRange);
+		assert_noop!(register_adapter(ALICE, base, MAX_RANK + 1, b"u", &[(a, 1)]), Error::<Test>::RankOutOfRange);
+		let too_many: Vec<_> = (0..=MAX_PROVENANCE).map(|i| (i, 1)).collect();
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &too_many), Error::<Test>::TooManyProvenanceEntries);
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b + 1, 1)]), Error::<Test>::UnknownDataNet);
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b, 2), (a, 3)]), Error::<Test>::DuplicateProvenance);
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b, 0)]), Error::<Test>::ZeroShare);
+		assert_noop!(
+			register_adapter(ALICE, base, 8, b"u", &[(a, PPM / 2), (b, PPM / 2 + 1)]),
+			Error::<Test>::SharesOverHundredPercent
+		);
+		// Shares that would overflow a u32 sum are refused, not wrapped.
+		assert_noop!(
+			register_adapter(ALICE, base, 8, b"u", &[(a, PPM), (b, u32::MAX)]),
+			Error::<Test>::SharesOverHundredPercent
+		);
+		assert_noop!(register_adapter(POOR, base, 8, b"u", &[(a, 1)]), Error::<Test>::InsufficientBalance);
+		NextAdapterId::<Test>::put(u32::MAX);
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1)]), Error::<Test>::IdsExhausted);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 0);
+	});
+}
+
+#[test]
+fn only_the_owner_sets_an_adapter_price() {
+	run(|| {
+		let id = adapter(ALICE);
+		assert_noop!(Registry::set_adapter_price(RuntimeOrigin::none(), id, 9), DispatchError::BadOrigin);
+		assert_noop!(Registry::set_adapter_price(RuntimeOrigin::signed(BOB), id, 9), Error::<Test>::NotOwner);
+		assert_noop!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), id + 1, 9), Error::<Test>::UnknownAdapter);
+		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), id, 9));
+		System::assert_last_event(Event::AdapterPriceSet { adapter: id, price_per_1k_tokens: 9 }.into());
+		assert_eq!(Registry::adapter(id).unwrap().price_per_1k_tokens, 9);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - ADAPTER_DEPOSIT);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+	});
+}
+
+#[test]
+fn transferred_adapter_keeps_its_deposit_with_the_depositor() {
+	run(|| {
+		let id = adapter(ALICE);
+		assert_noop!(Registry::transfer_adapter(RuntimeOrigin::none(), id, BOB), DispatchError::BadOrigin);
+		assert_noop!(Registry::transfer_adapter(RuntimeOrigin::signed(BOB), id, BOB), Error::<Test>::NotOwner);
+		assert_noop!(Registry::transfer_adapter(RuntimeOrigin::signed(ALICE), id + 1, BOB), Error::<Test>::UnknownAdapter);
+		assert_ok!(Registry::transfer_adapter(RuntimeOrigin::signed(ALICE), id, BOB));
+		System::assert_last_event(Event::AdapterTransferred { adapter: id, from: ALICE, to: BOB }.into());
+		let stored = Adapters::<Test>::get(id).unwrap();
+		assert_eq!((stored.owner, stored.depositor), (BOB, ALICE));
+		assert_eq!(Registry::adapter(id).unwrap().owner, BOB);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+		assert_eq!(held(HoldReason::AdapterDeposit, BOB), 0);
+		assert_eq!(Balances::balance(&BOB), ENDOWMENT);
+		// The new owner alone now controls it.
+		assert_noop!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), id, 1), Error::<Test>::NotOwner);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id), Error::<Test>::NotOwner);
+		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(BOB), id, 1));
+		// Retiring it releases the deposit to the depositor, not the owner.
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(BOB), id));
+		System::assert_last_event(
+			Event::AdapterRetired { adapter: id, depositor: ALICE, deposit: ADAPTER_DEPOSIT }.into(),
+		);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+		assert_eq!(Balances::balance(&BOB), ENDOWMENT);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 0);
+	});
+}
+
+#[test]
+fn retired_adapter_is_removed_and_its_deposit_released() {
+	run(|| {
+		let id = adapter(ALICE);
+		let other = NextAdapterId::<Test>::get();
+		assert_ok!(register_adapter(ALICE, 0, 4, b"u", &[]));
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 2 * ADAPTER_DEPOSIT);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::none(), id), DispatchError::BadOrigin);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(BOB), id), Error::<Test>::NotOwner);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), other + 1), Error::<Test>::UnknownAdapter);
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		System::assert_last_event(
+			Event::AdapterRetired { adapter: id, depositor: ALICE, deposit: ADAPTER_DEPOSIT }.into(),
+		);
+		assert!(Adapters::<Test>::get(id).is_none());
+		assert_eq!(Registry::adapter(id), None);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - ADAPTER_DEPOSIT);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id), Error::<Test>::UnknownAdapter);
+		// Ids are never reused.
+		assert_ok!(register_adapter(ALICE, 0, 4, b"u", &[]));
+		assert_eq!(NextAdapterId::<Test>::get(), other + 2);
+	});
+}
+
+#[test]
+fn prompt_registration_holds_deposit() {
+	run(|| {
+		let id = prompt(ALICE);
+		System::assert_last_event(
+			Event::PromptRegistered { prompt: id, owner: ALICE, template_hash: template() }.into(),
+		);
+		let stored = Prompts::<Test>::get(id).unwrap();
+		assert_eq!((stored.owner, stored.depositor, stored.deposit), (ALICE, ALICE, PROMPT_DEPOSIT));
+		assert_eq!(stored.uri.to_vec(), b"ipfs://prompt".to_vec());
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), PROMPT_DEPOSIT);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 0);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT);
+		assert_eq!(NextPromptId::<Test>::get(), id + 1);
+		assert_eq!(
+			Registry::prompt(id),
+			Some(PromptView { owner: ALICE, template_hash: template(), price_per_call: PRICE })
+		);
+		assert_eq!(Registry::prompt(id + 1), None);
+	});
+}
+
+#[test]
+fn prompt_registration_rejects_bad_input() {
+	run(|| {
+		let call = |origin, uri: &[u8]| Registry::register_prompt(origin, template(), uri.to_vec(), PRICE);
+		assert_noop!(call(RuntimeOrigin::none(), b"u"), DispatchError::BadOrigin);
+		assert_noop!(call(RuntimeOrigin::root(), b"u"), DispatchError::BadOrigin);
+		assert_noop!(
+			call(RuntimeOrigin::signed(ALICE), &[b'u'; MAX_URI_LEN as usize + 1]),
+			Error::<Test>::UriTooLong
+		);
+		assert_noop!(call(RuntimeOrigin::signed(POOR), b"u"), Error::<Test>::InsufficientBalance);
+		assert_ok!(call(RuntimeOrigin::signed(ALICE), &[b'u'; MAX_URI_LEN as usize]));
+		NextPromptId::<Test>::put(u32::MAX);
+		assert_noop!(call(RuntimeOrigin::signed(ALICE), b"u"), Error::<Test>::IdsExhausted);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT);
+	});
+}
+
+#[test]
+fn only_the_owner_sets_a_prompt_price() {
+	run(|| {
+		let id = prompt(ALICE);
+		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::none(), id, 3), DispatchError::BadOrigin);
+		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::signed(BOB), id, 3), Error::<Test>::NotOwner);
+		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id + 1, 3), Error::<Test>::UnknownPrompt);
+		assert_ok!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id, 3));
+		System::assert_last_event(Event::PromptPriceSet { prompt: id, price_per_call: 3 }.into());
+		assert_eq!(Registry::prompt(id).unwrap().price_per_call, 3);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT);
+	});
+}
+
+#[test]
+fn transferred_prompt_keeps_its_deposit_with_the_depositor() {
+	run(|| {
+		let id = prompt(ALICE);
+		assert_noop!(Registry::transfer_prompt(RuntimeOrigin::none(), id, BOB), DispatchError::BadOrigin);
+		assert_noop!(Registry::transfer_prompt(RuntimeOrigin::signed(BOB), id, BOB), Error::<Test>::NotOwner);
+		assert_noop!(Registry::transfer_prompt(RuntimeOrigin::signed(ALICE), id + 1, BOB), Error::<Test>::UnknownPrompt);
+		assert_ok!(Registry::transfer_prompt(RuntimeOrigin::signed(ALICE), id, BOB));
+		System::assert_last_event(Event::PromptTransferred { prompt: id, from: ALICE, to: BOB }.into());
+		assert_eq!(Registry::prompt(id).unwrap().owner, BOB);
+		assert_eq!(Prompts::<Test>::get(id).unwrap().depositor, ALICE);
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), PROMPT_DEPOSIT);
+		assert_eq!(held(HoldReason::PromptDeposit, BOB), 0);
+		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id, 1), Error::<Test>::NotOwner);
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id), Error::<Test>::NotOwner);
+		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(BOB), id));
+		System::assert_last_event(
+			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT }.into(),
+		);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+		assert_eq!(Balances::balance(&BOB), ENDOWMENT);
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), 0);
+	});
+}
+
+#[test]
+fn retired_prompt_is_removed_and_its_deposit_released() {
+	run(|| {
+		let id = prompt(ALICE);
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::none(), id), DispatchError::BadOrigin);
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(BOB), id), Error::<Test>::NotOwner);
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id + 1), Error::<Test>::UnknownPrompt);
+		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
+		System::assert_last_event(
+			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT }.into(),
+		);
+		assert!(Prompts::<Test>::get(id).is_none());
+		assert_eq!(Registry::prompt(id), None);
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), 0);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id), Error::<Test>::UnknownPrompt);
+	});
+}
+
+#[test]
+fn retiring_releases_the_deposit_recorded_not_the_current_constant() {
+	run(|| {
+		let id = prompt(ALICE);
+		// As if the prompt had been registered when `PromptDeposit` was 50 higher.
+		assert_ok!(<Balances as MutateHold<_>>::hold(&HoldReason::PromptDeposit.into(), &ALICE, 50));
+		Prompts::<Test>::mutate(id, |p| p.as_mut().unwrap().deposit = PROMPT_DEPOSIT + 50);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT - 50);
+		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
+		System::assert_last_event(
+			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT + 50 }.into(),
+		);
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), 0);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
+	});
+}
+
+#[test]
+fn try_state_detects_broken_invariants() {
+	run(|| {
+		let id = adapter(ALICE);
+		let p = prompt(BOB);
+		assert_ok!(Registry::do_try_state());
+		let original = Adapters::<Test>::get(id).unwrap();
+		let broken = |change: &dyn Fn(&mut crate::AdapterOf<Test>)| {
+			let mut a = original.clone();
+			change(&mut a);
+			Adapters::<Test>::insert(id, a);
+			assert!(Registry::do_try_state().is_err());
+			Adapters::<Test>::insert(id, original.clone());
+			assert_ok!(Registry::do_try_state());
+		};
+		broken(&|a| a.provenance = vec![(0, PPM), (1, 1)].try_into().unwrap());
+		broken(&|a| a.provenance = vec![(0, 1), (0, 1)].try_into().unwrap());
+		broken(&|a| a.provenance = vec![(0, 0)].try_into().unwrap());
+		broken(&|a| a.rank = 0);
+		broken(&|a| a.rank = MAX_RANK + 1);
+		broken(&|a| a.base_model = 7);
+		broken(&|a| a.deposit = ADAPTER_DEPOSIT + 1);
+		broken(&|a| a.depositor = BOB);
+		NextAdapterId::<Test>::put(id);
+		assert!(Registry::do_try_state().is_err());
+		NextAdapterId::<Test>::put(id + 1);
+		NextPromptId::<Test>::put(p);
+		assert!(Registry::do_try_state().is_err());
+		NextPromptId::<Test>::put(p + 1);
+		NextBaseModelId::<Test>::put(0);
+		assert!(Registry::do_try_state().is_err());
+		NextBaseModelId::<Test>::put(1);
+	});
+}

@@ -1,0 +1,9 @@
+# Shared settings for the scripts; source it, don't run it.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# One persistent target directory outside the clone, so fresh clones (CI) build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/openledger-target}"
+# Models unpacked from their PyPI wheels, shared by every clone.
+export OPENLEDGER_MODELS="${OPENLEDGER_MODELS:-/var/tmp/openledger-models}"
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }

