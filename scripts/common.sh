@@ -3,6 +3,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # One persistent target directory outside the clone, so fresh clones (CI) build incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/openledger-target}"
+# The wasm builder looks for Cargo.lock from the target directory; point it at the workspace.
+export WASM_BUILD_WORKSPACE_HINT="$REPO_ROOT"
 # Models unpacked from their PyPI wheels, shared by every clone.
 export OPENLEDGER_MODELS="${OPENLEDGER_MODELS:-/var/tmp/openledger-models}"
 step() { printf '\n==> %s\n' "$*" >&2; }

@@ -5,7 +5,7 @@ use alloc::{string::String, vec::Vec};
 use polkadot_sdk::{
 	frame_benchmarking::{define_benchmarks, BenchmarkBatch, BenchmarkConfig, BenchmarkList},
 	frame_support::traits::{StorageInfo, StorageInfoTrait, WhitelistedStorageKeys},
-	frame_benchmarking::TrackedStorageKey, frame_system_benchmarking,
+	frame_system_benchmarking, sp_storage::TrackedStorageKey,
 };
 
 define_benchmarks!(
@@ -19,16 +19,15 @@ define_benchmarks!(
 	[pallet_attribution, Attribution]
 );
 
+impl frame_system_benchmarking::Config for Runtime {}
+
 pub fn metadata(extra: bool) -> (Vec<BenchmarkList>, Vec<StorageInfo>) {
-	use polkadot_sdk::frame_benchmarking::Benchmarking;
 	let mut list = Vec::<BenchmarkList>::new();
 	list_benchmarks!(list, extra);
 	(list, AllPalletsWithSystem::storage_info())
 }
 
 pub fn dispatch(config: BenchmarkConfig) -> Result<Vec<BenchmarkBatch>, String> {
-	use polkadot_sdk::frame_benchmarking::Benchmarking;
-	impl frame_system_benchmarking::Config for Runtime {}
 	let whitelist: Vec<TrackedStorageKey> = AllPalletsWithSystem::whitelisted_storage_keys();
 	let mut batches = Vec::<BenchmarkBatch>::new();
 	let params = (&config, &whitelist);

@@ -28,7 +28,9 @@ use polkadot_sdk::{
 	sp_version::RuntimeVersion,
 };
 
+use alloc::vec::Vec;
 pub use openledger_primitives as primitives;
+#[cfg(feature = "std")]
 pub use polkadot_sdk::sp_runtime::BuildStorage;
 
 /// Opaque types for the node, which need not know the extrinsic format.

@@ -46,3 +46,85 @@ fn metadata_is_v15_or_later() {
 	let versions = Runtime::metadata_versions();
 	assert!(versions.iter().any(|v| *v >= 15), "versions: {versions:?}");
 }
+
+/// The whole flow through the runtime's own configuration: a DataNet with an accepted item, a
+/// base model, an adapter trained on the DataNet, a prompt, a staked worker and a payer; one
+/// receipt settles, the payer's credit drops by the fee and everyone else gains exactly it.
+#[test]
+fn receipt_settles_under_the_runtime_configuration() {
+	use crate::{Attribution, DataNets, Registry, RuntimeEvent, RuntimeOrigin, System, Workers, UNIT};
+	use openledger_primitives::{
+		content_hash, item_hash, AttributionEntry, AttributionSource, Receipt, SignedReceipt,
+	};
+	use polkadot_sdk::{
+		frame_support::{assert_ok, traits::fungible::InspectHold, BoundedVec},
+		sp_core::{sr25519, Pair},
+	};
+
+	externalities(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
+		System::set_block_number(1);
+		let [payer, owner, contributor, creator, worker] = [
+			Sr25519Keyring::Alice,
+			Sr25519Keyring::Bob,
+			Sr25519Keyring::Charlie,
+			Sr25519Keyring::Dave,
+			Sr25519Keyring::Eve,
+		]
+		.map(|k| k.to_account_id());
+		let signed = |who: &crate::AccountId| RuntimeOrigin::signed(who.clone());
+		let session = sr25519::Pair::from_string("//EveSession", None).unwrap();
+
+		assert_ok!(DataNets::create_datanet(signed(&owner), b"docs".to_vec(), content_hash(b"m"), vec![], vec![], UNIT / 100));
+		assert_ok!(DataNets::contribute(signed(&contributor), 0, item_hash("OpenLedger pays contributors."), 29));
+		assert_ok!(DataNets::accept(signed(&owner), 0, 0));
+		assert_ok!(Registry::register_base_model(RuntimeOrigin::root(), b"SmolLM2-135M".to_vec(), b"llama".to_vec(), content_hash(b"gguf")));
+		assert_ok!(Registry::register_adapter(signed(&creator), 0, content_hash(b"lora"), content_hash(b"cfg"), 16, vec![], vec![(0, 1_000_000)], UNIT / 1_000));
+		assert_ok!(Registry::register_prompt(signed(&creator), content_hash(b"tpl"), vec![], UNIT / 100));
+		assert_ok!(Workers::register(signed(&worker), session.public(), b"http://127.0.0.1:8080".to_vec(), vec![0], UNIT / 1_000, crate::configs::MinStake::get()));
+		assert_ok!(Attribution::deposit(signed(&payer), 100 * UNIT));
+		assert_ok!(Attribution::set_allowance(signed(&payer), worker.clone(), 10 * UNIT));
+
+		let receipt = Receipt {
+			worker: worker.clone(),
+			payer: payer.clone(),
+			request_hash: content_hash(b"request 1"),
+			output_hash: content_hash(b"output"),
+			base_model: 0,
+			adapter: Some((0, content_hash(b"lora"))),
+			prompt: Some((0, content_hash(b"tpl"))),
+			prompt_tokens: 120,
+			completion_tokens: 80,
+			attribution: BoundedVec::truncate_from(vec![
+				AttributionEntry { source: AttributionSource::Training, datanet: 0, item: None, weight_ppm: 300_000 },
+				AttributionEntry { source: AttributionSource::Retrieval, datanet: 0, item: Some(0), weight_ppm: 700_000 },
+			]),
+			expires_at: 100,
+		};
+		let genesis = System::block_hash(0);
+		let signature = session.sign(&receipt.signing_payload(&genesis));
+		let accounts = [&payer, &owner, &contributor, &creator, &worker, &TreasuryAccount::get(), &DataNets::reward_pool()]
+			.map(|a| a.clone());
+		let before = accounts.clone().map(|a| Balances::total_balance(&a));
+		let issuance = Balances::total_issuance();
+		let credit_before = Balances::balance_on_hold(&pallet_attribution::HoldReason::Credit.into(), &payer);
+
+		assert_ok!(Attribution::submit_receipts(signed(&worker), BoundedVec::truncate_from(vec![SignedReceipt { receipt, signature, voucher: None }])));
+
+		let fee = System::events()
+			.into_iter()
+			.find_map(|e| match e.event {
+				RuntimeEvent::Attribution(pallet_attribution::Event::ReceiptSettled { fee, .. }) => Some(fee),
+				_ => None,
+			})
+			.expect("the receipt settled");
+		// 200 tokens at 0.001 + 0.001 OPEN per 1k, a 0.01 OPEN prompt, one item at 0.001 OPEN.
+		assert_eq!(fee, 200 * (UNIT / 1_000) * 2 / 1_000 + UNIT / 100 + UNIT / 1_000);
+		let credit_after = Balances::balance_on_hold(&pallet_attribution::HoldReason::Credit.into(), &payer);
+		assert_eq!(credit_before - credit_after, fee);
+		let after = accounts.map(|a| Balances::total_balance(&a));
+		let gained: u128 = before.iter().zip(&after).skip(1).map(|(b, a)| a - b).sum();
+		assert_eq!(gained, fee);
+		assert_eq!(Balances::total_issuance(), issuance);
+		assert!(after[6] > before[6], "the DataNet's pool received the training share");
+	});
+}

@@ -1,0 +1,326 @@
+//! Benchmarks of every call at the worst case of its bounds. A benchmarked receipt names the most
+//! attribution entries, each a distinct accepted item of a distinct contributor, an adapter with
+//! the most training DataNets, a prompt and a payer's voucher: every check and every transfer a
+//! receipt can cost.
+
+use crate::*;
+use alloc::{vec, vec::Vec};
+use core::marker::PhantomData;
+use openledger_primitives::{
+	content_hash, AdapterId, AttributionEntry, AttributionSource, BaseModelId, DataNetId,
+	ItemId, PromptId, Receipt, SignedReceipt, SignedVoucher, Voucher, MAX_ATTRIBUTION_ENTRIES,
+	PPM,
+};
+use polkadot_sdk::{
+	frame_benchmarking::v2::*,
+	frame_support::{
+		traits::{fungible::Mutate, EnsureOrigin, Get},
+		BoundedVec,
+	},
+	frame_system::{self, pallet_prelude::BlockNumberFor, RawOrigin},
+	sp_core::{crypto::KeyTypeId, sr25519, H256},
+	sp_runtime::{
+		traits::{Bounded, One, Saturating, Zero},
+		MultiSignature, Permill, SaturatedConversion,
+	},
+};
+
+/// The keystore key type the benchmarks' keys are generated under.
+const KEY_TYPE: KeyTypeId = KeyTypeId(*b"olat");
+
+/// What a benchmarked receipt names, registered in the sibling pallets.
+pub struct BenchmarkWorld {
+	pub base_model: BaseModelId,
+	pub adapter: (AdapterId, H256),
+	pub prompt: (PromptId, H256),
+	/// Accepted items, each of a different contributor.
+	pub items: Vec<(DataNetId, ItemId)>,
+}
+
+/// Builds the sibling pallets' state a benchmarked receipt needs.
+pub trait BenchmarkHelper<AccountId> {
+	/// Registers `worker` as an active worker signing with `session_key`, a base model it
+	/// serves, an adapter on it whose provenance names the most DataNets allowed, a prompt, and
+	/// `items` accepted items of distinct contributors.
+	fn setup_world(worker: &AccountId, session_key: sr25519::Public, items: u32) -> BenchmarkWorld;
+}
+
+/// Builds the world through the real DataNets, registry and workers pallets; used by the test
+/// runtime and the real runtime alike.
+pub struct SiblingPallets<T>(PhantomData<T>);
+
+fn signed<T: frame_system::Config>(who: &T::AccountId) -> T::RuntimeOrigin {
+	RawOrigin::Signed(who.clone()).into()
+}
+
+impl<T> BenchmarkHelper<T::AccountId> for SiblingPallets<T>
+where
+	T: pallet_datanets::Config + pallet_registry::Config + pallet_workers::Config,
+{
+	fn setup_world(worker: &T::AccountId, session_key: sr25519::Public, items: u32) -> BenchmarkWorld {
+		use pallet_datanets::Pallet as DataNets;
+		use pallet_registry::Pallet as Registry;
+		use pallet_workers::Pallet as Workers;
+		let rich = |who: &T::AccountId| {
+			<T as pallet_datanets::Config>::Currency::set_balance(
+				who,
+				<T as pallet_datanets::Config>::DataNetDeposit::get().saturating_mul(1_000u32.into()),
+			);
+			<T as pallet_registry::Config>::Currency::set_balance(
+				who,
+				<T as pallet_registry::Config>::AdapterDeposit::get()
+					.saturating_mul(1_000u32.into()),
+			);
+			<T as pallet_workers::Config>::Currency::set_balance(
+				who,
+				<T as pallet_workers::Config>::MinStake::get().saturating_mul(10u32.into()),
+			);
+		};
+		let expect = |result: polkadot_sdk::sp_runtime::DispatchResult, what: &str| {
+			if let Err(error) = result {
+				panic!("benchmark world: {what} failed: {error:?}");
+			}
+		};
+
+		// DataNets: enough for the provenance bound and to hold every item.
+		let owner: T::AccountId = account("datanet-owner", 0, 0);
+		rich(&owner);
+		let provenance_len = <T as pallet_registry::Config>::MaxProvenance::get().max(1);
+		let per_datanet = <T as pallet_datanets::Config>::MaxItemsPerDataNet::get();
+		let datanet_count = provenance_len.max(items.div_ceil(per_datanet)).max(1);
+		let first = pallet_datanets::NextDataNetId::<T>::get();
+		for _ in 0..datanet_count {
+			expect(
+				DataNets::<T>::create_datanet(
+					signed::<T>(&owner),
+					vec![],
+					H256::zero(),
+					vec![],
+					vec![],
+					<T as pallet_datanets::Config>::MinContributionDeposit::get(),
+				),
+				"create_datanet",
+			);
+		}
+		let mut accepted = Vec::new();
+		for i in 0..items {
+			let datanet = first + i % datanet_count;
+			let item = pallet_datanets::DataNets::<T>::get(datanet).map_or(0, |net| net.next_item);
+			let contributor: T::AccountId = account("contributor", i, 0);
+			rich(&contributor);
+			expect(
+				DataNets::<T>::contribute(
+					signed::<T>(&contributor),
+					datanet,
+					content_hash(&i.to_le_bytes()),
+					1,
+				),
+				"contribute",
+			);
+			expect(DataNets::<T>::accept(signed::<T>(&owner), datanet, item), "accept");
+			accepted.push((datanet, item));
+		}
+
+		let governance = <T as pallet_registry::Config>::GovernanceOrigin::try_successful_origin()
+			.unwrap_or_else(|_| panic!("benchmark world: registry governance has no origin"));
+		let base_model = pallet_registry::NextBaseModelId::<T>::get();
+		expect(
+			Registry::<T>::register_base_model(governance, vec![], vec![], H256::zero()),
+			"register_base_model",
+		);
+		let creator: T::AccountId = account("adapter-owner", 0, 0);
+		rich(&creator);
+		let adapter = (pallet_registry::NextAdapterId::<T>::get(), content_hash(b"weights"));
+		let share = PPM / provenance_len;
+		expect(
+			Registry::<T>::register_adapter(
+				signed::<T>(&creator),
+				base_model,
+				adapter.1,
+				content_hash(b"config"),
+				1,
+				vec![],
+				(0..provenance_len).map(|i| (first + i, share)).collect(),
+				1_000u32.into(),
+			),
+			"register_adapter",
+		);
+		let prompt = (pallet_registry::NextPromptId::<T>::get(), content_hash(b"template"));
+		expect(
+			Registry::<T>::register_prompt(signed::<T>(&creator), prompt.1, vec![], 1_000u32.into()),
+			"register_prompt",
+		);
+		rich(worker);
+		expect(
+			Workers::<T>::register(
+				signed::<T>(worker),
+				session_key,
+				vec![],
+				vec![base_model],
+				1_000u32.into(),
+				<T as pallet_workers::Config>::MinStake::get(),
+			),
+			"register worker",
+		);
+		BenchmarkWorld { base_model, adapter, prompt, items: accepted }
+	}
+}
+
+/// A large balance that leaves room for fees and deposits without overflowing issuance.
+fn plenty<T: Config>() -> BalanceOf<T> {
+	BalanceOf::<T>::max_value() / 8u32.into()
+}
+
+/// A payer whose key is in the keystore, funded and with half its balance held as credit.
+fn funded_payer<T: Config>() -> (sr25519::Public, T::AccountId) {
+	let key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
+	let payer: T::AccountId = key.into();
+	T::Currency::set_balance(&payer, plenty::<T>());
+	let credit = plenty::<T>() / 2u32.into();
+	Pallet::<T>::deposit(RawOrigin::Signed(payer.clone()).into(), credit)
+		.unwrap_or_else(|e| panic!("funding the payer failed: {e:?}"));
+	(key, payer)
+}
+
+fn sign(key: &sr25519::Public, payload: &[u8]) -> sr25519::Signature {
+	polkadot_sdk::sp_io::crypto::sr25519_sign(KEY_TYPE, key, payload)
+		.unwrap_or_else(|| panic!("the benchmark key is in the keystore"))
+}
+
+#[benchmarks]
+mod benchmarks {
+	use super::*;
+
+	#[benchmark]
+	fn deposit() {
+		let payer: T::AccountId = whitelisted_caller();
+		T::Currency::set_balance(&payer, plenty::<T>());
+		let amount = plenty::<T>() / 2u32.into();
+		#[extrinsic_call]
+		_(RawOrigin::Signed(payer.clone()), amount);
+		assert_eq!(Pallet::<T>::credit(&payer), amount);
+	}
+
+	#[benchmark]
+	fn withdraw() {
+		let (_, payer) = funded_payer::<T>();
+		let amount = Pallet::<T>::credit(&payer);
+		#[extrinsic_call]
+		_(RawOrigin::Signed(payer.clone()), amount);
+		assert!(PendingWithdrawals::<T>::contains_key(&payer));
+	}
+
+	#[benchmark]
+	fn claim_withdrawal() -> Result<(), BenchmarkError> {
+		let (_, payer) = funded_payer::<T>();
+		Pallet::<T>::withdraw(RawOrigin::Signed(payer.clone()).into(), Pallet::<T>::credit(&payer))?;
+		let unlock = frame_system::Pallet::<T>::block_number().saturating_add(T::WithdrawalDelay::get());
+		frame_system::Pallet::<T>::set_block_number(unlock);
+		#[extrinsic_call]
+		_(RawOrigin::Signed(payer.clone()));
+		assert!(Pallet::<T>::credit(&payer).is_zero());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn set_allowance() {
+		let payer: T::AccountId = whitelisted_caller();
+		let worker: T::AccountId = account("worker", 0, 0);
+		#[extrinsic_call]
+		_(RawOrigin::Signed(payer.clone()), worker.clone(), 1_000u32.into());
+		assert_eq!(AllowanceCount::<T>::get(&payer), 1);
+	}
+
+	#[benchmark]
+	fn submit_receipts(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) -> Result<(), BenchmarkError> {
+		let worker: T::AccountId = account("worker", 0, 0);
+		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
+		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
+		let (payer_key, payer) = funded_payer::<T>();
+		let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+		let expires_at: u32 = frame_system::Pallet::<T>::block_number()
+			.saturating_add(T::MaxReceiptLifetime::get())
+			.saturated_into();
+		let weight = PPM / MAX_ATTRIBUTION_ENTRIES;
+		let attribution: Vec<AttributionEntry> = world
+			.items
+			.iter()
+			.map(|(datanet, item)| AttributionEntry {
+				source: AttributionSource::Retrieval,
+				datanet: *datanet,
+				item: Some(*item),
+				weight_ppm: weight,
+			})
+			.collect();
+		let receipts: Vec<SignedReceiptOf<T>> = (0..n)
+			.map(|i| {
+				let receipt = Receipt {
+					worker: worker.clone(),
+					payer: payer.clone(),
+					request_hash: content_hash(&i.to_le_bytes()),
+					output_hash: content_hash(b"output"),
+					base_model: world.base_model,
+					adapter: Some(world.adapter),
+					prompt: Some(world.prompt),
+					prompt_tokens: 1_000,
+					completion_tokens: 1_000,
+					attribution: BoundedVec::truncate_from(attribution.clone()),
+					expires_at,
+				};
+				let voucher = Voucher {
+					payer: payer.clone(),
+					worker: worker.clone(),
+					request_hash: receipt.request_hash,
+					max_fee: plenty::<T>(),
+					expires_at,
+				};
+				let voucher_signature =
+					MultiSignature::Sr25519(sign(&payer_key, &voucher.signing_payload(&genesis_hash)));
+				SignedReceipt {
+					signature: sign(&session_key, &receipt.signing_payload(&genesis_hash)),
+					receipt,
+					voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
+				}
+			})
+			.collect();
+		let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
+		#[extrinsic_call]
+		_(RawOrigin::Signed(worker), receipts);
+		frame_system::Pallet::<T>::assert_last_event(
+			<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed {
+				settled: n,
+				rejected: 0,
+			}),
+		);
+		Ok(())
+	}
+
+	#[benchmark]
+	fn set_fee_params() -> Result<(), BenchmarkError> {
+		let origin = T::GovernanceOrigin::try_successful_origin()
+			.map_err(|_| BenchmarkError::Weightless)?;
+		#[extrinsic_call]
+		_(origin as T::RuntimeOrigin, Permill::from_percent(5), Permill::from_percent(30), 7u32.into());
+		assert_eq!(RetrievalPrice::<T>::get(), 7u32.into());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn prune(n: Linear<0, { T::MaxPrunePerBlock::get() }>) {
+		let expiry: BlockNumberFor<T> = One::one();
+		for i in 0..n {
+			let key = (account::<T::AccountId>("worker", i, 0), H256::from_low_u64_be(i.into()));
+			Settled::<T>::insert(&key, expiry);
+			SettledByExpiry::<T>::insert(expiry, &key, ());
+		}
+		PruneCursor::<T>::put(expiry);
+		let now = expiry.saturating_add(One::one());
+		#[block]
+		{
+			Pallet::<T>::prune_expired(now);
+		}
+		assert_eq!(Settled::<T>::iter().count(), 0);
+	}
+
+	impl_benchmark_test_suite!(Pallet, crate::mock::new_test_ext(), crate::mock::Test);
+}

@@ -15,7 +15,7 @@ pub use types::*;
 pub use weights::WeightInfo;
 
 #[cfg(feature = "runtime-benchmarks")]
-mod benchmarking;
+pub mod benchmarking;
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
@@ -86,6 +86,9 @@ pub mod pallet {
 		#[pallet::constant]
 		type MaxPrunePerBlock: Get<u32>;
 		type WeightInfo: WeightInfo;
+		/// Builds the sibling pallets' state the benchmarks need.
+		#[cfg(feature = "runtime-benchmarks")]
+		type BenchmarkHelper: crate::benchmarking::BenchmarkHelper<Self::AccountId>;
 	}
 
 	#[pallet::composite_enum]

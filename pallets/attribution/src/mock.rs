@@ -16,6 +16,7 @@ use polkadot_sdk::{
 	sp_core::{sr25519, Pair, H256},
 	sp_io::TestExternalities,
 	sp_keyring::Sr25519Keyring,
+	sp_keystore::{testing::MemoryKeystore, KeystoreExt},
 	sp_runtime::{traits::IdentityLookup, AccountId32, BuildStorage, Perbill, Permill},
 };
 
@@ -70,7 +71,7 @@ impl pallet_datanets::Config for Test {
 	type MaxUriLen = ConstU32<32>;
 	type MaxLicenseLen = ConstU32<8>;
 	type MaxCurators = ConstU32<2>;
-	type MaxItemsPerDataNet = ConstU32<8>;
+	type MaxItemsPerDataNet = ConstU32<64>;
 	type MaxItemBytes = ConstU64<1_000>;
 	type WeightInfo = ();
 }
@@ -177,6 +178,8 @@ impl pallet_attribution::Config for Test {
 	type MaxAllowances = ConstU32<2>;
 	type MaxPrunePerBlock = ConstU32<MAX_PRUNE>;
 	type WeightInfo = ();
+	#[cfg(feature = "runtime-benchmarks")]
+	type BenchmarkHelper = crate::benchmarking::SiblingPallets<Test>;
 }
 
 /// Who is who in the test world.
@@ -353,6 +356,8 @@ pub fn new_test_ext() -> TestExternalities {
 	.assimilate_storage(&mut storage)
 	.unwrap();
 	let mut ext = TestExternalities::new(storage);
+	// The benchmarks sign receipts and vouchers with keys kept in a keystore.
+	ext.register_extension(KeystoreExt::new(MemoryKeystore::new()));
 	ext.execute_with(|| {
 		System::set_block_number(1);
 		build_world();

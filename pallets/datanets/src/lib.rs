@@ -36,7 +36,7 @@ pub mod pallet {
 			},
 			PalletId,
 		},
-		frame_system::{self, pallet_prelude::*},
+		frame_system::pallet_prelude::*,
 		sp_runtime::{
 			traits::{AccountIdConversion, Saturating, Zero},
 			Permill,
@@ -132,8 +132,13 @@ pub mod pallet {
 	#[pallet::genesis_build]
 	impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
 		fn build(&self) {
-			// The reward pool receives payments smaller than the existential deposit: keep it alive.
-			frame_system::Pallet::<T>::inc_providers(&Pallet::<T>::reward_pool());
+			// The reward pool receives payments smaller than the existential deposit, which an
+			// empty account refuses: it starts with the existential deposit, which it never pays out.
+			use polkadot_sdk::frame_support::traits::fungible::Inspect;
+			let pool = Pallet::<T>::reward_pool();
+			if let Err(error) = T::Currency::mint_into(&pool, T::Currency::minimum_balance()) {
+				panic!("cannot endow the DataNets reward pool: {error:?}");
+			}
 		}
 	}
 
@@ -547,7 +552,7 @@ pub mod pallet {
 					&Self::reward_pool(),
 					&contribution.contributor,
 					amount,
-					Preservation::Expendable,
+					Preservation::Preserve,
 				)?;
 				Self::deposit_event(Event::RewardsClaimed {
 					datanet,

@@ -269,4 +269,6 @@ impl pallet_attribution::Config for Runtime {
 	type MaxAllowances = ConstU32<64>;
 	type MaxPrunePerBlock = ConstU32<2_000>;
 	type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;
+	#[cfg(feature = "runtime-benchmarks")]
+	type BenchmarkHelper = pallet_attribution::benchmarking::SiblingPallets<Runtime>;
 }
