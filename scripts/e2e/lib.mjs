@@ -1,0 +1,48 @@
+// Shared helpers for the end-to-end tests: connect, sign and send, wait for finality, decode errors.
+import { ApiPromise, WsProvider } from '@polkadot/api';
+import { Keyring } from '@polkadot/keyring';
+import { cryptoWaitReady } from '@polkadot/util-crypto';
+
+export async function connect(url = process.env.OPENLEDGER_WS) {
+  if (!url) throw new Error('set OPENLEDGER_WS to the node\'s ws:// address');
+  await cryptoWaitReady();
+  const api = await ApiPromise.create({ provider: new WsProvider(url), noInitWarn: true });
+  const keyring = new Keyring({ type: 'sr25519', ss58Format: 42 });
+  const dev = Object.fromEntries(
+    ['Alice', 'Bob', 'Charlie', 'Dave', 'Eve', 'Ferdie'].map((n) => [n.toLowerCase(), keyring.addFromUri(`//${n}`)]),
+  );
+  return { api, keyring, dev };
+}
+
+// Signs and sends `tx`, resolves once its block is finalized with the events of that extrinsic and
+// the dispatch error (decoded to "pallet.Error"), if any. Rejects on timeout.
+export function send(api, tx, signer, timeoutMs = 60_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not finalized in ${timeoutMs} ms`)), timeoutMs);
+    let unsub = () => {};
+    tx.signAndSend(signer, ({ status, events, dispatchError }) => {
+      if (!status.isFinalized) return;
+      clearTimeout(timer);
+      unsub();
+      let error = null;
+      if (dispatchError) {
+        if (dispatchError.isModule) {
+          const meta = api.registry.findMetaError(dispatchError.asModule);
+          error = `${meta.section}.${meta.name}`;
+        } else {
+          error = dispatchError.toString();
+        }
+      }
+      resolve({ events: events.map(({ event }) => event), error, blockHash: status.asFinalized });
+    }).then((u) => { unsub = u; }, (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
+// The first event `section.method` among `events`, or throws listing what was there.
+export function findEvent(events, section, method) {
+  const found = events.find((e) => e.section === section && e.method === method);
+  if (!found) {
+    throw new Error(`no ${section}.${method} in [${events.map((e) => `${e.section}.${e.method}`).join(', ')}]`);
+  }
+  return found;
+}
