@@ -2,10 +2,17 @@
 # End-to-end tests against real node processes on random loopback ports, through polkadot.js.
 # Expects the release node built (scripts/test.sh does that).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
 NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
 [ -x "$NODE_BIN" ] || die "build the node first: cargo build --release -p openledger-node"
 E2E="$REPO_ROOT/scripts/e2e"
 [ -d "$E2E/node_modules/@polkadot/api" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
+
+step "building the upgrade runtime (this runtime with its spec version + 1)"
+# A check build writes its wasm under debug/, away from the wasm the release node embeds.
+cargo check -q -p openledger-runtime --features upgrade-test
+UPGRADE_WASM="$CARGO_TARGET_DIR/debug/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
+[ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
 
 work="$(mktemp -d)"
 dev_pid=""
@@ -28,10 +35,11 @@ for _ in $(seq 1 120); do
 	sleep 0.5
 done
 
-step "polkadot.js tests against the dev node, then the two-validator network test"
+step "polkadot.js tests against the dev node (the runtime upgrade last), then the two-validator network"
 status=0
-OPENLEDGER_WS="ws://127.0.0.1:$rpc_port" OPENLEDGER_NODE="$NODE_BIN" \
-	node --test --test-concurrency=1 "$E2E"/chain.test.mjs "$E2E"/network.test.mjs || status=$?
+OPENLEDGER_WS="ws://127.0.0.1:$rpc_port" OPENLEDGER_NODE="$NODE_BIN" OPENLEDGER_UPGRADE_WASM="$UPGRADE_WASM" \
+	node --test --test-concurrency=1 \
+	"$E2E"/chain.test.mjs "$E2E"/upgrade.test.mjs "$E2E"/network.test.mjs || status=$?
 if [ "$status" -ne 0 ]; then
 	echo "--- dev node log (last 50 lines) ---" >&2
 	tail -n 50 "$work/dev.log" >&2

@@ -49,19 +49,30 @@ impl_opaque_keys! {
 	}
 }
 
-#[polkadot_sdk::sp_version::runtime_version]
-pub const VERSION: RuntimeVersion = RuntimeVersion {
-	spec_name: alloc::borrow::Cow::Borrowed("openledger"),
-	impl_name: alloc::borrow::Cow::Borrowed("openledger"),
-	authoring_version: 1,
-	// Bump on every change of runtime logic; clients and nodes use it to pick the runtime.
-	spec_version: 100,
-	impl_version: 1,
-	apis: apis::RUNTIME_API_VERSIONS,
-	// Bump when the transaction format or call indices change.
-	transaction_version: 1,
-	system_version: 1,
-};
+/// Declares `VERSION` with the given spec version (a literal, as `runtime_version` requires).
+macro_rules! runtime_version {
+	($spec_version:tt) => {
+		#[polkadot_sdk::sp_version::runtime_version]
+		pub const VERSION: RuntimeVersion = RuntimeVersion {
+			spec_name: alloc::borrow::Cow::Borrowed("openledger"),
+			impl_name: alloc::borrow::Cow::Borrowed("openledger"),
+			authoring_version: 1,
+			// Bump on every change of runtime logic; nodes and clients use it to pick the runtime.
+			spec_version: $spec_version,
+			impl_version: 1,
+			apis: apis::RUNTIME_API_VERSIONS,
+			// Bump when the transaction format or call indices change.
+			transaction_version: 1,
+			system_version: 1,
+		};
+	};
+}
+
+#[cfg(not(feature = "upgrade-test"))]
+runtime_version!(100);
+// The same runtime one spec version higher: the end-to-end test upgrades a chain to it.
+#[cfg(feature = "upgrade-test")]
+runtime_version!(101);
 
 /// Target block time of a real network. `--dev` seals blocks on demand instead.
 pub const MILLI_SECS_PER_BLOCK: u64 = 6000;

@@ -231,8 +231,11 @@ mod benchmarks {
 		assert_eq!(AllowanceCount::<T>::get(&payer), 1);
 	}
 
+	/// One receipt carrying `a` attribution entries, each a distinct accepted item of a distinct
+	/// contributor, with an adapter of full provenance, a prompt and a voucher. A batch weighs
+	/// the sum of its receipts (`Pallet::batch_weight`).
 	#[benchmark]
-	fn submit_receipts(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) -> Result<(), BenchmarkError> {
+	fn submit_receipt(a: Linear<0, MAX_ATTRIBUTION_ENTRIES>) -> Result<(), BenchmarkError> {
 		let worker: T::AccountId = account("worker", 0, 0);
 		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
 		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
@@ -241,54 +244,52 @@ mod benchmarks {
 		let expires_at: u32 = frame_system::Pallet::<T>::block_number()
 			.saturating_add(T::MaxReceiptLifetime::get())
 			.saturated_into();
-		let weight = PPM / MAX_ATTRIBUTION_ENTRIES;
 		let attribution: Vec<AttributionEntry> = world
 			.items
 			.iter()
-			.map(|(datanet, item)| AttributionEntry {
+			.take(a as usize)
+			.enumerate()
+			.map(|(i, (datanet, item))| AttributionEntry {
 				source: AttributionSource::Retrieval,
 				datanet: *datanet,
 				item: Some(*item),
-				weight_ppm: weight,
+				// The first entry takes the rounding remainder so the weights sum to PPM.
+				weight_ppm: PPM / a + if i == 0 { PPM % a } else { 0 },
 			})
 			.collect();
-		let receipts: Vec<SignedReceiptOf<T>> = (0..n)
-			.map(|i| {
-				let receipt = Receipt {
-					worker: worker.clone(),
-					payer: payer.clone(),
-					request_hash: content_hash(&i.to_le_bytes()),
-					output_hash: content_hash(b"output"),
-					base_model: world.base_model,
-					adapter: Some(world.adapter),
-					prompt: Some(world.prompt),
-					prompt_tokens: 1_000,
-					completion_tokens: 1_000,
-					attribution: BoundedVec::truncate_from(attribution.clone()),
-					expires_at,
-				};
-				let voucher = Voucher {
-					payer: payer.clone(),
-					worker: worker.clone(),
-					request_hash: receipt.request_hash,
-					max_fee: plenty::<T>(),
-					expires_at,
-				};
-				let voucher_signature =
-					MultiSignature::Sr25519(sign(&payer_key, &voucher.signing_payload(&genesis_hash)));
-				SignedReceipt {
-					signature: sign(&session_key, &receipt.signing_payload(&genesis_hash)),
-					receipt,
-					voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
-				}
-			})
-			.collect();
-		let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
+		let receipt = Receipt {
+			worker: worker.clone(),
+			payer: payer.clone(),
+			request_hash: content_hash(b"request"),
+			output_hash: content_hash(b"output"),
+			base_model: world.base_model,
+			adapter: Some(world.adapter),
+			prompt: Some(world.prompt),
+			prompt_tokens: 1_000,
+			completion_tokens: 1_000,
+			attribution: BoundedVec::truncate_from(attribution),
+			expires_at,
+		};
+		let voucher = Voucher {
+			payer: payer.clone(),
+			worker: worker.clone(),
+			request_hash: receipt.request_hash,
+			max_fee: plenty::<T>(),
+			expires_at,
+		};
+		let voucher_signature =
+			MultiSignature::Sr25519(sign(&payer_key, &voucher.signing_payload(&genesis_hash)));
+		let signed = SignedReceipt {
+			signature: sign(&session_key, &receipt.signing_payload(&genesis_hash)),
+			receipt,
+			voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
+		};
+		let receipts = BoundedVec::try_from(vec![signed]).map_err(|_| BenchmarkError::Weightless)?;
 		#[extrinsic_call]
-		_(RawOrigin::Signed(worker), receipts);
+		submit_receipts(RawOrigin::Signed(worker), receipts);
 		frame_system::Pallet::<T>::assert_last_event(
 			<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed {
-				settled: n,
+				settled: 1,
 				rejected: 0,
 			}),
 		);
@@ -309,7 +310,7 @@ mod benchmarks {
 	fn prune(n: Linear<0, { T::MaxPrunePerBlock::get() }>) {
 		let expiry: BlockNumberFor<T> = One::one();
 		for i in 0..n {
-			let key = (account::<T::AccountId>("worker", i, 0), H256::from_low_u64_be(i.into()));
+			let key = (account::<T::AccountId>("worker", i, 0), content_hash(&i.to_le_bytes()));
 			Settled::<T>::insert(&key, expiry);
 			SettledByExpiry::<T>::insert(expiry, &key, ());
 		}

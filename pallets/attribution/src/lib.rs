@@ -317,12 +317,13 @@ pub mod pallet {
 		/// and either settled (`ReceiptSettled`) or rejected with its reason (`ReceiptRejected`),
 		/// so one bad receipt does not sink the batch.
 		///
-		/// `receipts` is bounded by `MaxReceiptsPerBatch` when decoded.
+		/// `receipts` is bounded by `MaxReceiptsPerBatch` when decoded. The call weighs the sum of
+		/// its receipts, each by its number of attribution entries.
 		///
 		/// Emits one event per receipt, then `BatchProcessed`. Errors: `EmptyBatch`.
 		/// O(receipts × attribution entries).
 		#[pallet::call_index(4)]
-		#[pallet::weight(T::WeightInfo::submit_receipts(receipts.len() as u32))]
+		#[pallet::weight(Pallet::<T>::batch_weight(receipts))]
 		pub fn submit_receipts(
 			origin: OriginFor<T>,
 			receipts: BoundedVec<SignedReceiptOf<T>, T::MaxReceiptsPerBatch>,
@@ -378,6 +379,16 @@ pub mod pallet {
 		pub fn credit(payer: &T::AccountId) -> BalanceOf<T> {
 			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
 			T::Currency::balance_on_hold(&HoldReason::Credit.into(), payer)
+		}
+
+		/// The weight of settling `receipts`: each receipt's benchmarked worst case for its number
+		/// of attribution entries.
+		pub fn batch_weight(receipts: &[SignedReceiptOf<T>]) -> Weight {
+			receipts
+				.iter()
+				.map(|r| T::WeightInfo::submit_receipt(r.receipt.attribution.len() as u32))
+				.reduce(|total, weight| total.saturating_add(weight))
+				.unwrap_or_else(|| T::WeightInfo::submit_receipt(0))
 		}
 
 		/// Removes settled records that expired before `now`, at most `MaxPrunePerBlock`.

@@ -1,0 +1,59 @@
+// A runtime upgrade through sudo(system.setCode) on the dev chain: the new runtime (the same code
+// built with spec version + 1) takes over, blocks keep coming and state is intact.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { u8aToHex } from '@polkadot/util';
+import { blake2AsHex } from '@polkadot/util-crypto';
+import { connect, send, findEvent } from './lib.mjs';
+
+let api;
+let dev;
+
+before(async () => {
+  ({ api, dev } = await connect());
+});
+
+after(async () => {
+  await api?.disconnect();
+});
+
+test('setCode upgrades the runtime and keeps state', { timeout: 300_000 }, async () => {
+  const wasmPath = process.env.OPENLEDGER_UPGRADE_WASM;
+  assert.ok(wasmPath, 'set OPENLEDGER_UPGRADE_WASM to the spec-bumped runtime');
+  const code = u8aToHex(readFileSync(wasmPath));
+  const { alice } = dev;
+
+  const oldVersion = (await api.rpc.state.getRuntimeVersion()).specVersion.toNumber();
+  const datanet = (await api.query.dataNets.nextDataNetId()).toNumber();
+  let r = await send(api, api.tx.dataNets.createDatanet('before upgrade', blake2AsHex('m'), '', '', 10n ** 16n), alice);
+  assert.equal(r.error, null);
+  const before = (await api.query.dataNets.dataNets(datanet)).toHex();
+  const aliceBalance = (await api.query.system.account(alice.address)).data.free.toBigInt();
+
+  r = await send(api, api.tx.sudo.sudo(api.tx.system.setCode(code)), alice, 120_000);
+  assert.equal(r.error, null);
+  assert.equal(findEvent(r.events, 'sudo', 'Sudid').data.sudoResult.isOk, true, 'setCode dispatched');
+  findEvent(r.events, 'system', 'CodeUpdated');
+
+  const start = (await api.rpc.chain.getHeader()).number.toNumber();
+  const deadline = Date.now() + 60_000;
+  let version = oldVersion;
+  while (version === oldVersion && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    version = (await api.rpc.state.getRuntimeVersion()).specVersion.toNumber();
+  }
+  assert.equal(version, oldVersion + 1);
+
+  // Blocks keep coming, transactions still work under the new runtime, and old state is intact.
+  r = await send(api, api.tx.dataNets.addCurator(datanet, dev.bob.address), alice);
+  assert.equal(r.error, null);
+  const now = (await api.rpc.chain.getHeader()).number.toNumber();
+  assert.ok(now > start, `blocks kept coming (${start} → ${now})`);
+  const after = (await api.query.dataNets.dataNets(datanet)).unwrap();
+  assert.equal(after.name.toUtf8(), 'before upgrade');
+  assert.equal(after.curators.length, 1);
+  assert.notEqual((await api.query.dataNets.dataNets(datanet)).toHex(), before, 'the curator was added');
+  const balanceNow = (await api.query.system.account(alice.address)).data.free.toBigInt();
+  assert.ok(balanceNow <= aliceBalance && aliceBalance - balanceNow < 10n ** 18n, 'balances intact (fees only)');
+});
