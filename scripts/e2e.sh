@@ -11,7 +11,8 @@ E2E="$REPO_ROOT/scripts/e2e"
 step "building the upgrade runtime (this runtime with its spec version + 1)"
 # A check build writes its wasm under debug/, away from the wasm the release node embeds.
 cargo check -q -p openledger-runtime --features upgrade-test
-UPGRADE_WASM="$CARGO_TARGET_DIR/debug/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
+# Outside a release build the wasm builder leaves the uncompacted blob (about 2 MB), which is fine.
+UPGRADE_WASM="$CARGO_TARGET_DIR/debug/wbuild/openledger-runtime/openledger_runtime.wasm"
 [ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
 
 work="$(mktemp -d)"
