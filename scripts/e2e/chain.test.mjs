@@ -1,23 +1,15 @@
 // polkadot.js against a running dev node: every registration of the OpenLedger pallets, read back
 // through api.query, and bad input answered with the pallet's own error.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Keyring } from '@polkadot/keyring';
 import { blake2AsHex } from '@polkadot/util-crypto';
-import { connect, send, findEvent } from './lib.mjs';
+import { useDevNode, send, findEvent } from './lib.mjs';
 
-let api;
-let dev;
-
-before(async () => {
-  ({ api, dev } = await connect());
-});
-
-after(async () => {
-  await api?.disconnect();
-});
+const node = useDevNode();
 
 test('metadata is V15 or later and needs no custom types', async () => {
+  const { api, dev } = node;
   const versions = await api.call.metadata.metadataVersions();
   assert.ok(versions.some((v) => v.toNumber() >= 15), `versions: ${versions}`);
   assert.equal(api.registry.chainTokens[0], 'OPEN');
@@ -25,6 +17,7 @@ test('metadata is V15 or later and needs no custom types', async () => {
 });
 
 test('DataNets, registry, workers and credit through polkadot.js', async () => {
+  const { api, dev } = node;
   const { alice, bob, charlie, dave, eve } = dev;
   const datanet = (await api.query.dataNets.nextDataNetId()).toNumber();
 
@@ -86,6 +79,7 @@ test('DataNets, registry, workers and credit through polkadot.js', async () => {
 });
 
 test('bad input yields the pallet error and the node keeps going', async () => {
+  const { api, dev } = node;
   const { bob } = dev;
   const before = (await api.rpc.chain.getHeader()).number.toNumber();
   const r = await send(api, api.tx.dataNets.contribute(999_999, blake2AsHex('orphan'), 6), bob);

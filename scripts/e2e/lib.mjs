@@ -1,4 +1,5 @@
 // Shared helpers for the end-to-end tests: connect, sign and send, wait for finality, decode errors.
+import { before, after } from 'node:test';
 import { ApiPromise, WsProvider } from '@polkadot/api';
 import { Keyring } from '@polkadot/keyring';
 import { cryptoWaitReady } from '@polkadot/util-crypto';
@@ -45,4 +46,17 @@ export function findEvent(events, section, method) {
     throw new Error(`no ${section}.${method} in [${events.map((e) => `${e.section}.${e.method}`).join(', ')}]`);
   }
   return found;
+}
+
+// Connects before the file's tests and disconnects after them; the returned object is filled in
+// by the time a test runs.
+export function useDevNode() {
+  const node = {};
+  before(async () => {
+    Object.assign(node, await connect());
+  });
+  after(async () => {
+    await node.api?.disconnect();
+  });
+  return node;
 }

@@ -1,24 +1,16 @@
 // A runtime upgrade through sudo(system.setCode) on the dev chain: the new runtime (the same code
 // built with spec version + 1) takes over, blocks keep coming and state is intact.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { u8aToHex } from '@polkadot/util';
 import { blake2AsHex } from '@polkadot/util-crypto';
-import { connect, send, findEvent } from './lib.mjs';
+import { useDevNode, send, findEvent } from './lib.mjs';
 
-let api;
-let dev;
-
-before(async () => {
-  ({ api, dev } = await connect());
-});
-
-after(async () => {
-  await api?.disconnect();
-});
+const node = useDevNode();
 
 test('setCode upgrades the runtime and keeps state', { timeout: 300_000 }, async () => {
+  const { api, dev } = node;
   const wasmPath = process.env.OPENLEDGER_UPGRADE_WASM;
   assert.ok(wasmPath, 'set OPENLEDGER_UPGRADE_WASM to the spec-bumped runtime');
   const code = u8aToHex(readFileSync(wasmPath));
