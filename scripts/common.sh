@@ -7,5 +7,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/openledger-target}"
 export WASM_BUILD_WORKSPACE_HINT="$REPO_ROOT"
 # Models unpacked from their PyPI wheels, shared by every clone.
 export OPENLEDGER_MODELS="${OPENLEDGER_MODELS:-/var/tmp/openledger-models}"
+# Python packages for client tests and benchmarks (the official openai client), kept out of the
+# system interpreter.
+export OPENLEDGER_VENV="${OPENLEDGER_VENV:-/var/tmp/openledger-venv}"
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

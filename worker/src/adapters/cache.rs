@@ -1,0 +1,748 @@
+//! The resident-adapter cache, content-addressed by the blake2-256 of the weights file: names are
+//! registered to hashes, so one file under two names is loaded once. Loads run on tokio's
+//! blocking pool (never on a request's task or the engine thread) and are shared by everyone
+//! asking for the same hash meanwhile. Leased adapters are never evicted; idle ones go by LRU
+//! when a new one needs room, or after an idle timeout.
+
+use std::{
+	collections::HashMap,
+	fmt,
+	ops::Deref,
+	path::{Path, PathBuf},
+	sync::{
+		atomic::{AtomicU64, Ordering},
+		Arc, Mutex, MutexGuard, Weak,
+	},
+	time::{Duration, Instant},
+};
+
+use candle_core::Device;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::{
+	hash_hex, load_adapter, peft::inspect_impl, store::validate_name, AdapterError, AdapterInfo, AdapterLimits,
+	AdapterStore,
+};
+use crate::model::{LlamaConfig, LoraAdapter};
+
+/// Counters and gauges for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheStats {
+	/// `acquire` calls that found the adapter resident.
+	pub hits: u64,
+	/// `acquire` calls that did not (including those that joined a load already under way).
+	pub misses: u64,
+	/// Loads that finished and verified.
+	pub loads: u64,
+	/// Loads that failed (bad file, I/O, changed on disk).
+	pub load_failures: u64,
+	pub load_seconds_total: f64,
+	pub last_load_seconds: f64,
+	/// Adapters dropped from residency (LRU, idle, unregistered).
+	pub evictions: u64,
+	pub resident_bytes: usize,
+	pub resident_count: usize,
+	pub registered: usize,
+	pub loads_in_flight: usize,
+}
+
+/// A resident adapter and when it was last used (nanoseconds since the cache's epoch).
+struct Resident {
+	adapter: LoraAdapter,
+	epoch: Instant,
+	last_used: AtomicU64,
+}
+
+impl Resident {
+	fn touch(&self) {
+		self.last_used.store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+	}
+}
+
+/// A use of a resident adapter. While any lease (or clone) exists the adapter stays resident;
+/// dropping the last one makes it evictable and counts as its last use.
+#[derive(Clone)]
+pub struct AdapterLease {
+	entry: Arc<Resident>,
+}
+
+impl AdapterLease {
+	/// The adapter's content hash, lower-case hex.
+	pub fn hash_hex(&self) -> String {
+		hash_hex(&self.entry.adapter.hash)
+	}
+}
+
+impl Deref for AdapterLease {
+	type Target = LoraAdapter;
+	fn deref(&self) -> &LoraAdapter {
+		&self.entry.adapter
+	}
+}
+
+impl Drop for AdapterLease {
+	fn drop(&mut self) {
+		self.entry.touch();
+	}
+}
+
+impl fmt::Debug for AdapterLease {
+	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+		f.debug_struct("AdapterLease")
+			.field("hash", &&self.hash_hex()[..16])
+			.field("rank", &self.entry.adapter.rank)
+			.field("resident_bytes", &self.entry.adapter.resident_bytes)
+			.finish()
+	}
+}
+
+type SharedLoad = Shared<BoxFuture<'static, Result<AdapterLease, AdapterError>>>;
+
+struct Registration {
+	hash: [u8; 32],
+	dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+	names: HashMap<String, Registration>,
+	/// The map's `Arc` is one reference; any more are leases.
+	resident: HashMap<[u8; 32], Arc<Resident>>,
+	loading: HashMap<[u8; 32], SharedLoad>,
+	resident_bytes: usize,
+	stats: CacheStats,
+}
+
+impl State {
+	fn is_leased(entry: &Arc<Resident>) -> bool {
+		Arc::strong_count(entry) > 1
+	}
+
+	/// Removes `hash` from residency; the caller drops the entry after unlocking.
+	fn remove(&mut self, hash: &[u8; 32]) -> Option<Arc<Resident>> {
+		let entry = self.resident.remove(hash)?;
+		self.resident_bytes -= entry.adapter.resident_bytes;
+		self.stats.evictions += 1;
+		Some(entry)
+	}
+}
+
+struct Inner {
+	store: AdapterStore,
+	base: LlamaConfig,
+	device: Device,
+	limits: AdapterLimits,
+	epoch: Instant,
+	state: Mutex<State>,
+}
+
+impl Inner {
+	fn lock(&self) -> MutexGuard<'_, State> {
+		// A panic while holding the lock leaves only plain maps and counters: keep going.
+		self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+}
+
+/// Cheap to clone; all clones share one cache.
+#[derive(Clone)]
+pub struct AdapterCache {
+	inner: Arc<Inner>,
+}
+
+impl AdapterCache {
+	/// An empty cache over `store` for adapters of `base`, placed on `device`. Register names
+	/// with [`scan`](Self::scan) and [`register`](Self::register).
+	pub fn new(store: AdapterStore, base: LlamaConfig, limits: AdapterLimits, device: Device) -> Self {
+		let state = State::default();
+		Self { inner: Arc::new(Inner { store, base, device, limits, epoch: Instant::now(), state: Mutex::new(state) }) }
+	}
+
+	pub fn store(&self) -> &AdapterStore {
+		&self.inner.store
+	}
+
+	pub fn limits(&self) -> &AdapterLimits {
+		&self.inner.limits
+	}
+
+	/// Registers every valid adapter in the store under its directory name (re-registering names
+	/// whose file changed); invalid ones are logged and skipped. Returns the names registered.
+	pub async fn scan(&self) -> Result<Vec<String>, AdapterError> {
+		let inner = self.inner.clone();
+		let found = blocking(move || {
+			let mut found = Vec::new();
+			for (name, dir) in inner.store.scan()? {
+				match inspect_impl(&dir, Some(&inner.base), &inner.limits) {
+					Ok((info, hash)) => found.push((name, dir, hash, info)),
+					Err(err) => tracing::warn!(adapter = %name, %err, "adapter store: skipping an invalid adapter"),
+				}
+			}
+			Ok(found)
+		})
+		.await?;
+		let mut state = self.inner.lock();
+		let mut names = Vec::with_capacity(found.len());
+		for (name, dir, hash, info) in found {
+			if let Some(old) = state.names.get(&name) {
+				if old.hash != hash {
+					tracing::warn!(adapter = %name, hash = %&info.hash[..12], "adapter changed on disk; re-registered");
+				}
+			}
+			tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
+			state.names.insert(name.clone(), Registration { hash, dir });
+			names.push(name);
+		}
+		state.stats.registered = state.names.len();
+		Ok(names)
+	}
+
+	/// Registers `name` (vLLM's `load_lora_adapter`): `path` relative to the store root or
+	/// absolute inside it, or the store's `<root>/<name>` when `None`. The adapter is checked
+	/// against the base model (header only) and hashed now; it is loaded on first use.
+	/// Registering a name again with the same content is a no-op; with other content an error.
+	pub async fn register(&self, name: &str, path: Option<&Path>) -> Result<AdapterInfo, AdapterError> {
+		validate_name(name)?;
+		let inner = self.inner.clone();
+		let owned_name = name.to_owned();
+		let path = path.map(Path::to_path_buf);
+		let (dir, info, hash) = blocking(move || {
+			let dir = match path {
+				Some(path) => inner.store.resolve_path(&path)?,
+				None => inner.store.resolve(&owned_name)?,
+			};
+			let (info, hash) = inspect_impl(&dir, Some(&inner.base), &inner.limits)?;
+			Ok((dir, info, hash))
+		})
+		.await?;
+		let mut state = self.inner.lock();
+		if let Some(existing) = state.names.get_mut(name) {
+			if existing.hash != hash {
+				return Err(AdapterError::AlreadyRegistered(name.to_owned()));
+			}
+			existing.dir = dir;
+			return Ok(info);
+		}
+		state.names.insert(name.to_owned(), Registration { hash, dir });
+		state.stats.registered = state.names.len();
+		drop(state);
+		tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
+		Ok(info)
+	}
+
+	/// Unregisters `name` (vLLM's `unload_lora_adapter`). Its resident copy is dropped now if no
+	/// other name shares it and nothing leases it; otherwise it ages out as usual.
+	pub fn unregister(&self, name: &str) -> Result<(), AdapterError> {
+		validate_name(name)?;
+		let mut state = self.inner.lock();
+		let Some(registration) = state.names.remove(name) else {
+			return Err(AdapterError::NotFound(format!("adapter `{name}`")));
+		};
+		state.stats.registered = state.names.len();
+		let shared = state.names.values().any(|r| r.hash == registration.hash);
+		let idle = state.resident.get(&registration.hash).is_some_and(|e| !State::is_leased(e));
+		let dropped = if !shared && idle { state.remove(&registration.hash) } else { None };
+		drop(state);
+		tracing::info!(adapter = %name, unloaded = dropped.is_some(), "adapter unregistered");
+		Ok(())
+	}
+
+	/// A lease on the adapter registered as `name`, loading it first if it is not resident.
+	pub async fn acquire(&self, name: &str) -> Result<AdapterLease, AdapterError> {
+		validate_name(name)?;
+		let load = {
+			let mut state = self.inner.lock();
+			let Some(registration) = state.names.get(name) else {
+				return Err(AdapterError::NotFound(format!("adapter `{name}`")));
+			};
+			let (hash, dir) = (registration.hash, registration.dir.clone());
+			if let Some(entry) = state.resident.get(&hash) {
+				entry.touch();
+				let lease = AdapterLease { entry: entry.clone() };
+				state.stats.hits += 1;
+				return Ok(lease);
+			}
+			state.stats.misses += 1;
+			match state.loading.get(&hash) {
+				Some(load) => load.clone(),
+				None => {
+					let load = self.start_load(name.to_owned(), hash, dir);
+					state.loading.insert(hash, load.clone());
+					state.stats.loads_in_flight = state.loading.len();
+					load
+				},
+			}
+		};
+		load.await
+	}
+
+	/// Spawns the load of `hash` from `dir`: a tokio task (so it finishes even if every waiter
+	/// goes away) that reads on the blocking pool, then verifies and inserts.
+	fn start_load(&self, name: String, hash: [u8; 32], dir: PathBuf) -> SharedLoad {
+		let inner = self.inner.clone();
+		let task = tokio::spawn(async move {
+			let started = Instant::now();
+			let reader = inner.clone();
+			let loaded = blocking(move || {
+				let dir = reader.store.check_dir(&dir)?;
+				load_adapter(&dir, &reader.base, &reader.limits, &reader.device)
+			})
+			.await;
+			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())
+		});
+		async move { task.await.unwrap_or_else(|e| Err(AdapterError::Internal(format!("adapter load task failed: {e}")))) }
+			.boxed()
+			.shared()
+	}
+
+	fn finish_load(
+		&self,
+		name: &str,
+		hash: [u8; 32],
+		loaded: Result<LoraAdapter, AdapterError>,
+		elapsed: Duration,
+	) -> Result<AdapterLease, AdapterError> {
+		let mut state = self.inner.lock();
+		state.loading.remove(&hash);
+		state.stats.loads_in_flight = state.loading.len();
+		let adapter = match loaded {
+			Ok(adapter) if adapter.hash == hash => adapter,
+			Ok(adapter) => {
+				state.stats.load_failures += 1;
+				drop(state);
+				let err = AdapterError::HashMismatch {
+					name: name.to_owned(),
+					expected: hash_hex(&hash),
+					found: hash_hex(&adapter.hash),
+				};
+				tracing::warn!(adapter = %name, %err, "adapter load failed");
+				return Err(err);
+			},
+			Err(err) => {
+				state.stats.load_failures += 1;
+				drop(state);
+				tracing::warn!(adapter = %name, hash = %&hash_hex(&hash)[..12], %err, "adapter load failed");
+				return Err(err);
+			},
+		};
+		state.stats.loads += 1;
+		state.stats.load_seconds_total += elapsed.as_secs_f64();
+		state.stats.last_load_seconds = elapsed.as_secs_f64();
+		let bytes = adapter.resident_bytes;
+		let inserted = self.insert(&mut state, hash, adapter);
+		drop(state);
+		let (lease, evicted) = inserted.inspect_err(|err| {
+			tracing::warn!(adapter = %name, hash = %&hash_hex(&hash)[..12], bytes, %err, "adapter loaded but not kept");
+		})?;
+		for victim in &evicted {
+			tracing::info!(hash = %&hash_hex(&victim.adapter.hash)[..12], bytes = victim.adapter.resident_bytes, "adapter evicted (LRU)");
+		}
+		drop(evicted);
+		tracing::info!(
+			adapter = %name,
+			hash = %&hash_hex(&hash)[..12],
+			bytes,
+			ms = elapsed.as_millis() as u64,
+			"adapter loaded"
+		);
+		Ok(lease)
+	}
+
+	/// Makes room by evicting idle adapters, least recently used first, then inserts. Evicts
+	/// nothing unless that is enough to fit; the evicted entries are returned to be dropped
+	/// after the lock is released.
+	fn insert(
+		&self,
+		state: &mut State,
+		hash: [u8; 32],
+		adapter: LoraAdapter,
+	) -> Result<(AdapterLease, Vec<Arc<Resident>>), AdapterError> {
+		if let Some(entry) = state.resident.get(&hash) {
+			entry.touch();
+			return Ok((AdapterLease { entry: entry.clone() }, Vec::new()));
+		}
+		let limits = &self.inner.limits;
+		let bytes = adapter.resident_bytes;
+		if bytes > limits.max_resident_bytes {
+			return Err(AdapterError::TooLarge(format!(
+				"the adapter needs {bytes} bytes, more than the whole adapter cache ({} bytes)",
+				limits.max_resident_bytes
+			)));
+		}
+		let need_bytes = (state.resident_bytes + bytes).saturating_sub(limits.max_resident_bytes);
+		let need_count = (state.resident.len() + 1).saturating_sub(limits.max_resident);
+		let mut evicted = Vec::new();
+		if need_bytes > 0 || need_count > 0 {
+			let mut idle: Vec<(u64, [u8; 32], usize)> = state
+				.resident
+				.iter()
+				.filter(|(_, e)| !State::is_leased(e))
+				.map(|(h, e)| (e.last_used.load(Ordering::Relaxed), *h, e.adapter.resident_bytes))
+				.collect();
+			idle.sort_unstable();
+			let (mut freed_bytes, mut freed_count, mut chosen) = (0, 0, Vec::new());
+			for (_, h, b) in idle {
+				if freed_bytes >= need_bytes && freed_count >= need_count {
+					break;
+				}
+				chosen.push(h);
+				freed_bytes += b;
+				freed_count += 1;
+			}
+			if freed_bytes < need_bytes || freed_count < need_count {
+				return Err(AdapterError::CacheFull(format!(
+					"{} adapters ({} bytes) are resident and in use; {bytes} more bytes do not fit in {} bytes / {} adapters",
+					state.resident.len(),
+					state.resident_bytes,
+					limits.max_resident_bytes,
+					limits.max_resident
+				)));
+			}
+			evicted.extend(chosen.iter().filter_map(|h| state.remove(h)));
+		}
+		let entry = Arc::new(Resident { adapter, epoch: self.inner.epoch, last_used: AtomicU64::new(0) });
+		entry.touch();
+		state.resident.insert(hash, entry.clone());
+		state.resident_bytes += bytes;
+		Ok((AdapterLease { entry }, evicted))
+	}
+
+	/// Drops every unleased adapter unused for at least `idle_for`; returns how many.
+	pub fn evict_idle(&self, idle_for: Duration) -> usize {
+		let now = self.inner.epoch.elapsed().as_nanos() as u64;
+		let idle_ns = idle_for.as_nanos().min(u64::MAX as u128) as u64;
+		let mut state = self.inner.lock();
+		let stale: Vec<[u8; 32]> = state
+			.resident
+			.iter()
+			.filter(|(_, e)| !State::is_leased(e) && now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= idle_ns)
+			.map(|(h, _)| *h)
+			.collect();
+		let evicted: Vec<_> = stale.iter().filter_map(|h| state.remove(h)).collect();
+		drop(state);
+		for victim in &evicted {
+			tracing::info!(hash = %&hash_hex(&victim.adapter.hash)[..12], bytes = victim.adapter.resident_bytes, "adapter unloaded (idle)");
+		}
+		evicted.len()
+	}
+
+	/// Every `every`, unloads adapters idle for `idle_for`. Stops when the cache is dropped.
+	pub fn spawn_idle_reaper(&self, idle_for: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+		let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+		tokio::spawn(async move {
+			let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
+			ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+			ticks.tick().await;
+			loop {
+				ticks.tick().await;
+				let Some(inner) = weak.upgrade() else { break };
+				AdapterCache { inner }.evict_idle(idle_for);
+			}
+		})
+	}
+
+	pub fn stats(&self) -> CacheStats {
+		let state = self.inner.lock();
+		CacheStats { resident_bytes: state.resident_bytes, resident_count: state.resident.len(), ..state.stats.clone() }
+	}
+
+	/// `(name, hash hex, resident)` for every registered name, sorted by name (for `/v1/models`).
+	pub fn list(&self) -> Vec<(String, String, bool)> {
+		let state = self.inner.lock();
+		let mut list: Vec<_> = state
+			.names
+			.iter()
+			.map(|(name, r)| (name.clone(), hash_hex(&r.hash), state.resident.contains_key(&r.hash)))
+			.collect();
+		list.sort();
+		list
+	}
+
+	/// The hash `name` is registered to, if any.
+	pub fn hash_of(&self, name: &str) -> Option<String> {
+		self.inner.lock().names.get(name).map(|r| hash_hex(&r.hash))
+	}
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+	f: impl FnOnce() -> Result<T, AdapterError> + Send + 'static,
+) -> Result<T, AdapterError> {
+	tokio::task::spawn_blocking(f)
+		.await
+		.unwrap_or_else(|e| Err(AdapterError::Internal(format!("adapter task failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+	use std::fs;
+
+	use super::*;
+	use crate::{
+		adapters::{test_util::tiny_config, write_random_adapter, ADAPTER_WEIGHTS_FILE},
+		model::Projection,
+	};
+
+	struct Fixture {
+		_tmp: tempfile::TempDir,
+		root: PathBuf,
+		/// f32 bytes of one adapter written by `adapter`.
+		bytes: usize,
+	}
+
+	impl Fixture {
+		fn new() -> Self {
+			let tmp = tempfile::tempdir().unwrap();
+			let root = tmp.path().join("store");
+			fs::create_dir_all(&root).unwrap();
+			let probe = write_random_adapter(
+				&tmp.path().join("probe"),
+				&tiny_config(false),
+				2,
+				4.0,
+				&Projection::ALL,
+				0,
+				false,
+				false,
+			)
+			.unwrap();
+			Self { _tmp: tmp, root, bytes: probe.resident_bytes }
+		}
+
+		/// Writes adapter `name` (rank 2, all projections) with `seed`.
+		fn adapter(&self, name: &str, seed: u64) -> AdapterInfo {
+			write_random_adapter(
+				&self.root.join(name),
+				&tiny_config(false),
+				2,
+				4.0,
+				&Projection::ALL,
+				seed,
+				false,
+				false,
+			)
+			.unwrap()
+		}
+
+		async fn cache(&self, max_resident: usize, max_resident_bytes: usize) -> AdapterCache {
+			let limits = AdapterLimits { max_resident, max_resident_bytes, ..Default::default() };
+			let store = AdapterStore::open(&self.root).unwrap();
+			let cache = AdapterCache::new(store, tiny_config(false), limits, Device::Cpu);
+			cache.scan().await.unwrap();
+			cache
+		}
+	}
+
+	fn resident(cache: &AdapterCache) -> Vec<String> {
+		cache.list().into_iter().filter(|(_, _, r)| *r).map(|(n, _, _)| n).collect()
+	}
+
+	async fn tick() {
+		tokio::time::sleep(Duration::from_millis(2)).await;
+	}
+
+	#[test]
+	fn cache_and_lease_are_send_sync() {
+		fn check<T: Send + Sync + 'static>() {}
+		check::<AdapterCache>();
+		check::<AdapterLease>();
+		check::<AdapterError>();
+	}
+
+	#[tokio::test]
+	async fn hits_misses_and_loads() {
+		let fx = Fixture::new();
+		let info = fx.adapter("a", 1);
+		let cache = fx.cache(4, 1 << 30).await;
+		assert_eq!(cache.list(), [("a".to_string(), info.hash.clone(), false)]);
+		let lease = cache.acquire("a").await.unwrap();
+		assert_eq!(lease.hash_hex(), info.hash);
+		assert_eq!(lease.rank, 2);
+		assert!(lease.weights(1, Projection::Down).is_some());
+		drop(lease);
+		let again = cache.acquire("a").await.unwrap();
+		let stats = cache.stats();
+		assert_eq!((stats.hits, stats.misses, stats.loads, stats.load_failures), (1, 1, 1, 0));
+		assert_eq!((stats.resident_count, stats.resident_bytes, stats.registered), (1, info.resident_bytes, 1));
+		assert!(stats.load_seconds_total > 0.0 && stats.last_load_seconds > 0.0);
+		drop(again);
+		assert!(matches!(cache.acquire("nope").await, Err(AdapterError::NotFound(_))));
+		assert!(matches!(cache.acquire("../a").await, Err(AdapterError::InvalidName(_))));
+		assert_eq!(resident(&cache), ["a"]);
+	}
+
+	#[tokio::test]
+	async fn lru_evicts_the_least_recently_used_idle_adapter() {
+		let fx = Fixture::new();
+		for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+			fx.adapter(name, seed);
+		}
+		let cache = fx.cache(2, 1 << 30).await;
+		drop(cache.acquire("a").await.unwrap());
+		tick().await;
+		drop(cache.acquire("b").await.unwrap());
+		tick().await;
+		drop(cache.acquire("a").await.unwrap()); // a is now more recent than b
+		tick().await;
+		drop(cache.acquire("c").await.unwrap());
+		assert_eq!(resident(&cache), ["a", "c"]);
+		assert_eq!(cache.stats().evictions, 1);
+		// By bytes too: a budget of two adapters behaves the same.
+		let cache = fx.cache(10, 2 * fx.bytes).await;
+		for name in ["a", "b", "a", "c"] {
+			drop(cache.acquire(name).await.unwrap());
+			tick().await;
+		}
+		assert_eq!(resident(&cache), ["a", "c"]);
+		assert_eq!(cache.stats().resident_bytes, 2 * fx.bytes);
+	}
+
+	#[tokio::test]
+	async fn leased_adapters_are_never_evicted() {
+		let fx = Fixture::new();
+		for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+			fx.adapter(name, seed);
+		}
+		// Room for one: while `a` is leased, `b` cannot come in.
+		let cache = fx.cache(1, 1 << 30).await;
+		let a = cache.acquire("a").await.unwrap();
+		let err = cache.acquire("b").await.unwrap_err();
+		assert!(matches!(err, AdapterError::CacheFull(_)), "{err:?}");
+		assert_eq!(err.http_status(), 503);
+		assert_eq!(resident(&cache), ["a"]);
+		let a2 = a.clone();
+		drop(a);
+		assert!(matches!(cache.acquire("b").await, Err(AdapterError::CacheFull(_))), "a clone still leases");
+		drop(a2);
+		let b = cache.acquire("b").await.unwrap();
+		assert_eq!(resident(&cache), ["b"]);
+		drop(b);
+
+		// Room for two by bytes: the leased `a` is older than the idle `b`, yet `b` is evicted.
+		let cache = fx.cache(10, 2 * fx.bytes + fx.bytes / 2).await;
+		let a = cache.acquire("a").await.unwrap();
+		tick().await;
+		drop(cache.acquire("b").await.unwrap());
+		tick().await;
+		let c = cache.acquire("c").await.unwrap();
+		assert_eq!(resident(&cache), ["a", "c"]);
+		// Both leased: `b` does not fit and nothing is evicted.
+		assert!(matches!(cache.acquire("b").await, Err(AdapterError::CacheFull(_))));
+		assert_eq!(resident(&cache), ["a", "c"]);
+		assert!(a.weights(0, Projection::Q).is_some() && c.weights(0, Projection::Q).is_some());
+		// An adapter bigger than the whole budget is TooLarge, not CacheFull.
+		let cache = fx.cache(10, fx.bytes - 1).await;
+		assert!(matches!(cache.acquire("a").await, Err(AdapterError::TooLarge(_))));
+	}
+
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn concurrent_acquires_load_once() {
+		let fx = Fixture::new();
+		fx.adapter("a", 1);
+		let cache = fx.cache(4, 1 << 30).await;
+		let tasks: Vec<_> = (0..16)
+			.map(|_| {
+				let cache = cache.clone();
+				tokio::spawn(async move { cache.acquire("a").await.map(|l| l.hash) })
+			})
+			.collect();
+		let mut hashes = Vec::new();
+		for task in tasks {
+			hashes.push(task.await.unwrap().unwrap());
+		}
+		assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+		let stats = cache.stats();
+		assert_eq!(stats.loads, 1);
+		assert_eq!(stats.hits + stats.misses, 16);
+		assert!(stats.misses >= 1);
+		assert_eq!((stats.resident_count, stats.loads_in_flight), (1, 0));
+	}
+
+	#[tokio::test]
+	async fn idle_adapters_are_unloaded() {
+		let fx = Fixture::new();
+		fx.adapter("a", 1);
+		fx.adapter("b", 2);
+		let cache = fx.cache(4, 1 << 30).await;
+		let a = cache.acquire("a").await.unwrap();
+		drop(cache.acquire("b").await.unwrap());
+		tokio::time::sleep(Duration::from_millis(30)).await;
+		assert_eq!(cache.evict_idle(Duration::from_secs(60)), 0, "nothing idle that long");
+		assert_eq!(cache.evict_idle(Duration::from_millis(20)), 1, "only the unleased one");
+		assert_eq!(resident(&cache), ["a"]);
+		// Dropping the lease counts as a use: not idle yet.
+		drop(a);
+		assert_eq!(cache.evict_idle(Duration::from_millis(20)), 0);
+		let reaper = cache.spawn_idle_reaper(Duration::from_millis(10), Duration::from_millis(5));
+		tokio::time::sleep(Duration::from_millis(100)).await;
+		assert!(resident(&cache).is_empty());
+		assert_eq!(cache.stats().evictions, 2);
+		// The reaper ends once the cache is gone.
+		drop(cache);
+		tokio::time::timeout(Duration::from_secs(5), reaper).await.unwrap().unwrap();
+	}
+
+	#[tokio::test]
+	async fn names_share_one_resident_copy_per_hash() {
+		let fx = Fixture::new();
+		let info = fx.adapter("a", 1);
+		fx.adapter("b", 1); // same seed, same bytes
+		fx.adapter("c", 2);
+		let cache = fx.cache(4, 1 << 30).await;
+		assert_eq!(cache.hash_of("a"), cache.hash_of("b"));
+		assert_ne!(cache.hash_of("a"), cache.hash_of("c"));
+		let a = cache.acquire("a").await.unwrap();
+		let b = cache.acquire("b").await.unwrap();
+		assert_eq!(a.hash, b.hash);
+		let stats = cache.stats();
+		assert_eq!((stats.loads, stats.hits, stats.misses, stats.resident_count), (1, 1, 1, 1));
+		assert_eq!(stats.resident_bytes, info.resident_bytes);
+		assert_eq!(resident(&cache), ["a", "b"]);
+		drop((a, b));
+		// Unregistering one name keeps the copy the other name still uses.
+		cache.unregister("a").unwrap();
+		assert_eq!(resident(&cache), ["b"]);
+		assert_eq!(cache.stats().resident_count, 1);
+		cache.unregister("b").unwrap();
+		assert_eq!(cache.stats().resident_count, 0);
+		assert!(matches!(cache.unregister("b"), Err(AdapterError::NotFound(_))));
+	}
+
+	#[tokio::test]
+	async fn register_and_changed_files() {
+		let fx = Fixture::new();
+		let info = fx.adapter("a", 1);
+		fx.adapter("nested-parent/child", 2);
+		let outside = fx._tmp.path().join("outside");
+		write_random_adapter(&outside, &tiny_config(false), 2, 4.0, &[Projection::Q], 9, false, false).unwrap();
+		let cache = fx.cache(4, 1 << 30).await;
+		assert_eq!(cache.list().len(), 1, "nested-parent has no adapter files itself");
+
+		// Admin paths: relative, absolute inside, outside, climbing out.
+		let child = cache.register("child", Some(Path::new("nested-parent/child"))).await.unwrap();
+		assert_eq!(cache.hash_of("child"), Some(child.hash));
+		let same = cache.register("alias", Some(&fx.root.join("a"))).await.unwrap();
+		assert_eq!(same.hash, info.hash);
+		assert!(matches!(cache.register("x", Some(&outside)).await, Err(AdapterError::OutsideStore(_))));
+		assert!(matches!(cache.register("x", Some(Path::new("../outside"))).await, Err(AdapterError::OutsideStore(_))));
+		assert!(matches!(cache.register("x", None).await, Err(AdapterError::NotFound(_))));
+		assert!(matches!(cache.register("bad/name", None).await, Err(AdapterError::InvalidName(_))));
+		// Same name, same content: fine; other content: refused.
+		cache.register("a", None).await.unwrap();
+		let err = cache.register("a", Some(Path::new("nested-parent/child"))).await.unwrap_err();
+		assert!(matches!(err, AdapterError::AlreadyRegistered(_)), "{err:?}");
+
+		// The file is replaced after registration: the load notices.
+		fx.adapter("a", 3);
+		let err = cache.acquire("a").await.unwrap_err();
+		assert!(matches!(err, AdapterError::HashMismatch { .. }), "{err:?}");
+		assert_eq!(cache.stats().load_failures, 1);
+		// A rescan picks up the new content.
+		cache.scan().await.unwrap();
+		assert!(cache.acquire("a").await.is_ok());
+		// A corrupted file fails to load, and the failure is shared, counted and not cached.
+		fs::write(fx.root.join("nested-parent/child").join(ADAPTER_WEIGHTS_FILE), b"garbage!").unwrap();
+		assert!(cache.acquire("child").await.is_err());
+		assert!(cache.acquire("child").await.is_err());
+		assert_eq!(cache.stats().load_failures, 3);
+	}
+}

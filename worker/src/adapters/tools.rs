@@ -1,0 +1,160 @@
+//! Test and benchmark helpers: deterministic random adapters in PEFT's on-disk format.
+
+use std::{
+	borrow::Cow,
+	collections::BTreeSet,
+	fs,
+	io::Write,
+	path::{Path, PathBuf},
+	sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{ensure, Context, Result};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use safetensors::tensor::{Dtype, View};
+
+use super::{inspect_with_base, AdapterInfo, AdapterLimits, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use crate::model::{LlamaConfig, Projection};
+
+/// An f32 tensor as the `safetensors` writer wants it.
+struct F32Tensor {
+	shape: Vec<usize>,
+	bytes: Vec<u8>,
+}
+
+impl View for &F32Tensor {
+	fn dtype(&self) -> Dtype {
+		Dtype::F32
+	}
+	fn shape(&self) -> &[usize] {
+		&self.shape
+	}
+	fn data(&self) -> Cow<'_, [u8]> {
+		Cow::Borrowed(&self.bytes)
+	}
+	fn data_len(&self) -> usize {
+		self.bytes.len()
+	}
+}
+
+fn random(rng: &mut StdRng, n: usize, bound: f32) -> Vec<u8> {
+	(0..n).flat_map(|_| rng.random_range(-bound..bound).to_le_bytes()).collect()
+}
+
+/// Writes a PEFT LoRA adapter for `config` into `dir` (created if missing): every layer, each of
+/// `targets`, `A ~ U(±1/sqrt(in))`, `B ~ U(±0.05)` or zero (a zero `B` makes the adapter a no-op,
+/// which tests use to compare against the base). The same arguments give byte-identical files,
+/// hence the same hash. Files are written to a temporary name and renamed into place.
+#[allow(clippy::too_many_arguments)]
+pub fn write_random_adapter(
+	dir: &Path,
+	config: &LlamaConfig,
+	rank: usize,
+	alpha: f64,
+	targets: &[Projection],
+	seed: u64,
+	zero_b: bool,
+	use_rslora: bool,
+) -> Result<AdapterInfo> {
+	ensure!(rank > 0, "rank must be positive");
+	ensure!(alpha.is_finite(), "lora_alpha must be finite");
+	let targets: BTreeSet<Projection> = targets.iter().copied().collect();
+	ensure!(!targets.is_empty(), "no target modules");
+	fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+
+	let mut rng = StdRng::seed_from_u64(seed);
+	let mut tensors = Vec::with_capacity(config.num_layers * targets.len() * 2);
+	for layer in 0..config.num_layers {
+		for &projection in &targets {
+			let (in_f, out_f) = config.projection_dims(projection);
+			let prefix = format!("base_model.model.model.layers.{layer}.{}", projection.module_path());
+			let a = random(&mut rng, rank * in_f, 1.0 / (in_f as f32).sqrt());
+			let b = if zero_b { vec![0u8; out_f * rank * 4] } else { random(&mut rng, out_f * rank, 0.05) };
+			tensors.push((format!("{prefix}.lora_A.weight"), F32Tensor { shape: vec![rank, in_f], bytes: a }));
+			tensors.push((format!("{prefix}.lora_B.weight"), F32Tensor { shape: vec![out_f, rank], bytes: b }));
+		}
+	}
+	let weights_tmp = temp_path(dir, ADAPTER_WEIGHTS_FILE);
+	safetensors::serialize_to_file(tensors.iter().map(|(name, t)| (name.as_str(), t)), None, &weights_tmp)
+		.with_context(|| format!("writing {}", weights_tmp.display()))?;
+	rename(&weights_tmp, &dir.join(ADAPTER_WEIGHTS_FILE))?;
+
+	let adapter_config = serde_json::json!({
+		"peft_type": "LORA",
+		"task_type": "CAUSAL_LM",
+		"base_model_name_or_path": format!("random-llama-{}x{}", config.num_layers, config.hidden_size),
+		"r": rank,
+		"lora_alpha": alpha,
+		"use_rslora": use_rslora,
+		"lora_dropout": 0.0,
+		"target_modules": targets.iter().map(|p| p.peft_name()).collect::<Vec<_>>(),
+		"bias": "none",
+		"fan_in_fan_out": false,
+		"use_dora": false,
+		"inference_mode": true,
+	});
+	let config_tmp = temp_path(dir, ADAPTER_CONFIG_FILE);
+	let mut file = fs::File::create(&config_tmp).with_context(|| format!("creating {}", config_tmp.display()))?;
+	file.write_all(serde_json::to_string_pretty(&adapter_config)?.as_bytes())?;
+	file.sync_all()?;
+	drop(file);
+	rename(&config_tmp, &dir.join(ADAPTER_CONFIG_FILE))?;
+
+	let no_limits = AdapterLimits { max_rank: usize::MAX, max_adapter_bytes: usize::MAX, ..Default::default() };
+	Ok(inspect_with_base(dir, config, &no_limits)?)
+}
+
+fn temp_path(dir: &Path, file: &str) -> PathBuf {
+	static COUNTER: AtomicU64 = AtomicU64::new(0);
+	let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+	dir.join(format!(".{file}.tmp-{}-{n}", std::process::id()))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+	fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::adapters::{inspect, test_util::tiny_config};
+
+	#[test]
+	fn same_seed_same_bytes_same_hash() {
+		let tmp = tempfile::tempdir().unwrap();
+		let cfg = tiny_config(false);
+		let write = |name: &str, seed| {
+			write_random_adapter(&tmp.path().join(name), &cfg, 4, 8.0, &Projection::ALL, seed, false, false).unwrap()
+		};
+		let a = write("a", 42);
+		let b = write("b", 42);
+		let c = write("c", 43);
+		assert_eq!(a.hash, b.hash);
+		assert_ne!(a.hash, c.hash);
+		assert_eq!(
+			fs::read(tmp.path().join("a").join(ADAPTER_WEIGHTS_FILE)).unwrap(),
+			fs::read(tmp.path().join("b").join(ADAPTER_WEIGHTS_FILE)).unwrap()
+		);
+		assert_eq!(a, inspect(&tmp.path().join("a")).unwrap());
+		assert_eq!((a.tensors, a.layers, a.rank), (2 * 7 * cfg.num_layers, cfg.num_layers, 4));
+		// Rewriting in place gives the same file, and leaves no temporary files behind.
+		assert_eq!(write("a", 42).hash, a.hash);
+		let names: Vec<_> = fs::read_dir(tmp.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+		assert_eq!(names.len(), 2, "{names:?}");
+	}
+
+	#[test]
+	fn zero_b_is_zero() {
+		let tmp = tempfile::tempdir().unwrap();
+		let cfg = tiny_config(false);
+		write_random_adapter(tmp.path(), &cfg, 2, 4.0, &[Projection::Down], 1, true, true).unwrap();
+		let bytes = fs::read(tmp.path().join(ADAPTER_WEIGHTS_FILE)).unwrap();
+		let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+		let b = st.tensor("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight").unwrap();
+		assert_eq!(b.shape(), [cfg.hidden_size, 2]);
+		assert!(b.data().iter().all(|&x| x == 0));
+		let a = st.tensor("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight").unwrap();
+		assert_eq!(a.shape(), [2, cfg.intermediate_size]);
+		assert!(a.data().iter().any(|&x| x != 0));
+	}
+}

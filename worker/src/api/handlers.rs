@@ -1,0 +1,481 @@
+//! The request handlers. Parsing and validation live in `openai.rs` as plain functions; these
+//! glue them to the tokenizer, the admission semaphore, the adapter cache and the engine.
+
+use std::{
+	path::Path,
+	time::{Duration, Instant},
+};
+
+use axum::{
+	body::Bytes,
+	extract::{rejection::BytesRejection, Extension, State},
+	http::{header, HeaderMap, StatusCode},
+	response::{IntoResponse, Response},
+	Json,
+};
+use tokio::sync::mpsc;
+
+use super::{
+	error::ApiError,
+	openai::{
+		self, parse_json, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest,
+		GenerationSpec, LoadLoraRequest, ModelCard, ModelList, UnloadLoraRequest,
+		COMPLETIONS_DEFAULT_MAX_TOKENS,
+	},
+	stream, unix_now, AppState, RequestId,
+};
+use crate::{
+	adapters::AdapterError,
+	engine::{GenerationEvent, GenerationRequest, Usage},
+	metrics::{self, Endpoint, Outcome},
+};
+
+/// A request that passed validation and tokenization, ready for admission.
+struct Prepared {
+	model: String,
+	prompt_tokens: Vec<u32>,
+	max_tokens: usize,
+	spec: GenerationSpec,
+}
+
+pub(super) async fn chat_completions(
+	State(state): State<AppState>,
+	Extension(id): Extension<RequestId>,
+	body: Result<Bytes, BytesRejection>,
+) -> Response {
+	let mut log = RequestLog::new(&state, Endpoint::ChatCompletions, id);
+	let prepared = async {
+		let request: ChatCompletionRequest = parse_json(&body_bytes(&state, body)?)?;
+		log.model.clone_from(&request.model);
+		let spec = request.validate(state.limits())?;
+		let messages = openai::chat_messages(&request.messages)?;
+		let codec = state.inner.codec.clone();
+		let prompt_tokens = blocking(move || {
+			let text = codec
+				.render_chat(&messages, true)
+				.map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+			codec.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing failed: {e:#}")))
+		})
+		.await?;
+		let max_tokens = openai::token_budget(
+			prompt_tokens.len(),
+			spec.max_tokens,
+			None,
+			state.limits(),
+			state.inner.config.max_position,
+			"messages",
+		)?;
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec })
+	}
+	.await;
+	match prepared {
+		Ok(prepared) => generate(state, log, prepared).await,
+		Err(e) => log.reject(e),
+	}
+}
+
+pub(super) async fn completions(
+	State(state): State<AppState>,
+	Extension(id): Extension<RequestId>,
+	body: Result<Bytes, BytesRejection>,
+) -> Response {
+	let mut log = RequestLog::new(&state, Endpoint::Completions, id);
+	let prepared = async {
+		let request: CompletionRequest = parse_json(&body_bytes(&state, body)?)?;
+		log.model.clone_from(&request.model);
+		let spec = request.validate(state.limits())?;
+		let prompt = request.prompt.text()?.to_owned();
+		let codec = state.inner.codec.clone();
+		let prompt_tokens = blocking(move || {
+			codec.encode(&prompt).map_err(|e| ApiError::internal(format!("tokenizing failed: {e:#}")))
+		})
+		.await?;
+		let max_tokens = openai::token_budget(
+			prompt_tokens.len(),
+			spec.max_tokens,
+			Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
+			state.limits(),
+			state.inner.config.max_position,
+			"prompt",
+		)?;
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec })
+	}
+	.await;
+	match prepared {
+		Ok(prepared) => generate(state, log, prepared).await,
+		Err(e) => log.reject(e),
+	}
+}
+
+/// Admits, resolves the adapter, submits, and answers whole or as a stream.
+async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response {
+	log.prompt_tokens = p.prompt_tokens.len();
+	// Admission before anything that holds resources: a full server answers 429 at once.
+	let Ok(permit) = state.inner.admission.clone().try_acquire_owned() else {
+		return log.reject(ApiError::queue_full());
+	};
+	// The base model's name means no adapter; any other name is an adapter, loaded (off the
+	// engine thread) and leased here. A lease keeps it resident until the engine drops it.
+	let adapter = if p.model == state.inner.model_name {
+		None
+	} else {
+		match state.inner.adapters.acquire(&p.model).await {
+			Ok(lease) => Some(lease),
+			// A name no adapter could have is as unknown as an unregistered one.
+			Err(AdapterError::NotFound(_) | AdapterError::InvalidName(_)) => {
+				return log.reject(ApiError::model_not_found(&p.model))
+			}
+			Err(e) => return log.reject(adapter_error(e, "model")),
+		}
+	};
+	let (events, rx) = mpsc::unbounded_channel();
+	let request = GenerationRequest {
+		prompt_tokens: p.prompt_tokens,
+		max_tokens: p.max_tokens,
+		sampling: p.spec.sampling,
+		stop: p.spec.stop,
+		adapter,
+		events,
+		permit: Some(permit),
+	};
+	if let Err(e) = state.inner.engine.submit(request) {
+		return log.reject(e.into());
+	}
+	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
+	let headers = generation_headers(&meta);
+	if p.spec.stream {
+		(headers, stream::respond(log, rx, meta, p.spec.include_usage)).into_response()
+	} else {
+		match collect(&mut log, rx).await {
+			Ok((text, finish, usage)) => {
+				let body = match log.endpoint {
+					Endpoint::ChatCompletions => Json(ChatCompletion::new(
+						format!("chatcmpl-{}", meta.id),
+						meta.created,
+						meta.model,
+						text,
+						finish,
+						&usage,
+					))
+					.into_response(),
+					Endpoint::Completions => Json(Completion::new(
+						&format!("cmpl-{}", meta.id),
+						meta.created,
+						&meta.model,
+						&text,
+						Some(finish),
+						Some(&usage),
+					))
+					.into_response(),
+				};
+				(headers, body).into_response()
+			}
+			Err(e) => log.reject(e),
+		}
+	}
+}
+
+/// What every response of one generation shares.
+pub(super) struct ResponseMeta {
+	/// The request id; completions are `chatcmpl-{id}` / `cmpl-{id}`.
+	pub id: String,
+	pub created: u64,
+	pub model: String,
+}
+
+/// Headers of a generation response, sent before the first token for streams. (`x-request-id`
+/// is added by the middleware for every response.) The receipt id header belongs here: it must
+/// be known before generation starts, since a stream's headers go out first.
+fn generation_headers(_meta: &ResponseMeta) -> HeaderMap {
+	HeaderMap::new()
+}
+
+/// Waits for the whole generation.
+async fn collect(
+	log: &mut RequestLog,
+	mut rx: mpsc::UnboundedReceiver<GenerationEvent>,
+) -> Result<(String, crate::engine::FinishReason, Usage), ApiError> {
+	let mut text = String::new();
+	loop {
+		match rx.recv().await {
+			Some(GenerationEvent::Text(t)) => {
+				log.saw_text();
+				text.push_str(&t);
+			}
+			Some(GenerationEvent::Done { finish_reason, usage }) => {
+				log.finished(&usage);
+				return Ok((text, finish_reason, usage));
+			}
+			Some(GenerationEvent::Failed(message)) => return Err(generation_failed(&message)),
+			None => return Err(engine_vanished()),
+		}
+	}
+}
+
+pub(super) fn generation_failed(message: &str) -> ApiError {
+	ApiError::internal(format!("generation failed: {message}"))
+}
+
+/// The engine dropped the request's sender without a last event: it stopped mid-request.
+pub(super) fn engine_vanished() -> ApiError {
+	ApiError::internal("the inference engine stopped before finishing the request")
+}
+
+/// Tokenizing a megabyte of text takes a while; keep it off the async workers.
+async fn blocking<T: Send + 'static>(
+	f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+	tokio::task::spawn_blocking(f)
+		.await
+		.unwrap_or_else(|e| Err(ApiError::internal(format!("tokenizer task failed: {e}"))))
+}
+
+/// The body, or the rejection as an OpenAI error (413 when over `max_body_bytes`).
+pub(super) fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+	body.map_err(|rejection| {
+		let status = rejection.status();
+		if status == StatusCode::PAYLOAD_TOO_LARGE {
+			ApiError::new(
+				status,
+				"invalid_request_error",
+				format!("request body is larger than {} bytes", state.limits().max_body_bytes),
+			)
+			.with_code("request_too_large")
+		} else {
+			ApiError::new(status, "invalid_request_error", rejection.body_text())
+		}
+	})
+}
+
+/// An adapter error, blaming `param` when the error itself names no field.
+pub(super) fn adapter_error(e: AdapterError, param: &str) -> ApiError {
+	let mut error = ApiError::from(e);
+	if error.param.is_none() && error.status.is_client_error() {
+		error.param = Some(param.to_owned());
+	}
+	error
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models, admin, health, metrics
+
+pub(super) async fn models(State(state): State<AppState>) -> Json<ModelList> {
+	let inner = &state.inner;
+	let mut data = vec![ModelCard {
+		id: inner.model_name.clone(),
+		object: "model",
+		created: inner.started,
+		owned_by: "openledger",
+		root: inner.model_name.clone(),
+		parent: None,
+		max_model_len: Some(inner.config.max_position),
+		resident: None,
+	}];
+	data.extend(inner.adapters.list().into_iter().map(|(name, hash, resident)| ModelCard {
+		id: name,
+		object: "model",
+		created: inner.started,
+		owned_by: "openledger",
+		root: hash,
+		parent: Some(inner.model_name.clone()),
+		max_model_len: Some(inner.config.max_position),
+		resident: Some(resident),
+	}));
+	Json(ModelList { object: "list", data })
+}
+
+pub(super) async fn load_lora_adapter(
+	State(state): State<AppState>,
+	headers: HeaderMap,
+	body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+	authorize(&state, &headers)?;
+	let request: LoadLoraRequest = parse_json(&body_bytes(&state, body)?)?;
+	if request.lora_name == state.inner.model_name {
+		return Err(ApiError::invalid("lora_name", "the base model's name cannot name an adapter"));
+	}
+	// vLLM refuses a name that is already loaded; the cache itself would accept the same
+	// content again as a no-op.
+	if state.inner.adapters.hash_of(&request.lora_name).is_some() {
+		return Err(ApiError::invalid(
+			"lora_name",
+			format!("The lora adapter '{}' has already been loaded.", request.lora_name),
+		)
+		.with_code("adapter_already_loaded"));
+	}
+	let started = Instant::now();
+	let info = state
+		.inner
+		.adapters
+		.register(&request.lora_name, request.lora_path.as_deref().map(Path::new))
+		.await
+		.map_err(|e| match e {
+			AdapterError::NotFound(_) => adapter_error(e, "lora_path").with_code("adapter_not_found"),
+			e => adapter_error(e, "lora_name"),
+		})?;
+	tracing::info!(
+		adapter = %request.lora_name,
+		path = request.lora_path.as_deref().unwrap_or(""),
+		hash = %info.hash,
+		ms = started.elapsed().as_millis() as u64,
+		"adapter loaded via the API"
+	);
+	Ok(format!("Success: LoRA adapter '{}' added successfully.", request.lora_name).into_response())
+}
+
+pub(super) async fn unload_lora_adapter(
+	State(state): State<AppState>,
+	headers: HeaderMap,
+	body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+	authorize(&state, &headers)?;
+	let request: UnloadLoraRequest = parse_json(&body_bytes(&state, body)?)?;
+	state
+		.inner
+		.adapters
+		.unregister(&request.lora_name)
+		.map_err(|e| adapter_error(e, "lora_name"))?;
+	tracing::info!(adapter = %request.lora_name, "adapter unregistered");
+	Ok(format!("Success: LoRA adapter '{}' removed successfully.", request.lora_name).into_response())
+}
+
+/// The admin endpoints need `Authorization: Bearer <admin key>`; without a configured key they
+/// are off.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+	let Some(key) = &state.inner.admin_api_key else {
+		return Err(ApiError::forbidden("admin API disabled: the worker has no admin API key"));
+	};
+	let given = headers
+		.get(header::AUTHORIZATION)
+		.and_then(|v| v.to_str().ok())
+		.and_then(|v| v.strip_prefix("Bearer "))
+		.map(str::trim);
+	match given {
+		Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
+		Some(_) => Err(ApiError::unauthorized("invalid admin API key")),
+		None => Err(ApiError::unauthorized("missing `Authorization: Bearer <admin API key>`")),
+	}
+}
+
+/// Compares without an early exit, so timing does not reveal how much of the key matched.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+	a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) async fn health(State(state): State<AppState>) -> Response {
+	if state.is_draining() {
+		(StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "draining"}))).into_response()
+	} else {
+		Json(serde_json::json!({"status": "ok"})).into_response()
+	}
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+	let inner = &state.inner;
+	let text = inner.metrics.render(
+		&inner.engine.stats(),
+		&inner.adapters.stats(),
+		state.in_flight(),
+		inner.limits.max_queue,
+	);
+	([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-request log and metrics
+
+/// Follows one generation request to its end, however it ends (answered, refused, failed, or the
+/// client gone: then the handler or the stream is dropped with it). On drop it records the
+/// metrics and writes the request's one log line.
+pub(super) struct RequestLog {
+	state: AppState,
+	endpoint: Endpoint,
+	id: String,
+	model: String,
+	started: Instant,
+	ttft: Option<Duration>,
+	prompt_tokens: usize,
+	completion_tokens: usize,
+	status: u16,
+	outcome: Option<Outcome>,
+	error: Option<String>,
+}
+
+impl RequestLog {
+	fn new(state: &AppState, endpoint: Endpoint, id: RequestId) -> Self {
+		Self {
+			state: state.clone(),
+			endpoint,
+			id: id.0,
+			model: String::new(),
+			started: Instant::now(),
+			ttft: None,
+			prompt_tokens: 0,
+			completion_tokens: 0,
+			status: 200,
+			outcome: None,
+			error: None,
+		}
+	}
+
+	pub(super) fn endpoint(&self) -> Endpoint {
+		self.endpoint
+	}
+
+	/// Marks the first generated text (time to first token).
+	pub(super) fn saw_text(&mut self) {
+		if self.ttft.is_none() {
+			self.ttft = Some(self.started.elapsed());
+		}
+	}
+
+	pub(super) fn finished(&mut self, usage: &Usage) {
+		self.prompt_tokens = usage.prompt_tokens;
+		self.completion_tokens = usage.completion_tokens;
+		self.outcome = Some(Outcome::Finished);
+	}
+
+	/// A failure after a stream's headers went out: the status stays 200.
+	pub(super) fn failed(&mut self, error: &ApiError) {
+		self.outcome = Some(Outcome::Failed);
+		self.error = Some(error.message.clone());
+	}
+
+	/// Answers with `error`, and records it.
+	fn reject(mut self, error: ApiError) -> Response {
+		self.status = error.status.as_u16();
+		self.failed(&error);
+		error.into_response()
+	}
+}
+
+impl Drop for RequestLog {
+	fn drop(&mut self) {
+		let outcome = self.outcome.unwrap_or(Outcome::Disconnected);
+		let elapsed = self.started.elapsed();
+		self.state.metrics().observe_generation(
+			self.endpoint,
+			outcome,
+			elapsed,
+			self.ttft,
+			self.prompt_tokens,
+			self.completion_tokens,
+		);
+		let ttft_ms = self.ttft.map(|t| t.as_millis() as u64);
+		let ms = elapsed.as_millis() as u64;
+		let error = self.error.as_deref();
+		if self.status >= 500 || (outcome == Outcome::Failed && self.status < 400) {
+			tracing::warn!(
+				id = %self.id, endpoint = self.endpoint.path(), model = %self.model, status = self.status,
+				outcome = ?outcome, prompt_tokens = self.prompt_tokens, completion_tokens = self.completion_tokens,
+				ttft_ms, ms, error, "request"
+			);
+		} else {
+			tracing::info!(
+				id = %self.id, endpoint = self.endpoint.path(), model = %self.model, status = self.status,
+				outcome = ?outcome, prompt_tokens = self.prompt_tokens, completion_tokens = self.completion_tokens,
+				ttft_ms, ms, error, "request"
+			);
+		}
+	}
+}

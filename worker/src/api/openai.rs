@@ -1,0 +1,568 @@
+//! OpenAI request and response bodies, and the checks that turn a request into what the engine
+//! runs. Everything here is plain functions over plain data, so it is tested without a model or
+//! a server.
+//!
+//! Bounds (each breach is a 400 naming the field):
+//! - `temperature` in `0..=2` (default 1, as OpenAI); `0` is greedy.
+//! - `top_p` in `(0, 1]`; `top_k` (an extension, as in vLLM) `≥ 0`, with `0` and `-1` meaning off.
+//! - `stop`: at most [`MAX_STOP_SEQUENCES`] strings, each `1..=`[`MAX_STOP_BYTES`] bytes.
+//! - `max_tokens` / `max_completion_tokens` in `1..=ApiLimits::max_tokens`, and the prompt plus
+//!   it within the model's context (code `context_length_exceeded`).
+//! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, tools and non-text response
+//!   formats are refused rather than silently ignored. Other unknown fields (`user`,
+//!   `presence_penalty`, `frequency_penalty`, `logit_bias`, …) are accepted and ignored.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{error::ApiError, ApiLimits};
+use crate::{
+	engine::{FinishReason, SamplingParams, Usage},
+	tokenizer::ChatMessage,
+};
+
+pub const MAX_STOP_SEQUENCES: usize = 4;
+pub const MAX_STOP_BYTES: usize = 256;
+/// OpenAI's default `max_tokens` for `/v1/completions`.
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// Parses a request body: broken JSON is a 400, JSON of the wrong shape a 422.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+	serde_json::from_slice(body).map_err(|e| match e.classify() {
+		serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {e}")),
+		_ => ApiError::bad_request(format!("request body is not valid JSON: {e}")),
+	})
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+	pub model: String,
+	pub messages: Vec<RequestMessage>,
+	#[serde(flatten)]
+	pub params: CommonParams,
+	/// Chat only; anything but an empty list is refused.
+	#[serde(default)]
+	pub tools: Option<Vec<serde_json::Value>>,
+	#[serde(default)]
+	pub response_format: Option<serde_json::Value>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+	pub model: String,
+	pub prompt: Prompt,
+	#[serde(flatten)]
+	pub params: CommonParams,
+	#[serde(default)]
+	pub echo: Option<bool>,
+	#[serde(default)]
+	pub best_of: Option<u64>,
+	#[serde(default)]
+	pub suffix: Option<String>,
+}
+
+/// The sampling and output fields both endpoints share.
+#[derive(Debug, Default, Deserialize)]
+pub struct CommonParams {
+	pub max_tokens: Option<u64>,
+	/// The newer name of `max_tokens` in chat; wins when both are given.
+	pub max_completion_tokens: Option<u64>,
+	pub temperature: Option<f64>,
+	pub top_p: Option<f64>,
+	pub top_k: Option<i64>,
+	pub seed: Option<u64>,
+	pub stop: Option<Stop>,
+	pub stream: Option<bool>,
+	pub stream_options: Option<StreamOptions>,
+	pub n: Option<u64>,
+	/// `true` (chat) or a count (completions); only absent/false/0 is accepted.
+	pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+	#[serde(default)]
+	pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Stop {
+	One(String),
+	Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Prompt {
+	Text(String),
+	/// OpenAI allows a batch of prompts; this server takes exactly one.
+	Batch(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+	pub role: String,
+	/// `null` is allowed (assistant turns in some clients' histories) and reads as empty.
+	#[serde(default)]
+	pub content: Option<MessageContent>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+	Text(String),
+	Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct ContentPart {
+	#[serde(rename = "type")]
+	pub kind: String,
+	#[serde(default)]
+	pub text: Option<String>,
+}
+
+/// What a validated request asks of the engine, before the prompt is tokenized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationSpec {
+	/// The client's explicit limit, already within `1..=ApiLimits::max_tokens`.
+	pub max_tokens: Option<usize>,
+	pub sampling: SamplingParams,
+	pub stop: Vec<String>,
+	pub stream: bool,
+	pub include_usage: bool,
+}
+
+impl CommonParams {
+	/// Checks every shared field; `seed` defaults to a random one so unseeded requests differ.
+	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
+		if let Some(n) = self.n {
+			if n != 1 {
+				return Err(ApiError::invalid("n", "only n = 1 is supported"));
+			}
+		}
+		if logprobs_requested(self.logprobs.as_ref()) {
+			return Err(ApiError::invalid("logprobs", "logprobs are not supported"));
+		}
+		let (param, requested) = match (self.max_completion_tokens, self.max_tokens) {
+			(Some(m), _) => ("max_completion_tokens", Some(m)),
+			(None, m) => ("max_tokens", m),
+		};
+		let max_tokens = match requested {
+			None => None,
+			Some(0) => return Err(ApiError::invalid(param, format!("{param} must be at least 1"))),
+			Some(m) if m > limits.max_tokens as u64 => {
+				return Err(ApiError::invalid(
+					param,
+					format!("{param} is {m}, more than this server's limit of {}", limits.max_tokens),
+				))
+			}
+			Some(m) => Some(m as usize),
+		};
+		let temperature = self.temperature.unwrap_or(1.0);
+		if !(0.0..=2.0).contains(&temperature) {
+			return Err(ApiError::invalid("temperature", "temperature must be between 0 and 2"));
+		}
+		let top_p = match self.top_p {
+			Some(p) if !(p > 0.0 && p <= 1.0) => {
+				return Err(ApiError::invalid("top_p", "top_p must be greater than 0 and at most 1"))
+			}
+			Some(p) if p < 1.0 => Some(p),
+			_ => None,
+		};
+		let top_k = match self.top_k {
+			Some(k) if k < -1 => {
+				return Err(ApiError::invalid("top_k", "top_k must be at least 0 (0 or -1 turns it off)"))
+			}
+			Some(k) if k > 0 => Some(k as usize),
+			_ => None,
+		};
+		let stop = match &self.stop {
+			None => Vec::new(),
+			Some(Stop::One(s)) => vec![s.clone()],
+			Some(Stop::Many(v)) => v.clone(),
+		};
+		if stop.len() > MAX_STOP_SEQUENCES {
+			return Err(ApiError::invalid(
+				"stop",
+				format!("at most {MAX_STOP_SEQUENCES} stop sequences are allowed"),
+			));
+		}
+		if stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+			return Err(ApiError::invalid(
+				"stop",
+				format!("each stop sequence must be 1 to {MAX_STOP_BYTES} bytes long"),
+			));
+		}
+		let stream = self.stream.unwrap_or(false);
+		let include_usage =
+			stream && self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+		Ok(GenerationSpec {
+			max_tokens,
+			sampling: SamplingParams {
+				temperature,
+				top_p,
+				top_k,
+				seed: self.seed.unwrap_or_else(rand::random),
+			},
+			stop,
+			stream,
+			include_usage,
+		})
+	}
+}
+
+fn logprobs_requested(value: Option<&serde_json::Value>) -> bool {
+	match value {
+		None | Some(serde_json::Value::Null) => false,
+		Some(serde_json::Value::Bool(b)) => *b,
+		Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
+		Some(_) => true,
+	}
+}
+
+impl ChatCompletionRequest {
+	/// Shared checks plus the chat-only fields.
+	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
+		if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+			return Err(ApiError::invalid("tools", "tool calling is not supported"));
+		}
+		if let Some(format) = &self.response_format {
+			let kind = format.get("type").and_then(|t| t.as_str());
+			if !format.is_null() && kind != Some("text") {
+				return Err(ApiError::invalid(
+					"response_format",
+					"only the `text` response format is supported",
+				));
+			}
+		}
+		self.params.validate(limits)
+	}
+}
+
+impl CompletionRequest {
+	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
+		if self.echo == Some(true) {
+			return Err(ApiError::invalid("echo", "echo is not supported"));
+		}
+		if self.best_of.is_some_and(|b| b != 1) {
+			return Err(ApiError::invalid("best_of", "only best_of = 1 is supported"));
+		}
+		if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+			return Err(ApiError::invalid("suffix", "suffix is not supported"));
+		}
+		self.params.validate(limits)
+	}
+}
+
+/// The conversation for the chat template: roles checked, text parts joined with newlines
+/// (as vLLM does), `developer` read as `system`.
+pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+	if messages.is_empty() {
+		return Err(ApiError::invalid("messages", "messages must not be empty"));
+	}
+	messages
+		.iter()
+		.enumerate()
+		.map(|(i, m)| {
+			let role = match m.role.as_str() {
+				"system" | "developer" => "system",
+				"user" => "user",
+				"assistant" => "assistant",
+				other => {
+					return Err(ApiError::invalid(
+						format!("messages[{i}].role"),
+						format!(
+							"unsupported role `{other}`; expected system, developer, user or assistant"
+						),
+					))
+				}
+			};
+			let content = match &m.content {
+				None => String::new(),
+				Some(MessageContent::Text(text)) => text.clone(),
+				Some(MessageContent::Parts(parts)) => {
+					let mut texts = Vec::with_capacity(parts.len());
+					for (j, part) in parts.iter().enumerate() {
+						match (part.kind.as_str(), &part.text) {
+							("text", Some(text)) => texts.push(text.as_str()),
+							("text", None) => {
+								return Err(ApiError::invalid(
+									format!("messages[{i}].content[{j}].text"),
+									"a text content part needs `text`",
+								))
+							}
+							(other, _) => {
+								return Err(ApiError::invalid(
+									format!("messages[{i}].content[{j}].type"),
+									format!("content part type `{other}` is not supported; only `text`"),
+								))
+							}
+						}
+					}
+					texts.join("\n")
+				}
+			};
+			Ok(ChatMessage { role: role.to_owned(), content })
+		})
+		.collect()
+}
+
+impl Prompt {
+	/// The one prompt string; empty prompts and batches are refused.
+	pub fn text(&self) -> Result<&str, ApiError> {
+		let text = match self {
+			Prompt::Text(text) => text.as_str(),
+			Prompt::Batch(batch) if batch.len() == 1 => batch[0].as_str(),
+			Prompt::Batch(_) => {
+				return Err(ApiError::invalid("prompt", "exactly one prompt per request is supported"))
+			}
+		};
+		if text.is_empty() {
+			return Err(ApiError::invalid("prompt", "prompt must not be empty"));
+		}
+		Ok(text)
+	}
+}
+
+/// How many tokens to generate, given the prompt and the context length. An explicit request
+/// must fit; without one, `default` (or the server limit) is cut to what is left of the context.
+pub fn token_budget(
+	prompt_tokens: usize,
+	requested: Option<usize>,
+	default: Option<usize>,
+	limits: &ApiLimits,
+	context_length: usize,
+	param: &str,
+) -> Result<usize, ApiError> {
+	if prompt_tokens == 0 {
+		return Err(ApiError::invalid(param, "the prompt encodes to no tokens"));
+	}
+	let exceeded = |message: String| {
+		Err(ApiError::invalid(param, message).with_code("context_length_exceeded"))
+	};
+	if prompt_tokens >= context_length {
+		return exceeded(format!(
+			"This model's maximum context length is {context_length} tokens, and the prompt has \
+			 {prompt_tokens}, which leaves no room for a completion."
+		));
+	}
+	let room = context_length - prompt_tokens;
+	match requested {
+		Some(max_tokens) if max_tokens > room => exceeded(format!(
+			"This model's maximum context length is {context_length} tokens. However, you requested \
+			 {} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion).",
+			prompt_tokens + max_tokens
+		)),
+		Some(max_tokens) => Ok(max_tokens),
+		None => Ok(default.unwrap_or(limits.max_tokens).min(limits.max_tokens).min(room)),
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageBody {
+	pub prompt_tokens: usize,
+	pub completion_tokens: usize,
+	pub total_tokens: usize,
+}
+
+impl From<&Usage> for UsageBody {
+	fn from(u: &Usage) -> Self {
+		Self {
+			prompt_tokens: u.prompt_tokens,
+			completion_tokens: u.completion_tokens,
+			total_tokens: u.prompt_tokens + u.completion_tokens,
+		}
+	}
+}
+
+/// `chat.completion`.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion {
+	pub id: String,
+	pub object: &'static str,
+	pub created: u64,
+	pub model: String,
+	pub choices: Vec<ChatChoice>,
+	pub usage: UsageBody,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChoice {
+	pub index: u32,
+	pub message: AssistantMessage,
+	pub logprobs: Option<()>,
+	pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+	pub role: &'static str,
+	pub content: String,
+}
+
+/// `chat.completion.chunk`: the first carries the role, the next ones text, the last the finish
+/// reason; with `include_usage` one more has no choices and the usage.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk<'a> {
+	pub id: &'a str,
+	pub object: &'static str,
+	pub created: u64,
+	pub model: &'a str,
+	pub choices: Vec<ChunkChoice<'a>>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub usage: Option<UsageBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice<'a> {
+	pub index: u32,
+	pub delta: Delta<'a>,
+	pub logprobs: Option<()>,
+	pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Delta<'a> {
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub role: Option<&'static str>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub content: Option<&'a str>,
+}
+
+/// `text_completion`, whole or as a stream chunk (same shape, as OpenAI sends it).
+#[derive(Debug, Serialize)]
+pub struct Completion<'a> {
+	pub id: &'a str,
+	pub object: &'static str,
+	pub created: u64,
+	pub model: &'a str,
+	pub choices: Vec<CompletionChoice<'a>>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub usage: Option<UsageBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletionChoice<'a> {
+	pub text: &'a str,
+	pub index: u32,
+	pub logprobs: Option<()>,
+	pub finish_reason: Option<&'static str>,
+}
+
+impl ChatCompletion {
+	pub fn new(id: String, created: u64, model: String, text: String, finish: FinishReason, usage: &Usage) -> Self {
+		Self {
+			id,
+			object: "chat.completion",
+			created,
+			model,
+			choices: vec![ChatChoice {
+				index: 0,
+				message: AssistantMessage { role: "assistant", content: text },
+				logprobs: None,
+				finish_reason: finish.as_openai(),
+			}],
+			usage: usage.into(),
+		}
+	}
+}
+
+impl<'a> ChatCompletionChunk<'a> {
+	pub fn new(id: &'a str, created: u64, model: &'a str, delta: Delta<'a>, finish: Option<FinishReason>) -> Self {
+		Self {
+			id,
+			object: "chat.completion.chunk",
+			created,
+			model,
+			choices: vec![ChunkChoice {
+				index: 0,
+				delta,
+				logprobs: None,
+				finish_reason: finish.map(FinishReason::as_openai),
+			}],
+			usage: None,
+		}
+	}
+
+	pub fn usage(id: &'a str, created: u64, model: &'a str, usage: &Usage) -> Self {
+		Self { id, object: "chat.completion.chunk", created, model, choices: Vec::new(), usage: Some(usage.into()) }
+	}
+}
+
+impl<'a> Completion<'a> {
+	pub fn new(
+		id: &'a str,
+		created: u64,
+		model: &'a str,
+		text: &'a str,
+		finish: Option<FinishReason>,
+		usage: Option<&Usage>,
+	) -> Self {
+		Self {
+			id,
+			object: "text_completion",
+			created,
+			model,
+			choices: vec![CompletionChoice {
+				text,
+				index: 0,
+				logprobs: None,
+				finish_reason: finish.map(FinishReason::as_openai),
+			}],
+			usage: usage.map(UsageBody::from),
+		}
+	}
+
+	pub fn usage(id: &'a str, created: u64, model: &'a str, usage: &Usage) -> Self {
+		Self { id, object: "text_completion", created, model, choices: Vec::new(), usage: Some(usage.into()) }
+	}
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+	pub object: &'static str,
+	pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelCard {
+	pub id: String,
+	pub object: &'static str,
+	pub created: u64,
+	pub owned_by: &'static str,
+	/// vLLM's fields. For the base model `root` is its own name and `parent` null; for an
+	/// adapter `parent` is the base model and `root` the hex blake2-256 of its weights file,
+	/// its identity on chain.
+	pub root: String,
+	pub parent: Option<String>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub max_model_len: Option<usize>,
+	/// Adapters only: whether it is loaded now (else it loads on first use).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub resident: Option<bool>,
+}
+
+/// `POST /v1/load_lora_adapter`, as vLLM takes it. `lora_path` is inside the adapter store
+/// (relative to it or absolute); without it the adapter is `<store>/<lora_name>`.
+#[derive(Debug, Deserialize)]
+pub struct LoadLoraRequest {
+	pub lora_name: String,
+	#[serde(default)]
+	pub lora_path: Option<String>,
+}
+
+/// `POST /v1/unload_lora_adapter`.
+#[derive(Debug, Deserialize)]
+pub struct UnloadLoraRequest {
+	pub lora_name: String,
+}

@@ -1,0 +1,146 @@
+//! Server-sent events for `stream: true`. The engine's receiver lives inside the stream, so when
+//! the client disconnects hyper drops the stream, the receiver with it, and the engine's next send
+//! fails: that is how it learns to stop the sequence and free its slot.
+
+use std::convert::Infallible;
+
+use axum::response::{
+	sse::{Event, KeepAlive, Sse},
+	IntoResponse, Response,
+};
+use futures::{stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{
+	error::ApiError,
+	handlers::{engine_vanished, generation_failed, RequestLog, ResponseMeta},
+	openai::{ChatCompletionChunk, Completion, Delta},
+};
+use crate::{
+	engine::{FinishReason, GenerationEvent, Usage},
+	metrics::Endpoint,
+};
+
+/// The SSE response: for chat a role chunk first, then a chunk per text event, a final chunk
+/// with the finish reason, the usage chunk if asked for, and `data: [DONE]`. An engine failure
+/// mid-stream is sent as an OpenAI error object, then `[DONE]`.
+pub(super) fn respond(
+	log: RequestLog,
+	rx: mpsc::UnboundedReceiver<GenerationEvent>,
+	meta: ResponseMeta,
+	include_usage: bool,
+) -> Response {
+	let streamer = Streamer {
+		chat: log.endpoint() == Endpoint::ChatCompletions,
+		id: match log.endpoint() {
+			Endpoint::ChatCompletions => format!("chatcmpl-{}", meta.id),
+			Endpoint::Completions => format!("cmpl-{}", meta.id),
+		},
+		created: meta.created,
+		model: meta.model,
+		include_usage,
+		rx,
+		log,
+		done: false,
+	};
+	let opening = streamer.opening();
+	let rest = stream::unfold(streamer, |mut s| async move { s.next_events().await.map(|events| (events, s)) })
+		.flat_map(stream::iter);
+	let events = stream::iter(opening).chain(rest).map(Ok::<Event, Infallible>);
+	Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+struct Streamer {
+	chat: bool,
+	id: String,
+	created: u64,
+	model: String,
+	include_usage: bool,
+	rx: mpsc::UnboundedReceiver<GenerationEvent>,
+	log: RequestLog,
+	done: bool,
+}
+
+impl Streamer {
+	/// Sent at once, so the client sees the response start before the prompt is prefilled.
+	fn opening(&self) -> Option<Event> {
+		self.chat.then(|| {
+			json_event(&ChatCompletionChunk::new(
+				&self.id,
+				self.created,
+				&self.model,
+				Delta { role: Some("assistant"), content: Some("") },
+				None,
+			))
+		})
+	}
+
+	/// The events for the engine's next message; `None` once the stream is over.
+	async fn next_events(&mut self) -> Option<Vec<Event>> {
+		if self.done {
+			return None;
+		}
+		let events = match self.rx.recv().await {
+			Some(GenerationEvent::Text(text)) => {
+				self.log.saw_text();
+				if text.is_empty() {
+					Vec::new()
+				} else {
+					vec![self.text_event(&text)]
+				}
+			}
+			Some(GenerationEvent::Done { finish_reason, usage }) => {
+				self.log.finished(&usage);
+				self.done = true;
+				self.closing_events(finish_reason, &usage)
+			}
+			Some(GenerationEvent::Failed(message)) => self.fail(generation_failed(&message)),
+			None => self.fail(engine_vanished()),
+		};
+		Some(events)
+	}
+
+	fn text_event(&self, text: &str) -> Event {
+		if self.chat {
+			json_event(&ChatCompletionChunk::new(
+				&self.id,
+				self.created,
+				&self.model,
+				Delta { role: None, content: Some(text) },
+				None,
+			))
+		} else {
+			json_event(&Completion::new(&self.id, self.created, &self.model, text, None, None))
+		}
+	}
+
+	fn closing_events(&self, finish: FinishReason, usage: &Usage) -> Vec<Event> {
+		let (id, created, model) = (self.id.as_str(), self.created, self.model.as_str());
+		let mut events = Vec::with_capacity(3);
+		if self.chat {
+			events.push(json_event(&ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish))));
+			if self.include_usage {
+				events.push(json_event(&ChatCompletionChunk::usage(id, created, model, usage)));
+			}
+		} else {
+			events.push(json_event(&Completion::new(id, created, model, "", Some(finish), None)));
+			if self.include_usage {
+				events.push(json_event(&Completion::usage(id, created, model, usage)));
+			}
+		}
+		events.push(Event::default().data("[DONE]"));
+		events
+	}
+
+	fn fail(&mut self, error: ApiError) -> Vec<Event> {
+		self.log.failed(&error);
+		self.done = true;
+		vec![Event::default().data(error.body_json()), Event::default().data("[DONE]")]
+	}
+}
+
+fn json_event<T: Serialize>(value: &T) -> Event {
+	// These types always serialize; an empty event would be the only trace of a bug.
+	Event::default().data(serde_json::to_string(value).unwrap_or_default())
+}

@@ -1,0 +1,736 @@
+//! Tests of the HTTP layer: error bodies and status mapping, request parsing and validation,
+//! response shapes and the metrics text, without a model; then a few end-to-end requests
+//! against a real server over the tiny random model of [`crate::testing`].
+
+use axum::{body::to_bytes, http::StatusCode, response::IntoResponse};
+use serde_json::{json, Value};
+
+use super::{
+	error::ApiError,
+	handlers::constant_time_eq,
+	openai::*,
+	ApiLimits,
+};
+use crate::{
+	adapters::{AdapterError, CacheStats},
+	engine::{EngineClosed, EngineStats, FinishReason, Usage},
+	metrics::{Endpoint, Metrics, Outcome},
+};
+
+async fn response_parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, Value) {
+	let response = error.into_response();
+	let status = response.status();
+	let headers = response.headers().clone();
+	let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+	(status, headers, serde_json::from_slice(&body).unwrap())
+}
+
+fn limits() -> ApiLimits {
+	ApiLimits::default()
+}
+
+fn chat(body: Value) -> Result<ChatCompletionRequest, ApiError> {
+	parse_json(body.to_string().as_bytes())
+}
+
+fn chat_spec(extra: Value) -> Result<GenerationSpec, ApiError> {
+	let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+	body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+	chat(body)?.validate(&limits())
+}
+
+fn assert_invalid(result: Result<GenerationSpec, ApiError>, param: &str) {
+	let error = result.expect_err("should be refused");
+	assert_eq!(error.status, StatusCode::BAD_REQUEST, "{error}");
+	assert_eq!(error.param.as_deref(), Some(param), "{error}");
+	assert_eq!(error.kind, "invalid_request_error");
+}
+
+// --- errors ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn error_body_is_openai_shaped() {
+	let (status, headers, body) = response_parts(ApiError::invalid("temperature", "too hot")).await;
+	assert_eq!(status, StatusCode::BAD_REQUEST);
+	assert_eq!(headers["content-type"], "application/json");
+	assert_eq!(
+		body,
+		json!({"error": {"message": "too hot", "type": "invalid_request_error", "param": "temperature", "code": null}})
+	);
+}
+
+#[tokio::test]
+async fn queue_full_is_429_with_retry_after() {
+	let (status, headers, body) = response_parts(ApiError::queue_full()).await;
+	assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+	assert_eq!(headers["retry-after"], "1");
+	assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+	assert_eq!(body["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn model_not_found_and_engine_closed() {
+	let (status, _, body) = response_parts(ApiError::model_not_found("nope")).await;
+	assert_eq!(status, StatusCode::NOT_FOUND);
+	assert_eq!(body["error"]["code"], "model_not_found");
+	assert_eq!(body["error"]["param"], "model");
+
+	let error = ApiError::from(EngineClosed);
+	assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+	assert_eq!(error.kind, "server_error");
+}
+
+#[test]
+fn adapter_errors_map_to_statuses() {
+	let cases = [
+		(AdapterError::NotFound("a".into()), 404, "model_not_found"),
+		(AdapterError::InvalidName("../a".into()), 400, "invalid_adapter_name"),
+		(AdapterError::OutsideStore("/etc".into()), 400, "adapter_outside_store"),
+		(AdapterError::Unsupported("dora".into()), 400, "unsupported_adapter"),
+		(AdapterError::Invalid("shape".into()), 400, "invalid_adapter"),
+		(AdapterError::TooLarge("rank".into()), 400, "adapter_too_large"),
+		(AdapterError::AlreadyRegistered("a".into()), 400, "adapter_already_loaded"),
+		(
+			AdapterError::HashMismatch { name: "a".into(), expected: "1".into(), found: "2".into() },
+			409,
+			"adapter_changed",
+		),
+		(AdapterError::CacheFull("busy".into()), 503, "adapter_cache_full"),
+		(AdapterError::Io("disk".into()), 500, "adapter_error"),
+	];
+	for (error, status, code) in cases {
+		let message = error.to_string();
+		let api = ApiError::from(error);
+		assert_eq!(api.status.as_u16(), status, "{message}");
+		assert_eq!(api.code.as_deref(), Some(code), "{message}");
+		assert_eq!(api.message, message);
+	}
+	assert_eq!(ApiError::from(AdapterError::CacheFull("x".into())).retry_after, Some(1));
+}
+
+// --- parsing --------------------------------------------------------------------------------
+
+#[test]
+fn malformed_json_is_400_and_wrong_shape_is_422() {
+	for body in ["{", "not json", "", "{\"model\": \"m\",}"] {
+		let error = parse_json::<ChatCompletionRequest>(body.as_bytes()).unwrap_err();
+		assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body:?}: {error}");
+	}
+	for body in [
+		json!({"model": "m"}),
+		json!({"model": 3, "messages": []}),
+		json!({"model": "m", "messages": "hi"}),
+		json!({"model": "m", "messages": [], "temperature": "hot"}),
+		json!({"model": "m", "messages": [{"content": "no role"}]}),
+		json!({"model": "m", "messages": [], "max_tokens": -1}),
+		json!([1, 2]),
+	] {
+		let error = chat(body.clone()).unwrap_err();
+		assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+	}
+}
+
+#[test]
+fn unknown_and_harmless_fields_are_ignored() {
+	let spec = chat_spec(json!({
+		"user": "u", "presence_penalty": 0.5, "frequency_penalty": 0, "logit_bias": {}, "metadata": {"a": 1},
+		"logprobs": false, "tools": [], "response_format": {"type": "text"}, "n": 1, "something_new": [1],
+	}))
+	.unwrap();
+	assert_eq!(spec.sampling.temperature, 1.0, "OpenAI's default temperature");
+	assert!(!spec.stream && !spec.include_usage);
+	assert_eq!(spec.max_tokens, None);
+	assert!(spec.stop.is_empty());
+}
+
+#[test]
+fn sampling_fields_are_checked() {
+	assert_invalid(chat_spec(json!({"n": 2})), "n");
+	assert_invalid(chat_spec(json!({"n": 0})), "n");
+	assert_invalid(chat_spec(json!({"temperature": 3})), "temperature");
+	assert_invalid(chat_spec(json!({"temperature": -0.1})), "temperature");
+	assert_invalid(chat_spec(json!({"top_p": 0})), "top_p");
+	assert_invalid(chat_spec(json!({"top_p": 1.01})), "top_p");
+	assert_invalid(chat_spec(json!({"top_k": -2})), "top_k");
+	assert_invalid(chat_spec(json!({"max_tokens": 0})), "max_tokens");
+	assert_invalid(chat_spec(json!({"max_tokens": 2049})), "max_tokens");
+	assert_invalid(chat_spec(json!({"max_completion_tokens": 0, "max_tokens": 5})), "max_completion_tokens");
+	assert_invalid(chat_spec(json!({"logprobs": true})), "logprobs");
+	assert_invalid(chat_spec(json!({"tools": [{"type": "function"}]})), "tools");
+	assert_invalid(chat_spec(json!({"response_format": {"type": "json_object"}})), "response_format");
+
+	let spec = chat_spec(json!({
+		"temperature": 0, "top_p": 0.9, "top_k": 40, "seed": 7, "max_tokens": 10, "max_completion_tokens": 20,
+		"stream": true, "stream_options": {"include_usage": true},
+	}))
+	.unwrap();
+	assert_eq!(spec.sampling.temperature, 0.0);
+	assert_eq!(spec.sampling.top_p, Some(0.9));
+	assert_eq!(spec.sampling.top_k, Some(40));
+	assert_eq!(spec.sampling.seed, 7);
+	assert_eq!(spec.max_tokens, Some(20), "max_completion_tokens wins");
+	assert!(spec.stream && spec.include_usage);
+
+	// Off values read as "not set".
+	let spec = chat_spec(json!({"top_p": 1, "top_k": 0})).unwrap();
+	assert_eq!((spec.sampling.top_p, spec.sampling.top_k), (None, None));
+	assert_eq!(chat_spec(json!({"top_k": -1})).unwrap().sampling.top_k, None);
+	// include_usage means nothing without a stream.
+	assert!(!chat_spec(json!({"stream_options": {"include_usage": true}})).unwrap().include_usage);
+}
+
+#[test]
+fn stop_sequences_are_bounded() {
+	assert_eq!(chat_spec(json!({"stop": "\n"})).unwrap().stop, vec!["\n".to_string()]);
+	assert_eq!(chat_spec(json!({"stop": ["a", "b", "c", "d"]})).unwrap().stop.len(), 4);
+	assert_eq!(chat_spec(json!({"stop": null})).unwrap().stop.len(), 0);
+	assert_invalid(chat_spec(json!({"stop": ["a", "b", "c", "d", "e"]})), "stop");
+	assert_invalid(chat_spec(json!({"stop": ""})), "stop");
+	assert_invalid(chat_spec(json!({"stop": "x".repeat(MAX_STOP_BYTES + 1)})), "stop");
+	assert!(chat_spec(json!({"stop": "x".repeat(MAX_STOP_BYTES)})).is_ok());
+}
+
+#[test]
+fn messages_are_read_with_content_parts() {
+	let request = chat(json!({"model": "m", "messages": [
+		{"role": "developer", "content": "be brief"},
+		{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+		{"role": "assistant", "content": null},
+		{"role": "user", "content": []},
+	]}))
+	.unwrap();
+	let messages = chat_messages(&request.messages).unwrap();
+	let pairs: Vec<_> = messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+	assert_eq!(pairs, [("system", "be brief"), ("user", "one\ntwo"), ("assistant", ""), ("user", "")]);
+
+	let refused = |messages: Value| {
+		let request = chat(json!({"model": "m", "messages": messages})).unwrap();
+		let error = chat_messages(&request.messages).unwrap_err();
+		assert_eq!(error.status, StatusCode::BAD_REQUEST);
+		error.param.unwrap()
+	};
+	assert_eq!(refused(json!([])), "messages");
+	assert_eq!(refused(json!([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}])), "messages[1].role");
+	assert_eq!(refused(json!([{"role": "tool", "content": "42"}])), "messages[0].role");
+	assert_eq!(
+		refused(json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}])),
+		"messages[0].content[1].type"
+	);
+	assert_eq!(refused(json!([{"role": "user", "content": [{"type": "text"}]}])), "messages[0].content[0].text");
+	// A part that is not an object is the wrong shape.
+	assert_eq!(
+		chat(json!({"model": "m", "messages": [{"role": "user", "content": [1]}]})).unwrap_err().status,
+		StatusCode::UNPROCESSABLE_ENTITY
+	);
+}
+
+#[test]
+fn completion_prompts() {
+	let request = |prompt: Value| parse_json::<CompletionRequest>(json!({"model": "m", "prompt": prompt}).to_string().as_bytes());
+	assert_eq!(request(json!("hello")).unwrap().prompt.text().unwrap(), "hello");
+	assert_eq!(request(json!(["hello"])).unwrap().prompt.text().unwrap(), "hello");
+	assert_eq!(request(json!(["a", "b"])).unwrap().prompt.text().unwrap_err().param.as_deref(), Some("prompt"));
+	assert_eq!(request(json!("")).unwrap().prompt.text().unwrap_err().param.as_deref(), Some("prompt"));
+	assert_eq!(request(json!([])).unwrap().prompt.text().unwrap_err().status, StatusCode::BAD_REQUEST);
+	assert_eq!(request(json!([1, 2, 3])).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+
+	let spec = |extra: Value| {
+		let mut body = json!({"model": "m", "prompt": "p"});
+		body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+		parse_json::<CompletionRequest>(body.to_string().as_bytes()).unwrap().validate(&limits())
+	};
+	assert!(spec(json!({"echo": false, "best_of": 1, "suffix": ""})).is_ok());
+	assert_invalid(spec(json!({"echo": true})), "echo");
+	assert_invalid(spec(json!({"best_of": 2})), "best_of");
+	assert_invalid(spec(json!({"suffix": "end"})), "suffix");
+	assert_invalid(spec(json!({"logprobs": 2})), "logprobs");
+	assert!(spec(json!({"logprobs": 0})).is_ok());
+	assert_invalid(spec(json!({"n": 3})), "n");
+}
+
+#[test]
+fn token_budget_fits_the_context() {
+	let l = ApiLimits { max_tokens: 100, ..limits() };
+	// Explicit requests must fit.
+	assert_eq!(token_budget(10, Some(50), None, &l, 64, "messages").unwrap(), 50);
+	let error = token_budget(10, Some(60), None, &l, 64, "messages").unwrap_err();
+	assert_eq!(error.status, StatusCode::BAD_REQUEST);
+	assert_eq!(error.code.as_deref(), Some("context_length_exceeded"));
+	assert_eq!(error.param.as_deref(), Some("messages"));
+	// Defaults shrink to the room left.
+	assert_eq!(token_budget(10, None, None, &l, 64, "messages").unwrap(), 54);
+	assert_eq!(token_budget(10, None, None, &l, 1000, "messages").unwrap(), 100);
+	assert_eq!(token_budget(10, None, Some(16), &l, 1000, "prompt").unwrap(), 16);
+	assert_eq!(token_budget(60, None, Some(16), &l, 64, "prompt").unwrap(), 4);
+	// No room, or no prompt.
+	assert_eq!(token_budget(64, None, None, &l, 64, "prompt").unwrap_err().code.as_deref(), Some("context_length_exceeded"));
+	assert_eq!(token_budget(0, None, None, &l, 64, "prompt").unwrap_err().param.as_deref(), Some("prompt"));
+}
+
+// --- responses ------------------------------------------------------------------------------
+
+#[test]
+fn response_shapes() {
+	let usage = Usage { prompt_tokens: 5, completion_tokens: 3 };
+	let body = serde_json::to_value(ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), "hey".into(), FinishReason::Length, &usage))
+		.unwrap();
+	assert_eq!(
+		body,
+		json!({
+			"id": "chatcmpl-1", "object": "chat.completion", "created": 9, "model": "m",
+			"choices": [{"index": 0, "message": {"role": "assistant", "content": "hey"}, "logprobs": null, "finish_reason": "length"}],
+			"usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+		})
+	);
+
+	let role = serde_json::to_value(ChatCompletionChunk::new("c", 1, "m", Delta { role: Some("assistant"), content: Some("") }, None)).unwrap();
+	assert_eq!(role["object"], "chat.completion.chunk");
+	assert_eq!(role["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+	assert_eq!(role["choices"][0]["finish_reason"], Value::Null);
+	assert!(role.get("usage").is_none());
+	let last = serde_json::to_value(ChatCompletionChunk::new("c", 1, "m", Delta::default(), Some(FinishReason::Stop))).unwrap();
+	assert_eq!(last["choices"][0]["delta"], json!({}));
+	assert_eq!(last["choices"][0]["finish_reason"], "stop");
+	let usage_chunk = serde_json::to_value(ChatCompletionChunk::usage("c", 1, "m", &usage)).unwrap();
+	assert_eq!(usage_chunk["choices"], json!([]));
+	assert_eq!(usage_chunk["usage"]["total_tokens"], 8);
+
+	let completion = serde_json::to_value(Completion::new("cmpl-1", 1, "m", "text", Some(FinishReason::Stop), Some(&usage))).unwrap();
+	assert_eq!(completion["object"], "text_completion");
+	assert_eq!(completion["choices"][0], json!({"text": "text", "index": 0, "logprobs": null, "finish_reason": "stop"}));
+	assert_eq!(completion["usage"]["completion_tokens"], 3);
+	let chunk = serde_json::to_value(Completion::new("cmpl-1", 1, "m", "te", None, None)).unwrap();
+	assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
+	assert!(chunk.get("usage").is_none());
+}
+
+#[test]
+fn admin_key_comparison() {
+	assert!(constant_time_eq(b"secret", b"secret"));
+	assert!(!constant_time_eq(b"secret", b"secreT"));
+	assert!(!constant_time_eq(b"secret", b"secret2"));
+	assert!(!constant_time_eq(b"", b"x"));
+}
+
+// --- metrics --------------------------------------------------------------------------------
+
+/// Checks every line is a comment (`# HELP`/`# TYPE`) or `name{label="value",…} number`, and
+/// returns the samples.
+fn parse_exposition(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+	let mut samples = Vec::new();
+	for line in text.lines() {
+		if let Some(comment) = line.strip_prefix("# ") {
+			let mut words = comment.splitn(3, ' ');
+			let keyword = words.next().unwrap();
+			assert!(keyword == "HELP" || keyword == "TYPE", "{line}");
+			let name = words.next().unwrap();
+			assert!(valid_name(name), "{line}");
+			let rest = words.next().unwrap();
+			if keyword == "TYPE" {
+				assert!(["counter", "gauge", "summary"].contains(&rest), "{line}");
+			}
+			continue;
+		}
+		let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+		let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+		let (name, labels) = match series.split_once('{') {
+			None => (series, Vec::new()),
+			Some((name, labels)) => {
+				let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+				let labels = labels
+					.split(',')
+					.map(|pair| {
+						let (k, v) = pair.split_once('=').unwrap();
+						assert!(valid_name(k), "{line}");
+						let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap();
+						(k.to_owned(), v.to_owned())
+					})
+					.collect();
+				(name, labels)
+			}
+		};
+		assert!(valid_name(name), "{line}");
+		samples.push((name.to_owned(), labels, value));
+	}
+	samples
+}
+
+fn valid_name(name: &str) -> bool {
+	!name.is_empty()
+		&& !name.starts_with(|c: char| c.is_ascii_digit())
+		&& name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+#[test]
+fn metrics_text_parses() {
+	let metrics = Metrics::new();
+	metrics.count_response("/v1/chat/completions", 200);
+	metrics.count_response("/v1/chat/completions", 200);
+	metrics.count_response("/v1/completions", 429);
+	metrics.observe_generation(
+		Endpoint::ChatCompletions,
+		Outcome::Finished,
+		std::time::Duration::from_millis(1500),
+		Some(std::time::Duration::from_micros(250)),
+		12,
+		7,
+	);
+	metrics.observe_generation(Endpoint::Completions, Outcome::Disconnected, std::time::Duration::from_millis(3), None, 0, 0);
+	let engine = EngineStats { active_sequences: 2, step_seconds_total: 0.125, ..Default::default() };
+	let cache = CacheStats { hits: 4, resident_bytes: 1 << 20, resident_count: 1, load_seconds_total: 0.5, ..Default::default() };
+	let text = metrics.render(&engine, &cache, 3, 64);
+	let samples = parse_exposition(&text);
+	let get = |name: &str, labels: &[(&str, &str)]| {
+		samples
+			.iter()
+			.find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+			.unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+			.2
+	};
+	assert_eq!(get("openledger_worker_http_requests_total", &[("endpoint", "/v1/chat/completions"), ("status", "200")]), 2.0);
+	assert_eq!(get("openledger_worker_http_requests_total", &[("endpoint", "/v1/completions"), ("status", "429")]), 1.0);
+	assert_eq!(get("openledger_worker_request_duration_seconds_sum", &[("endpoint", "/v1/chat/completions")]), 1.5);
+	assert_eq!(get("openledger_worker_request_duration_seconds_count", &[("endpoint", "/v1/completions")]), 1.0);
+	assert_eq!(get("openledger_worker_time_to_first_token_seconds_sum", &[("endpoint", "/v1/chat/completions")]), 0.00025);
+	assert_eq!(get("openledger_worker_time_to_first_token_seconds_count", &[("endpoint", "/v1/completions")]), 0.0);
+	assert_eq!(get("openledger_worker_request_completion_tokens_total", &[("endpoint", "/v1/chat/completions")]), 7.0);
+	assert_eq!(get("openledger_worker_request_disconnects_total", &[("endpoint", "/v1/completions")]), 1.0);
+	assert_eq!(get("openledger_worker_queue_in_flight", &[]), 3.0);
+	assert_eq!(get("openledger_worker_queue_capacity", &[]), 64.0);
+	assert_eq!(get("openledger_worker_engine_active_sequences", &[]), 2.0);
+	assert_eq!(get("openledger_worker_engine_step_seconds_total", &[]), 0.125);
+	assert_eq!(get("openledger_worker_adapter_cache_hits_total", &[]), 4.0);
+	assert_eq!(get("openledger_worker_adapter_resident_bytes", &[]), 1048576.0);
+	assert_eq!(get("openledger_worker_adapter_resident", &[]), 1.0);
+	assert_eq!(get("openledger_worker_adapter_load_seconds_total", &[]), 0.5);
+	// Every sample has its TYPE line.
+	for (name, _, _) in &samples {
+		let base = name.trim_end_matches("_sum").trim_end_matches("_count");
+		assert!(text.contains(&format!("# TYPE {base} ")) || text.contains(&format!("# TYPE {name} ")), "{name}");
+	}
+}
+
+#[test]
+fn metric_labels_are_escaped() {
+	let metrics = Metrics::new();
+	metrics.count_response("a\"b\\c\nd", 200);
+	let text = metrics.render(&EngineStats::default(), &CacheStats::default(), 0, 1);
+	assert!(text.contains(r#"endpoint="a\"b\\c\nd""#), "{text}");
+}
+
+// --- a real server over the tiny model ------------------------------------------------------
+
+mod server {
+	use std::{
+		io::{Read, Write},
+		net::SocketAddr,
+		time::Duration,
+	};
+
+	use serde_json::{json, Value};
+	use tokio::sync::oneshot;
+
+	use crate::{
+		adapters::{write_random_adapter, AdapterCache, AdapterLimits, AdapterStore},
+		api::{serve, ApiLimits, AppState},
+		base::BaseModel,
+		engine::{EngineHandle, EngineOptions},
+		model::Projection,
+		testing::{write_tiny_llama, TinyLlamaSpec},
+	};
+
+	const KEY: &str = "test-admin-key";
+
+	struct Server {
+		addr: SocketAddr,
+		stop: Option<oneshot::Sender<()>>,
+		task: tokio::task::JoinHandle<anyhow::Result<()>>,
+		state: AppState,
+		store: tempfile::TempDir,
+		_model: tempfile::TempDir,
+	}
+
+	async fn start(limits: ApiLimits) -> Server {
+		let model_dir = tempfile::tempdir().unwrap();
+		write_tiny_llama(model_dir.path(), &TinyLlamaSpec::default(), 1).unwrap();
+		let base = BaseModel::load(model_dir.path(), Some("tiny".into()), &candle_core::Device::Cpu).unwrap();
+		let store = tempfile::tempdir().unwrap();
+		let adapters = AdapterCache::new(
+			AdapterStore::open(store.path()).unwrap(),
+			base.config.clone(),
+			AdapterLimits::default(),
+			candle_core::Device::Cpu,
+		);
+		let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions::default());
+		let state = AppState::new(
+			base.name.clone(),
+			base.config.clone(),
+			base.codec.clone(),
+			engine,
+			adapters,
+			limits,
+			Some(KEY.into()),
+		);
+		let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+		let addr = listener.local_addr().unwrap();
+		let (stop, stopped) = oneshot::channel::<()>();
+		let task = tokio::spawn(serve(listener, state.clone(), async {
+			let _ = stopped.await;
+		}));
+		Server { addr, stop: Some(stop), task, state, store, _model: model_dir }
+	}
+
+	struct Reply {
+		status: u16,
+		headers: Vec<(String, String)>,
+		body: String,
+	}
+
+	impl Reply {
+		fn header(&self, name: &str) -> Option<&str> {
+			self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+		}
+
+		fn json(&self) -> Value {
+			serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+		}
+	}
+
+	/// One HTTP/1.1 request over a fresh connection (`Connection: close`), read to the end and
+	/// de-chunked. Blocking std I/O on the blocking pool keeps the test free of client crates.
+	async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+		let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+		for (k, v) in headers {
+			head.push_str(&format!("{k}: {v}\r\n"));
+		}
+		let raw = format!("{head}\r\n{body}");
+		let bytes = tokio::task::spawn_blocking(move || {
+			let mut stream = std::net::TcpStream::connect(addr).unwrap();
+			stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+			stream.write_all(raw.as_bytes()).unwrap();
+			let mut out = Vec::new();
+			let _ = stream.read_to_end(&mut out);
+			out
+		})
+		.await
+		.unwrap();
+		let text = String::from_utf8(bytes).unwrap();
+		let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
+		let mut lines = head.lines();
+		let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+		let headers: Vec<(String, String)> = lines
+			.filter_map(|l| l.split_once(':'))
+			.map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+			.collect();
+		let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+		let body = if chunked { dechunk(body) } else { body.to_owned() };
+		Reply { status, headers, body }
+	}
+
+	fn dechunk(mut rest: &str) -> String {
+		let mut out = String::new();
+		while let Some((size, after)) = rest.split_once("\r\n") {
+			let size = usize::from_str_radix(size.trim(), 16).unwrap();
+			if size == 0 {
+				break;
+			}
+			out.push_str(&after[..size]);
+			rest = &after[size + 2..];
+		}
+		out
+	}
+
+	async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
+		request(addr, "POST", path, &[("Content-Type", "application/json")], &body.to_string()).await
+	}
+
+	/// The `data:` payloads of an SSE body.
+	fn sse_data(body: &str) -> Vec<String> {
+		body.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).map(str::to_owned).collect()
+	}
+
+	async fn stop(mut server: Server) {
+		server.stop.take().unwrap().send(()).unwrap();
+		tokio::time::timeout(Duration::from_secs(30), server.task).await.unwrap().unwrap().unwrap();
+	}
+
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn routes_errors_and_admin() {
+		let server = start(ApiLimits { max_body_bytes: 4096, ..Default::default() }).await;
+		let addr = server.addr;
+
+		let health = request(addr, "GET", "/health", &[], "").await;
+		assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})));
+		assert_eq!(health.header("x-request-id").map(str::len), Some(32));
+
+		let missing = request(addr, "GET", "/v2/nothing", &[], "").await;
+		assert_eq!(missing.status, 404);
+		assert_eq!(missing.json()["error"]["type"], "not_found_error");
+		let wrong_method = request(addr, "GET", "/v1/chat/completions", &[], "").await;
+		assert_eq!(wrong_method.status, 405);
+		assert!(wrong_method.json()["error"]["message"].is_string());
+
+		let too_big = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "x".repeat(5000)})).await;
+		assert_eq!(too_big.status, 413);
+		assert_eq!(too_big.json()["error"]["code"], "request_too_large");
+		let bad_json = request(addr, "POST", "/v1/chat/completions", &[], "{").await;
+		assert_eq!(bad_json.status, 400);
+		assert_eq!(bad_json.json()["error"]["type"], "invalid_request_error");
+		let wrong_type = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": 5})).await;
+		assert_eq!(wrong_type.status, 422);
+		let n2 = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2})).await;
+		assert_eq!((n2.status, n2.json()["error"]["param"].clone()), (400, json!("n")));
+		let long = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the ".repeat(300)})).await;
+		assert_eq!(long.json()["error"]["code"], "context_length_exceeded", "{}", long.body);
+		for model in ["nobody", "org/model", ""] {
+			let unknown = post(addr, "/v1/completions", json!({"model": model, "prompt": "hi"})).await;
+			assert_eq!((unknown.status, unknown.json()["error"]["code"].clone()), (404, json!("model_not_found")), "{model}");
+		}
+
+		// Admin: key required; load, list, use, refuse a second load, unload.
+		let config = crate::testing::tiny_config(&TinyLlamaSpec::default());
+		write_random_adapter(&server.store.path().join("alpha"), &config, 4, 8.0, &[Projection::Q, Projection::V], 3, false, false)
+			.unwrap();
+		let load = json!({"lora_name": "alpha", "lora_path": "alpha"}).to_string();
+		let no_key = request(addr, "POST", "/v1/load_lora_adapter", &[], &load).await;
+		assert_eq!(no_key.status, 401);
+		let bad_key = request(addr, "POST", "/v1/load_lora_adapter", &[("Authorization", "Bearer nope")], &load).await;
+		assert_eq!(bad_key.status, 401);
+		let auth = [("Authorization", "Bearer test-admin-key")];
+		let loaded = request(addr, "POST", "/v1/load_lora_adapter", &auth, &load).await;
+		assert_eq!((loaded.status, loaded.body.as_str()), (200, "Success: LoRA adapter 'alpha' added successfully."));
+		let again = request(addr, "POST", "/v1/load_lora_adapter", &auth, &load).await;
+		assert_eq!((again.status, again.json()["error"]["code"].clone()), (400, json!("adapter_already_loaded")));
+		let outside = request(addr, "POST", "/v1/load_lora_adapter", &auth, &json!({"lora_name": "b", "lora_path": "/etc"}).to_string()).await;
+		assert_eq!(outside.status, 400, "{}", outside.body);
+		let absent = request(addr, "POST", "/v1/load_lora_adapter", &auth, &json!({"lora_name": "c", "lora_path": "nowhere"}).to_string()).await;
+		assert_eq!((absent.status, absent.json()["error"]["param"].clone()), (404, json!("lora_path")), "{}", absent.body);
+
+		let models = request(addr, "GET", "/v1/models", &[], "").await.json();
+		assert_eq!(models["object"], "list");
+		assert_eq!(models["data"][0]["id"], "tiny");
+		assert_eq!(models["data"][0]["owned_by"], "openledger");
+		assert_eq!(models["data"][1]["id"], "alpha");
+		assert_eq!(models["data"][1]["parent"], "tiny");
+		assert_eq!(models["data"][1]["root"].as_str().map(str::len), Some(64));
+
+		let with_adapter = post(addr, "/v1/completions", json!({"model": "alpha", "prompt": "the", "max_tokens": 3, "temperature": 0})).await;
+		assert_eq!(with_adapter.status, 200, "{}", with_adapter.body);
+		assert_eq!(with_adapter.json()["model"], "alpha");
+
+		let unload = json!({"lora_name": "alpha"}).to_string();
+		let unloaded = request(addr, "POST", "/v1/unload_lora_adapter", &auth, &unload).await;
+		assert_eq!(unloaded.status, 200, "{}", unloaded.body);
+		let unknown = request(addr, "POST", "/v1/unload_lora_adapter", &auth, &unload).await;
+		assert_eq!(unknown.status, 404);
+
+		let metrics = request(addr, "GET", "/metrics", &[], "").await;
+		assert_eq!(metrics.status, 200);
+		assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+		super::parse_exposition(&metrics.body);
+		assert!(metrics.body.contains(r#"openledger_worker_http_requests_total{endpoint="/v1/completions",status="404"} 3"#));
+		stop(server).await;
+	}
+
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn completions_whole_and_streamed() {
+		let server = start(ApiLimits::default()).await;
+		let addr = server.addr;
+		let messages = json!([{"role": "user", "content": [{"type": "text", "text": "hello"}]}]);
+
+		let whole = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": messages, "max_tokens": 5, "temperature": 0})).await;
+		assert_eq!(whole.status, 200, "{}", whole.body);
+		let body = whole.json();
+		let id = whole.header("x-request-id").unwrap();
+		assert_eq!(body["id"], format!("chatcmpl-{id}"));
+		assert_eq!(body["object"], "chat.completion");
+		assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+		let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
+		assert!(finish == "length" || finish == "stop");
+		let usage = &body["usage"];
+		assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+		assert!(usage["completion_tokens"].as_u64().unwrap() <= 5);
+
+		let streamed = post(
+			addr,
+			"/v1/chat/completions",
+			json!({"model": "tiny", "messages": messages, "max_tokens": 5, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+		)
+		.await;
+		assert_eq!(streamed.status, 200, "{}", streamed.body);
+		assert!(streamed.header("content-type").unwrap().starts_with("text/event-stream"));
+		let data = sse_data(&streamed.body);
+		assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", streamed.body);
+		let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+		assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+		let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+		assert_eq!(text, body["choices"][0]["message"]["content"].as_str().unwrap(), "greedy: same text streamed or not");
+		let usage_chunk = chunks.last().unwrap();
+		assert_eq!(usage_chunk["choices"], json!([]));
+		assert_eq!(usage_chunk["usage"], body["usage"]);
+		assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], finish);
+
+		let completion = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": ["the"], "temperature": 0, "stream": true})).await;
+		let data = sse_data(&completion.body);
+		assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+		let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+		assert_eq!(last["object"], "text_completion");
+		assert!(last["choices"][0]["finish_reason"].is_string());
+		assert!(last.get("usage").is_none());
+
+		let state = server.state.clone();
+		stop(server).await;
+		assert_eq!(state.in_flight(), 0);
+		assert!(state.is_draining());
+	}
+
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn full_queue_is_429_and_draining_is_503() {
+		let server = start(ApiLimits { max_queue: 1, ..Default::default() }).await;
+		let addr = server.addr;
+		// Hold the only permit, as an admitted request would.
+		let permit = server.state.inner.admission.clone().try_acquire_owned().unwrap();
+		let busy = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi"})).await;
+		assert_eq!(busy.status, 429);
+		assert_eq!(busy.header("retry-after"), Some("1"));
+		drop(permit);
+		let ok = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 2})).await;
+		assert_eq!(ok.status, 200, "{}", ok.body);
+
+		server.state.begin_draining();
+		let draining = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi"})).await;
+		assert_eq!(draining.status, 503);
+		assert_eq!(draining.json()["error"]["message"], "server is shutting down");
+		assert_eq!(request(addr, "GET", "/health", &[], "").await.status, 503);
+		assert_eq!(request(addr, "GET", "/metrics", &[], "").await.status, 200);
+		stop(server).await;
+	}
+
+	/// A client that leaves mid-stream drops the receiver; the engine then ends the sequence and
+	/// the admission permit comes back.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_disconnected_stream_releases_its_permit() {
+		let server = start(ApiLimits::default()).await;
+		let addr = server.addr;
+		let body = json!({"model": "tiny", "prompt": "the", "max_tokens": 200, "temperature": 1, "seed": 1, "stream": true}).to_string();
+		tokio::task::spawn_blocking(move || {
+			let mut stream = std::net::TcpStream::connect(addr).unwrap();
+			let raw = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+			stream.write_all(raw.as_bytes()).unwrap();
+			let mut buf = [0u8; 256];
+			let n = stream.read(&mut buf).unwrap();
+			assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+			// Dropped here, before the end.
+		})
+		.await
+		.unwrap();
+		tokio::time::timeout(Duration::from_secs(30), async {
+			while server.state.in_flight() > 0 {
+				tokio::time::sleep(Duration::from_millis(10)).await;
+			}
+		})
+		.await
+		.expect("the permit came back");
+		stop(server).await;
+	}
+}

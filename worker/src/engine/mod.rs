@@ -1,0 +1,100 @@
+//! The engine: one thread that owns the model and runs continuous batching. Requests arrive on a
+//! channel; every step runs one forward pass over all active sequences (prefill chunks and decode
+//! tokens together, whatever their adapters), samples, and streams text back.
+
+mod scheduler;
+mod types;
+
+use std::sync::{
+	atomic::{AtomicU64, Ordering},
+	mpsc, Arc,
+};
+
+pub use scheduler::EngineOptions;
+pub use types::{FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
+
+use crate::{model::Llama, tokenizer::TextCodec};
+
+/// The engine thread has stopped (shut down or crashed); the HTTP layer answers 503.
+#[derive(Debug, thiserror::Error)]
+#[error("the inference engine has stopped")]
+pub struct EngineClosed;
+
+/// Monotonic counters and gauges the engine publishes for `/metrics`.
+#[derive(Default, Debug)]
+pub struct EngineCounters {
+	pub active_sequences: AtomicU64,
+	pub waiting_requests: AtomicU64,
+	pub prompt_tokens_total: AtomicU64,
+	pub generated_tokens_total: AtomicU64,
+	pub requests_finished_total: AtomicU64,
+	pub steps_total: AtomicU64,
+	pub step_micros_total: AtomicU64,
+}
+
+/// A snapshot of [`EngineCounters`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+	pub active_sequences: u64,
+	pub waiting_requests: u64,
+	pub prompt_tokens_total: u64,
+	pub generated_tokens_total: u64,
+	pub requests_finished_total: u64,
+	pub steps_total: u64,
+	pub step_seconds_total: f64,
+}
+
+/// Cheap to clone; dropping every handle lets the engine finish its work and exit.
+#[derive(Clone)]
+pub struct EngineHandle {
+	requests: mpsc::Sender<GenerationRequest>,
+	counters: Arc<EngineCounters>,
+	thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl EngineHandle {
+	/// Starts the engine thread.
+	pub fn spawn(model: Arc<Llama>, codec: Arc<TextCodec>, options: EngineOptions) -> Self {
+		let (requests, inbox) = mpsc::channel();
+		let counters = Arc::new(EngineCounters::default());
+		let thread_counters = counters.clone();
+		let thread = std::thread::Builder::new()
+			.name("engine".into())
+			.spawn(move || scheduler::run(model, codec, options, inbox, thread_counters))
+			.expect("spawning the engine thread");
+		Self { requests, counters, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+	}
+
+	/// Queues an admitted request. Admission control (the bounded queue) is the caller's
+	/// semaphore; this never blocks.
+	pub fn submit(&self, request: GenerationRequest) -> Result<(), EngineClosed> {
+		self.counters.waiting_requests.fetch_add(1, Ordering::Relaxed);
+		self.requests.send(request).map_err(|_| {
+			self.counters.waiting_requests.fetch_sub(1, Ordering::Relaxed);
+			EngineClosed
+		})
+	}
+
+	pub fn stats(&self) -> EngineStats {
+		let c = &self.counters;
+		EngineStats {
+			active_sequences: c.active_sequences.load(Ordering::Relaxed),
+			waiting_requests: c.waiting_requests.load(Ordering::Relaxed),
+			prompt_tokens_total: c.prompt_tokens_total.load(Ordering::Relaxed),
+			generated_tokens_total: c.generated_tokens_total.load(Ordering::Relaxed),
+			requests_finished_total: c.requests_finished_total.load(Ordering::Relaxed),
+			steps_total: c.steps_total.load(Ordering::Relaxed),
+			step_seconds_total: c.step_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+		}
+	}
+
+	/// Drops this handle's sender and waits for the engine to finish every queued and active
+	/// request. Other clones of the handle must be dropped first, or this waits for them.
+	pub fn shutdown(self) {
+		let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+		drop(self.requests);
+		if let Some(thread) = thread {
+			let _ = thread.join();
+		}
+	}
+}

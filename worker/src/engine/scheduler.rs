@@ -1,0 +1,272 @@
+//! The engine loop: admit, order by adapter, run one ragged forward, sample, stream, retire.
+
+use std::{
+	sync::{atomic::Ordering, mpsc, Arc},
+	time::Instant,
+};
+
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+use super::{EngineCounters, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
+use crate::{
+	model::{KvCache, Llama, SeqStep},
+	tokenizer::{IncrementalDecoder, TextCodec},
+};
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+	/// Sequences decoded together in one step.
+	pub max_batch_sequences: usize,
+	/// Prompt tokens fed per step across all prefilling sequences, so a long prompt is chunked
+	/// and never stalls the decoding sequences for long.
+	pub prefill_chunk_tokens: usize,
+}
+
+impl Default for EngineOptions {
+	fn default() -> Self {
+		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256 }
+	}
+}
+
+struct Sequence {
+	request: GenerationRequest,
+	cache: KvCache,
+	/// Prompt tokens already in the cache.
+	prefilled: usize,
+	/// The sampled token to feed next, once the prompt is in.
+	next_input: Option<u32>,
+	generated: usize,
+	sampler: LogitsProcessor,
+	decoder: IncrementalDecoder,
+	/// All output text so far, and how much of it was sent.
+	text: String,
+	sent: usize,
+	adapter_key: Option<[u8; 32]>,
+}
+
+fn sampler(params: &SamplingParams) -> LogitsProcessor {
+	let temperature = params.temperature;
+	let sampling = if temperature <= 0.0 {
+		Sampling::ArgMax
+	} else {
+		match (params.top_k.filter(|&k| k > 0), params.top_p.filter(|&p| p < 1.0)) {
+			(None, None) => Sampling::All { temperature },
+			(Some(k), None) => Sampling::TopK { k, temperature },
+			(None, Some(p)) => Sampling::TopP { p, temperature },
+			(Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+		}
+	};
+	LogitsProcessor::from_sampling(params.seed, sampling)
+}
+
+impl Sequence {
+	fn new(request: GenerationRequest, num_layers: usize) -> Self {
+		let adapter_key = request.adapter.as_ref().map(|a| a.hash);
+		Self {
+			cache: KvCache::new(num_layers),
+			prefilled: 0,
+			next_input: None,
+			generated: 0,
+			sampler: sampler(&request.sampling),
+			decoder: IncrementalDecoder::new(),
+			text: String::new(),
+			sent: 0,
+			adapter_key,
+			request,
+		}
+	}
+
+	/// Length of the longest suffix of the text that could still grow into a stop sequence:
+	/// that much is held back from the stream.
+	fn held_back(&self) -> usize {
+		let text = &self.text[self.sent..];
+		let mut held = 0;
+		for stop in &self.request.stop {
+			for len in (1..stop.len()).rev() {
+				if len > held && text.len() >= len && text.is_char_boundary(text.len() - len) &&
+					stop.starts_with(&text[text.len() - len..])
+				{
+					held = len;
+					break;
+				}
+			}
+		}
+		held
+	}
+
+	fn send(&mut self, event: GenerationEvent) -> bool {
+		self.request.events.send(event).is_ok()
+	}
+
+	/// Takes a sampled token; returns `Some(reason)` when the sequence is finished.
+	fn accept(&mut self, codec: &TextCodec, token: u32) -> Option<FinishReason> {
+		if codec.eos_token_ids().contains(&token) {
+			return Some(FinishReason::Stop);
+		}
+		self.generated += 1;
+		self.next_input = Some(token);
+		match self.decoder.push(codec, token) {
+			Ok(Some(piece)) => self.text.push_str(&piece),
+			Ok(None) => {},
+			Err(e) => tracing::warn!("detokenizing token {token}: {e}"),
+		}
+		let search_from = self.sent.saturating_sub(self.request.stop.iter().map(String::len).max().unwrap_or(0));
+		let search_from = (0..=search_from).rev().find(|&i| self.text.is_char_boundary(i)).unwrap_or(0);
+		let stop_at = self
+			.request
+			.stop
+			.iter()
+			.filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
+			.min();
+		if let Some(at) = stop_at {
+			self.text.truncate(at);
+			return Some(FinishReason::Stop);
+		}
+		if self.generated >= self.request.max_tokens {
+			return Some(FinishReason::Length);
+		}
+		let ready = self.text.len() - self.held_back();
+		if ready > self.sent {
+			let piece = self.text[self.sent..ready].to_string();
+			self.sent = ready;
+			if !self.send(GenerationEvent::Text(piece)) {
+				// The client went away: finish quietly, nobody is listening.
+				return Some(FinishReason::Stop);
+			}
+		}
+		None
+	}
+
+	fn finish(mut self, codec: &TextCodec, reason: FinishReason) {
+		if reason == FinishReason::Length {
+			if let Ok(Some(rest)) = self.decoder.flush(codec) {
+				self.text.push_str(&rest);
+			}
+		}
+		if self.text.len() > self.sent {
+			let rest = self.text[self.sent..].to_string();
+			self.send(GenerationEvent::Text(rest));
+		}
+		let usage = Usage { prompt_tokens: self.request.prompt_tokens.len(), completion_tokens: self.generated };
+		self.send(GenerationEvent::Done { finish_reason: reason, usage });
+	}
+}
+
+pub(super) fn run(
+	model: Arc<Llama>,
+	codec: Arc<TextCodec>,
+	options: EngineOptions,
+	inbox: mpsc::Receiver<GenerationRequest>,
+	counters: Arc<EngineCounters>,
+) {
+	let num_layers = model.config.num_layers;
+	let mut active: Vec<Sequence> = Vec::new();
+	let mut open = true;
+	tracing::info!(?options, "engine started");
+	loop {
+		while open && active.len() < options.max_batch_sequences {
+			let next = if active.is_empty() {
+				inbox.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+			} else {
+				inbox.try_recv()
+			};
+			match next {
+				Ok(request) => {
+					counters.waiting_requests.fetch_sub(1, Ordering::Relaxed);
+					counters.prompt_tokens_total.fetch_add(request.prompt_tokens.len() as u64, Ordering::Relaxed);
+					active.push(Sequence::new(request, num_layers));
+				},
+				Err(mpsc::TryRecvError::Empty) => break,
+				Err(mpsc::TryRecvError::Disconnected) => open = false,
+			}
+		}
+		// A request whose client hung up is dropped before it costs another step.
+		active.retain(|s| !s.request.events.is_closed());
+		counters.active_sequences.store(active.len() as u64, Ordering::Relaxed);
+		if active.is_empty() {
+			if open {
+				continue;
+			}
+			break;
+		}
+		// Adjacent sequences with one adapter form one LoRA group in the forward pass.
+		active.sort_by_key(|s| s.adapter_key);
+		let started = Instant::now();
+		let mut budget = options.prefill_chunk_tokens;
+		let mut plan: Vec<(usize, Vec<u32>)> = Vec::with_capacity(active.len());
+		for (i, seq) in active.iter().enumerate() {
+			if let Some(token) = seq.next_input {
+				plan.push((i, vec![token]));
+			} else if budget > 0 {
+				let prompt = &seq.request.prompt_tokens;
+				let take = (prompt.len() - seq.prefilled).min(budget);
+				budget -= take;
+				plan.push((i, prompt[seq.prefilled..seq.prefilled + take].to_vec()));
+			}
+		}
+		let logits = {
+			let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(plan.len());
+			let mut rest: &mut [Sequence] = &mut active;
+			let mut offset = 0;
+			for (i, tokens) in &plan {
+				let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - offset);
+				let (seq, tail) = tail.split_first_mut().expect("planned index is in range");
+				offset = i + 1;
+				rest = tail;
+				steps.push(SeqStep {
+					tokens,
+					adapter: seq.request.adapter.as_deref(),
+					cache: &mut seq.cache,
+				});
+			}
+			model.forward(&mut steps).and_then(|l| l.to_dtype(candle_core::DType::F32))
+		};
+		let logits = match logits {
+			Ok(logits) => logits,
+			Err(e) => {
+				tracing::error!("forward pass failed: {e}");
+				let failed: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
+				for i in failed.into_iter().rev() {
+					let mut seq = active.remove(i);
+					seq.send(GenerationEvent::Failed(format!("inference failed: {e}")));
+				}
+				continue;
+			},
+		};
+		// `None`: failed, the client was already told.
+		let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
+		for (row, (i, tokens)) in plan.iter().enumerate() {
+			let seq = &mut active[*i];
+			if seq.next_input.is_none() {
+				seq.prefilled += tokens.len();
+				if seq.prefilled < seq.request.prompt_tokens.len() {
+					continue;
+				}
+			}
+			let token = match logits.get(row).and_then(|l| seq.sampler.sample(&l)) {
+				Ok(token) => token,
+				Err(e) => {
+					seq.send(GenerationEvent::Failed(format!("sampling failed: {e}")));
+					finished.push((*i, None));
+					continue;
+				},
+			};
+			counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+			if let Some(reason) = seq.accept(&codec, token) {
+				finished.push((*i, Some(reason)));
+			}
+		}
+		finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+		for (i, reason) in finished {
+			let seq = active.swap_remove(i);
+			if let Some(reason) = reason {
+				seq.finish(&codec, reason);
+			}
+			counters.requests_finished_total.fetch_add(1, Ordering::Relaxed);
+		}
+		counters.steps_total.fetch_add(1, Ordering::Relaxed);
+		counters.step_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+	}
+	counters.active_sequences.store(0, Ordering::Relaxed);
+	tracing::info!("engine stopped: no more requests");
+}

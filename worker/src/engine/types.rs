@@ -1,0 +1,67 @@
+//! What the HTTP layer hands the engine, and what the engine sends back per request.
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::adapters::AdapterLease;
+
+/// How the next token is chosen. `temperature == 0` is greedy; the same seed gives the same text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+	pub temperature: f64,
+	pub top_p: Option<f64>,
+	pub top_k: Option<usize>,
+	pub seed: u64,
+}
+
+impl Default for SamplingParams {
+	fn default() -> Self {
+		Self { temperature: 0.0, top_p: None, top_k: None, seed: 0 }
+	}
+}
+
+/// One admitted request. The engine owns it until it sends `Done` or `Failed`.
+pub struct GenerationRequest {
+	/// Already templated and tokenized; `1 ≤ len` and `len + max_tokens ≤ context length`
+	/// are checked by the caller.
+	pub prompt_tokens: Vec<u32>,
+	pub max_tokens: usize,
+	pub sampling: SamplingParams,
+	/// Generation stops before the first occurrence of any of these in the output text.
+	pub stop: Vec<String>,
+	/// The adapter, already resident and leased (never loaded on the engine thread).
+	pub adapter: Option<AdapterLease>,
+	pub events: mpsc::UnboundedSender<GenerationEvent>,
+	/// Admission permit: held until the request finishes, so the queue bound counts it.
+	pub permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+	/// End-of-sequence token or a stop sequence.
+	Stop,
+	/// `max_tokens` reached.
+	Length,
+}
+
+impl FinishReason {
+	pub fn as_openai(self) -> &'static str {
+		match self {
+			FinishReason::Stop => "stop",
+			FinishReason::Length => "length",
+		}
+	}
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage {
+	pub prompt_tokens: usize,
+	pub completion_tokens: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GenerationEvent {
+	/// New output text (already cut before any stop sequence; may be empty of whole tokens).
+	Text(String),
+	Done { finish_reason: FinishReason, usage: Usage },
+	Failed(String),
+}

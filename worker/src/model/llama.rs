@@ -1,0 +1,386 @@
+//! A Llama decoder that runs a ragged batch: every step takes any number of sequences, each with
+//! its own tokens (a prefill chunk or one decode token), position, KV cache and adapter, flattens
+//! them into one `[tokens, hidden]` matrix for the projections, and splits them only for
+//! attention. LoRA deltas are applied per run of rows that share an adapter.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use candle_core::{
+	quantized::{gguf_file, QMatMul},
+	DType, Device, Module, Result, Tensor, D,
+};
+
+use super::{LlamaConfig, LoraAdapter, LoraWeights, Projection};
+
+struct Layer {
+	attn_norm: Tensor,
+	ffn_norm: Tensor,
+	/// Indexed by [`Projection::index`].
+	proj: [QMatMul; 7],
+}
+
+/// Base weights, immutable after loading; shared by the engine thread and nothing else.
+pub struct Llama {
+	pub config: LlamaConfig,
+	embed: Tensor,
+	layers: Vec<Layer>,
+	norm: Tensor,
+	lm_head: QMatMul,
+	cos: Tensor,
+	sin: Tensor,
+	device: Device,
+}
+
+/// Keys and values of one sequence, one buffer per layer, grown by doubling so a decode step
+/// writes one row in place instead of concatenating the whole cache.
+pub struct KvCache {
+	layers: Vec<Option<(Tensor, Tensor)>>,
+	len: usize,
+	capacity: usize,
+}
+
+impl KvCache {
+	pub fn new(num_layers: usize) -> Self {
+		Self { layers: (0..num_layers).map(|_| None).collect(), len: 0, capacity: 0 }
+	}
+
+	/// Tokens already in the cache (the position of the next token).
+	pub fn len(&self) -> usize {
+		self.len
+	}
+
+	pub fn is_empty(&self) -> bool {
+		self.len == 0
+	}
+
+	/// Bytes held by the buffers (capacity, not length).
+	pub fn bytes(&self) -> usize {
+		self.layers
+			.iter()
+			.flatten()
+			.map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+			.sum()
+	}
+
+	/// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at the current position of `layer` and returns
+	/// views of everything cached for that layer including them.
+	fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+		let (kv_heads, n, head_dim) = k.dims3()?;
+		let needed = self.len + n;
+		if needed > self.capacity || self.layers[layer].is_none() {
+			let capacity = needed.next_power_of_two().max(64).max(self.capacity);
+			for slot in self.layers.iter_mut() {
+				let grown = match slot.take() {
+					Some((old_k, old_v)) if capacity > self.capacity => {
+						let new_k = Tensor::zeros((kv_heads, capacity, head_dim), k.dtype(), k.device())?;
+						let new_v = new_k.zeros_like()?;
+						new_k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+						new_v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+						(new_k, new_v)
+					},
+					Some(kv) => kv,
+					None => {
+						let new_k = Tensor::zeros((kv_heads, capacity, head_dim), k.dtype(), k.device())?;
+						let new_v = new_k.zeros_like()?;
+						(new_k, new_v)
+					},
+				};
+				*slot = Some(grown);
+			}
+			self.capacity = capacity;
+		}
+		let (cache_k, cache_v) = self.layers[layer].as_ref().expect("allocated above");
+		cache_k.slice_set(&k.contiguous()?, 1, self.len)?;
+		cache_v.slice_set(&v.contiguous()?, 1, self.len)?;
+		Ok((cache_k.narrow(1, 0, needed)?, cache_v.narrow(1, 0, needed)?))
+	}
+}
+
+/// One sequence's part of a step.
+pub struct SeqStep<'a> {
+	pub tokens: &'a [u32],
+	pub cache: &'a mut KvCache,
+	pub adapter: Option<&'a LoraAdapter>,
+}
+
+/// A run of consecutive rows sharing one adapter (or none).
+struct RowGroup<'a> {
+	start: usize,
+	len: usize,
+	adapter: Option<&'a LoraAdapter>,
+}
+
+fn same_adapter(a: Option<&LoraAdapter>, b: Option<&LoraAdapter>) -> bool {
+	match (a, b) {
+		(None, None) => true,
+		(Some(a), Some(b)) => std::ptr::eq(a, b),
+		_ => false,
+	}
+}
+
+impl Llama {
+	pub fn device(&self) -> &Device {
+		&self.device
+	}
+
+	/// Loads a GGUF Llama (quantized or not). `progress` is called with (layers loaded, total).
+	pub fn from_gguf(path: &Path, device: &Device, mut progress: impl FnMut(usize, usize)) -> anyhow::Result<Self> {
+		let mut file =
+			std::fs::File::open(path).with_context(|| format!("opening model {}", path.display()))?;
+		let content = gguf_file::Content::read(&mut file)
+			.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+		let config = LlamaConfig::from_gguf(&content)?;
+		let mut tensor = |name: &str| {
+			content
+				.tensor(&mut file, name, device)
+				.with_context(|| format!("GGUF tensor `{name}` is missing or unreadable"))
+		};
+		let norm_vec = |t: candle_core::quantized::QTensor| t.dequantize(device);
+		let embed_q = tensor("token_embd.weight")?;
+		let embed = embed_q.dequantize(device)?;
+		let lm_head = match tensor("output.weight") {
+			Ok(output) => QMatMul::from_qtensor(output)?,
+			Err(_) => QMatMul::from_qtensor(embed_q)?,
+		};
+		let norm = norm_vec(tensor("output_norm.weight")?)?;
+		let mut layers = Vec::with_capacity(config.num_layers);
+		for i in 0..config.num_layers {
+			let mut q = |suffix: &str| -> anyhow::Result<QMatMul> {
+				Ok(QMatMul::from_qtensor(tensor(&format!("blk.{i}.{suffix}.weight"))?)?)
+			};
+			let proj = [
+				q("attn_q")?,
+				q("attn_k")?,
+				q("attn_v")?,
+				q("attn_output")?,
+				q("ffn_gate")?,
+				q("ffn_up")?,
+				q("ffn_down")?,
+			];
+			layers.push(Layer {
+				attn_norm: norm_vec(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
+				ffn_norm: norm_vec(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
+				proj,
+			});
+			progress(i + 1, config.num_layers);
+		}
+		Self::assemble(config, embed, layers, norm, lm_head, device)
+	}
+
+	/// Loads an HF-layout float Llama: `config.json` and `model.safetensors` (f32, f16 or bf16;
+	/// computed in f32).
+	pub fn from_hf_dir(dir: &Path, device: &Device, mut progress: impl FnMut(usize, usize)) -> anyhow::Result<Self> {
+		let json = std::fs::read_to_string(dir.join("config.json"))
+			.with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+		let config = LlamaConfig::from_hf_json(&json)?;
+		let weights = dir.join("model.safetensors");
+		if !weights.is_file() {
+			bail!("{} not found (only a single safetensors file is supported)", weights.display());
+		}
+		// Safety: the file is mapped read-only and not modified while the model loads.
+		let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+		let c = &config;
+		let embed = vb.get((c.vocab_size, c.hidden_size), "model.embed_tokens.weight")?;
+		let lm_head = if vb.contains_tensor("lm_head.weight") {
+			vb.get((c.vocab_size, c.hidden_size), "lm_head.weight")?
+		} else {
+			embed.clone()
+		};
+		let mut layers = Vec::with_capacity(c.num_layers);
+		for i in 0..c.num_layers {
+			let lvb = vb.pp(format!("model.layers.{i}"));
+			let mut proj = Vec::with_capacity(7);
+			for p in Projection::ALL {
+				let (fan_in, fan_out) = c.projection_dims(p);
+				let w = lvb.get((fan_out, fan_in), &format!("{}.weight", p.module_path()))?;
+				proj.push(QMatMul::Tensor(w));
+			}
+			layers.push(Layer {
+				attn_norm: lvb.get(c.hidden_size, "input_layernorm.weight")?,
+				ffn_norm: lvb.get(c.hidden_size, "post_attention_layernorm.weight")?,
+				proj: proj.try_into().map_err(|_| anyhow::anyhow!("seven projections"))?,
+			});
+			progress(i + 1, c.num_layers);
+		}
+		let norm = vb.get(c.hidden_size, "model.norm.weight")?;
+		Self::assemble(config, embed, layers, norm, QMatMul::Tensor(lm_head), device)
+	}
+
+	fn assemble(
+		config: LlamaConfig,
+		embed: Tensor,
+		layers: Vec<Layer>,
+		norm: Tensor,
+		lm_head: QMatMul,
+		device: &Device,
+	) -> anyhow::Result<Self> {
+		let half = config.head_dim / 2;
+		let inv_freq: Vec<f32> =
+			(0..half).map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / config.head_dim as f32)).collect();
+		let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+		let positions = Tensor::arange(0u32, config.max_position as u32, device)?
+			.to_dtype(DType::F32)?
+			.reshape((config.max_position, 1))?;
+		let angles = positions.matmul(&inv_freq)?;
+		Ok(Self {
+			cos: angles.cos()?,
+			sin: angles.sin()?,
+			config,
+			embed,
+			layers,
+			norm,
+			lm_head,
+			device: device.clone(),
+		})
+	}
+
+	/// One step over a ragged batch. Steps that share an adapter should be adjacent (the engine
+	/// orders them so): each run of equal adapters costs one pair of LoRA matmuls per projection.
+	/// Returns the logits of each sequence's last token, `[steps.len(), vocab]`, and advances
+	/// every cache by its step's tokens.
+	pub fn forward<'a>(&self, steps: &mut [SeqStep<'a>]) -> Result<Tensor> {
+		let c = &self.config;
+		let mut tokens = Vec::new();
+		let mut groups: Vec<RowGroup<'a>> = Vec::new();
+		let mut spans = Vec::with_capacity(steps.len());
+		for step in steps.iter() {
+			if step.tokens.is_empty() {
+				candle_core::bail!("a sequence step has no tokens");
+			}
+			if step.cache.len() + step.tokens.len() > c.max_position {
+				candle_core::bail!("sequence longer than the context length {}", c.max_position);
+			}
+			let start = tokens.len();
+			tokens.extend_from_slice(step.tokens);
+			spans.push((start, step.tokens.len(), step.cache.len()));
+			match groups.last_mut() {
+				Some(g) if same_adapter(g.adapter, step.adapter) => g.len += step.tokens.len(),
+				_ => groups.push(RowGroup { start, len: step.tokens.len(), adapter: step.adapter }),
+			}
+		}
+		let ids = Tensor::new(tokens.as_slice(), &self.device)?;
+		let mut x = self.embed.index_select(&ids, 0)?;
+		let eps = c.rms_norm_eps as f32;
+		for (l, layer) in self.layers.iter().enumerate() {
+			let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+			let q = self.project(layer, l, Projection::Q, &h, &groups)?;
+			let k = self.project(layer, l, Projection::K, &h, &groups)?;
+			let v = self.project(layer, l, Projection::V, &h, &groups)?;
+			let mut outs = Vec::with_capacity(steps.len());
+			for (step, &(start, n, pos)) in steps.iter_mut().zip(spans.iter()) {
+				outs.push(self.attention(
+					step.cache,
+					l,
+					&q.narrow(0, start, n)?,
+					&k.narrow(0, start, n)?,
+					&v.narrow(0, start, n)?,
+					pos,
+				)?);
+			}
+			let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+			x = (x + self.project(layer, l, Projection::O, &attn, &groups)?)?;
+			let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+			let gate = self.project(layer, l, Projection::Gate, &h, &groups)?;
+			let up = self.project(layer, l, Projection::Up, &h, &groups)?;
+			let act = (candle_nn::ops::silu(&gate)? * up)?;
+			x = (x + self.project(layer, l, Projection::Down, &act, &groups)?)?;
+		}
+		for (step, &(_, n, _)) in steps.iter_mut().zip(spans.iter()) {
+			step.cache.len += n;
+		}
+		let last: Vec<u32> = spans.iter().map(|&(start, n, _)| (start + n - 1) as u32).collect();
+		let last = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+		let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+		self.lm_head.forward(&last)
+	}
+
+	/// `W·x` for all rows, plus each row group's LoRA delta.
+	fn project<'a>(
+		&self,
+		layer: &Layer,
+		l: usize,
+		projection: Projection,
+		x: &Tensor,
+		groups: &[RowGroup<'a>],
+	) -> Result<Tensor> {
+		let y = layer.proj[projection.index()].forward(x)?;
+		let lora = |g: &RowGroup<'a>| -> Option<&'a LoraWeights> { g.adapter.and_then(|a| a.weights(l, projection)) };
+		if groups.iter().all(|g| lora(g).is_none()) {
+			return Ok(y);
+		}
+		if let [g] = groups {
+			let w = lora(g).expect("checked above");
+			return y + w.delta(x)?;
+		}
+		let parts = groups
+			.iter()
+			.map(|g| {
+				let y = y.narrow(0, g.start, g.len)?;
+				match lora(g) {
+					Some(w) => y + w.delta(&x.narrow(0, g.start, g.len)?)?,
+					None => Ok(y),
+				}
+			})
+			.collect::<Result<Vec<_>>>()?;
+		Tensor::cat(&parts, 0)
+	}
+
+	/// Causal self-attention of one sequence's `n` new rows at position `pos` against its cache.
+	/// Query heads are grouped by the key/value head they share, so grouped-query attention needs
+	/// no copy of the keys.
+	fn attention(&self, cache: &mut KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+		let c = &self.config;
+		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
+		let rep = nh / nkv;
+		let cos = self.cos.narrow(0, pos, n)?;
+		let sin = self.sin.narrow(0, pos, n)?;
+		let rope = |t: &Tensor, heads: usize| -> Result<Tensor> {
+			let t = t.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+			let t = if c.rope_interleaved {
+				candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+			} else {
+				candle_nn::rotary_emb::rope(&t, &cos, &sin)?
+			};
+			t.squeeze(0)
+		};
+		let q = rope(q, nh)?; // [nh, n, hd]
+		let k = rope(k, nkv)?; // [nkv, n, hd]
+		let v = v.reshape((n, nkv, hd))?.transpose(0, 1)?;
+		let (k_all, v_all) = cache.append(l, &k, &v)?; // [nkv, pos + n, hd]
+		let total = pos + n;
+		// Heads h = g·rep + r use kv head g: rows of one group are (r, t) pairs.
+		let q = q.reshape((nkv, rep * n, hd))?;
+		let scale = 1.0 / (hd as f64).sqrt();
+		let mut att = (q.matmul(&k_all.t()?)? * scale)?; // [nkv, rep·n, total]
+		if n > 1 {
+			let mut mask = vec![0f32; rep * n * total];
+			for r in 0..rep {
+				for t in 0..n {
+					let row = (r * n + t) * total;
+					for j in (pos + t + 1)..total {
+						mask[row + j] = f32::NEG_INFINITY;
+					}
+				}
+			}
+			let mask = Tensor::from_vec(mask, (1, rep * n, total), &self.device)?;
+			att = att.broadcast_add(&mask)?;
+		}
+		let att = candle_nn::ops::softmax_last_dim(&att)?;
+		let out = att.matmul(&v_all)?; // [nkv, rep·n, hd] = [nh, n, hd]
+		out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
+	}
+
+	/// Vocabulary logits for `tokens` run alone from an empty cache: the reference path tests
+	/// compare batched results against.
+	pub fn logits_alone(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Tensor> {
+		let mut cache = KvCache::new(self.config.num_layers);
+		let mut steps = [SeqStep { tokens, cache: &mut cache, adapter }];
+		self.forward(&mut steps)?.squeeze(0)
+	}
+}
+
+/// Greedy index of the largest logit (ties to the lowest id).
+pub fn argmax(logits: &Tensor) -> Result<u32> {
+	logits.argmax(D::Minus1)?.to_scalar::<u32>()
+}

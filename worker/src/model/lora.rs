@@ -1,0 +1,142 @@
+//! LoRA adapters as the engine uses them: per layer and projection, `A^T` and `scale·B^T`, so the
+//! delta for rows `x` is `(x·A^T)·(scale·B^T)` — two skinny matmuls, never a merged weight.
+
+use candle_core::{CpuStorage, Result, Storage, Tensor};
+
+/// The seven Llama projections a PEFT adapter may target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+	Q,
+	K,
+	V,
+	O,
+	Gate,
+	Up,
+	Down,
+}
+
+impl Projection {
+	pub const ALL: [Projection; 7] = [
+		Projection::Q,
+		Projection::K,
+		Projection::V,
+		Projection::O,
+		Projection::Gate,
+		Projection::Up,
+		Projection::Down,
+	];
+
+	/// The module name in PEFT's `target_modules` (`q_proj`, …, `down_proj`).
+	pub fn peft_name(self) -> &'static str {
+		match self {
+			Projection::Q => "q_proj",
+			Projection::K => "k_proj",
+			Projection::V => "v_proj",
+			Projection::O => "o_proj",
+			Projection::Gate => "gate_proj",
+			Projection::Up => "up_proj",
+			Projection::Down => "down_proj",
+		}
+	}
+
+	/// The module path under `model.layers.{i}` in HF Llama (`self_attn.q_proj`, `mlp.up_proj`).
+	pub fn module_path(self) -> &'static str {
+		match self {
+			Projection::Q => "self_attn.q_proj",
+			Projection::K => "self_attn.k_proj",
+			Projection::V => "self_attn.v_proj",
+			Projection::O => "self_attn.o_proj",
+			Projection::Gate => "mlp.gate_proj",
+			Projection::Up => "mlp.up_proj",
+			Projection::Down => "mlp.down_proj",
+		}
+	}
+
+	pub fn from_peft_name(name: &str) -> Option<Self> {
+		Self::ALL.into_iter().find(|p| p.peft_name() == name)
+	}
+
+	pub fn index(self) -> usize {
+		self as usize
+	}
+}
+
+/// One projection's low-rank pair, laid out for row-major activations.
+#[derive(Clone, Debug)]
+pub struct LoraWeights {
+	/// `A^T`, shape `[in_features, r]`, f32.
+	pub a_t: Tensor,
+	/// `scale · B^T`, shape `[r, out_features]`, f32; for GGUF bases the columns of `q`/`k` are
+	/// already permuted to the interleaved-RoPE order of the base weights.
+	pub b_t: Tensor,
+}
+
+impl LoraWeights {
+	/// The delta for rows `x` (`[n, in_features]`) → `[n, out_features]`.
+	///
+	/// On the CPU each row is computed alone in a fixed order, so a row's result does not depend
+	/// on which other rows share the batch: a request gives the same tokens whatever it is batched
+	/// with (a blocked GEMM changes its summation order with the row count).
+	pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+		if !x.device().is_cpu() {
+			return x.matmul(&self.a_t)?.matmul(&self.b_t);
+		}
+		let (n, in_features) = x.dims2()?;
+		let (a_in, rank) = self.a_t.dims2()?;
+		let (_, out_features) = self.b_t.dims2()?;
+		if a_in != in_features {
+			candle_core::bail!("LoRA A expects {a_in} inputs, got {in_features}");
+		}
+		let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+		let (a_guard, a_layout) = self.a_t.storage_and_layout();
+		let (b_guard, b_layout) = self.b_t.storage_and_layout();
+		let (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) = (&*a_guard, &*b_guard) else {
+			candle_core::bail!("LoRA weights must be f32 on the CPU");
+		};
+		let (Some((a_start, _)), Some((b_start, _))) =
+			(a_layout.contiguous_offsets(), b_layout.contiguous_offsets())
+		else {
+			candle_core::bail!("LoRA weights must be contiguous");
+		};
+		let a = &a[a_start..a_start + in_features * rank];
+		let b = &b[b_start..b_start + rank * out_features];
+		let mut out = vec![0f32; n * out_features];
+		let mut u = vec![0f32; rank];
+		for (row, y) in xs.chunks_exact(in_features).zip(out.chunks_exact_mut(out_features)) {
+			u.fill(0.0);
+			// u = row · A^T: accumulate rows of A^T scaled by the input, k in order.
+			for (&xk, a_row) in row.iter().zip(a.chunks_exact(rank)) {
+				for (uj, &ajk) in u.iter_mut().zip(a_row) {
+					*uj += xk * ajk;
+				}
+			}
+			// y = u · (scale·B^T), j in order.
+			for (&uj, b_row) in u.iter().zip(b.chunks_exact(out_features)) {
+				for (yo, &bjo) in y.iter_mut().zip(b_row) {
+					*yo += uj * bjo;
+				}
+			}
+		}
+		drop((a_guard, b_guard));
+		Tensor::from_vec(out, (n, out_features), x.device())
+	}
+}
+
+/// A loaded adapter: immutable once built, shared through `Arc` by the cache and the requests
+/// using it.
+#[derive(Debug)]
+pub struct LoraAdapter {
+	/// blake2-256 of `adapter_model.safetensors`: the adapter's identity.
+	pub hash: [u8; 32],
+	pub rank: usize,
+	/// `layers[i][projection.index()]`.
+	pub layers: Vec<[Option<LoraWeights>; 7]>,
+	/// Bytes of tensor data resident for this adapter.
+	pub resident_bytes: usize,
+}
+
+impl LoraAdapter {
+	pub fn weights(&self, layer: usize, projection: Projection) -> Option<&LoraWeights> {
+		self.layers.get(layer).and_then(|l| l[projection.index()].as_ref())
+	}
+}
