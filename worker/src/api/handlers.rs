@@ -310,8 +310,15 @@ pub(super) async fn load_lora_adapter(
 		.register(&request.lora_name, request.lora_path.as_deref().map(Path::new))
 		.await
 		.map_err(|e| match e {
-			AdapterError::NotFound(_) => adapter_error(e, "lora_path").with_code("adapter_not_found"),
-			e => adapter_error(e, "lora_name"),
+			// A bad name is the name's fault; everything else concerns the files it points to.
+			e @ AdapterError::InvalidName(_) => adapter_error(e, "lora_name"),
+			e => {
+				let param = if request.lora_path.is_some() { "lora_path" } else { "lora_name" };
+				match e {
+					AdapterError::NotFound(_) => adapter_error(e, param).with_code("adapter_not_found"),
+					e => adapter_error(e, param),
+				}
+			},
 		})?;
 	tracing::info!(
 		adapter = %request.lora_name,
