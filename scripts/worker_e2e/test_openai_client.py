@@ -6,10 +6,12 @@ model (found through OPENLEDGER_MODELS) and a temporary adapter store of random-
 adapters made with `openledger-worker adapter create`. CPU only; the model decodes some 30-40
 tokens/s on two cores, so every request keeps `max_tokens` small.
 
-Three workers, one after another:
+Four workers, one after another:
 - ApiTest: models, chat and completions (whole and streamed), adapters, the admin endpoints and
   a corpus of bad requests;
 - OverloadTest: `--max-queue 2` under a burst of concurrent requests (fast 429s);
+- DataNetTest: a DataNet built with `datanet ingest` / `set-ids`, a prompt template and an
+  adapter's provenance; grounded answers carry their attribution;
 - ShutdownTest: SIGTERM while a stream is running (it finishes; new requests are refused; exit 0).
 
 Run: scripts/worker-e2e.sh [unittest arguments, e.g. -k stream or ApiTest.test_models_list]
@@ -854,10 +856,130 @@ class ShutdownTest(WorkerTestCase):
         return ("503" if status == 503 else str(status)), body
 
 
+def run_worker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([worker_bin(), *args], capture_output=True, text=True, timeout=300)
+
+
+DOCS = {
+    "capitals.md": "# Capitals\n\nBerlin is the capital of Germany and its largest city, on the river Spree.",
+    "bees.txt": "Honey bees tell their hive mates where flowers are with a waggle dance.",
+    "tides.txt": "Tides are caused mainly by the gravitational pull of the moon on the oceans.",
+}
+
+
+class DataNetTest(WorkerTestCase):
+    """A worker serving DataNet 1 (built through the CLI), a template and a tutor adapter whose
+    provenance names DataNets 1 and 4."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        tmp = cls.make_tmp("worker-e2e-datanets-")
+        docs, index, templates = tmp / "docs", tmp / "datanets", tmp / "templates"
+        for d in (docs, templates):
+            d.mkdir()
+        for name, text in DOCS.items():
+            (docs / name).write_text(text)
+        (docs / "photo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\0binary")
+        done = run_worker("datanet", "ingest", "--datanet", "1", "--dir", str(docs), "--index", str(index), "--json")
+        assert done.returncode == 0, done.stderr
+        cls.report = json.loads(done.stdout)
+        done = run_worker("datanet", "items", "--index", str(index), "--datanet", "1")
+        assert done.returncode == 0, done.stderr
+        items = [json.loads(line) for line in done.stdout.splitlines()]
+        # Ids as the chain would assign them on contribution.
+        cls.ids = {item["source"]: 10 + n for n, item in enumerate(items)}
+        ids = [{"hash": item["hash"], "item": cls.ids[item["source"]]} for item in items]
+        (tmp / "ids.json").write_text(json.dumps(ids))
+        done = run_worker("datanet", "set-ids", "--index", str(index), "--datanet", "1", "--ids", str(tmp / "ids.json"))
+        assert done.returncode == 0, done.stderr
+        (templates / "qa.json").write_text(json.dumps(
+            {"system": "Answer in one short sentence.", "user": "Notes:\n{{ context }}\n\nQuestion: {{ question }}"}))
+        store = tmp / "store"
+        create_adapter(store / "tutor", 5)
+        (tmp / "provenance.json").write_text(json.dumps(
+            {"tutor": [{"datanet": 1, "share_ppm": 750000}, {"datanet": 4, "share_ppm": 250000}]}))
+        cls.start_worker(
+            "datanets", store,
+            "--datanets", str(index), "--templates", str(templates), "--provenance", str(tmp / "provenance.json"),
+        )
+
+    def capitals_item(self) -> int:
+        return next(v for k, v in self.ids.items() if k.startswith("capitals.md"))
+
+    def assert_attribution(self, attribution) -> list:
+        self.assertIsInstance(attribution, list, attribution)
+        self.assertTrue(attribution)
+        self.assertEqual(sum(e["weight_ppm"] for e in attribution), 1_000_000, attribution)
+        self.assertTrue(all(e["weight_ppm"] > 0 for e in attribution), attribution)
+        return attribution
+
+    def test_ingest_report_names_the_skipped_file(self):
+        self.assertEqual(self.report["items_new"], len(DOCS), self.report)
+        self.assertEqual([s["path"] for s in self.report["skipped"]], ["photo.txt"], self.report)
+
+    def test_grounded_chat_retrieves_and_attributes(self):
+        response = self.client.chat.completions.create(
+            model=BASE, messages=GERMANY, temperature=0, max_tokens=24,
+            extra_body={"datanets": [1], "prompt_template": "qa", "retrieval_top_k": 1},
+        )
+        self.assertIn("Berlin", response.choices[0].message.content)
+        attribution = self.assert_attribution(response.model_extra["attribution"])
+        retrieval = [e for e in attribution if e["source"] == "retrieval"]
+        self.assertEqual(retrieval, [{"source": "retrieval", "datanet": 1, "item": self.capitals_item(),
+                                      "weight_ppm": retrieval[0]["weight_ppm"]}])
+
+    def test_grounded_stream_ends_with_the_attribution(self):
+        kwargs = dict(model=BASE, messages=GERMANY, temperature=0, max_tokens=12,
+                      extra_body={"datanets": [1], "retrieval_top_k": 2})
+        whole = self.client.chat.completions.create(**kwargs)
+        chunks = list(self.client.chat.completions.create(stream=True, **kwargs))
+        last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+        self.assertEqual(last.model_extra["attribution"], whole.model_extra["attribution"])
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                         whole.choices[0].message.content)
+
+    def test_adapter_provenance_is_searched_and_credited(self):
+        response = self.client.chat.completions.create(
+            model="tutor", messages=GERMANY, temperature=0, max_tokens=8)
+        attribution = self.assert_attribution(response.model_extra["attribution"])
+        training = {e["datanet"]: e["weight_ppm"] for e in attribution if e["source"] == "training"}
+        self.assertEqual(set(training), {1, 4}, attribution)
+        # 75 % : 25 %, up to the largest-remainder rounding.
+        self.assertLessEqual(abs(training[1] - 3 * training[4]), 3, attribution)
+        self.assertIn(self.capitals_item(), [e.get("item") for e in attribution if e["source"] == "retrieval"])
+
+    def test_plain_chat_has_no_attribution(self):
+        response = self.greedy_chat(BASE, GERMANY, 3)
+        self.assertNotIn("attribution", response.model_extra or {})
+
+    def test_unknown_datanets_and_templates_are_404(self):
+        for extra, code, param in [
+            ({"datanets": [2]}, "datanet_not_found", "datanets"),
+            ({"prompt_template": "nope"}, "template_not_found", "prompt_template"),
+        ]:
+            with self.subTest(extra=extra):
+                with self.assertRaises(openai.NotFoundError) as caught:
+                    self.client.chat.completions.create(model=BASE, messages=GERMANY, max_tokens=3, extra_body=extra)
+                self.assert_status_error(caught.exception, 404, code=code, param=param)
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.chat.completions.create(
+                model=BASE, messages=GERMANY, max_tokens=3, extra_body={"datanets": [1], "retrieval_top_k": 1000})
+        self.assert_status_error(caught.exception, 400, param="retrieval_top_k")
+        self.assert_still_serving()
+
+    def test_cli_bad_input_exits_with_a_reason(self):
+        for args in (["datanet", "ingest", "--datanet", "1", "--dir", "/nonexistent", "--index", "/tmp/x"],
+                     ["datanet", "query", "--index", "/nonexistent", "--datanet", "1", "hi"]):
+            with self.subTest(args=args):
+                done = run_worker(*args)
+                self.assertNotEqual(done.returncode, 0)
+                self.assertTrue(done.stderr.strip(), "a reason on stderr")
+
+
 def load_tests(loader: unittest.TestLoader, standard_tests, pattern):
     # The shutdown test stops its worker, so it runs last; keep the order explicit.
     suite = unittest.TestSuite()
-    for case in (ApiTest, OverloadTest, ShutdownTest):
+    for case in (ApiTest, OverloadTest, DataNetTest, ShutdownTest):
         suite.addTests(loader.loadTestsFromTestCase(case))
     return suite
 

@@ -3,9 +3,13 @@
 
 pub mod adapters;
 pub mod api;
+pub mod attribution;
 pub mod base;
+pub mod datanets;
 pub mod engine;
+pub mod knowledge;
 pub mod metrics;
 pub mod model;
+pub mod templates;
 pub mod testing;
 pub mod tokenizer;

@@ -1,7 +1,7 @@
 //! `openledger-worker`: serve a base model and its LoRA adapters over the OpenAI API, and the
 //! adapter tools that go with it.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -9,7 +9,9 @@ use openledger_worker::{
 	adapters::{self, AdapterCache, AdapterLimits, AdapterStore},
 	api::{self, ApiLimits, AppState},
 	base::{self, BaseModel},
+	datanets::cli::DatanetCommand,
 	engine::{EngineHandle, EngineOptions},
+	knowledge::{read_provenance, Knowledge, KnowledgeConfig},
 	model::Projection,
 	testing,
 };
@@ -28,6 +30,9 @@ enum Command {
 	/// Create or inspect PEFT LoRA adapters.
 	#[command(subcommand)]
 	Adapter(AdapterCommand),
+	/// Ingest documents into DataNet indexes, query them, describe them.
+	#[command(subcommand)]
+	Datanet(DatanetCommand),
 	/// Write a tiny random float Llama in HF layout (for tests and benchmarks).
 	TinyModel {
 		#[arg(long)]
@@ -81,6 +86,22 @@ struct ServeArgs {
 	/// Seconds to wait for in-flight requests after SIGTERM/Ctrl-C before exiting anyway.
 	#[arg(long, default_value_t = 60)]
 	drain_secs: u64,
+	/// Root of the DataNet indexes (`datanet ingest --root`) to retrieve from; off when unset.
+	#[arg(long)]
+	datanets: Option<PathBuf>,
+	/// Directory of prompt templates (`<id>.json`); the built-in `default` is always there.
+	#[arg(long, requires = "datanets")]
+	templates: Option<PathBuf>,
+	/// DataNet items retrieved per request unless it asks for another number.
+	#[arg(long, default_value_t = 4)]
+	retrieval_top_k: usize,
+	/// Items below this cosine similarity are not used as context.
+	#[arg(long, default_value_t = 0.2)]
+	retrieval_min_score: f32,
+	/// Adapters' training provenance, `{"<adapter>": [{"datanet": N, "share_ppm": N}, …]}`:
+	/// their DataNets are searched and credited. (The chain view will supply it.)
+	#[arg(long, requires = "datanets")]
+	provenance: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +183,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		api_limits,
 		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
 	);
+	let state = match args.datanets {
+		Some(root) => {
+			let provenance = args.provenance.as_deref().map(read_provenance).transpose()?.unwrap_or_default();
+			let config = KnowledgeConfig {
+				provenance,
+				template_root: args.templates,
+				top_k: args.retrieval_top_k,
+				min_score: args.retrieval_min_score,
+				..KnowledgeConfig::new(root)
+			};
+			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(config)).await??;
+			state.with_knowledge(Arc::new(knowledge))
+		},
+		None => state,
+	};
 	let listener = tokio::net::TcpListener::bind(args.listen)
 		.await
 		.with_context(|| format!("binding {}", args.listen))?;
@@ -218,6 +254,7 @@ fn run(cli: Cli) -> Result<()> {
 			println!("{}", serde_json::to_string_pretty(&info)?);
 			Ok(())
 		},
+		Command::Datanet(command) => openledger_worker::datanets::cli::run(command),
 		Command::TinyModel { out, seed } => {
 			let config = testing::write_tiny_llama(&out, &testing::TinyLlamaSpec::default(), seed)?;
 			println!("wrote a {}-layer tiny Llama to {}", config.num_layers, out.display());

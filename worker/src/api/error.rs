@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{adapters::AdapterError, engine::EngineClosed};
+use crate::{adapters::AdapterError, engine::EngineClosed, knowledge::KnowledgeError, templates::TemplateError};
 
 /// An error answered to the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -193,5 +193,31 @@ impl From<AdapterError> for ApiError {
 			error.retry_after = Some(1);
 		}
 		error
+	}
+}
+
+/// Unknown DataNets and templates are 404, bad retrieval parameters 400, template problems the
+/// template module's own status; the param names the request field at fault.
+impl From<KnowledgeError> for ApiError {
+	fn from(e: KnowledgeError) -> Self {
+		match &e {
+			KnowledgeError::UnknownDataNet(_) => {
+				Self::not_found(e.to_string()).with_param("datanets").with_code("datanet_not_found")
+			}
+			KnowledgeError::TooManyDataNets(_) => Self::invalid("datanets", e.to_string()),
+			KnowledgeError::BadTopK(_) => Self::invalid("retrieval_top_k", e.to_string()),
+			KnowledgeError::Template(t) => {
+				let status = StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+				let (kind, code) = match t {
+					TemplateError::NotFound(_) => ("not_found_error", "template_not_found"),
+					TemplateError::HashMismatch { .. } => ("invalid_request_error", "template_changed"),
+					TemplateError::Io { .. } => ("server_error", "template_error"),
+					_ => ("invalid_request_error", "invalid_template"),
+				};
+				let param = if matches!(t, TemplateError::BadInput(_)) { "messages" } else { "prompt_template" };
+				Self::new(status, kind, e.to_string()).with_param(param).with_code(code)
+			}
+			KnowledgeError::Internal(_) => Self::internal(e.to_string()),
+		}
 	}
 }

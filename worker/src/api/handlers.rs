@@ -3,6 +3,7 @@
 
 use std::{
 	path::Path,
+	sync::Arc,
 	time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use super::{
 	error::ApiError,
 	openai::{
-		self, parse_json, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest,
+		self, parse_json, AttributionBody, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest,
 		GenerationSpec, LoadLoraRequest, ModelCard, ModelList, UnloadLoraRequest,
 		COMPLETIONS_DEFAULT_MAX_TOKENS,
 	},
@@ -27,7 +28,9 @@ use super::{
 use crate::{
 	adapters::AdapterError,
 	engine::{GenerationEvent, GenerationRequest, Usage},
+	knowledge::{Grounded, GroundingRequest, Knowledge},
 	metrics::{self, Endpoint, Outcome},
+	tokenizer::ChatMessage,
 };
 
 /// A request that passed validation and tokenization, ready for admission.
@@ -36,6 +39,50 @@ struct Prepared {
 	prompt_tokens: Vec<u32>,
 	max_tokens: usize,
 	spec: GenerationSpec,
+	/// Set when the request was grounded in DataNets: attributes the answer.
+	attributor: Option<Attributor>,
+}
+
+/// A grounded request's attribution, computed once the whole answer is known.
+pub(super) struct Attributor {
+	knowledge: Arc<Knowledge>,
+	grounded: Grounded,
+}
+
+impl Attributor {
+	pub(super) fn attribute(&self, output: &str) -> Vec<AttributionBody> {
+		self.knowledge.attribute(&self.grounded, output).iter().map(AttributionBody::from).collect()
+	}
+}
+
+/// Retrieves the request's DataNet context and applies its prompt template (off the async
+/// workers: it embeds the question). `None` when the request names no DataNet or template and
+/// its adapter has no training provenance: it is served as plain chat.
+async fn ground(
+	state: &AppState,
+	request: &ChatCompletionRequest,
+	messages: &[ChatMessage],
+) -> Result<Option<Attributor>, ApiError> {
+	let Some(knowledge) = state.inner.knowledge.clone() else {
+		if !request.wants_grounding() {
+			return Ok(None);
+		}
+		let param = if request.prompt_template.is_some() { "prompt_template" } else { "datanets" };
+		return Err(ApiError::not_found("this worker serves no DataNets or prompt templates").with_param(param));
+	};
+	let training = knowledge.provenance(&request.model).to_vec();
+	if !request.wants_grounding() && training.is_empty() {
+		return Ok(None);
+	}
+	let grounding = GroundingRequest {
+		datanets: request.datanets.clone().unwrap_or_default(),
+		training,
+		template: request.prompt_template.clone(),
+		top_k: request.retrieval_top_k,
+	};
+	let (k, messages) = (knowledge.clone(), messages.to_vec());
+	let grounded = blocking(move || k.ground(&messages, &grounding).map_err(ApiError::from)).await?;
+	Ok(Some(Attributor { knowledge, grounded }))
 }
 
 pub(super) async fn chat_completions(
@@ -48,7 +95,11 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&body_bytes(&state, body)?)?;
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
-		let messages = openai::chat_messages(&request.messages)?;
+		let mut messages = openai::chat_messages(&request.messages)?;
+		let attributor = ground(&state, &request, &messages).await?;
+		if let Some(a) = &attributor {
+			messages = a.grounded.messages.clone();
+		}
 		let codec = state.inner.codec.clone();
 		let prompt_tokens = blocking(move || {
 			let text = codec
@@ -65,7 +116,7 @@ pub(super) async fn chat_completions(
 			state.inner.config.max_position,
 			"messages",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor })
 	}
 	.await;
 	match prepared {
@@ -98,7 +149,7 @@ pub(super) async fn completions(
 			state.inner.config.max_position,
 			"prompt",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None })
 	}
 	.await;
 	match prepared {
@@ -144,20 +195,18 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
 	let headers = generation_headers(&meta);
 	if p.spec.stream {
-		(headers, stream::respond(log, rx, meta, p.spec.include_usage)).into_response()
+		(headers, stream::respond(log, rx, meta, p.spec.include_usage, p.attributor)).into_response()
 	} else {
 		match collect(&mut log, rx).await {
 			Ok((text, finish, usage)) => {
 				let body = match log.endpoint {
-					Endpoint::ChatCompletions => Json(ChatCompletion::new(
-						format!("chatcmpl-{}", meta.id),
-						meta.created,
-						meta.model,
-						text,
-						finish,
-						&usage,
-					))
-					.into_response(),
+					Endpoint::ChatCompletions => {
+						let attribution = p.attributor.as_ref().map(|a| a.attribute(&text));
+						let mut body =
+							ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
+						body.attribution = attribution;
+						Json(body).into_response()
+					}
 					Endpoint::Completions => Json(Completion::new(
 						&format!("cmpl-{}", meta.id),
 						meta.created,

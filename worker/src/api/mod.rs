@@ -36,6 +36,7 @@ pub use error::ApiError;
 use crate::{
 	adapters::AdapterCache,
 	engine::EngineHandle,
+	knowledge::Knowledge,
 	metrics::Metrics,
 	model::LlamaConfig,
 	tokenizer::TextCodec,
@@ -76,6 +77,8 @@ struct Inner {
 	admission: Arc<Semaphore>,
 	/// `None` turns the adapter load/unload endpoints off (403).
 	admin_api_key: Option<String>,
+	/// The DataNets and templates served; `None` answers grounded requests with 404.
+	knowledge: Option<Arc<Knowledge>>,
 	draining: AtomicBool,
 	metrics: Metrics,
 	/// Unix seconds, the `created` of the models in `/v1/models`.
@@ -104,11 +107,20 @@ impl AppState {
 				admission: Arc::new(Semaphore::new(limits.max_queue)),
 				limits,
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
+				knowledge: None,
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
 				started: unix_now(),
 			}),
 		}
+	}
+
+	/// Serves DataNet retrieval, prompt templates and attribution from `knowledge`. Call before
+	/// the state is cloned.
+	pub fn with_knowledge(mut self, knowledge: Arc<Knowledge>) -> Self {
+		Arc::get_mut(&mut self.inner).expect("with_knowledge is called before the state is shared").knowledge =
+			Some(knowledge);
+		self
 	}
 
 	pub fn limits(&self) -> &ApiLimits {

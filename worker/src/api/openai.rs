@@ -11,7 +11,12 @@
 //! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, tools and non-text response
 //!   formats are refused rather than silently ignored. Other unknown fields (`user`,
 //!   `presence_penalty`, `frequency_penalty`, `logit_bias`, …) are accepted and ignored.
+//!
+//! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
+//! `retrieval_top_k` — ground it in DataNets (see `crate::knowledge`); the response then carries
+//! an `attribution` list (on the final chunk when streaming).
 
+use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, ItemId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{error::ApiError, ApiLimits};
@@ -48,6 +53,22 @@ pub struct ChatCompletionRequest {
 	pub tools: Option<Vec<serde_json::Value>>,
 	#[serde(default)]
 	pub response_format: Option<serde_json::Value>,
+	/// OpenLedger: DataNets to retrieve context from (besides the adapter's training DataNets).
+	#[serde(default)]
+	pub datanets: Option<Vec<DataNetId>>,
+	/// OpenLedger: the prompt template that lays out the context and the question.
+	#[serde(default)]
+	pub prompt_template: Option<String>,
+	/// OpenLedger: how many DataNet items to retrieve (default: the worker's setting).
+	#[serde(default)]
+	pub retrieval_top_k: Option<usize>,
+}
+
+impl ChatCompletionRequest {
+	/// Whether the request asks for DataNet context or a prompt template.
+	pub fn wants_grounding(&self) -> bool {
+		self.datanets.as_ref().is_some_and(|d| !d.is_empty()) || self.prompt_template.is_some()
+	}
 }
 
 /// `POST /v1/completions`.
@@ -393,6 +414,32 @@ pub struct ChatCompletion {
 	pub model: String,
 	pub choices: Vec<ChatChoice>,
 	pub usage: UsageBody,
+	/// OpenLedger: what the answer owes to DataNets (present when the request was grounded).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub attribution: Option<Vec<AttributionBody>>,
+}
+
+/// One attribution entry as the API shows it: the same entry the receipt carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttributionBody {
+	/// `retrieval`, `span` or `training`.
+	pub source: &'static str,
+	pub datanet: DataNetId,
+	/// The item's on-chain id; absent for `training`.
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub item: Option<ItemId>,
+	pub weight_ppm: u32,
+}
+
+impl From<&AttributionEntry> for AttributionBody {
+	fn from(e: &AttributionEntry) -> Self {
+		let source = match e.source {
+			AttributionSource::Retrieval => "retrieval",
+			AttributionSource::Span => "span",
+			AttributionSource::Training => "training",
+		};
+		Self { source, datanet: e.datanet, item: e.item, weight_ppm: e.weight_ppm }
+	}
 }
 
 #[derive(Debug, Serialize)]
@@ -420,6 +467,9 @@ pub struct ChatCompletionChunk<'a> {
 	pub choices: Vec<ChunkChoice<'a>>,
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub usage: Option<UsageBody>,
+	/// OpenLedger: on the chunk with the finish reason, when the request was grounded.
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub attribution: Option<Vec<AttributionBody>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -472,6 +522,7 @@ impl ChatCompletion {
 				finish_reason: finish.as_openai(),
 			}],
 			usage: usage.into(),
+			attribution: None,
 		}
 	}
 }
@@ -490,11 +541,20 @@ impl<'a> ChatCompletionChunk<'a> {
 				finish_reason: finish.map(FinishReason::as_openai),
 			}],
 			usage: None,
+			attribution: None,
 		}
 	}
 
 	pub fn usage(id: &'a str, created: u64, model: &'a str, usage: &Usage) -> Self {
-		Self { id, object: "chat.completion.chunk", created, model, choices: Vec::new(), usage: Some(usage.into()) }
+		Self {
+			id,
+			object: "chat.completion.chunk",
+			created,
+			model,
+			choices: Vec::new(),
+			usage: Some(usage.into()),
+			attribution: None,
+		}
 	}
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{
 	error::ApiError,
-	handlers::{engine_vanished, generation_failed, RequestLog, ResponseMeta},
+	handlers::{engine_vanished, generation_failed, Attributor, RequestLog, ResponseMeta},
 	openai::{ChatCompletionChunk, Completion, Delta},
 };
 use crate::{
@@ -23,13 +23,15 @@ use crate::{
 };
 
 /// The SSE response: for chat a role chunk first, then a chunk per text event, a final chunk
-/// with the finish reason, the usage chunk if asked for, and `data: [DONE]`. An engine failure
+/// with the finish reason (and the attribution of a grounded request), the usage chunk if asked
+/// for, and `data: [DONE]`. An engine failure
 /// mid-stream is sent as an OpenAI error object, then `[DONE]`.
 pub(super) fn respond(
 	log: RequestLog,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	meta: ResponseMeta,
 	include_usage: bool,
+	attributor: Option<Attributor>,
 ) -> Response {
 	let streamer = Streamer {
 		chat: log.endpoint() == Endpoint::ChatCompletions,
@@ -42,6 +44,8 @@ pub(super) fn respond(
 		include_usage,
 		rx,
 		log,
+		attributor,
+		text: String::new(),
 		done: false,
 	};
 	let opening = streamer.opening();
@@ -59,6 +63,9 @@ struct Streamer {
 	include_usage: bool,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	log: RequestLog,
+	attributor: Option<Attributor>,
+	/// The answer so far, kept only when it is to be attributed.
+	text: String,
 	done: bool,
 }
 
@@ -84,6 +91,9 @@ impl Streamer {
 		let events = match self.rx.recv().await {
 			Some(GenerationEvent::Text(text)) => {
 				self.log.saw_text();
+				if self.attributor.is_some() {
+					self.text.push_str(&text);
+				}
 				if text.is_empty() {
 					Vec::new()
 				} else {
@@ -119,7 +129,9 @@ impl Streamer {
 		let (id, created, model) = (self.id.as_str(), self.created, self.model.as_str());
 		let mut events = Vec::with_capacity(3);
 		if self.chat {
-			events.push(json_event(&ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish))));
+			let mut last = ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish));
+			last.attribution = self.attributor.as_ref().map(|a| a.attribute(&self.text));
+			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&ChatCompletionChunk::usage(id, created, model, usage)));
 			}

@@ -434,10 +434,14 @@ mod server {
 		adapters::{write_random_adapter, AdapterCache, AdapterLimits, AdapterStore},
 		api::{serve, ApiLimits, AppState},
 		base::BaseModel,
+		datanets::{ingest_dir, Embedder, IndexWriter, IngestOptions},
 		engine::{EngineHandle, EngineOptions},
+		knowledge::{Knowledge, KnowledgeConfig},
 		model::Projection,
 		testing::{write_tiny_llama, TinyLlamaSpec},
 	};
+	use openledger_primitives::{AttributionSource, PPM};
+	use std::sync::Arc;
 
 	const KEY: &str = "test-admin-key";
 
@@ -451,6 +455,10 @@ mod server {
 	}
 
 	async fn start(limits: ApiLimits) -> Server {
+		start_with(limits, None).await
+	}
+
+	async fn start_with(limits: ApiLimits, knowledge: Option<Arc<Knowledge>>) -> Server {
 		let model_dir = tempfile::tempdir().unwrap();
 		write_tiny_llama(model_dir.path(), &TinyLlamaSpec::default(), 1).unwrap();
 		let base = BaseModel::load(model_dir.path(), Some("tiny".into()), &candle_core::Device::Cpu).unwrap();
@@ -471,6 +479,10 @@ mod server {
 			limits,
 			Some(KEY.into()),
 		);
+		let state = match knowledge {
+			Some(k) => state.with_knowledge(k),
+			None => state,
+		};
 		let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 		let addr = listener.local_addr().unwrap();
 		let (stop, stopped) = oneshot::channel::<()>();
@@ -732,5 +744,119 @@ mod server {
 		.await
 		.expect("the permit came back");
 		stop(server).await;
+	}
+
+	const PLANTED: &str = "The Zorblax lantern festival is held every spring in the valley of Quenth, where bakers compete with honey bread.";
+
+	/// A DataNet (id 7) of three documents, registered on chain as items 100.., with a template
+	/// store holding `qa`.
+	fn knowledge_fixture(root: &std::path::Path) -> Arc<Knowledge> {
+		let docs = root.join("docs");
+		std::fs::create_dir_all(&docs).unwrap();
+		std::fs::write(docs.join("festival.txt"), PLANTED).unwrap();
+		std::fs::write(docs.join("rust.md"), "# Rust\n\nRust's borrow checker rejects programs that would let two threads mutate the same value.").unwrap();
+		std::fs::write(docs.join("tides.txt"), "Tides rise and fall twice a day because of the pull of the moon on the oceans.").unwrap();
+		let index_root = root.join("index");
+		let embedder = Embedder::load_default(None, &candle_core::Device::Cpu).unwrap();
+		ingest_dir(&docs, &index_root, 7, &embedder, &IngestOptions::default()).unwrap();
+		let mut writer = IndexWriter::open(&index_root, 7, embedder.model()).unwrap();
+		let ids: Vec<_> = writer.items().enumerate().map(|(i, r)| (r.hash, 100 + i as u32)).collect();
+		writer.set_chain_items(&ids).unwrap();
+		let templates = root.join("templates");
+		std::fs::create_dir_all(&templates).unwrap();
+		std::fs::write(templates.join("qa.json"), r#"{"user": "Answer from these notes.\n{{ context }}\n\nQ: {{ question }}"}"#).unwrap();
+		let config = KnowledgeConfig { template_root: Some(templates), ..KnowledgeConfig::new(index_root) };
+		Arc::new(Knowledge::open(config).unwrap())
+	}
+
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn grounded_requests_carry_attribution() {
+		let dir = tempfile::tempdir().unwrap();
+		let knowledge = knowledge_fixture(dir.path());
+		let server = start_with(ApiLimits::default(), Some(knowledge.clone())).await;
+		let addr = server.addr;
+		let ask = |extra: Value| {
+			let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "When is the Zorblax lantern festival held?"}], "max_tokens": 4, "temperature": 0});
+			body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+			body
+		};
+
+		let plain = post(addr, "/v1/chat/completions", ask(json!({}))).await;
+		assert_eq!(plain.status, 200, "{}", plain.body);
+		assert!(plain.json().get("attribution").is_none(), "an ungrounded request has no attribution");
+
+		let whole = post(addr, "/v1/chat/completions", ask(json!({"datanets": [7], "prompt_template": "qa", "retrieval_top_k": 1}))).await;
+		assert_eq!(whole.status, 200, "{}", whole.body);
+		let body = whole.json();
+		let attribution = body["attribution"].as_array().expect("attribution");
+		let total: u64 = attribution.iter().map(|e| e["weight_ppm"].as_u64().unwrap()).sum();
+		assert_eq!(total, u64::from(PPM));
+		let festival = knowledge_item(&knowledge, PLANTED);
+		let retrieval: Vec<&Value> = attribution.iter().filter(|e| e["source"] == "retrieval").collect();
+		assert_eq!(retrieval.len(), 1, "{attribution:?}");
+		assert_eq!(retrieval[0]["datanet"], 7);
+		assert_eq!(retrieval[0]["item"], festival, "the planted item is retrieved");
+
+		let streamed = post(addr, "/v1/chat/completions", ask(json!({"datanets": [7], "prompt_template": "qa", "retrieval_top_k": 1, "stream": true}))).await;
+		let data = sse_data(&streamed.body);
+		let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+		assert!(last["choices"][0]["finish_reason"].is_string());
+		assert_eq!(last["attribution"], body["attribution"], "greedy: the same answer, the same attribution");
+
+		for (extra, status, code) in [
+			(json!({"datanets": [99]}), 404, "datanet_not_found"),
+			(json!({"prompt_template": "missing"}), 404, "template_not_found"),
+			(json!({"prompt_template": "../qa"}), 400, "invalid_template"),
+			(json!({"datanets": [7], "retrieval_top_k": 0}), 400, ""),
+		] {
+			let reply = post(addr, "/v1/chat/completions", ask(extra.clone())).await;
+			assert_eq!(reply.status, status, "{extra}: {}", reply.body);
+			if !code.is_empty() {
+				assert_eq!(reply.json()["error"]["code"], code, "{extra}");
+			}
+		}
+		// Still serving.
+		let after = post(addr, "/v1/chat/completions", ask(json!({"datanets": [7], "prompt_template": "qa", "retrieval_top_k": 1}))).await;
+		assert_eq!(after.status, 200, "{}", after.body);
+
+		// Span attribution: an answer quoting the planted item owes it a span entry; an unrelated
+		// answer owes nothing but its retrieved context.
+		let grounded = knowledge
+			.ground(&[crate::tokenizer::ChatMessage::new("user", "Tell me about tides")], &crate::knowledge::GroundingRequest { datanets: vec![7], ..Default::default() })
+			.unwrap();
+		let quoting = knowledge.attribute(&grounded, &format!("As the notes say: {PLANTED}"));
+		let spans: Vec<_> = quoting.iter().filter(|e| e.source == AttributionSource::Span).collect();
+		assert_eq!(spans.len(), 1, "{quoting:?}");
+		assert_eq!(spans[0].item, Some(festival));
+		let unrelated = knowledge.attribute(&grounded, "Bananas are yellow and grow in tropical climates near the equator.");
+		assert!(unrelated.iter().all(|e| e.source == AttributionSource::Retrieval), "{unrelated:?}");
+		assert_eq!(unrelated.iter().map(|e| u64::from(e.weight_ppm)).sum::<u64>(), u64::from(PPM));
+
+		// An adapter's provenance: its DataNets are searched without being named, and credited.
+		let training = vec![
+			crate::attribution::TrainingShare { datanet: 7, share_ppm: 600_000 },
+			crate::attribution::TrainingShare { datanet: 9, share_ppm: 200_000 },
+		];
+		let inherited = knowledge
+			.ground(
+				&[crate::tokenizer::ChatMessage::new("user", "When is the Zorblax lantern festival held?")],
+				&crate::knowledge::GroundingRequest { training, ..Default::default() },
+			)
+			.unwrap();
+		assert_eq!(inherited.datanets, vec![7], "DataNet 9 is not served here, so only 7 is searched");
+		assert_eq!(inherited.retrieved.first().map(|h| h.item), Some(festival));
+		let entries = knowledge.attribute(&inherited, "Bananas are yellow.");
+		let credited: Vec<(u32, u32)> =
+			entries.iter().filter(|e| e.source == AttributionSource::Training).map(|e| (e.datanet, e.weight_ppm)).collect();
+		// Retrieval and training share the million 5:2; training splits its part 3:1.
+		assert_eq!(credited, vec![(7, 214_286), (9, 71_428)]);
+		assert_eq!(entries.iter().map(|e| u64::from(e.weight_ppm)).sum::<u64>(), u64::from(PPM));
+		stop(server).await;
+	}
+
+	/// The on-chain id of the item whose text is `text`.
+	fn knowledge_item(knowledge: &Knowledge, text: &str) -> u32 {
+		let index = crate::datanets::DataNetIndex::open(knowledge.datanet_root(), 7).unwrap();
+		index.items().iter().find(|i| i.text == text).and_then(|i| i.chain_item).expect("planted item")
 	}
 }
