@@ -20,7 +20,8 @@ use candle_core::Device;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::{
-	hash_hex, load_adapter, peft::inspect_impl, store::validate_name, AdapterError, AdapterInfo, AdapterLimits,
+	hash_hex, load_adapter_known,
+	peft::{inspect_impl, KnownWeights}, store::validate_name, AdapterError, AdapterInfo, AdapterLimits,
 	AdapterStore,
 };
 use crate::model::{LlamaConfig, LoraAdapter};
@@ -101,6 +102,8 @@ type SharedLoad = Shared<BoxFuture<'static, Result<AdapterLease, AdapterError>>>
 struct Registration {
 	hash: [u8; 32],
 	dir: PathBuf,
+	/// The weights file's hash and stamp at registration, so loads need not hash it again.
+	known: KnownWeights,
 }
 
 #[derive(Default)]
@@ -173,7 +176,7 @@ impl AdapterCache {
 			let mut found = Vec::new();
 			for (name, dir) in inner.store.scan()? {
 				match inspect_impl(&dir, Some(&inner.base), &inner.limits) {
-					Ok((info, hash)) => found.push((name, dir, hash, info)),
+					Ok((info, known)) => found.push((name, dir, known, info)),
 					Err(err) => tracing::warn!(adapter = %name, %err, "adapter store: skipping an invalid adapter"),
 				}
 			}
@@ -182,14 +185,15 @@ impl AdapterCache {
 		.await?;
 		let mut state = self.inner.lock();
 		let mut names = Vec::with_capacity(found.len());
-		for (name, dir, hash, info) in found {
+		for (name, dir, known, info) in found {
+			let hash = known.hash;
 			if let Some(old) = state.names.get(&name) {
 				if old.hash != hash {
 					tracing::warn!(adapter = %name, hash = %&info.hash[..12], "adapter changed on disk; re-registered");
 				}
 			}
 			tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
-			state.names.insert(name.clone(), Registration { hash, dir });
+			state.names.insert(name.clone(), Registration { hash, dir, known });
 			names.push(name);
 		}
 		state.stats.registered = state.names.len();
@@ -205,24 +209,26 @@ impl AdapterCache {
 		let inner = self.inner.clone();
 		let owned_name = name.to_owned();
 		let path = path.map(Path::to_path_buf);
-		let (dir, info, hash) = blocking(move || {
+		let (dir, info, known) = blocking(move || {
 			let dir = match path {
 				Some(path) => inner.store.resolve_path(&path)?,
 				None => inner.store.resolve(&owned_name)?,
 			};
-			let (info, hash) = inspect_impl(&dir, Some(&inner.base), &inner.limits)?;
-			Ok((dir, info, hash))
+			let (info, known) = inspect_impl(&dir, Some(&inner.base), &inner.limits)?;
+			Ok((dir, info, known))
 		})
 		.await?;
+		let hash = known.hash;
 		let mut state = self.inner.lock();
 		if let Some(existing) = state.names.get_mut(name) {
 			if existing.hash != hash {
 				return Err(AdapterError::AlreadyRegistered(name.to_owned()));
 			}
 			existing.dir = dir;
+			existing.known = known;
 			return Ok(info);
 		}
-		state.names.insert(name.to_owned(), Registration { hash, dir });
+		state.names.insert(name.to_owned(), Registration { hash, dir, known });
 		state.stats.registered = state.names.len();
 		drop(state);
 		tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
@@ -254,7 +260,7 @@ impl AdapterCache {
 			let Some(registration) = state.names.get(name) else {
 				return Err(AdapterError::NotFound(format!("adapter `{name}`")));
 			};
-			let (hash, dir) = (registration.hash, registration.dir.clone());
+			let (hash, dir, known) = (registration.hash, registration.dir.clone(), registration.known);
 			if let Some(entry) = state.resident.get(&hash) {
 				entry.touch();
 				let lease = AdapterLease { entry: entry.clone() };
@@ -265,7 +271,7 @@ impl AdapterCache {
 			match state.loading.get(&hash) {
 				Some(load) => load.clone(),
 				None => {
-					let load = self.start_load(name.to_owned(), hash, dir);
+					let load = self.start_load(name.to_owned(), known, dir);
 					state.loading.insert(hash, load.clone());
 					state.stats.loads_in_flight = state.loading.len();
 					load
@@ -277,14 +283,15 @@ impl AdapterCache {
 
 	/// Spawns the load of `hash` from `dir`: a tokio task (so it finishes even if every waiter
 	/// goes away) that reads on the blocking pool, then verifies and inserts.
-	fn start_load(&self, name: String, hash: [u8; 32], dir: PathBuf) -> SharedLoad {
+	fn start_load(&self, name: String, known: KnownWeights, dir: PathBuf) -> SharedLoad {
+		let hash = known.hash;
 		let inner = self.inner.clone();
 		let task = tokio::spawn(async move {
 			let started = Instant::now();
 			let reader = inner.clone();
 			let loaded = blocking(move || {
 				let dir = reader.store.check_dir(&dir)?;
-				load_adapter(&dir, &reader.base, &reader.limits, &reader.device)
+				load_adapter_known(&dir, &reader.base, &reader.limits, &reader.device, Some(&known))
 			})
 			.await;
 			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())

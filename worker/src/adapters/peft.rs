@@ -11,7 +11,7 @@ use std::{
 	time::Instant,
 };
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
@@ -21,6 +21,38 @@ use super::{
 	AdapterError, AdapterLimits,
 };
 use crate::model::{LlamaConfig, LoraAdapter, LoraWeights, Projection};
+
+/// What changes when a file's bytes change by any ordinary means (rewrite, copy, rename over):
+/// its length, modification time and, on Unix, its inode. Comparing stamps lets a load trust the
+/// hash taken at registration instead of hashing the whole file again, as git's index does;
+/// a file whose stamp differs is hashed again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+	len: u64,
+	modified: Option<std::time::SystemTime>,
+	inode: (u64, u64),
+}
+
+impl FileStamp {
+	pub fn of(file: &fs::File) -> std::io::Result<Self> {
+		let meta = file.metadata()?;
+		#[cfg(unix)]
+		let inode = {
+			use std::os::unix::fs::MetadataExt;
+			(meta.dev(), meta.ino())
+		};
+		#[cfg(not(unix))]
+		let inode = (0, 0);
+		Ok(Self { len: meta.len(), modified: meta.modified().ok(), inode })
+	}
+}
+
+/// The blake2-256 of an adapter's weights file and the stamp the file had when it was hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownWeights {
+	pub hash: [u8; 32],
+	pub stamp: FileStamp,
+}
 
 /// `adapter_config.json` is a few hundred bytes; anything near this is not a PEFT config.
 const MAX_CONFIG_BYTES: u64 = 64 << 10;
@@ -95,14 +127,6 @@ impl FloatDtype {
 			FloatDtype::F16 | FloatDtype::BF16 => 2,
 		}
 	}
-
-	fn candle(self) -> DType {
-		match self {
-			FloatDtype::F32 => DType::F32,
-			FloatDtype::F16 => DType::F16,
-			FloatDtype::BF16 => DType::BF16,
-		}
-	}
 }
 
 /// One tensor of the header, checked: its byte range is relative to the data section.
@@ -153,12 +177,14 @@ pub(super) fn inspect_impl(
 	dir: &Path,
 	base: Option<&LlamaConfig>,
 	limits: &AdapterLimits,
-) -> Result<(AdapterInfo, [u8; 32]), AdapterError> {
+) -> Result<(AdapterInfo, KnownWeights), AdapterError> {
 	let config = read_config(dir, limits)?;
 	let (file, path) = open_weights(dir)?;
 	let plan = plan(&file, &path, config, base, limits)?;
+	// The stamp before the hash: a change while hashing leaves a newer stamp behind.
+	let stamp = FileStamp::of(&file).map_err(|e| AdapterError::io(&path, e))?;
 	let hash = hash_file(&file, &path)?;
-	Ok((info(&plan, &hash), hash))
+	Ok((info(&plan, &hash), KnownWeights { hash, stamp }))
 }
 
 fn info(plan: &Plan, hash: &[u8; 32]) -> AdapterInfo {
@@ -185,6 +211,18 @@ pub fn load_adapter(
 	limits: &AdapterLimits,
 	device: &Device,
 ) -> Result<LoraAdapter, AdapterError> {
+	load_adapter_known(dir, base, limits, device, None)
+}
+
+/// [`load_adapter`], taking the hash from `known` instead of hashing the file again when the
+/// file's stamp still matches (the cache's loads: the hash was taken at registration).
+pub fn load_adapter_known(
+	dir: &Path,
+	base: &LlamaConfig,
+	limits: &AdapterLimits,
+	device: &Device,
+	known: Option<&KnownWeights>,
+) -> Result<LoraAdapter, AdapterError> {
 	let started = Instant::now();
 	let config = read_config(dir, limits)?;
 	let (file, path) = open_weights(dir)?;
@@ -193,19 +231,49 @@ pub fn load_adapter(
 	// Everything is checked: map the same open file (so the header, the data and the hash all
 	// come from one inode) and build.
 	// SAFETY: read-only mapping; store files are replaced by rename, never rewritten in place.
-	let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| AdapterError::io(&path, e))?;
+	// `populate` faults the pages in at once, much cheaper than one fault per page later.
+	let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| AdapterError::io(&path, e))?;
 	if map.len() as u64 != plan.file_bytes {
 		return Err(AdapterError::Invalid(format!("{ADAPTER_WEIGHTS_FILE} changed size while being read")));
 	}
-	let hash = openledger_primitives::content_hash(&map).0;
 	let data = &map[plan.data_offset..];
 	let scale = plan.config.scale();
 
+	let stamp = FileStamp::of(&file).map_err(|e| AdapterError::io(&path, e))?;
+	let known_hash = known.filter(|k| k.stamp == stamp).map(|k| k.hash);
+
+	// Hashing and building each pass over the data once: on two threads they overlap, and when
+	// the hash is known the second thread builds half of the pairs instead.
+	let build = |pairs: &'_ [LoraPair]| -> Result<Vec<LoraWeights>, AdapterError> {
+		pairs
+			.iter()
+			.map(|pair| {
+				build_pair(pair, data, base, scale, device).map_err(|e| {
+					AdapterError::Internal(format!("building {}: {e}", pair.a.name.trim_end_matches(".weight")))
+				})
+			})
+			.collect()
+	};
+	let (hash, built) = std::thread::scope(|s| {
+		let (first, second) = match known_hash {
+			Some(_) => plan.pairs.split_at(plan.pairs.len() / 2),
+			None => (&plan.pairs[..], &plan.pairs[..0]),
+		};
+		let helper = s.spawn(|| match known_hash {
+			Some(hash) => (hash, build(second)),
+			None => (openledger_primitives::content_hash(&map).0, Ok(Vec::new())),
+		});
+		let built_first = build(first);
+		let (hash, built_second) = helper.join().expect("the helper thread does not panic");
+		let built = built_first.and_then(|mut a| {
+			a.extend(built_second?);
+			Ok(a)
+		});
+		(hash, built)
+	});
+	let built = plan.pairs.iter().zip(built?);
 	let mut layers: Vec<[Option<LoraWeights>; 7]> = (0..base.num_layers).map(|_| Default::default()).collect();
-	for pair in &plan.pairs {
-		let weights = build_pair(pair, data, base, scale, device).map_err(|e| {
-			AdapterError::Internal(format!("building {}: {e}", pair.a.name.trim_end_matches(".weight")))
-		})?;
+	for (pair, weights) in built {
 		layers[pair.layer][pair.projection.index()] = Some(weights);
 	}
 	// Trailing layers without any tensor are not needed.
@@ -215,6 +283,7 @@ pub fn load_adapter(
 	tracing::debug!(
 		hash = %&hash_hex(&hash)[..12],
 		bytes = plan.resident_bytes,
+		hashed = known_hash.is_none(),
 		ms = started.elapsed().as_millis() as u64,
 		"adapter tensors built"
 	);
@@ -228,21 +297,72 @@ fn build_pair(
 	scale: f64,
 	device: &Device,
 ) -> candle_core::Result<LoraWeights> {
-	let load = |t: &TensorMeta| -> candle_core::Result<Tensor> {
-		Tensor::from_raw_buffer(&data[t.start..t.end], t.dtype.candle(), &t.shape, &Device::Cpu)?.to_dtype(DType::F32)
+	// B's output rows follow the GGUF row order for q and k (see `permute_rows_for_gguf`).
+	let heads = match pair.projection {
+		Projection::Q if base.rope_interleaved => Some(base.num_heads),
+		Projection::K if base.rope_interleaved => Some(base.num_kv_heads),
+		_ => None,
 	};
-	let a = load(&pair.a)?;
-	let mut b = load(&pair.b)?;
-	if base.rope_interleaved {
-		match pair.projection {
-			Projection::Q => b = permute_rows_for_gguf(&b, base.num_heads)?,
-			Projection::K => b = permute_rows_for_gguf(&b, base.num_kv_heads)?,
-			_ => {},
+	let a_t = transposed(&pair.a, data, 1.0, None)?;
+	let b_t = transposed(&pair.b, data, scale as f32, heads)?;
+	Ok(LoraWeights { a_t: a_t.to_device(device)?, b_t: b_t.to_device(device)? })
+}
+
+/// `scale · Wᵀ` as a contiguous f32 tensor `[cols, rows]`, read straight from the file's bytes
+/// in one pass (a cold load is dominated by passes over the data). With `gguf_heads`, W's rows
+/// are first permuted as [`permute_rows_for_gguf`] does.
+fn transposed(t: &TensorMeta, data: &[u8], scale: f32, gguf_heads: Option<usize>) -> candle_core::Result<Tensor> {
+	let [rows, cols] = t.shape;
+	let bytes = &data[t.start..t.end];
+	// Destination row r of the permuted W comes from source row `source_row[r]`.
+	let source_row: Vec<usize> = match gguf_heads {
+		None => (0..rows).collect(),
+		Some(n_head) => {
+			if n_head == 0 || rows % (2 * n_head) != 0 {
+				candle_core::bail!("cannot permute {rows} rows over {n_head} heads");
+			}
+			let half = rows / n_head / 2;
+			// Row (head, j, t) of the result is row (head, t, j) of W.
+			(0..rows)
+				.map(|r| {
+					let (head, rest) = (r / (2 * half), r % (2 * half));
+					let (j, t) = (rest / 2, rest % 2);
+					head * 2 * half + t * half + j
+				})
+				.collect()
+		},
+	};
+	let mut out = vec![0f32; rows * cols];
+	let mut row = vec![0f32; cols];
+	let row_bytes = cols * t.dtype.size();
+	for (r, &src) in source_row.iter().enumerate() {
+		decode_row(t.dtype, &bytes[src * row_bytes..(src + 1) * row_bytes], &mut row);
+		for (c, v) in row.iter().enumerate() {
+			out[c * rows + r] = v * scale;
 		}
 	}
-	let a_t = a.t()?.contiguous()?.to_device(device)?;
-	let b_t = b.t()?.affine(scale, 0.0)?.contiguous()?.to_device(device)?;
-	Ok(LoraWeights { a_t, b_t })
+	Tensor::from_vec(out, (cols, rows), &Device::Cpu)
+}
+
+/// Little-endian `dtype` values to f32, a loop per dtype so each one vectorizes.
+fn decode_row(dtype: FloatDtype, bytes: &[u8], out: &mut [f32]) {
+	match dtype {
+		FloatDtype::F32 => {
+			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+				*o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+			}
+		},
+		FloatDtype::F16 => {
+			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+				*o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+			}
+		},
+		FloatDtype::BF16 => {
+			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+				*o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+			}
+		},
+	}
 }
 
 /// llama.cpp's converter permutes the output rows of `q` and `k` for its interleaved RoPE:
@@ -738,6 +858,25 @@ mod tests {
 		let (out, r) = (view.shape()[0], view.shape()[1]);
 		let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
 		(values, out, r)
+	}
+
+	#[test]
+	fn a_load_trusts_the_registered_hash_only_while_the_stamp_holds() {
+		let tmp = tempfile::tempdir().unwrap();
+		let cfg = tiny_config(false);
+		write_random_adapter(tmp.path(), &cfg, 4, 8.0, &Projection::ALL, 3, false, false).unwrap();
+		let (info, known) = inspect_impl(tmp.path(), Some(&cfg), &limits()).unwrap();
+		assert_eq!(hash_hex(&known.hash), info.hash);
+		let load = |known: &KnownWeights| load_adapter_known(tmp.path(), &cfg, &limits(), &Device::Cpu, Some(known)).unwrap();
+		// A stand-in hash proves which path was taken.
+		let stand_in = KnownWeights { hash: [7; 32], ..known };
+		assert_eq!(load(&stand_in).hash, [7; 32], "same stamp: the registered hash is used");
+		// Rewritten (by rename, as tools do): a new stamp, so the file is hashed again.
+		let weights = tmp.path().join(ADAPTER_WEIGHTS_FILE);
+		let copy = tmp.path().join("copy.safetensors");
+		fs::copy(&weights, &copy).unwrap();
+		fs::rename(&copy, &weights).unwrap();
+		assert_eq!(load(&stand_in).hash, known.hash, "new stamp: the file is hashed again");
 	}
 
 	#[test]
