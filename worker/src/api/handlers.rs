@@ -50,8 +50,15 @@ pub(super) struct Attributor {
 }
 
 impl Attributor {
-	pub(super) fn attribute(&self, output: &str) -> Vec<AttributionBody> {
-		self.knowledge.attribute(&self.grounded, output).iter().map(AttributionBody::from).collect()
+	/// The answer's attribution, computed on the blocking pool (span search scans the DataNets'
+	/// suffix arrays); hands the answer back.
+	pub(super) async fn attribute(self, output: String) -> (String, Vec<AttributionBody>) {
+		tokio::task::spawn_blocking(move || {
+			let entries = self.knowledge.attribute(&self.grounded, &output);
+			(output, entries.iter().map(AttributionBody::from).collect())
+		})
+		.await
+		.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 	}
 }
 
@@ -96,9 +103,10 @@ pub(super) async fn chat_completions(
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
 		let mut messages = openai::chat_messages(&request.messages)?;
-		let attributor = ground(&state, &request, &messages).await?;
-		if let Some(a) = &attributor {
-			messages = a.grounded.messages.clone();
+		let mut attributor = ground(&state, &request, &messages).await?;
+		if let Some(a) = &mut attributor {
+			// Attribution needs what was retrieved, not the rendered messages.
+			messages = std::mem::take(&mut a.grounded.messages);
 		}
 		let codec = state.inner.codec.clone();
 		let prompt_tokens = blocking(move || {
@@ -201,7 +209,13 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 			Ok((text, finish, usage)) => {
 				let body = match log.endpoint {
 					Endpoint::ChatCompletions => {
-						let attribution = p.attributor.as_ref().map(|a| a.attribute(&text));
+						let (text, attribution) = match p.attributor {
+							Some(a) => {
+								let (text, attribution) = a.attribute(text).await;
+								(text, Some(attribution))
+							},
+							None => (text, None),
+						};
 						let mut body =
 							ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
 						body.attribution = attribution;

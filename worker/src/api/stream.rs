@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::{
 	error::ApiError,
 	handlers::{engine_vanished, generation_failed, Attributor, RequestLog, ResponseMeta},
-	openai::{ChatCompletionChunk, Completion, Delta},
+	openai::{AttributionBody, ChatCompletionChunk, Completion, Delta},
 };
 use crate::{
 	engine::{FinishReason, GenerationEvent, Usage},
@@ -103,7 +103,11 @@ impl Streamer {
 			Some(GenerationEvent::Done { finish_reason, usage }) => {
 				self.log.finished(&usage);
 				self.done = true;
-				self.closing_events(finish_reason, &usage)
+				let attribution = match self.attributor.take() {
+					Some(a) => Some(a.attribute(std::mem::take(&mut self.text)).await.1),
+					None => None,
+				};
+				self.closing_events(finish_reason, &usage, attribution)
 			}
 			Some(GenerationEvent::Failed(message)) => self.fail(generation_failed(&message)),
 			None => self.fail(engine_vanished()),
@@ -125,12 +129,12 @@ impl Streamer {
 		}
 	}
 
-	fn closing_events(&self, finish: FinishReason, usage: &Usage) -> Vec<Event> {
+	fn closing_events(&self, finish: FinishReason, usage: &Usage, attribution: Option<Vec<AttributionBody>>) -> Vec<Event> {
 		let (id, created, model) = (self.id.as_str(), self.created, self.model.as_str());
 		let mut events = Vec::with_capacity(3);
 		if self.chat {
 			let mut last = ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish));
-			last.attribution = self.attributor.as_ref().map(|a| a.attribute(&self.text));
+			last.attribution = attribution;
 			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&ChatCompletionChunk::usage(id, created, model, usage)));
