@@ -22,3 +22,7 @@ step "worker end to end: the official openai Python client against a running wor
 
 step "end-to-end tests with real nodes and polkadot.js"
 "$REPO_ROOT/scripts/e2e.sh"
+
+step "receipts end to end: dev node, worker on SmolLM2, openai client, polkadot.js"
+cargo build --release -p openledger-worker
+"$REPO_ROOT/scripts/ledger-e2e.sh"

@@ -32,6 +32,8 @@ pub type PromptId = u32;
 pub type BlockNumber = u32;
 /// blake2-256 of some bytes.
 pub type ContentHash = H256;
+/// An amount of OPEN (18 decimals), as balances, prices and fees carry it.
+pub type Balance = u128;
 
 /// Parts per million: weights and shares are expressed on this scale.
 pub const PPM: u32 = 1_000_000;

@@ -90,7 +90,7 @@ pub const EXISTENTIAL_DEPOSIT: Balance = MILLI_UNIT;
 
 pub type Signature = MultiSignature;
 pub type AccountId = <<Signature as Verify>::Signer as IdentifyAccount>::AccountId;
-pub type Balance = u128;
+pub use openledger_primitives::Balance;
 pub type Nonce = u32;
 pub type Hash = polkadot_sdk::sp_core::H256;
 pub type BlockNumber = u32;

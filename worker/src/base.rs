@@ -122,3 +122,13 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
 		LlamaConfig::from_gguf(&content)
 	}
 }
+
+/// The base model's weights hash as the registry records it: blake2-256 of the GGUF file, or of
+/// `model.safetensors` for an HF directory.
+pub fn weights_hash(path: &Path) -> Result<openledger_primitives::ContentHash> {
+	let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+	let handle = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+	// SAFETY: read-only map of a file the worker does not modify; the hash is over what is read.
+	let map = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("mapping {}", file.display()))?;
+	Ok(openledger_primitives::content_hash(&map))
+}

@@ -177,6 +177,11 @@ impl Knowledge {
 		self.config.provenance.get(adapter).map_or(&[], Vec::as_slice)
 	}
 
+	/// How attribution weight is split between retrieval, spans and training.
+	pub fn policy(&self) -> &AttributionPolicy {
+		&self.config.policy
+	}
+
 	pub fn datanet_root(&self) -> &Path {
 		&self.config.datanet_root
 	}

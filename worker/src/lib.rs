@@ -8,6 +8,7 @@ pub mod base;
 pub mod datanets;
 pub mod engine;
 pub mod knowledge;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod templates;

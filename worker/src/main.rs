@@ -12,6 +12,12 @@ use openledger_worker::{
 	datanets::cli::DatanetCommand,
 	engine::{EngineHandle, EngineOptions},
 	knowledge::{read_provenance, Knowledge, KnowledgeConfig},
+	ledger::{
+		cli::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand},
+		keys::parse_account,
+		service::{Ledger, LedgerConfig},
+		submitter::SubmitterOptions,
+	},
 	model::Projection,
 	testing,
 };
@@ -33,6 +39,18 @@ enum Command {
 	/// Ingest documents into DataNet indexes, query them, describe them.
 	#[command(subcommand)]
 	Datanet(DatanetCommand),
+	/// Generate or inspect sr25519 keys.
+	#[command(subcommand)]
+	Key(KeyCommand),
+	/// Register the worker on chain, manage its stake and session key, read its status.
+	#[command(subcommand)]
+	Chain(ChainCommand),
+	/// Payers: sign a voucher for a request.
+	#[command(subcommand)]
+	Voucher(VoucherCommand),
+	/// Inspect, export or resubmit the receipts outbox.
+	#[command(subcommand)]
+	Outbox(OutboxCommand),
 	/// Write a tiny random float Llama in HF layout (for tests and benchmarks).
 	TinyModel {
 		#[arg(long)]
@@ -99,9 +117,44 @@ struct ServeArgs {
 	#[arg(long, default_value_t = 0.2)]
 	retrieval_min_score: f32,
 	/// Adapters' training provenance, `{"<adapter>": [{"datanet": N, "share_ppm": N}, …]}`:
-	/// their DataNets are searched and credited. (The chain view will supply it.)
-	#[arg(long, requires = "datanets")]
+	/// their DataNets are searched and credited. Off the chain only: with `--chain` the
+	/// registry's provenance is used.
+	#[arg(long, requires = "datanets", conflicts_with = "chain")]
 	provenance: Option<PathBuf>,
+	#[command(flatten)]
+	ledger: LedgerArgs,
+}
+
+/// Charging on chain: without `--chain` the worker serves for free and signs nothing.
+#[derive(Args)]
+struct LedgerArgs {
+	/// The node's RPC endpoint; requests then need a voucher or an allowance (402 otherwise)
+	/// and every answer gets a signed receipt, settled on chain.
+	#[arg(long)]
+	chain: Option<String>,
+	/// The base model's id on chain (its registered hash must match the model file).
+	#[arg(long, requires = "chain")]
+	base_model_id: Option<u32>,
+	/// The worker's account key file (else `OPENLEDGER_ACCOUNT_KEY`, a secret URI).
+	#[arg(long)]
+	account_key_file: Option<PathBuf>,
+	/// The session key file (else `OPENLEDGER_SESSION_KEY`).
+	#[arg(long)]
+	session_key_file: Option<PathBuf>,
+	/// The receipts outbox (an embedded database file).
+	#[arg(long, default_value = "worker-outbox.redb")]
+	outbox: PathBuf,
+	/// Payers who pay by allowance: a JSON object `{"<api key>": "<payer SS58>"}`; clients
+	/// send `Authorization: Bearer <api key>`.
+	#[arg(long)]
+	api_keys: Option<PathBuf>,
+	/// Receipts per `submit_receipts` call.
+	#[arg(long, default_value_t = 64)]
+	receipt_batch: usize,
+	/// Keep receipts in the outbox instead of submitting them (another process or account
+	/// settles them with `outbox resubmit`).
+	#[arg(long)]
+	no_submit: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +206,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	base::check_cpu()?;
 	let device = candle_core::Device::Cpu;
 	let path = model_path(args.model)?;
+	let model_file = path.clone();
 	let base = tokio::task::spawn_blocking(move || BaseModel::load(&path, args.model_name, &device)).await??;
 	std::fs::create_dir_all(&args.adapters)
 		.with_context(|| format!("creating the adapter store {}", args.adapters.display()))?;
@@ -183,6 +237,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		api_limits,
 		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
 	);
+	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
+	let mut submitter = None;
+	let state = match &args.ledger.chain {
+		Some(url) => {
+			let config = ledger_config(url, &args.ledger, &model_file).await?;
+			let (ledger, task) = Ledger::start(config, ledger_stopped).await?;
+			submitter = Some(task);
+			if let Some(root) = &args.datanets {
+				let client = openledger_worker::ledger::chain::ChainClient::connect(url).await?;
+				for (datanet, recorded, accepted) in sync_items(&client, root).await? {
+					tracing::info!("DataNet {datanet}: {recorded} local items accepted on chain (of {accepted})");
+				}
+			}
+			state.with_ledger(ledger)
+		},
+		None => state,
+	};
 	let state = match args.datanets {
 		Some(root) => {
 			let provenance = args.provenance.as_deref().map(read_provenance).transpose()?.unwrap_or_default();
@@ -204,10 +275,46 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let drain = Duration::from_secs(args.drain_secs);
 	api::serve(listener, state, shutdown_signal(drain)).await?;
 	reaper.abort();
+	if let Some(task) = submitter {
+		// Every answer's receipt is in the outbox; give the submitter a moment to settle the
+		// last ones. Whatever is left is sent on the next start.
+		let _ = stop_ledger.send(true);
+		if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+			tracing::info!("receipts still queued are submitted on the next start");
+		}
+	}
 	// Every admitted request is finished; the engine thread exits once its handles are gone.
 	engine.shutdown();
 	tracing::info!("worker stopped");
 	Ok(())
+}
+
+async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path) -> Result<LedgerConfig> {
+	let base_model = args.base_model_id.context("--chain needs --base-model-id")?;
+	let account = load_key(args.account_key_file.as_ref(), "OPENLEDGER_ACCOUNT_KEY").context("the worker's account key")?;
+	let session = load_key(args.session_key_file.as_ref(), "OPENLEDGER_SESSION_KEY").context("the worker's session key")?;
+	let api_keys = match &args.api_keys {
+		Some(path) => {
+			let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+			let map: std::collections::HashMap<String, String> = serde_json::from_str(&text)
+				.with_context(|| format!("{}: expected {{\"<api key>\": \"<payer SS58>\"}}", path.display()))?;
+			map.into_iter().map(|(key, payer)| Ok((key, parse_account(&payer)?))).collect::<Result<_>>()?
+		},
+		None => Default::default(),
+	};
+	let file = model_file.to_path_buf();
+	let base_model_hash = tokio::task::spawn_blocking(move || base::weights_hash(&file)).await??;
+	Ok(LedgerConfig {
+		chain_url: url.to_owned(),
+		account,
+		session,
+		base_model,
+		base_model_hash,
+		outbox: args.outbox.clone(),
+		api_keys,
+		submitter: SubmitterOptions { batch: args.receipt_batch, ..SubmitterOptions::default() },
+		submit: !args.no_submit,
+	})
 }
 
 /// Resolves on SIGTERM or Ctrl-C, and arms a watchdog: if draining takes longer than `drain`,
@@ -255,6 +362,10 @@ fn run(cli: Cli) -> Result<()> {
 			Ok(())
 		},
 		Command::Datanet(command) => openledger_worker::datanets::cli::run(command),
+		Command::Key(command) => openledger_worker::ledger::cli::run_key(command),
+		Command::Chain(command) => openledger_worker::ledger::cli::run_chain(command),
+		Command::Voucher(command) => openledger_worker::ledger::cli::run_voucher(command),
+		Command::Outbox(command) => openledger_worker::ledger::cli::run_outbox(command),
 		Command::TinyModel { out, seed } => {
 			let config = testing::write_tiny_llama(&out, &testing::TinyLlamaSpec::default(), seed)?;
 			println!("wrote a {}-layer tiny Llama to {}", config.num_layers, out.display());

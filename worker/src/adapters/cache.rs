@@ -72,6 +72,11 @@ impl AdapterLease {
 	pub fn hash_hex(&self) -> String {
 		hash_hex(&self.entry.adapter.hash)
 	}
+
+	/// The adapter's content hash (blake2-256 of `adapter_model.safetensors`).
+	pub fn hash(&self) -> [u8; 32] {
+		self.entry.adapter.hash
+	}
 }
 
 impl Deref for AdapterLease {

@@ -9,7 +9,10 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{adapters::AdapterError, engine::EngineClosed, knowledge::KnowledgeError, templates::TemplateError};
+use crate::{
+	adapters::AdapterError, engine::EngineClosed, knowledge::KnowledgeError, ledger::service::LedgerError,
+	templates::TemplateError,
+};
 
 /// An error answered to the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -218,6 +221,29 @@ impl From<KnowledgeError> for ApiError {
 				Self::new(status, kind, e.to_string()).with_param(param).with_code(code)
 			}
 			KnowledgeError::Internal(_) => Self::internal(e.to_string()),
+		}
+	}
+}
+
+impl From<LedgerError> for ApiError {
+	fn from(e: LedgerError) -> Self {
+		let message = e.to_string();
+		match e {
+			LedgerError::PaymentRequired(_) => {
+				ApiError::new(StatusCode::PAYMENT_REQUIRED, "invalid_request_error", message).with_code("payment_required")
+			},
+			LedgerError::AlreadyServed(_) => {
+				ApiError::new(StatusCode::CONFLICT, "invalid_request_error", message).with_code("request_already_served")
+			},
+			LedgerError::NotRegistered(param, _) => ApiError::new(StatusCode::NOT_FOUND, "not_found_error", message)
+				.with_code("not_registered_on_chain")
+				.with_param(param),
+			LedgerError::Chain(_) => {
+				let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).with_code("chain_unavailable");
+				error.retry_after = Some(2);
+				error
+			},
+			LedgerError::Outbox(_) => ApiError::internal(message),
 		}
 	}
 }

@@ -26,12 +26,20 @@ use super::{
 	stream, unix_now, AppState, RequestId,
 };
 use crate::{
-	adapters::AdapterError,
+	adapters::{AdapterError, AdapterLease},
+	attribution::{combine, AttributionPolicy, TrainingShare},
 	engine::{GenerationEvent, GenerationRequest, Usage},
 	knowledge::{Grounded, GroundingRequest, Knowledge},
+	ledger::{
+		keys::hex_hash,
+		service::{Authorisation, Ledger, Priced},
+		REQUEST_HASH_HEADER, VOUCHER_HEADER,
+	},
 	metrics::{self, Endpoint, Outcome},
+	templates::DEFAULT_TEMPLATE_ID,
 	tokenizer::ChatMessage,
 };
+use openledger_primitives::{AttributionEntry, ContentHash};
 
 /// A request that passed validation and tokenization, ready for admission.
 struct Prepared {
@@ -41,6 +49,8 @@ struct Prepared {
 	spec: GenerationSpec,
 	/// Set when the request was grounded in DataNets: attributes the answer.
 	attributor: Option<Attributor>,
+	/// Who pays, when the worker charges (it is on a chain).
+	auth: Option<Authorisation>,
 }
 
 /// A grounded request's attribution, computed once the whole answer is known.
@@ -52,14 +62,96 @@ pub(super) struct Attributor {
 impl Attributor {
 	/// The answer's attribution, computed on the blocking pool (span search scans the DataNets'
 	/// suffix arrays); hands the answer back.
-	pub(super) async fn attribute(self, output: String) -> (String, Vec<AttributionBody>) {
+	async fn attribute(self, output: String) -> (String, Vec<AttributionEntry>) {
 		tokio::task::spawn_blocking(move || {
 			let entries = self.knowledge.attribute(&self.grounded, &output);
-			(output, entries.iter().map(AttributionBody::from).collect())
+			(output, entries)
 		})
 		.await
 		.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 	}
+}
+
+/// What a charged request needs at its end: who pays, the on-chain prices and ids.
+pub(super) struct Billing {
+	ledger: Arc<Ledger>,
+	auth: Authorisation,
+	priced: Priced,
+}
+
+impl Billing {
+	/// Signs the receipt and commits it to the outbox; the receipt id, `0x` hex.
+	pub(super) async fn issue(self, output: String, usage: &Usage, attribution: Vec<AttributionEntry>) -> Result<String, ApiError> {
+		let id = self
+			.ledger
+			.issue(self.auth, &self.priced, output, usage.prompt_tokens, usage.completion_tokens, attribution)
+			.await?;
+		Ok(hex_hash(&id))
+	}
+
+	/// The adapter's training DataNets as the chain records them.
+	fn training(&self) -> Vec<TrainingShare> {
+		self.priced.provenance.iter().map(|&(datanet, share_ppm)| TrainingShare { datanet, share_ppm }).collect()
+	}
+}
+
+/// The answer's attribution: retrieval, spans and training for a grounded request; training
+/// alone for a charged request whose adapter has provenance on chain; else none.
+pub(super) async fn attribute(
+	state: &AppState,
+	attributor: Option<Attributor>,
+	billing: Option<&Billing>,
+	output: String,
+) -> (String, Option<Vec<AttributionEntry>>) {
+	match attributor {
+		Some(a) => {
+			let (output, entries) = a.attribute(output).await;
+			(output, Some(entries))
+		},
+		None => match billing {
+			Some(b) if !b.priced.provenance.is_empty() => {
+				let policy = state.inner.knowledge.as_ref().map_or_else(AttributionPolicy::default, |k| *k.policy());
+				(output, Some(combine(&[], &[], &b.training(), &policy)))
+			},
+			_ => (output, None),
+		},
+	}
+}
+
+/// Who pays for this request: `None` when the worker does not charge; 402 when nobody does.
+async fn authorise(state: &AppState, headers: &HeaderMap, body: &[u8], request_id: &str) -> Result<Option<Authorisation>, ApiError> {
+	let Some(ledger) = &state.inner.ledger else { return Ok(None) };
+	// A header that is not visible ASCII cannot be a voucher; it is refused as malformed.
+	let voucher = headers.get(VOUCHER_HEADER).map(|v| v.to_str().unwrap_or_default());
+	let bearer = headers
+		.get(header::AUTHORIZATION)
+		.and_then(|v| v.to_str().ok())
+		.and_then(|v| v.strip_prefix("Bearer "))
+		.map(str::trim);
+	Ok(Some(ledger.authorise(voucher, bearer, body, request_id).await?))
+}
+
+/// Prices a charged request on chain once its adapter is known, caps its tokens to what the
+/// payer authorised, and takes the adapter's training provenance from the chain.
+fn bill(state: &AppState, p: &mut Prepared, adapter: Option<&AdapterLease>) -> Result<Option<Billing>, ApiError> {
+	let (Some(ledger), Some(auth)) = (state.inner.ledger.clone(), p.auth.take()) else { return Ok(None) };
+	let template = p
+		.attributor
+		.as_ref()
+		.map(|a| &a.grounded.template)
+		.filter(|(id, _)| id != DEFAULT_TEMPLATE_ID)
+		.map(|(_, hash)| ContentHash::from(*hash));
+	let adapter = adapter.map(|lease| ContentHash::from(lease.hash()));
+	let priced = ledger.price(&auth, adapter, template, p.attributor.is_some(), p.prompt_tokens.len())?;
+	if let Some(total) = priced.max_total_tokens {
+		let affordable = usize::try_from(total).unwrap_or(usize::MAX).saturating_sub(p.prompt_tokens.len());
+		p.max_tokens = p.max_tokens.min(affordable);
+	}
+	let billing = Billing { ledger, auth, priced };
+	if let Some(a) = &mut p.attributor {
+		a.grounded.training = billing.training();
+	}
+	Ok(Some(billing))
 }
 
 /// Retrieves the request's DataNet context and applies its prompt template (off the async
@@ -95,13 +187,16 @@ async fn ground(
 pub(super) async fn chat_completions(
 	State(state): State<AppState>,
 	Extension(id): Extension<RequestId>,
+	headers: HeaderMap,
 	body: Result<Bytes, BytesRejection>,
 ) -> Response {
 	let mut log = RequestLog::new(&state, Endpoint::ChatCompletions, id);
 	let prepared = async {
-		let request: ChatCompletionRequest = parse_json(&body_bytes(&state, body)?)?;
+		let bytes = body_bytes(&state, body)?;
+		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
+		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
 		let mut messages = openai::chat_messages(&request.messages)?;
 		let mut attributor = ground(&state, &request, &messages).await?;
 		if let Some(a) = &mut attributor {
@@ -124,7 +219,7 @@ pub(super) async fn chat_completions(
 			state.inner.config.max_position,
 			"messages",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor, auth })
 	}
 	.await;
 	match prepared {
@@ -136,13 +231,16 @@ pub(super) async fn chat_completions(
 pub(super) async fn completions(
 	State(state): State<AppState>,
 	Extension(id): Extension<RequestId>,
+	headers: HeaderMap,
 	body: Result<Bytes, BytesRejection>,
 ) -> Response {
 	let mut log = RequestLog::new(&state, Endpoint::Completions, id);
 	let prepared = async {
-		let request: CompletionRequest = parse_json(&body_bytes(&state, body)?)?;
+		let bytes = body_bytes(&state, body)?;
+		let request: CompletionRequest = parse_json(&bytes)?;
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
+		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
 		let prompt = request.prompt.text()?.to_owned();
 		let codec = state.inner.codec.clone();
 		let prompt_tokens = blocking(move || {
@@ -157,7 +255,7 @@ pub(super) async fn completions(
 			state.inner.config.max_position,
 			"prompt",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None, auth })
 	}
 	.await;
 	match prepared {
@@ -167,7 +265,7 @@ pub(super) async fn completions(
 }
 
 /// Admits, resolves the adapter, submits, and answers whole or as a stream.
-async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response {
+async fn generate(state: AppState, mut log: RequestLog, mut p: Prepared) -> Response {
 	log.prompt_tokens = p.prompt_tokens.len();
 	// Admission before anything that holds resources: a full server answers 429 at once.
 	let Ok(permit) = state.inner.admission.clone().try_acquire_owned() else {
@@ -187,6 +285,10 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 			Err(e) => return log.reject(adapter_error(e, "model")),
 		}
 	};
+	let billing = match bill(&state, &mut p, adapter.as_ref()) {
+		Ok(billing) => billing,
+		Err(e) => return log.reject(e),
+	};
 	let (events, rx) = mpsc::unbounded_channel();
 	let request = GenerationRequest {
 		prompt_tokens: p.prompt_tokens,
@@ -201,41 +303,40 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 		return log.reject(e.into());
 	}
 	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
-	let headers = generation_headers(&meta);
+	let headers = generation_headers(billing.as_ref());
 	if p.spec.stream {
-		(headers, stream::respond(log, rx, meta, p.spec.include_usage, p.attributor)).into_response()
-	} else {
-		match collect(&mut log, rx).await {
-			Ok((text, finish, usage)) => {
-				let body = match log.endpoint {
-					Endpoint::ChatCompletions => {
-						let (text, attribution) = match p.attributor {
-							Some(a) => {
-								let (text, attribution) = a.attribute(text).await;
-								(text, Some(attribution))
-							},
-							None => (text, None),
-						};
-						let mut body =
-							ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
-						body.attribution = attribution;
-						Json(body).into_response()
-					}
-					Endpoint::Completions => Json(Completion::new(
-						&format!("cmpl-{}", meta.id),
-						meta.created,
-						&meta.model,
-						&text,
-						Some(finish),
-						Some(&usage),
-					))
-					.into_response(),
-				};
-				(headers, body).into_response()
-			}
-			Err(e) => log.reject(e),
-		}
+		let streamed = stream::Streamed { include_usage: p.spec.include_usage, attributor: p.attributor, billing };
+		return (headers, stream::respond(state, log, rx, meta, streamed)).into_response();
 	}
+	let (text, finish, usage) = match collect(&mut log, rx).await {
+		Ok(done) => done,
+		Err(e) => return log.reject(e),
+	};
+	let (text, attribution) = attribute(&state, p.attributor, billing.as_ref(), text).await;
+	// The receipt is in the outbox before the answer leaves: a delivered answer is always paid.
+	let receipt_id = match billing {
+		Some(billing) => match billing.issue(text.clone(), &usage, attribution.clone().unwrap_or_default()).await {
+			Ok(id) => Some(id),
+			Err(e) => return log.reject(e),
+		},
+		None => None,
+	};
+	let attribution = attribution.map(|entries| entries.iter().map(AttributionBody::from).collect());
+	let body = match log.endpoint {
+		Endpoint::ChatCompletions => {
+			let mut body = ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
+			body.attribution = attribution;
+			body.receipt_id = receipt_id;
+			Json(body).into_response()
+		},
+		Endpoint::Completions => {
+			let id = format!("cmpl-{}", meta.id);
+			let mut body = Completion::new(&id, meta.created, &meta.model, &text, Some(finish), Some(&usage));
+			body.receipt_id = receipt_id;
+			Json(body).into_response()
+		},
+	};
+	(headers, body).into_response()
 }
 
 /// What every response of one generation shares.
@@ -246,11 +347,17 @@ pub(super) struct ResponseMeta {
 	pub model: String,
 }
 
-/// Headers of a generation response, sent before the first token for streams. (`x-request-id`
-/// is added by the middleware for every response.) The receipt id header belongs here: it must
-/// be known before generation starts, since a stream's headers go out first.
-fn generation_headers(_meta: &ResponseMeta) -> HeaderMap {
-	HeaderMap::new()
+/// Headers of a generation response, sent before the first token for streams (`x-request-id`
+/// is added by the middleware for every response). The receipt's id depends on the answer, so
+/// it comes in the body; the request hash it will carry is known now.
+fn generation_headers(billing: Option<&Billing>) -> HeaderMap {
+	let mut headers = HeaderMap::new();
+	if let Some(billing) = billing {
+		if let Ok(value) = hex_hash(&billing.auth.request_hash).parse() {
+			headers.insert(REQUEST_HASH_HEADER, value);
+		}
+	}
+	headers
 }
 
 /// Waits for the whole generation.

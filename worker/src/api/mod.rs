@@ -37,6 +37,7 @@ use crate::{
 	adapters::AdapterCache,
 	engine::EngineHandle,
 	knowledge::Knowledge,
+	ledger::service::Ledger,
 	metrics::Metrics,
 	model::LlamaConfig,
 	tokenizer::TextCodec,
@@ -79,6 +80,8 @@ struct Inner {
 	admin_api_key: Option<String>,
 	/// The DataNets and templates served; `None` answers grounded requests with 404.
 	knowledge: Option<Arc<Knowledge>>,
+	/// The chain: authorisation, pricing and receipts; `None` serves without charging.
+	ledger: Option<Arc<Ledger>>,
 	draining: AtomicBool,
 	metrics: Metrics,
 	/// Unix seconds, the `created` of the models in `/v1/models`.
@@ -108,6 +111,7 @@ impl AppState {
 				limits,
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
 				knowledge: None,
+				ledger: None,
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
 				started: unix_now(),
@@ -120,6 +124,13 @@ impl AppState {
 	pub fn with_knowledge(mut self, knowledge: Arc<Knowledge>) -> Self {
 		Arc::get_mut(&mut self.inner).expect("with_knowledge is called before the state is shared").knowledge =
 			Some(knowledge);
+		self
+	}
+
+	/// Charges every generation request through `ledger`: 402 without authorisation, a signed
+	/// receipt in the outbox for every answer. Call before the state is cloned.
+	pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+		Arc::get_mut(&mut self.inner).expect("with_ledger is called before the state is shared").ledger = Some(ledger);
 		self
 	}
 

@@ -417,6 +417,9 @@ pub struct ChatCompletion {
 	/// OpenLedger: what the answer owes to DataNets (present when the request was grounded).
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub attribution: Option<Vec<AttributionBody>>,
+	/// OpenLedger: the id of the signed receipt (present when the worker is on a chain).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub receipt_id: Option<String>,
 }
 
 /// One attribution entry as the API shows it: the same entry the receipt carries.
@@ -470,6 +473,9 @@ pub struct ChatCompletionChunk<'a> {
 	/// OpenLedger: on the chunk with the finish reason, when the request was grounded.
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub attribution: Option<Vec<AttributionBody>>,
+	/// OpenLedger: on the chunk with the finish reason, the signed receipt's id.
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub receipt_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -498,6 +504,9 @@ pub struct Completion<'a> {
 	pub choices: Vec<CompletionChoice<'a>>,
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub usage: Option<UsageBody>,
+	/// OpenLedger: the signed receipt's id (on the chunk with the finish reason when streaming).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub receipt_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -523,6 +532,7 @@ impl ChatCompletion {
 			}],
 			usage: usage.into(),
 			attribution: None,
+			receipt_id: None,
 		}
 	}
 }
@@ -542,6 +552,7 @@ impl<'a> ChatCompletionChunk<'a> {
 			}],
 			usage: None,
 			attribution: None,
+			receipt_id: None,
 		}
 	}
 
@@ -554,6 +565,7 @@ impl<'a> ChatCompletionChunk<'a> {
 			choices: Vec::new(),
 			usage: Some(usage.into()),
 			attribution: None,
+			receipt_id: None,
 		}
 	}
 }
@@ -579,11 +591,12 @@ impl<'a> Completion<'a> {
 				finish_reason: finish.map(FinishReason::as_openai),
 			}],
 			usage: usage.map(UsageBody::from),
+			receipt_id: None,
 		}
 	}
 
 	pub fn usage(id: &'a str, created: u64, model: &'a str, usage: &Usage) -> Self {
-		Self { id, object: "text_completion", created, model, choices: Vec::new(), usage: Some(usage.into()) }
+		Self { id, object: "text_completion", created, model, choices: Vec::new(), usage: Some(usage.into()), receipt_id: None }
 	}
 }
 

@@ -14,24 +14,33 @@ use tokio::sync::mpsc;
 
 use super::{
 	error::ApiError,
-	handlers::{engine_vanished, generation_failed, Attributor, RequestLog, ResponseMeta},
+	handlers::{attribute, engine_vanished, generation_failed, Attributor, Billing, RequestLog, ResponseMeta},
 	openai::{AttributionBody, ChatCompletionChunk, Completion, Delta},
+	AppState,
 };
 use crate::{
 	engine::{FinishReason, GenerationEvent, Usage},
 	metrics::Endpoint,
 };
 
+/// What a stream does besides sending text.
+pub(super) struct Streamed {
+	pub include_usage: bool,
+	pub attributor: Option<Attributor>,
+	pub billing: Option<Billing>,
+}
+
 /// The SSE response: for chat a role chunk first, then a chunk per text event, a final chunk
-/// with the finish reason (and the attribution of a grounded request), the usage chunk if asked
-/// for, and `data: [DONE]`. An engine failure
-/// mid-stream is sent as an OpenAI error object, then `[DONE]`.
+/// with the finish reason (with the attribution and the receipt id when there are), the usage
+/// chunk if asked for, and `data: [DONE]`. The final chunk goes out only once the receipt is in
+/// the outbox. An engine failure (or a receipt that cannot be stored) mid-stream is sent as an
+/// OpenAI error object, then `[DONE]`.
 pub(super) fn respond(
+	state: AppState,
 	log: RequestLog,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	meta: ResponseMeta,
-	include_usage: bool,
-	attributor: Option<Attributor>,
+	streamed: Streamed,
 ) -> Response {
 	let streamer = Streamer {
 		chat: log.endpoint() == Endpoint::ChatCompletions,
@@ -41,10 +50,12 @@ pub(super) fn respond(
 		},
 		created: meta.created,
 		model: meta.model,
-		include_usage,
+		include_usage: streamed.include_usage,
 		rx,
 		log,
-		attributor,
+		state,
+		attributor: streamed.attributor,
+		billing: streamed.billing,
 		text: String::new(),
 		done: false,
 	};
@@ -63,8 +74,10 @@ struct Streamer {
 	include_usage: bool,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	log: RequestLog,
+	state: AppState,
 	attributor: Option<Attributor>,
-	/// The answer so far, kept only when it is to be attributed.
+	billing: Option<Billing>,
+	/// The answer so far, kept only when it is to be attributed or billed.
 	text: String,
 	done: bool,
 }
@@ -91,7 +104,7 @@ impl Streamer {
 		let events = match self.rx.recv().await {
 			Some(GenerationEvent::Text(text)) => {
 				self.log.saw_text();
-				if self.attributor.is_some() {
+				if self.attributor.is_some() || self.billing.is_some() {
 					self.text.push_str(&text);
 				}
 				if text.is_empty() {
@@ -103,11 +116,17 @@ impl Streamer {
 			Some(GenerationEvent::Done { finish_reason, usage }) => {
 				self.log.finished(&usage);
 				self.done = true;
-				let attribution = match self.attributor.take() {
-					Some(a) => Some(a.attribute(std::mem::take(&mut self.text)).await.1),
+				let text = std::mem::take(&mut self.text);
+				let (text, attribution) = attribute(&self.state, self.attributor.take(), self.billing.as_ref(), text).await;
+				let receipt_id = match self.billing.take() {
+					Some(billing) => match billing.issue(text, &usage, attribution.clone().unwrap_or_default()).await {
+						Ok(id) => Some(id),
+						Err(e) => return Some(self.fail(e)),
+					},
 					None => None,
 				};
-				self.closing_events(finish_reason, &usage, attribution)
+				let attribution = attribution.map(|entries| entries.iter().map(AttributionBody::from).collect());
+				self.closing_events(finish_reason, &usage, attribution, receipt_id)
 			}
 			Some(GenerationEvent::Failed(message)) => self.fail(generation_failed(&message)),
 			None => self.fail(engine_vanished()),
@@ -129,18 +148,27 @@ impl Streamer {
 		}
 	}
 
-	fn closing_events(&self, finish: FinishReason, usage: &Usage, attribution: Option<Vec<AttributionBody>>) -> Vec<Event> {
+	fn closing_events(
+		&self,
+		finish: FinishReason,
+		usage: &Usage,
+		attribution: Option<Vec<AttributionBody>>,
+		receipt_id: Option<String>,
+	) -> Vec<Event> {
 		let (id, created, model) = (self.id.as_str(), self.created, self.model.as_str());
 		let mut events = Vec::with_capacity(3);
 		if self.chat {
 			let mut last = ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish));
 			last.attribution = attribution;
+			last.receipt_id = receipt_id;
 			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&ChatCompletionChunk::usage(id, created, model, usage)));
 			}
 		} else {
-			events.push(json_event(&Completion::new(id, created, model, "", Some(finish), None)));
+			let mut last = Completion::new(id, created, model, "", Some(finish), None);
+			last.receipt_id = receipt_id;
+			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&Completion::usage(id, created, model, usage)));
 			}

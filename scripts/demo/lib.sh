@@ -1,0 +1,100 @@
+# The demo's steps as functions, shared by scripts/demo.sh and scripts/ledger-e2e.sh; source it
+# after common.sh. Each function reads and sets the DEMO_* variables below.
+#
+# DEMO_DIR   working directory (chain, indexes, adapters, keys, outbox, logs)
+# NODE_BIN / WORKER_BIN   the release binaries
+# RPC_PORT / WORKER_PORT  chosen by demo_ports
+
+NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
+WORKER_BIN="$CARGO_TARGET_DIR/release/openledger-worker"
+DEMO_SRC="$REPO_ROOT/scripts/demo"
+E2E="$REPO_ROOT/scripts/e2e"
+# Dev accounts: the worker's account and session key are derived from a dev phrase, so the demo
+# needs no secrets; a real worker keeps them in files (`openledger-worker key generate`).
+export OPENLEDGER_ACCOUNT_KEY="//OpenLedgerWorker"
+export OPENLEDGER_SESSION_KEY="//OpenLedgerWorker//session"
+DEMO_API_KEY="demo-payer-key"
+node_pid=""
+worker_pid=""
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Well-known ports when they are free (polkadot.js apps and OpenAI examples use them), else any.
+demo_ports() {
+	RPC_PORT="${1:-9944}"; port_free "$RPC_PORT" || RPC_PORT="$(free_port)"
+	WORKER_PORT="${2:-8000}"; port_free "$WORKER_PORT" || WORKER_PORT="$(free_port)"
+	P2P_PORT="$(free_port)"
+	CHAIN_WS="ws://127.0.0.1:$RPC_PORT"
+	WORKER_URL="http://127.0.0.1:$WORKER_PORT"
+}
+
+wait_http() { # url, pid, log, what
+	for _ in $(seq 1 240); do
+		curl -sf "$1" >/dev/null 2>&1 && return 0
+		kill -0 "$2" 2>/dev/null || { tail -n 40 "$3" >&2; die "$4 exited"; }
+		sleep 0.5
+	done
+	tail -n 40 "$3" >&2
+	die "$4 did not come up"
+}
+
+start_node() {
+	step "starting a dev node (RPC $CHAIN_WS)"
+	"$NODE_BIN" --dev --base-path "$DEMO_DIR/chain" --rpc-port "$RPC_PORT" --port "$P2P_PORT" \
+		--rpc-cors all --no-prometheus --no-telemetry >"$DEMO_DIR/node.log" 2>&1 &
+	node_pid=$!
+	echo "$node_pid" >"$DEMO_DIR/node.pid"
+	for _ in $(seq 1 240); do
+		curl -sf -H 'Content-Type: application/json' \
+			-d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
+			"http://127.0.0.1:$RPC_PORT" >/dev/null && return 0
+		kill -0 "$node_pid" 2>/dev/null || { tail -n 40 "$DEMO_DIR/node.log" >&2; die "the node exited"; }
+		sleep 0.5
+	done
+	die "the node did not come up"
+}
+
+# Builds DataNet 0's index from the documents shipped in the repo, two PEFT adapters and the
+# prompt template, and writes the plan the chain setup registers.
+prepare_content() {
+	step "building the DataNet index from scripts/demo/datanet (all-MiniLM-L6-v2)"
+	"$WORKER_BIN" datanet ingest --datanet 0 --dir "$DEMO_SRC/datanet" --index "$DEMO_DIR/datanets" >&2
+	"$WORKER_BIN" datanet items --index "$DEMO_DIR/datanets" --datanet 0 >"$DEMO_DIR/items.jsonl"
+	step "writing two LoRA adapters (rank 8) for the base model"
+	mkdir -p "$DEMO_DIR/adapters" "$DEMO_DIR/templates"
+	"$WORKER_BIN" adapter create --out "$DEMO_DIR/adapters/nature-tutor" --rank 8 --seed 11 >"$DEMO_DIR/adapter-nature.json"
+	"$WORKER_BIN" adapter create --out "$DEMO_DIR/adapters/kitchen-helper" --rank 8 --seed 12 --targets q,v >"$DEMO_DIR/adapter-kitchen.json"
+	cp "$DEMO_SRC/templates/qa.json" "$DEMO_DIR/templates/qa.json"
+	printf '{"%s": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}\n' "$DEMO_API_KEY" >"$DEMO_DIR/api-keys.json"
+}
+
+setup_chain() {
+	step "registering the base model, DataNet items, adapters and prompt; funding the payer (polkadot.js)"
+	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" setup "$DEMO_DIR" >"$DEMO_DIR/ids.json"
+	step "registering the worker (its own CLI, through subxt)"
+	"$WORKER_BIN" chain register --chain "$CHAIN_WS" --key-env OPENLEDGER_ACCOUNT_KEY \
+		--endpoint "$WORKER_URL" --serves "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["baseModel"])' "$DEMO_DIR/ids.json")" \
+		--price-per-1k 0.01OPEN --stake 1000OPEN >&2
+	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" allow "$DEMO_DIR" >&2
+}
+
+start_worker() {
+	step "starting the worker on SmolLM2-135M ($WORKER_URL)"
+	local base_model
+	base_model="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["baseModel"])' "$DEMO_DIR/ids.json")"
+	"$WORKER_BIN" serve --listen "127.0.0.1:$WORKER_PORT" --adapters "$DEMO_DIR/adapters" \
+		--datanets "$DEMO_DIR/datanets" --templates "$DEMO_DIR/templates" \
+		--chain "$CHAIN_WS" --base-model-id "$base_model" --outbox "$DEMO_DIR/outbox.redb" \
+		--api-keys "$DEMO_DIR/api-keys.json" --max-tokens 256 >>"$DEMO_DIR/worker.log" 2>&1 &
+	worker_pid=$!
+	wait_http "$WORKER_URL/health" "$worker_pid" "$DEMO_DIR/worker.log" "the worker"
+}
+
+stop_all() {
+	[ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null
+	# A test may have restarted the node; node.pid names the live one.
+	[ -f "$DEMO_DIR/node.pid" ] && kill "$(cat "$DEMO_DIR/node.pid")" 2>/dev/null
+	[ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null
+	wait 2>/dev/null || true
+}

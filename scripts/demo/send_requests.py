@@ -1,0 +1,96 @@
+"""The demo's requests, sent the way users send them: the official `openai` client with an API
+key (the payer's allowance pays), and one request with a payer-signed voucher in a header.
+
+usage: python send_requests.py WORKER_URL API_KEY DEMO_DIR WORKER_BIN CHAIN_WS WORKER_ACCOUNT
+Writes DEMO_DIR/requests.json: question, adapter, template, usage, attribution, receipt id.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+from openai import OpenAI
+
+url, api_key, demo_dir, worker_bin, chain_ws, worker_account = sys.argv[1:7]
+client = OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
+base_model = client.models.list().data[0].id
+
+REQUESTS = [
+    ("nature-tutor", "qa", [0], "How do honeybees tell each other where food is?"),
+    ("kitchen-helper", "qa", [0], "How hot should the oven be for sourdough bread?"),
+    (base_model, None, [0], "Why are spring tides larger than neap tides?"),
+    ("nature-tutor", None, None, "Say hello to the bees in one sentence."),
+]
+
+log = []
+for model, template, datanets, question in REQUESTS:
+    extra = {}
+    if datanets is not None:
+        extra["datanets"] = datanets
+    if template:
+        extra["prompt_template"] = template
+    response = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=48,
+        temperature=0,
+        extra_body=extra,
+    )
+    extra_fields = response.model_extra or {}
+    answer = response.choices[0].message.content.strip().replace("\n", " ")
+    print(f"[{model}] {question}\n    → {answer[:160]}", file=sys.stderr)
+    log.append({
+        "question": question,
+        "model": model,
+        "prompt_template": template,
+        "usage": {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens},
+        "attribution": extra_fields.get("attribution"),
+        "receipt_id": extra_fields["receipt_id"],
+    })
+
+# A request paid by a voucher: the payer signs the exact body bytes (max fee 1 OPEN).
+question = "When do bees make honey?"
+body = json.dumps({
+    "model": "nature-tutor",
+    "messages": [{"role": "user", "content": question}],
+    "max_tokens": 32,
+    "temperature": 0,
+    "datanets": [0],
+}).encode()
+with tempfile.NamedTemporaryFile(suffix=".json") as f:
+    f.write(body)
+    f.flush()
+    voucher = subprocess.run(
+        [worker_bin, "voucher", "sign", "--chain", chain_ws, "--key-env", "OPENLEDGER_PAYER_KEY",
+         "--worker", worker_account, "--body-file", f.name, "--max-fee", "1OPEN"],
+        check=True, capture_output=True, text=True, env={**os.environ, "OPENLEDGER_PAYER_KEY": "//Alice"},
+    ).stdout.strip()
+request = urllib.request.Request(
+    f"{url}/v1/chat/completions", data=body,
+    headers={"Content-Type": "application/json", "x-openledger-voucher": voucher},
+)
+with urllib.request.urlopen(request) as reply:
+    answer = json.load(reply)
+print(f"[nature-tutor, voucher] {question}\n    → {answer['choices'][0]['message']['content'].strip()[:160]}", file=sys.stderr)
+log.append({
+    "question": question + " (voucher)",
+    "model": "nature-tutor",
+    "prompt_template": None,
+    "usage": answer["usage"],
+    "attribution": answer.get("attribution"),
+    "receipt_id": answer["receipt_id"],
+})
+
+# Without authorisation the worker answers 402 before doing any work.
+try:
+    urllib.request.urlopen(urllib.request.Request(
+        f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}))
+    sys.exit("a request without authorisation was served")
+except urllib.error.HTTPError as e:
+    print(f"[no authorisation] → HTTP {e.code}: {json.load(e)['error']['message']}", file=sys.stderr)
+
+with open(os.path.join(demo_dir, "requests.json"), "w") as f:
+    json.dump(log, f, indent=1)

@@ -1,0 +1,337 @@
+// Receipts end to end: a real dev node, the real worker on SmolLM2, the official `openai` client
+// for requests and polkadot.js for chain state. scripts/ledger-e2e.sh prepares the chain and the
+// worker's files (the demo's steps) and sets:
+//   OPENLEDGER_WS, OPENLEDGER_DEMO_DIR, OPENLEDGER_WORKER_BIN, OPENLEDGER_WORKER_PORT,
+//   OPENLEDGER_NODE_BIN, OPENLEDGER_RPC_PORT, OPENLEDGER_P2P_PORT
+// The tests run in order and share the chain; each measures what it changes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { readFileSync, openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { compactFromU8a } from '@polkadot/util';
+import { connect } from './lib.mjs';
+import { palletAccount, settledReceipts } from './ledger.mjs';
+
+const dir = process.env.OPENLEDGER_DEMO_DIR;
+const workerBin = process.env.OPENLEDGER_WORKER_BIN;
+const workerUrl = `http://127.0.0.1:${process.env.OPENLEDGER_WORKER_PORT}`;
+const ids = JSON.parse(readFileSync(join(dir, 'ids.json'), 'utf8'));
+const PPM = 1_000_000n;
+
+let node;
+let worker = null;
+let startBlock;
+const delivered = []; // every response that reached the client: { receiptId, usage, attribution, model, template }
+
+function workerArgs(extra = []) {
+  return ['serve', '--listen', `127.0.0.1:${process.env.OPENLEDGER_WORKER_PORT}`, '--adapters', join(dir, 'adapters'),
+    '--datanets', join(dir, 'datanets'), '--templates', join(dir, 'templates'), '--chain', process.env.OPENLEDGER_WS,
+    '--base-model-id', String(ids.baseModel), '--outbox', join(dir, 'outbox.redb'), '--api-keys', join(dir, 'api-keys.json'),
+    '--max-tokens', '256', ...extra];
+}
+
+async function startWorker(extra) {
+  const log = openSync(join(dir, 'worker.log'), 'a');
+  const child = spawn(workerBin, workerArgs(extra), { stdio: ['ignore', log, log] });
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  for (let i = 0; i < 240; i++) {
+    try {
+      if ((await fetch(`${workerUrl}/health`)).ok) return { child, exited };
+    } catch { /* not up yet */ }
+    const done = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 500))]);
+    if (done) throw new Error(`the worker exited (${JSON.stringify(done)}); see ${dir}/worker.log`);
+  }
+  throw new Error('the worker did not come up');
+}
+
+async function stopWorker(signal = 'SIGTERM') {
+  if (!worker) return null;
+  worker.child.kill(signal);
+  const result = await worker.exited;
+  worker = null;
+  return result;
+}
+
+function cli(...args) {
+  return execFileSync(workerBin, args, { encoding: 'utf8', env: { ...process.env } });
+}
+
+const client = () => new OpenAI({ baseURL: `${workerUrl}/v1`, apiKey: 'demo-payer-key', maxRetries: 0 });
+
+// One chat request; records it when the answer arrives.
+async function ask(model, question, { template, datanets, maxTokens = 24 } = {}) {
+  const body = { model, messages: [{ role: 'user', content: question }], max_tokens: maxTokens, temperature: 0 };
+  if (datanets) body.datanets = datanets;
+  if (template) body.prompt_template = template;
+  const response = await client().chat.completions.create(body);
+  assert.match(response.receipt_id, /^0x[0-9a-f]{64}$/, 'every answer carries its receipt id');
+  const record = { receiptId: response.receipt_id, usage: response.usage, attribution: response.attribution ?? [], model, template };
+  delivered.push(record);
+  return record;
+}
+
+// Waits until every id has a ReceiptSettled event; returns all settled receipts since the start.
+async function waitSettled(receiptIds, timeoutMs = 120_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const settled = await settledReceipts(node.api, startBlock);
+    if (receiptIds.every((id) => settled.has(id))) return settled;
+    if (Date.now() > deadline) {
+      throw new Error(`not settled: ${receiptIds.filter((id) => !settled.has(id)).join(', ')}`);
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+async function free(address) {
+  return (await node.api.query.system.account(address)).data.free.toBigInt();
+}
+
+async function credit(address) {
+  return (await node.api.query.system.account(address)).data.reserved.toBigInt();
+}
+
+// The fee and payouts of one answer, computed here from chain prices and the answer's usage and
+// attribution, following DESIGN.md's fee rules (not the runtime's code).
+async function expectedPayouts(record) {
+  const { api } = node;
+  const workerAccount = (await api.query.workers.workers(accountOf(process.env.OPENLEDGER_ACCOUNT_KEY))).unwrap();
+  const protocol = BigInt((await api.query.attribution.protocolShare()).toNumber());
+  const dataShare = BigInt((await api.query.attribution.dataShare()).toNumber());
+  const retrievalPrice = (await api.query.attribution.retrievalPrice()).toBigInt();
+  const afterProtocol = (x) => x - (x * protocol) / PPM;
+  const tokens = BigInt(record.usage.prompt_tokens + record.usage.completion_tokens);
+  const pay = new Map();
+  const add = (who, amount) => { if (amount > 0n) pay.set(who, (pay.get(who) ?? 0n) + amount); };
+
+  const workerPart = (tokens * workerAccount.computePricePer1kTokens.toBigInt()) / 1000n;
+  let fee = workerPart;
+  add(workerAddress, afterProtocol(workerPart));
+
+  const adapterId = ids.adapters[record.model];
+  if (adapterId !== undefined) {
+    const adapter = (await api.query.registry.adapters(adapterId)).unwrap();
+    const adapterPart = (tokens * adapter.pricePer1kTokens.toBigInt()) / 1000n;
+    fee += adapterPart;
+    const net = afterProtocol(adapterPart);
+    const data = (net * dataShare) / PPM;
+    let allocated = 0n;
+    for (const [datanet, share] of adapter.provenance) {
+      allocated += share.toBigInt();
+      const count = BigInt((await api.query.dataNets.dataNets(datanet)).unwrap().acceptedItems.toNumber());
+      if (count === 0n) continue;
+      const portion = (data * share.toBigInt()) / PPM;
+      add(palletAccount('ol/dnets'), (portion / count) * count);
+    }
+    add(adapter.owner.toString(), net - data + (data * (PPM - allocated)) / PPM);
+  }
+  if (record.template) {
+    const promptId = ids.prompts[record.template];
+    const prompt = (await api.query.registry.prompts(promptId)).unwrap();
+    fee += prompt.pricePerCall.toBigInt();
+    add(prompt.owner.toString(), afterProtocol(prompt.pricePerCall.toBigInt()));
+  }
+  const weights = new Map();
+  for (const entry of record.attribution) {
+    if (entry.source === 'training') continue;
+    weights.set(entry.item, (weights.get(entry.item) ?? 0n) + BigInt(entry.weight_ppm));
+  }
+  const retrievalPart = retrievalPrice * BigInt(weights.size);
+  fee += retrievalPart;
+  const totalWeight = [...weights.values()].reduce((a, b) => a + b, 0n);
+  const itemOwner = new Map(Object.values(ids.items).map((v) => [v.item, v.contributor]));
+  for (const [item, weight] of weights) {
+    add(itemOwner.get(item), (afterProtocol(retrievalPart) * weight) / totalWeight);
+  }
+  const paid = [...pay.values()].reduce((a, b) => a + b, 0n);
+  add(palletAccount('py/trsry'), fee - paid);
+  return { fee, pay };
+}
+
+let keyring;
+let workerAddress;
+const accountOf = (uri) => keyring.addFromUri(uri).address;
+
+before(async () => {
+  node = await connect();
+  keyring = node.keyring;
+  workerAddress = accountOf(process.env.OPENLEDGER_ACCOUNT_KEY);
+  startBlock = (await node.api.rpc.chain.getHeader()).number.toNumber();
+  worker = await startWorker();
+});
+
+after(async () => {
+  await stopWorker();
+  await node?.api.disconnect();
+});
+
+test('the worker\'s chain client is generated from this runtime\'s metadata', async () => {
+  // `Metadata_metadata_at_version(15)` returns SCALE Option<OpaqueMetadata>: 0x01, a compact
+  // length, the metadata. The committed copy must be those bytes (scripts/refresh-metadata.sh).
+  const raw = (await node.api.rpc.state.call('Metadata_metadata_at_version', '0x0f000000')).toU8a(true);
+  assert.equal(raw[0], 1, 'the runtime serves metadata V15');
+  const [offset, length] = compactFromU8a(raw.subarray(1));
+  const served = raw.subarray(1 + offset, 1 + offset + length.toNumber());
+  const committed = readFileSync(new URL('../../worker/metadata/openledger.scale', import.meta.url));
+  assert.ok(Buffer.from(served).equals(committed),
+    `worker/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's (${served.length}); run scripts/refresh-metadata.sh`);
+});
+
+test('a payer without authorisation gets 402 before any work, and no receipt exists', async () => {
+  const body = JSON.stringify({ model: 'nature-tutor', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 });
+  for (const headers of [{}, { authorization: 'Bearer not-a-key' }, { 'x-openledger-voucher': '0x00' }]) {
+    const reply = await fetch(`${workerUrl}/v1/chat/completions`, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } });
+    assert.equal(reply.status, 402);
+    const error = (await reply.json()).error;
+    assert.equal(error.code, 'payment_required', error.message);
+  }
+  await stopWorker();
+  const stats = JSON.parse(cli('outbox', 'stats', '--outbox', join(dir, 'outbox.redb')));
+  assert.equal(stats.total, 0, 'refused requests leave no receipt');
+  worker = await startWorker();
+});
+
+test('requests over adapters, prompts and DataNets settle and pay exactly what the rules say', async () => {
+  const payees = [node.dev.charlie.address, node.dev.dave.address, node.dev.eve.address, node.dev.ferdie.address,
+    palletAccount('py/trsry'), palletAccount('ol/dnets')];
+  const before = new Map(await Promise.all(payees.map(async (p) => [p, await free(p)])));
+  const creditBefore = await credit(node.dev.alice.address);
+  const records = await Promise.all([
+    ask('nature-tutor', 'How do honeybees find food?', { template: 'qa', datanets: [0] }),
+    ask('kitchen-helper', 'How long does sourdough rise?', { template: 'qa', datanets: [0] }),
+    ask('SmolLM2-135M-Instruct', 'What are spring tides?', { datanets: [0] }),
+    ask('nature-tutor', 'Say hello.', {}),
+    ask('kitchen-helper', 'Name a bread.', {}),
+    ask('SmolLM2-135M-Instruct', 'How efficient are solar panels?', { template: 'qa', datanets: [0] }),
+  ]);
+  const settled = await waitSettled(records.map((r) => r.receiptId));
+  const expected = new Map();
+  let charged = 0n;
+  for (const record of records) {
+    const { fee, pay } = await expectedPayouts(record);
+    const onChain = settled.get(record.receiptId);
+    assert.equal(onChain.fee, fee, `fee of ${record.receiptId}`);
+    assert.equal(onChain.payer, node.dev.alice.address);
+    charged += fee;
+    for (const [who, amount] of pay) expected.set(who, (expected.get(who) ?? 0n) + amount);
+    assert.deepEqual(new Map([...onChain.payouts].sort()), new Map([...pay].sort()), `payouts of ${record.receiptId}`);
+  }
+  for (const p of payees) {
+    assert.equal((await free(p)) - before.get(p), expected.get(p) ?? 0n, `balance of ${p}`);
+  }
+  assert.equal(creditBefore - (await credit(node.dev.alice.address)), charged, 'the payer is charged the fees, no more');
+  const paid = [...expected.values()].reduce((a, b) => a + b, 0n);
+  assert.equal(paid, charged, 'the total paid equals the total charged');
+});
+
+test('a voucher pays for exactly its request, once', async () => {
+  const body = JSON.stringify({ model: 'nature-tutor', messages: [{ role: 'user', content: 'Bees?' }], max_tokens: 8, user: 'voucher-1' });
+  const file = join(dir, 'voucher-body.json');
+  writeFileSync(file, body);
+  const voucher = execFileSync(workerBin, ['voucher', 'sign', '--chain', process.env.OPENLEDGER_WS, '--key-env', 'PAYER',
+    '--worker', workerAddress, '--body-file', file, '--max-fee', '1OPEN'], { encoding: 'utf8', env: { ...process.env, PAYER: '//Alice' } }).trim();
+  const send = (text) => fetch(`${workerUrl}/v1/chat/completions`, { method: 'POST', body: text, headers: { 'content-type': 'application/json', 'x-openledger-voucher': voucher } });
+  const tampered = await send(body.replace('Bees?', 'Wasps?'));
+  assert.equal(tampered.status, 402, 'a voucher covers only the body it signed');
+  const reply = await send(body);
+  assert.equal(reply.status, 200);
+  const answer = await reply.json();
+  delivered.push({ receiptId: answer.receipt_id, usage: answer.usage, attribution: answer.attribution ?? [], model: 'nature-tutor' });
+  const again = await send(body);
+  assert.equal(again.status, 409, 'a voucher pays for one request');
+  const settled = await waitSettled([answer.receipt_id]);
+  assert.equal(settled.get(answer.receipt_id).fee, (await expectedPayouts(delivered.at(-1))).fee);
+});
+
+test('receipts submitted by a third account pay the right people; resubmitting pays nothing twice', async () => {
+  await stopWorker();
+  worker = await startWorker(['--no-submit']);
+  const records = [await ask('nature-tutor', 'Tell me about tides.', { template: 'qa', datanets: [0] }),
+    await ask('kitchen-helper', 'Oven temperature?', { datanets: [0] })];
+  await stopWorker();
+  const payees = [node.dev.charlie.address, node.dev.dave.address, node.dev.eve.address, node.dev.ferdie.address, palletAccount('py/trsry'), palletAccount('ol/dnets')];
+  const snapshot = async () => new Map(await Promise.all(payees.map(async (p) => [p, await free(p)])));
+  const before = await snapshot();
+  // Bob, who is owed nothing here, settles every receipt in the worker's outbox.
+  const resubmit = () => JSON.parse(execFileSync(workerBin, ['outbox', 'resubmit', '--chain', process.env.OPENLEDGER_WS,
+    '--outbox', join(dir, 'outbox.redb'), '--key-env', 'SUBMITTER'], { encoding: 'utf8', env: { ...process.env, SUBMITTER: '//Bob' } }));
+  const first = resubmit();
+  assert.equal(first.settled, 2, JSON.stringify(first));
+  assert.equal(first.rejected.AlreadySettled, first.submitted - 2, JSON.stringify(first));
+  const settled = await waitSettled(records.map((r) => r.receiptId));
+  const expected = new Map();
+  for (const record of records) {
+    for (const [who, amount] of (await expectedPayouts(record)).pay) expected.set(who, (expected.get(who) ?? 0n) + amount);
+    assert.ok(settled.has(record.receiptId));
+  }
+  const middle = await snapshot();
+  for (const p of payees) assert.equal(middle.get(p) - before.get(p), expected.get(p) ?? 0n, `balance of ${p}`);
+  const second = resubmit();
+  assert.equal(second.settled, 0, JSON.stringify(second));
+  assert.deepEqual(await snapshot(), middle, 'nothing is paid twice');
+  // The worker's own submitter, restarted, finds them settled and records them as done.
+  worker = await startWorker();
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.deepEqual(await snapshot(), middle, 'nothing is paid twice');
+});
+
+test('kill -9 with requests in flight: every delivered answer has exactly one settled receipt', async () => {
+  const count = delivered.length;
+  const inFlight = [];
+  for (let i = 0; i < 6; i++) {
+    inFlight.push(ask(i % 2 ? 'nature-tutor' : 'kitchen-helper', `Write a long story number ${i} about bees.`, { maxTokens: 64 + 16 * i }).catch(() => null));
+  }
+  // Kill once some answers are out and others still generating.
+  while (delivered.length < count + 2) await new Promise((r) => setTimeout(r, 50));
+  await stopWorker('SIGKILL');
+  await Promise.all(inFlight);
+  const fresh = delivered.slice(count);
+  assert.ok(fresh.length >= 2 && fresh.length < 6, `${fresh.length} answers were delivered before the kill`);
+  worker = await startWorker();
+  const settled = await waitSettled(delivered.map((r) => r.receiptId));
+  // Settled at most once each: the chain's own replay protection, seen through its events.
+  const seen = new Map();
+  const best = (await node.api.rpc.chain.getHeader()).number.toNumber();
+  for (let n = startBlock; n <= best; n++) {
+    const events = await (await node.api.at(await node.api.rpc.chain.getBlockHash(n))).query.system.events();
+    for (const { event } of events) {
+      if (event.section === 'attribution' && event.method === 'ReceiptSettled') {
+        const id = event.data.receiptId.toHex();
+        seen.set(id, (seen.get(id) ?? 0) + 1);
+      }
+    }
+  }
+  for (const record of delivered) {
+    assert.equal(seen.get(record.receiptId), 1, `receipt ${record.receiptId} settled once`);
+    assert.ok(settled.has(record.receiptId));
+  }
+  assert.ok([...seen.values()].every((n) => n === 1), 'no receipt settled twice');
+});
+
+test('the node restarted during submission: nothing is lost', async () => {
+  const records = await Promise.all([ask('nature-tutor', 'What do drones do?', {}), ask('kitchen-helper', 'Starter feeding?', {})]);
+  // The answers woke the submitter: stop the node under it, keep it down a while, bring it back.
+  const nodeArgs = ['--dev', '--base-path', join(dir, 'chain'), '--rpc-port', process.env.OPENLEDGER_RPC_PORT,
+    '--port', process.env.OPENLEDGER_P2P_PORT, '--rpc-cors', 'all', '--no-prometheus', '--no-telemetry'];
+  await node.api.disconnect();
+  execFileSync('sh', ['-c', `kill $(cat "${dir}/node.pid") && while kill -0 $(cat "${dir}/node.pid") 2>/dev/null; do sleep 0.2; done`]);
+  await new Promise((r) => setTimeout(r, 3000));
+  const log = openSync(join(dir, 'node.log'), 'a');
+  const restarted = spawn(process.env.OPENLEDGER_NODE_BIN, nodeArgs, { stdio: ['ignore', log, log], detached: true });
+  execFileSync('sh', ['-c', `echo ${restarted.pid} > "${dir}/node.pid"`]);
+  restarted.unref();
+  node = await connect();
+  await waitSettled(records.map((r) => r.receiptId));
+});
+
+test('the outbox holds every delivered answer\'s receipt, each judged', async () => {
+  await stopWorker();
+  const stats = JSON.parse(cli('outbox', 'stats', '--outbox', join(dir, 'outbox.redb')));
+  const exported = cli('outbox', 'export', '--outbox', join(dir, 'outbox.redb')).trim().split('\n').map((l) => JSON.parse(l));
+  const ids = new Set(exported.map((r) => r.id));
+  for (const record of delivered) assert.ok(ids.has(record.receiptId), `receipt ${record.receiptId} is in the outbox`);
+  assert.equal(stats.queued, 0, 'every receipt was judged');
+  assert.equal(stats.rejected, 0, JSON.stringify(stats));
+});
