@@ -92,9 +92,9 @@ start_worker() {
 }
 
 stop_all() {
-	[ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null
-	# A test may have restarted the node; node.pid names the live one.
-	[ -f "$DEMO_DIR/node.pid" ] && kill "$(cat "$DEMO_DIR/node.pid")" 2>/dev/null
-	[ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null
+	# Each may be gone already (a test restarts the node; node.pid names the live one).
+	if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
+	if [ -f "$DEMO_DIR/node.pid" ]; then kill "$(cat "$DEMO_DIR/node.pid")" 2>/dev/null || true; fi
+	if [ -n "$node_pid" ]; then kill "$node_pid" 2>/dev/null || true; fi
 	wait 2>/dev/null || true
 }
