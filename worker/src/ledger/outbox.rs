@@ -71,6 +71,14 @@ impl<E: Into<redb::Error>> From<E> for OutboxError {
 
 pub struct Outbox {
 	db: Database,
+	pending: std::sync::Mutex<Pending>,
+}
+
+/// Receipts waiting for the next group commit, and whether a thread is committing.
+#[derive(Default)]
+struct Pending {
+	jobs: Vec<(SignedReceipt, std::sync::mpsc::SyncSender<Result<ContentHash, OutboxError>>)>,
+	leader: bool,
 }
 
 fn key(hash: &ContentHash) -> &[u8] {
@@ -107,7 +115,7 @@ impl Outbox {
 			tx.open_table(REQUESTS)?;
 		}
 		tx.commit()?;
-		Ok(Self { db })
+		Ok(Self { db, pending: Default::default() })
 	}
 
 	/// Opens an existing outbox for inspection, whatever chain it belongs to.
@@ -115,7 +123,7 @@ impl Outbox {
 		if !path.is_file() {
 			return Err(OutboxError::Db(format!("no outbox at {}", path.display())));
 		}
-		let outbox = Self { db: Database::create(path)? };
+		let outbox = Self { db: Database::create(path)?, pending: Default::default() };
 		outbox.genesis()?;
 		Ok(outbox)
 	}
@@ -133,24 +141,65 @@ impl Outbox {
 
 	/// Commits `receipt` durably and queues it for submission; returns its id. Refuses a second
 	/// receipt for the same request.
+	///
+	/// Group commit: receipts that arrive while a commit is running are committed together by
+	/// the next one, so concurrent requests share an fsync instead of queueing for one each.
 	pub fn append(&self, receipt: &SignedReceipt) -> Result<ContentHash, OutboxError> {
-		let id = receipt.receipt.id();
-		let request = receipt.receipt.request_hash;
+		let (reply, answer) = std::sync::mpsc::sync_channel(1);
+		let lead = {
+			let mut pending = self.pending.lock().expect("outbox queue lock");
+			pending.jobs.push((receipt.clone(), reply));
+			!std::mem::replace(&mut pending.leader, true)
+		};
+		if lead {
+			loop {
+				let jobs = {
+					let mut pending = self.pending.lock().expect("outbox queue lock");
+					if pending.jobs.is_empty() {
+						pending.leader = false;
+						break;
+					}
+					std::mem::take(&mut pending.jobs)
+				};
+				let receipts: Vec<&SignedReceipt> = jobs.iter().map(|(r, _)| r).collect();
+				let results = match self.commit(&receipts) {
+					Ok(results) => results,
+					Err(e) => receipts.iter().map(|_| Err(OutboxError::Db(e.to_string()))).collect(),
+				};
+				for ((_, reply), result) in jobs.into_iter().zip(results) {
+					let _ = reply.send(result);
+				}
+			}
+		}
+		answer.recv().expect("the committing thread answers every receipt")
+	}
+
+	/// One write transaction for `receipts`; each gets its id or why it was refused.
+	fn commit(&self, receipts: &[&SignedReceipt]) -> Result<Vec<Result<ContentHash, OutboxError>>, OutboxError> {
 		let tx = self.db.begin_write()?;
+		let mut results = Vec::with_capacity(receipts.len());
 		{
 			let mut requests = tx.open_table(REQUESTS)?;
-			if requests.get(key(&request))?.is_some() {
-				return Err(OutboxError::DuplicateRequest(super::keys::hex_hash(&request)));
-			}
-			requests.insert(key(&request), key(&id))?;
-			tx.open_table(RECEIPTS)?.insert(key(&id), receipt.encode().as_slice())?;
+			let mut table = tx.open_table(RECEIPTS)?;
+			let mut queue = tx.open_table(QUEUE)?;
 			let mut meta = tx.open_table(META)?;
-			let seq = meta.get("next_seq")?.map(|v| decode_u64(v.value())).unwrap_or(0);
-			meta.insert("next_seq", seq.wrapping_add(1).to_le_bytes().as_slice())?;
-			tx.open_table(QUEUE)?.insert(seq, key(&id))?;
+			let mut seq = meta.get("next_seq")?.map(|v| decode_u64(v.value())).unwrap_or(0);
+			for receipt in receipts {
+				let (id, request) = (receipt.receipt.id(), receipt.receipt.request_hash);
+				if requests.get(key(&request))?.is_some() {
+					results.push(Err(OutboxError::DuplicateRequest(super::keys::hex_hash(&request))));
+					continue;
+				}
+				requests.insert(key(&request), key(&id))?;
+				table.insert(key(&id), receipt.encode().as_slice())?;
+				queue.insert(seq, key(&id))?;
+				seq = seq.wrapping_add(1);
+				results.push(Ok(id));
+			}
+			meta.insert("next_seq", seq.to_le_bytes().as_slice())?;
 		}
 		tx.commit()?;
-		Ok(id)
+		Ok(results)
 	}
 
 	/// Whether a receipt for `request_hash` exists (a voucher's request was served already).
@@ -303,6 +352,36 @@ mod tests {
 		again.receipt.completion_tokens += 1;
 		assert!(matches!(outbox.append(&again), Err(OutboxError::DuplicateRequest(_))));
 		assert_eq!(outbox.stats().unwrap().total, 1);
+	}
+
+	#[test]
+	fn concurrent_appends_are_all_committed_once() {
+		let dir = tempfile::tempdir().unwrap();
+		let outbox = std::sync::Arc::new(Outbox::open(&dir.path().join("o.redb"), ContentHash::zero()).unwrap());
+		let threads: Vec<_> = (0..8u8)
+			.map(|t| {
+				let outbox = outbox.clone();
+				std::thread::spawn(move || {
+					(0..10u8).map(|n| outbox.append(&test_receipt(t * 10 + n)).unwrap()).collect::<Vec<_>>()
+				})
+			})
+			.collect();
+		let mut ids: Vec<ContentHash> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+		ids.sort();
+		ids.dedup();
+		assert_eq!(ids.len(), 80);
+		let queued = outbox.queued(100).unwrap();
+		assert_eq!(queued.len(), 80);
+		let mut seqs: Vec<u64> = queued.iter().map(|q| q.seq).collect();
+		seqs.dedup();
+		assert_eq!(seqs, (0..80).collect::<Vec<_>>(), "every receipt has its own place in the queue");
+		// A duplicate in the same group is refused without failing the others.
+		let dup = test_receipt(200);
+		let (a, b) = (outbox.clone(), outbox.clone());
+		let (d1, d2) = (dup.clone(), dup.clone());
+		let t1 = std::thread::spawn(move || a.append(&d1).is_ok());
+		let t2 = std::thread::spawn(move || b.append(&d2).is_ok());
+		assert_eq!(u8::from(t1.join().unwrap()) + u8::from(t2.join().unwrap()), 1);
 	}
 
 	#[test]
