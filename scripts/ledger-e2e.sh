@@ -11,7 +11,7 @@ cd "$REPO_ROOT"
 
 DEMO_DIR="$(mktemp -d "${TMPDIR:-/tmp}/openledger-ledger-e2e.XXXXXX")"
 status=0
-cleanup() { stop_all; [ "$status" -eq 0 ] && rm -rf "$DEMO_DIR"; true; }
+cleanup() { stop_all; if [ "$status" -eq 0 ]; then rm -rf "$DEMO_DIR" || true; fi; }
 trap cleanup EXIT
 demo_ports "$(free_port)" "$(free_port)"
 

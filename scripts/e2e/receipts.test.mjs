@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import OpenAI from 'openai';
 import { compactFromU8a } from '@polkadot/util';
 import { connect } from './lib.mjs';
-import { palletAccount, settledReceipts } from './ledger.mjs';
+import { OPEN, palletAccount, setAllowance, settledReceipts } from './ledger.mjs';
 
 const dir = process.env.OPENLEDGER_DEMO_DIR;
 const workerBin = process.env.OPENLEDGER_WORKER_BIN;
@@ -324,6 +324,19 @@ test('the node restarted during submission: nothing is lost', async () => {
   restarted.unref();
   node = await connect();
   await waitSettled(records.map((r) => r.receiptId));
+});
+
+test('concurrent requests never commit more than the allowance: the excess gets 402, no receipt is refused', async () => {
+  // Room for a few requests: each holds its most possible fee from pricing until settlement.
+  await setAllowance(node, node.dev.alice, workerAddress, OPEN / 10n);
+  const outcomes = await Promise.all(Array.from({ length: 8 }, (_, i) => ask(i % 2 ? 'nature-tutor' : 'kitchen-helper',
+    `Question ${i} about bread and bees?`, { datanets: [0], maxTokens: 24 }).then((r) => r, (e) => e)));
+  const served = outcomes.filter((o) => o.receiptId);
+  const refused = outcomes.filter((o) => !o.receiptId);
+  assert.ok(served.length >= 1 && refused.length >= 1, `${served.length} served, ${refused.length} refused`);
+  for (const e of refused) assert.equal(e.status, 402, String(e));
+  await waitSettled(served.map((r) => r.receiptId));
+  await setAllowance(node, node.dev.alice, workerAddress, 50n * OPEN);
 });
 
 test('the outbox holds every delivered answer\'s receipt, each judged', async () => {

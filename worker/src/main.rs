@@ -13,7 +13,7 @@ use openledger_worker::{
 	engine::{EngineHandle, EngineOptions},
 	knowledge::{read_provenance, Knowledge, KnowledgeConfig},
 	ledger::{
-		cli::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand},
+		cli::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand, ACCOUNT_ENV, SESSION_ENV},
 		keys::parse_account,
 		service::{Ledger, LedgerConfig},
 		submitter::SubmitterOptions,
@@ -291,8 +291,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path) -> Result<LedgerConfig> {
 	let base_model = args.base_model_id.context("--chain needs --base-model-id")?;
-	let account = load_key(args.account_key_file.as_ref(), "OPENLEDGER_ACCOUNT_KEY").context("the worker's account key")?;
-	let session = load_key(args.session_key_file.as_ref(), "OPENLEDGER_SESSION_KEY").context("the worker's session key")?;
+	let account = load_key(args.account_key_file.as_ref(), ACCOUNT_ENV).context("the worker's account key")?;
+	let session = load_key(args.session_key_file.as_ref(), SESSION_ENV).context("the worker's session key")?;
 	let api_keys = match &args.api_keys {
 		Some(path) => {
 			let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -32,7 +32,7 @@ use crate::{
 	knowledge::{Grounded, GroundingRequest, Knowledge},
 	ledger::{
 		keys::hex_hash,
-		service::{Authorisation, Ledger, Priced},
+		service::{Authorisation, Ledger, Priced, Reservation},
 		REQUEST_HASH_HEADER, VOUCHER_HEADER,
 	},
 	metrics::{self, Endpoint, Outcome},
@@ -77,6 +77,8 @@ pub(super) struct Billing {
 	ledger: Arc<Ledger>,
 	auth: Authorisation,
 	priced: Priced,
+	/// The most this request can cost, held from the payer's budget until its receipt settles.
+	reservation: Reservation,
 }
 
 impl Billing {
@@ -84,7 +86,7 @@ impl Billing {
 	pub(super) async fn issue(self, output: String, usage: &Usage, attribution: Vec<AttributionEntry>) -> Result<String, ApiError> {
 		let id = self
 			.ledger
-			.issue(self.auth, &self.priced, output, usage.prompt_tokens, usage.completion_tokens, attribution)
+			.issue(self.auth, self.reservation, &self.priced, output, usage.prompt_tokens, usage.completion_tokens, attribution)
 			.await?;
 		Ok(hex_hash(&id))
 	}
@@ -147,7 +149,8 @@ fn bill(state: &AppState, p: &mut Prepared, adapter: Option<&AdapterLease>) -> R
 		let affordable = usize::try_from(total).unwrap_or(usize::MAX).saturating_sub(p.prompt_tokens.len());
 		p.max_tokens = p.max_tokens.min(affordable);
 	}
-	let billing = Billing { ledger, auth, priced };
+	let reservation = ledger.reserve(&auth, priced.max_fee(p.prompt_tokens.len() + p.max_tokens))?;
+	let billing = Billing { ledger, auth, priced, reservation };
 	if let Some(a) = &mut p.attributor {
 		a.grounded.training = billing.training();
 	}

@@ -30,16 +30,26 @@ pub struct KeySource {
 	/// File holding the key's secret URI (mode 600).
 	#[arg(long = "key-file")]
 	pub file: Option<PathBuf>,
-	/// Environment variable holding the key's secret URI (e.g. `//Alice` on a dev chain).
-	#[arg(long = "key-env", default_value = "OPENLEDGER_KEY")]
-	pub env: String,
+	/// Environment variable holding the key's secret URI (e.g. `//Alice` on a dev chain);
+	/// default `OPENLEDGER_ACCOUNT_KEY` for `chain` commands (the worker's account, as `serve`
+	/// reads it), `OPENLEDGER_KEY` otherwise.
+	#[arg(long = "key-env")]
+	pub env: Option<String>,
 }
 
 impl KeySource {
-	pub fn load(&self) -> Result<Sr25519Key> {
-		load_key(self.file.as_ref(), &self.env)
+	/// The key, from the file, the named variable, or `default_env`.
+	pub fn load(&self, default_env: &str) -> Result<Sr25519Key> {
+		load_key(self.file.as_ref(), self.env.as_deref().unwrap_or(default_env))
 	}
 }
+
+/// The worker's account key, as `serve` and the `chain` commands read it.
+pub const ACCOUNT_ENV: &str = "OPENLEDGER_ACCOUNT_KEY";
+/// The worker's session key.
+pub const SESSION_ENV: &str = "OPENLEDGER_SESSION_KEY";
+/// Any other key: a payer's, a submitter's.
+pub const KEY_ENV: &str = "OPENLEDGER_KEY";
 
 /// A key from `file` if given, else from the environment variable `env`.
 pub fn load_key(file: Option<&PathBuf>, env: &str) -> Result<Sr25519Key> {
@@ -231,7 +241,7 @@ pub fn run_key(command: KeyCommand) -> Result<()> {
 			Ok(())
 		},
 		KeyCommand::Inspect(source) => {
-			let key = source.load()?;
+			let key = source.load(KEY_ENV)?;
 			println!("{}", serde_json::json!({ "account": key.account().to_ss58check(), "public": hex_hash(&ContentHash::from(key.public().0)) }));
 			Ok(())
 		},
@@ -252,14 +262,14 @@ fn write_secret(path: &PathBuf, secret: &str) -> Result<()> {
 }
 
 fn session_key(file: Option<&PathBuf>) -> Result<Sr25519Key> {
-	load_key(file, "OPENLEDGER_SESSION_KEY")
+	load_key(file, SESSION_ENV)
 }
 
 pub fn run_chain(command: ChainCommand) -> Result<()> {
 	runtime_builder()?.block_on(async move {
 		match command {
 			ChainCommand::Register { chain, account, session_key_file, endpoint, serves, price_per_1k, stake } => {
-				let (account, session) = (account.load()?, session_key(session_key_file.as_ref())?);
+				let (account, session) = (account.load(ACCOUNT_ENV)?, session_key(session_key_file.as_ref())?);
 				let client = connect(&chain).await?;
 				let call = runtime::tx().workers().register(
 					session.public().0,
@@ -272,23 +282,23 @@ pub fn run_chain(command: ChainCommand) -> Result<()> {
 				println!("worker {} registered in block {} (session key {})", account.account(), included.block, session.account());
 			},
 			ChainCommand::BondExtra { chain, account, amount } => {
-				let account = account.load()?;
+				let account = account.load(ACCOUNT_ENV)?;
 				let included = connect(&chain).await?.submit(&runtime::tx().workers().bond_extra(amount), account.signer()).await?;
 				println!("stake of {} raised by {amount} in block {}", account.account(), included.block);
 			},
 			ChainCommand::RotateKey { chain, account, session_key_file } => {
-				let (account, session) = (account.load()?, session_key(session_key_file.as_ref())?);
+				let (account, session) = (account.load(ACCOUNT_ENV)?, session_key(session_key_file.as_ref())?);
 				let call = runtime::tx().workers().rotate_key(session.public().0);
 				let included = connect(&chain).await?.submit(&call, account.signer()).await?;
 				println!("worker {} signs with {} from block {}", account.account(), session.account(), included.block);
 			},
 			ChainCommand::Unbond { chain, account } => {
-				let account = account.load()?;
+				let account = account.load(ACCOUNT_ENV)?;
 				let included = connect(&chain).await?.submit(&runtime::tx().workers().unbond(), account.signer()).await?;
 				println!("worker {} unbonding from block {}", account.account(), included.block);
 			},
 			ChainCommand::WithdrawUnbonded { chain, account } => {
-				let account = account.load()?;
+				let account = account.load(ACCOUNT_ENV)?;
 				let included =
 					connect(&chain).await?.submit(&runtime::tx().workers().withdraw_unbonded(), account.signer()).await?;
 				println!("stake of {} released in block {}", account.account(), included.block);
@@ -341,7 +351,7 @@ pub async fn sync_items(client: &ChainClient, root: &std::path::Path) -> Result<
 
 pub fn run_voucher(command: VoucherCommand) -> Result<()> {
 	let VoucherCommand::Sign { chain, payer, worker, body_file, max_fee, expires_in } = command;
-	let payer = payer.load()?;
+	let payer = payer.load(KEY_ENV)?;
 	let worker = parse_account(&worker)?;
 	let body = std::fs::read(&body_file).with_context(|| format!("reading {}", body_file.display()))?;
 	runtime_builder()?.block_on(async move {
@@ -380,7 +390,7 @@ pub fn run_outbox(command: OutboxCommand) -> Result<()> {
 			Ok(())
 		},
 		OutboxCommand::Resubmit { chain, outbox, signer, batch } => {
-			let signer = signer.load()?;
+			let signer = signer.load(KEY_ENV)?;
 			let outbox = Arc::new(Outbox::open_existing(&outbox)?);
 			let receipts = outbox.receipts()?;
 			runtime_builder()?.block_on(async move {

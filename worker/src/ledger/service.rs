@@ -73,8 +73,11 @@ pub struct Authorisation {
 	pub payer: AccountId32,
 	pub request_hash: ContentHash,
 	pub voucher: Option<SignedVoucher>,
-	/// The most the receipt's fee may be.
-	pub budget: Balance,
+	/// The most this one request may cost: the voucher's `max_fee` (unbounded for an allowance).
+	pub per_request: Balance,
+	/// What this payer's requests at this worker may cost together until they settle: the credit
+	/// (and, for an allowance, the allowance) on chain when the request came.
+	pub shared: Balance,
 	/// The receipt's `expires_at`.
 	pub expires_at: u32,
 }
@@ -88,6 +91,66 @@ pub struct Priced {
 	pub provenance: Vec<(u32, u32)>,
 	/// The most tokens (prompt + completion) the budget pays for; `None` when tokens are free.
 	pub max_total_tokens: Option<u64>,
+	/// The fee's parts that do not depend on tokens (prompt, retrieval at the most items).
+	pub fixed: Balance,
+	/// Worker and adapter rate per 1000 tokens.
+	pub rate_per_1k: Balance,
+}
+
+impl Priced {
+	/// The most a receipt for `total_tokens` tokens can cost.
+	pub fn max_fee(&self, total_tokens: usize) -> Balance {
+		self.fixed.saturating_add(Balance::try_from(total_tokens).unwrap_or(Balance::MAX).saturating_mul(self.rate_per_1k) / 1000)
+	}
+}
+
+/// What this worker's requests may still cost each payer before the chain has settled them. The
+/// chain lowers credit and allowances only when a receipt settles, so a new request may only be
+/// authorised for what the payer's requests in flight and awaiting settlement leave.
+#[derive(Default)]
+struct Commitments {
+	by_payer: HashMap<AccountId32, Balance>,
+	/// Issued receipts awaiting a verdict: receipt id → (payer, amount held for it).
+	by_receipt: HashMap<ContentHash, (AccountId32, Balance)>,
+}
+
+impl Commitments {
+	fn add(&mut self, payer: &AccountId32, amount: Balance) {
+		let held = self.by_payer.entry(payer.clone()).or_default();
+		*held = held.saturating_add(amount);
+	}
+
+	fn remove(&mut self, payer: &AccountId32, amount: Balance) {
+		if let Some(held) = self.by_payer.get_mut(payer) {
+			*held = held.saturating_sub(amount);
+			if *held == 0 {
+				self.by_payer.remove(payer);
+			}
+		}
+	}
+}
+
+/// An amount held from a payer's budget for one request, from pricing until its receipt is
+/// judged on chain; released at once if the request fails before a receipt exists.
+pub struct Reservation {
+	ledger: Arc<Ledger>,
+	payer: AccountId32,
+	amount: Balance,
+	receipt: Option<ContentHash>,
+}
+
+impl Drop for Reservation {
+	fn drop(&mut self) {
+		let mut commitments = self.ledger.commitments.lock().expect("commitments lock");
+		match self.receipt {
+			// Held until the submitter records the receipt's verdict (a worker that does not
+			// submit never learns it, and holds nothing past the answer).
+			Some(id) if self.ledger.submits => {
+				commitments.by_receipt.insert(id, (self.payer.clone(), self.amount));
+			},
+			_ => commitments.remove(&self.payer, self.amount),
+		}
+	}
 }
 
 pub struct Ledger {
@@ -99,6 +162,9 @@ pub struct Ledger {
 	outbox: Arc<Outbox>,
 	api_keys: HashMap<String, AccountId32>,
 	snapshot: RwLock<Arc<ChainSnapshot>>,
+	commitments: std::sync::Mutex<Commitments>,
+	/// Whether this process submits its receipts (and so learns their verdicts).
+	submits: bool,
 	/// The best block seen (receipts expire relative to it).
 	best_block: AtomicU32,
 	wakeup: Arc<Notify>,
@@ -134,11 +200,20 @@ impl Ledger {
 			outbox: outbox.clone(),
 			api_keys: config.api_keys,
 			best_block: AtomicU32::new(snapshot.block),
+			commitments: Default::default(),
+			submits: config.submit,
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
 		});
 		let submitter = if config.submit {
-			let submitter = Submitter::new(chain, outbox, config.account.signer().clone(), config.submitter, wakeup);
+			let judged = Arc::downgrade(&ledger);
+			let on_judged = Arc::new(move |ids: &[ContentHash]| {
+				if let Some(ledger) = judged.upgrade() {
+					ledger.release(ids);
+				}
+			});
+			let submitter =
+				Submitter::new(chain, outbox, config.account.signer().clone(), config.submitter, wakeup).on_judged(on_judged);
 			tokio::spawn(submitter.run(shutdown.clone()))
 		} else {
 			tracing::info!("receipts stay in the outbox: this worker does not submit them");
@@ -158,6 +233,38 @@ impl Ledger {
 
 	pub fn outbox(&self) -> &Arc<Outbox> {
 		&self.outbox
+	}
+
+	/// Holds `amount` of the payer's budget for a priced request (see [`Commitments`]), or 402
+	/// when requests priced meanwhile took what it needs.
+	pub fn reserve(self: &Arc<Self>, auth: &Authorisation, amount: Balance) -> Result<Reservation, LedgerError> {
+		let mut commitments = self.commitments.lock().expect("commitments lock");
+		let committed = commitments.by_payer.get(&auth.payer).copied().unwrap_or(0);
+		if amount > auth.per_request || committed.saturating_add(amount) > auth.shared {
+			return Err(LedgerError::PaymentRequired(format!(
+				"payer {}'s requests not yet settled leave less than this one may cost ({amount})",
+				auth.payer
+			)));
+		}
+		commitments.add(&auth.payer, amount);
+		tracing::debug!(payer = %auth.payer, amount, committed = committed + amount, shared = auth.shared, "budget reserved");
+		Ok(Reservation { ledger: self.clone(), payer: auth.payer.clone(), amount, receipt: None })
+	}
+
+	/// Receipts the chain has judged: what was held for them is free again (the chain has
+	/// charged the fee, or refused it).
+	pub fn release(&self, receipts: &[ContentHash]) {
+		let mut commitments = self.commitments.lock().expect("commitments lock");
+		for id in receipts {
+			if let Some((payer, amount)) = commitments.by_receipt.remove(id) {
+				commitments.remove(&payer, amount);
+			}
+		}
+	}
+
+	/// What the payer's unsettled requests at this worker may still cost.
+	fn committed(&self, payer: &AccountId32) -> Balance {
+		self.commitments.lock().expect("commitments lock").by_payer.get(payer).copied().unwrap_or(0)
 	}
 
 	pub fn snapshot(&self) -> Arc<ChainSnapshot> {
@@ -254,14 +361,17 @@ impl Ledger {
 				)));
 			}
 			let funds = self.chain.payer_funds(&voucher.payer, &self.account).await?;
-			let budget = voucher.max_fee.min(funds.credit);
-			if budget == 0 {
-				return Err(LedgerError::PaymentRequired(format!("payer {} has no credit on chain", voucher.payer)));
+			if funds.credit.saturating_sub(self.committed(&voucher.payer)) == 0 || voucher.max_fee == 0 {
+				return Err(LedgerError::PaymentRequired(format!(
+					"payer {} has no credit on chain beyond what its unsettled requests may cost",
+					voucher.payer
+				)));
 			}
 			return Ok(Authorisation {
 				payer: voucher.payer.clone(),
 				request_hash: voucher.request_hash,
-				budget,
+				per_request: voucher.max_fee,
+				shared: funds.credit,
 				expires_at: voucher.expires_at.min(latest_expiry),
 				voucher: Some(signed),
 			});
@@ -273,10 +383,11 @@ impl Ledger {
 			)));
 		};
 		let funds = self.chain.payer_funds(payer, &self.account).await?;
-		let budget = funds.allowance.min(funds.credit);
-		if budget == 0 {
+		let committed = self.committed(payer);
+		let shared = funds.allowance.min(funds.credit);
+		if shared.saturating_sub(committed) == 0 {
 			return Err(LedgerError::PaymentRequired(format!(
-				"payer {payer} has {} credit and {} allowance for this worker",
+				"payer {payer} has {} credit and {} allowance for this worker, {committed} of it held for requests not yet settled",
 				funds.credit, funds.allowance
 			)));
 		}
@@ -287,7 +398,8 @@ impl Ledger {
 			payer: payer.clone(),
 			request_hash: content_hash(&hashed),
 			voucher: None,
-			budget,
+			per_request: Balance::MAX,
+			shared,
 			expires_at: latest_expiry,
 		})
 	}
@@ -301,7 +413,8 @@ impl Ledger {
 		grounded: bool,
 		prompt_tokens: usize,
 	) -> Result<Priced, LedgerError> {
-		price_request(&self.snapshot(), self.base_model, auth.budget, adapter_hash, template_hash, grounded, prompt_tokens)
+		let available = auth.per_request.min(auth.shared.saturating_sub(self.committed(&auth.payer)));
+		price_request(&self.snapshot(), self.base_model, available, adapter_hash, template_hash, grounded, prompt_tokens)
 	}
 
 	/// Signs the receipt of a served request and commits it to the outbox (fsynced) before the
@@ -309,6 +422,7 @@ impl Ledger {
 	pub async fn issue(
 		self: &Arc<Self>,
 		auth: Authorisation,
+		mut reservation: Reservation,
 		priced: &Priced,
 		output: String,
 		prompt_tokens: usize,
@@ -329,12 +443,21 @@ impl Ledger {
 			voucher: auth.voucher,
 		};
 		let ledger = self.clone();
-		let id = tokio::task::spawn_blocking(move || {
+		let appended = tokio::task::spawn_blocking(move || {
 			let signed = sign_receipt(&ledger.account, &ledger.session, &ledger.genesis, served);
 			ledger.outbox.append(&signed)
 		})
 		.await
-		.map_err(|e| LedgerError::Outbox(OutboxError::Db(format!("outbox task: {e}"))))??;
+		.map_err(|e| LedgerError::Outbox(OutboxError::Db(format!("outbox task: {e}"))))?;
+		let id = match appended {
+			// The same voucher sent twice at once: both passed the check, one got the receipt.
+			Err(OutboxError::DuplicateRequest(request)) => {
+				return Err(LedgerError::AlreadyServed(format!("request {request} was served already; a voucher pays for one request")))
+			},
+			other => other?,
+		};
+		reservation.receipt = Some(id);
+		drop(reservation);
 		self.wakeup.notify_one();
 		Ok(id)
 	}
@@ -396,6 +519,8 @@ pub fn price_request(
 		prompt: prompt.map(|p| (p.id, template_hash.unwrap_or_default())),
 		provenance: adapter.map(|a| a.provenance.clone()).unwrap_or_default(),
 		max_total_tokens,
+		fixed,
+		rate_per_1k: rate,
 	})
 }
 

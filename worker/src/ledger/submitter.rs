@@ -48,7 +48,12 @@ pub struct Submitter {
 	options: SubmitterOptions,
 	/// Woken when a receipt is appended, so receipts do not wait for `idle_poll`.
 	wakeup: Arc<Notify>,
+	/// Told the ids of receipts the chain has judged.
+	on_judged: Option<JudgedHook>,
 }
+
+/// Called with the ids of receipts whose verdict was just recorded.
+pub type JudgedHook = Arc<dyn Fn(&[ContentHash]) + Send + Sync>;
 
 /// What one round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,7 +70,13 @@ impl Submitter {
 		options: SubmitterOptions,
 		wakeup: Arc<Notify>,
 	) -> Self {
-		Self { chain, outbox, signer, options, wakeup }
+		Self { chain, outbox, signer, options, wakeup, on_judged: None }
+	}
+
+	/// Calls `hook` with the ids of every batch's judged receipts, once recorded.
+	pub fn on_judged(mut self, hook: JudgedHook) -> Self {
+		self.on_judged = Some(hook);
+		self
 	}
 
 	/// Submits until `shutdown` turns true and the queue is empty or the chain unreachable.
@@ -122,11 +133,15 @@ impl Submitter {
 			settled: outcomes.iter().filter(|(_, _, o)| matches!(o, Outcome::Settled { .. })).count(),
 			rejected: outcomes.iter().filter(|(_, _, o)| matches!(o, Outcome::Rejected { .. })).count(),
 		};
+		let ids: Vec<ContentHash> = outcomes.iter().map(|(_, id, _)| *id).collect();
 		let outbox = self.outbox.clone();
 		tokio::task::spawn_blocking(move || outbox.record(&outcomes))
 			.await
 			.map_err(|e| ChainError::State(format!("outbox task: {e}")))?
 			.map_err(|e| ChainError::State(e.to_string()))?;
+		if let Some(hook) = &self.on_judged {
+			hook(&ids);
+		}
 		Ok(Some(round))
 	}
 }
