@@ -4,7 +4,7 @@
 use futures::{FutureExt, StreamExt};
 use openledger_runtime::{apis::RuntimeApi, opaque::Block, SLOT_DURATION};
 use polkadot_sdk::{
-	sc_basic_authorship, sc_client_api::{Backend, BlockBackend},
+	sc_basic_authorship, sc_client_api::{Backend, BlockBackend, StorageProvider},
 	sc_consensus, sc_consensus_aura::{self, ImportQueueParams, SlotProportion, StartAuraParams},
 	sc_consensus_grandpa::{self, SharedVoterState},
 	sc_consensus_manual_seal::{self as manual_seal, consensus::aura::AuraConsensusDataProvider},
@@ -154,6 +154,20 @@ struct DevClock {
 }
 
 impl DevClock {
+	/// Continues from the best block's timestamp: a dev chain that made blocks faster than slots
+	/// is ahead of the wall clock, and a restarted node must not go back in time (Aura panics).
+	fn resume(client: &FullClient) -> Self {
+		let best = polkadot_sdk::sp_blockchain::HeaderBackend::info(client).best_hash;
+		let key = [sp_io::hashing::twox_128(b"Timestamp"), sp_io::hashing::twox_128(b"Now")].concat();
+		let last = client
+			.storage(best, &polkadot_sdk::sp_core::storage::StorageKey(key))
+			.ok()
+			.flatten()
+			.and_then(|data| <[u8; 8]>::try_from(data.0.as_slice()).ok())
+			.map_or(0, u64::from_le_bytes);
+		Self { last: AtomicU64::new(last) }
+	}
+
 	fn next(&self) -> sp_timestamp::Timestamp {
 		let now = sp_timestamp::Timestamp::current().as_millis();
 		let mut last = self.last.load(Ordering::SeqCst);
@@ -302,7 +316,7 @@ pub fn new_full<N: sc_network::NetworkBackend<Block, <Block as sp_runtime::trait
 				sender: None,
 			}
 		});
-		let clock = Arc::new(DevClock { last: AtomicU64::new(0) });
+		let clock = Arc::new(DevClock::resume(&client));
 		let authorship = manual_seal::run_manual_seal(manual_seal::ManualSealParams {
 			block_import: client.clone(),
 			env: proposer_factory,

@@ -41,8 +41,9 @@ wait_http() { # url, pid, log, what
 
 start_node() {
 	step "starting a dev node (RPC $CHAIN_WS)"
+	# Archive state: the payout table and the tests read events of every block since the start.
 	"$NODE_BIN" --dev --base-path "$DEMO_DIR/chain" --rpc-port "$RPC_PORT" --port "$P2P_PORT" \
-		--rpc-cors all --no-prometheus --no-telemetry >"$DEMO_DIR/node.log" 2>&1 &
+		--state-pruning archive --rpc-cors all --no-prometheus --no-telemetry >"$DEMO_DIR/node.log" 2>&1 &
 	node_pid=$!
 	echo "$node_pid" >"$DEMO_DIR/node.pid"
 	for _ in $(seq 1 240); do

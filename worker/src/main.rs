@@ -239,6 +239,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	);
 	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
 	let mut submitter = None;
+	let mut follower = None;
 	let state = match &args.ledger.chain {
 		Some(url) => {
 			let config = ledger_config(url, &args.ledger, &model_file).await?;
@@ -264,8 +265,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
 				min_score: args.retrieval_min_score,
 				..KnowledgeConfig::new(root)
 			};
-			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(config)).await??;
-			state.with_knowledge(Arc::new(knowledge))
+			let opening = config.clone();
+			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(opening)).await??;
+			let state = state.with_knowledge(Arc::new(knowledge));
+			if let Some(ledger) = state.ledger() {
+				follower = Some(tokio::spawn(follow_datanets(ledger, state.clone(), config)));
+			}
+			state
 		},
 		None => state,
 	};
@@ -275,6 +281,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let drain = Duration::from_secs(args.drain_secs);
 	api::serve(listener, state, shutdown_signal(drain)).await?;
 	reaper.abort();
+	if let Some(follower) = follower {
+		// It holds the server state, and with it the engine: it must be gone before the engine
+		// can stop.
+		follower.abort();
+		let _ = follower.await;
+	}
 	if let Some(task) = submitter {
 		// Every answer's receipt is in the outbox; give the submitter a moment to settle the
 		// last ones. Whatever is left is sent on the next start.
@@ -287,6 +299,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	engine.shutdown();
 	tracing::info!("worker stopped");
 	Ok(())
+}
+
+/// Keeps the served items in step with the chain: when contributions are accepted, rejected or
+/// withdrawn, records the new ids in the local indexes and reloads the DataNets.
+async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: KnowledgeConfig) {
+	let mut changed = ledger.datanets_changed();
+	while changed.changed().await.is_ok() {
+		// Curators often accept several items in a row: take them in one reload.
+		tokio::time::sleep(Duration::from_millis(500)).await;
+		changed.borrow_and_update();
+		let reload = async {
+			let synced = sync_items(ledger.chain(), &config.datanet_root).await?;
+			let opening = config.clone();
+			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(opening)).await??;
+			state.replace_knowledge(Arc::new(knowledge));
+			anyhow::Ok(synced)
+		};
+		match reload.await {
+			Ok(synced) => {
+				for (datanet, recorded, accepted) in synced {
+					tracing::info!("DataNet {datanet} reloaded: {recorded} local items accepted on chain (of {accepted})");
+				}
+			},
+			Err(e) => tracing::warn!("DataNets not reloaded after a chain change: {e:#}"),
+		}
+	}
 }
 
 async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path) -> Result<LedgerConfig> {

@@ -112,7 +112,7 @@ pub(super) async fn attribute(
 		},
 		None => match billing {
 			Some(b) if !b.priced.provenance.is_empty() => {
-				let policy = state.inner.knowledge.as_ref().map_or_else(AttributionPolicy::default, |k| *k.policy());
+				let policy = state.knowledge().map_or_else(AttributionPolicy::default, |k| *k.policy());
 				(output, Some(combine(&[], &[], &b.training(), &policy)))
 			},
 			_ => (output, None),
@@ -165,7 +165,7 @@ async fn ground(
 	request: &ChatCompletionRequest,
 	messages: &[ChatMessage],
 ) -> Result<Option<Attributor>, ApiError> {
-	let Some(knowledge) = state.inner.knowledge.clone() else {
+	let Some(knowledge) = state.knowledge() else {
 		if !request.wants_grounding() {
 			return Ok(None);
 		}

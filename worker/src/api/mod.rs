@@ -78,8 +78,9 @@ struct Inner {
 	admission: Arc<Semaphore>,
 	/// `None` turns the adapter load/unload endpoints off (403).
 	admin_api_key: Option<String>,
-	/// The DataNets and templates served; `None` answers grounded requests with 404.
-	knowledge: Option<Arc<Knowledge>>,
+	/// The DataNets and templates served; `None` answers grounded requests with 404. Replaced
+	/// whole when the chain accepts new items (requests in flight keep the one they started with).
+	knowledge: std::sync::RwLock<Option<Arc<Knowledge>>>,
 	/// The chain: authorisation, pricing and receipts; `None` serves without charging.
 	ledger: Option<Arc<Ledger>>,
 	draining: AtomicBool,
@@ -110,7 +111,7 @@ impl AppState {
 				admission: Arc::new(Semaphore::new(limits.max_queue)),
 				limits,
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
-				knowledge: None,
+				knowledge: std::sync::RwLock::new(None),
 				ledger: None,
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
@@ -121,10 +122,24 @@ impl AppState {
 
 	/// Serves DataNet retrieval, prompt templates and attribution from `knowledge`. Call before
 	/// the state is cloned.
-	pub fn with_knowledge(mut self, knowledge: Arc<Knowledge>) -> Self {
-		Arc::get_mut(&mut self.inner).expect("with_knowledge is called before the state is shared").knowledge =
-			Some(knowledge);
+	pub fn with_knowledge(self, knowledge: Arc<Knowledge>) -> Self {
+		self.replace_knowledge(knowledge);
 		self
+	}
+
+	/// Serves `knowledge` from the next request on (e.g. reloaded with newly accepted items).
+	pub fn replace_knowledge(&self, knowledge: Arc<Knowledge>) {
+		*self.inner.knowledge.write().expect("knowledge lock") = Some(knowledge);
+	}
+
+	/// The ledger, when the worker charges on a chain.
+	pub fn ledger(&self) -> Option<Arc<Ledger>> {
+		self.inner.ledger.clone()
+	}
+
+	/// The DataNets and templates served now.
+	pub fn knowledge(&self) -> Option<Arc<Knowledge>> {
+		self.inner.knowledge.read().expect("knowledge lock").clone()
 	}
 
 	/// Charges every generation request through `ledger`: 402 without authorisation, a signed

@@ -167,6 +167,8 @@ pub struct Ledger {
 	submits: bool,
 	/// The best block seen (receipts expire relative to it).
 	best_block: AtomicU32,
+	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn).
+	datanets_changed: watch::Sender<u64>,
 	wakeup: Arc<Notify>,
 }
 
@@ -202,6 +204,7 @@ impl Ledger {
 			best_block: AtomicU32::new(snapshot.block),
 			commitments: Default::default(),
 			submits: config.submit,
+			datanets_changed: watch::channel(0).0,
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
 		});
@@ -267,6 +270,16 @@ impl Ledger {
 		self.commitments.lock().expect("commitments lock").by_payer.get(payer).copied().unwrap_or(0)
 	}
 
+	/// Changes whenever a block's events touch DataNet contributions: the served items' ids
+	/// should be synced again.
+	pub fn datanets_changed(&self) -> watch::Receiver<u64> {
+		self.datanets_changed.subscribe()
+	}
+
+	pub fn chain(&self) -> &ChainClient {
+		&self.chain
+	}
+
 	pub fn snapshot(&self) -> Arc<ChainSnapshot> {
 		self.snapshot.read().expect("snapshot lock").clone()
 	}
@@ -295,16 +308,23 @@ impl Ledger {
 				let Some(Ok(block)) = block else { break };
 				let number = u32::try_from(block.number()).unwrap_or(u32::MAX);
 				self.best_block.fetch_max(number, Ordering::Relaxed);
-				stale |= match block.at().await {
+				let (registry, datanets) = match block.at().await {
 					Ok(at) => match at.events().fetch().await {
-						Ok(events) => events.iter().any(|e| {
-							e.map(|e| matches!(e.pallet_name(), "Registry" | "Workers") || e.event_name() == "FeeParamsSet")
-								.unwrap_or(true)
+						Ok(events) => events.iter().fold((false, false), |(registry, datanets), e| match e {
+							Ok(e) => (
+								registry || matches!(e.pallet_name(), "Registry" | "Workers") || e.event_name() == "FeeParamsSet",
+								datanets || e.pallet_name() == "DataNets",
+							),
+							Err(_) => (true, true),
 						}),
-						Err(_) => true,
+						Err(_) => (true, true),
 					},
-					Err(_) => true,
+					Err(_) => (true, true),
 				};
+				stale |= registry;
+				if datanets {
+					self.datanets_changed.send_modify(|n| *n += 1);
+				}
 				if stale {
 					match self.chain.snapshot(&self.account).await {
 						Ok(snapshot) => {
