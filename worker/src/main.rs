@@ -246,8 +246,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			let (ledger, task) = Ledger::start(config, ledger_stopped).await?;
 			submitter = Some(task);
 			if let Some(root) = &args.datanets {
-				let client = openledger_worker::ledger::chain::ChainClient::connect(url).await?;
-				for (datanet, recorded, accepted) in sync_items(&client, root).await? {
+				for (datanet, recorded, accepted) in sync_items(ledger.chain(), root).await? {
 					tracing::info!("DataNet {datanet}: {recorded} local items accepted on chain (of {accepted})");
 				}
 			}

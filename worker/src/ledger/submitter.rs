@@ -146,44 +146,50 @@ impl Submitter {
 	}
 }
 
+/// The batch's verdicts by receipt id, as the runtime's events give them.
+fn events_verdicts(included: &Included) -> Result<HashMap<ContentHash, Result<(), RejectReason>>, ChainError> {
+	let mut by_id = HashMap::new();
+	for event in included.events.find::<runtime::attribution::events::ReceiptSettled>() {
+		let event = event.map_err(|e| ChainError::State(e.to_string()))?;
+		by_id.insert(ContentHash::from(event.receipt_id.0), Ok(()));
+	}
+	for event in included.events.find::<runtime::attribution::events::ReceiptRejected>() {
+		let event = event.map_err(|e| ChainError::State(e.to_string()))?;
+		by_id.insert(ContentHash::from(event.receipt_id.0), Err(event.reason));
+	}
+	Ok(by_id)
+}
+
 /// Each queued receipt's verdict from the batch's events. Every receipt of an included batch
 /// gets an event; a missing one means the runtime and this worker disagree about the call.
 fn verdicts(queued: &[Queued], included: &Included) -> Result<Vec<(u64, ContentHash, Outcome)>, ChainError> {
 	let block = included.block;
-	let mut by_id: HashMap<ContentHash, Outcome> = HashMap::new();
-	for event in included.events.find::<runtime::attribution::events::ReceiptSettled>() {
-		let event = event.map_err(|e| ChainError::State(e.to_string()))?;
-		by_id.insert(ContentHash::from(event.receipt_id.0), Outcome::Settled { block });
-	}
-	for event in included.events.find::<runtime::attribution::events::ReceiptRejected>() {
-		let event = event.map_err(|e| ChainError::State(e.to_string()))?;
-		let outcome = match event.reason {
-			// Settled before (an earlier submission whose verdict was lost, or a copy someone
-			// else submitted): the payees were paid once, which is all this receipt is owed.
-			RejectReason::AlreadySettled => Outcome::Settled { block },
-			reason => {
-				tracing::warn!(receipt = %hex::encode(event.receipt_id.0), "receipt rejected: {reason:?}");
-				Outcome::Rejected { block, reason: format!("{reason:?}") }
-			},
-		};
-		by_id.insert(ContentHash::from(event.receipt_id.0), outcome);
-	}
+	let mut by_id = events_verdicts(included)?;
 	queued
 		.iter()
 		.map(|q| {
-			by_id
-				.get(&q.id)
-				.cloned()
-				.map(|o| (q.seq, q.id, o))
-				.ok_or_else(|| ChainError::State(format!("no verdict for receipt {} in its batch", hex::encode(q.id))))
+			let outcome = match by_id.remove(&q.id) {
+				Some(Ok(())) => Outcome::Settled { block },
+				// Settled before (an earlier submission whose verdict was lost, or a copy someone
+				// else submitted): the payees were paid once, which is all this receipt is owed.
+				Some(Err(RejectReason::AlreadySettled)) => Outcome::Settled { block },
+				Some(Err(reason)) => {
+					tracing::warn!(receipt = %hex::encode(q.id), "receipt rejected: {reason:?}");
+					Outcome::Rejected { block, reason: format!("{reason:?}") }
+				},
+				None => {
+					return Err(ChainError::State(format!("no verdict for receipt {} in its batch", hex::encode(q.id))))
+				},
+			};
+			Ok((q.seq, q.id, outcome))
 		})
 		.collect()
 }
 
 /// Submits `receipts` once, in batches of `batch`, from any account — for resubmitting an
-/// exported outbox or a third party settling someone else's receipts. Returns (settled,
-/// rejected-with-reason) counts, where already-settled receipts count as rejected
-/// `AlreadySettled` here, since this caller wants to know.
+/// exported outbox or a third party settling someone else's receipts. Returns each receipt's
+/// verdict, where an already-settled receipt is reported as rejected `AlreadySettled`, since this
+/// caller wants to know.
 pub async fn submit_once(
 	chain: &ChainClient,
 	signer: &subxt_signer::sr25519::Keypair,
@@ -196,14 +202,8 @@ pub async fn submit_once(
 			.attribution()
 			.submit_receipts(BoundedVec(chunk.iter().cloned().map(subxt::utils::Static).collect()));
 		let included = chain.submit(&call, signer).await?;
-		for event in included.events.find::<runtime::attribution::events::ReceiptSettled>() {
-			let event = event.map_err(|e| ChainError::State(e.to_string()))?;
-			results.push((ContentHash::from(event.receipt_id.0), Ok(())));
-		}
-		for event in included.events.find::<runtime::attribution::events::ReceiptRejected>() {
-			let event = event.map_err(|e| ChainError::State(e.to_string()))?;
-			results.push((ContentHash::from(event.receipt_id.0), Err(format!("{:?}", event.reason))));
-		}
+		let verdicts = events_verdicts(&included)?;
+		results.extend(verdicts.into_iter().map(|(id, verdict)| (id, verdict.map_err(|reason| format!("{reason:?}")))));
 	}
 	Ok(results)
 }
