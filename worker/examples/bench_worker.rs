@@ -794,8 +794,12 @@ fn machine() -> String {
 	format!("{cpu}, {cores} cores")
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+	openledger_worker::model::pin_cpu_threads();
+	tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
 	tracing_subscriber::fmt()
 		.with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
 		.with_writer(std::io::stderr)

@@ -7,17 +7,39 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use candle_core::{
-	quantized::{gguf_file, QMatMul},
+	quantized::{gguf_file, QMatMul, QTensor},
 	DType, Device, Module, Result, Tensor, D,
 };
 
-use super::{LlamaConfig, LoraAdapter, LoraWeights, Projection};
+use super::{quant::QuantMatrix, LlamaConfig, LoraAdapter, LoraWeights, Projection};
+
+/// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
+enum BaseLinear {
+	Quantized(QuantMatrix),
+	Candle(QMatMul),
+}
+
+impl BaseLinear {
+	fn from_qtensor(t: QTensor) -> Result<Self> {
+		match QuantMatrix::from_qtensor(&t)? {
+			Some(m) => Ok(Self::Quantized(m)),
+			None => Ok(Self::Candle(QMatMul::from_qtensor(t)?)),
+		}
+	}
+
+	fn forward(&self, x: &Tensor) -> Result<Tensor> {
+		match self {
+			Self::Quantized(m) => m.forward(x),
+			Self::Candle(m) => m.forward(x),
+		}
+	}
+}
 
 struct Layer {
 	attn_norm: Tensor,
 	ffn_norm: Tensor,
 	/// Indexed by [`Projection::index`].
-	proj: [QMatMul; 7],
+	proj: [BaseLinear; 7],
 }
 
 /// Base weights, immutable after loading; shared by the engine thread and nothing else.
@@ -26,7 +48,7 @@ pub struct Llama {
 	embed: Tensor,
 	layers: Vec<Layer>,
 	norm: Tensor,
-	lm_head: QMatMul,
+	lm_head: BaseLinear,
 	cos: Tensor,
 	sin: Tensor,
 	device: Device,
@@ -140,14 +162,14 @@ impl Llama {
 		let embed_q = tensor("token_embd.weight")?;
 		let embed = embed_q.dequantize(device)?;
 		let lm_head = match tensor("output.weight") {
-			Ok(output) => QMatMul::from_qtensor(output)?,
-			Err(_) => QMatMul::from_qtensor(embed_q)?,
+			Ok(output) => BaseLinear::from_qtensor(output)?,
+			Err(_) => BaseLinear::from_qtensor(embed_q)?,
 		};
 		let norm = norm_vec(tensor("output_norm.weight")?)?;
 		let mut layers = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
-			let mut q = |suffix: &str| -> anyhow::Result<QMatMul> {
-				Ok(QMatMul::from_qtensor(tensor(&format!("blk.{i}.{suffix}.weight"))?)?)
+			let mut q = |suffix: &str| -> anyhow::Result<BaseLinear> {
+				Ok(BaseLinear::from_qtensor(tensor(&format!("blk.{i}.{suffix}.weight"))?)?)
 			};
 			let proj = [
 				q("attn_q")?,
@@ -194,7 +216,7 @@ impl Llama {
 			for p in Projection::ALL {
 				let (fan_in, fan_out) = c.projection_dims(p);
 				let w = lvb.get((fan_out, fan_in), &format!("{}.weight", p.module_path()))?;
-				proj.push(QMatMul::Tensor(w));
+				proj.push(BaseLinear::Candle(QMatMul::Tensor(w)));
 			}
 			layers.push(Layer {
 				attn_norm: lvb.get(c.hidden_size, "input_layernorm.weight")?,
@@ -204,7 +226,7 @@ impl Llama {
 			progress(i + 1, c.num_layers);
 		}
 		let norm = vb.get(c.hidden_size, "model.norm.weight")?;
-		Self::assemble(config, embed, layers, norm, QMatMul::Tensor(lm_head), device)
+		Self::assemble(config, embed, layers, norm, BaseLinear::Candle(QMatMul::Tensor(lm_head)), device)
 	}
 
 	fn assemble(
@@ -212,7 +234,7 @@ impl Llama {
 		embed: Tensor,
 		layers: Vec<Layer>,
 		norm: Tensor,
-		lm_head: QMatMul,
+		lm_head: BaseLinear,
 		device: &Device,
 	) -> anyhow::Result<Self> {
 		let half = config.head_dim / 2;

@@ -4,7 +4,18 @@
 pub mod config;
 pub mod llama;
 pub mod lora;
+pub mod quant;
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, SeqStep};
 pub use lora::{LoraAdapter, LoraWeights, Projection};
+
+/// Fixes candle's CPU thread count for the process. candle asks for it on every float matmul and,
+/// unless `RAYON_NUM_THREADS` is set, counts physical cores by reading /proc/cpuinfo each time:
+/// half the cost of attention's matmuls in a decode step. Call at the start of `main`, before any
+/// other thread exists, since it sets that environment variable.
+pub fn pin_cpu_threads() {
+	if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+		std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
+	}
+}

@@ -1,0 +1,450 @@
+//! `x · Wᵀ` on the CPU for the GGUF block formats of the bundled SmolLM2: Q4_1 projections and a
+//! Q8_0 embedding that doubles as the output head.
+//!
+//! candle 0.11 computes Q4_1 dot products with its scalar reference code (it has no SIMD path for
+//! this type), which made them four fifths of a decode step. These kernels follow ggml's scheme:
+//! activations are quantized per block of 32 to i8 with an f32 scale; each weight block is widened
+//! to 32 bytes once and multiplied (u8 × i8, AVX-VNNI's `vpdpbusd` where the CPU has it) against a
+//! tile of up to four activation rows, so a batch of sequences reads each weight block once per
+//! tile instead of once per row. Work is split over pairs of weight rows on candle's persistent
+//! CPU pool.
+
+use candle_core::{
+	quantized::{GgmlDType, QTensor},
+	Device, Result, Tensor,
+};
+
+/// Weights per quantization block (both weight formats and the activations' Q8 blocks).
+const BLOCK: usize = 32;
+/// Activation rows multiplied against one decoded weight block.
+const ROW_TILE: usize = 4;
+
+/// 32 activations as `d · q`; `sum` is `d · Σq`, which a Q4_1 weight block's minimum multiplies.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Q8Block {
+	d: f32,
+	sum: f32,
+	qs: [i8; BLOCK],
+}
+
+/// The weight block formats with a kernel here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+	/// f16 scale, f16 minimum, 16 bytes of nibbles: `w = d·q + m`, q in 0..16.
+	Q4_1,
+	/// f16 scale, 32 signed bytes: `w = d·q`.
+	Q8_0,
+}
+
+impl Format {
+	fn block_bytes(self) -> usize {
+		match self {
+			Self::Q4_1 => 20,
+			Self::Q8_0 => 34,
+		}
+	}
+}
+
+/// A quantized weight matrix `[rows (out features), cols (in features)]` in GGUF's block layout.
+pub struct QuantMatrix {
+	format: Format,
+	rows: usize,
+	cols: usize,
+	blocks: Vec<u8>,
+}
+
+impl QuantMatrix {
+	/// Takes a CPU Q4_1 or Q8_0 tensor whose rows are whole blocks; `None` for anything else
+	/// (another type or device), which the caller leaves to candle.
+	pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+		let format = match t.dtype() {
+			GgmlDType::Q4_1 => Format::Q4_1,
+			GgmlDType::Q8_0 => Format::Q8_0,
+			_ => return Ok(None),
+		};
+		let (rows, cols) = t.shape().dims2()?;
+		if !t.device().is_cpu() || cols % BLOCK != 0 {
+			return Ok(None);
+		}
+		let blocks = t.data()?.into_owned();
+		if blocks.len() != rows * cols / BLOCK * format.block_bytes() {
+			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", blocks.len());
+		}
+		Ok(Some(Self { format, rows, cols, blocks }))
+	}
+
+	/// `x · Wᵀ` for `x` of shape `[.., cols]`.
+	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+		let dims = x.dims();
+		let Some((&k, lead)) = dims.split_last() else { candle_core::bail!("matmul of a scalar") };
+		if k != self.cols {
+			candle_core::bail!("matmul: the input has {k} features, the weights {}", self.cols);
+		}
+		let m: usize = lead.iter().product();
+		let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+		let mut out = vec![0f32; m * self.rows];
+		self.matmul(&input, m, &mut out);
+		let mut shape = lead.to_vec();
+		shape.push(self.rows);
+		Tensor::from_vec(out, shape, &Device::Cpu)
+	}
+
+	fn weight_row(&self, j: usize) -> &[u8] {
+		let bytes = self.cols / BLOCK * self.format.block_bytes();
+		&self.blocks[j * bytes..(j + 1) * bytes]
+	}
+
+	/// `out[m, rows] = input[m, cols] · Wᵀ`.
+	fn matmul(&self, input: &[f32], m: usize, out: &mut [f32]) {
+		let blocks_per_row = self.cols / BLOCK;
+		let mut quantized = vec![Q8Block::default(); m * blocks_per_row];
+		for (row, q) in input.chunks_exact(self.cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
+			quantize_row(row, q);
+		}
+		let n = self.rows;
+		let out_ptr = SyncPtr(out.as_mut_ptr());
+		let pool = candle_core::utils::barrier_pool();
+		pool.execute_chunked(n.div_ceil(2), |weight_row_pairs| {
+			let out_ptr = &out_ptr;
+			for pair in weight_row_pairs {
+				let first = pair * 2;
+				let columns = (n - first).min(2);
+				let w = [self.weight_row(first), self.weight_row(first + columns - 1)];
+				for tile_start in (0..m).step_by(ROW_TILE) {
+					let tile = &quantized[tile_start * blocks_per_row..(tile_start + ROW_TILE).min(m) * blocks_per_row];
+					let mut sums = [[0f32; ROW_TILE]; 2];
+					dot_tile(self.format, w, columns, tile, blocks_per_row, &mut sums);
+					for (c, column) in sums.iter().enumerate().take(columns) {
+						for (r, &s) in column.iter().enumerate().take(tile.len() / blocks_per_row) {
+							// Safety: each (row, column) of `out` is written by exactly one work
+							// item, and `execute_chunked` returns only after every item is done.
+							unsafe { *out_ptr.0.add((tile_start + r) * n + first + c) = s };
+						}
+					}
+				}
+			}
+		});
+	}
+}
+
+/// The output pointer, shared by the pool's threads, each writing its own elements.
+struct SyncPtr(*mut f32);
+unsafe impl Sync for SyncPtr {}
+
+/// Quantizes one row to Q8 blocks (round to nearest even, as ggml's SIMD paths do).
+fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+	for (chunk, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
+		let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+		let d = amax / 127.0;
+		let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+		let mut sum = 0i32;
+		for (q, &v) in block.qs.iter_mut().zip(chunk) {
+			*q = (v * inverse).round_ties_even() as i8;
+			sum += *q as i32;
+		}
+		block.d = d;
+		block.sum = d * sum as f32;
+	}
+}
+
+/// Dot products of one or two weight rows (`w`) with each activation row of `tile` (1 to 4 rows
+/// of `blocks_per_row` blocks): `sums[c][r]`.
+fn dot_tile(
+	format: Format,
+	w: [&[u8]; 2],
+	columns: usize,
+	tile: &[Q8Block],
+	blocks_per_row: usize,
+	sums: &mut [[f32; ROW_TILE]; 2],
+) {
+	let rows = tile.len() / blocks_per_row;
+	#[cfg(target_arch = "x86_64")]
+	if let Some(isa) = simd::isa() {
+		let row = |r: usize| &tile[r * blocks_per_row..(r + 1) * blocks_per_row];
+		macro_rules! dispatch {
+			($kernel:ident) => {
+				// Safety: `isa` checked the CPU features; every slice has `blocks_per_row` blocks.
+				unsafe {
+					match (columns, rows) {
+						(1, 1) => simd::$kernel::<1, 1>(isa, [w[0]], [row(0)], sums),
+						(1, 2) => simd::$kernel::<1, 2>(isa, [w[0]], [row(0), row(1)], sums),
+						(1, 3) => simd::$kernel::<1, 3>(isa, [w[0]], [row(0), row(1), row(2)], sums),
+						(1, _) => simd::$kernel::<1, 4>(isa, [w[0]], [row(0), row(1), row(2), row(3)], sums),
+						(_, 1) => simd::$kernel::<2, 1>(isa, w, [row(0)], sums),
+						(_, 2) => simd::$kernel::<2, 2>(isa, w, [row(0), row(1)], sums),
+						(_, 3) => simd::$kernel::<2, 3>(isa, w, [row(0), row(1), row(2)], sums),
+						(_, _) => simd::$kernel::<2, 4>(isa, w, [row(0), row(1), row(2), row(3)], sums),
+					}
+				}
+			};
+		}
+		match format {
+			Format::Q4_1 => dispatch!(q4_1),
+			Format::Q8_0 => dispatch!(q8_0),
+		}
+		return;
+	}
+	for c in 0..columns {
+		for (r, x) in tile.chunks_exact(blocks_per_row).enumerate() {
+			sums[c][r] = dot_scalar(format, w[c], x);
+		}
+	}
+}
+
+/// The reference: what the SIMD kernels compute, one block at a time.
+fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
+	let mut total = 0f32;
+	for (wb, xb) in w.chunks_exact(format.block_bytes()).zip(x) {
+		let d = half::f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+		let mut products = 0i32;
+		match format {
+			Format::Q4_1 => {
+				for (j, &byte) in wb[4..].iter().enumerate() {
+					products +=
+						(byte & 0x0F) as i32 * xb.qs[j] as i32 + (byte >> 4) as i32 * xb.qs[j + BLOCK / 2] as i32;
+				}
+				let min = half::f16::from_le_bytes([wb[2], wb[3]]).to_f32();
+				total += min * xb.sum;
+			},
+			Format::Q8_0 => {
+				for (&q, &x) in wb[2..].iter().zip(&xb.qs) {
+					products += q as i8 as i32 * x as i32;
+				}
+			},
+		}
+		total += d * xb.d * products as f32;
+	}
+	total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+	use std::arch::x86_64::*;
+
+	use super::{Q8Block, ROW_TILE};
+
+	/// The instruction sets with a kernel: AVX-VNNI's fused u8 × i8 dot product where present.
+	#[derive(Clone, Copy)]
+	pub enum Isa {
+		Avx2,
+		AvxVnni,
+	}
+
+	pub fn isa() -> Option<Isa> {
+		static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+		*ISA.get_or_init(|| {
+			let avx2 =
+				is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+			match (avx2, is_x86_feature_detected!("avxvnni")) {
+				(true, true) => Some(Isa::AvxVnni),
+				(true, false) => Some(Isa::Avx2),
+				_ => None,
+			}
+		})
+	}
+
+	/// One kernel per weight format and instruction set: the same loop around a different block
+	/// decoding and 32-byte u8 × i8 dot product. Each weight block is decoded once and multiplied
+	/// against every row's block; two weight rows at a time keep independent accumulators in
+	/// flight. `$decode` turns the block pointer `$p` into (scale, minimum, the weights `$w` as
+	/// 32 bytes); `$products` turns `$w` and the activations `$x` into eight i32 sums.
+	macro_rules! kernel {
+		(
+			$name:ident, $features:literal, $block_bytes:literal,
+			|$p:ident| $decode:expr,
+			|$w:ident, $x:ident| $products:expr
+		) => {
+			#[target_feature(enable = $features)]
+			unsafe fn $name<const C: usize, const R: usize>(
+				w: [&[u8]; C],
+				rows: [&[Q8Block]; R],
+				sums: &mut [[f32; ROW_TILE]; 2],
+			) {
+				let mut acc = [[_mm256_setzero_ps(); R]; C];
+				let mut min_terms = [[0f32; R]; C];
+				let blocks = w[0].len() / $block_bytes;
+				for b in 0..blocks {
+					for c in 0..C {
+						let $p = w[c].as_ptr().add(b * $block_bytes);
+						let (scale, min, $w): (f32, f32, __m256i) = $decode;
+						for r in 0..R {
+							let xb = rows[r].get_unchecked(b);
+							let $x = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+							let products: __m256i = $products;
+							acc[c][r] =
+								_mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(scale * xb.d), acc[c][r]);
+							min_terms[c][r] += min * xb.sum;
+						}
+					}
+				}
+				for c in 0..C {
+					for r in 0..R {
+						let v = acc[c][r];
+						let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+						let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+						let single = _mm_add_ss(pair, _mm_movehdup_ps(pair));
+						sums[c][r] = _mm_cvtss_f32(single) + min_terms[c][r];
+					}
+				}
+			}
+		};
+	}
+
+	/// The f16 at `p` as f32, loaded with the next two bytes (a 16-bit load into a vector
+	/// register made the whole kernel a third slower).
+	#[inline(always)]
+	unsafe fn f16_at(p: *const u8) -> f32 {
+		_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32))))
+	}
+
+	/// Q4_1: the 16 packed bytes widen to [low nibbles | high nibbles], the activations' order
+	/// (elements j and j + 16 share a byte).
+	#[inline(always)]
+	unsafe fn q4_1_decode(p: *const u8) -> (f32, f32, __m256i) {
+		// The scale and the minimum are adjacent f16s: one load and one conversion for both.
+		let scale_min = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+		let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
+		let nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+		let weights = _mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F));
+		(_mm_cvtss_f32(scale_min), _mm_cvtss_f32(_mm_movehdup_ps(scale_min)), weights)
+	}
+
+	/// Q8_0: signed weights, multiplied as |w| × (x with w's sign) to fit u8 × i8.
+	#[inline(always)]
+	unsafe fn q8_0_decode(p: *const u8) -> (f32, f32, __m256i) {
+		(f16_at(p), 0.0, _mm256_loadu_si256(p.add(2) as *const __m256i))
+	}
+
+	// maddubs sums u8 × i8 pairs into i16 without saturating here (at most 2·15·128 for Q4_1,
+	// 2·127·127 for Q8_0), then madd sums pairs of those into i32.
+	kernel!(q4_1_avx2, "avx2,fma,f16c", 20, |p| q4_1_decode(p), |w, x| {
+		_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+	});
+	kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", 20, |p| q4_1_decode(p), |w, x| {
+		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+	});
+	kernel!(q8_0_avx2, "avx2,fma,f16c", 34, |p| q8_0_decode(p), |w, x| {
+		_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1))
+	});
+	kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", 34, |p| q8_0_decode(p), |w, x| {
+		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+	});
+
+	/// `sums[c][r] = w[c] · rows[r]` for Q4_1 weights.
+	///
+	/// Safety: the CPU has `isa`'s features; every row has as many blocks as `w[c]`.
+	pub unsafe fn q4_1<const C: usize, const R: usize>(
+		isa: Isa,
+		w: [&[u8]; C],
+		rows: [&[Q8Block]; R],
+		sums: &mut [[f32; ROW_TILE]; 2],
+	) {
+		match isa {
+			Isa::Avx2 => q4_1_avx2::<C, R>(w, rows, sums),
+			Isa::AvxVnni => q4_1_vnni::<C, R>(w, rows, sums),
+		}
+	}
+
+	/// `sums[c][r] = w[c] · rows[r]` for Q8_0 weights; the same safety contract as [`q4_1`].
+	pub unsafe fn q8_0<const C: usize, const R: usize>(
+		isa: Isa,
+		w: [&[u8]; C],
+		rows: [&[Q8Block]; R],
+		sums: &mut [[f32; ROW_TILE]; 2],
+	) {
+		match isa {
+			Isa::Avx2 => q8_0_avx2::<C, R>(w, rows, sums),
+			Isa::AvxVnni => q8_0_vnni::<C, R>(w, rows, sums),
+		}
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use candle_core::quantized::QMatMul;
+	use candle_core::Module;
+	use rand::{rngs::StdRng, Rng, SeedableRng};
+
+	use super::*;
+
+	fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+		(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+	}
+
+	fn quantized_weights(rng: &mut StdRng, dtype: GgmlDType, rows: usize, cols: usize) -> QTensor {
+		let w = Tensor::from_vec(random(rng, rows * cols), (rows, cols), &Device::Cpu).unwrap();
+		QTensor::quantize(&w, dtype).unwrap()
+	}
+
+	fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
+		let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+		a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+	}
+
+	/// The SIMD tiles equal the scalar reference on the same quantized activations, for every
+	/// tile shape: one or two weight rows (an odd row count), ragged last row tiles.
+	#[test]
+	fn simd_kernels_match_the_scalar_reference() {
+		let mut rng = StdRng::seed_from_u64(7);
+		let (rows, cols) = (37, 576);
+		for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+			let weights = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, dtype, rows, cols)).unwrap().unwrap();
+			for m in [1, 2, 3, 4, 5, 9] {
+				let input = random(&mut rng, m * cols);
+				let mut out = vec![0f32; m * rows];
+				weights.matmul(&input, m, &mut out);
+				let mut expected = Vec::with_capacity(m * rows);
+				for x in input.chunks_exact(cols) {
+					let mut q = vec![Q8Block::default(); cols / BLOCK];
+					quantize_row(x, &mut q);
+					for j in 0..rows {
+						expected.push(dot_scalar(weights.format, weights.weight_row(j), &q));
+					}
+				}
+				let error = max_relative_error(&out, &expected);
+				assert!(error < 1e-5, "{dtype:?}, m = {m}: relative error {error}");
+			}
+		}
+	}
+
+	/// Against the dequantized float product, at least as close as candle's own quantized matmul:
+	/// both differ from it only by rounding the activations to 8 bits.
+	#[test]
+	fn matches_candle_and_the_float_product() {
+		let mut rng = StdRng::seed_from_u64(11);
+		let (rows, cols, m) = (96, 1536, 6);
+		for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+			let q = quantized_weights(&mut rng, dtype, rows, cols);
+			let float_weights = q.dequantize(&Device::Cpu).unwrap();
+			let ours = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+			let candle = QMatMul::from_qtensor(q).unwrap();
+			let x = Tensor::from_vec(random(&mut rng, m * cols), (m, cols), &Device::Cpu).unwrap();
+			let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+			let got = flat(ours.forward(&x).unwrap());
+			let by_candle = flat(candle.forward(&x).unwrap());
+			let exact = flat(x.matmul(&float_weights.t().unwrap()).unwrap());
+			let (ours_error, candle_error) = (max_relative_error(&got, &exact), max_relative_error(&by_candle, &exact));
+			assert!(ours_error < 1e-2, "{dtype:?} against the float product: {ours_error}");
+			assert!(ours_error <= candle_error * 1.25, "{dtype:?}: ours {ours_error}, candle {candle_error}");
+			assert!(max_relative_error(&got, &by_candle) < 1e-2);
+		}
+	}
+
+	#[test]
+	fn leading_dims_are_kept_and_a_wrong_width_is_an_error() {
+		let mut rng = StdRng::seed_from_u64(3);
+		let ours = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, GgmlDType::Q4_1, 8, 64)).unwrap().unwrap();
+		let x = Tensor::from_vec(random(&mut rng, 2 * 3 * 64), (2, 3, 64), &Device::Cpu).unwrap();
+		assert_eq!(ours.forward(&x).unwrap().dims(), &[2, 3, 8]);
+		let wrong = Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+		assert!(ours.forward(&wrong).is_err());
+	}
+
+	#[test]
+	fn other_types_are_left_to_candle() {
+		let w = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+		let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+		assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none());
+	}
+}
