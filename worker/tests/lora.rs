@@ -158,3 +158,24 @@ fn chunked_prefill_equals_one_shot() {
 	let err = max_relative_error(&last.unwrap(), &one_shot);
 	assert!(err <= 1e-5, "chunked prefill differs by {err}");
 }
+
+/// Token-at-a-time decoding (the one-token attention path) gives the logits of a one-shot
+/// prefill of the same tokens (candle's batched attention), with and without an adapter.
+#[test]
+fn token_by_token_decoding_equals_one_shot() {
+	let tmp = tempfile::tempdir().unwrap();
+	let model = tiny_model(&tmp.path().join("base"));
+	let lora = adapter(&model, &tmp.path().join("a"), 9, false, false);
+	let prompt: Vec<u32> = (3..40).collect();
+	for adapter in [None, Some(&lora)] {
+		let one_shot = model.logits_alone(&prompt, adapter).unwrap();
+		let mut cache = KvCache::new(model.config.num_layers);
+		let mut last = None;
+		for token in prompt.chunks(1) {
+			let mut steps = [SeqStep { tokens: token, cache: &mut cache, adapter }];
+			last = Some(model.forward(&mut steps).unwrap().squeeze(0).unwrap());
+		}
+		let err = max_relative_error(&last.unwrap(), &one_shot);
+		assert!(err <= 1e-5, "token-by-token decoding differs by {err}");
+	}
+}

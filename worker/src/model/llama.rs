@@ -8,10 +8,12 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::{
 	quantized::{gguf_file, QMatMul, QTensor},
-	DType, Device, Module, Result, Tensor, D,
+	CpuStorage, DType, Device, Module, Result, Tensor, D,
 };
 
-use super::{quant::QuantMatrix, LlamaConfig, LoraAdapter, LoraWeights, Projection};
+use super::{
+	decode_attention::{self, CacheView, Heads},
+	quant::QuantMatrix, LlamaConfig, LoraAdapter, LoraWeights, Projection};
 
 /// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
 enum BaseLinear {
@@ -51,6 +53,9 @@ pub struct Llama {
 	lm_head: BaseLinear,
 	cos: Tensor,
 	sin: Tensor,
+	/// `cos` and `sin` as plain rows (`[max_position][head_dim / 2]`), for one-token attention.
+	cos_rows: Vec<f32>,
+	sin_rows: Vec<f32>,
 	device: Device,
 }
 
@@ -245,9 +250,12 @@ impl Llama {
 			.to_dtype(DType::F32)?
 			.reshape((config.max_position, 1))?;
 		let angles = positions.matmul(&inv_freq)?;
+		let (cos, sin) = (angles.cos()?, angles.sin()?);
 		Ok(Self {
-			cos: angles.cos()?,
-			sin: angles.sin()?,
+			cos_rows: cos.flatten_all()?.to_vec1()?,
+			sin_rows: sin.flatten_all()?.to_vec1()?,
+			cos,
+			sin,
 			config,
 			embed,
 			layers,
@@ -354,6 +362,9 @@ impl Llama {
 	fn attention(&self, cache: &mut KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
+		if n == 1 && self.device.is_cpu() {
+			return self.attention_one_token(cache, l, q, k, v, pos);
+		}
 		let rep = nh / nkv;
 		let cos = self.cos.narrow(0, pos, n)?;
 		let sin = self.sin.narrow(0, pos, n)?;
@@ -391,6 +402,42 @@ impl Llama {
 		let att = candle_nn::ops::softmax_last_dim(&att)?;
 		let out = att.matmul(&v_all)?; // [nkv, rep·n, hd] = [nh, n, hd]
 		out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
+	}
+
+	/// [`Self::attention`] for a single new token on the CPU (every decode step): rotary
+	/// embedding and attention over the cache in plain loops, reading the cache in place.
+	fn attention_one_token(
+		&self,
+		cache: &mut KvCache,
+		l: usize,
+		q: &Tensor,
+		k: &Tensor,
+		v: &Tensor,
+		pos: usize,
+	) -> Result<Tensor> {
+		let c = &self.config;
+		let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+		let half = hd / 2;
+		let (cos, sin) = (&self.cos_rows[pos * half..][..half], &self.sin_rows[pos * half..][..half]);
+		let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+		let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+		decode_attention::rope_in_place(&mut q, hd, cos, sin, c.rope_interleaved);
+		decode_attention::rope_in_place(&mut k, hd, cos, sin, c.rope_interleaved);
+		let k = Tensor::from_vec(k, (nkv, 1, hd), &self.device)?;
+		let v = v.reshape((nkv, 1, hd))?;
+		let (k_all, v_all) = cache.append(l, &k, &v)?;
+		let (k_storage, k_layout) = k_all.storage_and_layout();
+		let (v_storage, v_layout) = v_all.storage_and_layout();
+		let (candle_core::Storage::Cpu(CpuStorage::F32(k_data)), candle_core::Storage::Cpu(CpuStorage::F32(v_data))) =
+			(&*k_storage, &*v_storage)
+		else {
+			candle_core::bail!("the key/value cache is not f32 on the CPU");
+		};
+		let keys = CacheView { data: &k_data[k_layout.start_offset()..], head_stride: k_layout.stride()[0] };
+		let values = CacheView { data: &v_data[v_layout.start_offset()..], head_stride: v_layout.stride()[0] };
+		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + 1 };
+		let out = decode_attention::attend(&q, &keys, &values, &heads);
+		Tensor::from_vec(out, (1, nh * hd), &self.device)
 	}
 
 	/// Vocabulary logits for `tokens` run alone from an empty cache: the reference path tests

@@ -2,6 +2,7 @@
 //! LoRA deltas applied unmerged per row group, so one set of base weights serves any adapter.
 
 pub mod config;
+mod decode_attention;
 pub mod llama;
 pub mod lora;
 pub mod quant;

@@ -1,0 +1,124 @@
+//! Attention of one new token against its sequence's cache, on the CPU, in plain loops.
+//!
+//! A decode step's attention is a few thousand multiply-adds per head; as some twenty candle ops
+//! (reshapes, copies, two small gemms, softmax) its fixed costs were most of the time a step spent
+//! outside the projections. Prefill chunks keep candle's batched path, whose gemms pay off there.
+
+/// Rotary embedding of `x` (`heads × head_dim`) at one position, whose angles' cosines and sines
+/// are `cos`, `sin` (`head_dim / 2` each). `interleaved` rotates pairs (2i, 2i + 1), as GGUF
+/// stores Llama; otherwise (i, i + head_dim / 2), as Hugging Face does.
+pub fn rope_in_place(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], interleaved: bool) {
+	let half = head_dim / 2;
+	for head in x.chunks_exact_mut(head_dim) {
+		for i in 0..half {
+			let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+			let (x0, x1) = (head[a], head[b]);
+			head[a] = x0 * cos[i] - x1 * sin[i];
+			head[b] = x0 * sin[i] + x1 * cos[i];
+		}
+	}
+}
+
+/// A layer's cached keys or values: kv head `g`, position `t` at
+/// `data[g * head_stride + t * head_dim..][..head_dim]`.
+pub struct CacheView<'a> {
+	pub data: &'a [f32],
+	pub head_stride: usize,
+}
+
+/// Shapes of one attention call.
+pub struct Heads {
+	pub query_heads: usize,
+	pub kv_heads: usize,
+	pub head_dim: usize,
+	/// Cached positions, the new token's included.
+	pub len: usize,
+}
+
+/// `softmax(q·Kᵀ / √d)·V` for one token's query heads (`query_heads × head_dim`), grouped-query:
+/// query head `h` reads kv head `h / (query_heads / kv_heads)`. Heads are split over candle's CPU
+/// pool. Returns `query_heads × head_dim`.
+pub fn attend(q: &[f32], keys: &CacheView, values: &CacheView, heads: &Heads) -> Vec<f32> {
+	let Heads { query_heads, kv_heads, head_dim, len } = *heads;
+	let group = query_heads / kv_heads;
+	let scale = 1.0 / (head_dim as f32).sqrt();
+	let mut out = vec![0f32; query_heads * head_dim];
+	let out_ptr = OutPtr(out.as_mut_ptr());
+	candle_core::utils::barrier_pool().execute_chunked(query_heads, |range| {
+		let out_ptr = &out_ptr;
+		let mut scores = vec![0f32; len];
+		for h in range {
+			let g = h / group;
+			let query = &q[h * head_dim..(h + 1) * head_dim];
+			let key_rows = &keys.data[g * keys.head_stride..][..len * head_dim];
+			let value_rows = &values.data[g * values.head_stride..][..len * head_dim];
+			let mut max = f32::NEG_INFINITY;
+			for (score, key) in scores.iter_mut().zip(key_rows.chunks_exact(head_dim)) {
+				*score = dot(query, key) * scale;
+				max = max.max(*score);
+			}
+			let mut total = 0f32;
+			for score in scores.iter_mut() {
+				*score = (*score - max).exp();
+				total += *score;
+			}
+			// Safety: head `h`'s slice of `out` is written by this work item alone, and
+			// `execute_chunked` returns only after every item is done.
+			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(h * head_dim), head_dim) };
+			for (&weight, value) in scores.iter().zip(value_rows.chunks_exact(head_dim)) {
+				let weight = weight / total;
+				for (o, &v) in head_out.iter_mut().zip(value) {
+					*o += weight * v;
+				}
+			}
+		}
+	});
+	out
+}
+
+struct OutPtr(*mut f32);
+unsafe impl Sync for OutPtr {}
+
+/// Dot product in eight independent lanes, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+	let mut lanes = [0f32; 8];
+	let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+	let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+	for (x, y) in a_chunks.zip(b_chunks) {
+		for i in 0..8 {
+			lanes[i] += x[i] * y[i];
+		}
+	}
+	lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+	use candle_core::{Device, Tensor};
+
+	use super::*;
+
+	/// Both pairings agree with candle's rotary kernels (`rope_i` for GGUF, `rope` for HF).
+	#[test]
+	fn rope_matches_candle() {
+		let (heads, head_dim) = (3, 8);
+		let x: Vec<f32> = (0..heads * head_dim).map(|i| (i as f32 * 0.37).sin()).collect();
+		let cos: Vec<f32> = (0..head_dim / 2).map(|i| (i as f32 * 0.5).cos()).collect();
+		let sin: Vec<f32> = (0..head_dim / 2).map(|i| (i as f32 * 0.5).sin()).collect();
+		let t = Tensor::from_vec(x.clone(), (1, heads, 1, head_dim), &Device::Cpu).unwrap();
+		let angles = |v: &Vec<f32>| Tensor::from_vec(v.clone(), (1, head_dim / 2), &Device::Cpu).unwrap();
+		for interleaved in [true, false] {
+			let expected = if interleaved {
+				candle_nn::rotary_emb::rope_i(&t, &angles(&cos), &angles(&sin))
+			} else {
+				candle_nn::rotary_emb::rope(&t, &angles(&cos), &angles(&sin))
+			};
+			let expected = expected.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+			let mut got = x.clone();
+			rope_in_place(&mut got, head_dim, &cos, &sin, interleaved);
+			for (a, b) in got.iter().zip(&expected) {
+				assert!((a - b).abs() < 1e-6, "interleaved = {interleaved}: {got:?} vs {expected:?}");
+			}
+		}
+	}
+}
