@@ -13,6 +13,7 @@ use candle_core::{
 
 use super::{
 	decode_attention::{self, CacheView, Heads},
+	lora,
 	quant::QuantMatrix, LlamaConfig, LoraAdapter, LoraWeights, Projection};
 
 /// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
@@ -33,6 +34,17 @@ impl BaseLinear {
 		match self {
 			Self::Quantized(m) => m.forward(x),
 			Self::Candle(m) => m.forward(x),
+		}
+	}
+
+	/// `x · Wᵀ` for `rows` rows of f32 input on the CPU, as a row-major vector.
+	fn forward_rows(&self, xs: &[f32], rows: usize) -> Result<Vec<f32>> {
+		match self {
+			Self::Quantized(m) => m.matmul_rows(xs, rows),
+			Self::Candle(m) => {
+				let x = Tensor::from_slice(xs, (rows, xs.len() / rows), &Device::Cpu)?;
+				m.forward(&x)?.flatten_all()?.to_vec1()
+			},
 		}
 	}
 }
@@ -334,8 +346,24 @@ impl Llama {
 		x: &Tensor,
 		groups: &[RowGroup<'a>],
 	) -> Result<Tensor> {
-		let y = layer.proj[projection.index()].forward(x)?;
+		let base = &layer.proj[projection.index()];
 		let lora = |g: &RowGroup<'a>| -> Option<&'a LoraWeights> { g.adapter.and_then(|a| a.weights(l, projection)) };
+		if self.device.is_cpu() {
+			// On the CPU the deltas are added in place, row by row, to the base output: no
+			// per-group slicing and concatenation of tensors.
+			let (rows, in_features) = x.dims2()?;
+			let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+			let mut out = base.forward_rows(&xs, rows)?;
+			let out_features = out.len() / rows;
+			let with_lora: Vec<(usize, &LoraWeights)> = groups
+				.iter()
+				.filter_map(|g| lora(g).map(|w| (g, w)))
+				.flat_map(|(g, w)| (g.start..g.start + g.len).map(move |row| (row, w)))
+				.collect();
+			lora::add_row_deltas(&xs, in_features, &mut out, out_features, &with_lora)?;
+			return Tensor::from_vec(out, (rows, out_features), &self.device);
+		}
+		let y = base.forward(x)?;
 		if groups.iter().all(|g| lora(g).is_none()) {
 			return Ok(y);
 		}

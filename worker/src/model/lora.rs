@@ -82,12 +82,29 @@ impl LoraWeights {
 			return x.matmul(&self.a_t)?.matmul(&self.b_t);
 		}
 		let (n, in_features) = x.dims2()?;
+		let out_features = self.b_t.dim(1)?;
+		let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+		let mut out = vec![0f32; n * out_features];
+		self.with_slices(in_features, |a, b| {
+			for (row, y) in xs.chunks_exact(in_features).zip(out.chunks_exact_mut(out_features)) {
+				row_delta(a, b, row, y);
+			}
+		})?;
+		Tensor::from_vec(out, (n, out_features), x.device())
+	}
+
+	/// Adds the delta of one row `x` (`in_features`) to `y` (`out_features`), on the CPU.
+	pub fn add_row_delta(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+		self.with_slices(x.len(), |a, b| row_delta(a, b, x, y))
+	}
+
+	/// Runs `f(A^T, scale·B^T)` on the CPU weights as flat row-major slices.
+	fn with_slices<R>(&self, in_features: usize, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
 		let (a_in, rank) = self.a_t.dims2()?;
 		let (_, out_features) = self.b_t.dims2()?;
 		if a_in != in_features {
 			candle_core::bail!("LoRA A expects {a_in} inputs, got {in_features}");
 		}
-		let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
 		let (a_guard, a_layout) = self.a_t.storage_and_layout();
 		let (b_guard, b_layout) = self.b_t.storage_and_layout();
 		let (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) = (&*a_guard, &*b_guard) else {
@@ -98,29 +115,73 @@ impl LoraWeights {
 		else {
 			candle_core::bail!("LoRA weights must be contiguous");
 		};
-		let a = &a[a_start..a_start + in_features * rank];
-		let b = &b[b_start..b_start + rank * out_features];
-		let mut out = vec![0f32; n * out_features];
-		let mut u = vec![0f32; rank];
-		for (row, y) in xs.chunks_exact(in_features).zip(out.chunks_exact_mut(out_features)) {
-			u.fill(0.0);
-			// u = row · A^T: accumulate rows of A^T scaled by the input, k in order.
-			for (&xk, a_row) in row.iter().zip(a.chunks_exact(rank)) {
-				for (uj, &ajk) in u.iter_mut().zip(a_row) {
-					*uj += xk * ajk;
-				}
-			}
-			// y = u · (scale·B^T), j in order.
-			for (&uj, b_row) in u.iter().zip(b.chunks_exact(out_features)) {
-				for (yo, &bjo) in y.iter_mut().zip(b_row) {
-					*yo += uj * bjo;
-				}
-			}
-		}
-		drop((a_guard, b_guard));
-		Tensor::from_vec(out, (n, out_features), x.device())
+		Ok(f(&a[a_start..a_start + in_features * rank], &b[b_start..b_start + rank * out_features]))
 	}
 }
+
+/// `y += (x·A^T)·(scale·B^T)` for one row, in a fixed order: the result does not depend on
+/// which other rows share the batch (a blocked GEMM changes its summation order with the row
+/// count), so a request gives the same tokens whatever it is batched with.
+fn row_delta(a_t: &[f32], b_t: &[f32], x: &[f32], y: &mut [f32]) {
+	let rank = a_t.len() / x.len();
+	// u = x · A^T: rows of A^T scaled by the input, summed into four partial sums by k mod 4
+	// (four independent chains of multiply-adds instead of one), then added together.
+	let mut partial = vec![0f32; 4 * rank];
+	let (x_quads, a_quads) = (x.chunks_exact(4), a_t.chunks_exact(4 * rank));
+	let (x_rest, a_rest) = (x_quads.remainder(), a_quads.remainder());
+	for (xq, aq) in x_quads.zip(a_quads) {
+		for (lane, (&xk, a_row)) in xq.iter().zip(aq.chunks_exact(rank)).enumerate() {
+			for (uj, &ajk) in partial[lane * rank..(lane + 1) * rank].iter_mut().zip(a_row) {
+				*uj += xk * ajk;
+			}
+		}
+	}
+	for (&xk, a_row) in x_rest.iter().zip(a_rest.chunks_exact(rank)) {
+		for (uj, &ajk) in partial[..rank].iter_mut().zip(a_row) {
+			*uj += xk * ajk;
+		}
+	}
+	let u: Vec<f32> = (0..rank)
+		.map(|j| (partial[j] + partial[rank + j]) + (partial[2 * rank + j] + partial[3 * rank + j]))
+		.collect();
+	// y += u · (scale·B^T), j in order.
+	for (&uj, b_row) in u.iter().zip(b_t.chunks_exact(y.len())) {
+		for (yo, &bjo) in y.iter_mut().zip(b_row) {
+			*yo += uj * bjo;
+		}
+	}
+}
+
+/// Adds each listed row's adapter delta to `out` (`[rows, out_features]`, row-major) for inputs
+/// `x` (`[rows, in_features]`), the rows split over candle's CPU pool.
+pub fn add_row_deltas(
+	x: &[f32],
+	in_features: usize,
+	out: &mut [f32],
+	out_features: usize,
+	rows: &[(usize, &LoraWeights)],
+) -> Result<()> {
+	let out_ptr = RowsPtr(out.as_mut_ptr());
+	let first_error = std::sync::Mutex::new(None);
+	candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
+		let out_ptr = &out_ptr;
+		for &(row, weights) in &rows[range] {
+			// Safety: the listed rows are distinct, so each output row is written by one work
+			// item; `execute_chunked` returns only after every item is done.
+			let y = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * out_features), out_features) };
+			if let Err(e) = weights.add_row_delta(&x[row * in_features..(row + 1) * in_features], y) {
+				first_error.lock().expect("not poisoned").get_or_insert(e);
+			}
+		}
+	});
+	match first_error.into_inner().expect("not poisoned") {
+		Some(e) => Err(e),
+		None => Ok(()),
+	}
+}
+
+struct RowsPtr(*mut f32);
+unsafe impl Sync for RowsPtr {}
 
 /// A loaded adapter: immutable once built, shared through `Arc` by the cache and the requests
 /// using it.

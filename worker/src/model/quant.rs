@@ -83,11 +83,20 @@ impl QuantMatrix {
 		}
 		let m: usize = lead.iter().product();
 		let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-		let mut out = vec![0f32; m * self.rows];
-		self.matmul(&input, m, &mut out);
+		let out = self.matmul_rows(&input, m)?;
 		let mut shape = lead.to_vec();
 		shape.push(self.rows);
 		Tensor::from_vec(out, shape, &Device::Cpu)
+	}
+
+	/// `input · Wᵀ` for `m` rows of `cols` inputs, as a row-major `[m, rows]` vector.
+	pub fn matmul_rows(&self, input: &[f32], m: usize) -> Result<Vec<f32>> {
+		if input.len() != m * self.cols {
+			candle_core::bail!("matmul: {} inputs for {m} rows of {}", input.len(), self.cols);
+		}
+		let mut out = vec![0f32; m * self.rows];
+		self.matmul(input, m, &mut out);
+		Ok(out)
 	}
 
 	fn weight_row(&self, j: usize) -> &[u8] {
@@ -134,6 +143,16 @@ unsafe impl Sync for SyncPtr {}
 
 /// Quantizes one row to Q8 blocks (round to nearest even, as ggml's SIMD paths do).
 fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+	#[cfg(target_arch = "x86_64")]
+	if simd::isa().is_some() {
+		// Safety: `isa` checked for AVX2.
+		unsafe { simd::quantize_row(x, out) };
+		return;
+	}
+	quantize_row_scalar(x, out);
+}
+
+fn quantize_row_scalar(x: &[f32], out: &mut [Q8Block]) {
 	for (chunk, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
 		let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
 		let d = amax / 127.0;
@@ -224,6 +243,10 @@ mod simd {
 
 	use super::{Q8Block, ROW_TILE};
 
+	/// How far ahead of each weight row's current block to prefetch (decode on SmolLM2 ran at
+	/// 1.0×, 1.17×, 1.29× and 1.45× of no prefetch at 0.4, 0.8, 1.5 and 3–6 KiB).
+	const PREFETCH_BYTES: usize = 4096;
+
 	/// The instruction sets with a kernel: AVX-VNNI's fused u8 × i8 dot product where present.
 	#[derive(Clone, Copy)]
 	pub enum Isa {
@@ -267,6 +290,9 @@ mod simd {
 				for b in 0..blocks {
 					for c in 0..C {
 						let $p = w[c].as_ptr().add(b * $block_bytes);
+						// The weights stream from L3 or memory, in runs too short for the hardware
+						// prefetcher to catch up: ask for what comes a few KiB ahead.
+						_mm_prefetch::<_MM_HINT_T0>($p.add(PREFETCH_BYTES) as *const i8);
 						let (scale, min, $w): (f32, f32, __m256i) = $decode;
 						for r in 0..R {
 							let xb = rows[r].get_unchecked(b);
@@ -330,6 +356,40 @@ mod simd {
 	kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", 34, |p| q8_0_decode(p), |w, x| {
 		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 	});
+
+	/// [`super::quantize_row`] in AVX2: the same scale, rounding and sums, eight lanes at a time.
+	///
+	/// Safety: the CPU has AVX2 and FMA.
+	#[target_feature(enable = "avx2,fma")]
+	pub unsafe fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+		let sign_bit = _mm256_set1_ps(-0.0);
+		for (chunk, block) in x.chunks_exact(super::BLOCK).zip(out.iter_mut()) {
+			let p = chunk.as_ptr();
+			let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+			let abs = v.map(|v| _mm256_andnot_ps(sign_bit, v));
+			let max8 = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+			let max4 = _mm_max_ps(_mm256_castps256_ps128(max8), _mm256_extractf128_ps(max8, 1));
+			let max2 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+			let amax = _mm_cvtss_f32(_mm_max_ss(max2, _mm_movehdup_ps(max2)));
+			let d = amax / 127.0;
+			let inverse = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+			let q = v.map(|v| {
+				_mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+					v, inverse,
+				)))
+			});
+			// Pack 32 i32 lanes to i8; the packs interleave 128-bit halves, the permute restores order.
+			let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+			let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+			_mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, ordered);
+			let sum8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+			let sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
+			let sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
+			let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
+			block.d = d;
+			block.sum = d * sum as f32;
+		}
+	}
 
 	/// `sums[c][r] = w[c] · rows[r]` for Q4_1 weights.
 	///
@@ -428,6 +488,21 @@ mod tests {
 			assert!(ours_error < 1e-2, "{dtype:?} against the float product: {ours_error}");
 			assert!(ours_error <= candle_error * 1.25, "{dtype:?}: ours {ours_error}, candle {candle_error}");
 			assert!(max_relative_error(&got, &by_candle) < 1e-2);
+		}
+	}
+
+	#[test]
+	fn simd_quantization_matches_the_scalar_one() {
+		let mut rng = StdRng::seed_from_u64(5);
+		let mut x = random(&mut rng, 4 * BLOCK);
+		x[BLOCK..2 * BLOCK].fill(0.0); // an all-zero block
+		x[2 * BLOCK] = 0.5 * x[2 * BLOCK + 1]; // halfway cases round to even
+		let mut scalar = vec![Q8Block::default(); 4];
+		quantize_row_scalar(&x, &mut scalar);
+		let mut fast = vec![Q8Block::default(); 4];
+		quantize_row(&x, &mut fast);
+		for (a, b) in fast.iter().zip(&scalar) {
+			assert_eq!((a.d, a.sum, a.qs), (b.d, b.sum, b.qs));
 		}
 	}
 
