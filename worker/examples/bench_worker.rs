@@ -33,7 +33,7 @@ use candle_core::Device;
 use clap::Parser;
 use openledger_worker::{
 	adapters::{
-		load_adapter, write_random_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore,
+		load_adapter, write_random_adapter_as, AdapterCache, AdapterLease, AdapterLimits, AdapterStore, FloatDtype,
 		ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 	},
 	base::{check_cpu, find_default_model, BaseModel},
@@ -72,6 +72,10 @@ struct Args {
 	/// LoRA rank of the adapters in b and c (all seven projections).
 	#[arg(long, default_value_t = 16)]
 	rank: usize,
+	/// Float type of the generated adapters (b, c, d), kept in memory as stored; bf16 is what
+	/// PEFT saves for adapters trained in bf16, the usual mixed precision for LLMs.
+	#[arg(long, value_enum, default_value = "bf16")]
+	adapter_dtype: FloatDtype,
 	/// Never-loaded adapters acquired in c [default: 64, quick 16].
 	#[arg(long)]
 	cold_adapters: Option<usize>,
@@ -344,7 +348,14 @@ fn adapter_name(i: usize) -> String {
 
 /// Writes adapters `0..count` of `rank` (all seven projections) into `dir`, skipping those
 /// already there (same seed, same bytes), on two threads. Returns the weights file size.
-fn ensure_adapters(dir: &Path, config: &LlamaConfig, rank: usize, count: usize, seed_base: u64) -> Result<u64> {
+fn ensure_adapters(
+	dir: &Path,
+	config: &LlamaConfig,
+	dtype: FloatDtype,
+	rank: usize,
+	count: usize,
+	seed_base: u64,
+) -> Result<u64> {
 	std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 	let missing: Vec<usize> =
 		(0..count).filter(|&i| !dir.join(adapter_name(i)).join(ADAPTER_CONFIG_FILE).is_file()).collect();
@@ -362,7 +373,8 @@ fn ensure_adapters(dir: &Path, config: &LlamaConfig, rank: usize, count: usize, 
 							let k = next.fetch_add(1, Ordering::Relaxed);
 							let Some(&i) = missing.get(k) else { return Ok(()) };
 							// alpha = rank: scale 1, so each adapter's delta is of the same size.
-							write_random_adapter(
+							write_random_adapter_as(
+								dtype,
 								&dir.join(adapter_name(i)),
 								config,
 								rank,
@@ -433,7 +445,7 @@ impl Bench {
 	}
 
 	fn r16_dir(&self) -> PathBuf {
-		self.args.bench_dir.join(format!("r{}-all", self.args.rank))
+		self.args.bench_dir.join(format!("r{}-all-{:?}", self.args.rank, self.args.adapter_dtype))
 	}
 
 	/// a: single stream, greedy, `new_tokens` new tokens; prefill of a ~256-token prompt.
@@ -497,7 +509,7 @@ impl Bench {
 		let (runs, new_tokens, n, rank) =
 			(self.sizes.batch_runs, self.sizes.new_tokens, self.args.concurrency, self.args.rank);
 		let dir = self.r16_dir();
-		let file_bytes = ensure_adapters(&dir, &self.base.config, rank, n, 1000)?;
+		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, n, 1000)?;
 		let limits = AdapterLimits { max_resident: n + 1, max_resident_bytes: 8 << 30, ..Default::default() };
 		let cache = open_cache(&dir, &self.base.config, limits).await?;
 		let mut leases = Vec::with_capacity(n);
@@ -558,7 +570,7 @@ impl Bench {
 			self.table.info(format!("b. {n} on the base / one stream (batching gain)"), format!("{:.2}×", base / single));
 			self.table.info(format!("b. {n} distinct adapters / one stream on the base"), format!("{:.2}×", distinct / single));
 		}
-		self.table.info(format!("b. adapter file (rank {rank}, all 7 projections, f32)"), mib(file_bytes));
+		self.table.info(format!("b. adapter file (rank {rank}, all 7 projections, {:?})", self.args.adapter_dtype), mib(file_bytes));
 		Ok(())
 	}
 
@@ -567,7 +579,7 @@ impl Bench {
 		Self::section("c. adapter cold load");
 		let (count, rank) = (self.sizes.cold_adapters, self.args.rank);
 		let dir = self.r16_dir();
-		let file_bytes = ensure_adapters(&dir, &self.base.config, rank, count.max(self.args.concurrency), 1000)?;
+		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count.max(self.args.concurrency), 1000)?;
 		let limits = AdapterLimits { max_resident: count + 1, max_resident_bytes: 16 << 30, ..Default::default() };
 		let mut rows = Vec::new();
 		for disk_cold in [false, true] {
@@ -598,7 +610,7 @@ impl Bench {
 				p50 <= 10.0,
 			);
 		}
-		self.table.info(format!("c. adapter file size (rank {rank}, all 7 projections, f32)"), mib(file_bytes));
+		self.table.info(format!("c. adapter file size (rank {rank}, all 7 projections, {:?})", self.args.adapter_dtype), mib(file_bytes));
 
 		// Where the time of one load goes (page cache warm), median over a few adapters.
 		let (mut read, mut hash, mut load) = (Vec::new(), Vec::new(), Vec::new());
@@ -629,8 +641,8 @@ impl Bench {
 		let s = &self.sizes;
 		let (count, rank, requests, budget, tokens, clients) =
 			(s.zipf_adapters, s.zipf_rank, s.zipf_requests, s.budget, self.args.zipf_tokens, self.args.concurrency);
-		let dir = self.args.bench_dir.join(format!("zipf-r{rank}-all"));
-		let file_bytes = ensure_adapters(&dir, &self.base.config, rank, count, 100_000)?;
+		let dir = self.args.bench_dir.join(format!("zipf-r{rank}-all-{:?}", self.args.adapter_dtype));
+		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count, 100_000)?;
 		let limits = AdapterLimits { max_resident: budget, ..Default::default() };
 		ensure!(
 			(budget as u64) * file_bytes <= limits.max_resident_bytes as u64,

@@ -180,6 +180,9 @@ enum AdapterCommand {
 		zero_b: bool,
 		#[arg(long)]
 		rslora: bool,
+		/// The float type the weights are stored in (and kept in, once loaded).
+		#[arg(long, value_enum, default_value = "f32")]
+		dtype: adapters::FloatDtype,
 	},
 	/// Print an adapter's hash, rank, targets and sizes as JSON.
 	Inspect { dir: PathBuf },
@@ -387,9 +390,10 @@ fn run(cli: Cli) -> Result<()> {
 			.build()
 			.context("starting the async runtime")?
 			.block_on(serve(args)),
-		Command::Adapter(AdapterCommand::Create { base, out, rank, alpha, targets, seed, zero_b, rslora }) => {
+		Command::Adapter(AdapterCommand::Create { base, out, rank, alpha, targets, seed, zero_b, rslora, dtype }) => {
 			let config = base::read_config(&model_path(base)?)?;
-			let info = adapters::write_random_adapter(&out, &config, rank, alpha, &parse_targets(&targets)?, seed, zero_b, rslora)?;
+			let targets = parse_targets(&targets)?;
+			let info = adapters::write_random_adapter_as(dtype, &out, &config, rank, alpha, &targets, seed, zero_b, rslora)?;
 			println!("{}", serde_json::to_string_pretty(&info)?);
 			Ok(())
 		},

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path};
 
 use candle_core::{Device, Tensor};
 use openledger_worker::{
-	adapters::{load_adapter, write_random_adapter, AdapterLimits},
+	adapters::{load_adapter, write_random_adapter, write_random_adapter_as, AdapterLimits, FloatDtype},
 	model::{KvCache, Llama, LoraAdapter, Projection, SeqStep},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
@@ -178,4 +178,24 @@ fn token_by_token_decoding_equals_one_shot() {
 		let err = max_relative_error(&last.unwrap(), &one_shot);
 		assert!(err <= 1e-5, "token-by-token decoding differs by {err}");
 	}
+}
+
+/// A bf16 adapter, kept in bf16, gives the f32 adapter of the same seed's logits up to bf16's
+/// rounding of the weights: far closer to it than to the base the adapter changes.
+#[test]
+fn half_precision_adapter_matches_its_f32_original() {
+	let tmp = tempfile::tempdir().unwrap();
+	let model = tiny_model(&tmp.path().join("base"));
+	let f32_adapter = adapter(&model, &tmp.path().join("f32"), 4, false, false);
+	let bf16_dir = tmp.path().join("bf16");
+	write_random_adapter_as(FloatDtype::BF16, &bf16_dir, &model.config, RANK, ALPHA, &Projection::ALL, 4, false, false)
+		.unwrap();
+	let bf16_adapter = load_adapter(&bf16_dir, &model.config, &AdapterLimits::default(), &Device::Cpu).unwrap();
+	assert_eq!(bf16_adapter.resident_bytes * 2, f32_adapter.resident_bytes);
+	let prompt: Vec<u32> = (5..30).collect();
+	let base = model.logits_alone(&prompt, None).unwrap();
+	let full = model.logits_alone(&prompt, Some(&f32_adapter)).unwrap();
+	let half = model.logits_alone(&prompt, Some(&bf16_adapter)).unwrap();
+	let (rounding, effect) = (max_relative_error(&half, &full), max_relative_error(&base, &full));
+	assert!(rounding < 1e-2 && rounding < effect / 10.0, "bf16 differs by {rounding}, the adapter's effect is {effect}");
 }

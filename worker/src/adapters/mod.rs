@@ -8,9 +8,12 @@ mod store;
 mod tools;
 
 pub use cache::{AdapterCache, AdapterLease, CacheStats};
-pub use peft::{inspect, inspect_with_base, load_adapter, load_adapter_known, permute_rows_for_gguf, AdapterInfo, FileStamp, KnownWeights};
+pub use peft::{
+	inspect, inspect_with_base, load_adapter, load_adapter_known, permute_rows_for_gguf, AdapterInfo, FileStamp, FloatDtype,
+	KnownWeights,
+};
 pub use store::{validate_name, AdapterStore, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-pub use tools::write_random_adapter;
+pub use tools::{write_random_adapter, write_random_adapter_as};
 
 /// Upper bounds applied to untrusted adapters and to the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]

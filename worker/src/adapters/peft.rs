@@ -112,16 +112,16 @@ impl PeftConfig {
 	}
 }
 
-/// Allowed safetensors dtypes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FloatDtype {
+/// The safetensors dtypes an adapter may use; its weights stay in that type in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatDtype {
 	F32,
 	F16,
 	BF16,
 }
 
 impl FloatDtype {
-	fn size(self) -> usize {
+	pub fn size(self) -> usize {
 		match self {
 			FloatDtype::F32 => 4,
 			FloatDtype::F16 | FloatDtype::BF16 => 2,
@@ -203,7 +203,7 @@ fn info(plan: &Plan, hash: &[u8; 32]) -> AdapterInfo {
 	}
 }
 
-/// Loads the adapter in `dir` for `base`, placing the tensors on `device` as f32. `dir` should
+/// Loads the adapter in `dir` for `base`, placing the tensors on `device` in the file's float type. `dir` should
 /// come from [`AdapterStore`](super::AdapterStore); this reads exactly its two files.
 pub fn load_adapter(
 	dir: &Path,
@@ -303,15 +303,15 @@ fn build_pair(
 		Projection::K if base.rope_interleaved => Some(base.num_kv_heads),
 		_ => None,
 	};
-	let a_t = transposed(&pair.a, data, 1.0, None)?;
-	let b_t = transposed(&pair.b, data, scale as f32, heads)?;
-	Ok(LoraWeights { a_t: a_t.to_device(device)?, b_t: b_t.to_device(device)? })
+	let a_t = transposed(&pair.a, data, None)?;
+	let b_t = transposed(&pair.b, data, heads)?;
+	Ok(LoraWeights { a_t: a_t.to_device(device)?, b_t: b_t.to_device(device)?, scale: scale as f32 })
 }
 
-/// `scale · Wᵀ` as a contiguous f32 tensor `[cols, rows]`, read straight from the file's bytes
-/// in one pass (a cold load is dominated by passes over the data). With `gguf_heads`, W's rows
-/// are first permuted as [`permute_rows_for_gguf`] does.
-fn transposed(t: &TensorMeta, data: &[u8], scale: f32, gguf_heads: Option<usize>) -> candle_core::Result<Tensor> {
+/// `Wᵀ` as a contiguous tensor `[cols, rows]` of the file's float type, read straight from the
+/// file's bytes in one pass (a cold load is dominated by passes over the data). With
+/// `gguf_heads`, W's rows are first permuted as [`permute_rows_for_gguf`] does.
+fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> candle_core::Result<Tensor> {
 	let [rows, cols] = t.shape;
 	let bytes = &data[t.start..t.end];
 	// Destination row r of the permuted W comes from source row `source_row[r]`.
@@ -332,37 +332,44 @@ fn transposed(t: &TensorMeta, data: &[u8], scale: f32, gguf_heads: Option<usize>
 				.collect()
 		},
 	};
-	let mut out = vec![0f32; rows * cols];
-	let mut row = vec![0f32; cols];
-	let row_bytes = cols * t.dtype.size();
-	for (r, &src) in source_row.iter().enumerate() {
-		decode_row(t.dtype, &bytes[src * row_bytes..(src + 1) * row_bytes], &mut row);
-		for (c, v) in row.iter().enumerate() {
-			out[c * rows + r] = v * scale;
-		}
+	let shape = (cols, rows);
+	match t.dtype {
+		FloatDtype::F32 => Tensor::from_vec(
+			transpose_rows(bytes, rows, cols, &source_row, |b: [u8; 4]| f32::from_le_bytes(b)),
+			shape,
+			&Device::Cpu,
+		),
+		FloatDtype::F16 => Tensor::from_vec(
+			transpose_rows(bytes, rows, cols, &source_row, half::f16::from_le_bytes),
+			shape,
+			&Device::Cpu,
+		),
+		FloatDtype::BF16 => Tensor::from_vec(
+			transpose_rows(bytes, rows, cols, &source_row, half::bf16::from_le_bytes),
+			shape,
+			&Device::Cpu,
+		),
 	}
-	Tensor::from_vec(out, (cols, rows), &Device::Cpu)
 }
 
-/// Little-endian `dtype` values to f32, a loop per dtype so each one vectorizes.
-fn decode_row(dtype: FloatDtype, bytes: &[u8], out: &mut [f32]) {
-	match dtype {
-		FloatDtype::F32 => {
-			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-				*o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-			}
-		},
-		FloatDtype::F16 => {
-			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-				*o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-			}
-		},
-		FloatDtype::BF16 => {
-			for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-				*o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-			}
-		},
+/// Row `r` of the `rows × cols` matrix in `bytes` is source row `source_row[r]`; returns the
+/// transpose, `cols × rows`, decoding each `N`-byte little-endian value with `decode`.
+fn transpose_rows<T: Copy + Default, const N: usize>(
+	bytes: &[u8],
+	rows: usize,
+	cols: usize,
+	source_row: &[usize],
+	decode: impl Fn([u8; N]) -> T,
+) -> Vec<T> {
+	let mut out = vec![T::default(); rows * cols];
+	let row_bytes = cols * N;
+	for (r, &src) in source_row.iter().enumerate() {
+		let row = &bytes[src * row_bytes..(src + 1) * row_bytes];
+		for (c, value) in row.chunks_exact(N).enumerate() {
+			out[c * rows + r] = decode(value.try_into().expect("chunks of N bytes"));
+		}
 	}
+	out
 }
 
 /// llama.cpp's converter permutes the output rows of `q` and `k` for its interleaved RoPE:
@@ -712,6 +719,9 @@ fn plan(
 			(None, Some(b)) => return Err(invalid(format!("tensor `{}` has no matching lora_A", b.name))),
 			(None, None) => continue,
 		};
+		if a.dtype != b.dtype {
+			return Err(invalid(format!("`{}` is {:?} but its lora_B is {:?}", a.name, a.dtype, b.dtype)));
+		}
 		// Without a base, at least every layer must agree on a projection's shape.
 		let these = (a.shape[1], b.shape[0]);
 		if let Some(first) = dims.insert(projection, these) {
@@ -722,7 +732,7 @@ fn plan(
 				)));
 			}
 		}
-		resident_bytes = resident_bytes.saturating_add(4 * config.rank * (a.shape[1] + b.shape[0]));
+		resident_bytes = resident_bytes.saturating_add(a.dtype.size() * config.rank * (a.shape[1] + b.shape[0]));
 		pairs.push(LoraPair { layer, projection, a, b });
 	}
 	if pairs.is_empty() {
@@ -730,7 +740,7 @@ fn plan(
 	}
 	if resident_bytes > limits.max_adapter_bytes {
 		return Err(AdapterError::TooLarge(format!(
-			"the adapter needs {resident_bytes} bytes as f32, over the limit {}",
+			"the adapter needs {resident_bytes} bytes resident, over the limit {}",
 			limits.max_adapter_bytes
 		)));
 	}
@@ -880,7 +890,7 @@ mod tests {
 	}
 
 	#[test]
-	fn valid_adapter_loads_with_scaled_transposed_b() {
+	fn valid_adapter_loads_with_transposed_b_and_its_scale() {
 		let tmp = tempfile::tempdir().unwrap();
 		let cfg = tiny_config(false);
 		for use_rslora in [false, true] {
@@ -900,12 +910,12 @@ mod tests {
 					assert_eq!(w.a_t.dims(), [in_f, 4]);
 					assert_eq!(w.b_t.dims(), [4, out_f]);
 					assert!(w.a_t.is_contiguous() && w.b_t.is_contiguous());
+					assert_eq!(w.scale, scale as f32);
 					let (b, out, r) = read_b(&dir, layer, proj);
 					let b_t = w.b_t.to_vec2::<f32>().unwrap();
 					for o in 0..out {
 						for k in 0..r {
-							let want = scale as f32 * b[o * r + k];
-							assert!((b_t[k][o] - want).abs() <= 1e-6 * want.abs().max(1.0), "{layer} {proj:?}");
+							assert_eq!(b_t[k][o], b[o * r + k], "{layer} {proj:?}");
 						}
 					}
 				}
@@ -970,9 +980,19 @@ mod tests {
 			);
 			let adapter = load(&dir).unwrap();
 			let w = adapter.weights(0, Projection::V).unwrap();
-			assert!(w.a_t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&x| x == 1.0));
+			// Kept in the file's type: half the resident bytes of f32.
+			let expected = if dtype == "F16" { candle_core::DType::F16 } else { candle_core::DType::BF16 };
+			assert_eq!((w.a_t.dtype(), w.b_t.dtype()), (expected, expected));
+			assert_eq!(adapter.resident_bytes, 2 * 2 * (i + o));
+			let values = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+			assert!(values(&w.a_t).iter().all(|&x| x == 1.0));
+			assert!(values(&w.b_t).iter().all(|&x| x == 1.0));
 			// lora_alpha 16 / r 2 = 8.
-			assert!(w.b_t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&x| x == 8.0));
+			assert_eq!(w.scale, 8.0);
+			let x = vec![1f32; i];
+			let mut y = vec![0f32; o];
+			w.add_row_delta(&x, &mut y).unwrap();
+			assert!(y.iter().all(|&v| v == 8.0 * 2.0 * i as f32), "{y:?}");
 			assert_eq!(adapter.layers.len(), 1, "trailing empty layers are dropped");
 			assert!(adapter.weights(1, Projection::V).is_none() && adapter.weights(0, Projection::Q).is_none());
 		}

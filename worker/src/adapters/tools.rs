@@ -13,18 +13,19 @@ use anyhow::{ensure, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use safetensors::tensor::{Dtype, View};
 
-use super::{inspect_with_base, AdapterInfo, AdapterLimits, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use super::{inspect_with_base, AdapterInfo, AdapterLimits, FloatDtype, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::model::{LlamaConfig, Projection};
 
-/// An f32 tensor as the `safetensors` writer wants it.
-struct F32Tensor {
+/// A tensor's bytes as the `safetensors` writer wants them.
+struct RawTensor {
+	dtype: Dtype,
 	shape: Vec<usize>,
 	bytes: Vec<u8>,
 }
 
-impl View for &F32Tensor {
+impl View for &RawTensor {
 	fn dtype(&self) -> Dtype {
-		Dtype::F32
+		self.dtype
 	}
 	fn shape(&self) -> &[usize] {
 		&self.shape
@@ -37,16 +38,42 @@ impl View for &F32Tensor {
 	}
 }
 
-fn random(rng: &mut StdRng, n: usize, bound: f32) -> Vec<u8> {
-	(0..n).flat_map(|_| rng.random_range(-bound..bound).to_le_bytes()).collect()
+/// `n` values uniform in ±`bound`, drawn as f32 and stored as `dtype`.
+fn random(rng: &mut StdRng, n: usize, bound: f32, dtype: FloatDtype) -> Vec<u8> {
+	(0..n).flat_map(|_| encode(rng.random_range(-bound..bound), dtype)).collect()
 }
 
-/// Writes a PEFT LoRA adapter for `config` into `dir` (created if missing): every layer, each of
-/// `targets`, `A ~ U(±1/sqrt(in))`, `B ~ U(±0.05)` or zero (a zero `B` makes the adapter a no-op,
-/// which tests use to compare against the base). The same arguments give byte-identical files,
-/// hence the same hash. Files are written to a temporary name and renamed into place.
+fn encode(value: f32, dtype: FloatDtype) -> Vec<u8> {
+	match dtype {
+		FloatDtype::F32 => value.to_le_bytes().to_vec(),
+		FloatDtype::F16 => half::f16::from_f32(value).to_le_bytes().to_vec(),
+		FloatDtype::BF16 => half::bf16::from_f32(value).to_le_bytes().to_vec(),
+	}
+}
+
+/// [`write_random_adapter_as`] with f32 weights.
 #[allow(clippy::too_many_arguments)]
 pub fn write_random_adapter(
+	dir: &Path,
+	config: &LlamaConfig,
+	rank: usize,
+	alpha: f64,
+	targets: &[Projection],
+	seed: u64,
+	zero_b: bool,
+	use_rslora: bool,
+) -> Result<AdapterInfo> {
+	write_random_adapter_as(FloatDtype::F32, dir, config, rank, alpha, targets, seed, zero_b, use_rslora)
+}
+
+/// Writes a PEFT LoRA adapter for `config` into `dir` (created if missing), its weights stored
+/// as `dtype`: every layer, each of `targets`, `A ~ U(±1/sqrt(in))`, `B ~ U(±0.05)` or zero (a
+/// zero `B` makes the adapter a no-op, which tests use to compare against the base). The same
+/// arguments give byte-identical files, hence the same hash. Files are written to a temporary
+/// name and renamed into place.
+#[allow(clippy::too_many_arguments)]
+pub fn write_random_adapter_as(
+	dtype: FloatDtype,
 	dir: &Path,
 	config: &LlamaConfig,
 	rank: usize,
@@ -62,16 +89,22 @@ pub fn write_random_adapter(
 	ensure!(!targets.is_empty(), "no target modules");
 	fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
+	let safetensors_dtype = match dtype {
+		FloatDtype::F32 => Dtype::F32,
+		FloatDtype::F16 => Dtype::F16,
+		FloatDtype::BF16 => Dtype::BF16,
+	};
+	let tensor = |shape: Vec<usize>, bytes: Vec<u8>| RawTensor { dtype: safetensors_dtype, shape, bytes };
 	let mut rng = StdRng::seed_from_u64(seed);
 	let mut tensors = Vec::with_capacity(config.num_layers * targets.len() * 2);
 	for layer in 0..config.num_layers {
 		for &projection in &targets {
 			let (in_f, out_f) = config.projection_dims(projection);
 			let prefix = format!("base_model.model.model.layers.{layer}.{}", projection.module_path());
-			let a = random(&mut rng, rank * in_f, 1.0 / (in_f as f32).sqrt());
-			let b = if zero_b { vec![0u8; out_f * rank * 4] } else { random(&mut rng, out_f * rank, 0.05) };
-			tensors.push((format!("{prefix}.lora_A.weight"), F32Tensor { shape: vec![rank, in_f], bytes: a }));
-			tensors.push((format!("{prefix}.lora_B.weight"), F32Tensor { shape: vec![out_f, rank], bytes: b }));
+			let a = random(&mut rng, rank * in_f, 1.0 / (in_f as f32).sqrt(), dtype);
+			let b = if zero_b { vec![0u8; out_f * rank * dtype.size()] } else { random(&mut rng, out_f * rank, 0.05, dtype) };
+			tensors.push((format!("{prefix}.lora_A.weight"), tensor(vec![rank, in_f], a)));
+			tensors.push((format!("{prefix}.lora_B.weight"), tensor(vec![out_f, rank], b)));
 		}
 	}
 	let weights_tmp = temp_path(dir, ADAPTER_WEIGHTS_FILE);

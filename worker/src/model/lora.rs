@@ -1,5 +1,5 @@
-//! LoRA adapters as the engine uses them: per layer and projection, `A^T` and `scale·B^T`, so the
-//! delta for rows `x` is `(x·A^T)·(scale·B^T)` — two skinny matmuls, never a merged weight.
+//! LoRA adapters as the engine uses them: per layer and projection, `A^T` and `B^T`, so the delta
+//! for rows `x` is `scale·(x·A^T)·B^T` — two skinny matmuls, never a merged weight.
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 
@@ -61,68 +61,97 @@ impl Projection {
 	}
 }
 
-/// One projection's low-rank pair, laid out for row-major activations.
+/// One projection's low-rank pair, laid out for row-major activations, in the adapter file's
+/// float type (f32, f16 or bf16): half-precision adapters stay half the bytes in memory, and a
+/// decode step that streams several distinct adapters reads half as much.
 #[derive(Clone, Debug)]
 pub struct LoraWeights {
-	/// `A^T`, shape `[in_features, r]`, f32.
+	/// `A^T`, shape `[in_features, r]`.
 	pub a_t: Tensor,
-	/// `scale · B^T`, shape `[r, out_features]`, f32; for GGUF bases the columns of `q`/`k` are
-	/// already permuted to the interleaved-RoPE order of the base weights.
+	/// `B^T`, shape `[r, out_features]`; for GGUF bases the columns of `q`/`k` are already
+	/// permuted to the interleaved-RoPE order of the base weights.
 	pub b_t: Tensor,
+	/// `lora_alpha / r` (or `/ √r` with rsLoRA), applied to `x·A^T`.
+	pub scale: f32,
 }
 
 impl LoraWeights {
 	/// The delta for rows `x` (`[n, in_features]`) → `[n, out_features]`.
-	///
-	/// On the CPU each row is computed alone in a fixed order, so a row's result does not depend
-	/// on which other rows share the batch: a request gives the same tokens whatever it is batched
-	/// with (a blocked GEMM changes its summation order with the row count).
 	pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
 		if !x.device().is_cpu() {
-			return x.matmul(&self.a_t)?.matmul(&self.b_t);
+			let u = x.matmul(&self.a_t.to_dtype(x.dtype())?)?.affine(self.scale as f64, 0.0)?;
+			return u.matmul(&self.b_t.to_dtype(x.dtype())?);
 		}
 		let (n, in_features) = x.dims2()?;
 		let out_features = self.b_t.dim(1)?;
 		let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
 		let mut out = vec![0f32; n * out_features];
-		self.with_slices(in_features, |a, b| {
-			for (row, y) in xs.chunks_exact(in_features).zip(out.chunks_exact_mut(out_features)) {
-				row_delta(a, b, row, y);
-			}
-		})?;
+		for (row, y) in xs.chunks_exact(in_features).zip(out.chunks_exact_mut(out_features)) {
+			self.add_row_delta(row, y)?;
+		}
 		Tensor::from_vec(out, (n, out_features), x.device())
 	}
 
 	/// Adds the delta of one row `x` (`in_features`) to `y` (`out_features`), on the CPU.
+	///
+	/// Each row is computed alone in a fixed order, so a row's result does not depend on which
+	/// other rows share the batch: a request gives the same tokens whatever it is batched with
+	/// (a blocked GEMM changes its summation order with the row count).
 	pub fn add_row_delta(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-		self.with_slices(x.len(), |a, b| row_delta(a, b, x, y))
-	}
-
-	/// Runs `f(A^T, scale·B^T)` on the CPU weights as flat row-major slices.
-	fn with_slices<R>(&self, in_features: usize, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
 		let (a_in, rank) = self.a_t.dims2()?;
 		let (_, out_features) = self.b_t.dims2()?;
-		if a_in != in_features {
-			candle_core::bail!("LoRA A expects {a_in} inputs, got {in_features}");
+		if a_in != x.len() || out_features != y.len() {
+			candle_core::bail!("LoRA pair is {a_in} → {out_features}, called with {} → {}", x.len(), y.len());
 		}
 		let (a_guard, a_layout) = self.a_t.storage_and_layout();
 		let (b_guard, b_layout) = self.b_t.storage_and_layout();
-		let (Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) = (&*a_guard, &*b_guard) else {
-			candle_core::bail!("LoRA weights must be f32 on the CPU");
-		};
 		let (Some((a_start, _)), Some((b_start, _))) =
 			(a_layout.contiguous_offsets(), b_layout.contiguous_offsets())
 		else {
 			candle_core::bail!("LoRA weights must be contiguous");
 		};
-		Ok(f(&a[a_start..a_start + in_features * rank], &b[b_start..b_start + rank * out_features]))
+		let (a_range, b_range) = (a_start..a_start + a_in * rank, b_start..b_start + rank * out_features);
+		match (&*a_guard, &*b_guard) {
+			(Storage::Cpu(CpuStorage::F32(a)), Storage::Cpu(CpuStorage::F32(b))) => {
+				row_delta(&a[a_range], &b[b_range], self.scale, x, y)
+			},
+			(Storage::Cpu(CpuStorage::F16(a)), Storage::Cpu(CpuStorage::F16(b))) => {
+				row_delta(&a[a_range], &b[b_range], self.scale, x, y)
+			},
+			(Storage::Cpu(CpuStorage::BF16(a)), Storage::Cpu(CpuStorage::BF16(b))) => {
+				row_delta(&a[a_range], &b[b_range], self.scale, x, y)
+			},
+			_ => candle_core::bail!("LoRA weights must be f32, f16 or bf16 (both alike) on the CPU"),
+		}
+		Ok(())
 	}
 }
 
-/// `y += (x·A^T)·(scale·B^T)` for one row, in a fixed order: the result does not depend on
-/// which other rows share the batch (a blocked GEMM changes its summation order with the row
-/// count), so a request gives the same tokens whatever it is batched with.
-fn row_delta(a_t: &[f32], b_t: &[f32], x: &[f32], y: &mut [f32]) {
+/// A float type adapter weights are kept in.
+trait Weight: Copy {
+	fn value(self) -> f32;
+}
+
+impl Weight for f32 {
+	fn value(self) -> f32 {
+		self
+	}
+}
+
+impl Weight for half::f16 {
+	fn value(self) -> f32 {
+		self.to_f32()
+	}
+}
+
+impl Weight for half::bf16 {
+	fn value(self) -> f32 {
+		self.to_f32()
+	}
+}
+
+/// `y += (scale · x·A^T)·B^T` for one row, in a fixed order.
+fn row_delta<W: Weight>(a_t: &[W], b_t: &[W], scale: f32, x: &[f32], y: &mut [f32]) {
 	let rank = a_t.len() / x.len();
 	// u = x · A^T: rows of A^T scaled by the input, summed into four partial sums by k mod 4
 	// (four independent chains of multiply-adds instead of one), then added together.
@@ -132,22 +161,22 @@ fn row_delta(a_t: &[f32], b_t: &[f32], x: &[f32], y: &mut [f32]) {
 	for (xq, aq) in x_quads.zip(a_quads) {
 		for (lane, (&xk, a_row)) in xq.iter().zip(aq.chunks_exact(rank)).enumerate() {
 			for (uj, &ajk) in partial[lane * rank..(lane + 1) * rank].iter_mut().zip(a_row) {
-				*uj += xk * ajk;
+				*uj += xk * ajk.value();
 			}
 		}
 	}
 	for (&xk, a_row) in x_rest.iter().zip(a_rest.chunks_exact(rank)) {
 		for (uj, &ajk) in partial[..rank].iter_mut().zip(a_row) {
-			*uj += xk * ajk;
+			*uj += xk * ajk.value();
 		}
 	}
 	let u: Vec<f32> = (0..rank)
-		.map(|j| (partial[j] + partial[rank + j]) + (partial[2 * rank + j] + partial[3 * rank + j]))
+		.map(|j| scale * ((partial[j] + partial[rank + j]) + (partial[2 * rank + j] + partial[3 * rank + j])))
 		.collect();
-	// y += u · (scale·B^T), j in order.
+	// y += u · B^T, j in order.
 	for (&uj, b_row) in u.iter().zip(b_t.chunks_exact(y.len())) {
 		for (yo, &bjo) in y.iter_mut().zip(b_row) {
-			*yo += uj * bjo;
+			*yo += uj * bjo.value();
 		}
 	}
 }
