@@ -3,7 +3,7 @@
 # GGUF and prompt, then worker/examples/bench_worker.rs, which prints a Markdown table
 # `metric | value | goal | met?` with the llama.cpp ratio in it. Results: docs/benchmarks.md.
 #
-#   scripts/bench-worker.sh            # the full run (about 20 minutes on 2 cores)
+#   scripts/bench-worker.sh            # the full run (about 5 minutes on 2 cores)
 #   scripts/bench-worker.sh --quick    # small sizes, a few minutes
 #
 # Other arguments go to bench_worker (see `bench_worker --help`). Environment:
