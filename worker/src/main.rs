@@ -71,6 +71,10 @@ struct ServeArgs {
 	/// Directory of PEFT adapters, one sub-directory per adapter name.
 	#[arg(long, default_value = "adapters")]
 	adapters: PathBuf,
+	/// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature
+	/// (scripts/build-cuda.sh).
+	#[arg(long, default_value = "cpu", value_parser = parse_device)]
+	device: candle_core::Device,
 	#[arg(long, default_value = "127.0.0.1:8000")]
 	listen: SocketAddr,
 	/// Bearer key for /v1/load_lora_adapter and /v1/unload_lora_adapter (off when unset).
@@ -205,9 +209,27 @@ fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
 	}
 }
 
+/// `cpu`, `cuda` or `cuda:N`.
+fn parse_device(s: &str) -> Result<candle_core::Device> {
+	let ordinal = match s {
+		"cpu" => return Ok(candle_core::Device::Cpu),
+		"cuda" => 0,
+		_ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+			Some(Ok(n)) => n,
+			_ => anyhow::bail!("`{s}` is not cpu, cuda or cuda:N"),
+		},
+	};
+	if !cfg!(feature = "cuda") {
+		anyhow::bail!("this worker was built without the `cuda` feature (scripts/build-cuda.sh builds one)");
+	}
+	candle_core::Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
-	base::check_cpu()?;
-	let device = candle_core::Device::Cpu;
+	let device = args.device.clone();
+	if device.is_cpu() {
+		base::check_cpu()?;
+	}
 	let path = model_path(args.model)?;
 	let model_file = path.clone();
 	let base = tokio::task::spawn_blocking(move || BaseModel::load(&path, args.model_name, &device)).await??;
@@ -220,7 +242,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		max_resident: args.max_resident_adapters,
 		..AdapterLimits::default()
 	};
-	let cache = AdapterCache::new(store, base.config.clone(), limits, candle_core::Device::Cpu);
+	let cache = AdapterCache::new(store, base.config.clone(), limits, args.device);
 	let registered = cache.scan().await?;
 	tracing::info!("adapter store {}: {} adapters", args.adapters.display(), registered.len());
 	let reaper = cache.spawn_idle_reaper(Duration::from_secs(args.adapter_idle_secs), Duration::from_secs(10));
@@ -429,5 +451,21 @@ fn main() -> ExitCode {
 			eprintln!("error: {e:#}");
 			ExitCode::FAILURE
 		},
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::parse_device;
+
+	#[test]
+	fn device_names() {
+		assert!(parse_device("cpu").unwrap().is_cpu());
+		for bad in ["gpu", "cuda:x", "cuda:", ""] {
+			assert!(parse_device(bad).unwrap_err().to_string().contains("is not cpu, cuda or cuda:N"), "{bad}");
+		}
+		if !cfg!(feature = "cuda") {
+			assert!(parse_device("cuda:0").unwrap_err().to_string().contains("without the `cuda` feature"));
+		}
 	}
 }
