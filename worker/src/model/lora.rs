@@ -230,3 +230,46 @@ impl LoraAdapter {
 		self.layers.get(layer).and_then(|l| l[projection.index()].as_ref())
 	}
 }
+
+#[cfg(test)]
+mod tests {
+	use candle_core::{DType, Device};
+
+	use super::*;
+
+	fn pair(rank: usize, in_features: usize, out_features: usize, seed: f32, dtype: DType) -> LoraWeights {
+		let values = |n: usize, k: f32| (0..n).map(|i| ((i as f32 + seed) * k).sin()).collect::<Vec<f32>>();
+		let tensor = |v: Vec<f32>, shape: (usize, usize)| Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+		LoraWeights {
+			a_t: tensor(values(in_features * rank, 0.37), (in_features, rank)),
+			b_t: tensor(values(rank * out_features, 0.53), (rank, out_features)),
+			scale: 1.5,
+		}
+	}
+
+	/// The pooled path gives each row exactly the sums of the one-row path, for ranks, types and
+	/// widths that exercise every remainder, and both match `scale·(x·A^T)·B^T`.
+	#[test]
+	fn pooled_rows_equal_one_row_at_a_time_and_the_plain_product() {
+		let (in_features, out_features) = (10, 7);
+		let first = pair(3, in_features, out_features, 1.0, DType::F32);
+		let second = pair(5, in_features, out_features, 2.0, DType::BF16);
+		let x: Vec<f32> = (0..3 * in_features).map(|i| (i as f32 * 0.11).cos()).collect();
+		let mut pooled = vec![0.25f32; 3 * out_features];
+		add_row_deltas(&x, in_features, &mut pooled, out_features, &[(0, &first), (2, &second)]).unwrap();
+		for (row, weights) in [(0, &first), (2, &second)] {
+			let mut alone = vec![0.25f32; out_features];
+			let input = &x[row * in_features..(row + 1) * in_features];
+			weights.add_row_delta(input, &mut alone).unwrap();
+			assert_eq!(&pooled[row * out_features..(row + 1) * out_features], &alone[..]);
+			let matrix = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+			let (a_t, b_t) = (matrix(&weights.a_t), matrix(&weights.b_t));
+			let u: Vec<f32> = (0..a_t[0].len()).map(|j| 1.5 * (0..in_features).map(|k| input[k] * a_t[k][j]).sum::<f32>()).collect();
+			for (o, got) in alone.iter().enumerate() {
+				let want: f32 = u.iter().zip(&b_t).map(|(uj, b_row)| uj * b_row[o]).sum();
+				assert!((got - 0.25 - want).abs() < 1e-5, "column {o}: {got} vs {want}");
+			}
+		}
+		assert!(pooled[out_features..2 * out_features].iter().all(|&v| v == 0.25), "an unlisted row is untouched");
+	}
+}
