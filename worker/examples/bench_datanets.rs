@@ -97,6 +97,8 @@ fn synthetic_index(root: &std::path::Path, datanet: u32, n: usize, embedder: &Em
 }
 
 fn main() -> Result<()> {
+	// As the worker does: candle's float matmuls otherwise re-read /proc/cpuinfo on every call.
+	openledger_worker::model::pin_cpu_threads();
 	let args = Args::parse();
 	if args.print_texts {
 		for t in texts(args.texts) {
