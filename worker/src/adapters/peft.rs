@@ -203,8 +203,9 @@ fn info(plan: &Plan, hash: &[u8; 32]) -> AdapterInfo {
 	}
 }
 
-/// Loads the adapter in `dir` for `base`, placing the tensors on `device` in the file's float type. `dir` should
-/// come from [`AdapterStore`](super::AdapterStore); this reads exactly its two files.
+/// Loads the adapter in `dir` for `base`, placing the tensors on `device` in the file's float
+/// type. `dir` should come from [`AdapterStore`](super::AdapterStore); this reads exactly its two
+/// files.
 pub fn load_adapter(
 	dir: &Path,
 	base: &LlamaConfig,
@@ -332,35 +333,22 @@ fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> candle_
 				.collect()
 		},
 	};
-	let shape = (cols, rows);
 	match t.dtype {
-		FloatDtype::F32 => Tensor::from_vec(
-			transpose_rows(bytes, rows, cols, &source_row, |b: [u8; 4]| f32::from_le_bytes(b)),
-			shape,
-			&Device::Cpu,
-		),
-		FloatDtype::F16 => Tensor::from_vec(
-			transpose_rows(bytes, rows, cols, &source_row, half::f16::from_le_bytes),
-			shape,
-			&Device::Cpu,
-		),
-		FloatDtype::BF16 => Tensor::from_vec(
-			transpose_rows(bytes, rows, cols, &source_row, half::bf16::from_le_bytes),
-			shape,
-			&Device::Cpu,
-		),
+		FloatDtype::F32 => transpose_rows(bytes, rows, cols, &source_row, f32::from_le_bytes),
+		FloatDtype::F16 => transpose_rows(bytes, rows, cols, &source_row, half::f16::from_le_bytes),
+		FloatDtype::BF16 => transpose_rows(bytes, rows, cols, &source_row, half::bf16::from_le_bytes),
 	}
 }
 
 /// Row `r` of the `rows × cols` matrix in `bytes` is source row `source_row[r]`; returns the
-/// transpose, `cols × rows`, decoding each `N`-byte little-endian value with `decode`.
-fn transpose_rows<T: Copy + Default, const N: usize>(
+/// transpose, a `[cols, rows]` tensor, decoding each `N`-byte little-endian value with `decode`.
+fn transpose_rows<T: candle_core::WithDType + Default, const N: usize>(
 	bytes: &[u8],
 	rows: usize,
 	cols: usize,
 	source_row: &[usize],
 	decode: impl Fn([u8; N]) -> T,
-) -> Vec<T> {
+) -> candle_core::Result<Tensor> {
 	let mut out = vec![T::default(); rows * cols];
 	let row_bytes = cols * N;
 	for (r, &src) in source_row.iter().enumerate() {
@@ -369,7 +357,7 @@ fn transpose_rows<T: Copy + Default, const N: usize>(
 			out[c * rows + r] = decode(value.try_into().expect("chunks of N bytes"));
 		}
 	}
-	out
+	Tensor::from_vec(out, (cols, rows), &Device::Cpu)
 }
 
 /// llama.cpp's converter permutes the output rows of `q` and `k` for its interleaved RoPE:

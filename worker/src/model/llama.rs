@@ -14,7 +14,9 @@ use candle_core::{
 use super::{
 	decode_attention::{self, CacheView, Heads},
 	lora,
-	quant::QuantMatrix, LlamaConfig, LoraAdapter, LoraWeights, Projection};
+	quant::QuantMatrix,
+	LlamaConfig, LoraAdapter, LoraWeights, Projection,
+};
 
 /// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
 enum BaseLinear {
