@@ -15,7 +15,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::Parser;
 use openledger_primitives::item_hash;
 use openledger_worker::datanets::{DataNetIndex, Embedder, IndexWriter, ItemRecord, Retriever};
@@ -107,7 +106,7 @@ fn main() -> Result<()> {
 		return Ok(());
 	}
 	tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-	let embedder = Embedder::load_default(None, &Device::Cpu)?.with_batch_size(args.batch);
+	let embedder = Embedder::load_default(None)?.with_batch_size(args.batch);
 	let mut rows: Vec<(String, String)> = Vec::new();
 
 	// Embedding throughput: one warm-up pass, then the median of three.

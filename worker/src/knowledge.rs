@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use openledger_primitives::{AttributionEntry, DataNetId, PPM};
 
 use crate::{
@@ -138,7 +137,7 @@ impl Knowledge {
 	/// and builds their span indexes.
 	pub fn open(config: KnowledgeConfig) -> Result<Self> {
 		let started = Instant::now();
-		let embedder = Embedder::load_default(config.embedder_dir.as_deref(), &Device::Cpu)?;
+		let embedder = Embedder::load_default(config.embedder_dir.as_deref())?;
 		let ids = list_datanets(&config.datanet_root)?;
 		let mut indexes = Vec::with_capacity(ids.len());
 		let mut spans = BTreeMap::new();

@@ -9,7 +9,6 @@ use std::{
 	time::{Duration, Instant},
 };
 
-use candle_core::Device;
 use openledger_worker::datanets::{
 	embed::cosine, ingest_dir, DataNetIndex, Embedder, IngestOptions, Retriever,
 };
@@ -17,7 +16,7 @@ use openledger_worker::datanets::{
 fn embedder() -> &'static Embedder {
 	static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
 	EMBEDDER.get_or_init(|| {
-		Embedder::load_default(None, &Device::Cpu).expect("all-MiniLM-L6-v2 must be present: run scripts/setup.sh")
+		Embedder::load_default(None).expect("all-MiniLM-L6-v2 must be present: run scripts/setup.sh")
 	})
 }
 

@@ -757,7 +757,7 @@ mod server {
 		std::fs::write(docs.join("rust.md"), "# Rust\n\nRust's borrow checker rejects programs that would let two threads mutate the same value.").unwrap();
 		std::fs::write(docs.join("tides.txt"), "Tides rise and fall twice a day because of the pull of the moon on the oceans.").unwrap();
 		let index_root = root.join("index");
-		let embedder = Embedder::load_default(None, &candle_core::Device::Cpu).unwrap();
+		let embedder = Embedder::load_default(None).unwrap();
 		ingest_dir(&docs, &index_root, 7, &embedder, &IngestOptions::default()).unwrap();
 		let mut writer = IndexWriter::open(&index_root, 7, embedder.model()).unwrap();
 		let ids: Vec<_> = writer.items().enumerate().map(|(i, r)| (r.hash, 100 + i as u32)).collect();

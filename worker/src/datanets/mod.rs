@@ -3,11 +3,13 @@
 //! all-MiniLM-L6-v2), and retrieve the items most similar to a question, with attribution
 //! weights in parts per million.
 //!
-//! - [`embed`]: the sentence embedder (candle BERT, sentence-transformers' pooling);
+//! - [`embed`]: the sentence embedder (all-MiniLM-L6-v2, sentence-transformers' pooling) on
+//!   [`bert`], our CPU BERT encoder;
 //! - [`ingest`]: reading, chunking, hashing, keeping an index in step with a directory;
 //! - [`index`]: the crash-safe, checksummed on-disk format;
 //! - [`retrieve`]: exact top-k search and [`attribution_weights`].
 
+pub mod bert;
 pub mod cli;
 pub mod embed;
 pub mod index;
