@@ -50,9 +50,11 @@ fn default_position_embedding_type() -> String {
 	"absolute".into()
 }
 
-/// A linear layer `y = x·Wᵀ + b`, with `W` as stored (`out × in`, row-major).
+/// A linear layer `y = x·Wᵀ + b`.
 struct Linear {
-	weight: Vec<f32>,
+	/// `Wᵀ` (`in × out`, row-major): gemm then reads W's rows as contiguous columns, which its
+	/// kernel takes without repacking them on every call.
+	weight_t: Vec<f32>,
 	bias: Vec<f32>,
 	inputs: usize,
 	outputs: usize,
@@ -121,13 +123,12 @@ impl BertEncoder {
 			})
 		};
 		let (h, i) = (config.hidden_size, config.intermediate_size);
+		let weight_and_bias = |name: &str, outputs: usize, inputs: usize| -> Result<(Vec<f32>, Vec<f32>)> {
+			Ok((read(&format!("{name}.weight"), &[outputs, inputs])?, read(&format!("{name}.bias"), &[outputs])?))
+		};
 		let linear = |name: &str, outputs: usize, inputs: usize| -> Result<Linear> {
-			Ok(Linear {
-				weight: read(&format!("{name}.weight"), &[outputs, inputs])?,
-				bias: read(&format!("{name}.bias"), &[outputs])?,
-				inputs,
-				outputs,
-			})
+			let (weight, bias) = weight_and_bias(name, outputs, inputs)?;
+			Ok(Linear::new(&weight, bias, inputs))
 		};
 		let norm = |name: &str| -> Result<LayerNorm> {
 			Ok(LayerNorm { gamma: read(&format!("{name}.weight"), &[h])?, beta: read(&format!("{name}.bias"), &[h])? })
@@ -137,16 +138,11 @@ impl BertEncoder {
 		for n in 0..config.num_hidden_layers {
 			let at = |part: &str| format!("encoder.layer.{n}.{part}");
 			let (q, k, v) = (
-				linear(&at("attention.self.query"), h, h)?,
-				linear(&at("attention.self.key"), h, h)?,
-				linear(&at("attention.self.value"), h, h)?,
+				weight_and_bias(&at("attention.self.query"), h, h)?,
+				weight_and_bias(&at("attention.self.key"), h, h)?,
+				weight_and_bias(&at("attention.self.value"), h, h)?,
 			);
-			let qkv = Linear {
-				weight: [q.weight, k.weight, v.weight].concat(),
-				bias: [q.bias, k.bias, v.bias].concat(),
-				inputs: h,
-				outputs: 3 * h,
-			};
+			let qkv = Linear::new(&[q.0, k.0, v.0].concat(), [q.1, k.1, v.1].concat(), h);
 			layers.push(EncoderLayer {
 				qkv,
 				attention_out: linear(&at("attention.output.dense"), h, h)?,
@@ -174,7 +170,15 @@ impl BertEncoder {
 
 	/// The mean-pooled, L2-normalised last hidden states of each token id sequence (each
 	/// non-empty and at most `max_position_embeddings` long), as sentence-transformers pools them.
-	pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+	///
+	/// `split_products` spreads each matrix product over rayon's pool: right for a lone batch.
+	/// A caller with several batches does better to run them side by side with `false`, since
+	/// whole batches need no synchronisation between layers.
+	pub fn embed(&self, sequences: &[&[u32]], split_products: bool) -> Result<Vec<Vec<f32>>> {
+		let parallelism = match rayon::current_num_threads() {
+			threads if split_products && threads > 1 => gemm::Parallelism::Rayon(threads),
+			_ => gemm::Parallelism::None,
+		};
 		let h = self.config.hidden_size;
 		let mut offsets = Vec::with_capacity(sequences.len() + 1);
 		offsets.push(0);
@@ -209,15 +213,15 @@ impl BertEncoder {
 		let mut intermediate = Vec::new();
 		let mut residual = Vec::new();
 		for layer in &self.layers {
-			layer.qkv.forward_into(&x, tokens, None, &mut qkv);
+			layer.qkv.forward_into(&x, tokens, None, &mut qkv, parallelism);
 			self.attention(&qkv, &offsets, &mut context);
-			layer.attention_out.forward_into(&context, tokens, Some(&x), &mut residual);
+			layer.attention_out.forward_into(&context, tokens, Some(&x), &mut residual, parallelism);
 			layer_norm_rows(&mut residual, &layer.attention_norm, self.eps);
 			std::mem::swap(&mut x, &mut residual);
 
-			layer.up.forward_into(&x, tokens, None, &mut intermediate);
+			layer.up.forward_into(&x, tokens, None, &mut intermediate, parallelism);
 			intermediate.par_chunks_mut(GELU_CHUNK).for_each(gelu_in_place);
-			layer.down.forward_into(&intermediate, tokens, Some(&x), &mut residual);
+			layer.down.forward_into(&intermediate, tokens, Some(&x), &mut residual, parallelism);
 			layer_norm_rows(&mut residual, &layer.output_norm, self.eps);
 			std::mem::swap(&mut x, &mut residual);
 		}
@@ -252,30 +256,30 @@ impl BertEncoder {
 		split_rows(context, offsets, h).into_par_iter().zip(starts).for_each(|(out, start)| {
 			let len = out.len() / h;
 			let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
-			let mut scores = vec![0f32; len];
+			let mut probs = vec![0f32; len * len];
 			for head in 0..heads {
-				let (q_at, k_at, v_at) = (head * d, h + head * d, 2 * h + head * d);
-				for i in 0..len {
-					let q = &rows[i * 3 * h + q_at..][..d];
-					let mut max = f32::NEG_INFINITY;
-					for (j, s) in scores.iter_mut().enumerate() {
-						*s = super::embed::dot(q, &rows[j * 3 * h + k_at..][..d]) * scale;
-						max = max.max(*s);
-					}
-					let mut sum = 0.0;
-					for s in scores.iter_mut() {
-						*s = exp(*s - max);
-						sum += *s;
-					}
-					let ctx = &mut out[i * h + head * d..][..d];
-					ctx.fill(0.0);
-					for (j, &p) in scores.iter().enumerate() {
-						for (c, v) in ctx.iter_mut().zip(&rows[j * 3 * h + v_at..][..d]) {
-							*c += p * v;
-						}
-					}
-					let inv = 1.0 / sum;
-					ctx.iter_mut().for_each(|c| *c *= inv);
+				let (q, k, v) = (&rows[head * d..], &rows[h + head * d..], &rows[2 * h + head * d..]);
+				let stride = 3 * h as isize;
+				// SAFETY: every matrix lies inside `rows` (len rows of 3·hidden), `probs`
+				// (len × len) or `out` (len rows of hidden) with the strides given: Q, K and V are
+				// this head's columns of each token's row, and its context is its columns of `out`.
+				unsafe {
+					// scores = Q·Kᵀ/√d
+					gemm::gemm(len, len, d, probs.as_mut_ptr(), 1, len as isize, false,
+						q.as_ptr(), 1, stride, k.as_ptr(), stride, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+				}
+				for row in probs.chunks_exact_mut(len) {
+					let max = max(row);
+					row.iter_mut().for_each(|s| *s = exp(*s - max));
+					let inv = 1.0 / sum(row);
+					row.iter_mut().for_each(|s| *s *= inv);
+				}
+				let context = &mut out[head * d..];
+				// SAFETY: as above.
+				unsafe {
+					// context = softmax(scores)·V
+					gemm::gemm(len, d, len, context.as_mut_ptr(), 1, h as isize, false,
+						probs.as_ptr(), 1, len as isize, v.as_ptr(), 1, stride, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
 				}
 			}
 		});
@@ -286,8 +290,28 @@ impl BertEncoder {
 const GELU_CHUNK: usize = 16 * 1024;
 
 impl Linear {
+	/// From `W` as stored (`out × in`, row-major; `out` is the bias length).
+	fn new(weight: &[f32], bias: Vec<f32>, inputs: usize) -> Self {
+		let outputs = bias.len();
+		assert_eq!(weight.len(), outputs * inputs);
+		let mut weight_t = vec![0f32; weight.len()];
+		for (o, row) in weight.chunks_exact(inputs).enumerate() {
+			for (i, &w) in row.iter().enumerate() {
+				weight_t[i * outputs + o] = w;
+			}
+		}
+		Self { weight_t, bias, inputs, outputs }
+	}
+
 	/// `out = x·Wᵀ + b (+ residual)` for `rows` rows of `x`; `out` is resized to fit.
-	fn forward_into(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut Vec<f32>) {
+	fn forward_into(
+		&self,
+		x: &[f32],
+		rows: usize,
+		residual: Option<&[f32]>,
+		out: &mut Vec<f32>,
+		parallelism: gemm::Parallelism,
+	) {
 		debug_assert_eq!(x.len(), rows * self.inputs);
 		out.clear();
 		out.reserve(rows * self.outputs);
@@ -303,11 +327,8 @@ impl Linear {
 					out.extend_from_slice(&self.bias);
 				},
 		}
-		let threads = rayon::current_num_threads();
-		let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
 		// SAFETY: the pointers cover `rows × outputs` (out), `rows × inputs` (x) and
-		// `outputs × inputs` (W) elements with the strides given: out and x row-major, W read as
-		// its transpose (column n of Wᵀ is row n of W).
+		// `inputs × outputs` (Wᵀ) elements, all row-major with the strides given.
 		unsafe {
 			gemm::gemm(
 				rows,
@@ -320,9 +341,9 @@ impl Linear {
 				x.as_ptr(),
 				1,
 				self.inputs as isize,
-				self.weight.as_ptr(),
-				self.inputs as isize,
+				self.weight_t.as_ptr(),
 				1,
+				self.outputs as isize,
 				1.0f32,
 				1.0f32,
 				false,
@@ -350,14 +371,44 @@ fn layer_norm_rows(x: &mut [f32], norm: &LayerNorm, eps: f32) {
 	let h = norm.gamma.len();
 	x.par_chunks_mut(h * 32).for_each(|block| {
 		for row in block.chunks_exact_mut(h) {
-			let mean = row.iter().sum::<f32>() / h as f32;
-			let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+			let mean = sum(row) / h as f32;
+			let var = sum_of(row, |v| (v - mean) * (v - mean)) / h as f32;
 			let inv = 1.0 / (var + eps).sqrt();
 			for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
 				*v = (*v - mean) * inv * g + b;
 			}
 		}
 	});
+}
+
+/// Σ x, in eight independent partial sums so that it vectorises (a plain fold is sequential).
+fn sum(x: &[f32]) -> f32 {
+	sum_of(x, |v| v)
+}
+
+/// Σ f(x), as [`sum`].
+#[inline(always)]
+fn sum_of(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+	let mut lanes = [0f32; 8];
+	let (chunks, rest) = x.as_chunks::<8>();
+	for chunk in chunks {
+		for (lane, &v) in lanes.iter_mut().zip(chunk) {
+			*lane += f(v);
+		}
+	}
+	lanes.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// The largest element (−∞ for none), in eight lanes as [`sum`].
+fn max(x: &[f32]) -> f32 {
+	let mut lanes = [f32::NEG_INFINITY; 8];
+	let (chunks, rest) = x.as_chunks::<8>();
+	for chunk in chunks {
+		for (lane, &v) in lanes.iter_mut().zip(chunk) {
+			*lane = if v > *lane { v } else { *lane };
+		}
+	}
+	lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
 /// Exact GELU, `x·(1 + erf(x/√2))/2`, in place.
@@ -444,19 +495,15 @@ mod tests {
 	#[test]
 	fn gemm_linear_matches_a_plain_product_with_bias_and_residual() {
 		let (rows, inputs, outputs) = (5, 7, 3);
-		let linear = Linear {
-			weight: (0..outputs * inputs).map(|i| (i as f32 * 0.3).sin()).collect(),
-			bias: vec![0.5, -1.0, 2.0],
-			inputs,
-			outputs,
-		};
+		let weight: Vec<f32> = (0..outputs * inputs).map(|i| (i as f32 * 0.3).sin()).collect();
+		let linear = Linear::new(&weight, vec![0.5, -1.0, 2.0], inputs);
 		let x: Vec<f32> = (0..rows * inputs).map(|i| (i as f32 * 0.7).cos()).collect();
 		let residual: Vec<f32> = (0..rows * outputs).map(|i| i as f32).collect();
 		let mut out = Vec::new();
-		linear.forward_into(&x, rows, Some(&residual), &mut out);
+		linear.forward_into(&x, rows, Some(&residual), &mut out, gemm::Parallelism::None);
 		for r in 0..rows {
 			for o in 0..outputs {
-				let plain: f32 = (0..inputs).map(|k| x[r * inputs + k] * linear.weight[o * inputs + k]).sum::<f32>()
+				let plain: f32 = (0..inputs).map(|k| x[r * inputs + k] * weight[o * inputs + k]).sum::<f32>()
 					+ linear.bias[o] + residual[r * outputs + o];
 				assert!((out[r * outputs + o] - plain).abs() < 1e-5, "({r}, {o}): {} vs {plain}", out[r * outputs + o]);
 			}

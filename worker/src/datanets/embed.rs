@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use openledger_primitives::{content_hash, ContentHash};
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -221,8 +222,8 @@ impl Embedder {
 
 	/// Embeds `texts`: one unit-length vector of [`Self::dim`] floats per text, in order.
 	///
-	/// Texts are tokenized, sorted by length (so a batch pads little), run in batches of the
-	/// batch size and put back in the caller's order. Progress is logged for large inputs.
+	/// Texts are tokenized, sorted by length (so a batch's sequences are alike), run in batches
+	/// of the batch size and put back in the caller's order. Progress is logged for large inputs.
 	pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
 		let started = Instant::now();
 		let prepared: Vec<String> = texts.iter().map(|t| self.prepare(t)).collect();
@@ -238,16 +239,28 @@ impl Embedder {
 		order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
 
 		let mut out = vec![Vec::new(); texts.len()];
-		let batches = texts.len().div_ceil(self.batch_size);
-		let log_every = if texts.len() >= 512 { (batches / 10).max(1) } else { usize::MAX };
-		for (n, chunk) in order.chunks(self.batch_size).enumerate() {
-			let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].as_slice()).collect();
-			let vectors = self.forward(&ids)?;
-			for (&i, vector) in chunk.iter().zip(vectors) {
-				out[i] = vector;
+		let batches: Vec<&[usize]> = order.chunks(self.batch_size).collect();
+		// Batches run side by side, one per thread; a lone batch splits its products instead.
+		let threads = rayon::current_num_threads();
+		let split_products = batches.len() < 2;
+		let groups = batches.len().div_ceil(threads);
+		let log_every = if texts.len() >= 512 { (groups / 10).max(1) } else { usize::MAX };
+		let mut done = 0;
+		for (n, group) in batches.chunks(threads).enumerate() {
+			let vectors = group
+				.par_iter()
+				.map(|batch| {
+					let ids: Vec<&[u32]> = batch.iter().map(|&i| encodings[i].as_slice()).collect();
+					self.forward(&ids, split_products)
+				})
+				.collect::<Result<Vec<_>>>()?;
+			for (batch, vectors) in group.iter().zip(vectors) {
+				for (&i, vector) in batch.iter().zip(vectors) {
+					out[i] = vector;
+				}
+				done += batch.len();
 			}
 			if (n + 1) % log_every == 0 {
-				let done = ((n + 1) * self.batch_size).min(texts.len());
 				tracing::info!(
 					"embedded {done}/{} texts ({:.0}/s)",
 					texts.len(),
@@ -267,8 +280,8 @@ impl Embedder {
 
 	/// One forward pass over token id sequences (each already truncated): mean pooling over
 	/// each sequence's tokens, L2 normalisation.
-	fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-		let vectors = self.model.embed(ids)?;
+	fn forward(&self, ids: &[&[u32]], split_products: bool) -> Result<Vec<Vec<f32>>> {
+		let vectors = self.model.embed(ids, split_products)?;
 		self.forward_passes.fetch_add(1, Ordering::Relaxed);
 		Ok(vectors)
 	}
