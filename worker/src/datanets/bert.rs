@@ -458,6 +458,8 @@ fn exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+	use std::collections::BTreeMap;
+
 	use super::*;
 
 	#[test]
@@ -508,5 +510,192 @@ mod tests {
 				assert!((out[r * outputs + o] - plain).abs() < 1e-5, "({r}, {o}): {} vs {plain}", out[r * outputs + o]);
 			}
 		}
+	}
+
+	/// A BERT small enough to check by hand: hidden 8, 2 heads, 2 layers, random weights.
+	fn tiny_bert(hidden_act: &str) -> (BertConfig, Vec<u8>, BTreeMap<String, Vec<f32>>) {
+		let config = BertConfig {
+			vocab_size: 11,
+			hidden_size: 8,
+			num_hidden_layers: 2,
+			num_attention_heads: 2,
+			intermediate_size: 12,
+			max_position_embeddings: 7,
+			type_vocab_size: 2,
+			layer_norm_eps: 1e-12,
+			hidden_act: hidden_act.into(),
+			position_embedding_type: "absolute".into(),
+		};
+		let (h, i) = (config.hidden_size, config.intermediate_size);
+		let mut shapes = vec![
+			("embeddings.word_embeddings.weight".to_string(), vec![config.vocab_size, h]),
+			("embeddings.position_embeddings.weight".into(), vec![config.max_position_embeddings, h]),
+			("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+			("embeddings.LayerNorm.weight".into(), vec![h]),
+			("embeddings.LayerNorm.bias".into(), vec![h]),
+		];
+		for n in 0..config.num_hidden_layers {
+			for (part, out, inp) in [
+				("attention.self.query", h, h),
+				("attention.self.key", h, h),
+				("attention.self.value", h, h),
+				("attention.output.dense", h, h),
+				("intermediate.dense", i, h),
+				("output.dense", h, i),
+			] {
+				shapes.push((format!("encoder.layer.{n}.{part}.weight"), vec![out, inp]));
+				shapes.push((format!("encoder.layer.{n}.{part}.bias"), vec![out]));
+			}
+			for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+				shapes.push((format!("encoder.layer.{n}.{norm}.weight"), vec![h]));
+				shapes.push((format!("encoder.layer.{n}.{norm}.bias"), vec![h]));
+			}
+		}
+		let mut values = BTreeMap::new();
+		let mut bytes = BTreeMap::new();
+		for (k, (name, shape)) in shapes.iter().enumerate() {
+			let len: usize = shape.iter().product();
+			let data: Vec<f32> = (0..len)
+				.map(|j| {
+					let noise = ((k * 131 + j * 17) as f32 * 0.618).sin();
+					if name.ends_with("LayerNorm.weight") { 1.0 + 0.2 * noise } else { 0.5 * noise }
+				})
+				.collect();
+			bytes.insert(name.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+			values.insert(name.clone(), data);
+		}
+		let views = shapes.iter().map(|(name, shape)| {
+			(name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes[name]).unwrap())
+		});
+		let file = safetensors::serialize(views, None).unwrap();
+		(config, file, values)
+	}
+
+	/// BERT as Hugging Face computes it: a right-padded batch, an additive attention mask, masked
+	/// mean pooling; plain loops, no fusion.
+	fn reference_embeddings(config: &BertConfig, w: &BTreeMap<String, Vec<f32>>, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+		let (h, heads) = (config.hidden_size, config.num_attention_heads);
+		let d = h / heads;
+		let len = sequences.iter().map(|s| s.len()).max().unwrap();
+		let linear = |x: &[Vec<f32>], name: &str| -> Vec<Vec<f32>> {
+			let (weight, bias) = (&w[&format!("{name}.weight")], &w[&format!("{name}.bias")]);
+			x.iter()
+				.map(|row| {
+					(0..bias.len())
+						.map(|o| bias[o] + (0..row.len()).map(|k| row[k] * weight[o * row.len() + k]).sum::<f32>())
+						.collect()
+				})
+				.collect()
+		};
+		let norm = |x: &mut [Vec<f32>], name: &str| {
+			for row in x.iter_mut() {
+				let mean = row.iter().sum::<f32>() / h as f32;
+				let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / h as f32;
+				for (c, v) in row.iter_mut().enumerate() {
+					*v = (*v - mean) / (var + 1e-12).sqrt() * w[&format!("{name}.weight")][c] + w[&format!("{name}.bias")][c];
+				}
+			}
+		};
+		sequences
+			.iter()
+			.map(|seq| {
+				let mask: Vec<f32> = (0..len).map(|p| if p < seq.len() { 0.0 } else { f32::MIN }).collect();
+				let mut x: Vec<Vec<f32>> = (0..len)
+					.map(|p| {
+						let id = seq.get(p).copied().unwrap_or(0) as usize;
+						(0..h)
+							.map(|c| {
+								w["embeddings.word_embeddings.weight"][id * h + c]
+									+ w["embeddings.position_embeddings.weight"][p * h + c]
+									+ w["embeddings.token_type_embeddings.weight"][c]
+							})
+							.collect()
+					})
+					.collect();
+				norm(&mut x, "embeddings.LayerNorm");
+				for n in 0..config.num_hidden_layers {
+					let at = |part: &str| format!("encoder.layer.{n}.{part}");
+					let (q, k, v) = (
+						linear(&x, &at("attention.self.query")),
+						linear(&x, &at("attention.self.key")),
+						linear(&x, &at("attention.self.value")),
+					);
+					let mut context = vec![vec![0f32; h]; len];
+					for head in 0..heads {
+						for i in 0..len {
+							let scores: Vec<f32> = (0..len)
+								.map(|j| {
+									(0..d).map(|c| q[i][head * d + c] * k[j][head * d + c]).sum::<f32>() / (d as f32).sqrt()
+										+ mask[j]
+								})
+								.collect();
+							let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+							let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+							let total: f32 = e.iter().sum();
+							for c in 0..d {
+								context[i][head * d + c] = (0..len).map(|j| e[j] / total * v[j][head * d + c]).sum();
+							}
+						}
+					}
+					let mut y = linear(&context, &at("attention.output.dense"));
+					y.iter_mut().zip(&x).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
+					norm(&mut y, &at("attention.output.LayerNorm"));
+					x = y;
+					let mut up = linear(&x, &at("intermediate.dense"));
+					for v in up.iter_mut().flatten() {
+						*v = 0.5 * *v * (1.0 + erf_by_quadrature(*v / std::f32::consts::SQRT_2));
+					}
+					let mut y = linear(&up, &at("output.dense"));
+					y.iter_mut().zip(&x).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
+					norm(&mut y, &at("output.LayerNorm"));
+					x = y;
+				}
+				let mut mean = vec![0f32; h];
+				for row in &x[..seq.len()] {
+					mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / seq.len() as f32);
+				}
+				let length = mean.iter().map(|m| m * m).sum::<f32>().sqrt();
+				mean.iter().map(|m| m / length).collect()
+			})
+			.collect()
+	}
+
+	#[test]
+	fn packed_forward_equals_a_padded_masked_batch() {
+		let (config, file, weights) = tiny_bert("gelu");
+		let encoder = BertEncoder::load(config.clone(), &file).unwrap();
+		let sequences: [&[u32]; 4] = [&[1, 5, 9, 2], &[1, 3, 2], &[1, 10, 4, 4, 7, 6, 2], &[1, 2]];
+		let expected = reference_embeddings(&config, &weights, &sequences);
+		for split_products in [false, true] {
+			let packed = encoder.embed(&sequences, split_products).unwrap();
+			for (seq, (got, want)) in sequences.iter().zip(packed.iter().zip(&expected)) {
+				for (g, w) in got.iter().zip(want) {
+					assert!((g - w).abs() < 1e-5, "{seq:?} (split {split_products}): {got:?} vs {want:?}");
+				}
+				let alone = encoder.embed(&[seq], split_products).unwrap();
+				assert_eq!(&alone[0], got, "{seq:?}: packing changed the vector");
+			}
+		}
+	}
+
+	#[test]
+	fn bad_models_and_sequences_are_refused_with_a_reason() {
+		let (config, file, _) = tiny_bert("relu");
+		let err = BertEncoder::load(config, &file).err().unwrap().to_string();
+		assert!(err.contains("hidden_act \"relu\""), "{err}");
+		let (mut config, file, _) = tiny_bert("gelu");
+		config.intermediate_size = 13;
+		let err = format!("{:#}", BertEncoder::load(config, &file).err().unwrap());
+		assert!(err.contains("intermediate.dense.weight has shape [12, 8], expected [13, 8]"), "{err}");
+		let err = format!("{:#}", BertEncoder::load(tiny_bert("gelu").0, b"not safetensors").err().unwrap());
+		assert!(err.contains("not a safetensors file"), "{err}");
+
+		let (config, file, _) = tiny_bert("gelu");
+		let encoder = BertEncoder::load(config, &file).unwrap();
+		let refused = |seq: &[u32]| encoder.embed(&[&[1, 2], seq], false).err().unwrap().to_string();
+		assert!(refused(&[]).contains("a sequence of 0 tokens (1 to 7 expected)"));
+		assert!(refused(&[1; 8]).contains("a sequence of 8 tokens"));
+		assert!(refused(&[1, 11, 2]).contains("token id 11 is outside the vocabulary of 11"));
+		assert!(encoder.embed(&[], true).unwrap().is_empty());
 	}
 }
