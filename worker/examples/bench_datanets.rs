@@ -1,4 +1,4 @@
-//! DataNet benchmark: embedding throughput of all-MiniLM-L6-v2 (candle, CPU) and exact top-k
+//! DataNet benchmark: embedding throughput of all-MiniLM-L6-v2 (the worker's BERT encoder, CPU) and exact top-k
 //! query latency over DataNet indexes of 10k and 100k items. Prints a Markdown table.
 //!
 //! ```text
@@ -96,7 +96,7 @@ fn synthetic_index(root: &std::path::Path, datanet: u32, n: usize, embedder: &Em
 }
 
 fn main() -> Result<()> {
-	// As the worker does: candle's float matmuls otherwise re-read /proc/cpuinfo on every call.
+	// As the worker does: it fixes the size of the thread pool the encoder runs on.
 	openledger_worker::model::pin_cpu_threads();
 	let args = Args::parse();
 	if args.print_texts {
@@ -126,7 +126,7 @@ fn main() -> Result<()> {
 	if let Some(st) = args.st_texts_per_sec {
 		rows.push(("sentence-transformers, same texts, same machine".into(), format!("{st:.1} texts/s")));
 		let ratio = tps / st;
-		rows.push(("candle / sentence-transformers (goal ≥ 1.0×)".into(), format!("{ratio:.2}× {}", if ratio >= 1.0 { "met" } else { "NOT met" })));
+		rows.push(("worker / sentence-transformers (goal ≥ 1.0×)".into(), format!("{ratio:.2}× {}", if ratio >= 1.0 { "met" } else { "NOT met" })));
 	}
 
 	let questions = texts(args.queries);
