@@ -164,10 +164,6 @@ impl BertEncoder {
 		})
 	}
 
-	pub fn config(&self) -> &BertConfig {
-		&self.config
-	}
-
 	/// The mean-pooled, L2-normalised last hidden states of each token id sequence (each
 	/// non-empty and at most `max_position_embeddings` long), as sentence-transformers pools them.
 	///
@@ -252,8 +248,8 @@ impl BertEncoder {
 		let heads = self.config.num_attention_heads;
 		let d = h / heads;
 		let scale = 1.0 / (d as f32).sqrt();
-		let starts: Vec<usize> = offsets[..offsets.len() - 1].to_vec();
-		split_rows(context, offsets, h).into_par_iter().zip(starts).for_each(|(out, start)| {
+		// `zip` stops at the shorter side: each sequence pairs with its start offset.
+		split_rows(context, offsets, h).into_par_iter().zip(offsets.par_iter()).for_each(|(out, &start)| {
 			let len = out.len() / h;
 			let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
 			let mut probs = vec![0f32; len * len];

@@ -222,8 +222,9 @@ impl Embedder {
 
 	/// Embeds `texts`: one unit-length vector of [`Self::dim`] floats per text, in order.
 	///
-	/// Texts are tokenized, sorted by length (so a batch's sequences are alike), run in batches
-	/// of the batch size and put back in the caller's order. Progress is logged for large inputs.
+	/// Texts are tokenized, sorted by length (so batches run side by side hold about as many
+	/// tokens and finish together), run in batches of the batch size and put back in the
+	/// caller's order. Progress is logged for large inputs.
 	pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
 		let started = Instant::now();
 		let prepared: Vec<String> = texts.iter().map(|t| self.prepare(t)).collect();
