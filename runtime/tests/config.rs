@@ -1,7 +1,6 @@
 //! The runtime's constants keep the promises the pallets rely on across each other.
 
 use openledger_runtime::configs::{MaxReceiptLifetime, UnbondingDelay, WithdrawalDelay};
-use polkadot_sdk::frame_support::traits::Get;
 
 /// A payer who asks for their credit back cannot take it before every receipt they authorised
 /// can be settled: otherwise a worker could serve a request and find nothing left to pay it.

@@ -187,6 +187,79 @@ fn sign(key: &sr25519::Public, payload: &[u8]) -> sr25519::Signature {
 		.unwrap_or_else(|| panic!("the benchmark key is in the keystore"))
 }
 
+/// A worker, a payer and a registry world at the worst case of their bounds (an adapter whose
+/// provenance names the most DataNets, a prompt, `MAX_ATTRIBUTION_ENTRIES` accepted items of
+/// distinct contributors), and signed receipts between them.
+struct Market<T: Config> {
+	worker: T::AccountId,
+	session_key: sr25519::Public,
+	payer_key: sr25519::Public,
+	payer: T::AccountId,
+	world: BenchmarkWorld,
+	genesis_hash: H256,
+	expires_at: u32,
+}
+
+impl<T: Config> Market<T> {
+	fn new() -> Self {
+		let worker: T::AccountId = account("worker", 0, 0);
+		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
+		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
+		let (payer_key, payer) = funded_payer::<T>();
+		let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
+		let expires_at: u32 = frame_system::Pallet::<T>::block_number()
+			.saturating_add(T::MaxReceiptLifetime::get())
+			.saturated_into();
+		Self { worker, session_key, payer_key, payer, world, genesis_hash, expires_at }
+	}
+
+	/// Request number `request`'s receipt, with `entries` retrieval entries (distinct accepted
+	/// items), the adapter, the prompt and a payer's voucher: two signatures to check.
+	fn receipt(&self, request: u32, entries: u32) -> SignedReceiptOf<T> {
+		let attribution: Vec<AttributionEntry> = self
+			.world
+			.items
+			.iter()
+			.take(entries as usize)
+			.enumerate()
+			.map(|(i, (datanet, item))| AttributionEntry {
+				source: AttributionSource::Retrieval,
+				datanet: *datanet,
+				item: Some(*item),
+				// The first entry takes the rounding remainder so the weights sum to PPM.
+				weight_ppm: PPM / entries + if i == 0 { PPM % entries } else { 0 },
+			})
+			.collect();
+		let receipt = Receipt {
+			worker: self.worker.clone(),
+			payer: self.payer.clone(),
+			request_hash: content_hash(&request.to_le_bytes()),
+			output_hash: content_hash(b"output"),
+			base_model: self.world.base_model,
+			adapter: Some(self.world.adapter),
+			prompt: Some(self.world.prompt),
+			prompt_tokens: 1_000,
+			completion_tokens: 1_000,
+			attribution: BoundedVec::truncate_from(attribution),
+			expires_at: self.expires_at,
+		};
+		let voucher = Voucher {
+			payer: self.payer.clone(),
+			worker: self.worker.clone(),
+			request_hash: receipt.request_hash,
+			max_fee: plenty::<T>(),
+			expires_at: self.expires_at,
+		};
+		let voucher_signature =
+			MultiSignature::Sr25519(sign(&self.payer_key, &voucher.signing_payload(&self.genesis_hash)));
+		SignedReceipt {
+			signature: sign(&self.session_key, &receipt.signing_payload(&self.genesis_hash)),
+			receipt,
+			voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
+		}
+	}
+}
+
 #[benchmarks]
 mod benchmarks {
 	use super::*;
@@ -232,64 +305,36 @@ mod benchmarks {
 	}
 
 	/// One receipt carrying `a` attribution entries, each a distinct accepted item of a distinct
-	/// contributor, with an adapter of full provenance, a prompt and a voucher. A batch weighs
-	/// the sum of its receipts (`Pallet::batch_weight`).
+	/// contributor, with an adapter of full provenance, a prompt and a voucher: a receipt whose
+	/// context nothing in its batch has read before (`Pallet::batch_weight`).
 	#[benchmark]
 	fn submit_receipt(a: Linear<0, MAX_ATTRIBUTION_ENTRIES>) -> Result<(), BenchmarkError> {
-		let worker: T::AccountId = account("worker", 0, 0);
-		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
-		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
-		let (payer_key, payer) = funded_payer::<T>();
-		let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
-		let expires_at: u32 = frame_system::Pallet::<T>::block_number()
-			.saturating_add(T::MaxReceiptLifetime::get())
-			.saturated_into();
-		let attribution: Vec<AttributionEntry> = world
-			.items
-			.iter()
-			.take(a as usize)
-			.enumerate()
-			.map(|(i, (datanet, item))| AttributionEntry {
-				source: AttributionSource::Retrieval,
-				datanet: *datanet,
-				item: Some(*item),
-				// The first entry takes the rounding remainder so the weights sum to PPM.
-				weight_ppm: PPM / a + if i == 0 { PPM % a } else { 0 },
-			})
-			.collect();
-		let receipt = Receipt {
-			worker: worker.clone(),
-			payer: payer.clone(),
-			request_hash: content_hash(b"request"),
-			output_hash: content_hash(b"output"),
-			base_model: world.base_model,
-			adapter: Some(world.adapter),
-			prompt: Some(world.prompt),
-			prompt_tokens: 1_000,
-			completion_tokens: 1_000,
-			attribution: BoundedVec::truncate_from(attribution),
-			expires_at,
-		};
-		let voucher = Voucher {
-			payer: payer.clone(),
-			worker: worker.clone(),
-			request_hash: receipt.request_hash,
-			max_fee: plenty::<T>(),
-			expires_at,
-		};
-		let voucher_signature =
-			MultiSignature::Sr25519(sign(&payer_key, &voucher.signing_payload(&genesis_hash)));
-		let signed = SignedReceipt {
-			signature: sign(&session_key, &receipt.signing_payload(&genesis_hash)),
-			receipt,
-			voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
-		};
-		let receipts = BoundedVec::try_from(vec![signed]).map_err(|_| BenchmarkError::Weightless)?;
+		let market = Market::<T>::new();
+		let receipts = BoundedVec::try_from(vec![market.receipt(0, a)]).map_err(|_| BenchmarkError::Weightless)?;
 		#[extrinsic_call]
-		submit_receipts(RawOrigin::Signed(worker), receipts);
+		submit_receipts(RawOrigin::Signed(market.worker.clone()), receipts);
 		frame_system::Pallet::<T>::assert_last_event(
 			<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed {
 				settled: 1,
+				rejected: 0,
+			}),
+		);
+		Ok(())
+	}
+
+	/// `n` receipts in one batch that share their worker, payer, adapter and prompt (the usual
+	/// batch: one worker's recent requests for one client), no attribution entries, each with
+	/// its own voucher. The slope is what a receipt adds once its context has been read.
+	#[benchmark]
+	fn submit_receipts_shared(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) -> Result<(), BenchmarkError> {
+		let market = Market::<T>::new();
+		let receipts: Vec<_> = (0..n).map(|i| market.receipt(i, 0)).collect();
+		let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
+		#[extrinsic_call]
+		submit_receipts(RawOrigin::Signed(market.worker.clone()), receipts);
+		frame_system::Pallet::<T>::assert_last_event(
+			<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed {
+				settled: n,
 				rejected: 0,
 			}),
 		);

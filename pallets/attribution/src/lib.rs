@@ -221,6 +221,11 @@ pub mod pallet {
 			assert!(T::MaxReceiptsPerBatch::get() > 0, "a batch must fit a receipt");
 			assert!(!T::MaxReceiptLifetime::get().is_zero(), "receipts need a lifetime");
 			assert!(T::MaxPrunePerBlock::get() > 0, "settled records must be pruned");
+			// Otherwise a payer could withdraw the credit a signed, unexpired receipt will draw on.
+			assert!(
+				T::WithdrawalDelay::get() >= T::MaxReceiptLifetime::get(),
+				"a withdrawal must wait at least as long as a receipt lives"
+			);
 		}
 
 		#[cfg(feature = "try-runtime")]
@@ -317,8 +322,9 @@ pub mod pallet {
 		/// and either settled (`ReceiptSettled`) or rejected with its reason (`ReceiptRejected`),
 		/// so one bad receipt does not sink the batch.
 		///
-		/// `receipts` is bounded by `MaxReceiptsPerBatch` when decoded. The call weighs the sum of
-		/// its receipts, each by its number of attribution entries.
+		/// `receipts` is bounded by `MaxReceiptsPerBatch` when decoded. The call's weight comes
+		/// from the call data ([`Pallet::batch_weight`]): receipts that share a worker, payer,
+		/// adapter and prompt with an earlier one in the batch cost only what they add.
 		///
 		/// Emits one event per receipt, then `BatchProcessed`. Errors: `EmptyBatch`.
 		/// O(receipts × attribution entries).
@@ -332,9 +338,10 @@ pub mod pallet {
 			ensure!(!receipts.is_empty(), Error::<T>::EmptyBatch);
 			let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
 			let (mut settled, mut rejected) = (0u32, 0u32);
+			let mut batch = settle::Batch::<T>::new(genesis_hash);
 			for signed in receipts {
 				let receipt_id = signed.receipt.id();
-				match Self::settle(&signed, &genesis_hash) {
+				match batch.settle(&signed) {
 					Ok(fee) => {
 						settled += 1;
 						Self::deposit_event(Event::ReceiptSettled {
@@ -350,6 +357,7 @@ pub mod pallet {
 					},
 				}
 			}
+			batch.pay_out()?;
 			Self::deposit_event(Event::BatchProcessed { settled, rejected });
 			Ok(())
 		}
@@ -381,14 +389,39 @@ pub mod pallet {
 			T::Currency::balance_on_hold(&HoldReason::Credit.into(), payer)
 		}
 
-		/// The weight of settling `receipts`: each receipt's benchmarked worst case for its number
-		/// of attribution entries.
+		/// The weight of settling `receipts`, from the call data alone.
+		///
+		/// The first receipt of each context (worker, payer, adapter, prompt) is charged as a
+		/// receipt alone ([`WeightInfo::submit_receipt`]), which reads that context cold. Every
+		/// further receipt of the context is charged what a receipt adds to a batch that already
+		/// read it (the slope of [`WeightInfo::submit_receipts_shared`]) plus its attribution
+		/// entries at the cold per-entry rate of `submit_receipt`, since its items may be new.
 		pub fn batch_weight(receipts: &[SignedReceiptOf<T>]) -> Weight {
-			receipts
-				.iter()
-				.map(|r| T::WeightInfo::submit_receipt(r.receipt.attribution.len() as u32))
-				.reduce(|total, weight| total.saturating_add(weight))
-				.unwrap_or_else(|| T::WeightInfo::submit_receipt(0))
+			let alone = |entries: u32| T::WeightInfo::submit_receipt(entries);
+			let in_context = T::WeightInfo::submit_receipts_shared(2)
+				.saturating_sub(T::WeightInfo::submit_receipts_shared(1));
+			let mut contexts = alloc::collections::BTreeSet::new();
+			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
+				let receipt = &signed.receipt;
+				let entries = receipt.attribution.len() as u32;
+				let context = (
+					&receipt.worker,
+					&receipt.payer,
+					receipt.adapter.map(|(id, _)| id),
+					receipt.prompt.map(|(id, _)| id),
+				);
+				let weight = if contexts.insert(context) {
+					alone(entries)
+				} else {
+					in_context.saturating_add(alone(entries).saturating_sub(alone(0)))
+				};
+				total.saturating_add(weight)
+			});
+			if receipts.is_empty() {
+				alone(0)
+			} else {
+				total
+			}
 		}
 
 		/// Removes settled records that expired before `now`, at most `MaxPrunePerBlock`.

@@ -160,7 +160,8 @@ parameter_types! {
 	pub const MaxReceiptsPerBatch: u32 = 16;
 }
 
-pub const WITHDRAWAL_DELAY: u64 = 20;
+/// As long as a receipt may live, as `integrity_test` requires.
+pub const WITHDRAWAL_DELAY: u64 = MAX_LIFETIME;
 pub const MAX_LIFETIME: u64 = 200;
 pub const MAX_PRUNE: u32 = 3;
 

@@ -1,23 +1,34 @@
-//! Verifying one receipt and paying its fee out.
+//! Settling a batch of receipts: each receipt is verified and judged alone, in order; what the
+//! settled ones owe is added up and paid once per payer and recipient when the batch ends.
+//!
+//! Paying at the end makes a batch of receipts that share a worker, adapter and prompt cost a
+//! handful of transfers instead of several per receipt. It changes no outcome: credit is checked
+//! against what the payer has left after the batch's earlier receipts, and a recipient's ability
+//! to receive is checked against its running total, so every receipt is settled or rejected
+//! exactly as if it had been paid on its own.
 
 use crate::{
 	BalanceOf, Config, HoldReason, Pallet, RejectReason, RetrievalPrice, Settled, SettledByExpiry,
 	SignedReceiptOf, Allowances, DataShare, ProtocolShare,
 };
-use alloc::{collections::btree_map::BTreeMap, vec::Vec};
+use alloc::{
+	collections::{btree_map::BTreeMap, btree_set::BTreeSet},
+	vec::Vec,
+};
 use openledger_primitives::{
 	fees::{split_fee, FeeInputs, Payee, TrainingSource, WeightedItem},
 	traits::{DataNetsInspect, RegistryInspect, TrainingRewards, WorkersInspect},
-	AttributionSource, PPM,
+	AttributionSource, DataNetId, PPM,
 };
 use polkadot_sdk::{
 	frame_support::{
 		storage::with_storage_layer,
 		traits::{
-			fungible::{InspectHold, MutateHold},
-			tokens::{Fortitude, Precision, Restriction},
+			fungible::{Inspect, InspectHold, MutateHold},
+			tokens::{DepositConsequence, Fortitude, Precision, Provenance, Restriction},
 			Get,
 		},
+		dispatch::DispatchResult,
 	},
 	frame_system::{self, pallet_prelude::BlockNumberFor},
 	sp_core::H256,
@@ -27,19 +38,133 @@ use polkadot_sdk::{
 	},
 };
 
-impl<T: Config> Pallet<T> {
-	/// Verifies `signed` and pays its fee out, or changes nothing and says why not.
-	pub(crate) fn settle(
-		signed: &SignedReceiptOf<T>,
-		genesis_hash: &H256,
-	) -> Result<BalanceOf<T>, RejectReason> {
-		with_storage_layer(|| Self::try_settle(signed, genesis_hash))
+/// What the settled receipts of a batch owe, not yet paid.
+pub(crate) struct Batch<T: Config> {
+	genesis_hash: H256,
+	/// Each payer's credit left after the fees of its settled receipts so far.
+	credit_left: BTreeMap<T::AccountId, BalanceOf<T>>,
+	/// Owed by payer to recipient.
+	payouts: BTreeMap<(T::AccountId, T::AccountId), BalanceOf<T>>,
+	/// Each recipient's total from the batch so far.
+	received: BTreeMap<T::AccountId, BalanceOf<T>>,
+	/// Recipients whose account was found able to take their running total.
+	can_receive: BTreeSet<T::AccountId>,
+	/// Training rewards per DataNet, noted once each.
+	training: BTreeMap<DataNetId, BalanceOf<T>>,
+}
+
+impl<T: Config> Batch<T> {
+	pub(crate) fn new(genesis_hash: H256) -> Self {
+		Self {
+			genesis_hash,
+			credit_left: BTreeMap::new(),
+			payouts: BTreeMap::new(),
+			received: BTreeMap::new(),
+			can_receive: BTreeSet::new(),
+			training: BTreeMap::new(),
+		}
 	}
 
-	fn try_settle(
+	/// Verifies `signed` and adds what it owes to the batch, or changes nothing and says why
+	/// not.
+	pub(crate) fn settle(&mut self, signed: &SignedReceiptOf<T>) -> Result<BalanceOf<T>, RejectReason> {
+		let genesis_hash = self.genesis_hash;
+		let owed = with_storage_layer(|| {
+			Pallet::<T>::judge(signed, &genesis_hash, |payer, fee, to_pay| self.check_payable(payer, fee, to_pay))
+		})?;
+		let Owed { payer, fee, to_pay, training } = owed;
+		let credit = self.credit_left.get_mut(&payer).expect("check_payable read the payer's credit");
+		*credit = credit.saturating_sub(fee);
+		for (account, amount) in to_pay {
+			let received = self.received.entry(account.clone()).or_insert_with(Zero::zero);
+			*received = received.saturating_add(amount);
+			let owed = self.payouts.entry((payer.clone(), account)).or_insert_with(Zero::zero);
+			*owed = owed.saturating_add(amount);
+		}
+		for (datanet, amount) in training {
+			let total = self.training.entry(datanet).or_insert_with(Zero::zero);
+			*total = total.saturating_add(amount);
+		}
+		Ok(fee)
+	}
+
+	/// Whether `payer` has `fee` left in credit and every recipient in `to_pay` can take its
+	/// running total plus this receipt's part.
+	fn check_payable(
+		&mut self,
+		payer: &T::AccountId,
+		fee: BalanceOf<T>,
+		to_pay: &BTreeMap<T::AccountId, BalanceOf<T>>,
+	) -> Result<(), RejectReason> {
+		let credit = *self
+			.credit_left
+			.entry(payer.clone())
+			.or_insert_with(|| T::Currency::balance_on_hold(&HoldReason::Credit.into(), payer));
+		if credit < fee {
+			return Err(RejectReason::InsufficientCredit);
+		}
+		let mut checked = Vec::new();
+		for (account, amount) in to_pay {
+			// A payer paid as, say, a contributor gets the credit back; nothing is deposited.
+			if account == payer || self.can_receive.contains(account) {
+				continue;
+			}
+			let total = self.received.get(account).copied().unwrap_or_else(Zero::zero).saturating_add(*amount);
+			if T::Currency::can_deposit(account, total, Provenance::Extant) != DepositConsequence::Success {
+				return Err(RejectReason::PayoutFailed);
+			}
+			checked.push(account.clone());
+		}
+		// Totals only grow once this receipt settles, and a larger total stays above the
+		// existential deposit, so these accounts need no check again in this batch.
+		self.can_receive.extend(checked);
+		Ok(())
+	}
+
+	/// Pays what the batch owes: one transfer from each payer's credit to each recipient, one
+	/// training note per DataNet. Every transfer was checked when its receipts were judged, so a
+	/// failure here is a broken invariant and fails the whole call (which reverts the batch).
+	pub(crate) fn pay_out(self) -> DispatchResult {
+		let reason = HoldReason::Credit.into();
+		for ((payer, account), amount) in self.payouts {
+			if account != payer {
+				T::Currency::transfer_on_hold(
+					&reason,
+					&payer,
+					&account,
+					amount,
+					Precision::Exact,
+					Restriction::Free,
+					Fortitude::Polite,
+				)?;
+			} else {
+				T::Currency::release(&reason, &payer, amount, Precision::Exact)?;
+			}
+		}
+		for (datanet, amount) in self.training {
+			T::DataNets::note_training_reward(datanet, amount);
+		}
+		Ok(())
+	}
+}
+
+/// What one settled receipt owes.
+struct Owed<T: Config> {
+	payer: T::AccountId,
+	fee: BalanceOf<T>,
+	to_pay: BTreeMap<T::AccountId, BalanceOf<T>>,
+	training: Vec<(DataNetId, BalanceOf<T>)>,
+}
+
+impl<T: Config> Pallet<T> {
+	/// Verifies one receipt and works out what it owes; `payable` says whether the batch can
+	/// still pay that. Writes the replay record and any allowance change (inside the caller's
+	/// storage layer, so a rejection leaves nothing behind).
+	fn judge(
 		signed: &SignedReceiptOf<T>,
 		genesis_hash: &H256,
-	) -> Result<BalanceOf<T>, RejectReason> {
+		payable: impl FnOnce(&T::AccountId, BalanceOf<T>, &BTreeMap<T::AccountId, BalanceOf<T>>) -> Result<(), RejectReason>,
+	) -> Result<Owed<T>, RejectReason> {
 		let receipt = &signed.receipt;
 		let now = frame_system::Pallet::<T>::block_number();
 		let expires_at: BlockNumberFor<T> = receipt.expires_at.saturated_into();
@@ -178,13 +303,9 @@ impl<T: Config> Pallet<T> {
 				Allowances::<T>::insert(&receipt.payer, &receipt.worker, allowance - fee);
 			},
 		}
-		let reason = HoldReason::Credit.into();
-		if T::Currency::balance_on_hold(&reason, &receipt.payer) < fee {
-			return Err(RejectReason::InsufficientCredit);
-		}
-
-		// One transfer per recipient account, however many parts it receives.
+		// One payout per recipient account, however many parts it receives.
 		let mut to_pay: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
+		let mut training = Vec::new();
 		for (payee, amount) in &split.payouts {
 			let account = match payee {
 				Payee::Worker => receipt.worker.clone(),
@@ -193,7 +314,7 @@ impl<T: Config> Pallet<T> {
 				Payee::PromptOwner =>
 					prompt.as_ref().map(|p| p.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
 				Payee::TrainingPool(datanet) => {
-					T::DataNets::note_training_reward(*datanet, *amount);
+					training.push((*datanet, *amount));
 					T::DataNets::reward_pool_account()
 				},
 				Payee::Contributor(datanet, item) => contributors
@@ -205,25 +326,10 @@ impl<T: Config> Pallet<T> {
 			let total = to_pay.entry(account).or_insert_with(Zero::zero);
 			*total = total.saturating_add(*amount);
 		}
-		for (account, amount) in to_pay {
-			if account != receipt.payer {
-				T::Currency::transfer_on_hold(
-					&reason,
-					&receipt.payer,
-					&account,
-					amount,
-					Precision::Exact,
-					Restriction::Free,
-					Fortitude::Polite,
-				)?;
-			} else {
-				// A payer paid as, say, a contributor simply gets the credit back.
-				T::Currency::release(&reason, &receipt.payer, amount, Precision::Exact)?;
-			}
-		}
+		payable(&receipt.payer, fee, &to_pay)?;
 
 		Settled::<T>::insert(&request, expires_at);
 		SettledByExpiry::<T>::insert(expires_at, &request, ());
-		Ok(fee)
+		Ok(Owed { payer: receipt.payer.clone(), fee, to_pay, training })
 	}
 }

@@ -490,3 +490,68 @@ mod properties {
 		}
 	}
 }
+
+/// Every balance a receipt can touch, and the DataNet's reward index.
+fn ledger() -> (Vec<Balance>, Balance, Balance, Balance) {
+	(snapshot(), Balances::total_balance(&pool()), DataNets::unclaimed_rewards(DATANET, ITEM_A), credit(&account(Role::Payer)))
+}
+
+#[test]
+fn a_batch_pays_exactly_what_its_receipts_pay_one_by_one() {
+	let receipts = || -> Vec<_> { (1..=4).map(|n| sign(receipt(n))).collect() };
+	let mut together = None;
+	run(|| {
+		submit(&account(Role::Worker), receipts());
+		System::assert_last_event(Event::BatchProcessed { settled: 4, rejected: 0 }.into());
+		together = Some(ledger());
+	});
+	run(|| {
+		for signed in receipts() {
+			submit(&account(Role::Worker), vec![signed]);
+		}
+		assert_eq!(Some(ledger()), together);
+		assert_eq!(credit(&account(Role::Payer)), CREDIT - 4 * EXPECTED_FEE);
+	});
+}
+
+#[test]
+fn credit_is_checked_against_what_the_batch_already_owes() {
+	run(|| {
+		let payer = account(Role::Payer);
+		// Leave credit for two receipts and one unit.
+		assert_ok!(Attribution::withdraw(RuntimeOrigin::signed(payer.clone()), CREDIT - 2 * EXPECTED_FEE - 1));
+		System::set_block_number(1 + WITHDRAWAL_DELAY);
+		assert_ok!(Attribution::claim_withdrawal(RuntimeOrigin::signed(payer.clone())));
+		let receipts: Vec<_> = (1..=3)
+			.map(|n| {
+				let mut r = receipt(n);
+				r.expires_at = (1 + WITHDRAWAL_DELAY + 10) as u32;
+				sign(r)
+			})
+			.collect();
+		let third = receipts[2].receipt.id();
+		submit(&account(Role::Worker), receipts);
+		System::assert_has_event(Event::ReceiptRejected { receipt_id: third, reason: RejectReason::InsufficientCredit }.into());
+		System::assert_last_event(Event::BatchProcessed { settled: 2, rejected: 1 }.into());
+		assert_eq!(credit(&payer), 1);
+	});
+}
+
+#[test]
+fn receipts_sharing_a_context_weigh_less_than_alone() {
+	run(|| {
+		use crate::WeightInfo;
+		let alone = <() as WeightInfo>::submit_receipt(3);
+		let shared: Vec<_> = (1..=5).map(|n| sign(receipt(n))).collect();
+		let mut distinct = shared.clone();
+		for (n, signed) in distinct.iter_mut().enumerate() {
+			// Another payer per receipt: a new context each time.
+			signed.receipt.payer = everyone()[n % everyone().len()].clone();
+		}
+		assert_eq!(Attribution::batch_weight(&distinct), alone.saturating_mul(5));
+		let weight = Attribution::batch_weight(&shared);
+		assert!(weight.ref_time() < alone.saturating_mul(5).ref_time(), "{weight:?} vs 5 × {alone:?}");
+		assert!(weight.ref_time() > alone.ref_time());
+		assert_eq!(Attribution::batch_weight(&shared[..1]), alone);
+	});
+}
