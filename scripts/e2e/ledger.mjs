@@ -98,36 +98,23 @@ export async function setAllowance({ api }, payer, worker, amount) {
 }
 
 // Every settled receipt from block `from` to the best block: { receiptId → { block, fee, payer,
-// worker, payouts: Map(account → amount) } }. A receipt's payouts are the credit transfers (and
-// releases back to the payer) between the previous receipt's verdict and its own, in its batch.
+// worker, payouts: Map(account → amount) } }, as each receipt's `ReceiptSettled` event gives them.
 export async function settledReceipts(api, from) {
   const best = (await api.rpc.chain.getHeader()).number.toNumber();
   const receipts = new Map();
   for (let n = from; n <= best; n++) {
     const hash = await api.rpc.chain.getBlockHash(n);
     const events = await (await api.at(hash)).query.system.events();
-    let pending = new Map();
-    let extrinsic = null;
-    for (const { event, phase } of events) {
-      const index = phase.isApplyExtrinsic ? phase.asApplyExtrinsic.toNumber() : null;
-      if (index !== extrinsic) {
-        pending = new Map();
-        extrinsic = index;
-      }
-      if (event.section === 'balances' && event.method === 'TransferOnHold') {
-        const { dest, amount } = event.data;
-        pending.set(dest.toString(), (pending.get(dest.toString()) ?? 0n) + amount.toBigInt());
-      } else if (event.section === 'balances' && event.method === 'Released') {
-        const { who, amount } = event.data;
-        pending.set(who.toString(), (pending.get(who.toString()) ?? 0n) + amount.toBigInt());
-      } else if (event.section === 'attribution' && event.method === 'ReceiptSettled') {
-        const { receiptId, worker, payer, fee } = event.data;
+    for (const { event } of events) {
+      if (event.section === 'attribution' && event.method === 'ReceiptSettled') {
+        const { receiptId, worker, payer, fee, payouts } = event.data;
         receipts.set(receiptId.toHex(), {
-          block: n, fee: fee.toBigInt(), payer: payer.toString(), worker: worker.toString(), payouts: pending,
+          block: n,
+          fee: fee.toBigInt(),
+          payer: payer.toString(),
+          worker: worker.toString(),
+          payouts: new Map(payouts.map(([account, amount]) => [account.toString(), amount.toBigInt()])),
         });
-        pending = new Map();
-      } else if (event.section === 'attribution' && event.method === 'ReceiptRejected') {
-        pending = new Map();
       }
     }
   }

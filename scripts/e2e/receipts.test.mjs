@@ -267,9 +267,15 @@ test('a voucher pays for exactly its request, once', async () => {
   const body = JSON.stringify({ model: 'nature-tutor', messages: [{ role: 'user', content: 'Bees?' }], max_tokens: 8, user: 'voucher-1' });
   const file = join(dir, 'voucher-body.json');
   writeFileSync(file, body);
-  const voucher = execFileSync(workerBin, ['voucher', 'sign', '--chain', process.env.OPENLEDGER_WS, '--key-env', 'PAYER',
-    '--worker', workerAddress, '--body-file', file, '--max-fee', '1OPEN'], { encoding: 'utf8', env: { ...process.env, PAYER: '//Alice' } }).trim();
-  const send = (text) => fetch(`${workerUrl}/v1/chat/completions`, { method: 'POST', body: text, headers: { 'content-type': 'application/json', 'x-openledger-voucher': voucher } });
+  const sign = (...extra) => execFileSync(workerBin, ['voucher', 'sign', '--chain', process.env.OPENLEDGER_WS, '--key-env', 'PAYER',
+    '--worker', workerAddress, '--body-file', file, '--max-fee', '1OPEN', ...extra], { encoding: 'utf8', env: { ...process.env, PAYER: '//Alice' } }).trim();
+  const voucher = sign();
+  const send = (text, signed = voucher) => fetch(`${workerUrl}/v1/chat/completions`, { method: 'POST', body: text, headers: { 'content-type': 'application/json', 'x-openledger-voucher': signed } });
+  // A voucher living longer than a receipt may (a day of blocks) could pay twice once the
+  // receipt's record is pruned; the chain refuses it, so the worker does before any work.
+  const lasting = await send(body, sign('--expires-in', String(2 * 14_400)));
+  assert.equal(lasting.status, 402);
+  assert.match((await lasting.json()).error.message, /latest receipt expiry/);
   const tampered = await send(body.replace('Bees?', 'Wasps?'));
   assert.equal(tampered.status, 402, 'a voucher covers only the body it signed');
   const reply = await send(body);

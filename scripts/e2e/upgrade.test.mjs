@@ -54,6 +54,12 @@ test('setCode upgrades the runtime and keeps state', { timeout: 300_000 }, async
     version = (await api.rpc.state.getRuntimeVersion()).specVersion.toNumber();
   }
   assert.equal(version, oldVersion + 1);
+  // polkadot.js swaps in the new metadata when its own runtime-version subscription fires, which
+  // can come after the node reports the new version; decoding before that fails.
+  while (api.runtimeVersion.specVersion.toNumber() !== version && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  assert.equal(api.runtimeVersion.specVersion.toNumber(), version, 'polkadot.js took the new metadata');
 
   // Blocks keep coming, transactions still work under the new runtime, and old state is intact.
   r = await send(api, api.tx.dataNets.addCurator(datanet, dev.bob.address), alice);

@@ -178,12 +178,14 @@ pub mod pallet {
 		CreditWithdrawn { payer: T::AccountId, amount: BalanceOf<T> },
 		/// A payer set (or, with zero, removed) a worker's allowance.
 		AllowanceSet { payer: T::AccountId, worker: T::AccountId, amount: BalanceOf<T> },
-		/// A receipt was verified and its fee paid out.
+		/// A receipt was verified and its fee paid out: `payouts` is what each recipient got from
+		/// the payer's credit (the batch pays them in one transfer per recipient when it ends).
 		ReceiptSettled {
 			receipt_id: H256,
 			worker: T::AccountId,
 			payer: T::AccountId,
 			fee: BalanceOf<T>,
+			payouts: alloc::vec::Vec<(T::AccountId, BalanceOf<T>)>,
 		},
 		/// A receipt was rejected and paid nothing.
 		ReceiptRejected { receipt_id: H256, reason: RejectReason },
@@ -342,13 +344,14 @@ pub mod pallet {
 			for signed in receipts {
 				let receipt_id = signed.receipt.id();
 				match batch.settle(&signed) {
-					Ok(fee) => {
+					Ok(settle::Settlement { fee, payouts }) => {
 						settled += 1;
 						Self::deposit_event(Event::ReceiptSettled {
 							receipt_id,
 							worker: signed.receipt.worker,
 							payer: signed.receipt.payer,
 							fee,
+							payouts,
 						});
 					},
 					Err(reason) => {

@@ -66,8 +66,8 @@ impl<T: Config> Batch<T> {
 	}
 
 	/// Verifies `signed` and adds what it owes to the batch, or changes nothing and says why
-	/// not.
-	pub(crate) fn settle(&mut self, signed: &SignedReceiptOf<T>) -> Result<BalanceOf<T>, RejectReason> {
+	/// not. Returns the fee and what each recipient gets from it.
+	pub(crate) fn settle(&mut self, signed: &SignedReceiptOf<T>) -> Result<Settlement<T>, RejectReason> {
 		let genesis_hash = self.genesis_hash;
 		let owed = with_storage_layer(|| {
 			Pallet::<T>::judge(signed, &genesis_hash, |payer, fee, to_pay| self.check_payable(payer, fee, to_pay))
@@ -75,7 +75,8 @@ impl<T: Config> Batch<T> {
 		let Owed { payer, fee, to_pay, training } = owed;
 		let credit = self.credit_left.get_mut(&payer).expect("check_payable read the payer's credit");
 		*credit = credit.saturating_sub(fee);
-		for (account, amount) in to_pay {
+		let payouts: Vec<_> = to_pay.into_iter().collect();
+		for (account, amount) in payouts.iter().cloned() {
 			let received = self.received.entry(account.clone()).or_insert_with(Zero::zero);
 			*received = received.saturating_add(amount);
 			let owed = self.payouts.entry((payer.clone(), account)).or_insert_with(Zero::zero);
@@ -85,7 +86,7 @@ impl<T: Config> Batch<T> {
 			let total = self.training.entry(datanet).or_insert_with(Zero::zero);
 			*total = total.saturating_add(amount);
 		}
-		Ok(fee)
+		Ok(Settlement { fee, payouts })
 	}
 
 	/// Whether `payer` has `fee` left in credit and every recipient in `to_pay` can take its
@@ -146,6 +147,13 @@ impl<T: Config> Batch<T> {
 		}
 		Ok(())
 	}
+}
+
+/// A settled receipt's fee and its payouts, one per recipient account (the payer's own part,
+/// if any, goes back to its free balance).
+pub(crate) struct Settlement<T: Config> {
+	pub fee: BalanceOf<T>,
+	pub payouts: Vec<(T::AccountId, BalanceOf<T>)>,
 }
 
 /// What one settled receipt owes.
@@ -284,8 +292,12 @@ impl<T: Config> Pallet<T> {
 				{
 					return Err(RejectReason::VoucherMismatch);
 				}
-				if voucher.expires_at.saturated_into::<BlockNumberFor<T>>() < now {
+				let voucher_expires_at: BlockNumberFor<T> = voucher.expires_at.saturated_into();
+				if voucher_expires_at < now {
 					return Err(RejectReason::VoucherExpired);
+				}
+				if voucher_expires_at > expires_at {
+					return Err(RejectReason::VoucherOutlivesReceipt);
 				}
 				if !voucher.verify(&signed_voucher.signature, genesis_hash) {
 					return Err(RejectReason::InvalidVoucherSignature);

@@ -140,7 +140,17 @@ fn valid_receipt_pays_everyone_their_share() {
 		let signed = sign(receipt(1));
 		let id = signed.receipt.id();
 		submit(&account(Role::Worker), vec![signed]);
-		System::assert_has_event(Event::ReceiptSettled { receipt_id: id, worker: account(Role::Worker), payer: account(Role::Payer), fee: EXPECTED_FEE }.into());
+		// The event names each recipient once, in account order, with what it got.
+		let mut payouts: Vec<(AccountId, Balance)> = ROLES
+			.iter()
+			.map(|r| (account(*r), expected_payout(*r)))
+			.filter(|(_, amount)| *amount > 0)
+			.chain([(pool(), EXPECTED_TRAINING_POOL)])
+			.collect();
+		payouts.sort();
+		System::assert_has_event(
+			Event::ReceiptSettled { receipt_id: id, worker: account(Role::Worker), payer: account(Role::Payer), fee: EXPECTED_FEE, payouts }.into(),
+		);
 		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
 		// Computed by hand in `mock::EXPECTED_*`, independently of the fee code.
 		for (role, was) in before {
@@ -327,6 +337,11 @@ fn voucher_authorises_exactly_its_request() {
 		let mut expired = voucher(&r, EXPECTED_FEE);
 		expired.expires_at = 0;
 		assert_rejected(with_voucher(r.clone(), expired, &payer), RejectReason::VoucherExpired);
+		// Once the receipt's record is pruned the request could be settled again, so a voucher
+		// may not outlive its receipt.
+		let mut outliving = voucher(&r, EXPECTED_FEE);
+		outliving.expires_at = r.expires_at + 1;
+		assert_rejected(with_voucher(r.clone(), outliving, &payer), RejectReason::VoucherOutlivesReceipt);
 		let before = credit(&account(Role::Payer));
 		submit(&account(Role::Worker), vec![with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer)]);
 		assert_eq!(before - credit(&account(Role::Payer)), EXPECTED_FEE);

@@ -67,6 +67,9 @@ pub enum RejectReason {
 	InvalidVoucherSignature,
 	/// The voucher has expired.
 	VoucherExpired,
+	/// The voucher expires after the receipt. Its request's settled record is pruned when the
+	/// receipt expires, so the voucher must not outlive it, or it could pay twice.
+	VoucherOutlivesReceipt,
 	/// The receipt carries no voucher and the payer set no allowance for the worker.
 	NotAuthorised,
 	/// The fee exceeds the voucher's `max_fee` or the remaining allowance.

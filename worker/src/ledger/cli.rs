@@ -188,7 +188,8 @@ pub enum VoucherCommand {
 		body_file: PathBuf,
 		#[arg(long, value_parser = parse_amount)]
 		max_fee: Balance,
-		/// Blocks from now until the voucher expires.
+		/// Blocks from now until the voucher expires; at most the chain's receipt lifetime, or
+		/// workers refuse it (the chain would not settle its receipt).
 		#[arg(long, default_value_t = 100)]
 		expires_in: u32,
 	},

@@ -374,6 +374,14 @@ impl Ledger {
 					voucher.expires_at
 				)));
 			}
+			// The chain refuses a voucher that outlives its receipt, and a receipt may expire
+			// at most the receipt lifetime ahead.
+			if voucher.expires_at > latest_expiry {
+				return Err(LedgerError::PaymentRequired(format!(
+					"the voucher expires at block {}, after the latest receipt expiry the chain allows ({latest_expiry})",
+					voucher.expires_at
+				)));
+			}
 			if self.outbox.has_request(&voucher.request_hash)? {
 				return Err(LedgerError::AlreadyServed(format!(
 					"request {} was served already; a voucher pays for one request",
@@ -392,7 +400,7 @@ impl Ledger {
 				request_hash: voucher.request_hash,
 				per_request: voucher.max_fee,
 				shared: funds.credit,
-				expires_at: voucher.expires_at.min(latest_expiry),
+				expires_at: voucher.expires_at,
 				voucher: Some(signed),
 			});
 		}
