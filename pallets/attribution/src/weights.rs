@@ -33,8 +33,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `0`
 		//  Estimated: `3622`
-		// Minimum execution time: 50_830_000 picoseconds.
-		Weight::from_parts(56_468_000, 3622)
+		// Minimum execution time: 44_313_000 picoseconds.
+		Weight::from_parts(53_223_000, 3622)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -46,8 +46,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `55`
 		//  Estimated: `3622`
-		// Minimum execution time: 13_442_000 picoseconds.
-		Weight::from_parts(16_108_000, 3622)
+		// Minimum execution time: 12_208_000 picoseconds.
+		Weight::from_parts(15_596_000, 3622)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -59,10 +59,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	fn claim_withdrawal() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `337`
+		//  Measured:  `374`
 		//  Estimated: `3622`
-		// Minimum execution time: 57_949_000 picoseconds.
-		Weight::from_parts(65_853_000, 3622)
+		// Minimum execution time: 51_976_000 picoseconds.
+		Weight::from_parts(62_306_000, 3622)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
@@ -74,8 +74,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
 		//  Estimated: `3577`
-		// Minimum execution time: 17_229_000 picoseconds.
-		Weight::from_parts(20_300_000, 3577)
+		// Minimum execution time: 15_630_000 picoseconds.
+		Weight::from_parts(19_135_000, 3577)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
@@ -112,12 +112,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `a` is `[0, 32]`.
 	fn submit_receipt(a: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `4464 + a * (189 ±0)`
+		//  Measured:  `4474 + a * (191 ±0)`
 		//  Estimated: `57086 + a * (2612 ±0)`
-		// Minimum execution time: 606_940_000 picoseconds.
-		Weight::from_parts(668_438_034, 57086)
-			// Standard Error: 142_313
-			.saturating_add(Weight::from_parts(55_973_276, 0).saturating_mul(a.into()))
+		// Minimum execution time: 475_491_000 picoseconds.
+		Weight::from_parts(550_170_493, 57086)
+			// Standard Error: 299_169
+			.saturating_add(Weight::from_parts(46_258_408, 0).saturating_mul(a.into()))
 			.saturating_add(T::DbWeight::get().reads(47_u64))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
@@ -155,12 +155,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3471`
+		//  Measured:  `3472`
 		//  Estimated: `57086 + n * (2559 ±0)`
-		// Minimum execution time: 596_739_000 picoseconds.
-		Weight::from_parts(321_542_011, 57086)
-			// Standard Error: 207_801
-			.saturating_add(Weight::from_parts(166_003_061, 0).saturating_mul(n.into()))
+		// Minimum execution time: 470_051_000 picoseconds.
+		Weight::from_parts(500_588_000, 57086)
+			// Standard Error: 148_838
+			.saturating_add(Weight::from_parts(170_278_036, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(46_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
 			.saturating_add(T::DbWeight::get().writes(22_u64))
@@ -177,8 +177,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `0`
 		//  Estimated: `0`
-		// Minimum execution time: 6_536_000 picoseconds.
-		Weight::from_parts(7_969_000, 0)
+		// Minimum execution time: 6_455_000 picoseconds.
+		Weight::from_parts(7_983_000, 0)
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `Attribution::PruneCursor` (r:1 w:1)
@@ -192,10 +192,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `456 + n * (86 ±0)`
 		//  Estimated: `3654 + n * (2567 ±0)`
-		// Minimum execution time: 10_196_000 picoseconds.
-		Weight::from_parts(10_391_000, 3654)
-			// Standard Error: 3_755
-			.saturating_add(Weight::from_parts(5_796_211, 0).saturating_mul(n.into()))
+		// Minimum execution time: 9_355_000 picoseconds.
+		Weight::from_parts(9_805_000, 3654)
+			// Standard Error: 4_596
+			.saturating_add(Weight::from_parts(5_840_624, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
@@ -207,28 +207,28 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn deposit() -> Weight {
-		Weight::from_parts(56_468_000, 3622)
+		Weight::from_parts(53_223_000, 3622)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn withdraw() -> Weight {
-		Weight::from_parts(16_108_000, 3622)
+		Weight::from_parts(15_596_000, 3622)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn claim_withdrawal() -> Weight {
-		Weight::from_parts(65_853_000, 3622)
+		Weight::from_parts(62_306_000, 3622)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn set_allowance() -> Weight {
-		Weight::from_parts(20_300_000, 3577)
+		Weight::from_parts(19_135_000, 3577)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn submit_receipt(a: u32, ) -> Weight {
-		Weight::from_parts(668_438_034, 57086)
-			.saturating_add(Weight::from_parts(55_973_276, 0).saturating_mul(a.into()))
+		Weight::from_parts(550_170_493, 57086)
+			.saturating_add(Weight::from_parts(46_258_408, 0).saturating_mul(a.into()))
 			.saturating_add(RocksDbWeight::get().reads(47_u64))
 			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
@@ -236,8 +236,8 @@ impl WeightInfo for () {
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
 	}
 	fn submit_receipts_shared(n: u32, ) -> Weight {
-		Weight::from_parts(321_542_011, 57086)
-			.saturating_add(Weight::from_parts(166_003_061, 0).saturating_mul(n.into()))
+		Weight::from_parts(500_588_000, 57086)
+			.saturating_add(Weight::from_parts(170_278_036, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(46_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
 			.saturating_add(RocksDbWeight::get().writes(22_u64))
@@ -245,12 +245,12 @@ impl WeightInfo for () {
 			.saturating_add(Weight::from_parts(0, 2559).saturating_mul(n.into()))
 	}
 	fn set_fee_params() -> Weight {
-		Weight::from_parts(7_969_000, 0)
+		Weight::from_parts(7_983_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn prune(n: u32, ) -> Weight {
-		Weight::from_parts(10_391_000, 3654)
-			.saturating_add(Weight::from_parts(5_796_211, 0).saturating_mul(n.into()))
+		Weight::from_parts(9_805_000, 3654)
+			.saturating_add(Weight::from_parts(5_840_624, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
