@@ -206,6 +206,8 @@ impl<T: Config> Market<T> {
 		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
 		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
 		let (payer_key, payer) = funded_payer::<T>();
+		Pallet::<T>::set_allowance(RawOrigin::Signed(payer.clone()).into(), worker.clone(), plenty::<T>())
+			.unwrap_or_else(|e| panic!("setting the allowance failed: {e:?}"));
 		let genesis_hash = frame_system::Pallet::<T>::block_hash(BlockNumberFor::<T>::zero());
 		let expires_at: u32 = frame_system::Pallet::<T>::block_number()
 			.saturating_add(T::MaxReceiptLifetime::get())
@@ -214,8 +216,9 @@ impl<T: Config> Market<T> {
 	}
 
 	/// Request number `request`'s receipt, with `entries` retrieval entries (distinct accepted
-	/// items), the adapter, the prompt and a payer's voucher: two signatures to check.
-	fn receipt(&self, request: u32, entries: u32) -> SignedReceiptOf<T> {
+	/// items), the adapter and the prompt; paid by a payer's voucher (two signatures to check)
+	/// or, without `voucher`, from the payer's allowance for the worker.
+	fn receipt(&self, request: u32, entries: u32, voucher: bool) -> SignedReceiptOf<T> {
 		let attribution: Vec<AttributionEntry> = self
 			.world
 			.items
@@ -243,7 +246,7 @@ impl<T: Config> Market<T> {
 			attribution: BoundedVec::truncate_from(attribution),
 			expires_at: self.expires_at,
 		};
-		let voucher = Voucher {
+		let signed_voucher = Voucher {
 			payer: self.payer.clone(),
 			worker: self.worker.clone(),
 			request_hash: receipt.request_hash,
@@ -251,13 +254,47 @@ impl<T: Config> Market<T> {
 			expires_at: self.expires_at,
 		};
 		let voucher_signature =
-			MultiSignature::Sr25519(sign(&self.payer_key, &voucher.signing_payload(&self.genesis_hash)));
+			MultiSignature::Sr25519(sign(&self.payer_key, &signed_voucher.signing_payload(&self.genesis_hash)));
 		SignedReceipt {
 			signature: sign(&self.session_key, &receipt.signing_payload(&self.genesis_hash)),
 			receipt,
-			voucher: Some(SignedVoucher { voucher, signature: voucher_signature }),
+			voucher: voucher.then_some(SignedVoucher { voucher: signed_voucher, signature: voucher_signature }),
 		}
 	}
+}
+
+/// `n` receipts that share their context, paid by voucher or by allowance, and who submits them.
+fn shared_batch<T: Config>(
+	n: u32,
+	voucher: bool,
+) -> Result<(T::AccountId, BoundedVec<SignedReceiptOf<T>, T::MaxReceiptsPerBatch>), BenchmarkError> {
+	let market = Market::<T>::new();
+	let receipts: Vec<_> = (0..n).map(|i| market.receipt(i, 0, voucher)).collect();
+	let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
+	Ok((market.worker, receipts))
+}
+
+fn assert_settled<T: Config>(n: u32) {
+	frame_system::Pallet::<T>::assert_last_event(
+		<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed { settled: n, rejected: 0 }),
+	);
+}
+
+/// `lists` expired lists of `records` settled records each, all expiring at block 0.
+fn expired_lists<T: Config>(lists: u32, records: u32) {
+	let expiry: BlockNumberFor<T> = Zero::zero();
+	for list in 0..lists {
+		let requests: Vec<_> = (0..records)
+			.map(|i| {
+				let request = (account::<T::AccountId>("worker", list, 0), content_hash(&i.to_le_bytes()));
+				Settled::<T>::insert(&request, expiry);
+				request
+			})
+			.collect();
+		let requests = BoundedVec::truncate_from(requests);
+		SettledByExpiry::<T>::insert(expiry, u64::from(list), requests);
+	}
+	PruneCursor::<T>::put(expiry);
 }
 
 #[benchmarks]
@@ -310,7 +347,7 @@ mod benchmarks {
 	#[benchmark]
 	fn submit_receipt(a: Linear<0, MAX_ATTRIBUTION_ENTRIES>) -> Result<(), BenchmarkError> {
 		let market = Market::<T>::new();
-		let receipts = BoundedVec::try_from(vec![market.receipt(0, a)]).map_err(|_| BenchmarkError::Weightless)?;
+		let receipts = BoundedVec::try_from(vec![market.receipt(0, a, true)]).map_err(|_| BenchmarkError::Weightless)?;
 		#[extrinsic_call]
 		submit_receipts(RawOrigin::Signed(market.worker.clone()), receipts);
 		frame_system::Pallet::<T>::assert_last_event(
@@ -323,21 +360,27 @@ mod benchmarks {
 	}
 
 	/// `n` receipts in one batch that share their worker, payer, adapter and prompt (the usual
-	/// batch: one worker's recent requests for one client), no attribution entries, each with
-	/// its own voucher. The slope is what a receipt adds once its context has been read.
+	/// batch: one worker's recent requests for one client, through an API key), no attribution
+	/// entries, paid from the payer's allowance. The slope is what a receipt adds once its
+	/// context has been read.
 	#[benchmark]
 	fn submit_receipts_shared(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) -> Result<(), BenchmarkError> {
-		let market = Market::<T>::new();
-		let receipts: Vec<_> = (0..n).map(|i| market.receipt(i, 0)).collect();
-		let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
+		let (worker, receipts) = shared_batch::<T>(n, false)?;
 		#[extrinsic_call]
-		submit_receipts(RawOrigin::Signed(market.worker.clone()), receipts);
-		frame_system::Pallet::<T>::assert_last_event(
-			<T as frame_system::Config>::RuntimeEvent::from(Event::<T>::BatchProcessed {
-				settled: n,
-				rejected: 0,
-			}),
-		);
+		submit_receipts(RawOrigin::Signed(worker), receipts);
+		assert_settled::<T>(n);
+		Ok(())
+	}
+
+	/// As `submit_receipts_shared`, but each receipt paid by its own voucher.
+	#[benchmark]
+	fn submit_receipts_shared_vouchers(
+		n: Linear<1, { T::MaxReceiptsPerBatch::get() }>,
+	) -> Result<(), BenchmarkError> {
+		let (worker, receipts) = shared_batch::<T>(n, true)?;
+		#[extrinsic_call]
+		submit_receipts(RawOrigin::Signed(worker), receipts);
+		assert_settled::<T>(n);
 		Ok(())
 	}
 
@@ -351,19 +394,24 @@ mod benchmarks {
 		Ok(())
 	}
 
+	/// Pruning one batch's list of `n` records.
 	#[benchmark]
-	fn prune(n: Linear<0, { T::MaxPrunePerBlock::get() }>) {
-		let expiry: BlockNumberFor<T> = One::one();
-		for i in 0..n {
-			let key = (account::<T::AccountId>("worker", i, 0), content_hash(&i.to_le_bytes()));
-			Settled::<T>::insert(&key, expiry);
-			SettledByExpiry::<T>::insert(expiry, &key, ());
-		}
-		PruneCursor::<T>::put(expiry);
-		let now = expiry.saturating_add(One::one());
+	fn prune(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) {
+		expired_lists::<T>(1, n);
 		#[block]
 		{
-			Pallet::<T>::prune_expired(now);
+			Pallet::<T>::prune_expired(One::one());
+		}
+		assert_eq!(Settled::<T>::iter().count(), 0);
+	}
+
+	/// Pruning `l` lists of one record each: as many as a block's budget allows.
+	#[benchmark]
+	fn prune_lists(l: Linear<0, { T::MaxPrunePerBlock::get() / 2 }>) {
+		expired_lists::<T>(l, 1);
+		#[block]
+		{
+			Pallet::<T>::prune_expired(One::one());
 		}
 		assert_eq!(Settled::<T>::iter().count(), 0);
 	}

@@ -82,7 +82,9 @@ pub mod pallet {
 		/// The most workers one payer may give an allowance to.
 		#[pallet::constant]
 		type MaxAllowances: Get<u32>;
-		/// The most expired settled records pruned in one block.
+		/// The most expired settled records pruned in one block. Whole batch lists are pruned,
+		/// so it must be at least `MaxReceiptsPerBatch`; to keep storage bounded it must be at
+		/// least the receipts a block can settle.
 		#[pallet::constant]
 		type MaxPrunePerBlock: Get<u32>;
 		type WeightInfo: WeightInfo;
@@ -135,16 +137,22 @@ pub mod pallet {
 	pub type Settled<T: Config> =
 		StorageMap<_, Blake2_128Concat, (T::AccountId, H256), BlockNumberFor<T>>;
 
-	/// The same records by expiry, so they can be pruned once no receipt can name them.
+	/// The same records by expiry, so they can be pruned once no receipt can name them: one
+	/// list per batch and expiry (expiry → batch number → requests), which makes indexing a
+	/// record one write per batch rather than one per receipt.
 	#[pallet::storage]
 	pub type SettledByExpiry<T: Config> = StorageDoubleMap<
 		_,
 		Twox64Concat,
 		BlockNumberFor<T>,
-		Blake2_128Concat,
-		(T::AccountId, H256),
-		(),
+		Twox64Concat,
+		u64,
+		BoundedVec<(T::AccountId, H256), T::MaxReceiptsPerBatch>,
 	>;
+
+	/// The number of the next batch that settles a receipt; keys its expiry lists.
+	#[pallet::storage]
+	pub type NextBatch<T: Config> = StorageValue<_, u64, ValueQuery>;
 
 	/// The next expiry block whose records have not all been pruned.
 	#[pallet::storage]
@@ -222,7 +230,10 @@ pub mod pallet {
 		fn integrity_test() {
 			assert!(T::MaxReceiptsPerBatch::get() > 0, "a batch must fit a receipt");
 			assert!(!T::MaxReceiptLifetime::get().is_zero(), "receipts need a lifetime");
-			assert!(T::MaxPrunePerBlock::get() > 0, "settled records must be pruned");
+			assert!(
+				T::MaxPrunePerBlock::get() >= T::MaxReceiptsPerBatch::get(),
+				"a block must be able to prune a whole batch's records"
+			);
 			// Otherwise a payer could withdraw the credit a signed, unexpired receipt will draw on.
 			assert!(
 				T::WithdrawalDelay::get() >= T::MaxReceiptLifetime::get(),
@@ -395,15 +406,22 @@ pub mod pallet {
 		/// The weight of settling `receipts`, from the call data alone.
 		///
 		/// The first receipt of each context (worker, payer, adapter, prompt) is charged as a
-		/// receipt alone ([`WeightInfo::submit_receipt`]), which reads that context cold. Every
-		/// further receipt of the context is charged what a receipt adds to a batch that already
-		/// read it (the slope of [`WeightInfo::submit_receipts_shared`]) plus its attribution
-		/// entries at the cold per-entry rate of `submit_receipt`, since its items may be new.
+		/// receipt alone ([`WeightInfo::submit_receipt`], which carries a voucher and reads that
+		/// context cold); paid from an allowance instead, it also reads the allowance and writes
+		/// it back when the batch ends, and checks one signature fewer. Every further receipt of
+		/// the context is charged what it adds to a batch that already read the context (the
+		/// slope of [`WeightInfo::submit_receipts_shared`] for allowance receipts, of
+		/// [`WeightInfo::submit_receipts_shared_vouchers`] for voucher receipts) plus its
+		/// attribution entries at the cold per-entry rate of `submit_receipt`, since its items
+		/// may be new. Each expiry after the first adds a list to the expiry index.
 		pub fn batch_weight(receipts: &[SignedReceiptOf<T>]) -> Weight {
+			let db = T::DbWeight::get();
 			let alone = |entries: u32| T::WeightInfo::submit_receipt(entries);
-			let in_context = T::WeightInfo::submit_receipts_shared(2)
-				.saturating_sub(T::WeightInfo::submit_receipts_shared(1));
+			let slope = |weight: fn(u32) -> Weight| weight(2).saturating_sub(weight(1));
+			let with_allowance = slope(T::WeightInfo::submit_receipts_shared);
+			let with_voucher = slope(T::WeightInfo::submit_receipts_shared_vouchers);
 			let mut contexts = alloc::collections::BTreeSet::new();
+			let mut expiries = alloc::collections::BTreeSet::new();
 			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
 				let receipt = &signed.receipt;
 				let entries = receipt.attribution.len() as u32;
@@ -413,11 +431,15 @@ pub mod pallet {
 					receipt.adapter.map(|(id, _)| id),
 					receipt.prompt.map(|(id, _)| id),
 				);
-				let weight = if contexts.insert(context) {
-					alone(entries)
-				} else {
-					in_context.saturating_add(alone(entries).saturating_sub(alone(0)))
+				let mut weight = match (contexts.insert(context), signed.voucher.is_some()) {
+					(true, true) => alone(entries),
+					(true, false) => alone(entries).saturating_add(db.reads_writes(1, 1)),
+					(false, voucher) => (if voucher { with_voucher } else { with_allowance })
+						.saturating_add(alone(entries).saturating_sub(alone(0))),
 				};
+				if expiries.insert(receipt.expires_at) && expiries.len() > 1 {
+					weight = weight.saturating_add(db.writes(1));
+				}
 				total.saturating_add(weight)
 			});
 			if receipts.is_empty() {
@@ -427,28 +449,50 @@ pub mod pallet {
 			}
 		}
 
-		/// Removes settled records that expired before `now`, at most `MaxPrunePerBlock`.
+		/// Removes the settled records that expired before `now`, a batch's list at a time.
+		///
+		/// `MaxPrunePerBlock` bounds the work: each record, each list and each expiry block
+		/// found empty counts one against it.
 		pub(crate) fn prune_expired(now: BlockNumberFor<T>) -> Weight {
+			let budget = T::MaxPrunePerBlock::get();
 			let mut cursor = PruneCursor::<T>::get();
-			let mut budget = T::MaxPrunePerBlock::get();
-			let mut pruned = 0u32;
+			let (mut lists, mut records, mut empty) = (0u32, 0u32, 0u32);
+			let mut used = 0u32;
 			// Records expiring at block `b` can be removed from block `b + 1` on.
-			while cursor < now && budget > 0 {
-				let keys: alloc::vec::Vec<_> = SettledByExpiry::<T>::iter_key_prefix(cursor)
-					.take(budget as usize)
-					.collect();
-				for key in &keys {
-					SettledByExpiry::<T>::remove(cursor, key);
-					Settled::<T>::remove(key);
-				}
-				pruned += keys.len() as u32;
-				budget -= keys.len() as u32;
-				if budget > 0 {
-					cursor = cursor.saturating_add(One::one());
+			while cursor < now && used < budget {
+				match SettledByExpiry::<T>::iter_prefix(cursor).next() {
+					Some((batch, requests)) => {
+						let cost = requests.len() as u32 + 1;
+						if used.saturating_add(cost) > budget {
+							break;
+						}
+						for request in &requests {
+							Settled::<T>::remove(request);
+						}
+						SettledByExpiry::<T>::remove(cursor, batch);
+						lists += 1;
+						records += requests.len() as u32;
+						used += cost;
+					},
+					None => {
+						cursor = cursor.saturating_add(One::one());
+						empty += 1;
+						used += 1;
+					},
 				}
 			}
 			PruneCursor::<T>::put(cursor);
-			T::WeightInfo::prune(pruned)
+			Self::prune_weight(lists, records, empty)
+		}
+
+		/// The weight of pruning `records` settled records in `lists` lists, after passing
+		/// `empty` expiry blocks with none: [`WeightInfo::prune_lists`] prices lists of one record
+		/// each, and every further record in a list costs the slope of [`WeightInfo::prune`].
+		pub fn prune_weight(lists: u32, records: u32, empty: u32) -> Weight {
+			let per_record = T::WeightInfo::prune(2).saturating_sub(T::WeightInfo::prune(1));
+			T::WeightInfo::prune_lists(lists)
+				.saturating_add(per_record.saturating_mul(u64::from(records.saturating_sub(lists))))
+				.saturating_add(T::DbWeight::get().reads(u64::from(empty)))
 		}
 
 		/// Invariants: every settled record is indexed by its expiry and nothing else is; records
@@ -456,19 +500,22 @@ pub mod pallet {
 		/// are claimable.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-			let mut count = 0u32;
+			let mut indexed = alloc::collections::BTreeMap::new();
+			for (expires_at, _, requests) in SettledByExpiry::<T>::iter() {
+				for request in requests {
+					ensure!(indexed.insert(request, expires_at).is_none(), "a record is indexed twice");
+				}
+			}
+			let mut count = 0usize;
 			for (key, expires_at) in Settled::<T>::iter() {
 				count += 1;
 				ensure!(
-					SettledByExpiry::<T>::contains_key(expires_at, &key),
+					indexed.get(&key) == Some(&expires_at),
 					"settled record missing from the expiry index"
 				);
 				ensure!(expires_at >= PruneCursor::<T>::get(), "settled record behind the cursor");
 			}
-			ensure!(
-				SettledByExpiry::<T>::iter().count() as u32 == count,
-				"expiry index has stale entries"
-			);
+			ensure!(indexed.len() == count, "expiry index has stale entries");
 			for (payer, n) in AllowanceCount::<T>::iter() {
 				ensure!(n <= T::MaxAllowances::get(), "payer over the allowance bound");
 				ensure!(

@@ -163,7 +163,8 @@ parameter_types! {
 /// As long as a receipt may live, as `integrity_test` requires.
 pub const WITHDRAWAL_DELAY: u64 = MAX_LIFETIME;
 pub const MAX_LIFETIME: u64 = 200;
-pub const MAX_PRUNE: u32 = 3;
+// Room for two full lists of six, not three.
+pub const MAX_PRUNE: u32 = 20;
 
 impl pallet_attribution::Config for Test {
 	type Currency = Balances;

@@ -2,14 +2,15 @@
 //! settled ones owe is added up and paid once per payer and recipient when the batch ends.
 //!
 //! Paying at the end makes a batch of receipts that share a worker, adapter and prompt cost a
-//! handful of transfers instead of several per receipt. It changes no outcome: credit is checked
-//! against what the payer has left after the batch's earlier receipts, and a recipient's ability
-//! to receive is checked against its running total, so every receipt is settled or rejected
-//! exactly as if it had been paid on its own.
+//! handful of transfers instead of several per receipt. It changes no outcome: credit and
+//! allowances are checked against what is left after the batch's earlier receipts, and a
+//! recipient's ability to receive is checked against its running total, so every receipt is
+//! settled or rejected exactly as if it had been paid on its own. Allowances are written back,
+//! and the settled requests indexed by expiry, once per batch as well.
 
 use crate::{
-	BalanceOf, Config, HoldReason, Pallet, RejectReason, RetrievalPrice, Settled, SettledByExpiry,
-	SignedReceiptOf, Allowances, DataShare, ProtocolShare,
+	Allowances, BalanceOf, Config, DataShare, HoldReason, NextBatch, Pallet, ProtocolShare,
+	RejectReason, RetrievalPrice, Settled, SettledByExpiry, SignedReceiptOf,
 };
 use alloc::{
 	collections::{btree_map::BTreeMap, btree_set::BTreeSet},
@@ -17,12 +18,13 @@ use alloc::{
 };
 use openledger_primitives::{
 	fees::{split_fee, FeeInputs, Payee, TrainingSource, WeightedItem},
-	traits::{DataNetsInspect, RegistryInspect, TrainingRewards, WorkersInspect},
-	AttributionSource, DataNetId, PPM,
+	traits::{AdapterView, DataNetsInspect, PromptView, RegistryInspect, TrainingRewards, WorkerView, WorkersInspect},
+	AdapterId, AttributionSource, BaseModelId, DataNetId, ItemId, PromptId, Receipt, PPM,
 };
 use polkadot_sdk::{
 	frame_support::{
 		storage::with_storage_layer,
+		BoundedVec,
 		traits::{
 			fungible::{Inspect, InspectHold, MutateHold},
 			tokens::{DepositConsequence, Fortitude, Precision, Provenance, Restriction},
@@ -34,13 +36,30 @@ use polkadot_sdk::{
 	sp_core::H256,
 	sp_runtime::{
 		traits::{Saturating, Zero},
-		SaturatedConversion,
+		Permill, SaturatedConversion,
 	},
 };
+
+/// What the receipts of a batch read from the sibling pallets, and the fee parameters, each read
+/// once per batch. Settling a receipt changes none of it (training rewards are noted when the
+/// batch ends), so later receipts reuse what earlier ones read instead of decoding it again.
+#[derive(polkadot_sdk::frame_support::DefaultNoBound)]
+pub(crate) struct Lookups<T: Config> {
+	/// Retrieval price, protocol share, data share.
+	fee_params: Option<(BalanceOf<T>, Permill, Permill)>,
+	workers: BTreeMap<T::AccountId, Option<WorkerView<BalanceOf<T>>>>,
+	base_models: BTreeMap<BaseModelId, bool>,
+	/// Each adapter with its training DataNets' shares and accepted counts.
+	adapters: BTreeMap<AdapterId, Option<(AdapterView<T::AccountId, BalanceOf<T>>, Vec<TrainingSource>)>>,
+	prompts: BTreeMap<PromptId, Option<PromptView<T::AccountId, BalanceOf<T>>>>,
+	/// Each accepted item's contributor.
+	items: BTreeMap<(DataNetId, ItemId), Option<T::AccountId>>,
+}
 
 /// What the settled receipts of a batch owe, not yet paid.
 pub(crate) struct Batch<T: Config> {
 	genesis_hash: H256,
+	lookups: Lookups<T>,
 	/// Each payer's credit left after the fees of its settled receipts so far.
 	credit_left: BTreeMap<T::AccountId, BalanceOf<T>>,
 	/// Owed by payer to recipient.
@@ -51,17 +70,25 @@ pub(crate) struct Batch<T: Config> {
 	can_receive: BTreeSet<T::AccountId>,
 	/// Training rewards per DataNet, noted once each.
 	training: BTreeMap<DataNetId, BalanceOf<T>>,
+	/// Each (payer, worker) allowance read so far (`None`: none set) and whether the batch
+	/// spent from it.
+	allowances: BTreeMap<(T::AccountId, T::AccountId), (Option<BalanceOf<T>>, bool)>,
+	/// The settled requests by expiry, indexed once per batch.
+	expiring: BTreeMap<BlockNumberFor<T>, Vec<(T::AccountId, H256)>>,
 }
 
 impl<T: Config> Batch<T> {
 	pub(crate) fn new(genesis_hash: H256) -> Self {
 		Self {
 			genesis_hash,
+			lookups: Lookups::default(),
 			credit_left: BTreeMap::new(),
 			payouts: BTreeMap::new(),
 			received: BTreeMap::new(),
 			can_receive: BTreeSet::new(),
 			training: BTreeMap::new(),
+			allowances: BTreeMap::new(),
+			expiring: BTreeMap::new(),
 		}
 	}
 
@@ -69,12 +96,26 @@ impl<T: Config> Batch<T> {
 	/// not. Returns the fee and what each recipient gets from it.
 	pub(crate) fn settle(&mut self, signed: &SignedReceiptOf<T>) -> Result<Settlement<T>, RejectReason> {
 		let genesis_hash = self.genesis_hash;
+		let mut lookups = core::mem::take(&mut self.lookups);
 		let owed = with_storage_layer(|| {
-			Pallet::<T>::judge(signed, &genesis_hash, |payer, fee, to_pay| self.check_payable(payer, fee, to_pay))
-		})?;
-		let Owed { payer, fee, to_pay, training } = owed;
+			Pallet::<T>::judge(signed, &genesis_hash, &mut lookups, |receipt, authorisation, fee, to_pay| {
+				self.check_payable(receipt, authorisation, fee, to_pay)
+			})
+		});
+		self.lookups = lookups;
+		let owed = owed?;
+		let Owed { payer, fee, to_pay, training, request, expires_at, authorisation } = owed;
 		let credit = self.credit_left.get_mut(&payer).expect("check_payable read the payer's credit");
 		*credit = credit.saturating_sub(fee);
+		if authorisation == Authorisation::Allowance {
+			let (left, spent) = self
+				.allowances
+				.get_mut(&(payer.clone(), request.0.clone()))
+				.expect("check_payable read the allowance");
+			*left = left.map(|left| left.saturating_sub(fee));
+			*spent = true;
+		}
+		self.expiring.entry(expires_at).or_default().push(request);
 		let payouts: Vec<_> = to_pay.into_iter().collect();
 		for (account, amount) in payouts.iter().cloned() {
 			let received = self.received.entry(account.clone()).or_insert_with(Zero::zero);
@@ -89,14 +130,28 @@ impl<T: Config> Batch<T> {
 		Ok(Settlement { fee, payouts })
 	}
 
-	/// Whether `payer` has `fee` left in credit and every recipient in `to_pay` can take its
+	/// Whether the receipt's payer authorised `fee` (if by allowance, after the batch's earlier
+	/// receipts), has that much left in credit, and every recipient in `to_pay` can take its
 	/// running total plus this receipt's part.
 	fn check_payable(
 		&mut self,
-		payer: &T::AccountId,
+		receipt: &Receipt<T::AccountId>,
+		authorisation: Authorisation,
 		fee: BalanceOf<T>,
 		to_pay: &BTreeMap<T::AccountId, BalanceOf<T>>,
 	) -> Result<(), RejectReason> {
+		let payer = &receipt.payer;
+		if authorisation == Authorisation::Allowance {
+			let (left, _) = *self
+				.allowances
+				.entry((payer.clone(), receipt.worker.clone()))
+				.or_insert_with(|| (Allowances::<T>::get(payer, &receipt.worker), false));
+			match left {
+				None => return Err(RejectReason::NotAuthorised),
+				Some(left) if fee > left => return Err(RejectReason::FeeExceedsAuthorisation),
+				Some(_) => {},
+			}
+		}
 		let credit = *self
 			.credit_left
 			.entry(payer.clone())
@@ -123,9 +178,27 @@ impl<T: Config> Batch<T> {
 	}
 
 	/// Pays what the batch owes: one transfer from each payer's credit to each recipient, one
-	/// training note per DataNet. Every transfer was checked when its receipts were judged, so a
-	/// failure here is a broken invariant and fails the whole call (which reverts the batch).
+	/// training note per DataNet; writes back the allowances spent and indexes the settled
+	/// requests, one list per expiry. Every transfer was checked when its receipts were judged,
+	/// so a failure here is a broken invariant and fails the whole call (which reverts the
+	/// batch).
 	pub(crate) fn pay_out(self) -> DispatchResult {
+		for ((payer, worker), (left, spent)) in self.allowances {
+			if let (Some(left), true) = (left, spent) {
+				Allowances::<T>::insert(&payer, &worker, left);
+			}
+		}
+		if !self.expiring.is_empty() {
+			let batch = NextBatch::<T>::mutate(|next| {
+				let batch = *next;
+				*next = next.wrapping_add(1);
+				batch
+			});
+			for (expires_at, requests) in self.expiring {
+				// A batch settles at most `MaxReceiptsPerBatch` receipts, so nothing is cut.
+				SettledByExpiry::<T>::insert(expires_at, batch, BoundedVec::truncate_from(requests));
+			}
+		}
 		let reason = HoldReason::Credit.into();
 		for ((payer, account), amount) in self.payouts {
 			if account != payer {
@@ -156,22 +229,41 @@ pub(crate) struct Settlement<T: Config> {
 	pub payouts: Vec<(T::AccountId, BalanceOf<T>)>,
 }
 
+/// How a receipt's payer authorised its fee.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Authorisation {
+	/// A voucher for this very request, checked by `judge`.
+	Voucher,
+	/// The payer's allowance for the worker, checked against what the batch left of it.
+	Allowance,
+}
+
 /// What one settled receipt owes.
 struct Owed<T: Config> {
 	payer: T::AccountId,
 	fee: BalanceOf<T>,
 	to_pay: BTreeMap<T::AccountId, BalanceOf<T>>,
 	training: Vec<(DataNetId, BalanceOf<T>)>,
+	/// The settled request: (worker, request hash).
+	request: (T::AccountId, H256),
+	expires_at: BlockNumberFor<T>,
+	authorisation: Authorisation,
 }
 
 impl<T: Config> Pallet<T> {
 	/// Verifies one receipt and works out what it owes; `payable` says whether the batch can
-	/// still pay that. Writes the replay record and any allowance change (inside the caller's
+	/// still pay that (and checks an allowance). Writes the replay record (inside the caller's
 	/// storage layer, so a rejection leaves nothing behind).
 	fn judge(
 		signed: &SignedReceiptOf<T>,
 		genesis_hash: &H256,
-		payable: impl FnOnce(&T::AccountId, BalanceOf<T>, &BTreeMap<T::AccountId, BalanceOf<T>>) -> Result<(), RejectReason>,
+		lookups: &mut Lookups<T>,
+		payable: impl FnOnce(
+			&Receipt<T::AccountId>,
+			Authorisation,
+			BalanceOf<T>,
+			&BTreeMap<T::AccountId, BalanceOf<T>>,
+		) -> Result<(), RejectReason>,
 	) -> Result<Owed<T>, RejectReason> {
 		let receipt = &signed.receipt;
 		let now = frame_system::Pallet::<T>::block_number();
@@ -187,32 +279,64 @@ impl<T: Config> Pallet<T> {
 			return Err(RejectReason::AlreadySettled);
 		}
 
-		let worker = T::Workers::active_worker(&receipt.worker).ok_or(RejectReason::UnknownWorker)?;
+		let worker = lookups
+			.workers
+			.entry(receipt.worker.clone())
+			.or_insert_with(|| T::Workers::active_worker(&receipt.worker))
+			.as_ref()
+			.ok_or(RejectReason::UnknownWorker)?;
 		if !receipt.verify(&signed.signature, &worker.session_key, genesis_hash) {
 			return Err(RejectReason::InvalidSignature);
 		}
 		if !worker.serves.contains(&receipt.base_model) {
 			return Err(RejectReason::ModelNotServed);
 		}
-		if !T::Registry::base_model_active(receipt.base_model) {
+		if !*lookups
+			.base_models
+			.entry(receipt.base_model)
+			.or_insert_with(|| T::Registry::base_model_active(receipt.base_model))
+		{
 			return Err(RejectReason::UnknownBaseModel);
 		}
-		let adapter = match receipt.adapter {
+		let (adapter, training) = match receipt.adapter {
 			Some((id, weights_hash)) => {
-				let adapter = T::Registry::adapter(id).ok_or(RejectReason::UnknownAdapter)?;
+				let (adapter, training) = lookups
+					.adapters
+					.entry(id)
+					.or_insert_with(|| {
+						T::Registry::adapter(id).map(|adapter| {
+							let training = adapter
+								.provenance
+								.iter()
+								.map(|(datanet, share_ppm)| TrainingSource {
+									datanet: *datanet,
+									share_ppm: *share_ppm,
+									accepted_items: T::DataNets::accepted_count(*datanet),
+								})
+								.collect();
+							(adapter, training)
+						})
+					})
+					.as_ref()
+					.ok_or(RejectReason::UnknownAdapter)?;
 				if adapter.weights_hash != weights_hash {
 					return Err(RejectReason::AdapterHashMismatch);
 				}
 				if adapter.base_model != receipt.base_model {
 					return Err(RejectReason::AdapterBaseMismatch);
 				}
-				Some(adapter)
+				(Some(adapter), &training[..])
 			},
-			None => None,
+			None => (None, &[][..]),
 		};
 		let prompt = match receipt.prompt {
 			Some((id, template_hash)) => {
-				let prompt = T::Registry::prompt(id).ok_or(RejectReason::UnknownPrompt)?;
+				let prompt = lookups
+					.prompts
+					.entry(id)
+					.or_insert_with(|| T::Registry::prompt(id))
+					.as_ref()
+					.ok_or(RejectReason::UnknownPrompt)?;
 				if prompt.template_hash != template_hash {
 					return Err(RejectReason::PromptHashMismatch);
 				}
@@ -222,7 +346,6 @@ impl<T: Config> Pallet<T> {
 		};
 
 		// Attribution: weights sum to PPM; items are accepted; training names the provenance.
-		let provenance: &[(u32, u32)] = adapter.as_ref().map_or(&[], |a| &a.provenance[..]);
 		if !receipt.attribution.is_empty() &&
 			receipt.attribution.iter().map(|e| u64::from(e.weight_ppm)).sum::<u64>() !=
 				u64::from(PPM)
@@ -234,7 +357,7 @@ impl<T: Config> Pallet<T> {
 		for entry in receipt.attribution.iter() {
 			match (entry.source, entry.item) {
 				(AttributionSource::Training, None) => {
-					if !provenance.iter().any(|(datanet, _)| *datanet == entry.datanet) {
+					if !training.iter().any(|source| source.datanet == entry.datanet) {
 						return Err(RejectReason::InvalidTrainingEntry);
 					}
 				},
@@ -248,7 +371,11 @@ impl<T: Config> Pallet<T> {
 						existing.weight_ppm = existing.weight_ppm.saturating_add(entry.weight_ppm);
 						continue;
 					}
-					let (contributor, _) = T::DataNets::accepted_item(entry.datanet, item)
+					let contributor = lookups
+						.items
+						.entry((entry.datanet, item))
+						.or_insert_with(|| T::DataNets::accepted_item(entry.datanet, item).map(|(contributor, _)| contributor))
+						.clone()
 						.ok_or(RejectReason::UnacceptedItem)?;
 					contributors.insert((entry.datanet, item), contributor);
 					items.push(WeightedItem {
@@ -259,31 +386,25 @@ impl<T: Config> Pallet<T> {
 				},
 			}
 		}
-		let training: Vec<TrainingSource> = provenance
-			.iter()
-			.map(|(datanet, share_ppm)| TrainingSource {
-				datanet: *datanet,
-				share_ppm: *share_ppm,
-				accepted_items: T::DataNets::accepted_count(*datanet),
-			})
-			.collect();
-
+		let (retrieval_price, protocol_share, data_share) = *lookups
+			.fee_params
+			.get_or_insert_with(|| (RetrievalPrice::<T>::get(), ProtocolShare::<T>::get(), DataShare::<T>::get()));
 		let split = split_fee(&FeeInputs {
 			tokens: receipt.total_tokens(),
 			worker_rate_per_1k: worker.compute_price_per_1k_tokens,
-			adapter_rate_per_1k: adapter.as_ref().map_or(Zero::zero(), |a| a.price_per_1k_tokens),
-			prompt_price: prompt.as_ref().map_or(Zero::zero(), |p| p.price_per_call),
-			retrieval_price: RetrievalPrice::<T>::get(),
+			adapter_rate_per_1k: adapter.map_or(Zero::zero(), |a| a.price_per_1k_tokens),
+			prompt_price: prompt.map_or(Zero::zero(), |p| p.price_per_call),
+			retrieval_price,
 			items: &items,
-			training: &training,
-			protocol_share: ProtocolShare::<T>::get(),
-			data_share: DataShare::<T>::get(),
+			training,
+			protocol_share,
+			data_share,
 		})
 		.map_err(|_| RejectReason::FeeOverflow)?;
 		let fee = split.fee;
 
 		// Authorisation: the payer's voucher for this very request, or an allowance.
-		match &signed.voucher {
+		let authorisation = match &signed.voucher {
 			Some(signed_voucher) => {
 				let voucher = &signed_voucher.voucher;
 				if voucher.payer != receipt.payer ||
@@ -305,16 +426,10 @@ impl<T: Config> Pallet<T> {
 				if fee > voucher.max_fee {
 					return Err(RejectReason::FeeExceedsAuthorisation);
 				}
+				Authorisation::Voucher
 			},
-			None => {
-				let allowance = Allowances::<T>::get(&receipt.payer, &receipt.worker)
-					.ok_or(RejectReason::NotAuthorised)?;
-				if fee > allowance {
-					return Err(RejectReason::FeeExceedsAuthorisation);
-				}
-				Allowances::<T>::insert(&receipt.payer, &receipt.worker, allowance - fee);
-			},
-		}
+			None => Authorisation::Allowance,
+		};
 		// One payout per recipient account, however many parts it receives.
 		let mut to_pay: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
 		let mut training = Vec::new();
@@ -322,9 +437,9 @@ impl<T: Config> Pallet<T> {
 			let account = match payee {
 				Payee::Worker => receipt.worker.clone(),
 				Payee::AdapterOwner =>
-					adapter.as_ref().map(|a| a.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
+					adapter.map(|a| a.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
 				Payee::PromptOwner =>
-					prompt.as_ref().map(|p| p.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
+					prompt.map(|p| p.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
 				Payee::TrainingPool(datanet) => {
 					training.push((*datanet, *amount));
 					T::DataNets::reward_pool_account()
@@ -338,10 +453,9 @@ impl<T: Config> Pallet<T> {
 			let total = to_pay.entry(account).or_insert_with(Zero::zero);
 			*total = total.saturating_add(*amount);
 		}
-		payable(&receipt.payer, fee, &to_pay)?;
+		payable(receipt, authorisation, fee, &to_pay)?;
 
 		Settled::<T>::insert(&request, expires_at);
-		SettledByExpiry::<T>::insert(expires_at, &request, ());
-		Ok(Owed { payer: receipt.payer.clone(), fee, to_pay, training })
+		Ok(Owed { payer: receipt.payer.clone(), fee, to_pay, training, request, expires_at, authorisation })
 	}
 }

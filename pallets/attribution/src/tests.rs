@@ -399,16 +399,51 @@ fn settled_records_are_pruned_after_expiry_and_replays_stay_refused() {
 }
 
 #[test]
-fn pruning_is_bounded_per_block() {
+fn a_batch_indexes_its_records_in_one_list_per_expiry() {
 	run(|| {
-		let receipts: Vec<_> = (0..(MAX_PRUNE + 2)).map(|n| sign(receipt(n as u8))).collect();
-		let expires_at = receipts[0].receipt.expires_at as u64;
+		let receipts: Vec<_> = (1..=4)
+			.map(|n| {
+				let mut r = receipt(n);
+				r.expires_at += u32::from(n % 2);
+				sign(r)
+			})
+			.collect();
 		submit(&account(Role::Worker), receipts);
+		let lists: Vec<_> = SettledByExpiry::<Test>::iter().map(|(_, batch, requests)| (batch, requests.len())).collect();
+		assert_eq!(lists, vec![(0, 2), (0, 2)]);
+		submit(&account(Role::Worker), vec![sign(receipt(5))]);
+		assert_eq!(SettledByExpiry::<Test>::iter().filter(|(_, batch, _)| *batch == 1).count(), 1, "the next batch has its own list");
+	});
+}
+
+#[test]
+fn pruning_takes_whole_lists_within_the_budget() {
+	run(|| {
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), CREDIT));
+		// Three batches of six records with one expiry: each list costs 7 of the budget of 20.
+		for first in [0u8, 6, 12] {
+			submit(&account(Role::Worker), (first..first + 6).map(|n| sign(receipt(n))).collect());
+		}
+		let expires_at = receipt(0).expires_at as u64;
 		System::set_block_number(expires_at + 1);
-		Attribution::on_initialize(expires_at + 1);
-		assert_eq!(Settled::<Test>::iter().count(), 2);
+		let weight = Attribution::on_initialize(expires_at + 1);
+		assert_eq!(weight, Attribution::prune_weight(2, 12, 0));
+		assert_eq!(Settled::<Test>::iter().count(), 6);
+		assert_eq!(SettledByExpiry::<Test>::iter().count(), 1);
+		assert_eq!(PruneCursor::<Test>::get(), expires_at, "the rest of the block is not done");
 		Attribution::on_initialize(expires_at + 2);
 		assert_eq!(Settled::<Test>::iter().count(), 0);
+		assert_eq!(SettledByExpiry::<Test>::iter().count(), 0);
+		assert_eq!(PruneCursor::<Test>::get(), expires_at + 1);
+	});
+}
+
+#[test]
+fn pruning_passes_a_bounded_number_of_empty_blocks() {
+	run(|| {
+		let weight = Attribution::on_initialize(1_000);
+		assert_eq!(PruneCursor::<Test>::get(), u64::from(MAX_PRUNE));
+		assert_eq!(weight, Attribution::prune_weight(0, 0, MAX_PRUNE));
 	});
 }
 
@@ -506,9 +541,15 @@ mod properties {
 	}
 }
 
-/// Every balance a receipt can touch, and the DataNet's reward index.
-fn ledger() -> (Vec<Balance>, Balance, Balance, Balance) {
-	(snapshot(), Balances::total_balance(&pool()), DataNets::unclaimed_rewards(DATANET, ITEM_A), credit(&account(Role::Payer)))
+/// Every balance a receipt can touch, the DataNet's reward index and the payer's allowance.
+fn ledger() -> (Vec<Balance>, Balance, Balance, Balance, Option<Balance>) {
+	(
+		snapshot(),
+		Balances::total_balance(&pool()),
+		DataNets::unclaimed_rewards(DATANET, ITEM_A),
+		credit(&account(Role::Payer)),
+		Allowances::<Test>::get(account(Role::Payer), account(Role::Worker)),
+	)
 }
 
 #[test]
@@ -526,6 +567,7 @@ fn a_batch_pays_exactly_what_its_receipts_pay_one_by_one() {
 		}
 		assert_eq!(Some(ledger()), together);
 		assert_eq!(credit(&account(Role::Payer)), CREDIT - 4 * EXPECTED_FEE);
+		assert_eq!(Allowances::<Test>::get(account(Role::Payer), account(Role::Worker)), Some(ALLOWANCE - 4 * EXPECTED_FEE));
 	});
 }
 
@@ -553,10 +595,31 @@ fn credit_is_checked_against_what_the_batch_already_owes() {
 }
 
 #[test]
+fn allowance_is_checked_against_what_the_batch_already_spent() {
+	run(|| {
+		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(payer.clone()), worker.clone(), 2 * EXPECTED_FEE + 1));
+		let receipts: Vec<_> = (1..=3).map(|n| sign(receipt(n))).collect();
+		let third = receipts[2].receipt.id();
+		submit(&worker, receipts);
+		System::assert_has_event(Event::ReceiptRejected { receipt_id: third, reason: RejectReason::FeeExceedsAuthorisation }.into());
+		System::assert_last_event(Event::BatchProcessed { settled: 2, rejected: 1 }.into());
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), Some(1));
+		// A voucher receipt in the same batch leaves the allowance alone.
+		let r = receipt(4);
+		submit(&worker, vec![with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer_pair()), sign(receipt(5))]);
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 1 }.into());
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), Some(1));
+	});
+}
+
+#[test]
 fn receipts_sharing_a_context_weigh_less_than_alone() {
 	run(|| {
 		use crate::WeightInfo;
-		let alone = <() as WeightInfo>::submit_receipt(3);
+		let db = <Test as frame_system::Config>::DbWeight::get();
+		// The receipts are paid from an allowance: alone, each also reads it and writes it back.
+		let alone = <() as WeightInfo>::submit_receipt(3) + db.reads_writes(1, 1);
 		let shared: Vec<_> = (1..=5).map(|n| sign(receipt(n))).collect();
 		let mut distinct = shared.clone();
 		for (n, signed) in distinct.iter_mut().enumerate() {
@@ -568,5 +631,17 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		assert!(weight.ref_time() < alone.saturating_mul(5).ref_time(), "{weight:?} vs 5 × {alone:?}");
 		assert!(weight.ref_time() > alone.ref_time());
 		assert_eq!(Attribution::batch_weight(&shared[..1]), alone);
+		// A further receipt paid by voucher checks one more signature than one paid by allowance.
+		let by_voucher: Vec<_> = (1..=5)
+			.map(|n| {
+				let r = receipt(n);
+				with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer_pair())
+			})
+			.collect();
+		assert!(Attribution::batch_weight(&by_voucher).ref_time() > Attribution::batch_weight(&shared).ref_time());
+		// Each expiry after the first adds a list to write.
+		let mut two_expiries = shared.clone();
+		two_expiries[4].receipt.expires_at += 1;
+		assert_eq!(Attribution::batch_weight(&two_expiries), weight + db.writes(1));
 	});
 }

@@ -20,8 +20,10 @@ pub trait WeightInfo {
 	fn set_allowance() -> Weight;
 	fn submit_receipt(a: u32, ) -> Weight;
 	fn submit_receipts_shared(n: u32, ) -> Weight;
+	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight;
 	fn set_fee_params() -> Weight;
 	fn prune(n: u32, ) -> Weight;
+	fn prune_lists(l: u32, ) -> Weight;
 }
 
 /// Weights for `pallet_attribution` using the runtime's database weights.
@@ -167,6 +169,21 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().writes((2_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2559).saturating_mul(n.into()))
 	}
+	// TEMPORARY until regenerated
+	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `3471`
+		//  Estimated: `57086 + n * (2559 ±0)`
+		// Minimum execution time: 596_739_000 picoseconds.
+		Weight::from_parts(321_542_011, 57086)
+			// Standard Error: 207_801
+			.saturating_add(Weight::from_parts(166_003_061, 0).saturating_mul(n.into()))
+			.saturating_add(T::DbWeight::get().reads(46_u64))
+			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(n.into())))
+			.saturating_add(T::DbWeight::get().writes(22_u64))
+			.saturating_add(T::DbWeight::get().writes((2_u64).saturating_mul(n.into())))
+			.saturating_add(Weight::from_parts(0, 2559).saturating_mul(n.into()))
+	}
 	/// Storage: `Attribution::ProtocolShare` (r:0 w:1)
 	/// Proof: `Attribution::ProtocolShare` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::RetrievalPrice` (r:0 w:1)
@@ -201,6 +218,21 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 			.saturating_add(T::DbWeight::get().writes((2_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2567).saturating_mul(n.into()))
+	}
+	// TEMPORARY until regenerated
+	fn prune_lists(l: u32, ) -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `456 + n * (86 ±0)`
+		//  Estimated: `3654 + n * (2567 ±0)`
+		// Minimum execution time: 10_196_000 picoseconds.
+		Weight::from_parts(10_391_000, 3654)
+			// Standard Error: 3_755
+			.saturating_add(Weight::from_parts(5_796_211, 0).saturating_mul(l.into()))
+			.saturating_add(T::DbWeight::get().reads(2_u64))
+			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(l.into())))
+			.saturating_add(T::DbWeight::get().writes(1_u64))
+			.saturating_add(T::DbWeight::get().writes((2_u64).saturating_mul(l.into())))
+			.saturating_add(Weight::from_parts(0, 2567).saturating_mul(l.into()))
 	}
 }
 
@@ -244,6 +276,16 @@ impl WeightInfo for () {
 			.saturating_add(RocksDbWeight::get().writes((2_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2559).saturating_mul(n.into()))
 	}
+	// TEMPORARY until regenerated
+	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
+		Weight::from_parts(321_542_011, 57086)
+			.saturating_add(Weight::from_parts(166_003_061, 0).saturating_mul(n.into()))
+			.saturating_add(RocksDbWeight::get().reads(46_u64))
+			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(n.into())))
+			.saturating_add(RocksDbWeight::get().writes(22_u64))
+			.saturating_add(RocksDbWeight::get().writes((2_u64).saturating_mul(n.into())))
+			.saturating_add(Weight::from_parts(0, 2559).saturating_mul(n.into()))
+	}
 	fn set_fee_params() -> Weight {
 		Weight::from_parts(7_983_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
@@ -256,5 +298,15 @@ impl WeightInfo for () {
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 			.saturating_add(RocksDbWeight::get().writes((2_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 2567).saturating_mul(n.into()))
+	}
+	// TEMPORARY until regenerated
+	fn prune_lists(l: u32, ) -> Weight {
+		Weight::from_parts(10_391_000, 3654)
+			.saturating_add(Weight::from_parts(5_796_211, 0).saturating_mul(l.into()))
+			.saturating_add(RocksDbWeight::get().reads(2_u64))
+			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(l.into())))
+			.saturating_add(RocksDbWeight::get().writes(1_u64))
+			.saturating_add(RocksDbWeight::get().writes((2_u64).saturating_mul(l.into())))
+			.saturating_add(Weight::from_parts(0, 2567).saturating_mul(l.into()))
 	}
 }
