@@ -5,6 +5,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 STEPS="${STEPS:-50}"
 REPEAT="${REPEAT:-20}"
+# Which pallets to benchmark, e.g. PALLETS=attribution after changing only that one.
+PALLETS="${PALLETS:-datanets registry workers attribution}"
 
 step "building the node with runtime benchmarks"
 # frame-benchmarking-cli builds a wasm test runtime of its own, which the wasm builder can only
@@ -13,7 +15,7 @@ env -u WASM_BUILD_WORKSPACE_HINT cargo build --release -p openledger-node --feat
 NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
 WASM="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
 
-for pallet in datanets registry workers attribution; do
+for pallet in $PALLETS; do
 	step "benchmarking pallet_$pallet (steps $STEPS, repeat $REPEAT)"
 	"$NODE_BIN" benchmark pallet --runtime "$WASM" --genesis-builder-preset dev \
 		--pallet "pallet_$pallet" --extrinsic '*' --steps "$STEPS" --repeat "$REPEAT" \

@@ -268,7 +268,8 @@ impl pallet_attribution::Config for Runtime {
 	type MaxReceiptLifetime = MaxReceiptLifetime;
 	type WithdrawalDelay = WithdrawalDelay;
 	type MaxAllowances = ConstU32<64>;
-	type MaxPrunePerBlock = ConstU32<2_000>;
+	// At least what a block can settle (checked in `tests/config.rs`).
+	type MaxPrunePerBlock = ConstU32<12_000>;
 	type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = pallet_attribution::benchmarking::SiblingPallets<Runtime>;
