@@ -1,6 +1,7 @@
 //! Prints how many receipts a block settles in the steady state, from the runtime's benchmarked
 //! weights and the pallet's own weight functions (`pallet_attribution::Pallet::batch_weight` for
-//! settling, `prune_weight` for removing the records a lifetime later).
+//! settling, which includes removing the batch's record set once it expires; the pruning hook
+//! that does so in a later block is counted against that block's total as well).
 //!
 //! `SKIP_WASM_BUILD=1 cargo run --release -p openledger-runtime --example receipt_throughput`
 
@@ -69,7 +70,7 @@ struct Limits {
 
 /// The largest batch (up to `max_batch`) that fits `limits.per_tx`, its weight, and how many
 /// receipts a block settles in whole batches of it while its pruning hook removes as many
-/// expired records (the steady state: every settled record is pruned a lifetime later).
+/// expired record sets (the steady state: each batch's set is pruned once it expires).
 fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bool) -> (u32, u64, u64) {
 	let weight_of = |count| Attribution::batch_weight(&batch(count, entries, shared, voucher)).ref_time();
 	let mut count = max_batch;
@@ -78,8 +79,8 @@ fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bo
 		count = count * 9 / 10;
 		weight = weight_of(count);
 	}
-	// One expiry list per batch.
-	let prune = Attribution::prune_weight(1, count, 0).ref_time();
+	// One record set per batch (one worker and expiry).
+	let prune = Attribution::prune_weight(1, 1).ref_time();
 	let batches = (limits.normal / weight).min(limits.total / (weight + prune));
 	(count, weight, batches * u64::from(count))
 }
@@ -111,7 +112,7 @@ fn main() {
 			for (voucher, paid_by) in [(false, "allowance"), (true, "voucher")] {
 				let (count, weight, per_block) = fill(&six, max_batch, entries, shared, voucher);
 				let (_, _, per_block_2s) = fill(&two, max_batch, entries, shared, voucher);
-				let prune = Attribution::prune_weight(1, count, 0).ref_time();
+				let prune = Attribution::prune_weight(1, 1).ref_time();
 				println!(
 					"| {entries} | {count}, {who} | {paid_by} | {:.1} | {:.1} | {per_block} | {:.0} | {:.0} |",
 					weight as f64 / 1e6 / f64::from(count),

@@ -16,28 +16,25 @@ fn stake_stays_slashable_for_a_receipts_lifetime() {
 	assert!(UnbondingDelay::get() >= MaxReceiptLifetime::get());
 }
 
-/// Every settled record is pruned a lifetime later, so a block must be able to prune at least
-/// as many records (and their batches' lists) as a block can settle, or storage would grow
-/// without bound under full load; and the most pruning a block can do must leave half the block
-/// (pruning is mandatory weight: normal transactions get what it leaves of the block).
+/// Every record set is pruned once its expiry has passed, so a block must be able to prune at
+/// least as many sets as a block can create, or storage would grow without bound under full
+/// load; and the most pruning a block can do must leave half the block (pruning is mandatory
+/// weight: normal transactions get what it leaves of the block).
 #[test]
 fn pruning_keeps_up_with_settling_and_fits_a_block() {
 	use openledger_runtime::{configs::RuntimeBlockWeights, Runtime};
-	use pallet_attribution::WeightInfo;
 	use polkadot_sdk::frame_support::{dispatch::DispatchClass, traits::Get};
-	type Weights = pallet_attribution::weights::SubstrateWeight<Runtime>;
+	type Attribution = pallet_attribution::Pallet<Runtime>;
 	let max_prune: u32 = <<Runtime as pallet_attribution::Config>::MaxPrunePerBlock as Get<u32>>::get();
-	let max_batch: u32 = <<Runtime as pallet_attribution::Config>::MaxReceiptsPerBatch as Get<u32>>::get();
 
 	let block = RuntimeBlockWeights::get();
 	let normal = block.get(DispatchClass::Normal).max_total.unwrap_or(block.max_block).ref_time();
-	// No receipt costs less than one more in a shared context.
-	let cheapest = Weights::submit_receipts_shared(2).ref_time() - Weights::submit_receipts_shared(1).ref_time();
-	let settled = (normal / cheapest) as u32;
-	let lists = settled.div_ceil(max_batch);
-	assert!(max_prune >= settled + lists, "a block settles up to {settled} records in {lists} lists but prunes {max_prune}");
+	// A batch is charged at least this for each record set it touches (and more for the
+	// receipts in it), so no block creates more sets than this.
+	let sets = (normal / Attribution::record_set_weight().ref_time()) as u32;
+	assert!(max_prune >= sets, "a block can create up to {sets} record sets but prunes {max_prune}");
 
-	let worst = pallet_attribution::Pallet::<Runtime>::prune_weight(max_prune / 2, max_prune / 2, 0).ref_time();
+	let worst = Attribution::prune_weight(max_prune, 0).ref_time();
 	let half = block.max_block.ref_time() / 2;
 	assert!(worst <= half, "pruning may take {worst}, more than half a block ({half})");
 }

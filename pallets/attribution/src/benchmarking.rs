@@ -280,19 +280,13 @@ fn assert_settled<T: Config>(n: u32) {
 	);
 }
 
-/// `lists` expired lists of `records` settled records each, all expiring at block 0.
-fn expired_lists<T: Config>(lists: u32, records: u32) {
+/// `sets` expired record sets, each of one worker's `records` requests, all expiring at block 0.
+fn expired_sets<T: Config>(sets: u32, records: u32) {
 	let expiry: BlockNumberFor<T> = Zero::zero();
-	for list in 0..lists {
-		let requests: Vec<_> = (0..records)
-			.map(|i| {
-				let request = (account::<T::AccountId>("worker", list, 0), content_hash(&i.to_le_bytes()));
-				Settled::<T>::insert(&request, expiry);
-				request
-			})
-			.collect();
-		let requests = BoundedVec::truncate_from(requests);
-		SettledByExpiry::<T>::insert(expiry, u64::from(list), requests);
+	for set in 0..sets {
+		let mut requests: Vec<H256> = (0..records).map(|i| content_hash(&i.to_le_bytes())).collect();
+		requests.sort();
+		Settled::<T>::insert(expiry, account::<T::AccountId>("worker", set, 0), BoundedVec::truncate_from(requests));
 	}
 	PruneCursor::<T>::put(expiry);
 }
@@ -394,26 +388,37 @@ mod benchmarks {
 		Ok(())
 	}
 
-	/// Pruning one batch's list of `n` records.
+	/// A batch reading a worker's record set of `s` requests, adding one and writing it back:
+	/// what each (expiry, worker) set a batch touches costs beyond its receipts.
 	#[benchmark]
-	fn prune(n: Linear<1, { T::MaxReceiptsPerBatch::get() }>) {
-		expired_lists::<T>(1, n);
+	fn record_settled(s: Linear<0, { T::MaxSettledPerExpiry::get() - 1 }>) {
+		let worker: T::AccountId = account("worker", 0, 0);
+		let expiry: BlockNumberFor<T> = One::one();
+		let mut requests: Vec<H256> = (0..s).map(|i| content_hash(&i.to_le_bytes())).collect();
+		requests.sort();
+		Settled::<T>::insert(expiry, &worker, BoundedVec::truncate_from(requests));
+		let new = content_hash(b"a new request");
 		#[block]
 		{
-			Pallet::<T>::prune_expired(One::one());
+			let mut set = settle::RecordSet::<T>::load(expiry, &worker);
+			if !set.contains(&new) && !set.is_full() {
+				set.insert(new);
+			}
+			set.store(expiry, &worker);
 		}
-		assert_eq!(Settled::<T>::iter().count(), 0);
+		assert_eq!(Settled::<T>::get(expiry, &worker).len() as u32, s + 1);
 	}
 
-	/// Pruning `l` lists of one record each: as many as a block's budget allows.
+	/// Pruning `s` expired record sets of one block, then passing the block.
 	#[benchmark]
-	fn prune_lists(l: Linear<0, { T::MaxPrunePerBlock::get() / 2 }>) {
-		expired_lists::<T>(l, 1);
+	fn prune(s: Linear<0, { T::MaxPrunePerBlock::get() - 1 }>) {
+		expired_sets::<T>(s, 1);
 		#[block]
 		{
 			Pallet::<T>::prune_expired(One::one());
 		}
 		assert_eq!(Settled::<T>::iter().count(), 0);
+		assert_eq!(PruneCursor::<T>::get(), One::one());
 	}
 
 	impl_benchmark_test_suite!(Pallet, crate::mock::new_test_ext(), crate::mock::Test);

@@ -82,9 +82,11 @@ pub mod pallet {
 		/// The most workers one payer may give an allowance to.
 		#[pallet::constant]
 		type MaxAllowances: Get<u32>;
-		/// The most expired settled records pruned in one block. Whole batch lists are pruned,
-		/// so it must be at least `MaxReceiptsPerBatch`; to keep storage bounded it must be at
-		/// least the receipts a block can settle.
+		/// The most requests one worker may settle with one expiry block: bounds a record set.
+		#[pallet::constant]
+		type MaxSettledPerExpiry: Get<u32>;
+		/// The most expired record sets (one per expiry block and worker) pruned in one block.
+		/// To keep storage bounded it must be at least the sets a block can create.
 		#[pallet::constant]
 		type MaxPrunePerBlock: Get<u32>;
 		type WeightInfo: WeightInfo;
@@ -132,27 +134,20 @@ pub mod pallet {
 	pub type PendingWithdrawals<T: Config> =
 		StorageMap<_, Blake2_128Concat, T::AccountId, PendingWithdrawalOf<T>>;
 
-	/// Settled requests: (worker, request hash) → the receipt's expiry. Replay protection.
+	/// Replay protection: the request hashes each worker settled, by the receipts' expiry block
+	/// (expiry → worker → sorted hashes). A receipt is looked up under its own expiry, which a
+	/// replay shares; a set is read and written once per batch, and pruned whole once its block
+	/// has passed, when no receipt can name it any more.
 	#[pallet::storage]
-	pub type Settled<T: Config> =
-		StorageMap<_, Blake2_128Concat, (T::AccountId, H256), BlockNumberFor<T>>;
-
-	/// The same records by expiry, so they can be pruned once no receipt can name them: one
-	/// list per batch and expiry (expiry → batch number → requests), which makes indexing a
-	/// record one write per batch rather than one per receipt.
-	#[pallet::storage]
-	pub type SettledByExpiry<T: Config> = StorageDoubleMap<
+	pub type Settled<T: Config> = StorageDoubleMap<
 		_,
 		Twox64Concat,
 		BlockNumberFor<T>,
-		Twox64Concat,
-		u64,
-		BoundedVec<(T::AccountId, H256), T::MaxReceiptsPerBatch>,
+		Blake2_128Concat,
+		T::AccountId,
+		BoundedVec<H256, T::MaxSettledPerExpiry>,
+		ValueQuery,
 	>;
-
-	/// The number of the next batch that settles a receipt; keys its expiry lists.
-	#[pallet::storage]
-	pub type NextBatch<T: Config> = StorageValue<_, u64, ValueQuery>;
 
 	/// The next expiry block whose records have not all been pruned.
 	#[pallet::storage]
@@ -231,9 +226,10 @@ pub mod pallet {
 			assert!(T::MaxReceiptsPerBatch::get() > 0, "a batch must fit a receipt");
 			assert!(!T::MaxReceiptLifetime::get().is_zero(), "receipts need a lifetime");
 			assert!(
-				T::MaxPrunePerBlock::get() >= T::MaxReceiptsPerBatch::get(),
-				"a block must be able to prune a whole batch's records"
+				T::MaxSettledPerExpiry::get() >= T::MaxReceiptsPerBatch::get(),
+				"a full batch of one worker and expiry must fit a record set"
 			);
+			assert!(T::MaxPrunePerBlock::get() > 0, "pruning must make progress");
 			// Otherwise a payer could withdraw the credit a signed, unexpired receipt will draw on.
 			assert!(
 				T::WithdrawalDelay::get() >= T::MaxReceiptLifetime::get(),
@@ -413,15 +409,18 @@ pub mod pallet {
 		/// slope of [`WeightInfo::submit_receipts_shared`] for allowance receipts, of
 		/// [`WeightInfo::submit_receipts_shared_vouchers`] for voucher receipts) plus its
 		/// attribution entries at the cold per-entry rate of `submit_receipt`, since its items
-		/// may be new. Each expiry after the first adds a list to the expiry index.
+		/// may be new. Each (expiry, worker) record set the batch touches is charged reading and
+		/// writing a full set ([`WeightInfo::record_settled`]) and removing it when it expires
+		/// (pruning is paid for when its work is made, so it always fits the block that does it).
 		pub fn batch_weight(receipts: &[SignedReceiptOf<T>]) -> Weight {
 			let db = T::DbWeight::get();
 			let alone = |entries: u32| T::WeightInfo::submit_receipt(entries);
 			let slope = |weight: fn(u32) -> Weight| weight(2).saturating_sub(weight(1));
 			let with_allowance = slope(T::WeightInfo::submit_receipts_shared);
 			let with_voucher = slope(T::WeightInfo::submit_receipts_shared_vouchers);
+			let record_set = Self::record_set_weight();
 			let mut contexts = alloc::collections::BTreeSet::new();
-			let mut expiries = alloc::collections::BTreeSet::new();
+			let mut record_sets = alloc::collections::BTreeSet::new();
 			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
 				let receipt = &signed.receipt;
 				let entries = receipt.attribution.len() as u32;
@@ -437,8 +436,8 @@ pub mod pallet {
 					(false, voucher) => (if voucher { with_voucher } else { with_allowance })
 						.saturating_add(alone(entries).saturating_sub(alone(0))),
 				};
-				if expiries.insert(receipt.expires_at) && expiries.len() > 1 {
-					weight = weight.saturating_add(db.writes(1));
+				if record_sets.insert((receipt.expires_at, &receipt.worker)) {
+					weight = weight.saturating_add(record_set);
 				}
 				total.saturating_add(weight)
 			});
@@ -449,73 +448,61 @@ pub mod pallet {
 			}
 		}
 
-		/// Removes the settled records that expired before `now`, a batch's list at a time.
+		/// What a batch is charged for each (expiry, worker) record set it touches: reading and
+		/// writing a full set, and removing it when it expires.
+		pub fn record_set_weight() -> Weight {
+			T::WeightInfo::record_settled(T::MaxSettledPerExpiry::get())
+				.saturating_add(Self::prune_weight(1, 0).saturating_sub(Self::prune_weight(0, 0)))
+		}
+
+		/// Removes the record sets that expired before `now`.
 		///
-		/// `MaxPrunePerBlock` bounds the work: each record, each list and each expiry block
-		/// found empty counts one against it.
+		/// `MaxPrunePerBlock` bounds the work: each set removed and each expiry block passed
+		/// counts one against it.
 		pub(crate) fn prune_expired(now: BlockNumberFor<T>) -> Weight {
 			let budget = T::MaxPrunePerBlock::get();
 			let mut cursor = PruneCursor::<T>::get();
-			let (mut lists, mut records, mut empty) = (0u32, 0u32, 0u32);
-			let mut used = 0u32;
-			// Records expiring at block `b` can be removed from block `b + 1` on.
-			while cursor < now && used < budget {
-				match SettledByExpiry::<T>::iter_prefix(cursor).next() {
-					Some((batch, requests)) => {
-						let cost = requests.len() as u32 + 1;
-						if used.saturating_add(cost) > budget {
-							break;
-						}
-						for request in &requests {
-							Settled::<T>::remove(request);
-						}
-						SettledByExpiry::<T>::remove(cursor, batch);
-						lists += 1;
-						records += requests.len() as u32;
-						used += cost;
-					},
-					None => {
-						cursor = cursor.saturating_add(One::one());
-						empty += 1;
-						used += 1;
-					},
+			let (mut sets, mut blocks) = (0u32, 0u32);
+			// Sets expiring at block `b` can be removed from block `b + 1` on.
+			'blocks: while cursor < now {
+				// One iterator per block, each set removed as it is passed: a fresh iterator
+				// after each removal would seek past every key already removed in this block.
+				let mut workers = Settled::<T>::iter_key_prefix(cursor);
+				loop {
+					if sets + blocks >= budget {
+						break 'blocks;
+					}
+					match workers.next() {
+						Some(worker) => {
+							Settled::<T>::remove(cursor, &worker);
+							sets += 1;
+						},
+						None => break,
+					}
 				}
+				cursor = cursor.saturating_add(One::one());
+				blocks += 1;
 			}
 			PruneCursor::<T>::put(cursor);
-			Self::prune_weight(lists, records, empty)
+			Self::prune_weight(sets, blocks)
 		}
 
-		/// The weight of pruning `records` settled records in `lists` lists, after passing
-		/// `empty` expiry blocks with none: [`WeightInfo::prune_lists`] prices lists of one record
-		/// each, and every further record in a list costs the slope of [`WeightInfo::prune`].
-		pub fn prune_weight(lists: u32, records: u32, empty: u32) -> Weight {
-			let per_record = T::WeightInfo::prune(2).saturating_sub(T::WeightInfo::prune(1));
-			T::WeightInfo::prune_lists(lists)
-				.saturating_add(per_record.saturating_mul(u64::from(records.saturating_sub(lists))))
-				.saturating_add(T::DbWeight::get().reads(u64::from(empty)))
+		/// The weight of removing `sets` record sets and passing `blocks` expiry blocks.
+		pub fn prune_weight(sets: u32, blocks: u32) -> Weight {
+			let per_block = T::WeightInfo::prune(0);
+			T::WeightInfo::prune(sets).saturating_add(per_block.saturating_mul(u64::from(blocks)))
 		}
 
-		/// Invariants: every settled record is indexed by its expiry and nothing else is; records
-		/// before the prune cursor are gone; pending withdrawals belong to payers with credit or
-		/// are claimable.
+		/// Invariants: every record set is sorted, without duplicates, not empty, and expires no
+		/// earlier than the prune cursor; allowance counts match the allowances.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-			let mut indexed = alloc::collections::BTreeMap::new();
-			for (expires_at, _, requests) in SettledByExpiry::<T>::iter() {
-				for request in requests {
-					ensure!(indexed.insert(request, expires_at).is_none(), "a record is indexed twice");
-				}
+			let cursor = PruneCursor::<T>::get();
+			for (expires_at, _, requests) in Settled::<T>::iter() {
+				ensure!(!requests.is_empty(), "an empty record set is stored");
+				ensure!(requests.windows(2).all(|w| w[0] < w[1]), "a record set is not strictly sorted");
+				ensure!(expires_at >= cursor, "a record set is behind the prune cursor");
 			}
-			let mut count = 0usize;
-			for (key, expires_at) in Settled::<T>::iter() {
-				count += 1;
-				ensure!(
-					indexed.get(&key) == Some(&expires_at),
-					"settled record missing from the expiry index"
-				);
-				ensure!(expires_at >= PruneCursor::<T>::get(), "settled record behind the cursor");
-			}
-			ensure!(indexed.len() == count, "expiry index has stale entries");
 			for (payer, n) in AllowanceCount::<T>::iter() {
 				ensure!(n <= T::MaxAllowances::get(), "payer over the allowance bound");
 				ensure!(

@@ -163,8 +163,8 @@ parameter_types! {
 /// As long as a receipt may live, as `integrity_test` requires.
 pub const WITHDRAWAL_DELAY: u64 = MAX_LIFETIME;
 pub const MAX_LIFETIME: u64 = 200;
-// Room for two full lists of six, not three.
-pub const MAX_PRUNE: u32 = 20;
+pub const MAX_PRUNE: u32 = 5;
+pub const MAX_SETTLED_PER_EXPIRY: u32 = 16;
 
 impl pallet_attribution::Config for Test {
 	type Currency = Balances;
@@ -178,6 +178,7 @@ impl pallet_attribution::Config for Test {
 	type MaxReceiptLifetime = ConstU64<MAX_LIFETIME>;
 	type WithdrawalDelay = ConstU64<WITHDRAWAL_DELAY>;
 	type MaxAllowances = ConstU32<2>;
+	type MaxSettledPerExpiry = ConstU32<MAX_SETTLED_PER_EXPIRY>;
 	type MaxPrunePerBlock = ConstU32<MAX_PRUNE>;
 	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]

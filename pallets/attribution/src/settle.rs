@@ -5,12 +5,12 @@
 //! handful of transfers instead of several per receipt. It changes no outcome: credit and
 //! allowances are checked against what is left after the batch's earlier receipts, and a
 //! recipient's ability to receive is checked against its running total, so every receipt is
-//! settled or rejected exactly as if it had been paid on its own. Allowances are written back,
-//! and the settled requests indexed by expiry, once per batch as well.
+//! settled or rejected exactly as if it had been paid on its own. Allowances and each worker's
+//! record set of settled requests are read once and written back once per batch as well.
 
 use crate::{
-	Allowances, BalanceOf, Config, DataShare, HoldReason, NextBatch, Pallet, ProtocolShare,
-	RejectReason, RetrievalPrice, Settled, SettledByExpiry, SignedReceiptOf,
+	Allowances, BalanceOf, Config, DataShare, HoldReason, Pallet, ProtocolShare, RejectReason,
+	RetrievalPrice, Settled, SignedReceiptOf,
 };
 use alloc::{
 	collections::{btree_map::BTreeMap, btree_set::BTreeSet},
@@ -23,7 +23,6 @@ use openledger_primitives::{
 };
 use polkadot_sdk::{
 	frame_support::{
-		storage::with_storage_layer,
 		BoundedVec,
 		traits::{
 			fungible::{Inspect, InspectHold, MutateHold},
@@ -73,8 +72,53 @@ pub(crate) struct Batch<T: Config> {
 	/// Each (payer, worker) allowance read so far (`None`: none set) and whether the batch
 	/// spent from it.
 	allowances: BTreeMap<(T::AccountId, T::AccountId), (Option<BalanceOf<T>>, bool)>,
-	/// The settled requests by expiry, indexed once per batch.
-	expiring: BTreeMap<BlockNumberFor<T>, Vec<(T::AccountId, H256)>>,
+	/// The record sets the batch's receipts were checked against and settled into, by expiry
+	/// block and worker.
+	settled: BTreeMap<(BlockNumberFor<T>, T::AccountId), RecordSet<T>>,
+}
+
+/// A worker's requests settled with one expiry block: the stored set, read once per batch, and
+/// what the batch adds to it, merged and written back when the batch ends.
+pub(crate) struct RecordSet<T: Config> {
+	stored: BoundedVec<H256, T::MaxSettledPerExpiry>,
+	added: BTreeSet<H256>,
+}
+
+impl<T: Config> RecordSet<T> {
+	pub(crate) fn load(expires_at: BlockNumberFor<T>, worker: &T::AccountId) -> Self {
+		Self { stored: Settled::<T>::get(expires_at, worker), added: BTreeSet::new() }
+	}
+
+	pub(crate) fn contains(&self, request: &H256) -> bool {
+		self.stored.binary_search(request).is_ok() || self.added.contains(request)
+	}
+
+	pub(crate) fn is_full(&self) -> bool {
+		self.stored.len() + self.added.len() >= T::MaxSettledPerExpiry::get() as usize
+	}
+
+	/// Adds a request the caller found neither in the set nor over its bound.
+	pub(crate) fn insert(&mut self, request: H256) {
+		self.added.insert(request);
+	}
+
+	/// Writes the set back, still sorted, if the batch added to it.
+	pub(crate) fn store(self, expires_at: BlockNumberFor<T>, worker: &T::AccountId) {
+		if self.added.is_empty() {
+			return;
+		}
+		let mut merged = Vec::with_capacity(self.stored.len() + self.added.len());
+		let mut added = self.added.into_iter().peekable();
+		for request in self.stored {
+			while let Some(new) = added.next_if(|new| *new < request) {
+				merged.push(new);
+			}
+			merged.push(request);
+		}
+		merged.extend(added);
+		// `is_full` kept the set within its bound, so nothing is cut.
+		Settled::<T>::insert(expires_at, worker, BoundedVec::truncate_from(merged));
+	}
 }
 
 impl<T: Config> Batch<T> {
@@ -88,34 +132,50 @@ impl<T: Config> Batch<T> {
 			can_receive: BTreeSet::new(),
 			training: BTreeMap::new(),
 			allowances: BTreeMap::new(),
-			expiring: BTreeMap::new(),
+			settled: BTreeMap::new(),
 		}
 	}
 
 	/// Verifies `signed` and adds what it owes to the batch, or changes nothing and says why
 	/// not. Returns the fee and what each recipient gets from it.
 	pub(crate) fn settle(&mut self, signed: &SignedReceiptOf<T>) -> Result<Settlement<T>, RejectReason> {
-		let genesis_hash = self.genesis_hash;
-		let mut lookups = core::mem::take(&mut self.lookups);
-		let owed = with_storage_layer(|| {
-			Pallet::<T>::judge(signed, &genesis_hash, &mut lookups, |receipt, authorisation, fee, to_pay| {
-				self.check_payable(receipt, authorisation, fee, to_pay)
-			})
-		});
-		self.lookups = lookups;
-		let owed = owed?;
-		let Owed { payer, fee, to_pay, training, request, expires_at, authorisation } = owed;
-		let credit = self.credit_left.get_mut(&payer).expect("check_payable read the payer's credit");
+		let receipt = &signed.receipt;
+		let now = frame_system::Pallet::<T>::block_number();
+		let expires_at: BlockNumberFor<T> = receipt.expires_at.saturated_into();
+		if expires_at < now {
+			return Err(RejectReason::Expired);
+		}
+		if expires_at > now.saturating_add(T::MaxReceiptLifetime::get()) {
+			return Err(RejectReason::ExpiryTooFar);
+		}
+		let set_key = (expires_at, receipt.worker.clone());
+		let set = self
+			.settled
+			.entry(set_key.clone())
+			.or_insert_with(|| RecordSet::load(expires_at, &receipt.worker));
+		// A replay carries the same expiry, so it is found in the same set.
+		if set.contains(&receipt.request_hash) {
+			return Err(RejectReason::AlreadySettled);
+		}
+		if set.is_full() {
+			return Err(RejectReason::ExpiryFull);
+		}
+		let Owed { fee, to_pay, training, authorisation } =
+			Pallet::<T>::judge(signed, expires_at, &self.genesis_hash, &mut self.lookups)?;
+		self.check_payable(receipt, authorisation, fee, &to_pay)?;
+		self.settled.get_mut(&set_key).expect("loaded above").insert(receipt.request_hash);
+
+		let payer = &receipt.payer;
+		let credit = self.credit_left.get_mut(payer).expect("check_payable read the payer's credit");
 		*credit = credit.saturating_sub(fee);
 		if authorisation == Authorisation::Allowance {
 			let (left, spent) = self
 				.allowances
-				.get_mut(&(payer.clone(), request.0.clone()))
+				.get_mut(&(payer.clone(), receipt.worker.clone()))
 				.expect("check_payable read the allowance");
 			*left = left.map(|left| left.saturating_sub(fee));
 			*spent = true;
 		}
-		self.expiring.entry(expires_at).or_default().push(request);
 		let payouts: Vec<_> = to_pay.into_iter().collect();
 		for (account, amount) in payouts.iter().cloned() {
 			let received = self.received.entry(account.clone()).or_insert_with(Zero::zero);
@@ -178,8 +238,8 @@ impl<T: Config> Batch<T> {
 	}
 
 	/// Pays what the batch owes: one transfer from each payer's credit to each recipient, one
-	/// training note per DataNet; writes back the allowances spent and indexes the settled
-	/// requests, one list per expiry. Every transfer was checked when its receipts were judged,
+	/// training note per DataNet; writes back the allowances spent and the record sets added
+	/// to. Every transfer was checked when its receipts were judged,
 	/// so a failure here is a broken invariant and fails the whole call (which reverts the
 	/// batch).
 	pub(crate) fn pay_out(self) -> DispatchResult {
@@ -188,16 +248,8 @@ impl<T: Config> Batch<T> {
 				Allowances::<T>::insert(&payer, &worker, left);
 			}
 		}
-		if !self.expiring.is_empty() {
-			let batch = NextBatch::<T>::mutate(|next| {
-				let batch = *next;
-				*next = next.wrapping_add(1);
-				batch
-			});
-			for (expires_at, requests) in self.expiring {
-				// A batch settles at most `MaxReceiptsPerBatch` receipts, so nothing is cut.
-				SettledByExpiry::<T>::insert(expires_at, batch, BoundedVec::truncate_from(requests));
-			}
+		for ((expires_at, worker), set) in self.settled {
+			set.store(expires_at, &worker);
 		}
 		let reason = HoldReason::Credit.into();
 		for ((payer, account), amount) in self.payouts {
@@ -240,45 +292,22 @@ enum Authorisation {
 
 /// What one settled receipt owes.
 struct Owed<T: Config> {
-	payer: T::AccountId,
 	fee: BalanceOf<T>,
 	to_pay: BTreeMap<T::AccountId, BalanceOf<T>>,
 	training: Vec<(DataNetId, BalanceOf<T>)>,
-	/// The settled request: (worker, request hash).
-	request: (T::AccountId, H256),
-	expires_at: BlockNumberFor<T>,
 	authorisation: Authorisation,
 }
 
 impl<T: Config> Pallet<T> {
-	/// Verifies one receipt and works out what it owes; `payable` says whether the batch can
-	/// still pay that (and checks an allowance). Writes the replay record (inside the caller's
-	/// storage layer, so a rejection leaves nothing behind).
+	/// Verifies one receipt, unexpired and not settled before, against the chain and works out
+	/// what it owes. Reads only: whether the batch can pay it is the batch's to judge.
 	fn judge(
 		signed: &SignedReceiptOf<T>,
+		expires_at: BlockNumberFor<T>,
 		genesis_hash: &H256,
 		lookups: &mut Lookups<T>,
-		payable: impl FnOnce(
-			&Receipt<T::AccountId>,
-			Authorisation,
-			BalanceOf<T>,
-			&BTreeMap<T::AccountId, BalanceOf<T>>,
-		) -> Result<(), RejectReason>,
 	) -> Result<Owed<T>, RejectReason> {
 		let receipt = &signed.receipt;
-		let now = frame_system::Pallet::<T>::block_number();
-		let expires_at: BlockNumberFor<T> = receipt.expires_at.saturated_into();
-		if expires_at < now {
-			return Err(RejectReason::Expired);
-		}
-		if expires_at > now.saturating_add(T::MaxReceiptLifetime::get()) {
-			return Err(RejectReason::ExpiryTooFar);
-		}
-		let request = (receipt.worker.clone(), receipt.request_hash);
-		if Settled::<T>::contains_key(&request) {
-			return Err(RejectReason::AlreadySettled);
-		}
-
 		let worker = lookups
 			.workers
 			.entry(receipt.worker.clone())
@@ -413,12 +442,9 @@ impl<T: Config> Pallet<T> {
 				{
 					return Err(RejectReason::VoucherMismatch);
 				}
-				let voucher_expires_at: BlockNumberFor<T> = voucher.expires_at.saturated_into();
-				if voucher_expires_at < now {
-					return Err(RejectReason::VoucherExpired);
-				}
-				if voucher_expires_at > expires_at {
-					return Err(RejectReason::VoucherOutlivesReceipt);
+				// Equal to the receipt's expiry, so the voucher is unexpired too.
+				if BlockNumberFor::<T>::saturated_from(voucher.expires_at) != expires_at {
+					return Err(RejectReason::ExpiryDiffersFromVoucher);
 				}
 				if !voucher.verify(&signed_voucher.signature, genesis_hash) {
 					return Err(RejectReason::InvalidVoucherSignature);
@@ -453,9 +479,6 @@ impl<T: Config> Pallet<T> {
 			let total = to_pay.entry(account).or_insert_with(Zero::zero);
 			*total = total.saturating_add(*amount);
 		}
-		payable(receipt, authorisation, fee, &to_pay)?;
-
-		Settled::<T>::insert(&request, expires_at);
-		Ok(Owed { payer: receipt.payer.clone(), fee, to_pay, training, request, expires_at, authorisation })
+		Ok(Owed { fee, to_pay, training, authorisation })
 	}
 }

@@ -3,7 +3,7 @@
 
 use crate::{
 	mock::*, Allowances, AllowanceCount, DataShare, Error, Event, HoldReason, PendingWithdrawals,
-	PruneCursor, RejectReason, RetrievalPrice, Settled, SettledByExpiry,
+	PruneCursor, RejectReason, RetrievalPrice, Settled,
 };
 use openledger_primitives::{
 	content_hash, signing_payload, Receipt, SignedReceipt,
@@ -180,12 +180,32 @@ fn replayed_receipt_is_not_paid() {
 		// A copy submitted by a third party is refused too.
 		submit(&account(Role::Other), vec![signed]);
 		assert_eq!(last_reason(), Some(RejectReason::AlreadySettled));
-		// So is a different receipt for the same request (e.g. a later expiry).
-		let mut other = receipt(1);
-		other.expires_at += 1;
-		submit(&account(Role::Worker), vec![sign(other)]);
-		assert_eq!(last_reason(), Some(RejectReason::AlreadySettled));
 		assert_eq!(snapshot(), before);
+	});
+}
+
+/// Records are kept under each receipt's expiry, so a second, different receipt for a settled
+/// request that expires at another block is not found there. Paid by voucher it is refused (a
+/// voucher's receipt expires with it); paid from an allowance it is equivocation, which the
+/// two settled receipts prove: the worker's stake is slashed and it signs nothing more.
+#[test]
+fn a_second_receipt_for_a_request_under_another_expiry_is_slashable() {
+	run(|| {
+		let first = sign(receipt(1));
+		submit(&account(Role::Worker), vec![first.clone()]);
+		let mut again = receipt(1);
+		again.expires_at += 1;
+		let again = sign(again);
+		submit(&account(Role::Worker), vec![again.clone()]);
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
+		assert_ok!(Workers::report_equivocation(
+			RuntimeOrigin::signed(account(Role::Other)),
+			Box::new(first.receipt),
+			first.signature,
+			Box::new(again.receipt),
+			again.signature,
+		));
+		assert_rejected(sign(receipt(2)), RejectReason::UnknownWorker);
 	});
 }
 
@@ -334,14 +354,13 @@ fn voucher_authorises_exactly_its_request() {
 		other_request.request_hash = content_hash(b"another request");
 		assert_rejected(with_voucher(r.clone(), other_request, &payer), RejectReason::VoucherMismatch);
 		assert_rejected(with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &session_pair()), RejectReason::InvalidVoucherSignature);
-		let mut expired = voucher(&r, EXPECTED_FEE);
-		expired.expires_at = 0;
-		assert_rejected(with_voucher(r.clone(), expired, &payer), RejectReason::VoucherExpired);
-		// Once the receipt's record is pruned the request could be settled again, so a voucher
-		// may not outlive its receipt.
-		let mut outliving = voucher(&r, EXPECTED_FEE);
-		outliving.expires_at = r.expires_at + 1;
-		assert_rejected(with_voucher(r.clone(), outliving, &payer), RejectReason::VoucherOutlivesReceipt);
+		// The request's record is kept under the receipt's expiry: a receipt expiring at another
+		// block than its voucher would be looked up elsewhere, and could pay the voucher twice.
+		for expires_at in [0, r.expires_at - 1, r.expires_at + 1] {
+			let mut other_expiry = voucher(&r, EXPECTED_FEE);
+			other_expiry.expires_at = expires_at;
+			assert_rejected(with_voucher(r.clone(), other_expiry, &payer), RejectReason::ExpiryDiffersFromVoucher);
+		}
 		let before = credit(&account(Role::Payer));
 		submit(&account(Role::Worker), vec![with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer)]);
 		assert_eq!(before - credit(&account(Role::Payer)), EXPECTED_FEE);
@@ -399,50 +418,81 @@ fn settled_records_are_pruned_after_expiry_and_replays_stay_refused() {
 		System::set_block_number(expires_at + 1);
 		prune_through(expires_at + 1);
 		assert_eq!(Settled::<Test>::iter().count(), 0);
-		assert_eq!(SettledByExpiry::<Test>::iter().count(), 0);
 		assert_eq!(PruneCursor::<Test>::get(), expires_at + 1);
 		assert_rejected(signed, RejectReason::Expired);
 	});
 }
 
 #[test]
-fn a_batch_indexes_its_records_in_one_list_per_expiry() {
+fn a_worker_keeps_one_sorted_record_set_per_expiry() {
 	run(|| {
-		let receipts: Vec<_> = (1..=4)
-			.map(|n| {
-				let mut r = receipt(n);
-				r.expires_at += u32::from(n % 2);
-				sign(r)
-			})
-			.collect();
-		submit(&account(Role::Worker), receipts);
-		let lists: Vec<_> = SettledByExpiry::<Test>::iter().map(|(_, batch, requests)| (batch, requests.len())).collect();
-		assert_eq!(lists, vec![(0, 2), (0, 2)]);
-		submit(&account(Role::Worker), vec![sign(receipt(5))]);
-		assert_eq!(SettledByExpiry::<Test>::iter().filter(|(_, batch, _)| *batch == 1).count(), 1, "the next batch has its own list");
+		let with_expiry = |n: u8, later: u32| {
+			let mut r = receipt(n);
+			r.expires_at += later;
+			sign(r)
+		};
+		submit(&account(Role::Worker), (1..=4).map(|n| with_expiry(n, u32::from(n % 2))).collect());
+		let sizes: Vec<_> = Settled::<Test>::iter().map(|(_, _, requests)| requests.len()).collect();
+		assert_eq!(sizes, vec![2, 2]);
+		// A later batch adds to the set of its expiry; a replay there, in the same batch or a
+		// later one, is found.
+		let first = with_expiry(1, 1);
+		let repeat = with_expiry(5, 0);
+		submit(&account(Role::Worker), vec![repeat.clone(), repeat.clone(), first]);
+		for id in [repeat.receipt.id(), with_expiry(1, 1).receipt.id()] {
+			System::assert_has_event(Event::ReceiptRejected { receipt_id: id, reason: RejectReason::AlreadySettled }.into());
+		}
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 2 }.into());
+		let expiry = receipt(0).expires_at as u64;
+		let set = Settled::<Test>::get(expiry, account(Role::Worker));
+		assert_eq!(set.len(), 3);
+		assert!(set.windows(2).all(|w| w[0] < w[1]), "sorted");
+		Attribution::do_try_state().unwrap();
 	});
 }
 
 #[test]
-fn pruning_takes_whole_lists_within_the_budget() {
+fn a_full_record_set_refuses_further_receipts_of_its_expiry() {
 	run(|| {
 		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), CREDIT));
-		// Three batches of six records with one expiry: each list costs 7 of the budget of 20.
-		for first in [0u8, 6, 12] {
-			submit(&account(Role::Worker), (first..first + 6).map(|n| sign(receipt(n))).collect());
-		}
-		let expires_at = receipt(0).expires_at as u64;
-		prune_through(expires_at);
-		System::set_block_number(expires_at + 1);
-		let weight = Attribution::on_initialize(expires_at + 1);
-		assert_eq!(weight, Attribution::prune_weight(2, 12, 0));
-		assert_eq!(Settled::<Test>::iter().count(), 6);
-		assert_eq!(SettledByExpiry::<Test>::iter().count(), 1);
-		assert_eq!(PruneCursor::<Test>::get(), expires_at, "the rest of the block is not done");
-		Attribution::on_initialize(expires_at + 2);
+		let n = MAX_SETTLED_PER_EXPIRY as u8;
+		submit(&account(Role::Worker), (0..n).map(|i| sign(receipt(i))).collect());
+		submit(&account(Role::Worker), vec![sign(receipt(n))]);
+		System::assert_has_event(Event::ReceiptRejected { receipt_id: receipt(n).id(), reason: RejectReason::ExpiryFull }.into());
+		System::assert_last_event(Event::BatchProcessed { settled: 0, rejected: 1 }.into());
+		// The same request expiring at another block is settled.
+		let mut elsewhere = receipt(n);
+		elsewhere.expires_at += 1;
+		submit(&account(Role::Worker), vec![sign(elsewhere)]);
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
+	});
+}
+
+#[test]
+fn pruning_removes_whole_sets_within_the_budget() {
+	run(|| {
+		// Three sets, at three consecutive expiries.
+		let expiry = receipt(0).expires_at;
+		submit(
+			&account(Role::Worker),
+			(0..3u8)
+				.map(|n| {
+					let mut r = receipt(n);
+					r.expires_at = expiry + u32::from(n);
+					sign(r)
+				})
+				.collect(),
+		);
+		let expiry = u64::from(expiry);
+		prune_through(expiry);
+		System::set_block_number(expiry + 3);
+		// A budget of five: three sets and the two blocks between them.
+		let weight = Attribution::on_initialize(expiry + 3);
+		assert_eq!(weight, Attribution::prune_weight(3, 2));
 		assert_eq!(Settled::<Test>::iter().count(), 0);
-		assert_eq!(SettledByExpiry::<Test>::iter().count(), 0);
-		assert_eq!(PruneCursor::<Test>::get(), expires_at + 2);
+		assert_eq!(PruneCursor::<Test>::get(), expiry + 2, "the last block is not passed yet");
+		Attribution::on_initialize(expiry + 4);
+		assert_eq!(PruneCursor::<Test>::get(), expiry + 4);
 	});
 }
 
@@ -451,7 +501,7 @@ fn pruning_passes_a_bounded_number_of_empty_blocks() {
 	run(|| {
 		let weight = Attribution::on_initialize(1_000);
 		assert_eq!(PruneCursor::<Test>::get(), u64::from(MAX_PRUNE));
-		assert_eq!(weight, Attribution::prune_weight(0, 0, MAX_PRUNE));
+		assert_eq!(weight, Attribution::prune_weight(0, MAX_PRUNE));
 	});
 }
 
@@ -627,14 +677,22 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		use crate::WeightInfo;
 		let db = <<Test as polkadot_sdk::frame_system::Config>::DbWeight as polkadot_sdk::frame_support::traits::Get<polkadot_sdk::frame_support::weights::RuntimeDbWeight>>::get();
 		// The receipts are paid from an allowance: alone, each also reads it and writes it back.
-		let alone = <() as WeightInfo>::submit_receipt(3) + db.reads_writes(1, 1);
+		let context = <() as WeightInfo>::submit_receipt(3) + db.reads_writes(1, 1);
+		// Every receipt here has one worker and expiry: one record set, read, written and pruned.
+		let record_set = Attribution::record_set_weight();
+		assert_eq!(
+			record_set,
+			<() as WeightInfo>::record_settled(MAX_SETTLED_PER_EXPIRY) + Attribution::prune_weight(1, 0) -
+				Attribution::prune_weight(0, 0)
+		);
+		let alone = context + record_set;
 		let shared: Vec<_> = (1..=5).map(|n| sign(receipt(n))).collect();
 		let mut distinct = shared.clone();
 		for (n, signed) in distinct.iter_mut().enumerate() {
 			// Another payer per receipt: a new context each time.
 			signed.receipt.payer = everyone()[n % everyone().len()].clone();
 		}
-		assert_eq!(Attribution::batch_weight(&distinct), alone.saturating_mul(5));
+		assert_eq!(Attribution::batch_weight(&distinct), context.saturating_mul(5) + record_set);
 		let weight = Attribution::batch_weight(&shared);
 		assert!(weight.ref_time() < alone.saturating_mul(5).ref_time(), "{weight:?} vs 5 × {alone:?}");
 		assert!(weight.ref_time() > alone.ref_time());
@@ -647,9 +705,9 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 			})
 			.collect();
 		assert!(Attribution::batch_weight(&by_voucher).ref_time() > Attribution::batch_weight(&shared).ref_time());
-		// Each expiry after the first adds a list to write.
+		// Each further record set (expiry and worker) is charged too.
 		let mut two_expiries = shared.clone();
 		two_expiries[4].receipt.expires_at += 1;
-		assert_eq!(Attribution::batch_weight(&two_expiries), weight + db.writes(1));
+		assert_eq!(Attribution::batch_weight(&two_expiries), weight + record_set);
 	});
 }

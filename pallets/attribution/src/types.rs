@@ -65,17 +65,19 @@ pub enum RejectReason {
 	VoucherMismatch,
 	/// The voucher's signature is not the payer's.
 	InvalidVoucherSignature,
-	/// The voucher has expired.
-	VoucherExpired,
-	/// The voucher expires after the receipt. Its request's settled record is pruned when the
-	/// receipt expires, so the voucher must not outlive it, or it could pay twice.
-	VoucherOutlivesReceipt,
+	/// The receipt does not expire with its voucher. A request's settled record is kept under
+	/// the receipt's expiry, so a voucher's receipt must expire when the voucher does, or a
+	/// second receipt for the request, kept under another expiry, could be paid from it again.
+	ExpiryDiffersFromVoucher,
 	/// The receipt carries no voucher and the payer set no allowance for the worker.
 	NotAuthorised,
 	/// The fee exceeds the voucher's `max_fee` or the remaining allowance.
 	FeeExceedsAuthorisation,
 	/// The payer's credit does not cover the fee.
 	InsufficientCredit,
+	/// The worker has settled `MaxSettledPerExpiry` requests expiring at this block already;
+	/// further receipts must expire at another block.
+	ExpiryFull,
 	/// The fee does not fit the balance type.
 	FeeOverflow,
 	/// Paying out failed (e.g. a recipient account cannot receive).

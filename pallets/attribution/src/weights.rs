@@ -22,8 +22,8 @@ pub trait WeightInfo {
 	fn submit_receipts_shared(n: u32, ) -> Weight;
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight;
 	fn set_fee_params() -> Weight;
-	fn prune(n: u32, ) -> Weight;
-	fn prune_lists(l: u32, ) -> Weight;
+	fn record_settled(s: u32, ) -> Weight;
+	fn prune(s: u32, ) -> Weight;
 }
 
 /// Weights for `pallet_attribution` using the runtime's database weights.
@@ -241,6 +241,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::Settled` (r:0 w:1000)
 	/// Proof: `Attribution::Settled` (`max_values`: None, `max_size`: Some(84), added: 2559, mode: `MaxEncodedLen`)
 	/// The range of component `n` is `[1, 1000]`.
+	fn record_settled(s: u32, ) -> Weight {
+		Weight::from_parts(1_000_000, 0).saturating_add(Weight::from_parts(100_000, 0).saturating_mul(s.into()))
+	}
 	fn prune(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `204 + n * (64 ±0)`
@@ -252,27 +255,6 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(n.into())))
-	}
-	/// Storage: `Attribution::PruneCursor` (r:1 w:1)
-	/// Proof: `Attribution::PruneCursor` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
-	/// Storage: `Attribution::SettledByExpiry` (r:6001 w:6000)
-	/// Proof: `Attribution::SettledByExpiry` (`max_values`: None, `max_size`: Some(64030), added: 66505, mode: `MaxEncodedLen`)
-	/// Storage: `Attribution::Settled` (r:0 w:6000)
-	/// Proof: `Attribution::Settled` (`max_values`: None, `max_size`: Some(84), added: 2559, mode: `MaxEncodedLen`)
-	/// The range of component `l` is `[0, 6000]`.
-	fn prune_lists(l: u32, ) -> Weight {
-		// Proof Size summary in bytes:
-		//  Measured:  `513 + l * (88 ±0)`
-		//  Estimated: `67495 + l * (66505 ±0)`
-		// Minimum execution time: 9_764_000 picoseconds.
-		Weight::from_parts(10_335_000, 67495)
-			// Standard Error: 35_974_352
-			.saturating_add(Weight::from_parts(2_079_126_858, 0).saturating_mul(l.into()))
-			.saturating_add(T::DbWeight::get().reads(2_u64))
-			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(l.into())))
-			.saturating_add(T::DbWeight::get().writes(1_u64))
-			.saturating_add(T::DbWeight::get().writes((2_u64).saturating_mul(l.into())))
-			.saturating_add(Weight::from_parts(0, 66505).saturating_mul(l.into()))
 	}
 }
 
@@ -329,20 +311,14 @@ impl WeightInfo for () {
 		Weight::from_parts(8_055_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
+	fn record_settled(s: u32, ) -> Weight {
+		Weight::from_parts(1_000_000, 0).saturating_add(Weight::from_parts(100_000, 0).saturating_mul(s.into()))
+	}
 	fn prune(n: u32, ) -> Weight {
 		Weight::from_parts(5_879_678, 134000)
 			.saturating_add(Weight::from_parts(1_997_119, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 			.saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(n.into())))
-	}
-	fn prune_lists(l: u32, ) -> Weight {
-		Weight::from_parts(10_335_000, 67495)
-			.saturating_add(Weight::from_parts(2_079_126_858, 0).saturating_mul(l.into()))
-			.saturating_add(RocksDbWeight::get().reads(2_u64))
-			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(l.into())))
-			.saturating_add(RocksDbWeight::get().writes(1_u64))
-			.saturating_add(RocksDbWeight::get().writes((2_u64).saturating_mul(l.into())))
-			.saturating_add(Weight::from_parts(0, 66505).saturating_mul(l.into()))
 	}
 }

@@ -268,8 +268,10 @@ impl pallet_attribution::Config for Runtime {
 	type MaxReceiptLifetime = MaxReceiptLifetime;
 	type WithdrawalDelay = WithdrawalDelay;
 	type MaxAllowances = ConstU32<64>;
-	// At least what a block can settle (checked in `tests/config.rs`).
-	type MaxPrunePerBlock = ConstU32<12_000>;
+	// A worker settling 2,000 receipts a second, all with one expiry, fits a set per 6-s block.
+	type MaxSettledPerExpiry = ConstU32<16_384>;
+	// At least the record sets a block can create (checked in `tests/config.rs`).
+	type MaxPrunePerBlock = ConstU32<4_096>;
 	type WeightInfo = pallet_attribution::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = pallet_attribution::benchmarking::SiblingPallets<Runtime>;
