@@ -8,7 +8,11 @@
 use openledger_primitives::{
 	content_hash, AttributionEntry, AttributionSource, Receipt, SignedReceipt, SignedVoucher, Voucher, PPM,
 };
-use openledger_runtime::{configs::RuntimeBlockWeights, AccountId, Runtime};
+use codec::Encode;
+use openledger_runtime::{
+	configs::{RuntimeBlockLength, RuntimeBlockWeights},
+	AccountId, Runtime, RuntimeCall,
+};
 use polkadot_sdk::{
 	frame_support::{dispatch::DispatchClass, traits::Get, BoundedVec},
 	sp_core::sr25519,
@@ -58,20 +62,26 @@ fn batch(count: u32, entries: u32, shared: bool, voucher: bool) -> Vec<pallet_at
 		.collect()
 }
 
+/// What a signed extrinsic adds to its call: address, signature and transaction extensions.
+const ENVELOPE_BYTES: u64 = 128;
+
 /// The runtime's limits for one block of `seconds`: at 2-s blocks a block gets a third of the
-/// 6-s compute and of the extrinsic limit.
+/// 6-s compute, of the extrinsic limit and of the block length.
 struct Limits {
 	/// Compute for normal transactions.
 	normal: u64,
 	/// Compute for everything, the pruning hook included.
 	total: u64,
 	per_tx: u64,
+	/// Bytes for normal transactions.
+	length: u64,
 }
 
-/// The largest batch (up to `max_batch`) that fits `limits.per_tx`, its weight, and how many
-/// receipts a block settles in whole batches of it while its pruning hook removes as many
-/// expired record sets (the steady state: each batch's set is pruned once it expires).
-fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bool) -> (u32, u64, u64) {
+/// The largest batch (up to `max_batch`) that fits `limits.per_tx`, its weight, its encoded
+/// length, and how many receipts a block settles in whole batches of it while its pruning hook
+/// removes as many expired record sets (the steady state: each batch's set is pruned once it
+/// expires), limited by compute or by length, whichever binds first.
+fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bool) -> (u32, u64, u64, u64) {
 	let weight_of = |count| Attribution::batch_weight(&batch(count, entries, shared, voucher)).ref_time();
 	let mut count = max_batch;
 	let mut weight = weight_of(count);
@@ -81,8 +91,12 @@ fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bo
 	}
 	// One record set per batch (one worker and expiry).
 	let prune = Attribution::prune_weight(1, 1).ref_time();
-	let batches = (limits.normal / weight).min(limits.total / (weight + prune));
-	(count, weight, batches * u64::from(count))
+	let call = RuntimeCall::Attribution(pallet_attribution::Call::submit_receipts {
+		receipts: BoundedVec::truncate_from(batch(count, entries, shared, voucher)),
+	});
+	let length = call.encoded_size() as u64 + ENVELOPE_BYTES;
+	let batches = (limits.normal / weight).min(limits.total / (weight + prune)).min(limits.length / length);
+	(count, weight, length, batches * u64::from(count))
 }
 
 fn main() {
@@ -92,31 +106,42 @@ fn main() {
 		normal: normal.max_total.unwrap_or(block.max_block).ref_time(),
 		total: block.max_block.ref_time(),
 		per_tx: normal.max_extrinsic.unwrap_or(block.max_block).ref_time(),
+		length: u64::from(*RuntimeBlockLength::get().max.get(DispatchClass::Normal)),
 	};
-	let two = Limits { normal: six.normal / 3, total: six.total / 3, per_tx: six.per_tx / 3 };
+	let two = Limits {
+		normal: six.normal / 3,
+		total: six.total / 3,
+		per_tx: six.per_tx / 3,
+		length: six.length / 3,
+	};
 	let max_batch = <<Runtime as pallet_attribution::Config>::MaxReceiptsPerBatch as Get<u32>>::get();
 	println!(
 		"per 6-s block: {:.3} s of reference compute, {:.3} s of it for normal transactions \
-		 (max {:.3} s in one extrinsic); batches of up to {max_batch} receipts",
+		 (max {:.3} s in one extrinsic), {:.2} MiB for normal transactions; batches of up to \
+		 {max_batch} receipts",
 		six.total as f64 / 1e12,
 		six.normal as f64 / 1e12,
-		six.per_tx as f64 / 1e12
+		six.per_tx as f64 / 1e12,
+		six.length as f64 / (1024.0 * 1024.0)
 	);
 	println!();
 	println!(
-		"| attribution entries | batch | paid by | µs per receipt | + pruning µs | receipts per 6-s block | receipts/s at 6-s blocks | receipts/s at 2-s blocks |"
+		"| attribution entries | batch | paid by | µs per receipt | + pruning µs | bytes per receipt | receipts per 6-s block | bound by | receipts/s at 6-s blocks | receipts/s at 2-s blocks |"
 	);
-	println!("|---:|---|---|---:|---:|---:|---:|---:|");
+	println!("|---:|---|---|---:|---:|---:|---:|---|---:|---:|");
 	for entries in [0u32, 1, 3, 8, 16, 32] {
 		for (shared, who) in [(true, "one payer"), (false, "a payer each")] {
 			for (voucher, paid_by) in [(false, "allowance"), (true, "voucher")] {
-				let (count, weight, per_block) = fill(&six, max_batch, entries, shared, voucher);
-				let (_, _, per_block_2s) = fill(&two, max_batch, entries, shared, voucher);
+				let (count, weight, length, per_block) = fill(&six, max_batch, entries, shared, voucher);
+				let (_, _, _, per_block_2s) = fill(&two, max_batch, entries, shared, voucher);
 				let prune = Attribution::prune_weight(1, 1).ref_time();
+				let by_length = six.length / length * u64::from(count);
+				let bound = if per_block == by_length { "length" } else { "compute" };
 				println!(
-					"| {entries} | {count}, {who} | {paid_by} | {:.1} | {:.1} | {per_block} | {:.0} | {:.0} |",
+					"| {entries} | {count}, {who} | {paid_by} | {:.1} | {:.1} | {} | {per_block} | {bound} | {:.0} | {:.0} |",
 					weight as f64 / 1e6 / f64::from(count),
 					prune as f64 / 1e6 / f64::from(count),
+					length / u64::from(count),
 					per_block as f64 / 6.0,
 					per_block_2s as f64 / 2.0,
 				);
