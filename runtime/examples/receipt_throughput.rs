@@ -65,6 +65,11 @@ fn batch(count: u32, entries: u32, shared: bool, voucher: bool) -> Vec<pallet_at
 /// What a signed extrinsic adds to its call: address, signature and transaction extensions.
 const ENVELOPE_BYTES: u64 = 128;
 
+/// Pruning a batch's record set (one worker and expiry) and passing its block.
+fn prune_per_batch() -> u64 {
+	Attribution::prune_weight(1, 1).ref_time()
+}
+
 /// The runtime's limits for one block of `seconds`: at 2-s blocks a block gets a third of the
 /// 6-s compute, of the extrinsic limit and of the block length.
 struct Limits {
@@ -89,8 +94,7 @@ fn fill(limits: &Limits, max_batch: u32, entries: u32, shared: bool, voucher: bo
 		count = count * 9 / 10;
 		weight = weight_of(count);
 	}
-	// One record set per batch (one worker and expiry).
-	let prune = Attribution::prune_weight(1, 1).ref_time();
+	let prune = prune_per_batch();
 	let call = RuntimeCall::Attribution(pallet_attribution::Call::submit_receipts {
 		receipts: BoundedVec::truncate_from(batch(count, entries, shared, voucher)),
 	});
@@ -134,7 +138,7 @@ fn main() {
 			for (voucher, paid_by) in [(false, "allowance"), (true, "voucher")] {
 				let (count, weight, length, per_block) = fill(&six, max_batch, entries, shared, voucher);
 				let (_, _, _, per_block_2s) = fill(&two, max_batch, entries, shared, voucher);
-				let prune = Attribution::prune_weight(1, 1).ref_time();
+				let prune = prune_per_batch();
 				let by_length = six.length / length * u64::from(count);
 				let bound = if per_block == by_length { "length" } else { "compute" };
 				println!(

@@ -280,13 +280,18 @@ fn assert_settled<T: Config>(n: u32) {
 	);
 }
 
+/// A record set of `records` requests, sorted as the pallet keeps it.
+fn record_set<T: Config>(records: u32) -> BoundedVec<H256, T::MaxSettledPerExpiry> {
+	let mut requests: Vec<H256> = (0..records).map(|i| content_hash(&i.to_le_bytes())).collect();
+	requests.sort();
+	BoundedVec::truncate_from(requests)
+}
+
 /// `sets` expired record sets, each of one worker's `records` requests, all expiring at block 0.
 fn expired_sets<T: Config>(sets: u32, records: u32) {
 	let expiry: BlockNumberFor<T> = Zero::zero();
 	for set in 0..sets {
-		let mut requests: Vec<H256> = (0..records).map(|i| content_hash(&i.to_le_bytes())).collect();
-		requests.sort();
-		Settled::<T>::insert(expiry, account::<T::AccountId>("worker", set, 0), BoundedVec::truncate_from(requests));
+		Settled::<T>::insert(expiry, account::<T::AccountId>("worker", set, 0), record_set::<T>(records));
 	}
 	PruneCursor::<T>::put(expiry);
 }
@@ -394,9 +399,7 @@ mod benchmarks {
 	fn record_settled(s: Linear<0, { T::MaxSettledPerExpiry::get() - 1 }>) {
 		let worker: T::AccountId = account("worker", 0, 0);
 		let expiry: BlockNumberFor<T> = One::one();
-		let mut requests: Vec<H256> = (0..s).map(|i| content_hash(&i.to_le_bytes())).collect();
-		requests.sort();
-		Settled::<T>::insert(expiry, &worker, BoundedVec::truncate_from(requests));
+		Settled::<T>::insert(expiry, &worker, record_set::<T>(s));
 		let new = content_hash(b"a new request");
 		#[block]
 		{
