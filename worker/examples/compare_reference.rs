@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use openledger_worker::{
 	base::{find_default_model, BaseModel},
-	model::{llama::argmax, KvCache, SeqStep},
+	model::{llama::argmax, SeqStep},
 	tokenizer::ChatMessage,
 };
 
@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
 		let mine = base.model.logits_alone(&ids, None)?;
 		let theirs = reference.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?, 0)?.squeeze(0)?;
 		let diff = (&mine - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
-		let mut cache = KvCache::new(base.config.num_layers);
+		let mut cache = base.model.kv_pool(base.config.max_position).cache();
 		let mut input = ids.clone();
 		let mut out = Vec::new();
 		for _ in 0..40 {

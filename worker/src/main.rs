@@ -18,7 +18,7 @@ use openledger_worker::{
 		service::{Ledger, LedgerConfig},
 		submitter::SubmitterOptions,
 	},
-	model::Projection,
+	model::{lora::BATCHED_MAX_RANK, Projection},
 	testing,
 };
 
@@ -87,6 +87,10 @@ struct ServeArgs {
 	/// Sequences decoded together in one step.
 	#[arg(long, default_value_t = 16)]
 	max_batch: usize,
+	/// Tokens the paged KV cache may hold over all sequences (default: every batched sequence at
+	/// the full context length). It grows with use up to this limit.
+	#[arg(long)]
+	kv_cache_tokens: Option<usize>,
 	/// Largest `max_tokens` a request may ask for.
 	#[arg(long, default_value_t = 2048)]
 	max_tokens: usize,
@@ -236,6 +240,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	std::fs::create_dir_all(&args.adapters)
 		.with_context(|| format!("creating the adapter store {}", args.adapters.display()))?;
 	let store = AdapterStore::open(&args.adapters)?;
+	if args.device.is_cuda() && args.max_rank > BATCHED_MAX_RANK {
+		anyhow::bail!("--max-rank {} is above the CUDA LoRA kernels' {BATCHED_MAX_RANK}", args.max_rank);
+	}
 	let limits = AdapterLimits {
 		max_rank: args.max_rank,
 		max_resident_bytes: args.adapter_budget_mib << 20,
@@ -249,7 +256,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let engine = EngineHandle::spawn(
 		base.model.clone(),
 		base.codec.clone(),
-		EngineOptions { max_batch_sequences: args.max_batch.max(1), ..EngineOptions::default() },
+		EngineOptions {
+			max_batch_sequences: args.max_batch.max(1),
+			kv_cache_tokens: args.kv_cache_tokens,
+			..EngineOptions::default()
+		},
 	);
 	let api_limits =
 		ApiLimits { max_body_bytes: args.max_body_bytes, max_tokens: args.max_tokens, max_queue: args.max_queue };

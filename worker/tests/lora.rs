@@ -94,10 +94,23 @@ fn zero_b_adapter_reproduces_the_base_exactly() {
 /// Greedy decode of `n` tokens for several sequences at once, each with its own adapter, through
 /// the ragged batch; returns each sequence's tokens and final logits.
 fn decode_batched(model: &Llama, prompts: &[Vec<u32>], adapters: &[Option<&LoraAdapter>], n: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
-	let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(model.config.num_layers)).collect();
+	decode_following(model, prompts, adapters, n, None)
+}
+
+/// [`decode_batched`], feeding sequence `i` the tokens `follow[i]` instead of its own picks when
+/// given (so two devices are compared on the same inputs even where a near tie flips a pick).
+fn decode_following(
+	model: &Llama,
+	prompts: &[Vec<u32>],
+	adapters: &[Option<&LoraAdapter>],
+	n: usize,
+	follow: Option<&[Vec<u32>]>,
+) -> Vec<(Vec<u32>, Vec<f32>)> {
+	let pool = model.kv_pool(prompts.len() * model.config.max_position);
+	let mut caches: Vec<KvCache> = prompts.iter().map(|_| pool.cache()).collect();
 	let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
 	let mut out: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|_| (Vec::new(), Vec::new())).collect();
-	for _ in 0..n {
+	for step in 0..n {
 		let logits = {
 			let mut steps: Vec<SeqStep<'_>> = caches
 				.iter_mut()
@@ -112,7 +125,7 @@ fn decode_batched(model: &Llama, prompts: &[Vec<u32>], adapters: &[Option<&LoraA
 			let token = openledger_worker::model::llama::argmax(&row).unwrap();
 			o.0.push(token);
 			o.1 = row.to_vec1::<f32>().unwrap();
-			inputs[i] = vec![token];
+			inputs[i] = vec![follow.map_or(token, |f| f[i][step])];
 		}
 	}
 	out
@@ -141,6 +154,35 @@ fn two_adapters_in_one_batch_match_each_alone() {
 	assert_ne!(together[0].0, decode_batched(&model, &prompts[0..1], &[Some(&b)], 12)[0].0);
 }
 
+openledger_worker::device_tests!(mixed_batch_on_a_device_matches_each_alone_on_the_cpu);
+
+/// The same ragged batch (prefills of different lengths, then decode steps; adapters of two
+/// ranks and weight types, and the base) on `device` gives each sequence what it gets alone on
+/// the CPU: logits within 1e-4 of the largest (GPU sums run in another order).
+fn mixed_batch_on_a_device_matches_each_alone_on_the_cpu(device: &Device) {
+	let tmp = tempfile::tempdir().unwrap();
+	let cpu = tiny_model(&tmp.path().join("base"));
+	let on_device = Llama::from_hf_dir(&tmp.path().join("base"), device, |_, _| {}).unwrap();
+	let (wide, narrow) = (tmp.path().join("wide"), tmp.path().join("narrow"));
+	write_random_adapter(&wide, &cpu.config, RANK, ALPHA, &Projection::ALL, 3, false, false).unwrap();
+	write_random_adapter_as(FloatDtype::BF16, &narrow, &cpu.config, 3, 6.0, &[Projection::Q, Projection::V, Projection::Down], 4, false, true)
+		.unwrap();
+	let load = |dir: &Path, device: &Device| load_adapter(dir, &cpu.config, &AdapterLimits::default(), device).unwrap();
+	let (wide_cpu, narrow_cpu) = (load(&wide, &Device::Cpu), load(&narrow, &Device::Cpu));
+	let (wide_dev, narrow_dev) = (load(&wide, device), load(&narrow, device));
+	let prompts = vec![vec![1, 2, 3, 4, 5, 6, 7], vec![9, 8], vec![100, 101, 102, 103], vec![42; 12], vec![7; 3]];
+	let on_cpu = [Some(&wide_cpu), Some(&wide_cpu), Some(&narrow_cpu), None, Some(&narrow_cpu)];
+	let on_dev = [Some(&wide_dev), Some(&wide_dev), Some(&narrow_dev), None, Some(&narrow_dev)];
+	let alone: Vec<_> = (0..prompts.len()).map(|i| decode_batched(&cpu, &prompts[i..=i], &on_cpu[i..=i], 6).remove(0)).collect();
+	let follow: Vec<Vec<u32>> = alone.iter().map(|(tokens, _)| tokens.clone()).collect();
+	let together = decode_following(&on_device, &prompts, &on_dev, 6, Some(&follow));
+	for (i, ((_, mine), (_, theirs))) in together.iter().zip(&alone).enumerate() {
+		let err = max_relative_error(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), &Tensor::new(theirs.as_slice(), &Device::Cpu).unwrap());
+		assert!(err <= 1e-4, "sequence {i} on {device:?}: logits differ by {err}");
+	}
+	assert_ne!(alone[0].0, decode_batched(&cpu, &prompts[0..1], &[Some(&narrow_cpu)], 6)[0].0, "the adapters differ");
+}
+
 #[test]
 fn chunked_prefill_equals_one_shot() {
 	let tmp = tempfile::tempdir().unwrap();
@@ -148,7 +190,7 @@ fn chunked_prefill_equals_one_shot() {
 	let lora = adapter(&model, &tmp.path().join("a"), 5, false, false);
 	let prompt: Vec<u32> = (10..70).collect();
 	let one_shot = model.logits_alone(&prompt, Some(&lora)).unwrap();
-	let mut cache = KvCache::new(model.config.num_layers);
+	let mut cache = model.kv_pool(model.config.max_position).cache();
 	let mut last = None;
 	for chunk in prompt.chunks(7) {
 		let mut steps = [SeqStep { tokens: chunk, cache: &mut cache, adapter: Some(&lora) }];
@@ -169,7 +211,7 @@ fn token_by_token_decoding_equals_one_shot() {
 	let prompt: Vec<u32> = (3..40).collect();
 	for adapter in [None, Some(&lora)] {
 		let one_shot = model.logits_alone(&prompt, adapter).unwrap();
-		let mut cache = KvCache::new(model.config.num_layers);
+		let mut cache = model.kv_pool(model.config.max_position).cache();
 		let mut last = None;
 		for token in prompt.chunks(1) {
 			let mut steps = [SeqStep { tokens: token, cache: &mut cache, adapter }];

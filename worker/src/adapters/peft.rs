@@ -288,7 +288,8 @@ pub fn load_adapter_known(
 		ms = started.elapsed().as_millis() as u64,
 		"adapter tensors built"
 	);
-	Ok(LoraAdapter { hash, rank: plan.config.rank, layers, resident_bytes: plan.resident_bytes })
+	LoraAdapter::new(hash, plan.config.rank, layers, plan.resident_bytes, device)
+		.map_err(|e| AdapterError::Internal(format!("placing the adapter on {device:?}: {e}")))
 }
 
 fn build_pair(

@@ -9,7 +9,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use super::{EngineCounters, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
 use crate::{
-	model::{KvCache, Llama, SeqStep},
+	model::{KvCache, KvPool, Llama, SeqStep},
 	tokenizer::{IncrementalDecoder, TextCodec},
 };
 
@@ -20,11 +20,15 @@ pub struct EngineOptions {
 	/// Prompt tokens fed per step across all prefilling sequences, so a long prompt is chunked
 	/// and never stalls the decoding sequences for long.
 	pub prefill_chunk_tokens: usize,
+	/// Tokens the paged KV cache may hold over all sequences; `None`: enough for every batched
+	/// sequence at the model's context length, so the cache never limits a request. The pool
+	/// grows with use up to this, whatever the default.
+	pub kv_cache_tokens: Option<usize>,
 }
 
 impl Default for EngineOptions {
 	fn default() -> Self {
-		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256 }
+		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256, kv_cache_tokens: None }
 	}
 }
 
@@ -60,10 +64,10 @@ fn sampler(params: &SamplingParams) -> LogitsProcessor {
 }
 
 impl Sequence {
-	fn new(request: GenerationRequest, num_layers: usize) -> Self {
+	fn new(request: GenerationRequest, pool: &KvPool) -> Self {
 		let adapter_key = request.adapter.as_ref().map(|a| a.hash);
 		Self {
-			cache: KvCache::new(num_layers),
+			cache: pool.cache(),
 			prefilled: 0,
 			next_input: None,
 			generated: 0,
@@ -159,7 +163,8 @@ pub(super) fn run(
 	inbox: mpsc::Receiver<GenerationRequest>,
 	counters: Arc<EngineCounters>,
 ) {
-	let num_layers = model.config.num_layers;
+	let kv_tokens = options.kv_cache_tokens.unwrap_or(options.max_batch_sequences * model.config.max_position);
+	let pool = model.kv_pool(kv_tokens);
 	let mut active: Vec<Sequence> = Vec::new();
 	let mut open = true;
 	tracing::info!(?options, "engine started");
@@ -174,7 +179,7 @@ pub(super) fn run(
 				Ok(request) => {
 					counters.waiting_requests.fetch_sub(1, Ordering::Relaxed);
 					counters.prompt_tokens_total.fetch_add(request.prompt_tokens.len() as u64, Ordering::Relaxed);
-					active.push(Sequence::new(request, num_layers));
+					active.push(Sequence::new(request, &pool));
 				},
 				Err(mpsc::TryRecvError::Empty) => break,
 				Err(mpsc::TryRecvError::Disconnected) => open = false,
@@ -194,15 +199,47 @@ pub(super) fn run(
 		let started = Instant::now();
 		let mut budget = options.prefill_chunk_tokens;
 		let mut plan: Vec<(usize, Vec<u32>)> = Vec::with_capacity(active.len());
-		for (i, seq) in active.iter().enumerate() {
-			if let Some(token) = seq.next_input {
-				plan.push((i, vec![token]));
-			} else if budget > 0 {
-				let prompt = &seq.request.prompt_tokens;
-				let take = (prompt.len() - seq.prefilled).min(budget);
-				budget -= take;
-				plan.push((i, prompt[seq.prefilled..seq.prefilled + take].to_vec()));
+		// `None`: failed, the client was already told.
+		let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
+		// The first prompt chunk that found no room in the KV cache: it waits for blocks.
+		let mut waiting = None;
+		for (i, seq) in active.iter_mut().enumerate() {
+			let decoding = seq.next_input.is_some();
+			let tokens = match seq.next_input {
+				Some(token) => vec![token],
+				None if budget > 0 => {
+					let prompt = &seq.request.prompt_tokens;
+					let take = (prompt.len() - seq.prefilled).min(budget);
+					prompt[seq.prefilled..seq.prefilled + take].to_vec()
+				},
+				None => continue,
+			};
+			match seq.cache.reserve(tokens.len()) {
+				Ok(()) => {
+					if !decoding {
+						budget -= tokens.len();
+					}
+					plan.push((i, tokens));
+				},
+				// A decoding sequence that cannot grow ends here, as if at its token limit:
+				// its blocks then let the others go on.
+				Err(full) if decoding => {
+					tracing::warn!("ending a sequence at {} tokens: {full}", seq.cache.len());
+					finished.push((i, Some(FinishReason::Length)));
+				},
+				Err(full) => {
+					waiting.get_or_insert((i, full));
+				},
 			}
+		}
+		if plan.is_empty() {
+			// Nothing can run: the waiting prompt would wait forever, so it fails instead.
+			if let (Some((i, full)), true) = (waiting, finished.is_empty()) {
+				active[i].send(GenerationEvent::Failed(format!("the prompt does not fit: {full}")));
+				finished.push((i, None));
+			}
+			retire(&mut active, finished, &codec, &counters);
+			continue;
 		}
 		let logits = {
 			let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(plan.len());
@@ -233,8 +270,6 @@ pub(super) fn run(
 				continue;
 			},
 		};
-		// `None`: failed, the client was already told.
-		let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
 		for (row, (i, tokens)) in plan.iter().enumerate() {
 			let seq = &mut active[*i];
 			if seq.next_input.is_none() {
@@ -256,17 +291,28 @@ pub(super) fn run(
 				finished.push((*i, Some(reason)));
 			}
 		}
-		finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-		for (i, reason) in finished {
-			let seq = active.swap_remove(i);
-			if let Some(reason) = reason {
-				seq.finish(&codec, reason);
-			}
-			counters.requests_finished_total.fetch_add(1, Ordering::Relaxed);
-		}
+		retire(&mut active, finished, &codec, &counters);
 		counters.steps_total.fetch_add(1, Ordering::Relaxed);
 		counters.step_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 	}
 	counters.active_sequences.store(0, Ordering::Relaxed);
 	tracing::info!("engine stopped: no more requests");
+}
+
+/// Removes the finished sequences from `active`, telling each client how it ended (`None`: the
+/// client was already told it failed). Their KV blocks return to the pool as they are dropped.
+fn retire(
+	active: &mut Vec<Sequence>,
+	mut finished: Vec<(usize, Option<FinishReason>)>,
+	codec: &TextCodec,
+	counters: &EngineCounters,
+) {
+	finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+	for (i, reason) in finished {
+		let seq = active.swap_remove(i);
+		if let Some(reason) = reason {
+			seq.finish(codec, reason);
+		}
+		counters.requests_finished_total.fetch_add(1, Ordering::Relaxed);
+	}
 }

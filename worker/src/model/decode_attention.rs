@@ -4,6 +4,8 @@
 //! (reshapes, copies, two small gemms, softmax) its fixed costs were most of the time a step spent
 //! outside the projections. Prefill chunks keep candle's batched path, whose gemms pay off there.
 
+use super::kv_pool::BLOCK_TOKENS;
+
 /// Rotary embedding of `x` (`heads × head_dim`) at one position, whose angles' cosines and sines
 /// are `cos`, `sin` (`head_dim / 2` each). `interleaved` rotates pairs (2i, 2i + 1), as GGUF
 /// stores Llama; otherwise (i, i + head_dim / 2), as Hugging Face does.
@@ -19,11 +21,25 @@ pub fn rope_in_place(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], i
 	}
 }
 
-/// A layer's cached keys or values: kv head `g`, position `t` at
-/// `data[g * head_stride + t * head_dim..][..head_dim]`.
+/// A layer's cached keys or values in the paged pool (`[blocks, kv_heads, BLOCK_TOKENS,
+/// head_dim]`): kv head `g`, position `t` is row `t % BLOCK_TOKENS` of head `g` in block
+/// `blocks[t / BLOCK_TOKENS]`.
 pub struct CacheView<'a> {
 	pub data: &'a [f32],
-	pub head_stride: usize,
+	pub blocks: &'a [u32],
+}
+
+impl CacheView<'_> {
+	/// The rows of kv head `g` for positions `0..heads.len`, in order: one contiguous run per block.
+	fn head_rows<'s>(&'s self, g: usize, heads: &Heads) -> impl Iterator<Item = &'s [f32]> + 's {
+		let (head_dim, kv_heads, len) = (heads.head_dim, heads.kv_heads, heads.len);
+		let block_floats = BLOCK_TOKENS * head_dim;
+		self.blocks.iter().enumerate().take(len.div_ceil(BLOCK_TOKENS)).flat_map(move |(i, &block)| {
+			let used = (len - i * BLOCK_TOKENS).min(BLOCK_TOKENS);
+			let start = (block as usize * kv_heads + g) * block_floats;
+			self.data[start..start + used * head_dim].chunks_exact(head_dim)
+		})
+	}
 }
 
 /// Shapes of one attention call.
@@ -50,10 +66,8 @@ pub fn attend(q: &[f32], keys: &CacheView, values: &CacheView, heads: &Heads) ->
 		for h in range {
 			let g = h / group;
 			let query = &q[h * head_dim..(h + 1) * head_dim];
-			let key_rows = &keys.data[g * keys.head_stride..][..len * head_dim];
-			let value_rows = &values.data[g * values.head_stride..][..len * head_dim];
 			let mut max = f32::NEG_INFINITY;
-			for (score, key) in scores.iter_mut().zip(key_rows.chunks_exact(head_dim)) {
+			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, heads)) {
 				*score = dot(query, key) * scale;
 				max = max.max(*score);
 			}
@@ -65,7 +79,7 @@ pub fn attend(q: &[f32], keys: &CacheView, values: &CacheView, heads: &Heads) ->
 			// Safety: head `h`'s slice of `out` is written by this work item alone, and
 			// `execute_chunked` returns only after every item is done.
 			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(h * head_dim), head_dim) };
-			for (&weight, value) in scores.iter().zip(value_rows.chunks_exact(head_dim)) {
+			for (&weight, value) in scores.iter().zip(values.head_rows(g, heads)) {
 				let weight = weight / total;
 				for (o, &v) in head_out.iter_mut().zip(value) {
 					*o += weight * v;

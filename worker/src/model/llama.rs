@@ -13,9 +13,10 @@ use candle_core::{
 
 use super::{
 	decode_attention::{self, CacheView, Heads},
-	lora,
+	kv_pool::{KvCache, KvPool, KvShape},
+	lora::{self, RowAdapters},
 	quant::QuantMatrix,
-	LlamaConfig, LoraAdapter, LoraWeights, Projection,
+	LlamaConfig, LoraAdapter, Projection,
 };
 
 /// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
@@ -73,71 +74,6 @@ pub struct Llama {
 	device: Device,
 }
 
-/// Keys and values of one sequence, one buffer per layer, grown by doubling so a decode step
-/// writes one row in place instead of concatenating the whole cache.
-pub struct KvCache {
-	layers: Vec<Option<(Tensor, Tensor)>>,
-	len: usize,
-	capacity: usize,
-}
-
-impl KvCache {
-	pub fn new(num_layers: usize) -> Self {
-		Self { layers: (0..num_layers).map(|_| None).collect(), len: 0, capacity: 0 }
-	}
-
-	/// Tokens already in the cache (the position of the next token).
-	pub fn len(&self) -> usize {
-		self.len
-	}
-
-	pub fn is_empty(&self) -> bool {
-		self.len == 0
-	}
-
-	/// Bytes held by the buffers (capacity, not length).
-	pub fn bytes(&self) -> usize {
-		self.layers
-			.iter()
-			.flatten()
-			.map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-			.sum()
-	}
-
-	/// Writes `k`, `v` (`[kv_heads, n, head_dim]`) at the current position of `layer` and returns
-	/// views of everything cached for that layer including them.
-	fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-		let (kv_heads, n, head_dim) = k.dims3()?;
-		let needed = self.len + n;
-		if needed > self.capacity || self.layers[layer].is_none() {
-			let capacity = needed.next_power_of_two().max(64).max(self.capacity);
-			for slot in self.layers.iter_mut() {
-				let grown = match slot.take() {
-					Some((old_k, old_v)) if capacity > self.capacity => {
-						let new_k = Tensor::zeros((kv_heads, capacity, head_dim), k.dtype(), k.device())?;
-						let new_v = new_k.zeros_like()?;
-						new_k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-						new_v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-						(new_k, new_v)
-					},
-					Some(kv) => kv,
-					None => {
-						let new_k = Tensor::zeros((kv_heads, capacity, head_dim), k.dtype(), k.device())?;
-						let new_v = new_k.zeros_like()?;
-						(new_k, new_v)
-					},
-				};
-				*slot = Some(grown);
-			}
-			self.capacity = capacity;
-		}
-		let (cache_k, cache_v) = self.layers[layer].as_ref().expect("allocated above");
-		cache_k.slice_set(&k.contiguous()?, 1, self.len)?;
-		cache_v.slice_set(&v.contiguous()?, 1, self.len)?;
-		Ok((cache_k.narrow(1, 0, needed)?, cache_v.narrow(1, 0, needed)?))
-	}
-}
-
 /// One sequence's part of a step.
 pub struct SeqStep<'a> {
 	pub tokens: &'a [u32],
@@ -145,24 +81,16 @@ pub struct SeqStep<'a> {
 	pub adapter: Option<&'a LoraAdapter>,
 }
 
-/// A run of consecutive rows sharing one adapter (or none).
-struct RowGroup<'a> {
-	start: usize,
-	len: usize,
-	adapter: Option<&'a LoraAdapter>,
-}
-
-fn same_adapter(a: Option<&LoraAdapter>, b: Option<&LoraAdapter>) -> bool {
-	match (a, b) {
-		(None, None) => true,
-		(Some(a), Some(b)) => std::ptr::eq(a, b),
-		_ => false,
-	}
-}
-
 impl Llama {
 	pub fn device(&self) -> &Device {
 		&self.device
+	}
+
+	/// A paged key/value pool for this model on its device, for up to `max_tokens` cached
+	/// tokens over all the sequences drawing on it.
+	pub fn kv_pool(&self, max_tokens: usize) -> KvPool {
+		let c = &self.config;
+		KvPool::new(KvShape { num_layers: c.num_layers, kv_heads: c.num_kv_heads, head_dim: c.head_dim }, max_tokens, &self.device)
 	}
 
 	/// Loads a GGUF Llama (quantized or not). `progress` is called with (layers loaded, total).
@@ -282,56 +210,59 @@ impl Llama {
 	/// One step over a ragged batch. Steps that share an adapter should be adjacent (the engine
 	/// orders them so): each run of equal adapters costs one pair of LoRA matmuls per projection.
 	/// Returns the logits of each sequence's last token, `[steps.len(), vocab]`, and advances
-	/// every cache by its step's tokens.
+	/// every cache by its step's tokens. A cache whose pool cannot hold the new tokens fails the
+	/// step; the engine reserves them beforehand ([`KvCache::reserve`]) to choose what waits.
 	pub fn forward<'a>(&self, steps: &mut [SeqStep<'a>]) -> Result<Tensor> {
 		let c = &self.config;
 		let mut tokens = Vec::new();
-		let mut groups: Vec<RowGroup<'a>> = Vec::new();
+		let mut adapters = RowAdapters::default();
 		let mut spans = Vec::with_capacity(steps.len());
-		for step in steps.iter() {
+		for step in steps.iter_mut() {
 			if step.tokens.is_empty() {
 				candle_core::bail!("a sequence step has no tokens");
 			}
 			if step.cache.len() + step.tokens.len() > c.max_position {
 				candle_core::bail!("sequence longer than the context length {}", c.max_position);
 			}
+			step.cache.reserve(step.tokens.len()).map_err(candle_core::Error::wrap)?;
 			let start = tokens.len();
 			tokens.extend_from_slice(step.tokens);
 			spans.push((start, step.tokens.len(), step.cache.len()));
-			match groups.last_mut() {
-				Some(g) if same_adapter(g.adapter, step.adapter) => g.len += step.tokens.len(),
-				_ => groups.push(RowGroup { start, len: step.tokens.len(), adapter: step.adapter }),
-			}
+			adapters.push(step.tokens.len(), step.adapter);
 		}
+		adapters.prepare(&self.device)?;
+		// Block tables for the attention paths that gather the cache (everything but one-token
+		// steps on the CPU), made once per step for every layer.
+		let block_ids = steps
+			.iter()
+			.map(|step| match step.tokens.len() == 1 && self.device.is_cpu() {
+				true => Ok(None),
+				false => Tensor::new(step.cache.blocks(), &self.device).map(Some),
+			})
+			.collect::<Result<Vec<_>>>()?;
 		let ids = Tensor::new(tokens.as_slice(), &self.device)?;
 		let mut x = self.embed.index_select(&ids, 0)?;
 		let eps = c.rms_norm_eps as f32;
 		for (l, layer) in self.layers.iter().enumerate() {
 			let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-			let q = self.project(layer, l, Projection::Q, &h, &groups)?;
-			let k = self.project(layer, l, Projection::K, &h, &groups)?;
-			let v = self.project(layer, l, Projection::V, &h, &groups)?;
+			let q = self.project(layer, l, Projection::Q, &h, &adapters)?;
+			let k = self.project(layer, l, Projection::K, &h, &adapters)?;
+			let v = self.project(layer, l, Projection::V, &h, &adapters)?;
 			let mut outs = Vec::with_capacity(steps.len());
-			for (step, &(start, n, pos)) in steps.iter_mut().zip(spans.iter()) {
-				outs.push(self.attention(
-					step.cache,
-					l,
-					&q.narrow(0, start, n)?,
-					&k.narrow(0, start, n)?,
-					&v.narrow(0, start, n)?,
-					pos,
-				)?);
+			for ((step, &(start, n, pos)), block_ids) in steps.iter().zip(spans.iter()).zip(&block_ids) {
+				let rows = |t: &Tensor| t.narrow(0, start, n);
+				outs.push(self.attention(&*step.cache, block_ids.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
 			}
 			let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
-			x = (x + self.project(layer, l, Projection::O, &attn, &groups)?)?;
+			x = (x + self.project(layer, l, Projection::O, &attn, &adapters)?)?;
 			let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-			let gate = self.project(layer, l, Projection::Gate, &h, &groups)?;
-			let up = self.project(layer, l, Projection::Up, &h, &groups)?;
+			let gate = self.project(layer, l, Projection::Gate, &h, &adapters)?;
+			let up = self.project(layer, l, Projection::Up, &h, &adapters)?;
 			let act = (candle_nn::ops::silu(&gate)? * up)?;
-			x = (x + self.project(layer, l, Projection::Down, &act, &groups)?)?;
+			x = (x + self.project(layer, l, Projection::Down, &act, &adapters)?)?;
 		}
 		for (step, &(_, n, _)) in steps.iter_mut().zip(spans.iter()) {
-			step.cache.len += n;
+			step.cache.advance(n);
 		}
 		let last: Vec<u32> = spans.iter().map(|&(start, n, _)| (start + n - 1) as u32).collect();
 		let last = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
@@ -339,17 +270,9 @@ impl Llama {
 		self.lm_head.forward(&last)
 	}
 
-	/// `W·x` for all rows, plus each row group's LoRA delta.
-	fn project<'a>(
-		&self,
-		layer: &Layer,
-		l: usize,
-		projection: Projection,
-		x: &Tensor,
-		groups: &[RowGroup<'a>],
-	) -> Result<Tensor> {
+	/// `W·x` for all rows, plus each row's LoRA delta.
+	fn project(&self, layer: &Layer, l: usize, projection: Projection, x: &Tensor, adapters: &RowAdapters) -> Result<Tensor> {
 		let base = &layer.proj[projection.index()];
-		let lora = |g: &RowGroup<'a>| -> Option<&'a LoraWeights> { g.adapter.and_then(|a| a.weights(l, projection)) };
 		if self.device.is_cpu() {
 			// On the CPU the deltas are added in place, row by row, to the base output: no
 			// per-group slicing and concatenation of tensors.
@@ -357,44 +280,31 @@ impl Llama {
 			let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
 			let mut out = base.forward_rows(&xs, rows)?;
 			let out_features = out.len() / rows;
-			let with_lora: Vec<(usize, &LoraWeights)> = groups
-				.iter()
-				.filter_map(|g| lora(g).map(|w| (g, w)))
-				.flat_map(|(g, w)| (g.start..g.start + g.len).map(move |row| (row, w)))
-				.collect();
-			lora::add_row_deltas(&xs, in_features, &mut out, out_features, &with_lora)?;
+			lora::add_row_deltas(&xs, in_features, &mut out, out_features, &adapters.row_weights(l, projection))?;
 			return Tensor::from_vec(out, (rows, out_features), &self.device);
 		}
-		let y = base.forward(x)?;
-		if groups.iter().all(|g| lora(g).is_none()) {
-			return Ok(y);
-		}
-		if let [g] = groups {
-			let w = lora(g).expect("checked above");
-			return y + w.delta(x)?;
-		}
-		let parts = groups
-			.iter()
-			.map(|g| {
-				let y = y.narrow(0, g.start, g.len)?;
-				match lora(g) {
-					Some(w) => y + w.delta(&x.narrow(0, g.start, g.len)?)?,
-					None => Ok(y),
-				}
-			})
-			.collect::<Result<Vec<_>>>()?;
-		Tensor::cat(&parts, 0)
+		adapters.add_deltas(base.forward(x)?, x, l, projection)
 	}
 
 	/// Causal self-attention of one sequence's `n` new rows at position `pos` against its cache.
 	/// Query heads are grouped by the key/value head they share, so grouped-query attention needs
 	/// no copy of the keys.
-	fn attention(&self, cache: &mut KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+	#[allow(clippy::too_many_arguments)]
+	fn attention(
+		&self,
+		cache: &KvCache,
+		block_ids: Option<&Tensor>,
+		l: usize,
+		q: &Tensor,
+		k: &Tensor,
+		v: &Tensor,
+		pos: usize,
+	) -> Result<Tensor> {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
-		if n == 1 && self.device.is_cpu() {
+		let Some(block_ids) = block_ids else {
 			return self.attention_one_token(cache, l, q, k, v, pos);
-		}
+		};
 		let rep = nh / nkv;
 		let cos = self.cos.narrow(0, pos, n)?;
 		let sin = self.sin.narrow(0, pos, n)?;
@@ -410,7 +320,8 @@ impl Llama {
 		let q = rope(q, nh)?; // [nh, n, hd]
 		let k = rope(k, nkv)?; // [nkv, n, hd]
 		let v = v.reshape((n, nkv, hd))?.transpose(0, 1)?;
-		let (k_all, v_all) = cache.append(l, &k, &v)?; // [nkv, pos + n, hd]
+		cache.write(l, &k, &v)?;
+		let (k_all, v_all) = cache.gather(l, block_ids, pos + n)?; // [nkv, pos + n, hd]
 		let total = pos + n;
 		// Heads h = g·rep + r use kv head g: rows of one group are (r, t) pairs.
 		let q = q.reshape((nkv, rep * n, hd))?;
@@ -438,7 +349,7 @@ impl Llama {
 	/// embedding and attention over the cache in plain loops, reading the cache in place.
 	fn attention_one_token(
 		&self,
-		cache: &mut KvCache,
+		cache: &KvCache,
 		l: usize,
 		q: &Tensor,
 		k: &Tensor,
@@ -455,16 +366,17 @@ impl Llama {
 		decode_attention::rope_in_place(&mut k, hd, cos, sin, c.rope_interleaved);
 		let k = Tensor::from_vec(k, (nkv, 1, hd), &self.device)?;
 		let v = v.reshape((nkv, 1, hd))?;
-		let (k_all, v_all) = cache.append(l, &k, &v)?;
-		let (k_storage, k_layout) = k_all.storage_and_layout();
-		let (v_storage, v_layout) = v_all.storage_and_layout();
+		cache.write(l, &k, &v)?;
+		let (pool_k, pool_v) = cache.layer_pools(l)?;
+		let (k_storage, k_layout) = pool_k.storage_and_layout();
+		let (v_storage, v_layout) = pool_v.storage_and_layout();
 		let (candle_core::Storage::Cpu(CpuStorage::F32(k_data)), candle_core::Storage::Cpu(CpuStorage::F32(v_data))) =
 			(&*k_storage, &*v_storage)
 		else {
 			candle_core::bail!("the key/value cache is not f32 on the CPU");
 		};
-		let keys = CacheView { data: &k_data[k_layout.start_offset()..], head_stride: k_layout.stride()[0] };
-		let values = CacheView { data: &v_data[v_layout.start_offset()..], head_stride: v_layout.stride()[0] };
+		let keys = CacheView { data: &k_data[k_layout.start_offset()..], blocks: cache.blocks() };
+		let values = CacheView { data: &v_data[v_layout.start_offset()..], blocks: cache.blocks() };
 		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + 1 };
 		let out = decode_attention::attend(&q, &keys, &values, &heads);
 		Tensor::from_vec(out, (1, nh * hd), &self.device)
@@ -473,7 +385,7 @@ impl Llama {
 	/// Vocabulary logits for `tokens` run alone from an empty cache: the reference path tests
 	/// compare batched results against.
 	pub fn logits_alone(&self, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Result<Tensor> {
-		let mut cache = KvCache::new(self.config.num_layers);
+		let mut cache = self.kv_pool(tokens.len()).cache();
 		let mut steps = [SeqStep { tokens, cache: &mut cache, adapter }];
 		self.forward(&mut steps)?.squeeze(0)
 	}

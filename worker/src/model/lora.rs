@@ -1,7 +1,11 @@
 //! LoRA adapters as the engine uses them: per layer and projection, `A^T` and `B^T`, so the delta
 //! for rows `x` is `scale·(x·A^T)·B^T` — two skinny matmuls, never a merged weight.
 
-use candle_core::{CpuStorage, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+
+/// Largest rank the batched CUDA kernels take (`MAX_RANK` in kernels/lora.cu); a CUDA worker
+/// refuses adapters above it.
+pub const BATCHED_MAX_RANK: usize = 128;
 
 /// The seven Llama projections a PEFT adapter may target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,19 +227,226 @@ pub struct LoraAdapter {
 	pub layers: Vec<[Option<LoraWeights>; 7]>,
 	/// Bytes of tensor data resident for this adapter.
 	pub resident_bytes: usize,
+	/// On a CUDA device: where the batched kernels find this adapter's pairs.
+	device_pairs: Option<DevicePairs>,
+}
+
+/// An adapter's table of LoRA pairs in device memory, one entry per layer and projection, for
+/// the batched kernels (built once, when the adapter is loaded onto the GPU).
+#[derive(Debug)]
+pub struct DevicePairs {
+	/// Keeps the table alive.
+	#[allow(dead_code)]
+	table: Tensor,
+	/// The table's device address.
+	address: u64,
 }
 
 impl LoraAdapter {
+	/// An adapter over `layers`, whose weights live on `device`.
+	pub fn new(
+		hash: [u8; 32],
+		rank: usize,
+		layers: Vec<[Option<LoraWeights>; 7]>,
+		resident_bytes: usize,
+		device: &Device,
+	) -> Result<Self> {
+		let device_pairs = match device {
+			#[cfg(feature = "cuda")]
+			Device::Cuda(_) => {
+				let (table, address) = super::lora_cuda::pair_table(&layers, device)?;
+				Some(DevicePairs { table, address })
+			},
+			_ => None,
+		};
+		Ok(Self { hash, rank, layers, resident_bytes, device_pairs })
+	}
+
 	pub fn weights(&self, layer: usize, projection: Projection) -> Option<&LoraWeights> {
 		self.layers.get(layer).and_then(|l| l[projection.index()].as_ref())
+	}
+}
+
+/// The adapters of a step's rows: runs of consecutive rows sharing one adapter (or none), as
+/// the engine orders them.
+#[derive(Default)]
+pub struct RowAdapters<'a> {
+	runs: Vec<RowRun<'a>>,
+	rows: usize,
+	/// On CUDA: each row's [`DevicePairs`] address (0 for none), for the batched kernels.
+	device_rows: Option<Tensor>,
+}
+
+struct RowRun<'a> {
+	start: usize,
+	len: usize,
+	adapter: Option<&'a LoraAdapter>,
+}
+
+impl<'a> RowAdapters<'a> {
+	/// Appends `rows` rows using `adapter`.
+	pub fn push(&mut self, rows: usize, adapter: Option<&'a LoraAdapter>) {
+		let same = |a: Option<&LoraAdapter>, b: Option<&LoraAdapter>| match (a, b) {
+			(None, None) => true,
+			(Some(a), Some(b)) => std::ptr::eq(a, b),
+			_ => false,
+		};
+		match self.runs.last_mut() {
+			Some(run) if same(run.adapter, adapter) => run.len += rows,
+			_ => self.runs.push(RowRun { start: self.rows, len: rows, adapter }),
+		}
+		self.rows += rows;
+	}
+
+	/// Readies the rows for `device` once all are pushed: on CUDA, uploads each row's pair-table
+	/// address (one small copy per step).
+	pub fn prepare(&mut self, device: &Device) -> Result<()> {
+		if device.is_cuda() && self.runs.iter().any(|r| r.adapter.is_some()) {
+			let mut addresses = Vec::with_capacity(self.rows);
+			for run in &self.runs {
+				let address = match run.adapter {
+					Some(adapter) => match &adapter.device_pairs {
+						Some(pairs) => pairs.address as i64,
+						None => candle_core::bail!("an adapter in the batch was not loaded onto the GPU"),
+					},
+					None => 0,
+				};
+				addresses.extend(std::iter::repeat_n(address, run.len));
+			}
+			self.device_rows = Some(Tensor::new(addresses.as_slice(), device)?);
+		}
+		Ok(())
+	}
+
+	/// Each row with a pair for `(layer, projection)`, and the pair.
+	pub fn row_weights(&self, layer: usize, projection: Projection) -> Vec<(usize, &'a LoraWeights)> {
+		self.runs
+			.iter()
+			.filter_map(|run| run.adapter.and_then(|a| a.weights(layer, projection)).map(|w| (run, w)))
+			.flat_map(|(run, w)| (run.start..run.start + run.len).map(move |row| (row, w)))
+			.collect()
+	}
+
+	/// `y` plus every row's delta for `(layer, projection)`, for inputs `x` (`[rows, in]`, f32):
+	/// row by row on the CPU pool, by one shrink and one expand launch on CUDA, and by a pair of
+	/// matmuls per run of rows elsewhere.
+	pub fn add_deltas(&self, y: Tensor, x: &Tensor, layer: usize, projection: Projection) -> Result<Tensor> {
+		let lora = |run: &RowRun<'a>| run.adapter.and_then(|a| a.weights(layer, projection));
+		if self.runs.iter().all(|run| lora(run).is_none()) {
+			return Ok(y);
+		}
+		if x.device().is_cpu() {
+			let (rows, in_features) = x.dims2()?;
+			let out_features = y.dim(1)?;
+			let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+			let mut out = y.flatten_all()?.to_vec1::<f32>()?;
+			add_row_deltas(&xs, in_features, &mut out, out_features, &self.row_weights(layer, projection))?;
+			return Tensor::from_vec(out, (rows, out_features), x.device());
+		}
+		#[cfg(feature = "cuda")]
+		if let Some(device_rows) = &self.device_rows {
+			let y = y.contiguous()?;
+			super::lora_cuda::add_deltas(&y, &x.contiguous()?, device_rows, layer * Projection::ALL.len() + projection.index())?;
+			return Ok(y);
+		}
+		self.add_deltas_per_run(y, x, layer, projection)
+	}
+
+	/// [`Self::add_deltas`] as one pair of matmuls per run of rows sharing an adapter: the
+	/// per-adapter loop the batched kernels replace, kept for other devices and as their
+	/// reference in tests.
+	pub fn add_deltas_per_run(&self, y: Tensor, x: &Tensor, layer: usize, projection: Projection) -> Result<Tensor> {
+		let parts = self
+			.runs
+			.iter()
+			.map(|run| {
+				let y = y.narrow(0, run.start, run.len)?;
+				match run.adapter.and_then(|a| a.weights(layer, projection)) {
+					Some(w) => y + w.delta(&x.narrow(0, run.start, run.len)?)?,
+					None => Ok(y),
+				}
+			})
+			.collect::<Result<Vec<_>>>()?;
+		Tensor::cat(&parts, 0)
 	}
 }
 
 #[cfg(test)]
 mod tests {
 	use candle_core::{DType, Device};
+	use rand::{rngs::StdRng, Rng, SeedableRng};
 
 	use super::*;
+
+	crate::device_tests!(batched_deltas_match_a_per_adapter_loop);
+
+	/// Rows of one batch using adapters of mixed ranks (1 to the kernels' largest) and weight
+	/// types, an adapter without a pair for the projection, and no adapter, in runs of any
+	/// length: the batched path and the per-run path on `device` both match a plain per-adapter
+	/// loop on the CPU within 1e-5 of the largest output.
+	fn batched_deltas_match_a_per_adapter_loop(device: &Device) {
+		let (in_features, out_features, rows) = (96, 80, 40);
+		let mut rng = StdRng::seed_from_u64(7);
+		let random = |rng: &mut StdRng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+		let kinds = [(1, DType::F32), (3, DType::BF16), (8, DType::F16), (16, DType::F32), (64, DType::BF16), (BATCHED_MAX_RANK, DType::F32)];
+		let mut adapters = Vec::new();
+		for (i, &(rank, dtype)) in kinds.iter().enumerate() {
+			let matrix = |values: Vec<f32>, shape: (usize, usize)| {
+				Tensor::from_vec(values, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
+			};
+			let weights = LoraWeights {
+				a_t: matrix(random(&mut rng, in_features * rank), (in_features, rank)),
+				b_t: matrix(random(&mut rng, rank * out_features), (rank, out_features)),
+				scale: 0.5 + i as f32,
+			};
+			// The last adapter has its pair on another projection only.
+			let slot = if i + 1 == kinds.len() { Projection::Up } else { Projection::Gate };
+			let mut layer: [Option<LoraWeights>; 7] = Default::default();
+			layer[slot.index()] = Some(weights);
+			adapters.push(LoraAdapter::new([i as u8; 32], rank, vec![layer], 0, device).unwrap());
+		}
+		// Row r uses adapter choice[r] (None past the end): runs of 1 to 4 rows.
+		let mut choice = Vec::new();
+		while choice.len() < rows {
+			let pick = rng.random_range(0..=adapters.len());
+			let run = rng.random_range(1..=4).min(rows - choice.len());
+			choice.extend(std::iter::repeat_n(pick, run));
+		}
+		let mut batch = RowAdapters::default();
+		for &pick in &choice {
+			batch.push(1, adapters.get(pick));
+		}
+		batch.prepare(device).unwrap();
+		let x = Tensor::from_vec(random(&mut rng, rows * in_features), (rows, in_features), &Device::Cpu).unwrap();
+		let y = Tensor::from_vec(random(&mut rng, rows * out_features), (rows, out_features), &Device::Cpu).unwrap();
+		let mut expected = y.to_vec2::<f32>().unwrap();
+		for (pick, adapter) in adapters.iter().enumerate() {
+			let Some(w) = adapter.weights(0, Projection::Gate) else { continue };
+			let mine: Vec<u32> = (0..rows as u32).filter(|&r| choice[r as usize] == pick).collect();
+			if mine.is_empty() {
+				continue;
+			}
+			let f32_on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+			let xs = x.index_select(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
+			let u = (xs.matmul(&f32_on_cpu(&w.a_t)).unwrap() * w.scale as f64).unwrap();
+			let delta = u.matmul(&f32_on_cpu(&w.b_t)).unwrap().to_vec2::<f32>().unwrap();
+			for (&r, d) in mine.iter().zip(delta) {
+				expected[r as usize].iter_mut().zip(d).for_each(|(e, d)| *e += d);
+			}
+		}
+		let expected = Tensor::new(expected, &Device::Cpu).unwrap();
+		let (x, y) = (x.to_device(device).unwrap(), y.to_device(device).unwrap());
+		let batched = batch.add_deltas(y.clone(), &x, 0, Projection::Gate).unwrap();
+		let per_run = batch.add_deltas_per_run(y.clone(), &x, 0, Projection::Gate).unwrap();
+		let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+		for (name, got) in [("batched", batched), ("per run", per_run)] {
+			let got = got.to_device(&Device::Cpu).unwrap();
+			let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+			assert!(err <= 1e-5, "{name} on {device:?}: off by {err} of the largest output");
+		}
+		let untouched = batch.add_deltas(y.clone(), &x, 0, Projection::Q).unwrap();
+		assert_eq!(untouched.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
+	}
 
 	fn pair(rank: usize, in_features: usize, out_features: usize, seed: f32, dtype: DType) -> LoraWeights {
 		let values = |n: usize, k: f32| (0..n).map(|i| ((i as f32 + seed) * k).sin()).collect::<Vec<f32>>();

@@ -3,12 +3,16 @@
 
 pub mod config;
 mod decode_attention;
+pub mod kv_pool;
 pub mod llama;
 pub mod lora;
+#[cfg(feature = "cuda")]
+mod lora_cuda;
 pub mod quant;
 
 pub use config::LlamaConfig;
-pub use llama::{KvCache, Llama, SeqStep};
+pub use kv_pool::{KvCache, KvPool, KvPoolFull};
+pub use llama::{Llama, SeqStep};
 pub use lora::{LoraAdapter, LoraWeights, Projection};
 
 /// Fixes candle's CPU thread count for the process. candle asks for it on every float matmul and,

@@ -1,0 +1,315 @@
+//! The paged key/value cache. Every layer's keys and values live in one pool of fixed-size blocks
+//! shared by all sequences, and each sequence keeps a table of the blocks its positions use (as
+//! vLLM's PagedAttention does). Memory follows the tokens actually cached, not each sequence's
+//! longest possible length; a finished sequence's blocks go straight back to the pool, and
+//! nothing is copied when a sequence grows.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Tokens per block: small enough that a sequence wastes little of its last block, large enough
+/// that a head's keys in a block are one contiguous run (16 × head_dim floats).
+pub const BLOCK_TOKENS: usize = 16;
+
+/// Blocks allocated the first time the pool is used; it then doubles up to its limit.
+const FIRST_BLOCKS: usize = 64;
+
+/// The pool has no free block left and may not grow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the KV cache is full: {needed} more blocks of {BLOCK_TOKENS} tokens needed, {free} free of {max_blocks}")]
+pub struct KvPoolFull {
+	pub needed: usize,
+	pub free: usize,
+	pub max_blocks: usize,
+}
+
+/// Shapes of what the pool stores.
+#[derive(Clone, Copy, Debug)]
+pub struct KvShape {
+	pub num_layers: usize,
+	pub kv_heads: usize,
+	pub head_dim: usize,
+}
+
+/// A shared handle to the block pool; clones are the same pool.
+#[derive(Clone)]
+pub struct KvPool {
+	inner: Arc<Mutex<PoolInner>>,
+}
+
+struct PoolInner {
+	shape: KvShape,
+	device: Device,
+	/// Per layer, keys and values, each `[capacity, kv_heads, BLOCK_TOKENS, head_dim]` in f32;
+	/// empty until the first block is taken.
+	layers: Vec<(Tensor, Tensor)>,
+	capacity: usize,
+	max_blocks: usize,
+	/// Free block ids, the lowest last so it is taken first.
+	free: Vec<u32>,
+}
+
+impl KvPool {
+	/// A pool that may hold up to `max_tokens` tokens (rounded up to whole blocks). Nothing is
+	/// allocated until a sequence caches its first token.
+	pub fn new(shape: KvShape, max_tokens: usize, device: &Device) -> Self {
+		let max_blocks = max_tokens.div_ceil(BLOCK_TOKENS).max(1);
+		let inner = PoolInner { shape, device: device.clone(), layers: Vec::new(), capacity: 0, max_blocks, free: Vec::new() };
+		Self { inner: Arc::new(Mutex::new(inner)) }
+	}
+
+	fn lock(&self) -> MutexGuard<'_, PoolInner> {
+		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+	}
+
+	/// An empty sequence cache drawing on this pool.
+	pub fn cache(&self) -> KvCache {
+		KvCache { pool: self.clone(), blocks: Vec::new(), len: 0 }
+	}
+
+	/// Bytes of key/value memory allocated (in use or free).
+	pub fn allocated_bytes(&self) -> usize {
+		let inner = self.lock();
+		inner.capacity * inner.block_bytes()
+	}
+
+	/// Blocks in use by sequences.
+	pub fn used_blocks(&self) -> usize {
+		let inner = self.lock();
+		inner.capacity - inner.free.len()
+	}
+
+	/// Blocks that could still be taken, free or not yet allocated.
+	pub fn available_blocks(&self) -> usize {
+		let inner = self.lock();
+		inner.free.len() + inner.max_blocks - inner.capacity
+	}
+
+	pub fn max_blocks(&self) -> usize {
+		self.lock().max_blocks
+	}
+
+	/// Layer `layer`'s key and value pools (cheap handles to the shared storage).
+	pub(crate) fn layer(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+		match self.lock().layers.get(layer) {
+			Some(kv) => Ok(kv.clone()),
+			None => candle_core::bail!("the KV pool has no layer {layer} allocated"),
+		}
+	}
+}
+
+impl PoolInner {
+	fn block_bytes(&self) -> usize {
+		let s = self.shape;
+		2 * s.num_layers * s.kv_heads * BLOCK_TOKENS * s.head_dim * DType::F32.size_in_bytes()
+	}
+
+	/// Takes `count` blocks, growing the pool if it must; all or none.
+	fn take(&mut self, count: usize) -> std::result::Result<Vec<u32>, KvPoolFull> {
+		let available = self.free.len() + self.max_blocks - self.capacity;
+		if count > available {
+			return Err(KvPoolFull { needed: count, free: available, max_blocks: self.max_blocks });
+		}
+		if count > self.free.len() {
+			let wanted = self.capacity - self.free.len() + count;
+			let grown = wanted.max(FIRST_BLOCKS).max(2 * self.capacity).min(self.max_blocks);
+			// An allocation failure (device memory) is reported as the pool being full: the
+			// scheduler then treats it as it treats the limit.
+			if let Err(e) = self.grow(grown) {
+				tracing::warn!("growing the KV cache to {grown} blocks failed: {e}");
+				return Err(KvPoolFull { needed: count, free: self.free.len(), max_blocks: self.capacity });
+			}
+		}
+		Ok((0..count).map(|_| self.free.pop().expect("enough blocks checked above")).collect())
+	}
+
+	/// Reallocates every layer's pools with `capacity` blocks, keeping the blocks in use where
+	/// they are (their ids stay valid).
+	fn grow(&mut self, capacity: usize) -> Result<()> {
+		let s = self.shape;
+		let dims = (capacity, s.kv_heads, BLOCK_TOKENS, s.head_dim);
+		let mut layers = Vec::with_capacity(s.num_layers);
+		for l in 0..s.num_layers {
+			let k = Tensor::zeros(dims, DType::F32, &self.device)?;
+			let v = Tensor::zeros(dims, DType::F32, &self.device)?;
+			if let Some((old_k, old_v)) = self.layers.get(l) {
+				k.slice_set(old_k, 0, 0)?;
+				v.slice_set(old_v, 0, 0)?;
+			}
+			layers.push((k, v));
+		}
+		self.layers = layers;
+		self.free.splice(0..0, (self.capacity as u32..capacity as u32).rev());
+		tracing::debug!(blocks = capacity, mib = capacity * self.block_bytes() >> 20, "KV cache grown");
+		self.capacity = capacity;
+		Ok(())
+	}
+}
+
+/// One sequence's cached keys and values: a block table into a [`KvPool`]. Dropping it returns
+/// its blocks to the pool.
+pub struct KvCache {
+	pool: KvPool,
+	blocks: Vec<u32>,
+	len: usize,
+}
+
+impl KvCache {
+	/// Tokens already in the cache (the position of the next token).
+	pub fn len(&self) -> usize {
+		self.len
+	}
+
+	pub fn is_empty(&self) -> bool {
+		self.len == 0
+	}
+
+	/// The blocks holding positions `0..len`, in order.
+	pub fn blocks(&self) -> &[u32] {
+		&self.blocks
+	}
+
+	/// Makes room for `tokens` more positions, taking blocks from the pool if needed. Either all
+	/// the blocks are taken or none.
+	pub fn reserve(&mut self, tokens: usize) -> std::result::Result<(), KvPoolFull> {
+		let needed = (self.len + tokens).div_ceil(BLOCK_TOKENS).saturating_sub(self.blocks.len());
+		if needed > 0 {
+			let taken = self.pool.lock().take(needed)?;
+			self.blocks.extend(taken);
+		}
+		Ok(())
+	}
+
+	/// Writes `k`, `v` (`[kv_heads, n, head_dim]`) for positions `len..len + n` of `layer`. The
+	/// blocks must have been reserved; [`Self::advance`] moves `len` once every layer is written.
+	pub(crate) fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+		let n = k.dim(1)?;
+		if (self.len + n).div_ceil(BLOCK_TOKENS) > self.blocks.len() {
+			candle_core::bail!("KV blocks for {n} tokens at position {} were not reserved", self.len);
+		}
+		let (pool_k, pool_v) = self.pool.layer(layer)?;
+		let mut written = 0;
+		while written < n {
+			let position = self.len + written;
+			let (block, offset) = (self.blocks[position / BLOCK_TOKENS] as usize, position % BLOCK_TOKENS);
+			let run = (BLOCK_TOKENS - offset).min(n - written);
+			for (pool, new) in [(&pool_k, k), (&pool_v, v)] {
+				let rows = new.narrow(1, written, run)?.contiguous()?.unsqueeze(0)?;
+				pool.narrow(0, block, 1)?.slice_set(&rows, 2, offset)?;
+			}
+			written += run;
+		}
+		Ok(())
+	}
+
+	/// Keys and values of positions `0..len` of `layer`, gathered from the blocks into
+	/// `[kv_heads, len, head_dim]` each. `block_ids` is [`Self::blocks`] as a tensor on the pool's
+	/// device (made once per step, used for every layer).
+	pub(crate) fn gather(&self, layer: usize, block_ids: &Tensor, len: usize) -> Result<(Tensor, Tensor)> {
+		let (pool_k, pool_v) = self.pool.layer(layer)?;
+		let gather = |pool: &Tensor| -> Result<Tensor> {
+			let blocks = pool.index_select(block_ids, 0)?; // [blocks, kv_heads, BLOCK_TOKENS, head_dim]
+			let (count, kv_heads, _, head_dim) = blocks.dims4()?;
+			blocks.transpose(0, 1)?.reshape((kv_heads, count * BLOCK_TOKENS, head_dim))?.narrow(1, 0, len)
+		};
+		Ok((gather(&pool_k)?, gather(&pool_v)?))
+	}
+
+	/// Layer `layer`'s whole key and value pools, for reading this cache's blocks in place.
+	pub(crate) fn layer_pools(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+		self.pool.layer(layer)
+	}
+
+	/// The positions written since the last call count as cached.
+	pub(crate) fn advance(&mut self, tokens: usize) {
+		self.len += tokens;
+	}
+}
+
+impl Drop for KvCache {
+	fn drop(&mut self) {
+		if !self.blocks.is_empty() {
+			self.pool.lock().free.extend(self.blocks.drain(..).rev());
+		}
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+
+	fn pool(max_tokens: usize) -> KvPool {
+		KvPool::new(KvShape { num_layers: 2, kv_heads: 2, head_dim: 4 }, max_tokens, &Device::Cpu)
+	}
+
+	/// `[kv_heads, n, head_dim]` values that name their layer, head, position and key/value.
+	fn rows(layer: usize, first: usize, n: usize, value: bool) -> Tensor {
+		let data: Vec<f32> = (0..2)
+			.flat_map(|h| (first..first + n).flat_map(move |t| (0..4).map(move |d| (layer * 100_000 + h * 10_000 + t * 10 + d) as f32 + if value { 0.5 } else { 0.0 })))
+			.collect();
+		Tensor::from_vec(data, (2, n, 4), &Device::Cpu).unwrap()
+	}
+
+	/// Writes in chunks that straddle blocks, interleaved between two sequences, read back
+	/// exactly; blocks return to the pool when a cache is dropped and are reused.
+	#[test]
+	fn chunks_across_blocks_read_back_and_blocks_are_reused() {
+		let pool = pool(1_000);
+		let (mut first, mut second) = (pool.cache(), pool.cache());
+		for (cache, chunks) in [(&mut first, [5usize, 20, 1, 1]), (&mut second, [16, 1, 17, 3])] {
+			for n in chunks {
+				cache.reserve(n).unwrap();
+				for layer in 0..2 {
+					cache.write(layer, &rows(layer, cache.len(), n, false), &rows(layer, cache.len(), n, true)).unwrap();
+				}
+				cache.advance(n);
+			}
+		}
+		for cache in [&first, &second] {
+			let ids = Tensor::new(cache.blocks(), &Device::Cpu).unwrap();
+			for layer in 0..2 {
+				let (k, v) = cache.gather(layer, &ids, cache.len()).unwrap();
+				assert_eq!(k.to_vec3::<f32>().unwrap(), rows(layer, 0, cache.len(), false).to_vec3::<f32>().unwrap());
+				assert_eq!(v.to_vec3::<f32>().unwrap(), rows(layer, 0, cache.len(), true).to_vec3::<f32>().unwrap());
+			}
+		}
+		assert_eq!((first.blocks().len(), second.blocks().len()), (2, 3));
+		assert_eq!(pool.used_blocks(), 5);
+		let freed: Vec<u32> = second.blocks().to_vec();
+		drop(second);
+		assert_eq!(pool.used_blocks(), 2);
+		let mut third = pool.cache();
+		third.reserve(3 * BLOCK_TOKENS).unwrap();
+		let mut reused = third.blocks().to_vec();
+		reused.sort();
+		let mut freed = freed;
+		freed.sort();
+		assert_eq!(reused, freed, "the freed blocks are taken again before the pool grows");
+	}
+
+	/// The limit is whole blocks; a reservation that does not fit takes nothing, and the pool
+	/// grows (keeping what it holds) until the limit.
+	#[test]
+	fn the_limit_is_kept_and_growth_keeps_contents() {
+		let pool = pool(100 * BLOCK_TOKENS);
+		let mut early = pool.cache();
+		early.reserve(3).unwrap();
+		early.write(1, &rows(1, 0, 3, false), &rows(1, 0, 3, true)).unwrap();
+		early.advance(3);
+		assert_eq!(pool.allocated_bytes(), FIRST_BLOCKS * 2 * 2 * 2 * BLOCK_TOKENS * 4 * 4);
+		let mut big = pool.cache();
+		big.reserve(90 * BLOCK_TOKENS).unwrap();
+		assert_eq!(pool.allocated_bytes(), 100 * 2 * 2 * 2 * BLOCK_TOKENS * 4 * 4, "grown to the limit, not past it");
+		let ids = Tensor::new(early.blocks(), &Device::Cpu).unwrap();
+		let (k, _) = early.gather(1, &ids, 3).unwrap();
+		assert_eq!(k.to_vec3::<f32>().unwrap(), rows(1, 0, 3, false).to_vec3::<f32>().unwrap(), "kept across growth");
+		let mut late = pool.cache();
+		let full = late.reserve(10 * BLOCK_TOKENS).unwrap_err();
+		assert_eq!(full, KvPoolFull { needed: 10, free: 9, max_blocks: 100 });
+		assert!(late.blocks().is_empty(), "a failed reservation takes nothing");
+		late.reserve(9 * BLOCK_TOKENS).unwrap();
+		assert_eq!(pool.available_blocks(), 0);
+		assert!(early.write(0, &rows(0, 3, 14, false), &rows(0, 3, 14, true)).is_err(), "writing past the reserved blocks");
+	}
+}

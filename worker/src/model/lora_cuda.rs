@@ -1,0 +1,144 @@
+//! Batched multi-adapter LoRA on CUDA: the launches of kernels/lora.cu (BGMV, as in Punica and
+//! S-LoRA). A decode batch whose rows use different adapters, ranks and weight types adds all
+//! their deltas for one projection in one shrink and one expand launch.
+
+use candle_core::{
+	cuda_backend::{
+		cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg},
+		WrapErr,
+	},
+	backend::BackendStorage,
+	CpuStorage, CudaStorage, DType, Device, InplaceOp3, Layout, Result, Storage, Tensor,
+};
+
+use super::{lora::BATCHED_MAX_RANK as MAX_RANK, LoraWeights};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
+const MODULE: &str = "openledger_lora";
+
+const SHRINK_THREADS: u32 = 512;
+const EXPAND_THREADS: u32 = 256;
+
+/// The device address of a contiguous tensor's first element.
+fn address(t: &Tensor) -> Result<u64> {
+	if !t.is_contiguous() {
+		candle_core::bail!("a tensor passed to the LoRA kernels must be contiguous");
+	}
+	let (storage, layout) = t.storage_and_layout();
+	let Storage::Cuda(s) = &*storage else { candle_core::bail!("a tensor passed to the LoRA kernels is not on CUDA") };
+	let stream = s.device().cuda_stream();
+	let base = match t.dtype() {
+		DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
+		DType::F16 => s.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0,
+		DType::BF16 => s.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
+		DType::I64 => s.as_cuda_slice::<i64>()?.device_ptr(&stream).0,
+		other => candle_core::bail!("the LoRA kernels do not take {other:?} tensors"),
+	};
+	Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
+}
+
+/// The kernels' code for a weight type.
+fn dtype_code(dtype: DType) -> Result<i64> {
+	match dtype {
+		DType::F32 => Ok(0),
+		DType::F16 => Ok(1),
+		DType::BF16 => Ok(2),
+		other => candle_core::bail!("LoRA weights must be f32, f16 or bf16, not {other:?}"),
+	}
+}
+
+/// Uploads an adapter's pair table (`struct LoraPair` in kernels/lora.cu, four 64-bit words per
+/// layer and projection) and returns it with its device address.
+pub fn pair_table(layers: &[[Option<LoraWeights>; 7]], device: &Device) -> Result<(Tensor, u64)> {
+	let mut words: Vec<i64> = Vec::with_capacity(layers.len() * 7 * 4);
+	for pair in layers.iter().flatten() {
+		let Some(w) = pair else {
+			words.extend([0; 4]);
+			continue;
+		};
+		let rank = w.a_t.dim(1)?;
+		if rank > MAX_RANK {
+			candle_core::bail!("rank {rank} is above the CUDA LoRA kernels' {MAX_RANK}");
+		}
+		if w.a_t.dtype() != w.b_t.dtype() {
+			candle_core::bail!("a LoRA pair's two matrices differ in type");
+		}
+		let rank_and_type = rank as i64 | dtype_code(w.a_t.dtype())? << 32;
+		words.extend([address(&w.a_t)? as i64, address(&w.b_t)? as i64, rank_and_type, i64::from(w.scale.to_bits())]);
+	}
+	let table = Tensor::new(words.as_slice(), device)?;
+	let address = address(&table)?;
+	Ok((table, address))
+}
+
+/// Adds to `y` (`[rows, out]`, f32, contiguous) the delta of pair `pair_index` (layer · 7 +
+/// projection) of each row's adapter, for inputs `x` (`[rows, in]`, f32). `row_pairs` holds each
+/// row's pair-table address (I64, 0: no adapter).
+pub fn add_deltas(y: &Tensor, x: &Tensor, row_pairs: &Tensor, pair_index: usize) -> Result<()> {
+	y.inplace_op3(x, row_pairs, &BatchedLora { pair_index: pair_index as i32 })
+}
+
+struct BatchedLora {
+	pair_index: i32,
+}
+
+impl InplaceOp3 for BatchedLora {
+	fn name(&self) -> &'static str {
+		"batched-lora"
+	}
+
+	fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+		candle_core::bail!("batched-lora is the CUDA path; the CPU adds deltas row by row")
+	}
+
+	fn cuda_fwd(
+		&self,
+		y: &mut CudaStorage,
+		y_layout: &Layout,
+		x: &CudaStorage,
+		x_layout: &Layout,
+		row_pairs: &CudaStorage,
+		pairs_layout: &Layout,
+	) -> Result<()> {
+		let (rows, out_features) = y_layout.shape().dims2()?;
+		let (x_rows, in_features) = x_layout.shape().dims2()?;
+		if x_rows != rows || pairs_layout.shape().elem_count() != rows {
+			candle_core::bail!("batched-lora: {rows} output rows, {x_rows} input rows, {} adapters", pairs_layout.shape().elem_count());
+		}
+		if !y_layout.is_contiguous() || !x_layout.is_contiguous() || !pairs_layout.is_contiguous() {
+			candle_core::bail!("batched-lora wants contiguous tensors");
+		}
+		let device = y.device().clone();
+		let x = x.as_cuda_slice::<f32>()?.slice(x_layout.start_offset()..);
+		let row_pairs = row_pairs.as_cuda_slice::<i64>()?.slice(pairs_layout.start_offset()..);
+		let u = device.alloc_zeros::<f32>(rows * MAX_RANK)?;
+		let (in_features, out_features_arg) = (in_features as i32, out_features as i32);
+
+		let shrink = device.get_or_load_custom_func("lora_shrink", MODULE, PTX)?;
+		let mut launch = shrink.builder();
+		launch.arg(&x);
+		launch.arg(&u);
+		launch.arg(&row_pairs);
+		launch.arg(&self.pair_index);
+		launch.arg(&in_features);
+		let grid = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (SHRINK_THREADS, 1, 1), shared_mem_bytes: 0 };
+		// Safety: the arguments match `lora_shrink`'s parameters; every row's pair table was
+		// built by `pair_table` and lives as long as its adapter, which the batch holds.
+		unsafe { launch.launch(grid) }.w()?;
+
+		let y = y.as_cuda_slice_mut::<f32>()?;
+		let mut y = y.slice_mut(y_layout.start_offset()..);
+		let expand = device.get_or_load_custom_func("lora_expand", MODULE, PTX)?;
+		let mut launch = expand.builder();
+		launch.arg(&u);
+		launch.arg(&mut y);
+		launch.arg(&row_pairs);
+		launch.arg(&self.pair_index);
+		launch.arg(&out_features_arg);
+		let blocks = (out_features as u32).div_ceil(EXPAND_THREADS);
+		let grid = LaunchConfig { grid_dim: (blocks, rows as u32, 1), block_dim: (EXPAND_THREADS, 1, 1), shared_mem_bytes: 0 };
+		// Safety: as above, for `lora_expand`.
+		unsafe { launch.launch(grid) }.w()?;
+		Ok(())
+	}
+}
