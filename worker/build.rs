@@ -4,7 +4,7 @@
 
 use std::{env, path::PathBuf, process::Command};
 
-const KERNELS: [&str; 1] = ["lora"];
+const KERNELS: [&str; 2] = ["lora", "paged_attention"];
 
 fn main() {
 	println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

@@ -157,12 +157,13 @@ fn two_adapters_in_one_batch_match_each_alone() {
 openledger_worker::device_tests!(mixed_batch_on_a_device_matches_each_alone_on_the_cpu);
 
 /// The same ragged batch (prefills of different lengths, then decode steps; adapters of two
-/// ranks and weight types, and the base) on `device` gives each sequence what it gets alone on
-/// the CPU: logits within 1e-4 of the largest (GPU sums run in another order).
+/// ranks and weight types, and the base) on `device`, through the GPU's path (batched LoRA,
+/// batched paged decode attention; on the CPU too), gives each sequence what it gets alone on the
+/// CPU's default path: logits within 1e-4 of the largest (GPU sums run in another order).
 fn mixed_batch_on_a_device_matches_each_alone_on_the_cpu(device: &Device) {
 	let tmp = tempfile::tempdir().unwrap();
 	let cpu = tiny_model(&tmp.path().join("base"));
-	let on_device = Llama::from_hf_dir(&tmp.path().join("base"), device, |_, _| {}).unwrap();
+	let on_device = Llama::from_hf_dir(&tmp.path().join("base"), device, |_, _| {}).unwrap().with_batched_decode(true);
 	let (wide, narrow) = (tmp.path().join("wide"), tmp.path().join("narrow"));
 	write_random_adapter(&wide, &cpu.config, RANK, ALPHA, &Projection::ALL, 3, false, false).unwrap();
 	write_random_adapter_as(FloatDtype::BF16, &narrow, &cpu.config, 3, 6.0, &[Projection::Q, Projection::V, Projection::Down], 4, false, true)

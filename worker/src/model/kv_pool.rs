@@ -165,6 +165,11 @@ impl KvCache {
 		self.len == 0
 	}
 
+	/// Whether both caches draw on the same pool.
+	pub fn same_pool(&self, other: &KvCache) -> bool {
+		Arc::ptr_eq(&self.pool.inner, &other.pool.inner)
+	}
+
 	/// The blocks holding positions `0..len`, in order.
 	pub fn blocks(&self) -> &[u32] {
 		&self.blocks

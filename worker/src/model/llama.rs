@@ -15,6 +15,7 @@ use super::{
 	decode_attention::{self, CacheView, Heads},
 	kv_pool::{KvCache, KvPool, KvShape},
 	lora::{self, RowAdapters},
+	paged_attention::DecodeBatch,
 	quant::QuantMatrix,
 	LlamaConfig, LoraAdapter, Projection,
 };
@@ -72,6 +73,9 @@ pub struct Llama {
 	cos_rows: Vec<f32>,
 	sin_rows: Vec<f32>,
 	device: Device,
+	/// Whether a step's one-token sequences share one batched attention op per layer (the GPU
+	/// path) rather than the CPU's per-sequence loops.
+	batched_decode: bool,
 }
 
 /// One sequence's part of a step.
@@ -84,6 +88,13 @@ pub struct SeqStep<'a> {
 impl Llama {
 	pub fn device(&self) -> &Device {
 		&self.device
+	}
+
+	/// Runs decode steps through the batched paged-attention ops even on the CPU (where the
+	/// per-sequence loops are the default), so tests cover the GPU's path on any machine.
+	pub fn with_batched_decode(mut self, on: bool) -> Self {
+		self.batched_decode = on;
+		self
 	}
 
 	/// A paged key/value pool for this model on its device, for up to `max_tokens` cached
@@ -204,6 +215,7 @@ impl Llama {
 			norm,
 			lm_head,
 			device: device.clone(),
+			batched_decode: !device.is_cpu(),
 		})
 	}
 
@@ -231,11 +243,27 @@ impl Llama {
 			adapters.push(step.tokens.len(), step.adapter);
 		}
 		adapters.prepare(&self.device)?;
-		// Block tables for the attention paths that gather the cache (everything but one-token
-		// steps on the CPU), made once per step for every layer.
+		// One-token steps whose caches share a pool attend together, on the GPU path.
+		let decoding: Vec<(usize, usize, &KvCache)> = steps
+			.iter()
+			.zip(&spans)
+			.enumerate()
+			.filter(|(_, (step, _))| step.tokens.len() == 1)
+			.map(|(i, (step, &(start, _, _)))| (i, start, &*step.cache))
+			.collect();
+		let decode = match decoding.first() {
+			Some((_, _, first)) if self.batched_decode && decoding.iter().all(|(_, _, c)| c.same_pool(first)) => {
+				Some(DecodeBatch::new(&decoding, &self.cos, &self.sin, &self.device)?)
+			},
+			_ => None,
+		};
+		let batched = |i: usize| decode.as_ref().is_some_and(|d| d.steps.binary_search(&i).is_ok());
+		// Block tables for the steps that gather their cache (all but the batched decode steps
+		// and the CPU's one-token loops), made once per step for every layer.
 		let block_ids = steps
 			.iter()
-			.map(|step| match step.tokens.len() == 1 && self.device.is_cpu() {
+			.enumerate()
+			.map(|(i, step)| match batched(i) || (step.tokens.len() == 1 && self.device.is_cpu()) {
 				true => Ok(None),
 				false => Tensor::new(step.cache.blocks(), &self.device).map(Some),
 			})
@@ -248,12 +276,27 @@ impl Llama {
 			let q = self.project(layer, l, Projection::Q, &h, &adapters)?;
 			let k = self.project(layer, l, Projection::K, &h, &adapters)?;
 			let v = self.project(layer, l, Projection::V, &h, &adapters)?;
-			let mut outs = Vec::with_capacity(steps.len());
-			for ((step, &(start, n, pos)), block_ids) in steps.iter().zip(spans.iter()).zip(&block_ids) {
-				let rows = |t: &Tensor| t.narrow(0, start, n);
-				outs.push(self.attention(&*step.cache, block_ids.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
-			}
-			let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+			let decoded = match &decode {
+				Some(batch) => Some(self.decode_attention(batch, steps[batch.steps[0]].cache, l, &q, &k, &v)?),
+				None => None,
+			};
+			let attn = match (&decoded, &decode) {
+				(Some(all), Some(batch)) if batch.steps.len() == steps.len() => all.clone(),
+				_ => {
+					let mut outs = Vec::with_capacity(steps.len());
+					let mut next_decoded = 0;
+					for (i, ((step, &(start, n, pos)), block_ids)) in steps.iter().zip(spans.iter()).zip(&block_ids).enumerate() {
+						if let (true, Some(decoded)) = (batched(i), &decoded) {
+							outs.push(decoded.narrow(0, next_decoded, 1)?);
+							next_decoded += 1;
+							continue;
+						}
+						let rows = |t: &Tensor| t.narrow(0, start, n);
+						outs.push(self.attention(&*step.cache, block_ids.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
+					}
+					if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? }
+				},
+			};
 			x = (x + self.project(layer, l, Projection::O, &attn, &adapters)?)?;
 			let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
 			let gate = self.project(layer, l, Projection::Gate, &h, &adapters)?;
@@ -284,6 +327,30 @@ impl Llama {
 			return Tensor::from_vec(out, (rows, out_features), &self.device);
 		}
 		adapters.add_deltas(base.forward(x)?, x, l, projection)
+	}
+
+	/// Attention of a step's batched one-token sequences (`q`, `k`, `v`: the whole step's rows):
+	/// rotary embedding at each one's position, new keys and values written into the paged pool,
+	/// and attention read from it, a few ops for all of them. Returns `[S, heads · head_dim]`.
+	fn decode_attention(&self, batch: &DecodeBatch, cache: &KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+		let c = &self.config;
+		let (count, hd) = (batch.steps.len(), c.head_dim);
+		let pick = |t: &Tensor, heads: usize| t.index_select(&batch.rows, 0)?.reshape((count, heads, 1, hd));
+		let rope = |t: Tensor, heads: usize| -> Result<Tensor> {
+			let t = if c.rope_interleaved {
+				candle_nn::rotary_emb::rope_i(&t, &batch.cos, &batch.sin)?
+			} else {
+				candle_nn::rotary_emb::rope(&t, &batch.cos, &batch.sin)?
+			};
+			t.reshape((count, heads, hd))
+		};
+		let q = rope(pick(q, c.num_heads)?, c.num_heads)?;
+		let k = rope(pick(k, c.num_kv_heads)?, c.num_kv_heads)?;
+		let v = pick(v, c.num_kv_heads)?.reshape((count, c.num_kv_heads, hd))?;
+		let (k_pool, v_pool) = cache.layer_pools(l)?;
+		batch.write(&k_pool, &k)?;
+		batch.write(&v_pool, &v)?;
+		batch.attend(&q, &k_pool, &v_pool)
 	}
 
 	/// Causal self-attention of one sequence's `n` new rows at position `pos` against its cache.

@@ -8,6 +8,7 @@ pub mod llama;
 pub mod lora;
 #[cfg(feature = "cuda")]
 mod lora_cuda;
+mod paged_attention;
 pub mod quant;
 
 pub use config::LlamaConfig;

@@ -1,0 +1,347 @@
+//! Decode steps of a whole batch against the paged KV cache in two ops per layer: the new keys
+//! and values written into their blocks, and attention read from the blocks in place, one launch
+//! for every sequence (kernels/paged_attention.cu on CUDA; the CPU path's loops elsewhere).
+
+use candle_core::{CpuStorage, CustomOp1, Device, InplaceOp3, Layout, Result, Shape, Tensor};
+
+use super::{
+	decode_attention::{self, CacheView, Heads},
+	kv_pool::{KvCache, BLOCK_TOKENS},
+};
+
+/// The decoding sequences of one step, as the batched ops want them.
+pub struct DecodeBatch {
+	/// Their indices in the step list, in batch order.
+	pub steps: Vec<usize>,
+	/// Their rows in the step's token matrix (u32, `[S]`).
+	pub rows: Tensor,
+	/// Rotary angles at their positions, `[S, 1, head_dim / 2]`.
+	pub cos: Tensor,
+	pub sin: Tensor,
+	/// Where each new token goes: block · BLOCK_TOKENS + offset (u32, `[S]`).
+	slots: Tensor,
+	/// Block tables padded with 0 (u32, `[S, max_blocks]`), and positions cached including the
+	/// new one (u32, `[S]`).
+	tables: Tensor,
+	lens: Tensor,
+	max_len: usize,
+}
+
+impl DecodeBatch {
+	/// `decoding`: (step index, row in the token matrix, cache) of each one-token step; the
+	/// caches hold their blocks for the new token already. `cos`, `sin`: the model's tables.
+	pub fn new(decoding: &[(usize, usize, &KvCache)], cos: &Tensor, sin: &Tensor, device: &Device) -> Result<Self> {
+		let count = decoding.len();
+		let max_blocks = decoding.iter().map(|(_, _, c)| c.blocks().len()).max().unwrap_or(0).max(1);
+		let mut tables = vec![0u32; count * max_blocks];
+		for ((_, _, cache), table) in decoding.iter().zip(tables.chunks_exact_mut(max_blocks)) {
+			table[..cache.blocks().len()].copy_from_slice(cache.blocks());
+		}
+		let positions: Vec<u32> = decoding.iter().map(|(_, _, c)| c.len() as u32).collect();
+		let slots: Vec<u32> = decoding
+			.iter()
+			.map(|(_, _, c)| c.blocks()[c.len() / BLOCK_TOKENS] * BLOCK_TOKENS as u32 + (c.len() % BLOCK_TOKENS) as u32)
+			.collect();
+		let lens: Vec<u32> = positions.iter().map(|p| p + 1).collect();
+		let max_len = lens.iter().copied().max().unwrap_or(0) as usize;
+		let rows: Vec<u32> = decoding.iter().map(|&(_, row, _)| row as u32).collect();
+		let at = |angles: &Tensor| -> Result<Tensor> {
+			let half = angles.dim(1)?;
+			angles.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?.reshape((count, 1, half))
+		};
+		Ok(Self {
+			steps: decoding.iter().map(|&(step, _, _)| step).collect(),
+			rows: Tensor::new(rows.as_slice(), device)?,
+			cos: at(cos)?,
+			sin: at(sin)?,
+			slots: Tensor::new(slots.as_slice(), device)?,
+			tables: Tensor::from_vec(tables, (count, max_blocks), device)?,
+			lens: Tensor::new(lens.as_slice(), device)?,
+			max_len,
+		})
+	}
+
+	/// Writes each sequence's new keys or values (`[S, kv_heads, head_dim]`) into `pool`.
+	pub fn write(&self, pool: &Tensor, rows: &Tensor) -> Result<()> {
+		pool.inplace_op3(&rows.contiguous()?, &self.slots, &WriteRows)
+	}
+
+	/// Attention of each sequence's query heads (`q`: `[S, heads, head_dim]`) over its cached
+	/// keys and values; returns `[S, heads · head_dim]`.
+	pub fn attend(&self, q: &Tensor, k_pool: &Tensor, v_pool: &Tensor) -> Result<Tensor> {
+		let (count, heads, head_dim) = q.dims3()?;
+		let op = Attend {
+			k_pool: k_pool.clone(),
+			v_pool: v_pool.clone(),
+			tables: self.tables.clone(),
+			lens: self.lens.clone(),
+			max_len: self.max_len,
+		};
+		q.contiguous()?.apply_op1_no_bwd(&op)?.reshape((count, heads * head_dim))
+	}
+}
+
+/// `pool[slot of s] = rows[s]` for each sequence `s`.
+struct WriteRows;
+
+impl InplaceOp3 for WriteRows {
+	fn name(&self) -> &'static str {
+		"paged-kv-write"
+	}
+
+	fn cpu_fwd(
+		&self,
+		pool: &mut CpuStorage,
+		pool_layout: &Layout,
+		rows: &CpuStorage,
+		rows_layout: &Layout,
+		slots: &CpuStorage,
+		slots_layout: &Layout,
+	) -> Result<()> {
+		let (_, kv_heads, _, head_dim) = pool_layout.shape().dims4()?;
+		let (CpuStorage::F32(pool), CpuStorage::F32(rows), CpuStorage::U32(slots)) = (pool, rows, slots) else {
+			candle_core::bail!("paged-kv-write takes an f32 pool, f32 rows and u32 slots");
+		};
+		let pool = &mut pool[pool_layout.start_offset()..];
+		let rows = &rows[rows_layout.start_offset()..][..rows_layout.shape().elem_count()];
+		let slots = &slots[slots_layout.start_offset()..][..slots_layout.shape().elem_count()];
+		for (row, &slot) in rows.chunks_exact(kv_heads * head_dim).zip(slots) {
+			let (block, offset) = (slot as usize / BLOCK_TOKENS, slot as usize % BLOCK_TOKENS);
+			for (g, head) in row.chunks_exact(head_dim).enumerate() {
+				let at = ((block * kv_heads + g) * BLOCK_TOKENS + offset) * head_dim;
+				pool[at..at + head_dim].copy_from_slice(head);
+			}
+		}
+		Ok(())
+	}
+
+	#[cfg(feature = "cuda")]
+	fn cuda_fwd(
+		&self,
+		pool: &mut candle_core::CudaStorage,
+		pool_layout: &Layout,
+		rows: &candle_core::CudaStorage,
+		rows_layout: &Layout,
+		slots: &candle_core::CudaStorage,
+		slots_layout: &Layout,
+	) -> Result<()> {
+		cuda::write_rows(pool, pool_layout, rows, rows_layout, slots, slots_layout)
+	}
+}
+
+/// Paged decode attention; the pools, tables and lengths ride along with the op.
+struct Attend {
+	k_pool: Tensor,
+	v_pool: Tensor,
+	tables: Tensor,
+	lens: Tensor,
+	/// Sizes the CUDA kernel's shared memory.
+	#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+	max_len: usize,
+}
+
+impl CustomOp1 for Attend {
+	fn name(&self) -> &'static str {
+		"paged-decode-attention"
+	}
+
+	fn cpu_fwd(&self, q: &CpuStorage, q_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+		let (count, heads, head_dim) = q_layout.shape().dims3()?;
+		let kv_heads = self.k_pool.dim(1)?;
+		let CpuStorage::F32(q) = q else { candle_core::bail!("paged attention takes f32 queries") };
+		let q = &q[q_layout.start_offset()..];
+		let tables = self.tables.to_vec2::<u32>()?;
+		let lens = self.lens.to_vec1::<u32>()?;
+		let (k_storage, k_layout) = self.k_pool.storage_and_layout();
+		let (v_storage, v_layout) = self.v_pool.storage_and_layout();
+		let (candle_core::Storage::Cpu(CpuStorage::F32(k)), candle_core::Storage::Cpu(CpuStorage::F32(v))) = (&*k_storage, &*v_storage)
+		else {
+			candle_core::bail!("paged attention wants f32 pools on the CPU")
+		};
+		let width = heads * head_dim;
+		let mut out = Vec::with_capacity(count * width);
+		for s in 0..count {
+			let blocks = &tables[s][..(lens[s] as usize).div_ceil(BLOCK_TOKENS)];
+			let keys = CacheView { data: &k[k_layout.start_offset()..], blocks };
+			let values = CacheView { data: &v[v_layout.start_offset()..], blocks };
+			let shape = Heads { query_heads: heads, kv_heads, head_dim, len: lens[s] as usize };
+			out.extend(decode_attention::attend(&q[s * width..(s + 1) * width], &keys, &values, &shape));
+		}
+		Ok((CpuStorage::F32(out), q_layout.shape().clone()))
+	}
+
+	#[cfg(feature = "cuda")]
+	fn cuda_fwd(&self, q: &candle_core::CudaStorage, q_layout: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+		cuda::attend(self, q, q_layout)
+	}
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+	use candle_core::{
+		backend::BackendStorage,
+		cuda_backend::{
+			cudarc::driver::{LaunchConfig, PushKernelArg},
+			WrapErr,
+		},
+		CudaStorage, Layout, Result, Shape, Storage,
+	};
+
+	use super::{Attend, BLOCK_TOKENS};
+
+	const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
+	const MODULE: &str = "openledger_paged_attention";
+	const THREADS: u32 = 128;
+	/// Static shared memory a block may use without opting in to more.
+	const SHARED_BYTES: usize = 48 << 10;
+
+	pub fn write_rows(
+		pool: &mut CudaStorage,
+		pool_layout: &Layout,
+		rows: &CudaStorage,
+		rows_layout: &Layout,
+		slots: &CudaStorage,
+		slots_layout: &Layout,
+	) -> Result<()> {
+		let (_, kv_heads, block_tokens, head_dim) = pool_layout.shape().dims4()?;
+		assert_eq!(block_tokens, BLOCK_TOKENS);
+		let count = slots_layout.shape().elem_count();
+		let device = pool.device().clone();
+		let rows = rows.as_cuda_slice::<f32>()?.slice(rows_layout.start_offset()..);
+		let slots = slots.as_cuda_slice::<u32>()?.slice(slots_layout.start_offset()..);
+		let pool = pool.as_cuda_slice_mut::<f32>()?;
+		let mut pool = pool.slice_mut(pool_layout.start_offset()..);
+		let (kv_heads, head_dim) = (kv_heads as i32, head_dim as i32);
+		let func = device.get_or_load_custom_func("paged_kv_write", MODULE, PTX)?;
+		let mut launch = func.builder();
+		launch.arg(&mut pool);
+		launch.arg(&rows);
+		launch.arg(&slots);
+		launch.arg(&kv_heads);
+		launch.arg(&head_dim);
+		let grid = LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+		// Safety: the arguments match `paged_kv_write`; every slot lies in a reserved block.
+		unsafe { launch.launch(grid) }.w()?;
+		Ok(())
+	}
+
+	pub fn attend(op: &Attend, q: &CudaStorage, q_layout: &Layout) -> Result<(CudaStorage, Shape)> {
+		let (count, heads, head_dim) = q_layout.shape().dims3()?;
+		let kv_heads = op.k_pool.dim(1)?;
+		let max_blocks = op.tables.dim(1)?;
+		let groups = (THREADS as usize / head_dim).max(1);
+		let shared = (op.max_len + groups * head_dim) * 4;
+		if shared > SHARED_BYTES {
+			candle_core::bail!("paged attention on CUDA handles up to {} cached tokens, not {}", SHARED_BYTES / 4 - groups * head_dim, op.max_len);
+		}
+		let device = q.device().clone();
+		let (k_storage, k_layout) = op.k_pool.storage_and_layout();
+		let (v_storage, v_layout) = op.v_pool.storage_and_layout();
+		let (t_storage, t_layout) = op.tables.storage_and_layout();
+		let (l_storage, l_layout) = op.lens.storage_and_layout();
+		let (Storage::Cuda(k), Storage::Cuda(v), Storage::Cuda(tables), Storage::Cuda(lens)) =
+			(&*k_storage, &*v_storage, &*t_storage, &*l_storage)
+		else {
+			candle_core::bail!("paged attention wants every input on the same CUDA device")
+		};
+		let q = q.as_cuda_slice::<f32>()?.slice(q_layout.start_offset()..);
+		let k = k.as_cuda_slice::<f32>()?.slice(k_layout.start_offset()..);
+		let v = v.as_cuda_slice::<f32>()?.slice(v_layout.start_offset()..);
+		let tables = tables.as_cuda_slice::<u32>()?.slice(t_layout.start_offset()..);
+		let lens = lens.as_cuda_slice::<u32>()?.slice(l_layout.start_offset()..);
+		let out = device.alloc_zeros::<f32>(count * heads * head_dim)?;
+		let ints = [heads, kv_heads, head_dim, max_blocks, op.max_len].map(|n| n as i32);
+		let scale = 1.0 / (head_dim as f32).sqrt();
+		let func = device.get_or_load_custom_func("paged_decode_attention", MODULE, PTX)?;
+		let mut launch = func.builder();
+		launch.arg(&q);
+		launch.arg(&k);
+		launch.arg(&v);
+		launch.arg(&tables);
+		launch.arg(&lens);
+		launch.arg(&out);
+		for n in &ints {
+			launch.arg(n);
+		}
+		launch.arg(&scale);
+		let grid = LaunchConfig { grid_dim: (heads as u32, count as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared as u32 };
+		// Safety: the arguments match `paged_decode_attention`; tables name reserved blocks and
+		// lens do not pass them.
+		unsafe { launch.launch(grid) }.w()?;
+		Ok((CudaStorage::wrap_cuda_slice(out, device), q_layout.shape().clone()))
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use candle_core::DType;
+	use rand::{rngs::StdRng, Rng, SeedableRng};
+
+	use super::*;
+	use crate::model::kv_pool::{KvPool, KvShape};
+
+	crate::device_tests!(paged_decode_ops_match_gathered_attention);
+
+	/// Sequences of different lengths (one to several blocks, the last partly used) in one pool:
+	/// the batched write puts each new row where the cache's own write would, and the batched
+	/// attention equals softmax(q·Kᵀ/√d)·V over the gathered cache, computed plainly on the CPU,
+	/// within 1e-5. Grouped-query heads (4 query heads on 2 kv heads).
+	fn paged_decode_ops_match_gathered_attention(device: &Device) {
+		let (heads, kv_heads, head_dim) = (4, 2, 8);
+		let mut rng = StdRng::seed_from_u64(3);
+		let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+		let pool = KvPool::new(KvShape { num_layers: 1, kv_heads, head_dim }, 4096, device);
+		let lengths = [1usize, 16, 17, 40, 5];
+		let mut caches = Vec::new();
+		for &len in &lengths {
+			let mut cache = pool.cache();
+			cache.reserve(len).unwrap();
+			let history = len - 1;
+			if history > 0 {
+				let k = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
+				let v = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
+				cache.write(0, &k, &v).unwrap();
+				cache.advance(history);
+			}
+			caches.push(cache);
+		}
+		let decoding: Vec<(usize, usize, &KvCache)> = caches.iter().enumerate().map(|(i, c)| (i, i, c)).collect();
+		let angles = Tensor::zeros((64, head_dim / 2), DType::F32, device).unwrap();
+		let batch = DecodeBatch::new(&decoding, &angles, &angles, device).unwrap();
+		let count = lengths.len();
+		let new_k = Tensor::from_vec(random(count * kv_heads * head_dim), (count, kv_heads, head_dim), device).unwrap();
+		let new_v = Tensor::from_vec(random(count * kv_heads * head_dim), (count, kv_heads, head_dim), device).unwrap();
+		let (k_pool, v_pool) = caches[0].layer_pools(0).unwrap();
+		batch.write(&k_pool, &new_k).unwrap();
+		batch.write(&v_pool, &new_v).unwrap();
+		let q = Tensor::from_vec(random(count * heads * head_dim), (count, heads, head_dim), device).unwrap();
+		let got = batch.attend(&q, &k_pool, &v_pool).unwrap().to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+
+		let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+		for (s, cache) in caches.iter().enumerate() {
+			let len = lengths[s];
+			let ids = Tensor::new(cache.blocks(), device).unwrap();
+			let (k_all, v_all) = cache.gather(0, &ids, len).unwrap();
+			let (k_all, v_all) = (cpu(&k_all).to_vec3::<f32>().unwrap(), cpu(&v_all).to_vec3::<f32>().unwrap());
+			let new_k = cpu(&new_k).to_vec3::<f32>().unwrap();
+			for g in 0..kv_heads {
+				assert_eq!(k_all[g][len - 1], new_k[s][g], "sequence {s}, kv head {g}: the new key is in its slot");
+			}
+			let q = cpu(&q).to_vec3::<f32>().unwrap();
+			for h in 0..heads {
+				let g = h / (heads / kv_heads);
+				let scores: Vec<f32> = (0..len)
+					.map(|t| (0..head_dim).map(|d| q[s][h][d] * k_all[g][t][d]).sum::<f32>() / (head_dim as f32).sqrt())
+					.collect();
+				let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+				let weights: Vec<f32> = scores.iter().map(|x| (x - max).exp()).collect();
+				let total: f32 = weights.iter().sum();
+				for d in 0..head_dim {
+					let want: f32 = (0..len).map(|t| weights[t] / total * v_all[g][t][d]).sum();
+					let have = got[s][h * head_dim + d];
+					assert!((have - want).abs() < 1e-5, "sequence {s}, head {h}, dim {d} on {device:?}: {have} vs {want}");
+				}
+			}
+		}
+	}
+}
