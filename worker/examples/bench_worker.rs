@@ -33,12 +33,12 @@ use candle_core::Device;
 use clap::Parser;
 use openledger_worker::{
 	adapters::{
-		load_adapter, write_random_adapter_as, AdapterCache, AdapterLease, AdapterLimits, AdapterStore, FloatDtype,
+		bench_adapter_name, ensure_random_adapters, load_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore, FloatDtype,
 		ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 	},
 	base::{check_cpu, find_default_model, BaseModel},
 	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
-	model::{LlamaConfig, Projection},
+	model::LlamaConfig,
 	tokenizer::ChatMessage,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -342,65 +342,6 @@ impl Table {
 // ---------------------------------------------------------------------------------------------
 // Adapters on disk.
 
-fn adapter_name(i: usize) -> String {
-	format!("a{i:04}")
-}
-
-/// Writes adapters `0..count` of `rank` (all seven projections) into `dir`, skipping those
-/// already there (same seed, same bytes), on two threads. Returns the weights file size.
-fn ensure_adapters(
-	dir: &Path,
-	config: &LlamaConfig,
-	dtype: FloatDtype,
-	rank: usize,
-	count: usize,
-	seed_base: u64,
-) -> Result<u64> {
-	std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-	let missing: Vec<usize> =
-		(0..count).filter(|&i| !dir.join(adapter_name(i)).join(ADAPTER_CONFIG_FILE).is_file()).collect();
-	if !missing.is_empty() {
-		let started = Instant::now();
-		eprintln!("  writing {} adapters (rank {rank}, all projections) into {}", missing.len(), dir.display());
-		let next = AtomicUsize::new(0);
-		let done = AtomicUsize::new(0);
-		let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
-		std::thread::scope(|s| -> Result<()> {
-			let workers: Vec<_> = (0..threads)
-				.map(|_| {
-					s.spawn(|| -> Result<()> {
-						loop {
-							let k = next.fetch_add(1, Ordering::Relaxed);
-							let Some(&i) = missing.get(k) else { return Ok(()) };
-							// alpha = rank: scale 1, so each adapter's delta is of the same size.
-							write_random_adapter_as(
-								dtype,
-								&dir.join(adapter_name(i)),
-								config,
-								rank,
-								rank as f64,
-								&Projection::ALL,
-								seed_base + i as u64,
-								false,
-								false,
-							)?;
-							let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-							if n % 100 == 0 || n == missing.len() {
-								eprintln!("    {n}/{} written ({:.0} s)", missing.len(), started.elapsed().as_secs_f64());
-							}
-						}
-					})
-				})
-				.collect();
-			for w in workers {
-				w.join().expect("adapter writer panicked")?;
-			}
-			Ok(())
-		})?;
-	}
-	Ok(std::fs::metadata(dir.join(adapter_name(0)).join(ADAPTER_WEIGHTS_FILE))?.len())
-}
-
 async fn open_cache(dir: &Path, config: &LlamaConfig, limits: AdapterLimits) -> Result<AdapterCache> {
 	let started = Instant::now();
 	let cache = AdapterCache::new(AdapterStore::open(dir)?, config.clone(), limits, Device::Cpu);
@@ -509,12 +450,12 @@ impl Bench {
 		let (runs, new_tokens, n, rank) =
 			(self.sizes.batch_runs, self.sizes.new_tokens, self.args.concurrency, self.args.rank);
 		let dir = self.r16_dir();
-		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, n, 1000)?;
+		let file_bytes = ensure_random_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, n, 1000)?;
 		let limits = AdapterLimits { max_resident: n + 1, max_resident_bytes: 8 << 30, ..Default::default() };
 		let cache = open_cache(&dir, &self.base.config, limits).await?;
 		let mut leases = Vec::with_capacity(n);
 		for i in 0..n {
-			leases.push(cache.acquire(&adapter_name(i)).await?);
+			leases.push(cache.acquire(&bench_adapter_name(i)).await?);
 		}
 		let prompts: Vec<Vec<u32>> = (0..n).map(|i| chat(&self.base, STORIES[i % STORIES.len()])).collect::<Result<_>>()?;
 		// One stream with an adapter: the adapter's own cost per token.
@@ -579,14 +520,14 @@ impl Bench {
 		Self::section("c. adapter cold load");
 		let (count, rank) = (self.sizes.cold_adapters, self.args.rank);
 		let dir = self.r16_dir();
-		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count.max(self.args.concurrency), 1000)?;
+		let file_bytes = ensure_random_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count.max(self.args.concurrency), 1000)?;
 		let limits = AdapterLimits { max_resident: count + 1, max_resident_bytes: 16 << 30, ..Default::default() };
 		let mut rows = Vec::new();
 		for disk_cold in [false, true] {
 			let cache = open_cache(&dir, &self.base.config, limits.clone()).await?;
 			let mut ms = Vec::with_capacity(count);
 			for i in 0..count {
-				let name = adapter_name(i);
+				let name = bench_adapter_name(i);
 				if disk_cold {
 					drop_page_cache(&dir.join(&name))?;
 				}
@@ -616,7 +557,7 @@ impl Bench {
 		let (mut read, mut hash, mut load) = (Vec::new(), Vec::new(), Vec::new());
 		let limits = AdapterLimits { max_resident_bytes: 16 << 30, ..Default::default() };
 		for i in 0..count.min(16) {
-			let adir = dir.join(adapter_name(i));
+			let adir = dir.join(bench_adapter_name(i));
 			let started = Instant::now();
 			let bytes = std::fs::read(adir.join(ADAPTER_WEIGHTS_FILE))?;
 			read.push(started.elapsed().as_secs_f64() * 1e3);
@@ -642,7 +583,7 @@ impl Bench {
 		let (count, rank, requests, budget, tokens, clients) =
 			(s.zipf_adapters, s.zipf_rank, s.zipf_requests, s.budget, self.args.zipf_tokens, self.args.concurrency);
 		let dir = self.args.bench_dir.join(format!("zipf-r{rank}-all-{:?}", self.args.adapter_dtype));
-		let file_bytes = ensure_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count, 100_000)?;
+		let file_bytes = ensure_random_adapters(&dir, &self.base.config, self.args.adapter_dtype, rank, count, 100_000)?;
 		let limits = AdapterLimits { max_resident: budget, ..Default::default() };
 		ensure!(
 			(budget as u64) * file_bytes <= limits.max_resident_bytes as u64,
@@ -773,7 +714,7 @@ impl ClosedLoop<'_> {
 					let Some(&adapter) = sequence.get(j) else { break };
 					let begun = Instant::now();
 					let misses = cache.stats().misses;
-					let lease = cache.acquire(&adapter_name(adapter)).await?;
+					let lease = cache.acquire(&bench_adapter_name(adapter)).await?;
 					// Another client's miss may land in between; this is only for the latency list.
 					if cache.stats().misses > misses {
 						miss_ms.push(begun.elapsed().as_secs_f64() * 1e3);

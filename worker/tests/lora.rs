@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::Path};
 use candle_core::{Device, Tensor};
 use openledger_worker::{
 	adapters::{load_adapter, write_random_adapter, write_random_adapter_as, AdapterLimits, FloatDtype},
-	model::{KvCache, Llama, LoraAdapter, Projection, SeqStep},
+	model::{kv_pool, KvCache, Llama, LoraAdapter, Projection, SeqStep},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
 
@@ -106,7 +106,7 @@ fn decode_following(
 	n: usize,
 	follow: Option<&[Vec<u32>]>,
 ) -> Vec<(Vec<u32>, Vec<f32>)> {
-	let pool = model.kv_pool(prompts.len() * model.config.max_position);
+	let pool = model.kv_pool(kv_pool::tokens_for(prompts.len(), model.config.max_position));
 	let mut caches: Vec<KvCache> = prompts.iter().map(|_| pool.cache()).collect();
 	let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
 	let mut out: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|_| (Vec::new(), Vec::new())).collect();

@@ -182,3 +182,30 @@ fn engine_drains_queued_requests_on_shutdown() {
 	let outs = rt.block_on(futures::future::join_all(receivers.into_iter().map(collect)));
 	assert!(outs.iter().all(|o| o.completion_tokens > 0));
 }
+
+/// With a KV cache of 64 tokens, a long generation ends (as at its token limit) when the cache
+/// is full instead of failing, and a prompt that can never fit is refused with a clear reason;
+/// the engine then serves the next request normally.
+#[tokio::test]
+async fn a_small_kv_cache_ends_long_answers_and_refuses_prompts_that_cannot_fit() {
+	let base = base();
+	let options = EngineOptions { kv_cache_tokens: Some(64), ..EngineOptions::default() };
+	let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), options);
+	let prompt = chat_prompt("Write a long story about a dragon.");
+	let prompt_len = prompt.len();
+	let (req, rx) = request(prompt, 200, SamplingParams::default(), vec![], None);
+	engine.submit(req).unwrap();
+	let long = collect(rx).await;
+	assert_eq!(long.finish, FinishReason::Length);
+	assert!(prompt_len + long.completion_tokens <= 65, "{prompt_len} prompt + {} generated tokens in 64", long.completion_tokens);
+	assert!(long.completion_tokens >= 64 - prompt_len - 1, "the cache was used to its end: {} generated", long.completion_tokens);
+
+	let (req, mut rx) = request(chat_prompt(&"Tell me about the sea and the sky. ".repeat(12)), 8, SamplingParams::default(), vec![], None);
+	engine.submit(req).unwrap();
+	match rx.recv().await {
+		Some(GenerationEvent::Failed(reason)) => assert!(reason.contains("the prompt does not fit") && reason.contains("KV cache is full"), "{reason}"),
+		other => panic!("expected the prompt to be refused, got {other:?}"),
+	}
+	let after = generate(&engine, "What is the capital of Germany?", 8, SamplingParams::default(), vec![]).await;
+	assert!(after.completion_tokens > 0);
+}

@@ -13,7 +13,7 @@ pub use peft::{
 	KnownWeights,
 };
 pub use store::{validate_name, AdapterStore, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-pub use tools::{write_random_adapter, write_random_adapter_as};
+pub use tools::{bench_adapter_name, ensure_random_adapters, write_random_adapter, write_random_adapter_as};
 
 /// Upper bounds applied to untrusted adapters and to the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]

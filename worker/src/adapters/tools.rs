@@ -6,7 +6,8 @@ use std::{
 	fs,
 	io::Write,
 	path::{Path, PathBuf},
-	sync::atomic::{AtomicU64, Ordering},
+	sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+	time::Instant,
 };
 
 use anyhow::{ensure, Context, Result};
@@ -190,4 +191,64 @@ mod tests {
 		assert_eq!(a.shape(), [2, cfg.intermediate_size]);
 		assert!(a.data().iter().any(|&x| x != 0));
 	}
+}
+
+/// The name benchmarks give their `i`-th generated adapter.
+pub fn bench_adapter_name(i: usize) -> String {
+	format!("a{i:04}")
+}
+
+/// Writes adapters `0..count` of `rank` (all seven projections; named by [`bench_adapter_name`], seeded from `seed_base`) into `dir`, skipping those
+/// already there (same seed, same bytes), on two threads. Returns the weights file size.
+pub fn ensure_random_adapters(
+	dir: &Path,
+	config: &LlamaConfig,
+	dtype: FloatDtype,
+	rank: usize,
+	count: usize,
+	seed_base: u64,
+) -> Result<u64> {
+	std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+	let missing: Vec<usize> =
+		(0..count).filter(|&i| !dir.join(bench_adapter_name(i)).join(ADAPTER_CONFIG_FILE).is_file()).collect();
+	if !missing.is_empty() {
+		let started = Instant::now();
+		eprintln!("  writing {} adapters (rank {rank}, all projections) into {}", missing.len(), dir.display());
+		let next = AtomicUsize::new(0);
+		let done = AtomicUsize::new(0);
+		let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+		std::thread::scope(|s| -> Result<()> {
+			let workers: Vec<_> = (0..threads)
+				.map(|_| {
+					s.spawn(|| -> Result<()> {
+						loop {
+							let k = next.fetch_add(1, Ordering::Relaxed);
+							let Some(&i) = missing.get(k) else { return Ok(()) };
+							// alpha = rank: scale 1, so each adapter's delta is of the same size.
+							write_random_adapter_as(
+								dtype,
+								&dir.join(bench_adapter_name(i)),
+								config,
+								rank,
+								rank as f64,
+								&Projection::ALL,
+								seed_base + i as u64,
+								false,
+								false,
+							)?;
+							let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+							if n % 100 == 0 || n == missing.len() {
+								eprintln!("    {n}/{} written ({:.0} s)", missing.len(), started.elapsed().as_secs_f64());
+							}
+						}
+					})
+				})
+				.collect();
+			for w in workers {
+				w.join().expect("adapter writer panicked")?;
+			}
+			Ok(())
+		})?;
+	}
+	Ok(std::fs::metadata(dir.join(bench_adapter_name(0)).join(ADAPTER_WEIGHTS_FILE))?.len())
 }

@@ -9,7 +9,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use super::{EngineCounters, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
 use crate::{
-	model::{KvCache, KvPool, Llama, SeqStep},
+	model::{kv_pool::tokens_for, KvCache, KvPool, Llama, SeqStep},
 	tokenizer::{IncrementalDecoder, TextCodec},
 };
 
@@ -163,7 +163,7 @@ pub(super) fn run(
 	inbox: mpsc::Receiver<GenerationRequest>,
 	counters: Arc<EngineCounters>,
 ) {
-	let kv_tokens = options.kv_cache_tokens.unwrap_or(options.max_batch_sequences * model.config.max_position);
+	let kv_tokens = options.kv_cache_tokens.unwrap_or(tokens_for(options.max_batch_sequences, model.config.max_position));
 	let pool = model.kv_pool(kv_tokens);
 	let mut active: Vec<Sequence> = Vec::new();
 	let mut open = true;

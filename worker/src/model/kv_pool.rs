@@ -15,6 +15,12 @@ pub const BLOCK_TOKENS: usize = 16;
 /// Blocks allocated the first time the pool is used; it then doubles up to its limit.
 const FIRST_BLOCKS: usize = 64;
 
+/// The pool size (in tokens) that holds `sequences` sequences of up to `tokens_each` tokens at
+/// once: each one's last block may be partly used.
+pub fn tokens_for(sequences: usize, tokens_each: usize) -> usize {
+	sequences * tokens_each.div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS
+}
+
 /// The pool has no free block left and may not grow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the KV cache is full: {needed} more blocks of {BLOCK_TOKENS} tokens needed, {free} free of {max_blocks}")]
