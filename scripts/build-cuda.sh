@@ -13,6 +13,8 @@
 #   CUDA_COMPUTE_CAP      GPU architecture to compile for (default 90)
 #
 # The binary ends up at $CUDA_TARGET_DIR/release/openledger-worker; the script prints its path.
+# It then builds the device tests and the GPU benchmark, and packs them with the binary into
+# target/gpu-bundle.tar.xz, for scripts/gpu-check.sh on a GPU machine that has no Rust toolchain.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
@@ -69,3 +71,29 @@ binary="$CARGO_TARGET_DIR/release/openledger-worker"
 echo "built $binary ($(du -h "$binary" | cut -f1))"
 echo "on the GPU machine, LD_LIBRARY_PATH must reach libcublas.so.13, libcublasLt.so.13, libcudart.so.13,"
 echo "libnvrtc.so.13 and libcurand.so.10 (the same wheels, or a PyTorch install's nvidia/cu13/lib)"
+
+step "device tests and the GPU benchmark (cuda feature)"
+cargo build --release -p openledger-worker --features cuda --example bench_gpu
+# The unit tests (the kernels' tests among them) and tests/lora.rs; cargo names their executables.
+tests="$(cargo test --release -p openledger-worker --features cuda --no-run --message-format=json \
+	| python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        t = m["target"]
+        if (t["kind"] == ["lib"]) or (t["kind"] == ["test"] and t["name"] == "lora"):
+            print(("unit" if t["kind"] == ["lib"] else "lora") + " " + m["executable"])
+')"
+[ "$(echo "$tests" | wc -l)" = 2 ] || die "expected the unit and lora test executables, got: $tests"
+
+step "bundle: target/gpu-bundle.tar.xz"
+bundle="$REPO_ROOT/target/gpu-bundle"
+rm -rf "$bundle" && mkdir -p "$bundle"
+cp "$binary" "$CARGO_TARGET_DIR/release/examples/bench_gpu" "$bundle/"
+while read -r name path; do cp "$path" "$bundle/$name-tests"; done <<< "$tests"
+strip "$bundle"/*
+# One xz stream over all four: the CUDA kernels they each embed compress once.
+tar -C "$bundle" -cf - . | xz -9 -T2 > "$bundle.tar.xz"
+rm -rf "$bundle"
+echo "$(du -h "$bundle.tar.xz" | cut -f1) bundle; on the GPU machine: scripts/gpu-check.sh"

@@ -256,7 +256,11 @@ pub(super) fn run(
 					cache: &mut seq.cache,
 				});
 			}
-			model.forward(&mut steps).and_then(|l| l.to_dtype(candle_core::DType::F32))
+			// Sampling runs on the host: one copy of all rows' logits per step, not one per row.
+			model
+				.forward(&mut steps)
+				.and_then(|l| l.to_dtype(candle_core::DType::F32))
+				.and_then(|l| l.to_device(&candle_core::Device::Cpu))
 		};
 		let logits = match logits {
 			Ok(logits) => logits,

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# On a GPU machine, with no Rust toolchain: runs the CUDA build's device tests and the GPU
+# benchmark from the bundle scripts/build-cuda.sh made (target/gpu-bundle.tar.xz), and prints
+# the benchmark tables for docs/benchmarks.md. Needs python3, the NVIDIA driver, and the CUDA 13
+# libraries somewhere under Python's site-packages (PyTorch's nvidia wheels) or /usr/local/cuda;
+# the HF transformers + PEFT baseline also needs torch, transformers and peft.
+#
+#   scripts/gpu-check.sh                 # tests, then both models
+#   MODELS=smollm2-135m scripts/gpu-check.sh
+#
+# Environment: MODELS (default "smollm2-135m llama-1b"), SEQUENCES (64), NEW_TOKENS (64),
+# RUNS (3), OPENLEDGER_BENCH_DIR (/var/tmp/openledger-bench), LOG_DIR (where logs and tables
+# are copied; default none).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+MODELS="${MODELS:-smollm2-135m llama-1b}"
+BENCH_DIR="${OPENLEDGER_BENCH_DIR:-/var/tmp/openledger-bench}"
+bench_args=(--sequences "${SEQUENCES:-64}" --new-tokens "${NEW_TOKENS:-64}" --runs "${RUNS:-3}" --bench-dir "$BENCH_DIR")
+[ -f target/gpu-bundle.tar.xz ] || die "target/gpu-bundle.tar.xz is missing: run scripts/build-cuda.sh on the build machine"
+bin="$(mktemp -d)"
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' target/gpu-bundle.tar.xz "$bin"
+
+step "CUDA libraries"
+libdirs="$(python3 - <<'EOF'
+import glob, os, site, sys
+wanted = ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13", "libnvrtc.so.13", "libcurand.so.10"]
+roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu"]
+found = {}
+for root in roots:
+    for name in wanted:
+        for path in glob.glob(os.path.join(root, "**", name), recursive=True):
+            found.setdefault(name, os.path.dirname(path))
+missing = [n for n in wanted if n not in found]
+if missing:
+    sys.exit("missing CUDA libraries: " + ", ".join(missing))
+print(":".join(sorted(set(found.values()))))
+EOF
+)" || die "the CUDA 13 libraries were not found (see above)"
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "$libdirs"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+device="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+
+step "device tests (the same bodies as on the CPU, on the GPU)"
+"$bin/unit-tests" ::cuda --test-threads=1
+"$bin/lora-tests" --test-threads=1
+
+report="$bin/report.md"
+for model in $MODELS; do
+	step "benchmark: $model on $device"
+	workload="$("$bin/bench_gpu" --model "$model" "${bench_args[@]}" --prepare-only)"
+	baseline=()
+	if python3 scripts/bench/peft_baseline.py "$workload" > "$bin/baseline-$model.json"; then
+		baseline=(--baseline "$bin/baseline-$model.json")
+	else
+		echo "the transformers + PEFT baseline failed (above); the table has no comparison" >&2
+	fi
+	"$bin/bench_gpu" --device cuda --model "$model" "${bench_args[@]}" "${baseline[@]}" | tee -a "$report"
+	echo >> "$report"
+done
+if [ -n "${LOG_DIR:-}" ]; then
+	mkdir -p "$LOG_DIR" && cp "$report" "$bin"/baseline-*.json "$LOG_DIR"/ 2>/dev/null || true
+fi
+step "tables (for docs/benchmarks.md)"
+cat "$report"
