@@ -388,7 +388,11 @@ impl Llama {
 		let k = rope(k, nkv)?; // [nkv, n, hd]
 		let v = v.reshape((n, nkv, hd))?.transpose(0, 1)?;
 		cache.write(l, &k, &v)?;
-		let (k_all, v_all) = cache.gather(l, block_ids, pos + n)?; // [nkv, pos + n, hd]
+		// A first chunk has nothing cached before it: attend to its own rows, no gather.
+		let (k_all, v_all) = match pos {
+			0 => (k, v.contiguous()?),
+			_ => cache.gather(l, block_ids, pos + n)?, // [nkv, pos + n, hd]
+		};
 		let total = pos + n;
 		// Heads h = g·rep + r use kv head g: rows of one group are (r, t) pairs.
 		let q = q.reshape((nkv, rep * n, hd))?;
