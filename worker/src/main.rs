@@ -100,6 +100,10 @@ struct ServeArgs {
 	/// Byte budget of resident adapters, in MiB.
 	#[arg(long, default_value_t = 2048)]
 	adapter_budget_mib: usize,
+	/// On a GPU: byte budget, in MiB, of the host tier (host copies of adapters loaded onto the
+	/// GPU, so one evicted from it returns by a copy, not a file read). Unused on the CPU.
+	#[arg(long, default_value_t = 4096)]
+	adapter_host_budget_mib: usize,
 	/// Most adapters resident at once.
 	#[arg(long, default_value_t = 64)]
 	max_resident_adapters: usize,
@@ -247,6 +251,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		max_rank: args.max_rank,
 		max_resident_bytes: args.adapter_budget_mib << 20,
 		max_resident: args.max_resident_adapters,
+		max_host_bytes: if args.device.is_cpu() { 0 } else { args.adapter_host_budget_mib << 20 },
 		..AdapterLimits::default()
 	};
 	let cache = AdapterCache::new(store, base.config.clone(), limits, args.device);

@@ -253,6 +253,7 @@ fn render_cache(out: &mut Exposition, cache: &CacheStats) {
 		("openledger_worker_adapter_load_failures_total", "Adapter loads that failed.", cache.load_failures as f64),
 		("openledger_worker_adapter_load_seconds_total", "Time spent loading adapters.", cache.load_seconds_total),
 		("openledger_worker_adapter_evictions_total", "Adapters dropped from residency.", cache.evictions as f64),
+		("openledger_worker_adapter_host_hits_total", "Adapter loads served from the host tier (GPU workers).", cache.host_hits as f64),
 	];
 	for (name, help, value) in counters {
 		out.counter(name, help, value);
@@ -260,6 +261,7 @@ fn render_cache(out: &mut Exposition, cache: &CacheStats) {
 	let gauges = [
 		("openledger_worker_adapter_last_load_seconds", "Duration of the latest adapter load.", cache.last_load_seconds),
 		("openledger_worker_adapter_resident_bytes", "Bytes of resident adapter weights.", cache.resident_bytes as f64),
+		("openledger_worker_adapter_host_bytes", "Bytes of adapter weights in the host tier (GPU workers).", cache.host_bytes as f64),
 		("openledger_worker_adapter_resident", "Adapters resident now.", cache.resident_count as f64),
 		("openledger_worker_adapter_registered", "Adapter names registered.", cache.registered as f64),
 		("openledger_worker_adapter_loads_in_flight", "Adapter loads under way.", cache.loads_in_flight as f64),

@@ -43,8 +43,20 @@ pub struct CacheStats {
 	pub evictions: u64,
 	pub resident_bytes: usize,
 	pub resident_count: usize,
+	/// Loads served from the host tier (a host-to-device copy, no file read).
+	pub host_hits: u64,
+	pub host_bytes: usize,
+	pub host_count: usize,
 	pub registered: usize,
 	pub loads_in_flight: usize,
+}
+
+/// What a load produced: the adapter on the device, whether it came from the host tier, and a
+/// new host copy to keep.
+struct Loaded {
+	adapter: LoraAdapter,
+	from_host: bool,
+	host_copy: Option<Arc<LoraAdapter>>,
 }
 
 /// A resident adapter and when it was last used (nanoseconds since the cache's epoch).
@@ -118,7 +130,18 @@ struct State {
 	resident: HashMap<[u8; 32], Arc<Resident>>,
 	loading: HashMap<[u8; 32], SharedLoad>,
 	resident_bytes: usize,
+	/// The host tier: host copies of adapters loaded onto the device, by last use.
+	host: HashMap<[u8; 32], HostCopy>,
+	host_bytes: usize,
+	/// Orders the host tier's uses.
+	host_clock: u64,
 	stats: CacheStats,
+}
+
+/// An adapter's weights in host memory, ready to be copied to the device again.
+struct HostCopy {
+	adapter: Arc<LoraAdapter>,
+	last_used: u64,
 }
 
 impl State {
@@ -132,6 +155,36 @@ impl State {
 		self.resident_bytes -= entry.adapter.resident_bytes;
 		self.stats.evictions += 1;
 		Some(entry)
+	}
+
+	/// The host copy of `hash`, marked used.
+	fn host_copy(&mut self, hash: &[u8; 32]) -> Option<Arc<LoraAdapter>> {
+		self.host_clock += 1;
+		let clock = self.host_clock;
+		self.host.get_mut(hash).map(|copy| {
+			copy.last_used = clock;
+			copy.adapter.clone()
+		})
+	}
+
+	/// Keeps `adapter` in the host tier, dropping the least recently used copies over `budget`.
+	/// Returns the dropped copies, to be freed after the lock is released.
+	fn keep_on_host(&mut self, adapter: Arc<LoraAdapter>, budget: usize) -> Vec<HostCopy> {
+		let bytes = adapter.resident_bytes;
+		if bytes > budget || self.host.contains_key(&adapter.hash) {
+			return Vec::new();
+		}
+		let mut dropped = Vec::new();
+		while self.host_bytes + bytes > budget {
+			let oldest = *self.host.iter().min_by_key(|(_, c)| c.last_used).map(|(h, _)| h).expect("over budget, so not empty");
+			let copy = self.host.remove(&oldest).expect("just found");
+			self.host_bytes -= copy.adapter.resident_bytes;
+			dropped.push(copy);
+		}
+		self.host_clock += 1;
+		self.host_bytes += bytes;
+		self.host.insert(adapter.hash, HostCopy { adapter, last_used: self.host_clock });
+		dropped
 	}
 }
 
@@ -276,7 +329,8 @@ impl AdapterCache {
 			match state.loading.get(&hash) {
 				Some(load) => load.clone(),
 				None => {
-					let load = self.start_load(name.to_owned(), known, dir);
+					let host_copy = state.host_copy(&hash);
+					let load = self.start_load(name.to_owned(), known, dir, host_copy);
 					state.loading.insert(hash, load.clone());
 					state.stats.loads_in_flight = state.loading.len();
 					load
@@ -286,17 +340,29 @@ impl AdapterCache {
 		load.await
 	}
 
-	/// Spawns the load of `hash` from `dir`: a tokio task (so it finishes even if every waiter
-	/// goes away) that reads on the blocking pool, then verifies and inserts.
-	fn start_load(&self, name: String, known: KnownWeights, dir: PathBuf) -> SharedLoad {
+	/// Spawns the load of `hash`: a tokio task (so it finishes even if every waiter goes away)
+	/// that, on the blocking pool, copies the host tier's copy to the device when there is one,
+	/// and otherwise reads `dir` (into host memory first when the host tier is on), then verifies
+	/// and inserts.
+	fn start_load(&self, name: String, known: KnownWeights, dir: PathBuf, host_copy: Option<Arc<LoraAdapter>>) -> SharedLoad {
 		let hash = known.hash;
 		let inner = self.inner.clone();
 		let task = tokio::spawn(async move {
 			let started = Instant::now();
 			let reader = inner.clone();
 			let loaded = blocking(move || {
+				if let Some(copy) = host_copy {
+					let adapter = copy.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))?;
+					return Ok(Loaded { adapter, from_host: true, host_copy: None });
+				}
 				let dir = reader.store.check_dir(&dir)?;
-				load_adapter_known(&dir, &reader.base, &reader.limits, &reader.device, Some(&known))
+				if reader.limits.max_host_bytes == 0 {
+					let adapter = load_adapter_known(&dir, &reader.base, &reader.limits, &reader.device, Some(&known))?;
+					return Ok(Loaded { adapter, from_host: false, host_copy: None });
+				}
+				let on_host = Arc::new(load_adapter_known(&dir, &reader.base, &reader.limits, &Device::Cpu, Some(&known))?);
+				let adapter = on_host.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))?;
+				Ok(Loaded { adapter, from_host: false, host_copy: Some(on_host) })
 			})
 			.await;
 			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())
@@ -310,15 +376,22 @@ impl AdapterCache {
 		&self,
 		name: &str,
 		hash: [u8; 32],
-		loaded: Result<LoraAdapter, AdapterError>,
+		loaded: Result<Loaded, AdapterError>,
 		elapsed: Duration,
 	) -> Result<AdapterLease, AdapterError> {
 		let mut state = self.inner.lock();
 		state.loading.remove(&hash);
 		state.stats.loads_in_flight = state.loading.len();
-		let adapter = match loaded {
-			Ok(adapter) if adapter.hash == hash => adapter,
-			Ok(adapter) => {
+		let (adapter, dropped_host_copies) = match loaded {
+			Ok(Loaded { adapter, from_host, host_copy }) if adapter.hash == hash => {
+				state.stats.host_hits += u64::from(from_host);
+				let dropped = match host_copy {
+					Some(copy) => state.keep_on_host(copy, self.inner.limits.max_host_bytes),
+					None => Vec::new(),
+				};
+				(adapter, dropped)
+			},
+			Ok(Loaded { adapter, .. }) => {
 				state.stats.load_failures += 1;
 				drop(state);
 				let err = AdapterError::HashMismatch {
@@ -342,6 +415,7 @@ impl AdapterCache {
 		let bytes = adapter.resident_bytes;
 		let inserted = self.insert(&mut state, hash, adapter);
 		drop(state);
+		drop(dropped_host_copies);
 		let (lease, evicted) = inserted.inspect_err(|err| {
 			tracing::warn!(adapter = %name, hash = %&hash_hex(&hash)[..12], bytes, %err, "adapter loaded but not kept");
 		})?;
@@ -454,7 +528,13 @@ impl AdapterCache {
 
 	pub fn stats(&self) -> CacheStats {
 		let state = self.inner.lock();
-		CacheStats { resident_bytes: state.resident_bytes, resident_count: state.resident.len(), ..state.stats.clone() }
+		CacheStats {
+			resident_bytes: state.resident_bytes,
+			resident_count: state.resident.len(),
+			host_bytes: state.host_bytes,
+			host_count: state.host.len(),
+			..state.stats.clone()
+		}
 	}
 
 	/// `(name, hash hex, resident)` for every registered name, sorted by name (for `/v1/models`).
@@ -542,6 +622,37 @@ mod tests {
 			cache.scan().await.unwrap();
 			cache
 		}
+	}
+
+	/// Two adapters fit the device, three the host tier: an adapter evicted from the device comes
+	/// back from the host tier (its file is not read again: it is gone), one pushed out of the
+	/// host tier comes from disk (so without its file it fails), and the tiers' bytes are kept.
+	#[tokio::test]
+	async fn an_adapter_evicted_from_the_device_returns_from_the_host_tier() {
+		let f = Fixture::new();
+		for (i, name) in ["a0", "a1", "a2", "a3"].iter().enumerate() {
+			f.adapter(name, i as u64 + 1);
+		}
+		let limits = AdapterLimits { max_resident: 2, max_host_bytes: 3 * f.bytes, ..Default::default() };
+		let cache = AdapterCache::new(AdapterStore::open(&f.root).unwrap(), tiny_config(false), limits, Device::Cpu);
+		cache.scan().await.unwrap();
+		for name in ["a0", "a1", "a2", "a3"] {
+			drop(cache.acquire(name).await.unwrap());
+			tick().await;
+		}
+		let stats = cache.stats();
+		assert_eq!((stats.loads, stats.host_hits, stats.resident_count), (4, 0, 2));
+		assert_eq!((stats.host_count, stats.host_bytes), (3, 3 * f.bytes), "a0 left the host tier for a3");
+		assert_eq!(resident(&cache), ["a2", "a3"]);
+		for name in ["a0", "a1"] {
+			fs::remove_file(f.root.join(name).join(ADAPTER_WEIGHTS_FILE)).unwrap();
+		}
+		let lease = cache.acquire("a1").await.expect("a1 comes back from the host tier");
+		assert_eq!(lease.hash(), cache.list().iter().find(|(n, _, _)| n == "a1").map(|(_, h, _)| hex::decode(h).unwrap()).unwrap()[..]);
+		drop(lease);
+		tick().await;
+		assert_eq!((cache.stats().loads, cache.stats().host_hits), (5, 1));
+		assert!(cache.acquire("a0").await.is_err(), "a0 was only on disk, and its file is gone");
 	}
 
 	fn resident(cache: &AdapterCache) -> Vec<String> {

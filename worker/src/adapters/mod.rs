@@ -26,11 +26,15 @@ pub struct AdapterLimits {
 	pub max_resident_bytes: usize,
 	/// Most adapters resident at once.
 	pub max_resident: usize,
+	/// Byte budget of the host tier: copies in host memory of adapters recently loaded onto a
+	/// GPU, so one evicted from the GPU comes back by a host-to-device copy instead of a read,
+	/// parse and check of its file. 0: no host tier (the CPU's resident set is host memory).
+	pub max_host_bytes: usize,
 }
 
 impl Default for AdapterLimits {
 	fn default() -> Self {
-		Self { max_rank: 64, max_adapter_bytes: 512 << 20, max_resident_bytes: 2 << 30, max_resident: 32 }
+		Self { max_rank: 64, max_adapter_bytes: 512 << 20, max_resident_bytes: 2 << 30, max_resident: 32, max_host_bytes: 0 }
 	}
 }
 

@@ -142,3 +142,93 @@ impl InplaceOp3 for BatchedLora {
 		Ok(())
 	}
 }
+
+/// Per GPU: a stream for adapter uploads, apart from candle's compute stream so the copies
+/// overlap decoding, and a pinned (page-locked) staging buffer the copies read from, grown to
+/// the largest adapter seen. One upload at a time per GPU.
+struct Uploader {
+	location: DeviceLocation,
+	stream: Arc<CudaStream>,
+	staging: Option<PinnedHostSlice<u8>>,
+}
+
+static UPLOADERS: Mutex<Vec<Uploader>> = Mutex::new(Vec::new());
+
+/// Copies host tensors to `device` on its upload stream and waits for the copies (the calling
+/// thread waits, not the compute stream): the LoRA kernels read the weights through raw
+/// addresses, which stream-order tracking cannot see, so they must be complete before the
+/// adapter is used.
+pub fn upload_all(tensors: &[&Tensor], device: &Device) -> Result<Vec<Tensor>> {
+	let Device::Cuda(cuda) = device else { candle_core::bail!("upload_all is for CUDA devices") };
+	let mut uploaders = UPLOADERS.lock().unwrap_or_else(|p| p.into_inner());
+	let index = match uploaders.iter().position(|u| u.location == device.location()) {
+		Some(i) => i,
+		None => {
+			let stream = cuda.cuda_stream().context().new_stream().w()?;
+			uploaders.push(Uploader { location: device.location(), stream, staging: None });
+			uploaders.len() - 1
+		},
+	};
+	let uploader = &mut uploaders[index];
+	let hosts: Vec<Tensor> = tensors.iter().map(|t| t.to_device(&Device::Cpu)?.contiguous()).collect::<Result<_>>()?;
+	let total: usize = hosts.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+	if uploader.staging.as_ref().is_none_or(|s| s.len() < total) {
+		// Safety: the buffer is written below before any of it is copied.
+		let staging = unsafe { uploader.stream.context().alloc_pinned::<u8>(total.next_power_of_two()) }.w()?;
+		uploader.staging = Some(staging);
+	}
+	let staging = uploader.staging.as_mut().expect("allocated above").as_mut_slice().w()?;
+	let mut offset = 0;
+	let mut uploaded = Vec::with_capacity(hosts.len());
+	for host in &hosts {
+		let bytes = host_bytes(host)?;
+		staging[offset..offset + bytes.len()].copy_from_slice(&bytes);
+		let on_device = Tensor::zeros(host.shape(), host.dtype(), device)?;
+		on_device.inplace_op1(&CopyIn { source: &staging[offset..offset + bytes.len()], stream: &uploader.stream })?;
+		offset += bytes.len();
+		uploaded.push(on_device);
+	}
+	uploader.stream.synchronize().w()?;
+	Ok(uploaded)
+}
+
+/// A contiguous CPU tensor's bytes.
+fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
+	Ok(match t.dtype() {
+		DType::F32 => t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+		DType::F16 => t.flatten_all()?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+		DType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+		other => candle_core::bail!("adapter weights are f32, f16 or bf16, not {other:?}"),
+	})
+}
+
+/// Queues the copy of `source` (pinned host memory) into a tensor's storage on `stream`.
+struct CopyIn<'a> {
+	source: &'a [u8],
+	stream: &'a Arc<CudaStream>,
+}
+
+impl InplaceOp1 for CopyIn<'_> {
+	fn name(&self) -> &'static str {
+		"adapter-upload"
+	}
+
+	fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+		candle_core::bail!("adapter-upload copies to a GPU")
+	}
+
+	fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> Result<()> {
+		let offset_bytes = layout.start_offset() * storage.dtype().size_in_bytes();
+		let stream = self.stream;
+		let (address, _written) = match storage.dtype() {
+			DType::F32 => storage.as_cuda_slice_mut::<f32>()?.device_ptr_mut(stream),
+			DType::F16 => storage.as_cuda_slice_mut::<half::f16>()?.device_ptr_mut(stream),
+			DType::BF16 => storage.as_cuda_slice_mut::<half::bf16>()?.device_ptr_mut(stream),
+			other => candle_core::bail!("adapter weights are f32, f16 or bf16, not {other:?}"),
+		};
+		// Safety: the tensor was allocated for exactly these bytes; the source is pinned and
+		// outlives the copy (the caller waits for the stream before reusing it).
+		unsafe { result::memcpy_htod_async(address + offset_bytes as u64, self.source, stream.cu_stream()) }.w()?;
+		Ok(())
+	}
+}
