@@ -3,8 +3,8 @@
 // launch (u = scale · x·Aᵀ) and one expand launch (y += u·Bᵀ), whatever the number of adapters.
 //
 // Each row finds its adapter through `row_pairs[row]`: the device address of that adapter's
-// pair table (one LoraPair per layer and projection, uploaded once when the adapter is loaded
-// onto the GPU), or 0 for a row without an adapter. Sums run in a fixed order per row, so a
+// pair table (one LoraPair per layer and projection after a header, uploaded once when the
+// adapter is loaded onto the GPU), or 0 for a row without an adapter. Sums run in a fixed order per row, so a
 // row's result does not depend on the rest of the batch (no atomics).
 
 #include <stdint.h>
@@ -29,10 +29,14 @@ __device__ __forceinline__ float load(const float *p, size_t i) { return p[i]; }
 __device__ __forceinline__ float load(const __half *p, size_t i) { return __half2float(p[i]); }
 __device__ __forceinline__ float load(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
 
+// A pair table is a 32-byte header (word 0: the number of pairs, which stops at the adapter's
+// last layer with weights) followed by the pairs.
 __device__ __forceinline__ const LoraPair *row_pair(const uint64_t *row_pairs, int row, int pair_index) {
-	uint64_t table = row_pairs[row];
+	const uint64_t table = row_pairs[row];
 	if (table == 0) return nullptr;
-	const LoraPair *pair = reinterpret_cast<const LoraPair *>(table) + pair_index;
+	const uint64_t *header = reinterpret_cast<const uint64_t *>(table);
+	if ((uint64_t)pair_index >= header[0]) return nullptr;
+	const LoraPair *pair = reinterpret_cast<const LoraPair *>(header + 4) + pair_index;
 	return pair->rank > 0 ? pair : nullptr;
 }
 

@@ -408,9 +408,10 @@ mod tests {
 	crate::device_tests!(batched_deltas_match_a_per_adapter_loop);
 
 	/// Rows of one batch using adapters of mixed ranks (1 to the kernels' largest) and weight
-	/// types, an adapter without a pair for the projection, and no adapter, in runs of any
-	/// length: the batched path and the per-run path on `device` both match a plain per-adapter
-	/// loop on the CPU within 1e-5 of the largest output.
+	/// types, an adapter without a pair for the projection, one with a second layer the others
+	/// lack, and no adapter, in runs of any length: the batched path and the per-run path on
+	/// `device` both match a plain per-adapter loop on the CPU within 1e-5 of the largest output,
+	/// in both layers.
 	fn batched_deltas_match_a_per_adapter_loop(device: &Device) {
 		let (in_features, out_features, rows) = (96, 80, 40);
 		let mut rng = StdRng::seed_from_u64(7);
@@ -418,19 +419,24 @@ mod tests {
 		let kinds = [(1, DType::F32), (3, DType::BF16), (8, DType::F16), (16, DType::F32), (64, DType::BF16), (BATCHED_MAX_RANK, DType::F32)];
 		let mut adapters = Vec::new();
 		for (i, &(rank, dtype)) in kinds.iter().enumerate() {
-			let matrix = |values: Vec<f32>, shape: (usize, usize)| {
-				Tensor::from_vec(values, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
+			let mut weights = || {
+				let mut matrix = |n: usize, shape: (usize, usize)| {
+					Tensor::from_vec(random(&mut rng, n), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
+				};
+				let a_t = matrix(in_features * rank, (in_features, rank));
+				LoraWeights { a_t, b_t: matrix(rank * out_features, (rank, out_features)), scale: 0.5 + i as f32 }
 			};
-			let weights = LoraWeights {
-				a_t: matrix(random(&mut rng, in_features * rank), (in_features, rank)),
-				b_t: matrix(random(&mut rng, rank * out_features), (rank, out_features)),
-				scale: 0.5 + i as f32,
-			};
-			// The last adapter has its pair on another projection only.
+			// The last adapter has its pair on another projection only; the first has a second
+			// layer.
 			let slot = if i + 1 == kinds.len() { Projection::Up } else { Projection::Gate };
-			let mut layer: [Option<LoraWeights>; 7] = Default::default();
-			layer[slot.index()] = Some(weights);
-			adapters.push(LoraAdapter::new([i as u8; 32], rank, vec![layer], 0, device).unwrap());
+			let mut layers: Vec<[Option<LoraWeights>; 7]> = vec![Default::default()];
+			layers[0][slot.index()] = Some(weights());
+			if i == 0 {
+				let mut second: [Option<LoraWeights>; 7] = Default::default();
+				second[Projection::Gate.index()] = Some(weights());
+				layers.push(second);
+			}
+			adapters.push(LoraAdapter::new([i as u8; 32], rank, layers, 0, device).unwrap());
 		}
 		// Row r uses adapter choice[r] (None past the end): runs of 1 to 4 rows.
 		let mut choice = Vec::new();
@@ -439,6 +445,7 @@ mod tests {
 			let run = rng.random_range(1..=4).min(rows - choice.len());
 			choice.extend(std::iter::repeat_n(pick, run));
 		}
+		assert!(choice.contains(&0), "the seed gives the two-layer adapter some rows");
 		let mut batch = RowAdapters::default();
 		for &pick in &choice {
 			batch.push(1, adapters.get(pick));
@@ -446,32 +453,34 @@ mod tests {
 		batch.prepare(device).unwrap();
 		let x = Tensor::from_vec(random(&mut rng, rows * in_features), (rows, in_features), &Device::Cpu).unwrap();
 		let y = Tensor::from_vec(random(&mut rng, rows * out_features), (rows, out_features), &Device::Cpu).unwrap();
-		let mut expected = y.to_vec2::<f32>().unwrap();
-		for (pick, adapter) in adapters.iter().enumerate() {
-			let Some(w) = adapter.weights(0, Projection::Gate) else { continue };
-			let mine: Vec<u32> = (0..rows as u32).filter(|&r| choice[r as usize] == pick).collect();
-			if mine.is_empty() {
-				continue;
+		let f32_on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+		let (x_dev, y_dev) = (x.to_device(device).unwrap(), y.to_device(device).unwrap());
+		for layer in [0, 1] {
+			let mut expected = y.to_vec2::<f32>().unwrap();
+			for (pick, adapter) in adapters.iter().enumerate() {
+				let Some(w) = adapter.weights(layer, Projection::Gate) else { continue };
+				let mine: Vec<u32> = (0..rows as u32).filter(|&r| choice[r as usize] == pick).collect();
+				if mine.is_empty() {
+					continue;
+				}
+				let xs = x.index_select(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
+				let u = (xs.matmul(&f32_on_cpu(&w.a_t)).unwrap() * w.scale as f64).unwrap();
+				let delta = u.matmul(&f32_on_cpu(&w.b_t)).unwrap().to_vec2::<f32>().unwrap();
+				for (&r, d) in mine.iter().zip(delta) {
+					expected[r as usize].iter_mut().zip(d).for_each(|(e, d)| *e += d);
+				}
 			}
-			let f32_on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-			let xs = x.index_select(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
-			let u = (xs.matmul(&f32_on_cpu(&w.a_t)).unwrap() * w.scale as f64).unwrap();
-			let delta = u.matmul(&f32_on_cpu(&w.b_t)).unwrap().to_vec2::<f32>().unwrap();
-			for (&r, d) in mine.iter().zip(delta) {
-				expected[r as usize].iter_mut().zip(d).for_each(|(e, d)| *e += d);
+			let expected = Tensor::new(expected, &Device::Cpu).unwrap();
+			let batched = batch.add_deltas(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
+			let per_run = batch.add_deltas_per_run(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
+			let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+			for (name, got) in [("batched", batched), ("per run", per_run)] {
+				let got = got.to_device(&Device::Cpu).unwrap();
+				let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+				assert!(err <= 1e-5, "{name}, layer {layer} on {device:?}: off by {err} of the largest output");
 			}
 		}
-		let expected = Tensor::new(expected, &Device::Cpu).unwrap();
-		let (x, y) = (x.to_device(device).unwrap(), y.to_device(device).unwrap());
-		let batched = batch.add_deltas(y.clone(), &x, 0, Projection::Gate).unwrap();
-		let per_run = batch.add_deltas_per_run(y.clone(), &x, 0, Projection::Gate).unwrap();
-		let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-		for (name, got) in [("batched", batched), ("per run", per_run)] {
-			let got = got.to_device(&Device::Cpu).unwrap();
-			let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
-			assert!(err <= 1e-5, "{name} on {device:?}: off by {err} of the largest output");
-		}
-		let untouched = batch.add_deltas(y.clone(), &x, 0, Projection::Q).unwrap();
+		let untouched = batch.add_deltas(y_dev.clone(), &x_dev, 0, Projection::Q).unwrap();
 		assert_eq!(untouched.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
 	}
 

@@ -1,14 +1,17 @@
 //! Batched multi-adapter LoRA on CUDA: the launches of kernels/lora.cu (BGMV, as in Punica and
 //! S-LoRA). A decode batch whose rows use different adapters, ranks and weight types adds all
-//! their deltas for one projection in one shrink and one expand launch.
+//! their deltas for one projection in one shrink and one expand launch. Also the copies of
+//! adapters onto the GPU, on a stream of their own.
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::{
+	backend::BackendStorage,
 	cuda_backend::{
-		cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg},
+		cudarc::driver::{result, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg},
 		WrapErr,
 	},
-	backend::BackendStorage,
-	CpuStorage, CudaStorage, DType, Device, InplaceOp3, Layout, Result, Storage, Tensor,
+	CpuStorage, CudaStorage, DType, Device, DeviceLocation, InplaceOp1, InplaceOp3, Layout, Result, Storage, Tensor,
 };
 
 use super::{lora::BATCHED_MAX_RANK as MAX_RANK, LoraWeights};
@@ -47,10 +50,12 @@ fn dtype_code(dtype: DType) -> Result<i64> {
 	}
 }
 
-/// Uploads an adapter's pair table (`struct LoraPair` in kernels/lora.cu, four 64-bit words per
-/// layer and projection) and returns it with its device address.
+/// Uploads an adapter's pair table (kernels/lora.cu: a header of four 64-bit words, the first
+/// the number of pairs, then a `struct LoraPair` of four words per layer and projection) and
+/// returns it with its device address.
 pub fn pair_table(layers: &[[Option<LoraWeights>; 7]], device: &Device) -> Result<(Tensor, u64)> {
-	let mut words: Vec<i64> = Vec::with_capacity(layers.len() * 7 * 4);
+	let mut words: Vec<i64> = Vec::with_capacity((layers.len() * 7 + 1) * 4);
+	words.extend([(layers.len() * 7) as i64, 0, 0, 0]);
 	for pair in layers.iter().flatten() {
 		let Some(w) = pair else {
 			words.extend([0; 4]);
