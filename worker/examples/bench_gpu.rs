@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use openledger_worker::{
 	adapters::{bench_adapter_name, ensure_random_adapters, load_adapter, AdapterLimits, FloatDtype, ADAPTER_WEIGHTS_FILE},
+	base::parse_device,
 	model::{kv_pool, lora::BATCHED_MAX_RANK, Llama, LoraAdapter, SeqStep},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
@@ -93,15 +94,6 @@ fn spec(name: &str) -> Result<TinyLlamaSpec> {
 		"tiny" => TinyLlamaSpec { max_position: 1024, ..TinyLlamaSpec::default() },
 		other => bail!("unknown --model `{other}`: smollm2-135m, llama-1b or tiny"),
 	})
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-	let ordinal = match s {
-		"cpu" => return Ok(Device::Cpu),
-		"cuda" => 0,
-		_ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).with_context(|| format!("`{s}` is not cpu, cuda or cuda:N"))?,
-	};
-	Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal} (is this a `cuda` build?)"))
 }
 
 /// What both this benchmark and the Python baseline run.

@@ -132,3 +132,36 @@ pub fn weights_hash(path: &Path) -> Result<openledger_primitives::ContentHash> {
 	let map = unsafe { memmap2::Mmap::map(&handle) }.with_context(|| format!("mapping {}", file.display()))?;
 	Ok(openledger_primitives::content_hash(&map))
 }
+
+/// The device a `--device` flag names: `cpu`, `cuda` or `cuda:N` (the latter two in a build with
+/// the `cuda` feature).
+pub fn parse_device(s: &str) -> Result<Device> {
+	let ordinal = match s {
+		"cpu" => return Ok(Device::Cpu),
+		"cuda" => 0,
+		_ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+			Some(Ok(n)) => n,
+			_ => anyhow::bail!("`{s}` is not cpu, cuda or cuda:N"),
+		},
+	};
+	if !cfg!(feature = "cuda") {
+		anyhow::bail!("this worker was built without the `cuda` feature (scripts/build-cuda.sh builds one)");
+	}
+	Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
+}
+
+#[cfg(test)]
+mod device_tests {
+	use super::parse_device;
+
+	#[test]
+	fn device_names() {
+		assert!(parse_device("cpu").unwrap().is_cpu());
+		for bad in ["gpu", "cuda:x", "cuda:", ""] {
+			assert!(parse_device(bad).unwrap_err().to_string().contains("is not cpu, cuda or cuda:N"), "{bad}");
+		}
+		if !cfg!(feature = "cuda") {
+			assert!(parse_device("cuda:0").unwrap_err().to_string().contains("without the `cuda` feature"));
+		}
+	}
+}

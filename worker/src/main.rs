@@ -73,7 +73,7 @@ struct ServeArgs {
 	adapters: PathBuf,
 	/// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature
 	/// (scripts/build-cuda.sh).
-	#[arg(long, default_value = "cpu", value_parser = parse_device)]
+	#[arg(long, default_value = "cpu", value_parser = base::parse_device)]
 	device: candle_core::Device,
 	#[arg(long, default_value = "127.0.0.1:8000")]
 	listen: SocketAddr,
@@ -217,21 +217,6 @@ fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
 	}
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
-fn parse_device(s: &str) -> Result<candle_core::Device> {
-	let ordinal = match s {
-		"cpu" => return Ok(candle_core::Device::Cpu),
-		"cuda" => 0,
-		_ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-			Some(Ok(n)) => n,
-			_ => anyhow::bail!("`{s}` is not cpu, cuda or cuda:N"),
-		},
-	};
-	if !cfg!(feature = "cuda") {
-		anyhow::bail!("this worker was built without the `cuda` feature (scripts/build-cuda.sh builds one)");
-	}
-	candle_core::Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
-}
 
 async fn serve(args: ServeArgs) -> Result<()> {
 	let device = args.device.clone();
@@ -467,21 +452,5 @@ fn main() -> ExitCode {
 			eprintln!("error: {e:#}");
 			ExitCode::FAILURE
 		},
-	}
-}
-
-#[cfg(test)]
-mod tests {
-	use super::parse_device;
-
-	#[test]
-	fn device_names() {
-		assert!(parse_device("cpu").unwrap().is_cpu());
-		for bad in ["gpu", "cuda:x", "cuda:", ""] {
-			assert!(parse_device(bad).unwrap_err().to_string().contains("is not cpu, cuda or cuda:N"), "{bad}");
-		}
-		if !cfg!(feature = "cuda") {
-			assert!(parse_device("cuda:0").unwrap_err().to_string().contains("without the `cuda` feature"));
-		}
 	}
 }
