@@ -267,6 +267,27 @@ fn tokenizer_json(vocab_size: usize) -> serde_json::Value {
 	})
 }
 
+/// Runs test bodies on every device the build has, as candle's per-device test macro does:
+/// `device_tests!(body)` makes a module `body` whose test `cpu` calls `body(&Device::Cpu)` and,
+/// with the `cuda` feature, whose test `cuda` calls it on the first GPU.
+#[macro_export]
+macro_rules! device_tests {
+	($($body:ident),+ $(,)?) => {$(
+		mod $body {
+			#[test]
+			fn cpu() {
+				super::$body(&candle_core::Device::Cpu)
+			}
+
+			#[cfg(feature = "cuda")]
+			#[test]
+			fn cuda() {
+				super::$body(&candle_core::Device::new_cuda(0).expect("the cuda feature's tests need a GPU"))
+			}
+		}
+	)+};
+}
+
 #[cfg(test)]
 mod tests {
 	use safetensors::SafeTensors;
@@ -410,25 +431,4 @@ mod tests {
 		let kv = TinyLlamaSpec { num_kv_heads: 3, ..TinyLlamaSpec::default() };
 		assert!(write_tiny_llama(dir.path(), &kv, 0).is_err());
 	}
-}
-
-/// Runs test bodies on every device the build has, as candle's per-device test macro does:
-/// `device_tests!(body)` makes a module `body` whose test `cpu` calls `body(&Device::Cpu)` and,
-/// with the `cuda` feature, whose test `cuda` calls it on the first GPU.
-#[macro_export]
-macro_rules! device_tests {
-	($($body:ident),+ $(,)?) => {$(
-		mod $body {
-			#[test]
-			fn cpu() {
-				super::$body(&candle_core::Device::Cpu)
-			}
-
-			#[cfg(feature = "cuda")]
-			#[test]
-			fn cuda() {
-				super::$body(&candle_core::Device::new_cuda(0).expect("the cuda feature's tests need a GPU"))
-			}
-		}
-	)+};
 }

@@ -147,7 +147,7 @@ impl PoolInner {
 		}
 		self.layers = layers;
 		self.free.splice(0..0, (self.capacity as u32..capacity as u32).rev());
-		tracing::debug!(blocks = capacity, mib = capacity * self.block_bytes() >> 20, "KV cache grown");
+		tracing::debug!(blocks = capacity, mib = (capacity * self.block_bytes()) >> 20, "KV cache grown");
 		self.capacity = capacity;
 		Ok(())
 	}
