@@ -78,6 +78,13 @@ pub struct Llama {
 	batched_decode: bool,
 }
 
+/// What a step that gathers its cache needs in every layer: its block table on the device and
+/// its causal mask.
+struct Gather {
+	block_ids: Tensor,
+	mask: Option<Tensor>,
+}
+
 /// One sequence's part of a step.
 pub struct SeqStep<'a> {
 	pub tokens: &'a [u32],
@@ -260,12 +267,16 @@ impl Llama {
 		let batched = |i: usize| decode.as_ref().is_some_and(|d| d.steps.binary_search(&i).is_ok());
 		// Block tables for the steps that gather their cache (all but the batched decode steps
 		// and the CPU's one-token loops), made once per step for every layer.
-		let block_ids = steps
+		let gathers = steps
 			.iter()
+			.zip(&spans)
 			.enumerate()
-			.map(|(i, step)| match batched(i) || (step.tokens.len() == 1 && self.device.is_cpu()) {
+			.map(|(i, (step, &(_, n, pos)))| match batched(i) || (n == 1 && self.device.is_cpu()) {
 				true => Ok(None),
-				false => Tensor::new(step.cache.blocks(), &self.device).map(Some),
+				false => Ok(Some(Gather {
+					block_ids: Tensor::new(step.cache.blocks(), &self.device)?,
+					mask: self.causal_mask(n, pos)?,
+				})),
 			})
 			.collect::<Result<Vec<_>>>()?;
 		let ids = Tensor::new(tokens.as_slice(), &self.device)?;
@@ -285,14 +296,14 @@ impl Llama {
 				_ => {
 					let mut outs = Vec::with_capacity(steps.len());
 					let mut next_decoded = 0;
-					for (i, ((step, &(start, n, pos)), block_ids)) in steps.iter().zip(spans.iter()).zip(&block_ids).enumerate() {
+					for (i, ((step, &(start, n, pos)), gather)) in steps.iter().zip(spans.iter()).zip(&gathers).enumerate() {
 						if let (true, Some(decoded)) = (batched(i), &decoded) {
 							outs.push(decoded.narrow(0, next_decoded, 1)?);
 							next_decoded += 1;
 							continue;
 						}
 						let rows = |t: &Tensor| t.narrow(0, start, n);
-						outs.push(self.attention(&*step.cache, block_ids.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
+						outs.push(self.attention(&*step.cache, gather.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
 					}
 					if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? }
 				},
@@ -329,6 +340,23 @@ impl Llama {
 		adapters.add_deltas(base.forward(x)?, x, l, projection)
 	}
 
+	/// The causal mask of `n` new rows at position `pos` for every query head of a kv group,
+	/// `[1, rep·n, pos + n]` (made once per step, used by every layer); `None` for one row.
+	fn causal_mask(&self, n: usize, pos: usize) -> Result<Option<Tensor>> {
+		if n == 1 {
+			return Ok(None);
+		}
+		let (rep, total) = (self.config.num_heads / self.config.num_kv_heads, pos + n);
+		let mut mask = vec![0f32; rep * n * total];
+		for r in 0..rep {
+			for t in 0..n {
+				let row = (r * n + t) * total;
+				mask[row + pos + t + 1..row + total].fill(f32::NEG_INFINITY);
+			}
+		}
+		Tensor::from_vec(mask, (1, rep * n, total), &self.device).map(Some)
+	}
+
 	/// Attention of a step's batched one-token sequences (`q`, `k`, `v`: the whole step's rows):
 	/// rotary embedding at each one's position, new keys and values written into the paged pool,
 	/// and attention read from it, a few ops for all of them. Returns `[S, heads · head_dim]`.
@@ -360,7 +388,7 @@ impl Llama {
 	fn attention(
 		&self,
 		cache: &KvCache,
-		block_ids: Option<&Tensor>,
+		gather: Option<&Gather>,
 		l: usize,
 		q: &Tensor,
 		k: &Tensor,
@@ -369,7 +397,7 @@ impl Llama {
 	) -> Result<Tensor> {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
-		let Some(block_ids) = block_ids else {
+		let Some(gather) = gather else {
 			return self.attention_one_token(cache, l, q, k, v, pos);
 		};
 		let rep = nh / nkv;
@@ -391,25 +419,14 @@ impl Llama {
 		// A first chunk has nothing cached before it: attend to its own rows, no gather.
 		let (k_all, v_all) = match pos {
 			0 => (k, v.contiguous()?),
-			_ => cache.gather(l, block_ids, pos + n)?, // [nkv, pos + n, hd]
+			_ => cache.gather(l, &gather.block_ids, pos + n)?, // [nkv, pos + n, hd]
 		};
-		let total = pos + n;
 		// Heads h = g·rep + r use kv head g: rows of one group are (r, t) pairs.
 		let q = q.reshape((nkv, rep * n, hd))?;
 		let scale = 1.0 / (hd as f64).sqrt();
-		let mut att = (q.matmul(&k_all.t()?)? * scale)?; // [nkv, rep·n, total]
-		if n > 1 {
-			let mut mask = vec![0f32; rep * n * total];
-			for r in 0..rep {
-				for t in 0..n {
-					let row = (r * n + t) * total;
-					for j in (pos + t + 1)..total {
-						mask[row + j] = f32::NEG_INFINITY;
-					}
-				}
-			}
-			let mask = Tensor::from_vec(mask, (1, rep * n, total), &self.device)?;
-			att = att.broadcast_add(&mask)?;
+		let mut att = (q.matmul(&k_all.t()?)? * scale)?; // [nkv, rep·n, pos + n]
+		if let Some(mask) = &gather.mask {
+			att = att.broadcast_add(mask)?;
 		}
 		let att = candle_nn::ops::softmax_last_dim(&att)?;
 		let out = att.matmul(&v_all)?; // [nkv, rep·n, hd] = [nh, n, hd]
