@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine, with no Rust toolchain: runs the CUDA build's device tests and the GPU
 # benchmark from the bundle scripts/build-cuda.sh made (target/gpu-bundle.tar.xz), and prints
-# the benchmark tables for docs/benchmarks.md. Needs python3, the NVIDIA driver, and the CUDA 13
+# the benchmark tables for docs/benchmarks.md; last, the worker itself serves chat requests on the
+# GPU (base and adapters, the adapter tiers on). Needs python3, the NVIDIA driver, and the CUDA 13
 # libraries somewhere under Python's site-packages (PyTorch's nvidia wheels) or /usr/local/cuda;
 # the HF transformers + PEFT baseline also needs torch, transformers and peft.
 #
@@ -61,6 +62,25 @@ for model in $MODELS; do
 	"$bin/bench_gpu" --device cuda --model "$model" "${bench_args[@]}" "${baseline[@]}" | tee -a "$report"
 	echo >> "$report"
 done
+step "serving on the GPU: openledger-worker serve --device cuda, chat requests on the base and adapters"
+first="${MODELS%% *}"
+model_dir="$BENCH_DIR/gpu-$first/model"
+adapter_dir="$(ls -d "$BENCH_DIR/gpu-$first"/adapters-* | head -1)"
+# Room for two adapters on the GPU, so the third request evicts one and the fourth brings it
+# back from the host tier.
+"$bin/openledger-worker" serve --device cuda --model "$model_dir" --model-name base --adapters "$adapter_dir" \
+	--max-resident-adapters 2 --listen 127.0.0.1:8765 > "$bin/serve.log" 2>&1 &
+worker=$!
+for _ in $(seq 120); do curl -sf 127.0.0.1:8765/health > /dev/null && break; sleep 1; done
+for name in base a0000 a0001 a0002 a0000; do
+	curl -sf 127.0.0.1:8765/v1/chat/completions -H 'content-type: application/json' \
+		-d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 16}" \
+		| python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["model"], r["usage"])' \
+		|| { tail -20 "$bin/serve.log"; kill "$worker"; die "a chat request on $name failed"; }
+done
+curl -sf 127.0.0.1:8765/metrics | grep -E '^openledger_worker_adapter_(loads|host_hits)_total' | tee -a "$report"
+kill "$worker" && wait "$worker" || true
+
 if [ -n "${LOG_DIR:-}" ]; then
 	mkdir -p "$LOG_DIR" && cp "$report" "$bin"/baseline-*.json "$LOG_DIR"/ 2>/dev/null || true
 fi
