@@ -82,13 +82,13 @@ extern "C" __global__ void lora_shrink(const float *x, float *u, const uint64_t 
 	}
 }
 
-// Thread o of block (bx, row) adds Σ_j u[j]·Bᵀ[j, o] to y[row, bx·256 + o]: reads of a row of Bᵀ
-// are contiguous across the block.
+// Thread o of block (row, by) adds Σ_j u[j]·Bᵀ[j, o] to y[row, by·256 + o]: reads of a row of Bᵀ
+// are contiguous across the block. Rows run along x, whose grid limit (2³¹ − 1) no batch reaches.
 template <typename W>
 __device__ void expand_row(const W *b_t, int rank, const float *u, float *y, int out_features, float *us) {
 	for (int j = threadIdx.x; j < rank; j += blockDim.x) us[j] = u[j];
 	__syncthreads();
-	const int o = blockIdx.x * blockDim.x + threadIdx.x;
+	const int o = blockIdx.y * blockDim.x + threadIdx.x;
 	if (o >= out_features) return;
 	float sum = 0.f;
 	for (int j = 0; j < rank; j++) sum += us[j] * load(b_t, (size_t)j * out_features + o);
@@ -98,7 +98,7 @@ __device__ void expand_row(const W *b_t, int rank, const float *u, float *y, int
 // y: [rows, out_features], updated in place.
 extern "C" __global__ void lora_expand(const float *u, float *y, const uint64_t *row_pairs, int pair_index, int out_features) {
 	__shared__ float us[MAX_RANK];
-	const int row = blockIdx.y;
+	const int row = blockIdx.x;
 	const LoraPair *pair = row_pair(row_pairs, row, pair_index);
 	if (pair == nullptr) return;
 	const float *ur = u + (size_t)row * MAX_RANK;

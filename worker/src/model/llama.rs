@@ -258,8 +258,13 @@ impl Llama {
 			.filter(|(_, (step, _))| step.tokens.len() == 1)
 			.map(|(i, (step, &(start, _, _)))| (i, start, &*step.cache))
 			.collect();
+		let longest = decoding.iter().map(|(_, _, c)| c.len() + 1).max().unwrap_or(0);
 		let decode = match decoding.first() {
-			Some((_, _, first)) if self.batched_decode && decoding.iter().all(|(_, _, c)| c.same_pool(first)) => {
+			Some((_, _, first))
+				if self.batched_decode &&
+					decoding.iter().all(|(_, _, c)| c.same_pool(first)) &&
+					DecodeBatch::takes(&self.device, longest, c.head_dim) =>
+			{
 				Some(DecodeBatch::new(&decoding, &self.cos, &self.sin, &self.device)?)
 			},
 			_ => None,

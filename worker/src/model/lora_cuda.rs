@@ -141,7 +141,7 @@ impl InplaceOp3 for BatchedLora {
 		launch.arg(&self.pair_index);
 		launch.arg(&out_features_arg);
 		let blocks = (out_features as u32).div_ceil(EXPAND_THREADS);
-		let grid = LaunchConfig { grid_dim: (blocks, rows as u32, 1), block_dim: (EXPAND_THREADS, 1, 1), shared_mem_bytes: 0 };
+		let grid = LaunchConfig { grid_dim: (rows as u32, blocks, 1), block_dim: (EXPAND_THREADS, 1, 1), shared_mem_bytes: 0 };
 		// Safety: as above, for `lora_expand`.
 		unsafe { launch.launch(grid) }.w()?;
 		Ok(())

@@ -9,6 +9,18 @@ use super::{
 	kv_pool::{KvCache, BLOCK_TOKENS},
 };
 
+/// Threads per block of the CUDA attention kernel.
+const THREADS: u32 = 128;
+/// Shared memory a CUDA block may use without opting in to more, less the attention kernel's
+/// static 128 bytes (`scratch`).
+const SHARED_BYTES: usize = (48 << 10) - 128;
+
+/// Whether the CUDA attention kernel's shared memory holds the scores of `max_len` cached
+/// positions, and its output groups' partial sums.
+fn fits_in_shared_memory(max_len: usize, head_dim: usize) -> bool {
+	(max_len + (THREADS as usize / head_dim).max(1) * head_dim) * 4 <= SHARED_BYTES
+}
+
 /// The decoding sequences of one step, as the batched ops want them.
 pub struct DecodeBatch {
 	/// Their indices in the step list, in batch order.
@@ -28,6 +40,17 @@ pub struct DecodeBatch {
 }
 
 impl DecodeBatch {
+	/// Whether the batched ops take sequences of up to `max_len` cached positions (the new token
+	/// included) on `device`: the CUDA kernel keeps every position's score in shared memory,
+	/// about 12k of them; longer ones take the per-sequence path.
+	pub fn takes(device: &Device, max_len: usize, head_dim: usize) -> bool {
+		match device {
+			Device::Cuda(_) => fits_in_shared_memory(max_len, head_dim),
+			_ => true,
+		}
+	}
+
+
 	/// `decoding`: (step index, row in the token matrix, cache) of each one-token step; the
 	/// caches hold their blocks for the new token already. `cos`, `sin`: the model's tables.
 	pub fn new(decoding: &[(usize, usize, &KvCache)], cos: &Tensor, sin: &Tensor, device: &Device) -> Result<Self> {
@@ -187,13 +210,10 @@ mod cuda {
 		CudaStorage, Layout, Result, Shape, Storage,
 	};
 
-	use super::{Attend, BLOCK_TOKENS};
+	use super::{Attend, BLOCK_TOKENS, SHARED_BYTES, THREADS};
 
 	const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 	const MODULE: &str = "openledger_paged_attention";
-	const THREADS: u32 = 128;
-	/// Static shared memory a block may use without opting in to more.
-	const SHARED_BYTES: usize = 48 << 10;
 
 	pub fn write_rows(
 		pool: &mut CudaStorage,
@@ -231,7 +251,7 @@ mod cuda {
 		let max_blocks = op.tables.dim(1)?;
 		let groups = (THREADS as usize / head_dim).max(1);
 		let shared = (op.max_len + groups * head_dim) * 4;
-		if shared > SHARED_BYTES {
+		if !super::fits_in_shared_memory(op.max_len, head_dim) {
 			candle_core::bail!("paged attention on CUDA handles up to {} cached tokens, not {}", SHARED_BYTES / 4 - groups * head_dim, op.max_len);
 		}
 		let device = q.device().clone();
@@ -281,6 +301,18 @@ mod tests {
 	use crate::model::kv_pool::{KvPool, KvShape};
 
 	crate::device_tests!(paged_decode_ops_match_gathered_attention);
+
+	/// 12,128 cached positions fit the CUDA kernel with head_dim 64 or 128 (48 KiB less its
+	/// static 128 bytes and the output groups' partial sums); one more does not, and the forward
+	/// then takes the per-sequence path.
+	#[test]
+	fn the_cuda_kernel_takes_12128_positions() {
+		for head_dim in [64, 128] {
+			assert!(fits_in_shared_memory(12_128, head_dim), "{head_dim}");
+			assert!(!fits_in_shared_memory(12_129, head_dim), "{head_dim}");
+		}
+		assert!(DecodeBatch::takes(&Device::Cpu, 1 << 20, 64), "the CPU path has no such limit");
+	}
 
 	/// Sequences of different lengths (one to several blocks, the last partly used) in one pool:
 	/// the batched write puts each new row where the cache's own write would, and the batched
