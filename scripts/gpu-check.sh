@@ -46,8 +46,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 device="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
 step "device tests (the same bodies as on the CPU, on the GPU)"
-"$bin/unit-tests" ::cuda --test-threads=1
-"$bin/lora-tests" --test-threads=1
+# A failure is reported at the end, after the benchmarks: a GPU session is short, so one run
+# should show everything.
+failed=()
+"$bin/unit-tests" ::cuda --test-threads=1 || failed+=("unit tests on the GPU")
+"$bin/lora-tests" --test-threads=1 || failed+=("tests/lora")
 
 report="$bin/report.md"
 for model in $MODELS; do
@@ -59,13 +62,15 @@ for model in $MODELS; do
 	else
 		echo "the transformers + PEFT baseline failed (above); the table has no comparison" >&2
 	fi
-	"$bin/bench_gpu" --device cuda --model "$model" "${bench_args[@]}" "${baseline[@]}" | tee -a "$report"
+	"$bin/bench_gpu" --device cuda --model "$model" "${bench_args[@]}" "${baseline[@]}" | tee -a "$report" \
+		|| failed+=("bench_gpu on $model")
 	echo >> "$report"
 done
 step "serving on the GPU: openledger-worker serve --device cuda, chat requests on the base and adapters"
 first="${MODELS%% *}"
 model_dir="$BENCH_DIR/gpu-$first/model"
-adapter_dir="$(ls -d "$BENCH_DIR/gpu-$first"/adapters-* | head -1)"
+adapter_dir="$(ls -d "$BENCH_DIR/gpu-$first"/adapters-* 2> /dev/null | head -1 || true)"
+[ -d "$model_dir" ] && [ -n "$adapter_dir" ] || die "no $first model or adapters under $BENCH_DIR (the benchmark above failed)"
 # Room for two adapters on the GPU, so the third request evicts one and the fourth brings it
 # back from the host tier.
 "$bin/openledger-worker" serve --device cuda --model "$model_dir" --model-name base --adapters "$adapter_dir" \
@@ -76,9 +81,10 @@ for name in base a0000 a0001 a0002 a0000; do
 	curl -sf 127.0.0.1:8765/v1/chat/completions -H 'content-type: application/json' \
 		-d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 16}" \
 		| python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["model"], r["usage"])' \
-		|| { tail -20 "$bin/serve.log"; kill "$worker"; die "a chat request on $name failed"; }
+		|| { tail -20 "$bin/serve.log"; failed+=("a chat request on $name"); break; }
 done
-curl -sf 127.0.0.1:8765/metrics | grep -E '^openledger_worker_adapter_(loads|host_hits)_total' | tee -a "$report"
+curl -sf 127.0.0.1:8765/metrics | grep -E '^openledger_worker_adapter_(loads|host_hits)_total' | tee -a "$report" \
+	|| failed+=("the worker's /metrics")
 kill "$worker" && wait "$worker" || true
 
 if [ -n "${LOG_DIR:-}" ]; then
@@ -86,3 +92,4 @@ if [ -n "${LOG_DIR:-}" ]; then
 fi
 step "tables (for docs/benchmarks.md)"
 cat "$report"
+[ ${#failed[@]} = 0 ] || die "failed: ${failed[*]}"
