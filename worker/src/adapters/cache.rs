@@ -351,9 +351,11 @@ impl AdapterCache {
 			let started = Instant::now();
 			let reader = inner.clone();
 			let loaded = blocking(move || {
+				let to_device = |on_host: &LoraAdapter| {
+					on_host.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))
+				};
 				if let Some(copy) = host_copy {
-					let adapter = copy.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))?;
-					return Ok(Loaded { adapter, from_host: true, host_copy: None });
+					return Ok(Loaded { adapter: to_device(&copy)?, from_host: true, host_copy: None });
 				}
 				let dir = reader.store.check_dir(&dir)?;
 				if reader.limits.max_host_bytes == 0 {
@@ -361,8 +363,7 @@ impl AdapterCache {
 					return Ok(Loaded { adapter, from_host: false, host_copy: None });
 				}
 				let on_host = Arc::new(load_adapter_known(&dir, &reader.base, &reader.limits, &Device::Cpu, Some(&known))?);
-				let adapter = on_host.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))?;
-				Ok(Loaded { adapter, from_host: false, host_copy: Some(on_host) })
+				Ok(Loaded { adapter: to_device(&on_host)?, from_host: false, host_copy: Some(on_host) })
 			})
 			.await;
 			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())

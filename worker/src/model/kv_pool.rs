@@ -88,12 +88,7 @@ impl KvPool {
 
 	/// Blocks that could still be taken, free or not yet allocated.
 	pub fn available_blocks(&self) -> usize {
-		let inner = self.lock();
-		inner.free.len() + inner.max_blocks - inner.capacity
-	}
-
-	pub fn max_blocks(&self) -> usize {
-		self.lock().max_blocks
+		self.lock().available()
 	}
 
 	/// Layer `layer`'s key and value pools (cheap handles to the shared storage).
@@ -111,9 +106,13 @@ impl PoolInner {
 		2 * s.num_layers * s.kv_heads * BLOCK_TOKENS * s.head_dim * DType::F32.size_in_bytes()
 	}
 
+	fn available(&self) -> usize {
+		self.free.len() + self.max_blocks - self.capacity
+	}
+
 	/// Takes `count` blocks, growing the pool if it must; all or none.
 	fn take(&mut self, count: usize) -> std::result::Result<Vec<u32>, KvPoolFull> {
-		let available = self.free.len() + self.max_blocks - self.capacity;
+		let available = self.available();
 		if count > available {
 			return Err(KvPoolFull { needed: count, free: available, max_blocks: self.max_blocks });
 		}

@@ -227,7 +227,8 @@ impl Llama {
 	}
 
 	/// One step over a ragged batch. Steps that share an adapter should be adjacent (the engine
-	/// orders them so): each run of equal adapters costs one pair of LoRA matmuls per projection.
+	/// orders them so): on the CPU and CUDA every row takes its own LoRA delta, elsewhere each run
+	/// of equal adapters costs one pair of LoRA matmuls per projection.
 	/// Returns the logits of each sequence's last token, `[steps.len(), vocab]`, and advances
 	/// every cache by its step's tokens. A cache whose pool cannot hold the new tokens fails the
 	/// step; the engine reserves them beforehand ([`KvCache::reserve`]) to choose what waits.
@@ -276,12 +277,12 @@ impl Llama {
 			.iter()
 			.zip(&spans)
 			.enumerate()
-			.map(|(i, (step, &(_, n, pos)))| match batched(i) || (n == 1 && self.device.is_cpu()) {
-				true => Ok(None),
-				false => Ok(Some(Gather {
-					block_ids: Tensor::new(step.cache.blocks(), &self.device)?,
-					mask: self.causal_mask(n, pos)?,
-				})),
+			.map(|(i, (step, &(_, n, pos)))| {
+				if batched(i) || (n == 1 && self.device.is_cpu()) {
+					return Ok(None);
+				}
+				let block_ids = Tensor::new(step.cache.blocks(), &self.device)?;
+				Ok(Some(Gather { block_ids, mask: self.causal_mask(n, pos)? }))
 			})
 			.collect::<Result<Vec<_>>>()?;
 		let ids = Tensor::new(tokens.as_slice(), &self.device)?;
@@ -292,23 +293,27 @@ impl Llama {
 			let q = self.project(layer, l, Projection::Q, &h, &adapters)?;
 			let k = self.project(layer, l, Projection::K, &h, &adapters)?;
 			let v = self.project(layer, l, Projection::V, &h, &adapters)?;
-			let decoded = match &decode {
-				Some(batch) => Some(self.decode_attention(batch, steps[batch.steps[0]].cache, l, &q, &k, &v)?),
-				None => None,
-			};
-			let attn = match (&decoded, &decode) {
-				(Some(all), Some(batch)) if batch.steps.len() == steps.len() => all.clone(),
+			let decoded = decode
+				.as_ref()
+				.map(|batch| self.decode_attention(batch, steps[batch.steps[0]].cache, l, &q, &k, &v))
+				.transpose()?;
+			let attn = match &decoded {
+				// Every step decoded together: the batch's rows are the step's rows, in order.
+				Some(all) if all.dim(0)? == steps.len() => all.clone(),
 				_ => {
 					let mut outs = Vec::with_capacity(steps.len());
 					let mut next_decoded = 0;
 					for (i, ((step, &(start, n, pos)), gather)) in steps.iter().zip(spans.iter()).zip(&gathers).enumerate() {
-						if let (true, Some(decoded)) = (batched(i), &decoded) {
-							outs.push(decoded.narrow(0, next_decoded, 1)?);
-							next_decoded += 1;
-							continue;
+						match &decoded {
+							Some(decoded) if batched(i) => {
+								outs.push(decoded.narrow(0, next_decoded, 1)?);
+								next_decoded += 1;
+							},
+							_ => {
+								let rows = |t: &Tensor| t.narrow(0, start, n);
+								outs.push(self.attention(&*step.cache, gather.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
+							},
 						}
-						let rows = |t: &Tensor| t.narrow(0, start, n);
-						outs.push(self.attention(&*step.cache, gather.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
 					}
 					if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? }
 				},

@@ -234,7 +234,7 @@ pub struct LoraAdapter {
 /// An adapter's table of LoRA pairs in device memory, one entry per layer and projection, for
 /// the batched kernels (built once, when the adapter is loaded onto the GPU).
 #[derive(Debug)]
-pub struct DevicePairs {
+struct DevicePairs {
 	/// Keeps the table alive.
 	#[allow(dead_code)]
 	table: Tensor,

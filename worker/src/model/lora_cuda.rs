@@ -186,25 +186,35 @@ pub fn upload_all(tensors: &[&Tensor], device: &Device) -> Result<Vec<Tensor>> {
 	let mut offset = 0;
 	let mut uploaded = Vec::with_capacity(hosts.len());
 	for host in &hosts {
-		let bytes = host_bytes(host)?;
-		staging[offset..offset + bytes.len()].copy_from_slice(&bytes);
+		let len = host.elem_count() * host.dtype().size_in_bytes();
+		let source = &mut staging[offset..offset + len];
+		write_bytes(host, source)?;
 		let on_device = Tensor::zeros(host.shape(), host.dtype(), device)?;
-		on_device.inplace_op1(&CopyIn { source: &staging[offset..offset + bytes.len()], stream: &uploader.stream })?;
-		offset += bytes.len();
+		on_device.inplace_op1(&CopyIn { source, stream: &uploader.stream })?;
+		offset += len;
 		uploaded.push(on_device);
 	}
 	uploader.stream.synchronize().w()?;
 	Ok(uploaded)
 }
 
-/// A contiguous CPU tensor's bytes.
-fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
-	Ok(match t.dtype() {
-		DType::F32 => t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-		DType::F16 => t.flatten_all()?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-		DType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-		other => candle_core::bail!("adapter weights are f32, f16 or bf16, not {other:?}"),
-	})
+/// Writes a contiguous CPU tensor's elements into `out` (its exact size), little-endian, straight
+/// from the tensor's storage.
+fn write_bytes(t: &Tensor, out: &mut [u8]) -> Result<()> {
+	fn put<T: Copy, const N: usize>(values: &[T], out: &mut [u8], bytes: fn(T) -> [u8; N]) {
+		for (chunk, &v) in out.chunks_exact_mut(N).zip(values) {
+			chunk.copy_from_slice(&bytes(v));
+		}
+	}
+	let (storage, layout) = t.storage_and_layout();
+	let range = layout.start_offset()..layout.start_offset() + t.elem_count();
+	match &*storage {
+		Storage::Cpu(CpuStorage::F32(v)) => put(&v[range], out, f32::to_le_bytes),
+		Storage::Cpu(CpuStorage::F16(v)) => put(&v[range], out, half::f16::to_le_bytes),
+		Storage::Cpu(CpuStorage::BF16(v)) => put(&v[range], out, half::bf16::to_le_bytes),
+		_ => candle_core::bail!("adapter weights are f32, f16 or bf16 host tensors"),
+	}
+	Ok(())
 }
 
 /// Queues the copy of `source` (pinned host memory) into a tensor's storage on `stream`.
