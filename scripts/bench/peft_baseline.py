@@ -3,8 +3,9 @@
 the same adapters and the same prompt token ids. Measures aggregate greedy decode tokens/s with
 every request on its own adapter (PEFT's mixed-adapter batches, `adapter_names`) and with all on
 one adapter, the way bench_gpu does: decode steps only (a generate of n + 1 new tokens minus one
-of 1, the prefill), median of the workload's runs. Prints one JSON object for
-`bench_gpu --baseline`.
+of 1, the prefill), median of the workload's runs. Also keeps each request's first greedy tokens
+on its own adapter, so bench_gpu can show that both compute the same thing. Prints one JSON object
+for `bench_gpu --baseline`.
 
     python3 scripts/bench/peft_baseline.py WORKLOAD.json [--device cuda] [--dtype float32]
 """
@@ -20,6 +21,9 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+# Greedy tokens per request compared with bench_gpu's (the prefill's pick and the decode steps').
+CHECKED_TOKENS = 8
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,7 +36,7 @@ def main():
     device, dirs = args.device, work["adapter_dirs"]
 
     started = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(work["model_dir"], torch_dtype=getattr(torch, args.dtype))
+    base = AutoModelForCausalLM.from_pretrained(work["model_dir"], dtype=getattr(torch, args.dtype))
     base.to(device).eval()
     model = PeftModel.from_pretrained(base, dirs[0], adapter_name="a0")
     for i, path in enumerate(dirs[1:], 1):
@@ -50,32 +54,39 @@ def main():
             torch.cuda.synchronize()
 
     def generate(names, count):
-        sync()
-        t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=prompts, attention_mask=mask, adapter_names=names, max_new_tokens=count,
                                  min_new_tokens=count, do_sample=False, pad_token_id=0)
-        sync()
         assert out.shape[1] == prompts.shape[1] + count, "generate stopped early"
+        return out[:, prompts.shape[1]:]
+
+    def timed_generate(names, count):
+        sync()
+        t = time.perf_counter()
+        generate(names, count)
+        sync()
         return time.perf_counter() - t
 
     def decode_rate(names):
-        generate(names, 2)  # warm-up
+        timed_generate(names, 2)  # warm-up
         rates = []
         for _ in range(work["runs"]):
-            prefill = generate(names, 1)
-            total = generate(names, new_tokens + 1)
+            prefill = timed_generate(names, 1)
+            total = timed_generate(names, new_tokens + 1)
             rates.append(len(names) * new_tokens / (total - prefill))
         print(f"  {len(set(names))} adapter(s): {statistics.median(rates):.0f} tok/s (runs {[round(r) for r in rates]})",
               file=sys.stderr)
         return statistics.median(rates)
 
-    distinct = decode_rate([f"a{i}" for i in range(len(dirs))])
+    distinct_names = [f"a{i}" for i in range(len(dirs))]
+    distinct = decode_rate(distinct_names)
     one = decode_rate(["a0"] * len(dirs))
+    first_tokens = generate(distinct_names, min(CHECKED_TOKENS, new_tokens + 1)).tolist()
     print(json.dumps({
         "name": f"transformers {transformers.__version__} + peft {peft.__version__} ({args.dtype}, {device})",
         "distinct_tokens_per_s": distinct,
         "one_adapter_tokens_per_s": one,
+        "distinct_first_tokens": first_tokens,
     }))
 
 

@@ -112,6 +112,15 @@ struct Baseline {
 	name: String,
 	distinct_tokens_per_s: f64,
 	one_adapter_tokens_per_s: f64,
+	/// Each request's first greedy tokens on its own adapter, in workload order.
+	distinct_first_tokens: Vec<Vec<u32>>,
+}
+
+/// A mode's median decode rate and, from its first run, each request's greedy tokens (the
+/// prefill's pick, then one per decode step) in workload order.
+struct Decoded {
+	tokens_per_s: f64,
+	tokens: Vec<Vec<u32>>,
 }
 
 fn main() -> Result<()> {
@@ -167,18 +176,26 @@ fn main() -> Result<()> {
 	let copy_floor = host_to_device_seconds(&device, resident_bytes)?;
 
 	let mut rows: Vec<(String, String, String)> = Vec::new();
-	let mut decode = |label: &str, pick: &dyn Fn(usize) -> Option<usize>| -> Result<f64> {
+	let mut decode = |label: &str, pick: &dyn Fn(usize) -> Option<usize>| -> Result<Decoded> {
 		let chosen: Vec<Option<&LoraAdapter>> = (0..args.sequences).map(|i| pick(i).map(|a| &adapters[a])).collect();
-		let mut results: Vec<f64> = (0..args.runs).map(|_| decode_run(&model, &workload, &chosen)).collect::<Result<_>>()?;
+		let mut tokens = Vec::new();
+		let mut results = Vec::new();
+		for _ in 0..args.runs {
+			let (rate, run_tokens) = decode_run(&model, &workload, &chosen)?;
+			results.push(rate);
+			if tokens.is_empty() {
+				tokens = run_tokens;
+			}
+		}
 		results.sort_by(f64::total_cmp);
 		let median = results[results.len() / 2];
 		eprintln!("  {label}: {median:.0} tok/s (runs {results:.0?})");
 		rows.push((format!("{} requests, {label}: aggregate decode", args.sequences), format!("{median:.0} tok/s"), String::new()));
-		Ok(median)
+		Ok(Decoded { tokens_per_s: median, tokens })
 	};
-	let distinct = decode("each on its own adapter", &|i| Some(i))?;
-	let one = decode("all on one adapter", &|_| Some(0))?;
-	let base = decode("on the base", &|_| None)?;
+	let distinct_run = decode("each on its own adapter", &|i| Some(i))?;
+	let (distinct, one, base) =
+		(distinct_run.tokens_per_s, decode("all on one adapter", &|_| Some(0))?.tokens_per_s, decode("on the base", &|_| None)?.tokens_per_s);
 	let ratio = distinct / one;
 	rows.push((format!("{0} distinct / {0} on one adapter", args.sequences), format!("{ratio:.2}×"), goal(ratio, 0.9)));
 	rows.push((format!("{0} on one adapter / {0} on the base", args.sequences), format!("{:.2}×", one / base), String::new()));
@@ -188,6 +205,12 @@ fn main() -> Result<()> {
 		rows.push((format!("{}, {} distinct adapters", baseline.name, args.sequences), format!("{:.0} tok/s", baseline.distinct_tokens_per_s), String::new()));
 		rows.push((format!("{}, all on one adapter", baseline.name), format!("{:.0} tok/s", baseline.one_adapter_tokens_per_s), String::new()));
 		rows.push(("distinct adapters: this worker / the baseline".into(), format!("{ratio:.1}×"), goal(ratio, 10.0)));
+		let (agreeing, checked) = agreement(&distinct_run.tokens, &baseline.distinct_first_tokens);
+		rows.push((
+			format!("requests whose first {checked} greedy tokens match the baseline's (each on its own adapter)"),
+			format!("{agreeing}/{}", args.sequences),
+			String::new(),
+		));
 	}
 	load_seconds.sort_by(f64::total_cmp);
 	let load = load_seconds[load_seconds.len() / 2];
@@ -210,6 +233,14 @@ fn main() -> Result<()> {
 		println!("| {metric} | {value} | {goal} | {met} |");
 	}
 	Ok(())
+}
+
+/// How many requests generated the same first tokens as the baseline, and how many tokens
+/// were compared per request.
+fn agreement(ours: &[Vec<u32>], baseline: &[Vec<u32>]) -> (usize, usize) {
+	let checked = baseline.iter().chain(ours).map(Vec::len).min().unwrap_or(0);
+	let agreeing = ours.iter().zip(baseline).filter(|(a, b)| a[..checked] == b[..checked]).count();
+	(agreeing, checked)
 }
 
 /// `"≥ G×|yes"` or `"≥ G×|no"`.
@@ -248,8 +279,9 @@ fn host_to_device_seconds(device: &Device, bytes: usize) -> Result<Option<f64>> 
 }
 
 /// One timed run: every prompt prefilled in one step (untimed), then `new_tokens` decode steps
-/// of all sequences together, greedy, timed. Returns decode tokens per second.
-fn decode_run(model: &Llama, workload: &Workload, adapters: &[Option<&LoraAdapter>]) -> Result<f64> {
+/// of all sequences together, greedy, timed. Returns decode tokens per second and each
+/// request's picks in workload order.
+fn decode_run(model: &Llama, workload: &Workload, adapters: &[Option<&LoraAdapter>]) -> Result<(f64, Vec<Vec<u32>>)> {
 	let count = workload.prompts.len();
 	// Sequences sharing an adapter side by side, as the engine orders them.
 	let mut order: Vec<usize> = (0..count).collect();
@@ -258,6 +290,7 @@ fn decode_run(model: &Llama, workload: &Workload, adapters: &[Option<&LoraAdapte
 	let pool = model.kv_pool(kv_pool::tokens_for(count, longest));
 	let mut caches: Vec<_> = (0..count).map(|_| pool.cache()).collect();
 	let mut inputs: Vec<Vec<u32>> = order.iter().map(|&i| workload.prompts[i].clone()).collect();
+	let mut generated: Vec<Vec<u32>> = vec![Vec::with_capacity(workload.new_tokens + 1); count];
 	let mut step = |inputs: &mut Vec<Vec<u32>>| -> Result<()> {
 		let logits = {
 			let mut steps: Vec<SeqStep<'_>> = caches
@@ -269,8 +302,9 @@ fn decode_run(model: &Llama, workload: &Workload, adapters: &[Option<&LoraAdapte
 			model.forward(&mut steps)?
 		};
 		let picks = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-		for (input, token) in inputs.iter_mut().zip(picks) {
+		for ((input, token), &i) in inputs.iter_mut().zip(picks).zip(&order) {
 			*input = vec![token];
+			generated[i].push(token);
 		}
 		Ok(())
 	};
@@ -279,5 +313,6 @@ fn decode_run(model: &Llama, workload: &Workload, adapters: &[Option<&LoraAdapte
 	for _ in 0..workload.new_tokens {
 		step(&mut inputs)?;
 	}
-	Ok((count * workload.new_tokens) as f64 / started.elapsed().as_secs_f64())
+	let rate = (count * workload.new_tokens) as f64 / started.elapsed().as_secs_f64();
+	Ok((rate, generated))
 }
