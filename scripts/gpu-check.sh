@@ -52,7 +52,9 @@ failed=()
 "$bin/unit-tests" ::cuda --test-threads=1 || failed+=("unit tests on the GPU")
 "$bin/lora-tests" --test-threads=1 || failed+=("tests/lora")
 
-report="$bin/report.md"
+# Written as it goes (into LOG_DIR when set), so a run cut short still returns what it measured.
+report="${LOG_DIR:-$bin}/report.md"
+mkdir -p "$(dirname "$report")"
 for model in $MODELS; do
 	step "benchmark: $model on $device"
 	workload="$("$bin/bench_gpu" --model "$model" "${bench_args[@]}" --prepare-only)"
@@ -77,18 +79,26 @@ adapter_dir="$(ls -d "$BENCH_DIR/gpu-$first"/adapters-* 2> /dev/null | head -1 |
 	--max-resident-adapters 2 --listen 127.0.0.1:8765 > "$bin/serve.log" 2>&1 &
 worker=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8765/health > /dev/null && break; sleep 1; done
-for name in base a0000 a0001 a0002 a0000; do
+# Greedy, so a0000's second answer (its weights copied back from the pinned host tier) must
+# equal its first (read from disk).
+for turn in base a0000 a0001 a0002 a0000-again; do
+	name="${turn%-again}"
 	curl -sf 127.0.0.1:8765/v1/chat/completions -H 'content-type: application/json' \
-		-d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 16}" \
-		| python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["model"], r["usage"])' \
+		-d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 16, \"temperature\": 0}" \
+		> "$bin/answer-$turn.json" \
+		&& python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["model"], r["usage"], repr(r["choices"][0]["message"]["content"]))' "$bin/answer-$turn.json" \
 		|| { tail -20 "$bin/serve.log"; failed+=("a chat request on $name"); break; }
 done
+python3 -c 'import json, sys; a, b = (json.load(open(f))["choices"][0]["message"]["content"] for f in sys.argv[1:]); sys.exit(a != b)' \
+	"$bin/answer-a0000.json" "$bin/answer-a0000-again.json" \
+	|| failed+=("a0000 answered differently after its copy from the host tier")
 curl -sf 127.0.0.1:8765/metrics | grep -E '^openledger_worker_adapter_(loads|host_hits)_total' | tee -a "$report" \
 	|| failed+=("the worker's /metrics")
+grep -qE '^openledger_worker_adapter_host_hits_total [1-9]' "$report" || failed+=("no load came from the host tier")
 kill "$worker" && wait "$worker" || true
 
 if [ -n "${LOG_DIR:-}" ]; then
-	mkdir -p "$LOG_DIR" && cp "$report" "$bin"/baseline-*.json "$LOG_DIR"/ 2>/dev/null || true
+	cp "$bin"/baseline-*.json "$bin/serve.log" "$LOG_DIR"/ 2>/dev/null || true
 fi
 step "tables (for docs/benchmarks.md)"
 cat "$report"

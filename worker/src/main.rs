@@ -100,8 +100,8 @@ struct ServeArgs {
 	/// Byte budget of resident adapters, in MiB.
 	#[arg(long, default_value_t = 2048)]
 	adapter_budget_mib: usize,
-	/// On a GPU: byte budget, in MiB, of the host tier (host copies of adapters loaded onto the
-	/// GPU, so one evicted from it returns by a copy, not a file read). Unused on the CPU.
+	/// On a GPU: byte budget, in MiB, of the host tier (pinned host copies of adapters loaded
+	/// onto the GPU, so one evicted from it returns by a copy, not a file read). Unused on the CPU.
 	#[arg(long, default_value_t = 4096)]
 	adapter_host_budget_mib: usize,
 	/// Most adapters resident at once.

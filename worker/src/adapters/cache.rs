@@ -24,7 +24,7 @@ use super::{
 	peft::{inspect_impl, KnownWeights}, store::validate_name, AdapterError, AdapterInfo, AdapterLimits,
 	AdapterStore,
 };
-use crate::model::{LlamaConfig, LoraAdapter};
+use crate::model::{HostAdapter, LlamaConfig, LoraAdapter};
 
 /// Counters and gauges for `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -56,7 +56,7 @@ pub struct CacheStats {
 struct Loaded {
 	adapter: LoraAdapter,
 	from_host: bool,
-	host_copy: Option<Arc<LoraAdapter>>,
+	host_copy: Option<Arc<HostAdapter>>,
 }
 
 /// A resident adapter and when it was last used (nanoseconds since the cache's epoch).
@@ -138,9 +138,9 @@ struct State {
 	stats: CacheStats,
 }
 
-/// An adapter's weights in host memory, ready to be copied to the device again.
+/// An adapter's weights in host memory (pinned for a GPU), ready to be copied to the device again.
 struct HostCopy {
-	adapter: Arc<LoraAdapter>,
+	adapter: Arc<HostAdapter>,
 	last_used: u64,
 }
 
@@ -158,7 +158,7 @@ impl State {
 	}
 
 	/// The host copy of `hash`, marked used.
-	fn host_copy(&mut self, hash: &[u8; 32]) -> Option<Arc<LoraAdapter>> {
+	fn host_copy(&mut self, hash: &[u8; 32]) -> Option<Arc<HostAdapter>> {
 		self.host_clock += 1;
 		let clock = self.host_clock;
 		self.host.get_mut(hash).map(|copy| {
@@ -169,7 +169,7 @@ impl State {
 
 	/// Keeps `adapter` in the host tier, dropping the least recently used copies over `budget`.
 	/// Returns the dropped copies, to be freed after the lock is released.
-	fn keep_on_host(&mut self, adapter: Arc<LoraAdapter>, budget: usize) -> Vec<HostCopy> {
+	fn keep_on_host(&mut self, adapter: Arc<HostAdapter>, budget: usize) -> Vec<HostCopy> {
 		let bytes = adapter.resident_bytes;
 		if bytes > budget || self.host.contains_key(&adapter.hash) {
 			return Vec::new();
@@ -344,14 +344,14 @@ impl AdapterCache {
 	/// that, on the blocking pool, copies the host tier's copy to the device when there is one,
 	/// and otherwise reads `dir` (into host memory first when the host tier is on), then verifies
 	/// and inserts.
-	fn start_load(&self, name: String, known: KnownWeights, dir: PathBuf, host_copy: Option<Arc<LoraAdapter>>) -> SharedLoad {
+	fn start_load(&self, name: String, known: KnownWeights, dir: PathBuf, host_copy: Option<Arc<HostAdapter>>) -> SharedLoad {
 		let hash = known.hash;
 		let inner = self.inner.clone();
 		let task = tokio::spawn(async move {
 			let started = Instant::now();
 			let reader = inner.clone();
 			let loaded = blocking(move || {
-				let to_device = |on_host: &LoraAdapter| {
+				let to_device = |on_host: &HostAdapter| {
 					on_host.to_device(&reader.device).map_err(|e| AdapterError::Internal(format!("copying the adapter to the device: {e}")))
 				};
 				if let Some(copy) = host_copy {
@@ -362,8 +362,11 @@ impl AdapterCache {
 					let adapter = load_adapter_known(&dir, &reader.base, &reader.limits, &reader.device, Some(&known))?;
 					return Ok(Loaded { adapter, from_host: false, host_copy: None });
 				}
-				let on_host = Arc::new(load_adapter_known(&dir, &reader.base, &reader.limits, &Device::Cpu, Some(&known))?);
-				Ok(Loaded { adapter: to_device(&on_host)?, from_host: false, host_copy: Some(on_host) })
+				let on_cpu = load_adapter_known(&dir, &reader.base, &reader.limits, &Device::Cpu, Some(&known))?;
+				let on_host = HostAdapter::pack(&on_cpu, &reader.device)
+					.map_err(|e| AdapterError::Internal(format!("packing the adapter in host memory: {e}")))?;
+				drop(on_cpu);
+				Ok(Loaded { adapter: to_device(&on_host)?, from_host: false, host_copy: Some(Arc::new(on_host)) })
 			})
 			.await;
 			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())
@@ -416,7 +419,10 @@ impl AdapterCache {
 		let bytes = adapter.resident_bytes;
 		let inserted = self.insert(&mut state, hash, adapter);
 		drop(state);
-		drop(dropped_host_copies);
+		if !dropped_host_copies.is_empty() {
+			// Unpinning host memory can take milliseconds: not on an async thread.
+			tokio::task::spawn_blocking(move || drop(dropped_host_copies));
+		}
 		let (lease, evicted) = inserted.inspect_err(|err| {
 			tracing::warn!(adapter = %name, hash = %&hash_hex(&hash)[..12], bytes, %err, "adapter loaded but not kept");
 		})?;

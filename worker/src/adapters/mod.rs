@@ -26,7 +26,7 @@ pub struct AdapterLimits {
 	pub max_resident_bytes: usize,
 	/// Most adapters resident at once.
 	pub max_resident: usize,
-	/// Byte budget of the host tier: copies in host memory of adapters recently loaded onto a
+	/// Byte budget of the host tier: copies in pinned host memory of adapters recently loaded onto a
 	/// GPU, so one evicted from the GPU comes back by a host-to-device copy instead of a read,
 	/// parse and check of its file. 0: no host tier (the CPU's resident set is host memory).
 	pub max_host_bytes: usize,

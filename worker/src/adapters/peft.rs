@@ -20,7 +20,7 @@ use super::{
 	store::{hash_file, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE},
 	AdapterError, AdapterLimits,
 };
-use crate::model::{LlamaConfig, LoraAdapter, LoraWeights, Projection};
+use crate::model::{HostAdapter, LlamaConfig, LoraAdapter, LoraWeights, Projection};
 
 /// What changes when a file's bytes change by any ordinary means (rewrite, copy, rename over):
 /// its length, modification time and, on Unix, its inode. Comparing stamps lets a load trust the
@@ -249,7 +249,7 @@ pub fn load_adapter_known(
 		pairs
 			.iter()
 			.map(|pair| {
-				build_pair(pair, data, base, scale, device).map_err(|e| {
+				build_pair(pair, data, base, scale).map_err(|e| {
 					AdapterError::Internal(format!("building {}: {e}", pair.a.name.trim_end_matches(".weight")))
 				})
 			})
@@ -288,7 +288,14 @@ pub fn load_adapter_known(
 		ms = started.elapsed().as_millis() as u64,
 		"adapter tensors built"
 	);
-	LoraAdapter::new(hash, plan.config.rank, layers, plan.resident_bytes, device)
+	let on_cpu = LoraAdapter::new(hash, plan.config.rank, layers, plan.resident_bytes, &Device::Cpu)
+		.map_err(|e| AdapterError::Internal(format!("building the adapter: {e}")))?;
+	if device.is_cpu() {
+		return Ok(on_cpu);
+	}
+	// Packed first, so a device gets one copy per float type rather than one per matrix.
+	HostAdapter::pack(&on_cpu, device)
+		.and_then(|packed| packed.to_device(device))
 		.map_err(|e| AdapterError::Internal(format!("placing the adapter on {device:?}: {e}")))
 }
 
@@ -297,7 +304,6 @@ fn build_pair(
 	data: &[u8],
 	base: &LlamaConfig,
 	scale: f64,
-	device: &Device,
 ) -> candle_core::Result<LoraWeights> {
 	// B's output rows follow the GGUF row order for q and k (see `permute_rows_for_gguf`).
 	let heads = match pair.projection {
@@ -307,7 +313,7 @@ fn build_pair(
 	};
 	let a_t = transposed(&pair.a, data, None)?;
 	let b_t = transposed(&pair.b, data, heads)?;
-	Ok(LoraWeights { a_t: a_t.to_device(device)?, b_t: b_t.to_device(device)?, scale: scale as f32 })
+	Ok(LoraWeights { a_t, b_t, scale: scale as f32 })
 }
 
 /// `Wᵀ` as a contiguous tensor `[cols, rows]` of the file's float type, read straight from the

@@ -267,33 +267,6 @@ impl LoraAdapter {
 		Ok(Self { hash, rank, layers, resident_bytes, device_pairs })
 	}
 
-	/// A copy of this adapter with its weights on `device`. On CUDA the copies run on a stream
-	/// of their own, so they overlap the decode kernels of the compute stream.
-	pub fn to_device(&self, device: &Device) -> Result<Self> {
-		let pairs: Vec<&LoraWeights> = self.layers.iter().flatten().flatten().collect();
-		let tensors: Vec<&Tensor> = pairs.iter().flat_map(|w| [&w.a_t, &w.b_t]).collect();
-		let moved = match device {
-			#[cfg(feature = "cuda")]
-			Device::Cuda(_) => super::lora_cuda::upload_all(&tensors, device)?,
-			_ => tensors.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?,
-		};
-		let mut moved = moved.into_iter();
-		let layers = self
-			.layers
-			.iter()
-			.map(|layer| {
-				layer.clone().map(|pair| {
-					pair.map(|w| LoraWeights {
-						a_t: moved.next().expect("one tensor per matrix"),
-						b_t: moved.next().expect("one tensor per matrix"),
-						scale: w.scale,
-					})
-				})
-			})
-			.collect();
-		Self::new(self.hash, self.rank, layers, self.resident_bytes, device)
-	}
-
 	pub fn weights(&self, layer: usize, projection: Projection) -> Option<&LoraWeights> {
 		self.layers.get(layer).and_then(|l| l[projection.index()].as_ref())
 	}

@@ -1,7 +1,7 @@
 //! Batched multi-adapter LoRA on CUDA: the launches of kernels/lora.cu (BGMV, as in Punica and
 //! S-LoRA). A decode batch whose rows use different adapters, ranks and weight types adds all
-//! their deltas for one projection in one shrink and one expand launch. Also the copies of
-//! adapters onto the GPU, on a stream of their own.
+//! their deltas for one projection in one shrink and one expand launch. Also the pinned host
+//! memory of packed adapters and their copies onto the GPU, on a stream of their own.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,7 @@ use candle_core::{
 	CpuStorage, CudaStorage, DType, Device, DeviceLocation, InplaceOp1, InplaceOp3, Layout, Result, Storage, Tensor,
 };
 
-use super::{lora::BATCHED_MAX_RANK as MAX_RANK, LoraWeights};
+use super::{lora::BATCHED_MAX_RANK as MAX_RANK, lora_host::Region, LoraWeights};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
 const MODULE: &str = "openledger_lora";
@@ -148,73 +148,58 @@ impl InplaceOp3 for BatchedLora {
 	}
 }
 
-/// Per GPU: a stream for adapter uploads, apart from candle's compute stream so the copies
-/// overlap decoding, and a pinned (page-locked) staging buffer the copies read from, grown to
-/// the largest adapter seen. One upload at a time per GPU.
-struct Uploader {
-	location: DeviceLocation,
-	stream: Arc<CudaStream>,
-	staging: Option<PinnedHostSlice<u8>>,
+/// Page-locked host memory for an adapter's packed weights (see `lora_host`): copies from it to
+/// the GPU are DMA reads that run asynchronously on the upload stream.
+pub struct Pinned(PinnedHostSlice<u8>);
+
+impl Pinned {
+	pub fn allocate(len: usize, device: &Device) -> Result<Self> {
+		let Device::Cuda(cuda) = device else { candle_core::bail!("pinned memory is for CUDA devices") };
+		// Safety: `HostAdapter::pack` writes every byte before any is read or copied.
+		// Write-combined (cudarc's default): the host only writes it, once, in order.
+		let slice = unsafe { cuda.cuda_stream().context().alloc_pinned::<u8>(len.max(1)) }.w()?;
+		Ok(Self(slice))
+	}
+
+	pub fn as_slice(&self) -> Result<&[u8]> {
+		self.0.as_slice().w()
+	}
+
+	pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+		self.0.as_mut_slice().w()
+	}
 }
 
-static UPLOADERS: Mutex<Vec<Uploader>> = Mutex::new(Vec::new());
+/// Per GPU, a stream for adapter uploads, apart from candle's compute streams so the copies
+/// overlap decoding.
+static UPLOAD_STREAMS: Mutex<Vec<(DeviceLocation, Arc<CudaStream>)>> = Mutex::new(Vec::new());
 
-/// Copies host tensors to `device` on its upload stream and waits for the copies (the calling
-/// thread waits, not the compute stream): the LoRA kernels read the weights through raw
-/// addresses, which stream-order tracking cannot see, so they must be complete before the
-/// adapter is used.
-pub fn upload_all(tensors: &[&Tensor], device: &Device) -> Result<Vec<Tensor>> {
-	let Device::Cuda(cuda) = device else { candle_core::bail!("upload_all is for CUDA devices") };
-	let mut uploaders = UPLOADERS.lock().unwrap_or_else(|p| p.into_inner());
-	let index = match uploaders.iter().position(|u| u.location == device.location()) {
-		Some(i) => i,
-		None => {
-			let stream = cuda.cuda_stream().context().new_stream().w()?;
-			uploaders.push(Uploader { location: device.location(), stream, staging: None });
-			uploaders.len() - 1
-		},
+/// Copies each region of `pinned` into a new 1-D tensor on `device`, on the GPU's upload stream,
+/// and waits for the copies (the calling thread waits, not the compute stream): the LoRA kernels
+/// read the weights through raw addresses, which stream-order tracking cannot see, so they must
+/// be complete before the adapter is used.
+pub fn upload_regions(pinned: &Pinned, regions: &[Region], device: &Device) -> Result<Vec<Tensor>> {
+	let Device::Cuda(cuda) = device else { candle_core::bail!("uploads are for CUDA devices") };
+	let stream = {
+		let mut streams = UPLOAD_STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+		match streams.iter().find(|(location, _)| *location == device.location()) {
+			Some((_, stream)) => stream.clone(),
+			None => {
+				let stream = cuda.cuda_stream().context().new_stream().w()?;
+				streams.push((device.location(), stream.clone()));
+				stream
+			},
+		}
 	};
-	let uploader = &mut uploaders[index];
-	let hosts: Vec<Tensor> = tensors.iter().map(|t| t.to_device(&Device::Cpu)?.contiguous()).collect::<Result<_>>()?;
-	let total: usize = hosts.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
-	if uploader.staging.as_ref().is_none_or(|s| s.len() < total) {
-		// Safety: the buffer is written below before any of it is copied.
-		let staging = unsafe { uploader.stream.context().alloc_pinned::<u8>(total.next_power_of_two()) }.w()?;
-		uploader.staging = Some(staging);
-	}
-	let staging = uploader.staging.as_mut().expect("allocated above").as_mut_slice().w()?;
-	let mut offset = 0;
-	let mut uploaded = Vec::with_capacity(hosts.len());
-	for host in &hosts {
-		let len = host.elem_count() * host.dtype().size_in_bytes();
-		let source = &mut staging[offset..offset + len];
-		write_bytes(host, source)?;
-		let on_device = Tensor::zeros(host.shape(), host.dtype(), device)?;
-		on_device.inplace_op1(&CopyIn { source, stream: &uploader.stream })?;
-		offset += len;
+	let source = pinned.as_slice()?;
+	let mut uploaded = Vec::with_capacity(regions.len());
+	for region in regions {
+		let on_device = Tensor::zeros(region.elements(), region.dtype, device)?;
+		on_device.inplace_op1(&CopyIn { source: &source[region.bytes.clone()], stream: &stream })?;
 		uploaded.push(on_device);
 	}
-	uploader.stream.synchronize().w()?;
+	stream.synchronize().w()?;
 	Ok(uploaded)
-}
-
-/// Writes a contiguous CPU tensor's elements into `out` (its exact size), little-endian, straight
-/// from the tensor's storage.
-fn write_bytes(t: &Tensor, out: &mut [u8]) -> Result<()> {
-	fn put<T: Copy, const N: usize>(values: &[T], out: &mut [u8], bytes: fn(T) -> [u8; N]) {
-		for (chunk, &v) in out.chunks_exact_mut(N).zip(values) {
-			chunk.copy_from_slice(&bytes(v));
-		}
-	}
-	let (storage, layout) = t.storage_and_layout();
-	let range = layout.start_offset()..layout.start_offset() + t.elem_count();
-	match &*storage {
-		Storage::Cpu(CpuStorage::F32(v)) => put(&v[range], out, f32::to_le_bytes),
-		Storage::Cpu(CpuStorage::F16(v)) => put(&v[range], out, half::f16::to_le_bytes),
-		Storage::Cpu(CpuStorage::BF16(v)) => put(&v[range], out, half::bf16::to_le_bytes),
-		_ => candle_core::bail!("adapter weights are f32, f16 or bf16 host tensors"),
-	}
-	Ok(())
 }
 
 /// Queues the copy of `source` (pinned host memory) into a tensor's storage on `stream`.
@@ -242,7 +227,7 @@ impl InplaceOp1 for CopyIn<'_> {
 			other => candle_core::bail!("adapter weights are f32, f16 or bf16, not {other:?}"),
 		};
 		// Safety: the tensor was allocated for exactly these bytes; the source is pinned and
-		// outlives the copy (the caller waits for the stream before reusing it).
+		// outlives the copy (the caller waits for the stream before returning).
 		unsafe { result::memcpy_htod_async(address + offset_bytes as u64, self.source, stream.cu_stream()) }.w()?;
 		Ok(())
 	}

@@ -8,6 +8,7 @@ pub mod llama;
 pub mod lora;
 #[cfg(feature = "cuda")]
 mod lora_cuda;
+mod lora_host;
 mod paged_attention;
 pub mod quant;
 
@@ -15,6 +16,7 @@ pub use config::LlamaConfig;
 pub use kv_pool::{KvCache, KvPool, KvPoolFull};
 pub use llama::{Llama, SeqStep};
 pub use lora::{LoraAdapter, LoraWeights, Projection};
+pub use lora_host::HostAdapter;
 
 /// Fixes candle's CPU thread count for the process. candle asks for it on every float matmul and,
 /// unless `RAYON_NUM_THREADS` is set, counts physical cores by reading /proc/cpuinfo each time:
