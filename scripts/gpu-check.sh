@@ -42,6 +42,15 @@ EOF
 )" || die "the CUDA 13 libraries were not found (see above)"
 export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "$libdirs"
+# The driver's libcuda.so.1: on the loader's path already where PyTorch runs, else in the
+# driver's usual folders.
+if ldd "$bin/openledger-worker" | grep -q 'libcuda.so.1 => not found'; then
+	for dir in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
+		[ -e "$dir/libcuda.so.1" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir" && break
+	done
+fi
+missing="$(ldd "$bin/openledger-worker" | grep 'not found' || true)"
+[ -z "$missing" ] || die "the worker cannot load: $missing"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 device="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
