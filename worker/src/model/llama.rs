@@ -16,13 +16,15 @@ use super::{
 	kv_pool::{KvCache, KvPool, KvShape},
 	lora::{self, RowAdapters},
 	paged_attention::DecodeBatch,
+	dense::DenseMatrix,
 	quant::QuantMatrix,
 	LlamaConfig, LoraAdapter, Projection,
 };
 
-/// A base projection `x · Wᵀ`: the worker's quantized kernels where they apply, candle otherwise.
+/// A base projection `x · Wᵀ`: the worker's CPU kernels where they apply, candle otherwise.
 enum BaseLinear {
 	Quantized(QuantMatrix),
+	Dense(DenseMatrix),
 	Candle(QMatMul),
 }
 
@@ -34,9 +36,17 @@ impl BaseLinear {
 		}
 	}
 
+	fn from_float(w: Tensor) -> Result<Self> {
+		match DenseMatrix::new(&w)? {
+			Some(m) => Ok(Self::Dense(m)),
+			None => Ok(Self::Candle(QMatMul::Tensor(w))),
+		}
+	}
+
 	fn forward(&self, x: &Tensor) -> Result<Tensor> {
 		match self {
 			Self::Quantized(m) => m.forward(x),
+			Self::Dense(m) => m.forward(x),
 			Self::Candle(m) => m.forward(x),
 		}
 	}
@@ -45,6 +55,7 @@ impl BaseLinear {
 	fn forward_rows(&self, xs: &[f32], rows: usize) -> Result<Vec<f32>> {
 		match self {
 			Self::Quantized(m) => m.matmul_rows(xs, rows),
+			Self::Dense(m) => m.matmul_rows(xs, rows),
 			Self::Candle(m) => {
 				let x = Tensor::from_slice(xs, (rows, xs.len() / rows), &Device::Cpu)?;
 				m.forward(&x)?.flatten_all()?.to_vec1()
@@ -181,7 +192,7 @@ impl Llama {
 			for p in Projection::ALL {
 				let (fan_in, fan_out) = c.projection_dims(p);
 				let w = lvb.get((fan_out, fan_in), &format!("{}.weight", p.module_path()))?;
-				proj.push(BaseLinear::Candle(QMatMul::Tensor(w)));
+				proj.push(BaseLinear::from_float(w)?);
 			}
 			layers.push(Layer {
 				attn_norm: lvb.get(c.hidden_size, "input_layernorm.weight")?,
@@ -191,7 +202,7 @@ impl Llama {
 			progress(i + 1, c.num_layers);
 		}
 		let norm = vb.get(c.hidden_size, "model.norm.weight")?;
-		Self::assemble(config, embed, layers, norm, BaseLinear::Candle(QMatMul::Tensor(lm_head)), device)
+		Self::assemble(config, embed, layers, norm, BaseLinear::from_float(lm_head)?, device)
 	}
 
 	fn assemble(

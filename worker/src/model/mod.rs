@@ -3,6 +3,7 @@
 
 pub mod config;
 mod decode_attention;
+mod dense;
 pub mod kv_pool;
 pub mod llama;
 pub mod lora;

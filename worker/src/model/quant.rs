@@ -138,7 +138,7 @@ impl QuantMatrix {
 }
 
 /// The output pointer, shared by the pool's threads, each writing its own elements.
-struct SyncPtr(*mut f32);
+pub(super) struct SyncPtr(pub *mut f32);
 unsafe impl Sync for SyncPtr {}
 
 /// Quantizes one row to Q8 blocks (round to nearest even, as ggml's SIMD paths do).
