@@ -10,8 +10,8 @@
 #   MODELS=smollm2-135m scripts/gpu-check.sh
 #
 # Environment: MODELS (default "smollm2-135m llama-1b"), SEQUENCES (64), NEW_TOKENS (64),
-# RUNS (3), OPENLEDGER_BENCH_DIR (/var/tmp/openledger-bench), LOG_DIR (where logs and tables
-# are copied; default none).
+# RUNS (3), BASELINE_RUNS (1: the PEFT baseline's timed runs per mode), OPENLEDGER_BENCH_DIR
+# (/var/tmp/openledger-bench), LOG_DIR (where logs and tables are copied; default none).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -68,7 +68,7 @@ for model in $MODELS; do
 	step "benchmark: $model on $device"
 	workload="$("$bin/bench_gpu" --model "$model" "${bench_args[@]}" --prepare-only)"
 	baseline=()
-	if python3 scripts/bench/peft_baseline.py "$workload" > "$bin/baseline-$model.json"; then
+	if python3 scripts/bench/peft_baseline.py "$workload" --runs "${BASELINE_RUNS:-1}" > "$bin/baseline-$model.json"; then
 		baseline=(--baseline "$bin/baseline-$model.json")
 	else
 		echo "the transformers + PEFT baseline failed (above); the table has no comparison" >&2
