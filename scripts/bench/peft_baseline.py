@@ -25,6 +25,21 @@ from transformers import AutoModelForCausalLM
 CHECKED_TOKENS = 8
 
 
+def check_tokens(model, prompts, mask, names, count):
+    """Each request's greedy tokens, up to and including its first end of sequence: a forced
+    length (min_new_tokens) would mask that token's logit, which the worker's argmax does not."""
+    with torch.inference_mode():
+        out = model.generate(input_ids=prompts, attention_mask=mask, adapter_names=names, max_new_tokens=count,
+                             do_sample=False, pad_token_id=0)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    tokens = []
+    for row in out[:, prompts.shape[1]:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        tokens.append(row[:end])
+    return tokens
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workload")
@@ -83,7 +98,7 @@ def main():
     distinct_names = [f"a{i}" for i in range(len(dirs))]
     distinct = decode_rate(distinct_names)
     one = decode_rate(["a0"] * len(dirs))
-    first_tokens = generate(distinct_names, min(CHECKED_TOKENS, new_tokens + 1)).tolist()
+    first_tokens = check_tokens(model, prompts, mask, distinct_names, min(CHECKED_TOKENS, new_tokens + 1))
     print(json.dumps({
         "name": f"transformers {transformers.__version__} + peft {peft.__version__} ({args.dtype}, {device}, "
                 f"median of {args.runs or work['runs']})",

@@ -113,7 +113,8 @@ struct Baseline {
 	name: String,
 	distinct_tokens_per_s: f64,
 	one_adapter_tokens_per_s: f64,
-	/// Each request's first greedy tokens on its own adapter, in workload order.
+	/// Each request's first greedy tokens on its own adapter, in workload order, up to its first
+	/// end-of-sequence token.
 	distinct_first_tokens: Vec<Vec<u32>>,
 }
 
@@ -162,20 +163,21 @@ fn main() -> Result<()> {
 	let model = Llama::from_hf_dir(&model_dir, &device, |done, total| eprint!("\rloading layers {done}/{total} "))?;
 	eprintln!("\rmodel loaded in {:.1} s", started.elapsed().as_secs_f64());
 
+	let limits = AdapterLimits { max_rank: BATCHED_MAX_RANK, ..AdapterLimits::default() };
 	let mut load_seconds = Vec::new();
 	let mut adapters: Vec<LoraAdapter> = Vec::new();
 	for dir in &workload.adapter_dirs {
 		// The first read warms the page cache; the timed load is from memory to the device.
 		std::fs::read(dir.join(ADAPTER_WEIGHTS_FILE))?;
 		let started = Instant::now();
-		let adapter = load_adapter(dir, &config, &AdapterLimits { max_rank: BATCHED_MAX_RANK, ..AdapterLimits::default() }, &device)?;
+		let adapter = load_adapter(dir, &config, &limits, &device)?;
 		synchronize(&device)?;
 		load_seconds.push(started.elapsed().as_secs_f64());
 		adapters.push(adapter);
 	}
 	let resident_bytes = adapters[0].resident_bytes;
 	// The host tier's copy: packed (pinned on a GPU) once, then copied onto the device each load.
-	let on_host = HostAdapter::pack(&load_adapter(&workload.adapter_dirs[0], &config, &AdapterLimits::default(), &Device::Cpu)?, &device)?;
+	let on_host = HostAdapter::pack(&load_adapter(&workload.adapter_dirs[0], &config, &limits, &Device::Cpu)?, &device)?;
 	let mut host_tier_seconds: Vec<f64> = (0..16)
 		.map(|_| {
 			let started = Instant::now();
@@ -219,9 +221,9 @@ fn main() -> Result<()> {
 		rows.push((format!("{}, {} distinct adapters", baseline.name, args.sequences), format!("{:.0} tok/s", baseline.distinct_tokens_per_s), String::new()));
 		rows.push((format!("{}, all on one adapter", baseline.name), format!("{:.0} tok/s", baseline.one_adapter_tokens_per_s), String::new()));
 		rows.push(("distinct adapters: this worker / the baseline".into(), format!("{ratio:.1}×"), goal(ratio, 10.0)));
-		let (agreeing, checked) = agreement(&distinct_run.tokens, &baseline.distinct_first_tokens);
+		let (agreeing, checked) = agreement(&distinct_run.tokens, &baseline.distinct_first_tokens)?;
 		rows.push((
-			format!("requests whose first {checked} greedy tokens match the baseline's (each on its own adapter)"),
+			format!("requests whose first {checked} greedy tokens (to an end of sequence) match the baseline's, each on its own adapter"),
 			format!("{agreeing}/{}", args.sequences),
 			String::new(),
 		));
@@ -258,12 +260,14 @@ fn main() -> Result<()> {
 	Ok(())
 }
 
-/// How many requests generated the same first tokens as the baseline, and how many tokens
-/// were compared per request.
-fn agreement(ours: &[Vec<u32>], baseline: &[Vec<u32>]) -> (usize, usize) {
-	let checked = baseline.iter().chain(ours).map(Vec::len).min().unwrap_or(0);
-	let agreeing = ours.iter().zip(baseline).filter(|(a, b)| a[..checked] == b[..checked]).count();
-	(agreeing, checked)
+/// How many requests generated the baseline's first tokens (each baseline list ends at its
+/// first end of sequence, so it may be shorter), and the most tokens compared per request.
+fn agreement(ours: &[Vec<u32>], baseline: &[Vec<u32>]) -> Result<(usize, usize)> {
+	if baseline.len() != ours.len() || baseline.iter().any(Vec::is_empty) {
+		bail!("the baseline has tokens for {} of {} requests, or an empty list", baseline.len(), ours.len());
+	}
+	let agreeing = ours.iter().zip(baseline).filter(|(a, b)| a.len() >= b.len() && a[..b.len()] == b[..]).count();
+	Ok((agreeing, baseline.iter().map(Vec::len).max().unwrap_or(0)))
 }
 
 /// `"≥ G×|yes"` or `"≥ G×|no"`.

@@ -168,23 +168,32 @@ impl State {
 	}
 
 	/// Keeps `adapter` in the host tier, dropping the least recently used copies over `budget`.
-	/// Returns the dropped copies, to be freed after the lock is released.
-	fn keep_on_host(&mut self, adapter: Arc<HostAdapter>, budget: usize) -> Vec<HostCopy> {
+	/// Returns the copies dropped (`adapter` itself when it is not kept), to be freed after the
+	/// lock is released.
+	fn keep_on_host(&mut self, adapter: Arc<HostAdapter>, budget: usize) -> Vec<Arc<HostAdapter>> {
 		let bytes = adapter.resident_bytes;
 		if bytes > budget || self.host.contains_key(&adapter.hash) {
-			return Vec::new();
+			return vec![adapter];
 		}
 		let mut dropped = Vec::new();
 		while self.host_bytes + bytes > budget {
 			let oldest = *self.host.iter().min_by_key(|(_, c)| c.last_used).map(|(h, _)| h).expect("over budget, so not empty");
 			let copy = self.host.remove(&oldest).expect("just found");
 			self.host_bytes -= copy.adapter.resident_bytes;
-			dropped.push(copy);
+			dropped.push(copy.adapter);
 		}
 		self.host_clock += 1;
 		self.host_bytes += bytes;
 		self.host.insert(adapter.hash, HostCopy { adapter, last_used: self.host_clock });
 		dropped
+	}
+}
+
+/// Frees host copies on the blocking pool: unpinning host memory can take milliseconds, too long
+/// for an async thread.
+fn free_host_copies(copies: Vec<Arc<HostAdapter>>) {
+	if !copies.is_empty() {
+		tokio::task::spawn_blocking(move || drop(copies));
 	}
 }
 
@@ -363,10 +372,12 @@ impl AdapterCache {
 					return Ok(Loaded { adapter, from_host: false, host_copy: None });
 				}
 				let on_cpu = load_adapter_known(&dir, &reader.base, &reader.limits, &Device::Cpu, Some(&known))?;
-				let on_host = HostAdapter::pack(&on_cpu, &reader.device)
+				let keep = on_cpu.resident_bytes <= reader.limits.max_host_bytes;
+				let on_host = if keep { HostAdapter::pack(&on_cpu, &reader.device) } else { HostAdapter::pack_once(&on_cpu) }
 					.map_err(|e| AdapterError::Internal(format!("packing the adapter in host memory: {e}")))?;
 				drop(on_cpu);
-				Ok(Loaded { adapter: to_device(&on_host)?, from_host: false, host_copy: Some(Arc::new(on_host)) })
+				let adapter = to_device(&on_host)?;
+				Ok(Loaded { adapter, from_host: false, host_copy: keep.then(|| Arc::new(on_host)) })
 			})
 			.await;
 			AdapterCache { inner }.finish_load(&name, hash, loaded, started.elapsed())
@@ -395,9 +406,10 @@ impl AdapterCache {
 				};
 				(adapter, dropped)
 			},
-			Ok(Loaded { adapter, .. }) => {
+			Ok(Loaded { adapter, host_copy, .. }) => {
 				state.stats.load_failures += 1;
 				drop(state);
+				free_host_copies(host_copy.into_iter().collect());
 				let err = AdapterError::HashMismatch {
 					name: name.to_owned(),
 					expected: hash_hex(&hash),
@@ -419,10 +431,7 @@ impl AdapterCache {
 		let bytes = adapter.resident_bytes;
 		let inserted = self.insert(&mut state, hash, adapter);
 		drop(state);
-		if !dropped_host_copies.is_empty() {
-			// Unpinning host memory can take milliseconds: not on an async thread.
-			tokio::task::spawn_blocking(move || drop(dropped_host_copies));
-		}
+		free_host_copies(dropped_host_copies);
 		let (lease, evicted) = inserted.inspect_err(|err| {
 			tracing::warn!(adapter = %name, hash = %&hash_hex(&hash)[..12], bytes, %err, "adapter loaded but not kept");
 		})?;
@@ -660,6 +669,19 @@ mod tests {
 		tick().await;
 		assert_eq!((cache.stats().loads, cache.stats().host_hits), (5, 1));
 		assert!(cache.acquire("a0").await.is_err(), "a0 was only on disk, and its file is gone");
+	}
+
+	/// An adapter larger than the host tier's whole budget loads onto the device and is not kept.
+	#[tokio::test]
+	async fn an_adapter_over_the_host_budget_is_not_kept() {
+		let f = Fixture::new();
+		f.adapter("big", 1);
+		let limits = AdapterLimits { max_host_bytes: f.bytes - 1, ..Default::default() };
+		let cache = AdapterCache::new(AdapterStore::open(&f.root).unwrap(), tiny_config(false), limits, Device::Cpu);
+		cache.scan().await.unwrap();
+		drop(cache.acquire("big").await.expect("loads all the same"));
+		let stats = cache.stats();
+		assert_eq!((stats.loads, stats.resident_count, stats.host_count, stats.host_bytes), (1, 1, 0, 0));
 	}
 
 	fn resident(cache: &AdapterCache) -> Vec<String> {

@@ -294,7 +294,7 @@ pub fn load_adapter_known(
 		return Ok(on_cpu);
 	}
 	// Packed first, so a device gets one copy per float type rather than one per matrix.
-	HostAdapter::pack(&on_cpu, device)
+	HostAdapter::pack_once(&on_cpu)
 		.and_then(|packed| packed.to_device(device))
 		.map_err(|e| AdapterError::Internal(format!("placing the adapter on {device:?}: {e}")))
 }

@@ -31,6 +31,11 @@ impl DenseMatrix {
 	/// Takes a contiguous f32 CPU matrix; `None` for anything else, which the caller leaves to
 	/// candle.
 	pub fn new(weight: &Tensor) -> Result<Option<Self>> {
+		// Without AVX2 and FMA in the build, the kernel's fused multiply-adds are library
+		// calls, slower than gemm.
+		if cfg!(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))) {
+			return Ok(None);
+		}
 		if !weight.device().is_cpu() || weight.dtype() != DType::F32 || !weight.is_contiguous() {
 			return Ok(None);
 		}
@@ -119,8 +124,9 @@ fn dot_rows<const R: usize>(w: &[f32], xs: [&[f32]; R]) -> [f32; R] {
 #[inline(always)]
 fn partial_sums<const R: usize>(w: &[f32], xs: [&[f32]; R]) -> [[f32; LANES]; R] {
 	use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+	assert!(w.len() % LANES == 0 && xs.iter().all(|x| x.len() >= w.len()), "whole chunks, rows long enough");
 	// Safety: the build enables AVX2 and FMA (checked by the cfg); every load reads 8 floats
-	// below `w.len()`, which no row is shorter than.
+	// below `w.len()` (asserted above), which no row is shorter than.
 	unsafe {
 		let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
 		for c in (0..w.len()).step_by(LANES) {

@@ -257,8 +257,8 @@ impl LoraAdapter {
 				let (table, address) = super::lora_cuda::pair_table(&layers, device)?;
 				// candle queues work on each host thread's own stream, and the kernels reach
 				// the weights and the table by raw address, which stream-order tracking cannot
-				// see: every copy (this thread's and the loader's helpers') must be done before
-				// the engine's thread may use the adapter.
+				// see: every copy (the table's and any weights' made on this thread) must be
+				// done before the engine's thread may use the adapter.
 				cuda.cuda_stream().context().synchronize().map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
 				Some(DevicePairs { table, address })
 			},

@@ -192,14 +192,19 @@ pub fn upload_regions(pinned: &Pinned, regions: &[Region], device: &Device) -> R
 		}
 	};
 	let source = pinned.as_slice()?;
-	let mut uploaded = Vec::with_capacity(regions.len());
-	for region in regions {
-		let on_device = Tensor::zeros(region.elements(), region.dtype, device)?;
-		on_device.inplace_op1(&CopyIn { source: &source[region.bytes.clone()], stream: &stream })?;
-		uploaded.push(on_device);
-	}
+	let queue = || -> Result<Vec<Tensor>> {
+		let mut uploaded = Vec::with_capacity(regions.len());
+		for region in regions {
+			let on_device = Tensor::zeros(region.elements(), region.dtype, device)?;
+			on_device.inplace_op1(&CopyIn { source: &source[region.bytes.clone()], stream: &stream })?;
+			uploaded.push(on_device);
+		}
+		Ok(uploaded)
+	};
+	let uploaded = queue();
+	// Also after a failure: copies already queued read `pinned`, which the caller may free next.
 	stream.synchronize().w()?;
-	Ok(uploaded)
+	uploaded
 }
 
 /// Queues the copy of `source` (pinned host memory) into a tensor's storage on `stream`.

@@ -61,9 +61,22 @@ pub struct HostAdapter {
 const TYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 impl HostAdapter {
-	/// Packs `adapter`'s weights (on any device) for copies onto `device`: pinned when `device`
-	/// is a GPU.
+	/// Packs `adapter`'s weights (on the CPU) to be kept for copies onto `device`: pinned when
+	/// `device` is a GPU (pageable if the memory cannot be pinned).
 	pub fn pack(adapter: &LoraAdapter, device: &Device) -> Result<Self> {
+		Self::pack_into(adapter, |len| HostBytes::allocate(len, device))
+	}
+
+	/// Packs `adapter`'s weights in pageable memory: for one copy onto a device, where pinning
+	/// (slower than the copy itself) does not pay.
+	pub fn pack_once(adapter: &LoraAdapter) -> Result<Self> {
+		Self::pack_into(adapter, |len| Ok(HostBytes::Pageable(vec![0; len])))
+	}
+
+	fn pack_into(adapter: &LoraAdapter, allocate: impl FnOnce(usize) -> Result<HostBytes>) -> Result<Self> {
+		if let Some(w) = adapter.layers.iter().flatten().flatten().find(|w| !TYPES.contains(&w.a_t.dtype())) {
+			candle_core::bail!("LoRA weights must be f32, f16 or bf16, not {:?}", w.a_t.dtype());
+		}
 		let mut layers: Vec<[Option<PackedPair>; 7]> = Vec::with_capacity(adapter.layers.len());
 		let mut regions = Vec::new();
 		let mut total = 0;
@@ -93,7 +106,7 @@ impl HostAdapter {
 				regions.push(Region { dtype, bytes: region_start..total });
 			}
 		}
-		let mut bytes = HostBytes::allocate(total, device)?;
+		let mut bytes = allocate(total)?;
 		let buffer = bytes.as_mut_slice()?;
 		for (layer, packed) in adapter.layers.iter().zip(&layers) {
 			for (w, p) in layer.iter().zip(packed).filter_map(|(w, p)| w.as_ref().zip(p.as_ref())) {
@@ -148,7 +161,13 @@ impl HostBytes {
 	fn allocate(len: usize, device: &Device) -> Result<Self> {
 		match device {
 			#[cfg(feature = "cuda")]
-			Device::Cuda(_) => Ok(Self::Pinned(super::lora_cuda::Pinned::allocate(len, device)?)),
+			Device::Cuda(_) => match super::lora_cuda::Pinned::allocate(len, device) {
+				Ok(pinned) => Ok(Self::Pinned(pinned)),
+				Err(e) => {
+					tracing::warn!(bytes = len, error = %e, "cannot pin host memory for an adapter; keeping it pageable");
+					Ok(Self::Pageable(vec![0; len]))
+				},
+			},
 			_ => Ok(Self::Pageable(vec![0; len])),
 		}
 	}
