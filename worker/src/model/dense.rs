@@ -23,8 +23,6 @@ pub struct DenseMatrix {
 	weight: Tensor,
 	rows: usize,
 	cols: usize,
-	/// candle's product, for many rows.
-	gemm: QMatMul,
 }
 
 impl DenseMatrix {
@@ -40,7 +38,12 @@ impl DenseMatrix {
 			return Ok(None);
 		}
 		let (rows, cols) = weight.dims2()?;
-		Ok(Some(Self { weight: weight.clone(), rows, cols, gemm: QMatMul::Tensor(weight.clone()) }))
+		Ok(Some(Self { weight: weight.clone(), rows, cols }))
+	}
+
+	/// candle's product, for many rows.
+	fn gemm(&self, x: &Tensor) -> Result<Tensor> {
+		QMatMul::Tensor(self.weight.clone()).forward(x)
 	}
 
 	/// `x · Wᵀ` for `x` of shape `[.., cols]`.
@@ -48,7 +51,7 @@ impl DenseMatrix {
 		let dims = x.dims();
 		let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
 		if m > MAX_ROWS || x.dtype() != DType::F32 || !x.device().is_cpu() {
-			return self.gemm.forward(x);
+			return self.gemm(x);
 		}
 		let input = x.flatten_all()?.to_vec1::<f32>()?;
 		let mut shape = dims.to_vec();
@@ -63,7 +66,7 @@ impl DenseMatrix {
 		}
 		if m > MAX_ROWS {
 			let x = Tensor::from_slice(input, (m, self.cols), &candle_core::Device::Cpu)?;
-			return self.gemm.forward(&x)?.flatten_all()?.to_vec1();
+			return self.gemm(&x)?.flatten_all()?.to_vec1();
 		}
 		let (storage, layout) = self.weight.storage_and_layout();
 		let Storage::Cpu(CpuStorage::F32(all)) = &*storage else { candle_core::bail!("dense weights are f32 on the CPU") };

@@ -13,10 +13,10 @@ use candle_core::{
 
 use super::{
 	decode_attention::{self, CacheView, Heads},
+	dense::DenseMatrix,
 	kv_pool::{KvCache, KvPool, KvShape},
 	lora::{self, RowAdapters},
 	paged_attention::DecodeBatch,
-	dense::DenseMatrix,
 	quant::QuantMatrix,
 	LlamaConfig, LoraAdapter, Projection,
 };

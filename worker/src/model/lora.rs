@@ -3,6 +3,8 @@
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
+use super::quant::SyncPtr;
+
 /// Largest rank the batched CUDA kernels take (`MAX_RANK` in kernels/lora.cu); a CUDA worker
 /// refuses adapters above it.
 pub const BATCHED_MAX_RANK: usize = 128;
@@ -194,7 +196,7 @@ pub fn add_row_deltas(
 	out_features: usize,
 	rows: &[(usize, &LoraWeights)],
 ) -> Result<()> {
-	let out_ptr = RowsPtr(out.as_mut_ptr());
+	let out_ptr = SyncPtr(out.as_mut_ptr());
 	let first_error = std::sync::Mutex::new(None);
 	candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
 		let out_ptr = &out_ptr;
@@ -212,9 +214,6 @@ pub fn add_row_deltas(
 		None => Ok(()),
 	}
 }
-
-struct RowsPtr(*mut f32);
-unsafe impl Sync for RowsPtr {}
 
 /// A loaded adapter: immutable once built, shared through `Arc` by the cache and the requests
 /// using it.
