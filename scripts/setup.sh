@@ -6,10 +6,11 @@ step "checking the CPU (the worker's engine needs AVX2 and FMA)"
 grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo \
 	|| die "this CPU lacks AVX2/FMA; build with RUSTFLAGS='' and expect slow inference"
 
-step "system packages (protoc for libp2p, clang for wasm and C dependencies)"
+step "system packages (protoc for libp2p, clang for wasm and C dependencies, g++ for the CUDA kernels' CPU emulator)"
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v clang >/dev/null || missing+=(clang)
+command -v g++ >/dev/null || missing+=(g++)
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -42,7 +42,11 @@ __device__ float block_reduce(float v, bool is_max, float *scratch) {
 extern "C" __global__ void paged_decode_attention(const float *q, const float *k_pool, const float *v_pool, const uint32_t *tables,
                                                   const uint32_t *lens, float *out, int heads, int kv_heads, int head_dim,
                                                   int max_blocks, int max_len, float scale) {
+#ifdef OPENLEDGER_KERNEL_EMULATOR
+	float *shared = static_cast<float *>(openledger_emulator_dynamic_shared());
+#else
 	extern __shared__ float shared[];
+#endif
 	__shared__ float scratch[32];
 	float *scores = shared;
 	float *partial = shared + max_len;

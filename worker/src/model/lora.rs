@@ -1,7 +1,7 @@
 //! LoRA adapters as the engine uses them: per layer and projection, `A^T` and `B^T`, so the delta
 //! for rows `x` is `scale·(x·A^T)·B^T` — two skinny matmuls, never a merged weight.
 
-use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 
 use super::quant::SyncPtr;
 
@@ -215,6 +215,42 @@ pub fn add_row_deltas(
 	}
 }
 
+/// The kernels' code for a weight type (`LoraPair::dtype` in kernels/lora.cu).
+fn dtype_code(dtype: DType) -> Result<i64> {
+	match dtype {
+		DType::F32 => Ok(0),
+		DType::F16 => Ok(1),
+		DType::BF16 => Ok(2),
+		other => candle_core::bail!("LoRA weights must be f32, f16 or bf16, not {other:?}"),
+	}
+}
+
+/// An adapter's pair table for the batched CUDA kernels (kernels/lora.cu), as 64-bit words: a
+/// header of four, the first the number of pairs, then a `struct LoraPair` of four per layer and
+/// projection, which reaches its weights at `address(tensor)`.
+pub fn pair_table(layers: &[[Option<LoraWeights>; 7]], address: impl Fn(&Tensor) -> Result<u64>) -> Result<Vec<i64>> {
+	let mut words: Vec<i64> = Vec::with_capacity((layers.len() * 7 + 1) * 4);
+	words.extend([(layers.len() * 7) as i64, 0, 0, 0]);
+	for pair in layers.iter().flatten() {
+		let Some(w) = pair else {
+			words.extend([0; 4]);
+			continue;
+		};
+		let rank = w.a_t.dim(1)?;
+		if rank > BATCHED_MAX_RANK {
+			candle_core::bail!("rank {rank} is above the CUDA LoRA kernels' {BATCHED_MAX_RANK}");
+		}
+		if w.a_t.dtype() != w.b_t.dtype() {
+			candle_core::bail!("a LoRA pair's two matrices differ in type");
+		}
+		// `rank` and `dtype` are the two 32-bit halves of the third word, little-endian; the
+		// scale's bits are the low half of the fourth.
+		let rank_and_type = rank as i64 | dtype_code(w.a_t.dtype())? << 32;
+		words.extend([address(&w.a_t)? as i64, address(&w.b_t)? as i64, rank_and_type, i64::from(w.scale.to_bits())]);
+	}
+	Ok(words)
+}
+
 /// A loaded adapter: immutable once built, shared through `Arc` by the cache and the requests
 /// using it.
 #[derive(Debug)]
@@ -385,80 +421,163 @@ mod tests {
 	crate::device_tests!(batched_deltas_match_a_per_adapter_loop);
 
 	/// Rows of one batch using adapters of mixed ranks (1 to the kernels' largest) and weight
-	/// types, an adapter without a pair for the projection, one with a second layer the others
-	/// lack, and no adapter, in runs of any length: the batched path and the per-run path on
-	/// `device` both match a plain per-adapter loop on the CPU within 1e-5 of the largest output,
-	/// in both layers.
-	fn batched_deltas_match_a_per_adapter_loop(device: &Device) {
-		let (in_features, out_features, rows) = (96, 80, 40);
-		let mut rng = StdRng::seed_from_u64(7);
-		let random = |rng: &mut StdRng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-		let kinds = [(1, DType::F32), (3, DType::BF16), (8, DType::F16), (16, DType::F32), (64, DType::BF16), (BATCHED_MAX_RANK, DType::F32)];
-		let mut adapters = Vec::new();
-		for (i, &(rank, dtype)) in kinds.iter().enumerate() {
-			let mut weights = || {
-				let mut matrix = |n: usize, shape: (usize, usize)| {
-					Tensor::from_vec(random(&mut rng, n), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
+	/// types, an adapter without a pair for the projection (Gate), one with a second layer the
+	/// others lack, and no adapter, in runs of any length.
+	struct MixedBatch {
+		adapters: Vec<LoraAdapter>,
+		/// Row r uses `adapters[choice[r]]`, or none past the end.
+		choice: Vec<usize>,
+		/// Inputs `[rows, in]` and outputs before the deltas `[rows, out]`, on the CPU.
+		x: Tensor,
+		y: Tensor,
+	}
+
+	impl MixedBatch {
+		const ROWS: usize = 40;
+		const IN: usize = 96;
+		const OUT: usize = 80;
+
+		/// The adapters' weights on `device`.
+		fn new(device: &Device) -> Self {
+			let mut rng = StdRng::seed_from_u64(7);
+			let random = |rng: &mut StdRng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+			let kinds = [(1, DType::F32), (3, DType::BF16), (8, DType::F16), (16, DType::F32), (64, DType::BF16), (BATCHED_MAX_RANK, DType::F32)];
+			let mut adapters = Vec::new();
+			for (i, &(rank, dtype)) in kinds.iter().enumerate() {
+				let mut weights = || {
+					let mut matrix = |n: usize, shape: (usize, usize)| {
+						Tensor::from_vec(random(&mut rng, n), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(device).unwrap()
+					};
+					let a_t = matrix(Self::IN * rank, (Self::IN, rank));
+					LoraWeights { a_t, b_t: matrix(rank * Self::OUT, (rank, Self::OUT)), scale: 0.5 + i as f32 }
 				};
-				let a_t = matrix(in_features * rank, (in_features, rank));
-				LoraWeights { a_t, b_t: matrix(rank * out_features, (rank, out_features)), scale: 0.5 + i as f32 }
-			};
-			// The last adapter has its pair on another projection only; the first has a second
-			// layer.
-			let slot = if i + 1 == kinds.len() { Projection::Up } else { Projection::Gate };
-			let mut layers: Vec<[Option<LoraWeights>; 7]> = vec![Default::default()];
-			layers[0][slot.index()] = Some(weights());
-			if i == 0 {
-				let mut second: [Option<LoraWeights>; 7] = Default::default();
-				second[Projection::Gate.index()] = Some(weights());
-				layers.push(second);
+				// The last adapter has its pair on another projection only; the first has a
+				// second layer.
+				let slot = if i + 1 == kinds.len() { Projection::Up } else { Projection::Gate };
+				let mut layers: Vec<[Option<LoraWeights>; 7]> = vec![Default::default()];
+				layers[0][slot.index()] = Some(weights());
+				if i == 0 {
+					let mut second: [Option<LoraWeights>; 7] = Default::default();
+					second[Projection::Gate.index()] = Some(weights());
+					layers.push(second);
+				}
+				adapters.push(LoraAdapter::new([i as u8; 32], rank, layers, 0, device).unwrap());
 			}
-			adapters.push(LoraAdapter::new([i as u8; 32], rank, layers, 0, device).unwrap());
+			// Runs of 1 to 4 rows.
+			let mut choice = Vec::new();
+			while choice.len() < Self::ROWS {
+				let pick = rng.random_range(0..=adapters.len());
+				let run = rng.random_range(1..=4).min(Self::ROWS - choice.len());
+				choice.extend(std::iter::repeat_n(pick, run));
+			}
+			assert!(choice.contains(&0), "the seed gives the two-layer adapter some rows");
+			let x = Tensor::from_vec(random(&mut rng, Self::ROWS * Self::IN), (Self::ROWS, Self::IN), &Device::Cpu).unwrap();
+			let y = Tensor::from_vec(random(&mut rng, Self::ROWS * Self::OUT), (Self::ROWS, Self::OUT), &Device::Cpu).unwrap();
+			Self { adapters, choice, x, y }
 		}
-		// Row r uses adapter choice[r] (None past the end): runs of 1 to 4 rows.
-		let mut choice = Vec::new();
-		while choice.len() < rows {
-			let pick = rng.random_range(0..=adapters.len());
-			let run = rng.random_range(1..=4).min(rows - choice.len());
-			choice.extend(std::iter::repeat_n(pick, run));
+
+		fn row_adapters(&self) -> RowAdapters<'_> {
+			let mut batch = RowAdapters::default();
+			for &pick in &self.choice {
+				batch.push(1, self.adapters.get(pick));
+			}
+			batch
 		}
-		assert!(choice.contains(&0), "the seed gives the two-layer adapter some rows");
-		let mut batch = RowAdapters::default();
-		for &pick in &choice {
-			batch.push(1, adapters.get(pick));
-		}
-		batch.prepare(device).unwrap();
-		let x = Tensor::from_vec(random(&mut rng, rows * in_features), (rows, in_features), &Device::Cpu).unwrap();
-		let y = Tensor::from_vec(random(&mut rng, rows * out_features), (rows, out_features), &Device::Cpu).unwrap();
-		let f32_on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-		let (x_dev, y_dev) = (x.to_device(device).unwrap(), y.to_device(device).unwrap());
-		for layer in [0, 1] {
-			let mut expected = y.to_vec2::<f32>().unwrap();
-			for (pick, adapter) in adapters.iter().enumerate() {
+
+		/// `y` plus each row's delta for the Gate projection of `layer`, by a plain per-adapter
+		/// loop on the CPU.
+		fn expected(&self, layer: usize) -> Tensor {
+			let f32_on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+			let mut expected = self.y.to_vec2::<f32>().unwrap();
+			for (pick, adapter) in self.adapters.iter().enumerate() {
 				let Some(w) = adapter.weights(layer, Projection::Gate) else { continue };
-				let mine: Vec<u32> = (0..rows as u32).filter(|&r| choice[r as usize] == pick).collect();
+				let mine: Vec<u32> = (0..Self::ROWS as u32).filter(|&r| self.choice[r as usize] == pick).collect();
 				if mine.is_empty() {
 					continue;
 				}
-				let xs = x.index_select(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
+				let xs = self.x.index_select(&Tensor::new(mine.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
 				let u = (xs.matmul(&f32_on_cpu(&w.a_t)).unwrap() * w.scale as f64).unwrap();
 				let delta = u.matmul(&f32_on_cpu(&w.b_t)).unwrap().to_vec2::<f32>().unwrap();
 				for (&r, d) in mine.iter().zip(delta) {
 					expected[r as usize].iter_mut().zip(d).for_each(|(e, d)| *e += d);
 				}
 			}
-			let expected = Tensor::new(expected, &Device::Cpu).unwrap();
+			Tensor::new(expected, &Device::Cpu).unwrap()
+		}
+	}
+
+	/// The largest difference between `got` and `expected`, relative to `expected`'s largest value.
+	fn relative_error(got: &Tensor, expected: &Tensor) -> f32 {
+		let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+		let got = got.to_device(&Device::Cpu).unwrap();
+		(got - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+	}
+
+	/// The batched path and the per-run path on `device` both match a plain per-adapter loop on
+	/// the CPU within 1e-5 of the largest output, in both layers of a [`MixedBatch`].
+	fn batched_deltas_match_a_per_adapter_loop(device: &Device) {
+		let mixed = MixedBatch::new(device);
+		let mut batch = mixed.row_adapters();
+		batch.prepare(device).unwrap();
+		let (x_dev, y_dev) = (mixed.x.to_device(device).unwrap(), mixed.y.to_device(device).unwrap());
+		for layer in [0, 1] {
+			let expected = mixed.expected(layer);
 			let batched = batch.add_deltas(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
 			let per_run = batch.add_deltas_per_run(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
-			let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
 			for (name, got) in [("batched", batched), ("per run", per_run)] {
-				let got = got.to_device(&Device::Cpu).unwrap();
-				let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+				let err = relative_error(&got, &expected);
 				assert!(err <= 1e-5, "{name}, layer {layer} on {device:?}: off by {err} of the largest output");
 			}
 		}
 		let untouched = batch.add_deltas(y_dev.clone(), &x_dev, 0, Projection::Q).unwrap();
-		assert_eq!(untouched.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
+		assert_eq!(untouched.to_vec2::<f32>().unwrap(), mixed.y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
+	}
+
+	/// The source of the batched CUDA kernels (kernels/lora.cu), run by the CPU emulator with the
+	/// CUDA path's geometry and pair tables, matches the per-adapter loop on a [`MixedBatch`]
+	/// within 1e-5 of the largest output; it reads no rank slot it did not write (the scratch
+	/// starts as NaNs), writes nothing past the outputs, and leaves every output alone for a
+	/// projection no adapter has.
+	#[cfg(not(feature = "cuda"))]
+	#[test]
+	fn the_batched_kernels_match_a_per_adapter_loop_under_the_cpu_emulator() {
+		use crate::model::kernels::{self, emulator};
+
+		let mixed = MixedBatch::new(&Device::Cpu);
+		let tables: Vec<Vec<i64>> = mixed.adapters.iter().map(|a| pair_table(&a.layers, emulator::host_address).unwrap()).collect();
+		let row_pairs: Vec<u64> = mixed.choice.iter().map(|&pick| tables.get(pick).map_or(0, |t| t.as_ptr() as u64)).collect();
+		let (rows, in_features, out_features) = (MixedBatch::ROWS, MixedBatch::IN as i32, MixedBatch::OUT as i32);
+		let x = mixed.x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+		const GUARD: f32 = 12345.0;
+		for (layer, projection) in [(0, Projection::Gate), (1, Projection::Gate), (0, Projection::Q)] {
+			let mut u = vec![f32::NAN; rows * BATCHED_MAX_RANK];
+			let mut y = mixed.y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+			y.extend([GUARD; 64]);
+			let pair_index = (layer * Projection::ALL.len() + projection.index()) as i32;
+			let (x_ptr, u_ptr, y_ptr, pairs_ptr) = (x.as_ptr(), u.as_mut_ptr(), y.as_mut_ptr(), row_pairs.as_ptr());
+			emulator::Kernel::new("lora_shrink")
+				.arg(&x_ptr)
+				.arg(&u_ptr)
+				.arg(&pairs_ptr)
+				.arg(&pair_index)
+				.arg(&in_features)
+				.launch(kernels::lora_shrink(rows));
+			emulator::Kernel::new("lora_expand")
+				.arg(&u_ptr)
+				.arg(&y_ptr)
+				.arg(&pairs_ptr)
+				.arg(&pair_index)
+				.arg(&out_features)
+				.launch(kernels::lora_expand(rows, MixedBatch::OUT));
+			assert!(y[rows * MixedBatch::OUT..].iter().all(|&v| v == GUARD), "layer {layer}, {projection:?}: a write past the outputs");
+			let got = Tensor::from_slice(&y[..rows * MixedBatch::OUT], (rows, MixedBatch::OUT), &Device::Cpu).unwrap();
+			if projection == Projection::Q {
+				assert_eq!(got.to_vec2::<f32>().unwrap(), mixed.y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
+				continue;
+			}
+			let err = relative_error(&got, &mixed.expected(layer));
+			assert!(err <= 1e-5, "layer {layer}: off by {err} of the largest output");
+		}
 	}
 
 	fn pair(rank: usize, in_features: usize, out_features: usize, seed: f32, dtype: DType) -> LoraWeights {

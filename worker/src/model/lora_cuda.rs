@@ -8,19 +8,16 @@ use std::sync::{Arc, Mutex};
 use candle_core::{
 	backend::BackendStorage,
 	cuda_backend::{
-		cudarc::driver::{result, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg},
+		cudarc::driver::{result, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice, PushKernelArg},
 		WrapErr,
 	},
 	CpuStorage, CudaStorage, DType, Device, DeviceLocation, InplaceOp1, InplaceOp3, Layout, Result, Storage, Tensor,
 };
 
-use super::{lora::BATCHED_MAX_RANK as MAX_RANK, lora_host::Region, LoraWeights};
+use super::{kernels, lora::BATCHED_MAX_RANK as MAX_RANK, lora_host::Region, LoraWeights};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
 const MODULE: &str = "openledger_lora";
-
-const SHRINK_THREADS: u32 = 512;
-const EXPAND_THREADS: u32 = 256;
 
 /// The device address of a contiguous tensor's first element.
 fn address(t: &Tensor) -> Result<u64> {
@@ -40,37 +37,10 @@ fn address(t: &Tensor) -> Result<u64> {
 	Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
 
-/// The kernels' code for a weight type.
-fn dtype_code(dtype: DType) -> Result<i64> {
-	match dtype {
-		DType::F32 => Ok(0),
-		DType::F16 => Ok(1),
-		DType::BF16 => Ok(2),
-		other => candle_core::bail!("LoRA weights must be f32, f16 or bf16, not {other:?}"),
-	}
-}
-
-/// Uploads an adapter's pair table (kernels/lora.cu: a header of four 64-bit words, the first
-/// the number of pairs, then a `struct LoraPair` of four words per layer and projection) and
-/// returns it with its device address.
+/// Uploads an adapter's pair table (see [`super::lora::pair_table`]) and returns it with its
+/// device address.
 pub fn pair_table(layers: &[[Option<LoraWeights>; 7]], device: &Device) -> Result<(Tensor, u64)> {
-	let mut words: Vec<i64> = Vec::with_capacity((layers.len() * 7 + 1) * 4);
-	words.extend([(layers.len() * 7) as i64, 0, 0, 0]);
-	for pair in layers.iter().flatten() {
-		let Some(w) = pair else {
-			words.extend([0; 4]);
-			continue;
-		};
-		let rank = w.a_t.dim(1)?;
-		if rank > MAX_RANK {
-			candle_core::bail!("rank {rank} is above the CUDA LoRA kernels' {MAX_RANK}");
-		}
-		if w.a_t.dtype() != w.b_t.dtype() {
-			candle_core::bail!("a LoRA pair's two matrices differ in type");
-		}
-		let rank_and_type = rank as i64 | dtype_code(w.a_t.dtype())? << 32;
-		words.extend([address(&w.a_t)? as i64, address(&w.b_t)? as i64, rank_and_type, i64::from(w.scale.to_bits())]);
-	}
+	let words = super::lora::pair_table(layers, address)?;
 	let table = Tensor::new(words.as_slice(), device)?;
 	let address = address(&table)?;
 	Ok((table, address))
@@ -126,10 +96,9 @@ impl InplaceOp3 for BatchedLora {
 		launch.arg(&row_pairs);
 		launch.arg(&self.pair_index);
 		launch.arg(&in_features);
-		let grid = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (SHRINK_THREADS, 1, 1), shared_mem_bytes: 0 };
 		// Safety: the arguments match `lora_shrink`'s parameters; every row's pair table was
 		// built by `pair_table` and lives as long as its adapter, which the batch holds.
-		unsafe { launch.launch(grid) }.w()?;
+		unsafe { launch.launch(kernels::lora_shrink(rows).into()) }.w()?;
 
 		let y = y.as_cuda_slice_mut::<f32>()?;
 		let mut y = y.slice_mut(y_layout.start_offset()..);
@@ -140,10 +109,8 @@ impl InplaceOp3 for BatchedLora {
 		launch.arg(&row_pairs);
 		launch.arg(&self.pair_index);
 		launch.arg(&out_features_arg);
-		let blocks = (out_features as u32).div_ceil(EXPAND_THREADS);
-		let grid = LaunchConfig { grid_dim: (rows as u32, blocks, 1), block_dim: (EXPAND_THREADS, 1, 1), shared_mem_bytes: 0 };
 		// Safety: as above, for `lora_expand`.
-		unsafe { launch.launch(grid) }.w()?;
+		unsafe { launch.launch(kernels::lora_expand(rows, out_features).into()) }.w()?;
 		Ok(())
 	}
 }

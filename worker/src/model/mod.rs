@@ -4,6 +4,7 @@
 pub mod config;
 mod decode_attention;
 mod dense;
+mod kernels;
 pub mod kv_pool;
 pub mod llama;
 pub mod lora;

@@ -6,20 +6,9 @@ use candle_core::{CpuStorage, CustomOp1, Device, InplaceOp3, Layout, Result, Sha
 
 use super::{
 	decode_attention::{self, CacheView, Heads},
+	kernels,
 	kv_pool::{KvCache, BLOCK_TOKENS},
 };
-
-/// Threads per block of the CUDA attention kernel.
-const THREADS: u32 = 128;
-/// Shared memory a CUDA block may use without opting in to more, less the attention kernel's
-/// static 128 bytes (`scratch`).
-const SHARED_BYTES: usize = (48 << 10) - 128;
-
-/// Whether the CUDA attention kernel's shared memory holds the scores of `max_len` cached
-/// positions, and its output groups' partial sums.
-fn fits_in_shared_memory(max_len: usize, head_dim: usize) -> bool {
-	(max_len + (THREADS as usize / head_dim).max(1) * head_dim) * 4 <= SHARED_BYTES
-}
 
 /// The decoding sequences of one step, as the batched ops want them.
 pub struct DecodeBatch {
@@ -45,7 +34,7 @@ impl DecodeBatch {
 	/// about 12k of them; longer ones take the per-sequence path.
 	pub fn takes(device: &Device, max_len: usize, head_dim: usize) -> bool {
 		match device {
-			Device::Cuda(_) => fits_in_shared_memory(max_len, head_dim),
+			Device::Cuda(_) => kernels::paged_attention_fits(max_len, head_dim),
 			_ => true,
 		}
 	}
@@ -203,14 +192,11 @@ impl CustomOp1 for Attend {
 mod cuda {
 	use candle_core::{
 		backend::BackendStorage,
-		cuda_backend::{
-			cudarc::driver::{LaunchConfig, PushKernelArg},
-			WrapErr,
-		},
+		cuda_backend::{cudarc::driver::PushKernelArg, WrapErr},
 		CudaStorage, Layout, Result, Shape, Storage,
 	};
 
-	use super::{Attend, BLOCK_TOKENS, SHARED_BYTES, THREADS};
+	use super::{kernels, Attend, BLOCK_TOKENS};
 
 	const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 	const MODULE: &str = "openledger_paged_attention";
@@ -239,9 +225,8 @@ mod cuda {
 		launch.arg(&slots);
 		launch.arg(&kv_heads);
 		launch.arg(&head_dim);
-		let grid = LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
 		// Safety: the arguments match `paged_kv_write`; every slot lies in a reserved block.
-		unsafe { launch.launch(grid) }.w()?;
+		unsafe { launch.launch(kernels::paged_kv_write(count).into()) }.w()?;
 		Ok(())
 	}
 
@@ -249,10 +234,8 @@ mod cuda {
 		let (count, heads, head_dim) = q_layout.shape().dims3()?;
 		let kv_heads = op.k_pool.dim(1)?;
 		let max_blocks = op.tables.dim(1)?;
-		let groups = (THREADS as usize / head_dim).max(1);
-		let shared = (op.max_len + groups * head_dim) * 4;
-		if !super::fits_in_shared_memory(op.max_len, head_dim) {
-			candle_core::bail!("paged attention on CUDA handles up to {} cached tokens, not {}", SHARED_BYTES / 4 - groups * head_dim, op.max_len);
+		if !kernels::paged_attention_fits(op.max_len, head_dim) {
+			candle_core::bail!("paged attention on CUDA handles up to {} cached tokens, not {}", kernels::paged_attention_max_len(head_dim), op.max_len);
 		}
 		let device = q.device().clone();
 		let (k_storage, k_layout) = op.k_pool.storage_and_layout();
@@ -284,10 +267,10 @@ mod cuda {
 			launch.arg(n);
 		}
 		launch.arg(&scale);
-		let grid = LaunchConfig { grid_dim: (heads as u32, count as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared as u32 };
+		let grid = kernels::paged_decode_attention(heads, count, head_dim, op.max_len);
 		// Safety: the arguments match `paged_decode_attention`; tables name reserved blocks and
 		// lens do not pass them.
-		unsafe { launch.launch(grid) }.w()?;
+		unsafe { launch.launch(grid.into()) }.w()?;
 		Ok((CudaStorage::wrap_cuda_slice(out, device), q_layout.shape().clone()))
 	}
 }
@@ -302,78 +285,157 @@ mod tests {
 
 	crate::device_tests!(paged_decode_ops_match_gathered_attention);
 
-	/// 12,128 cached positions fit the CUDA kernel with head_dim 64 or 128 (48 KiB less its
-	/// static 128 bytes and the output groups' partial sums); one more does not, and the forward
-	/// then takes the per-sequence path.
 	#[test]
-	fn the_cuda_kernel_takes_12128_positions() {
-		for head_dim in [64, 128] {
-			assert!(fits_in_shared_memory(12_128, head_dim), "{head_dim}");
-			assert!(!fits_in_shared_memory(12_129, head_dim), "{head_dim}");
-		}
-		assert!(DecodeBatch::takes(&Device::Cpu, 1 << 20, 64), "the CPU path has no such limit");
+	fn the_cpu_path_has_no_length_limit() {
+		assert!(DecodeBatch::takes(&Device::Cpu, 1 << 20, 64));
 	}
 
-	/// Sequences of different lengths (one to several blocks, the last partly used) in one pool:
-	/// the batched write puts each new row where the cache's own write would, and the batched
-	/// attention equals softmax(q·Kᵀ/√d)·V over the gathered cache, computed plainly on the CPU,
-	/// within 1e-5. Grouped-query heads (4 query heads on 2 kv heads).
-	fn paged_decode_ops_match_gathered_attention(device: &Device) {
-		let (heads, kv_heads, head_dim) = (4, 2, 8);
-		let mut rng = StdRng::seed_from_u64(3);
-		let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-		let pool = KvPool::new(KvShape { num_layers: 1, kv_heads, head_dim }, 4096, device);
-		let lengths = [1usize, 16, 17, 40, 5];
-		let mut caches = Vec::new();
-		for &len in &lengths {
-			let mut cache = pool.cache();
-			cache.reserve(len).unwrap();
-			let history = len - 1;
-			if history > 0 {
-				let k = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
-				let v = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
-				cache.write(0, &k, &v).unwrap();
-				cache.advance(history);
-			}
-			caches.push(cache);
-		}
-		let decoding: Vec<(usize, usize, &KvCache)> = caches.iter().enumerate().map(|(i, c)| (i, i, c)).collect();
-		let angles = Tensor::zeros((64, head_dim / 2), DType::F32, device).unwrap();
-		let batch = DecodeBatch::new(&decoding, &angles, &angles, device).unwrap();
-		let count = lengths.len();
-		let new_k = Tensor::from_vec(random(count * kv_heads * head_dim), (count, kv_heads, head_dim), device).unwrap();
-		let new_v = Tensor::from_vec(random(count * kv_heads * head_dim), (count, kv_heads, head_dim), device).unwrap();
-		let (k_pool, v_pool) = caches[0].layer_pools(0).unwrap();
-		batch.write(&k_pool, &new_k).unwrap();
-		batch.write(&v_pool, &new_v).unwrap();
-		let q = Tensor::from_vec(random(count * heads * head_dim), (count, heads, head_dim), device).unwrap();
-		let got = batch.attend(&q, &k_pool, &v_pool).unwrap().to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+	/// (query heads, kv heads, head_dim) and sequence lengths (the new token included): grouped
+	/// query heads; one to several blocks, the last partly used; heads narrower than, as wide as
+	/// and wider than a CUDA block's 128 threads; more positions than threads.
+	const SHAPES: [((usize, usize, usize), &[usize]); 4] =
+		[((4, 2, 8), &[1, 16, 17, 40, 5]), ((2, 1, 64), &[1, 130, 300]), ((2, 2, 128), &[33, 200]), ((1, 1, 256), &[20, 129])];
 
-		let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
-		for (s, cache) in caches.iter().enumerate() {
-			let len = lengths[s];
-			let ids = Tensor::new(cache.blocks(), device).unwrap();
-			let (k_all, v_all) = cache.gather(0, &ids, len).unwrap();
-			let (k_all, v_all) = (cpu(&k_all).to_vec3::<f32>().unwrap(), cpu(&v_all).to_vec3::<f32>().unwrap());
-			let new_k = cpu(&new_k).to_vec3::<f32>().unwrap();
-			for g in 0..kv_heads {
-				assert_eq!(k_all[g][len - 1], new_k[s][g], "sequence {s}, kv head {g}: the new key is in its slot");
+	/// Sequences of the given lengths in one pool with random history, and a decode step for
+	/// them: new keys and values, queries, and the batch.
+	struct Step {
+		heads: usize,
+		kv_heads: usize,
+		head_dim: usize,
+		lengths: Vec<usize>,
+		caches: Vec<KvCache>,
+		batch: DecodeBatch,
+		new_k: Tensor,
+		new_v: Tensor,
+		q: Tensor,
+	}
+
+	impl Step {
+		fn new(device: &Device, (heads, kv_heads, head_dim): (usize, usize, usize), lengths: &[usize]) -> Self {
+			let mut rng = StdRng::seed_from_u64(3);
+			let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+			let pool = KvPool::new(KvShape { num_layers: 1, kv_heads, head_dim }, 4096, device);
+			let mut caches = Vec::new();
+			for &len in lengths {
+				let mut cache = pool.cache();
+				cache.reserve(len).unwrap();
+				let history = len - 1;
+				if history > 0 {
+					let k = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
+					let v = Tensor::from_vec(random(kv_heads * history * head_dim), (kv_heads, history, head_dim), device).unwrap();
+					cache.write(0, &k, &v).unwrap();
+					cache.advance(history);
+				}
+				caches.push(cache);
 			}
-			let q = cpu(&q).to_vec3::<f32>().unwrap();
-			for h in 0..heads {
-				let g = h / (heads / kv_heads);
-				let scores: Vec<f32> = (0..len)
-					.map(|t| (0..head_dim).map(|d| q[s][h][d] * k_all[g][t][d]).sum::<f32>() / (head_dim as f32).sqrt())
-					.collect();
-				let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-				let weights: Vec<f32> = scores.iter().map(|x| (x - max).exp()).collect();
-				let total: f32 = weights.iter().sum();
-				for d in 0..head_dim {
-					let want: f32 = (0..len).map(|t| weights[t] / total * v_all[g][t][d]).sum();
-					let have = got[s][h * head_dim + d];
-					assert!((have - want).abs() < 1e-5, "sequence {s}, head {h}, dim {d} on {device:?}: {have} vs {want}");
+			let decoding: Vec<(usize, usize, &KvCache)> = caches.iter().enumerate().map(|(i, c)| (i, i, c)).collect();
+			let longest = lengths.iter().copied().max().unwrap();
+			let angles = Tensor::zeros((longest, head_dim / 2), DType::F32, device).unwrap();
+			let batch = DecodeBatch::new(&decoding, &angles, &angles, device).unwrap();
+			let count = lengths.len();
+			let mut tensor = |shape: (usize, usize, usize)| Tensor::from_vec(random(shape.0 * shape.1 * shape.2), shape, device).unwrap();
+			let (new_k, new_v, q) = (tensor((count, kv_heads, head_dim)), tensor((count, kv_heads, head_dim)), tensor((count, heads, head_dim)));
+			Self { heads, kv_heads, head_dim, lengths: lengths.to_vec(), caches, batch, new_k, new_v, q }
+		}
+
+		/// Checks, after the step's write, that each new key is in its slot, and that `got`
+		/// (`[sequences][heads · head_dim]`) equals softmax(q·Kᵀ/√d)·V over the gathered cache,
+		/// computed plainly on the CPU, within 1e-5.
+		fn check(&self, got: &[Vec<f32>], on: &str) {
+			let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+			let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+			let new_k = cpu(&self.new_k).to_vec3::<f32>().unwrap();
+			let q = cpu(&self.q).to_vec3::<f32>().unwrap();
+			for (s, cache) in self.caches.iter().enumerate() {
+				let len = self.lengths[s];
+				let ids = Tensor::new(cache.blocks(), self.q.device()).unwrap();
+				let (k_all, v_all) = cache.gather(0, &ids, len).unwrap();
+				let (k_all, v_all) = (cpu(&k_all).to_vec3::<f32>().unwrap(), cpu(&v_all).to_vec3::<f32>().unwrap());
+				for g in 0..kv_heads {
+					assert_eq!(k_all[g][len - 1], new_k[s][g], "sequence {s}, kv head {g}: the new key is in its slot");
+				}
+				for h in 0..heads {
+					let g = h / (heads / kv_heads);
+					let scores: Vec<f32> = (0..len)
+						.map(|t| (0..head_dim).map(|d| q[s][h][d] * k_all[g][t][d]).sum::<f32>() / (head_dim as f32).sqrt())
+						.collect();
+					let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+					let weights: Vec<f32> = scores.iter().map(|x| (x - max).exp()).collect();
+					let total: f32 = weights.iter().sum();
+					for d in 0..head_dim {
+						let want: f32 = (0..len).map(|t| weights[t] / total * v_all[g][t][d]).sum();
+						let have = got[s][h * head_dim + d];
+						assert!((have - want).abs() < 1e-5, "head_dim {head_dim}, sequence {s}, head {h}, dim {d} on {on}: {have} vs {want}");
+					}
 				}
 			}
+		}
+	}
+
+	/// The batched write puts each new row where the cache's own write would, and the batched
+	/// attention equals plain attention over the gathered cache ([`Step::check`]), for every
+	/// shape in [`SHAPES`].
+	fn paged_decode_ops_match_gathered_attention(device: &Device) {
+		for (shape, lengths) in SHAPES {
+			let step = Step::new(device, shape, lengths);
+			let (k_pool, v_pool) = step.caches[0].layer_pools(0).unwrap();
+			step.batch.write(&k_pool, &step.new_k).unwrap();
+			step.batch.write(&v_pool, &step.new_v).unwrap();
+			let got = step.batch.attend(&step.q, &k_pool, &v_pool).unwrap().to_device(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+			step.check(&got, &format!("{device:?}"));
+		}
+	}
+
+	/// The source of the CUDA kernels (kernels/paged_attention.cu), run by the CPU emulator with
+	/// the CUDA path's geometry: the write changes exactly what the CPU op changes in the whole
+	/// pool, and the attention passes [`Step::check`] for every shape in [`SHAPES`], with its
+	/// shared memory and output starting as NaNs (so nothing unwritten is read or left).
+	#[cfg(not(feature = "cuda"))]
+	#[test]
+	fn the_paged_kernels_match_the_cpu_ops_under_the_cpu_emulator() {
+		use crate::model::kernels::{self, emulator};
+
+		let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+		for (shape, lengths) in SHAPES {
+			let step = Step::new(&Device::Cpu, shape, lengths);
+			let (heads, count) = (step.heads, lengths.len());
+			let (kv_heads, head_dim) = (step.kv_heads as i32, step.head_dim as i32);
+			let (k_pool, v_pool) = step.caches[0].layer_pools(0).unwrap();
+			let slots = step.batch.slots.to_vec1::<u32>().unwrap();
+			let mut pools = [flat(&k_pool), flat(&v_pool)];
+			for (pool, rows) in pools.iter_mut().zip([flat(&step.new_k), flat(&step.new_v)]) {
+				let (pool_ptr, rows_ptr, slots_ptr) = (pool.as_mut_ptr(), rows.as_ptr(), slots.as_ptr());
+				emulator::Kernel::new("paged_kv_write")
+					.arg(&pool_ptr)
+					.arg(&rows_ptr)
+					.arg(&slots_ptr)
+					.arg(&kv_heads)
+					.arg(&head_dim)
+					.launch(kernels::paged_kv_write(count));
+			}
+			step.batch.write(&k_pool, &step.new_k).unwrap();
+			step.batch.write(&v_pool, &step.new_v).unwrap();
+			assert!(pools[0] == flat(&k_pool) && pools[1] == flat(&v_pool), "{shape:?}: the kernel's pools differ from the CPU op's");
+
+			let q = flat(&step.q);
+			let tables = step.batch.tables.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+			let lens = step.batch.lens.to_vec1::<u32>().unwrap();
+			let mut out = vec![f32::NAN; count * heads * step.head_dim];
+			let ints = [heads, step.kv_heads, step.head_dim, step.batch.tables.dim(1).unwrap(), step.batch.max_len].map(|n| n as i32);
+			let scale = 1.0 / (step.head_dim as f32).sqrt();
+			let pointers = [q.as_ptr(), pools[0].as_ptr(), pools[1].as_ptr()];
+			let (tables_ptr, lens_ptr, out_ptr) = (tables.as_ptr(), lens.as_ptr(), out.as_mut_ptr());
+			let mut kernel = emulator::Kernel::new("paged_decode_attention");
+			for pointer in &pointers {
+				kernel = kernel.arg(pointer);
+			}
+			kernel = kernel.arg(&tables_ptr).arg(&lens_ptr).arg(&out_ptr);
+			for n in &ints {
+				kernel = kernel.arg(n);
+			}
+			kernel.arg(&scale).launch(kernels::paged_decode_attention(heads, count, step.head_dim, step.batch.max_len));
+			let got: Vec<Vec<f32>> = out.chunks(heads * step.head_dim).map(<[f32]>::to_vec).collect();
+			step.check(&got, "the CPU emulator");
 		}
 	}
 }
