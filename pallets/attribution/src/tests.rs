@@ -226,6 +226,8 @@ fn assert_rejected(signed: SignedReceipt<AccountId, Balance>, reason: RejectReas
 	let before = snapshot();
 	let pool_before = Balances::total_balance(&pool());
 	let id = signed.receipt.id();
+	// Only this submission's events count: an earlier rejection of the same receipt is no proof.
+	System::reset_events();
 	submit(&account(Role::Other), vec![signed]);
 	System::assert_has_event(Event::ReceiptRejected { receipt_id: id, reason }.into());
 	assert_eq!(snapshot(), before, "a rejected receipt ({reason:?}) paid someone");
@@ -293,6 +295,23 @@ fn receipt_naming_unknown_or_mismatched_entries_is_rejected() {
 	});
 }
 
+/// The worker serves base models 0 and 1, and the adapter is trained on 0: a receipt naming
+/// the adapter over base 1 is refused, and so is any receipt for base 0 once governance has
+/// retired it, though the worker still lists it.
+#[test]
+fn receipt_naming_an_adapter_of_another_base_or_a_retired_base_is_rejected() {
+	run(|| {
+		let mut r = receipt(1);
+		r.base_model = 1;
+		assert_rejected(sign(r), RejectReason::AdapterBaseMismatch);
+		assert_ok!(Registry::retire_base_model(RuntimeOrigin::root(), BASE_MODEL));
+		assert_rejected(sign(receipt(2)), RejectReason::UnknownBaseModel);
+		let mut no_adapter = receipt(3);
+		no_adapter.adapter = None;
+		assert_rejected(sign(no_adapter), RejectReason::UnknownBaseModel);
+	});
+}
+
 #[test]
 fn receipt_naming_unaccepted_item_is_rejected() {
 	run(|| {
@@ -354,6 +373,21 @@ fn voucher_authorises_exactly_its_request() {
 		other_request.request_hash = content_hash(b"another request");
 		assert_rejected(with_voucher(r.clone(), other_request, &payer), RejectReason::VoucherMismatch);
 		assert_rejected(with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &session_pair()), RejectReason::InvalidVoucherSignature);
+		// A voucher binds its payer and its worker: the payer's own voucher charges no other
+		// payer's receipt, nor pays another worker's.
+		let mut someone_elses = r.clone();
+		someone_elses.payer = account(Role::Other);
+		assert_rejected(with_voucher(someone_elses, voucher(&r, EXPECTED_FEE), &payer), RejectReason::VoucherMismatch);
+		let mut other_worker = voucher(&r, EXPECTED_FEE);
+		other_worker.worker = account(Role::Other);
+		assert_rejected(with_voucher(r.clone(), other_worker, &payer), RejectReason::VoucherMismatch);
+		// The payer's signature counts for vouchers on this chain only.
+		let v = voucher(&r, EXPECTED_FEE);
+		for payload in [signing_payload(RECEIPT_DOMAIN, &genesis_hash(), &v), v.signing_payload(&H256::repeat_byte(1))] {
+			let signature = payer.sign(&payload).into();
+			let signed = SignedReceipt { voucher: Some(SignedVoucher { voucher: v.clone(), signature }), ..sign(r.clone()) };
+			assert_rejected(signed, RejectReason::InvalidVoucherSignature);
+		}
 		// The request's record is kept under the receipt's expiry: a receipt expiring at another
 		// block than its voucher would be looked up elsewhere, and could pay the voucher twice.
 		for expires_at in [0, r.expires_at - 1, r.expires_at + 1] {

@@ -95,11 +95,17 @@ impl AdapterError {
 	}
 
 	/// An I/O error on `path`; a missing file becomes `NotFound`.
+	/// An I/O error on `path`, classed by whose fault it is: a path that names nothing (or goes
+	/// through a file) is not found, one the system cannot take (a NUL byte, a name too long) is
+	/// invalid, and only the rest is the server's.
 	pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
-		if err.kind() == std::io::ErrorKind::NotFound {
-			AdapterError::NotFound(path.display().to_string())
-		} else {
-			AdapterError::Io(format!("{}: {err}", path.display()))
+		use std::io::ErrorKind;
+		match err.kind() {
+			ErrorKind::NotFound | ErrorKind::NotADirectory => AdapterError::NotFound(path.display().to_string()),
+			ErrorKind::InvalidInput | ErrorKind::InvalidFilename => {
+				AdapterError::Invalid(format!("{}: {err}", store::printable(&path.to_string_lossy())))
+			},
+			_ => AdapterError::Io(format!("{}: {err}", path.display())),
 		}
 	}
 }

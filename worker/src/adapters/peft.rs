@@ -647,7 +647,9 @@ fn plan(
 			_ => return Err(invalid(format!("tensor `{shown}` has shape {:?}; LoRA weights are 2-D", raw.shape))),
 		};
 		let [start, end] = raw.data_offsets;
-		let expected = (shape[0] as u64) * (shape[1] as u64) * dtype.size() as u64;
+		let Some(expected) = (shape[0] as u64).checked_mul(shape[1] as u64).and_then(|n| n.checked_mul(dtype.size() as u64)) else {
+			return Err(invalid(format!("tensor `{shown}` has shape {shape:?}, more bytes than a file can hold")));
+		};
 		if end < start || end - start != expected {
 			return Err(invalid(format!(
 				"tensor `{shown}` has offsets [{start}, {end}) but shape {shape:?} of {:?} needs {expected} bytes",
@@ -1072,6 +1074,10 @@ mod tests {
 		let shorter = t[0].3.len() - 4;
 		t[0].3.truncate(shorter);
 		cases.push(("shape x dtype mismatch", write_raw(&dir(), &q_cfg, &as_refs(&t)), invalid));
+		// A shape whose byte count does not fit 64 bits.
+		let mut t = q.clone();
+		t[0].2 = vec![u32::MAX as u64, u32::MAX as u64];
+		cases.push(("shape of 2^64 bytes", write_raw(&dir(), &q_cfg, &as_refs(&t)), invalid));
 		// 3-D shape.
 		let mut t = q.clone();
 		t[0].2 = vec![2, 16, 1];

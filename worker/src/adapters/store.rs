@@ -33,7 +33,7 @@ pub fn validate_name(name: &str) -> Result<(), AdapterError> {
 }
 
 /// A name safe to echo in a one-line message (control characters escaped, length capped).
-fn printable(s: &str) -> String {
+pub(super) fn printable(s: &str) -> String {
 	let mut out: String = s.chars().take(160).flat_map(char::escape_debug).collect();
 	if s.chars().count() > 160 {
 		out.push('…');
@@ -222,6 +222,10 @@ mod tests {
 		assert!(matches!(store.resolve_path(Path::new("/nonexistent/x")), Err(AdapterError::OutsideStore(_))));
 		assert!(matches!(store.resolve_path(Path::new(".")), Err(AdapterError::OutsideStore(_))));
 		assert!(matches!(store.resolve_path(Path::new("missing")), Err(AdapterError::NotFound(_))));
+		// Paths the system cannot take are the caller's fault (400 or 404), not the server's.
+		assert!(matches!(store.resolve_path(Path::new("good/adapter_config.json/x")), Err(AdapterError::NotFound(_))));
+		assert!(matches!(store.resolve_path(Path::new("a\0b")), Err(AdapterError::Invalid(_))));
+		assert!(matches!(store.resolve_path(Path::new(&"x".repeat(300))), Err(AdapterError::Invalid(_))));
 	}
 
 	#[cfg(unix)]

@@ -48,9 +48,15 @@ struct Sequence {
 	adapter_key: Option<[u8; 32]>,
 }
 
+/// Below this temperature, or this `top_p`, sampling keeps the top token alone, so the
+/// sampler is greedy: candle's f32 arithmetic would otherwise overflow dividing by the
+/// temperature, or round `top_p` to 0 and drop every token, and the request would fail.
+const GREEDY_TEMPERATURE: f64 = 1e-7;
+const GREEDY_TOP_P: f64 = 1e-6;
+
 fn sampler(params: &SamplingParams) -> LogitsProcessor {
 	let temperature = params.temperature;
-	let sampling = if temperature <= 0.0 {
+	let sampling = if temperature < GREEDY_TEMPERATURE || params.top_p.is_some_and(|p| p < GREEDY_TOP_P) {
 		Sampling::ArgMax
 	} else {
 		match (params.top_k.filter(|&k| k > 0), params.top_p.filter(|&p| p < 1.0)) {
@@ -318,5 +324,27 @@ fn retire(
 			seq.finish(codec, reason);
 		}
 		counters.requests_finished_total.fetch_add(1, Ordering::Relaxed);
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use candle_core::{Device, Tensor};
+
+	use super::*;
+
+	/// A temperature or `top_p` small enough to break f32 sampling picks the top token, like
+	/// greedy decoding, for any seed; ordinary values still sample.
+	#[test]
+	fn vanishing_temperature_or_top_p_samples_the_top_token() {
+		let logits = Tensor::new(&[1.0f32, 7.5, 7.0, -3.0], &Device::Cpu).unwrap();
+		let params = |temperature: f64, top_p: Option<f64>, seed: u64| SamplingParams { temperature, top_p, top_k: None, seed };
+		for seed in 0..20 {
+			for p in [params(1e-39, None, seed), params(1e-8, None, seed), params(1.0, Some(1e-46), seed), params(2.0, Some(1e-7), seed)] {
+				assert_eq!(sampler(&p).sample(&logits).unwrap(), 1, "{:?}/{:?}", p.temperature, p.top_p);
+			}
+		}
+		let sampled: std::collections::HashSet<u32> = (0..50).map(|seed| sampler(&params(1.0, None, seed)).sample(&logits).unwrap()).collect();
+		assert!(sampled.contains(&2), "temperature 1 still samples the runner-up");
 	}
 }
