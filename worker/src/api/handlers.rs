@@ -14,7 +14,7 @@ use axum::{
 	response::{IntoResponse, Response},
 	Json,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
 	error::ApiError,
@@ -41,7 +41,7 @@ use crate::{
 };
 use openledger_primitives::{AttributionEntry, ContentHash};
 
-/// A request that passed validation and tokenization, ready for admission.
+/// A request validated, admitted and tokenized, ready for the engine.
 struct Prepared {
 	model: String,
 	prompt_tokens: Vec<u32>,
@@ -51,6 +51,14 @@ struct Prepared {
 	attributor: Option<Attributor>,
 	/// Who pays, when the worker charges (it is on a chain).
 	auth: Option<Authorisation>,
+	/// The request's place among those admitted; it goes with the request to the engine.
+	permit: OwnedSemaphorePermit,
+}
+
+/// Admits a request that parsed and validated, before any costly step (the chain lookup,
+/// retrieval, tokenizing a long prompt): a full server answers 429 at once, without that work.
+fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+	state.inner.admission.clone().try_acquire_owned().map_err(|_| ApiError::queue_full())
 }
 
 /// A grounded request's attribution, computed once the whole answer is known.
@@ -199,6 +207,7 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
+		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
 		let mut messages = openai::chat_messages(&request.messages)?;
 		let mut attributor = ground(&state, &request, &messages).await?;
@@ -222,7 +231,7 @@ pub(super) async fn chat_completions(
 			state.inner.config.max_position,
 			"messages",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor, auth })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor, auth, permit })
 	}
 	.await;
 	match prepared {
@@ -243,6 +252,7 @@ pub(super) async fn completions(
 		let request: CompletionRequest = parse_json(&bytes)?;
 		log.model.clone_from(&request.model);
 		let spec = request.validate(state.limits())?;
+		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
 		let prompt = request.prompt.text()?.to_owned();
 		let codec = state.inner.codec.clone();
@@ -258,7 +268,7 @@ pub(super) async fn completions(
 			state.inner.config.max_position,
 			"prompt",
 		)?;
-		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None, auth })
+		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None, auth, permit })
 	}
 	.await;
 	match prepared {
@@ -270,10 +280,6 @@ pub(super) async fn completions(
 /// Admits, resolves the adapter, submits, and answers whole or as a stream.
 async fn generate(state: AppState, mut log: RequestLog, mut p: Prepared) -> Response {
 	log.prompt_tokens = p.prompt_tokens.len();
-	// Admission before anything that holds resources: a full server answers 429 at once.
-	let Ok(permit) = state.inner.admission.clone().try_acquire_owned() else {
-		return log.reject(ApiError::queue_full());
-	};
 	// The base model's name means no adapter; any other name is an adapter, loaded (off the
 	// engine thread) and leased here. A lease keeps it resident until the engine drops it.
 	let adapter = if p.model == state.inner.model_name {
@@ -300,7 +306,7 @@ async fn generate(state: AppState, mut log: RequestLog, mut p: Prepared) -> Resp
 		stop: p.spec.stop,
 		adapter,
 		events,
-		permit: Some(permit),
+		permit: Some(p.permit),
 	};
 	if let Err(e) = state.inner.engine.submit(request) {
 		return log.reject(e.into());

@@ -8,9 +8,11 @@
 //! - `stop`: at most [`MAX_STOP_SEQUENCES`] strings, each `1..=`[`MAX_STOP_BYTES`] bytes.
 //! - `max_tokens` / `max_completion_tokens` in `1..=ApiLimits::max_tokens`, and the prompt plus
 //!   it within the model's context (code `context_length_exceeded`).
-//! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, tools and non-text response
-//!   formats are refused rather than silently ignored. Other unknown fields (`user`,
-//!   `presence_penalty`, `frequency_penalty`, `logit_bias`, …) are accepted and ignored.
+//! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, `logit_bias`, tools, functions,
+//!   a `tool_choice` or `function_call` other than `none`/`auto`, non-text response formats, and
+//!   OpenLedger's grounding fields on `/v1/completions` are refused rather than silently
+//!   ignored. Other unknown fields (`user`, `presence_penalty`, `frequency_penalty`, …) are
+//!   accepted and ignored.
 //!
 //! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
 //! `retrieval_top_k` — ground it in DataNets (see `crate::knowledge`); the response then carries
@@ -53,6 +55,14 @@ pub struct ChatCompletionRequest {
 	pub tools: Option<Vec<serde_json::Value>>,
 	#[serde(default)]
 	pub response_format: Option<serde_json::Value>,
+	/// The legacy form of tool calling, and the choices of a tool or function: refused unless
+	/// they ask for none.
+	#[serde(default)]
+	pub functions: Option<Vec<serde_json::Value>>,
+	#[serde(default)]
+	pub function_call: Option<serde_json::Value>,
+	#[serde(default)]
+	pub tool_choice: Option<serde_json::Value>,
 	/// OpenLedger: DataNets to retrieve context from (besides the adapter's training DataNets).
 	#[serde(default)]
 	pub datanets: Option<Vec<DataNetId>>,
@@ -84,6 +94,14 @@ pub struct CompletionRequest {
 	pub best_of: Option<u64>,
 	#[serde(default)]
 	pub suffix: Option<String>,
+	/// OpenLedger's grounding fields belong to chat requests: here they are refused, not
+	/// dropped, so a client never takes an ungrounded answer for a grounded one.
+	#[serde(default)]
+	pub datanets: Option<serde_json::Value>,
+	#[serde(default)]
+	pub prompt_template: Option<serde_json::Value>,
+	#[serde(default)]
+	pub retrieval_top_k: Option<serde_json::Value>,
 }
 
 /// The sampling and output fields both endpoints share.
@@ -102,6 +120,8 @@ pub struct CommonParams {
 	pub n: Option<u64>,
 	/// `true` (chat) or a count (completions); only absent/false/0 is accepted.
 	pub logprobs: Option<serde_json::Value>,
+	/// Token biases are a hard constraint on the output: only an empty map is accepted.
+	pub logit_bias: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +182,9 @@ pub struct GenerationSpec {
 impl CommonParams {
 	/// Checks every shared field; `seed` defaults to a random one so unseeded requests differ.
 	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
+		if self.logit_bias.as_ref().is_some_and(|b| !b.is_null() && b.as_object().is_none_or(|m| !m.is_empty())) {
+			return Err(ApiError::invalid("logit_bias", "logit_bias is not supported"));
+		}
 		if let Some(n) = self.n {
 			if n != 1 {
 				return Err(ApiError::invalid("n", "only n = 1 is supported"));
@@ -253,6 +276,14 @@ impl ChatCompletionRequest {
 		if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
 			return Err(ApiError::invalid("tools", "tool calling is not supported"));
 		}
+		if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+			return Err(ApiError::invalid("functions", "function calling is not supported"));
+		}
+		for (param, choice) in [("tool_choice", &self.tool_choice), ("function_call", &self.function_call)] {
+			if choice.as_ref().is_some_and(|c| !c.is_null() && !matches!(c.as_str(), Some("none" | "auto"))) {
+				return Err(ApiError::invalid(param, "tool and function calling are not supported"));
+			}
+		}
 		if let Some(format) = &self.response_format {
 			let kind = format.get("type").and_then(|t| t.as_str());
 			if !format.is_null() && kind != Some("text") {
@@ -276,6 +307,13 @@ impl CompletionRequest {
 		}
 		if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
 			return Err(ApiError::invalid("suffix", "suffix is not supported"));
+		}
+		for (param, value) in
+			[("datanets", &self.datanets), ("prompt_template", &self.prompt_template), ("retrieval_top_k", &self.retrieval_top_k)]
+		{
+			if value.as_ref().is_some_and(|v| !v.is_null()) {
+				return Err(ApiError::invalid(param, "DataNet retrieval and prompt templates are served on /v1/chat/completions"));
+			}
 		}
 		self.params.validate(limits)
 	}

@@ -135,12 +135,24 @@ fn unknown_and_harmless_fields_are_ignored() {
 	let spec = chat_spec(json!({
 		"user": "u", "presence_penalty": 0.5, "frequency_penalty": 0, "logit_bias": {}, "metadata": {"a": 1},
 		"logprobs": false, "tools": [], "response_format": {"type": "text"}, "n": 1, "something_new": [1],
+		"functions": [], "function_call": "none", "tool_choice": "auto",
 	}))
 	.unwrap();
 	assert_eq!(spec.sampling.temperature, 1.0, "OpenAI's default temperature");
 	assert!(!spec.stream && !spec.include_usage);
 	assert_eq!(spec.max_tokens, None);
 	assert!(spec.stop.is_empty());
+}
+
+/// What would change the answer, or its meaning, is refused rather than dropped.
+#[test]
+fn constraints_this_server_cannot_honour_are_refused() {
+	assert_invalid(chat_spec(json!({"logit_bias": {"50256": -100}})), "logit_bias");
+	assert_invalid(chat_spec(json!({"functions": [{"name": "f", "parameters": {}}]})), "functions");
+	assert_invalid(chat_spec(json!({"function_call": {"name": "f"}})), "function_call");
+	assert_invalid(chat_spec(json!({"tool_choice": "required"})), "tool_choice");
+	assert_invalid(chat_spec(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})), "tool_choice");
+	assert!(chat_spec(json!({"logit_bias": null, "tool_choice": "none", "function_call": "auto"})).is_ok());
 }
 
 #[test]
@@ -246,6 +258,11 @@ fn completion_prompts() {
 	assert_invalid(spec(json!({"logprobs": 2})), "logprobs");
 	assert!(spec(json!({"logprobs": 0})).is_ok());
 	assert_invalid(spec(json!({"n": 3})), "n");
+	// Grounding is for chat: a completion request asking for it is refused, not answered bare.
+	assert_invalid(spec(json!({"datanets": [0]})), "datanets");
+	assert_invalid(spec(json!({"prompt_template": "qa"})), "prompt_template");
+	assert_invalid(spec(json!({"retrieval_top_k": 3})), "retrieval_top_k");
+	assert_invalid(spec(json!({"logit_bias": {"1": 5}})), "logit_bias");
 }
 
 #[test]
@@ -705,7 +722,13 @@ mod server {
 		let busy = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi"})).await;
 		assert_eq!(busy.status, 429);
 		assert_eq!(busy.header("retry-after"), Some("1"));
+		// Admission comes before the costly steps: a request naming a DataNet gets its 429
+		// before any retrieval is tried (this server has none, which would be a 404).
+		let grounded = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "datanets": [0]})).await;
+		assert_eq!(grounded.status, 429, "{}", grounded.body);
 		drop(permit);
+		let missing = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "datanets": [0]})).await;
+		assert_eq!(missing.status, 404, "{}", missing.body);
 		let ok = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 2})).await;
 		assert_eq!(ok.status, 200, "{}", ok.body);
 
