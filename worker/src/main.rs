@@ -256,7 +256,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		ApiLimits { max_body_bytes: args.max_body_bytes, max_tokens: args.max_tokens, max_queue: args.max_queue };
 	let state = AppState::new(
 		base.name.clone(),
-		base.config.clone(),
 		base.codec.clone(),
 		engine.clone(),
 		cache,

@@ -228,7 +228,7 @@ pub(super) async fn chat_completions(
 			spec.max_tokens,
 			None,
 			state.limits(),
-			state.inner.config.max_position,
+			state.inner.engine.context_length(),
 			"messages",
 		)?;
 		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor, auth, permit })
@@ -265,7 +265,7 @@ pub(super) async fn completions(
 			spec.max_tokens,
 			Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
 			state.limits(),
-			state.inner.config.max_position,
+			state.inner.engine.context_length(),
 			"prompt",
 		)?;
 		Ok::<_, ApiError>(Prepared { model: request.model, prompt_tokens, max_tokens, spec, attributor: None, auth, permit })
@@ -447,7 +447,7 @@ pub(super) async fn models(State(state): State<AppState>) -> Json<ModelList> {
 		owned_by: "openledger",
 		root: inner.model_name.clone(),
 		parent: None,
-		max_model_len: Some(inner.config.max_position),
+		max_model_len: Some(inner.engine.context_length()),
 		resident: None,
 	}];
 	data.extend(inner.adapters.list().into_iter().map(|(name, hash, resident)| ModelCard {
@@ -457,7 +457,7 @@ pub(super) async fn models(State(state): State<AppState>) -> Json<ModelList> {
 		owned_by: "openledger",
 		root: hash,
 		parent: Some(inner.model_name.clone()),
-		max_model_len: Some(inner.config.max_position),
+		max_model_len: Some(inner.engine.context_length()),
 		resident: Some(resident),
 	}));
 	Json(ModelList { object: "list", data })

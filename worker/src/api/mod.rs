@@ -39,7 +39,6 @@ use crate::{
 	knowledge::Knowledge,
 	ledger::service::Ledger,
 	metrics::Metrics,
-	model::LlamaConfig,
 	tokenizer::TextCodec,
 };
 
@@ -70,7 +69,6 @@ pub struct AppState {
 struct Inner {
 	/// The base model's served name: a request whose `model` is this uses no adapter.
 	model_name: String,
-	config: LlamaConfig,
 	codec: Arc<TextCodec>,
 	engine: EngineHandle,
 	adapters: AdapterCache,
@@ -93,7 +91,6 @@ impl AppState {
 	/// `max_queue` is raised to 1 if 0, so the server can always admit something.
 	pub fn new(
 		model_name: String,
-		config: LlamaConfig,
 		codec: Arc<TextCodec>,
 		engine: EngineHandle,
 		adapters: AdapterCache,
@@ -104,7 +101,6 @@ impl AppState {
 		Self {
 			inner: Arc::new(Inner {
 				model_name,
-				config,
 				codec,
 				engine,
 				adapters,

@@ -472,10 +472,10 @@ mod server {
 	}
 
 	async fn start(limits: ApiLimits) -> Server {
-		start_with(limits, None).await
+		start_with(limits, None, EngineOptions::default()).await
 	}
 
-	async fn start_with(limits: ApiLimits, knowledge: Option<Arc<Knowledge>>) -> Server {
+	async fn start_with(limits: ApiLimits, knowledge: Option<Arc<Knowledge>>, options: EngineOptions) -> Server {
 		let model_dir = tempfile::tempdir().unwrap();
 		write_tiny_llama(model_dir.path(), &TinyLlamaSpec::default(), 1).unwrap();
 		let base = BaseModel::load(model_dir.path(), Some("tiny".into()), &candle_core::Device::Cpu).unwrap();
@@ -486,10 +486,9 @@ mod server {
 			AdapterLimits::default(),
 			candle_core::Device::Cpu,
 		);
-		let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions::default());
+		let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), options);
 		let state = AppState::new(
 			base.name.clone(),
-			base.config.clone(),
 			base.codec.clone(),
 			engine,
 			adapters,
@@ -741,6 +740,22 @@ mod server {
 		stop(server).await;
 	}
 
+	/// With a KV cache of 64 tokens under a 256-token model, the server's context is 64:
+	/// `/v1/models` says so, and a request past it is a 400 `context_length_exceeded` up front,
+	/// not a generation that fails or stops short.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_kv_cache_smaller_than_the_context_bounds_requests() {
+		let server = start_with(ApiLimits::default(), None, EngineOptions { kv_cache_tokens: Some(64), ..Default::default() }).await;
+		let addr = server.addr;
+		let models = request(addr, "GET", "/v1/models", &[], "").await.json();
+		assert_eq!(models["data"][0]["max_model_len"], 64);
+		let too_long = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 70})).await;
+		assert_eq!((too_long.status, too_long.json()["error"]["code"].clone()), (400, json!("context_length_exceeded")), "{}", too_long.body);
+		let fits = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "hi", "max_tokens": 8})).await;
+		assert_eq!(fits.status, 200, "{}", fits.body);
+		stop(server).await;
+	}
+
 	/// A client that leaves mid-stream drops the receiver; the engine then ends the sequence and
 	/// the admission permit comes back.
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -796,7 +811,7 @@ mod server {
 	async fn grounded_requests_carry_attribution() {
 		let dir = tempfile::tempdir().unwrap();
 		let knowledge = knowledge_fixture(dir.path());
-		let server = start_with(ApiLimits::default(), Some(knowledge.clone())).await;
+		let server = start_with(ApiLimits::default(), Some(knowledge.clone()), EngineOptions::default()).await;
 		let addr = server.addr;
 		let ask = |extra: Value| {
 			let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "When is the Zorblax lantern festival held?"}], "max_tokens": 4, "temperature": 0});

@@ -50,6 +50,7 @@ pub struct EngineHandle {
 	requests: mpsc::Sender<GenerationRequest>,
 	counters: Arc<EngineCounters>,
 	thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+	context_length: usize,
 }
 
 impl EngineHandle {
@@ -58,11 +59,19 @@ impl EngineHandle {
 		let (requests, inbox) = mpsc::channel();
 		let counters = Arc::new(EngineCounters::default());
 		let thread_counters = counters.clone();
+		let pool = options.kv_pool(&model);
+		let context_length = model.config.max_position.min(pool.max_tokens());
 		let thread = std::thread::Builder::new()
 			.name("engine".into())
-			.spawn(move || scheduler::run(model, codec, options, inbox, thread_counters))
+			.spawn(move || scheduler::run(model, codec, options, pool, inbox, thread_counters))
 			.expect("spawning the engine thread");
-		Self { requests, counters, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+		Self { requests, counters, thread: Arc::new(std::sync::Mutex::new(Some(thread))), context_length }
+	}
+
+	/// The most tokens a request's prompt and answer may take together: the model's context,
+	/// or the whole KV cache if that is smaller.
+	pub fn context_length(&self) -> usize {
+		self.context_length
 	}
 
 	/// Queues an admitted request. Admission control (the bounded queue) is the caller's

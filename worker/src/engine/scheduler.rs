@@ -26,6 +26,13 @@ pub struct EngineOptions {
 	pub kv_cache_tokens: Option<usize>,
 }
 
+impl EngineOptions {
+	/// The paged KV cache these options give `model`.
+	pub(super) fn kv_pool(&self, model: &Llama) -> KvPool {
+		model.kv_pool(self.kv_cache_tokens.unwrap_or(tokens_for(self.max_batch_sequences, model.config.max_position)))
+	}
+}
+
 impl Default for EngineOptions {
 	fn default() -> Self {
 		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256, kv_cache_tokens: None }
@@ -166,11 +173,10 @@ pub(super) fn run(
 	model: Arc<Llama>,
 	codec: Arc<TextCodec>,
 	options: EngineOptions,
+	pool: KvPool,
 	inbox: mpsc::Receiver<GenerationRequest>,
 	counters: Arc<EngineCounters>,
 ) {
-	let kv_tokens = options.kv_cache_tokens.unwrap_or(tokens_for(options.max_batch_sequences, model.config.max_position));
-	let pool = model.kv_pool(kv_tokens);
 	let mut active: Vec<Sequence> = Vec::new();
 	let mut open = true;
 	tracing::info!(?options, "engine started");

@@ -69,6 +69,11 @@ impl KvPool {
 		self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 	}
 
+	/// The most tokens the pool may hold: its whole limit, in blocks.
+	pub fn max_tokens(&self) -> usize {
+		self.lock().max_blocks * BLOCK_TOKENS
+	}
+
 	/// An empty sequence cache drawing on this pool.
 	pub fn cache(&self) -> KvCache {
 		KvCache { pool: self.clone(), blocks: Vec::new(), len: 0 }
