@@ -12,6 +12,7 @@ pub use peft::{
 	inspect, inspect_with_base, load_adapter, load_adapter_known, permute_rows_for_gguf, AdapterInfo, FileStamp, FloatDtype,
 	KnownWeights,
 };
+pub(crate) use store::printable;
 pub use store::{validate_name, AdapterStore, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use tools::{bench_adapter_name, ensure_random_adapters, write_random_adapter, write_random_adapter_as};
 

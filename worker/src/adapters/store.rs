@@ -32,8 +32,9 @@ pub fn validate_name(name: &str) -> Result<(), AdapterError> {
 	}
 }
 
-/// A name safe to echo in a one-line message (control characters escaped, length capped).
-pub(super) fn printable(s: &str) -> String {
+/// A client's string safe to echo in a one-line message or log line (control characters
+/// escaped, length capped).
+pub(crate) fn printable(s: &str) -> String {
 	let mut out: String = s.chars().take(160).flat_map(char::escape_debug).collect();
 	if s.chars().count() > 160 {
 		out.push('…');

@@ -205,7 +205,7 @@ pub(super) async fn chat_completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
-		log.model.clone_from(&request.model);
+		log.model = crate::adapters::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
@@ -250,7 +250,7 @@ pub(super) async fn completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: CompletionRequest = parse_json(&bytes)?;
-		log.model.clone_from(&request.model);
+		log.model = crate::adapters::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;

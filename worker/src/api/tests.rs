@@ -74,6 +74,10 @@ async fn model_not_found_and_engine_closed() {
 	assert_eq!(status, StatusCode::NOT_FOUND);
 	assert_eq!(body["error"]["code"], "model_not_found");
 	assert_eq!(body["error"]["param"], "model");
+	// A client's name comes back on one line and bounded, however long or odd it was.
+	let (_, _, body) = response_parts(ApiError::model_not_found(&format!("a\nb{}", "x".repeat(100_000)))).await;
+	let message = body["error"]["message"].as_str().unwrap();
+	assert!(message.starts_with("The model `a\\nbxxx") && message.len() < 300, "{}", &message[..80]);
 
 	let error = ApiError::from(EngineClosed);
 	assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
