@@ -249,9 +249,7 @@ pub fn load_adapter_known(
 		pairs
 			.iter()
 			.map(|pair| {
-				build_pair(pair, data, base, scale).map_err(|e| {
-					AdapterError::Internal(format!("building {}: {e}", pair.a.name.trim_end_matches(".weight")))
-				})
+				build_pair(pair, data, base, scale)
 			})
 			.collect()
 	};
@@ -304,7 +302,7 @@ fn build_pair(
 	data: &[u8],
 	base: &LlamaConfig,
 	scale: f64,
-) -> candle_core::Result<LoraWeights> {
+) -> Result<LoraWeights, AdapterError> {
 	// B's output rows follow the GGUF row order for q and k (see `permute_rows_for_gguf`).
 	let heads = match pair.projection {
 		Projection::Q if base.rope_interleaved => Some(base.num_heads),
@@ -318,8 +316,10 @@ fn build_pair(
 
 /// `Wᵀ` as a contiguous tensor `[cols, rows]` of the file's float type, read straight from the
 /// file's bytes in one pass (a cold load is dominated by passes over the data). With
-/// `gguf_heads`, W's rows are first permuted as [`permute_rows_for_gguf`] does.
-fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> candle_core::Result<Tensor> {
+/// `gguf_heads`, W's rows are first permuted as [`permute_rows_for_gguf`] does. A NaN or an
+/// infinity in W makes the adapter invalid: every answer using it would be garbage or fail.
+fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> Result<Tensor, AdapterError> {
+	let internal = |e: candle_core::Error| AdapterError::Internal(format!("building {}: {e}", t.name));
 	let [rows, cols] = t.shape;
 	let bytes = &data[t.start..t.end];
 	// Destination row r of the permuted W comes from source row `source_row[r]`.
@@ -327,7 +327,7 @@ fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> candle_
 		None => (0..rows).collect(),
 		Some(n_head) => {
 			if n_head == 0 || rows % (2 * n_head) != 0 {
-				candle_core::bail!("cannot permute {rows} rows over {n_head} heads");
+				return Err(internal(candle_core::Error::Msg(format!("cannot permute {rows} rows over {n_head} heads"))));
 			}
 			let half = rows / n_head / 2;
 			// Row (head, j, t) of the result is row (head, t, j) of W.
@@ -340,31 +340,43 @@ fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> candle_
 				.collect()
 		},
 	};
-	match t.dtype {
-		FloatDtype::F32 => transpose_rows(bytes, rows, cols, &source_row, f32::from_le_bytes),
-		FloatDtype::F16 => transpose_rows(bytes, rows, cols, &source_row, half::f16::from_le_bytes),
-		FloatDtype::BF16 => transpose_rows(bytes, rows, cols, &source_row, half::bf16::from_le_bytes),
+	// Each type's exponent bits: all set is an infinity or a NaN.
+	let (tensor, finite) = match t.dtype {
+		FloatDtype::F32 => transpose_rows(bytes, rows, cols, &source_row, 0x7f80_0000, f32::from_le_bytes),
+		FloatDtype::F16 => transpose_rows(bytes, rows, cols, &source_row, 0x7c00, half::f16::from_le_bytes),
+		FloatDtype::BF16 => transpose_rows(bytes, rows, cols, &source_row, 0x7f80, half::bf16::from_le_bytes),
 	}
+	.map_err(internal)?;
+	if !finite {
+		return Err(AdapterError::Invalid(format!("tensor `{}` holds NaN or infinite values", t.name)));
+	}
+	Ok(tensor)
 }
 
 /// Row `r` of the `rows × cols` matrix in `bytes` is source row `source_row[r]`; returns the
-/// transpose, a `[cols, rows]` tensor, decoding each `N`-byte little-endian value with `decode`.
+/// transpose, a `[cols, rows]` tensor, decoding each `N`-byte little-endian value with `decode`,
+/// and whether every value was finite (some of its `exponent` bits clear).
 fn transpose_rows<T: candle_core::WithDType + Default, const N: usize>(
 	bytes: &[u8],
 	rows: usize,
 	cols: usize,
 	source_row: &[usize],
+	exponent: u32,
 	decode: impl Fn([u8; N]) -> T,
-) -> candle_core::Result<Tensor> {
+) -> candle_core::Result<(Tensor, bool)> {
 	let mut out = vec![T::default(); rows * cols];
+	let mut non_finite = false;
 	let row_bytes = cols * N;
 	for (r, &src) in source_row.iter().enumerate() {
 		let row = &bytes[src * row_bytes..(src + 1) * row_bytes];
 		for (c, value) in row.chunks_exact(N).enumerate() {
-			out[c * rows + r] = decode(value.try_into().expect("chunks of N bytes"));
+			let value: [u8; N] = value.try_into().expect("chunks of N bytes");
+			let bits = value.iter().rev().fold(0u32, |bits, &byte| bits << 8 | u32::from(byte));
+			non_finite |= bits & exponent == exponent;
+			out[c * rows + r] = decode(value);
 		}
 	}
-	Tensor::from_vec(out, (cols, rows), &Device::Cpu)
+	Ok((Tensor::from_vec(out, (cols, rows), &Device::Cpu)?, !non_finite))
 }
 
 /// llama.cpp's converter permutes the output rows of `q` and `k` for its interleaved RoPE:
@@ -1074,6 +1086,22 @@ mod tests {
 		let shorter = t[0].3.len() - 4;
 		t[0].3.truncate(shorter);
 		cases.push(("shape x dtype mismatch", write_raw(&dir(), &q_cfg, &as_refs(&t)), invalid));
+		// Non-finite weights: a NaN in A, an infinity in B, an f16 infinity, a bf16 NaN.
+		for (index, value) in [(0usize, f32::NAN), (1, f32::INFINITY)] {
+			let mut t = q.clone();
+			t[index].3[4..8].copy_from_slice(&value.to_le_bytes());
+			cases.push(("non-finite f32 weight", write_raw(&dir(), &q_cfg, &as_refs(&t)), invalid));
+		}
+		for (dtype, bits) in [("F16", 0x7c00u16), ("BF16", 0x7fc1)] {
+			let mut t = q.clone();
+			let n = t[0].2.iter().product::<u64>() as usize;
+			t[0].1 = dtype;
+			t[0].3 = vec![0; n * 2];
+			t[0].3[2..4].copy_from_slice(&bits.to_le_bytes());
+			t[1].1 = dtype;
+			t[1].3 = vec![0; t[1].2.iter().product::<u64>() as usize * 2];
+			cases.push(("non-finite half weight", write_raw(&dir(), &q_cfg, &as_refs(&t)), invalid));
+		}
 		// A shape whose byte count does not fit 64 bits.
 		let mut t = q.clone();
 		t[0].2 = vec![u32::MAX as u64, u32::MAX as u64];
