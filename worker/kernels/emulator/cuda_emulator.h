@@ -2,10 +2,13 @@
 // (kernels/*.cu), so their source runs in the CPU test suite: no machine that runs CI has a GPU.
 //
 // A launch runs its blocks one after another; each block runs one OS thread per CUDA thread, so
-// barriers, warp shuffles and shared memory behave as on a GPU, races included. `__shared__`
-// variables are statics (one block at a time uses them); dynamic shared memory is a buffer per
-// block, filled with NaNs first, as a GPU's holds whatever was there. A thread that returns
-// leaves its block's and warp's barriers, as exited threads do on the hardware.
+// barriers, warp shuffles and shared memory behave as on a GPU, races within a block included
+// (races between blocks cannot show). `__shared__` variables are statics (one block at a time
+// uses them, and they keep the previous block's values); dynamic shared memory is a buffer per
+// block of exactly the launch's size, filled with NaNs first, as a GPU's holds whatever was
+// there. A thread that returns leaves its block's and warp's barriers, as exited threads do on
+// the hardware. Launches a GPU would refuse (block size, grid, shared memory) are refused.
+// `__expf` is the exact `expf`, so results may differ from a GPU's in the last bits.
 #pragma once
 #define OPENLEDGER_KERNEL_EMULATOR
 #include <math.h>

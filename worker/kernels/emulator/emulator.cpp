@@ -25,7 +25,7 @@ struct Warp {
 };
 
 struct Block {
-	Block(unsigned threads, size_t shared_bytes) : barrier(threads), dynamic_shared(shared_bytes + 16) {
+	Block(unsigned threads, size_t shared_bytes) : barrier(threads), dynamic_shared(shared_bytes) {
 		for (unsigned first = 0; first < threads; first += 32) {
 			warps.push_back(std::make_unique<Warp>(threads - first < 32 ? threads - first : 32));
 		}
@@ -43,6 +43,13 @@ unsigned linear_thread() { return (threadIdx.z * blockDim.y + threadIdx.y) * blo
 
 // One launch at a time: blockDim and gridDim are process-wide, as the kernels read them.
 std::mutex launches;
+
+// What a GPU refuses to launch (without opting in to more shared memory) is refused here too.
+bool launchable(const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes) {
+	const uint64_t threads = (uint64_t)block[0] * block[1] * block[2];
+	return threads >= 1 && threads <= 1024 && grid[0] >= 1 && grid[1] >= 1 && grid[1] <= 65535 && grid[2] >= 1 &&
+	       grid[2] <= 65535 && shared_bytes <= 48 * 1024;
+}
 
 template <typename Kernel>
 void launch(const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes, Kernel kernel) {
@@ -91,14 +98,18 @@ float __shfl_xor_sync(unsigned, float value, int lane_mask) {
 
 void *openledger_emulator_dynamic_shared() { return current_block->dynamic_shared.data(); }
 
-// Returns 0, or -1 for a kernel it does not know.
+// Returns 0; -1 for a kernel it does not know; -2 for a launch a GPU would refuse, or that
+// runs more threads than the kernel's shared memory is sized for.
 extern "C" int openledger_emulate_kernel(const char *name, const uint32_t grid[3], const uint32_t block[3], uint32_t shared_bytes,
                                          void **a) {
+	if (!launchable(grid, block, shared_bytes)) return -2;
 	if (!strcmp(name, "lora_shrink")) {
+		if (block[0] * block[1] * block[2] > SHRINK_THREADS) return -2;
 		launch(grid, block, shared_bytes, [&] {
 			lora_shrink(arg<const float *>(a, 0), arg<float *>(a, 1), arg<const uint64_t *>(a, 2), arg<int>(a, 3), arg<int>(a, 4));
 		});
 	} else if (!strcmp(name, "lora_expand")) {
+		if (block[0] * block[1] * block[2] > EXPAND_THREADS) return -2;
 		launch(grid, block, shared_bytes, [&] {
 			lora_expand(arg<const float *>(a, 0), arg<float *>(a, 1), arg<const uint64_t *>(a, 2), arg<int>(a, 3), arg<int>(a, 4));
 		});
@@ -116,4 +127,13 @@ extern "C" int openledger_emulate_kernel(const char *name, const uint32_t grid[3
 		return -1;
 	}
 	return 0;
+}
+
+// The kernels' compile-time sizes, for the tests that check the Rust side agrees; -1 if unknown.
+extern "C" int openledger_kernel_constant(const char *name) {
+	if (!strcmp(name, "MAX_RANK")) return MAX_RANK;
+	if (!strcmp(name, "SHRINK_THREADS")) return SHRINK_THREADS;
+	if (!strcmp(name, "EXPAND_THREADS")) return EXPAND_THREADS;
+	if (!strcmp(name, "BLOCK_TOKENS")) return BLOCK_TOKENS;
+	return -1;
 }

@@ -95,7 +95,6 @@ impl AdapterError {
 		}
 	}
 
-	/// An I/O error on `path`; a missing file becomes `NotFound`.
 	/// An I/O error on `path`, classed by whose fault it is: a path that names nothing (or goes
 	/// through a file) is not found, one the system cannot take (a NUL byte, a name too long) is
 	/// invalid, and only the rest is the server's.
@@ -103,7 +102,10 @@ impl AdapterError {
 		use std::io::ErrorKind;
 		match err.kind() {
 			ErrorKind::NotFound | ErrorKind::NotADirectory => AdapterError::NotFound(path.display().to_string()),
-			ErrorKind::InvalidInput | ErrorKind::InvalidFilename => {
+			// EINVAL may be the server's too (an mmap the filesystem refuses): only a path with a
+			// NUL byte is the caller's.
+			ErrorKind::InvalidFilename => AdapterError::Invalid(format!("{}: {err}", store::printable(&path.to_string_lossy()))),
+			ErrorKind::InvalidInput if path.as_os_str().as_encoded_bytes().contains(&0) => {
 				AdapterError::Invalid(format!("{}: {err}", store::printable(&path.to_string_lossy())))
 			},
 			_ => AdapterError::Io(format!("{}: {err}", path.display())),

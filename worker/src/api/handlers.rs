@@ -207,9 +207,9 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model = crate::adapters::printable(&request.model);
 		let spec = request.validate(state.limits())?;
+		let mut messages = openai::chat_messages(&request.messages)?;
 		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
-		let mut messages = openai::chat_messages(&request.messages)?;
 		let mut attributor = ground(&state, &request, &messages).await?;
 		if let Some(a) = &mut attributor {
 			// Attribution needs what was retrieved, not the rendered messages.
@@ -252,9 +252,9 @@ pub(super) async fn completions(
 		let request: CompletionRequest = parse_json(&bytes)?;
 		log.model = crate::adapters::printable(&request.model);
 		let spec = request.validate(state.limits())?;
+		let prompt = request.prompt.text()?.to_owned();
 		let permit = admit(&state)?;
 		let auth = authorise(&state, &headers, &bytes, &log.id).await?;
-		let prompt = request.prompt.text()?.to_owned();
 		let codec = state.inner.codec.clone();
 		let prompt_tokens = blocking(move || {
 			codec.encode(&prompt).map_err(|e| ApiError::internal(format!("tokenizing failed: {e:#}")))

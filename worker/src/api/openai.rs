@@ -94,14 +94,13 @@ pub struct CompletionRequest {
 	pub best_of: Option<u64>,
 	#[serde(default)]
 	pub suffix: Option<String>,
-	/// OpenLedger's grounding fields belong to chat requests: here they are refused, not
-	/// dropped, so a client never takes an ungrounded answer for a grounded one.
+	/// OpenLedger's grounding fields belong to chat requests: here asking for grounding is
+	/// refused, not dropped, so a client never takes an ungrounded answer for a grounded one. An
+	/// empty list asks for nothing, as in chat.
 	#[serde(default)]
-	pub datanets: Option<serde_json::Value>,
+	pub datanets: Option<Vec<serde_json::Value>>,
 	#[serde(default)]
 	pub prompt_template: Option<serde_json::Value>,
-	#[serde(default)]
-	pub retrieval_top_k: Option<serde_json::Value>,
 }
 
 /// The sampling and output fields both endpoints share.
@@ -308,12 +307,13 @@ impl CompletionRequest {
 		if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
 			return Err(ApiError::invalid("suffix", "suffix is not supported"));
 		}
-		for (param, value) in
-			[("datanets", &self.datanets), ("prompt_template", &self.prompt_template), ("retrieval_top_k", &self.retrieval_top_k)]
-		{
-			if value.as_ref().is_some_and(|v| !v.is_null()) {
-				return Err(ApiError::invalid(param, "DataNet retrieval and prompt templates are served on /v1/chat/completions"));
-			}
+		let grounding = if self.datanets.as_ref().is_some_and(|d| !d.is_empty()) {
+			Some("datanets")
+		} else {
+			self.prompt_template.as_ref().is_some_and(|t| !t.is_null()).then_some("prompt_template")
+		};
+		if let Some(param) = grounding {
+			return Err(ApiError::invalid(param, "DataNet retrieval and prompt templates are served on /v1/chat/completions"));
 		}
 		self.params.validate(limits)
 	}

@@ -265,7 +265,7 @@ fn completion_prompts() {
 	// Grounding is for chat: a completion request asking for it is refused, not answered bare.
 	assert_invalid(spec(json!({"datanets": [0]})), "datanets");
 	assert_invalid(spec(json!({"prompt_template": "qa"})), "prompt_template");
-	assert_invalid(spec(json!({"retrieval_top_k": 3})), "retrieval_top_k");
+	assert!(spec(json!({"datanets": [], "retrieval_top_k": 3})).is_ok(), "asks for no grounding, as in chat");
 	assert_invalid(spec(json!({"logit_bias": {"1": 5}})), "logit_bias");
 }
 
@@ -729,6 +729,9 @@ mod server {
 		// before any retrieval is tried (this server has none, which would be a 404).
 		let grounded = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "datanets": [0]})).await;
 		assert_eq!(grounded.status, 429, "{}", grounded.body);
+		// A request that can never succeed is still told so, not asked to retry.
+		let empty = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": []})).await;
+		assert_eq!(empty.status, 400, "{}", empty.body);
 		drop(permit);
 		let missing = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "datanets": [0]})).await;
 		assert_eq!(missing.status, 404, "{}", missing.body);

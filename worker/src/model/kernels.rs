@@ -88,6 +88,16 @@ pub mod emulator {
 
 	extern "C" {
 		fn openledger_emulate_kernel(name: *const c_char, grid: *const u32, block: *const u32, shared_bytes: u32, args: *mut *mut c_void) -> c_int;
+		fn openledger_kernel_constant(name: *const c_char) -> c_int;
+	}
+
+	/// A compile-time size of the kernels (`MAX_RANK`, `SHRINK_THREADS`, `EXPAND_THREADS`,
+	/// `BLOCK_TOKENS`).
+	pub fn constant(name: &str) -> usize {
+		let name = CString::new(name).expect("no NUL");
+		// Safety: reads a NUL-terminated string.
+		let value = unsafe { openledger_kernel_constant(name.as_ptr()) };
+		usize::try_from(value).expect("a constant the kernels define")
 	}
 
 	/// A launch being built: each argument is borrowed until the launch, as the driver reads it
@@ -112,15 +122,21 @@ pub mod emulator {
 
 		/// Runs the kernel to completion. The pointers passed must be valid for what the kernel
 		/// reads and writes.
-		pub fn launch(mut self, launch: Launch) {
+		pub fn launch(self, launch: Launch) {
+			let name = self.name;
+			let code = self.try_launch(launch);
+			assert_eq!(code, 0, "kernel {name}: the emulator refused the launch {launch:?} (-1: unknown kernel, -2: a GPU would refuse it)");
+		}
+
+		/// [`Self::launch`], returning the emulator's code instead of asserting it is 0.
+		pub fn try_launch(mut self, launch: Launch) -> c_int {
 			let name = CString::new(self.name).expect("kernel names have no NUL");
 			let grid = [launch.grid.0, launch.grid.1, launch.grid.2];
 			let block = [launch.block, 1, 1];
 			// Safety: the emulator reads `grid` and `block` (three words each) and the arguments
 			// through `args`, which borrow live values for `'a`; the caller vouches for the
 			// memory the arguments point to, as for a launch on a GPU.
-			let code = unsafe { openledger_emulate_kernel(name.as_ptr(), grid.as_ptr(), block.as_ptr(), launch.shared_bytes, self.args.as_mut_ptr()) };
-			assert_eq!(code, 0, "the emulator has no kernel {}", self.name);
+			unsafe { openledger_emulate_kernel(name.as_ptr(), grid.as_ptr(), block.as_ptr(), launch.shared_bytes, self.args.as_mut_ptr()) }
 		}
 	}
 
@@ -152,5 +168,29 @@ mod tests {
 			assert!(!paged_attention_fits(12_129, head_dim), "{head_dim}");
 			assert_eq!(paged_attention_max_len(head_dim), 12_128);
 		}
+	}
+
+	/// The sizes compiled into the kernels are the ones the Rust side launches and packs with.
+	#[cfg(not(feature = "cuda"))]
+	#[test]
+	fn the_kernels_and_their_launches_agree_on_sizes() {
+		assert_eq!(emulator::constant("MAX_RANK"), crate::model::lora::BATCHED_MAX_RANK);
+		assert_eq!(emulator::constant("SHRINK_THREADS"), LORA_SHRINK_THREADS as usize);
+		assert_eq!(emulator::constant("EXPAND_THREADS"), LORA_EXPAND_THREADS as usize);
+		assert_eq!(emulator::constant("BLOCK_TOKENS"), crate::model::kv_pool::BLOCK_TOKENS);
+	}
+
+	/// The emulator refuses what a GPU would: too many threads, too much shared memory, more
+	/// threads than a kernel's shared memory is sized for; the longest attention the Rust side
+	/// allows still launches.
+	#[cfg(not(feature = "cuda"))]
+	#[test]
+	fn the_emulator_refuses_launches_a_gpu_would() {
+		let refused = |name: &'static str, launch: Launch| emulator::Kernel::new(name).try_launch(launch);
+		assert_eq!(refused("paged_kv_write", Launch { block: 2048, ..paged_kv_write(1) }), -2);
+		assert_eq!(refused("paged_decode_attention", paged_decode_attention(1, 1, 64, 12_129 + 32)), -2);
+		assert_eq!(refused("lora_expand", Launch { block: 512, ..lora_expand(1, 64) }), -2);
+		assert_eq!(refused("no_such_kernel", paged_kv_write(1)), -1);
+		assert!(paged_decode_attention(1, 1, 64, paged_attention_max_len(64)).shared_bytes <= 48 << 10);
 	}
 }
