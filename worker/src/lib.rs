@@ -14,3 +14,13 @@ pub mod model;
 pub mod templates;
 pub mod testing;
 pub mod tokenizer;
+
+/// A client's string safe to echo in a one-line message or log line (control characters
+/// escaped, length capped).
+pub(crate) fn printable(s: &str) -> String {
+	let mut out: String = s.chars().take(160).flat_map(char::escape_debug).collect();
+	if s.chars().count() > 160 {
+		out.push('…');
+	}
+	out
+}

@@ -122,15 +122,6 @@ fn hex(bytes: &[u8; 32]) -> String {
 	bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A string safe to echo in a one-line message.
-fn printable(s: &str) -> String {
-	let mut out: String = s.chars().take(160).flat_map(char::escape_debug).collect();
-	if s.chars().count() > 160 {
-		out.push('…');
-	}
-	out
-}
-
 /// Checks `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` and no `..`.
 pub fn validate_id(id: &str) -> Result<(), TemplateError> {
 	let b = id.as_bytes();
@@ -142,7 +133,7 @@ pub fn validate_id(id: &str) -> Result<(), TemplateError> {
 	if ok {
 		Ok(())
 	} else {
-		Err(TemplateError::InvalidId(printable(id)))
+		Err(TemplateError::InvalidId(crate::printable(id)))
 	}
 }
 
@@ -213,7 +204,7 @@ fn environment() -> Environment<'static> {
 impl PromptTemplate {
 	/// Parses and checks a template file's bytes; `id` names it in errors.
 	pub fn parse(id: &str, bytes: &[u8]) -> Result<Self, TemplateError> {
-		let invalid = |reason: String| TemplateError::Invalid { id: printable(id), reason };
+		let invalid = |reason: String| TemplateError::Invalid { id: crate::printable(id), reason };
 		if bytes.len() > MAX_TEMPLATE_BYTES {
 			return Err(invalid(format!("{} bytes; at most {MAX_TEMPLATE_BYTES}", bytes.len())));
 		}
@@ -293,7 +284,7 @@ impl PromptTemplate {
 		if last.role != "user" {
 			return Err(TemplateError::BadInput(format!(
 				"a prompt template needs the last message to be from the user, not `{}`",
-				printable(&last.role)
+				crate::printable(&last.role)
 			)));
 		}
 		let leading = rest.iter().take_while(|m| m.role == "system").count();
@@ -328,7 +319,7 @@ impl PromptTemplate {
 			items => items,
 		};
 		let render = |field: &str, source: &str| -> Result<String, TemplateError> {
-			let err = |reason: String| TemplateError::Render { id: printable(&self.id), reason: format!("`{field}`: {reason}") };
+			let err = |reason: String| TemplateError::Render { id: crate::printable(&self.id), reason: format!("`{field}`: {reason}") };
 			let out = env
 				.template_from_named_str(field, source)
 				.and_then(|t| t.render(&ctx))

@@ -12,7 +12,6 @@ pub use peft::{
 	inspect, inspect_with_base, load_adapter, load_adapter_known, permute_rows_for_gguf, AdapterInfo, FileStamp, FloatDtype,
 	KnownWeights,
 };
-pub(crate) use store::printable;
 pub use store::{validate_name, AdapterStore, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use tools::{bench_adapter_name, ensure_random_adapters, write_random_adapter, write_random_adapter_as};
 
@@ -100,14 +99,13 @@ impl AdapterError {
 	/// invalid, and only the rest is the server's.
 	pub(crate) fn io(path: &std::path::Path, err: std::io::Error) -> Self {
 		use std::io::ErrorKind;
+		// EINVAL may be the server's too (an mmap the filesystem refuses): only a path with a NUL
+		// byte makes it the caller's.
+		let unusable_path = err.kind() == ErrorKind::InvalidFilename
+			|| (err.kind() == ErrorKind::InvalidInput && path.as_os_str().as_encoded_bytes().contains(&0));
 		match err.kind() {
 			ErrorKind::NotFound | ErrorKind::NotADirectory => AdapterError::NotFound(path.display().to_string()),
-			// EINVAL may be the server's too (an mmap the filesystem refuses): only a path with a
-			// NUL byte is the caller's.
-			ErrorKind::InvalidFilename => AdapterError::Invalid(format!("{}: {err}", store::printable(&path.to_string_lossy()))),
-			ErrorKind::InvalidInput if path.as_os_str().as_encoded_bytes().contains(&0) => {
-				AdapterError::Invalid(format!("{}: {err}", store::printable(&path.to_string_lossy())))
-			},
+			_ if unusable_path => AdapterError::Invalid(format!("{}: {err}", crate::printable(&path.to_string_lossy()))),
 			_ => AdapterError::Io(format!("{}: {err}", path.display())),
 		}
 	}

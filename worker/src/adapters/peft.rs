@@ -248,9 +248,7 @@ pub fn load_adapter_known(
 	let build = |pairs: &'_ [LoraPair]| -> Result<Vec<LoraWeights>, AdapterError> {
 		pairs
 			.iter()
-			.map(|pair| {
-				build_pair(pair, data, base, scale)
-			})
+			.map(|pair| build_pair(pair, data, base, scale))
 			.collect()
 	};
 	let (hash, built) = std::thread::scope(|s| {
@@ -319,7 +317,6 @@ fn build_pair(
 /// `gguf_heads`, W's rows are first permuted as [`permute_rows_for_gguf`] does. A NaN or an
 /// infinity in W makes the adapter invalid: every answer using it would be garbage or fail.
 fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> Result<Tensor, AdapterError> {
-	let internal = |e: candle_core::Error| AdapterError::Internal(format!("building {}: {e}", t.name));
 	let [rows, cols] = t.shape;
 	let bytes = &data[t.start..t.end];
 	// Destination row r of the permuted W comes from source row `source_row[r]`.
@@ -327,7 +324,7 @@ fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> Result<
 		None => (0..rows).collect(),
 		Some(n_head) => {
 			if n_head == 0 || rows % (2 * n_head) != 0 {
-				return Err(internal(candle_core::Error::Msg(format!("cannot permute {rows} rows over {n_head} heads"))));
+				return Err(AdapterError::Internal(format!("building {}: cannot permute {rows} rows over {n_head} heads", t.name)));
 			}
 			let half = rows / n_head / 2;
 			// Row (head, j, t) of the result is row (head, t, j) of W.
@@ -352,7 +349,7 @@ fn transposed(t: &TensorMeta, data: &[u8], gguf_heads: Option<usize>) -> Result<
 			transpose_rows(bytes, rows, cols, &source_row, half::bf16::from_le_bytes, |b| u16::from_le_bytes(b) & 0x7f80 == 0x7f80)
 		},
 	}
-	.map_err(internal)?;
+	.map_err(|e| AdapterError::Internal(format!("building {}: {e}", t.name)))?;
 	if !finite {
 		return Err(AdapterError::Invalid(format!("tensor `{}` holds NaN or infinite values", t.name)));
 	}

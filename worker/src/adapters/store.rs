@@ -28,18 +28,8 @@ pub fn validate_name(name: &str) -> Result<(), AdapterError> {
 	if ok {
 		Ok(())
 	} else {
-		Err(AdapterError::InvalidName(printable(name)))
+		Err(AdapterError::InvalidName(crate::printable(name)))
 	}
-}
-
-/// A client's string safe to echo in a one-line message or log line (control characters
-/// escaped, length capped).
-pub(crate) fn printable(s: &str) -> String {
-	let mut out: String = s.chars().take(160).flat_map(char::escape_debug).collect();
-	if s.chars().count() > 160 {
-		out.push('…');
-	}
-	out
 }
 
 /// The store root, canonicalized once at startup.
@@ -87,9 +77,9 @@ impl AdapterStore {
 		let climbs = path.components().any(|c| matches!(c, Component::ParentDir));
 		match fs::canonicalize(&joined) {
 			Ok(canonical) if canonical.starts_with(&self.root) && canonical != self.root => self.check_dir(&canonical),
-			Ok(_) => Err(AdapterError::OutsideStore(printable(&path.to_string_lossy()))),
+			Ok(_) => Err(AdapterError::OutsideStore(crate::printable(&path.to_string_lossy()))),
 			Err(_) if climbs || (path.is_absolute() && !path.starts_with(&self.root)) => {
-				Err(AdapterError::OutsideStore(printable(&path.to_string_lossy())))
+				Err(AdapterError::OutsideStore(crate::printable(&path.to_string_lossy())))
 			},
 			Err(e) => Err(AdapterError::io(&self.shown(&joined), e)),
 		}
@@ -100,7 +90,7 @@ impl AdapterStore {
 	pub fn check_dir(&self, dir: &Path) -> Result<PathBuf, AdapterError> {
 		let canonical = fs::canonicalize(dir).map_err(|e| AdapterError::io(&self.shown(dir), e))?;
 		if !canonical.starts_with(&self.root) || canonical == self.root {
-			return Err(AdapterError::OutsideStore(printable(&self.shown(dir).to_string_lossy())));
+			return Err(AdapterError::OutsideStore(crate::printable(&self.shown(dir).to_string_lossy())));
 		}
 		if !canonical.is_dir() {
 			return Err(AdapterError::NotFound(format!("{} is not a directory", self.shown(&canonical).display())));

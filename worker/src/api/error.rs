@@ -80,7 +80,7 @@ impl ApiError {
 		Self::new(
 			StatusCode::NOT_FOUND,
 			"not_found_error",
-			format!("The model `{}` does not exist.", crate::adapters::printable(model)),
+			format!("The model `{}` does not exist.", crate::printable(model)),
 		)
 		.with_param("model")
 		.with_code("model_not_found")

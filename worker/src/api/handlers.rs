@@ -205,7 +205,7 @@ pub(super) async fn chat_completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
-		log.model = crate::adapters::printable(&request.model);
+		log.model = crate::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let mut messages = openai::chat_messages(&request.messages)?;
 		let permit = admit(&state)?;
@@ -250,7 +250,7 @@ pub(super) async fn completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: CompletionRequest = parse_json(&bytes)?;
-		log.model = crate::adapters::printable(&request.model);
+		log.model = crate::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let prompt = request.prompt.text()?.to_owned();
 		let permit = admit(&state)?;
