@@ -126,5 +126,12 @@ fn receipt_settles_under_the_runtime_configuration() {
 		assert_eq!(gained, fee);
 		assert_eq!(Balances::total_issuance(), issuance);
 		assert!(after[6] > before[6], "the DataNet's pool received the training share");
+		// Every pallet's invariants hold under the real configuration, the credit total with them.
+		#[cfg(feature = "try-runtime")]
+		{
+			use polkadot_sdk::frame_support::traits::{TryState, TryStateSelect};
+			crate::AllPalletsWithSystem::try_state(System::block_number(), TryStateSelect::All)
+				.expect("every pallet's invariants hold");
+		}
 	});
 }

@@ -149,6 +149,14 @@ pub mod pallet {
 		ValueQuery,
 	>;
 
+	/// All payers' credit together: deposits, less claimed withdrawals, less the fees charged.
+	///
+	/// Fees leave the payers' credit as the payouts of their split, so `try_state` finding the
+	/// credit holds summing to anything else would mean some split paid out more or less than
+	/// its fee.
+	#[pallet::storage]
+	pub type TotalCredit<T: Config> = StorageValue<_, BalanceOf<T>, ValueQuery>;
+
 	/// The next expiry block whose records have not all been pruned.
 	#[pallet::storage]
 	pub type PruneCursor<T: Config> = StorageValue<_, BlockNumberFor<T>, ValueQuery>;
@@ -255,6 +263,7 @@ pub mod pallet {
 			ensure!(!amount.is_zero(), Error::<T>::ZeroAmount);
 			T::Currency::hold(&HoldReason::Credit.into(), &payer, amount)
 				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			TotalCredit::<T>::mutate(|total| *total = total.saturating_add(amount));
 			Self::deposit_event(Event::CreditDeposited { payer, amount });
 			Ok(())
 		}
@@ -292,6 +301,7 @@ pub mod pallet {
 			);
 			let amount = pending.amount.min(Self::credit(&payer));
 			T::Currency::release(&HoldReason::Credit.into(), &payer, amount, Precision::Exact)?;
+			TotalCredit::<T>::mutate(|total| *total = total.saturating_sub(amount));
 			PendingWithdrawals::<T>::remove(&payer);
 			Self::deposit_event(Event::CreditWithdrawn { payer, amount });
 			Ok(())
@@ -494,7 +504,8 @@ pub mod pallet {
 		}
 
 		/// Invariants: every record set is sorted, without duplicates, not empty, and expires no
-		/// earlier than the prune cursor; allowance counts match the allowances.
+		/// earlier than the prune cursor; allowance counts match the allowances; the credit held
+		/// from all accounts is `TotalCredit`, so every fee charged was paid out exactly.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			let cursor = PruneCursor::<T>::get();
@@ -510,6 +521,14 @@ pub mod pallet {
 					"allowance count differs from storage"
 				);
 			}
+			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+			let held = frame_system::Account::<T>::iter_keys()
+				.map(|who| T::Currency::balance_on_hold(&HoldReason::Credit.into(), &who))
+				.fold(BalanceOf::<T>::zero(), |sum, credit| sum.saturating_add(credit));
+			ensure!(
+				held == TotalCredit::<T>::get(),
+				"the credit held differs from deposits less withdrawals and fees"
+			);
 			Ok(())
 		}
 	}

@@ -116,6 +116,7 @@ impl pallet_workers::Config for Test {
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<64>;
 	type MaxServedModels = ConstU32<4>;
+	type MaxRetiredKeys = ConstU32<2>;
 	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = WorkersBenchmarkHelper;

@@ -10,7 +10,7 @@
 
 use crate::{
 	Allowances, BalanceOf, Config, DataShare, HoldReason, Pallet, ProtocolShare, RejectReason,
-	RetrievalPrice, Settled, SignedReceiptOf,
+	RetrievalPrice, Settled, SignedReceiptOf, TotalCredit,
 };
 use alloc::{
 	collections::{btree_map::BTreeMap, btree_set::BTreeSet},
@@ -61,6 +61,8 @@ pub(crate) struct Batch<T: Config> {
 	lookups: Lookups<T>,
 	/// Each payer's credit left after the fees of its settled receipts so far.
 	credit_left: BTreeMap<T::AccountId, BalanceOf<T>>,
+	/// The fees of all receipts settled so far.
+	charged: BalanceOf<T>,
 	/// Owed by payer to recipient.
 	payouts: BTreeMap<(T::AccountId, T::AccountId), BalanceOf<T>>,
 	/// Each recipient's total from the batch so far.
@@ -127,6 +129,7 @@ impl<T: Config> Batch<T> {
 			genesis_hash,
 			lookups: Lookups::default(),
 			credit_left: BTreeMap::new(),
+			charged: Zero::zero(),
 			payouts: BTreeMap::new(),
 			received: BTreeMap::new(),
 			can_receive: BTreeSet::new(),
@@ -168,6 +171,7 @@ impl<T: Config> Batch<T> {
 		let payer = &receipt.payer;
 		let credit = self.credit_left.get_mut(payer).expect("check_payable read the payer's credit");
 		*credit = credit.saturating_sub(fee);
+		self.charged = self.charged.saturating_add(fee);
 		if authorisation == Authorisation::Allowance {
 			let (left, spent) = self
 				.allowances
@@ -238,8 +242,8 @@ impl<T: Config> Batch<T> {
 	}
 
 	/// Pays what the batch owes: one transfer from each payer's credit to each recipient, one
-	/// training note per DataNet; writes back the allowances spent and the record sets added
-	/// to. Every transfer was checked when its receipts were judged,
+	/// training note per DataNet; writes back the allowances spent, the record sets added to and
+	/// the total credit left. Every transfer was checked when its receipts were judged,
 	/// so a failure here is a broken invariant and fails the whole call (which reverts the
 	/// batch).
 	pub(crate) fn pay_out(self) -> DispatchResult {
@@ -269,6 +273,9 @@ impl<T: Config> Batch<T> {
 		}
 		for (datanet, amount) in self.training {
 			T::DataNets::note_training_reward(datanet, amount);
+		}
+		if !self.charged.is_zero() {
+			TotalCredit::<T>::mutate(|total| *total = total.saturating_sub(self.charged));
 		}
 		Ok(())
 	}

@@ -3,7 +3,7 @@
 
 use crate::{
 	mock::*, Allowances, AllowanceCount, DataShare, Error, Event, HoldReason, PendingWithdrawals,
-	PruneCursor, RejectReason, RetrievalPrice, Settled,
+	PruneCursor, RejectReason, RetrievalPrice, Settled, TotalCredit,
 };
 use openledger_primitives::{
 	content_hash, signing_payload, Receipt, SignedReceipt,
@@ -12,7 +12,11 @@ use openledger_primitives::{
 use polkadot_sdk::{
 	frame_support::{
 		assert_noop, assert_ok,
-		traits::{fungible::{Inspect, InspectHold}, Hooks},
+		traits::{
+			fungible::{Inspect, InspectHold, MutateHold},
+			tokens::{Fortitude, Precision, Restriction},
+			Hooks,
+		},
 		BoundedVec,
 	},
 	sp_core::{sr25519, Pair, H256},
@@ -743,5 +747,27 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		let mut two_expiries = shared.clone();
 		two_expiries[4].receipt.expires_at += 1;
 		assert_eq!(Attribution::batch_weight(&two_expiries), weight + record_set);
+	});
+}
+
+#[test]
+fn try_state_catches_credit_that_left_other_than_as_a_fee() {
+	run(|| {
+		let total = TotalCredit::<Test>::get();
+		submit(&account(Role::Worker), vec![sign(receipt(1))]);
+		assert_eq!(TotalCredit::<Test>::get(), total - EXPECTED_FEE);
+		Attribution::do_try_state().unwrap();
+		// What a split paying out one unit more than its fee would leave behind.
+		assert_ok!(Balances::transfer_on_hold(
+			&HoldReason::Credit.into(),
+			&account(Role::Payer),
+			&account(Role::Worker),
+			1,
+			Precision::Exact,
+			Restriction::Free,
+			Fortitude::Polite,
+		));
+		assert!(Attribution::do_try_state().is_err());
+		TotalCredit::<Test>::mutate(|total| *total -= 1);
 	});
 }

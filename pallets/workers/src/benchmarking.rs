@@ -63,6 +63,18 @@ fn register_worker<T: Config>(
 	Ok(stake)
 }
 
+/// Rotates `who`'s session key to each of `keys` in turn, all in this block, so that every key
+/// it leaves is still evidence.
+fn rotate_through<T: Config>(
+	who: &T::AccountId,
+	keys: impl IntoIterator<Item = sr25519::Public>,
+) -> Result<(), BenchmarkError> {
+	for key in keys {
+		Pallet::<T>::rotate_key(RawOrigin::Signed(who.clone()).into(), key)?;
+	}
+	Ok(())
+}
+
 /// A receipt by `worker` for `request` with every optional field set and the most attribution
 /// entries.
 fn largest_receipt<T: Config>(worker: &T::AccountId, output: &[u8]) -> ReceiptOf<T> {
@@ -160,12 +172,17 @@ mod benchmarks {
 	fn rotate_key() -> Result<(), BenchmarkError> {
 		let caller: T::AccountId = whitelisted_caller();
 		register_worker::<T>(&caller, session_key(1))?;
+		// All but one of the retired-key slots taken, each still evidence.
+		let earlier = (1..T::MaxRetiredKeys::get()).map(|i| session_key(100u8.saturating_add(i as u8)));
+		rotate_through::<T>(&caller, earlier)?;
+		let current = Workers::<T>::get(&caller).ok_or(BenchmarkError::Stop("worker missing"))?.session_key;
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(caller.clone()), session_key(2));
 
-		assert_eq!(SessionKeyOwner::<T>::get(session_key(2)), Some(caller));
-		assert!(!SessionKeyOwner::<T>::contains_key(session_key(1)));
+		assert_eq!(SessionKeyOwner::<T>::get(session_key(2)), Some(caller.clone()));
+		assert!(!SessionKeyOwner::<T>::contains_key(current));
+		assert_eq!(RetiredKeys::<T>::get(&caller).len() as u32, T::MaxRetiredKeys::get());
 		Ok(())
 	}
 
@@ -186,6 +203,7 @@ mod benchmarks {
 	fn withdraw_unbonded() -> Result<(), BenchmarkError> {
 		let caller: T::AccountId = whitelisted_caller();
 		register_worker::<T>(&caller, session_key(1))?;
+		rotate_through::<T>(&caller, [session_key(2)])?;
 		Pallet::<T>::unbond(RawOrigin::Signed(caller.clone()).into())?;
 		let now = frame_system::Pallet::<T>::block_number();
 		frame_system::Pallet::<T>::set_block_number(now.saturating_add(T::UnbondingDelay::get()));
@@ -194,6 +212,7 @@ mod benchmarks {
 		_(RawOrigin::Signed(caller.clone()));
 
 		assert!(!Workers::<T>::contains_key(&caller));
+		assert!(!RetiredKeys::<T>::contains_key(&caller));
 		assert!(T::Currency::balance_on_hold(&HoldReason::Stake.into(), &caller).is_zero());
 		Ok(())
 	}
@@ -219,12 +238,18 @@ mod benchmarks {
 	#[benchmark]
 	fn report_equivocation() -> Result<(), BenchmarkError> {
 		let worker: T::AccountId = account("worker", 0, 0);
-		let key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
-		let stake = register_worker::<T>(&worker, key)?;
+		let keys: Vec<_> = (0..=T::MaxRetiredKeys::get())
+			.map(|_| polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None))
+			.collect();
+		let stake = register_worker::<T>(&worker, keys[0])?;
+		// Every retired-key slot taken; the proof is signed by the key tried last, the one
+		// retired most recently.
+		rotate_through::<T>(&worker, keys[1..].iter().copied())?;
+		let signer = keys[keys.len() - 2];
 		let first = largest_receipt::<T>(&worker, b"output one");
 		let second = largest_receipt::<T>(&worker, b"output two");
-		let first_signature = sign::<T>(&key, &first)?;
-		let second_signature = sign::<T>(&key, &second)?;
+		let first_signature = sign::<T>(&signer, &first)?;
+		let second_signature = sign::<T>(&signer, &second)?;
 		let reporter: T::AccountId = whitelisted_caller();
 
 		#[extrinsic_call]

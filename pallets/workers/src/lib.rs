@@ -10,7 +10,9 @@
 //! Two different receipts signed by a worker's session key for the same request are equivocation:
 //! anyone may submit them, and `EquivocationSlash` of the stake goes to the treasury and the worker
 //! is marked slashed (it may sign nothing more and can only unbond). Each (worker, request) can be
-//! reported once. Governance may also slash any amount of a stake.
+//! reported once. A key the worker rotated away from stays evidence for `UnbondingDelay`, so a
+//! worker cannot settle a receipt, rotate, and settle another for the same request unpunished.
+//! Governance may also slash any amount of a stake.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
@@ -89,6 +91,10 @@ pub mod pallet {
 		/// The most base models one worker may serve.
 		#[pallet::constant]
 		type MaxServedModels: Get<u32>;
+		/// The most retired session keys a worker may have that are still evidence of
+		/// equivocation: it cannot rotate again until the oldest one's window has passed.
+		#[pallet::constant]
+		type MaxRetiredKeys: Get<u32>;
 		type WeightInfo: WeightInfo;
 		/// Makes base models active for the benchmarks.
 		#[cfg(feature = "runtime-benchmarks")]
@@ -111,6 +117,21 @@ pub mod pallet {
 	#[pallet::storage]
 	pub type SessionKeyOwner<T: Config> =
 		StorageMap<_, Blake2_128Concat, sr25519::Public, T::AccountId>;
+
+	/// Session keys each worker rotated away from, oldest first, each with the block from which
+	/// receipts it signed no longer prove equivocation (`UnbondingDelay` after the rotation).
+	///
+	/// Stakes stay slashable that long after a worker stops signing, and so do old keys; without
+	/// this a worker could sign one receipt, rotate its key and sign another for the same request
+	/// with neither key proving anything. Removed with the worker.
+	#[pallet::storage]
+	pub type RetiredKeys<T: Config> = StorageMap<
+		_,
+		Blake2_128Concat,
+		T::AccountId,
+		BoundedVec<(sr25519::Public, BlockNumberFor<T>), T::MaxRetiredKeys>,
+		ValueQuery,
+	>;
 
 	/// Equivocations already punished: (worker, request hash) → the block it was reported in.
 	///
@@ -196,6 +217,9 @@ pub mod pallet {
 		BadSignature,
 		/// This worker's equivocation on this request was punished already.
 		AlreadyReported,
+		/// The worker has `MaxRetiredKeys` old session keys that are still evidence; it can
+		/// rotate again once the oldest one's `UnbondingDelay` has passed.
+		TooManyRetiredKeys,
 	}
 
 	#[pallet::hooks]
@@ -204,6 +228,7 @@ pub mod pallet {
 			assert!(!T::MinStake::get().is_zero(), "workers must stake something");
 			assert!(T::MaxServedModels::get() > 0, "a worker must be able to serve a model");
 			assert!(T::MaxEndpointLen::get() > 0, "a worker must be able to name an endpoint");
+			assert!(T::MaxRetiredKeys::get() > 0, "a worker must be able to rotate its key");
 			assert!(!T::UnbondingDelay::get().is_zero(), "stake must stay slashable a while");
 			assert!(
 				!T::EquivocationSlash::get().mul_floor(T::MinStake::get()).is_zero(),
@@ -319,22 +344,34 @@ pub mod pallet {
 		/// worker only: an unbonding or slashed worker keeps the key its misbehaviour can be
 		/// proven against.
 		///
-		/// Receipts signed with the old key no longer verify, neither for settlement nor as
-		/// equivocation proofs.
+		/// Receipts signed with the old key no longer settle, but for `UnbondingDelay` they
+		/// still prove equivocation against this worker (as a stake stays slashable that long
+		/// after unbonding). Rotating after a key leaked therefore does not end the worker's
+		/// liability for what the leaked key signs until then.
 		///
 		/// Emits `SessionKeyRotated`. Errors: `UnknownWorker`, `NotActive`, `SessionKeyInUse`
-		/// (including the worker's own current key). O(1).
+		/// (including the worker's own current key), `TooManyRetiredKeys`, `Overflow`.
+		/// O(`MaxRetiredKeys`).
 		#[pallet::call_index(3)]
 		#[pallet::weight(T::WeightInfo::rotate_key())]
 		pub fn rotate_key(origin: OriginFor<T>, new_key: sr25519::Public) -> DispatchResult {
 			let who = ensure_signed(origin)?;
 			let mut worker = Self::active(&who)?;
 			ensure!(!SessionKeyOwner::<T>::contains_key(new_key), Error::<T>::SessionKeyInUse);
+			let now = frame_system::Pallet::<T>::block_number();
+			let evidence_until =
+				now.checked_add(&T::UnbondingDelay::get()).ok_or(Error::<T>::Overflow)?;
 			let old_key = worker.session_key;
+			let mut retired = RetiredKeys::<T>::get(&who);
+			retired.retain(|(_, until)| now < *until);
+			retired
+				.try_push((old_key, evidence_until))
+				.map_err(|_| Error::<T>::TooManyRetiredKeys)?;
 			worker.session_key = new_key;
 			SessionKeyOwner::<T>::remove(old_key);
 			SessionKeyOwner::<T>::insert(new_key, &who);
 			Workers::<T>::insert(&who, worker);
+			RetiredKeys::<T>::insert(&who, retired);
 			Self::deposit_event(Event::SessionKeyRotated { worker: who, old_key, new_key });
 			Ok(())
 		}
@@ -383,6 +420,8 @@ pub mod pallet {
 			}
 			Workers::<T>::remove(&who);
 			SessionKeyOwner::<T>::remove(worker.session_key);
+			// Rotation needs an active worker, so every retired key's window ended by now.
+			RetiredKeys::<T>::remove(&who);
 			Self::deposit_event(Event::WorkerRemoved { worker: who, released: worker.stake });
 			Ok(())
 		}
@@ -415,14 +454,16 @@ pub mod pallet {
 		///
 		/// - `first`, `second`: receipts naming the same worker and request hash, differing in
 		///   any other field.
-		/// - `first_signature`, `second_signature`: their signatures by the worker's current
-		///   session key over `openledger_primitives::Receipt::signing_payload` with this chain's
-		///   genesis hash.
+		/// - `first_signature`, `second_signature`: their signatures over
+		///   `openledger_primitives::Receipt::signing_payload` with this chain's genesis hash, each
+		///   by the worker's current session key or a key it retired less than `UnbondingDelay`
+		///   ago (the two may differ).
 		///
 		/// Works on an active, unbonding or already slashed worker; each (worker, request) once.
 		///
 		/// Emits `WorkerEquivocated`. Errors: `NotEquivocation`, `UnknownWorker`,
-		/// `AlreadyReported`, `BadSignature`, `NothingToSlash`. O(attribution entries).
+		/// `AlreadyReported`, `BadSignature`, `NothingToSlash`.
+		/// O(attribution entries × `MaxRetiredKeys`).
 		#[pallet::call_index(7)]
 		#[pallet::weight(T::WeightInfo::report_equivocation())]
 		pub fn report_equivocation(
@@ -445,10 +486,14 @@ pub mod pallet {
 				!ReportedEquivocations::<T>::contains_key(&who, request_hash),
 				Error::<T>::AlreadyReported
 			);
+			let keys = Self::evidence_keys(&who, &worker);
 			let genesis_hash = Self::genesis_hash();
+			let signed_by_worker = |receipt: &ReceiptOf<T>, signature| {
+				keys.iter().any(|key| receipt.verify(signature, key, &genesis_hash))
+			};
 			ensure!(
-				first.verify(&first_signature, &worker.session_key, &genesis_hash) &&
-					second.verify(&second_signature, &worker.session_key, &genesis_hash),
+				signed_by_worker(&first, &first_signature) &&
+					signed_by_worker(&second, &second_signature),
 				Error::<T>::BadSignature
 			);
 			let slashed = T::EquivocationSlash::get().mul_floor(worker.stake);
@@ -481,6 +526,20 @@ pub mod pallet {
 		/// than the bound, past which the call fails before reading any base model.
 		fn served_weight_arg(serves: &[BaseModelId]) -> u32 {
 			serves.len().min(T::MaxServedModels::get() as usize) as u32
+		}
+
+		/// The keys whose signatures prove `worker`'s equivocation now: its session key, then the
+		/// keys it retired whose window has not passed, oldest first.
+		fn evidence_keys(who: &T::AccountId, worker: &WorkerOf<T>) -> Vec<sr25519::Public> {
+			let now = frame_system::Pallet::<T>::block_number();
+			core::iter::once(worker.session_key)
+				.chain(
+					RetiredKeys::<T>::get(who)
+						.into_iter()
+						.filter(|(_, until)| now < *until)
+						.map(|(key, _)| key),
+				)
+				.collect()
 		}
 
 		/// The caller's worker, which must be active.
@@ -529,7 +588,7 @@ pub mod pallet {
 
 		/// Invariants: each worker's held stake equals its recorded stake; the session-key index
 		/// and the workers agree both ways; served-model lists are non-empty, duplicate-free and
-		/// within their bounds.
+		/// within their bounds; retired keys belong to registered workers, oldest first.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
@@ -569,6 +628,14 @@ pub mod pallet {
 				);
 			}
 			ensure!(keys == workers, "session-key index and workers differ in number");
+			for (who, retired) in RetiredKeys::<T>::iter() {
+				ensure!(Workers::<T>::contains_key(&who), "retired keys of no registered worker");
+				ensure!(!retired.is_empty(), "an empty retired-key list is stored");
+				ensure!(
+					retired.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+					"retired keys are not oldest first"
+				);
+			}
 			Ok(())
 		}
 	}

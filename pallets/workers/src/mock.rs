@@ -27,6 +27,7 @@ pub const MIN_STAKE: Balance = 1_000;
 pub const UNBONDING_DELAY: u64 = 10;
 pub const MAX_ENDPOINT_LEN: u32 = 32;
 pub const MAX_SERVED_MODELS: u32 = 3;
+pub const MAX_RETIRED_KEYS: u32 = 2;
 /// The base models the test registry reports active: `0..=LAST_ACTIVE_MODEL`.
 pub const LAST_ACTIVE_MODEL: BaseModelId = 2;
 
@@ -87,6 +88,7 @@ impl pallet_workers::Config for Test {
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<MAX_ENDPOINT_LEN>;
 	type MaxServedModels = ConstU32<MAX_SERVED_MODELS>;
+	type MaxRetiredKeys = ConstU32<MAX_RETIRED_KEYS>;
 	type WeightInfo = ();
 	// The test registry already reports base models `0..MAX_SERVED_MODELS` active.
 	#[cfg(feature = "runtime-benchmarks")]

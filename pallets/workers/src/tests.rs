@@ -2,8 +2,8 @@
 //! equivocation proven with receipts signed by real sr25519 keys.
 
 use crate::{
-	mock::*, Error, Event, HoldReason, ReceiptOf, ReportedEquivocations, SessionKeyOwner,
-	WorkerStatus, Workers as WorkerStore,
+	mock::*, Error, Event, HoldReason, ReceiptOf, ReportedEquivocations, RetiredKeys,
+	SessionKeyOwner, WorkerStatus, Workers as WorkerStore,
 };
 use openledger_primitives::{
 	content_hash,
@@ -291,14 +291,79 @@ fn rotate_key_frees_the_old_key_and_signs_with_the_new() {
 			Event::SessionKeyRotated { worker: ALICE, old_key: old.public(), new_key: new.public() }
 				.into(),
 		);
-		// The old key is free for another worker.
+		// The old key stays evidence against Alice for the unbonding delay.
+		assert_eq!(RetiredKeys::<Test>::get(ALICE).into_inner(), vec![(old.public(), 1 + UNBONDING_DELAY)]);
+		// It is free for another worker.
 		register(BOB, old, MIN_STAKE);
 		assert_eq!(SessionKeyOwner::<Test>::get(old.public()), Some(BOB));
-		// Receipts signed with the old key are no proof against Alice any more.
-		let (first, s1, second, s2) = equivocation(ALICE, old, b"request");
-		assert_noop!(report(CHARLIE, &first, s1, &second, s2), Error::<Test>::BadSignature);
 		let (first, s1, second, s2) = equivocation(ALICE, new, b"request");
 		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+	});
+}
+
+#[test]
+fn equivocation_across_a_key_rotation_is_slashed() {
+	run(|| {
+		let (old, new) = (Sr25519Keyring::Alice, Sr25519Keyring::Ferdie);
+		register(ALICE, old, 5_000);
+		// One receipt signed before the rotation, another for the same request after it.
+		let before = receipt(ALICE, b"request", b"the answer is 4");
+		let before_signature = sign(old, &before);
+		assert_ok!(Workers::rotate_key(RuntimeOrigin::signed(ALICE), new.public()));
+		let after = receipt(ALICE, b"request", b"the answer is 5");
+		let after_signature = sign(new, &after);
+		assert_ok!(report(CHARLIE, &after, after_signature, &before, before_signature));
+		assert_eq!((status(ALICE), stake(ALICE)), (WorkerStatus::Slashed, 4_500));
+		// Both receipts signed by the retired key are evidence too.
+		let (first, s1, second, s2) = equivocation(ALICE, old, b"another request");
+		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+		// A key Alice never held is not, even if another worker holds it.
+		register(BOB, Sr25519Keyring::Bob, MIN_STAKE);
+		let (first, s1, second, s2) = equivocation(ALICE, Sr25519Keyring::Bob, b"a third request");
+		assert_noop!(report(CHARLIE, &first, s1, &second, s2), Error::<Test>::BadSignature);
+	});
+}
+
+#[test]
+fn a_retired_key_is_evidence_for_the_unbonding_delay_only() {
+	run(|| {
+		let (old, new) = (Sr25519Keyring::Alice, Sr25519Keyring::Ferdie);
+		register(ALICE, old, 5_000);
+		assert_ok!(Workers::rotate_key(RuntimeOrigin::signed(ALICE), new.public()));
+		System::set_block_number(UNBONDING_DELAY);
+		let (first, s1, second, s2) = equivocation(ALICE, old, b"request 1");
+		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+		System::set_block_number(1 + UNBONDING_DELAY);
+		let (first, s1, second, s2) = equivocation(ALICE, old, b"request 2");
+		assert_noop!(report(CHARLIE, &first, s1, &second, s2), Error::<Test>::BadSignature);
+		let (first, s1, second, s2) = equivocation(ALICE, new, b"request 2");
+		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+	});
+}
+
+#[test]
+fn rotating_waits_while_the_retired_keys_are_all_evidence() {
+	run(|| {
+		let keys = [Sr25519Keyring::Alice, Sr25519Keyring::Dave, Sr25519Keyring::Eve, Sr25519Keyring::Ferdie];
+		register(ALICE, keys[0], MIN_STAKE);
+		let rotate = |key: Sr25519Keyring| Workers::rotate_key(RuntimeOrigin::signed(ALICE), key.public());
+		assert_ok!(rotate(keys[1]));
+		System::set_block_number(2);
+		assert_ok!(rotate(keys[2]));
+		assert_eq!(MAX_RETIRED_KEYS, 2);
+		assert_noop!(rotate(keys[3]), Error::<Test>::TooManyRetiredKeys);
+		// Once the oldest key's window has passed it makes room, and the list drops it.
+		System::set_block_number(1 + UNBONDING_DELAY);
+		assert_ok!(rotate(keys[3]));
+		assert_eq!(
+			RetiredKeys::<Test>::get(ALICE).into_inner(),
+			vec![(keys[1].public(), 2 + UNBONDING_DELAY), (keys[2].public(), 1 + 2 * UNBONDING_DELAY)]
+		);
+		// Leaving removes them with the worker.
+		assert_ok!(Workers::unbond(RuntimeOrigin::signed(ALICE)));
+		System::set_block_number(1 + 2 * UNBONDING_DELAY);
+		assert_ok!(Workers::withdraw_unbonded(RuntimeOrigin::signed(ALICE)));
+		assert!(!RetiredKeys::<Test>::contains_key(ALICE));
 	});
 }
 
@@ -591,5 +656,8 @@ fn try_state_catches_a_stake_that_is_not_held() {
 		SessionKeyOwner::<Test>::insert(Sr25519Keyring::Eve.public(), ALICE);
 		assert!(Workers::do_try_state().is_err());
 		SessionKeyOwner::<Test>::remove(Sr25519Keyring::Eve.public());
+		RetiredKeys::<Test>::insert(BOB, BoundedVec::truncate_from(vec![(Sr25519Keyring::Eve.public(), 5)]));
+		assert!(Workers::do_try_state().is_err());
+		RetiredKeys::<Test>::remove(BOB);
 	});
 }

@@ -198,6 +198,8 @@ impl pallet_workers::Config for Runtime {
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<256>;
 	type MaxServedModels = ConstU32<8>;
+	// Four rotations a week; each retired key is tried when checking an equivocation proof.
+	type MaxRetiredKeys = ConstU32<4>;
 	type WeightInfo = pallet_workers::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = benchmark_helpers::RegisterBaseModels;
