@@ -2,6 +2,7 @@
 // through api.query, and bad input answered with the pallet's own error.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { Keyring } from '@polkadot/keyring';
 import { blake2AsHex } from '@polkadot/util-crypto';
 import { useDevNode, send, findEvent } from './lib.mjs';
@@ -14,6 +15,18 @@ test('metadata is V15 or later and needs no custom types', async () => {
   assert.ok(versions.some((v) => v.toNumber() >= 15), `versions: ${versions}`);
   assert.equal(api.registry.chainTokens[0], 'OPEN');
   assert.equal(api.registry.chainDecimals[0], 18);
+});
+
+// The worker's chain client is generated from this file at build time; a stale one builds fine
+// and fails only when a call or storage item it uses changed shape.
+test('the worker\'s committed metadata is the running runtime\'s', async () => {
+  const { api } = node;
+  const committed = readFileSync(new URL('../../worker/metadata/openledger.scale', import.meta.url));
+  const live = (await api.call.metadata.metadataAtVersion(15)).unwrap().toU8a(true);
+  assert.ok(
+    Buffer.from(live).equals(committed),
+    `worker/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's metadata V15 (${live.length} bytes): run scripts/refresh-metadata.sh`,
+  );
 });
 
 test('DataNets, registry, workers and credit through polkadot.js', async () => {

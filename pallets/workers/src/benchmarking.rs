@@ -1,5 +1,5 @@
 //! Benchmarks of every call, each at the worst case of its bounds: the longest endpoint, the
-//! most served base models, receipts with the most attribution entries.
+//! most served base models, the most retired keys, receipts with the most attribution entries.
 
 use super::*;
 use alloc::{boxed::Box, vec, vec::Vec};
@@ -44,6 +44,13 @@ fn served<T: Config>(count: u32) -> Vec<BaseModelId> {
 
 fn session_key(seed: u8) -> sr25519::Public {
 	sr25519::Public::from_raw([seed; 32])
+}
+
+/// The `n`th of a series of session keys distinct from `session_key`'s.
+fn numbered_key(n: u32) -> sr25519::Public {
+	let mut raw = [0xab; 32];
+	raw[..4].copy_from_slice(&n.to_le_bytes());
+	sr25519::Public::from_raw(raw)
 }
 
 /// Registers `who` with `key`, the longest endpoint and the most served models.
@@ -172,9 +179,13 @@ mod benchmarks {
 	fn rotate_key() -> Result<(), BenchmarkError> {
 		let caller: T::AccountId = whitelisted_caller();
 		register_worker::<T>(&caller, session_key(1))?;
-		// All but one of the retired-key slots taken, each still evidence.
-		let earlier = (1..T::MaxRetiredKeys::get()).map(|i| session_key(100u8.saturating_add(i as u8)));
-		rotate_through::<T>(&caller, earlier)?;
+		// Every retired-key slot taken, the oldest key's window just over: the call reads the
+		// whole list, drops that key and appends one.
+		let start = frame_system::Pallet::<T>::block_number();
+		rotate_through::<T>(&caller, [numbered_key(0)])?;
+		frame_system::Pallet::<T>::set_block_number(start.saturating_add(1u32.into()));
+		rotate_through::<T>(&caller, (1..T::MaxRetiredKeys::get()).map(numbered_key))?;
+		frame_system::Pallet::<T>::set_block_number(start.saturating_add(T::UnbondingDelay::get()));
 		let current = Workers::<T>::get(&caller).ok_or(BenchmarkError::Stop("worker missing"))?.session_key;
 
 		#[extrinsic_call]
@@ -182,7 +193,9 @@ mod benchmarks {
 
 		assert_eq!(SessionKeyOwner::<T>::get(session_key(2)), Some(caller.clone()));
 		assert!(!SessionKeyOwner::<T>::contains_key(current));
-		assert_eq!(RetiredKeys::<T>::get(&caller).len() as u32, T::MaxRetiredKeys::get());
+		let retired = RetiredKeys::<T>::get(&caller);
+		assert_eq!(retired.len() as u32, T::MaxRetiredKeys::get());
+		assert!(retired.iter().all(|(key, _)| *key != session_key(1)), "the expired key was dropped");
 		Ok(())
 	}
 

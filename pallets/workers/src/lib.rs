@@ -50,7 +50,7 @@ pub mod pallet {
 		frame_system::{self, pallet_prelude::*},
 		sp_core::{sr25519, H256},
 		sp_runtime::{
-			traits::{CheckedAdd, CheckedSub, Zero},
+			traits::{CheckedAdd, CheckedSub, Verify, Zero},
 			ArithmeticError,
 			Perbill,
 		},
@@ -488,8 +488,10 @@ pub mod pallet {
 			);
 			let keys = Self::evidence_keys(&who, &worker);
 			let genesis_hash = Self::genesis_hash();
-			let signed_by_worker = |receipt: &ReceiptOf<T>, signature| {
-				keys.iter().any(|key| receipt.verify(signature, key, &genesis_hash))
+			// One payload per receipt, checked against each key.
+			let signed_by_worker = |receipt: &ReceiptOf<T>, signature: &sr25519::Signature| {
+				let payload = receipt.signing_payload(&genesis_hash);
+				keys.iter().any(|key| signature.verify(&payload[..], key))
 			};
 			ensure!(
 				signed_by_worker(&first, &first_signature) &&

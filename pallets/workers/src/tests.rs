@@ -325,6 +325,28 @@ fn equivocation_across_a_key_rotation_is_slashed() {
 }
 
 #[test]
+fn a_worker_leaving_right_after_a_rotation_stays_liable_until_it_withdraws() {
+	run(|| {
+		let (old, new) = (Sr25519Keyring::Alice, Sr25519Keyring::Ferdie);
+		register(ALICE, old, 5_000);
+		assert_ok!(Workers::rotate_key(RuntimeOrigin::signed(ALICE), new.public()));
+		// Back to the first key: both are evidence, the first twice over, harmlessly.
+		assert_ok!(Workers::rotate_key(RuntimeOrigin::signed(ALICE), old.public()));
+		assert_ok!(Workers::unbond(RuntimeOrigin::signed(ALICE)));
+		System::set_block_number(UNBONDING_DELAY);
+		let (first, s1, second, s2) = equivocation(ALICE, new, b"request");
+		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+		assert_eq!(stake(ALICE), 4_500);
+		assert_ok!(Workers::unbond(RuntimeOrigin::signed(ALICE)));
+		System::set_block_number(2 * UNBONDING_DELAY);
+		assert_ok!(Workers::withdraw_unbonded(RuntimeOrigin::signed(ALICE)));
+		assert!(!RetiredKeys::<Test>::contains_key(ALICE));
+		let (first, s1, second, s2) = equivocation(ALICE, new, b"another request");
+		assert_noop!(report(CHARLIE, &first, s1, &second, s2), Error::<Test>::UnknownWorker);
+	});
+}
+
+#[test]
 fn a_retired_key_is_evidence_for_the_unbonding_delay_only() {
 	run(|| {
 		let (old, new) = (Sr25519Keyring::Alice, Sr25519Keyring::Ferdie);
@@ -656,8 +678,17 @@ fn try_state_catches_a_stake_that_is_not_held() {
 		SessionKeyOwner::<Test>::insert(Sr25519Keyring::Eve.public(), ALICE);
 		assert!(Workers::do_try_state().is_err());
 		SessionKeyOwner::<Test>::remove(Sr25519Keyring::Eve.public());
-		RetiredKeys::<Test>::insert(BOB, BoundedVec::truncate_from(vec![(Sr25519Keyring::Eve.public(), 5)]));
+		// Retired keys of no worker, an empty list, a list out of order.
+		let eve = Sr25519Keyring::Eve.public();
+		RetiredKeys::<Test>::insert(BOB, BoundedVec::truncate_from(vec![(eve, 5)]));
 		assert!(Workers::do_try_state().is_err());
 		RetiredKeys::<Test>::remove(BOB);
+		RetiredKeys::<Test>::insert(ALICE, BoundedVec::truncate_from(vec![]));
+		assert!(Workers::do_try_state().is_err());
+		RetiredKeys::<Test>::insert(ALICE, BoundedVec::truncate_from(vec![(eve, 6), (eve, 5)]));
+		assert!(Workers::do_try_state().is_err());
+		RetiredKeys::<Test>::insert(ALICE, BoundedVec::truncate_from(vec![(eve, 5), (eve, 6)]));
+		assert_ok!(Workers::do_try_state());
+		RetiredKeys::<Test>::remove(ALICE);
 	});
 }

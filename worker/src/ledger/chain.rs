@@ -1,6 +1,7 @@
 //! The chain client: subxt with static types generated from the committed metadata
-//! (`worker/metadata/openledger.scale`; `runtime/tests/metadata.rs` fails when it drifts from the
-//! runtime), over a WebSocket client that reconnects with backoff.
+//! (`worker/metadata/openledger.scale`; `scripts/e2e/chain.test.mjs` fails when it differs from
+//! the running runtime's, `scripts/refresh-metadata.sh` refreshes it), over a WebSocket client
+//! that reconnects with backoff.
 //!
 //! The worker reads what it needs to price and check requests into a [`ChainSnapshot`]: its own
 //! registration, the base model, the adapters and prompts by content hash, the retrieval price
