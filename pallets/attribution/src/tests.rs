@@ -771,3 +771,24 @@ fn try_state_catches_credit_that_left_other_than_as_a_fee() {
 		TotalCredit::<Test>::mutate(|total| *total -= 1);
 	});
 }
+
+#[test]
+fn a_payer_paid_as_a_contributor_gets_its_part_back_from_its_credit() {
+	run(|| {
+		let payer = account(Role::ContributorA);
+		let signed = || RuntimeOrigin::signed(payer.clone());
+		assert_ok!(Attribution::deposit(signed(), CREDIT));
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), ALLOWANCE));
+		let (free, total) = (Balances::balance(&payer), TotalCredit::<Test>::get());
+		let mut r = receipt(1);
+		r.payer = payer.clone();
+		submit(&account(Role::Worker), vec![sign(r)]);
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
+		// Its own part is released to it, not moved; the credit still falls by the whole fee.
+		let own_part = expected_payout(Role::ContributorA);
+		assert!(own_part > 0);
+		assert_eq!(credit(&payer), CREDIT - EXPECTED_FEE);
+		assert_eq!(Balances::balance(&payer), free + own_part);
+		assert_eq!(TotalCredit::<Test>::get(), total - EXPECTED_FEE);
+	});
+}

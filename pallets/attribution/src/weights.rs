@@ -31,14 +31,16 @@ pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
+	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	fn deposit() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `0`
+		//  Measured:  `89`
 		//  Estimated: `3622`
-		// Minimum execution time: 49_679_000 picoseconds.
-		Weight::from_parts(55_414_000, 3622)
-			.saturating_add(T::DbWeight::get().reads(1_u64))
-			.saturating_add(T::DbWeight::get().writes(1_u64))
+		// Minimum execution time: 41_694_000 picoseconds.
+		Weight::from_parts(45_037_000, 3622)
+			.saturating_add(T::DbWeight::get().reads(2_u64))
+			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
 	/// Storage: `Balances::Holds` (r:1 w:0)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
@@ -48,8 +50,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `55`
 		//  Estimated: `3622`
-		// Minimum execution time: 13_864_000 picoseconds.
-		Weight::from_parts(16_417_000, 3622)
+		// Minimum execution time: 10_106_000 picoseconds.
+		Weight::from_parts(11_499_000, 3622)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -59,14 +61,16 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:1 w:1)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
+	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	fn claim_withdrawal() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `374`
+		//  Measured:  `373`
 		//  Estimated: `3622`
-		// Minimum execution time: 59_277_000 picoseconds.
-		Weight::from_parts(65_789_000, 3622)
-			.saturating_add(T::DbWeight::get().reads(3_u64))
-			.saturating_add(T::DbWeight::get().writes(3_u64))
+		// Minimum execution time: 45_057_000 picoseconds.
+		Weight::from_parts(49_410_000, 3622)
+			.saturating_add(T::DbWeight::get().reads(4_u64))
+			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Attribution::Allowances` (r:1 w:1)
 	/// Proof: `Attribution::Allowances` (`max_values`: None, `max_size`: Some(112), added: 2587, mode: `MaxEncodedLen`)
@@ -76,8 +80,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
 		//  Estimated: `3577`
-		// Minimum execution time: 17_737_000 picoseconds.
-		Weight::from_parts(20_588_000, 3577)
+		// Minimum execution time: 13_328_000 picoseconds.
+		Weight::from_parts(14_925_000, 3577)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
@@ -109,18 +113,20 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
+	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
+	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// The range of component `a` is `[0, 32]`.
 	fn submit_receipt(a: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `4528 + a * (189 ±0)`
+		//  Measured:  `4560 + a * (189 ±0)`
 		//  Estimated: `527817 + a * (2612 ±0)`
-		// Minimum execution time: 596_546_000 picoseconds.
-		Weight::from_parts(637_304_581, 527817)
-			// Standard Error: 115_073
-			.saturating_add(Weight::from_parts(55_325_645, 0).saturating_mul(a.into()))
-			.saturating_add(T::DbWeight::get().reads(47_u64))
+		// Minimum execution time: 407_885_000 picoseconds.
+		Weight::from_parts(461_249_450, 527817)
+			// Standard Error: 99_857
+			.saturating_add(Weight::from_parts(39_736_408, 0).saturating_mul(a.into()))
+			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(a.into())))
-			.saturating_add(T::DbWeight::get().writes(23_u64))
+			.saturating_add(T::DbWeight::get().writes(24_u64))
 			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(a.into())))
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
 	}
@@ -152,17 +158,19 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
+	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
+	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3609`
+		//  Measured:  `3660`
 		//  Estimated: `527817`
-		// Minimum execution time: 612_378_000 picoseconds.
-		Weight::from_parts(937_784_608, 527817)
-			// Standard Error: 155_012
-			.saturating_add(Weight::from_parts(66_573_378, 0).saturating_mul(n.into()))
-			.saturating_add(T::DbWeight::get().reads(48_u64))
-			.saturating_add(T::DbWeight::get().writes(24_u64))
+		// Minimum execution time: 388_116_000 picoseconds.
+		Weight::from_parts(718_929_208, 527817)
+			// Standard Error: 313_423
+			.saturating_add(Weight::from_parts(49_679_492, 0).saturating_mul(n.into()))
+			.saturating_add(T::DbWeight::get().reads(49_u64))
+			.saturating_add(T::DbWeight::get().writes(25_u64))
 	}
 	/// Storage: `System::BlockHash` (r:1 w:0)
 	/// Proof: `System::BlockHash` (`max_values`: None, `max_size`: Some(44), added: 2519, mode: `MaxEncodedLen`)
@@ -190,17 +198,19 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
+	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
+	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3511`
+		//  Measured:  `3574`
 		//  Estimated: `527817`
-		// Minimum execution time: 596_574_000 picoseconds.
-		Weight::from_parts(519_421_921, 527817)
-			// Standard Error: 179_098
-			.saturating_add(Weight::from_parts(118_171_439, 0).saturating_mul(n.into()))
-			.saturating_add(T::DbWeight::get().reads(47_u64))
-			.saturating_add(T::DbWeight::get().writes(23_u64))
+		// Minimum execution time: 420_119_000 picoseconds.
+		Weight::from_parts(778_116_998, 527817)
+			// Standard Error: 171_468
+			.saturating_add(Weight::from_parts(88_833_465, 0).saturating_mul(n.into()))
+			.saturating_add(T::DbWeight::get().reads(48_u64))
+			.saturating_add(T::DbWeight::get().writes(24_u64))
 	}
 	/// Storage: `Attribution::ProtocolShare` (r:0 w:1)
 	/// Proof: `Attribution::ProtocolShare` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
@@ -212,8 +222,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `0`
 		//  Estimated: `0`
-		// Minimum execution time: 6_935_000 picoseconds.
-		Weight::from_parts(8_198_000, 0)
+		// Minimum execution time: 4_939_000 picoseconds.
+		Weight::from_parts(5_761_000, 0)
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `Attribution::Settled` (r:1 w:1)
@@ -223,10 +233,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `178 + s * (32 ±0)`
 		//  Estimated: `527817`
-		// Minimum execution time: 11_029_000 picoseconds.
-		Weight::from_parts(11_663_000, 527817)
-			// Standard Error: 116
-			.saturating_add(Weight::from_parts(161_591, 0).saturating_mul(s.into()))
+		// Minimum execution time: 7_936_000 picoseconds.
+		Weight::from_parts(2_241_574, 527817)
+			// Standard Error: 216
+			.saturating_add(Weight::from_parts(117_212, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -239,10 +249,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `672 + s * (84 ±0)`
 		//  Estimated: `527817 + s * (526827 ±0)`
-		// Minimum execution time: 10_543_000 picoseconds.
-		Weight::from_parts(10_888_000, 527817)
-			// Standard Error: 8_795
-			.saturating_add(Weight::from_parts(4_283_492, 0).saturating_mul(s.into()))
+		// Minimum execution time: 7_254_000 picoseconds.
+		Weight::from_parts(7_898_000, 527817)
+			// Standard Error: 4_228
+			.saturating_add(Weight::from_parts(2_919_686, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
@@ -254,59 +264,59 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn deposit() -> Weight {
-		Weight::from_parts(55_414_000, 3622)
-			.saturating_add(RocksDbWeight::get().reads(1_u64))
-			.saturating_add(RocksDbWeight::get().writes(1_u64))
+		Weight::from_parts(45_037_000, 3622)
+			.saturating_add(RocksDbWeight::get().reads(2_u64))
+			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn withdraw() -> Weight {
-		Weight::from_parts(16_417_000, 3622)
+		Weight::from_parts(11_499_000, 3622)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn claim_withdrawal() -> Weight {
-		Weight::from_parts(65_789_000, 3622)
-			.saturating_add(RocksDbWeight::get().reads(3_u64))
-			.saturating_add(RocksDbWeight::get().writes(3_u64))
+		Weight::from_parts(49_410_000, 3622)
+			.saturating_add(RocksDbWeight::get().reads(4_u64))
+			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn set_allowance() -> Weight {
-		Weight::from_parts(20_588_000, 3577)
+		Weight::from_parts(14_925_000, 3577)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn submit_receipt(a: u32, ) -> Weight {
-		Weight::from_parts(637_304_581, 527817)
-			.saturating_add(Weight::from_parts(55_325_645, 0).saturating_mul(a.into()))
-			.saturating_add(RocksDbWeight::get().reads(47_u64))
+		Weight::from_parts(461_249_450, 527817)
+			.saturating_add(Weight::from_parts(39_736_408, 0).saturating_mul(a.into()))
+			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(a.into())))
-			.saturating_add(RocksDbWeight::get().writes(23_u64))
+			.saturating_add(RocksDbWeight::get().writes(24_u64))
 			.saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(a.into())))
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
 	}
 	fn submit_receipts_shared(n: u32, ) -> Weight {
-		Weight::from_parts(937_784_608, 527817)
-			.saturating_add(Weight::from_parts(66_573_378, 0).saturating_mul(n.into()))
+		Weight::from_parts(718_929_208, 527817)
+			.saturating_add(Weight::from_parts(49_679_492, 0).saturating_mul(n.into()))
+			.saturating_add(RocksDbWeight::get().reads(49_u64))
+			.saturating_add(RocksDbWeight::get().writes(25_u64))
+	}
+	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
+		Weight::from_parts(778_116_998, 527817)
+			.saturating_add(Weight::from_parts(88_833_465, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
 	}
-	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
-		Weight::from_parts(519_421_921, 527817)
-			.saturating_add(Weight::from_parts(118_171_439, 0).saturating_mul(n.into()))
-			.saturating_add(RocksDbWeight::get().reads(47_u64))
-			.saturating_add(RocksDbWeight::get().writes(23_u64))
-	}
 	fn set_fee_params() -> Weight {
-		Weight::from_parts(8_198_000, 0)
+		Weight::from_parts(5_761_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn record_settled(s: u32, ) -> Weight {
-		Weight::from_parts(11_663_000, 527817)
-			.saturating_add(Weight::from_parts(161_591, 0).saturating_mul(s.into()))
+		Weight::from_parts(2_241_574, 527817)
+			.saturating_add(Weight::from_parts(117_212, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn prune(s: u32, ) -> Weight {
-		Weight::from_parts(10_888_000, 527817)
-			.saturating_add(Weight::from_parts(4_283_492, 0).saturating_mul(s.into()))
+		Weight::from_parts(7_898_000, 527817)
+			.saturating_add(Weight::from_parts(2_919_686, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
