@@ -12,3 +12,32 @@ export OPENLEDGER_MODELS="${OPENLEDGER_MODELS:-/var/tmp/openledger-models}"
 export OPENLEDGER_VENV="${OPENLEDGER_VENV:-/var/tmp/openledger-venv}"
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Prints N distinct free loopback TCP ports on one line. They are bound all at once: ports asked
+# for one by one can repeat, and a node given its RPC port as its p2p port too serves RPC on a
+# random port instead.
+free_ports() {
+	python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# Waits until the node with `pid`, logging to `log`, answers RPC on `port`. Fails at once if it
+# exited, or if its RPC port was taken: the node then serves on a random one and says so.
+wait_node_rpc() { # port, pid, log
+	for _ in $(seq 1 240); do
+		curl -sf -H 'Content-Type: application/json' \
+			-d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
+			"http://127.0.0.1:$1" >/dev/null && return 0
+		kill -0 "$2" 2>/dev/null || { tail -n 40 "$3" >&2; die "the node exited"; }
+		local serving
+		serving="$(grep -o 'Running JSON-RPC server: addr=[^ ]*' "$3" | head -n 1 || true)"
+		if [ -n "$serving" ] && ! [[ "$serving" =~ addr=127\.0\.0\.1:$1(,|$) ]]; then
+			die "RPC port $1 was taken when the node started (${serving#Running })"
+		fi
+		sleep 0.5
+	done
+	tail -n 40 "$3" >&2
+	die "the node did not answer RPC on port $1"
+}

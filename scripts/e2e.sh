@@ -20,21 +20,13 @@ dev_pid=""
 cleanup() { [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rpc_port="$(free_port)"
-p2p_port="$(free_port)"
+read -r rpc_port p2p_port <<<"$(free_ports 2)"
 
 step "starting a dev node (RPC on 127.0.0.1:$rpc_port)"
 "$NODE_BIN" --dev --base-path "$work/dev" --rpc-port "$rpc_port" --port "$p2p_port" \
 	--no-prometheus --no-telemetry >"$work/dev.log" 2>&1 &
 dev_pid=$!
-for _ in $(seq 1 120); do
-	curl -sf -H 'Content-Type: application/json' \
-		-d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
-		"http://127.0.0.1:$rpc_port" >/dev/null && break
-	kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev.log"; die "the dev node exited"; }
-	sleep 0.5
-done
+wait_node_rpc "$rpc_port" "$dev_pid" "$work/dev.log"
 
 step "polkadot.js tests against the dev node (the runtime upgrade last), then the two-validator network"
 status=0

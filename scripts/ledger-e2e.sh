@@ -10,16 +10,21 @@ cd "$REPO_ROOT"
 [ -d "$E2E/node_modules/openai" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
 
 DEMO_DIR="$(mktemp -d "${TMPDIR:-/tmp}/openledger-ledger-e2e.XXXXXX")"
-status=0
-cleanup() { stop_all; if [ "$status" -eq 0 ]; then rm -rf "$DEMO_DIR" || true; fi; }
+# Until the tests run, a failure is the setup's: keep its files too.
+status=1
+cleanup() {
+	stop_all
+	if [ "$status" -eq 0 ]; then rm -rf "$DEMO_DIR" || true; else echo "files kept in $DEMO_DIR" >&2; fi
+}
 trap cleanup EXIT
-demo_ports "$(free_port)" "$(free_port)"
+demo_ports 0 0
 
 start_node
 prepare_content
 setup_chain
 
 step "receipt tests: 402, exact payouts, vouchers, third-party and repeated submission, kill -9, node restart"
+status=0
 OPENLEDGER_WS="$CHAIN_WS" OPENLEDGER_DEMO_DIR="$DEMO_DIR" OPENLEDGER_WORKER_BIN="$WORKER_BIN" \
 	OPENLEDGER_WORKER_PORT="$WORKER_PORT" OPENLEDGER_NODE_BIN="$NODE_BIN" OPENLEDGER_RPC_PORT="$RPC_PORT" \
 	OPENLEDGER_P2P_PORT="$P2P_PORT" \
@@ -27,6 +32,5 @@ OPENLEDGER_WS="$CHAIN_WS" OPENLEDGER_DEMO_DIR="$DEMO_DIR" OPENLEDGER_WORKER_BIN=
 if [ "$status" -ne 0 ]; then
 	echo "--- worker log (last 60 lines) ---" >&2; tail -n 60 "$DEMO_DIR/worker.log" >&2 || true
 	echo "--- node log (last 30 lines) ---" >&2; tail -n 30 "$DEMO_DIR/node.log" >&2 || true
-	echo "files kept in $DEMO_DIR" >&2
 fi
 exit "$status"

@@ -17,14 +17,16 @@ DEMO_API_KEY="demo-payer-key"
 node_pid=""
 worker_pid=""
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_free() { [ "$1" != 0 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Well-known ports when they are free (polkadot.js apps and OpenAI examples use them), else any.
+# The RPC and worker ports given (by default the well-known ones that polkadot.js apps and OpenAI
+# examples use) where they are free, else (or for 0) free ones; the p2p port is always a free one.
 demo_ports() {
-	RPC_PORT="${1:-9944}"; port_free "$RPC_PORT" || RPC_PORT="$(free_port)"
-	WORKER_PORT="${2:-8000}"; port_free "$WORKER_PORT" || WORKER_PORT="$(free_port)"
-	P2P_PORT="$(free_port)"
+	local spare
+	read -r -a spare <<<"$(free_ports 3)"
+	RPC_PORT="${1:-9944}"; port_free "$RPC_PORT" || RPC_PORT="${spare[0]}"
+	WORKER_PORT="${2:-8000}"; port_free "$WORKER_PORT" || WORKER_PORT="${spare[1]}"
+	P2P_PORT="${spare[2]}"
 	CHAIN_WS="ws://127.0.0.1:$RPC_PORT"
 	WORKER_URL="http://127.0.0.1:$WORKER_PORT"
 }
@@ -46,14 +48,7 @@ start_node() {
 		--state-pruning archive --rpc-cors all --no-prometheus --no-telemetry >"$DEMO_DIR/node.log" 2>&1 &
 	node_pid=$!
 	echo "$node_pid" >"$DEMO_DIR/node.pid"
-	for _ in $(seq 1 240); do
-		curl -sf -H 'Content-Type: application/json' \
-			-d '{"id":1,"jsonrpc":"2.0","method":"system_health","params":[]}' \
-			"http://127.0.0.1:$RPC_PORT" >/dev/null && return 0
-		kill -0 "$node_pid" 2>/dev/null || { tail -n 40 "$DEMO_DIR/node.log" >&2; die "the node exited"; }
-		sleep 0.5
-	done
-	die "the node did not come up"
+	wait_node_rpc "$RPC_PORT" "$node_pid" "$DEMO_DIR/node.log"
 }
 
 # Builds DataNet 0's index from the documents shipped in the repo, two PEFT adapters and the

@@ -20,15 +20,17 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function freePort() {
-  return new Promise((resolve, reject) => {
+// `count` distinct free loopback ports: all held open until every one is known, since ports
+// taken one at a time can repeat (and a node whose RPC port is taken serves RPC elsewhere).
+async function freePorts(count) {
+  const servers = await Promise.all(Array.from({ length: count }, () => new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  })));
+  const ports = servers.map((server) => server.address().port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
 }
 
 function start(name, { p2p, rpc, extra = [] }) {
@@ -80,7 +82,7 @@ async function waitFor(what, check, timeoutMs = 120_000) {
 
 test('two validators finalize, and a killed validator catches up after restart', { timeout: 600_000 }, async () => {
   assert.ok(NODE, 'set OPENLEDGER_NODE to the openledger-node binary');
-  const [aliceP2p, aliceRpc, bobP2p, bobRpc] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const [aliceP2p, aliceRpc, bobP2p, bobRpc] = await freePorts(4);
   const aliceNode = start('alice', { p2p: aliceP2p, rpc: aliceRpc, extra: ['--node-key', ALICE_NODE_KEY] });
   const bootnode = ['--bootnodes', `/ip4/127.0.0.1/tcp/${aliceP2p}/p2p/${ALICE_PEER_ID}`];
   let bob = start('bob', { p2p: bobP2p, rpc: bobRpc, extra: bootnode });

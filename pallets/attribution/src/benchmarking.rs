@@ -333,7 +333,9 @@ mod benchmarks {
 
 	#[benchmark]
 	fn set_allowance() {
+		// A new allowance, which holds a deposit (removing one releases it: the same work).
 		let payer: T::AccountId = whitelisted_caller();
+		T::Currency::set_balance(&payer, plenty::<T>());
 		let worker: T::AccountId = account("worker", 0, 0);
 		#[extrinsic_call]
 		_(RawOrigin::Signed(payer.clone()), worker.clone(), 1_000u32.into());

@@ -34,7 +34,7 @@ pub mod pallet {
 		frame_support::{
 			pallet_prelude::*,
 			traits::{
-				fungible::{Mutate, MutateHold},
+				fungible::{InspectHold, Mutate, MutateHold},
 				tokens::Precision,
 			},
 		},
@@ -82,6 +82,10 @@ pub mod pallet {
 		/// The most workers one payer may give an allowance to.
 		#[pallet::constant]
 		type MaxAllowances: Get<u32>;
+		/// Held from a payer for each allowance it sets, and released when it removes the
+		/// allowance: what pays for the allowance's storage.
+		#[pallet::constant]
+		type AllowanceDeposit: Get<BalanceOf<Self>>;
 		/// The most requests one worker may settle with one expiry block: bounds a record set.
 		#[pallet::constant]
 		type MaxSettledPerExpiry: Get<u32>;
@@ -100,6 +104,9 @@ pub mod pallet {
 		/// A payer's credit, from which receipts are paid.
 		#[codec(index = 0)]
 		Credit,
+		/// The deposits for a payer's allowances.
+		#[codec(index = 1)]
+		AllowanceDeposit,
 	}
 
 	/// The protocol's share of every fee part, paid to the treasury.
@@ -125,7 +132,7 @@ pub mod pallet {
 		BalanceOf<T>,
 	>;
 
-	/// How many allowances each payer has set.
+	/// How many allowances each payer has set; no entry for none.
 	#[pallet::storage]
 	pub type AllowanceCount<T: Config> =
 		StorageMap<_, Blake2_128Concat, T::AccountId, u32, ValueQuery>;
@@ -308,9 +315,10 @@ pub mod pallet {
 		}
 
 		/// Sets how much `worker` may charge the caller's credit without a voucher; zero removes
-		/// the allowance.
+		/// the allowance. A new allowance holds `AllowanceDeposit` from the caller, and removing
+		/// it releases its share of what is held for allowances.
 		///
-		/// Emits `AllowanceSet`. Errors: `TooManyAllowances`. O(1).
+		/// Emits `AllowanceSet`. Errors: `TooManyAllowances`, `InsufficientBalance`. O(1).
 		#[pallet::call_index(3)]
 		#[pallet::weight(T::WeightInfo::set_allowance())]
 		pub fn set_allowance(
@@ -320,15 +328,27 @@ pub mod pallet {
 		) -> DispatchResult {
 			let payer = ensure_signed(origin)?;
 			let existed = Allowances::<T>::contains_key(&payer, &worker);
+			let count = AllowanceCount::<T>::get(&payer);
+			let deposit = HoldReason::AllowanceDeposit.into();
 			if amount.is_zero() {
 				if existed {
+					// An equal share of what is held, and the rest with the last allowance, so a
+					// changed `AllowanceDeposit` strands nothing.
+					let held = T::Currency::balance_on_hold(&deposit, &payer);
+					let share = if count <= 1 { held } else { held / count.into() };
+					T::Currency::release(&deposit, &payer, share, Precision::Exact)?;
 					Allowances::<T>::remove(&payer, &worker);
-					AllowanceCount::<T>::mutate(&payer, |n| *n = n.saturating_sub(1));
+					if count <= 1 {
+						AllowanceCount::<T>::remove(&payer);
+					} else {
+						AllowanceCount::<T>::insert(&payer, count - 1);
+					}
 				}
 			} else {
 				if !existed {
-					let count = AllowanceCount::<T>::get(&payer);
 					ensure!(count < T::MaxAllowances::get(), Error::<T>::TooManyAllowances);
+					T::Currency::hold(&deposit, &payer, T::AllowanceDeposit::get())
+						.map_err(|_| Error::<T>::InsufficientBalance)?;
 					AllowanceCount::<T>::insert(&payer, count + 1);
 				}
 				Allowances::<T>::insert(&payer, &worker, amount);
@@ -405,7 +425,6 @@ pub mod pallet {
 	impl<T: Config> Pallet<T> {
 		/// The payer's credit: what is held for receipts.
 		pub fn credit(payer: &T::AccountId) -> BalanceOf<T> {
-			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
 			T::Currency::balance_on_hold(&HoldReason::Credit.into(), payer)
 		}
 
@@ -504,7 +523,8 @@ pub mod pallet {
 		}
 
 		/// Invariants: every record set is sorted, without duplicates, not empty, and expires no
-		/// earlier than the prune cursor; allowance counts match the allowances; the credit held
+		/// earlier than the prune cursor; allowance counts match the allowances, and a payer has
+		/// allowance deposits held exactly when it has allowances; the credit held
 		/// from all accounts is `TotalCredit`, so every fee charged was paid out exactly.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
@@ -515,13 +535,25 @@ pub mod pallet {
 				ensure!(expires_at >= cursor, "a record set is behind the prune cursor");
 			}
 			for (payer, n) in AllowanceCount::<T>::iter() {
+				ensure!(n > 0, "a zero allowance count is stored");
 				ensure!(n <= T::MaxAllowances::get(), "payer over the allowance bound");
 				ensure!(
 					Allowances::<T>::iter_prefix(&payer).count() as u32 == n,
 					"allowance count differs from storage"
 				);
 			}
-			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+			for (payer, _) in Allowances::<T>::iter_keys() {
+				ensure!(AllowanceCount::<T>::contains_key(&payer), "allowances without a count");
+			}
+			for who in frame_system::Account::<T>::iter_keys() {
+				let held = T::Currency::balance_on_hold(&HoldReason::AllowanceDeposit.into(), &who);
+				let count = AllowanceCount::<T>::get(&who);
+				ensure!(count > 0 || held.is_zero(), "an allowance deposit is held without allowances");
+				ensure!(
+					count == 0 || !held.is_zero() || T::AllowanceDeposit::get().is_zero(),
+					"allowances without their deposit"
+				);
+			}
 			let held = frame_system::Account::<T>::iter_keys()
 				.map(|who| T::Currency::balance_on_hold(&HoldReason::Credit.into(), &who))
 				.fold(BalanceOf::<T>::zero(), |sum, credit| sum.saturating_add(credit));

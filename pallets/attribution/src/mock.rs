@@ -8,7 +8,7 @@ use openledger_primitives::{
 use polkadot_sdk::{
 	frame_support::{
 		self, assert_ok, derive_impl, parameter_types,
-		traits::{ConstU32, ConstU64},
+		traits::{ConstU128, ConstU32, ConstU64},
 		BoundedVec, PalletId,
 	},
 	frame_system::{self, EnsureRoot},
@@ -179,6 +179,7 @@ impl pallet_attribution::Config for Test {
 	type MaxReceiptLifetime = ConstU64<MAX_LIFETIME>;
 	type WithdrawalDelay = ConstU64<WITHDRAWAL_DELAY>;
 	type MaxAllowances = ConstU32<2>;
+	type AllowanceDeposit = ConstU128<ALLOWANCE_DEPOSIT>;
 	type MaxSettledPerExpiry = ConstU32<MAX_SETTLED_PER_EXPIRY>;
 	type MaxPrunePerBlock = ConstU32<MAX_PRUNE>;
 	type WeightInfo = ();
@@ -246,6 +247,7 @@ pub fn session_pair() -> sr25519::Pair {
 pub const ENDOWMENT: Balance = 1_000_000;
 pub const CREDIT: Balance = 100_000;
 pub const ALLOWANCE: Balance = 50_000;
+pub const ALLOWANCE_DEPOSIT: Balance = 25;
 pub const DATANET: u32 = 0;
 pub const ITEM_A: u32 = 0;
 pub const ITEM_B: u32 = 1;

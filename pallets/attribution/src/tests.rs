@@ -113,10 +113,48 @@ fn allowances_are_set_removed_and_bounded() {
 		assert_noop!(Attribution::set_allowance(signed.clone(), account(Role::Treasury), 5), Error::<Test>::TooManyAllowances);
 		// Changing an existing allowance is not a new one.
 		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 7));
+		assert_eq!(deposits(&payer), 2 * ALLOWANCE_DEPOSIT);
 		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 0));
 		assert!(Allowances::<Test>::get(&payer, account(Role::Other)).is_none());
 		assert_eq!(AllowanceCount::<Test>::get(&payer), 1);
+		assert_eq!(deposits(&payer), ALLOWANCE_DEPOSIT);
+		// Removing one that is not there changes nothing.
+		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 0));
+		assert_eq!((AllowanceCount::<Test>::get(&payer), deposits(&payer)), (1, ALLOWANCE_DEPOSIT));
 		assert_ok!(Attribution::set_allowance(signed, account(Role::Treasury), 5));
+	});
+}
+
+fn deposits(who: &AccountId) -> Balance {
+	Balances::balance_on_hold(&HoldReason::AllowanceDeposit.into(), who)
+}
+
+#[test]
+fn an_allowance_holds_a_deposit_until_it_is_removed() {
+	run(|| {
+		let payer = account(Role::Other);
+		let signed = || RuntimeOrigin::signed(payer.clone());
+		let free = Balances::balance(&payer);
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 5));
+		assert_eq!((deposits(&payer), Balances::balance(&payer)), (ALLOWANCE_DEPOSIT, free - ALLOWANCE_DEPOSIT));
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 0));
+		assert_eq!((deposits(&payer), Balances::balance(&payer)), (0, free));
+		assert!(!AllowanceCount::<Test>::contains_key(&payer), "no count is left behind");
+		// Whoever cannot pay the deposit gets no allowance.
+		let poor = AccountId::new([7; 32]);
+		assert_ok!(Balances::transfer_allow_death(signed(), poor.clone(), ALLOWANCE_DEPOSIT));
+		assert_noop!(
+			Attribution::set_allowance(RuntimeOrigin::signed(poor.clone()), account(Role::Worker), 5),
+			Error::<Test>::InsufficientBalance
+		);
+		// Deposits held under an older, different `AllowanceDeposit` all come back.
+		let free = Balances::balance(&payer);
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 5));
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Treasury), 5));
+		assert_ok!(Balances::hold(&HoldReason::AllowanceDeposit.into(), &payer, 3));
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 0));
+		assert_ok!(Attribution::set_allowance(signed(), account(Role::Treasury), 0));
+		assert_eq!((deposits(&payer), Balances::balance(&payer)), (0, free));
 	});
 }
 

@@ -256,6 +256,8 @@ parameter_types! {
 	pub const MaxReceiptLifetime: BlockNumber = DAYS;
 	/// Credit stays drawable for a receipt's whole lifetime after a withdrawal is asked for.
 	pub const WithdrawalDelay: BlockNumber = DAYS;
+	/// Pays for an allowance's storage (about 130 bytes), as a contribution's deposit does.
+	pub const AllowanceDeposit: Balance = 10 * MILLI_UNIT;
 }
 
 impl pallet_attribution::Config for Runtime {
@@ -270,6 +272,7 @@ impl pallet_attribution::Config for Runtime {
 	type MaxReceiptLifetime = MaxReceiptLifetime;
 	type WithdrawalDelay = WithdrawalDelay;
 	type MaxAllowances = ConstU32<64>;
+	type AllowanceDeposit = AllowanceDeposit;
 	// A worker settling 2,000 receipts a second, all with one expiry, fits a set per 6-s block.
 	type MaxSettledPerExpiry = ConstU32<16_384>;
 	// At least the record sets a block can create (checked in `tests/config.rs`).
