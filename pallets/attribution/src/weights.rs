@@ -30,35 +30,35 @@ pub trait WeightInfo {
 pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
 	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	fn deposit() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
-		//  Estimated: `3622`
-		// Minimum execution time: 41_694_000 picoseconds.
-		Weight::from_parts(45_037_000, 3622)
+		//  Estimated: `3640`
+		// Minimum execution time: 41_399_000 picoseconds.
+		Weight::from_parts(44_317_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
 	/// Storage: `Balances::Holds` (r:1 w:0)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::PendingWithdrawals` (r:0 w:1)
 	/// Proof: `Attribution::PendingWithdrawals` (`max_values`: None, `max_size`: Some(68), added: 2543, mode: `MaxEncodedLen`)
 	fn withdraw() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `55`
-		//  Estimated: `3622`
-		// Minimum execution time: 10_106_000 picoseconds.
-		Weight::from_parts(11_499_000, 3622)
+		//  Estimated: `3640`
+		// Minimum execution time: 9_740_000 picoseconds.
+		Weight::from_parts(11_298_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Attribution::PendingWithdrawals` (r:1 w:1)
 	/// Proof: `Attribution::PendingWithdrawals` (`max_values`: None, `max_size`: Some(68), added: 2543, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:1 w:1)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
@@ -66,9 +66,9 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	fn claim_withdrawal() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `373`
-		//  Estimated: `3622`
-		// Minimum execution time: 45_057_000 picoseconds.
-		Weight::from_parts(49_410_000, 3622)
+		//  Estimated: `3640`
+		// Minimum execution time: 44_594_000 picoseconds.
+		Weight::from_parts(48_608_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
@@ -76,14 +76,16 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Attribution::Allowances` (`max_values`: None, `max_size`: Some(112), added: 2587, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::AllowanceCount` (r:1 w:1)
 	/// Proof: `Attribution::AllowanceCount` (`max_values`: None, `max_size`: Some(52), added: 2527, mode: `MaxEncodedLen`)
+	/// Storage: `Balances::Holds` (r:1 w:1)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	fn set_allowance() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
-		//  Estimated: `3577`
-		// Minimum execution time: 13_328_000 picoseconds.
-		Weight::from_parts(14_925_000, 3577)
-			.saturating_add(T::DbWeight::get().reads(2_u64))
-			.saturating_add(T::DbWeight::get().writes(2_u64))
+		//  Estimated: `3640`
+		// Minimum execution time: 47_121_000 picoseconds.
+		Weight::from_parts(50_844_000, 3640)
+			.saturating_add(T::DbWeight::get().reads(3_u64))
+			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `System::BlockHash` (r:1 w:0)
 	/// Proof: `System::BlockHash` (`max_values`: None, `max_size`: Some(44), added: 2519, mode: `MaxEncodedLen`)
@@ -108,7 +110,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::DataShare` (r:1 w:0)
 	/// Proof: `Attribution::DataShare` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:37 w:37)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
@@ -118,12 +120,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `a` is `[0, 32]`.
 	fn submit_receipt(a: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `4560 + a * (189 ±0)`
+		//  Measured:  `4570 + a * (189 ±0)`
 		//  Estimated: `527817 + a * (2612 ±0)`
-		// Minimum execution time: 407_885_000 picoseconds.
-		Weight::from_parts(461_249_450, 527817)
-			// Standard Error: 99_857
-			.saturating_add(Weight::from_parts(39_736_408, 0).saturating_mul(a.into()))
+		// Minimum execution time: 426_631_000 picoseconds.
+		Weight::from_parts(457_252_903, 527817)
+			// Standard Error: 75_891
+			.saturating_add(Weight::from_parts(40_203_858, 0).saturating_mul(a.into()))
 			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
@@ -153,7 +155,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::Allowances` (r:1 w:1)
 	/// Proof: `Attribution::Allowances` (`max_values`: None, `max_size`: Some(112), added: 2587, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:5 w:5)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
@@ -163,12 +165,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3660`
+		//  Measured:  `3652`
 		//  Estimated: `527817`
-		// Minimum execution time: 388_116_000 picoseconds.
-		Weight::from_parts(718_929_208, 527817)
-			// Standard Error: 313_423
-			.saturating_add(Weight::from_parts(49_679_492, 0).saturating_mul(n.into()))
+		// Minimum execution time: 381_189_000 picoseconds.
+		Weight::from_parts(307_832_687, 527817)
+			// Standard Error: 113_099
+			.saturating_add(Weight::from_parts(49_496_611, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(49_u64))
 			.saturating_add(T::DbWeight::get().writes(25_u64))
 	}
@@ -193,7 +195,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::DataShare` (r:1 w:0)
 	/// Proof: `Attribution::DataShare` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:5 w:5)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
@@ -203,12 +205,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3574`
+		//  Measured:  `3547`
 		//  Estimated: `527817`
-		// Minimum execution time: 420_119_000 picoseconds.
-		Weight::from_parts(778_116_998, 527817)
-			// Standard Error: 171_468
-			.saturating_add(Weight::from_parts(88_833_465, 0).saturating_mul(n.into()))
+		// Minimum execution time: 434_458_000 picoseconds.
+		Weight::from_parts(485_546_352, 527817)
+			// Standard Error: 321_881
+			.saturating_add(Weight::from_parts(88_857_136, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
 	}
@@ -222,8 +224,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `0`
 		//  Estimated: `0`
-		// Minimum execution time: 4_939_000 picoseconds.
-		Weight::from_parts(5_761_000, 0)
+		// Minimum execution time: 4_971_000 picoseconds.
+		Weight::from_parts(5_944_000, 0)
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `Attribution::Settled` (r:1 w:1)
@@ -233,10 +235,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `178 + s * (32 ±0)`
 		//  Estimated: `527817`
-		// Minimum execution time: 7_936_000 picoseconds.
-		Weight::from_parts(2_241_574, 527817)
-			// Standard Error: 216
-			.saturating_add(Weight::from_parts(117_212, 0).saturating_mul(s.into()))
+		// Minimum execution time: 8_108_000 picoseconds.
+		Weight::from_parts(735_412, 527817)
+			// Standard Error: 190
+			.saturating_add(Weight::from_parts(118_204, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -249,10 +251,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `672 + s * (84 ±0)`
 		//  Estimated: `527817 + s * (526827 ±0)`
-		// Minimum execution time: 7_254_000 picoseconds.
-		Weight::from_parts(7_898_000, 527817)
-			// Standard Error: 4_228
-			.saturating_add(Weight::from_parts(2_919_686, 0).saturating_mul(s.into()))
+		// Minimum execution time: 7_657_000 picoseconds.
+		Weight::from_parts(7_991_000, 527817)
+			// Standard Error: 4_951
+			.saturating_add(Weight::from_parts(3_021_251, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
@@ -264,28 +266,28 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn deposit() -> Weight {
-		Weight::from_parts(45_037_000, 3622)
+		Weight::from_parts(44_317_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn withdraw() -> Weight {
-		Weight::from_parts(11_499_000, 3622)
+		Weight::from_parts(11_298_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn claim_withdrawal() -> Weight {
-		Weight::from_parts(49_410_000, 3622)
+		Weight::from_parts(48_608_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn set_allowance() -> Weight {
-		Weight::from_parts(14_925_000, 3577)
-			.saturating_add(RocksDbWeight::get().reads(2_u64))
-			.saturating_add(RocksDbWeight::get().writes(2_u64))
+		Weight::from_parts(50_844_000, 3640)
+			.saturating_add(RocksDbWeight::get().reads(3_u64))
+			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn submit_receipt(a: u32, ) -> Weight {
-		Weight::from_parts(461_249_450, 527817)
-			.saturating_add(Weight::from_parts(39_736_408, 0).saturating_mul(a.into()))
+		Weight::from_parts(457_252_903, 527817)
+			.saturating_add(Weight::from_parts(40_203_858, 0).saturating_mul(a.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
@@ -293,30 +295,30 @@ impl WeightInfo for () {
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
 	}
 	fn submit_receipts_shared(n: u32, ) -> Weight {
-		Weight::from_parts(718_929_208, 527817)
-			.saturating_add(Weight::from_parts(49_679_492, 0).saturating_mul(n.into()))
+		Weight::from_parts(307_832_687, 527817)
+			.saturating_add(Weight::from_parts(49_496_611, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(49_u64))
 			.saturating_add(RocksDbWeight::get().writes(25_u64))
 	}
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
-		Weight::from_parts(778_116_998, 527817)
-			.saturating_add(Weight::from_parts(88_833_465, 0).saturating_mul(n.into()))
+		Weight::from_parts(485_546_352, 527817)
+			.saturating_add(Weight::from_parts(88_857_136, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
 	}
 	fn set_fee_params() -> Weight {
-		Weight::from_parts(5_761_000, 0)
+		Weight::from_parts(5_944_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn record_settled(s: u32, ) -> Weight {
-		Weight::from_parts(2_241_574, 527817)
-			.saturating_add(Weight::from_parts(117_212, 0).saturating_mul(s.into()))
+		Weight::from_parts(735_412, 527817)
+			.saturating_add(Weight::from_parts(118_204, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn prune(s: u32, ) -> Weight {
-		Weight::from_parts(7_898_000, 527817)
-			.saturating_add(Weight::from_parts(2_919_686, 0).saturating_mul(s.into()))
+		Weight::from_parts(7_991_000, 527817)
+			.saturating_add(Weight::from_parts(3_021_251, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))

@@ -34,16 +34,16 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Registry::BaseModels` (r:8 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// The range of component `s` is `[1, 8]`.
 	fn register(s: u32, ) -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `55 + s * (62 ±0)`
 		//  Estimated: `3873 + s * (2627 ±0)`
-		// Minimum execution time: 50_380_000 picoseconds.
-		Weight::from_parts(49_736_850, 3873)
-			// Standard Error: 3_587
-			.saturating_add(Weight::from_parts(3_486_348, 0).saturating_mul(s.into()))
+		// Minimum execution time: 50_382_000 picoseconds.
+		Weight::from_parts(50_661_801, 3873)
+			// Standard Error: 5_980
+			.saturating_add(Weight::from_parts(3_612_662, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
@@ -58,10 +58,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `676 + s * (77 ±0)`
 		//  Estimated: `3873 + s * (2627 ±0)`
-		// Minimum execution time: 18_639_000 picoseconds.
-		Weight::from_parts(16_164_447, 3873)
-			// Standard Error: 2_906
-			.saturating_add(Weight::from_parts(3_433_299, 0).saturating_mul(s.into()))
+		// Minimum execution time: 18_581_000 picoseconds.
+		Weight::from_parts(17_151_033, 3873)
+			// Standard Error: 3_853
+			.saturating_add(Weight::from_parts(3_609_009, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
@@ -70,13 +70,13 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Workers::Workers` (r:1 w:1)
 	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	fn bond_extra() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `527`
 		//  Estimated: `3873`
-		// Minimum execution time: 47_267_000 picoseconds.
-		Weight::from_parts(50_961_000, 3873)
+		// Minimum execution time: 47_035_000 picoseconds.
+		Weight::from_parts(50_234_000, 3873)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
@@ -90,8 +90,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `761`
 		//  Estimated: `3873`
-		// Minimum execution time: 22_616_000 picoseconds.
-		Weight::from_parts(24_451_000, 3873)
+		// Minimum execution time: 22_811_000 picoseconds.
+		Weight::from_parts(24_458_000, 3873)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
@@ -101,15 +101,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `472`
 		//  Estimated: `3873`
-		// Minimum execution time: 13_159_000 picoseconds.
-		Weight::from_parts(14_162_000, 3873)
+		// Minimum execution time: 12_977_000 picoseconds.
+		Weight::from_parts(14_107_000, 3873)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
 	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::RetiredKeys` (r:0 w:1)
 	/// Proof: `Workers::RetiredKeys` (`max_values`: None, `max_size`: Some(193), added: 2668, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::SessionKeyOwner` (r:0 w:1)
@@ -118,23 +118,23 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `568`
 		//  Estimated: `3873`
-		// Minimum execution time: 43_020_000 picoseconds.
-		Weight::from_parts(46_827_000, 3873)
+		// Minimum execution time: 43_240_000 picoseconds.
+		Weight::from_parts(46_679_000, 3873)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
 	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:2 w:2)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	fn slash() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `733`
 		//  Estimated: `6196`
-		// Minimum execution time: 47_063_000 picoseconds.
-		Weight::from_parts(50_876_000, 6196)
+		// Minimum execution time: 47_563_000 picoseconds.
+		Weight::from_parts(51_228_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
@@ -147,15 +147,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `System::BlockHash` (r:1 w:0)
 	/// Proof: `System::BlockHash` (`max_values`: None, `max_size`: Some(44), added: 2519, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(157), added: 2632, mode: `MaxEncodedLen`)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:2 w:2)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	fn report_equivocation() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `1008`
 		//  Estimated: `6196`
-		// Minimum execution time: 433_599_000 picoseconds.
-		Weight::from_parts(485_561_000, 6196)
+		// Minimum execution time: 430_734_000 picoseconds.
+		Weight::from_parts(485_088_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(7_u64))
 			.saturating_add(T::DbWeight::get().writes(5_u64))
 	}
@@ -164,48 +164,48 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn register(s: u32, ) -> Weight {
-		Weight::from_parts(49_736_850, 3873)
-			.saturating_add(Weight::from_parts(3_486_348, 0).saturating_mul(s.into()))
+		Weight::from_parts(50_661_801, 3873)
+			.saturating_add(Weight::from_parts(3_612_662, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	fn update(s: u32, ) -> Weight {
-		Weight::from_parts(16_164_447, 3873)
-			.saturating_add(Weight::from_parts(3_433_299, 0).saturating_mul(s.into()))
+		Weight::from_parts(17_151_033, 3873)
+			.saturating_add(Weight::from_parts(3_609_009, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	fn bond_extra() -> Weight {
-		Weight::from_parts(50_961_000, 3873)
+		Weight::from_parts(50_234_000, 3873)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn rotate_key() -> Weight {
-		Weight::from_parts(24_451_000, 3873)
+		Weight::from_parts(24_458_000, 3873)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn unbond() -> Weight {
-		Weight::from_parts(14_162_000, 3873)
+		Weight::from_parts(14_107_000, 3873)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn withdraw_unbonded() -> Weight {
-		Weight::from_parts(46_827_000, 3873)
+		Weight::from_parts(46_679_000, 3873)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn slash() -> Weight {
-		Weight::from_parts(50_876_000, 6196)
+		Weight::from_parts(51_228_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn report_equivocation() -> Weight {
-		Weight::from_parts(485_561_000, 6196)
+		Weight::from_parts(485_088_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(7_u64))
 			.saturating_add(RocksDbWeight::get().writes(5_u64))
 	}
