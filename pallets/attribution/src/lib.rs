@@ -545,20 +545,20 @@ pub mod pallet {
 			for (payer, _) in Allowances::<T>::iter_keys() {
 				ensure!(AllowanceCount::<T>::contains_key(&payer), "allowances without a count");
 			}
+			// One pass over every account for both kinds of hold.
+			let mut credit_held = BalanceOf::<T>::zero();
 			for who in frame_system::Account::<T>::iter_keys() {
-				let held = T::Currency::balance_on_hold(&HoldReason::AllowanceDeposit.into(), &who);
+				credit_held = credit_held.saturating_add(Self::credit(&who));
+				let deposits = T::Currency::balance_on_hold(&HoldReason::AllowanceDeposit.into(), &who);
 				let count = AllowanceCount::<T>::get(&who);
-				ensure!(count > 0 || held.is_zero(), "an allowance deposit is held without allowances");
+				ensure!(count > 0 || deposits.is_zero(), "an allowance deposit is held without allowances");
 				ensure!(
-					count == 0 || !held.is_zero() || T::AllowanceDeposit::get().is_zero(),
+					count == 0 || !deposits.is_zero() || T::AllowanceDeposit::get().is_zero(),
 					"allowances without their deposit"
 				);
 			}
-			let held = frame_system::Account::<T>::iter_keys()
-				.map(|who| T::Currency::balance_on_hold(&HoldReason::Credit.into(), &who))
-				.fold(BalanceOf::<T>::zero(), |sum, credit| sum.saturating_add(credit));
 			ensure!(
-				held == TotalCredit::<T>::get(),
+				credit_held == TotalCredit::<T>::get(),
 				"the credit held differs from deposits less withdrawals and fees"
 			);
 			Ok(())
