@@ -38,3 +38,92 @@ fn pruning_keeps_up_with_settling_and_fits_a_block() {
 	let half = block.max_block.ref_time() / 2;
 	assert!(worst <= half, "pruning may take {worst}, more than half a block ({half})");
 }
+
+mod fees {
+	use openledger_runtime::{
+		configs::{FeeMultiplierUpdate, RuntimeBlockWeights},
+		Runtime, RuntimeCall, MILLI_UNIT, UNIT,
+	};
+	use pallet_attribution::WeightInfo as _;
+	use polkadot_sdk::{
+		frame_support::{
+			dispatch::{DispatchClass, DispatchInfo, GetDispatchInfo, Pays},
+			weights::{Weight, WeightToFee as _},
+		},
+		frame_system,
+		pallet_balances,
+		pallet_transaction_payment::{self, Multiplier, MultiplierUpdate},
+		sp_io::TestExternalities,
+		sp_keyring::Sr25519Keyring,
+		sp_runtime::{
+			traits::{Convert, One},
+			FixedPointNumber,
+		},
+	};
+
+	type TransactionPayment = pallet_transaction_payment::Pallet<Runtime>;
+	type WeightToFee = <Runtime as pallet_transaction_payment::Config>::WeightToFee;
+
+	/// The fee of a signed transaction of `len` bytes at the floor multiplier.
+	fn fee(info: &DispatchInfo, len: u32) -> u128 {
+		TestExternalities::default().execute_with(|| TransactionPayment::compute_fee(len, info, 0))
+	}
+
+	/// A user can afford to move money: a transfer costs well under a milli-OPEN.
+	#[test]
+	fn a_transfer_costs_a_fraction_of_a_milli_open() {
+		let call = RuntimeCall::Balances(pallet_balances::Call::transfer_keep_alive {
+			dest: Sr25519Keyring::Bob.to_account_id().into(),
+			value: UNIT,
+		});
+		// The call, an sr25519 signature, an address and the extensions' bytes.
+		let len = codec::Encode::encoded_size(&call) as u32 + 110;
+		let transfer = fee(&call.get_dispatch_info(), len);
+		assert!(transfer > MILLI_UNIT / 20 && transfer < MILLI_UNIT, "a transfer costs {transfer}");
+	}
+
+	/// Block space is not free: keeping the normal class of one block full costs over an OPEN, so
+	/// filling blocks for a day costs tens of thousands (more as the multiplier climbs).
+	#[test]
+	fn filling_a_block_costs_over_an_open() {
+		let block = RuntimeBlockWeights::get();
+		let normal = block.get(DispatchClass::Normal).max_total.expect("normal class is capped");
+		assert!(WeightToFee::weight_to_fee(&normal) > UNIT);
+	}
+
+	/// A worker settles its receipts for a small share of what they earn: in a batch of 32 with
+	/// vouchers (the heaviest kind), each receipt's share of the transaction fee (about 0.2
+	/// milli-OPEN) stays under a quarter of a milli-OPEN, against the ~7 milli-OPEN each of the
+	/// demo's receipts earns.
+	#[test]
+	fn settling_a_receipt_costs_a_small_share_of_its_fee() {
+		let batch = 32u32;
+		let weight = <Runtime as pallet_attribution::Config>::WeightInfo::submit_receipts_shared_vouchers(batch);
+		let info = DispatchInfo {
+			call_weight: weight,
+			extension_weight: Weight::zero(),
+			class: DispatchClass::Normal,
+			pays_fee: Pays::Yes,
+		};
+		// About 450 bytes per receipt with its voucher (SCALE of the receipt, two signatures).
+		let per_receipt = fee(&info, 450 * batch) / batch as u128;
+		assert!(per_receipt < MILLI_UNIT / 4, "a receipt costs {per_receipt} to settle");
+	}
+
+	/// Sustained congestion raises the weight fee; quiet blocks bring it back down, but never
+	/// below the floor, and a congested block at the floor still raises it.
+	#[test]
+	fn congestion_moves_the_fee_and_the_floor_holds() {
+		TestExternalities::default().execute_with(|| {
+			let normal = RuntimeBlockWeights::get().get(DispatchClass::Normal).max_total.unwrap();
+			let one = Multiplier::one();
+			frame_system::Pallet::<Runtime>::set_block_consumed_resources(normal, 0);
+			assert!(FeeMultiplierUpdate::convert(one) > one, "a full block raises fees");
+			frame_system::Pallet::<Runtime>::set_block_consumed_resources(Weight::zero(), 0);
+			let high = Multiplier::saturating_from_integer(2);
+			assert!(FeeMultiplierUpdate::convert(high) < high, "an empty block lowers them");
+			assert_eq!(FeeMultiplierUpdate::convert(one), one, "never below the floor");
+			assert_eq!(FeeMultiplierUpdate::min(), one);
+		});
+	}
+}

@@ -103,3 +103,25 @@ test('bad input yields the pallet error and the node keeps going', async () => {
   const after = (await api.rpc.chain.getHeader()).number.toNumber();
   assert.ok(after > before, `blocks kept coming (${before} → ${after})`);
 });
+
+// Block space has a price (runtime/src/configs: a micro-OPEN per microsecond of weight, a tenth
+// of one per byte): the fee polkadot.js quotes is what is taken, and a transfer costs a fraction
+// of a milli-OPEN.
+test('a transfer pays the fee polkadot.js quoted, a fraction of a milli-OPEN', async () => {
+  const { api, dev } = node;
+  const { ferdie } = dev;
+  const to = new Keyring({ type: 'sr25519' }).addFromUri('//fee-e2e').address;
+  const value = 10n ** 18n;
+  const tx = api.tx.balances.transferKeepAlive(to, value);
+  const quoted = (await tx.paymentInfo(ferdie)).partialFee.toBigInt();
+  const milli = 10n ** 15n;
+  assert.ok(quoted > milli / 20n && quoted < milli, `a transfer is quoted ${quoted}`);
+  const before = (await api.query.system.account(ferdie.address)).data.free.toBigInt();
+  const r = await send(api, tx, ferdie);
+  assert.equal(r.error, null);
+  const paid = findEvent(r.events, 'transactionPayment', 'TransactionFeePaid').data.actualFee.toBigInt();
+  assert.equal(paid, quoted);
+  const after = (await api.query.system.account(ferdie.address)).data.free.toBigInt();
+  assert.equal(before - after, value + paid);
+  console.log(`# a transfer costs ${paid} planck (${Number(paid) / 1e15} milli-OPEN)`);
+});

@@ -432,8 +432,9 @@ pub mod pallet {
 		///
 		/// The first receipt of each context (worker, payer, adapter, prompt) is charged as a
 		/// receipt alone ([`WeightInfo::submit_receipt`], which carries a voucher and reads that
-		/// context cold); paid from an allowance instead, it also reads the allowance and writes
-		/// it back when the batch ends, and checks one signature fewer. Every further receipt of
+		/// context cold). The first receipt of each (payer, worker) paid from an allowance, in
+		/// whatever context and position, is also charged reading the allowance and writing it
+		/// back when the batch ends (the batch keeps it from then on). Every further receipt of
 		/// the context is charged what it adds to a batch that already read the context (the
 		/// slope of [`WeightInfo::submit_receipts_shared`] for allowance receipts, of
 		/// [`WeightInfo::submit_receipts_shared_vouchers`] for voucher receipts) plus its
@@ -449,6 +450,7 @@ pub mod pallet {
 			let with_voucher = slope(T::WeightInfo::submit_receipts_shared_vouchers);
 			let record_set = Self::record_set_weight();
 			let mut contexts = alloc::collections::BTreeSet::new();
+			let mut allowances = alloc::collections::BTreeSet::new();
 			let mut record_sets = alloc::collections::BTreeSet::new();
 			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
 				let receipt = &signed.receipt;
@@ -459,12 +461,16 @@ pub mod pallet {
 					receipt.adapter.map(|(id, _)| id),
 					receipt.prompt.map(|(id, _)| id),
 				);
-				let mut weight = match (contexts.insert(context), signed.voucher.is_some()) {
-					(true, true) => alone(entries),
-					(true, false) => alone(entries).saturating_add(db.reads_writes(1, 1)),
-					(false, voucher) => (if voucher { with_voucher } else { with_allowance })
-						.saturating_add(alone(entries).saturating_sub(alone(0))),
+				let voucher = signed.voucher.is_some();
+				let mut weight = if contexts.insert(context) {
+					alone(entries)
+				} else {
+					(if voucher { with_voucher } else { with_allowance })
+						.saturating_add(alone(entries).saturating_sub(alone(0)))
 				};
+				if !voucher && allowances.insert((&receipt.payer, &receipt.worker)) {
+					weight = weight.saturating_add(db.reads_writes(1, 1));
+				}
 				if record_sets.insert((receipt.expires_at, &receipt.worker)) {
 					weight = weight.saturating_add(record_set);
 				}

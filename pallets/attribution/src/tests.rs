@@ -788,6 +788,34 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 	});
 }
 
+/// A context opened by a voucher receipt has not read the allowance: the first receipt after it
+/// paid from the allowance is charged the read and the write-back, and only the first.
+#[test]
+fn the_first_allowance_receipt_after_a_voucher_pays_for_the_allowance() {
+	run(|| {
+		use crate::WeightInfo;
+		let db = <<Test as polkadot_sdk::frame_system::Config>::DbWeight as polkadot_sdk::frame_support::traits::Get<polkadot_sdk::frame_support::weights::RuntimeDbWeight>>::get();
+		assert!(db.reads_writes(1, 1).ref_time() > 0);
+		let first = receipt(1);
+		let opened = vec![with_voucher(first.clone(), voucher(&first, EXPECTED_FEE), &payer_pair())];
+		let entries = <() as WeightInfo>::submit_receipt(3) - <() as WeightInfo>::submit_receipt(0);
+		let allowance_slope =
+			<() as WeightInfo>::submit_receipts_shared(2) - <() as WeightInfo>::submit_receipts_shared(1);
+		let further = allowance_slope + entries;
+		let mut batch = opened.clone();
+		batch.push(sign(receipt(2)));
+		assert_eq!(
+			Attribution::batch_weight(&batch),
+			Attribution::batch_weight(&opened) + further + db.reads_writes(1, 1)
+		);
+		batch.push(sign(receipt(3)));
+		assert_eq!(
+			Attribution::batch_weight(&batch),
+			Attribution::batch_weight(&opened) + further.saturating_mul(2) + db.reads_writes(1, 1)
+		);
+	});
+}
+
 #[test]
 fn try_state_catches_credit_that_left_other_than_as_a_fee() {
 	run(|| {

@@ -4,7 +4,7 @@ use crate::{
 	AccountId, Aura, Balance, Balances, Block, BlockNumber, DataNets, Hash, Nonce, PalletInfo,
 	Registry, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason, RuntimeHoldReason,
 	RuntimeOrigin, RuntimeTask, System, Workers, DAYS, EXISTENTIAL_DEPOSIT, MILLI_UNIT,
-	SLOT_DURATION, UNIT, VERSION,
+	MICRO_UNIT, SLOT_DURATION, UNIT, VERSION,
 };
 use polkadot_sdk::{
 	frame_support::{
@@ -14,7 +14,7 @@ use polkadot_sdk::{
 		traits::{ConstBool, ConstU128, ConstU32, ConstU64, ConstU8, VariantCountOf},
 		weights::{
 			constants::{ParityDbWeight, WEIGHT_REF_TIME_PER_SECOND},
-			IdentityFee, Weight,
+			ConstantMultiplier, Weight,
 		},
 		PalletId,
 	},
@@ -24,12 +24,12 @@ use polkadot_sdk::{
 		EnsureRoot,
 	},
 	pallet_aura, pallet_balances, pallet_grandpa, pallet_sudo, pallet_timestamp,
-	pallet_transaction_payment::{self, ConstFeeMultiplier, FungibleAdapter, Multiplier},
+	pallet_transaction_payment::{self, FungibleAdapter, Multiplier, TargetedFeeAdjustment},
 	sp_consensus_aura::sr25519::AuthorityId as AuraId,
 	sp_core,
 	sp_runtime::{
-		traits::{AccountIdConversion, One},
-		Perbill, Permill,
+		traits::{AccountIdConversion, Bounded, One},
+		FixedPointNumber, Perbill, Permill, Perquintill,
 	},
 	sp_version::RuntimeVersion,
 };
@@ -112,16 +112,35 @@ impl pallet_balances::Config for Runtime {
 }
 
 parameter_types! {
-	pub FeeMultiplier: Multiplier = Multiplier::one();
+	/// One OPEN buys a second of block compute (a micro-OPEN per microsecond of weight), so a
+	/// transfer costs about 0.5 milli-OPEN and filling a block's normal class costs 1.5 OPEN.
+	pub const WeightFee: Balance = MICRO_UNIT / 1_000_000;
+	/// A tenth of a micro-OPEN per byte: a receipt's bytes cost about half what checking it does.
+	pub const TransactionByteFee: Balance = MICRO_UNIT / 10;
+	/// Fees rise while blocks are fuller than a quarter of their normal class, and fall back
+	/// when they are emptier, never below the prices above (Polkadot's slow adjustment).
+	pub const TargetBlockFullness: Perquintill = Perquintill::from_percent(25);
+	pub AdjustmentVariable: Multiplier = Multiplier::saturating_from_rational(75, 1_000_000);
+	pub MinimumMultiplier: Multiplier = Multiplier::one();
+	pub MaximumMultiplier: Multiplier = Bounded::max_value();
 }
+
+/// The weight fee's multiplier follows congestion; see `TargetBlockFullness`.
+pub type FeeMultiplierUpdate = TargetedFeeAdjustment<
+	Runtime,
+	TargetBlockFullness,
+	AdjustmentVariable,
+	MinimumMultiplier,
+	MaximumMultiplier,
+>;
 
 impl pallet_transaction_payment::Config for Runtime {
 	type RuntimeEvent = RuntimeEvent;
 	type OnChargeTransaction = FungibleAdapter<Balances, ()>;
 	type OperationalFeeMultiplier = ConstU8<5>;
-	type WeightToFee = IdentityFee<Balance>;
-	type LengthToFee = IdentityFee<Balance>;
-	type FeeMultiplierUpdate = ConstFeeMultiplier<FeeMultiplier>;
+	type WeightToFee = ConstantMultiplier<Balance, WeightFee>;
+	type LengthToFee = ConstantMultiplier<Balance, TransactionByteFee>;
+	type FeeMultiplierUpdate = FeeMultiplierUpdate;
 	type WeightInfo = pallet_transaction_payment::weights::SubstrateWeight<Runtime>;
 }
 
