@@ -37,7 +37,7 @@ use crate::{
 	},
 	metrics::{self, Endpoint, Outcome},
 	templates::DEFAULT_TEMPLATE_ID,
-	tokenizer::ChatMessage,
+	tokenizer::{ChatError, ChatMessage},
 };
 use openledger_primitives::{AttributionEntry, ContentHash};
 
@@ -217,10 +217,10 @@ pub(super) async fn chat_completions(
 		}
 		let codec = state.inner.codec.clone();
 		let prompt_tokens = blocking(move || {
-			let text = codec
-				.render_chat(&messages, true)
-				.map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-			codec.encode(&text).map_err(|e| ApiError::internal(format!("tokenizing failed: {e:#}")))
+			codec.encode_chat(&messages, true).map_err(|e| match e {
+				ChatError::Template(e) => ApiError::invalid("messages", format!("{e:#}")),
+				ChatError::Tokenizer(e) => ApiError::internal(format!("tokenizing failed: {e:#}")),
+			})
 		})
 		.await?;
 		let max_tokens = openai::token_budget(
