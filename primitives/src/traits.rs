@@ -7,8 +7,8 @@ use polkadot_sdk::sp_core::{sr25519, H256};
 
 /// Read access to DataNets and their contributions.
 pub trait DataNetsInspect<AccountId> {
-	/// Whether the DataNet exists.
-	fn datanet_exists(datanet: DataNetId) -> bool;
+	/// Whether the DataNet exists and is not closing (so a new adapter may name it).
+	fn datanet_open(datanet: DataNetId) -> bool;
 	/// The contributor and content hash of an accepted item; `None` if unknown or not accepted.
 	fn accepted_item(datanet: DataNetId, item: ItemId) -> Option<(AccountId, H256)>;
 	/// How many accepted items the DataNet has.

@@ -125,3 +125,33 @@ test('a transfer pays the fee polkadot.js quoted, a fraction of a milli-OPEN', a
   assert.equal(before - after, value + paid);
   console.log(`# a transfer costs ${paid} planck (${Number(paid) / 1e15} milli-OPEN)`);
 });
+
+test('an owner closes a DataNet: contributions stop, anyone reaps the items, the deposit comes back', async () => {
+  const { api, dev } = node;
+  const { bob, charlie, dave } = dev;
+  const held = async (who) => (await api.query.balances.holds(who)).filter((h) => h.id.isDataNets)
+    .reduce((sum, h) => sum + h.amount.toBigInt(), 0n);
+  const datanet = (await api.query.dataNets.nextDataNetId()).toNumber();
+  const heldBefore = await held(dave.address);
+  let r = await send(api, api.tx.dataNets.createDatanet('to close', blake2AsHex('meta2'), 'ipfs://m2', 'CC0', 10n ** 16n), dave);
+  assert.equal(r.error, null);
+  r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex('closing item'), 12), charlie);
+  const item = findEvent(r.events, 'dataNets', 'Contributed').data.item.toNumber();
+  assert.equal((await send(api, api.tx.dataNets.accept(datanet, item), dave)).error, null);
+
+  assert.equal((await send(api, api.tx.dataNets.closeDatanet(datanet), bob)).error, 'dataNets.NotOwner');
+  r = await send(api, api.tx.dataNets.closeDatanet(datanet), dave);
+  assert.equal(findEvent(r.events, 'dataNets', 'ClosingStarted').data.liveItems.toNumber(), 1);
+  assert.equal((await api.query.dataNets.dataNets(datanet)).unwrap().closing.isTrue, true);
+  r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex('too late'), 8), charlie);
+  assert.equal(r.error, 'dataNets.DataNetClosing');
+
+  r = await send(api, api.tx.dataNets.reapItem(datanet, item), bob);
+  assert.equal(r.error, null);
+  findEvent(r.events, 'dataNets', 'ContributionReaped');
+  const closed = findEvent(r.events, 'dataNets', 'DataNetClosed').data;
+  assert.equal(closed.owner.toString(), dave.address);
+  assert.ok((await api.query.dataNets.dataNets(datanet)).isNone);
+  assert.equal(await held(dave.address), heldBefore, 'the owner\'s deposit is released');
+  assert.equal((await send(api, api.tx.dataNets.reapItem(datanet, item), bob)).error, 'dataNets.UnknownDataNet');
+});

@@ -1,6 +1,8 @@
 //! Benchmarks of the DataNets pallet, each at the worst case of its bounds: names, uris and
 //! licenses at their longest, curator lists full (the caller of `accept` and `reject` the last
-//! curator, so the membership scan is longest), and withdrawn items accepted with rewards to pay.
+//! curator, so the membership scan is longest), withdrawn and reaped items accepted with rewards
+//! to pay, and withdrawals and reaps removing the last item of a closing DataNet (which then goes
+//! too).
 
 use super::*;
 use alloc::{vec, vec::Vec};
@@ -99,6 +101,14 @@ fn rewarded_item<T: Config>(
 		return Err(BenchmarkError::Stop("the item did not earn the reward"));
 	}
 	Ok((id, item, reward))
+}
+
+/// Starts closing DataNet `id` (which holds items), so removing its last item removes it too:
+/// the worst case of every call that removes an item.
+fn start_closing<T: Config>(id: DataNetId) -> Result<(), BenchmarkError> {
+	let owner = DataNets::<T>::get(id).ok_or(BenchmarkError::Stop("no DataNet"))?.owner;
+	Pallet::<T>::close_datanet(RawOrigin::Signed(owner).into(), id)?;
+	Ok(())
 }
 
 fn assert_last_event<T: Config>(event: Event<T>) {
@@ -256,11 +266,12 @@ mod benchmarks {
 		let caller: T::AccountId = whitelisted_caller();
 		fund::<T>(&caller);
 		let (id, item, _reward) = rewarded_item::<T>(&caller)?;
+		start_closing::<T>(id)?;
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(caller.clone()), id, item);
 
-		assert_last_event::<T>(Event::ContributionWithdrawn { datanet: id, item });
+		assert!(!DataNets::<T>::contains_key(id), "the last item took the DataNet with it");
 		assert!(!Contributions::<T>::contains_key(id, item));
 		assert!(T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &caller)
 			.is_zero());
@@ -283,6 +294,43 @@ mod benchmarks {
 			amount: reward,
 		});
 		assert!(Pallet::<T>::unclaimed_rewards(id, item).is_zero());
+		Ok(())
+	}
+
+	/// Closing a DataNet without items removes it at once: the heavier of the call's two paths.
+	#[benchmark]
+	fn close_datanet() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner", 0);
+		let id = datanet::<T>(&owner, T::MaxCurators::get())?;
+		let reward_index: BalanceOf<T> = 1u32.into();
+		RewardPerItem::<T>::insert(id, reward_index);
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id);
+
+		assert!(!DataNets::<T>::contains_key(id));
+		assert!(!RewardPerItem::<T>::contains_key(id));
+		assert!(T::Currency::balance_on_hold(&HoldReason::DataNetDeposit.into(), &owner).is_zero());
+		Ok(())
+	}
+
+	/// The last item of a closing DataNet, accepted with rewards unclaimed: the rewards are paid,
+	/// the deposit released, and the DataNet removed with its owner's deposit released.
+	#[benchmark]
+	fn reap_item() -> Result<(), BenchmarkError> {
+		let contributor = funded::<T>("contributor", 0);
+		let (id, item, reward) = rewarded_item::<T>(&contributor)?;
+		start_closing::<T>(id)?;
+		let caller: T::AccountId = whitelisted_caller();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(caller), id, item);
+
+		assert!(!DataNets::<T>::contains_key(id));
+		assert!(!Contributions::<T>::contains_key(id, item));
+		assert!(T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &contributor)
+			.is_zero());
+		assert!(!reward.is_zero());
 		Ok(())
 	}
 

@@ -5,6 +5,11 @@
 //! part of its deposit to the treasury; a pending item can be withdrawn. Accepted items earn the
 //! training rewards the attribution pallet pays into the DataNet's pool, equally per item, and
 //! their contributors claim them. Deposits stay held while the DataNet or item exists.
+//!
+//! An owner closes a DataNet in two steps when items are left: `close_datanet` stops
+//! contributions and curation, then anyone reaps the items (`reap_item`: rewards paid, deposits
+//! released in full), and the last item to go takes the DataNet with it and releases the owner's
+//! deposit. A DataNet with no items closes at once.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
@@ -163,6 +168,12 @@ pub mod pallet {
 		ContributionRejected { datanet: DataNetId, item: ItemId, forfeited: BalanceOf<T> },
 		/// An item was withdrawn by its contributor and its deposit released.
 		ContributionWithdrawn { datanet: DataNetId, item: ItemId },
+		/// The owner began closing a DataNet that still holds `live_items` items.
+		ClosingStarted { datanet: DataNetId, live_items: u32 },
+		/// An item of a closing DataNet was removed and its deposit released in full.
+		ContributionReaped { datanet: DataNetId, item: ItemId },
+		/// A DataNet was removed and its deposit released to its owner.
+		DataNetClosed { datanet: DataNetId, owner: T::AccountId, deposit: BalanceOf<T> },
 		/// Training rewards of an accepted item were paid to its contributor.
 		RewardsClaimed {
 			datanet: DataNetId,
@@ -209,6 +220,10 @@ pub mod pallet {
 		InsufficientBalance,
 		/// No more ids can be issued.
 		IdsExhausted,
+		/// The DataNet is closing: it takes no contributions and curates nothing more.
+		DataNetClosing,
+		/// Only the items of a closing DataNet can be reaped.
+		NotClosing,
 	}
 
 	#[pallet::hooks]
@@ -273,6 +288,7 @@ pub mod pallet {
 					next_item: 0,
 					live_items: 0,
 					accepted_items: 0,
+					closing: false,
 				},
 			);
 			NextDataNetId::<T>::put(next);
@@ -358,8 +374,9 @@ pub mod pallet {
 		/// Contributes an item, identified by the blake2-256 of its normalised text
 		/// (`openledger_primitives::item_hash`), and holds the DataNet's contribution deposit.
 		///
-		/// Emits `Contributed`. Errors: `UnknownDataNet`, `EmptyItem`, `ItemTooLarge`,
-		/// `DuplicateContent`, `TooManyItems`, `InsufficientBalance`, `IdsExhausted`. O(1).
+		/// Emits `Contributed`. Errors: `UnknownDataNet`, `DataNetClosing`, `EmptyItem`,
+		/// `ItemTooLarge`, `DuplicateContent`, `TooManyItems`, `InsufficientBalance`,
+		/// `IdsExhausted`. O(1).
 		#[pallet::call_index(4)]
 		#[pallet::weight(T::WeightInfo::contribute())]
 		pub fn contribute(
@@ -370,6 +387,7 @@ pub mod pallet {
 		) -> DispatchResult {
 			let contributor = ensure_signed(origin)?;
 			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			ensure!(!net.closing, Error::<T>::DataNetClosing);
 			ensure!(bytes > 0, Error::<T>::EmptyItem);
 			ensure!(bytes <= T::MaxItemBytes::get(), Error::<T>::ItemTooLarge);
 			ensure!(
@@ -403,13 +421,14 @@ pub mod pallet {
 
 		/// Accepts a pending item. The owner or a curator only.
 		///
-		/// Emits `ContributionAccepted`. Errors: `UnknownDataNet`, `NotCurator`, `UnknownItem`,
-		/// `NotPending`. O(MaxCurators).
+		/// Emits `ContributionAccepted`. Errors: `UnknownDataNet`, `NotCurator`, `DataNetClosing`,
+		/// `UnknownItem`, `NotPending`. O(MaxCurators).
 		#[pallet::call_index(5)]
 		#[pallet::weight(T::WeightInfo::accept())]
 		pub fn accept(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
 			let curator = ensure_signed(origin)?;
 			let mut net = Self::curated_datanet(datanet, &curator)?;
+			ensure!(!net.closing, Error::<T>::DataNetClosing);
 			let mut contribution = Self::pending_item(datanet, item)?;
 			contribution.status = ContributionStatus::Accepted;
 			// The item shares only in rewards paid from now on.
@@ -424,13 +443,16 @@ pub mod pallet {
 		/// Rejects a pending item and removes it: `RejectionPenalty` of its deposit goes to the
 		/// treasury and the rest is released. The owner or a curator only.
 		///
-		/// Emits `ContributionRejected`. Errors: `UnknownDataNet`, `NotCurator`, `UnknownItem`,
-		/// `NotPending`. O(MaxCurators).
+		/// Emits `ContributionRejected`. Errors: `UnknownDataNet`, `NotCurator`, `DataNetClosing`,
+		/// `UnknownItem`, `NotPending`. O(MaxCurators).
 		#[pallet::call_index(6)]
 		#[pallet::weight(T::WeightInfo::reject())]
 		pub fn reject(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
 			let curator = ensure_signed(origin)?;
 			let mut net = Self::curated_datanet(datanet, &curator)?;
+			// A closing DataNet's pending items are reaped with their whole deposit; a rejection
+			// now would only take the penalty from contributors who did nothing wrong.
+			ensure!(!net.closing, Error::<T>::DataNetClosing);
 			let contribution = Self::pending_item(datanet, item)?;
 			let forfeited = T::RejectionPenalty::get().mul_floor(contribution.deposit);
 			let reason = HoldReason::ContributionDeposit.into();
@@ -456,7 +478,8 @@ pub mod pallet {
 		}
 
 		/// Withdraws an item: its deposit is released and it is removed. For an accepted item the
-		/// unclaimed training rewards are paid first. The contributor only.
+		/// unclaimed training rewards are paid first. The contributor only. The last item of a
+		/// closing DataNet takes the DataNet with it (`DataNetClosed`).
 		///
 		/// Emits `ContributionWithdrawn` (and `RewardsClaimed` when rewards were paid). Errors:
 		/// `UnknownDataNet`, `UnknownItem`, `NotContributor`. O(1).
@@ -482,9 +505,8 @@ pub mod pallet {
 				Precision::Exact,
 			)?;
 			Self::remove_item(&mut net, datanet, item, &contribution);
-			DataNets::<T>::insert(datanet, net);
 			Self::deposit_event(Event::ContributionWithdrawn { datanet, item });
-			Ok(())
+			Self::store_or_close(datanet, net)
 		}
 
 		/// Pays an accepted item's unclaimed training rewards to its contributor. Anyone may call
@@ -506,6 +528,54 @@ pub mod pallet {
 			ensure!(!paid.is_zero(), Error::<T>::NothingToClaim);
 			Contributions::<T>::insert(datanet, item, contribution);
 			Ok(())
+		}
+
+		/// Closes a DataNet. Owner only. Without items it is removed at once and its deposit
+		/// released; otherwise it stops taking contributions and accepting items, and is removed
+		/// when its last item goes (reaped by anyone, or withdrawn).
+		///
+		/// Emits `DataNetClosed`, or `ClosingStarted`. Errors: `UnknownDataNet`, `NotOwner`,
+		/// `DataNetClosing`. O(1).
+		#[pallet::call_index(9)]
+		#[pallet::weight(T::WeightInfo::close_datanet())]
+		pub fn close_datanet(origin: OriginFor<T>, datanet: DataNetId) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			ensure!(net.owner == who, Error::<T>::NotOwner);
+			ensure!(!net.closing, Error::<T>::DataNetClosing);
+			net.closing = true;
+			if net.live_items > 0 {
+				Self::deposit_event(Event::ClosingStarted { datanet, live_items: net.live_items });
+			}
+			Self::store_or_close(datanet, net)
+		}
+
+		/// Removes an item of a closing DataNet: its unclaimed training rewards are paid to its
+		/// contributor and its deposit is released in full (the contributor did nothing wrong).
+		/// Anyone may call it. The last item takes the DataNet with it (`DataNetClosed`).
+		///
+		/// Emits `ContributionReaped` (and `RewardsClaimed` when rewards were paid). Errors:
+		/// `UnknownDataNet`, `NotClosing`, `UnknownItem`. O(1).
+		#[pallet::call_index(10)]
+		#[pallet::weight(T::WeightInfo::reap_item())]
+		pub fn reap_item(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
+			ensure_signed(origin)?;
+			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
+			ensure!(net.closing, Error::<T>::NotClosing);
+			let mut contribution =
+				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
+			if contribution.status == ContributionStatus::Accepted {
+				Self::pay_rewards(datanet, item, &mut contribution)?;
+			}
+			T::Currency::release(
+				&HoldReason::ContributionDeposit.into(),
+				&contribution.contributor,
+				contribution.deposit,
+				Precision::Exact,
+			)?;
+			Self::remove_item(&mut net, datanet, item, &contribution);
+			Self::deposit_event(Event::ContributionReaped { datanet, item });
+			Self::store_or_close(datanet, net)
 		}
 	}
 
@@ -579,6 +649,25 @@ pub mod pallet {
 			ContentIndex::<T>::remove(datanet, contribution.content_hash);
 		}
 
+		/// Writes `net` back, or, when it is closing and holds no item, removes it with its
+		/// reward index and releases its deposit to the owner.
+		fn store_or_close(datanet: DataNetId, net: DataNetOf<T>) -> DispatchResult {
+			if !(net.closing && net.live_items == 0) {
+				DataNets::<T>::insert(datanet, net);
+				return Ok(());
+			}
+			T::Currency::release(
+				&HoldReason::DataNetDeposit.into(),
+				&net.owner,
+				net.deposit,
+				Precision::Exact,
+			)?;
+			DataNets::<T>::remove(datanet);
+			RewardPerItem::<T>::remove(datanet);
+			Self::deposit_event(Event::DataNetClosed { datanet, owner: net.owner, deposit: net.deposit });
+			Ok(())
+		}
+
 		/// Invariants: item counters match storage, every content hash indexes its item, holds
 		/// equal the deposits recorded, and the reward pool covers every unclaimed reward.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
@@ -605,6 +694,7 @@ pub mod pallet {
 					*held.entry(c.contributor.clone()).or_default() += c.deposit;
 				}
 				ensure!(live == net.live_items, "live item count differs from storage");
+				ensure!(!net.closing || live > 0, "a closing DataNet with no items was not removed");
 				ensure!(accepted == net.accepted_items, "accepted item count differs from storage");
 				ensure!(live <= T::MaxItemsPerDataNet::get(), "DataNet over its item bound");
 				ensure!(
@@ -612,6 +702,10 @@ pub mod pallet {
 					"content index has stale entries"
 				);
 			}
+			ensure!(
+				RewardPerItem::<T>::iter_keys().all(DataNets::<T>::contains_key),
+				"a reward index outlived its DataNet"
+			);
 			for (who, deposits) in held {
 				let on_hold = T::Currency::balance_on_hold(&HoldReason::DataNetDeposit.into(), &who) +
 					T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &who);
@@ -626,8 +720,8 @@ pub mod pallet {
 	}
 
 	impl<T: Config> openledger_primitives::traits::DataNetsInspect<T::AccountId> for Pallet<T> {
-		fn datanet_exists(datanet: DataNetId) -> bool {
-			DataNets::<T>::contains_key(datanet)
+		fn datanet_open(datanet: DataNetId) -> bool {
+			DataNets::<T>::get(datanet).is_some_and(|net| !net.closing)
 		}
 
 		fn accepted_item(datanet: DataNetId, item: ItemId) -> Option<(T::AccountId, ContentHash)> {

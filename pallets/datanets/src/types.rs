@@ -38,6 +38,9 @@ where
 	/// Items stored now, pending or accepted.
 	pub live_items: u32,
 	pub accepted_items: u32,
+	/// Its owner is closing it: it takes no contributions and accepts nothing more, and anyone
+	/// may remove its items (`reap_item`); the last removal removes it and releases `deposit`.
+	pub closing: bool,
 }
 
 pub type DataNetOf<T> = DataNet<

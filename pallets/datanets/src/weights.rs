@@ -23,6 +23,8 @@ pub trait WeightInfo {
 	fn reject() -> Weight;
 	fn withdraw_contribution() -> Weight;
 	fn claim_rewards() -> Weight;
+	fn close_datanet() -> Weight;
+	fn reap_item() -> Weight;
 }
 
 /// Weights for `pallet_datanets` using the runtime's database weights.
@@ -33,51 +35,51 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::DataNets` (r:0 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	fn create_datanet() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `4`
 		//  Estimated: `3640`
-		// Minimum execution time: 42_471_000 picoseconds.
-		Weight::from_parts(45_762_000, 3640)
+		// Minimum execution time: 44_293_000 picoseconds.
+		Weight::from_parts(51_623_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	fn update_metadata() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `574`
-		//  Estimated: `4496`
-		// Minimum execution time: 12_200_000 picoseconds.
-		Weight::from_parts(13_449_000, 4496)
+		//  Measured:  `575`
+		//  Estimated: `4497`
+		// Minimum execution time: 12_495_000 picoseconds.
+		Weight::from_parts(15_351_000, 4497)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	fn add_curator() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1054`
-		//  Estimated: `4496`
-		// Minimum execution time: 12_019_000 picoseconds.
-		Weight::from_parts(13_251_000, 4496)
+		//  Measured:  `1055`
+		//  Estimated: `4497`
+		// Minimum execution time: 12_219_000 picoseconds.
+		Weight::from_parts(14_666_000, 4497)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	fn remove_curator() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1086`
-		//  Estimated: `4496`
-		// Minimum execution time: 11_836_000 picoseconds.
-		Weight::from_parts(13_172_000, 4496)
+		//  Measured:  `1087`
+		//  Estimated: `4497`
+		// Minimum execution time: 12_348_000 picoseconds.
+		Weight::from_parts(14_323_000, 4497)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:1 w:1)
 	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
@@ -86,30 +88,30 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
 	fn contribute() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1141`
-		//  Estimated: `4496`
-		// Minimum execution time: 52_896_000 picoseconds.
-		Weight::from_parts(57_293_000, 4496)
+		//  Measured:  `1142`
+		//  Estimated: `4497`
+		// Minimum execution time: 53_850_000 picoseconds.
+		Weight::from_parts(60_738_000, 4497)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:1 w:1)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:1 w:0)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
 	fn accept() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1284`
-		//  Estimated: `4496`
-		// Minimum execution time: 20_925_000 picoseconds.
-		Weight::from_parts(23_458_000, 4496)
+		//  Measured:  `1285`
+		//  Estimated: `4497`
+		// Minimum execution time: 20_993_000 picoseconds.
+		Weight::from_parts(25_259_000, 4497)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:1 w:1)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
@@ -120,33 +122,33 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
 	fn reject() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1620`
+		//  Measured:  `1621`
 		//  Estimated: `6196`
-		// Minimum execution time: 79_747_000 picoseconds.
-		Weight::from_parts(84_541_000, 6196)
+		// Minimum execution time: 82_503_000 picoseconds.
+		Weight::from_parts(92_101_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(5_u64))
 			.saturating_add(T::DbWeight::get().writes(6_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:1 w:1)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
-	/// Storage: `DataNets::RewardPerItem` (r:1 w:0)
+	/// Storage: `DataNets::RewardPerItem` (r:1 w:1)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
-	/// Storage: `System::Account` (r:1 w:1)
+	/// Storage: `System::Account` (r:2 w:2)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
-	/// Storage: `Balances::Holds` (r:1 w:1)
+	/// Storage: `Balances::Holds` (r:2 w:2)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:0 w:1)
 	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
 	fn withdraw_contribution() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1537`
-		//  Estimated: `4496`
-		// Minimum execution time: 83_495_000 picoseconds.
-		Weight::from_parts(88_804_000, 4496)
-			.saturating_add(T::DbWeight::get().reads(5_u64))
-			.saturating_add(T::DbWeight::get().writes(5_u64))
+		//  Measured:  `1681`
+		//  Estimated: `6290`
+		// Minimum execution time: 118_248_000 picoseconds.
+		Weight::from_parts(133_563_000, 6290)
+			.saturating_add(T::DbWeight::get().reads(7_u64))
+			.saturating_add(T::DbWeight::get().writes(8_u64))
 	}
 	/// Storage: `DataNets::Contributions` (r:1 w:1)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
@@ -158,58 +160,106 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `562`
 		//  Estimated: `6196`
-		// Minimum execution time: 51_284_000 picoseconds.
-		Weight::from_parts(54_310_000, 6196)
+		// Minimum execution time: 53_433_000 picoseconds.
+		Weight::from_parts(60_864_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
+	}
+	/// Storage: `DataNets::DataNets` (r:1 w:1)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
+	/// Storage: `System::Account` (r:1 w:1)
+	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+	/// Storage: `Balances::Holds` (r:1 w:1)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
+	/// Storage: `DataNets::RewardPerItem` (r:0 w:1)
+	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
+	fn close_datanet() -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `1279`
+		//  Estimated: `4497`
+		// Minimum execution time: 42_870_000 picoseconds.
+		Weight::from_parts(50_095_000, 4497)
+			.saturating_add(T::DbWeight::get().reads(3_u64))
+			.saturating_add(T::DbWeight::get().writes(4_u64))
+	}
+	/// Storage: `DataNets::DataNets` (r:1 w:1)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
+	/// Storage: `DataNets::Contributions` (r:1 w:1)
+	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
+	/// Storage: `DataNets::RewardPerItem` (r:1 w:1)
+	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
+	/// Storage: `System::Account` (r:3 w:3)
+	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
+	/// Storage: `Balances::Holds` (r:2 w:2)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
+	/// Storage: `DataNets::ContentIndex` (r:0 w:1)
+	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
+	fn reap_item() -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `1821`
+		//  Estimated: `8799`
+		// Minimum execution time: 122_318_000 picoseconds.
+		Weight::from_parts(137_314_000, 8799)
+			.saturating_add(T::DbWeight::get().reads(8_u64))
+			.saturating_add(T::DbWeight::get().writes(9_u64))
 	}
 }
 
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn create_datanet() -> Weight {
-		Weight::from_parts(45_762_000, 3640)
+		Weight::from_parts(51_623_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn update_metadata() -> Weight {
-		Weight::from_parts(13_449_000, 4496)
+		Weight::from_parts(15_351_000, 4497)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn add_curator() -> Weight {
-		Weight::from_parts(13_251_000, 4496)
+		Weight::from_parts(14_666_000, 4497)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn remove_curator() -> Weight {
-		Weight::from_parts(13_172_000, 4496)
+		Weight::from_parts(14_323_000, 4497)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn contribute() -> Weight {
-		Weight::from_parts(57_293_000, 4496)
+		Weight::from_parts(60_738_000, 4497)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn accept() -> Weight {
-		Weight::from_parts(23_458_000, 4496)
+		Weight::from_parts(25_259_000, 4497)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn reject() -> Weight {
-		Weight::from_parts(84_541_000, 6196)
+		Weight::from_parts(92_101_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(5_u64))
 			.saturating_add(RocksDbWeight::get().writes(6_u64))
 	}
 	fn withdraw_contribution() -> Weight {
-		Weight::from_parts(88_804_000, 4496)
-			.saturating_add(RocksDbWeight::get().reads(5_u64))
-			.saturating_add(RocksDbWeight::get().writes(5_u64))
+		Weight::from_parts(133_563_000, 6290)
+			.saturating_add(RocksDbWeight::get().reads(7_u64))
+			.saturating_add(RocksDbWeight::get().writes(8_u64))
 	}
 	fn claim_rewards() -> Weight {
-		Weight::from_parts(54_310_000, 6196)
+		Weight::from_parts(60_864_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
+	}
+	fn close_datanet() -> Weight {
+		Weight::from_parts(50_095_000, 4497)
+			.saturating_add(RocksDbWeight::get().reads(3_u64))
+			.saturating_add(RocksDbWeight::get().writes(4_u64))
+	}
+	fn reap_item() -> Weight {
+		Weight::from_parts(137_314_000, 8799)
+			.saturating_add(RocksDbWeight::get().reads(8_u64))
+			.saturating_add(RocksDbWeight::get().writes(9_u64))
 	}
 }

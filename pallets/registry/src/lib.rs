@@ -179,7 +179,7 @@ pub mod pallet {
 		RankOutOfRange,
 		/// The provenance names more than `MaxProvenance` DataNets.
 		TooManyProvenanceEntries,
-		/// The provenance names a DataNet that does not exist.
+		/// The provenance names a DataNet that does not exist or is closing.
 		UnknownDataNet,
 		/// The provenance names a DataNet twice.
 		DuplicateProvenance,
@@ -532,7 +532,7 @@ pub mod pallet {
 			ids.sort_unstable();
 			ensure!(ids.windows(2).all(|pair| pair[0] != pair[1]), Error::<T>::DuplicateProvenance);
 			ensure!(
-				ids.iter().all(|datanet| T::DataNets::datanet_exists(*datanet)),
+				ids.iter().all(|datanet| T::DataNets::datanet_open(*datanet)),
 				Error::<T>::UnknownDataNet
 			);
 			Ok(provenance)

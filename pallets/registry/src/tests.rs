@@ -242,6 +242,13 @@ fn adapter_registration_rejects_bad_input() {
 		let too_many: Vec<_> = (0..=MAX_PROVENANCE).map(|i| (i, 1)).collect();
 		assert_noop!(register_adapter(ALICE, base, 8, b"u", &too_many), Error::<Test>::TooManyProvenanceEntries);
 		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b + 1, 1)]), Error::<Test>::UnknownDataNet);
+		// A closed DataNet cannot be named; nor can one closing (it still holds an item).
+		let (closed, closing) = (datanet(), datanet());
+		assert_ok!(DataNets::close_datanet(RuntimeOrigin::signed(TREASURY), closed));
+		assert_ok!(DataNets::contribute(RuntimeOrigin::signed(TREASURY), closing, content_hash(b"item"), 4));
+		assert_ok!(DataNets::close_datanet(RuntimeOrigin::signed(TREASURY), closing));
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (closed, 1)]), Error::<Test>::UnknownDataNet);
+		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (closing, 1)]), Error::<Test>::UnknownDataNet);
 		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b, 2), (a, 3)]), Error::<Test>::DuplicateProvenance);
 		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1), (b, 0)]), Error::<Test>::ZeroShare);
 		assert_noop!(

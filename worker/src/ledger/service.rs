@@ -167,7 +167,8 @@ pub struct Ledger {
 	submits: bool,
 	/// The best block seen (receipts expire relative to it).
 	best_block: AtomicU32,
-	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn).
+	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn,
+	/// reaped from a closing DataNet).
 	datanets_changed: watch::Sender<u64>,
 	wakeup: Arc<Notify>,
 }
