@@ -107,6 +107,10 @@ struct ServeArgs {
 	/// Most adapters resident at once.
 	#[arg(long, default_value_t = 64)]
 	max_resident_adapters: usize,
+	/// Seconds a request waits for room when every resident adapter is in use and its own does
+	/// not fit; then it is answered 503. 0: at once.
+	#[arg(long, default_value_t = 30)]
+	adapter_full_wait_secs: u64,
 	/// Largest accepted LoRA rank.
 	#[arg(long, default_value_t = 64)]
 	max_rank: usize,
@@ -237,6 +241,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		max_resident_bytes: args.adapter_budget_mib << 20,
 		max_resident: args.max_resident_adapters,
 		max_host_bytes: if args.device.is_cpu() { 0 } else { args.adapter_host_budget_mib << 20 },
+		full_wait: Duration::from_secs(args.adapter_full_wait_secs),
 		..AdapterLimits::default()
 	};
 	let cache = AdapterCache::new(store, base.config.clone(), limits, args.device);

@@ -251,6 +251,7 @@ fn render_cache(out: &mut Exposition, cache: &CacheStats) {
 		("openledger_worker_adapter_cache_misses_total", "Adapter acquisitions that had to wait for a load.", cache.misses as f64),
 		("openledger_worker_adapter_loads_total", "Adapter loads that finished.", cache.loads as f64),
 		("openledger_worker_adapter_load_failures_total", "Adapter loads that failed.", cache.load_failures as f64),
+		("openledger_worker_adapter_full_waits_total", "Requests that waited for room because every resident adapter was in use.", cache.full_waits as f64),
 		("openledger_worker_adapter_load_seconds_total", "Time spent loading adapters.", cache.load_seconds_total),
 		("openledger_worker_adapter_evictions_total", "Adapters dropped from residency.", cache.evictions as f64),
 		("openledger_worker_adapter_host_hits_total", "Adapter loads served from the host tier (GPU workers).", cache.host_hits as f64),

@@ -2,7 +2,8 @@
 //! registered to hashes, so one file under two names is loaded once. Loads run on tokio's
 //! blocking pool (never on a request's task or the engine thread) and are shared by everyone
 //! asking for the same hash meanwhile. Leased adapters are never evicted; idle ones go by LRU
-//! when a new one needs room, or after an idle timeout.
+//! when a new one needs room, or after an idle timeout. A request whose adapter finds every
+//! resident one leased and no room waits (up to `AdapterLimits::full_wait`) for a lease to end.
 
 use std::{
 	collections::HashMap,
@@ -18,6 +19,7 @@ use std::{
 
 use candle_core::Device;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Notify;
 
 use super::{
 	hash_hex, load_adapter_known,
@@ -49,6 +51,8 @@ pub struct CacheStats {
 	pub host_count: usize,
 	pub registered: usize,
 	pub loads_in_flight: usize,
+	/// `acquire` calls that found every resident adapter in use and waited for room.
+	pub full_waits: u64,
 }
 
 /// What a load produced: the adapter on the device, whether it came from the host tier, and a
@@ -64,6 +68,8 @@ struct Resident {
 	adapter: LoraAdapter,
 	epoch: Instant,
 	last_used: AtomicU64,
+	/// The cache's: told whenever a lease ends, for requests waiting for room.
+	room_freed: Arc<Notify>,
 }
 
 impl Resident {
@@ -76,31 +82,56 @@ impl Resident {
 /// dropping the last one makes it evictable and counts as its last use.
 #[derive(Clone)]
 pub struct AdapterLease {
-	entry: Arc<Resident>,
+	/// `None` only inside `drop`, which lets go of it before telling waiters.
+	entry: Option<Arc<Resident>>,
 }
 
 impl AdapterLease {
+	fn new(entry: Arc<Resident>) -> Self {
+		Self { entry: Some(entry) }
+	}
+
+	fn entry(&self) -> &Resident {
+		self.entry.as_ref().expect("a lease holds its entry until dropped")
+	}
+
 	/// The adapter's content hash, lower-case hex.
 	pub fn hash_hex(&self) -> String {
-		hash_hex(&self.entry.adapter.hash)
+		hash_hex(&self.entry().adapter.hash)
 	}
 
 	/// The adapter's content hash (blake2-256 of `adapter_model.safetensors`).
 	pub fn hash(&self) -> [u8; 32] {
-		self.entry.adapter.hash
+		self.entry().adapter.hash
 	}
 }
 
 impl Deref for AdapterLease {
 	type Target = LoraAdapter;
 	fn deref(&self) -> &LoraAdapter {
-		&self.entry.adapter
+		&self.entry().adapter
 	}
 }
 
 impl Drop for AdapterLease {
 	fn drop(&mut self) {
-		self.entry.touch();
+		if let Some(entry) = self.entry.take() {
+			entry.touch();
+			let room_freed = entry.room_freed.clone();
+			// Released first, so a waiter that wakes no longer counts this lease.
+			drop(entry);
+			room_freed.notify_waiters();
+		}
+	}
+}
+
+/// Tells waiting requests, when dropped, that room may have been freed (a load finished or
+/// failed: the bytes it reserved are no longer reserved).
+struct NotifyOnDrop(Arc<Notify>);
+
+impl Drop for NotifyOnDrop {
+	fn drop(&mut self) {
+		self.0.notify_waiters();
 	}
 }
 
@@ -108,16 +139,23 @@ impl fmt::Debug for AdapterLease {
 	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 		f.debug_struct("AdapterLease")
 			.field("hash", &&self.hash_hex()[..16])
-			.field("rank", &self.entry.adapter.rank)
-			.field("resident_bytes", &self.entry.adapter.resident_bytes)
+			.field("rank", &self.entry().adapter.rank)
+			.field("resident_bytes", &self.entry().adapter.resident_bytes)
 			.finish()
 	}
 }
+
+/// How often a request waiting for room looks again without being told: a safety net (a lease
+/// that ends, and a load that finishes, tell the waiters), and cheap, as a look loads nothing.
+/// (Tests wait longer than they ever should, so a missed notification fails them.)
+const FULL_RECHECK: Duration = if cfg!(test) { Duration::from_secs(60) } else { Duration::from_secs(1) };
 
 type SharedLoad = Shared<BoxFuture<'static, Result<AdapterLease, AdapterError>>>;
 
 struct Registration {
 	hash: [u8; 32],
+	/// What the adapter takes when resident (from its header), to refuse a load with no room.
+	bytes: usize,
 	dir: PathBuf,
 	/// The weights file's hash and stamp at registration, so loads need not hash it again.
 	known: KnownWeights,
@@ -128,7 +166,8 @@ struct State {
 	names: HashMap<String, Registration>,
 	/// The map's `Arc` is one reference; any more are leases.
 	resident: HashMap<[u8; 32], Arc<Resident>>,
-	loading: HashMap<[u8; 32], SharedLoad>,
+	/// Loads under way, with the bytes each will take: room they have claimed.
+	loading: HashMap<[u8; 32], (SharedLoad, usize)>,
 	resident_bytes: usize,
 	/// The host tier: host copies of adapters loaded onto the device, by last use.
 	host: HashMap<[u8; 32], HostCopy>,
@@ -147,6 +186,23 @@ struct HostCopy {
 impl State {
 	fn is_leased(entry: &Arc<Resident>) -> bool {
 		Arc::strong_count(entry) > 1
+	}
+
+	/// Why an adapter of `bytes` cannot come in even if every idle one is evicted, if it cannot:
+	/// leased adapters and loads under way keep their room.
+	fn no_room(&self, bytes: usize, limits: &AdapterLimits) -> Option<String> {
+		let leased: Vec<&Arc<Resident>> = self.resident.values().filter(|e| Self::is_leased(e)).collect();
+		let taken = leased.len() + self.loading.len();
+		let taken_bytes: usize = leased.iter().map(|e| e.adapter.resident_bytes).sum::<usize>()
+			+ self.loading.values().map(|(_, bytes)| bytes).sum::<usize>();
+		let fits = taken_bytes + bytes <= limits.max_resident_bytes && taken < limits.max_resident;
+		(!fits).then(|| {
+			format!(
+				"{taken} adapters ({taken_bytes} bytes) are in use or loading; {bytes} more bytes do not fit in {} bytes / {} adapters",
+				limits.max_resident_bytes,
+				limits.max_resident
+			)
+		})
 	}
 
 	/// Removes `hash` from residency; the caller drops the entry after unlocking.
@@ -204,6 +260,7 @@ struct Inner {
 	limits: AdapterLimits,
 	epoch: Instant,
 	state: Mutex<State>,
+	room_freed: Arc<Notify>,
 }
 
 impl Inner {
@@ -224,7 +281,17 @@ impl AdapterCache {
 	/// with [`scan`](Self::scan) and [`register`](Self::register).
 	pub fn new(store: AdapterStore, base: LlamaConfig, limits: AdapterLimits, device: Device) -> Self {
 		let state = State::default();
-		Self { inner: Arc::new(Inner { store, base, device, limits, epoch: Instant::now(), state: Mutex::new(state) }) }
+		Self {
+			inner: Arc::new(Inner {
+				store,
+				base,
+				device,
+				limits,
+				epoch: Instant::now(),
+				state: Mutex::new(state),
+				room_freed: Arc::new(Notify::new()),
+			}),
+		}
 	}
 
 	pub fn store(&self) -> &AdapterStore {
@@ -260,7 +327,7 @@ impl AdapterCache {
 				}
 			}
 			tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
-			state.names.insert(name.clone(), Registration { hash, dir, known });
+			state.names.insert(name.clone(), Registration { hash, bytes: info.resident_bytes, dir, known });
 			names.push(name);
 		}
 		state.stats.registered = state.names.len();
@@ -295,7 +362,7 @@ impl AdapterCache {
 			existing.known = known;
 			return Ok(info);
 		}
-		state.names.insert(name.to_owned(), Registration { hash, dir, known });
+		state.names.insert(name.to_owned(), Registration { hash, bytes: info.resident_bytes, dir, known });
 		state.stats.registered = state.names.len();
 		drop(state);
 		tracing::info!(adapter = %name, hash = %&info.hash[..12], rank = info.rank, bytes = info.resident_bytes, "adapter registered");
@@ -320,27 +387,76 @@ impl AdapterCache {
 	}
 
 	/// A lease on the adapter registered as `name`, loading it first if it is not resident.
+	/// When every resident adapter is leased (or loading) and this one does not fit, waits up
+	/// to `full_wait` for room, then fails with `CacheFull`. Waiting holds the request's
+	/// admission permit, so waiters count against `--max-queue` like requests being served.
 	pub async fn acquire(&self, name: &str) -> Result<AdapterLease, AdapterError> {
 		validate_name(name)?;
+		let deadline = Instant::now() + self.inner.limits.full_wait;
+		let mut waited = false;
+		loop {
+			// Listening before trying, so room freed in between is not missed.
+			let room_freed = self.inner.room_freed.notified();
+			tokio::pin!(room_freed);
+			room_freed.as_mut().enable();
+			let reason = match self.acquire_now(name).await {
+				Err(AdapterError::CacheFull(reason)) => reason,
+				done => {
+					if waited {
+						tracing::debug!(adapter = %name, "room found after waiting");
+					}
+					return done;
+				},
+			};
+			let left = deadline.saturating_duration_since(Instant::now());
+			if left.is_zero() {
+				return Err(AdapterError::CacheFull(reason));
+			}
+			if !waited {
+				waited = true;
+				self.inner.lock().stats.full_waits += 1;
+				tracing::info!(adapter = %name, "every resident adapter is in use; waiting for room");
+			}
+			let _ = tokio::time::timeout(left.min(FULL_RECHECK), room_freed).await;
+		}
+	}
+
+	/// One try of [`acquire`](Self::acquire): a resident lease, a shared load, or `CacheFull`
+	/// without loading when even evicting every idle adapter would leave no room.
+	async fn acquire_now(&self, name: &str) -> Result<AdapterLease, AdapterError> {
 		let load = {
 			let mut state = self.inner.lock();
 			let Some(registration) = state.names.get(name) else {
 				return Err(AdapterError::NotFound(format!("adapter `{name}`")));
 			};
-			let (hash, dir, known) = (registration.hash, registration.dir.clone(), registration.known);
+			let (hash, bytes, dir, known) = (registration.hash, registration.bytes, registration.dir.clone(), registration.known);
 			if let Some(entry) = state.resident.get(&hash) {
 				entry.touch();
-				let lease = AdapterLease { entry: entry.clone() };
+				let lease = AdapterLease::new(entry.clone());
 				state.stats.hits += 1;
 				return Ok(lease);
 			}
-			state.stats.misses += 1;
 			match state.loading.get(&hash) {
-				Some(load) => load.clone(),
+				Some((load, _)) => {
+					let load = load.clone();
+					state.stats.misses += 1;
+					load
+				},
 				None => {
+					let limits = &self.inner.limits;
+					if bytes > limits.max_resident_bytes {
+						return Err(AdapterError::TooLarge(format!(
+							"the adapter needs {bytes} bytes, more than the whole adapter cache ({} bytes)",
+							limits.max_resident_bytes
+						)));
+					}
+					if let Some(reason) = state.no_room(bytes, limits) {
+						return Err(AdapterError::CacheFull(reason));
+					}
+					state.stats.misses += 1;
 					let host_copy = state.host_copy(&hash);
 					let load = self.start_load(name.to_owned(), known, dir, host_copy);
-					state.loading.insert(hash, load.clone());
+					state.loading.insert(hash, (load.clone(), bytes));
 					state.stats.loads_in_flight = state.loading.len();
 					load
 				},
@@ -394,6 +510,8 @@ impl AdapterCache {
 		loaded: Result<Loaded, AdapterError>,
 		elapsed: Duration,
 	) -> Result<AdapterLease, AdapterError> {
+		// Declared before the lock, so waiters are told after it is released, on every path.
+		let _tell_waiters = NotifyOnDrop(self.inner.room_freed.clone());
 		let mut state = self.inner.lock();
 		state.loading.remove(&hash);
 		state.stats.loads_in_flight = state.loading.len();
@@ -460,7 +578,7 @@ impl AdapterCache {
 	) -> Result<(AdapterLease, Vec<Arc<Resident>>), AdapterError> {
 		if let Some(entry) = state.resident.get(&hash) {
 			entry.touch();
-			return Ok((AdapterLease { entry: entry.clone() }, Vec::new()));
+			return Ok((AdapterLease::new(entry.clone()), Vec::new()));
 		}
 		let limits = &self.inner.limits;
 		let bytes = adapter.resident_bytes;
@@ -501,11 +619,16 @@ impl AdapterCache {
 			}
 			evicted.extend(chosen.iter().filter_map(|h| state.remove(h)));
 		}
-		let entry = Arc::new(Resident { adapter, epoch: self.inner.epoch, last_used: AtomicU64::new(0) });
+		let entry = Arc::new(Resident {
+			adapter,
+			epoch: self.inner.epoch,
+			last_used: AtomicU64::new(0),
+			room_freed: self.inner.room_freed.clone(),
+		});
 		entry.touch();
 		state.resident.insert(hash, entry.clone());
 		state.resident_bytes += bytes;
-		Ok((AdapterLease { entry }, evicted))
+		Ok((AdapterLease::new(entry), evicted))
 	}
 
 	/// Drops every unleased adapter unused for at least `idle_for`; returns how many.
@@ -632,7 +755,7 @@ mod tests {
 		}
 
 		async fn cache(&self, max_resident: usize, max_resident_bytes: usize) -> AdapterCache {
-			let limits = AdapterLimits { max_resident, max_resident_bytes, ..Default::default() };
+			let limits = AdapterLimits { max_resident, max_resident_bytes, full_wait: Duration::ZERO, ..Default::default() };
 			let store = AdapterStore::open(&self.root).unwrap();
 			let cache = AdapterCache::new(store, tiny_config(false), limits, Device::Cpu);
 			cache.scan().await.unwrap();
@@ -784,6 +907,45 @@ mod tests {
 		// An adapter bigger than the whole budget is TooLarge, not CacheFull.
 		let cache = fx.cache(10, fx.bytes - 1).await;
 		assert!(matches!(cache.acquire("a").await, Err(AdapterError::TooLarge(_))));
+	}
+
+	/// With every resident adapter leased, a request waits for a lease to end instead of being
+	/// refused, loads nothing meanwhile, and gives up with `CacheFull` when its wait runs out.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_full_cache_makes_requests_wait_for_room() {
+		let fx = Fixture::new();
+		for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+			fx.adapter(name, seed);
+		}
+		let limits = AdapterLimits { max_resident: 1, full_wait: Duration::from_secs(20), ..Default::default() };
+		let cache = AdapterCache::new(AdapterStore::open(&fx.root).unwrap(), tiny_config(false), limits, Device::Cpu);
+		cache.scan().await.unwrap();
+		let a = cache.acquire("a").await.unwrap();
+		let waiting = tokio::spawn({
+			let cache = cache.clone();
+			async move { cache.acquire("b").await }
+		});
+		tokio::time::sleep(Duration::from_millis(300)).await;
+		assert!(!waiting.is_finished(), "b waits while a is leased");
+		let stats = cache.stats();
+		assert_eq!((stats.full_waits, stats.loads, stats.load_failures), (1, 1, 0), "nothing loaded while waiting");
+		let released = Instant::now();
+		drop(a);
+		let b = waiting.await.unwrap().expect("b gets a's room");
+		assert!(released.elapsed() < Duration::from_secs(5), "{:?}", released.elapsed());
+		assert_eq!(resident(&cache), ["b"]);
+		assert_eq!(cache.stats().loads, 2);
+
+		// A wait that runs out ends in CacheFull, 503.
+		let limits = AdapterLimits { max_resident: 1, full_wait: Duration::from_millis(300), ..Default::default() };
+		let short = AdapterCache::new(AdapterStore::open(&fx.root).unwrap(), tiny_config(false), limits, Device::Cpu);
+		short.scan().await.unwrap();
+		let _c = short.acquire("c").await.unwrap();
+		let started = Instant::now();
+		let err = short.acquire("a").await.unwrap_err();
+		assert!(matches!(err, AdapterError::CacheFull(_)), "{err:?}");
+		assert!(started.elapsed() >= Duration::from_millis(300));
+		drop(b);
 	}
 
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

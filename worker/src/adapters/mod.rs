@@ -30,11 +30,21 @@ pub struct AdapterLimits {
 	/// GPU, so one evicted from the GPU comes back by a host-to-device copy instead of a read,
 	/// parse and check of its file. 0: no host tier (the CPU's resident set is host memory).
 	pub max_host_bytes: usize,
+	/// How long a request waits for room when every resident adapter is in use and its own does
+	/// not fit, before it is refused (503). Zero: refused at once.
+	pub full_wait: std::time::Duration,
 }
 
 impl Default for AdapterLimits {
 	fn default() -> Self {
-		Self { max_rank: 64, max_adapter_bytes: 512 << 20, max_resident_bytes: 2 << 30, max_resident: 32, max_host_bytes: 0 }
+		Self {
+			max_rank: 64,
+			max_adapter_bytes: 512 << 20,
+			max_resident_bytes: 2 << 30,
+			max_resident: 32,
+			max_host_bytes: 0,
+			full_wait: std::time::Duration::from_secs(30),
+		}
 	}
 }
 
