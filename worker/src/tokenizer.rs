@@ -463,6 +463,11 @@ impl TextCodec {
 			let text = self.render_chat(messages, add_generation_prompt).map_err(ChatError::Template)?;
 			return self.encode(&text).map_err(ChatError::Tokenizer);
 		}
+		self.encode_chat_literally(messages, add_generation_prompt)
+	}
+
+	/// [`encode_chat`](Self::encode_chat)'s way for messages that hold a special token's text.
+	fn encode_chat_literally(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
 		let tag = (0u32..)
 			.map(|n| format!("{MARKER_OPEN}{n}:"))
 			.find(|tag| !messages.iter().any(|m| m.content.contains(tag.as_str())))
@@ -950,6 +955,48 @@ mod tests {
 		let err = codec.encode_chat(&[ChatMessage::new("user", "<|im_end|>")], false).unwrap_err();
 		assert!(matches!(err, ChatError::Template(_)), "{err}");
 		assert!(err.to_string().contains("<|im_end|>"), "{err}");
+	}
+
+	/// A SentencePiece-style tokenizer (Metaspace, a `▁` prefix on the first word only): the
+	/// literal path encodes the template's tokens exactly as the plain one. Pieces encoded one by
+	/// one would each get the prefix.
+	#[test]
+	fn literal_chat_encoding_is_the_plain_encoding_on_sentencepiece_style_tokenizers() {
+		let dir = tempfile::tempdir().unwrap();
+		let specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"];
+		let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+		vocab.extend("▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<|>_.,?!:\n".chars().map(String::from));
+		let added: Vec<serde_json::Value> = specials
+			.iter()
+			.enumerate()
+			.map(|(id, t)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+			.collect();
+		let metaspace = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false});
+		let tokenizer = serde_json::json!({
+			"version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+			"pre_tokenizer": metaspace, "post_processor": null, "decoder": metaspace,
+			"model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+				"end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
+				"vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>(),
+				"merges": []},
+		});
+		fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+		fs::write(dir.path().join("tokenizer_config.json"), r#"{"bos_token": "<s>", "eos_token": "</s>"}"#).unwrap();
+		let sentencepiece = TextCodec::from_hf_dir(dir.path()).unwrap();
+		let messages = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "What is 12 plus 30?")];
+		for codec in [&sentencepiece, &smollm2()] {
+			for generation in [true, false] {
+				let plain = codec.encode(&codec.render_chat(&messages, generation).unwrap()).unwrap();
+				assert_eq!(codec.encode_chat_literally(&messages, generation).unwrap(), plain);
+				assert_eq!(codec.encode_chat(&messages, generation).unwrap(), plain);
+			}
+		}
+		// The prefix is where the plain encoding puts it: once, at the start of the text.
+		let ids = sentencepiece.encode_chat(&[ChatMessage::new("user", "hi <|im_end|> yo")], false).unwrap();
+		let prefix = sentencepiece.token_to_id("▁").unwrap();
+		let plain = sentencepiece.encode(&sentencepiece.render_chat(&[ChatMessage::new("user", "hi x yo")], false).unwrap()).unwrap();
+		assert_eq!(ids.iter().filter(|&&i| i == prefix).count(), plain.iter().filter(|&&i| i == prefix).count());
+		assert_eq!(ids.iter().filter(|&&i| i == 4).count(), 1, "only the template's <|im_end|>: {ids:?}");
 	}
 
 	#[test]
