@@ -125,6 +125,16 @@ impl Drop for AdapterLease {
 	}
 }
 
+/// A request's place among those waiting for room, given back however its wait ends (the
+/// request may be dropped mid-wait when its client goes away).
+struct WaitSlot<'a>(&'a Inner);
+
+impl Drop for WaitSlot<'_> {
+	fn drop(&mut self) {
+		self.0.lock().waiting -= 1;
+	}
+}
+
 /// Tells waiting requests, when dropped, that room may have been freed (a load finished or
 /// failed: the bytes it reserved are no longer reserved).
 struct NotifyOnDrop(Arc<Notify>);
@@ -168,6 +178,8 @@ struct State {
 	resident: HashMap<[u8; 32], Arc<Resident>>,
 	/// Loads under way, with the bytes each will take: room they have claimed.
 	loading: HashMap<[u8; 32], (SharedLoad, usize)>,
+	/// Requests waiting for room (at most `max_resident`).
+	waiting: usize,
 	resident_bytes: usize,
 	/// The host tier: host copies of adapters loaded onto the device, by last use.
 	host: HashMap<[u8; 32], HostCopy>,
@@ -388,12 +400,13 @@ impl AdapterCache {
 
 	/// A lease on the adapter registered as `name`, loading it first if it is not resident.
 	/// When every resident adapter is leased (or loading) and this one does not fit, waits up
-	/// to `full_wait` for room, then fails with `CacheFull`. Waiting holds the request's
-	/// admission permit, so waiters count against `--max-queue` like requests being served.
+	/// to `full_wait` for room, then fails with `CacheFull`; so does a request that finds
+	/// `max_resident` others waiting already. Waiting holds the request's admission permit, so
+	/// waiters count against `--max-queue` like requests being served.
 	pub async fn acquire(&self, name: &str) -> Result<AdapterLease, AdapterError> {
 		validate_name(name)?;
 		let deadline = Instant::now() + self.inner.limits.full_wait;
-		let mut waited = false;
+		let mut waiting: Option<WaitSlot<'_>> = None;
 		loop {
 			// Listening before trying, so room freed in between is not missed.
 			let room_freed = self.inner.room_freed.notified();
@@ -402,7 +415,7 @@ impl AdapterCache {
 			let reason = match self.acquire_now(name).await {
 				Err(AdapterError::CacheFull(reason)) => reason,
 				done => {
-					if waited {
+					if waiting.is_some() {
 						tracing::debug!(adapter = %name, "room found after waiting");
 					}
 					return done;
@@ -412,9 +425,17 @@ impl AdapterCache {
 			if left.is_zero() {
 				return Err(AdapterError::CacheFull(reason));
 			}
-			if !waited {
-				waited = true;
-				self.inner.lock().stats.full_waits += 1;
+			if waiting.is_none() {
+				// As many may wait as fit at once: more would wait a whole turnover of the
+				// cache, holding their admission permits all along.
+				let mut state = self.inner.lock();
+				if state.waiting >= self.inner.limits.max_resident {
+					return Err(AdapterError::CacheFull(format!("{reason}; {} requests already wait for room", state.waiting)));
+				}
+				state.waiting += 1;
+				state.stats.full_waits += 1;
+				drop(state);
+				waiting = Some(WaitSlot(&self.inner));
 				tracing::info!(adapter = %name, "every resident adapter is in use; waiting for room");
 			}
 			let _ = tokio::time::timeout(left.min(FULL_RECHECK), room_freed).await;
@@ -936,6 +957,24 @@ mod tests {
 		assert_eq!(resident(&cache), ["b"]);
 		assert_eq!(cache.stats().loads, 2);
 
+		// No more wait than fit at once: with one slot, a second waiter is refused at once.
+		let c = cache.clone();
+		let first = tokio::spawn(async move { c.acquire("a").await.map(drop) });
+		tokio::time::sleep(Duration::from_millis(300)).await;
+		let started = Instant::now();
+		let err = cache.acquire("c").await.unwrap_err();
+		assert!(matches!(&err, AdapterError::CacheFull(m) if m.contains("already wait")), "{err:?}");
+		assert!(started.elapsed() < Duration::from_secs(5));
+		first.abort();
+		let _ = first.await;
+		// An abandoned wait gives its place back.
+		let c = cache.clone();
+		let again = tokio::spawn(async move { c.acquire("c").await });
+		tokio::time::sleep(Duration::from_millis(300)).await;
+		assert!(!again.is_finished(), "c waits: the aborted waiter's place was given back");
+		drop(b);
+		drop(again.await.unwrap().expect("c gets b's room"));
+
 		// A wait that runs out ends in CacheFull, 503.
 		let limits = AdapterLimits { max_resident: 1, full_wait: Duration::from_millis(300), ..Default::default() };
 		let short = AdapterCache::new(AdapterStore::open(&fx.root).unwrap(), tiny_config(false), limits, Device::Cpu);
@@ -945,7 +984,6 @@ mod tests {
 		let err = short.acquire("a").await.unwrap_err();
 		assert!(matches!(err, AdapterError::CacheFull(_)), "{err:?}");
 		assert!(started.elapsed() >= Duration::from_millis(300));
-		drop(b);
 	}
 
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
