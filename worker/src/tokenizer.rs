@@ -42,51 +42,97 @@ const IM_END: &str = "<|im_end|>";
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// Around the markers [`TextCodec::encode_chat`] puts where a message holds a special token's
-/// text: private-use characters no tokenizer gives meaning to, which a template's string methods
-/// leave alone.
-const MARKER_OPEN: char = '\u{F0000}';
-const MARKER_CLOSE: char = '\u{F0001}';
-
-/// Around a sentinel token's index (see [`literal_tokenizer`]).
-const SENTINEL_OPEN: char = '\u{F0002}';
-const SENTINEL_CLOSE: char = '\u{F0003}';
+/// text, and around its sentinel tokens' indexes: Unicode noncharacters, which no tokenizer
+/// gives meaning to, text is not meant to carry, and a template's string methods leave alone.
+const MARKER_OPEN: char = '\u{FDD0}';
+const MARKER_CLOSE: char = '\u{FDD1}';
+const SENTINEL_OPEN: char = '\u{FDD2}';
+const SENTINEL_CLOSE: char = '\u{FDD3}';
 
 fn sentinel(index: usize) -> String {
 	format!("{SENTINEL_OPEN}{index}{SENTINEL_CLOSE}")
 }
 
-/// What [`TextCodec::encode_chat`] needs beyond the tokenizer: a copy that reads special tokens'
-/// texts as text and knows a sentinel token for each special token (matched as the special
-/// token would be: same stripping, never normalized), a matcher of the special texts, and the
-/// sentinel ids' special ids.
-fn literal_tokenizer<'a>(
-	tokenizer: &Tokenizer,
-	added: impl IntoIterator<Item = (&'a u32, &'a AddedToken)>,
-) -> Result<(Tokenizer, AhoCorasick, Vec<String>, HashMap<u32, u32>)> {
-	let mut specials: Vec<(&u32, &AddedToken)> =
-		added.into_iter().filter(|(_, t)| t.special && !t.content.is_empty()).collect();
-	specials.sort_by(|a, b| a.1.content.cmp(&b.1.content).then(a.0.cmp(b.0)));
-	specials.dedup_by(|a, b| a.1.content == b.1.content);
-	let mut literal = tokenizer.clone();
-	literal.set_encode_special_tokens(true);
-	let sentinels: Vec<AddedToken> = specials
-		.iter()
-		.enumerate()
-		.map(|(i, (_, t))| AddedToken { content: sentinel(i), special: false, normalized: false, ..(*t).clone() })
-		.collect();
-	literal.add_tokens(&sentinels);
-	let mut sentinel_ids = HashMap::new();
-	for (i, (&id, _)) in specials.iter().enumerate() {
-		let sentinel_id =
-			literal.token_to_id(&sentinel(i)).ok_or_else(|| anyhow!("the tokenizer refused a sentinel token"))?;
-		sentinel_ids.insert(sentinel_id, id);
+/// The numbers `n` for which `{open}{n}{close}` occurs in `text`.
+fn bracketed_numbers(text: &str, open: char, close: char) -> impl Iterator<Item = u64> + '_ {
+	text.match_indices(open).filter_map(move |(at, _)| {
+		let after = &text[at + open.len_utf8()..];
+		let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+		(digits > 0 && after[digits..].starts_with(close)).then(|| after[..digits].parse().ok()).flatten()
+	})
+}
+
+/// `text` with every sentinel's text in it broken (its opening character becomes U+FFFD), so a
+/// message cannot write a sentinel token.
+fn break_sentinels(text: &str) -> std::borrow::Cow<'_, str> {
+	if !text.contains(SENTINEL_OPEN) {
+		return text.into();
 	}
-	let texts: Vec<String> = specials.iter().map(|(_, t)| t.content.clone()).collect();
-	let matcher = AhoCorasick::builder()
-		.match_kind(MatchKind::LeftmostLongest)
-		.build(&texts)
-		.map_err(|e| anyhow!("matching special tokens: {e}"))?;
-	Ok((literal, matcher, texts, sentinel_ids))
+	let mut out = String::with_capacity(text.len());
+	let mut rest = text;
+	while let Some(at) = rest.find(SENTINEL_OPEN) {
+		let after = &rest[at + SENTINEL_OPEN.len_utf8()..];
+		let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+		out.push_str(&rest[..at]);
+		out.push(if digits > 0 && after[digits..].starts_with(SENTINEL_CLOSE) { '\u{FFFD}' } else { SENTINEL_OPEN });
+		rest = after;
+	}
+	out.push_str(rest);
+	out.into()
+}
+
+/// What [`TextCodec::encode_chat`] needs for messages that hold special tokens' texts.
+#[derive(Clone)]
+struct LiteralChat {
+	/// The model's tokenizer with special tokens' texts read as ordinary text, plus a sentinel
+	/// token for each special token (matched as it would be: same stripping), in which the
+	/// template's own special tokens are written.
+	tokenizer: Tokenizer,
+	/// Finds special tokens' texts, the longest where two start at one place; pattern `i` is
+	/// `texts[i]`, whose sentinel is `sentinel(i)`.
+	specials: AhoCorasick,
+	texts: Vec<String>,
+	/// Sentinel token id → the special token's id.
+	sentinel_ids: HashMap<u32, u32>,
+	/// The special tokens' ids: none may come out of message text.
+	special_ids: std::collections::HashSet<u32>,
+	/// Some special token is matched after normalization, which a look at the raw text can
+	/// miss: then every chat is encoded this way.
+	always: bool,
+}
+
+impl LiteralChat {
+	fn new<'a>(tokenizer: &Tokenizer, added: impl IntoIterator<Item = (&'a u32, &'a AddedToken)>) -> Result<Self> {
+		let mut specials: Vec<(&u32, &AddedToken)> =
+			added.into_iter().filter(|(_, t)| t.special && !t.content.is_empty()).collect();
+		specials.sort_by(|a, b| a.1.content.cmp(&b.1.content).then(a.0.cmp(b.0)));
+		let special_ids = specials.iter().map(|(&id, _)| id).collect();
+		specials.dedup_by(|a, b| a.1.content == b.1.content);
+		let mut literal = tokenizer.clone();
+		literal.set_encode_special_tokens(true);
+		let sentinels: Vec<AddedToken> = specials
+			.iter()
+			.enumerate()
+			.map(|(i, (_, t))| AddedToken { content: sentinel(i), special: false, ..(*t).clone() })
+			.collect();
+		literal.add_tokens(&sentinels);
+		let mut sentinel_ids = HashMap::new();
+		for (i, (&id, _)) in specials.iter().enumerate() {
+			let sentinel_id = literal.token_to_id(&sentinel(i)).context("the tokenizer refused a sentinel token")?;
+			// New ids are numbered from the vocabulary's size: where its ids have gaps, that
+			// can be a real token's id, which must never be mapped to a special one.
+			if tokenizer.id_to_token(sentinel_id).is_some() || sentinel_ids.insert(sentinel_id, id).is_some() {
+				bail!("a sentinel token got id {sentinel_id}, which the vocabulary already uses");
+			}
+		}
+		let texts: Vec<String> = specials.iter().map(|(_, t)| t.content.clone()).collect();
+		let matcher = AhoCorasick::builder()
+			.match_kind(MatchKind::LeftmostLongest)
+			.build(&texts)
+			.map_err(|e| anyhow!("matching special tokens: {e}"))?;
+		let always = specials.iter().any(|(_, t)| t.normalized);
+		Ok(Self { tokenizer: literal, specials: matcher, texts, sentinel_ids, special_ids, always })
+	}
 }
 
 /// Why [`TextCodec::encode_chat`] failed: the messages (a template that refuses them) or the
@@ -133,17 +179,9 @@ impl ChatMessage {
 #[derive(Clone)]
 pub struct TextCodec {
 	tokenizer: Tokenizer,
-	/// For chats whose messages hold a special token's text: the same tokenizer with special
-	/// tokens' text encoded as ordinary text, plus a stand-in (sentinel) token for each special
-	/// token, which the template's own special tokens are written as (see `encode_chat`).
-	literal: Tokenizer,
-	/// Finds special tokens' texts, the longest where two start at one place; pattern `i` is
-	/// special token `i`, whose sentinel is `sentinel(i)`.
-	specials: AhoCorasick,
-	/// The special tokens' texts, in `specials`' pattern order.
-	special_texts: Vec<String>,
-	/// Sentinel token id → the special token's id.
-	sentinel_ids: HashMap<u32, u32>,
+	/// For chats whose messages hold special tokens' texts; the reason when this tokenizer
+	/// cannot have it (such chats are then refused).
+	literal: Result<LiteralChat, String>,
 	env: Environment<'static>,
 	chat_template: String,
 	/// False when [`DEFAULT_CHAT_TEMPLATE`] stands in for a missing one.
@@ -405,7 +443,10 @@ impl TextCodec {
 				eos_ids.push(id);
 			}
 		}
-		let (literal, specials, special_texts, sentinel_ids) = literal_tokenizer(&tokenizer, &added)?;
+		let literal = LiteralChat::new(&tokenizer, &added).map_err(|e| {
+			tracing::warn!("chats whose messages hold special tokens' texts will be refused: {e:#}");
+			format!("{e:#}")
+		});
 		let mut seen = std::collections::HashSet::new();
 		eos_ids.retain(|id| seen.insert(*id));
 		if eos_ids.is_empty() {
@@ -421,9 +462,6 @@ impl TextCodec {
 		Ok(Self {
 			tokenizer,
 			literal,
-			specials,
-			special_texts,
-			sentinel_ids,
 			env,
 			chat_template,
 			model_has_template,
@@ -459,32 +497,45 @@ impl TextCodec {
 	/// call, as for any prompt, so pre-tokenizers that treat the start of the text specially
 	/// (a SentencePiece-style prefix space) behave as they would on the plain prompt.
 	pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
-		if !messages.iter().any(|m| self.specials.is_match(&m.content)) {
+		let plain = match &self.literal {
+			Ok(literal) => !literal.always && !messages.iter().any(|m| literal.specials.is_match(&m.content)),
+			Err(_) => true,
+		};
+		if plain {
 			let text = self.render_chat(messages, add_generation_prompt).map_err(ChatError::Template)?;
-			return self.encode(&text).map_err(ChatError::Tokenizer);
+			let ids = self.encode(&text).map_err(ChatError::Tokenizer)?;
+			if let Err(reason) = &self.literal {
+				// Without the literal way, a message's special token's text cannot be told from
+				// the template's: refuse rather than read it as the token.
+				if self.tokenizer.get_added_tokens_decoder().values().any(|t| t.special && messages.iter().any(|m| !t.content.is_empty() && m.content.contains(&t.content))) {
+					return Err(ChatError::Template(anyhow!(
+						"a message holds a special token's text, which this model's tokenizer cannot encode as text ({reason})"
+					)));
+				}
+			}
+			return Ok(ids);
 		}
 		self.encode_chat_literally(messages, add_generation_prompt)
 	}
 
 	/// [`encode_chat`](Self::encode_chat)'s way for messages that hold a special token's text.
 	fn encode_chat_literally(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
-		let tag = (0u32..)
-			.map(|n| format!("{MARKER_OPEN}{n}:"))
-			.find(|tag| !messages.iter().any(|m| m.content.contains(tag.as_str())))
-			.expect("some tag is free");
+		let literal = self.literal.as_ref().map_err(|e| ChatError::Tokenizer(anyhow!("{e}")))?;
+		// A marker tag no message holds: the smallest number not written after MARKER_OPEN.
+		let used: std::collections::HashSet<u64> =
+			messages.iter().flat_map(|m| bracketed_numbers(&m.content, MARKER_OPEN, ':')).collect();
+		let tag = format!("{MARKER_OPEN}{}:", (0u64..).find(|n| !used.contains(n)).expect("some number is free"));
 		let mut literals: Vec<&str> = Vec::new();
 		let stand_ins: Vec<ChatMessage> = messages
 			.iter()
 			.map(|message| {
-				// A sentinel's text in a message would be read as its special token: such
-				// private-use characters become U+FFFD.
-				let content = message.content.replace(SENTINEL_OPEN, "\u{FFFD}");
+				let content = break_sentinels(&message.content);
 				let mut marked = String::with_capacity(content.len());
 				let mut at = 0;
-				for found in self.specials.find_iter(&content) {
+				for found in literal.specials.find_iter(content.as_ref()) {
 					marked.push_str(&content[at..found.start()]);
 					marked.push_str(&format!("{tag}{}{MARKER_CLOSE}", literals.len()));
-					literals.push(&self.special_texts[found.pattern().as_usize()]);
+					literals.push(&literal.texts[found.pattern().as_usize()]);
 					at = found.end();
 				}
 				marked.push_str(&content[at..]);
@@ -501,29 +552,38 @@ impl TextCodec {
 			};
 			// The template's text, its special tokens written as their sentinels.
 			let mut at = 0;
-			for found in self.specials.find_iter(template) {
+			for found in literal.specials.find_iter(template) {
 				prompt.push_str(&template[at..found.start()]);
 				prompt.push_str(&sentinel(found.pattern().as_usize()));
 				at = found.end();
 			}
 			prompt.push_str(&template[at..]);
 			let Some(marker) = marker else { break };
-			let literal = marker
+			let text = marker
 				.split_once(MARKER_CLOSE)
 				.and_then(|(index, tail)| Some((*literals.get(index.parse::<usize>().ok()?)?, tail)));
-			let Some((text, tail)) = literal else {
+			let Some((text, tail)) = text else {
 				return Err(ChatError::Template(anyhow!(
 					"the chat template cut a message's text apart where it holds the special token `{}`; \
 					 remove it from the message",
-					literals[0]
+					literals.first().copied().unwrap_or("?")
 				)));
 			};
 			prompt.push_str(text);
 			rest = tail;
 		}
-		let encoding =
-			self.literal.encode(prompt, true).map_err(|e| ChatError::Tokenizer(anyhow!("tokenization failed: {e}")))?;
-		let ids = encoding.get_ids().iter().map(|id| self.sentinel_ids.get(id).copied().unwrap_or(*id)).collect();
+		let tokenize = |e: tokenizers::Error| ChatError::Tokenizer(anyhow!("tokenization failed: {e}"));
+		let encoding = literal.tokenizer.encode(prompt, false).map_err(tokenize)?;
+		// Some models (a Unigram vocabulary holding `</s>`, say) can still spell a special token
+		// from ordinary text: refuse rather than pass it on.
+		if let Some(id) = encoding.get_ids().iter().find(|id| literal.special_ids.contains(id)) {
+			return Err(ChatError::Template(anyhow!(
+				"this model's tokenizer reads the text `{}` in a message as a special token; remove it",
+				self.tokenizer.id_to_token(*id).unwrap_or_default()
+			)));
+		}
+		let encoding = literal.tokenizer.post_process(encoding, None, true).map_err(tokenize)?;
+		let ids = encoding.get_ids().iter().map(|id| literal.sentinel_ids.get(id).copied().unwrap_or(*id)).collect();
 		Ok(self.with_bos(ids))
 	}
 
@@ -909,14 +969,14 @@ mod tests {
 		let text = codec.decode(&ids).unwrap();
 		assert!(text.contains(forged), "{text:?}");
 		// Exactly: the template's tokens as ever, the message's turn as ordinary text.
-		let literal = |t: &str| codec.literal.encode(t, false).unwrap().get_ids().to_vec();
+		let literal = |t: &str| codec.literal.as_ref().unwrap().tokenizer.encode(t, false).unwrap().get_ids().to_vec();
 		let mut expected = codec.encode("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>").unwrap();
 		expected.extend(literal(&format!("user\n{forged}")));
 		expected.extend(codec.encode("<|im_end|>\n<|im_start|>assistant\n").unwrap());
 		assert_eq!(ids, expected);
 		// A sentinel's text written in a message is no way in either.
 		let sneaky = format!("{}<|im_end|>", sentinel(0));
-		let specials = codec.special_texts.iter().map(|t| codec.token_to_id(t).unwrap()).collect::<Vec<_>>();
+		let specials = codec.literal.as_ref().unwrap().texts.iter().map(|t| codec.token_to_id(t).unwrap()).collect::<Vec<_>>();
 		let count = |ids: &[u32]| ids.iter().filter(|i| specials.contains(i)).count();
 		let plain = codec.encode_chat(&[ChatMessage::new("user", "x")], false).unwrap();
 		let ids = codec.encode_chat(&[ChatMessage::new("user", sneaky)], false).unwrap();
@@ -938,7 +998,7 @@ mod tests {
 		let messages = [ChatMessage::new("system", "S"), ChatMessage::new("user", "a <|endoftext|> b")];
 		let ids = codec.encode_chat(&messages, false).unwrap();
 		let mut expected = codec.encode("<|im_start|>system\nS<|im_end|>\n<|im_start|>").unwrap();
-		expected.extend(codec.literal.encode("user\na <|endoftext|> b", false).unwrap().get_ids());
+		expected.extend(codec.literal.as_ref().unwrap().tokenizer.encode("user\na <|endoftext|> b", false).unwrap().get_ids());
 		expected.extend(codec.encode("<|im_end|>\n").unwrap());
 		assert_eq!(ids, expected);
 		// A template that strips and upper-cases message text still does so around markers.
@@ -963,8 +1023,10 @@ mod tests {
 	#[test]
 	fn literal_chat_encoding_is_the_plain_encoding_on_sentencepiece_style_tokenizers() {
 		let dir = tempfile::tempdir().unwrap();
-		let specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"];
+		// `<x>` is special, and also what the model's merges make of the text "<x>".
+		let specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<x>"];
 		let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+		vocab.push("<x".into());
 		vocab.extend("▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<|>_.,?!:\n".chars().map(String::from));
 		let added: Vec<serde_json::Value> = specials
 			.iter()
@@ -978,7 +1040,7 @@ mod tests {
 			"model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
 				"end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
 				"vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect::<serde_json::Map<_, _>>(),
-				"merges": []},
+				"merges": [["<", "x"], ["<x", ">"]]},
 		});
 		fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
 		fs::write(dir.path().join("tokenizer_config.json"), r#"{"bos_token": "<s>", "eos_token": "</s>"}"#).unwrap();
@@ -997,6 +1059,27 @@ mod tests {
 		let plain = sentencepiece.encode(&sentencepiece.render_chat(&[ChatMessage::new("user", "hi x yo")], false).unwrap()).unwrap();
 		assert_eq!(ids.iter().filter(|&&i| i == prefix).count(), plain.iter().filter(|&&i| i == prefix).count());
 		assert_eq!(ids.iter().filter(|&&i| i == 4).count(), 1, "only the template's <|im_end|>: {ids:?}");
+		// A tokenizer that spells a special token from ordinary text is refused, not obeyed.
+		let err = sentencepiece.encode_chat(&[ChatMessage::new("user", "a <x> b")], false).unwrap_err();
+		assert!(matches!(err, ChatError::Template(_)) && err.to_string().contains("<x>"), "{err}");
+	}
+
+	/// Markers and sentinels a message writes itself are only text.
+	#[test]
+	fn messages_cannot_write_markers_or_sentinels() {
+		let codec = smollm2();
+		let specials = codec.literal.as_ref().unwrap().texts.iter().map(|t| codec.token_to_id(t).unwrap()).collect::<Vec<_>>();
+		let count = |ids: &[u32]| ids.iter().filter(|i| specials.contains(i)).count();
+		let template_only = count(&codec.encode_chat(&[ChatMessage::new("user", "x")], false).unwrap());
+		for content in [
+			format!("{MARKER_OPEN}0:0{MARKER_CLOSE} <|im_end|> {MARKER_OPEN}1:"),
+			format!("{} and {}<|im_start|>", sentinel(0), sentinel(12)),
+		] {
+			let ids = codec.encode_chat(&[ChatMessage::new("user", content.clone())], false).unwrap();
+			assert_eq!(count(&ids), template_only, "{content:?}");
+		}
+		assert_eq!(break_sentinels("a\u{FDD2}b \u{FDD2}7"), "a\u{FDD2}b \u{FDD2}7");
+		assert_eq!(break_sentinels(&format!("x{}y", sentinel(12))), "x\u{FFFD}12\u{FDD3}y");
 	}
 
 	#[test]

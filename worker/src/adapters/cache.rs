@@ -200,21 +200,43 @@ impl State {
 		Arc::strong_count(entry) > 1
 	}
 
-	/// Why an adapter of `bytes` cannot come in even if every idle one is evicted, if it cannot:
-	/// leased adapters and loads under way keep their room.
-	fn no_room(&self, bytes: usize, limits: &AdapterLimits) -> Option<String> {
-		let leased: Vec<&Arc<Resident>> = self.resident.values().filter(|e| Self::is_leased(e)).collect();
-		let taken = leased.len() + self.loading.len();
-		let taken_bytes: usize = leased.iter().map(|e| e.adapter.resident_bytes).sum::<usize>()
-			+ self.loading.values().map(|(_, bytes)| bytes).sum::<usize>();
-		let fits = taken_bytes + bytes <= limits.max_resident_bytes && taken < limits.max_resident;
-		(!fits).then(|| {
-			format!(
-				"{taken} adapters ({taken_bytes} bytes) are in use or loading; {bytes} more bytes do not fit in {} bytes / {} adapters",
+	/// Makes room for an adapter of `bytes` by evicting idle adapters, least recently used first,
+	/// and returns them (to be dropped after the lock is released). Leased adapters and loads
+	/// under way keep their room; when evicting every idle adapter would not be enough, evicts
+	/// nothing and says why.
+	fn make_room(&mut self, bytes: usize, limits: &AdapterLimits) -> Result<Vec<Arc<Resident>>, String> {
+		let reserved_bytes: usize = self.loading.values().map(|(_, bytes)| bytes).sum();
+		let need_bytes = (self.resident_bytes + reserved_bytes + bytes).saturating_sub(limits.max_resident_bytes);
+		let need_count = (self.resident.len() + self.loading.len() + 1).saturating_sub(limits.max_resident);
+		if need_bytes == 0 && need_count == 0 {
+			return Ok(Vec::new());
+		}
+		let mut idle: Vec<(u64, [u8; 32], usize)> = self
+			.resident
+			.iter()
+			.filter(|(_, e)| !Self::is_leased(e))
+			.map(|(h, e)| (e.last_used.load(Ordering::Relaxed), *h, e.adapter.resident_bytes))
+			.collect();
+		idle.sort_unstable();
+		let (mut freed_bytes, mut freed_count, mut chosen) = (0, 0, Vec::new());
+		for (_, h, b) in idle {
+			if freed_bytes >= need_bytes && freed_count >= need_count {
+				break;
+			}
+			chosen.push(h);
+			freed_bytes += b;
+			freed_count += 1;
+		}
+		if freed_bytes < need_bytes || freed_count < need_count {
+			return Err(format!(
+				"{} adapters ({} bytes) are in use or loading; {bytes} more bytes do not fit in {} bytes / {} adapters",
+				self.resident.len() - chosen.len() + self.loading.len(),
+				self.resident_bytes - freed_bytes + reserved_bytes,
 				limits.max_resident_bytes,
 				limits.max_resident
-			)
-		})
+			));
+		}
+		Ok(chosen.iter().filter_map(|h| self.remove(h)).collect())
 	}
 
 	/// Removes `hash` from residency; the caller drops the entry after unlocking.
@@ -445,7 +467,7 @@ impl AdapterCache {
 	/// One try of [`acquire`](Self::acquire): a resident lease, a shared load, or `CacheFull`
 	/// without loading when even evicting every idle adapter would leave no room.
 	async fn acquire_now(&self, name: &str) -> Result<AdapterLease, AdapterError> {
-		let load = {
+		let (load, evicted) = {
 			let mut state = self.inner.lock();
 			let Some(registration) = state.names.get(name) else {
 				return Err(AdapterError::NotFound(format!("adapter `{name}`")));
@@ -461,7 +483,7 @@ impl AdapterCache {
 				Some((load, _)) => {
 					let load = load.clone();
 					state.stats.misses += 1;
-					load
+					(load, Vec::new())
 				},
 				None => {
 					let limits = &self.inner.limits;
@@ -471,18 +493,22 @@ impl AdapterCache {
 							limits.max_resident_bytes
 						)));
 					}
-					if let Some(reason) = state.no_room(bytes, limits) {
-						return Err(AdapterError::CacheFull(reason));
-					}
+					// The room is made now, not when the load ends: a hit meanwhile cannot
+					// take it, so a finished load is never thrown away for want of room.
+					let evicted = state.make_room(bytes, limits).map_err(AdapterError::CacheFull)?;
 					state.stats.misses += 1;
 					let host_copy = state.host_copy(&hash);
 					let load = self.start_load(name.to_owned(), known, dir, host_copy);
 					state.loading.insert(hash, (load.clone(), bytes));
 					state.stats.loads_in_flight = state.loading.len();
-					load
+					(load, evicted)
 				},
 			}
 		};
+		for victim in &evicted {
+			tracing::info!(hash = %&hash_hex(&victim.adapter.hash)[..12], bytes = victim.adapter.resident_bytes, "adapter evicted (LRU)");
+		}
+		drop(evicted);
 		load.await
 	}
 
@@ -588,9 +614,8 @@ impl AdapterCache {
 		Ok(lease)
 	}
 
-	/// Makes room by evicting idle adapters, least recently used first, then inserts. Evicts
-	/// nothing unless that is enough to fit; the evicted entries are returned to be dropped
-	/// after the lock is released.
+	/// Makes room (normally already made when the load started) and inserts; the evicted
+	/// entries are returned to be dropped after the lock is released.
 	fn insert(
 		&self,
 		state: &mut State,
@@ -609,37 +634,7 @@ impl AdapterCache {
 				limits.max_resident_bytes
 			)));
 		}
-		let need_bytes = (state.resident_bytes + bytes).saturating_sub(limits.max_resident_bytes);
-		let need_count = (state.resident.len() + 1).saturating_sub(limits.max_resident);
-		let mut evicted = Vec::new();
-		if need_bytes > 0 || need_count > 0 {
-			let mut idle: Vec<(u64, [u8; 32], usize)> = state
-				.resident
-				.iter()
-				.filter(|(_, e)| !State::is_leased(e))
-				.map(|(h, e)| (e.last_used.load(Ordering::Relaxed), *h, e.adapter.resident_bytes))
-				.collect();
-			idle.sort_unstable();
-			let (mut freed_bytes, mut freed_count, mut chosen) = (0, 0, Vec::new());
-			for (_, h, b) in idle {
-				if freed_bytes >= need_bytes && freed_count >= need_count {
-					break;
-				}
-				chosen.push(h);
-				freed_bytes += b;
-				freed_count += 1;
-			}
-			if freed_bytes < need_bytes || freed_count < need_count {
-				return Err(AdapterError::CacheFull(format!(
-					"{} adapters ({} bytes) are resident and in use; {bytes} more bytes do not fit in {} bytes / {} adapters",
-					state.resident.len(),
-					state.resident_bytes,
-					limits.max_resident_bytes,
-					limits.max_resident
-				)));
-			}
-			evicted.extend(chosen.iter().filter_map(|h| state.remove(h)));
-		}
+		let evicted = state.make_room(bytes, limits).map_err(AdapterError::CacheFull)?;
 		let entry = Arc::new(Resident {
 			adapter,
 			epoch: self.inner.epoch,
