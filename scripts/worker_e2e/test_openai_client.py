@@ -665,6 +665,63 @@ class ApiTest(WorkerTestCase):
 # -------------------------------------------------------------------------------------------------
 
 
+class P2pTest(WorkerTestCase):
+    """Two workers on the p2p network: the second, knowing only the first's address, learns which
+    adapters the first holds resident, by name and by hash."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = cls.make_tmp("worker-e2e-p2p-")
+        store = cls.tmp / "first"
+        store.mkdir()
+        cls.hash = create_adapter(store / "legal", 7)["hash"]
+        p2p = ("--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--p2p-interval-secs", "1")
+        cls.start_worker("p2p-first", store, *p2p)
+        cls.first = cls.worker
+        deadline = time.monotonic() + 10
+        while True:
+            log = cls.first.log()
+            peer = re.search(r"p2p node started peer_id=(\w+)", log)
+            address = re.search(r"p2p listening address=(/ip4/127\.0\.0\.1/tcp/\d+)", log)
+            if (peer and address) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not peer or not address:
+            raise RuntimeError(f"the first worker logged no p2p address:\n{log}")
+        (cls.tmp / "second").mkdir()
+        cls.start_worker("p2p-second", cls.tmp / "second", *p2p,
+                         "--p2p-peer", f"{address.group(1)}/p2p/{peer.group(1)}")
+        cls.second = cls.worker
+
+    def peers(self, worker: Worker, query: str = "") -> list[dict]:
+        status, _, body = raw_request(worker.port, "GET", f"/v1/peers{query}")
+        self.assertEqual(status, 200, body)
+        return json.loads(body)["data"]
+
+    def test_a_worker_learns_where_an_adapter_is_resident(self):
+        # `legal` becomes resident on the first worker by serving a request.
+        self.first.client().chat.completions.create(
+            model="legal", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        deadline = time.monotonic() + 30
+        while True:
+            holding = self.peers(self.second, "?adapter=legal")
+            if holding or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(holding), 1, self.peers(self.second))
+        self.assertEqual(holding[0]["endpoint"], f"http://127.0.0.1:{self.first.port}")
+        self.assertEqual(holding[0]["base_model"], BASE)
+        self.assertIn({"name": "legal", "hash": self.hash}, holding[0]["resident"])
+        by_hash = self.peers(self.second, f"?adapter={self.hash}")
+        self.assertEqual([p["peer_id"] for p in by_hash], [holding[0]["peer_id"]])
+        self.assertEqual(self.peers(self.second, "?adapter=nobody"), [])
+        # And the first hears the second, which holds nothing resident.
+        deadline = time.monotonic() + 30
+        while not self.peers(self.first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual([p["resident"] for p in self.peers(self.first)], [[]])
+
+
 class OverloadTest(WorkerTestCase):
     """`--max-queue 2`: a burst of slow requests; the two admitted finish, the rest get a fast 429."""
 

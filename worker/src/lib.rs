@@ -11,6 +11,7 @@ pub mod knowledge;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
+pub mod p2p;
 pub mod templates;
 pub mod testing;
 pub mod tokenizer;

@@ -19,7 +19,7 @@ use openledger_worker::{
 		submitter::SubmitterOptions,
 	},
 	model::{lora::BATCHED_MAX_RANK, Projection},
-	testing,
+	p2p, testing,
 };
 
 #[derive(Parser)]
@@ -117,6 +117,20 @@ struct ServeArgs {
 	/// Unload an adapter nobody used for this many seconds.
 	#[arg(long, default_value_t = 600)]
 	adapter_idle_secs: u64,
+	/// Join the workers' p2p network, listening on this libp2p address (e.g.
+	/// /ip4/0.0.0.0/tcp/4100; repeatable): peers learn which adapters are resident here, and
+	/// GET /v1/peers lists theirs.
+	#[arg(long = "p2p-listen")]
+	p2p_listen: Vec<libp2p::Multiaddr>,
+	/// A worker to join the p2p network through, ending in /p2p/<peer id> (repeatable).
+	#[arg(long = "p2p-peer")]
+	p2p_peers: Vec<libp2p::Multiaddr>,
+	/// The API address peers are told [default: http://<the address --listen bound>].
+	#[arg(long)]
+	p2p_endpoint: Option<String>,
+	/// Seconds between announcements to peers.
+	#[arg(long, default_value_t = 10)]
+	p2p_interval_secs: u64,
 	/// Seconds to wait for in-flight requests after SIGTERM/Ctrl-C before exiting anyway.
 	#[arg(long, default_value_t = 60)]
 	drain_secs: u64,
@@ -263,10 +277,41 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		base.name.clone(),
 		base.codec.clone(),
 		engine.clone(),
-		cache,
+		cache.clone(),
 		api_limits,
 		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
 	);
+	// Bound before the p2p node starts, so peers are told the real port when it is 0.
+	let listener = tokio::net::TcpListener::bind(args.listen)
+		.await
+		.with_context(|| format!("binding {}", args.listen))?;
+	let mut p2p = None;
+	let state = if args.p2p_listen.is_empty() {
+		state
+	} else {
+		let config = p2p::P2pConfig {
+			listen: args.p2p_listen,
+			bootstrap: args.p2p_peers,
+			interval: Duration::from_secs(args.p2p_interval_secs.max(1)),
+			key: None,
+		};
+		let (adapters, endpoint, base_model) =
+			(cache.clone(), args.p2p_endpoint.unwrap_or(format!("http://{}", listener.local_addr()?)), base.name.clone());
+		let node = p2p::start(config, move || p2p::Announcement {
+			endpoint: endpoint.clone(),
+			base_model: base_model.clone(),
+			resident: adapters
+				.list()
+				.into_iter()
+				.filter(|(_, _, resident)| *resident)
+				.map(|(name, hash, _)| p2p::ResidentAdapter { name, hash })
+				.collect(),
+		})
+		.await?;
+		let state = state.with_peers(node.peers.clone());
+		p2p = Some(node);
+		state
+	};
 	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
 	let mut submitter = None;
 	let mut follower = None;
@@ -304,12 +349,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		},
 		None => state,
 	};
-	let listener = tokio::net::TcpListener::bind(args.listen)
-		.await
-		.with_context(|| format!("binding {}", args.listen))?;
 	let drain = Duration::from_secs(args.drain_secs);
 	api::serve(listener, state, shutdown_signal(drain)).await?;
 	reaper.abort();
+	if let Some(node) = p2p {
+		node.stop().await;
+	}
 	if let Some(follower) = follower {
 		// It holds the server state, and with it the engine: it must be gone before the engine
 		// can stop.

@@ -9,11 +9,12 @@ use std::{
 
 use axum::{
 	body::Bytes,
-	extract::{rejection::BytesRejection, Extension, State},
+	extract::{rejection::BytesRejection, Extension, Query, State},
 	http::{header, HeaderMap, StatusCode},
 	response::{IntoResponse, Response},
 	Json,
 };
+use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
@@ -461,6 +462,24 @@ pub(super) async fn models(State(state): State<AppState>) -> Json<ModelList> {
 		resident: Some(resident),
 	}));
 	Json(ModelList { object: "list", data })
+}
+
+#[derive(Deserialize)]
+pub(super) struct PeersQuery {
+	/// An adapter's name or weights hash: only the peers holding it resident.
+	adapter: Option<String>,
+}
+
+/// `GET /v1/peers[?adapter=NAME_OR_HASH]`: the other workers heard on the p2p network, with their
+/// endpoints and resident adapters; 404 when this worker is not on it.
+pub(super) async fn peers(
+	State(state): State<AppState>,
+	Query(query): Query<PeersQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+	let peers = state.inner.peers.as_ref().ok_or_else(|| {
+		ApiError::not_found("this worker is not on the p2p network (start it with --p2p-listen)")
+	})?;
+	Ok(Json(serde_json::json!({ "object": "list", "data": peers.list(query.adapter.as_deref()) })))
 }
 
 pub(super) async fn load_lora_adapter(

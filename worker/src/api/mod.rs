@@ -81,6 +81,8 @@ struct Inner {
 	knowledge: std::sync::RwLock<Option<Arc<Knowledge>>>,
 	/// The chain: authorisation, pricing and receipts; `None` serves without charging.
 	ledger: Option<Arc<Ledger>>,
+	/// Other workers and their resident adapters, when the worker is on the p2p network.
+	peers: Option<crate::p2p::Peers>,
 	draining: AtomicBool,
 	metrics: Metrics,
 	/// Unix seconds, the `created` of the models in `/v1/models`.
@@ -109,6 +111,7 @@ impl AppState {
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
 				knowledge: std::sync::RwLock::new(None),
 				ledger: None,
+				peers: None,
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
 				started: unix_now(),
@@ -142,6 +145,12 @@ impl AppState {
 	/// receipt in the outbox for every answer. Call before the state is cloned.
 	pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
 		Arc::get_mut(&mut self.inner).expect("with_ledger is called before the state is shared").ledger = Some(ledger);
+		self
+	}
+
+	/// Answers `/v1/peers` from `peers`. Call before the state is cloned.
+	pub fn with_peers(mut self, peers: crate::p2p::Peers) -> Self {
+		Arc::get_mut(&mut self.inner).expect("with_peers is called before the state is shared").peers = Some(peers);
 		self
 	}
 
@@ -184,6 +193,7 @@ pub fn router(state: AppState) -> Router {
 		.route("/v1/chat/completions", post(handlers::chat_completions))
 		.route("/v1/completions", post(handlers::completions))
 		.route("/v1/models", get(handlers::models))
+		.route("/v1/peers", get(handlers::peers))
 		.route("/v1/load_lora_adapter", post(handlers::load_lora_adapter))
 		.route("/v1/unload_lora_adapter", post(handlers::unload_lora_adapter))
 		.route("/health", get(handlers::health))

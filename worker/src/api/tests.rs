@@ -595,6 +595,8 @@ mod server {
 		assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})));
 		assert_eq!(health.header("x-request-id").map(str::len), Some(32));
 
+		let peers = request(addr, "GET", "/v1/peers", &[], "").await;
+		assert_eq!((peers.status, peers.json()["error"]["type"].clone()), (404, json!("not_found_error")), "not on the p2p network");
 		let missing = request(addr, "GET", "/v2/nothing", &[], "").await;
 		assert_eq!(missing.status, 404);
 		assert_eq!(missing.json()["error"]["type"], "not_found_error");
