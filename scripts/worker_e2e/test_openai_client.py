@@ -675,8 +675,8 @@ class P2pTest(WorkerTestCase):
         store = cls.tmp / "first"
         store.mkdir()
         cls.hash = create_adapter(store / "legal", 7)["hash"]
-        p2p = ("--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--p2p-interval-secs", "1")
-        cls.start_worker("p2p-first", store, *p2p)
+        p2p = ("--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--p2p-interval-secs", "2")
+        cls.start_worker("p2p-first", store, *p2p, "--p2p-key-file", str(cls.tmp / "first.key"))
         cls.first = cls.worker
         deadline = time.monotonic() + 10
         while True:
@@ -698,28 +698,30 @@ class P2pTest(WorkerTestCase):
         self.assertEqual(status, 200, body)
         return json.loads(body)["data"]
 
+    def wait_for(self, what: str, probe):
+        """Polls `probe` until it returns something true (30 s at most); returns that."""
+        deadline = time.monotonic() + 30
+        while not (found := probe()):
+            self.assertLess(time.monotonic(), deadline, f"timed out waiting for {what}")
+            time.sleep(0.2)
+        return found
+
     def test_a_worker_learns_where_an_adapter_is_resident(self):
         # `legal` becomes resident on the first worker by serving a request.
         self.first.client().chat.completions.create(
             model="legal", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-        deadline = time.monotonic() + 30
-        while True:
-            holding = self.peers(self.second, "?adapter=legal")
-            if holding or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        self.assertEqual(len(holding), 1, self.peers(self.second))
-        self.assertEqual(holding[0]["endpoint"], f"http://127.0.0.1:{self.first.port}")
-        self.assertEqual(holding[0]["base_model"], BASE)
-        self.assertIn({"name": "legal", "hash": self.hash}, holding[0]["resident"])
-        by_hash = self.peers(self.second, f"?adapter={self.hash}")
-        self.assertEqual([p["peer_id"] for p in by_hash], [holding[0]["peer_id"]])
+        endpoint = f"http://127.0.0.1:{self.first.port}"
+        holding = self.wait_for("the second to hear that the first holds `legal`", lambda: [
+            p for p in self.peers(self.second, f"?adapter={self.hash}")
+            if p["endpoint"] == endpoint and p["base_model"] == BASE
+            and {"name": "legal", "hash": self.hash} in p["resident"]])
+        self.assertEqual(len(holding), 1)
+        by_name = self.wait_for("a listing by name", lambda: self.peers(self.second, "?adapter=legal"))
+        self.assertEqual([p["peer_id"] for p in by_name], [holding[0]["peer_id"]])
         self.assertEqual(self.peers(self.second, "?adapter=nobody"), [])
         # And the first hears the second, which holds nothing resident.
-        deadline = time.monotonic() + 30
-        while not self.peers(self.first) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.assertEqual([p["resident"] for p in self.peers(self.first)], [[]])
+        heard = self.wait_for("the first to hear the second", lambda: self.peers(self.first))
+        self.assertEqual([p["resident"] for p in heard], [[]])
 
 
 class OverloadTest(WorkerTestCase):

@@ -125,9 +125,14 @@ struct ServeArgs {
 	/// A worker to join the p2p network through, ending in /p2p/<peer id> (repeatable).
 	#[arg(long = "p2p-peer")]
 	p2p_peers: Vec<libp2p::Multiaddr>,
-	/// The API address peers are told [default: http://<the address --listen bound>].
+	/// The API address peers are told [default: http://<the address --listen bound>, which
+	/// must then be a specific address, not 0.0.0.0].
 	#[arg(long)]
 	p2p_endpoint: Option<String>,
+	/// The libp2p identity, made on first use (mode 600), so the peer id others name in
+	/// --p2p-peer survives restarts [default: a new one each start].
+	#[arg(long)]
+	p2p_key_file: Option<PathBuf>,
 	/// Seconds between announcements to peers.
 	#[arg(long, default_value_t = 10)]
 	p2p_interval_secs: u64,
@@ -277,41 +282,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		base.name.clone(),
 		base.codec.clone(),
 		engine.clone(),
-		cache.clone(),
+		cache,
 		api_limits,
 		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
 	);
-	// Bound before the p2p node starts, so peers are told the real port when it is 0.
-	let listener = tokio::net::TcpListener::bind(args.listen)
-		.await
-		.with_context(|| format!("binding {}", args.listen))?;
-	let mut p2p = None;
-	let state = if args.p2p_listen.is_empty() {
-		state
-	} else {
-		let config = p2p::P2pConfig {
-			listen: args.p2p_listen,
-			bootstrap: args.p2p_peers,
-			interval: Duration::from_secs(args.p2p_interval_secs.max(1)),
-			key: None,
-		};
-		let (adapters, endpoint, base_model) =
-			(cache.clone(), args.p2p_endpoint.unwrap_or(format!("http://{}", listener.local_addr()?)), base.name.clone());
-		let node = p2p::start(config, move || p2p::Announcement {
-			endpoint: endpoint.clone(),
-			base_model: base_model.clone(),
-			resident: adapters
-				.list()
-				.into_iter()
-				.filter(|(_, _, resident)| *resident)
-				.map(|(name, hash, _)| p2p::ResidentAdapter { name, hash })
-				.collect(),
-		})
-		.await?;
-		let state = state.with_peers(node.peers.clone());
-		p2p = Some(node);
-		state
-	};
 	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
 	let mut submitter = None;
 	let mut follower = None;
@@ -348,6 +322,40 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			state
 		},
 		None => state,
+	};
+	let listener = tokio::net::TcpListener::bind(args.listen)
+		.await
+		.with_context(|| format!("binding {}", args.listen))?;
+	// Announced only now, when the worker is about to serve.
+	let p2p = if args.p2p_listen.is_empty() {
+		None
+	} else {
+		let bound = listener.local_addr()?;
+		let endpoint = match args.p2p_endpoint {
+			Some(endpoint) => endpoint,
+			None if bound.ip().is_unspecified() => anyhow::bail!(
+				"--p2p-endpoint is needed: the API listens on {bound}, which tells peers nothing about where to reach it"
+			),
+			None => format!("http://{bound}"),
+		};
+		let key = args.p2p_key_file.as_deref().map(p2p::load_or_create_key).transpose()?;
+		let interval = Duration::from_secs(args.p2p_interval_secs.clamp(1, 600));
+		let config = p2p::P2pConfig { listen: args.p2p_listen, bootstrap: args.p2p_peers, interval, key };
+		let (adapters, base_model) = (state.adapters().clone(), base.name.clone());
+		let node = p2p::start(config, move || p2p::Announcement {
+			endpoint: endpoint.clone(),
+			base_model: base_model.clone(),
+			resident: adapters
+				.list()
+				.into_iter()
+				.filter(|(_, _, resident)| *resident)
+				.map(|(name, hash, _)| p2p::ResidentAdapter { name, hash })
+				.collect(),
+			interval_secs: interval.as_secs(),
+		})
+		.await?;
+		state.set_peers(node.peers.clone());
+		Some(node)
 	};
 	let drain = Duration::from_secs(args.drain_secs);
 	api::serve(listener, state, shutdown_signal(drain)).await?;

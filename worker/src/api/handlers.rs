@@ -476,7 +476,7 @@ pub(super) async fn peers(
 	State(state): State<AppState>,
 	Query(query): Query<PeersQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-	let peers = state.inner.peers.as_ref().ok_or_else(|| {
+	let peers = state.inner.peers.get().ok_or_else(|| {
 		ApiError::not_found("this worker is not on the p2p network (start it with --p2p-listen)")
 	})?;
 	Ok(Json(serde_json::json!({ "object": "list", "data": peers.list(query.adapter.as_deref()) })))

@@ -81,8 +81,8 @@ struct Inner {
 	knowledge: std::sync::RwLock<Option<Arc<Knowledge>>>,
 	/// The chain: authorisation, pricing and receipts; `None` serves without charging.
 	ledger: Option<Arc<Ledger>>,
-	/// Other workers and their resident adapters, when the worker is on the p2p network.
-	peers: Option<crate::p2p::Peers>,
+	/// Other workers and their resident adapters, once the worker is on the p2p network.
+	peers: std::sync::OnceLock<crate::p2p::Peers>,
 	draining: AtomicBool,
 	metrics: Metrics,
 	/// Unix seconds, the `created` of the models in `/v1/models`.
@@ -111,7 +111,7 @@ impl AppState {
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
 				knowledge: std::sync::RwLock::new(None),
 				ledger: None,
-				peers: None,
+				peers: std::sync::OnceLock::new(),
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
 				started: unix_now(),
@@ -148,10 +148,14 @@ impl AppState {
 		self
 	}
 
-	/// Answers `/v1/peers` from `peers`. Call before the state is cloned.
-	pub fn with_peers(mut self, peers: crate::p2p::Peers) -> Self {
-		Arc::get_mut(&mut self.inner).expect("with_peers is called before the state is shared").peers = Some(peers);
-		self
+	/// Answers `/v1/peers` from `peers` from now on (once; a second call changes nothing).
+	pub fn set_peers(&self, peers: crate::p2p::Peers) {
+		let _ = self.inner.peers.set(peers);
+	}
+
+	/// The adapter cache the worker serves from.
+	pub fn adapters(&self) -> &AdapterCache {
+		&self.inner.adapters
 	}
 
 	pub fn limits(&self) -> &ApiLimits {
