@@ -42,7 +42,7 @@ fn pruning_keeps_up_with_settling_and_fits_a_block() {
 mod fees {
 	use openledger_runtime::{
 		configs::{FeeMultiplierUpdate, RuntimeBlockWeights},
-		Runtime, RuntimeCall, MILLI_UNIT, UNIT,
+		Runtime, RuntimeCall, TxExtension, UncheckedExtrinsic, MILLI_UNIT, UNIT,
 	};
 	use pallet_attribution::WeightInfo as _;
 	use polkadot_sdk::{
@@ -50,14 +50,16 @@ mod fees {
 			dispatch::{DispatchClass, DispatchInfo, GetDispatchInfo, Pays},
 			weights::{Weight, WeightToFee as _},
 		},
-		frame_system,
+		frame_system::{self, CheckEra, CheckGenesis, CheckNonZeroSender, CheckNonce, CheckSpecVersion, CheckTxVersion, CheckWeight},
 		pallet_balances,
 		pallet_transaction_payment::{self, Multiplier, MultiplierUpdate},
 		sp_io::TestExternalities,
 		sp_keyring::Sr25519Keyring,
+		sp_core::sr25519,
 		sp_runtime::{
+			generic::Era,
 			traits::{Convert, One},
-			FixedPointNumber,
+			FixedPointNumber, MultiSignature,
 		},
 	};
 
@@ -69,6 +71,26 @@ mod fees {
 		TestExternalities::default().execute_with(|| TransactionPayment::compute_fee(len, info, 0))
 	}
 
+	/// `call` signed as a user's wallet signs it: its dispatch info with the runtime's extension
+	/// weight, and its encoded length.
+	fn signed(call: RuntimeCall) -> (DispatchInfo, u32) {
+		let extensions: TxExtension = (
+			CheckNonZeroSender::new(),
+			CheckSpecVersion::new(),
+			CheckTxVersion::new(),
+			CheckGenesis::new(),
+			CheckEra::from(Era::Immortal),
+			CheckNonce::from(0),
+			CheckWeight::new(),
+			pallet_transaction_payment::ChargeTransactionPayment::from(0),
+		);
+		let signature = MultiSignature::Sr25519(sr25519::Signature::from_raw([0; 64]));
+		let signer = Sr25519Keyring::Alice.to_account_id().into();
+		let extrinsic = UncheckedExtrinsic::new_signed(call.clone(), signer, signature, extensions);
+		let info = DispatchInfo { extension_weight: extrinsic.extension_weight(), ..call.get_dispatch_info() };
+		(info, codec::Encode::encoded_size(&extrinsic) as u32)
+	}
+
 	/// A user can afford to move money: a transfer costs well under a milli-OPEN.
 	#[test]
 	fn a_transfer_costs_a_fraction_of_a_milli_open() {
@@ -76,9 +98,8 @@ mod fees {
 			dest: Sr25519Keyring::Bob.to_account_id().into(),
 			value: UNIT,
 		});
-		// The call, an sr25519 signature, an address and the extensions' bytes.
-		let len = codec::Encode::encoded_size(&call) as u32 + 110;
-		let transfer = fee(&call.get_dispatch_info(), len);
+		let (info, len) = signed(call);
+		let transfer = fee(&info, len);
 		assert!(transfer > MILLI_UNIT / 20 && transfer < MILLI_UNIT, "a transfer costs {transfer}");
 	}
 
@@ -99,12 +120,9 @@ mod fees {
 	fn settling_a_receipt_costs_a_small_share_of_its_fee() {
 		let batch = 32u32;
 		let weight = <Runtime as pallet_attribution::Config>::WeightInfo::submit_receipts_shared_vouchers(batch);
-		let info = DispatchInfo {
-			call_weight: weight,
-			extension_weight: Weight::zero(),
-			class: DispatchClass::Normal,
-			pays_fee: Pays::Yes,
-		};
+		// The extensions weigh the same whatever the call: take them from a signed remark.
+		let (remark, _) = signed(RuntimeCall::System(frame_system::Call::remark { remark: vec![] }));
+		let info = DispatchInfo { call_weight: weight, class: DispatchClass::Normal, pays_fee: Pays::Yes, ..remark };
 		// About 450 bytes per receipt with its voucher (SCALE of the receipt, two signatures).
 		let per_receipt = fee(&info, 450 * batch) / batch as u128;
 		assert!(per_receipt < MILLI_UNIT / 4, "a receipt costs {per_receipt} to settle");

@@ -81,57 +81,76 @@ fn break_sentinels(text: &str) -> std::borrow::Cow<'_, str> {
 	out.into()
 }
 
-/// What [`TextCodec::encode_chat`] needs for messages that hold special tokens' texts.
+/// A model's special tokens, and a matcher of their texts.
+#[derive(Clone)]
+struct SpecialTexts {
+	/// Finds special tokens' texts, the longest where two start at one place; pattern `i` is
+	/// `tokens[i]`.
+	matcher: AhoCorasick,
+	/// One token per text, sorted by text.
+	tokens: Vec<(u32, AddedToken)>,
+	/// Every special token's id (two ids may share a text).
+	ids: std::collections::HashSet<u32>,
+	/// Some special token is matched after normalization, which a look at the raw text can
+	/// miss: then every chat is encoded literally.
+	normalized: bool,
+}
+
+impl SpecialTexts {
+	fn new<'a>(added: impl IntoIterator<Item = (&'a u32, &'a AddedToken)>) -> Result<Self> {
+		let mut tokens: Vec<(u32, AddedToken)> = added
+			.into_iter()
+			.filter(|(_, t)| t.special && !t.content.is_empty())
+			.map(|(&id, t)| (id, t.clone()))
+			.collect();
+		tokens.sort_by(|a, b| a.1.content.cmp(&b.1.content).then(a.0.cmp(&b.0)));
+		let ids = tokens.iter().map(|(id, _)| *id).collect();
+		tokens.dedup_by(|a, b| a.1.content == b.1.content);
+		let matcher = AhoCorasick::builder()
+			.match_kind(MatchKind::LeftmostLongest)
+			.build(tokens.iter().map(|(_, t)| &t.content))
+			.map_err(|e| anyhow!("matching special tokens: {e}"))?;
+		let normalized = tokens.iter().any(|(_, t)| t.normalized);
+		Ok(Self { matcher, tokens, ids, normalized })
+	}
+
+	fn text(&self, pattern: aho_corasick::PatternID) -> &str {
+		&self.tokens[pattern.as_usize()].1.content
+	}
+}
+
+/// What [`TextCodec::encode_chat`] needs for messages that hold special tokens' texts: the
+/// model's tokenizer with special tokens' texts read as ordinary text, plus a sentinel token for
+/// special token `i` of [`SpecialTexts`] (matched as it would be: same stripping), in which the
+/// template's own special tokens are written.
 #[derive(Clone)]
 struct LiteralChat {
-	/// The model's tokenizer with special tokens' texts read as ordinary text, plus a sentinel
-	/// token for each special token (matched as it would be: same stripping), in which the
-	/// template's own special tokens are written.
 	tokenizer: Tokenizer,
-	/// Finds special tokens' texts, the longest where two start at one place; pattern `i` is
-	/// `texts[i]`, whose sentinel is `sentinel(i)`.
-	specials: AhoCorasick,
-	texts: Vec<String>,
 	/// Sentinel token id → the special token's id.
 	sentinel_ids: HashMap<u32, u32>,
-	/// The special tokens' ids: none may come out of message text.
-	special_ids: std::collections::HashSet<u32>,
-	/// Some special token is matched after normalization, which a look at the raw text can
-	/// miss: then every chat is encoded this way.
-	always: bool,
 }
 
 impl LiteralChat {
-	fn new<'a>(tokenizer: &Tokenizer, added: impl IntoIterator<Item = (&'a u32, &'a AddedToken)>) -> Result<Self> {
-		let mut specials: Vec<(&u32, &AddedToken)> =
-			added.into_iter().filter(|(_, t)| t.special && !t.content.is_empty()).collect();
-		specials.sort_by(|a, b| a.1.content.cmp(&b.1.content).then(a.0.cmp(b.0)));
-		let special_ids = specials.iter().map(|(&id, _)| id).collect();
-		specials.dedup_by(|a, b| a.1.content == b.1.content);
+	fn new(tokenizer: &Tokenizer, specials: &SpecialTexts) -> Result<Self> {
 		let mut literal = tokenizer.clone();
 		literal.set_encode_special_tokens(true);
 		let sentinels: Vec<AddedToken> = specials
+			.tokens
 			.iter()
 			.enumerate()
-			.map(|(i, (_, t))| AddedToken { content: sentinel(i), special: false, ..(*t).clone() })
+			.map(|(i, (_, t))| AddedToken { content: sentinel(i), special: false, ..t.clone() })
 			.collect();
 		literal.add_tokens(&sentinels);
 		let mut sentinel_ids = HashMap::new();
-		for (i, (&id, _)) in specials.iter().enumerate() {
+		for (i, (id, _)) in specials.tokens.iter().enumerate() {
 			let sentinel_id = literal.token_to_id(&sentinel(i)).context("the tokenizer refused a sentinel token")?;
 			// New ids are numbered from the vocabulary's size: where its ids have gaps, that
 			// can be a real token's id, which must never be mapped to a special one.
-			if tokenizer.id_to_token(sentinel_id).is_some() || sentinel_ids.insert(sentinel_id, id).is_some() {
+			if tokenizer.id_to_token(sentinel_id).is_some() || sentinel_ids.insert(sentinel_id, *id).is_some() {
 				bail!("a sentinel token got id {sentinel_id}, which the vocabulary already uses");
 			}
 		}
-		let texts: Vec<String> = specials.iter().map(|(_, t)| t.content.clone()).collect();
-		let matcher = AhoCorasick::builder()
-			.match_kind(MatchKind::LeftmostLongest)
-			.build(&texts)
-			.map_err(|e| anyhow!("matching special tokens: {e}"))?;
-		let always = specials.iter().any(|(_, t)| t.normalized);
-		Ok(Self { tokenizer: literal, specials: matcher, texts, sentinel_ids, special_ids, always })
+		Ok(Self { tokenizer: literal, sentinel_ids })
 	}
 }
 
@@ -179,6 +198,7 @@ impl ChatMessage {
 #[derive(Clone)]
 pub struct TextCodec {
 	tokenizer: Tokenizer,
+	specials: SpecialTexts,
 	/// For chats whose messages hold special tokens' texts; the reason when this tokenizer
 	/// cannot have it (such chats are then refused).
 	literal: Result<LiteralChat, String>,
@@ -443,7 +463,8 @@ impl TextCodec {
 				eos_ids.push(id);
 			}
 		}
-		let literal = LiteralChat::new(&tokenizer, &added).map_err(|e| {
+		let specials = SpecialTexts::new(&added)?;
+		let literal = LiteralChat::new(&tokenizer, &specials).map_err(|e| {
 			tracing::warn!("chats whose messages hold special tokens' texts will be refused: {e:#}");
 			format!("{e:#}")
 		});
@@ -461,6 +482,7 @@ impl TextCodec {
 			.map_or(0, |m| m as usize + 1);
 		Ok(Self {
 			tokenizer,
+			specials,
 			literal,
 			env,
 			chat_template,
@@ -497,30 +519,30 @@ impl TextCodec {
 	/// call, as for any prompt, so pre-tokenizers that treat the start of the text specially
 	/// (a SentencePiece-style prefix space) behave as they would on the plain prompt.
 	pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
-		let plain = match &self.literal {
-			Ok(literal) => !literal.always && !messages.iter().any(|m| literal.specials.is_match(&m.content)),
-			Err(_) => true,
-		};
-		if plain {
-			let text = self.render_chat(messages, add_generation_prompt).map_err(ChatError::Template)?;
-			let ids = self.encode(&text).map_err(ChatError::Tokenizer)?;
-			if let Err(reason) = &self.literal {
-				// Without the literal way, a message's special token's text cannot be told from
-				// the template's: refuse rather than read it as the token.
-				if self.tokenizer.get_added_tokens_decoder().values().any(|t| t.special && messages.iter().any(|m| !t.content.is_empty() && m.content.contains(&t.content))) {
-					return Err(ChatError::Template(anyhow!(
-						"a message holds a special token's text, which this model's tokenizer cannot encode as text ({reason})"
-					)));
-				}
-			}
-			return Ok(ids);
+		let holds_special = messages.iter().any(|m| self.specials.matcher.is_match(&m.content));
+		match &self.literal {
+			Ok(literal) if holds_special || self.specials.normalized => {
+				self.encode_chat_literally(literal, messages, add_generation_prompt)
+			},
+			// A message's special token's text cannot be told from the template's: refuse
+			// rather than read it as the token.
+			Err(reason) if holds_special => Err(ChatError::Template(anyhow!(
+				"a message holds a special token's text, which this model's tokenizer cannot encode as text ({reason})"
+			))),
+			_ => {
+				let text = self.render_chat(messages, add_generation_prompt).map_err(ChatError::Template)?;
+				self.encode(&text).map_err(ChatError::Tokenizer)
+			},
 		}
-		self.encode_chat_literally(messages, add_generation_prompt)
 	}
 
 	/// [`encode_chat`](Self::encode_chat)'s way for messages that hold a special token's text.
-	fn encode_chat_literally(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
-		let literal = self.literal.as_ref().map_err(|e| ChatError::Tokenizer(anyhow!("{e}")))?;
+	fn encode_chat_literally(
+		&self,
+		literal: &LiteralChat,
+		messages: &[ChatMessage],
+		add_generation_prompt: bool,
+	) -> Result<Vec<u32>, ChatError> {
 		// A marker tag no message holds: the smallest number not written after MARKER_OPEN.
 		let used: std::collections::HashSet<u64> =
 			messages.iter().flat_map(|m| bracketed_numbers(&m.content, MARKER_OPEN, ':')).collect();
@@ -532,10 +554,10 @@ impl TextCodec {
 				let content = break_sentinels(&message.content);
 				let mut marked = String::with_capacity(content.len());
 				let mut at = 0;
-				for found in literal.specials.find_iter(content.as_ref()) {
+				for found in self.specials.matcher.find_iter(content.as_ref()) {
 					marked.push_str(&content[at..found.start()]);
 					marked.push_str(&format!("{tag}{}{MARKER_CLOSE}", literals.len()));
-					literals.push(&literal.texts[found.pattern().as_usize()]);
+					literals.push(self.specials.text(found.pattern()));
 					at = found.end();
 				}
 				marked.push_str(&content[at..]);
@@ -552,7 +574,7 @@ impl TextCodec {
 			};
 			// The template's text, its special tokens written as their sentinels.
 			let mut at = 0;
-			for found in literal.specials.find_iter(template) {
+			for found in self.specials.matcher.find_iter(template) {
 				prompt.push_str(&template[at..found.start()]);
 				prompt.push_str(&sentinel(found.pattern().as_usize()));
 				at = found.end();
@@ -576,7 +598,7 @@ impl TextCodec {
 		let encoding = literal.tokenizer.encode(prompt, false).map_err(tokenize)?;
 		// Some models (a Unigram vocabulary holding `</s>`, say) can still spell a special token
 		// from ordinary text: refuse rather than pass it on.
-		if let Some(id) = encoding.get_ids().iter().find(|id| literal.special_ids.contains(id)) {
+		if let Some(id) = encoding.get_ids().iter().find(|id| self.specials.ids.contains(id)) {
 			return Err(ChatError::Template(anyhow!(
 				"this model's tokenizer reads the text `{}` in a message as a special token; remove it",
 				self.tokenizer.id_to_token(*id).unwrap_or_default()
@@ -976,7 +998,7 @@ mod tests {
 		assert_eq!(ids, expected);
 		// A sentinel's text written in a message is no way in either.
 		let sneaky = format!("{}<|im_end|>", sentinel(0));
-		let specials = codec.literal.as_ref().unwrap().texts.iter().map(|t| codec.token_to_id(t).unwrap()).collect::<Vec<_>>();
+		let specials = codec.specials.tokens.iter().map(|(id, _)| *id).collect::<Vec<_>>();
 		let count = |ids: &[u32]| ids.iter().filter(|i| specials.contains(i)).count();
 		let plain = codec.encode_chat(&[ChatMessage::new("user", "x")], false).unwrap();
 		let ids = codec.encode_chat(&[ChatMessage::new("user", sneaky)], false).unwrap();
@@ -1049,7 +1071,7 @@ mod tests {
 		for codec in [&sentencepiece, &smollm2()] {
 			for generation in [true, false] {
 				let plain = codec.encode(&codec.render_chat(&messages, generation).unwrap()).unwrap();
-				assert_eq!(codec.encode_chat_literally(&messages, generation).unwrap(), plain);
+				assert_eq!(codec.encode_chat_literally(codec.literal.as_ref().unwrap(), &messages, generation).unwrap(), plain);
 				assert_eq!(codec.encode_chat(&messages, generation).unwrap(), plain);
 			}
 		}
@@ -1068,7 +1090,7 @@ mod tests {
 	#[test]
 	fn messages_cannot_write_markers_or_sentinels() {
 		let codec = smollm2();
-		let specials = codec.literal.as_ref().unwrap().texts.iter().map(|t| codec.token_to_id(t).unwrap()).collect::<Vec<_>>();
+		let specials = codec.specials.tokens.iter().map(|(id, _)| *id).collect::<Vec<_>>();
 		let count = |ids: &[u32]| ids.iter().filter(|i| specials.contains(i)).count();
 		let template_only = count(&codec.encode_chat(&[ChatMessage::new("user", "x")], false).unwrap());
 		for content in [

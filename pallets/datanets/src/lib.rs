@@ -495,16 +495,7 @@ pub mod pallet {
 			let mut contribution =
 				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
 			ensure!(contribution.contributor == who, Error::<T>::NotContributor);
-			if contribution.status == ContributionStatus::Accepted {
-				Self::pay_rewards(datanet, item, &mut contribution)?;
-			}
-			T::Currency::release(
-				&HoldReason::ContributionDeposit.into(),
-				&who,
-				contribution.deposit,
-				Precision::Exact,
-			)?;
-			Self::remove_item(&mut net, datanet, item, &contribution);
+			Self::settle_and_remove(&mut net, datanet, item, &mut contribution)?;
 			Self::deposit_event(Event::ContributionWithdrawn { datanet, item });
 			Self::store_or_close(datanet, net)
 		}
@@ -564,16 +555,7 @@ pub mod pallet {
 			ensure!(net.closing, Error::<T>::NotClosing);
 			let mut contribution =
 				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
-			if contribution.status == ContributionStatus::Accepted {
-				Self::pay_rewards(datanet, item, &mut contribution)?;
-			}
-			T::Currency::release(
-				&HoldReason::ContributionDeposit.into(),
-				&contribution.contributor,
-				contribution.deposit,
-				Precision::Exact,
-			)?;
-			Self::remove_item(&mut net, datanet, item, &contribution);
+			Self::settle_and_remove(&mut net, datanet, item, &mut contribution)?;
 			Self::deposit_event(Event::ContributionReaped { datanet, item });
 			Self::store_or_close(datanet, net)
 		}
@@ -647,6 +629,27 @@ pub mod pallet {
 			}
 			Contributions::<T>::remove(datanet, item);
 			ContentIndex::<T>::remove(datanet, contribution.content_hash);
+		}
+
+		/// Removes an item its contributor is owed nothing more for: an accepted item's unclaimed
+		/// rewards are paid, and the whole deposit is released.
+		fn settle_and_remove(
+			net: &mut DataNetOf<T>,
+			datanet: DataNetId,
+			item: ItemId,
+			contribution: &mut ContributionOf<T>,
+		) -> DispatchResult {
+			if contribution.status == ContributionStatus::Accepted {
+				Self::pay_rewards(datanet, item, contribution)?;
+			}
+			T::Currency::release(
+				&HoldReason::ContributionDeposit.into(),
+				&contribution.contributor,
+				contribution.deposit,
+				Precision::Exact,
+			)?;
+			Self::remove_item(net, datanet, item, contribution);
+			Ok(())
 		}
 
 		/// Writes `net` back, or, when it is closing and holds no item, removes it with its

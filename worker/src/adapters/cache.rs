@@ -203,8 +203,14 @@ impl State {
 	/// Makes room for an adapter of `bytes` by evicting idle adapters, least recently used first,
 	/// and returns them (to be dropped after the lock is released). Leased adapters and loads
 	/// under way keep their room; when evicting every idle adapter would not be enough, evicts
-	/// nothing and says why.
-	fn make_room(&mut self, bytes: usize, limits: &AdapterLimits) -> Result<Vec<Arc<Resident>>, String> {
+	/// nothing: `CacheFull`, or `TooLarge` when even an empty cache would not do.
+	fn make_room(&mut self, bytes: usize, limits: &AdapterLimits) -> Result<Vec<Arc<Resident>>, AdapterError> {
+		if bytes > limits.max_resident_bytes {
+			return Err(AdapterError::TooLarge(format!(
+				"the adapter needs {bytes} bytes, more than the whole adapter cache ({} bytes)",
+				limits.max_resident_bytes
+			)));
+		}
 		let reserved_bytes: usize = self.loading.values().map(|(_, bytes)| bytes).sum();
 		let need_bytes = (self.resident_bytes + reserved_bytes + bytes).saturating_sub(limits.max_resident_bytes);
 		let need_count = (self.resident.len() + self.loading.len() + 1).saturating_sub(limits.max_resident);
@@ -228,13 +234,13 @@ impl State {
 			freed_count += 1;
 		}
 		if freed_bytes < need_bytes || freed_count < need_count {
-			return Err(format!(
+			return Err(AdapterError::CacheFull(format!(
 				"{} adapters ({} bytes) are in use or loading; {bytes} more bytes do not fit in {} bytes / {} adapters",
 				self.resident.len() - chosen.len() + self.loading.len(),
 				self.resident_bytes - freed_bytes + reserved_bytes,
 				limits.max_resident_bytes,
 				limits.max_resident
-			));
+			)));
 		}
 		Ok(chosen.iter().filter_map(|h| self.remove(h)).collect())
 	}
@@ -486,16 +492,9 @@ impl AdapterCache {
 					(load, Vec::new())
 				},
 				None => {
-					let limits = &self.inner.limits;
-					if bytes > limits.max_resident_bytes {
-						return Err(AdapterError::TooLarge(format!(
-							"the adapter needs {bytes} bytes, more than the whole adapter cache ({} bytes)",
-							limits.max_resident_bytes
-						)));
-					}
 					// The room is made now, not when the load ends: a hit meanwhile cannot
 					// take it, so a finished load is never thrown away for want of room.
-					let evicted = state.make_room(bytes, limits).map_err(AdapterError::CacheFull)?;
+					let evicted = state.make_room(bytes, &self.inner.limits)?;
 					state.stats.misses += 1;
 					let host_copy = state.host_copy(&hash);
 					let load = self.start_load(name.to_owned(), known, dir, host_copy);
@@ -628,13 +627,7 @@ impl AdapterCache {
 		}
 		let limits = &self.inner.limits;
 		let bytes = adapter.resident_bytes;
-		if bytes > limits.max_resident_bytes {
-			return Err(AdapterError::TooLarge(format!(
-				"the adapter needs {bytes} bytes, more than the whole adapter cache ({} bytes)",
-				limits.max_resident_bytes
-			)));
-		}
-		let evicted = state.make_room(bytes, limits).map_err(AdapterError::CacheFull)?;
+		let evicted = state.make_room(bytes, limits)?;
 		let entry = Arc::new(Resident {
 			adapter,
 			epoch: self.inner.epoch,
