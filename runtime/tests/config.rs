@@ -100,6 +100,7 @@ mod fees {
 		});
 		let (info, len) = signed(call);
 		let transfer = fee(&info, len);
+		println!("a transfer costs {transfer} planck");
 		assert!(transfer > MILLI_UNIT / 20 && transfer < MILLI_UNIT, "a transfer costs {transfer}");
 	}
 
@@ -125,6 +126,7 @@ mod fees {
 		let info = DispatchInfo { call_weight: weight, class: DispatchClass::Normal, pays_fee: Pays::Yes, ..remark };
 		// About 450 bytes per receipt with its voucher (SCALE of the receipt, two signatures).
 		let per_receipt = fee(&info, 450 * batch) / batch as u128;
+		println!("settling a receipt in a batch of {batch} costs {per_receipt} planck");
 		assert!(per_receipt < MILLI_UNIT / 4, "a receipt costs {per_receipt} to settle");
 	}
 
