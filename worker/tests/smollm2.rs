@@ -209,3 +209,23 @@ async fn a_small_kv_cache_ends_long_answers_and_refuses_prompts_that_cannot_fit(
 	let after = generate(&engine, "What is the capital of Germany?", 8, SamplingParams::default(), vec![]).await;
 	assert!(after.completion_tokens > 0);
 }
+
+/// A client that has its answer finds the engine already free of the request: its admission
+/// permit is back and `/metrics` counts it finished, with no sequence left active. (Releasing
+/// after `Done` refused back-to-back requests at a queue of one, and left the active gauge
+/// at 1 on an idle worker.)
+#[tokio::test]
+async fn the_request_is_released_and_counted_before_its_client_hears_done() {
+	let engine = engine();
+	let admission = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+	for round in 1..=5 {
+		let (mut req, rx) = request(chat_prompt("Hi"), 4, SamplingParams::default(), vec![], None);
+		req.permit = Some(admission.clone().try_acquire_owned().expect("the previous request gave its permit back"));
+		engine.submit(req).unwrap();
+		collect(rx).await;
+		assert_eq!(admission.available_permits(), 1, "round {round}: the permit is back");
+		let stats = engine.stats();
+		assert_eq!(stats.requests_finished_total, round, "round {round}: {stats:?}");
+		assert_eq!(stats.active_sequences, 0, "round {round}: {stats:?}");
+	}
+}

@@ -154,7 +154,13 @@ impl Sequence {
 		None
 	}
 
-	fn finish(mut self, codec: &TextCodec, reason: FinishReason) {
+	/// The event that ends the request: for a finished sequence the rest of its text is sent
+	/// first, then `Done`.
+	fn last_event(&mut self, codec: &TextCodec, ending: Ending) -> GenerationEvent {
+		let reason = match ending {
+			Ending::Failed(message) => return GenerationEvent::Failed(message),
+			Ending::Finished(reason) => reason,
+		};
 		if reason == FinishReason::Length {
 			if let Ok(Some(rest)) = self.decoder.flush(codec) {
 				self.text.push_str(&rest);
@@ -165,8 +171,15 @@ impl Sequence {
 			self.send(GenerationEvent::Text(rest));
 		}
 		let usage = Usage { prompt_tokens: self.request.prompt_tokens.len(), completion_tokens: self.generated };
-		self.send(GenerationEvent::Done { finish_reason: reason, usage });
+		GenerationEvent::Done { finish_reason: reason, usage }
 	}
+}
+
+/// How a sequence leaves the batch.
+enum Ending {
+	Finished(FinishReason),
+	/// The client is told why.
+	Failed(String),
 }
 
 pub(super) fn run(
@@ -211,8 +224,7 @@ pub(super) fn run(
 		let started = Instant::now();
 		let mut budget = options.prefill_chunk_tokens;
 		let mut plan: Vec<(usize, Vec<u32>)> = Vec::with_capacity(active.len());
-		// `None`: failed, the client was already told.
-		let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
+		let mut finished: Vec<(usize, Ending)> = Vec::new();
 		// The first prompt chunk that found no room in the KV cache: it waits for blocks.
 		let mut waiting = None;
 		for (i, seq) in active.iter_mut().enumerate() {
@@ -237,7 +249,7 @@ pub(super) fn run(
 				// its blocks then let the others go on.
 				Err(full) if decoding => {
 					tracing::warn!("ending a sequence at {} tokens: {full}", seq.cache.len());
-					finished.push((i, Some(FinishReason::Length)));
+					finished.push((i, Ending::Finished(FinishReason::Length)));
 				},
 				Err(full) => {
 					waiting.get_or_insert((i, full));
@@ -247,8 +259,7 @@ pub(super) fn run(
 		if plan.is_empty() {
 			// Nothing can run: the waiting prompt would wait forever, so it fails instead.
 			if let (Some((i, full)), true) = (waiting, finished.is_empty()) {
-				active[i].send(GenerationEvent::Failed(format!("the prompt does not fit: {full}")));
-				finished.push((i, None));
+				finished.push((i, Ending::Failed(format!("the prompt does not fit: {full}"))));
 			}
 			retire(&mut active, finished, &codec, &counters);
 			continue;
@@ -278,11 +289,8 @@ pub(super) fn run(
 			Ok(logits) => logits,
 			Err(e) => {
 				tracing::error!("forward pass failed: {e}");
-				let failed: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
-				for i in failed.into_iter().rev() {
-					let mut seq = active.remove(i);
-					seq.send(GenerationEvent::Failed(format!("inference failed: {e}")));
-				}
+				finished.extend(plan.iter().map(|(i, _)| (*i, Ending::Failed(format!("inference failed: {e}")))));
+				retire(&mut active, finished, &codec, &counters);
 				continue;
 			},
 		};
@@ -297,14 +305,13 @@ pub(super) fn run(
 			let token = match logits.get(row).and_then(|l| seq.sampler.sample(&l)) {
 				Ok(token) => token,
 				Err(e) => {
-					seq.send(GenerationEvent::Failed(format!("sampling failed: {e}")));
-					finished.push((*i, None));
+					finished.push((*i, Ending::Failed(format!("sampling failed: {e}"))));
 					continue;
 				},
 			};
 			counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
 			if let Some(reason) = seq.accept(&codec, token) {
-				finished.push((*i, Some(reason)));
+				finished.push((*i, Ending::Finished(reason)));
 			}
 		}
 		retire(&mut active, finished, &codec, &counters);
@@ -315,21 +322,25 @@ pub(super) fn run(
 	tracing::info!("engine stopped: no more requests");
 }
 
-/// Removes the finished sequences from `active`, telling each client how it ended (`None`: the
-/// client was already told it failed). Their KV blocks return to the pool as they are dropped.
-fn retire(
-	active: &mut Vec<Sequence>,
-	mut finished: Vec<(usize, Option<FinishReason>)>,
-	codec: &TextCodec,
-	counters: &EngineCounters,
-) {
+/// Removes the finished sequences from `active` and then tells each client how it ended. The
+/// last event goes out only once the sequence is dropped (its admission permit, adapter lease
+/// and KV blocks given back) and counted, so a client holding its answer finds the worker
+/// already free of it: a client sending requests one after another is never refused for its
+/// own previous request, and `/metrics` read after an answer counts it.
+fn retire(active: &mut Vec<Sequence>, mut finished: Vec<(usize, Ending)>, codec: &TextCodec, counters: &EngineCounters) {
+	// Descending, so each `swap_remove` moves in a sequence that is not finished.
 	finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-	for (i, reason) in finished {
-		let seq = active.swap_remove(i);
-		if let Some(reason) = reason {
-			seq.finish(codec, reason);
-		}
-		counters.requests_finished_total.fetch_add(1, Ordering::Relaxed);
+	let last_events: Vec<_> = finished
+		.into_iter()
+		.map(|(i, ending)| {
+			let mut seq = active.swap_remove(i);
+			(seq.request.events.clone(), seq.last_event(codec, ending))
+		})
+		.collect();
+	counters.requests_finished_total.fetch_add(last_events.len() as u64, Ordering::Relaxed);
+	counters.active_sequences.store(active.len() as u64, Ordering::Relaxed);
+	for (events, event) in last_events {
+		let _ = events.send(event);
 	}
 }
 
