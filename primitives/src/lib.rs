@@ -47,6 +47,9 @@ pub type MaxAttributionEntries = ConstU32<MAX_ATTRIBUTION_ENTRIES>;
 pub const RECEIPT_DOMAIN: &[u8] = b"openledger/receipt/v1";
 /// Domain tag prefixed to every signed voucher.
 pub const VOUCHER_DOMAIN: &[u8] = b"openledger/voucher/v1";
+/// Domain tag prefixed to a worker's signed p2p announcement (its session key vouching for the
+/// endpoint and resident adapters a libp2p peer announces).
+pub const ANNOUNCEMENT_DOMAIN: &[u8] = b"openledger/announcement/v1";
 
 /// blake2-256 of `bytes`: the content hash used for DataNet items, adapter weights and templates.
 pub fn content_hash(bytes: &[u8]) -> ContentHash {

@@ -8,6 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { readFileSync, openSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { compactFromU8a } from '@polkadot/util';
@@ -32,19 +33,22 @@ function workerArgs(extra = []) {
     '--max-tokens', '256', ...extra];
 }
 
-async function startWorker(extra) {
-  const log = openSync(join(dir, 'worker.log'), 'a');
-  const child = spawn(workerBin, workerArgs(extra), { stdio: ['ignore', log, log] });
+// Starts `openledger-worker` with `args` and waits for its /health at `url`.
+async function spawnWorker(args, url, logName = 'worker.log') {
+  const log = openSync(join(dir, logName), 'a');
+  const child = spawn(workerBin, args, { stdio: ['ignore', log, log] });
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   for (let i = 0; i < 240; i++) {
     try {
-      if ((await fetch(`${workerUrl}/health`)).ok) return { child, exited };
+      if ((await fetch(`${url}/health`)).ok) return { child, exited };
     } catch { /* not up yet */ }
     const done = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 500))]);
-    if (done) throw new Error(`the worker exited (${JSON.stringify(done)}); see ${dir}/worker.log`);
+    if (done) throw new Error(`the worker exited (${JSON.stringify(done)}); see ${dir}/${logName}`);
   }
-  throw new Error('the worker did not come up');
+  throw new Error(`the worker at ${url} did not come up`);
 }
+
+const startWorker = (extra) => spawnWorker(workerArgs(extra), workerUrl);
 
 async function stopWorker(signal = 'SIGTERM') {
   if (!worker) return null;
@@ -383,6 +387,76 @@ test('concurrent requests never commit more than the allowance: the excess gets 
   for (const e of refused) assert.equal(e.status, 402, String(e));
   await waitSettled(served.map((r) => r.receiptId));
   await setAllowance(node, node.dev.alice, workerAddress, 50n * OPEN);
+});
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    }).on('error', reject);
+  });
+}
+
+async function peersOf(url, query = '') {
+  const reply = await fetch(`${url}/v1/peers${query}`);
+  assert.equal(reply.status, 200, await reply.clone().text());
+  return reply.json();
+}
+
+async function waitFor(what, probe, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = await probe();
+    if (found) return found;
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+test('on the p2p network, a peer vouched for by a registered worker\'s session key is listed as registered', async () => {
+  const p2p = ['--p2p-listen', '/ip4/127.0.0.1/tcp/0', '--p2p-interval-secs', '2'];
+  await stopWorker();
+  worker = await startWorker(p2p);
+  const first = await waitFor('the worker\'s p2p address', async () => {
+    const listing = await peersOf(workerUrl);
+    return listing.listening.length > 0 && listing;
+  });
+  const joining = [...p2p, '--p2p-peer', first.listening[0]];
+  // A replica of the same registered worker (its keys, its own outbox; it leaves settling to
+  // the first), and a worker serving no chain.
+  const [replicaPort, plainPort] = [await freePort(), await freePort()];
+  const replicaUrl = `http://127.0.0.1:${replicaPort}`;
+  const plainUrl = `http://127.0.0.1:${plainPort}`;
+  const others = [];
+  try {
+    others.push(await spawnWorker(['serve', '--listen', `127.0.0.1:${replicaPort}`, '--adapters', join(dir, 'adapters'),
+      '--chain', process.env.OPENLEDGER_WS, '--base-model-id', String(ids.baseModel), '--outbox', join(dir, 'replica.redb'),
+      '--no-submit', ...joining], replicaUrl, 'replica.log'));
+    others.push(await spawnWorker(['serve', '--listen', `127.0.0.1:${plainPort}`, '--adapters', join(dir, 'adapters'), ...joining],
+      plainUrl, 'plain.log'));
+    const heard = await waitFor('the first to hear both', async () => {
+      const data = (await peersOf(workerUrl)).data;
+      return data.length === 2 && data;
+    });
+    const byEndpoint = Object.fromEntries(heard.map((p) => [p.endpoint, p]));
+    assert.equal(byEndpoint[replicaUrl].registered, true, JSON.stringify(heard));
+    assert.equal(byEndpoint[replicaUrl].worker.account, workerAddress);
+    assert.equal(byEndpoint[plainUrl].registered, false, JSON.stringify(heard));
+    assert.equal(byEndpoint[plainUrl].worker, undefined);
+    const registered = (await peersOf(workerUrl, '?registered=true')).data;
+    assert.deepEqual(registered.map((p) => p.endpoint), [replicaUrl]);
+    // The worker serving no chain shows the claim but cannot tell whether it is registered.
+    const seen = await waitFor('the plain worker to hear the first', async () =>
+      (await peersOf(plainUrl)).data.find((p) => p.peer_id === first.peer_id));
+    assert.equal(seen.worker.account, workerAddress);
+    assert.equal(seen.registered, null);
+  } finally {
+    for (const other of others) {
+      other.child.kill('SIGTERM');
+      await other.exited;
+    }
+  }
 });
 
 test('the outbox holds every delivered answer\'s receipt, each judged', async () => {

@@ -666,8 +666,8 @@ class ApiTest(WorkerTestCase):
 
 
 class P2pTest(WorkerTestCase):
-    """Two workers on the p2p network: the second, knowing only the first's address, learns which
-    adapters the first holds resident, by name and by hash."""
+    """Workers on the p2p network: the second, knowing only the first's address, learns which
+    adapters the first holds resident, by name and by hash; a worker that stops says goodbye."""
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -675,28 +675,29 @@ class P2pTest(WorkerTestCase):
         store = cls.tmp / "first"
         store.mkdir()
         cls.hash = create_adapter(store / "legal", 7)["hash"]
-        p2p = ("--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--p2p-interval-secs", "2")
-        cls.start_worker("p2p-first", store, *p2p, "--p2p-key-file", str(cls.tmp / "first.key"))
+        cls.p2p = ("--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--p2p-interval-secs", "2")
+        cls.start_worker("p2p-first", store, *cls.p2p, "--p2p-key-file", str(cls.tmp / "first.key"))
         cls.first = cls.worker
+        # The first's address, as its own listing gives it (`/ip4/…/tcp/N/p2p/<peer id>`).
         deadline = time.monotonic() + 10
-        while True:
-            log = cls.first.log()
-            peer = re.search(r"p2p node started peer_id=(\w+)", log)
-            address = re.search(r"p2p listening address=(/ip4/127\.0\.0\.1/tcp/\d+)", log)
-            if (peer and address) or time.monotonic() > deadline:
-                break
+        while not (listening := cls.listing(cls.first)["listening"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the first worker lists no p2p address:\n{cls.first.log()}")
             time.sleep(0.1)
-        if not peer or not address:
-            raise RuntimeError(f"the first worker logged no p2p address:\n{log}")
+        cls.first_address = listening[0]
         (cls.tmp / "second").mkdir()
-        cls.start_worker("p2p-second", cls.tmp / "second", *p2p,
-                         "--p2p-peer", f"{address.group(1)}/p2p/{peer.group(1)}")
+        cls.start_worker("p2p-second", cls.tmp / "second", *cls.p2p, "--p2p-peer", cls.first_address)
         cls.second = cls.worker
 
-    def peers(self, worker: Worker, query: str = "") -> list[dict]:
+    @staticmethod
+    def listing(worker: Worker, query: str = "") -> dict:
         status, _, body = raw_request(worker.port, "GET", f"/v1/peers{query}")
-        self.assertEqual(status, 200, body)
-        return json.loads(body)["data"]
+        if status != 200:
+            raise AssertionError(f"GET /v1/peers{query}: {status} {body!r}")
+        return json.loads(body)
+
+    def peers(self, worker: Worker, query: str = "") -> list[dict]:
+        return self.listing(worker, query)["data"]
 
     def wait_for(self, what: str, probe):
         """Polls `probe` until it returns something true (30 s at most); returns that."""
@@ -705,6 +706,32 @@ class P2pTest(WorkerTestCase):
             self.assertLess(time.monotonic(), deadline, f"timed out waiting for {what}")
             time.sleep(0.2)
         return found
+
+    def test_a_stopped_worker_says_goodbye(self):
+        """A third worker announcing every 60 s would stay listed for three minutes; its goodbye
+        on SIGTERM removes it at once."""
+        (self.tmp / "third").mkdir()
+        third = Worker("p2p-third", self.tmp / "third", "--p2p-listen", "/ip4/127.0.0.1/tcp/0",
+                       "--p2p-interval-secs", "60", "--p2p-peer", self.first_address)
+        self.addCleanup(third.stop)
+        third.start()
+        third_id = self.wait_for("the third's peer id", lambda: self.listing(third)["peer_id"])
+        self.wait_for("the first to hear the third",
+                      lambda: any(p["peer_id"] == third_id for p in self.peers(self.first)))
+        third.stop()
+        self.wait_for("the first to forget the third",
+                      lambda: all(p["peer_id"] != third_id for p in self.peers(self.first)))
+
+    def test_registered_peers_need_a_chain_and_a_boolean(self):
+        for query, param in [("?registered=true", "registered"), ("?registered=maybe", None)]:
+            status, _, body = raw_request(self.first.port, "GET", f"/v1/peers{query}")
+            self.assertEqual(status, 400, body)
+            error = json.loads(body)["error"]
+            self.assertEqual(error["type"], "invalid_request_error")
+            self.assertEqual(error.get("param"), param)
+        # Without a chain nobody is vouched for: `registered` is null.
+        heard = self.wait_for("the first to hear the second", lambda: self.peers(self.first))
+        self.assertTrue(all(p["registered"] is None and "worker" not in p for p in heard), heard)
 
     def test_a_worker_learns_where_an_adapter_is_resident(self):
         # `legal` becomes resident on the first worker by serving a request.
@@ -773,7 +800,8 @@ class OverloadTest(WorkerTestCase):
         for latency, e in limited:
             self.assert_status_error(e, 429, kind="rate_limit_error", code="rate_limit_exceeded")
             self.assertEqual(e.response.headers.get("retry-after"), "1")
-            self.assertLess(latency, 0.5, "429 must be answered at once, not after queueing")
+            # The server answers in about a millisecond; the margin is for a loaded 2-core client.
+            self.assertLess(latency, 2.0, "429 must be answered at once, not after queueing")
         self.assertLess(max(l for l, _ in limited), min(l for l, _ in ok))
         first = ok[0][1].choices[0].message.content
         for _, response in ok:
@@ -866,7 +894,10 @@ class ShutdownTest(WorkerTestCase):
             if signalled_at is None and content_chunks == 3:
                 self.worker.proc.send_signal(signal.SIGTERM)
                 signalled_at = time.monotonic()
-                time.sleep(0.3)  # let the worker see the signal; the stream keeps decoding meanwhile
+                # Once the worker is draining (the stream keeps decoding meanwhile), new work is refused.
+                deadline = time.monotonic() + 10
+                while "shutting down: draining" not in self.worker.log() and time.monotonic() < deadline:
+                    time.sleep(0.02)
                 probe = self.probe_new_request()
         self.assertIsNotNone(signalled_at, "the stream ended before the signal was sent")
         stream_done_at = time.monotonic()
@@ -1038,7 +1069,7 @@ class DataNetTest(WorkerTestCase):
 def load_tests(loader: unittest.TestLoader, standard_tests, pattern):
     # The shutdown test stops its worker, so it runs last; keep the order explicit.
     suite = unittest.TestSuite()
-    for case in (ApiTest, OverloadTest, DataNetTest, ShutdownTest):
+    for case in (ApiTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest):
         suite.addTests(loader.loadTestsFromTestCase(case))
     return suite
 

@@ -136,6 +136,9 @@ struct ServeArgs {
 	/// Seconds between announcements to peers.
 	#[arg(long, default_value_t = 10)]
 	p2p_interval_secs: u64,
+	/// The most p2p connections open at once, in and out.
+	#[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+	p2p_max_connections: u32,
 	/// Seconds to wait for in-flight requests after SIGTERM/Ctrl-C before exiting anyway.
 	#[arg(long, default_value_t = 60)]
 	drain_secs: u64,
@@ -340,7 +343,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		};
 		let key = args.p2p_key_file.as_deref().map(p2p::load_or_create_key).transpose()?;
 		let interval = Duration::from_secs(args.p2p_interval_secs.clamp(1, 600));
-		let config = p2p::P2pConfig { listen: args.p2p_listen, bootstrap: args.p2p_peers, interval, key };
+		// On a chain, the session key vouches for what the worker announces.
+		let signer = state.ledger().map(|ledger| p2p::AnnouncementSigner {
+			session: ledger.session().clone(),
+			account: ledger.account().clone(),
+			genesis: ledger.genesis(),
+		});
+		let config = p2p::P2pConfig {
+			key,
+			max_connections: args.p2p_max_connections,
+			signer,
+			..p2p::P2pConfig::new(args.p2p_listen, args.p2p_peers, interval)
+		};
 		let (adapters, base_model) = (state.adapters().clone(), base.name.clone());
 		let node = p2p::start(config, move || p2p::Announcement {
 			endpoint: endpoint.clone(),
@@ -351,7 +365,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 				.filter(|(_, _, resident)| *resident)
 				.map(|(name, hash, _)| p2p::ResidentAdapter { name, hash })
 				.collect(),
-			interval_secs: interval.as_secs(),
+			..p2p::Announcement::default()
 		})
 		.await?;
 		state.set_peers(node.peers.clone());

@@ -2,31 +2,43 @@
 //! a client or a router can send a request where its adapter is loaded already (OpenLoRA's cold
 //! start is an adapter load).
 //!
-//! Each worker runs a swarm (TCP, Noise, Yamux) with Kademlia to discover peers from a few known
-//! ones (Identify tells each peer's listen addresses to Kademlia, so a node that was only ever
-//! dialled can still introduce its peers to each other) and gossipsub, on which it publishes its
-//! [`Announcement`] every `interval` and whenever a peer subscribes: its HTTP endpoint, its base
-//! model and its resident adapters (name and weights hash). Messages are signed with the peer's
-//! libp2p key; a peer's latest valid announcement is kept until it is three of the sender's
-//! intervals old. An announcement is a peer's claim: a client checks the endpoint's registration
-//! and the adapter's hash on chain, as it would for any worker.
+//! Each worker runs a swarm (TCP, Noise, Yamux, with connection limits) with Kademlia to discover
+//! peers from a few known ones (Identify tells each peer's listen addresses to Kademlia, so a node
+//! that was only ever dialled can still introduce its peers to each other) and gossipsub, on which
+//! it publishes its [`Announcement`] every `interval` and whenever a peer subscribes: its HTTP
+//! endpoint, its base model and its resident adapters (name and weights hash), and a goodbye when
+//! it stops. Messages are signed with the peer's libp2p key; a worker serving a chain also has its
+//! session key vouch for the announcement ([`WorkerClaim`]), and a receiver on the same chain
+//! tells whether the claim names an active registered worker. A peer's newest valid announcement
+//! is kept until it is three of the sender's intervals old; older ones and replays are ignored.
 
 use std::{
+	cell::Cell,
 	collections::HashMap,
 	path::Path,
 	sync::{Arc, RwLock},
-	time::{Duration, Instant},
+	time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use libp2p::{
-	gossipsub, identify, identity, kad, noise,
+	connection_limits, gossipsub, identify, identity, kad, noise,
 	swarm::{NetworkBehaviour, SwarmEvent},
 	tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
+use openledger_primitives::{content_hash, signing_payload, ContentHash, ANNOUNCEMENT_DOMAIN};
+use polkadot_sdk::{
+	sp_core::{crypto::Ss58Codec, sr25519, Pair},
+	sp_runtime::AccountId32,
+};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+
+use crate::ledger::{
+	chain::WorkerInfo,
+	keys::{hex_hash, parse_account, Sr25519Key},
+};
 
 /// The gossipsub topic of announcements.
 const TOPIC: &str = "openledger/residency/1";
@@ -42,9 +54,13 @@ const MAX_NAME_LEN: usize = 128;
 const MAX_PEERS: usize = 4096;
 /// The longest a sender may ask its announcement to be kept.
 const MAX_INTERVAL_SECS: u64 = 600;
+/// How far ahead of the receiver's clock an announcement may be dated (clock skew).
+const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+/// How long a stopping worker keeps its swarm running to send its goodbye.
+const GOODBYE_FLUSH: Duration = Duration::from_millis(500);
 
 /// What a worker tells its peers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
 	/// Where its OpenAI-compatible API is.
 	pub endpoint: String,
@@ -54,6 +70,16 @@ pub struct Announcement {
 	pub resident: Vec<ResidentAdapter>,
 	/// How often it announces: receivers keep this announcement for three of these.
 	pub interval_secs: u64,
+	/// When the sender made it, in ms since the Unix epoch. A receiver keeps only a peer's
+	/// newest, and none older than three intervals or dated more than a minute ahead of its own
+	/// clock, so an announcement recorded earlier cannot be replayed.
+	pub issued_at_ms: u64,
+	/// The sender is stopping: its peers forget it now, not three intervals later.
+	#[serde(default, skip_serializing_if = "std::ops::Not::not")]
+	pub leaving: bool,
+	/// The on-chain worker vouching for this announcement, when the sender serves a chain.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub worker: Option<WorkerClaim>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +88,90 @@ pub struct ResidentAdapter {
 	pub name: String,
 	/// blake2-256 of `adapter_model.safetensors`, lower-case hex.
 	pub hash: String,
+}
+
+/// A worker's session key vouching for an announcement. The signature covers the announcement
+/// without this claim, the libp2p peer id sending it, the chain and a domain tag
+/// ([`ANNOUNCEMENT_DOMAIN`]): it cannot be moved to another peer, edited, or shown on another
+/// chain or for another purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerClaim {
+	/// The worker's account, SS58.
+	pub account: String,
+	/// Its session public key, `0x` + hex: the chain says whether it is the account's.
+	pub session_key: String,
+	/// The chain's genesis hash, `0x` + hex.
+	pub chain: String,
+	/// The session key's sr25519 signature, `0x` + hex.
+	pub signature: String,
+}
+
+/// What the session key signs for `announcement` (its claim left out) sent by `peer`.
+fn claim_payload(announcement: &Announcement, peer: &PeerId, genesis: &ContentHash) -> Vec<u8> {
+	let unsigned = Announcement { worker: None, ..announcement.clone() };
+	let body = serde_json::to_vec(&unsigned).expect("an announcement serializes");
+	signing_payload(ANNOUNCEMENT_DOMAIN, genesis, &(peer.to_bytes(), content_hash(&body)))
+}
+
+fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+	let mut bytes = [0u8; N];
+	hex::decode_to_slice(text.strip_prefix("0x")?, &mut bytes).ok()?;
+	Some(bytes)
+}
+
+/// A claim whose signature checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VerifiedClaim {
+	account: AccountId32,
+	session_key: sr25519::Public,
+	chain: ContentHash,
+}
+
+impl WorkerClaim {
+	/// The claim, parsed, if it is well formed and its signature is the session key's for
+	/// `announcement` sent by `peer`.
+	fn verify(&self, announcement: &Announcement, peer: &PeerId) -> Result<VerifiedClaim, &'static str> {
+		let account = parse_account(&self.account).map_err(|_| "the worker claim's account is not an account id")?;
+		let session_key = from_hex::<32>(&self.session_key).ok_or("the worker claim's session key is not 0x + 32 bytes")?;
+		let chain = from_hex::<32>(&self.chain).ok_or("the worker claim's chain is not 0x + 32 bytes")?;
+		let signature = from_hex::<64>(&self.signature).ok_or("the worker claim's signature is not 0x + 64 bytes")?;
+		let claim = VerifiedClaim {
+			account,
+			session_key: sr25519::Public::from_raw(session_key),
+			chain: ContentHash::from(chain),
+		};
+		let payload = claim_payload(announcement, peer, &claim.chain);
+		if !sr25519::Pair::verify(&sr25519::Signature::from_raw(signature), payload, &claim.session_key) {
+			return Err("the worker claim's signature is not its session key's for this announcement and peer");
+		}
+		Ok(claim)
+	}
+
+	/// Whether it names an active worker of the chain with `genesis` whose session key it is.
+	fn registered_on(claim: &VerifiedClaim, genesis: &ContentHash, workers: &HashMap<AccountId32, WorkerInfo>) -> bool {
+		claim.chain == *genesis && workers.get(&claim.account).is_some_and(|w| w.active && w.session_key == claim.session_key)
+	}
+}
+
+/// The worker's session key, which vouches for its announcements.
+#[derive(Clone, Debug)]
+pub struct AnnouncementSigner {
+	pub session: Sr25519Key,
+	pub account: AccountId32,
+	pub genesis: ContentHash,
+}
+
+impl AnnouncementSigner {
+	fn sign(&self, announcement: &mut Announcement, peer: &PeerId) {
+		announcement.worker = None;
+		let signature = self.session.sign(&claim_payload(announcement, peer, &self.genesis));
+		announcement.worker = Some(WorkerClaim {
+			account: self.account.to_ss58check(),
+			session_key: format!("0x{}", hex::encode(self.session.public().0)),
+			chain: hex_hash(&self.genesis),
+			signature: format!("0x{}", hex::encode(signature.0)),
+		});
+	}
 }
 
 impl Announcement {
@@ -82,6 +192,10 @@ impl Announcement {
 	}
 }
 
+fn unix_ms() -> u64 {
+	SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A peer's latest announcement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerInfo {
@@ -90,12 +204,24 @@ pub struct PeerInfo {
 	pub announcement: Announcement,
 	/// Milliseconds since it was received.
 	pub age_ms: u64,
+	/// Whether its worker claim names an active worker registered, with that session key, on
+	/// the chain this worker serves; `None` when this worker serves no chain and cannot tell.
+	pub registered: Option<bool>,
+}
+
+/// A peer's newest announcement, when it came and its checked claim.
+struct Entry {
+	announcement: Announcement,
+	received: Instant,
+	claim: Option<VerifiedClaim>,
 }
 
 /// The peers heard from, shared with the HTTP API.
 #[derive(Clone)]
 pub struct Peers {
-	table: Arc<RwLock<HashMap<PeerId, (Announcement, Instant)>>>,
+	table: Arc<RwLock<HashMap<PeerId, Entry>>>,
+	local: PeerId,
+	listening: watch::Receiver<Vec<Multiaddr>>,
 }
 
 fn kept_for(announcement: &Announcement) -> Duration {
@@ -103,37 +229,101 @@ fn kept_for(announcement: &Announcement) -> Duration {
 }
 
 impl Peers {
-	fn new() -> Self {
-		Self { table: Arc::default() }
+	fn new(local: PeerId, listening: watch::Receiver<Vec<Multiaddr>>) -> Self {
+		Self { table: Arc::default(), local, listening }
 	}
 
-	fn record(&self, peer: PeerId, announcement: Announcement) {
-		let mut table = self.table.write().expect("peers lock");
-		if table.len() >= MAX_PEERS && !table.contains_key(&peer) {
-			if let Some(oldest) = table.iter().min_by_key(|(_, (_, at))| *at).map(|(p, _)| *p) {
-				table.remove(&oldest);
-			}
+	/// This worker's peer id.
+	pub fn local_peer_id(&self) -> PeerId {
+		self.local
+	}
+
+	/// The addresses this worker listens on, as peers would name it in `--p2p-peer`.
+	pub fn listening(&self) -> Vec<String> {
+		self.listening.borrow().iter().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(self.local)).to_string()).collect()
+	}
+
+	/// Keeps `announcement` as `peer`'s newest, unless it is out of date (older than its own
+	/// keeping time, dated ahead of this clock, or not newer than the one kept).
+	fn record(&self, peer: PeerId, announcement: Announcement, claim: Option<VerifiedClaim>) -> Result<(), &'static str> {
+		let now = unix_ms();
+		let issued = announcement.issued_at_ms;
+		if issued.saturating_add(kept_for(&announcement).as_millis() as u64) < now {
+			return Err("it is older than three of its intervals");
 		}
-		table.insert(peer, (announcement, Instant::now()));
+		if issued > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
+			return Err("it is dated more than a minute ahead");
+		}
+		let mut table = self.table.write().expect("peers lock");
+		match table.get(&peer) {
+			Some(kept) if kept.announcement.issued_at_ms >= issued => return Err("it is not newer than the one kept"),
+			Some(_) => {},
+			None if table.len() >= MAX_PEERS => {
+				if let Some(oldest) = table.iter().min_by_key(|(_, e)| e.received).map(|(p, _)| *p) {
+					table.remove(&oldest);
+				}
+			},
+			None => {},
+		}
+		// A goodbye is kept too, unlisted, so the announcements before it cannot be replayed.
+		table.insert(peer, Entry { announcement, received: Instant::now(), claim });
+		Ok(())
+	}
+
+	/// Whether a received announcement is kept and passed on (`Accept`), dropped quietly as out
+	/// of date (`Ignore`), or refused as malformed or forged (`Reject`, which gossipsub counts
+	/// against the peer that sent it).
+	fn judge(&self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+		let announcement = match serde_json::from_slice::<Announcement>(data) {
+			Ok(announcement) => announcement,
+			Err(e) => {
+				tracing::debug!(peer = %source, "p2p announcement unreadable: {e}");
+				return gossipsub::MessageAcceptance::Reject;
+			},
+		};
+		let claim = match announcement.invalid() {
+			Some(why) => Err(why),
+			None => announcement.worker.as_ref().map(|claim| claim.verify(&announcement, &source)).transpose(),
+		};
+		let claim = match claim {
+			Ok(claim) => claim,
+			Err(why) => {
+				tracing::debug!(peer = %source, "p2p announcement refused: {why}");
+				return gossipsub::MessageAcceptance::Reject;
+			},
+		};
+		match self.record(source, announcement, claim) {
+			Ok(()) => gossipsub::MessageAcceptance::Accept,
+			Err(why) => {
+				tracing::debug!(peer = %source, "p2p announcement ignored: {why}");
+				gossipsub::MessageAcceptance::Ignore
+			},
+		}
 	}
 
 	/// Forgets the announcements past their time.
 	fn prune(&self) {
-		self.table.write().expect("peers lock").retain(|_, (a, at)| at.elapsed() < kept_for(a));
+		self.table.write().expect("peers lock").retain(|_, e| e.received.elapsed() < kept_for(&e.announcement));
 	}
 
 	/// The peers whose announcement is current, sorted by peer id; only those holding `adapter`
-	/// (a weights hash, or a name as that worker calls it) resident when it is given.
-	pub fn list(&self, adapter: Option<&str>) -> Vec<PeerInfo> {
+	/// (a weights hash, or a name as that worker calls it) resident when it is given. With
+	/// `chain` (its genesis and registered workers) each says whether its claim is registered.
+	pub fn list(&self, adapter: Option<&str>, chain: Option<(&ContentHash, &HashMap<AccountId32, WorkerInfo>)>) -> Vec<PeerInfo> {
 		let table = self.table.read().expect("peers lock");
 		let mut peers: Vec<PeerInfo> = table
 			.iter()
-			.filter(|(_, (a, at))| at.elapsed() < kept_for(a))
-			.filter(|(_, (a, _))| adapter.is_none_or(|wanted| a.resident.iter().any(|r| r.name == wanted || r.hash == wanted)))
-			.map(|(peer, (announcement, at))| PeerInfo {
+			.filter(|(_, e)| !e.announcement.leaving && e.received.elapsed() < kept_for(&e.announcement))
+			.filter(|(_, e)| {
+				adapter.is_none_or(|wanted| e.announcement.resident.iter().any(|r| r.name == wanted || r.hash == wanted))
+			})
+			.map(|(peer, e)| PeerInfo {
 				peer_id: peer.to_string(),
-				announcement: announcement.clone(),
-				age_ms: at.elapsed().as_millis() as u64,
+				announcement: e.announcement.clone(),
+				age_ms: e.received.elapsed().as_millis() as u64,
+				registered: chain.map(|(genesis, workers)| {
+					e.claim.as_ref().is_some_and(|claim| WorkerClaim::registered_on(claim, genesis, workers))
+				}),
 			})
 			.collect();
 		peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -174,6 +364,17 @@ pub struct P2pConfig {
 	pub interval: Duration,
 	/// The libp2p identity; a new one when `None`.
 	pub key: Option<identity::Keypair>,
+	/// The most connections open at once, in and out (two at most per peer).
+	pub max_connections: u32,
+	/// Vouches for the announcements when the worker serves a chain.
+	pub signer: Option<AnnouncementSigner>,
+}
+
+impl P2pConfig {
+	/// Listening on `listen`, starting from `bootstrap`, with the defaults for the rest.
+	pub fn new(listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>, interval: Duration) -> Self {
+		Self { listen, bootstrap, interval, key: None, max_connections: 128, signer: None }
+	}
 }
 
 /// A running p2p node.
@@ -184,36 +385,44 @@ pub struct P2pNode {
 	pub listening: watch::Receiver<Vec<Multiaddr>>,
 	/// How many peers it is connected to.
 	pub connected: watch::Receiver<usize>,
+	stop: oneshot::Sender<()>,
 	task: tokio::task::JoinHandle<()>,
 }
 
 impl P2pNode {
-	/// Stops the node; its peers forget it after three intervals.
+	/// Says goodbye to the peers (they forget this worker at once) and stops the node.
 	pub async fn stop(self) {
-		self.task.abort();
-		if let Err(e) = self.task.await {
-			if e.is_panic() {
-				tracing::error!("the p2p task had panicked: {e}");
-			}
+		let _ = self.stop.send(());
+		let mut task = self.task;
+		match tokio::time::timeout(4 * GOODBYE_FLUSH, &mut task).await {
+			Ok(Err(e)) if e.is_panic() => tracing::error!("the p2p task had panicked: {e}"),
+			Ok(_) => {},
+			Err(_) => task.abort(),
 		}
 	}
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+	limits: connection_limits::Behaviour,
 	gossipsub: gossipsub::Behaviour,
 	kademlia: kad::Behaviour<kad::store::MemoryStore>,
 	identify: identify::Behaviour,
 }
 
 /// Joins the network and announces `announce()` (called each time, so the resident set is
-/// current).
+/// current; the node fills in the interval, the date and the claim).
 pub async fn start(
 	config: P2pConfig,
 	announce: impl Fn() -> Announcement + Send + 'static,
 ) -> Result<P2pNode> {
 	let key = config.key.clone().unwrap_or_else(identity::Keypair::generate_ed25519);
 	let heartbeat = (config.interval / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+	let limits = connection_limits::ConnectionLimits::default()
+		.with_max_established(Some(config.max_connections))
+		.with_max_pending_incoming(Some(config.max_connections))
+		.with_max_pending_outgoing(Some(config.max_connections))
+		.with_max_established_per_peer(Some(2));
 	let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
 		.with_tokio()
 		.with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
@@ -234,11 +443,15 @@ pub async fn start(
 			kad_config.set_query_timeout(Duration::from_secs(30));
 			// The DHT is for finding peers only: nobody's records are stored.
 			kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+			// Bootstrap (look for peers near this one) every 10 s rather than every 5 minutes:
+			// the first one, right after joining, may come before the known peer has heard of
+			// the others. A worker network is small; the lookups are cheap.
+			kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(10)));
 			let mut kademlia = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
 			// Workers are servers of the DHT whatever their addresses look like.
 			kademlia.set_mode(Some(kad::Mode::Server));
 			let identify = identify::Behaviour::new(identify::Config::new("/openledger/1.0.0".into(), key.public()));
-			Ok(Behaviour { gossipsub, kademlia, identify })
+			Ok(Behaviour { limits: connection_limits::Behaviour::new(limits), gossipsub, kademlia, identify })
 		})
 		.context("p2p behaviour")?
 		.with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -259,26 +472,37 @@ pub async fn start(
 		swarm.dial(address.clone()).with_context(|| format!("dialling {address}"))?;
 	}
 	let peer_id = *swarm.local_peer_id();
-	let peers = Peers::new();
 	let (listening_tx, listening) = watch::channel(Vec::new());
+	let peers = Peers::new(peer_id, listening.clone());
 	let (connected_tx, connected) = watch::channel(0);
+	let (stop, stopped) = oneshot::channel();
 	let node = Node {
+		peer_id,
 		topic,
 		announce: Box::new(announce),
+		interval: config.interval,
+		signer: config.signer,
+		last_issued_ms: Cell::new(0),
 		peers: peers.clone(),
 		listening: listening_tx,
 		connected: connected_tx,
 		bootstrap: config.bootstrap.clone(),
 	};
-	let task = tokio::spawn(node.run(swarm, config.interval));
+	let task = tokio::spawn(node.run(swarm, stopped));
 	tracing::info!(%peer_id, "p2p node started");
-	Ok(P2pNode { peer_id, peers, listening, connected, task })
+	Ok(P2pNode { peer_id, peers, listening, connected, stop, task })
 }
 
 /// The swarm task's state.
 struct Node {
+	peer_id: PeerId,
 	topic: gossipsub::IdentTopic,
 	announce: Box<dyn Fn() -> Announcement + Send>,
+	interval: Duration,
+	signer: Option<AnnouncementSigner>,
+	/// The date of the last announcement: each is dated later than the one before, so none is
+	/// taken for a replay.
+	last_issued_ms: Cell<u64>,
 	peers: Peers,
 	listening: watch::Sender<Vec<Multiaddr>>,
 	connected: watch::Sender<usize>,
@@ -286,23 +510,48 @@ struct Node {
 }
 
 impl Node {
-	async fn run(self, mut swarm: Swarm<Behaviour>, interval: Duration) {
-		let mut announce_every = tokio::time::interval(interval);
+	/// Runs until told to stop (or the [`P2pNode`] is dropped), then says goodbye.
+	async fn run(self, mut swarm: Swarm<Behaviour>, mut stop: oneshot::Receiver<()>) {
+		let mut announce_every = tokio::time::interval(self.interval);
 		announce_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 		loop {
 			tokio::select! {
+				_ = &mut stop => break,
 				_ = announce_every.tick() => {
-					self.publish(&mut swarm);
+					self.publish(&mut swarm, false);
 					self.peers.prune();
 				},
 				event = swarm.select_next_some() => self.handle(&mut swarm, event),
 			}
 		}
+		// The swarm runs a moment longer, so the goodbye leaves before the connections close.
+		self.publish(&mut swarm, true);
+		let flush = tokio::time::sleep(GOODBYE_FLUSH);
+		tokio::pin!(flush);
+		loop {
+			tokio::select! {
+				_ = &mut flush => break,
+				event = swarm.select_next_some() => self.handle(&mut swarm, event),
+			}
+		}
+		tracing::info!("p2p node stopped");
 	}
 
-	fn publish(&self, swarm: &mut Swarm<Behaviour>) {
+	fn publish(&self, swarm: &mut Swarm<Behaviour>, leaving: bool) {
 		let mut announcement = (self.announce)();
 		announcement.resident.truncate(MAX_RESIDENT);
+		if leaving {
+			announcement.resident.clear();
+		}
+		announcement.leaving = leaving;
+		announcement.interval_secs = self.interval.as_secs().max(1);
+		let issued = unix_ms().max(self.last_issued_ms.get() + 1);
+		self.last_issued_ms.set(issued);
+		announcement.issued_at_ms = issued;
+		match &self.signer {
+			Some(signer) => signer.sign(&mut announcement, &self.peer_id),
+			None => announcement.worker = None,
+		}
 		match serde_json::to_vec(&announcement) {
 			Ok(bytes) => match swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
 				Ok(_) => {},
@@ -330,29 +579,17 @@ impl Node {
 				}
 			},
 			// A new listener hears of this worker now, not an interval later.
-			SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => self.publish(swarm),
+			SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
+				self.publish(swarm, false)
+			},
 			SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
 				propagation_source,
 				message_id,
 				message,
 			})) => {
-				let announcement = serde_json::from_slice::<Announcement>(&message.data).map_err(|e| e.to_string());
-				let verdict = match (message.source, announcement) {
-					(Some(source), Ok(announcement)) => match announcement.invalid() {
-						None => {
-							self.peers.record(source, announcement);
-							gossipsub::MessageAcceptance::Accept
-						},
-						Some(why) => {
-							tracing::debug!(peer = %source, "p2p announcement refused: {why}");
-							gossipsub::MessageAcceptance::Reject
-						},
-					},
-					(source, Err(e)) => {
-						tracing::debug!(peer = ?source, "p2p announcement unreadable: {e}");
-						gossipsub::MessageAcceptance::Reject
-					},
-					(None, Ok(_)) => gossipsub::MessageAcceptance::Reject,
+				let verdict = match message.source {
+					Some(source) => self.peers.judge(source, &message.data),
+					None => gossipsub::MessageAcceptance::Reject,
 				};
 				let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(
 					&message_id,
@@ -366,6 +603,9 @@ impl Node {
 			},
 			SwarmEvent::ConnectionClosed { .. } => {
 				self.connected.send_replace(swarm.connected_peers().count());
+			},
+			SwarmEvent::IncomingConnectionError { error, .. } => {
+				tracing::debug!("p2p incoming connection refused: {error}");
 			},
 			SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
 				let bootstrap = peer_id.is_some_and(|peer| {
@@ -386,6 +626,7 @@ impl Node {
 mod tests {
 	use super::*;
 
+	/// What the worker's closure gives; the node fills in the rest.
 	fn announcement(endpoint: &str, adapters: &[(&str, char)]) -> Announcement {
 		Announcement {
 			endpoint: endpoint.into(),
@@ -394,13 +635,43 @@ mod tests {
 				.iter()
 				.map(|(n, h)| ResidentAdapter { name: (*n).into(), hash: h.to_string().repeat(64) })
 				.collect(),
-			interval_secs: 1,
+			..Announcement::default()
 		}
+	}
+
+	/// As received: dated now, one-second interval.
+	fn received(endpoint: &str, adapters: &[(&str, char)]) -> Announcement {
+		Announcement { interval_secs: 1, issued_at_ms: unix_ms(), ..announcement(endpoint, adapters) }
+	}
+
+	fn config(bootstrap: Vec<Multiaddr>, interval_secs: u64) -> P2pConfig {
+		P2pConfig::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], bootstrap, Duration::from_secs(interval_secs))
+	}
+
+	fn peers() -> Peers {
+		Peers::new(PeerId::random(), watch::channel(Vec::new()).1)
+	}
+
+	fn signer(genesis: ContentHash) -> AnnouncementSigner {
+		let session = Sr25519Key::from_suri("//Alice//session").unwrap();
+		AnnouncementSigner { account: Sr25519Key::from_suri("//Alice").unwrap().account(), session, genesis }
+	}
+
+	fn registered(signer: &AnnouncementSigner, active: bool) -> HashMap<AccountId32, WorkerInfo> {
+		let info = WorkerInfo {
+			session_key: signer.session.public(),
+			compute_price_per_1k_tokens: 0,
+			serves: vec![0],
+			stake: 1,
+			active,
+		};
+		HashMap::from([(signer.account.clone(), info)])
 	}
 
 	async fn first_address(node: &P2pNode) -> Multiaddr {
 		let mut listening = node.listening.clone();
-		let address = listening.wait_for(|a| !a.is_empty()).await.unwrap()[0].clone();
+		let listened = tokio::time::timeout(Duration::from_secs(30), listening.wait_for(|a| !a.is_empty()));
+		let address = listened.await.expect("the node listens within 30 s").unwrap()[0].clone();
 		address.with(libp2p::multiaddr::Protocol::P2p(node.peer_id))
 	}
 
@@ -414,54 +685,151 @@ mod tests {
 
 	/// Three workers on loopback, both others started from the first, which only ever accepted
 	/// connections: the third still finds the second through Kademlia and connects to it; each
-	/// hears the others' resident adapters, and a filter by adapter name or hash finds the ones
-	/// holding it.
+	/// hears the others' resident adapters, a filter by adapter name or hash finds the ones
+	/// holding it, and the chain-backed one is listed as registered. A stopping worker's goodbye
+	/// removes it at once (its 60 s interval would keep it listed for three minutes).
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 	async fn workers_find_each_other_and_learn_where_adapters_are_resident() {
-		let config = |bootstrap: Vec<Multiaddr>| P2pConfig {
-			listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-			bootstrap,
-			interval: Duration::from_secs(1),
-			key: None,
-		};
-		let a = start(config(vec![]), || announcement("http://a:8000", &[("legal", 'a')])).await.unwrap();
+		let genesis = ContentHash::repeat_byte(7);
+		let a = start(config(vec![], 1), || announcement("http://a:8000", &[("legal", 'a')])).await.unwrap();
 		let a_address = first_address(&a).await;
-		let b = start(config(vec![a_address.clone()]), || {
-			announcement("http://b:8000", &[("legal", 'a'), ("tutor", 'b')])
-		})
-		.await
-		.unwrap();
-		b.connected.clone().wait_for(|n| *n >= 1).await.unwrap();
-		let c = start(config(vec![a_address]), || announcement("http://c:8000", &[])).await.unwrap();
+		let b_signer = signer(genesis);
+		let workers = registered(&b_signer, true);
+		let b_config = P2pConfig { signer: Some(b_signer), ..config(vec![a_address.clone()], 60) };
+		let b = start(b_config, || announcement("http://b:8000", &[("legal", 'a'), ("tutor", 'b')])).await.unwrap();
+		until("b to connect to a", || *b.connected.borrow() >= 1).await;
+		let c = start(config(vec![a_address], 1), || announcement("http://c:8000", &[])).await.unwrap();
 
 		until("c to connect to b, found through a", || *c.connected.borrow() == 2).await;
-		until("c to hear a and b", || c.peers.list(None).len() == 2).await;
-		until("a to hear b and c", || a.peers.list(None).len() == 2).await;
+		until("c to hear a and b", || c.peers.list(None, None).len() == 2).await;
+		until("a to hear b and c", || a.peers.list(None, None).len() == 2).await;
 		let mut expected = vec![("http://a:8000", a.peer_id), ("http://b:8000", b.peer_id)];
 		expected.sort_by_key(|(_, peer)| peer.to_string());
 		let expected: Vec<String> = expected.iter().map(|(e, _)| e.to_string()).collect();
 		until("c to list who holds `legal`", || {
-			c.peers.list(Some("legal")).into_iter().map(|p| p.announcement.endpoint).collect::<Vec<_>>() == expected
+			c.peers.list(Some("legal"), None).into_iter().map(|p| p.announcement.endpoint).collect::<Vec<_>>() == expected
 		})
 		.await;
 		until("c to list who holds b's second adapter, by hash", || {
-			let tutor = c.peers.list(Some(&"b".repeat(64)));
+			let tutor = c.peers.list(Some(&"b".repeat(64)), None);
 			tutor.len() == 1 && tutor[0].peer_id == b.peer_id.to_string() && tutor[0].announcement.resident[1].name == "tutor"
 		})
 		.await;
-		assert!(c.peers.list(Some("nobody")).is_empty());
-		assert!(!c.peers.list(None).iter().any(|p| p.peer_id == c.peer_id.to_string()), "not itself");
+		assert!(c.peers.list(Some("nobody"), None).is_empty());
+		assert!(!c.peers.list(None, None).iter().any(|p| p.peer_id == c.peer_id.to_string()), "not itself");
+		let registrations: Vec<(String, Option<bool>)> = c
+			.peers
+			.list(None, Some((&genesis, &workers)))
+			.into_iter()
+			.map(|p| (p.announcement.endpoint, p.registered))
+			.collect();
+		assert!(registrations.contains(&("http://b:8000".into(), Some(true))), "{registrations:?}");
+		assert!(registrations.contains(&("http://a:8000".into(), Some(false))), "{registrations:?}");
+		assert!(c.peers.list(None, None).iter().all(|p| p.registered.is_none()));
+		assert!(c.peers.listening()[0].ends_with(&format!("/p2p/{}", c.peer_id)));
 
-		// A worker that stops is forgotten after three of its intervals.
+		let b_id = b.peer_id.to_string();
 		b.stop().await;
-		until("c to forget b", || c.peers.list(None).iter().all(|p| p.announcement.endpoint != "http://b:8000")).await;
+		until("c to forget b on its goodbye", || c.peers.list(None, None).iter().all(|p| p.peer_id != b_id)).await;
+		until("a to forget b on its goodbye", || a.peers.list(None, None).iter().all(|p| p.peer_id != b_id)).await;
 		a.stop().await;
 		c.stop().await;
 	}
 
+	/// A worker at its connection limit refuses the next peer.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn a_worker_at_its_connection_limit_refuses_more_peers() {
+		let a = start(P2pConfig { max_connections: 1, ..config(vec![], 1) }, || announcement("http://a:8000", &[])).await.unwrap();
+		let a_address = first_address(&a).await;
+		let b = start(config(vec![a_address.clone()], 1), || announcement("http://b:8000", &[])).await.unwrap();
+		until("b to hear a", || b.peers.list(None, None).len() == 1).await;
+		let c = start(config(vec![a_address], 1), || announcement("http://c:8000", &[])).await.unwrap();
+		tokio::time::sleep(Duration::from_secs(2)).await;
+		assert_eq!(*a.connected.borrow(), 1);
+		assert_eq!(*c.connected.borrow(), 0);
+		assert!(c.peers.list(None, None).is_empty());
+		for node in [a, b, c] {
+			node.stop().await;
+		}
+	}
+
+	#[test]
+	fn a_worker_claim_binds_the_announcement_the_peer_and_the_chain() {
+		let genesis = ContentHash::repeat_byte(7);
+		let signer = signer(genesis);
+		let peer = PeerId::random();
+		let mut signed = received("http://w:8000", &[("legal", 'a')]);
+		signer.sign(&mut signed, &peer);
+		let claim = signed.worker.clone().unwrap();
+		let verified = claim.verify(&signed, &peer).expect("a signed announcement verifies");
+		assert_eq!(verified.account, signer.account);
+		let workers = registered(&signer, true);
+		assert!(WorkerClaim::registered_on(&verified, &genesis, &workers));
+		assert!(!WorkerClaim::registered_on(&verified, &ContentHash::repeat_byte(8), &workers), "another chain");
+		assert!(!WorkerClaim::registered_on(&verified, &genesis, &registered(&signer, false)), "not active");
+		assert!(!WorkerClaim::registered_on(&verified, &genesis, &HashMap::new()), "not registered");
+		let other_key = AnnouncementSigner { session: Sr25519Key::from_suri("//Bob").unwrap(), ..signer.clone() };
+		assert!(!WorkerClaim::registered_on(&verified, &genesis, &registered(&other_key, true)), "not its session key");
+
+		assert!(claim.verify(&signed, &PeerId::random()).is_err(), "another peer sending it");
+		let edited = [
+			Announcement { endpoint: "http://evil:8000".into(), ..signed.clone() },
+			Announcement { resident: vec![], ..signed.clone() },
+			Announcement { issued_at_ms: signed.issued_at_ms + 1, ..signed.clone() },
+			Announcement { leaving: true, ..signed.clone() },
+		];
+		for announcement in &edited {
+			assert!(claim.verify(announcement, &peer).is_err(), "{announcement:?}");
+		}
+		let other_chain = WorkerClaim { chain: hex_hash(&ContentHash::repeat_byte(8)), ..claim.clone() };
+		assert!(other_chain.verify(&signed, &peer).is_err());
+		let someone_else = WorkerClaim { account: Sr25519Key::from_suri("//Bob").unwrap().account().to_ss58check(), ..claim.clone() };
+		let verified_else = someone_else.verify(&signed, &peer).expect("the account is not signed: the chain ties it to the key");
+		assert!(!WorkerClaim::registered_on(&verified_else, &genesis, &workers), "claiming another's account");
+		assert!(WorkerClaim { signature: "0x00".into(), ..claim }.verify(&signed, &peer).is_err());
+	}
+
+	/// Received messages: a valid one is kept and passed on, a malformed or forged one is
+	/// refused, an out-of-date one (replayed, older, or dated ahead) is dropped quietly, and a
+	/// goodbye unlists the peer and stops its earlier announcements from coming back.
+	#[test]
+	fn received_announcements_are_judged() {
+		use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+		let peers = peers();
+		let peer = PeerId::random();
+		let signer = signer(ContentHash::repeat_byte(7));
+		let bytes = |a: &Announcement| serde_json::to_vec(a).unwrap();
+		let mut first = received("http://w:8000", &[("legal", 'a')]);
+		signer.sign(&mut first, &peer);
+		assert_eq!(peers.judge(peer, &bytes(&first)), Accept);
+		assert_eq!(peers.list(Some("legal"), None).len(), 1);
+		assert_eq!(peers.judge(peer, &bytes(&first)), Ignore, "a replay");
+		let forged = Announcement { endpoint: "http://evil:8000".into(), issued_at_ms: first.issued_at_ms + 1, ..first.clone() };
+		assert_eq!(peers.judge(peer, &bytes(&forged)), Reject, "edited under its claim");
+		assert_eq!(peers.judge(PeerId::random(), &bytes(&first)), Reject, "a claim sent by another peer");
+		assert_eq!(peers.judge(peer, b"not json"), Reject);
+		assert_eq!(peers.judge(peer, &bytes(&Announcement { endpoint: "file:///x".into(), ..received("http://w", &[]) })), Reject);
+
+		let later = Announcement { issued_at_ms: first.issued_at_ms + 10, ..received("http://w:8000", &[]) };
+		assert_eq!(peers.judge(peer, &bytes(&later)), Accept, "unsigned and newer");
+		assert_eq!(peers.list(Some("legal"), None).len(), 0, "the newer one replaced it");
+		let older = Announcement { issued_at_ms: first.issued_at_ms + 5, ..later.clone() };
+		assert_eq!(peers.judge(peer, &bytes(&older)), Ignore, "older than the one kept");
+		let other = PeerId::random();
+		let stale = Announcement { issued_at_ms: unix_ms() - 3_100, ..received("http://o:8000", &[]) };
+		assert_eq!(peers.judge(other, &bytes(&stale)), Ignore, "older than three intervals");
+		let ahead = Announcement { issued_at_ms: unix_ms() + 2 * MAX_CLOCK_AHEAD_MS, ..received("http://o:8000", &[]) };
+		assert_eq!(peers.judge(other, &bytes(&ahead)), Ignore, "dated ahead");
+
+		let goodbye = Announcement { leaving: true, issued_at_ms: later.issued_at_ms + 1, ..later.clone() };
+		assert_eq!(peers.judge(peer, &bytes(&goodbye)), Accept);
+		assert!(peers.list(None, None).is_empty(), "a leaving peer is not listed");
+		assert_eq!(peers.judge(peer, &bytes(&later)), Ignore, "its earlier announcement cannot bring it back");
+	}
+
 	#[test]
 	fn announcements_are_checked_and_the_table_is_bounded() {
-		let good = announcement("https://w.example:8000", &[("legal", 'a')]);
+		let good = received("https://w.example:8000", &[("legal", 'a')]);
 		assert_eq!(good.invalid(), None);
 		let bad = [
 			Announcement { endpoint: "file:///etc/passwd".into(), ..good.clone() },
@@ -473,13 +841,13 @@ mod tests {
 		for announcement in bad {
 			assert!(announcement.invalid().is_some(), "{announcement:?}");
 		}
-		let peers = Peers::new();
+		let peers = peers();
 		let first = PeerId::random();
-		peers.record(first, good.clone());
+		peers.record(first, good.clone(), None).unwrap();
 		for _ in 0..MAX_PEERS {
-			peers.record(PeerId::random(), good.clone());
+			peers.record(PeerId::random(), good.clone(), None).unwrap();
 		}
-		let listed = peers.list(None);
+		let listed = peers.list(None, None);
 		assert_eq!(listed.len(), MAX_PEERS);
 		assert!(!listed.iter().any(|p| p.peer_id == first.to_string()), "the oldest went first");
 	}
@@ -502,12 +870,7 @@ mod tests {
 
 	#[tokio::test]
 	async fn a_bootstrap_address_without_a_peer_id_is_refused() {
-		let config = P2pConfig {
-			listen: vec![],
-			bootstrap: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
-			interval: Duration::from_secs(1),
-			key: None,
-		};
+		let config = P2pConfig::new(vec![], vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()], Duration::from_secs(1));
 		let err = start(config, || announcement("http://x", &[])).await.err().expect("refused").to_string();
 		assert!(err.contains("/p2p/<peer id>"), "{err}");
 	}

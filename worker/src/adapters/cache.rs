@@ -918,6 +918,15 @@ mod tests {
 		assert!(matches!(cache.acquire("a").await, Err(AdapterError::TooLarge(_))));
 	}
 
+	/// Until `full_waits` reaches `n`: a spawned request has started waiting.
+	async fn until_full_waits(cache: &AdapterCache, n: u64) {
+		let deadline = Instant::now() + Duration::from_secs(10);
+		while cache.stats().full_waits < n {
+			assert!(Instant::now() < deadline, "no request started waiting");
+			tokio::time::sleep(Duration::from_millis(10)).await;
+		}
+	}
+
 	/// With every resident adapter leased, a request waits for a lease to end instead of being
 	/// refused, loads nothing meanwhile, and gives up with `CacheFull` when its wait runs out.
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,7 +943,7 @@ mod tests {
 			let cache = cache.clone();
 			async move { cache.acquire("b").await }
 		});
-		tokio::time::sleep(Duration::from_millis(300)).await;
+		until_full_waits(&cache, 1).await;
 		assert!(!waiting.is_finished(), "b waits while a is leased");
 		let stats = cache.stats();
 		assert_eq!((stats.full_waits, stats.loads, stats.load_failures), (1, 1, 0), "nothing loaded while waiting");
@@ -948,7 +957,7 @@ mod tests {
 		// No more wait than fit at once: with one slot, a second waiter is refused at once.
 		let c = cache.clone();
 		let first = tokio::spawn(async move { c.acquire("a").await.map(drop) });
-		tokio::time::sleep(Duration::from_millis(300)).await;
+		until_full_waits(&cache, 2).await;
 		let started = Instant::now();
 		let err = cache.acquire("c").await.unwrap_err();
 		assert!(matches!(&err, AdapterError::CacheFull(m) if m.contains("already wait")), "{err:?}");

@@ -9,7 +9,10 @@ use std::{
 
 use axum::{
 	body::Bytes,
-	extract::{rejection::BytesRejection, Extension, Query, State},
+	extract::{
+		rejection::{BytesRejection, QueryRejection},
+		Extension, Query, State,
+	},
 	http::{header, HeaderMap, StatusCode},
 	response::{IntoResponse, Response},
 	Json,
@@ -468,18 +471,46 @@ pub(super) async fn models(State(state): State<AppState>) -> Json<ModelList> {
 pub(super) struct PeersQuery {
 	/// An adapter's name or weights hash: only the peers holding it resident.
 	adapter: Option<String>,
+	/// Only the peers whose announcement a worker registered on this worker's chain vouches for.
+	#[serde(default)]
+	registered: bool,
 }
 
-/// `GET /v1/peers[?adapter=NAME_OR_HASH]`: the other workers heard on the p2p network, with their
-/// endpoints and resident adapters; 404 when this worker is not on it.
+/// `GET /v1/peers[?adapter=NAME_OR_HASH][&registered=true]`: the other workers heard on the p2p
+/// network, with their endpoints and resident adapters, and this worker's peer id and
+/// addresses; on a chain, whether each is a registered worker. 404 when this worker is not on
+/// the network.
 pub(super) async fn peers(
 	State(state): State<AppState>,
-	Query(query): Query<PeersQuery>,
+	query: Result<Query<PeersQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+	let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
 	let peers = state.inner.peers.get().ok_or_else(|| {
 		ApiError::not_found("this worker is not on the p2p network (start it with --p2p-listen)")
 	})?;
-	Ok(Json(serde_json::json!({ "object": "list", "data": peers.list(query.adapter.as_deref()) })))
+	let chain = match state.ledger() {
+		Some(ledger) => {
+			let workers = ledger
+				.workers()
+				.await
+				.map_err(|e| ApiError::unavailable(format!("the registered workers could not be read from the chain: {e}")))?;
+			Some((ledger.genesis(), workers))
+		},
+		None if query.registered => {
+			return Err(ApiError::invalid("registered", "this worker serves no chain, so it cannot tell registered workers"))
+		},
+		None => None,
+	};
+	let mut data = peers.list(query.adapter.as_deref(), chain.as_ref().map(|(genesis, workers)| (genesis, &**workers)));
+	if query.registered {
+		data.retain(|peer| peer.registered == Some(true));
+	}
+	Ok(Json(serde_json::json!({
+		"object": "list",
+		"peer_id": peers.local_peer_id().to_string(),
+		"listening": peers.listening(),
+		"data": data,
+	})))
 }
 
 pub(super) async fn load_lora_adapter(

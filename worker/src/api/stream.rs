@@ -72,8 +72,10 @@ struct Streamer {
 	created: u64,
 	model: String,
 	include_usage: bool,
-	rx: mpsc::UnboundedReceiver<GenerationEvent>,
+	/// Dropped before `rx` (fields drop in order): a disconnect is counted before the engine
+	/// can see the closed channel and give the admission permit back.
 	log: RequestLog,
+	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	state: AppState,
 	attributor: Option<Attributor>,
 	billing: Option<Billing>,

@@ -186,6 +186,16 @@ fn account(a: &subxt::utils::AccountId32) -> AccountId32 {
 	AccountId32::from(a.0)
 }
 
+fn worker_info(w: runtime::runtime_types::pallet_workers::types::Worker<Balance, u32>) -> WorkerInfo {
+	WorkerInfo {
+		session_key: sr25519::Public::from_raw(w.session_key),
+		compute_price_per_1k_tokens: w.compute_price_per_1k_tokens,
+		serves: w.serves.0,
+		stake: w.stake,
+		active: matches!(w.status, WorkerStatus::Active),
+	}
+}
+
 pub(crate) fn to_subxt_account(a: &AccountId32) -> subxt::utils::AccountId32 {
 	subxt::utils::AccountId32(*<AccountId32 as AsRef<[u8; 32]>>::as_ref(a))
 }
@@ -256,14 +266,7 @@ impl ChainClient {
 			..ChainSnapshot::default()
 		};
 		if let Some(w) = storage.try_fetch(runtime::storage().workers().workers(), (to_subxt_account(worker),)).await? {
-			let w = w.decode()?;
-			snapshot.worker = Some(WorkerInfo {
-				session_key: sr25519::Public::from_raw(w.session_key),
-				compute_price_per_1k_tokens: w.compute_price_per_1k_tokens,
-				serves: w.serves.0,
-				stake: w.stake,
-				active: matches!(w.status, WorkerStatus::Active),
-			});
+			snapshot.worker = Some(worker_info(w.decode()?));
 		}
 		let mut models = storage.entry(runtime::storage().registry().base_models())?.iter(()).await?;
 		while let Some(kv) = models.next().await {
@@ -305,6 +308,19 @@ impl ChainClient {
 		snapshot.max_receipt_lifetime = constants.entry(runtime::constants().attribution().max_receipt_lifetime())?;
 		snapshot.max_receipts_per_batch = constants.entry(runtime::constants().attribution().max_receipts_per_batch())?;
 		Ok(snapshot)
+	}
+
+	/// Every registered worker, at the best block.
+	pub async fn workers(&self) -> Result<HashMap<AccountId32, WorkerInfo>, ChainError> {
+		let at = self.at_best().await?;
+		let mut workers = HashMap::new();
+		let mut entries = at.storage().entry(runtime::storage().workers().workers())?.iter(()).await?;
+		while let Some(kv) = entries.next().await {
+			let kv = kv?;
+			let (id,) = kv.key()?.decode()?;
+			workers.insert(account(&id), worker_info(kv.value().decode()?));
+		}
+		Ok(workers)
 	}
 
 	/// The payer's credit and its allowance for `worker`, at the best block.

@@ -10,7 +10,7 @@ use std::{
 		atomic::{AtomicU32, Ordering},
 		Arc, RwLock,
 	},
-	time::Duration,
+	time::{Duration, Instant},
 };
 
 use openledger_primitives::{content_hash, AttributionEntry, BaseModelId, ContentHash, MAX_ATTRIBUTION_ENTRIES};
@@ -18,7 +18,7 @@ use polkadot_sdk::sp_runtime::AccountId32;
 use tokio::sync::{watch, Notify};
 
 use super::{
-	chain::{AdapterInfo, ChainClient, ChainError, ChainSnapshot},
+	chain::{AdapterInfo, ChainClient, ChainError, ChainSnapshot, WorkerInfo},
 	decode_voucher,
 	keys::{hex_hash, Sr25519Key},
 	outbox::{Outbox, OutboxError},
@@ -171,7 +171,12 @@ pub struct Ledger {
 	/// reaped from a closing DataNet).
 	datanets_changed: watch::Sender<u64>,
 	wakeup: Arc<Notify>,
+	/// Every registered worker and when it was read (see [`Ledger::workers`]).
+	workers: tokio::sync::Mutex<Option<(Instant, Arc<HashMap<AccountId32, WorkerInfo>>)>>,
 }
+
+/// How long the registered workers read for the p2p listing are used before being read again.
+const WORKERS_TTL: Duration = Duration::from_secs(30);
 
 impl Ledger {
 	/// Connects, checks the worker's registration against its keys and files, opens the outbox
@@ -208,6 +213,7 @@ impl Ledger {
 			datanets_changed: watch::channel(0).0,
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
+			workers: Default::default(),
 		});
 		let submitter = if config.submit {
 			let judged = Arc::downgrade(&ledger);
@@ -233,6 +239,25 @@ impl Ledger {
 
 	pub fn account(&self) -> &AccountId32 {
 		&self.account
+	}
+
+	/// The session key, which signs receipts and vouches for the worker's p2p announcements.
+	pub fn session(&self) -> &Sr25519Key {
+		&self.session
+	}
+
+	/// Every registered worker, read again when the last read is older than 30 s: what peers'
+	/// announcements are checked against.
+	pub async fn workers(&self) -> Result<Arc<HashMap<AccountId32, WorkerInfo>>, ChainError> {
+		let mut cached = self.workers.lock().await;
+		if let Some((read_at, workers)) = &*cached {
+			if read_at.elapsed() < WORKERS_TTL {
+				return Ok(workers.clone());
+			}
+		}
+		let workers = Arc::new(self.chain.workers().await?);
+		*cached = Some((Instant::now(), workers.clone()));
+		Ok(workers)
 	}
 
 	pub fn outbox(&self) -> &Arc<Outbox> {
