@@ -34,9 +34,9 @@ function workerArgs(extra = []) {
 }
 
 // Starts `openledger-worker` with `args` and waits for its /health at `url`.
-async function spawnWorker(args, url, logName = 'worker.log') {
+async function spawnWorker(args, url, logName = 'worker.log', env = process.env) {
   const log = openSync(join(dir, logName), 'a');
-  const child = spawn(workerBin, args, { stdio: ['ignore', log, log] });
+  const child = spawn(workerBin, args, { stdio: ['ignore', log, log], env });
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   for (let i = 0; i < 240; i++) {
     try {
@@ -331,7 +331,9 @@ test('kill -9 with requests in flight: every delivered answer has exactly one se
   const count = delivered.length;
   const inFlight = [];
   for (let i = 0; i < 6; i++) {
-    inFlight.push(ask(i % 2 ? 'nature-tutor' : 'kitchen-helper', `Write a long story number ${i} about bees.`, { maxTokens: 64 + 16 * i }).catch(() => null));
+    // Two short answers, then four far longer ones the kill is sure to cut.
+    const maxTokens = i < 2 ? 48 + 16 * i : 240;
+    inFlight.push(ask(i % 2 ? 'nature-tutor' : 'kitchen-helper', `Write a long story number ${i} about bees.`, { maxTokens }).catch(() => null));
   }
   // Kill once some answers are out and others still generating.
   while (delivered.length < count + 2) await new Promise((r) => setTimeout(r, 50));
@@ -423,16 +425,21 @@ test('on the p2p network, a peer vouched for by a registered worker\'s session k
     return listing.listening.length > 0 && listing;
   });
   const joining = [...p2p, '--p2p-peer', first.listening[0]];
-  // A replica of the same registered worker (its keys, its own outbox; it leaves settling to
-  // the first), and a worker serving no chain.
-  const [replicaPort, plainPort] = [await freePort(), await freePort()];
-  const replicaUrl = `http://127.0.0.1:${replicaPort}`;
+  // A second registered worker (its own account and session key, registered with the worker's
+  // CLI), and a worker serving no chain.
+  const [secondPort, plainPort] = [await freePort(), await freePort()];
+  const secondUrl = `http://127.0.0.1:${secondPort}`;
   const plainUrl = `http://127.0.0.1:${plainPort}`;
+  const secondEnv = { ...process.env, OPENLEDGER_ACCOUNT_KEY: '//SecondWorker', OPENLEDGER_SESSION_KEY: '//SecondWorker//session' };
+  const secondAddress = accountOf('//SecondWorker');
+  await send(node.api, node.api.tx.balances.transferKeepAlive(secondAddress, 2000n * OPEN), node.dev.alice);
+  execFileSync(workerBin, ['chain', 'register', '--chain', process.env.OPENLEDGER_WS, '--endpoint', secondUrl,
+    '--serves', String(ids.baseModel), '--price-per-1k', '0.01OPEN', '--stake', '1000OPEN'], { env: secondEnv, encoding: 'utf8' });
   const others = [];
   try {
-    others.push(await spawnWorker(['serve', '--listen', `127.0.0.1:${replicaPort}`, '--adapters', join(dir, 'adapters'),
-      '--chain', process.env.OPENLEDGER_WS, '--base-model-id', String(ids.baseModel), '--outbox', join(dir, 'replica.redb'),
-      '--no-submit', ...joining], replicaUrl, 'replica.log'));
+    others.push(await spawnWorker(['serve', '--listen', `127.0.0.1:${secondPort}`, '--adapters', join(dir, 'adapters'),
+      '--chain', process.env.OPENLEDGER_WS, '--base-model-id', String(ids.baseModel), '--outbox', join(dir, 'second.redb'),
+      ...joining], secondUrl, 'second.log', secondEnv));
     others.push(await spawnWorker(['serve', '--listen', `127.0.0.1:${plainPort}`, '--adapters', join(dir, 'adapters'), ...joining],
       plainUrl, 'plain.log'));
     const heard = await waitFor('the first to hear both', async () => {
@@ -440,12 +447,12 @@ test('on the p2p network, a peer vouched for by a registered worker\'s session k
       return data.length === 2 && data;
     });
     const byEndpoint = Object.fromEntries(heard.map((p) => [p.endpoint, p]));
-    assert.equal(byEndpoint[replicaUrl].registered, true, JSON.stringify(heard));
-    assert.equal(byEndpoint[replicaUrl].worker.account, workerAddress);
+    assert.equal(byEndpoint[secondUrl].registered, true, JSON.stringify(heard));
+    assert.equal(byEndpoint[secondUrl].worker.account, secondAddress);
     assert.equal(byEndpoint[plainUrl].registered, false, JSON.stringify(heard));
     assert.equal(byEndpoint[plainUrl].worker, undefined);
     const registered = (await peersOf(workerUrl, '?registered=true')).data;
-    assert.deepEqual(registered.map((p) => p.endpoint), [replicaUrl]);
+    assert.deepEqual(registered.map((p) => p.endpoint), [secondUrl]);
     // The worker serving no chain shows the claim but cannot tell whether it is registered.
     const seen = await waitFor('the plain worker to hear the first', async () =>
       (await peersOf(plainUrl)).data.find((p) => p.peer_id === first.peer_id));

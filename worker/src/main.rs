@@ -330,7 +330,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		.await
 		.with_context(|| format!("binding {}", args.listen))?;
 	// Announced only now, when the worker is about to serve.
-	let p2p = if args.p2p_listen.is_empty() {
+	let mut p2p = if args.p2p_listen.is_empty() {
 		None
 	} else {
 		let bound = listener.local_addr()?;
@@ -372,7 +372,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		Some(node)
 	};
 	let drain = Duration::from_secs(args.drain_secs);
-	api::serve(listener, state, shutdown_signal(drain)).await?;
+	// Peers hear the goodbye as draining starts, so they stop sending requests here.
+	let departure = p2p.as_mut().and_then(p2p::P2pNode::departure);
+	let shutdown = async move {
+		shutdown_signal(drain).await;
+		if let Some(departure) = departure {
+			departure.leave();
+		}
+	};
+	api::serve(listener, state, shutdown).await?;
 	reaper.abort();
 	if let Some(node) = p2p {
 		node.stop().await;

@@ -77,9 +77,16 @@ pub struct Announcement {
 	/// The sender is stopping: its peers forget it now, not three intervals later.
 	#[serde(default, skip_serializing_if = "std::ops::Not::not")]
 	pub leaving: bool,
-	/// The on-chain worker vouching for this announcement, when the sender serves a chain.
+}
+
+/// The gossip message: the announcement's JSON as sent, and the claim that signs those very
+/// bytes. Signing the bytes (not a re-serialisation of what a receiver parsed) keeps claims
+/// valid between versions that add fields, and for signers in other languages.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+	announcement: String,
 	#[serde(default, skip_serializing_if = "Option::is_none")]
-	pub worker: Option<WorkerClaim>,
+	worker: Option<WorkerClaim>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,10 +97,11 @@ pub struct ResidentAdapter {
 	pub hash: String,
 }
 
-/// A worker's session key vouching for an announcement. The signature covers the announcement
-/// without this claim, the libp2p peer id sending it, the chain and a domain tag
-/// ([`ANNOUNCEMENT_DOMAIN`]): it cannot be moved to another peer, edited, or shown on another
-/// chain or for another purpose.
+/// A worker's session key vouching for an announcement. The signature covers the announcement's
+/// bytes, the libp2p peer id sending it, the account, the chain and a domain tag
+/// ([`ANNOUNCEMENT_DOMAIN`]): it cannot be moved to another peer or account, edited, or shown on
+/// another chain or for another purpose. It says that a key registered on chain signed the
+/// announcement, not that the chain knows its endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerClaim {
 	/// The worker's account, SS58.
@@ -106,11 +114,16 @@ pub struct WorkerClaim {
 	pub signature: String,
 }
 
-/// What the session key signs for `announcement` (its claim left out) sent by `peer`.
-fn claim_payload(announcement: &Announcement, peer: &PeerId, genesis: &ContentHash) -> Vec<u8> {
-	let unsigned = Announcement { worker: None, ..announcement.clone() };
-	let body = serde_json::to_vec(&unsigned).expect("an announcement serializes");
-	signing_payload(ANNOUNCEMENT_DOMAIN, genesis, &(peer.to_bytes(), content_hash(&body)))
+/// What the session key signs for the announcement `body` sent by `peer` for `account`.
+fn claim_payload(body: &[u8], peer: &PeerId, account: &AccountId32, genesis: &ContentHash) -> Vec<u8> {
+	signing_payload(ANNOUNCEMENT_DOMAIN, genesis, &(peer.to_bytes(), account, content_hash(body)))
+}
+
+/// The gossip message for `announcement` from `peer`, vouched for by `signer` when given.
+fn message(announcement: &Announcement, peer: &PeerId, signer: Option<&AnnouncementSigner>) -> Vec<u8> {
+	let body = serde_json::to_string(announcement).expect("an announcement serializes");
+	let worker = signer.map(|signer| signer.sign(body.as_bytes(), peer));
+	serde_json::to_vec(&Envelope { announcement: body, worker }).expect("an envelope serializes")
 }
 
 fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -122,25 +135,28 @@ fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// A claim whose signature checked out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct VerifiedClaim {
+	/// As received, to be shown.
+	claim: WorkerClaim,
 	account: AccountId32,
 	session_key: sr25519::Public,
 	chain: ContentHash,
 }
 
 impl WorkerClaim {
-	/// The claim, parsed, if it is well formed and its signature is the session key's for
-	/// `announcement` sent by `peer`.
-	fn verify(&self, announcement: &Announcement, peer: &PeerId) -> Result<VerifiedClaim, &'static str> {
+	/// The claim, parsed, if it is well formed and its signature is the session key's for the
+	/// announcement `body` sent by `peer`.
+	fn verify(&self, body: &[u8], peer: &PeerId) -> Result<VerifiedClaim, &'static str> {
 		let account = parse_account(&self.account).map_err(|_| "the worker claim's account is not an account id")?;
 		let session_key = from_hex::<32>(&self.session_key).ok_or("the worker claim's session key is not 0x + 32 bytes")?;
 		let chain = from_hex::<32>(&self.chain).ok_or("the worker claim's chain is not 0x + 32 bytes")?;
 		let signature = from_hex::<64>(&self.signature).ok_or("the worker claim's signature is not 0x + 64 bytes")?;
 		let claim = VerifiedClaim {
+			claim: self.clone(),
 			account,
 			session_key: sr25519::Public::from_raw(session_key),
 			chain: ContentHash::from(chain),
 		};
-		let payload = claim_payload(announcement, peer, &claim.chain);
+		let payload = claim_payload(body, peer, &claim.account, &claim.chain);
 		if !sr25519::Pair::verify(&sr25519::Signature::from_raw(signature), payload, &claim.session_key) {
 			return Err("the worker claim's signature is not its session key's for this announcement and peer");
 		}
@@ -162,15 +178,14 @@ pub struct AnnouncementSigner {
 }
 
 impl AnnouncementSigner {
-	fn sign(&self, announcement: &mut Announcement, peer: &PeerId) {
-		announcement.worker = None;
-		let signature = self.session.sign(&claim_payload(announcement, peer, &self.genesis));
-		announcement.worker = Some(WorkerClaim {
+	fn sign(&self, body: &[u8], peer: &PeerId) -> WorkerClaim {
+		let signature = self.session.sign(&claim_payload(body, peer, &self.account, &self.genesis));
+		WorkerClaim {
 			account: self.account.to_ss58check(),
 			session_key: format!("0x{}", hex::encode(self.session.public().0)),
 			chain: hex_hash(&self.genesis),
 			signature: format!("0x{}", hex::encode(signature.0)),
-		});
+		}
 	}
 }
 
@@ -202,6 +217,9 @@ pub struct PeerInfo {
 	pub peer_id: String,
 	#[serde(flatten)]
 	pub announcement: Announcement,
+	/// The on-chain worker vouching for it, when the sender serves a chain.
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub worker: Option<WorkerClaim>,
 	/// Milliseconds since it was received.
 	pub age_ms: u64,
 	/// Whether its worker claim names an active worker registered, with that session key, on
@@ -214,6 +232,17 @@ struct Entry {
 	announcement: Announcement,
 	received: Instant,
 	claim: Option<VerifiedClaim>,
+}
+
+impl Entry {
+	/// Whether it is still kept: until three of its intervals after it came, and until an
+	/// announcement dated before it could no longer be taken as current (a sender's clock may be
+	/// up to a minute ahead), so a goodbye outlives what it ends.
+	fn current(&self) -> bool {
+		let kept = kept_for(&self.announcement);
+		self.received.elapsed() < kept ||
+			unix_ms() <= self.announcement.issued_at_ms.saturating_add(kept.as_millis() as u64 + MAX_CLOCK_AHEAD_MS)
+	}
 }
 
 /// The peers heard from, shared with the HTTP API.
@@ -243,67 +272,91 @@ impl Peers {
 		self.listening.borrow().iter().map(|a| a.clone().with(libp2p::multiaddr::Protocol::P2p(self.local)).to_string()).collect()
 	}
 
-	/// Keeps `announcement` as `peer`'s newest, unless it is out of date (older than its own
-	/// keeping time, dated ahead of this clock, or not newer than the one kept).
-	fn record(&self, peer: PeerId, announcement: Announcement, claim: Option<VerifiedClaim>) -> Result<(), &'static str> {
+	/// Why `announcement` from `peer` is out of date, if it is: older than its own keeping
+	/// time, dated ahead of this clock, or not newer than the one kept.
+	fn out_of_date(table: &HashMap<PeerId, Entry>, peer: &PeerId, announcement: &Announcement) -> Option<&'static str> {
 		let now = unix_ms();
 		let issued = announcement.issued_at_ms;
-		if issued.saturating_add(kept_for(&announcement).as_millis() as u64) < now {
-			return Err("it is older than three of its intervals");
+		if issued.saturating_add(kept_for(announcement).as_millis() as u64) < now {
+			return Some("it is older than three of its intervals");
 		}
 		if issued > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
-			return Err("it is dated more than a minute ahead");
+			return Some("it is dated more than a minute ahead");
 		}
+		table
+			.get(peer)
+			.is_some_and(|kept| kept.announcement.issued_at_ms >= issued)
+			.then_some("it is not newer than the one kept")
+	}
+
+	/// Keeps `announcement` as `peer`'s newest, unless it is out of date. A full table first
+	/// forgets what is past its time, then the oldest peer without a claim (announcements
+	/// without one cost nothing to make), then the oldest.
+	fn record(&self, peer: PeerId, announcement: Announcement, claim: Option<VerifiedClaim>) -> Result<(), &'static str> {
 		let mut table = self.table.write().expect("peers lock");
-		match table.get(&peer) {
-			Some(kept) if kept.announcement.issued_at_ms >= issued => return Err("it is not newer than the one kept"),
-			Some(_) => {},
-			None if table.len() >= MAX_PEERS => {
-				if let Some(oldest) = table.iter().min_by_key(|(_, e)| e.received).map(|(p, _)| *p) {
-					table.remove(&oldest);
-				}
-			},
-			None => {},
+		if let Some(why) = Self::out_of_date(&table, &peer, &announcement) {
+			return Err(why);
+		}
+		if table.len() >= MAX_PEERS && !table.contains_key(&peer) {
+			table.retain(|_, e| e.current());
+			let oldest = |unclaimed_only: bool| {
+				table
+					.iter()
+					.filter(|(_, e)| !unclaimed_only || e.claim.is_none())
+					.min_by_key(|(_, e)| e.received)
+					.map(|(p, _)| *p)
+			};
+			if let Some(evicted) = (table.len() >= MAX_PEERS).then(|| oldest(true).or_else(|| oldest(false))).flatten() {
+				table.remove(&evicted);
+			}
 		}
 		// A goodbye is kept too, unlisted, so the announcements before it cannot be replayed.
 		table.insert(peer, Entry { announcement, received: Instant::now(), claim });
 		Ok(())
 	}
 
-	/// Whether a received announcement is kept and passed on (`Accept`), dropped quietly as out
-	/// of date (`Ignore`), or refused as malformed or forged (`Reject`, which gossipsub counts
-	/// against the peer that sent it).
+	/// Whether a received message is kept and passed on (`Accept`), dropped quietly as out of
+	/// date (`Ignore`), or refused as malformed or forged (`Reject`: not passed on). The cheap
+	/// checks come before the signature's.
 	fn judge(&self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
-		let announcement = match serde_json::from_slice::<Announcement>(data) {
-			Ok(announcement) => announcement,
+		use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+		let parsed = serde_json::from_slice::<Envelope>(data).and_then(|envelope| {
+			serde_json::from_str::<Announcement>(&envelope.announcement).map(|announcement| (envelope, announcement))
+		});
+		let (envelope, announcement) = match parsed {
+			Ok(parsed) => parsed,
 			Err(e) => {
 				tracing::debug!(peer = %source, "p2p announcement unreadable: {e}");
-				return gossipsub::MessageAcceptance::Reject;
+				return Reject;
 			},
 		};
-		let claim = match announcement.invalid() {
-			Some(why) => Err(why),
-			None => announcement.worker.as_ref().map(|claim| claim.verify(&announcement, &source)).transpose(),
-		};
-		let claim = match claim {
+		if let Some(why) = announcement.invalid() {
+			tracing::debug!(peer = %source, "p2p announcement refused: {why}");
+			return Reject;
+		}
+		if let Some(why) = Self::out_of_date(&self.table.read().expect("peers lock"), &source, &announcement) {
+			tracing::debug!(peer = %source, "p2p announcement ignored: {why}");
+			return Ignore;
+		}
+		let claim = match envelope.worker.map(|claim| claim.verify(envelope.announcement.as_bytes(), &source)).transpose() {
 			Ok(claim) => claim,
 			Err(why) => {
 				tracing::debug!(peer = %source, "p2p announcement refused: {why}");
-				return gossipsub::MessageAcceptance::Reject;
+				return Reject;
 			},
 		};
 		match self.record(source, announcement, claim) {
-			Ok(()) => gossipsub::MessageAcceptance::Accept,
+			Ok(()) => Accept,
 			Err(why) => {
 				tracing::debug!(peer = %source, "p2p announcement ignored: {why}");
-				gossipsub::MessageAcceptance::Ignore
+				Ignore
 			},
 		}
 	}
 
 	/// Forgets the announcements past their time.
 	fn prune(&self) {
-		self.table.write().expect("peers lock").retain(|_, e| e.received.elapsed() < kept_for(&e.announcement));
+		self.table.write().expect("peers lock").retain(|_, e| e.current());
 	}
 
 	/// The peers whose announcement is current, sorted by peer id; only those holding `adapter`
@@ -320,6 +373,7 @@ impl Peers {
 			.map(|(peer, e)| PeerInfo {
 				peer_id: peer.to_string(),
 				announcement: e.announcement.clone(),
+				worker: e.claim.as_ref().map(|verified| verified.claim.clone()),
 				age_ms: e.received.elapsed().as_millis() as u64,
 				registered: chain.map(|(genesis, workers)| {
 					e.claim.as_ref().is_some_and(|claim| WorkerClaim::registered_on(claim, genesis, workers))
@@ -385,14 +439,33 @@ pub struct P2pNode {
 	pub listening: watch::Receiver<Vec<Multiaddr>>,
 	/// How many peers it is connected to.
 	pub connected: watch::Receiver<usize>,
-	stop: oneshot::Sender<()>,
+	stop: Option<Departure>,
 	task: tokio::task::JoinHandle<()>,
 }
 
+/// Tells the node to say goodbye and stop; taken from [`P2pNode::departure`] to be used where
+/// the shutdown begins.
+pub struct Departure(oneshot::Sender<()>);
+
+impl Departure {
+	pub fn leave(self) {
+		let _ = self.0.send(());
+	}
+}
+
 impl P2pNode {
-	/// Says goodbye to the peers (they forget this worker at once) and stops the node.
-	pub async fn stop(self) {
-		let _ = self.stop.send(());
+	/// What makes the node say goodbye, for the shutdown path: peers should stop sending
+	/// requests here when draining starts, not when it ends.
+	pub fn departure(&mut self) -> Option<Departure> {
+		self.stop.take()
+	}
+
+	/// Says goodbye to the peers (they forget this worker at once), unless already told to,
+	/// and stops the node.
+	pub async fn stop(mut self) {
+		if let Some(departure) = self.stop.take() {
+			departure.leave();
+		}
 		let mut task = self.task;
 		match tokio::time::timeout(4 * GOODBYE_FLUSH, &mut task).await {
 			Ok(Err(e)) if e.is_panic() => tracing::error!("the p2p task had panicked: {e}"),
@@ -418,10 +491,13 @@ pub async fn start(
 ) -> Result<P2pNode> {
 	let key = config.key.clone().unwrap_or_else(identity::Keypair::generate_ed25519);
 	let heartbeat = (config.interval / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
+	// A quarter of the connections is kept for dialling out, so peers that dialled in cannot
+	// leave the worker unable to reach the ones it looks for.
 	let limits = connection_limits::ConnectionLimits::default()
 		.with_max_established(Some(config.max_connections))
+		.with_max_established_incoming(Some((config.max_connections * 3 / 4).max(1)))
 		.with_max_pending_incoming(Some(config.max_connections))
-		.with_max_pending_outgoing(Some(config.max_connections))
+		.with_max_pending_outgoing(Some(16))
 		.with_max_established_per_peer(Some(2));
 	let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
 		.with_tokio()
@@ -483,6 +559,7 @@ pub async fn start(
 		interval: config.interval,
 		signer: config.signer,
 		last_issued_ms: Cell::new(0),
+		leaving: Cell::new(false),
 		peers: peers.clone(),
 		listening: listening_tx,
 		connected: connected_tx,
@@ -490,7 +567,7 @@ pub async fn start(
 	};
 	let task = tokio::spawn(node.run(swarm, stopped));
 	tracing::info!(%peer_id, "p2p node started");
-	Ok(P2pNode { peer_id, peers, listening, connected, stop, task })
+	Ok(P2pNode { peer_id, peers, listening, connected, stop: Some(Departure(stop)), task })
 }
 
 /// The swarm task's state.
@@ -503,6 +580,8 @@ struct Node {
 	/// The date of the last announcement: each is dated later than the one before, so none is
 	/// taken for a replay.
 	last_issued_ms: Cell<u64>,
+	/// Set once the goodbye is out: anything said after it is a goodbye too.
+	leaving: Cell<bool>,
 	peers: Peers,
 	listening: watch::Sender<Vec<Multiaddr>>,
 	connected: watch::Sender<usize>,
@@ -525,6 +604,7 @@ impl Node {
 			}
 		}
 		// The swarm runs a moment longer, so the goodbye leaves before the connections close.
+		self.leaving.set(true);
 		self.publish(&mut swarm, true);
 		let flush = tokio::time::sleep(GOODBYE_FLUSH);
 		tokio::pin!(flush);
@@ -548,18 +628,12 @@ impl Node {
 		let issued = unix_ms().max(self.last_issued_ms.get() + 1);
 		self.last_issued_ms.set(issued);
 		announcement.issued_at_ms = issued;
-		match &self.signer {
-			Some(signer) => signer.sign(&mut announcement, &self.peer_id),
-			None => announcement.worker = None,
-		}
-		match serde_json::to_vec(&announcement) {
-			Ok(bytes) => match swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
-				Ok(_) => {},
-				// Alone in the network, or no peer subscribed yet: nobody to tell.
-				Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {},
-				Err(e) => tracing::debug!("p2p announcement not sent: {e}"),
-			},
-			Err(e) => tracing::warn!("p2p announcement not encoded: {e}"),
+		let bytes = message(&announcement, &self.peer_id, self.signer.as_ref());
+		match swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+			Ok(_) => {},
+			// Alone in the network, or no peer subscribed yet: nobody to tell.
+			Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {},
+			Err(e) => tracing::debug!("p2p announcement not sent: {e}"),
 		}
 	}
 
@@ -580,7 +654,7 @@ impl Node {
 			},
 			// A new listener hears of this worker now, not an interval later.
 			SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
-				self.publish(swarm, false)
+				self.publish(swarm, self.leaving.get())
 			},
 			SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
 				propagation_source,
@@ -753,15 +827,19 @@ mod tests {
 		}
 	}
 
+	/// An envelope with `body` as the announcement's bytes and `worker` as its claim.
+	fn envelope(body: &str, worker: Option<WorkerClaim>) -> Vec<u8> {
+		serde_json::to_vec(&Envelope { announcement: body.into(), worker }).unwrap()
+	}
+
 	#[test]
-	fn a_worker_claim_binds_the_announcement_the_peer_and_the_chain() {
+	fn a_worker_claim_binds_the_announcement_the_peer_the_account_and_the_chain() {
 		let genesis = ContentHash::repeat_byte(7);
 		let signer = signer(genesis);
 		let peer = PeerId::random();
-		let mut signed = received("http://w:8000", &[("legal", 'a')]);
-		signer.sign(&mut signed, &peer);
-		let claim = signed.worker.clone().unwrap();
-		let verified = claim.verify(&signed, &peer).expect("a signed announcement verifies");
+		let body = serde_json::to_string(&received("http://w:8000", &[("legal", 'a')])).unwrap();
+		let claim = signer.sign(body.as_bytes(), &peer);
+		let verified = claim.verify(body.as_bytes(), &peer).expect("a signed announcement verifies");
 		assert_eq!(verified.account, signer.account);
 		let workers = registered(&signer, true);
 		assert!(WorkerClaim::registered_on(&verified, &genesis, &workers));
@@ -771,60 +849,84 @@ mod tests {
 		let other_key = AnnouncementSigner { session: Sr25519Key::from_suri("//Bob").unwrap(), ..signer.clone() };
 		assert!(!WorkerClaim::registered_on(&verified, &genesis, &registered(&other_key, true)), "not its session key");
 
-		assert!(claim.verify(&signed, &PeerId::random()).is_err(), "another peer sending it");
-		let edited = [
-			Announcement { endpoint: "http://evil:8000".into(), ..signed.clone() },
-			Announcement { resident: vec![], ..signed.clone() },
-			Announcement { issued_at_ms: signed.issued_at_ms + 1, ..signed.clone() },
-			Announcement { leaving: true, ..signed.clone() },
-		];
-		for announcement in &edited {
-			assert!(claim.verify(announcement, &peer).is_err(), "{announcement:?}");
+		assert!(claim.verify(body.as_bytes(), &PeerId::random()).is_err(), "another peer sending it");
+		// Any change to the bytes, even one a parser would not see, breaks it.
+		for edited in [body.replace("http://w:8000", "http://evil:8000"), format!("{body} "), body.replace("legal", "LEGAL")] {
+			assert!(claim.verify(edited.as_bytes(), &peer).is_err(), "{edited}");
 		}
 		let other_chain = WorkerClaim { chain: hex_hash(&ContentHash::repeat_byte(8)), ..claim.clone() };
-		assert!(other_chain.verify(&signed, &peer).is_err());
-		let someone_else = WorkerClaim { account: Sr25519Key::from_suri("//Bob").unwrap().account().to_ss58check(), ..claim.clone() };
-		let verified_else = someone_else.verify(&signed, &peer).expect("the account is not signed: the chain ties it to the key");
-		assert!(!WorkerClaim::registered_on(&verified_else, &genesis, &workers), "claiming another's account");
-		assert!(WorkerClaim { signature: "0x00".into(), ..claim }.verify(&signed, &peer).is_err());
+		assert!(other_chain.verify(body.as_bytes(), &peer).is_err());
+		let bob = Sr25519Key::from_suri("//Bob").unwrap().account().to_ss58check();
+		assert!(WorkerClaim { account: bob, ..claim.clone() }.verify(body.as_bytes(), &peer).is_err(), "another account");
+		assert!(WorkerClaim { signature: "0x00".into(), ..claim }.verify(body.as_bytes(), &peer).is_err());
 	}
 
 	/// Received messages: a valid one is kept and passed on, a malformed or forged one is
 	/// refused, an out-of-date one (replayed, older, or dated ahead) is dropped quietly, and a
-	/// goodbye unlists the peer and stops its earlier announcements from coming back.
+	/// goodbye unlists the peer and stops its earlier announcements from coming back. Fields a
+	/// newer version adds are ignored, and its claim still verifies.
 	#[test]
 	fn received_announcements_are_judged() {
 		use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
 		let peers = peers();
 		let peer = PeerId::random();
 		let signer = signer(ContentHash::repeat_byte(7));
-		let bytes = |a: &Announcement| serde_json::to_vec(a).unwrap();
-		let mut first = received("http://w:8000", &[("legal", 'a')]);
-		signer.sign(&mut first, &peer);
-		assert_eq!(peers.judge(peer, &bytes(&first)), Accept);
-		assert_eq!(peers.list(Some("legal"), None).len(), 1);
-		assert_eq!(peers.judge(peer, &bytes(&first)), Ignore, "a replay");
+		let first = received("http://w:8000", &[("legal", 'a')]);
+		let signed = message(&first, &peer, Some(&signer));
+		assert_eq!(peers.judge(peer, &signed), Accept);
+		let listed = peers.list(Some("legal"), None);
+		assert_eq!(listed.len(), 1);
+		assert_eq!(listed[0].worker.as_ref().map(|w| w.account.clone()), Some(signer.account.to_ss58check()));
+		assert_eq!(peers.judge(peer, &signed), Ignore, "a replay");
+		let claim = serde_json::from_slice::<Envelope>(&signed).unwrap().worker;
 		let forged = Announcement { endpoint: "http://evil:8000".into(), issued_at_ms: first.issued_at_ms + 1, ..first.clone() };
-		assert_eq!(peers.judge(peer, &bytes(&forged)), Reject, "edited under its claim");
-		assert_eq!(peers.judge(PeerId::random(), &bytes(&first)), Reject, "a claim sent by another peer");
+		assert_eq!(peers.judge(peer, &envelope(&serde_json::to_string(&forged).unwrap(), claim)), Reject, "edited under its claim");
+		assert_eq!(peers.judge(PeerId::random(), &signed), Reject, "a claim sent by another peer");
 		assert_eq!(peers.judge(peer, b"not json"), Reject);
-		assert_eq!(peers.judge(peer, &bytes(&Announcement { endpoint: "file:///x".into(), ..received("http://w", &[]) })), Reject);
+		assert_eq!(peers.judge(peer, &envelope("not json", None)), Reject);
+		let bad_endpoint = Announcement { endpoint: "file:///x".into(), ..received("http://w", &[]) };
+		assert_eq!(peers.judge(peer, &message(&bad_endpoint, &peer, None)), Reject);
 
 		let later = Announcement { issued_at_ms: first.issued_at_ms + 10, ..received("http://w:8000", &[]) };
-		assert_eq!(peers.judge(peer, &bytes(&later)), Accept, "unsigned and newer");
+		assert_eq!(peers.judge(peer, &message(&later, &peer, None)), Accept, "unsigned and newer");
 		assert_eq!(peers.list(Some("legal"), None).len(), 0, "the newer one replaced it");
 		let older = Announcement { issued_at_ms: first.issued_at_ms + 5, ..later.clone() };
-		assert_eq!(peers.judge(peer, &bytes(&older)), Ignore, "older than the one kept");
+		assert_eq!(peers.judge(peer, &message(&older, &peer, None)), Ignore, "older than the one kept");
 		let other = PeerId::random();
 		let stale = Announcement { issued_at_ms: unix_ms() - 3_100, ..received("http://o:8000", &[]) };
-		assert_eq!(peers.judge(other, &bytes(&stale)), Ignore, "older than three intervals");
+		assert_eq!(peers.judge(other, &message(&stale, &other, None)), Ignore, "older than three intervals");
 		let ahead = Announcement { issued_at_ms: unix_ms() + 2 * MAX_CLOCK_AHEAD_MS, ..received("http://o:8000", &[]) };
-		assert_eq!(peers.judge(other, &bytes(&ahead)), Ignore, "dated ahead");
+		assert_eq!(peers.judge(other, &message(&ahead, &other, None)), Ignore, "dated ahead");
+
+		// A newer version's announcement, with a field this one does not know, signed as sent.
+		let mut value = serde_json::to_value(received("http://n:8000", &[])).unwrap();
+		value["load"] = serde_json::json!(0.5);
+		let body = value.to_string();
+		let newer = PeerId::random();
+		assert_eq!(peers.judge(newer, &envelope(&body, Some(signer.sign(body.as_bytes(), &newer)))), Accept);
 
 		let goodbye = Announcement { leaving: true, issued_at_ms: later.issued_at_ms + 1, ..later.clone() };
-		assert_eq!(peers.judge(peer, &bytes(&goodbye)), Accept);
-		assert!(peers.list(None, None).is_empty(), "a leaving peer is not listed");
-		assert_eq!(peers.judge(peer, &bytes(&later)), Ignore, "its earlier announcement cannot bring it back");
+		assert_eq!(peers.judge(peer, &message(&goodbye, &peer, None)), Accept);
+		assert!(peers.list(None, None).iter().all(|p| p.peer_id != peer.to_string()), "a leaving peer is not listed");
+		assert_eq!(peers.judge(peer, &message(&later, &peer, None)), Ignore, "its earlier announcement cannot bring it back");
+	}
+
+	/// A full table makes room from the peers without a claim first.
+	#[test]
+	fn a_full_table_evicts_unclaimed_peers_first() {
+		let peers = peers();
+		let signer = signer(ContentHash::repeat_byte(7));
+		let claimed = PeerId::random();
+		let body = serde_json::to_string(&received("http://c:8000", &[])).unwrap();
+		let claim = signer.sign(body.as_bytes(), &claimed).verify(body.as_bytes(), &claimed).unwrap();
+		peers.record(claimed, received("http://c:8000", &[]), Some(claim)).unwrap();
+		for _ in 1..MAX_PEERS {
+			peers.record(PeerId::random(), received("http://u:8000", &[]), None).unwrap();
+		}
+		peers.record(PeerId::random(), received("http://new:8000", &[]), None).unwrap();
+		let listed = peers.list(None, None);
+		assert_eq!(listed.len(), MAX_PEERS);
+		assert!(listed.iter().any(|p| p.peer_id == claimed.to_string()), "the oldest, but claimed, stays");
 	}
 
 	#[test]

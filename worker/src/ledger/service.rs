@@ -7,7 +7,7 @@ use std::{
 	collections::HashMap,
 	path::PathBuf,
 	sync::{
-		atomic::{AtomicU32, Ordering},
+		atomic::{AtomicU32, AtomicU64, Ordering},
 		Arc, RwLock,
 	},
 	time::{Duration, Instant},
@@ -171,12 +171,16 @@ pub struct Ledger {
 	/// reaped from a closing DataNet).
 	datanets_changed: watch::Sender<u64>,
 	wakeup: Arc<Notify>,
-	/// Every registered worker and when it was read (see [`Ledger::workers`]).
-	workers: tokio::sync::Mutex<Option<(Instant, Arc<HashMap<AccountId32, WorkerInfo>>)>>,
+	/// Every registered worker, when it was read and the value of `workers_changed` then (see
+	/// [`Ledger::workers`]).
+	workers: tokio::sync::Mutex<Option<(Instant, u64, Arc<HashMap<AccountId32, WorkerInfo>>)>>,
+	/// Bumped when a block has an event of the workers pallet (a registration, a key rotation).
+	workers_changed: AtomicU64,
 }
 
 /// How long the registered workers read for the p2p listing are used before being read again.
 const WORKERS_TTL: Duration = Duration::from_secs(30);
+const WORKERS_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Ledger {
 	/// Connects, checks the worker's registration against its keys and files, opens the outbox
@@ -214,6 +218,7 @@ impl Ledger {
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
 			workers: Default::default(),
+			workers_changed: AtomicU64::new(0),
 		});
 		let submitter = if config.submit {
 			let judged = Arc::downgrade(&ledger);
@@ -246,18 +251,32 @@ impl Ledger {
 		&self.session
 	}
 
-	/// Every registered worker, read again when the last read is older than 30 s: what peers'
-	/// announcements are checked against.
+	/// Every registered worker, read again after a block with a workers-pallet event, and at
+	/// least every 30 s: what peers' announcements are checked against. A read that fails or
+	/// takes over 5 s gives the last one, if any (and is retried on the next call).
 	pub async fn workers(&self) -> Result<Arc<HashMap<AccountId32, WorkerInfo>>, ChainError> {
 		let mut cached = self.workers.lock().await;
-		if let Some((read_at, workers)) = &*cached {
-			if read_at.elapsed() < WORKERS_TTL {
+		let changes = self.workers_changed.load(Ordering::Relaxed);
+		if let Some((read_at, read_after, workers)) = &*cached {
+			if read_at.elapsed() < WORKERS_TTL && *read_after == changes {
 				return Ok(workers.clone());
 			}
 		}
-		let workers = Arc::new(self.chain.workers().await?);
-		*cached = Some((Instant::now(), workers.clone()));
-		Ok(workers)
+		let read = tokio::time::timeout(WORKERS_READ_TIMEOUT, self.chain.workers())
+			.await
+			.unwrap_or_else(|_| Err(ChainError::State("reading the registered workers timed out".into())));
+		match (read, &*cached) {
+			(Ok(workers), _) => {
+				let workers = Arc::new(workers);
+				*cached = Some((Instant::now(), changes, workers.clone()));
+				Ok(workers)
+			},
+			(Err(e), Some((_, _, stale))) => {
+				tracing::warn!("registered workers not read again, the last read is used: {e}");
+				Ok(stale.clone())
+			},
+			(Err(e), None) => Err(e),
+		}
 	}
 
 	pub fn outbox(&self) -> &Arc<Outbox> {
@@ -334,20 +353,24 @@ impl Ledger {
 				let Some(Ok(block)) = block else { break };
 				let number = u32::try_from(block.number()).unwrap_or(u32::MAX);
 				self.best_block.fetch_max(number, Ordering::Relaxed);
-				let (registry, datanets) = match block.at().await {
+				let (registry, workers, datanets) = match block.at().await {
 					Ok(at) => match at.events().fetch().await {
-						Ok(events) => events.iter().fold((false, false), |(registry, datanets), e| match e {
+						Ok(events) => events.iter().fold((false, false, false), |(registry, workers, datanets), e| match e {
 							Ok(e) => (
 								registry || matches!(e.pallet_name(), "Registry" | "Workers") || e.event_name() == "FeeParamsSet",
+								workers || e.pallet_name() == "Workers",
 								datanets || e.pallet_name() == "DataNets",
 							),
-							Err(_) => (true, true),
+							Err(_) => (true, true, true),
 						}),
-						Err(_) => (true, true),
+						Err(_) => (true, true, true),
 					},
-					Err(_) => (true, true),
+					Err(_) => (true, true, true),
 				};
 				stale |= registry;
+				if workers {
+					self.workers_changed.fetch_add(1, Ordering::Relaxed);
+				}
 				if datanets {
 					self.datanets_changed.send_modify(|n| *n += 1);
 				}
