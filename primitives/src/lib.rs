@@ -16,6 +16,7 @@ use polkadot_sdk::{
 use scale_info::TypeInfo;
 
 pub mod fees;
+pub mod price;
 pub mod traits;
 
 /// Identifies a DataNet.

@@ -16,6 +16,18 @@ fn stake_stays_slashable_for_a_receipts_lifetime() {
 	assert!(UnbondingDelay::get() >= MaxReceiptLifetime::get());
 }
 
+/// A price rise (an adapter's, a prompt's, a worker's) is charged only after every receipt
+/// signed at the old price has expired, so no allowance-paid request costs more than it was
+/// quoted.
+#[test]
+fn a_price_rise_waits_out_a_receipts_lifetime() {
+	use openledger_runtime::Runtime;
+	use polkadot_sdk::frame_support::traits::Get;
+	let registry: u32 = <<Runtime as pallet_registry::Config>::PriceHold as Get<u32>>::get();
+	let workers: u32 = <<Runtime as pallet_workers::Config>::PriceHold as Get<u32>>::get();
+	assert!(registry >= MaxReceiptLifetime::get() && workers >= MaxReceiptLifetime::get());
+}
+
 /// Every record set is pruned once its expiry has passed, so a block must be able to prune at
 /// least as many sets as a block can create, or storage would grow without bound under full
 /// load; and the most pruning a block can do must leave half the block (pruning is mandatory

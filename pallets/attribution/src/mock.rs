@@ -59,6 +59,8 @@ parameter_types! {
 	pub const RejectionPenalty: Permill = Permill::from_percent(20);
 	pub const MinStake: Balance = 10_000;
 	pub const EquivocationSlash: Perbill = Perbill::from_percent(50);
+	/// A receipt's longest lifetime, as the runtime has it.
+	pub const PriceHold: u64 = MAX_LIFETIME;
 }
 
 impl pallet_datanets::Config for Test {
@@ -89,6 +91,7 @@ impl pallet_registry::Config for Test {
 	type MaxArchitectureLen = ConstU32<16>;
 	type MaxUriLen = ConstU32<32>;
 	type MaxRank = ConstU32<64>;
+	type PriceHold = PriceHold;
 	type MaxProvenance = ConstU32<4>;
 	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]
@@ -115,6 +118,7 @@ impl pallet_workers::Config for Test {
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type MinStake = MinStake;
 	type UnbondingDelay = ConstU64<10>;
+	type PriceHold = PriceHold;
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<64>;
 	type MaxServedModels = ConstU32<4>;

@@ -211,6 +211,36 @@ fn valid_receipt_pays_everyone_their_share() {
 	});
 }
 
+/// The fee of the last receipt settled.
+fn last_fee() -> Option<Balance> {
+	System::events().into_iter().rev().find_map(|e| match e.event {
+		RuntimeEvent::Attribution(Event::ReceiptSettled { fee, .. }) => Some(fee),
+		_ => None,
+	})
+}
+
+/// The worker, the adapter owner and the prompt owner raise their prices between a request and
+/// its settlement: the receipt still settles at the prices it was signed at, so nobody can
+/// raise what an allowance-paid request costs once it is served. A receipt settled once the
+/// hold (a receipt's longest lifetime) has passed pays the new prices.
+#[test]
+fn prices_raised_after_a_receipt_is_signed_do_not_raise_its_fee() {
+	run(|| {
+		let signed = sign(receipt(1));
+		let raised_at = System::block_number();
+		set_prices(3_000, 4_000, 900);
+		System::set_block_number(signed.receipt.expires_at.into());
+		submit(&account(Role::Worker), vec![signed]);
+		assert_eq!(last_fee(), Some(EXPECTED_FEE));
+
+		System::set_block_number(raised_at + MAX_LIFETIME);
+		let mut later = receipt(2);
+		later.expires_at = (raised_at + MAX_LIFETIME + 10) as u32;
+		submit(&account(Role::Worker), vec![sign(later)]);
+		assert_eq!(last_fee(), Some(3_000 + 4_000 + 900 + 200), "{:?}", last_reason());
+	});
+}
+
 #[test]
 fn replayed_receipt_is_not_paid() {
 	run(|| {

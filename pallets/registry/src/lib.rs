@@ -88,6 +88,10 @@ pub mod pallet {
 		/// The most DataNets an adapter's provenance may name.
 		#[pallet::constant]
 		type MaxProvenance: Get<u32>;
+		/// How long a price rise waits before it is charged (a fall is charged at once); at least
+		/// a receipt's longest lifetime, so no receipt settles above the prices it was signed at.
+		#[pallet::constant]
+		type PriceHold: Get<BlockNumberFor<Self>>;
 		type WeightInfo: WeightInfo;
 		/// Creates the DataNets that benchmarks name in provenance.
 		#[cfg(feature = "runtime-benchmarks")]
@@ -322,6 +326,7 @@ pub mod pallet {
 					uri,
 					provenance,
 					price_per_1k_tokens,
+					price_floor: Default::default(),
 				},
 			);
 			NextAdapterId::<T>::put(next);
@@ -334,7 +339,8 @@ pub mod pallet {
 			Ok(())
 		}
 
-		/// Sets an adapter's price per 1000 tokens. The adapter's owner only.
+		/// Sets an adapter's price per 1000 tokens. The adapter's owner only. A fall is charged at
+		/// once; a rise `PriceHold` blocks later, so receipts signed at the old price settle at it.
 		///
 		/// Emits `AdapterPriceSet`. Errors: `UnknownAdapter`, `NotOwner`. O(1).
 		#[pallet::call_index(3)]
@@ -348,6 +354,7 @@ pub mod pallet {
 			Adapters::<T>::try_mutate(adapter, |entry| {
 				let a = entry.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
 				ensure!(a.owner == who, Error::<T>::NotOwner);
+				a.price_floor.note_change(a.price_per_1k_tokens, price_per_1k_tokens, Self::now(), T::PriceHold::get());
 				a.price_per_1k_tokens = price_per_1k_tokens;
 				Ok::<_, DispatchError>(())
 			})?;
@@ -436,6 +443,7 @@ pub mod pallet {
 					template_hash,
 					uri,
 					price_per_call,
+					price_floor: Default::default(),
 				},
 			);
 			NextPromptId::<T>::put(next);
@@ -443,7 +451,9 @@ pub mod pallet {
 			Ok(())
 		}
 
-		/// Sets a prompt template's price per call. The template's owner only.
+		/// Sets a prompt template's price per call. The template's owner only. A fall is charged
+		/// at once; a rise `PriceHold` blocks later, so receipts signed at the old price settle at
+		/// it.
 		///
 		/// Emits `PromptPriceSet`. Errors: `UnknownPrompt`, `NotOwner`. O(1).
 		#[pallet::call_index(7)]
@@ -457,6 +467,7 @@ pub mod pallet {
 			Prompts::<T>::try_mutate(prompt, |entry| {
 				let p = entry.as_mut().ok_or(Error::<T>::UnknownPrompt)?;
 				ensure!(p.owner == who, Error::<T>::NotOwner);
+				p.price_floor.note_change(p.price_per_call, price_per_call, Self::now(), T::PriceHold::get());
 				p.price_per_call = price_per_call;
 				Ok::<_, DispatchError>(())
 			})?;
@@ -513,6 +524,10 @@ pub mod pallet {
 	}
 
 	impl<T: Config> Pallet<T> {
+		fn now() -> BlockNumberFor<T> {
+			polkadot_sdk::frame_system::Pallet::<T>::block_number()
+		}
+
 		/// Checks a provenance list, in order: its length, every share, their sum, duplicates,
 		/// then that every DataNet exists (the only storage reads).
 		fn checked_provenance(
@@ -608,7 +623,7 @@ pub mod pallet {
 				owner: a.owner,
 				base_model: a.base_model,
 				weights_hash: a.weights_hash,
-				price_per_1k_tokens: a.price_per_1k_tokens,
+				price_per_1k_tokens: a.price_floor.charged(a.price_per_1k_tokens, Self::now()),
 				provenance: a.provenance.into_inner(),
 			})
 		}
@@ -617,7 +632,7 @@ pub mod pallet {
 			Prompts::<T>::get(id).map(|p| PromptView {
 				owner: p.owner,
 				template_hash: p.template_hash,
-				price_per_call: p.price_per_call,
+				price_per_call: p.price_floor.charged(p.price_per_call, Self::now()),
 			})
 		}
 	}

@@ -22,6 +22,8 @@ pub const POOR_ENDOWMENT: Balance = 150;
 pub const ADAPTER_DEPOSIT: Balance = 500;
 pub const PROMPT_DEPOSIT: Balance = 200;
 pub const DATANET_DEPOSIT: Balance = 1_000;
+/// Blocks a price rise waits before it is charged.
+pub const PRICE_HOLD: u64 = 10;
 pub const MAX_NAME_LEN: u32 = 16;
 pub const MAX_ARCHITECTURE_LEN: u32 = 8;
 pub const MAX_URI_LEN: u32 = 32;
@@ -58,6 +60,7 @@ parameter_types! {
 	pub const RejectionPenalty: Permill = Permill::from_percent(20);
 	pub const AdapterDeposit: Balance = ADAPTER_DEPOSIT;
 	pub const PromptDeposit: Balance = PROMPT_DEPOSIT;
+	pub const PriceHold: u64 = PRICE_HOLD;
 }
 
 impl pallet_datanets::Config for Test {
@@ -88,6 +91,7 @@ impl pallet_registry::Config for Test {
 	type MaxArchitectureLen = ConstU32<MAX_ARCHITECTURE_LEN>;
 	type MaxUriLen = ConstU32<MAX_URI_LEN>;
 	type MaxRank = ConstU32<MAX_RANK>;
+	type PriceHold = PriceHold;
 	type MaxProvenance = ConstU32<MAX_PROVENANCE>;
 	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]

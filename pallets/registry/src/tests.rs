@@ -277,7 +277,7 @@ fn only_the_owner_sets_an_adapter_price() {
 		assert_noop!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), id + 1, 9), Error::<Test>::UnknownAdapter);
 		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), id, 9));
 		System::assert_last_event(Event::AdapterPriceSet { adapter: id, price_per_1k_tokens: 9 }.into());
-		assert_eq!(Registry::adapter(id).unwrap().price_per_1k_tokens, 9);
+		assert_eq!(Adapters::<Test>::get(id).unwrap().price_per_1k_tokens, 9);
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - ADAPTER_DEPOSIT);
 		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
 	});
@@ -387,8 +387,38 @@ fn only_the_owner_sets_a_prompt_price() {
 		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id + 1, 3), Error::<Test>::UnknownPrompt);
 		assert_ok!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id, 3));
 		System::assert_last_event(Event::PromptPriceSet { prompt: id, price_per_call: 3 }.into());
-		assert_eq!(Registry::prompt(id).unwrap().price_per_call, 3);
+		assert_eq!(Prompts::<Test>::get(id).unwrap().price_per_call, 3);
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT);
+	});
+}
+
+/// A price rise is charged only `PriceHold` blocks after it is set, so receipts signed at the
+/// old price settle at it; a fall is charged at once; and after a fall and a rise within the
+/// hold, the lowest of them is charged until the hold of the last change ends.
+#[test]
+fn a_price_rise_waits_out_the_hold_and_a_fall_is_charged_at_once() {
+	run(|| {
+		let adapter_id = adapter(ALICE);
+		let prompt_id = prompt(ALICE);
+		let charged = || (Registry::adapter(adapter_id).unwrap().price_per_1k_tokens, Registry::prompt(prompt_id).unwrap().price_per_call);
+		assert_eq!(charged(), (PRICE, PRICE));
+		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), adapter_id, PRICE * 3));
+		assert_ok!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), prompt_id, PRICE * 2));
+		System::set_block_number(1 + PRICE_HOLD - 1);
+		assert_eq!(charged(), (PRICE, PRICE), "the rise waits");
+		System::set_block_number(1 + PRICE_HOLD);
+		assert_eq!(charged(), (PRICE * 3, PRICE * 2), "then it is charged");
+
+		let now = 1 + PRICE_HOLD;
+		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), adapter_id, 1));
+		assert_eq!(charged().0, 1, "a fall at once");
+		System::set_block_number(now + 1);
+		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(ALICE), adapter_id, PRICE * 5));
+		System::set_block_number(now + PRICE_HOLD);
+		assert_eq!(charged().0, 1, "the lowest price of the hold, until the last change's hold ends");
+		System::set_block_number(now + 1 + PRICE_HOLD);
+		assert_eq!(charged().0, PRICE * 5);
+		assert_eq!(Adapters::<Test>::get(adapter_id).unwrap().price_per_1k_tokens, PRICE * 5, "the price set");
 	});
 }
 

@@ -2,7 +2,7 @@
 
 use crate::Config;
 use codec::{Decode, Encode, MaxEncodedLen};
-use openledger_primitives::{BaseModelId, ContentHash, DataNetId};
+use openledger_primitives::{price::PriceFloor, BaseModelId, ContentHash, DataNetId};
 use polkadot_sdk::{
 	frame_support::{
 		traits::{fungible::Inspect, Get},
@@ -41,7 +41,7 @@ pub type BaseModelOf<T> = BaseModel<<T as Config>::MaxNameLen, <T as Config>::Ma
 /// A LoRA adapter over a base model.
 #[derive(Clone, PartialEq, Eq, Debug, Encode, Decode, MaxEncodedLen, TypeInfo)]
 #[scale_info(skip_type_params(MaxUri, MaxProvenance))]
-pub struct Adapter<AccountId, Balance, MaxUri, MaxProvenance>
+pub struct Adapter<AccountId, Balance, BlockNumber, MaxUri, MaxProvenance>
 where
 	MaxUri: Get<u32>,
 	MaxProvenance: Get<u32>,
@@ -63,12 +63,16 @@ where
 	/// Where the adapter files can be fetched.
 	pub uri: BoundedVec<u8, MaxUri>,
 	pub provenance: Provenance<MaxProvenance>,
+	/// The price set; a rise is charged only `PriceHold` blocks later (see `price_floor`).
 	pub price_per_1k_tokens: Balance,
+	/// What is charged below the price set while a change is recent.
+	pub price_floor: PriceFloor<Balance, BlockNumber>,
 }
 
 pub type AdapterOf<T> = Adapter<
 	<T as frame_system::Config>::AccountId,
 	BalanceOf<T>,
+	frame_system::pallet_prelude::BlockNumberFor<T>,
 	<T as Config>::MaxUriLen,
 	<T as Config>::MaxProvenance,
 >;
@@ -76,7 +80,7 @@ pub type AdapterOf<T> = Adapter<
 /// A prompt template.
 #[derive(Clone, PartialEq, Eq, Debug, Encode, Decode, MaxEncodedLen, TypeInfo)]
 #[scale_info(skip_type_params(MaxUri))]
-pub struct Prompt<AccountId, Balance, MaxUri>
+pub struct Prompt<AccountId, Balance, BlockNumber, MaxUri>
 where
 	MaxUri: Get<u32>,
 {
@@ -90,8 +94,15 @@ where
 	pub template_hash: ContentHash,
 	/// Where the template can be fetched.
 	pub uri: BoundedVec<u8, MaxUri>,
+	/// The price set; a rise is charged only `PriceHold` blocks later (see `price_floor`).
 	pub price_per_call: Balance,
+	/// What is charged below the price set while a change is recent.
+	pub price_floor: PriceFloor<Balance, BlockNumber>,
 }
 
-pub type PromptOf<T> =
-	Prompt<<T as frame_system::Config>::AccountId, BalanceOf<T>, <T as Config>::MaxUriLen>;
+pub type PromptOf<T> = Prompt<
+	<T as frame_system::Config>::AccountId,
+	BalanceOf<T>,
+	frame_system::pallet_prelude::BlockNumberFor<T>,
+	<T as Config>::MaxUriLen,
+>;

@@ -82,6 +82,11 @@ pub mod pallet {
 		/// equivocation can still be punished.
 		#[pallet::constant]
 		type UnbondingDelay: Get<BlockNumberFor<Self>>;
+		/// How long a compute price rise waits before it is charged (a fall is charged at once);
+		/// at least a receipt's longest lifetime, so no receipt settles above the prices it was
+		/// signed at.
+		#[pallet::constant]
+		type PriceHold: Get<BlockNumberFor<Self>>;
 		/// The part of its stake a worker loses for equivocating.
 		#[pallet::constant]
 		type EquivocationSlash: Get<Perbill>;
@@ -286,6 +291,7 @@ pub mod pallet {
 					endpoint,
 					serves,
 					compute_price_per_1k_tokens,
+					price_floor: Default::default(),
 					stake,
 					status: WorkerStatus::Active,
 				},
@@ -296,7 +302,8 @@ pub mod pallet {
 		}
 
 		/// Replaces the caller's endpoint, served base models and compute price. An active worker
-		/// only.
+		/// only. A lower price is charged at once; a higher one `PriceHold` blocks later, so
+		/// receipts signed at the old price settle at it.
 		///
 		/// - `endpoint`, `serves`, `compute_price_per_1k_tokens`: as in `register`.
 		///
@@ -315,7 +322,10 @@ pub mod pallet {
 			let mut worker = Self::active(&who)?;
 			worker.endpoint = endpoint.try_into().map_err(|_| Error::<T>::EndpointTooLong)?;
 			worker.serves = Self::checked_serves(serves)?;
-			worker.compute_price_per_1k_tokens = compute_price_per_1k_tokens;
+			let now = frame_system::Pallet::<T>::block_number();
+			let price = &mut worker.compute_price_per_1k_tokens;
+			worker.price_floor.note_change(*price, compute_price_per_1k_tokens, now, T::PriceHold::get());
+			*price = compute_price_per_1k_tokens;
 			Workers::<T>::insert(&who, worker);
 			Self::deposit_event(Event::WorkerUpdated { worker: who });
 			Ok(())
@@ -648,7 +658,9 @@ pub mod pallet {
 				.filter(|w| w.status == WorkerStatus::Active && w.stake >= T::MinStake::get())
 				.map(|w| WorkerView {
 					session_key: w.session_key,
-					compute_price_per_1k_tokens: w.compute_price_per_1k_tokens,
+					compute_price_per_1k_tokens: w
+						.price_floor
+						.charged(w.compute_price_per_1k_tokens, frame_system::Pallet::<T>::block_number()),
 					serves: w.serves.into_inner(),
 				})
 		}

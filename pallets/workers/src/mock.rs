@@ -6,7 +6,10 @@ use openledger_primitives::{
 	AdapterId, BaseModelId, PromptId,
 };
 use polkadot_sdk::{
-	frame_support::{self, derive_impl, parameter_types, traits::ConstU32},
+	frame_support::{
+		self, derive_impl, parameter_types,
+		traits::{ConstU32, ConstU64},
+	},
 	frame_system::{self, EnsureRoot},
 	pallet_balances,
 	sp_io::TestExternalities,
@@ -85,6 +88,7 @@ impl pallet_workers::Config for Test {
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type MinStake = MinStake;
 	type UnbondingDelay = UnbondingDelay;
+	type PriceHold = ConstU64<10>;
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<MAX_ENDPOINT_LEN>;
 	type MaxServedModels = ConstU32<MAX_SERVED_MODELS>;

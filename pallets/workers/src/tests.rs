@@ -223,6 +223,25 @@ fn update_replaces_endpoint_models_and_price() {
 	});
 }
 
+/// A compute price rise is charged (through `active_worker`) only `PriceHold` blocks after the
+/// update, so receipts signed at the old price settle at it; a fall at once.
+#[test]
+fn a_compute_price_rise_waits_out_the_hold() {
+	run(|| {
+		register(ALICE, Sr25519Keyring::Alice, MIN_STAKE);
+		let charged = || Workers::active_worker(&ALICE).unwrap().compute_price_per_1k_tokens;
+		let start = System::block_number();
+		assert_ok!(Workers::update(RuntimeOrigin::signed(ALICE), b"http://w".to_vec(), vec![1], PRICE * 4));
+		assert_eq!(charged(), PRICE);
+		System::set_block_number(start + 9);
+		assert_eq!(charged(), PRICE, "the rise waits out the hold");
+		System::set_block_number(start + 10);
+		assert_eq!(charged(), PRICE * 4);
+		assert_ok!(Workers::update(RuntimeOrigin::signed(ALICE), b"http://w".to_vec(), vec![1], 1));
+		assert_eq!(charged(), 1, "a fall at once");
+	});
+}
+
 #[test]
 fn update_rejects_bad_input() {
 	run(|| {

@@ -2,7 +2,7 @@
 
 use crate::Config;
 use codec::{Decode, Encode, MaxEncodedLen};
-use openledger_primitives::{BaseModelId, Receipt};
+use openledger_primitives::{price::PriceFloor, BaseModelId, Receipt};
 use polkadot_sdk::{
 	frame_support::{
 		traits::{fungible::Inspect, Get},
@@ -45,8 +45,11 @@ where
 	pub endpoint: BoundedVec<u8, MaxEndpoint>,
 	/// The base models the worker serves: at least one, each active, each once.
 	pub serves: BoundedVec<BaseModelId, MaxServed>,
-	/// The worker's part of every fee, per 1000 tokens.
+	/// The worker's part of every fee, per 1000 tokens; a rise is charged only `PriceHold`
+	/// blocks later (see `price_floor`).
 	pub compute_price_per_1k_tokens: Balance,
+	/// What is charged below the price set while a change is recent.
+	pub price_floor: PriceFloor<Balance, BlockNumber>,
 	/// Held from the worker's account under `HoldReason::Stake`.
 	pub stake: Balance,
 	pub status: WorkerStatus<BlockNumber>,

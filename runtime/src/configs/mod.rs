@@ -194,6 +194,7 @@ impl pallet_registry::Config for Runtime {
 	type MaxUriLen = ConstU32<256>;
 	type MaxRank = ConstU32<256>;
 	type MaxProvenance = ConstU32<16>;
+	type PriceHold = MaxReceiptLifetime;
 	type WeightInfo = pallet_registry::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = benchmark_helpers::CreateDataNets;
@@ -214,6 +215,7 @@ impl pallet_workers::Config for Runtime {
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type MinStake = MinStake;
 	type UnbondingDelay = UnbondingDelay;
+	type PriceHold = MaxReceiptLifetime;
 	type EquivocationSlash = EquivocationSlash;
 	type MaxEndpointLen = ConstU32<256>;
 	type MaxServedModels = ConstU32<8>;
