@@ -472,6 +472,9 @@ test('the outbox holds every delivered answer\'s receipt, each judged', async ()
   const exported = cli('outbox', 'export', '--outbox', join(dir, 'outbox.redb')).trim().split('\n').map((l) => JSON.parse(l));
   const ids = new Set(exported.map((r) => r.id));
   for (const record of delivered) assert.ok(ids.has(record.receiptId), `receipt ${record.receiptId} is in the outbox`);
+  // One receipt per request, across every restart and kill: a second would be equivocation.
+  const requests = new Set(exported.map((r) => r.request_hash));
+  assert.equal(requests.size, exported.length, 'no request has two receipts');
   assert.equal(stats.queued, 0, 'every receipt was judged');
   assert.equal(stats.rejected, 0, JSON.stringify(stats));
 });

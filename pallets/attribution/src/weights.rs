@@ -37,8 +37,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
 		//  Estimated: `3640`
-		// Minimum execution time: 41_399_000 picoseconds.
-		Weight::from_parts(44_317_000, 3640)
+		// Minimum execution time: 40_529_000 picoseconds.
+		Weight::from_parts(44_454_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
@@ -50,8 +50,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `55`
 		//  Estimated: `3640`
-		// Minimum execution time: 9_740_000 picoseconds.
-		Weight::from_parts(11_298_000, 3640)
+		// Minimum execution time: 10_218_000 picoseconds.
+		Weight::from_parts(11_670_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -65,10 +65,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	fn claim_withdrawal() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `373`
+		//  Measured:  `410`
 		//  Estimated: `3640`
-		// Minimum execution time: 44_594_000 picoseconds.
-		Weight::from_parts(48_608_000, 3640)
+		// Minimum execution time: 44_730_000 picoseconds.
+		Weight::from_parts(48_809_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
@@ -82,8 +82,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `89`
 		//  Estimated: `3640`
-		// Minimum execution time: 47_121_000 picoseconds.
-		Weight::from_parts(50_844_000, 3640)
+		// Minimum execution time: 46_454_000 picoseconds.
+		Weight::from_parts(50_314_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
@@ -92,15 +92,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::Settled` (r:1 w:1)
 	/// Proof: `Attribution::Settled` (`max_values`: None, `max_size`: Some(524352), added: 526827, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::Workers` (r:1 w:0)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:1 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Adapters` (r:1 w:0)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::DataNets` (r:16 w:0)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Prompts` (r:1 w:0)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:32 w:0)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::RetrievalPrice` (r:1 w:0)
@@ -120,12 +120,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `a` is `[0, 32]`.
 	fn submit_receipt(a: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `4570 + a * (189 ±0)`
+		//  Measured:  `4632 + a * (189 ±0)`
 		//  Estimated: `527817 + a * (2612 ±0)`
-		// Minimum execution time: 426_631_000 picoseconds.
-		Weight::from_parts(457_252_903, 527817)
-			// Standard Error: 75_891
-			.saturating_add(Weight::from_parts(40_203_858, 0).saturating_mul(a.into()))
+		// Minimum execution time: 451_314_000 picoseconds.
+		Weight::from_parts(485_559_120, 527817)
+			// Standard Error: 82_974
+			.saturating_add(Weight::from_parts(40_730_067, 0).saturating_mul(a.into()))
 			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
@@ -137,15 +137,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::Settled` (r:1 w:1)
 	/// Proof: `Attribution::Settled` (`max_values`: None, `max_size`: Some(524352), added: 526827, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::Workers` (r:1 w:0)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:1 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Adapters` (r:1 w:0)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::DataNets` (r:16 w:0)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Prompts` (r:1 w:0)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::RetrievalPrice` (r:1 w:0)
 	/// Proof: `Attribution::RetrievalPrice` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::ProtocolShare` (r:1 w:0)
@@ -165,12 +165,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3652`
+		//  Measured:  `3757`
 		//  Estimated: `527817`
-		// Minimum execution time: 381_189_000 picoseconds.
-		Weight::from_parts(307_832_687, 527817)
-			// Standard Error: 113_099
-			.saturating_add(Weight::from_parts(49_496_611, 0).saturating_mul(n.into()))
+		// Minimum execution time: 415_914_000 picoseconds.
+		Weight::from_parts(535_977_594, 527817)
+			// Standard Error: 188_333
+			.saturating_add(Weight::from_parts(48_838_334, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(49_u64))
 			.saturating_add(T::DbWeight::get().writes(25_u64))
 	}
@@ -179,15 +179,15 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::Settled` (r:1 w:1)
 	/// Proof: `Attribution::Settled` (`max_values`: None, `max_size`: Some(524352), added: 526827, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::Workers` (r:1 w:0)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:1 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Adapters` (r:1 w:0)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::DataNets` (r:16 w:0)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Prompts` (r:1 w:0)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::RetrievalPrice` (r:1 w:0)
 	/// Proof: `Attribution::RetrievalPrice` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::ProtocolShare` (r:1 w:0)
@@ -205,12 +205,12 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// The range of component `n` is `[1, 1000]`.
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `3547`
+		//  Measured:  `3619`
 		//  Estimated: `527817`
-		// Minimum execution time: 434_458_000 picoseconds.
-		Weight::from_parts(485_546_352, 527817)
-			// Standard Error: 321_881
-			.saturating_add(Weight::from_parts(88_857_136, 0).saturating_mul(n.into()))
+		// Minimum execution time: 445_184_000 picoseconds.
+		Weight::from_parts(854_315_607, 527817)
+			// Standard Error: 143_699
+			.saturating_add(Weight::from_parts(85_548_226, 0).saturating_mul(n.into()))
 			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
 	}
@@ -224,8 +224,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `0`
 		//  Estimated: `0`
-		// Minimum execution time: 4_971_000 picoseconds.
-		Weight::from_parts(5_944_000, 0)
+		// Minimum execution time: 5_042_000 picoseconds.
+		Weight::from_parts(5_957_000, 0)
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
 	/// Storage: `Attribution::Settled` (r:1 w:1)
@@ -235,10 +235,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `178 + s * (32 ±0)`
 		//  Estimated: `527817`
-		// Minimum execution time: 8_108_000 picoseconds.
-		Weight::from_parts(735_412, 527817)
-			// Standard Error: 190
-			.saturating_add(Weight::from_parts(118_204, 0).saturating_mul(s.into()))
+		// Minimum execution time: 7_999_000 picoseconds.
+		Weight::from_parts(8_627_000, 527817)
+			// Standard Error: 83
+			.saturating_add(Weight::from_parts(114_490, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
@@ -251,10 +251,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `672 + s * (84 ±0)`
 		//  Estimated: `527817 + s * (526827 ±0)`
-		// Minimum execution time: 7_657_000 picoseconds.
-		Weight::from_parts(7_991_000, 527817)
-			// Standard Error: 4_951
-			.saturating_add(Weight::from_parts(3_021_251, 0).saturating_mul(s.into()))
+		// Minimum execution time: 7_544_000 picoseconds.
+		Weight::from_parts(7_973_000, 527817)
+			// Standard Error: 5_137
+			.saturating_add(Weight::from_parts(3_077_170, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
@@ -266,28 +266,28 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn deposit() -> Weight {
-		Weight::from_parts(44_317_000, 3640)
+		Weight::from_parts(44_454_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn withdraw() -> Weight {
-		Weight::from_parts(11_298_000, 3640)
+		Weight::from_parts(11_670_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn claim_withdrawal() -> Weight {
-		Weight::from_parts(48_608_000, 3640)
+		Weight::from_parts(48_809_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn set_allowance() -> Weight {
-		Weight::from_parts(50_844_000, 3640)
+		Weight::from_parts(50_314_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn submit_receipt(a: u32, ) -> Weight {
-		Weight::from_parts(457_252_903, 527817)
-			.saturating_add(Weight::from_parts(40_203_858, 0).saturating_mul(a.into()))
+		Weight::from_parts(485_559_120, 527817)
+			.saturating_add(Weight::from_parts(40_730_067, 0).saturating_mul(a.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(a.into())))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
@@ -295,30 +295,30 @@ impl WeightInfo for () {
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
 	}
 	fn submit_receipts_shared(n: u32, ) -> Weight {
-		Weight::from_parts(307_832_687, 527817)
-			.saturating_add(Weight::from_parts(49_496_611, 0).saturating_mul(n.into()))
+		Weight::from_parts(535_977_594, 527817)
+			.saturating_add(Weight::from_parts(48_838_334, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(49_u64))
 			.saturating_add(RocksDbWeight::get().writes(25_u64))
 	}
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight {
-		Weight::from_parts(485_546_352, 527817)
-			.saturating_add(Weight::from_parts(88_857_136, 0).saturating_mul(n.into()))
+		Weight::from_parts(854_315_607, 527817)
+			.saturating_add(Weight::from_parts(85_548_226, 0).saturating_mul(n.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
 	}
 	fn set_fee_params() -> Weight {
-		Weight::from_parts(5_944_000, 0)
+		Weight::from_parts(5_957_000, 0)
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn record_settled(s: u32, ) -> Weight {
-		Weight::from_parts(735_412, 527817)
-			.saturating_add(Weight::from_parts(118_204, 0).saturating_mul(s.into()))
+		Weight::from_parts(8_627_000, 527817)
+			.saturating_add(Weight::from_parts(114_490, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn prune(s: u32, ) -> Weight {
-		Weight::from_parts(7_991_000, 527817)
-			.saturating_add(Weight::from_parts(3_021_251, 0).saturating_mul(s.into()))
+		Weight::from_parts(7_973_000, 527817)
+			.saturating_add(Weight::from_parts(3_077_170, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))

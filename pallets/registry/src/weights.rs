@@ -37,8 +37,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `6`
 		//  Estimated: `1489`
-		// Minimum execution time: 8_240_000 picoseconds.
-		Weight::from_parts(9_801_000, 1489)
+		// Minimum execution time: 8_229_000 picoseconds.
+		Weight::from_parts(9_379_000, 1489)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
@@ -48,13 +48,13 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		// Proof Size summary in bytes:
 		//  Measured:  `209`
 		//  Estimated: `3617`
-		// Minimum execution time: 9_979_000 picoseconds.
-		Weight::from_parts(11_044_000, 3617)
+		// Minimum execution time: 10_107_000 picoseconds.
+		Weight::from_parts(11_370_000, 3617)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `DataNets::DataNets` (r:16 w:0)
-	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1031), added: 3506, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:1 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::NextAdapterId` (r:1 w:1)
@@ -64,55 +64,55 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Adapters` (r:0 w:1)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	/// The range of component `p` is `[0, 16]`.
 	fn register_adapter(p: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `361 + p * (80 ±0)`
-		//  Estimated: `3640 + p * (3506 ±0)`
-		// Minimum execution time: 48_838_000 picoseconds.
-		Weight::from_parts(53_658_376, 3640)
-			// Standard Error: 4_061
-			.saturating_add(Weight::from_parts(3_058_631, 0).saturating_mul(p.into()))
+		//  Measured:  `361 + p * (164 ±0)`
+		//  Estimated: `3640 + p * (3507 ±0)`
+		// Minimum execution time: 48_353_000 picoseconds.
+		Weight::from_parts(53_761_521, 3640)
+			// Standard Error: 4_153
+			.saturating_add(Weight::from_parts(3_642_944, 0).saturating_mul(p.into()))
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(p.into())))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
-			.saturating_add(Weight::from_parts(0, 3506).saturating_mul(p.into()))
+			.saturating_add(Weight::from_parts(0, 3507).saturating_mul(p.into()))
 	}
 	/// Storage: `Registry::Adapters` (r:1 w:1)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	fn set_adapter_price() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `688`
-		//  Estimated: `4040`
-		// Minimum execution time: 13_774_000 picoseconds.
-		Weight::from_parts(15_927_000, 4040)
+		//  Measured:  `708`
+		//  Estimated: `4060`
+		// Minimum execution time: 14_542_000 picoseconds.
+		Weight::from_parts(16_405_000, 4060)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Registry::Adapters` (r:1 w:1)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	fn transfer_adapter() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `688`
-		//  Estimated: `4040`
-		// Minimum execution time: 13_804_000 picoseconds.
-		Weight::from_parts(16_015_000, 4040)
+		//  Measured:  `708`
+		//  Estimated: `4060`
+		// Minimum execution time: 13_834_000 picoseconds.
+		Weight::from_parts(15_907_000, 4060)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Registry::Adapters` (r:1 w:1)
-	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(575), added: 3050, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Adapters` (`max_values`: None, `max_size`: Some(595), added: 3070, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:1 w:1)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	fn retire_adapter() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1182`
-		//  Estimated: `4040`
-		// Minimum execution time: 45_663_000 picoseconds.
-		Weight::from_parts(50_757_000, 4040)
+		//  Measured:  `1202`
+		//  Estimated: `4060`
+		// Minimum execution time: 45_114_000 picoseconds.
+		Weight::from_parts(48_653_000, 4060)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
@@ -123,50 +123,50 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::Prompts` (r:0 w:1)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	fn register_prompt() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `107`
 		//  Estimated: `3640`
-		// Minimum execution time: 44_247_000 picoseconds.
-		Weight::from_parts(49_187_000, 3640)
+		// Minimum execution time: 43_269_000 picoseconds.
+		Weight::from_parts(46_216_000, 3640)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Registry::Prompts` (r:1 w:1)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	fn set_prompt_price() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `451`
-		//  Estimated: `3871`
-		// Minimum execution time: 10_059_000 picoseconds.
-		Weight::from_parts(11_421_000, 3871)
+		//  Measured:  `471`
+		//  Estimated: `3891`
+		// Minimum execution time: 10_415_000 picoseconds.
+		Weight::from_parts(11_567_000, 3891)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Registry::Prompts` (r:1 w:1)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	fn transfer_prompt() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `451`
-		//  Estimated: `3871`
-		// Minimum execution time: 10_009_000 picoseconds.
-		Weight::from_parts(11_016_000, 3871)
+		//  Measured:  `471`
+		//  Estimated: `3891`
+		// Minimum execution time: 9_995_000 picoseconds.
+		Weight::from_parts(11_104_000, 3891)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Registry::Prompts` (r:1 w:1)
-	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(406), added: 2881, mode: `MaxEncodedLen`)
+	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:1 w:1)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	fn retire_prompt() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `609`
-		//  Estimated: `3871`
-		// Minimum execution time: 38_998_000 picoseconds.
-		Weight::from_parts(42_167_000, 3871)
+		//  Measured:  `629`
+		//  Estimated: `3891`
+		// Minimum execution time: 38_216_000 picoseconds.
+		Weight::from_parts(40_706_000, 3891)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
@@ -175,55 +175,55 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn register_base_model() -> Weight {
-		Weight::from_parts(9_801_000, 1489)
+		Weight::from_parts(9_379_000, 1489)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn retire_base_model() -> Weight {
-		Weight::from_parts(11_044_000, 3617)
+		Weight::from_parts(11_370_000, 3617)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn register_adapter(p: u32, ) -> Weight {
-		Weight::from_parts(53_658_376, 3640)
-			.saturating_add(Weight::from_parts(3_058_631, 0).saturating_mul(p.into()))
+		Weight::from_parts(53_761_521, 3640)
+			.saturating_add(Weight::from_parts(3_642_944, 0).saturating_mul(p.into()))
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(p.into())))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
-			.saturating_add(Weight::from_parts(0, 3506).saturating_mul(p.into()))
+			.saturating_add(Weight::from_parts(0, 3507).saturating_mul(p.into()))
 	}
 	fn set_adapter_price() -> Weight {
-		Weight::from_parts(15_927_000, 4040)
+		Weight::from_parts(16_405_000, 4060)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn transfer_adapter() -> Weight {
-		Weight::from_parts(16_015_000, 4040)
+		Weight::from_parts(15_907_000, 4060)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn retire_adapter() -> Weight {
-		Weight::from_parts(50_757_000, 4040)
+		Weight::from_parts(48_653_000, 4060)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 	fn register_prompt() -> Weight {
-		Weight::from_parts(49_187_000, 3640)
+		Weight::from_parts(46_216_000, 3640)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn set_prompt_price() -> Weight {
-		Weight::from_parts(11_421_000, 3871)
+		Weight::from_parts(11_567_000, 3891)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn transfer_prompt() -> Weight {
-		Weight::from_parts(11_016_000, 3871)
+		Weight::from_parts(11_104_000, 3891)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn retire_prompt() -> Weight {
-		Weight::from_parts(42_167_000, 3871)
+		Weight::from_parts(40_706_000, 3891)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}

@@ -28,7 +28,7 @@ pub trait WeightInfo {
 pub struct SubstrateWeight<T>(PhantomData<T>);
 impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::SessionKeyOwner` (r:1 w:1)
 	/// Proof: `Workers::SessionKeyOwner` (`max_values`: None, `max_size`: Some(80), added: 2555, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:8 w:0)
@@ -39,75 +39,75 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	fn register(s: u32, ) -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `55 + s * (62 ±0)`
-		//  Estimated: `3873 + s * (2627 ±0)`
-		// Minimum execution time: 50_382_000 picoseconds.
-		Weight::from_parts(50_661_801, 3873)
-			// Standard Error: 5_980
-			.saturating_add(Weight::from_parts(3_612_662, 0).saturating_mul(s.into()))
+		//  Estimated: `3893 + s * (2627 ±0)`
+		// Minimum execution time: 50_081_000 picoseconds.
+		Weight::from_parts(49_675_414, 3893)
+			// Standard Error: 3_703
+			.saturating_add(Weight::from_parts(3_516_669, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Registry::BaseModels` (r:8 w:0)
 	/// Proof: `Registry::BaseModels` (`max_values`: None, `max_size`: Some(152), added: 2627, mode: `MaxEncodedLen`)
 	/// The range of component `s` is `[1, 8]`.
 	fn update(s: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `676 + s * (77 ±0)`
-		//  Estimated: `3873 + s * (2627 ±0)`
-		// Minimum execution time: 18_581_000 picoseconds.
-		Weight::from_parts(17_151_033, 3873)
-			// Standard Error: 3_853
-			.saturating_add(Weight::from_parts(3_609_009, 0).saturating_mul(s.into()))
+		//  Measured:  `696 + s * (77 ±0)`
+		//  Estimated: `3893 + s * (2627 ±0)`
+		// Minimum execution time: 19_245_000 picoseconds.
+		Weight::from_parts(17_288_005, 3893)
+			// Standard Error: 3_472
+			.saturating_add(Weight::from_parts(3_464_300, 0).saturating_mul(s.into()))
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	fn bond_extra() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `527`
-		//  Estimated: `3873`
-		// Minimum execution time: 47_035_000 picoseconds.
-		Weight::from_parts(50_234_000, 3873)
+		//  Measured:  `547`
+		//  Estimated: `3893`
+		// Minimum execution time: 46_779_000 picoseconds.
+		Weight::from_parts(49_871_000, 3893)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(2_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::SessionKeyOwner` (r:1 w:2)
 	/// Proof: `Workers::SessionKeyOwner` (`max_values`: None, `max_size`: Some(80), added: 2555, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::RetiredKeys` (r:1 w:1)
 	/// Proof: `Workers::RetiredKeys` (`max_values`: None, `max_size`: Some(193), added: 2668, mode: `MaxEncodedLen`)
 	fn rotate_key() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `761`
-		//  Estimated: `3873`
-		// Minimum execution time: 22_811_000 picoseconds.
-		Weight::from_parts(24_458_000, 3873)
+		//  Measured:  `781`
+		//  Estimated: `3893`
+		// Minimum execution time: 22_762_000 picoseconds.
+		Weight::from_parts(24_861_000, 3893)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	fn unbond() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `472`
-		//  Estimated: `3873`
-		// Minimum execution time: 12_977_000 picoseconds.
-		Weight::from_parts(14_107_000, 3873)
+		//  Measured:  `492`
+		//  Estimated: `3893`
+		// Minimum execution time: 13_439_000 picoseconds.
+		Weight::from_parts(14_750_000, 3893)
 			.saturating_add(T::DbWeight::get().reads(1_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::RetiredKeys` (r:0 w:1)
@@ -116,30 +116,30 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Workers::SessionKeyOwner` (`max_values`: None, `max_size`: Some(80), added: 2555, mode: `MaxEncodedLen`)
 	fn withdraw_unbonded() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `568`
-		//  Estimated: `3873`
-		// Minimum execution time: 43_240_000 picoseconds.
-		Weight::from_parts(46_679_000, 3873)
+		//  Measured:  `588`
+		//  Estimated: `3893`
+		// Minimum execution time: 43_029_000 picoseconds.
+		Weight::from_parts(46_518_000, 3893)
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:2 w:2)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	fn slash() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `733`
+		//  Measured:  `753`
 		//  Estimated: `6196`
-		// Minimum execution time: 47_563_000 picoseconds.
-		Weight::from_parts(51_228_000, 6196)
+		// Minimum execution time: 47_200_000 picoseconds.
+		Weight::from_parts(51_135_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(4_u64))
 			.saturating_add(T::DbWeight::get().writes(4_u64))
 	}
 	/// Storage: `Workers::Workers` (r:1 w:1)
-	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(408), added: 2883, mode: `MaxEncodedLen`)
+	/// Proof: `Workers::Workers` (`max_values`: None, `max_size`: Some(428), added: 2903, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::ReportedEquivocations` (r:1 w:1)
 	/// Proof: `Workers::ReportedEquivocations` (`max_values`: None, `max_size`: Some(100), added: 2575, mode: `MaxEncodedLen`)
 	/// Storage: `Workers::RetiredKeys` (r:1 w:0)
@@ -152,10 +152,10 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	fn report_equivocation() -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `1008`
+		//  Measured:  `1028`
 		//  Estimated: `6196`
-		// Minimum execution time: 430_734_000 picoseconds.
-		Weight::from_parts(485_088_000, 6196)
+		// Minimum execution time: 434_472_000 picoseconds.
+		Weight::from_parts(489_980_000, 6196)
 			.saturating_add(T::DbWeight::get().reads(7_u64))
 			.saturating_add(T::DbWeight::get().writes(5_u64))
 	}
@@ -164,48 +164,48 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 // For tests: the same figures with RocksDB's database weights.
 impl WeightInfo for () {
 	fn register(s: u32, ) -> Weight {
-		Weight::from_parts(50_661_801, 3873)
-			.saturating_add(Weight::from_parts(3_612_662, 0).saturating_mul(s.into()))
+		Weight::from_parts(49_675_414, 3893)
+			.saturating_add(Weight::from_parts(3_516_669, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	fn update(s: u32, ) -> Weight {
-		Weight::from_parts(17_151_033, 3873)
-			.saturating_add(Weight::from_parts(3_609_009, 0).saturating_mul(s.into()))
+		Weight::from_parts(17_288_005, 3893)
+			.saturating_add(Weight::from_parts(3_464_300, 0).saturating_mul(s.into()))
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().reads((1_u64).saturating_mul(s.into())))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 			.saturating_add(Weight::from_parts(0, 2627).saturating_mul(s.into()))
 	}
 	fn bond_extra() -> Weight {
-		Weight::from_parts(50_234_000, 3873)
+		Weight::from_parts(49_871_000, 3893)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 	fn rotate_key() -> Weight {
-		Weight::from_parts(24_458_000, 3873)
+		Weight::from_parts(24_861_000, 3893)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn unbond() -> Weight {
-		Weight::from_parts(14_107_000, 3873)
+		Weight::from_parts(14_750_000, 3893)
 			.saturating_add(RocksDbWeight::get().reads(1_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	fn withdraw_unbonded() -> Weight {
-		Weight::from_parts(46_679_000, 3873)
+		Weight::from_parts(46_518_000, 3893)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn slash() -> Weight {
-		Weight::from_parts(51_228_000, 6196)
+		Weight::from_parts(51_135_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(4_u64))
 			.saturating_add(RocksDbWeight::get().writes(4_u64))
 	}
 	fn report_equivocation() -> Weight {
-		Weight::from_parts(485_088_000, 6196)
+		Weight::from_parts(489_980_000, 6196)
 			.saturating_add(RocksDbWeight::get().reads(7_u64))
 			.saturating_add(RocksDbWeight::get().writes(5_u64))
 	}
