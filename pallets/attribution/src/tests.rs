@@ -396,6 +396,39 @@ fn receipt_naming_unaccepted_item_is_rejected() {
 	});
 }
 
+/// What was registered when the request was served but is gone by settlement is refused: a
+/// retired adapter or prompt, a withdrawn item, a worker that started unbonding, a session key
+/// rotated away. (Each on a fresh chain: each change is for good.)
+#[test]
+fn receipt_naming_what_was_retired_withdrawn_or_rotated_away_is_rejected() {
+	let signed = |role| RuntimeOrigin::signed(account(role));
+	run(|| {
+		assert_ok!(Registry::retire_adapter(signed(Role::AdapterOwner), ADAPTER));
+		assert_rejected(sign(receipt(1)), RejectReason::UnknownAdapter);
+	});
+	run(|| {
+		assert_ok!(Registry::retire_prompt(signed(Role::PromptOwner), PROMPT));
+		assert_rejected(sign(receipt(1)), RejectReason::UnknownPrompt);
+	});
+	run(|| {
+		assert_ok!(DataNets::withdraw_contribution(signed(Role::ContributorA), DATANET, ITEM_A));
+		assert_rejected(sign(receipt(1)), RejectReason::UnacceptedItem);
+	});
+	run(|| {
+		assert_ok!(Workers::unbond(signed(Role::Worker)));
+		assert_rejected(sign(receipt(1)), RejectReason::UnknownWorker);
+	});
+	run(|| {
+		let new_key = sr25519::Pair::from_string("//RotatedSession", None).unwrap();
+		assert_ok!(Workers::rotate_key(signed(Role::Worker), new_key.public()));
+		assert_rejected(sign(receipt(1)), RejectReason::InvalidSignature);
+		let r = receipt(2);
+		let by_new_key = new_key.sign(&r.signing_payload(&genesis_hash()));
+		submit(&account(Role::Worker), vec![SignedReceipt { receipt: r, signature: by_new_key, voucher: None }]);
+		assert_eq!(last_fee(), Some(EXPECTED_FEE), "the new key signs: {:?}", last_reason());
+	});
+}
+
 #[test]
 fn receipt_with_bad_attribution_is_rejected() {
 	run(|| {
