@@ -182,6 +182,10 @@ struct LedgerArgs {
 	/// The receipts outbox (an embedded database file).
 	#[arg(long, default_value = "worker-outbox.redb")]
 	outbox: PathBuf,
+	/// Blocks a judged receipt is kept in the outbox after it expires, for audit and export
+	/// (then forgotten; the chain takes it no more). 432000 blocks: 30 days of 6 s blocks.
+	#[arg(long, default_value_t = 432_000)]
+	outbox_keep_blocks: u32,
 	/// Payers who pay by allowance: a JSON object `{"<api key>": "<payer SS58>"}`; clients
 	/// send `Authorization: Bearer <api key>`.
 	#[arg(long)]
@@ -456,6 +460,7 @@ async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Pat
 		api_keys,
 		submitter: SubmitterOptions { batch: args.receipt_batch, ..SubmitterOptions::default() },
 		submit: !args.no_submit,
+		outbox_keep_blocks: args.outbox_keep_blocks,
 	})
 }
 

@@ -5,7 +5,7 @@
 //!
 //! One redb file. Tables:
 //! - `receipts`: receipt id → SCALE `SignedReceipt`, kept after settlement for audit and
-//!   resubmission;
+//!   resubmission, until [`Outbox::prune_expired`] forgets it;
 //! - `queue`: sequence number → receipt id, the receipts still to submit, oldest first;
 //! - `outcomes`: receipt id → SCALE [`Outcome`];
 //! - `requests`: request hash → receipt id, so one voucher never yields two receipts;
@@ -286,6 +286,37 @@ impl Outbox {
 		Ok(count)
 	}
 
+	/// Forgets the judged receipts that expired before block `before`, with their outcomes and
+	/// request records: the chain takes an expired receipt no more, and a voucher expires with
+	/// its receipt, so no request can be served twice for want of its record. Queued receipts
+	/// stay, whatever their expiry, until the chain has judged them. Returns how many went.
+	pub fn prune_expired(&self, before: u32) -> Result<u64, OutboxError> {
+		let tx = self.db.begin_write()?;
+		let pruned;
+		{
+			let (mut outcomes, mut receipts, mut requests) =
+				(tx.open_table(OUTCOMES)?, tx.open_table(RECEIPTS)?, tx.open_table(REQUESTS)?);
+			let mut expired: Vec<(Vec<u8>, ContentHash)> = Vec::new();
+			for entry in outcomes.iter()? {
+				let id = entry?.0.value().to_vec();
+				let Some(bytes) = receipts.get(id.as_slice())? else { continue };
+				let signed = SignedReceipt::decode(&mut bytes.value())
+					.map_err(|_| OutboxError::Corrupt(format!("0x{}", hex::encode(&id))))?;
+				if signed.receipt.expires_at < before {
+					expired.push((id, signed.receipt.request_hash));
+				}
+			}
+			for (id, request) in &expired {
+				outcomes.remove(id.as_slice())?;
+				receipts.remove(id.as_slice())?;
+				requests.remove(key(request))?;
+			}
+			pruned = expired.len() as u64;
+		}
+		tx.commit()?;
+		Ok(pruned)
+	}
+
 	pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
 		let tx = self.db.begin_read()?;
 		let mut stats = OutboxStats {
@@ -339,6 +370,46 @@ mod tests {
 		let c = test_receipt(3);
 		outbox.append(&c).unwrap();
 		assert_eq!(outbox.queued(10).unwrap().last().unwrap().receipt, c);
+	}
+
+	/// Judged receipts that expired before the cut go, with their request records; queued ones
+	/// stay whatever their expiry, and judged ones not yet expired stay.
+	#[test]
+	fn pruning_forgets_judged_receipts_that_expired() {
+		let dir = tempfile::tempdir().unwrap();
+		let outbox = Outbox::open(&dir.path().join("o.redb"), ContentHash::zero()).unwrap();
+		let expiring = |n, expires_at| {
+			let mut r = test_receipt(n);
+			r.receipt.expires_at = expires_at;
+			r
+		};
+		let (settled, rejected, queued, recent) = (expiring(1, 50), expiring(2, 60), expiring(3, 50), expiring(4, 500));
+		for r in [&settled, &rejected, &queued, &recent] {
+			outbox.append(r).unwrap();
+		}
+		let verdicts: Vec<_> = outbox
+			.queued(10)
+			.unwrap()
+			.into_iter()
+			.filter(|q| q.receipt != queued)
+			.map(|q| {
+				let outcome = if q.receipt == rejected {
+					Outcome::Rejected { block: 40, reason: "Expired".into() }
+				} else {
+					Outcome::Settled { block: 40 }
+				};
+				(q.seq, q.id, outcome)
+			})
+			.collect();
+		outbox.record(&verdicts).unwrap();
+		assert_eq!(outbox.prune_expired(100).unwrap(), 2);
+		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 1, settled: 1, rejected: 0, total: 2 });
+		assert!(!outbox.has_request(&settled.receipt.request_hash).unwrap());
+		assert!(!outbox.has_request(&rejected.receipt.request_hash).unwrap());
+		assert!(outbox.has_request(&queued.receipt.request_hash).unwrap());
+		assert!(outbox.has_request(&recent.receipt.request_hash).unwrap());
+		assert_eq!(outbox.queued(10).unwrap()[0].receipt, queued);
+		assert_eq!(outbox.prune_expired(100).unwrap(), 0);
 	}
 
 	#[test]

@@ -46,6 +46,8 @@ pub struct LedgerConfig {
 	/// Whether this process submits its receipts (else they wait in the outbox for
 	/// `openledger-worker outbox resubmit`, from this or any account).
 	pub submit: bool,
+	/// Judged receipts are kept this many blocks past their expiry, then forgotten.
+	pub outbox_keep_blocks: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +167,7 @@ pub struct Ledger {
 	commitments: std::sync::Mutex<Commitments>,
 	/// Whether this process submits its receipts (and so learns their verdicts).
 	submits: bool,
+	outbox_keep_blocks: u32,
 	/// The best block seen (receipts expire relative to it).
 	best_block: AtomicU32,
 	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn,
@@ -181,6 +184,8 @@ pub struct Ledger {
 /// How long the registered workers read for the p2p listing are used before being read again.
 const WORKERS_TTL: Duration = Duration::from_secs(30);
 const WORKERS_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often (in blocks, about an hour) the outbox forgets old judged receipts.
+const PRUNE_EVERY_BLOCKS: u32 = 600;
 
 impl Ledger {
 	/// Connects, checks the worker's registration against its keys and files, opens the outbox
@@ -214,6 +219,7 @@ impl Ledger {
 			best_block: AtomicU32::new(snapshot.block),
 			commitments: Default::default(),
 			submits: config.submit,
+			outbox_keep_blocks: config.outbox_keep_blocks,
 			datanets_changed: watch::channel(0).0,
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
@@ -345,6 +351,7 @@ impl Ledger {
 				},
 			};
 			let mut stale = true;
+			let mut next_prune = 0;
 			loop {
 				let block = tokio::select! {
 					block = blocks.next() => block,
@@ -368,6 +375,10 @@ impl Ledger {
 					Err(_) => (true, true, true),
 				};
 				stale |= registry;
+				if number >= next_prune {
+					next_prune = number.saturating_add(PRUNE_EVERY_BLOCKS);
+					self.prune_outbox(number);
+				}
 				if workers {
 					self.workers_changed.fetch_add(1, Ordering::Relaxed);
 				}
@@ -386,6 +397,17 @@ impl Ledger {
 			}
 			tracing::debug!("best-block subscription ended; resubscribing");
 		}
+	}
+
+	/// Forgets, off the async workers, the judged receipts that expired `outbox_keep_blocks`
+	/// before block `now`, so the outbox of a worker that runs for months stays bounded.
+	fn prune_outbox(&self, now: u32) {
+		let (outbox, before) = (self.outbox.clone(), now.saturating_sub(self.outbox_keep_blocks));
+		tokio::task::spawn_blocking(move || match outbox.prune_expired(before) {
+			Ok(0) => {},
+			Ok(pruned) => tracing::info!("outbox: {pruned} judged receipts that expired before block {before} forgotten"),
+			Err(e) => tracing::warn!("outbox not pruned: {e}"),
+		});
 	}
 
 	/// Who pays for the request with this body: a voucher in [`super::VOUCHER_HEADER`], or an
