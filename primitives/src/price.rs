@@ -6,9 +6,14 @@
 //! charge payers who pay by allowance more than they were quoted. So after every change the
 //! lowest price in effect over the last `hold` blocks is what is charged, for `hold` blocks: a
 //! rise applies to receipts settled `hold` blocks later, a fall at once. With `hold` at least the
-//! receipt lifetime, no receipt is charged more than the prices of the block it was signed in.
+//! receipt lifetime, no receipt that expires within a lifetime of the block it was priced in (as
+//! the worker sets it) is charged more than the prices of that block. The chain cannot see when a
+//! receipt was signed: a worker dating its own receipts further ahead could still charge its own
+//! raised price to an allowance, no more than a dishonest worker can already take by inflating
+//! its token counts.
 
 use codec::{Decode, Encode, MaxEncodedLen};
+use polkadot_sdk::sp_arithmetic::traits::Saturating;
 use scale_info::TypeInfo;
 
 /// The part of a price's history that is still charged: the lowest price in effect since
@@ -19,7 +24,7 @@ pub struct PriceFloor<Balance, BlockNumber> {
 	pub until: BlockNumber,
 }
 
-impl<Balance: Copy + Ord, BlockNumber: Copy + Ord + core::ops::Add<Output = BlockNumber>> PriceFloor<Balance, BlockNumber> {
+impl<Balance: Copy + Ord, BlockNumber: Copy + Ord + Saturating> PriceFloor<Balance, BlockNumber> {
 	/// What a receipt settled at `now` is charged when the price set is `current`.
 	pub fn charged(&self, current: Balance, now: BlockNumber) -> Balance {
 		if now < self.until {
@@ -36,7 +41,7 @@ impl<Balance: Copy + Ord, BlockNumber: Copy + Ord + core::ops::Add<Output = Bloc
 			return;
 		}
 		self.price = self.charged(current, now).min(new);
-		self.until = now + hold;
+		self.until = now.saturating_add(hold);
 	}
 }
 

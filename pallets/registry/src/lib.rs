@@ -558,7 +558,7 @@ pub mod pallet {
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use alloc::collections::btree_map::BTreeMap;
-			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+			use polkadot_sdk::{frame_support::traits::fungible::InspectHold, sp_runtime::Saturating};
 			for (id, _) in BaseModels::<T>::iter() {
 				ensure!(id < NextBaseModelId::<T>::get(), "base model id at or above the next id");
 			}
@@ -573,6 +573,11 @@ pub mod pallet {
 				ensure!(
 					(1..=T::MaxRank::get()).contains(&adapter.rank),
 					"adapter rank out of range"
+				);
+				ensure!(
+					adapter.price_floor.price <= adapter.price_per_1k_tokens &&
+						adapter.price_floor.until <= Self::now().saturating_add(T::PriceHold::get()),
+					"an adapter's price floor is above its price or held too long"
 				);
 				ensure!(
 					adapter.provenance.len() as u32 <= T::MaxProvenance::get(),
@@ -595,6 +600,11 @@ pub mod pallet {
 			}
 			for (id, prompt) in Prompts::<T>::iter() {
 				ensure!(id < NextPromptId::<T>::get(), "prompt id at or above the next id");
+				ensure!(
+					prompt.price_floor.price <= prompt.price_per_call &&
+						prompt.price_floor.until <= Self::now().saturating_add(T::PriceHold::get()),
+					"a prompt's price floor is above its price or held too long"
+				);
 				held.entry(prompt.depositor).or_default().1 += prompt.deposit;
 			}
 			for (who, (adapters, prompts)) in held {

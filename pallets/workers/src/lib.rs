@@ -603,7 +603,7 @@ pub mod pallet {
 		/// within their bounds; retired keys belong to registered workers, oldest first.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
+			use polkadot_sdk::{frame_support::traits::fungible::InspectHold, sp_runtime::Saturating};
 			let mut workers = 0u32;
 			for (who, worker) in Workers::<T>::iter() {
 				workers += 1;
@@ -616,6 +616,12 @@ pub mod pallet {
 					"a worker's session key is not indexed to it"
 				);
 				ensure!(!worker.serves.is_empty(), "a worker serves no base model");
+				ensure!(
+					worker.price_floor.price <= worker.compute_price_per_1k_tokens &&
+						worker.price_floor.until <=
+							frame_system::Pallet::<T>::block_number().saturating_add(T::PriceHold::get()),
+					"a worker's price floor is above its price or held too long"
+				);
 				ensure!(
 					worker.serves.len() as u32 <= T::MaxServedModels::get(),
 					"a worker serves more base models than the bound"

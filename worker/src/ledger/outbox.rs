@@ -8,7 +8,8 @@
 //!   resubmission, until [`Outbox::prune_expired`] forgets it;
 //! - `queue`: sequence number → receipt id, the receipts still to submit, oldest first;
 //! - `outcomes`: receipt id → SCALE [`Outcome`];
-//! - `requests`: request hash → receipt id, so one voucher never yields two receipts;
+//! - `requests`: request hash → receipt id, so one request never yields two receipts (kept for
+//!   good for vouchers, whose request hash is the body's);
 //! - `meta`: the chain (genesis hash) the outbox belongs to and the next sequence number.
 
 use std::path::Path;
@@ -24,6 +25,8 @@ const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const OUTCOMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outcomes");
 const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Receipts forgotten per write transaction when pruning.
+const PRUNE_BATCH: usize = 4096;
 
 /// What the chain said about a receipt.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -286,35 +289,45 @@ impl Outbox {
 		Ok(count)
 	}
 
-	/// Forgets the judged receipts that expired before block `before`, with their outcomes and
-	/// request records: the chain takes an expired receipt no more, and a voucher expires with
-	/// its receipt, so no request can be served twice for want of its record. Queued receipts
-	/// stay, whatever their expiry, until the chain has judged them. Returns how many went.
+	/// Forgets the judged receipts that expired before block `before`, with their outcomes: the
+	/// chain takes an expired receipt no more. Queued receipts stay, whatever their expiry, until
+	/// the chain has judged them. The request record of an allowance-paid receipt goes too (its
+	/// hash covers a random request id); a voucher's stays, because its hash is the body's alone:
+	/// the same body with a new voucher would otherwise get a second receipt for the request,
+	/// which anyone could prove as equivocation with the first. Returns how many receipts went.
 	pub fn prune_expired(&self, before: u32) -> Result<u64, OutboxError> {
-		let tx = self.db.begin_write()?;
-		let pruned;
-		{
-			let (mut outcomes, mut receipts, mut requests) =
-				(tx.open_table(OUTCOMES)?, tx.open_table(RECEIPTS)?, tx.open_table(REQUESTS)?);
-			let mut expired: Vec<(Vec<u8>, ContentHash)> = Vec::new();
+		// Found in a read transaction, so the scan holds up no append; removed in small writes.
+		let expired: Vec<(Vec<u8>, Option<ContentHash>)> = {
+			let tx = self.db.begin_read()?;
+			let (outcomes, receipts) = (tx.open_table(OUTCOMES)?, tx.open_table(RECEIPTS)?);
+			let mut expired = Vec::new();
 			for entry in outcomes.iter()? {
 				let id = entry?.0.value().to_vec();
 				let Some(bytes) = receipts.get(id.as_slice())? else { continue };
 				let signed = SignedReceipt::decode(&mut bytes.value())
 					.map_err(|_| OutboxError::Corrupt(format!("0x{}", hex::encode(&id))))?;
 				if signed.receipt.expires_at < before {
-					expired.push((id, signed.receipt.request_hash));
+					expired.push((id, signed.voucher.is_none().then_some(signed.receipt.request_hash)));
 				}
 			}
-			for (id, request) in &expired {
-				outcomes.remove(id.as_slice())?;
-				receipts.remove(id.as_slice())?;
-				requests.remove(key(request))?;
+			expired
+		};
+		for batch in expired.chunks(PRUNE_BATCH) {
+			let tx = self.db.begin_write()?;
+			{
+				let (mut outcomes, mut receipts, mut requests) =
+					(tx.open_table(OUTCOMES)?, tx.open_table(RECEIPTS)?, tx.open_table(REQUESTS)?);
+				for (id, request) in batch {
+					outcomes.remove(id.as_slice())?;
+					receipts.remove(id.as_slice())?;
+					if let Some(request) = request {
+						requests.remove(key(request))?;
+					}
+				}
 			}
-			pruned = expired.len() as u64;
+			tx.commit()?;
 		}
-		tx.commit()?;
-		Ok(pruned)
+		Ok(expired.len() as u64)
 	}
 
 	pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
@@ -410,6 +423,21 @@ mod tests {
 		assert!(outbox.has_request(&recent.receipt.request_hash).unwrap());
 		assert_eq!(outbox.queued(10).unwrap()[0].receipt, queued);
 		assert_eq!(outbox.prune_expired(100).unwrap(), 0);
+
+		// A voucher's receipt goes, but its request record stays: the same body with a new
+		// voucher must still be refused.
+		let mut vouched = expiring(5, 70);
+		let payer = crate::ledger::keys::Sr25519Key::from_suri("//Alice").unwrap();
+		let worker = vouched.receipt.worker.clone();
+		vouched.voucher = Some(crate::ledger::sign_voucher(&payer, worker, b"body", 1, 70, &ContentHash::zero()));
+		outbox.append(&vouched).unwrap();
+		let q = outbox.queued(10).unwrap().into_iter().find(|q| q.receipt == vouched).unwrap();
+		outbox.record(&[(q.seq, q.id, Outcome::Settled { block: 41 })]).unwrap();
+		assert_eq!(outbox.prune_expired(100).unwrap(), 1);
+		assert!(outbox.has_request(&vouched.receipt.request_hash).unwrap());
+		let mut again = expiring(5, 900);
+		again.receipt.completion_tokens += 1;
+		assert!(matches!(outbox.append(&again), Err(OutboxError::DuplicateRequest(_))));
 	}
 
 	#[test]

@@ -168,6 +168,8 @@ pub struct Ledger {
 	/// Whether this process submits its receipts (and so learns their verdicts).
 	submits: bool,
 	outbox_keep_blocks: u32,
+	/// Whether an outbox pruning is running (one at a time).
+	pruning: Arc<std::sync::atomic::AtomicBool>,
 	/// The best block seen (receipts expire relative to it).
 	best_block: AtomicU32,
 	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn,
@@ -220,6 +222,7 @@ impl Ledger {
 			commitments: Default::default(),
 			submits: config.submit,
 			outbox_keep_blocks: config.outbox_keep_blocks,
+			pruning: Default::default(),
 			datanets_changed: watch::channel(0).0,
 			snapshot: RwLock::new(Arc::new(snapshot)),
 			wakeup: wakeup.clone(),
@@ -339,6 +342,7 @@ impl Ledger {
 	/// block's events touch registrations or prices (or cannot be read). Resubscribes after a
 	/// lost connection.
 	async fn refresh(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+		let mut next_prune = 0;
 		loop {
 			let mut blocks = match self.chain.api().stream_best_blocks().await {
 				Ok(blocks) => blocks,
@@ -351,7 +355,6 @@ impl Ledger {
 				},
 			};
 			let mut stale = true;
-			let mut next_prune = 0;
 			loop {
 				let block = tokio::select! {
 					block = blocks.next() => block,
@@ -359,7 +362,6 @@ impl Ledger {
 				};
 				let Some(Ok(block)) = block else { break };
 				let number = u32::try_from(block.number()).unwrap_or(u32::MAX);
-				self.best_block.fetch_max(number, Ordering::Relaxed);
 				let (registry, workers, datanets) = match block.at().await {
 					Ok(at) => match at.events().fetch().await {
 						Ok(events) => events.iter().fold((false, false, false), |(registry, workers, datanets), e| match e {
@@ -394,6 +396,13 @@ impl Ledger {
 						Err(e) => tracing::debug!("chain snapshot not refreshed: {e}"),
 					}
 				}
+				// Requests are priced and their receipts' expiry set from the best block, so it
+				// moves only once the snapshot holds every price change up to it: a receipt then
+				// expires before any rise it was not priced with is charged (a rise waits a
+				// receipt's lifetime from its block).
+				if !stale {
+					self.best_block.fetch_max(number, Ordering::Relaxed);
+				}
 			}
 			tracing::debug!("best-block subscription ended; resubscribing");
 		}
@@ -402,11 +411,18 @@ impl Ledger {
 	/// Forgets, off the async workers, the judged receipts that expired `outbox_keep_blocks`
 	/// before block `now`, so the outbox of a worker that runs for months stays bounded.
 	fn prune_outbox(&self, now: u32) {
+		if self.pruning.swap(true, Ordering::AcqRel) {
+			return;
+		}
 		let (outbox, before) = (self.outbox.clone(), now.saturating_sub(self.outbox_keep_blocks));
-		tokio::task::spawn_blocking(move || match outbox.prune_expired(before) {
-			Ok(0) => {},
-			Ok(pruned) => tracing::info!("outbox: {pruned} judged receipts that expired before block {before} forgotten"),
-			Err(e) => tracing::warn!("outbox not pruned: {e}"),
+		let pruning = self.pruning.clone();
+		tokio::task::spawn_blocking(move || {
+			match outbox.prune_expired(before) {
+				Ok(0) => {},
+				Ok(pruned) => tracing::info!("outbox: {pruned} judged receipts that expired before block {before} forgotten"),
+				Err(e) => tracing::warn!("outbox not pruned: {e}"),
+			}
+			pruning.store(false, Ordering::Release);
 		});
 	}
 
