@@ -76,6 +76,24 @@ async function ask(model, question, { template, datanets, maxTokens = 24 } = {})
   return record;
 }
 
+// The same, streamed: the receipt id comes in the last chunk, written after the receipt is stored.
+async function askStreaming(model, question, { maxTokens = 24 } = {}) {
+  const stream = await client().chat.completions.create({
+    model, messages: [{ role: 'user', content: question }], max_tokens: maxTokens, temperature: 0,
+    stream: true, stream_options: { include_usage: true },
+  });
+  let receiptId = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    receiptId = chunk.receipt_id ?? receiptId;
+    usage = chunk.usage ?? usage;
+  }
+  assert.match(receiptId ?? '', /^0x[0-9a-f]{64}$/, 'a finished stream carries its receipt id');
+  const record = { receiptId, usage, attribution: [], model };
+  delivered.push(record);
+  return record;
+}
+
 // Waits until every id has a ReceiptSettled event; returns all settled receipts since the start.
 async function waitSettled(receiptIds, timeoutMs = 120_000) {
   const deadline = Date.now() + timeoutMs;
@@ -331,9 +349,10 @@ test('kill -9 with requests in flight: every delivered answer has exactly one se
   const count = delivered.length;
   const inFlight = [];
   for (let i = 0; i < 6; i++) {
-    // Two short answers, then four far longer ones the kill is sure to cut.
+    // Two short answers, then four far longer ones the kill is sure to cut; one of each streamed.
     const maxTokens = i < 2 ? 48 + 16 * i : 240;
-    inFlight.push(ask(i % 2 ? 'nature-tutor' : 'kitchen-helper', `Write a long story number ${i} about bees.`, { maxTokens }).catch(() => null));
+    const asking = i === 1 || i === 4 ? askStreaming : ask;
+    inFlight.push(asking(i % 2 ? 'nature-tutor' : 'kitchen-helper', `Write a long story number ${i} about bees.`, { maxTokens }).catch(() => null));
   }
   // Kill once some answers are out and others still generating.
   while (delivered.length < count + 2) await new Promise((r) => setTimeout(r, 50));
