@@ -34,14 +34,15 @@ impl<Balance: Copy + Ord, BlockNumber: Copy + Ord + Saturating> PriceFloor<Balan
 		}
 	}
 
-	/// Notes that the price set changes from `current` to `new` at `now` (setting the same
-	/// price again changes nothing).
-	pub fn note_change(&mut self, current: Balance, new: Balance, now: BlockNumber, hold: BlockNumber) {
-		if new == current {
+	/// Sets `price` to `new` at `now`, keeping what is charged below it for `hold` blocks
+	/// (setting the same price again changes nothing).
+	pub fn set(&mut self, price: &mut Balance, new: Balance, now: BlockNumber, hold: BlockNumber) {
+		if new == *price {
 			return;
 		}
-		self.price = self.charged(current, now).min(new);
+		self.price = self.charged(*price, now).min(new);
 		self.until = now.saturating_add(hold);
+		*price = new;
 	}
 }
 
@@ -70,8 +71,7 @@ mod tests {
 				code /= 4;
 				if choice > 0 {
 					let new = prices[choice as usize - 1];
-					floor.note_change(current, new, now, HOLD);
-					current = new;
+					floor.set(&mut current, new, now, HOLD);
 				}
 				set.push(current);
 				// A receipt settled at `now` was signed at `now - HOLD` at the earliest.

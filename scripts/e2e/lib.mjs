@@ -1,5 +1,6 @@
 // Shared helpers for the end-to-end tests: connect, sign and send, wait for finality, decode errors.
 import { before, after } from 'node:test';
+import { createServer } from 'node:net';
 import { ApiPromise, WsProvider } from '@polkadot/api';
 import { Keyring } from '@polkadot/keyring';
 import { cryptoWaitReady } from '@polkadot/util-crypto';
@@ -59,4 +60,28 @@ export function useDevNode() {
     await node.api?.disconnect();
   });
   return node;
+}
+
+// `count` distinct free loopback ports: all held open until every one is known, since ports
+// taken one at a time can repeat (and a node whose RPC port is taken serves RPC elsewhere).
+export async function freePorts(count) {
+  const servers = await Promise.all(Array.from({ length: count }, () => new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  })));
+  const ports = servers.map((server) => server.address().port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
+
+// Polls `check` until it returns something truthy, and returns that; throws after `timeoutMs`.
+export async function waitFor(what, check, { timeoutMs = 30_000, intervalMs = 200 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
 }

@@ -4,10 +4,10 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApiPromise, WsProvider } from '@polkadot/api';
+import { freePorts, waitFor } from './lib.mjs';
 
 const NODE = process.env.OPENLEDGER_NODE;
 const ALICE_NODE_KEY = '0000000000000000000000000000000000000000000000000000000000000001';
@@ -19,19 +19,6 @@ after(() => {
   for (const child of children) child.kill('SIGKILL');
   rmSync(dir, { recursive: true, force: true });
 });
-
-// `count` distinct free loopback ports: all held open until every one is known, since ports
-// taken one at a time can repeat (and a node whose RPC port is taken serves RPC elsewhere).
-async function freePorts(count) {
-  const servers = await Promise.all(Array.from({ length: count }, () => new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  })));
-  const ports = servers.map((server) => server.address().port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
 
 function start(name, { p2p, rpc, extra = [] }) {
   const log = openSync(join(dir, `${name}.log`), 'a');
@@ -70,15 +57,8 @@ async function finalizedNumber(api) {
   return (await api.rpc.chain.getHeader(hash)).number.toNumber();
 }
 
-async function waitFor(what, check, timeoutMs = 120_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; logs in ${dir}`);
-    await new Promise((r) => setTimeout(r, 1_000));
-  }
-}
+// Waits (two minutes at most, polling every second) and names the logs when it gives up.
+const waitLong = (what, check) => waitFor(`${what}; logs in ${dir}`, check, { timeoutMs: 120_000, intervalMs: 1_000 });
 
 test('two validators finalize, and a killed validator catches up after restart', { timeout: 600_000 }, async () => {
   assert.ok(NODE, 'set OPENLEDGER_NODE to the openledger-node binary');
@@ -89,7 +69,7 @@ test('two validators finalize, and a killed validator catches up after restart',
 
   const alice = await connect(aliceRpc, aliceNode);
   let bobApi = await connect(bobRpc, bob);
-  await waitFor('finality on both validators', async () =>
+  await waitLong('finality on both validators', async () =>
     (await finalizedNumber(alice)) >= 3 && (await finalizedNumber(bobApi)) >= 3);
 
   await bobApi.disconnect();
@@ -104,7 +84,7 @@ test('two validators finalize, and a killed validator catches up after restart',
 
   bob = start('bob', { p2p: bobP2p, rpc: bobRpc, extra: bootnode });
   bobApi = await connect(bobRpc, bob);
-  const target = await waitFor('finality to resume past the stall', async () => {
+  const target = await waitLong('finality to resume past the stall', async () => {
     const [a, b] = [await finalizedNumber(alice), await finalizedNumber(bobApi)];
     return a > stalledAt + 2 && b > stalledAt + 2 ? Math.min(a, b) : 0;
   }, 240_000);

@@ -8,11 +8,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { readFileSync, openSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { compactFromU8a } from '@polkadot/util';
-import { connect, send, findEvent } from './lib.mjs';
+import { connect, send, findEvent, freePorts, waitFor } from './lib.mjs';
 import { OPEN, palletAccount, setAllowance, settledReceipts } from './ledger.mjs';
 
 const dir = process.env.OPENLEDGER_DEMO_DIR;
@@ -410,29 +409,10 @@ test('concurrent requests never commit more than the allowance: the excess gets 
   await setAllowance(node, node.dev.alice, workerAddress, 50n * OPEN);
 });
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    }).on('error', reject);
-  });
-}
-
 async function peersOf(url, query = '') {
   const reply = await fetch(`${url}/v1/peers${query}`);
   assert.equal(reply.status, 200, await reply.clone().text());
   return reply.json();
-}
-
-async function waitFor(what, probe, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = await probe();
-    if (found) return found;
-    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 test('on the p2p network, a peer vouched for by a registered worker\'s session key is listed as registered', async () => {
@@ -446,7 +426,7 @@ test('on the p2p network, a peer vouched for by a registered worker\'s session k
   const joining = [...p2p, '--p2p-peer', first.listening[0]];
   // A second registered worker (its own account and session key, registered with the worker's
   // CLI), and a worker serving no chain.
-  const [secondPort, plainPort] = [await freePort(), await freePort()];
+  const [secondPort, plainPort] = await freePorts(2);
   const secondUrl = `http://127.0.0.1:${secondPort}`;
   const plainUrl = `http://127.0.0.1:${plainPort}`;
   const secondEnv = { ...process.env, OPENLEDGER_ACCOUNT_KEY: '//SecondWorker', OPENLEDGER_SESSION_KEY: '//SecondWorker//session' };

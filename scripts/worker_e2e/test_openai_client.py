@@ -665,6 +665,16 @@ class ApiTest(WorkerTestCase):
 # -------------------------------------------------------------------------------------------------
 
 
+def wait_for(what: str, probe, timeout: float = 30.0):
+    """Polls `probe` until it returns something true (`timeout` seconds at most); returns that."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return found
+
+
 class P2pTest(WorkerTestCase):
     """Workers on the p2p network: the second, knowing only the first's address, learns which
     adapters the first holds resident, by name and by hash; a worker that stops says goodbye."""
@@ -679,12 +689,8 @@ class P2pTest(WorkerTestCase):
         cls.start_worker("p2p-first", store, *cls.p2p, "--p2p-key-file", str(cls.tmp / "first.key"))
         cls.first = cls.worker
         # The first's address, as its own listing gives it (`/ip4/…/tcp/N/p2p/<peer id>`).
-        deadline = time.monotonic() + 10
-        while not (listening := cls.listing(cls.first)["listening"]):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the first worker lists no p2p address:\n{cls.first.log()}")
-            time.sleep(0.1)
-        cls.first_address = listening[0]
+        cls.first_address = wait_for("the first worker's p2p address",
+                                     lambda: cls.listing(cls.first)["listening"], timeout=10)[0]
         (cls.tmp / "second").mkdir()
         cls.start_worker("p2p-second", cls.tmp / "second", *cls.p2p, "--p2p-peer", cls.first_address)
         cls.second = cls.worker
@@ -699,14 +705,6 @@ class P2pTest(WorkerTestCase):
     def peers(self, worker: Worker, query: str = "") -> list[dict]:
         return self.listing(worker, query)["data"]
 
-    def wait_for(self, what: str, probe):
-        """Polls `probe` until it returns something true (30 s at most); returns that."""
-        deadline = time.monotonic() + 30
-        while not (found := probe()):
-            self.assertLess(time.monotonic(), deadline, f"timed out waiting for {what}")
-            time.sleep(0.2)
-        return found
-
     def test_a_stopped_worker_says_goodbye(self):
         """A third worker announcing every 60 s would stay listed for three minutes; its goodbye
         on SIGTERM removes it at once."""
@@ -715,11 +713,11 @@ class P2pTest(WorkerTestCase):
                        "--p2p-interval-secs", "60", "--p2p-peer", self.first_address)
         self.addCleanup(third.stop)
         third.start()
-        third_id = self.wait_for("the third's peer id", lambda: self.listing(third)["peer_id"])
-        self.wait_for("the first to hear the third",
+        third_id = wait_for("the third's peer id", lambda: self.listing(third)["peer_id"])
+        wait_for("the first to hear the third",
                       lambda: any(p["peer_id"] == third_id for p in self.peers(self.first)))
         third.stop()
-        self.wait_for("the first to forget the third",
+        wait_for("the first to forget the third",
                       lambda: all(p["peer_id"] != third_id for p in self.peers(self.first)))
 
     def test_registered_peers_need_a_chain_and_a_boolean(self):
@@ -730,7 +728,7 @@ class P2pTest(WorkerTestCase):
             self.assertEqual(error["type"], "invalid_request_error")
             self.assertEqual(error.get("param"), param)
         # Without a chain nobody is vouched for: `registered` is null.
-        heard = self.wait_for("the first to hear the second", lambda: self.peers(self.first))
+        heard = wait_for("the first to hear the second", lambda: self.peers(self.first))
         self.assertTrue(all(p["registered"] is None and "worker" not in p for p in heard), heard)
 
     def test_a_worker_learns_where_an_adapter_is_resident(self):
@@ -738,16 +736,16 @@ class P2pTest(WorkerTestCase):
         self.first.client().chat.completions.create(
             model="legal", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
         endpoint = f"http://127.0.0.1:{self.first.port}"
-        holding = self.wait_for("the second to hear that the first holds `legal`", lambda: [
+        holding = wait_for("the second to hear that the first holds `legal`", lambda: [
             p for p in self.peers(self.second, f"?adapter={self.hash}")
             if p["endpoint"] == endpoint and p["base_model"] == BASE
             and {"name": "legal", "hash": self.hash} in p["resident"]])
         self.assertEqual(len(holding), 1)
-        by_name = self.wait_for("a listing by name", lambda: self.peers(self.second, "?adapter=legal"))
+        by_name = wait_for("a listing by name", lambda: self.peers(self.second, "?adapter=legal"))
         self.assertEqual([p["peer_id"] for p in by_name], [holding[0]["peer_id"]])
         self.assertEqual(self.peers(self.second, "?adapter=nobody"), [])
         # And the first hears the second, which holds nothing resident.
-        heard = self.wait_for("the first to hear the second", lambda: self.peers(self.first))
+        heard = wait_for("the first to hear the second", lambda: self.peers(self.first))
         self.assertEqual([p["resident"] for p in heard], [[]])
 
 

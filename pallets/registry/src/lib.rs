@@ -354,8 +354,7 @@ pub mod pallet {
 			Adapters::<T>::try_mutate(adapter, |entry| {
 				let a = entry.as_mut().ok_or(Error::<T>::UnknownAdapter)?;
 				ensure!(a.owner == who, Error::<T>::NotOwner);
-				a.price_floor.note_change(a.price_per_1k_tokens, price_per_1k_tokens, Self::now(), T::PriceHold::get());
-				a.price_per_1k_tokens = price_per_1k_tokens;
+				a.price_floor.set(&mut a.price_per_1k_tokens, price_per_1k_tokens, Self::now(), T::PriceHold::get());
 				Ok::<_, DispatchError>(())
 			})?;
 			Self::deposit_event(Event::AdapterPriceSet { adapter, price_per_1k_tokens });
@@ -467,8 +466,7 @@ pub mod pallet {
 			Prompts::<T>::try_mutate(prompt, |entry| {
 				let p = entry.as_mut().ok_or(Error::<T>::UnknownPrompt)?;
 				ensure!(p.owner == who, Error::<T>::NotOwner);
-				p.price_floor.note_change(p.price_per_call, price_per_call, Self::now(), T::PriceHold::get());
-				p.price_per_call = price_per_call;
+				p.price_floor.set(&mut p.price_per_call, price_per_call, Self::now(), T::PriceHold::get());
 				Ok::<_, DispatchError>(())
 			})?;
 			Self::deposit_event(Event::PromptPriceSet { prompt, price_per_call });

@@ -324,8 +324,7 @@ pub mod pallet {
 			worker.serves = Self::checked_serves(serves)?;
 			let now = frame_system::Pallet::<T>::block_number();
 			let price = &mut worker.compute_price_per_1k_tokens;
-			worker.price_floor.note_change(*price, compute_price_per_1k_tokens, now, T::PriceHold::get());
-			*price = compute_price_per_1k_tokens;
+			worker.price_floor.set(price, compute_price_per_1k_tokens, now, T::PriceHold::get());
 			Workers::<T>::insert(&who, worker);
 			Self::deposit_event(Event::WorkerUpdated { worker: who });
 			Ok(())
