@@ -39,7 +39,7 @@ else
 fi
 
 step "building the benchmark (release)"
-cargo build --release -p openledger-worker --example bench_worker
+build_release --example bench_worker
 BENCH="$CARGO_TARGET_DIR/release/examples/bench_worker"
 
 llama_args=()

@@ -10,7 +10,18 @@ export OPENLEDGER_MODELS="${OPENLEDGER_MODELS:-/var/tmp/openledger-models}"
 # Python packages for client tests and benchmarks (the official openai client), kept out of the
 # system interpreter.
 export OPENLEDGER_VENV="${OPENLEDGER_VENV:-/var/tmp/openledger-venv}"
-step() { printf '\n==> %s\n' "$*" >&2; }
+# With OPENLEDGER_PHASE_LOG set (`.ci/run` sets it), each step is also appended to that file with
+# its start time, so scripts/ci-times.sh can say how long every phase took.
+step() {
+	printf '\n==> %s\n' "$*" >&2
+	[ -z "${OPENLEDGER_PHASE_LOG:-}" ] || printf '%s\t%s\n' "$(date +%s)" "$*" >>"$OPENLEDGER_PHASE_LOG"
+}
+# The node and the worker are always built together, in one cargo invocation: cargo unifies the
+# features of their shared dependencies (sp-core, serde, hyper, ... more than 100 crates) only
+# across the packages of one invocation, so two separate builds compile those crates twice.
+# Every script that builds either binary, or the worker's tests, selects both packages.
+RELEASE_PACKAGES=(-p openledger-node -p openledger-worker)
+build_release() { cargo build --release "${RELEASE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Prints N distinct free loopback TCP ports on one line. They are bound all at once: ports asked

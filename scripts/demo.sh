@@ -12,9 +12,7 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/setup.sh"
 step "building the node and the worker (release; the first build takes a while)"
-# Two builds, as the test command does them, so each reuses the other's artifacts.
-cargo build --release -p openledger-node
-cargo build --release -p openledger-worker
+build_release
 
 DEMO_DIR="$(mktemp -d "${TMPDIR:-/tmp}/openledger-demo.XXXXXX")"
 trap 'stop_all; echo "demo files kept in $DEMO_DIR" >&2' EXIT

@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
-[ -x "$NODE_BIN" ] || die "build the node first: cargo build --release -p openledger-node"
+[ -x "$NODE_BIN" ] || die "build the node first: cargo build --release -p openledger-node -p openledger-worker"
 E2E="$REPO_ROOT/scripts/e2e"
 [ -d "$E2E/node_modules/@polkadot/api" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
 

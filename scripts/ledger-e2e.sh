@@ -6,7 +6,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$REPO_ROOT/scripts/demo/lib.sh"
 cd "$REPO_ROOT"
-[ -x "$NODE_BIN" ] && [ -x "$WORKER_BIN" ] || die "build first: cargo build --release -p openledger-node && cargo build --release -p openledger-worker"
+[ -x "$NODE_BIN" ] && [ -x "$WORKER_BIN" ] || die "build first: cargo build --release -p openledger-node -p openledger-worker"
 [ -d "$E2E/node_modules/openai" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
 
 DEMO_DIR="$(mktemp -d "${TMPDIR:-/tmp}/openledger-ledger-e2e.XXXXXX")"
