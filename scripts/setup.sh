@@ -6,13 +6,16 @@ step "checking the CPU (the worker's engine needs AVX2 and FMA)"
 grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo \
 	|| die "this CPU lacks AVX2/FMA; build with RUSTFLAGS='' and expect slow inference"
 
-step "system packages (protoc for libp2p, clang for wasm and C dependencies, g++ for the CUDA kernels' CPU emulator)"
+step "system packages (protoc for libp2p, clang for wasm and C dependencies, g++ for the CUDA kernels' CPU emulator, OpenSSL)"
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v clang >/dev/null || missing+=(clang)
 command -v g++ >/dev/null || missing+=(g++)
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v curl >/dev/null || missing+=(curl)
+# OpenSSL for the node's WebRTC transport, linked from the system (.cargo/config.toml).
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
 	command -v apt-get >/dev/null || die "install ${missing[*]} with your package manager"
 	SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
