@@ -13,7 +13,7 @@ step "building the node with runtime benchmarks"
 # find when it resolves that crate's own manifest, not our workspace (which lacks it by default).
 env -u WASM_BUILD_WORKSPACE_HINT cargo build --release -p openledger-node --features runtime-benchmarks
 NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
-WASM="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime/openledger_runtime.compact.compressed.wasm"
+WASM="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime-wasm/openledger_runtime_wasm.compact.compressed.wasm"
 
 for pallet in $PALLETS; do
 	step "benchmarking pallet_$pallet (steps $STEPS, repeat $REPEAT)"

@@ -9,9 +9,12 @@ step "building the node (embeds the wasm runtime) and the worker (release, one i
 build_release
 
 step "unit, pallet, benchmark and try-state tests"
-# The wasm runtime is not needed by these tests; skipping it keeps the feature builds apart.
+# The wasm runtime is not needed by these tests: the crates that build it (runtime/wasm,
+# runtime/upgrade) are left out, so neither substrate-wasm-builder nor its C++ is compiled here.
 # The node is tested end to end below, as a release binary, not rebuilt here for tests.
-SKIP_WASM_BUILD=1 cargo test --workspace --exclude openledger-node --exclude openledger-worker --no-fail-fast \
+cargo test --workspace --no-fail-fast \
+	--exclude openledger-node --exclude openledger-worker \
+	--exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings}
 
 step "worker tests (release: they run the real SmolLM2 model)"

@@ -1,6 +1,6 @@
 //! Chain specifications built from the runtime's genesis presets.
 
-use openledger_runtime::WASM_BINARY;
+use openledger_runtime_wasm::WASM_BINARY;
 use polkadot_sdk::{sc_service::ChainType, sp_genesis_builder};
 
 pub type ChainSpec = polkadot_sdk::sc_service::GenericChainSpec;

@@ -1,11 +1,9 @@
 //! The OpenLedger runtime: OPEN balances, Aura + GRANDPA consensus, sudo as governance for now,
-//! and the four OpenLedger pallets (DataNets, registry, workers, attribution).
+//! and the four OpenLedger pallets (DataNets, registry, workers, attribution). Its wasm blob, which
+//! the node embeds, is built by `runtime/wasm` (`openledger-runtime-wasm`).
 #![cfg_attr(not(feature = "std"), no_std)]
 // `construct_runtime` needs a higher recursion limit.
 #![recursion_limit = "256"]
-
-#[cfg(feature = "std")]
-include!(concat!(env!("OUT_DIR"), "/wasm_binary.rs"));
 
 extern crate alloc;
 
