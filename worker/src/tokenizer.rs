@@ -140,7 +140,7 @@ impl LiteralChat {
 			.enumerate()
 			.map(|(i, (_, t))| AddedToken { content: sentinel(i), special: false, ..t.clone() })
 			.collect();
-		literal.add_tokens(&sentinels);
+		literal.add_tokens(sentinels).map_err(|e| anyhow!("adding the sentinel tokens: {e}"))?;
 		let mut sentinel_ids = HashMap::new();
 		for (i, (id, _)) in specials.tokens.iter().enumerate() {
 			let sentinel_id = literal.token_to_id(&sentinel(i)).context("the tokenizer refused a sentinel token")?;
@@ -353,8 +353,8 @@ impl GgufVocab {
 				})
 				.collect()
 		};
-		tokenizer.add_special_tokens(&typed(TOKEN_TYPE_CONTROL));
-		tokenizer.add_tokens(&typed(TOKEN_TYPE_USER_DEFINED));
+		tokenizer.add_special_tokens(typed(TOKEN_TYPE_CONTROL)).map_err(|e| anyhow!("adding the GGUF control tokens: {e}"))?;
+		tokenizer.add_tokens(typed(TOKEN_TYPE_USER_DEFINED)).map_err(|e| anyhow!("adding the GGUF user-defined tokens: {e}"))?;
 
 		let token = |id: Option<u32>| id.and_then(|i| self.tokens.get(i as usize)).cloned();
 		let mut eos_ids = Vec::new();
