@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The worker benchmark (OpenLoRA on the CPU): llama.cpp's single-stream decode speed on the same
-# GGUF and prompt, then worker/examples/bench_worker.rs, which prints a Markdown table
+# GGUF and prompt, then worker/engine/examples/bench_worker.rs, which prints a Markdown table
 # `metric | value | goal | met?` with the llama.cpp ratio in it. Results: docs/benchmarks.md.
 #
 #   scripts/bench-worker.sh            # the full run (about 5 minutes on 2 cores)

@@ -52,7 +52,7 @@ for lib in libcublas.so.13 libcublasLt.so.13 libcudart.so.13 libnvrtc.so.13 libc
 done
 if [ ! -e "$LINK_DIR/libcuda.so" ]; then
 	# The driver API's entry points, from the cudarc crate's declarations (cuInit, cuMemAlloc_v2…).
-	cudarc_src="$(cargo metadata --format-version 1 --features openledger-worker/cuda --manifest-path "$REPO_ROOT/Cargo.toml" \
+	cudarc_src="$(cargo metadata --format-version 1 --features openledger-engine/cuda --manifest-path "$REPO_ROOT/Cargo.toml" \
 		| python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')"
 	grep -rhoE '\bpub (unsafe )?fn cu[A-Z][A-Za-z0-9_]*' "$cudarc_src/src/driver/sys" \
 		| sed -E 's/.* fn //' | sort -u | sed 's/$/(void) {}/; s/^/void /' > "$LINK_DIR/cuda_stub.c"
@@ -73,9 +73,11 @@ echo "on the GPU machine, LD_LIBRARY_PATH must reach libcublas.so.13, libcublasL
 echo "libnvrtc.so.13 and libcurand.so.10 (the same wheels, or a PyTorch install's nvidia/cu13/lib)"
 
 step "device tests and the GPU benchmark (cuda feature)"
-cargo build --release -p openledger-worker --features cuda --example bench_gpu
-# The unit tests (the kernels' tests among them) and tests/lora.rs; cargo names their executables.
-tests="$(cargo test --release -p openledger-worker --features cuda --no-run --message-format=json \
+# The benchmark and the device tests are the engine crate's (worker/engine).
+cargo build --release -p openledger-engine --features cuda --example bench_gpu
+# The engine's unit tests (the kernels' tests among them) and its tests/lora.rs; cargo names
+# their executables.
+tests="$(cargo test --release -p openledger-engine --features cuda --no-run --message-format=json \
 	| python3 -c '
 import json, sys
 for line in sys.stdin:

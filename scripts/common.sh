@@ -19,8 +19,9 @@ step() {
 # The node and the worker are always built together, in one cargo invocation: cargo unifies the
 # features of their shared dependencies (sp-core, serde, hyper, ... more than 100 crates) only
 # across the packages of one invocation, so two separate builds compile those crates twice.
-# Every script that builds either binary, or the worker's tests, selects both packages.
-RELEASE_PACKAGES=(-p openledger-node -p openledger-worker)
+# Every script that builds either binary, or the worker's tests, selects all these packages (the
+# worker's layers among them, so their tests and examples are built with the same features).
+RELEASE_PACKAGES=(-p openledger-node -p openledger-worker -p openledger-engine -p openledger-knowledge -p openledger-ledger)
 build_release() { cargo build --release "${RELEASE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes worker/metadata/openledger.scale, from which the worker's chain client is generated,
+# Refreshes worker/ledger/metadata/openledger.scale, from which the worker's chain client is generated,
 # with the metadata (V15) of the runtime the release node embeds. Run it after changing the
 # runtime's calls, events, storage or types; the receipts end-to-end test fails until you do.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -22,7 +22,7 @@ done
 [ -n "$reply" ] || die "the node did not answer"
 # The call returns SCALE Option<OpaqueMetadata>: 0x01, a compact length, then the metadata.
 printf '%s' "$reply" >"$work/reply.json"
-python3 - "$work/reply.json" "$REPO_ROOT/worker/metadata/openledger.scale" <<'PY'
+python3 - "$work/reply.json" "$REPO_ROOT/worker/ledger/metadata/openledger.scale" <<'PY'
 import json, sys
 raw = bytes.fromhex(json.load(open(sys.argv[1]))["result"][2:])
 assert raw[0] == 1, "the runtime has no metadata V15"

@@ -13,11 +13,14 @@ step "unit, pallet, benchmark and try-state tests"
 # runtime/upgrade) are left out, so neither substrate-wasm-builder nor its C++ is compiled here.
 # The node is tested end to end below, as a release binary, not rebuilt here for tests.
 cargo test --workspace --no-fail-fast \
-	--exclude openledger-node --exclude openledger-worker \
-	--exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
+	--exclude openledger-node --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
+	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger \
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings}
 
-step "worker tests (release: they run the real SmolLM2 model)"
+step "the worker's crates depend on each other one way (scripts/check-layers.sh)"
+"$REPO_ROOT/scripts/check-layers.sh"
+
+step "worker tests: engine, knowledge, ledger and the binary (release: they run the real SmolLM2 model)"
 # The node is selected too, so the dependencies keep the features of the release build above and
 # are not compiled again; it has no tests of its own (its [[bin]] says test = false).
 cargo test --release "${RELEASE_PACKAGES[@]}" --no-fail-fast ${OPENLEDGER_CARGO_TIMINGS:+--timings}

@@ -21,11 +21,11 @@ test('metadata is V15 or later and needs no custom types', async () => {
 // and fails only when a call or storage item it uses changed shape.
 test('the worker\'s committed metadata is the running runtime\'s', async () => {
   const { api } = node;
-  const committed = readFileSync(new URL('../../worker/metadata/openledger.scale', import.meta.url));
+  const committed = readFileSync(new URL('../../worker/ledger/metadata/openledger.scale', import.meta.url));
   const live = (await api.call.metadata.metadataAtVersion(15)).unwrap().toU8a(true);
   assert.ok(
     Buffer.from(live).equals(committed),
-    `worker/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's metadata V15 (${live.length} bytes): run scripts/refresh-metadata.sh`,
+    `worker/ledger/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's metadata V15 (${live.length} bytes): run scripts/refresh-metadata.sh`,
   );
 });
 

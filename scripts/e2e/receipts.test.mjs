@@ -195,9 +195,9 @@ test('the worker\'s chain client is generated from this runtime\'s metadata', as
   assert.equal(raw[0], 1, 'the runtime serves metadata V15');
   const [offset, length] = compactFromU8a(raw.subarray(1));
   const served = raw.subarray(1 + offset, 1 + offset + length.toNumber());
-  const committed = readFileSync(new URL('../../worker/metadata/openledger.scale', import.meta.url));
+  const committed = readFileSync(new URL('../../worker/ledger/metadata/openledger.scale', import.meta.url));
   assert.ok(Buffer.from(served).equals(committed),
-    `worker/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's (${served.length}); run scripts/refresh-metadata.sh`);
+    `worker/ledger/metadata/openledger.scale (${committed.length} bytes) differs from the runtime's (${served.length}); run scripts/refresh-metadata.sh`);
 });
 
 test('a payer without authorisation gets 402 before any work, and no receipt exists', async () => {

@@ -5,21 +5,26 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use openledger_worker::{
+use openledger_engine::{
 	adapters::{self, AdapterCache, AdapterLimits, AdapterStore},
-	api::{self, ApiLimits, AppState},
 	base::{self, BaseModel},
-	datanets::cli::DatanetCommand,
 	engine::{EngineHandle, EngineOptions},
-	knowledge::{read_provenance, Knowledge, KnowledgeConfig},
-	ledger::{
-		cli::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand, ACCOUNT_ENV, SESSION_ENV},
-		keys::parse_account,
-		service::{Ledger, LedgerConfig},
-		submitter::SubmitterOptions,
-	},
 	model::{lora::BATCHED_MAX_RANK, Projection},
-	p2p, testing,
+	testing,
+};
+use openledger_knowledge::grounding::{read_provenance, Knowledge, KnowledgeConfig};
+use openledger_ledger::{
+	keys::parse_account,
+	service::{Ledger, LedgerConfig},
+	submitter::SubmitterOptions,
+};
+use openledger_worker::{
+	api::{self, ApiLimits, AppState},
+	cli::{
+		datanet::DatanetCommand,
+		ledger::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand, ACCOUNT_ENV, SESSION_ENV},
+	},
+	p2p,
 };
 
 #[derive(Parser)]
@@ -509,11 +514,11 @@ fn run(cli: Cli) -> Result<()> {
 			println!("{}", serde_json::to_string_pretty(&info)?);
 			Ok(())
 		},
-		Command::Datanet(command) => openledger_worker::datanets::cli::run(command),
-		Command::Key(command) => openledger_worker::ledger::cli::run_key(command),
-		Command::Chain(command) => openledger_worker::ledger::cli::run_chain(command),
-		Command::Voucher(command) => openledger_worker::ledger::cli::run_voucher(command),
-		Command::Outbox(command) => openledger_worker::ledger::cli::run_outbox(command),
+		Command::Datanet(command) => openledger_worker::cli::datanet::run(command),
+		Command::Key(command) => openledger_worker::cli::ledger::run_key(command),
+		Command::Chain(command) => openledger_worker::cli::ledger::run_chain(command),
+		Command::Voucher(command) => openledger_worker::cli::ledger::run_voucher(command),
+		Command::Outbox(command) => openledger_worker::cli::ledger::run_outbox(command),
 		Command::TinyModel { out, seed } => {
 			let config = testing::write_tiny_llama(&out, &testing::TinyLlamaSpec::default(), seed)?;
 			println!("wrote a {}-layer tiny Llama to {}", config.num_layers, out.display());
@@ -523,7 +528,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-	openledger_worker::model::pin_cpu_threads();
+	openledger_engine::model::pin_cpu_threads();
 	tracing_subscriber::fmt()
 		.with_env_filter(
 			tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

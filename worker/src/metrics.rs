@@ -12,7 +12,7 @@ use std::{
 	time::Duration,
 };
 
-use crate::{adapters::CacheStats, engine::EngineStats};
+use openledger_engine::{adapters::CacheStats, engine::EngineStats};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

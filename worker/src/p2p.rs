@@ -35,7 +35,7 @@ use polkadot_sdk::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::ledger::{
+use openledger_ledger::{
 	chain::WorkerInfo,
 	keys::{hex_hash, parse_account, Sr25519Key},
 };

@@ -9,7 +9,7 @@ use std::{
 	time::{Duration, Instant},
 };
 
-use openledger_worker::datanets::{
+use openledger_knowledge::datanets::{
 	embed::cosine, ingest_dir, DataNetIndex, Embedder, IngestOptions, Retriever,
 };
 

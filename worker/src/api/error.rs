@@ -9,10 +9,11 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{
-	adapters::AdapterError, engine::EngineClosed, knowledge::KnowledgeError, ledger::service::LedgerError,
-	templates::TemplateError,
-};
+use openledger_engine::{adapters::AdapterError, engine::EngineClosed};
+
+use openledger_knowledge::{grounding::KnowledgeError, templates::TemplateError};
+
+use openledger_ledger::service::LedgerError;
 
 /// An error answered to the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +81,7 @@ impl ApiError {
 		Self::new(
 			StatusCode::NOT_FOUND,
 			"not_found_error",
-			format!("The model `{}` does not exist.", crate::printable(model)),
+			format!("The model `{}` does not exist.", openledger_engine::printable(model)),
 		)
 		.with_param("model")
 		.with_code("model_not_found")

@@ -29,19 +29,22 @@ use super::{
 	},
 	stream, unix_now, AppState, RequestId,
 };
-use crate::{
+use crate::metrics::{self, Endpoint, Outcome};
+use openledger_engine::{
 	adapters::{AdapterError, AdapterLease},
-	attribution::{combine, AttributionPolicy, TrainingShare},
 	engine::{GenerationEvent, GenerationRequest, Usage},
-	knowledge::{Grounded, GroundingRequest, Knowledge},
-	ledger::{
-		keys::hex_hash,
-		service::{Authorisation, Ledger, Priced, Reservation},
-		REQUEST_HASH_HEADER, VOUCHER_HEADER,
-	},
-	metrics::{self, Endpoint, Outcome},
-	templates::DEFAULT_TEMPLATE_ID,
 	tokenizer::{ChatError, ChatMessage},
+};
+use openledger_knowledge::{
+	attribution::{combine, AttributionPolicy, TrainingShare},
+	grounding::{Grounded, GroundingRequest, Knowledge},
+	templates::DEFAULT_TEMPLATE_ID,
+};
+use openledger_ledger::{
+	keys::hex_hash,
+	service::{Authorisation, Ledger, Priced, Reservation},
+	REQUEST_HASH_HEADER,
+	VOUCHER_HEADER,
 };
 use openledger_primitives::{AttributionEntry, ContentHash};
 
@@ -209,7 +212,7 @@ pub(super) async fn chat_completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
-		log.model = crate::printable(&request.model);
+		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let mut messages = openai::chat_messages(&request.messages)?;
 		let permit = admit(&state)?;
@@ -254,7 +257,7 @@ pub(super) async fn completions(
 	let prepared = async {
 		let bytes = body_bytes(&state, body)?;
 		let request: CompletionRequest = parse_json(&bytes)?;
-		log.model = crate::printable(&request.model);
+		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		let prompt = request.prompt.text()?.to_owned();
 		let permit = admit(&state)?;
@@ -377,7 +380,7 @@ fn generation_headers(billing: Option<&Billing>) -> HeaderMap {
 async fn collect(
 	log: &mut RequestLog,
 	mut rx: mpsc::UnboundedReceiver<GenerationEvent>,
-) -> Result<(String, crate::engine::FinishReason, Usage), ApiError> {
+) -> Result<(String, openledger_engine::engine::FinishReason, Usage), ApiError> {
 	let mut text = String::new();
 	loop {
 		match rx.recv().await {

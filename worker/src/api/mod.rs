@@ -33,14 +33,13 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
-use crate::{
-	adapters::AdapterCache,
-	engine::EngineHandle,
-	knowledge::Knowledge,
-	ledger::service::Ledger,
-	metrics::Metrics,
-	tokenizer::TextCodec,
-};
+use crate::metrics::Metrics;
+
+use openledger_engine::{adapters::AdapterCache, engine::EngineHandle, tokenizer::TextCodec};
+
+use openledger_knowledge::grounding::Knowledge;
+
+use openledger_ledger::service::Ledger;
 
 /// Bounds on what one client can ask of the server.
 #[derive(Clone, Debug, PartialEq, Eq)]

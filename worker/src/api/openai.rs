@@ -15,17 +15,14 @@
 //!   accepted and ignored.
 //!
 //! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
-//! `retrieval_top_k` — ground it in DataNets (see `crate::knowledge`); the response then carries
+//! `retrieval_top_k` — ground it in DataNets (see `openledger_knowledge::grounding`); the response then carries
 //! an `attribution` list (on the final chunk when streaming).
 
 use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, ItemId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{error::ApiError, ApiLimits};
-use crate::{
-	engine::{FinishReason, SamplingParams, Usage},
-	tokenizer::ChatMessage,
-};
+use openledger_engine::{engine::{FinishReason, SamplingParams, Usage}, tokenizer::ChatMessage};
 
 pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_STOP_BYTES: usize = 256;

@@ -18,10 +18,8 @@ use super::{
 	openai::{AttributionBody, ChatCompletionChunk, Completion, Delta},
 	AppState,
 };
-use crate::{
-	engine::{FinishReason, GenerationEvent, Usage},
-	metrics::Endpoint,
-};
+use crate::metrics::Endpoint;
+use openledger_engine::engine::{FinishReason, GenerationEvent, Usage};
 
 /// What a stream does besides sending text.
 pub(super) struct Streamed {

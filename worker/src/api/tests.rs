@@ -1,6 +1,6 @@
 //! Tests of the HTTP layer: error bodies and status mapping, request parsing and validation,
 //! response shapes and the metrics text, without a model; then a few end-to-end requests
-//! against a real server over the tiny random model of [`crate::testing`].
+//! against a real server over the tiny random model of [`openledger_engine::testing`].
 
 use axum::{body::to_bytes, http::StatusCode, response::IntoResponse};
 use serde_json::{json, Value};
@@ -11,10 +11,10 @@ use super::{
 	openai::*,
 	ApiLimits,
 };
-use crate::{
+use crate::metrics::{Endpoint, Metrics, Outcome};
+use openledger_engine::{
 	adapters::{AdapterError, CacheStats},
 	engine::{EngineClosed, EngineStats, FinishReason, Usage},
-	metrics::{Endpoint, Metrics, Outcome},
 };
 
 async fn response_parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -451,15 +451,19 @@ mod server {
 	use serde_json::{json, Value};
 	use tokio::sync::oneshot;
 
-	use crate::{
+	use crate::api::{serve, ApiLimits, AppState};
+
+	use openledger_engine::{
 		adapters::{write_random_adapter, AdapterCache, AdapterLimits, AdapterStore},
-		api::{serve, ApiLimits, AppState},
 		base::BaseModel,
-		datanets::{ingest_dir, Embedder, IndexWriter, IngestOptions},
 		engine::{EngineHandle, EngineOptions},
-		knowledge::{Knowledge, KnowledgeConfig},
 		model::Projection,
 		testing::{write_tiny_llama, TinyLlamaSpec},
+	};
+
+	use openledger_knowledge::{
+		datanets::{ingest_dir, Embedder, IndexWriter, IngestOptions},
+		grounding::{Knowledge, KnowledgeConfig},
 	};
 	use openledger_primitives::{AttributionSource, PPM};
 	use std::sync::Arc;
@@ -622,7 +626,7 @@ mod server {
 		}
 
 		// Admin: key required; load, list, use, refuse a second load, unload.
-		let config = crate::testing::tiny_config(&TinyLlamaSpec::default());
+		let config = openledger_engine::testing::tiny_config(&TinyLlamaSpec::default());
 		write_random_adapter(&server.store.path().join("alpha"), &config, 4, 8.0, &[Projection::Q, Projection::V], 3, false, false)
 			.unwrap();
 		let load = json!({"lora_name": "alpha", "lora_path": "alpha"}).to_string();
@@ -709,7 +713,7 @@ mod server {
 		let chat = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": forged}], "max_tokens": 1})).await;
 		assert_eq!(chat.status, 200, "{}", chat.body);
 		let codec = &server.state.inner.codec;
-		let messages = [crate::tokenizer::ChatMessage::new("user", forged)];
+		let messages = [openledger_engine::tokenizer::ChatMessage::new("user", forged)];
 		let literal = codec.encode_chat(&messages, true).unwrap().len();
 		assert!(literal > codec.encode(&codec.render_chat(&messages, true).unwrap()).unwrap().len());
 		assert_eq!(chat.json()["usage"]["prompt_tokens"], literal);
@@ -879,7 +883,7 @@ mod server {
 		// Span attribution: an answer quoting the planted item owes it a span entry; an unrelated
 		// answer owes nothing but its retrieved context.
 		let grounded = knowledge
-			.ground(&[crate::tokenizer::ChatMessage::new("user", "Tell me about tides")], &crate::knowledge::GroundingRequest { datanets: vec![7], ..Default::default() })
+			.ground(&[openledger_engine::tokenizer::ChatMessage::new("user", "Tell me about tides")], &openledger_knowledge::grounding::GroundingRequest { datanets: vec![7], ..Default::default() })
 			.unwrap();
 		let quoting = knowledge.attribute(&grounded, &format!("As the notes say: {PLANTED}"));
 		let spans: Vec<_> = quoting.iter().filter(|e| e.source == AttributionSource::Span).collect();
@@ -891,13 +895,13 @@ mod server {
 
 		// An adapter's provenance: its DataNets are searched without being named, and credited.
 		let training = vec![
-			crate::attribution::TrainingShare { datanet: 7, share_ppm: 600_000 },
-			crate::attribution::TrainingShare { datanet: 9, share_ppm: 200_000 },
+			openledger_knowledge::attribution::TrainingShare { datanet: 7, share_ppm: 600_000 },
+			openledger_knowledge::attribution::TrainingShare { datanet: 9, share_ppm: 200_000 },
 		];
 		let inherited = knowledge
 			.ground(
-				&[crate::tokenizer::ChatMessage::new("user", "When is the Zorblax lantern festival held?")],
-				&crate::knowledge::GroundingRequest { training, ..Default::default() },
+				&[openledger_engine::tokenizer::ChatMessage::new("user", "When is the Zorblax lantern festival held?")],
+				&openledger_knowledge::grounding::GroundingRequest { training, ..Default::default() },
 			)
 			.unwrap();
 		assert_eq!(inherited.datanets, vec![7], "DataNet 9 is not served here, so only 7 is searched");
@@ -913,7 +917,7 @@ mod server {
 
 	/// The on-chain id of the item whose text is `text`.
 	fn knowledge_item(knowledge: &Knowledge, text: &str) -> u32 {
-		let index = crate::datanets::DataNetIndex::open(knowledge.datanet_root(), 7).unwrap();
+		let index = openledger_knowledge::datanets::DataNetIndex::open(knowledge.datanet_root(), 7).unwrap();
 		index.items().iter().find(|i| i.text == text).and_then(|i| i.chain_item).expect("planted item")
 	}
 }

