@@ -17,7 +17,7 @@ echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (should be near 0 for meani
 [ -f "$MINILM/model.safetensors" ] || "$REPO_ROOT/scripts/setup.sh"
 
 step "building the benchmarks (release)"
-build_release --example bench_datanets --example bench_spans
+build_worker --example bench_datanets --example bench_spans
 examples="$CARGO_TARGET_DIR/release/examples"
 
 st_args=()

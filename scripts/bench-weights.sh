@@ -24,5 +24,5 @@ for pallet in $PALLETS; do
 done
 # The benchmark build leaves a benchmark-enabled node behind; rebuild the plain one.
 step "rebuilding the plain node"
-build_release
+build_node
 step "weights written; review with git diff pallets/*/src/weights.rs"

@@ -39,7 +39,7 @@ else
 fi
 
 step "building the benchmark (release)"
-build_release --example bench_worker
+build_worker --example bench_worker
 BENCH="$CARGO_TARGET_DIR/release/examples/bench_worker"
 
 llama_args=()

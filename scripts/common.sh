@@ -16,13 +16,17 @@ step() {
 	printf '\n==> %s\n' "$*" >&2
 	[ -z "${OPENLEDGER_PHASE_LOG:-}" ] || printf '%s\t%s\n' "$(date +%s)" "$*" >>"$OPENLEDGER_PHASE_LOG"
 }
-# The node and the worker are always built together, in one cargo invocation: cargo unifies the
-# features of their shared dependencies (sp-core, serde, hyper, ... more than 100 crates) only
-# across the packages of one invocation, so two separate builds compile those crates twice.
-# Every script that builds either binary, or the worker's tests, selects all these packages (the
-# worker's layers among them, so their tests and examples are built with the same features).
-RELEASE_PACKAGES=(-p openledger-node -p openledger-worker -p openledger-engine -p openledger-knowledge -p openledger-ledger)
-build_release() { cargo build --release "${RELEASE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
+# The node and the worker are built in two cargo invocations, never in one. Cargo unifies the
+# features of shared dependencies over the packages of an invocation, and the node's dependencies
+# turn on serde_json's `arbitrary_precision`, which changes how the worker parses JSON numbers (an
+# integer `temperature` got a 422). Each keeps its own feature set, at the price of the crates
+# they share being compiled twice. Every script builds and tests through these lists, so the
+# artifacts of one step serve the next.
+NODE_PACKAGES=(-p openledger-node)
+WORKER_PACKAGES=(-p openledger-worker -p openledger-engine -p openledger-knowledge -p openledger-ledger)
+build_node() { cargo build --release "${NODE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
+build_worker() { cargo build --release "${WORKER_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
+build_release() { build_node && build_worker; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Prints N distinct free loopback TCP ports on one line. They are bound all at once: ports asked

@@ -7,7 +7,7 @@ cd "$REPO_ROOT"
 NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
 if [ ! -x "$NODE_BIN" ]; then
 	step "building the node (first run only)"
-	build_release
+	build_node
 fi
 ALICE_RPC="${ALICE_RPC:-9944}"
 BOB_RPC="${BOB_RPC:-9945}"

@@ -5,7 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 step "building the node"
-build_release
+build_node
 work="$(mktemp -d)"; port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$CARGO_TARGET_DIR/release/openledger-node" --dev --base-path "$work" --rpc-port "$port" --port 0 \
 	--no-prometheus --no-telemetry >"$work/node.log" 2>&1 &

