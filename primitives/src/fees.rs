@@ -162,6 +162,51 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 	Ok(FeeSplit { fee, payouts })
 }
 
+/// The most a receipt can cost before its token count and attributed items are known: what a
+/// worker holds from the payer's budget when it accepts a request, and how it caps the tokens
+/// that budget pays for. `max_fee(t)` is never below [`split_fee`]'s fee for `t` tokens and at
+/// most `max_items` items, since `split_fee` rounds each of its terms down.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FeeLimit<B> {
+	/// The parts that do not depend on tokens: the prompt price and retrieval at the most items.
+	pub fixed: B,
+	/// Worker and adapter rate per 1000 tokens.
+	pub rate_per_1k: B,
+}
+
+impl<B: AtLeast32BitUnsigned + Copy> FeeLimit<B> {
+	pub fn new(worker_rate_per_1k: B, adapter_rate_per_1k: B, prompt_price: B, retrieval_price: B, max_items: u32) -> Self {
+		Self {
+			fixed: prompt_price.saturating_add(retrieval_price.saturating_mul(B::from(max_items))),
+			rate_per_1k: worker_rate_per_1k.saturating_add(adapter_rate_per_1k),
+		}
+	}
+
+	/// The most a receipt for `tokens` tokens (prompt and completion) can cost; the balance
+	/// type's maximum when that does not fit.
+	pub fn max_fee(&self, tokens: u64) -> B {
+		B::try_from(tokens)
+			.ok()
+			.and_then(|t| t.checked_mul(&self.rate_per_1k))
+			.map_or_else(B::max_value, |product| self.fixed.saturating_add(product / B::from(1000u32)))
+	}
+
+	/// The most tokens a fee within `budget` pays for: `None` when `budget` does not cover the
+	/// fixed parts, `u64::MAX` when tokens are free. Rounded down, so `max_fee` of the answer is
+	/// within `budget`.
+	pub fn max_tokens(&self, budget: B) -> Option<u64> {
+		let left = budget.checked_sub(&self.fixed)?;
+		if self.rate_per_1k.is_zero() {
+			return Some(u64::MAX);
+		}
+		// left × 1000 / rate, without overflowing: left = q·rate + r.
+		let (q, r) = (left / self.rate_per_1k, left % self.rate_per_1k);
+		let thousand = B::from(1000u32);
+		let tokens = q.saturating_mul(thousand).saturating_add(r.saturating_mul(thousand) / self.rate_per_1k);
+		Some(tokens.try_into().unwrap_or(u64::MAX))
+	}
+}
+
 #[cfg(test)]
 mod tests {
 	use super::*;
@@ -222,5 +267,43 @@ mod tests {
 		let mut i = inputs(&[], &[]);
 		i.worker_rate_per_1k = u128::MAX;
 		assert_eq!(split_fee(&i), Err(FeeError::Overflow));
+	}
+
+	#[test]
+	fn the_fee_limit_bounds_every_fee_and_the_tokens_it_allows_fit_the_budget() {
+		let item = WeightedItem { datanet: 0, item: 1, weight_ppm: PPM };
+		let rates = [0u128, 1, 7, 999, 1_000, 1_001, 123_456_789, 10u128.pow(20)];
+		for &worker in &rates {
+			for &adapter in &rates {
+				for &prompt in &[0u128, 1, 10u128.pow(18)] {
+					for &retrieval in &[0u128, 3, 10u128.pow(16)] {
+						let limit = FeeLimit::new(worker, adapter, prompt, retrieval, 4);
+						for tokens in [0u64, 1, 999, 1_000, 1_001, 4_096, 1 << 40] {
+							for count in 0..=4 {
+								let items = vec![item; count];
+								let mut i = inputs(&items, &[]);
+								(i.tokens, i.worker_rate_per_1k, i.adapter_rate_per_1k) = (tokens, worker, adapter);
+								(i.prompt_price, i.retrieval_price) = (prompt, retrieval);
+								let fee = split_fee(&i).unwrap().fee;
+								assert!(fee <= limit.max_fee(tokens), "{fee} > {:?} at {tokens}", limit);
+							}
+						}
+						for budget in [0u128, 1, 999, 10u128.pow(18), 10u128.pow(22), u128::MAX] {
+							match limit.max_tokens(budget) {
+								None => assert!(budget < limit.fixed),
+								Some(u64::MAX) if limit.rate_per_1k == 0 => assert!(limit.fixed <= budget),
+								Some(tokens) => {
+									assert!(limit.max_fee(tokens) <= budget, "{tokens} tokens cost more than {budget}");
+									// Tight: at 1000 per 1k or more, two more tokens cost more than the budget.
+									if limit.rate_per_1k >= 1000 && tokens < u64::MAX - 2 && budget < u128::MAX / 2 {
+										assert!(limit.max_fee(tokens + 2) > budget, "{tokens} tokens leave room in {budget}");
+									}
+								},
+							}
+						}
+					}
+				}
+			}
+		}
 	}
 }
