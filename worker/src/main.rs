@@ -307,7 +307,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			let (ledger, task) = Ledger::start(config, ledger_stopped).await?;
 			submitter = Some(task);
 			if let Some(root) = &args.datanets {
-				for (datanet, recorded, accepted) in sync_items(ledger.chain(), root).await? {
+				for (datanet, recorded, accepted) in sync_items(ledger.view().chain(), root).await? {
 					tracing::info!("DataNet {datanet}: {recorded} local items accepted on chain (of {accepted})");
 				}
 			}
@@ -417,13 +417,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// Keeps the served items in step with the chain: when contributions are accepted, rejected or
 /// withdrawn, records the new ids in the local indexes and reloads the DataNets.
 async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: KnowledgeConfig) {
-	let mut changed = ledger.datanets_changed();
+	let mut changed = ledger.view().datanets_changed();
 	while changed.changed().await.is_ok() {
 		// Curators often accept several items in a row: take them in one reload.
 		tokio::time::sleep(Duration::from_millis(500)).await;
 		changed.borrow_and_update();
 		let reload = async {
-			let synced = sync_items(ledger.chain(), &config.datanet_root).await?;
+			let synced = sync_items(ledger.view().chain(), &config.datanet_root).await?;
 			let opening = config.clone();
 			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(opening)).await??;
 			state.replace_knowledge(Arc::new(knowledge));

@@ -40,8 +40,8 @@ pub struct KnowledgeConfig {
 	/// Items scoring below this cosine similarity are not used.
 	pub min_score: f32,
 	pub policy: AttributionPolicy,
-	/// Training provenance per adapter name. Stands in for the registry's record until the
-	/// chain view supplies it.
+	/// Training provenance per adapter name, for a worker that serves no chain (on a chain the
+	/// registry's record is used instead).
 	pub provenance: BTreeMap<String, Vec<TrainingShare>>,
 }
 
@@ -211,8 +211,8 @@ impl Knowledge {
 		datanets.sort_unstable();
 		datanets.dedup();
 
-		// `default` is always the built-in template. A template's hash is checked against the
-		// chain's by the chain view; until then the store's file is taken as it is.
+		// `default` is always the built-in template. On a chain, the worker's charge refuses a
+		// template whose file's hash is not registered.
 		let template = match request.template.as_deref() {
 			None | Some(DEFAULT_TEMPLATE_ID) => self.default_template.clone(),
 			Some(id) => self.templates.as_ref().ok_or_else(|| TemplateError::NotFound(id.to_owned()))?.get(id, None)?,

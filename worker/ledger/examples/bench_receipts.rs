@@ -29,7 +29,7 @@ fn served(n: u64, payer: &Sr25519Key, worker: &Sr25519Key, genesis: &ContentHash
 	Served {
 		payer: payer.account(),
 		request_hash: content_hash(body.as_bytes()),
-		output: "an answer of a few hundred bytes ".repeat(10),
+		output_hash: content_hash("an answer of a few hundred bytes ".repeat(10).as_bytes()),
 		base_model: 0,
 		adapter: Some((1, ContentHash::repeat_byte(7))),
 		prompt: Some((2, ContentHash::repeat_byte(8))),

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
 					let served = Served {
 						payer: alice.account(),
 						request_hash: content_hash(format!("{seed}/{w}/{n}").as_bytes()),
-						output: format!("answer {n}"),
+						output_hash: content_hash(format!("answer {n}").as_bytes()),
 						base_model,
 						adapter: None,
 						prompt: None,

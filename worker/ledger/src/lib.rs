@@ -3,11 +3,14 @@
 //! request served, the durable outbox that keeps receipts until the chain has judged them, the
 //! chain client that reads prices and registrations, and the submitter that settles receipts.
 
+pub mod authorise;
 pub mod chain;
+pub mod charge;
 pub mod keys;
 pub mod outbox;
 pub mod service;
 pub mod submitter;
+pub mod view;
 
 use codec::{Decode, Encode};
 use openledger_primitives::{content_hash, AttributionEntry, BlockNumber, ContentHash, MaxAttributionEntries};
@@ -71,7 +74,8 @@ pub fn decode_voucher(header: &str) -> Option<SignedVoucher> {
 pub struct Served {
 	pub payer: AccountId32,
 	pub request_hash: ContentHash,
-	pub output: String,
+	/// blake2-256 of the answer's text.
+	pub output_hash: ContentHash,
 	pub base_model: u32,
 	pub adapter: Option<(u32, ContentHash)>,
 	pub prompt: Option<(u32, ContentHash)>,
@@ -94,7 +98,7 @@ pub fn sign_receipt(
 		worker: worker.clone(),
 		payer: served.payer,
 		request_hash: served.request_hash,
-		output_hash: content_hash(served.output.as_bytes()),
+		output_hash: served.output_hash,
 		base_model: served.base_model,
 		adapter: served.adapter,
 		prompt: served.prompt,
@@ -114,7 +118,7 @@ pub(crate) fn test_receipt(n: u8) -> SignedReceipt {
 	let served = Served {
 		payer: keys::Sr25519Key::from_suri("//Alice").unwrap().account(),
 		request_hash: content_hash(&[n]),
-		output: format!("answer {n}"),
+		output_hash: content_hash(format!("answer {n}").as_bytes()),
 		base_model: 0,
 		adapter: None,
 		prompt: None,

@@ -5,9 +5,13 @@
 //! `GenerationRequest`, so it is released when the engine finishes the request, not when the
 //! HTTP handler returns.
 
+mod admin;
 mod error;
+mod finish;
 mod handlers;
 pub mod openai;
+mod request_log;
+mod status;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -195,12 +199,12 @@ pub fn router(state: AppState) -> Router {
 	Router::new()
 		.route("/v1/chat/completions", post(handlers::chat_completions))
 		.route("/v1/completions", post(handlers::completions))
-		.route("/v1/models", get(handlers::models))
-		.route("/v1/peers", get(handlers::peers))
-		.route("/v1/load_lora_adapter", post(handlers::load_lora_adapter))
-		.route("/v1/unload_lora_adapter", post(handlers::unload_lora_adapter))
-		.route("/health", get(handlers::health))
-		.route("/metrics", get(handlers::metrics))
+		.route("/v1/models", get(status::models))
+		.route("/v1/peers", get(status::peers))
+		.route("/v1/load_lora_adapter", post(admin::load_lora_adapter))
+		.route("/v1/unload_lora_adapter", post(admin::unload_lora_adapter))
+		.route("/health", get(status::health))
+		.route("/metrics", get(status::metrics))
 		.fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
 		.method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
 		.layer(DefaultBodyLimit::max(body_limit))

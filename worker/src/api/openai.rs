@@ -539,6 +539,10 @@ pub struct Completion<'a> {
 	pub choices: Vec<CompletionChoice<'a>>,
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub usage: Option<UsageBody>,
+	/// OpenLedger: the answer's attribution, as on chat completions (on the chunk with the
+	/// finish reason when streaming).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub attribution: Option<Vec<AttributionBody>>,
 	/// OpenLedger: the signed receipt's id (on the chunk with the finish reason when streaming).
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub receipt_id: Option<String>,
@@ -626,12 +630,13 @@ impl<'a> Completion<'a> {
 				finish_reason: finish.map(FinishReason::as_openai),
 			}],
 			usage: usage.map(UsageBody::from),
+			attribution: None,
 			receipt_id: None,
 		}
 	}
 
 	pub fn usage(id: &'a str, created: u64, model: &'a str, usage: &Usage) -> Self {
-		Self { id, object: "text_completion", created, model, choices: Vec::new(), usage: Some(usage.into()), receipt_id: None }
+		Self { id, object: "text_completion", created, model, choices: Vec::new(), usage: Some(usage.into()), attribution: None, receipt_id: None }
 	}
 }
 

@@ -14,19 +14,14 @@ use tokio::sync::mpsc;
 
 use super::{
 	error::ApiError,
-	handlers::{attribute, engine_vanished, generation_failed, Attributor, Billing, RequestLog, ResponseMeta},
-	openai::{AttributionBody, ChatCompletionChunk, Completion, Delta},
+	finish::{engine_vanished, generation_failed, Closing, Finished},
+	handlers::ResponseMeta,
+	openai::{ChatCompletionChunk, Completion, Delta},
+	request_log::RequestLog,
 	AppState,
 };
 use crate::metrics::Endpoint;
 use openledger_engine::engine::{FinishReason, GenerationEvent, Usage};
-
-/// What a stream does besides sending text.
-pub(super) struct Streamed {
-	pub include_usage: bool,
-	pub attributor: Option<Attributor>,
-	pub billing: Option<Billing>,
-}
 
 /// The SSE response: for chat a role chunk first, then a chunk per text event, a final chunk
 /// with the finish reason (with the attribution and the receipt id when there are), the usage
@@ -38,7 +33,8 @@ pub(super) fn respond(
 	log: RequestLog,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	meta: ResponseMeta,
-	streamed: Streamed,
+	include_usage: bool,
+	closing: Closing,
 ) -> Response {
 	let streamer = Streamer {
 		chat: log.endpoint() == Endpoint::ChatCompletions,
@@ -48,12 +44,12 @@ pub(super) fn respond(
 		},
 		created: meta.created,
 		model: meta.model,
-		include_usage: streamed.include_usage,
+		include_usage,
 		rx,
 		log,
 		state,
-		attributor: streamed.attributor,
-		billing: streamed.billing,
+		keep_text: closing.keeps_text(),
+		closing: Some(closing),
 		text: String::new(),
 		done: false,
 	};
@@ -75,9 +71,10 @@ struct Streamer {
 	log: RequestLog,
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	state: AppState,
-	attributor: Option<Attributor>,
-	billing: Option<Billing>,
-	/// The answer so far, kept only when it is to be attributed or billed.
+	/// Taken when the engine is done.
+	closing: Option<Closing>,
+	keep_text: bool,
+	/// The answer so far, kept only when it is to be attributed or charged.
 	text: String,
 	done: bool,
 }
@@ -104,7 +101,7 @@ impl Streamer {
 		let events = match self.rx.recv().await {
 			Some(GenerationEvent::Text(text)) => {
 				self.log.saw_text();
-				if self.attributor.is_some() || self.billing.is_some() {
+				if self.keep_text {
 					self.text.push_str(&text);
 				}
 				if text.is_empty() {
@@ -117,16 +114,11 @@ impl Streamer {
 				self.log.finished(&usage);
 				self.done = true;
 				let text = std::mem::take(&mut self.text);
-				let (text, attribution) = attribute(&self.state, self.attributor.take(), self.billing.as_ref(), text).await;
-				let receipt_id = match self.billing.take() {
-					Some(billing) => match billing.issue(text, &usage, attribution.clone().unwrap_or_default()).await {
-						Ok(id) => Some(id),
-						Err(e) => return Some(self.fail(e)),
-					},
-					None => None,
-				};
-				let attribution = attribution.map(|entries| entries.iter().map(AttributionBody::from).collect());
-				self.closing_events(finish_reason, &usage, attribution, receipt_id)
+				let Some(closing) = self.closing.take() else { return None };
+				match closing.finish(&self.state, text, &usage).await {
+					Ok((_, finished)) => self.closing_events(finish_reason, &usage, finished),
+					Err(e) => self.fail(e),
+				}
 			}
 			Some(GenerationEvent::Failed(message)) => self.fail(generation_failed(&message)),
 			None => self.fail(engine_vanished()),
@@ -152,22 +144,22 @@ impl Streamer {
 		&self,
 		finish: FinishReason,
 		usage: &Usage,
-		attribution: Option<Vec<AttributionBody>>,
-		receipt_id: Option<String>,
+		finished: Finished,
 	) -> Vec<Event> {
 		let (id, created, model) = (self.id.as_str(), self.created, self.model.as_str());
 		let mut events = Vec::with_capacity(3);
 		if self.chat {
 			let mut last = ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish));
-			last.attribution = attribution;
-			last.receipt_id = receipt_id;
+			last.attribution = finished.attribution;
+			last.receipt_id = finished.receipt_id;
 			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&ChatCompletionChunk::usage(id, created, model, usage)));
 			}
 		} else {
 			let mut last = Completion::new(id, created, model, "", Some(finish), None);
-			last.receipt_id = receipt_id;
+			last.attribution = finished.attribution;
+			last.receipt_id = finished.receipt_id;
 			events.push(json_event(&last));
 			if self.include_usage {
 				events.push(json_event(&Completion::usage(id, created, model, usage)));

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{
 	error::ApiError,
-	handlers::constant_time_eq,
+	admin::constant_time_eq,
 	openai::*,
 	ApiLimits,
 };
