@@ -2,6 +2,7 @@
 //! channel; every step runs one forward pass over all active sequences (prefill chunks and decode
 //! tokens together, whatever their adapters), samples, and streams text back.
 
+mod sampler;
 mod scheduler;
 mod types;
 

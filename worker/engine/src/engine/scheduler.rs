@@ -5,9 +5,8 @@ use std::{
 	time::Instant,
 };
 
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 
-use super::{EngineCounters, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
+use super::{sampler::Sampler, EngineCounters, FinishReason, GenerationEvent, GenerationRequest, Usage};
 use crate::{
 	model::{kv_pool::tokens_for, KvCache, KvPool, Llama, SeqStep},
 	tokenizer::{IncrementalDecoder, TextCodec},
@@ -47,33 +46,12 @@ struct Sequence {
 	/// The sampled token to feed next, once the prompt is in.
 	next_input: Option<u32>,
 	generated: usize,
-	sampler: LogitsProcessor,
+	sampler: Sampler,
 	decoder: IncrementalDecoder,
 	/// All output text so far, and how much of it was sent.
 	text: String,
 	sent: usize,
 	adapter_key: Option<[u8; 32]>,
-}
-
-/// Below this temperature, or this `top_p`, sampling keeps the top token alone, so the
-/// sampler is greedy: candle's f32 arithmetic would otherwise overflow dividing by the
-/// temperature, or round `top_p` to 0 and drop every token, and the request would fail.
-const GREEDY_TEMPERATURE: f64 = 1e-7;
-const GREEDY_TOP_P: f64 = 1e-6;
-
-fn sampler(params: &SamplingParams) -> LogitsProcessor {
-	let temperature = params.temperature;
-	let sampling = if temperature < GREEDY_TEMPERATURE || params.top_p.is_some_and(|p| p < GREEDY_TOP_P) {
-		Sampling::ArgMax
-	} else {
-		match (params.top_k.filter(|&k| k > 0), params.top_p.filter(|&p| p < 1.0)) {
-			(None, None) => Sampling::All { temperature },
-			(Some(k), None) => Sampling::TopK { k, temperature },
-			(None, Some(p)) => Sampling::TopP { p, temperature },
-			(Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
-		}
-	};
-	LogitsProcessor::from_sampling(params.seed, sampling)
 }
 
 impl Sequence {
@@ -84,7 +62,7 @@ impl Sequence {
 			prefilled: 0,
 			next_input: None,
 			generated: 0,
-			sampler: sampler(&request.sampling),
+			sampler: Sampler::new(&request.sampling),
 			decoder: IncrementalDecoder::new(),
 			text: String::new(),
 			sent: 0,
@@ -302,7 +280,7 @@ pub(super) fn run(
 					continue;
 				}
 			}
-			let token = match logits.get(row).and_then(|l| seq.sampler.sample(&l)) {
+			let token = match logits.get(row).and_then(|l| l.to_vec1::<f32>()).map(|l| seq.sampler.sample(&l)) {
 				Ok(token) => token,
 				Err(e) => {
 					finished.push((*i, Ending::Failed(format!("sampling failed: {e}"))));
@@ -341,27 +319,5 @@ fn retire(active: &mut Vec<Sequence>, mut finished: Vec<(usize, Ending)>, codec:
 	counters.active_sequences.store(active.len() as u64, Ordering::Relaxed);
 	for (events, event) in last_events {
 		let _ = events.send(event);
-	}
-}
-
-#[cfg(test)]
-mod tests {
-	use candle_core::{Device, Tensor};
-
-	use super::*;
-
-	/// A temperature or `top_p` small enough to break f32 sampling picks the top token, like
-	/// greedy decoding, for any seed; ordinary values still sample.
-	#[test]
-	fn vanishing_temperature_or_top_p_samples_the_top_token() {
-		let logits = Tensor::new(&[1.0f32, 7.5, 7.0, -3.0], &Device::Cpu).unwrap();
-		let params = |temperature: f64, top_p: Option<f64>, seed: u64| SamplingParams { temperature, top_p, top_k: None, seed };
-		for seed in 0..20 {
-			for p in [params(1e-39, None, seed), params(1e-8, None, seed), params(1.0, Some(1e-46), seed), params(2.0, Some(1e-7), seed)] {
-				assert_eq!(sampler(&p).sample(&logits).unwrap(), 1, "{:?}/{:?}", p.temperature, p.top_p);
-			}
-		}
-		let sampled: std::collections::HashSet<u32> = (0..50).map(|seed| sampler(&params(1.0, None, seed)).sample(&logits).unwrap()).collect();
-		assert!(sampled.contains(&2), "temperature 1 still samples the runner-up");
 	}
 }
