@@ -44,9 +44,15 @@ impl frame_system::Config for Test {
 	type DbWeight = polkadot_sdk::frame_support::weights::constants::RocksDbWeight;
 }
 
+parameter_types! {
+	/// 1, as in the test defaults; a test of payouts below it raises it for its own thread.
+	pub static ExistentialDeposit: Balance = 1;
+}
+
 #[derive_impl(pallet_balances::config_preludes::TestDefaultConfig)]
 impl pallet_balances::Config for Test {
 	type Balance = Balance;
+	type ExistentialDeposit = ExistentialDeposit;
 	type AccountStore = System;
 	type RuntimeHoldReason = RuntimeHoldReason;
 }

@@ -3,9 +3,10 @@
 //!
 //! Paying at the end makes a batch of receipts that share a worker, adapter and prompt cost a
 //! handful of transfers instead of several per receipt. It changes no outcome: credit and
-//! allowances are checked against what is left after the batch's earlier receipts, and a
-//! recipient's ability to receive is checked against its running total, so every receipt is
-//! settled or rejected exactly as if it had been paid on its own. Allowances and each worker's
+//! allowances are checked against what is left after the batch's earlier receipts, and each
+//! transfer is checked as it will be made (one payer's running total to one recipient, against
+//! the recipient's account as the batch found it), so no transfer can fail when the batch pays
+//! and a receipt that could not be paid is rejected alone. Allowances and each worker's
 //! record set of settled requests are read once and written back once per batch as well.
 
 use crate::{
@@ -63,12 +64,10 @@ pub(crate) struct Batch<T: Config> {
 	credit_left: BTreeMap<T::AccountId, BalanceOf<T>>,
 	/// The fees of all receipts settled so far.
 	charged: BalanceOf<T>,
-	/// Owed by payer to recipient.
+	/// Owed by payer to recipient: one transfer each when the batch pays.
 	payouts: BTreeMap<(T::AccountId, T::AccountId), BalanceOf<T>>,
-	/// Each recipient's total from the batch so far.
-	received: BTreeMap<T::AccountId, BalanceOf<T>>,
-	/// Recipients whose account was found able to take their running total.
-	can_receive: BTreeSet<T::AccountId>,
+	/// (payer, recipient) transfers found payable at their running total.
+	can_receive: BTreeSet<(T::AccountId, T::AccountId)>,
 	/// Training rewards per DataNet, noted once each.
 	training: BTreeMap<DataNetId, BalanceOf<T>>,
 	/// Each (payer, worker) allowance read so far (`None`: none set) and whether the batch
@@ -131,7 +130,6 @@ impl<T: Config> Batch<T> {
 			credit_left: BTreeMap::new(),
 			charged: Zero::zero(),
 			payouts: BTreeMap::new(),
-			received: BTreeMap::new(),
 			can_receive: BTreeSet::new(),
 			training: BTreeMap::new(),
 			allowances: BTreeMap::new(),
@@ -182,8 +180,6 @@ impl<T: Config> Batch<T> {
 		}
 		let payouts: Vec<_> = to_pay.into_iter().collect();
 		for (account, amount) in payouts.iter().cloned() {
-			let received = self.received.entry(account.clone()).or_insert_with(Zero::zero);
-			*received = received.saturating_add(amount);
 			let owed = self.payouts.entry((payer.clone(), account)).or_insert_with(Zero::zero);
 			*owed = owed.saturating_add(amount);
 		}
@@ -195,8 +191,11 @@ impl<T: Config> Batch<T> {
 	}
 
 	/// Whether the receipt's payer authorised `fee` (if by allowance, after the batch's earlier
-	/// receipts), has that much left in credit, and every recipient in `to_pay` can take its
-	/// running total plus this receipt's part.
+	/// receipts), has that much left in credit, and every recipient in `to_pay` can take the
+	/// payer's transfer to it with this receipt's part added. Each transfer is checked alone
+	/// against the account as it is before the batch: a recipient that does not exist yet must get
+	/// at least the existential deposit from each payer, whatever others send it, so the batch's
+	/// transfers can be made in any order.
 	fn check_payable(
 		&mut self,
 		receipt: &Receipt<T::AccountId>,
@@ -225,18 +224,19 @@ impl<T: Config> Batch<T> {
 		}
 		let mut checked = Vec::new();
 		for (account, amount) in to_pay {
+			let transfer = (payer.clone(), account.clone());
 			// A payer paid as, say, a contributor gets the credit back; nothing is deposited.
-			if account == payer || self.can_receive.contains(account) {
+			if account == payer || self.can_receive.contains(&transfer) {
 				continue;
 			}
-			let total = self.received.get(account).copied().unwrap_or_else(Zero::zero).saturating_add(*amount);
+			let total = self.payouts.get(&transfer).copied().unwrap_or_else(Zero::zero).saturating_add(*amount);
 			if T::Currency::can_deposit(account, total, Provenance::Extant) != DepositConsequence::Success {
 				return Err(RejectReason::PayoutFailed);
 			}
-			checked.push(account.clone());
+			checked.push(transfer);
 		}
 		// Totals only grow once this receipt settles, and a larger total stays above the
-		// existential deposit, so these accounts need no check again in this batch.
+		// existential deposit, so these transfers need no check again in this batch.
 		self.can_receive.extend(checked);
 		Ok(())
 	}

@@ -792,6 +792,36 @@ fn credit_is_checked_against_what_the_batch_already_owes() {
 }
 
 #[test]
+fn a_payout_one_payer_cannot_make_rejects_its_receipt_alone() {
+	run(|| {
+		// An adapter owner whose account does not exist yet.
+		ExistentialDeposit::set(100);
+		let fresh = AccountId::new([7; 32]);
+		assert_ok!(Registry::transfer_adapter(RuntimeOrigin::signed(account(Role::AdapterOwner)), ADAPTER, fresh.clone()));
+		// Two payers, the one whose transfers the batch makes first with a short receipt: its
+		// owner part (50 tokens: 67) is below the existential deposit, the other's (1,350) is
+		// not. Checked against the owner's total over both payers, both receipts passed, and the
+		// first transfer then failed the whole batch.
+		let (a, b) = (account(Role::Payer), account(Role::Other));
+		let (small, large) = if a < b { (a, b) } else { (b, a) };
+		let other = if small == account(Role::Payer) { &large } else { &small };
+		assert_ok!(Attribution::deposit(RuntimeOrigin::signed(other.clone()), CREDIT));
+		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(other.clone()), account(Role::Worker), ALLOWANCE));
+		let mut long = receipt(1);
+		long.payer = large.clone();
+		let mut short = receipt(2);
+		short.payer = small.clone();
+		(short.prompt_tokens, short.completion_tokens) = (20, 30);
+		let alone = short.id();
+		submit(&account(Role::Worker), vec![sign(long), sign(short)]);
+		System::assert_has_event(Event::ReceiptRejected { receipt_id: alone, reason: RejectReason::PayoutFailed }.into());
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 1 }.into());
+		assert_eq!(Balances::free_balance(&fresh), expected_payout(Role::AdapterOwner));
+		ExistentialDeposit::set(1);
+	});
+}
+
+#[test]
 fn allowance_is_checked_against_what_the_batch_already_spent() {
 	run(|| {
 		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
