@@ -535,10 +535,14 @@ pub mod pallet {
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			let cursor = PruneCursor::<T>::get();
+			// A receipt expires at most `MaxReceiptLifetime` ahead, so no record set is kept for a
+			// later block.
+			let latest = frame_system::Pallet::<T>::block_number().saturating_add(T::MaxReceiptLifetime::get());
 			for (expires_at, _, requests) in Settled::<T>::iter() {
 				ensure!(!requests.is_empty(), "an empty record set is stored");
 				ensure!(requests.windows(2).all(|w| w[0] < w[1]), "a record set is not strictly sorted");
 				ensure!(expires_at >= cursor, "a record set is behind the prune cursor");
+				ensure!(expires_at <= latest, "a record set expires beyond the receipt lifetime");
 			}
 			for (payer, n) in AllowanceCount::<T>::iter() {
 				ensure!(n > 0, "a zero allowance count is stored");

@@ -951,3 +951,13 @@ fn a_payer_paid_as_a_contributor_gets_its_part_back_from_its_credit() {
 		assert_eq!(TotalCredit::<Test>::get(), total - EXPECTED_FEE);
 	});
 }
+
+#[test]
+fn try_state_finds_a_record_set_kept_beyond_the_receipt_lifetime() {
+	new_test_ext().execute_with(|| {
+		assert!(Attribution::do_try_state().is_ok());
+		let beyond = System::block_number() + MAX_LIFETIME + 1;
+		Settled::<Test>::insert(beyond, account(Role::Worker), BoundedVec::truncate_from(vec![H256::repeat_byte(1)]));
+		assert!(Attribution::do_try_state().is_err());
+	});
+}

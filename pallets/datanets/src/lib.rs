@@ -714,9 +714,10 @@ pub mod pallet {
 					T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &who);
 				ensure!(on_hold == deposits, "held balance differs from recorded deposits");
 			}
+			// The pool keeps the existential deposit it was endowed with, which it never pays out.
 			ensure!(
-				T::Currency::balance(&Self::reward_pool()) >= unclaimed,
-				"reward pool does not cover unclaimed rewards"
+				T::Currency::balance(&Self::reward_pool()) >= unclaimed.saturating_add(T::Currency::minimum_balance()),
+				"reward pool does not cover unclaimed rewards and its existential deposit"
 			);
 			Ok(())
 		}

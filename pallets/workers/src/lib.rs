@@ -604,8 +604,12 @@ pub mod pallet {
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use polkadot_sdk::{frame_support::traits::fungible::InspectHold, sp_runtime::Saturating};
 			let mut workers = 0u32;
+			let now = frame_system::Pallet::<T>::block_number();
 			for (who, worker) in Workers::<T>::iter() {
 				workers += 1;
+				if let WorkerStatus::Unbonding { until } = worker.status {
+					ensure!(until <= now.saturating_add(T::UnbondingDelay::get()), "an unbonding ends beyond its delay");
+				}
 				ensure!(
 					T::Currency::balance_on_hold(&HoldReason::Stake.into(), &who) == worker.stake,
 					"held stake differs from the recorded stake"
@@ -651,6 +655,10 @@ pub mod pallet {
 				ensure!(
 					retired.windows(2).all(|pair| pair[0].1 <= pair[1].1),
 					"retired keys are not oldest first"
+				);
+				ensure!(
+					retired.iter().all(|(_, until)| *until <= now.saturating_add(T::UnbondingDelay::get())),
+					"a retired key stays evidence beyond the unbonding delay"
 				);
 			}
 			Ok(())
