@@ -309,6 +309,62 @@ test('a voucher pays for exactly its request, once', async () => {
   assert.equal(settled.get(answer.receipt_id).fee, (await expectedPayouts(delivered.at(-1))).fee);
 });
 
+test('one voucher body sent four times at once is served once; the copies get 409 before any text', async () => {
+  const body = JSON.stringify({ model: 'kitchen-helper', messages: [{ role: 'user', content: 'Name three breads.' }],
+    max_tokens: 32, temperature: 0, stream: true, user: 'voucher-race' });
+  const file = join(dir, 'voucher-race.json');
+  writeFileSync(file, body);
+  const voucher = execFileSync(workerBin, ['voucher', 'sign', '--chain', process.env.OPENLEDGER_WS, '--key-env', 'PAYER',
+    '--worker', workerAddress, '--body-file', file, '--max-fee', '1OPEN'], { encoding: 'utf8', env: { ...process.env, PAYER: '//Alice' } }).trim();
+  const replies = await Promise.all(Array.from({ length: 4 }, () => fetch(`${workerUrl}/v1/chat/completions`,
+    { method: 'POST', body, headers: { 'content-type': 'application/json', 'x-openledger-voucher': voucher } })));
+  const served = replies.filter((r) => r.status === 200);
+  const refused = replies.filter((r) => r.status === 409);
+  assert.equal(served.length, 1, `statuses ${replies.map((r) => r.status)}`);
+  assert.equal(refused.length, 3, `statuses ${replies.map((r) => r.status)}`);
+  for (const reply of refused) assert.equal((await reply.json()).error.code, 'request_already_served');
+  const events = (await served[0].text()).split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6)));
+  const receiptId = events.map((e) => e.receipt_id).find(Boolean);
+  assert.match(receiptId ?? '', /^0x[0-9a-f]{64}$/, 'the one stream served ends with its receipt');
+  await waitSettled([receiptId]);
+});
+
+test('a stream its client cuts is charged for the tokens it was sent', async () => {
+  const from = (await node.api.rpc.chain.getHeader()).number.toNumber();
+  const controller = new AbortController();
+  const reply = await fetch(`${workerUrl}/v1/chat/completions`, {
+    method: 'POST', signal: controller.signal,
+    headers: { 'content-type': 'application/json', authorization: 'Bearer demo-payer-key' },
+    body: JSON.stringify({ model: 'kitchen-helper', messages: [{ role: 'user', content: 'Write a long story about bread.' }],
+      max_tokens: 240, temperature: 0, stream: true }),
+  });
+  assert.equal(reply.status, 200);
+  const requestHash = reply.headers.get('x-openledger-request-hash');
+  assert.match(requestHash ?? '', /^0x[0-9a-f]{64}$/);
+  // Read six chunks of text, as a client would that has seen enough, then leave.
+  const reader = reply.body.getReader();
+  let chunks = 0;
+  while (chunks < 7) { // the role chunk, then six of text
+    const { done, value } = await reader.read();
+    assert.ok(!done, 'the answer is longer than six chunks');
+    chunks += (new TextDecoder().decode(value).match(/^data: \{/gm) ?? []).length;
+  }
+  controller.abort();
+  const known = new Set(delivered.map((r) => r.receiptId));
+  const cut = await waitFor('the cut stream\'s receipt to settle', async () => {
+    const settled = await settledReceipts(node.api, from);
+    return [...settled.keys()].find((id) => !known.has(id));
+  }, { timeoutMs: 90_000, intervalMs: 1000 });
+  await stopWorker();
+  const receipts = cli('outbox', 'export', '--outbox', join(dir, 'outbox.redb')).trim().split('\n').map((l) => JSON.parse(l));
+  const receipt = receipts.find((r) => r.request_hash === requestHash);
+  worker = await startWorker();
+  assert.ok(receipt, 'the cut stream has a receipt');
+  assert.equal(receipt.id, cut, 'and it is the one that settled');
+  assert.ok(receipt.completion_tokens >= 6 && receipt.completion_tokens < 240,
+    `${receipt.completion_tokens} tokens charged: those sent, not the whole answer`);
+});
+
 test('receipts submitted by a third account pay the right people; resubmitting pays nothing twice', async () => {
   await stopWorker();
   worker = await startWorker(['--no-submit']);

@@ -389,7 +389,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			departure.leave();
 		}
 	};
+	let tasks = state.tasks().clone();
 	api::serve(listener, state, shutdown).await?;
+	// Receipts of streams cut by their clients are stored before the submitter's last round.
+	tasks.close();
+	tasks.wait().await;
 	reaper.abort();
 	if let Some(node) = p2p {
 		node.stop().await;

@@ -225,7 +225,7 @@ async fn collect(submitted: Instant, mut rx: mpsc::UnboundedReceiver<GenerationE
 	while let Some(event) = rx.recv().await {
 		let now = Instant::now();
 		match event {
-			GenerationEvent::Text(_) => texts.push(now),
+			GenerationEvent::Text { .. } => texts.push(now),
 			GenerationEvent::Done { finish_reason, usage } =>
 				return Ok(Trace {
 					submitted,

@@ -54,7 +54,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output {
 	let mut text = String::new();
 	while let Some(event) = rx.recv().await {
 		match event {
-			GenerationEvent::Text(t) => text.push_str(&t),
+			GenerationEvent::Text { text: t, .. } => text.push_str(&t),
 			GenerationEvent::Done { finish_reason, usage } =>
 				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
 			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),

@@ -1,6 +1,8 @@
 //! Who pays for a request, decided before any work: a payer-signed voucher for exactly this
 //! body, or an API key whose payer set an allowance for this worker; else 402.
 
+use std::sync::Arc;
+
 use openledger_primitives::{content_hash, ContentHash};
 use polkadot_sdk::sp_runtime::AccountId32;
 
@@ -10,7 +12,7 @@ use super::{
 };
 
 /// Who pays for a request and how much they authorised.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Authorisation {
 	pub payer: AccountId32,
 	pub request_hash: ContentHash,
@@ -22,6 +24,31 @@ pub struct Authorisation {
 	pub shared: Balance,
 	/// The receipt's `expires_at`.
 	pub expires_at: u32,
+	/// Held while a voucher's request is served, until its receipt is in the outbox; never read,
+	/// it works by being dropped.
+	#[allow(dead_code)]
+	pub(crate) claim: Option<VoucherClaim>,
+}
+
+/// A voucher's request hash, claimed when the request is authorised and released once its
+/// receipt is in the outbox (where [`Ledger::authorise`] finds it) or the request ended without
+/// one. Another request with the same voucher meanwhile is refused (409) before any generation,
+/// so one fee never pays for several answers sent at once.
+pub(crate) struct VoucherClaim {
+	ledger: Arc<Ledger>,
+	request_hash: ContentHash,
+}
+
+impl Drop for VoucherClaim {
+	fn drop(&mut self) {
+		self.ledger.claims.lock().expect("claims lock").remove(&self.request_hash);
+	}
+}
+
+impl std::fmt::Debug for VoucherClaim {
+	fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+		write!(f, "VoucherClaim({})", hex_hash(&self.request_hash))
+	}
 }
 
 /// A voucher must leave the submitter at least this many blocks to settle its receipt.
@@ -31,7 +58,7 @@ impl Ledger {
 	/// Who pays for the request with this body: a voucher in [`VOUCHER_HEADER`], or an
 	/// API key whose payer set an allowance for this worker. Checked before any work.
 	pub async fn authorise(
-		&self,
+		self: &Arc<Self>,
 		voucher_header: Option<&str>,
 		bearer: Option<&str>,
 		body: &[u8],
@@ -71,11 +98,20 @@ impl Ledger {
 					voucher.expires_at
 				)));
 			}
-			if self.outbox.has_request(&voucher.request_hash)? {
-				return Err(LedgerError::AlreadyServed(format!(
+			let served_already = || {
+				LedgerError::AlreadyServed(format!(
 					"request {} was served already; a voucher pays for one request",
 					hex_hash(&voucher.request_hash)
-				)));
+				))
+			};
+			// Claimed before the outbox is read: a receipt stored meanwhile is found there, and
+			// a copy of this request being served now holds the claim.
+			if !self.claims.lock().expect("claims lock").insert(voucher.request_hash) {
+				return Err(served_already());
+			}
+			let claim = VoucherClaim { ledger: self.clone(), request_hash: voucher.request_hash };
+			if self.outbox.has_request(&voucher.request_hash)? {
+				return Err(served_already());
 			}
 			let funds = self.view.chain().payer_funds(&voucher.payer, &self.account).await?;
 			if funds.credit.saturating_sub(self.committed(&voucher.payer)) == 0 || voucher.max_fee == 0 {
@@ -91,6 +127,7 @@ impl Ledger {
 				shared: funds.credit,
 				expires_at: voucher.expires_at,
 				voucher: Some(signed),
+				claim: Some(claim),
 			});
 		}
 		let Some(payer) = bearer.and_then(|key| self.api_keys.get(key)) else {
@@ -118,6 +155,7 @@ impl Ledger {
 			per_request: Balance::MAX,
 			shared,
 			expires_at: latest_expiry,
+			claim: None,
 		})
 	}
 }

@@ -4,7 +4,7 @@
 //! outbox for the submitter.
 
 use std::{
-	collections::HashMap,
+	collections::{HashMap, HashSet},
 	path::PathBuf,
 	sync::{
 		atomic::{AtomicBool, Ordering},
@@ -80,6 +80,8 @@ pub struct Ledger {
 	pub(crate) commitments: std::sync::Mutex<Commitments>,
 	/// Whether this process submits its receipts (and so learns their verdicts).
 	pub(crate) submits: bool,
+	/// The request hashes of the vouchers being served now (see `VoucherClaim`).
+	pub(crate) claims: std::sync::Mutex<HashSet<ContentHash>>,
 	outbox_keep_blocks: u32,
 	/// Whether an outbox pruning is running (one at a time).
 	pruning: Arc<AtomicBool>,
@@ -122,6 +124,7 @@ impl Ledger {
 			api_keys: config.api_keys,
 			commitments: Default::default(),
 			submits: config.submit,
+			claims: Default::default(),
 			outbox_keep_blocks: config.outbox_keep_blocks,
 			pruning: Default::default(),
 			wakeup: wakeup.clone(),

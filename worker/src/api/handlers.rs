@@ -329,7 +329,7 @@ async fn collect(
 	let mut text = String::new();
 	loop {
 		match rx.recv().await {
-			Some(GenerationEvent::Text(t)) => {
+			Some(GenerationEvent::Text { text: t, .. }) => {
 				log.saw_text();
 				text.push_str(&t);
 			}

@@ -34,6 +34,7 @@ use axum::{
 	Router,
 };
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 
@@ -88,6 +89,9 @@ struct Inner {
 	peers: std::sync::OnceLock<crate::p2p::Peers>,
 	draining: AtomicBool,
 	metrics: Metrics,
+	/// Work a response leaves behind: the receipts of streams cut by their clients. Shutdown
+	/// waits for it before the submitter stops.
+	tasks: TaskTracker,
 	/// Unix seconds, the `created` of the models in `/v1/models`.
 	started: u64,
 }
@@ -117,9 +121,15 @@ impl AppState {
 				peers: std::sync::OnceLock::new(),
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
+				tasks: TaskTracker::new(),
 				started: unix_now(),
 			}),
 		}
+	}
+
+	/// Work responses leave behind: the receipts of streams cut by their clients.
+	pub fn tasks(&self) -> &TaskTracker {
+		&self.inner.tasks
 	}
 
 	/// Serves DataNet retrieval, prompt templates and attribution from `knowledge`. Call before

@@ -51,6 +51,7 @@ pub(super) fn respond(
 		keep_text: closing.keeps_text(),
 		closing: Some(closing),
 		text: String::new(),
+		sent_tokens: 0,
 		done: false,
 	};
 	let opening = streamer.opening();
@@ -76,6 +77,8 @@ struct Streamer {
 	keep_text: bool,
 	/// The answer so far, kept only when it is to be attributed or charged.
 	text: String,
+	/// The completion tokens generated for the text sent so far.
+	sent_tokens: usize,
 	done: bool,
 }
 
@@ -99,8 +102,11 @@ impl Streamer {
 			return None;
 		}
 		let events = match self.rx.recv().await {
-			Some(GenerationEvent::Text(text)) => {
+			Some(GenerationEvent::Text { text, completion_tokens }) => {
 				self.log.saw_text();
+				if !text.is_empty() {
+					self.sent_tokens = completion_tokens;
+				}
 				if self.keep_text {
 					self.text.push_str(&text);
 				}
@@ -172,7 +178,37 @@ impl Streamer {
 	fn fail(&mut self, error: ApiError) -> Vec<Event> {
 		self.log.failed(&error);
 		self.done = true;
+		// The worker failed the request: the text it sent is not charged.
+		self.closing = None;
 		vec![Event::default().data(error.body_json()), Event::default().data("[DONE]")]
+	}
+}
+
+/// A client that leaves mid-stream has been sent part of an answer: that part is charged. Its
+/// receipt (tokens and text sent, attribution of that text) is issued in the background, since
+/// nobody waits for it; a request that sent no text yet is not charged.
+impl Drop for Streamer {
+	fn drop(&mut self) {
+		let Some(closing) = self.closing.take() else { return };
+		if closing.charge.is_none() || self.sent_tokens == 0 {
+			return;
+		}
+		// Dropped as the runtime itself shuts down: nothing can run the receipt any more.
+		let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+		let usage = Usage { prompt_tokens: self.log.prompt_tokens, completion_tokens: self.sent_tokens };
+		let (state, text, id) = (self.state.clone(), std::mem::take(&mut self.text), self.id.clone());
+		let tasks = self.state.tasks().clone();
+		tasks.spawn_on(async move {
+			match closing.finish(&state, text, &usage).await {
+				Ok((_, finished)) => tracing::info!(
+					id,
+					completion_tokens = usage.completion_tokens,
+					receipt = finished.receipt_id.as_deref().unwrap_or_default(),
+					"stream cut by its client: the tokens sent are charged"
+				),
+				Err(e) => tracing::warn!(id, "the receipt of a stream cut by its client was not stored: {}", e.message),
+			}
+		}, &runtime);
 	}
 }
 

@@ -124,7 +124,7 @@ impl Sequence {
 		if ready > self.sent {
 			let piece = self.text[self.sent..ready].to_string();
 			self.sent = ready;
-			if !self.send(GenerationEvent::Text(piece)) {
+			if !self.send(GenerationEvent::Text { text: piece, completion_tokens: self.generated }) {
 				// The client went away: finish quietly, nobody is listening.
 				return Some(FinishReason::Stop);
 			}
@@ -146,7 +146,7 @@ impl Sequence {
 		}
 		if self.text.len() > self.sent {
 			let rest = self.text[self.sent..].to_string();
-			self.send(GenerationEvent::Text(rest));
+			self.send(GenerationEvent::Text { text: rest, completion_tokens: self.generated });
 		}
 		let usage = Usage { prompt_tokens: self.request.prompt_tokens.len(), completion_tokens: self.generated };
 		GenerationEvent::Done { finish_reason: reason, usage }

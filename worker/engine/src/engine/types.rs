@@ -60,8 +60,9 @@ pub struct Usage {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
-	/// New output text (already cut before any stop sequence; may be empty of whole tokens).
-	Text(String),
+	/// New output text (already cut before any stop sequence; may be empty of whole tokens),
+	/// with the completion tokens generated so far: what a client that leaves now was served.
+	Text { text: String, completion_tokens: usize },
 	Done { finish_reason: FinishReason, usage: Usage },
 	Failed(String),
 }
