@@ -35,6 +35,10 @@ pub enum Outcome {
 	Settled { block: u32 },
 	/// Rejected for good; the reason as the runtime's event names it.
 	Rejected { block: u32, reason: String },
+	/// Set aside by the submitter: a call with this receipt alone failed on chain (why, as the
+	/// node said), so it is submitted no more, and blocks no other receipt. `outbox resubmit`
+	/// still sends it.
+	SetAside { reason: String },
 }
 
 /// How many receipts are in each state.
@@ -43,6 +47,8 @@ pub struct OutboxStats {
 	pub queued: u64,
 	pub settled: u64,
 	pub rejected: u64,
+	/// Receipts whose call failed on chain even alone (see [`Outcome::SetAside`]).
+	pub set_aside: u64,
 	pub total: u64,
 }
 
@@ -341,6 +347,7 @@ impl Outbox {
 			match Outcome::decode(&mut entry?.1.value()) {
 				Ok(Outcome::Settled { .. }) => stats.settled += 1,
 				Ok(Outcome::Rejected { .. }) => stats.rejected += 1,
+				Ok(Outcome::SetAside { .. }) => stats.set_aside += 1,
 				Err(_) => return Err(OutboxError::Corrupt("an outcome".into())),
 			}
 		}
@@ -376,9 +383,14 @@ mod tests {
 		outbox.record(&[(queued[0].seq, id_a, Outcome::Settled { block: 7 })]).unwrap();
 		assert_eq!(outbox.queued(10).unwrap().len(), 1);
 		assert_eq!(outbox.outcome(&id_a).unwrap(), Some(Outcome::Settled { block: 7 }));
-		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 1, settled: 1, rejected: 0, total: 2 });
+		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 1, settled: 1, rejected: 0, set_aside: 0, total: 2 });
+		// A receipt set aside leaves the queue too, and is counted as such.
+		let set_aside = Outcome::SetAside { reason: "Balances.Underflow".into() };
+		outbox.record(&[(queued[1].seq, id_b, set_aside.clone())]).unwrap();
+		assert_eq!(outbox.outcome(&id_b).unwrap(), Some(set_aside));
+		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 0, settled: 1, rejected: 0, set_aside: 1, total: 2 });
 		assert_eq!(outbox.requeue_all().unwrap(), 2);
-		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 2, settled: 0, rejected: 0, total: 2 });
+		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 2, settled: 0, rejected: 0, set_aside: 0, total: 2 });
 		// The sequence continues after a requeue.
 		let c = test_receipt(3);
 		outbox.append(&c).unwrap();
@@ -416,7 +428,7 @@ mod tests {
 			.collect();
 		outbox.record(&verdicts).unwrap();
 		assert_eq!(outbox.prune_expired(100).unwrap(), 2);
-		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 1, settled: 1, rejected: 0, total: 2 });
+		assert_eq!(outbox.stats().unwrap(), OutboxStats { queued: 1, settled: 1, rejected: 0, set_aside: 0, total: 2 });
 		assert!(!outbox.has_request(&settled.receipt.request_hash).unwrap());
 		assert!(!outbox.has_request(&rejected.receipt.request_hash).unwrap());
 		assert!(outbox.has_request(&queued.receipt.request_hash).unwrap());

@@ -4,9 +4,11 @@
 //! submission (node down, connection lost, transaction dropped) is retried with backoff; the
 //! receipts stay queued until a verdict is recorded, so nothing is lost, and a receipt settled
 //! before (by this worker, before a crash, or by anyone) comes back `AlreadySettled`, which
-//! counts as settled — nothing is paid twice.
+//! counts as settled — nothing is paid twice. A call that fails on chain (a receipt the runtime
+//! cannot take broke the whole call) is split in halves until the receipt that fails alone is
+//! found; that one is set aside, so no receipt can hold up the others.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use openledger_primitives::ContentHash;
 use tokio::sync::{watch, Notify};
@@ -60,6 +62,19 @@ pub type JudgedHook = Arc<dyn Fn(&[ContentHash]) + Send + Sync>;
 pub struct Round {
 	pub settled: usize,
 	pub rejected: usize,
+	pub set_aside: usize,
+}
+
+impl Round {
+	fn count(&mut self, outcomes: &[(u64, ContentHash, Outcome)]) {
+		for (_, _, outcome) in outcomes {
+			match outcome {
+				Outcome::Settled { .. } => self.settled += 1,
+				Outcome::Rejected { .. } => self.rejected += 1,
+				Outcome::SetAside { .. } => self.set_aside += 1,
+			}
+		}
+	}
 }
 
 impl Submitter {
@@ -97,7 +112,12 @@ impl Submitter {
 				},
 				Ok(Some(round)) => {
 					backoff = self.options.backoff_min;
-					tracing::info!(settled = round.settled, rejected = round.rejected, "receipt batch included");
+					tracing::info!(
+						settled = round.settled,
+						rejected = round.rejected,
+						set_aside = round.set_aside,
+						"receipt batch included"
+					);
 				},
 				Err(e) => {
 					if *shutdown.borrow() {
@@ -125,14 +145,26 @@ impl Submitter {
 		if queued.is_empty() {
 			return Ok(None);
 		}
-		let receipts: Vec<_> = queued.iter().map(|q| subxt::utils::Static(q.receipt.clone())).collect();
-		let call = runtime::tx().attribution().submit_receipts(BoundedVec(receipts));
-		let included = self.chain.submit(&call, &self.signer).await?;
-		let outcomes = verdicts(&queued, &included)?;
-		let round = Round {
-			settled: outcomes.iter().filter(|(_, _, o)| matches!(o, Outcome::Settled { .. })).count(),
-			rejected: outcomes.iter().filter(|(_, _, o)| matches!(o, Outcome::Rejected { .. })).count(),
+		let mut round = Round::default();
+		let submit = |part: &[Queued]| {
+			let receipts: Vec<_> = part.iter().map(|q| subxt::utils::Static(q.receipt.clone())).collect();
+			let call = runtime::tx().attribution().submit_receipts(BoundedVec(receipts));
+			let part = part.to_vec();
+			async move {
+				let included = self.chain.submit(&call, &self.signer).await?;
+				verdicts(&part, &included)
+			}
 		};
+		let record = |outcomes: Vec<(u64, ContentHash, Outcome)>| {
+			round.count(&outcomes);
+			self.record(outcomes)
+		};
+		submit_splitting(&queued, &submit, record).await?;
+		Ok(Some(round))
+	}
+
+	/// Stores the verdicts and tells the judged hook.
+	async fn record(&self, outcomes: Vec<(u64, ContentHash, Outcome)>) -> Result<(), ChainError> {
 		let ids: Vec<ContentHash> = outcomes.iter().map(|(_, id, _)| *id).collect();
 		let outbox = self.outbox.clone();
 		tokio::task::spawn_blocking(move || outbox.record(&outcomes))
@@ -142,8 +174,43 @@ impl Submitter {
 		if let Some(hook) = &self.on_judged {
 			hook(&ids);
 		}
-		Ok(Some(round))
+		Ok(())
 	}
+}
+
+/// Submits `queued` in one call and records its verdicts. A call that fails on chain is split in
+/// halves, each submitted (and split) the same way, so one receipt the runtime cannot take costs
+/// about log2(batch) more calls and holds up nothing; a receipt whose call fails alone is set
+/// aside. Verdicts are recorded as each part is included, so a part settled is never lost to a
+/// later part's transport error (which ends the round, to be retried).
+async fn submit_splitting<S, SF, R, RF>(queued: &[Queued], submit: &S, mut record: R) -> Result<(), ChainError>
+where
+	S: Fn(&[Queued]) -> SF,
+	SF: Future<Output = Result<Vec<(u64, ContentHash, Outcome)>, ChainError>>,
+	R: FnMut(Vec<(u64, ContentHash, Outcome)>) -> RF,
+	RF: Future<Output = Result<(), ChainError>>,
+{
+	// Depth-first over halves, without recursion in an async fn: a stack of parts to submit.
+	let mut parts = vec![queued];
+	while let Some(part) = parts.pop() {
+		match submit(part).await {
+			Ok(outcomes) => record(outcomes).await?,
+			Err(ChainError::Dispatch(message)) if part.len() == 1 => {
+				let q = &part[0];
+				tracing::warn!(receipt = %hex::encode(q.id), "receipt set aside: a call with it alone fails on chain: {message}");
+				record(vec![(q.seq, q.id, Outcome::SetAside { reason: message })]).await?;
+			},
+			Err(ChainError::Dispatch(message)) => {
+				tracing::warn!(receipts = part.len(), "a batch failed on chain ({message}); submitting it in halves");
+				let (first, second) = part.split_at(part.len() / 2);
+				// Popped first-half first, so receipts keep their oldest-first order.
+				parts.push(second);
+				parts.push(first);
+			},
+			Err(e) => return Err(e),
+		}
+	}
+	Ok(())
 }
 
 /// The batch's verdicts by receipt id, as the runtime's events give them.
@@ -206,4 +273,77 @@ pub async fn submit_once(
 		results.extend(verdicts.into_iter().map(|(id, verdict)| (id, verdict.map_err(|reason| format!("{reason:?}")))));
 	}
 	Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::test_receipt;
+	use std::sync::Mutex;
+
+	fn queued(n: u8) -> Queued {
+		let receipt = test_receipt(n);
+		Queued { seq: u64::from(n), id: receipt.receipt.id().into(), receipt }
+	}
+
+	/// A chain on which any call that carries receipt 5 fails, as a batch did when one payout
+	/// could not be made: every other receipt settles, 5 is set aside, in few calls.
+	#[tokio::test]
+	async fn a_receipt_that_fails_every_call_it_is_in_is_set_aside_and_blocks_nothing() {
+		let batch: Vec<Queued> = (0..16).map(queued).collect();
+		let bad = batch[5].id;
+		let calls = Mutex::new(0);
+		let submit = |part: &[Queued]| {
+			*calls.lock().unwrap() += 1;
+			let result = if part.iter().any(|q| q.id == bad) {
+				Err(ChainError::Dispatch("Balances.Underflow".into()))
+			} else {
+				Ok(part.iter().map(|q| (q.seq, q.id, Outcome::Settled { block: 3 })).collect())
+			};
+			async move { result }
+		};
+		let recorded = Mutex::new(Vec::new());
+		let record = |outcomes: Vec<(u64, ContentHash, Outcome)>| {
+			recorded.lock().unwrap().extend(outcomes);
+			async { Ok(()) }
+		};
+		submit_splitting(&batch, &submit, record).await.unwrap();
+		let recorded = recorded.into_inner().unwrap();
+		assert_eq!(recorded.len(), 16, "every receipt has a verdict");
+		let seqs: Vec<u64> = recorded.iter().map(|(seq, _, _)| *seq).collect();
+		assert_eq!(seqs, (0..16).collect::<Vec<_>>(), "in their queue order");
+		for (_, id, outcome) in &recorded {
+			if *id == bad {
+				assert!(matches!(outcome, Outcome::SetAside { reason } if reason.contains("Underflow")), "{outcome:?}");
+			} else {
+				assert_eq!(*outcome, Outcome::Settled { block: 3 });
+			}
+		}
+		// 1 whole + 2 per level down to the single receipt (16 → 8 → 4 → 2 → 1): 9 calls.
+		assert_eq!(*calls.lock().unwrap(), 9);
+	}
+
+	#[tokio::test]
+	async fn a_transport_error_keeps_what_was_recorded_and_ends_the_round() {
+		let batch: Vec<Queued> = (0..4).map(queued).collect();
+		let calls = Mutex::new(0);
+		let submit = |part: &[Queued]| {
+			let call = { let mut c = calls.lock().unwrap(); *c += 1; *c };
+			let result = match call {
+				1 => Err(ChainError::Dispatch("Attribution.Something".into())),
+				2 => Ok(part.iter().map(|q| (q.seq, q.id, Outcome::Settled { block: 3 })).collect()),
+				_ => Err(ChainError::Rpc("connection lost".into())),
+			};
+			async move { result }
+		};
+		let recorded = Mutex::new(Vec::new());
+		let record = |outcomes: Vec<(u64, ContentHash, Outcome)>| {
+			recorded.lock().unwrap().extend(outcomes);
+			async { Ok(()) }
+		};
+		let result = submit_splitting(&batch, &submit, record).await;
+		assert!(matches!(result, Err(ChainError::Rpc(_))));
+		let seqs: Vec<u64> = recorded.into_inner().unwrap().iter().map(|(seq, _, _)| *seq).collect();
+		assert_eq!(seqs, vec![0, 1], "the first half settled and stays recorded; the rest stays queued");
+	}
 }
