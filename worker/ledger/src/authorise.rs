@@ -64,6 +64,7 @@ impl Ledger {
 		body: &[u8],
 		request_id: &str,
 	) -> Result<Authorisation, LedgerError> {
+		self.standing().map_err(LedgerError::NotInStanding)?;
 		let snapshot = self.view.snapshot();
 		let best = self.view.best_block();
 		// A receipt must reach a block before it expires; leave the submitter a few blocks.

@@ -159,6 +159,8 @@ pub struct ChainSnapshot {
 	pub retrieval_price: Balance,
 	pub max_receipt_lifetime: u32,
 	pub max_receipts_per_batch: u32,
+	/// The least stake a worker needs for its receipts to be accepted.
+	pub min_stake: Balance,
 }
 
 /// A payer's means to pay this worker right now.
@@ -307,6 +309,7 @@ impl ChainClient {
 		let constants = at.constants();
 		snapshot.max_receipt_lifetime = constants.entry(runtime::constants().attribution().max_receipt_lifetime())?;
 		snapshot.max_receipts_per_batch = constants.entry(runtime::constants().attribution().max_receipts_per_batch())?;
+		snapshot.min_stake = constants.entry(runtime::constants().workers().min_stake())?;
 		Ok(snapshot)
 	}
 

@@ -68,6 +68,15 @@ impl Charge {
 		attribution: Vec<AttributionEntry>,
 	) -> Result<ContentHash, LedgerError> {
 		let ledger = self.ledger.clone();
+		// A receipt past its expiry would be rejected: the authorisation lapsed while the answer
+		// was generated (the chain fell behind, or the request ran long).
+		let best = ledger.view.best_block();
+		if self.auth.expires_at <= best {
+			return Err(LedgerError::PaymentRequired(format!(
+				"the authorisation expired at block {} while the answer was generated (best block {best})",
+				self.auth.expires_at
+			)));
+		}
 		let served = Served {
 			payer: self.auth.payer,
 			request_hash: self.auth.request_hash,

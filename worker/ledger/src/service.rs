@@ -60,6 +60,9 @@ pub enum LedgerError {
 	/// 404: the adapter or prompt is not registered on chain; names the request field.
 	#[error("{1}")]
 	NotRegistered(&'static str, String),
+	/// 503: the chain no longer accepts this worker's receipts (the reason says why).
+	#[error("this worker cannot be paid now: {0}")]
+	NotInStanding(String),
 	/// 503: the chain cannot be read now.
 	#[error("the chain is unavailable: {0}")]
 	Chain(#[from] ChainError),
@@ -74,6 +77,8 @@ pub struct Ledger {
 	pub(crate) account: AccountId32,
 	pub(crate) session: Sr25519Key,
 	pub(crate) base_model: BaseModelId,
+	/// The served base model file's hash, which must stay the registered one.
+	base_model_hash: ContentHash,
 	pub(crate) outbox: Arc<Outbox>,
 	pub(crate) api_keys: HashMap<String, AccountId32>,
 	/// What each payer's requests may still cost before the chain settles them.
@@ -101,7 +106,8 @@ impl Ledger {
 		let genesis = chain.genesis();
 		let account = config.account.account();
 		let snapshot = chain.snapshot(&account).await?;
-		check_registration(&snapshot, &config)?;
+		check_standing(&snapshot, &config.account.account(), &config.session, config.base_model, &config.base_model_hash)
+			.map_err(anyhow::Error::msg)?;
 		let outbox = Arc::new(Outbox::open(&config.outbox, genesis)?);
 		let stats = outbox.stats()?;
 		tracing::info!(
@@ -120,6 +126,7 @@ impl Ledger {
 			account,
 			session: config.session,
 			base_model: config.base_model,
+			base_model_hash: config.base_model_hash,
 			outbox: outbox.clone(),
 			api_keys: config.api_keys,
 			commitments: Default::default(),
@@ -169,6 +176,13 @@ impl Ledger {
 		&self.session
 	}
 
+	/// Whether the chain accepts this worker's receipts now (see [`check_standing`]): re-checked for
+	/// every paid request, against the snapshot the chain view keeps current, so a worker whose
+	/// stake, key or registration lapses stops taking requests it could not be paid for.
+	pub fn standing(&self) -> Result<(), String> {
+		check_standing(&self.view.snapshot(), &self.account, &self.session, self.base_model, &self.base_model_hash)
+	}
+
 	/// The chain as this worker follows it: prices, registrations, the best block.
 	pub fn view(&self) -> &ChainView {
 		&self.view
@@ -197,33 +211,83 @@ impl Ledger {
 	}
 }
 
-/// The worker can earn only if the chain knows it with these keys and this base model.
-fn check_registration(snapshot: &ChainSnapshot, config: &LedgerConfig) -> anyhow::Result<()> {
-	let account = config.account.account();
+/// Whether the chain, as `snapshot` has it, accepts receipts from `account` signed by `session`
+/// for `base_model` served from a file with `base_model_hash`: registered with that session key,
+/// active with at least the minimum stake, serving that base model, which is registered, active
+/// and has that weights hash. The reason, when not, says how to fix it.
+pub fn check_standing(
+	snapshot: &ChainSnapshot,
+	account: &AccountId32,
+	session: &Sr25519Key,
+	base_model: BaseModelId,
+	base_model_hash: &ContentHash,
+) -> Result<(), String> {
 	let Some(worker) = &snapshot.worker else {
-		anyhow::bail!("account {account} is not registered as a worker; run `openledger-worker chain register` first");
+		return Err(format!("account {account} is not registered as a worker; run `openledger-worker chain register` first"));
 	};
-	if worker.session_key != config.session.public() {
-		anyhow::bail!(
+	if worker.session_key != session.public() {
+		return Err(format!(
 			"the session key {} is not the one registered for {account}; rotate it with `openledger-worker chain rotate-key`",
-			config.session.account()
-		);
+			session.account()
+		));
 	}
 	if !worker.active {
-		anyhow::bail!("worker {account} is not active (unbonding or slashed)");
+		return Err(format!("worker {account} is not active (unbonding or slashed)"));
 	}
-	if !worker.serves.contains(&config.base_model) {
-		anyhow::bail!("worker {account} is not registered to serve base model {}", config.base_model);
+	if worker.stake < snapshot.min_stake {
+		return Err(format!(
+			"worker {account} has {} staked, below the minimum {}; add stake with `openledger-worker chain bond-extra`",
+			worker.stake, snapshot.min_stake
+		));
 	}
-	match snapshot.base_models.get(&config.base_model) {
-		None => anyhow::bail!("base model {} is not registered on chain", config.base_model),
-		Some((_, false)) => anyhow::bail!("base model {} is retired", config.base_model),
-		Some((hash, true)) if *hash != config.base_model_hash => anyhow::bail!(
-			"the base model file's hash {} is not base model {}'s registered weights hash {}",
-			hex_hash(&config.base_model_hash),
-			config.base_model,
+	if !worker.serves.contains(&base_model) {
+		return Err(format!("worker {account} is not registered to serve base model {base_model}"));
+	}
+	match snapshot.base_models.get(&base_model) {
+		None => Err(format!("base model {base_model} is not registered on chain")),
+		Some((_, false)) => Err(format!("base model {base_model} is retired")),
+		Some((hash, true)) if hash != base_model_hash => Err(format!(
+			"the base model file's hash {} is not base model {base_model}'s registered weights hash {}",
+			hex_hash(base_model_hash),
 			hex_hash(hash)
-		),
+		)),
 		Some(_) => Ok(()),
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::chain::WorkerInfo;
+
+	#[test]
+	fn standing_lapses_with_the_stake_the_key_the_status_or_the_base_model() {
+		let session = Sr25519Key::from_suri("//WorkerSession").unwrap();
+		let account = Sr25519Key::from_suri("//Worker").unwrap().account();
+		let model_hash = ContentHash::repeat_byte(5);
+		let mut snapshot = ChainSnapshot { min_stake: 100, ..ChainSnapshot::default() };
+		snapshot.base_models.insert(0, (model_hash, true));
+		let check = |s: &ChainSnapshot| check_standing(s, &account, &session, 0, &model_hash);
+		assert!(check(&snapshot).unwrap_err().contains("not registered as a worker"));
+		snapshot.worker = Some(WorkerInfo {
+			session_key: session.public(),
+			compute_price_per_1k_tokens: 1,
+			serves: vec![0],
+			stake: 100,
+			active: true,
+		});
+		assert_eq!(check(&snapshot), Ok(()));
+		let lapsed = |change: fn(&mut ChainSnapshot), says: &str| {
+			let mut s = snapshot.clone();
+			change(&mut s);
+			let reason = check(&s).unwrap_err();
+			assert!(reason.contains(says), "{reason}");
+		};
+		lapsed(|s| s.worker.as_mut().unwrap().stake = 99, "below the minimum 100");
+		lapsed(|s| s.worker.as_mut().unwrap().active = false, "not active");
+		lapsed(|s| s.worker.as_mut().unwrap().session_key = Default::default(), "rotate it");
+		lapsed(|s| s.worker.as_mut().unwrap().serves = vec![1], "not registered to serve base model 0");
+		lapsed(|s| s.base_models.get_mut(&0).unwrap().1 = false, "retired");
+		lapsed(|s| s.base_models.get_mut(&0).unwrap().0 = ContentHash::repeat_byte(6), "registered weights hash");
 	}
 }

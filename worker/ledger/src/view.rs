@@ -114,6 +114,8 @@ impl ChainView {
 				},
 			};
 			let mut stale = true;
+			// Warned once when the snapshot falls behind, told once when it catches up.
+			let mut warned = false;
 			loop {
 				let block = tokio::select! {
 					block = blocks.next() => block,
@@ -148,6 +150,16 @@ impl ChainView {
 						Ok(snapshot) => {
 							*self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
 							stale = false;
+							if std::mem::take(&mut warned) {
+								tracing::info!(block = number, "chain snapshot current again");
+							}
+						},
+						Err(e) if !warned => {
+							warned = true;
+							tracing::warn!(
+								block = number,
+								"chain snapshot not refreshed: prices and registrations may be stale, and receipts' expiry does not move on until it is: {e}"
+							);
 						},
 						Err(e) => tracing::debug!("chain snapshot not refreshed: {e}"),
 					}

@@ -239,6 +239,9 @@ impl From<LedgerError> for ApiError {
 			LedgerError::NotRegistered(param, _) => ApiError::new(StatusCode::NOT_FOUND, "not_found_error", message)
 				.with_code("not_registered_on_chain")
 				.with_param(param),
+			LedgerError::NotInStanding(_) => {
+				ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).with_code("worker_not_in_standing")
+			},
 			LedgerError::Chain(_) => {
 				let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).with_code("chain_unavailable");
 				error.retry_after = Some(2);
