@@ -62,7 +62,8 @@ prepare_content() {
 	"$WORKER_BIN" adapter create --out "$DEMO_DIR/adapters/nature-tutor" --rank 8 --seed 11 >"$DEMO_DIR/adapter-nature.json"
 	"$WORKER_BIN" adapter create --out "$DEMO_DIR/adapters/kitchen-helper" --rank 8 --seed 12 --targets q,v >"$DEMO_DIR/adapter-kitchen.json"
 	cp "$DEMO_SRC/templates/qa.json" "$DEMO_DIR/templates/qa.json"
-	printf '{"%s": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}\n' "$DEMO_API_KEY" >"$DEMO_DIR/api-keys.json"
+	# API keys are secrets: the worker refuses a file other users can read.
+	(umask 077 && printf '{"%s": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}\n' "$DEMO_API_KEY" >"$DEMO_DIR/api-keys.json")
 }
 
 setup_chain() {

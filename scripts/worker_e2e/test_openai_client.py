@@ -97,10 +97,10 @@ class Worker:
             worker_bin(), "serve",
             "--listen", "127.0.0.1:0",  # the worker binds a free port and logs it
             "--adapters", str(self.store),
-            "--admin-api-key", ADMIN_KEY,
             *self.args,
         ]
-        env = dict(os.environ, NO_COLOR="1")
+        # The admin key comes from the environment (or a mode-600 file), never a flag.
+        env = dict(os.environ, NO_COLOR="1", OPENLEDGER_ADMIN_API_KEY=ADMIN_KEY)
         env.setdefault("RUST_LOG", "info")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

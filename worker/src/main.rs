@@ -14,7 +14,7 @@ use openledger_engine::{
 };
 use openledger_knowledge::grounding::{read_provenance, Knowledge, KnowledgeConfig};
 use openledger_ledger::{
-	keys::parse_account,
+	keys::{parse_account, read_secret_file},
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
 };
@@ -82,10 +82,11 @@ struct ServeArgs {
 	device: candle_core::Device,
 	#[arg(long, default_value = "127.0.0.1:8000")]
 	listen: SocketAddr,
-	/// Bearer key for /v1/load_lora_adapter and /v1/unload_lora_adapter (off when unset).
-	/// Also read from `OPENLEDGER_ADMIN_API_KEY`, which keeps it out of the process list.
+	/// A file (mode 600) holding the bearer key for /v1/load_lora_adapter and
+	/// /v1/unload_lora_adapter; or set `OPENLEDGER_ADMIN_API_KEY`. Off when neither is given. Never
+	/// a flag's value, which any user could read in the process list.
 	#[arg(long)]
-	admin_api_key: Option<String>,
+	admin_api_key_file: Option<PathBuf>,
 	/// Requests admitted at once (running or queued); the next gets 429.
 	#[arg(long, default_value_t = 64)]
 	max_queue: usize,
@@ -296,7 +297,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		engine.clone(),
 		cache,
 		api_limits,
-		args.admin_api_key.or_else(|| std::env::var("OPENLEDGER_ADMIN_API_KEY").ok()),
+		admin_api_key(args.admin_api_key_file.as_deref())?,
 	);
 	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
 	let mut submitter = None;
@@ -444,13 +445,29 @@ async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: Knowledge
 	}
 }
 
+/// The admin API key, from its file or `OPENLEDGER_ADMIN_API_KEY`; `None` turns the admin API off.
+fn admin_api_key(file: Option<&std::path::Path>) -> Result<Option<String>> {
+	let key = match file {
+		Some(path) => read_secret_file(path).context("the admin API key")?,
+		None => match std::env::var("OPENLEDGER_ADMIN_API_KEY") {
+			Ok(key) => key,
+			Err(_) => return Ok(None),
+		},
+	};
+	let key = key.trim();
+	if key.is_empty() {
+		anyhow::bail!("the admin API key is empty");
+	}
+	Ok(Some(key.to_owned()))
+}
+
 async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path) -> Result<LedgerConfig> {
 	let base_model = args.base_model_id.context("--chain needs --base-model-id")?;
 	let account = load_key(args.account_key_file.as_ref(), ACCOUNT_ENV).context("the worker's account key")?;
 	let session = load_key(args.session_key_file.as_ref(), SESSION_ENV).context("the worker's session key")?;
 	let api_keys = match &args.api_keys {
 		Some(path) => {
-			let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+			let text = read_secret_file(path).context("the payers' API keys")?;
 			let map: std::collections::HashMap<String, String> = serde_json::from_str(&text)
 				.with_context(|| format!("{}: expected {{\"<api key>\": \"<payer SS58>\"}}", path.display()))?;
 			map.into_iter().map(|(key, payer)| Ok((key, parse_account(&payer)?))).collect::<Result<_>>()?

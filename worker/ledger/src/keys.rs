@@ -15,14 +15,29 @@ use polkadot_sdk::{
 /// Why a key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-	#[error("reading the key file {path}: {source}")]
+	#[error("reading the secret file {path}: {source}")]
 	Read { path: String, source: std::io::Error },
-	#[error("the key file {0} is readable by other users; `chmod 600` it")]
+	#[error("the secret file {0} is readable by other users; `chmod 600` it")]
 	TooOpen(String),
 	#[error("not a valid secret URI, hex seed or phrase (the secret itself is not shown)")]
 	Invalid,
 	#[error("`{0}` is not an SS58 account id")]
 	InvalidAccount(String),
+}
+
+/// Reads a file that holds secrets (a key, the admin API key, the payers' API keys), refusing
+/// one that other users can read.
+pub fn read_secret_file(path: &Path) -> Result<String, KeyError> {
+	let shown = path.display().to_string();
+	#[cfg(unix)]
+	{
+		use std::os::unix::fs::PermissionsExt;
+		let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+		if meta.permissions().mode() & 0o077 != 0 {
+			return Err(KeyError::TooOpen(shown));
+		}
+	}
+	std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown, source })
 }
 
 /// An sr25519 key pair, as sp-core's pair (receipts, vouchers) and as subxt's signer
@@ -51,18 +66,7 @@ impl Sr25519Key {
 	/// A key from a file holding its secret URI. On Unix the file must not be readable by
 	/// group or others, as with ssh keys.
 	pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-		let shown = path.display().to_string();
-		#[cfg(unix)]
-		{
-			use std::os::unix::fs::PermissionsExt;
-			let meta =
-				std::fs::metadata(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
-			if meta.permissions().mode() & 0o077 != 0 {
-				return Err(KeyError::TooOpen(shown));
-			}
-		}
-		let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown, source })?;
-		Self::from_suri(&text)
+		Self::from_suri(&read_secret_file(path)?)
 	}
 
 	/// A fresh random key and its phrase (shown once to the operator, who stores it).
@@ -151,7 +155,11 @@ mod tests {
 		std::fs::write(&path, "//Charlie\n").unwrap();
 		std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
 		assert!(matches!(Sr25519Key::from_file(&path), Err(KeyError::TooOpen(_))));
+		assert!(matches!(read_secret_file(&path), Err(KeyError::TooOpen(_))));
+		std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+		assert!(matches!(read_secret_file(&path), Err(KeyError::TooOpen(_))), "group-readable is too open");
 		std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+		assert_eq!(read_secret_file(&path).unwrap(), "//Charlie\n");
 		let key = Sr25519Key::from_file(&path).unwrap();
 		assert_eq!(key.account(), Sr25519Key::from_suri("//Charlie").unwrap().account());
 	}
