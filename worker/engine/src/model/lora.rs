@@ -520,16 +520,19 @@ mod tests {
 		let mut batch = mixed.row_adapters();
 		batch.prepare(device).unwrap();
 		let (x_dev, y_dev) = (mixed.x.to_device(device).unwrap(), mixed.y.to_device(device).unwrap());
+		// The CUDA path adds in place: each call gets a copy of y of its own, not a clone
+		// sharing y's storage (which would see the other call's deltas too).
+		let fresh_y = || y_dev.copy().unwrap();
 		for layer in [0, 1] {
 			let expected = mixed.expected(layer);
-			let batched = batch.add_deltas(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
-			let per_run = batch.add_deltas_per_run(y_dev.clone(), &x_dev, layer, Projection::Gate).unwrap();
+			let batched = batch.add_deltas(fresh_y(), &x_dev, layer, Projection::Gate).unwrap();
+			let per_run = batch.add_deltas_per_run(fresh_y(), &x_dev, layer, Projection::Gate).unwrap();
 			for (name, got) in [("batched", batched), ("per run", per_run)] {
 				let err = relative_error(&got, &expected);
 				assert!(err <= 1e-5, "{name}, layer {layer} on {device:?}: off by {err} of the largest output");
 			}
 		}
-		let untouched = batch.add_deltas(y_dev.clone(), &x_dev, 0, Projection::Q).unwrap();
+		let untouched = batch.add_deltas(fresh_y(), &x_dev, 0, Projection::Q).unwrap();
 		assert_eq!(untouched.to_vec2::<f32>().unwrap(), mixed.y.to_vec2::<f32>().unwrap(), "no adapter has a Q pair");
 	}
 
