@@ -77,8 +77,12 @@ test('two validators finalize, and a killed validator catches up after restart',
   await new Promise((resolve) => bob.once('exit', resolve));
   const stalledAt = await finalizedNumber(alice);
   // Alice keeps authoring alone; with one of two GRANDPA voters down, finality waits for Bob.
-  await new Promise((r) => setTimeout(r, 15_000));
-  const bestWhileDown = (await alice.rpc.chain.getHeader()).number.toNumber();
+  // Measured in blocks, not seconds: with four authored past the stall, working finality
+  // would be past stalledAt + 2.
+  const bestWhileDown = await waitLong('Alice to author four blocks alone', async () => {
+    const best = (await alice.rpc.chain.getHeader()).number.toNumber();
+    return best >= stalledAt + 4 ? best : 0;
+  });
   assert.ok(bestWhileDown > stalledAt + 1, 'Alice kept authoring alone');
   assert.ok((await finalizedNumber(alice)) <= stalledAt + 2, 'finality waited for the second voter');
 

@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, openSync, writeFileSync } from 'node:fs';
+import { readFileSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { compactFromU8a } from '@polkadot/util';
@@ -395,8 +395,11 @@ test('receipts submitted by a third account pay the right people; resubmitting p
   assert.equal(second.settled, 0, JSON.stringify(second));
   assert.deepEqual(await snapshot(), middle, 'nothing is paid twice');
   // The worker's own submitter, restarted, finds them settled and records them as done.
+  const logFile = join(dir, 'worker.log');
+  const from = statSync(logFile).size;
   worker = await startWorker();
-  await new Promise((r) => setTimeout(r, 3000));
+  await waitFor('the restarted worker\'s submitter to record its batch', () =>
+    readFileSync(logFile).subarray(from).toString().includes('receipt batch included'), { timeoutMs: 60_000, intervalMs: 250 });
   assert.deepEqual(await snapshot(), middle, 'nothing is paid twice');
 });
 

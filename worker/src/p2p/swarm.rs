@@ -45,6 +45,9 @@ pub struct P2pNode {
 	pub listening: watch::Receiver<Vec<Multiaddr>>,
 	/// How many peers it is connected to.
 	pub connected: watch::Receiver<usize>,
+	/// How many incoming connections it refused (over its connection limit, or failed
+	/// handshakes) since it started.
+	pub refused: watch::Receiver<usize>,
 	stop: Option<Departure>,
 	task: tokio::task::JoinHandle<()>,
 }
@@ -157,6 +160,7 @@ pub async fn start(
 	let (listening_tx, listening) = watch::channel(Vec::new());
 	let peers = Peers::new(peer_id, listening.clone());
 	let (connected_tx, connected) = watch::channel(0);
+	let (refused_tx, refused) = watch::channel(0);
 	let (stop, stopped) = oneshot::channel();
 	let node = Node {
 		peer_id,
@@ -169,11 +173,12 @@ pub async fn start(
 		peers: peers.clone(),
 		listening: listening_tx,
 		connected: connected_tx,
+		refused: refused_tx,
 		bootstrap: config.bootstrap.clone(),
 	};
 	let task = tokio::spawn(node.run(swarm, stopped));
 	tracing::info!(%peer_id, "p2p node started");
-	Ok(P2pNode { peer_id, peers, listening, connected, stop: Some(Departure(stop)), task })
+	Ok(P2pNode { peer_id, peers, listening, connected, refused, stop: Some(Departure(stop)), task })
 }
 
 /// The swarm task's state.
@@ -191,6 +196,7 @@ pub(super) struct Node {
 	pub(super) peers: Peers,
 	pub(super) listening: watch::Sender<Vec<Multiaddr>>,
 	pub(super) connected: watch::Sender<usize>,
+	pub(super) refused: watch::Sender<usize>,
 	pub(super) bootstrap: Vec<Multiaddr>,
 }
 
@@ -286,6 +292,7 @@ impl Node {
 			},
 			SwarmEvent::IncomingConnectionError { error, .. } => {
 				tracing::debug!("p2p incoming connection refused: {error}");
+				self.refused.send_modify(|n| *n += 1);
 			},
 			SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
 				let bootstrap = peer_id.is_some_and(|peer| {

@@ -136,7 +136,7 @@ async fn a_worker_at_its_connection_limit_refuses_more_peers() {
 	let b = start(config(vec![a_address.clone()], 1), || announcement("http://b:8000", &[])).await.unwrap();
 	until("b to hear a", || b.peers.list(None, None).len() == 1).await;
 	let c = start(config(vec![a_address], 1), || announcement("http://c:8000", &[])).await.unwrap();
-	tokio::time::sleep(Duration::from_secs(2)).await;
+	until("a to refuse c", || *a.refused.borrow() >= 1).await;
 	assert_eq!(*a.connected.borrow(), 1);
 	assert_eq!(*c.connected.borrow(), 0);
 	assert!(c.peers.list(None, None).is_empty());
