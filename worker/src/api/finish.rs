@@ -10,7 +10,7 @@ use openledger_knowledge::{
 	grounding::{Grounded, Knowledge},
 };
 use openledger_ledger::{charge::Charge, keys::hex_hash};
-use openledger_primitives::{content_hash, AttributionEntry};
+use openledger_primitives::{content_hash, AttributionEntry, DataNetId};
 
 /// A grounded request's attribution, computed once the whole answer is known.
 pub(super) struct Attributor {
@@ -64,7 +64,7 @@ impl Closing {
 			},
 			(None, Some(charge)) if !charge.provenance().is_empty() => {
 				let policy = state.knowledge().map_or_else(AttributionPolicy::default, |k| *k.policy());
-				(output, Some(combine(&[], &[], &training(charge), &policy)))
+				(output, Some(combine(&[], &[], &training_shares(charge.provenance()), &policy)))
 			},
 			(None, _) => (output, None),
 		};
@@ -82,9 +82,9 @@ impl Closing {
 	}
 }
 
-/// The adapter's training DataNets as the chain records them.
-fn training(charge: &Charge) -> Vec<TrainingShare> {
-	charge.provenance().iter().map(|&(datanet, share_ppm)| TrainingShare { datanet, share_ppm }).collect()
+/// An adapter's training provenance as the chain records it, as attribution reads it.
+pub(super) fn training_shares(provenance: &[(DataNetId, u32)]) -> Vec<TrainingShare> {
+	provenance.iter().map(|&(datanet, share_ppm)| TrainingShare { datanet, share_ppm }).collect()
 }
 
 pub(super) fn generation_failed(message: &str) -> ApiError {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
 	error::ApiError,
-	finish::{engine_vanished, generation_failed, Attributor, Closing},
+	finish::{engine_vanished, generation_failed, training_shares, Attributor, Closing},
 	openai::{
 		self, parse_json, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, GenerationSpec,
 		COMPLETIONS_DEFAULT_MAX_TOKENS,
@@ -217,8 +217,7 @@ async fn lease_adapter(state: &AppState, model: &str) -> Result<Option<AdapterLe
 fn training_of(state: &AppState, model: &str, adapter: Option<&AdapterLease>) -> Result<Vec<TrainingShare>, ApiError> {
 	let Some(adapter) = adapter else { return Ok(Vec::new()) };
 	if let Some(ledger) = state.ledger() {
-		let recorded = ledger.adapter_provenance(&ContentHash::from(adapter.hash()))?;
-		return Ok(recorded.into_iter().map(|(datanet, share_ppm)| TrainingShare { datanet, share_ppm }).collect());
+		return Ok(training_shares(&ledger.adapter_provenance(&ContentHash::from(adapter.hash()))?));
 	}
 	Ok(state.knowledge().map(|k| k.provenance(model).to_vec()).unwrap_or_default())
 }
