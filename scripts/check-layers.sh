@@ -4,6 +4,7 @@
 #   openledger-worker (HTTP API, p2p, CLI) → openledger-ledger, openledger-knowledge
 #   openledger-knowledge (DataNets, attribution, templates) → openledger-engine
 #   openledger-engine (model, kernels, scheduler, adapters) → openledger-primitives
+#   openledger-engine, openledger-ledger, openledger-worker → openledger-tasks (the blocking pool)
 #
 # and that the lower layers stay free of what belongs above them: no HTTP server, p2p or chain
 # client in the engine or the knowledge crate, no inference in the ledger. Cargo already refuses a
@@ -32,4 +33,5 @@ ABOVE_ENGINE=(openledger-knowledge openledger-ledger openledger-worker)
 SERVICES=(axum libp2p subxt subxt-signer redb)
 check openledger-engine "${ABOVE_ENGINE[@]}" "${SERVICES[@]}"
 check openledger-knowledge openledger-ledger openledger-worker "${SERVICES[@]}"
+check openledger-tasks openledger-primitives openledger-engine openledger-knowledge openledger-ledger openledger-worker
 check openledger-ledger openledger-engine openledger-knowledge openledger-worker axum libp2p candle-core

@@ -18,6 +18,7 @@ use openledger_ledger::{
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
 };
+use openledger_tasks::blocking;
 use openledger_worker::{
 	api::{self, ApiLimits, AppState},
 	cli::{
@@ -261,7 +262,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	}
 	let path = model_path(args.model)?;
 	let model_file = path.clone();
-	let base = tokio::task::spawn_blocking(move || BaseModel::load(&path, args.model_name, &device)).await??;
+	let base = blocking(move || BaseModel::load(&path, args.model_name, &device)).await?;
 	std::fs::create_dir_all(&args.adapters)
 		.with_context(|| format!("creating the adapter store {}", args.adapters.display()))?;
 	let store = AdapterStore::open(&args.adapters)?;
@@ -327,7 +328,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 				..KnowledgeConfig::new(root)
 			};
 			let opening = config.clone();
-			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(opening)).await??;
+			let knowledge = blocking(move || Knowledge::open(opening)).await?;
 			let state = state.with_knowledge(Arc::new(knowledge));
 			if let Some(ledger) = state.ledger() {
 				follower = Some(tokio::spawn(follow_datanets(ledger, state.clone(), config)));
@@ -430,7 +431,7 @@ async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: Knowledge
 		let reload = async {
 			let synced = sync_items(ledger.view().chain(), &config.datanet_root).await?;
 			let opening = config.clone();
-			let knowledge = tokio::task::spawn_blocking(move || Knowledge::open(opening)).await??;
+			let knowledge = blocking(move || Knowledge::open(opening)).await?;
 			state.replace_knowledge(Arc::new(knowledge));
 			anyhow::Ok(synced)
 		};
@@ -475,7 +476,7 @@ async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Pat
 		None => Default::default(),
 	};
 	let file = model_file.to_path_buf();
-	let base_model_hash = tokio::task::spawn_blocking(move || base::weights_hash(&file)).await??;
+	let base_model_hash = blocking(move || base::weights_hash(&file)).await?;
 	Ok(LedgerConfig {
 		chain_url: url.to_owned(),
 		account,

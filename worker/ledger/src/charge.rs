@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use openledger_primitives::{
 	fees::FeeLimit, AttributionEntry, BaseModelId, ContentHash, DataNetId, MAX_ATTRIBUTION_ENTRIES,
 };
+use openledger_tasks::blocking;
 use polkadot_sdk::sp_runtime::AccountId32;
 
 use super::{
@@ -91,12 +92,11 @@ impl Charge {
 			voucher: self.auth.voucher,
 		};
 		let signer = ledger.clone();
-		let appended = tokio::task::spawn_blocking(move || {
+		let appended = blocking(move || {
 			let signed = sign_receipt(&signer.account, &signer.session, &signer.genesis, served);
 			signer.outbox.append(&signed)
 		})
-		.await
-		.map_err(|e| LedgerError::Outbox(OutboxError::Db(format!("outbox task: {e}"))))?;
+		.await;
 		let id = match appended {
 			// The same voucher sent twice at once: both passed the check, one got the receipt.
 			Err(OutboxError::DuplicateRequest(request)) => {

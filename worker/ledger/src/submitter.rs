@@ -11,6 +11,7 @@
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use openledger_primitives::ContentHash;
+use openledger_tasks::blocking;
 use tokio::sync::{watch, Notify};
 
 use super::{
@@ -138,10 +139,7 @@ impl Submitter {
 	/// Submits one batch; `None` when the queue is empty.
 	pub async fn round(&self) -> Result<Option<Round>, ChainError> {
 		let (outbox, batch) = (self.outbox.clone(), self.options.batch.max(1));
-		let queued = tokio::task::spawn_blocking(move || outbox.queued(batch))
-			.await
-			.map_err(|e| ChainError::State(format!("outbox task: {e}")))?
-			.map_err(|e| ChainError::State(e.to_string()))?;
+		let queued = blocking(move || outbox.queued(batch)).await.map_err(|e| ChainError::State(e.to_string()))?;
 		if queued.is_empty() {
 			return Ok(None);
 		}
@@ -167,10 +165,7 @@ impl Submitter {
 	async fn record(&self, outcomes: Vec<(u64, ContentHash, Outcome)>) -> Result<(), ChainError> {
 		let ids: Vec<ContentHash> = outcomes.iter().map(|(_, id, _)| *id).collect();
 		let outbox = self.outbox.clone();
-		tokio::task::spawn_blocking(move || outbox.record(&outcomes))
-			.await
-			.map_err(|e| ChainError::State(format!("outbox task: {e}")))?
-			.map_err(|e| ChainError::State(e.to_string()))?;
+		blocking(move || outbox.record(&outcomes)).await.map_err(|e| ChainError::State(e.to_string()))?;
 		if let Some(hook) = &self.on_judged {
 			hook(&ids);
 		}

@@ -11,6 +11,7 @@ use openledger_knowledge::{
 };
 use openledger_ledger::{charge::Charge, keys::hex_hash};
 use openledger_primitives::{content_hash, AttributionEntry, DataNetId};
+use openledger_tasks::blocking;
 
 /// A grounded request's attribution, computed once the whole answer is known.
 pub(super) struct Attributor {
@@ -22,12 +23,11 @@ impl Attributor {
 	/// The answer's attribution, computed on the blocking pool (span search scans the DataNets'
 	/// suffix arrays); hands the answer back.
 	async fn attribute(self, output: String) -> (String, Vec<AttributionEntry>) {
-		tokio::task::spawn_blocking(move || {
+		blocking(move || {
 			let entries = self.knowledge.attribute(&self.grounded, &output);
 			(output, entries)
 		})
 		.await
-		.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 	}
 }
 

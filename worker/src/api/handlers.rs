@@ -35,6 +35,7 @@ use openledger_knowledge::{
 };
 use openledger_ledger::{authorise::Authorisation, keys::hex_hash, REQUEST_HASH_HEADER, VOUCHER_HEADER};
 use openledger_primitives::ContentHash;
+use openledger_tasks::blocking;
 
 /// What a request asks for, parsed and validated.
 struct Asked {
@@ -340,15 +341,6 @@ async fn collect(
 			None => return Err(engine_vanished()),
 		}
 	}
-}
-
-/// Tokenizing a megabyte of text takes a while; keep it off the async workers.
-async fn blocking<T: Send + 'static>(
-	f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-	tokio::task::spawn_blocking(f)
-		.await
-		.unwrap_or_else(|e| Err(ApiError::internal(format!("tokenizer task failed: {e}"))))
 }
 
 /// The body, or the rejection as an OpenAI error (413 when over `max_body_bytes`).

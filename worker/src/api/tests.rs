@@ -540,7 +540,7 @@ mod server {
 			head.push_str(&format!("{k}: {v}\r\n"));
 		}
 		let raw = format!("{head}\r\n{body}");
-		let bytes = tokio::task::spawn_blocking(move || {
+		let bytes = openledger_tasks::blocking(move || {
 			let mut stream = std::net::TcpStream::connect(addr).unwrap();
 			stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
 			stream.write_all(raw.as_bytes()).unwrap();
@@ -548,8 +548,7 @@ mod server {
 			let _ = stream.read_to_end(&mut out);
 			out
 		})
-		.await
-		.unwrap();
+		.await;
 		let text = String::from_utf8(bytes).unwrap();
 		let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
 		let mut lines = head.lines();
@@ -786,7 +785,7 @@ mod server {
 		let server = start(ApiLimits::default()).await;
 		let addr = server.addr;
 		let body = json!({"model": "tiny", "prompt": "the", "max_tokens": 200, "temperature": 1, "seed": 1, "stream": true}).to_string();
-		tokio::task::spawn_blocking(move || {
+		openledger_tasks::blocking(move || {
 			let mut stream = std::net::TcpStream::connect(addr).unwrap();
 			let raw = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len());
 			stream.write_all(raw.as_bytes()).unwrap();
@@ -795,8 +794,7 @@ mod server {
 			assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 			// Dropped here, before the end.
 		})
-		.await
-		.unwrap();
+		.await;
 		tokio::time::timeout(Duration::from_secs(30), async {
 			while server.state.in_flight() > 0 {
 				tokio::time::sleep(Duration::from_millis(10)).await;

@@ -8,6 +8,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use openledger_primitives::{BaseModelId, ContentHash, DataNetId};
+use openledger_tasks::blocking;
 use polkadot_sdk::sp_core::crypto::Ss58Codec;
 
 use openledger_knowledge::datanets::index::{list_datanets, DataNetIndex, IndexWriter};
@@ -337,14 +338,14 @@ pub async fn sync_items(client: &ChainClient, root: &std::path::Path) -> Result<
 		let accepted = client.accepted_items(datanet).await?;
 		let root = root.to_path_buf();
 		let count = accepted.len();
-		let recorded = tokio::task::spawn_blocking(move || -> Result<usize> {
+		let recorded = blocking(move || -> Result<usize> {
 			let index = DataNetIndex::open(&root, datanet)?;
 			let mut writer = IndexWriter::open(&root, datanet, index.model())?;
 			let known: Vec<_> = accepted.into_iter().filter(|(hash, _)| writer.get(hash).is_some()).collect();
 			writer.set_chain_items(&known)?;
 			Ok(known.len())
 		})
-		.await??;
+		.await?;
 		out.push((datanet, recorded, count));
 	}
 	Ok(out)

@@ -19,6 +19,7 @@ use std::{
 
 use candle_core::Device;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use openledger_tasks::blocking;
 use tokio::sync::Notify;
 
 use super::{
@@ -701,15 +702,6 @@ impl AdapterCache {
 	pub fn hash_of(&self, name: &str) -> Option<String> {
 		self.inner.lock().names.get(name).map(|r| hash_hex(&r.hash))
 	}
-}
-
-/// Runs `f` on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-	f: impl FnOnce() -> Result<T, AdapterError> + Send + 'static,
-) -> Result<T, AdapterError> {
-	tokio::task::spawn_blocking(f)
-		.await
-		.unwrap_or_else(|e| Err(AdapterError::Internal(format!("adapter task failed: {e}"))))
 }
 
 #[cfg(test)]
