@@ -19,6 +19,7 @@ use openledger_ledger::{
 	submitter::SubmitterOptions,
 };
 use openledger_tasks::blocking;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use openledger_worker::{
 	api::{self, ApiLimits, AppState},
 	cli::{
@@ -280,7 +281,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let cache = AdapterCache::new(store, base.config.clone(), limits, args.device);
 	let registered = cache.scan().await?;
 	tracing::info!("adapter store {}: {} adapters", args.adapters.display(), registered.len());
-	let reaper = cache.spawn_idle_reaper(Duration::from_secs(args.adapter_idle_secs), Duration::from_secs(10));
+	// Stopping runs in two steps: `serving` ends on the signal (the HTTP server drains, and the
+	// background tasks on `background` end with it); `settling` ends once every answer's receipt
+	// is in the outbox, and stops the ledger's tasks.
+	let serving = CancellationToken::new();
+	let settling = CancellationToken::new();
+	let background = TaskTracker::new();
+	background.spawn(
+		serving
+			.clone()
+			.run_until_cancelled_owned(cache.idle_reaper(Duration::from_secs(args.adapter_idle_secs), Duration::from_secs(10))),
+	);
 	let engine = EngineHandle::spawn(
 		base.model.clone(),
 		base.codec.clone(),
@@ -300,13 +311,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		api_limits,
 		admin_api_key(args.admin_api_key_file.as_deref())?,
 	);
-	let (stop_ledger, ledger_stopped) = tokio::sync::watch::channel(false);
 	let mut submitter = None;
-	let mut follower = None;
 	let state = match &args.ledger.chain {
 		Some(url) => {
 			let config = ledger_config(url, &args.ledger, &model_file).await?;
-			let (ledger, task) = Ledger::start(config, ledger_stopped).await?;
+			let (ledger, task) = Ledger::start(config, settling.clone()).await?;
 			submitter = Some(task);
 			if let Some(root) = &args.datanets {
 				for (datanet, recorded, accepted) in sync_items(ledger.view().chain(), root).await? {
@@ -331,7 +340,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			let knowledge = blocking(move || Knowledge::open(opening)).await?;
 			let state = state.with_knowledge(Arc::new(knowledge));
 			if let Some(ledger) = state.ledger() {
-				follower = Some(tokio::spawn(follow_datanets(ledger, state.clone(), config)));
+				background.spawn(serving.clone().run_until_cancelled_owned(follow_datanets(ledger, state.clone(), config)));
 			}
 			state
 		},
@@ -385,35 +394,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let drain = Duration::from_secs(args.drain_secs);
 	// Peers hear the goodbye as draining starts, so they stop sending requests here.
 	let departure = p2p.as_mut().and_then(p2p::P2pNode::departure);
+	let stop = serving.clone();
 	let shutdown = async move {
 		shutdown_signal(drain).await;
 		if let Some(departure) = departure {
 			departure.leave();
 		}
+		stop.cancel();
 	};
-	let tasks = state.tasks().clone();
-	api::serve(listener, state, shutdown).await?;
-	// Receipts of streams cut by their clients are stored before the submitter's last round.
-	tasks.close();
-	tasks.wait().await;
-	reaper.abort();
+	let requests = state.tasks().clone();
+	let served = api::serve(listener, state, shutdown).await;
+	serving.cancel();
+	// Receipts of streams cut by their clients are stored before the submitter's last round;
+	// the DataNet follower holds the server state, and with it the engine, until it ends.
+	for tasks in [&requests, &background] {
+		tasks.close();
+		tasks.wait().await;
+	}
 	if let Some(node) = p2p {
 		node.stop().await;
 	}
-	if let Some(follower) = follower {
-		// It holds the server state, and with it the engine: it must be gone before the engine
-		// can stop.
-		follower.abort();
-		let _ = follower.await;
-	}
+	// Every answer's receipt is in the outbox; the submitter gets a moment to settle the last
+	// ones. Whatever is left is sent on the next start.
+	settling.cancel();
 	if let Some(task) = submitter {
-		// Every answer's receipt is in the outbox; give the submitter a moment to settle the
-		// last ones. Whatever is left is sent on the next start.
-		let _ = stop_ledger.send(true);
 		if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
 			tracing::info!("receipts still queued are submitted on the next start");
 		}
 	}
+	served?;
 	// Every admitted request is finished; the engine thread exits once its handles are gone.
 	engine.shutdown();
 	tracing::info!("worker stopped");

@@ -15,7 +15,8 @@ use std::{
 
 use openledger_primitives::{BaseModelId, ContentHash};
 use polkadot_sdk::sp_runtime::AccountId32;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::{
 	chain::{ChainClient, ChainError, ChainSnapshot},
@@ -101,7 +102,7 @@ impl Ledger {
 	/// Connects, checks the worker's registration against its keys and files, opens the outbox
 	/// and starts the submitter and the snapshot refresher. Fails with a one-line reason when
 	/// the worker cannot earn (not registered, wrong session key, base model mismatch).
-	pub async fn start(config: LedgerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
+	pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow::Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
 		let chain = ChainClient::connect_patiently(&config.chain_url, Duration::from_secs(60)).await?;
 		let genesis = chain.genesis();
 		let account = config.account.account();

@@ -12,7 +12,8 @@ use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use openledger_primitives::ContentHash;
 use openledger_tasks::blocking;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::{
 	chain::{runtime, ChainClient, ChainError, Included},
@@ -95,20 +96,20 @@ impl Submitter {
 		self
 	}
 
-	/// Submits until `shutdown` turns true and the queue is empty or the chain unreachable.
-	pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+	/// Submits until `shutdown` is cancelled and the queue is empty or the chain unreachable.
+	pub async fn run(self, shutdown: CancellationToken) {
 		let mut backoff = self.options.backoff_min;
 		loop {
 			match self.round().await {
 				Ok(None) => {
-					if *shutdown.borrow() {
+					if shutdown.is_cancelled() {
 						tracing::info!("receipt submitter stopped: the outbox is empty");
 						return;
 					}
 					tokio::select! {
 						_ = self.wakeup.notified() => {},
 						_ = tokio::time::sleep(self.options.idle_poll) => {},
-						_ = shutdown.changed() => {},
+						_ = shutdown.cancelled() => {},
 					}
 				},
 				Ok(Some(round)) => {
@@ -121,14 +122,14 @@ impl Submitter {
 					);
 				},
 				Err(e) => {
-					if *shutdown.borrow() {
+					if shutdown.is_cancelled() {
 						tracing::warn!("receipt submitter stopped with receipts queued ({e}); they are sent on the next start");
 						return;
 					}
 					tracing::warn!("submitting receipts failed, retrying in {backoff:?}: {e}");
 					tokio::select! {
 						_ = tokio::time::sleep(backoff) => {},
-						_ = shutdown.changed() => {},
+						_ = shutdown.cancelled() => {},
 					}
 					backoff = (backoff * 2).min(self.options.backoff_max);
 				},

@@ -14,6 +14,7 @@ use std::{
 
 use polkadot_sdk::sp_runtime::AccountId32;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::chain::{ChainClient, ChainError, ChainSnapshot, WorkerInfo};
 
@@ -101,7 +102,7 @@ impl ChainView {
 	/// Follows the best chain: notes each block's number, and re-reads the snapshot when a
 	/// block's events touch registrations or prices (or cannot be read). Calls `on_block` with
 	/// each block's number. Resubscribes after a lost connection.
-	pub(crate) async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, mut on_block: impl FnMut(u32)) {
+	pub(crate) async fn follow(self: Arc<Self>, shutdown: CancellationToken, mut on_block: impl FnMut(u32)) {
 		loop {
 			let mut blocks = match self.chain.api().stream_best_blocks().await {
 				Ok(blocks) => blocks,
@@ -109,7 +110,7 @@ impl ChainView {
 					tracing::debug!("cannot follow the chain yet: {e}");
 					tokio::select! {
 						_ = tokio::time::sleep(Duration::from_secs(2)) => continue,
-						_ = shutdown.changed() => return,
+						_ = shutdown.cancelled() => return,
 					}
 				},
 			};
@@ -119,7 +120,7 @@ impl ChainView {
 			loop {
 				let block = tokio::select! {
 					block = blocks.next() => block,
-					_ = shutdown.changed() => return,
+					_ = shutdown.cancelled() => return,
 				};
 				let Some(Ok(block)) = block else { break };
 				let number = u32::try_from(block.number()).unwrap_or(u32::MAX);

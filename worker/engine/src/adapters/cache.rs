@@ -660,10 +660,11 @@ impl AdapterCache {
 		evicted.len()
 	}
 
-	/// Every `every`, unloads adapters idle for `idle_for`. Stops when the cache is dropped.
-	pub fn spawn_idle_reaper(&self, idle_for: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+	/// Every `every`, unloads adapters idle for `idle_for`; the caller runs it (and stops it),
+	/// and it ends by itself when the cache is dropped.
+	pub fn idle_reaper(&self, idle_for: Duration, every: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
 		let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-		tokio::spawn(async move {
+		async move {
 			let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
 			ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 			ticks.tick().await;
@@ -672,7 +673,7 @@ impl AdapterCache {
 				let Some(inner) = weak.upgrade() else { break };
 				AdapterCache { inner }.evict_idle(idle_for);
 			}
-		})
+		}
 	}
 
 	pub fn stats(&self) -> CacheStats {
@@ -1013,7 +1014,7 @@ mod tests {
 		// Dropping the lease counts as a use: not idle yet.
 		drop(a);
 		assert_eq!(cache.evict_idle(Duration::from_millis(20)), 0);
-		let reaper = cache.spawn_idle_reaper(Duration::from_millis(10), Duration::from_millis(5));
+		let reaper = tokio::spawn(cache.idle_reaper(Duration::from_millis(10), Duration::from_millis(5)));
 		tokio::time::sleep(Duration::from_millis(100)).await;
 		assert!(resident(&cache).is_empty());
 		assert_eq!(cache.stats().evictions, 2);
