@@ -9,7 +9,7 @@ use polkadot_sdk::{
 	frame_support::{
 		self, assert_ok, derive_impl, parameter_types,
 		traits::{ConstU128, ConstU32, ConstU64},
-		BoundedVec, PalletId,
+		BoundedVec,
 	},
 	frame_system::{self, EnsureRoot},
 	pallet_balances,
@@ -17,7 +17,7 @@ use polkadot_sdk::{
 	sp_io::TestExternalities,
 	sp_keyring::Sr25519Keyring,
 	sp_keystore::{testing::MemoryKeystore, KeystoreExt},
-	sp_runtime::{traits::IdentityLookup, AccountId32, BuildStorage, Perbill, Permill},
+	sp_runtime::{traits::IdentityLookup, AccountId32, BuildStorage, Permill},
 };
 
 pub type AccountId = AccountId32;
@@ -59,47 +59,23 @@ impl pallet_balances::Config for Test {
 
 parameter_types! {
 	pub TreasuryAccount: AccountId = account(Role::Treasury);
-	pub const DataNetsPalletId: PalletId = PalletId(*b"ol/dnets");
-	pub const Deposit: Balance = 1_000;
-	pub const MinContributionDeposit: Balance = 10;
-	pub const RejectionPenalty: Permill = Permill::from_percent(20);
 	pub const MinStake: Balance = 10_000;
-	pub const EquivocationSlash: Perbill = Perbill::from_percent(50);
 	/// A receipt's longest lifetime, as the runtime has it.
 	pub const PriceHold: u64 = MAX_LIFETIME;
 }
 
+#[derive_impl(pallet_datanets::config_preludes::TestDefaultConfig)]
 impl pallet_datanets::Config for Test {
 	type Currency = Balances;
-	type RuntimeHoldReason = RuntimeHoldReason;
 	type Treasury = TreasuryAccount;
-	type PalletId = DataNetsPalletId;
-	type DataNetDeposit = Deposit;
-	type MinContributionDeposit = MinContributionDeposit;
-	type RejectionPenalty = RejectionPenalty;
-	type MaxNameLen = ConstU32<16>;
-	type MaxUriLen = ConstU32<32>;
-	type MaxLicenseLen = ConstU32<8>;
-	type MaxCurators = ConstU32<2>;
-	type MaxItemsPerDataNet = ConstU32<64>;
-	type MaxItemBytes = ConstU64<1_000>;
-	type WeightInfo = ();
 }
 
+#[derive_impl(pallet_registry::config_preludes::TestDefaultConfig)]
 impl pallet_registry::Config for Test {
 	type Currency = Balances;
-	type RuntimeHoldReason = RuntimeHoldReason;
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type DataNets = DataNets;
-	type AdapterDeposit = Deposit;
-	type PromptDeposit = Deposit;
-	type MaxNameLen = ConstU32<16>;
-	type MaxArchitectureLen = ConstU32<16>;
-	type MaxUriLen = ConstU32<32>;
-	type MaxRank = ConstU32<64>;
 	type PriceHold = PriceHold;
-	type MaxProvenance = ConstU32<4>;
-	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = RegistryBenchmarkHelper;
 }
@@ -116,20 +92,14 @@ impl pallet_registry::BenchmarkHelper for RegistryBenchmarkHelper {
 	}
 }
 
+#[derive_impl(pallet_workers::config_preludes::TestDefaultConfig)]
 impl pallet_workers::Config for Test {
 	type Currency = Balances;
-	type RuntimeHoldReason = RuntimeHoldReason;
 	type Treasury = TreasuryAccount;
 	type Registry = Registry;
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type MinStake = MinStake;
-	type UnbondingDelay = ConstU64<10>;
 	type PriceHold = PriceHold;
-	type EquivocationSlash = EquivocationSlash;
-	type MaxEndpointLen = ConstU32<64>;
-	type MaxServedModels = ConstU32<4>;
-	type MaxRetiredKeys = ConstU32<2>;
-	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = WorkersBenchmarkHelper;
 }

@@ -51,23 +51,68 @@ pub mod pallet {
 	#[pallet::pallet]
 	pub struct Pallet<T>(_);
 
-	#[pallet::config]
+	/// Test defaults for [`Config`], so that the mocks of the pallets built on this one name only
+	/// what their tests depend on.
+	pub mod config_preludes {
+		use super::*;
+		use polkadot_sdk::{
+			frame_support::{
+				derive_impl, parameter_types,
+				traits::{ConstU64, ConstUint},
+			},
+			frame_system,
+		};
+
+		pub struct TestDefaultConfig;
+
+		parameter_types! {
+			pub const TestPalletId: PalletId = PalletId(*b"ol/dnets");
+			pub const TestRejectionPenalty: Permill = Permill::from_percent(20);
+		}
+
+		#[derive_impl(frame_system::config_preludes::TestDefaultConfig, no_aggregated_types)]
+		impl frame_system::DefaultConfig for TestDefaultConfig {}
+
+		#[polkadot_sdk::frame_support::register_default_impl(TestDefaultConfig)]
+		impl DefaultConfig for TestDefaultConfig {
+			#[inject_runtime_type]
+			type RuntimeHoldReason = ();
+			type PalletId = TestPalletId;
+			type DataNetDeposit = ConstUint<1_000>;
+			type MinContributionDeposit = ConstUint<10>;
+			type RejectionPenalty = TestRejectionPenalty;
+			type MaxNameLen = ConstU32<16>;
+			type MaxUriLen = ConstU32<32>;
+			type MaxLicenseLen = ConstU32<8>;
+			type MaxCurators = ConstU32<2>;
+			type MaxItemsPerDataNet = ConstU32<64>;
+			type MaxItemBytes = ConstU64<1_000>;
+			type WeightInfo = ();
+		}
+	}
+
+	#[pallet::config(with_default)]
 	pub trait Config: polkadot_sdk::frame_system::Config<RuntimeEvent: From<Event<Self>>> {
 		/// The OPEN token: deposits are held on it.
+		#[pallet::no_default]
 		type Currency: Mutate<Self::AccountId>
 			+ MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
 		/// The runtime's hold reasons.
+		#[pallet::no_default_bounds]
 		type RuntimeHoldReason: From<HoldReason>;
 		/// Receives forfeited deposits and reward remainders.
+		#[pallet::no_default]
 		type Treasury: Get<Self::AccountId>;
 		/// Derives the account that holds unclaimed training rewards.
 		#[pallet::constant]
 		type PalletId: Get<PalletId>;
 		/// Held from the owner for every DataNet.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type DataNetDeposit: Get<BalanceOf<Self>>;
 		/// The lowest contribution deposit a DataNet may ask for.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type MinContributionDeposit: Get<BalanceOf<Self>>;
 		/// The part of a rejected item's deposit that goes to the treasury.
 		#[pallet::constant]

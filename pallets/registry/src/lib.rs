@@ -56,22 +56,57 @@ pub mod pallet {
 	#[pallet::pallet]
 	pub struct Pallet<T>(_);
 
-	#[pallet::config]
+	/// Test defaults for [`Config`], so that the mocks of the pallets built on this one name only
+	/// what their tests depend on.
+	pub mod config_preludes {
+		use super::*;
+		use polkadot_sdk::{
+			frame_support::{derive_impl, traits::ConstUint},
+			frame_system,
+		};
+
+		pub struct TestDefaultConfig;
+
+		#[derive_impl(frame_system::config_preludes::TestDefaultConfig, no_aggregated_types)]
+		impl frame_system::DefaultConfig for TestDefaultConfig {}
+
+		#[polkadot_sdk::frame_support::register_default_impl(TestDefaultConfig)]
+		impl DefaultConfig for TestDefaultConfig {
+			#[inject_runtime_type]
+			type RuntimeHoldReason = ();
+			type AdapterDeposit = ConstUint<1_000>;
+			type PromptDeposit = ConstUint<1_000>;
+			type MaxNameLen = ConstU32<16>;
+			type MaxArchitectureLen = ConstU32<16>;
+			type MaxUriLen = ConstU32<32>;
+			type MaxRank = ConstU32<64>;
+			type MaxProvenance = ConstU32<4>;
+			type WeightInfo = ();
+		}
+	}
+
+	#[pallet::config(with_default)]
 	pub trait Config: polkadot_sdk::frame_system::Config<RuntimeEvent: From<Event<Self>>> {
 		/// The OPEN token: deposits are held on it.
+		#[pallet::no_default]
 		type Currency: Mutate<Self::AccountId>
 			+ MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
 		/// The runtime's hold reasons.
+		#[pallet::no_default_bounds]
 		type RuntimeHoldReason: From<HoldReason>;
 		/// Registers and retires base models.
+		#[pallet::no_default]
 		type GovernanceOrigin: EnsureOrigin<Self::RuntimeOrigin>;
 		/// Tells whether the DataNets an adapter's provenance names exist.
+		#[pallet::no_default]
 		type DataNets: DataNetsInspect<Self::AccountId>;
 		/// Held from the caller for every adapter.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type AdapterDeposit: Get<BalanceOf<Self>>;
 		/// Held from the caller for every prompt template.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type PromptDeposit: Get<BalanceOf<Self>>;
 		/// The longest base model name.
 		#[pallet::constant]
@@ -91,10 +126,12 @@ pub mod pallet {
 		/// How long a price rise waits before it is charged (a fall is charged at once); at least
 		/// a receipt's longest lifetime, so no receipt settles above the prices it was signed at.
 		#[pallet::constant]
+		#[pallet::no_default]
 		type PriceHold: Get<BlockNumberFor<Self>>;
 		type WeightInfo: WeightInfo;
 		/// Creates the DataNets that benchmarks name in provenance.
 		#[cfg(feature = "runtime-benchmarks")]
+		#[pallet::no_default]
 		type BenchmarkHelper: crate::BenchmarkHelper;
 	}
 

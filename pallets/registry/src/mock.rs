@@ -2,11 +2,11 @@
 
 use crate as pallet_registry;
 use polkadot_sdk::{
-	frame_support::{self, derive_impl, parameter_types, traits::ConstU32, PalletId},
+	frame_support::{self, derive_impl, parameter_types, traits::ConstU32},
 	frame_system::{self, EnsureRoot},
 	pallet_balances,
 	sp_io::TestExternalities,
-	sp_runtime::{BuildStorage, Permill},
+	sp_runtime::BuildStorage,
 };
 
 pub type AccountId = u64;
@@ -54,30 +54,17 @@ impl pallet_balances::Config for Test {
 
 parameter_types! {
 	pub const Treasury: AccountId = TREASURY;
-	pub const DataNetsPalletId: PalletId = PalletId(*b"ol/dnets");
 	pub const DataNetDeposit: Balance = DATANET_DEPOSIT;
-	pub const MinContributionDeposit: Balance = 10;
-	pub const RejectionPenalty: Permill = Permill::from_percent(20);
 	pub const AdapterDeposit: Balance = ADAPTER_DEPOSIT;
 	pub const PromptDeposit: Balance = PROMPT_DEPOSIT;
 	pub const PriceHold: u64 = PRICE_HOLD;
 }
 
+#[derive_impl(pallet_datanets::config_preludes::TestDefaultConfig)]
 impl pallet_datanets::Config for Test {
 	type Currency = Balances;
-	type RuntimeHoldReason = RuntimeHoldReason;
 	type Treasury = Treasury;
-	type PalletId = DataNetsPalletId;
 	type DataNetDeposit = DataNetDeposit;
-	type MinContributionDeposit = MinContributionDeposit;
-	type RejectionPenalty = RejectionPenalty;
-	type MaxNameLen = ConstU32<16>;
-	type MaxUriLen = ConstU32<32>;
-	type MaxLicenseLen = ConstU32<8>;
-	type MaxCurators = ConstU32<2>;
-	type MaxItemsPerDataNet = ConstU32<3>;
-	type MaxItemBytes = frame_support::traits::ConstU64<1_000>;
-	type WeightInfo = ();
 }
 
 impl pallet_registry::Config for Test {

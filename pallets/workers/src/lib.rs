@@ -59,33 +59,73 @@ pub mod pallet {
 	#[pallet::pallet]
 	pub struct Pallet<T>(_);
 
-	#[pallet::config]
+	/// Test defaults for [`Config`], so that the mocks of the pallets built on this one name only
+	/// what their tests depend on.
+	pub mod config_preludes {
+		use super::*;
+		use polkadot_sdk::{
+			frame_support::{derive_impl, parameter_types, traits::ConstUint},
+			frame_system,
+		};
+
+		pub struct TestDefaultConfig;
+
+		parameter_types! {
+			pub const TestEquivocationSlash: Perbill = Perbill::from_percent(50);
+		}
+
+		#[derive_impl(frame_system::config_preludes::TestDefaultConfig, no_aggregated_types)]
+		impl frame_system::DefaultConfig for TestDefaultConfig {}
+
+		#[polkadot_sdk::frame_support::register_default_impl(TestDefaultConfig)]
+		impl DefaultConfig for TestDefaultConfig {
+			#[inject_runtime_type]
+			type RuntimeHoldReason = ();
+			type MinStake = ConstUint<10_000>;
+			type UnbondingDelay = ConstUint<10>;
+			type EquivocationSlash = TestEquivocationSlash;
+			type MaxEndpointLen = ConstU32<64>;
+			type MaxServedModels = ConstU32<4>;
+			type MaxRetiredKeys = ConstU32<2>;
+			type WeightInfo = ();
+		}
+	}
+
+	#[pallet::config(with_default)]
 	pub trait Config:
 		polkadot_sdk::frame_system::Config<RuntimeEvent: From<Event<Self>>, Hash: Into<H256>>
 	{
 		/// The OPEN token: stakes are held on it.
+		#[pallet::no_default]
 		type Currency: Mutate<Self::AccountId>
 			+ MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>;
 		/// The runtime's hold reasons.
+		#[pallet::no_default_bounds]
 		type RuntimeHoldReason: From<HoldReason>;
 		/// Receives every slashed stake.
+		#[pallet::no_default]
 		type Treasury: Get<Self::AccountId>;
 		/// Says which base models are registered and active.
+		#[pallet::no_default]
 		type Registry: RegistryInspect<Self::AccountId, BalanceOf<Self>>;
 		/// May slash a worker's stake by any amount.
+		#[pallet::no_default]
 		type GovernanceOrigin: EnsureOrigin<Self::RuntimeOrigin>;
 		/// The least stake a worker registers with, and needs to sign receipts.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type MinStake: Get<BalanceOf<Self>>;
 		/// How long an unbonding worker's stake stays held (and slashable) before it can be
 		/// withdrawn. Should be at least the longest a receipt may wait to be settled, so that
 		/// equivocation can still be punished.
 		#[pallet::constant]
+		#[pallet::no_default_bounds]
 		type UnbondingDelay: Get<BlockNumberFor<Self>>;
 		/// How long a compute price rise waits before it is charged (a fall is charged at once);
 		/// at least a receipt's longest lifetime, so no receipt settles above the prices it was
 		/// signed at.
 		#[pallet::constant]
+		#[pallet::no_default]
 		type PriceHold: Get<BlockNumberFor<Self>>;
 		/// The part of its stake a worker loses for equivocating.
 		#[pallet::constant]
@@ -103,6 +143,7 @@ pub mod pallet {
 		type WeightInfo: WeightInfo;
 		/// Makes base models active for the benchmarks.
 		#[cfg(feature = "runtime-benchmarks")]
+		#[pallet::no_default]
 		type BenchmarkHelper: BenchmarkHelper;
 	}
 
