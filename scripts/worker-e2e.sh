@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end test of the worker through the official `openai` Python client: builds the release
-# worker, then runs scripts/worker_e2e/test_openai_client.py, which starts the real binary on
+# worker, then runs scripts/worker_e2e/run.py (the API tests), which starts the real binary on
 # loopback (SmolLM2 on the CPU, a temporary adapter store) and talks to it over HTTP.
 # Extra arguments go to unittest, e.g. `scripts/worker-e2e.sh -k stream` or
 # `scripts/worker-e2e.sh ApiTest.test_models_list`.
@@ -20,4 +20,4 @@ export OPENLEDGER_WORKER_BIN="$CARGO_TARGET_DIR/release/openledger-worker"
 [ -x "$OPENLEDGER_WORKER_BIN" ] || die "no worker binary at $OPENLEDGER_WORKER_BIN"
 
 step "openai client against a running worker"
-"$PYTHON" "$REPO_ROOT/scripts/worker_e2e/test_openai_client.py" "$@"
+"$PYTHON" "$REPO_ROOT/scripts/worker_e2e/run.py" "$@"
