@@ -214,6 +214,7 @@ fn request(
 		sampling: SamplingParams::default(),
 		stop: Vec::new(),
 		adapter,
+		constraint: None,
 		events,
 		permit: None,
 	};

@@ -5,6 +5,7 @@
 pub mod adapters;
 pub mod base;
 pub mod engine;
+pub mod grammar;
 pub mod model;
 pub mod testing;
 pub mod tokenizer;

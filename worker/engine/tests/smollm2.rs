@@ -47,7 +47,7 @@ fn request(
 	adapter: Option<AdapterLease>,
 ) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
 	let (events, rx) = mpsc::unbounded_channel();
-	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, events, permit: None }, rx)
+	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, constraint: None, events, permit: None }, rx)
 }
 
 async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output {

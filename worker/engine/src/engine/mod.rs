@@ -8,13 +8,13 @@ mod types;
 
 use std::sync::{
 	atomic::{AtomicU64, Ordering},
-	mpsc, Arc,
+	mpsc, Arc, OnceLock,
 };
 
 pub use scheduler::EngineOptions;
 pub use types::{FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
 
-use crate::{model::Llama, tokenizer::TextCodec};
+use crate::{grammar::Grammars, model::Llama, tokenizer::TextCodec};
 
 /// The engine thread has stopped (shut down or crashed); the HTTP layer answers 503.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,10 @@ pub struct EngineHandle {
 	counters: Arc<EngineCounters>,
 	thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 	context_length: usize,
+	/// Built on first use: most requests never ask for a grammar.
+	grammars: Arc<OnceLock<Result<Grammars, String>>>,
+	codec: Arc<TextCodec>,
+	vocab_size: usize,
 }
 
 impl EngineHandle {
@@ -62,11 +66,29 @@ impl EngineHandle {
 		let thread_counters = counters.clone();
 		let pool = options.kv_pool(&model);
 		let context_length = model.config.max_position.min(pool.max_tokens());
+		let vocab_size = model.config.vocab_size;
+		let engine_codec = codec.clone();
 		let thread = std::thread::Builder::new()
 			.name("engine".into())
-			.spawn(move || scheduler::run(model, codec, options, pool, inbox, thread_counters))
+			.spawn(move || scheduler::run(model, engine_codec, options, pool, inbox, thread_counters))
 			.expect("spawning the engine thread");
-		Self { requests, counters, thread: Arc::new(std::sync::Mutex::new(Some(thread))), context_length }
+		Self {
+			requests,
+			counters,
+			thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+			context_length,
+			grammars: Arc::default(),
+			codec,
+			vocab_size,
+		}
+	}
+
+	/// The model's grammar compiler for constrained decoding, built the first time it is asked
+	/// for (its token trie takes a moment: call this off the async workers).
+	pub fn grammars(&self) -> Result<Grammars, String> {
+		self.grammars
+			.get_or_init(|| Grammars::new(&self.codec, self.vocab_size).map_err(|e| format!("{e:#}")))
+			.clone()
 	}
 
 	/// The most tokens a request's prompt and answer may take together: the model's context,

@@ -93,8 +93,29 @@ impl Sequence {
 		self.request.events.send(event).is_ok()
 	}
 
-	/// Takes a sampled token; returns `Some(reason)` when the sequence is finished.
-	fn accept(&mut self, codec: &TextCodec, token: u32) -> Option<FinishReason> {
+	/// Takes a sampled token; returns `Some(ending)` when the sequence is finished.
+	fn accept(&mut self, codec: &TextCodec, token: u32) -> Option<Ending> {
+		self.accept_token(codec, token).map(Ending::Finished).or_else(|| self.grammar_ending(codec, token))
+	}
+
+	/// The end a grammar gives the sequence: finished when its output is complete, failed when
+	/// the token was not the grammar's (it was masked, so that is a bug).
+	fn grammar_ending(&mut self, codec: &TextCodec, token: u32) -> Option<Ending> {
+		let constraint = self.request.constraint.as_mut()?;
+		if let Err(e) = constraint.accept(token) {
+			return Some(Ending::Failed(format!("constrained decoding failed: {e}")));
+		}
+		if !constraint.is_complete() {
+			return None;
+		}
+		if let Ok(Some(rest)) = self.decoder.flush(codec) {
+			self.text.push_str(&rest);
+		}
+		Some(Ending::Finished(FinishReason::Stop))
+	}
+
+	/// Takes a sampled token into the text; returns `Some(reason)` when that finishes it.
+	fn accept_token(&mut self, codec: &TextCodec, token: u32) -> Option<FinishReason> {
 		if codec.eos_token_ids().contains(&token) {
 			return Some(FinishReason::Stop);
 		}
@@ -280,16 +301,23 @@ pub(super) fn run(
 					continue;
 				}
 			}
-			let token = match logits.get(row).and_then(|l| l.to_vec1::<f32>()).map(|l| seq.sampler.sample(&l)) {
-				Ok(token) => token,
+			let mut row = match logits.get(row).and_then(|l| l.to_vec1::<f32>()) {
+				Ok(row) => row,
 				Err(e) => {
 					finished.push((*i, Ending::Failed(format!("sampling failed: {e}"))));
 					continue;
 				},
 			};
+			if let Some(constraint) = &mut seq.request.constraint {
+				if let Err(e) = constraint.mask(&mut row) {
+					finished.push((*i, Ending::Failed(format!("constrained decoding failed: {e}"))));
+					continue;
+				}
+			}
+			let token = seq.sampler.sample(&row);
 			counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
-			if let Some(reason) = seq.accept(&codec, token) {
-				finished.push((*i, Ending::Finished(reason)));
+			if let Some(ending) = seq.accept(&codec, token) {
+				finished.push((*i, ending));
 			}
 		}
 		retire(&mut active, finished, &codec, &counters);

@@ -2,7 +2,7 @@
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::adapters::AdapterLease;
+use crate::{adapters::AdapterLease, grammar::Constraint};
 
 /// How the next token is chosen. `temperature == 0` is greedy; the same seed gives the same text.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +30,9 @@ pub struct GenerationRequest {
 	pub stop: Vec<String>,
 	/// The adapter, already resident and leased (never loaded on the engine thread).
 	pub adapter: Option<AdapterLease>,
+	/// A grammar the output must follow (structured outputs, tool calls); it masks the logits
+	/// before sampling and ends the sequence when the output is complete.
+	pub constraint: Option<Constraint>,
 	pub events: mpsc::UnboundedSender<GenerationEvent>,
 	/// Admission permit: held until the request finishes, so the queue bound counts it.
 	pub permit: Option<OwnedSemaphorePermit>,
