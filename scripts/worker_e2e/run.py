@@ -1,7 +1,9 @@
 """Runs the worker's end-to-end tests in order, each class with its own worker process:
 
 - test_openai_client: the API (models, chat, completions, adapters, admin, bad requests);
-- then overload, DataNets, p2p, and last the shutdown test (it stops its worker).
+- test_structured_outputs: `response_format` JSON objects and schemas;
+- test_openai_client again: overload, DataNets, p2p, and last the shutdown test (it stops its
+  worker).
 
 Run: scripts/worker-e2e.sh [unittest arguments, e.g. -k stream or ApiTest.test_models_list]
 """
@@ -10,6 +12,7 @@ import sys
 
 from harness import run
 from test_openai_client import ApiTest, DataNetTest, OverloadTest, P2pTest, ShutdownTest
+from test_structured_outputs import StructuredOutputTest
 
 if __name__ == "__main__":
-    sys.exit(run([ApiTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))
+    sys.exit(run([ApiTest, StructuredOutputTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))

@@ -26,6 +26,7 @@ use crate::metrics::Endpoint;
 use openledger_engine::{
 	adapters::{AdapterError, AdapterLease},
 	engine::{FinishReason, GenerationEvent, GenerationRequest, Usage},
+	grammar::{Constraint, Grammar},
 	tokenizer::{ChatError, ChatMessage},
 };
 use openledger_knowledge::{
@@ -56,6 +57,8 @@ struct Prepared {
 	max_tokens: usize,
 	spec: GenerationSpec,
 	adapter: Option<AdapterLease>,
+	/// The compiled `response_format`, when the output is constrained.
+	constraint: Option<Constraint>,
 	closing: Closing,
 	/// The request's place among those admitted; it goes with the request to the engine.
 	permit: OwnedSemaphorePermit,
@@ -112,6 +115,7 @@ pub(super) async fn completions(
 /// adapter (404) before retrieval and tokenizing.
 async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: &[u8], asked: Asked) -> Result<Prepared, ApiError> {
 	let permit = admit(state)?;
+	let constraint = compile_grammar(state, asked.spec.grammar.clone()).await?;
 	let auth = authorise_payer(state, headers, body, &log.id).await?;
 	let adapter = lease_adapter(state, &asked.model).await?;
 	let training = training_of(state, &asked.model, adapter.as_ref())?;
@@ -170,9 +174,25 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 		max_tokens,
 		spec: asked.spec,
 		adapter,
+		constraint,
 		closing: Closing { attributor, charge },
 		permit,
 	})
+}
+
+/// Compiles the request's grammar off the async workers (bounded in time and memory by the
+/// engine's limits); a schema the engine cannot honour is a 400 naming `response_format`.
+async fn compile_grammar(state: &AppState, grammar: Option<Grammar>) -> Result<Option<Constraint>, ApiError> {
+	let Some(grammar) = grammar else { return Ok(None) };
+	let engine = state.inner.engine.clone();
+	blocking(move || {
+		let grammars = engine.grammars().map_err(|e| ApiError::internal(format!("constrained decoding is unavailable: {e}")))?;
+		let constraint = grammars
+			.compile(&grammar)
+			.map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be used: {e}")))?;
+		Ok(Some(constraint))
+	})
+	.await
 }
 
 /// Admits a request that parsed and validated, before any costly step (the chain lookup,
@@ -263,6 +283,7 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 		sampling: p.spec.sampling,
 		stop: p.spec.stop,
 		adapter: p.adapter,
+		constraint: p.constraint,
 		events,
 		permit: Some(p.permit),
 	};

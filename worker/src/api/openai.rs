@@ -8,10 +8,12 @@
 //! - `stop`: at most [`MAX_STOP_SEQUENCES`] strings, each `1..=`[`MAX_STOP_BYTES`] bytes.
 //! - `max_tokens` / `max_completion_tokens` in `1..=ApiLimits::max_tokens`, and the prompt plus
 //!   it within the model's context (code `context_length_exceeded`).
+//! - `response_format` (both endpoints): `text`, `json_object`, or `json_schema` with a `name`
+//!   of 1–64 `[A-Za-z0-9_-]` and a schema of at most [`MAX_SCHEMA_BYTES`]; a schema the grammar
+//!   engine cannot compile is a 400 too (named `response_format`).
 //! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, `logit_bias`, tools, functions,
-//!   a `tool_choice` or `function_call` other than `none`/`auto`, non-text response formats, and
-//!   OpenLedger's grounding fields on `/v1/completions` are refused rather than silently
-//!   ignored. Other unknown fields (`user`, `presence_penalty`, `frequency_penalty`, …) are
+//!   a `tool_choice` or `function_call` other than `none`/`auto`, and OpenLedger's grounding
+//!   fields on `/v1/completions` are refused rather than silently ignored. Other unknown fields (`user`, `presence_penalty`, `frequency_penalty`, …) are
 //!   accepted and ignored.
 //!
 //! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
@@ -22,7 +24,11 @@ use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, Item
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{error::ApiError, ApiLimits};
-use openledger_engine::{engine::{FinishReason, SamplingParams, Usage}, tokenizer::ChatMessage};
+use openledger_engine::{
+	engine::{FinishReason, SamplingParams, Usage},
+	grammar::Grammar,
+	tokenizer::ChatMessage,
+};
 
 pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_STOP_BYTES: usize = 256;
@@ -50,8 +56,6 @@ pub struct ChatCompletionRequest {
 	/// Chat only; anything but an empty list is refused.
 	#[serde(default)]
 	pub tools: Option<Vec<serde_json::Value>>,
-	#[serde(default)]
-	pub response_format: Option<serde_json::Value>,
 	/// The legacy form of tool calling, and the choices of a tool or function: refused unless
 	/// they ask for none.
 	#[serde(default)]
@@ -118,6 +122,8 @@ pub struct CommonParams {
 	pub logprobs: Option<serde_json::Value>,
 	/// Token biases are a hard constraint on the output: only an empty map is accepted.
 	pub logit_bias: Option<serde_json::Value>,
+	/// `text`, `json_object` or `json_schema`: the latter two constrain the output.
+	pub response_format: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +179,8 @@ pub struct GenerationSpec {
 	pub stop: Vec<String>,
 	pub stream: bool,
 	pub include_usage: bool,
+	/// What the output must follow (`response_format`), compiled before the request is charged.
+	pub grammar: Option<Grammar>,
 }
 
 impl CommonParams {
@@ -253,8 +261,50 @@ impl CommonParams {
 			stop,
 			stream,
 			include_usage,
+			grammar: response_format(self.response_format.as_ref())?,
 		})
 	}
+}
+
+/// The largest JSON schema accepted, serialised: compiling is bounded anyway, this keeps a
+/// request from spending that bound on parsing megabytes.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
+
+/// The grammar a `response_format` asks for: none for `text`, any JSON object for
+/// `json_object`, the schema's JSON for `json_schema` (`{"name", "schema", "strict"}`; without a
+/// schema, any JSON object).
+fn response_format(format: Option<&serde_json::Value>) -> Result<Option<Grammar>, ApiError> {
+	let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
+	let invalid = |param: &str, message: &str| Err(ApiError::invalid(format!("response_format{param}"), message));
+	match format.get("type").and_then(|t| t.as_str()) {
+		Some("text") => Ok(None),
+		Some("json_object") => Ok(Some(Grammar::JsonObject)),
+		Some("json_schema") => {
+			let Some(spec) = format.get("json_schema").and_then(|s| s.as_object()) else {
+				return invalid(".json_schema", "a json_schema response format needs a `json_schema` object");
+			};
+			let name = spec.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+			if !valid_name(name) {
+				return invalid(".json_schema.name", "the name must be 1 to 64 letters, digits, underscores or dashes");
+			}
+			match spec.get("schema") {
+				None | Some(serde_json::Value::Null) => Ok(Some(Grammar::JsonObject)),
+				Some(schema @ serde_json::Value::Object(_)) => {
+					if serde_json::to_vec(schema).map_or(usize::MAX, |b| b.len()) > MAX_SCHEMA_BYTES {
+						return invalid(".json_schema.schema", &format!("the schema is larger than {MAX_SCHEMA_BYTES} bytes"));
+					}
+					Ok(Some(Grammar::JsonSchema(schema.clone())))
+				},
+				Some(_) => invalid(".json_schema.schema", "the schema must be a JSON Schema object"),
+			}
+		},
+		_ => invalid(".type", "the response format type must be `text`, `json_object` or `json_schema`"),
+	}
+}
+
+/// OpenAI's rule for the names of schemas and functions.
+pub fn valid_name(name: &str) -> bool {
+	(1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn logprobs_requested(value: Option<&serde_json::Value>) -> bool {
@@ -278,15 +328,6 @@ impl ChatCompletionRequest {
 		for (param, choice) in [("tool_choice", &self.tool_choice), ("function_call", &self.function_call)] {
 			if choice.as_ref().is_some_and(|c| !c.is_null() && !matches!(c.as_str(), Some("none" | "auto"))) {
 				return Err(ApiError::invalid(param, "tool and function calling are not supported"));
-			}
-		}
-		if let Some(format) = &self.response_format {
-			let kind = format.get("type").and_then(|t| t.as_str());
-			if !format.is_null() && kind != Some("text") {
-				return Err(ApiError::invalid(
-					"response_format",
-					"only the `text` response format is supported",
-				));
 			}
 		}
 		self.params.validate(limits)
