@@ -9,7 +9,9 @@
 //! - c: adapter cold-load latency (cache `acquire` of a never-loaded adapter), from the page cache
 //!   and with the file's pages dropped first;
 //! - d: `--zipf-adapters` adapters, Zipf traffic, `--budget` resident, closed loop of
-//!   `--concurrency` clients, against the same workload on one adapter.
+//!   `--concurrency` clients, against the same workload on one adapter;
+//! - e: constrained decoding (a JSON schema) against free decoding, one stream and
+//!   `--concurrency` streams, and grammar compile times.
 //!
 //! ```sh
 //! cargo run --release -p openledger-worker --example bench_worker -- --quick
@@ -38,6 +40,7 @@ use openledger_engine::{
 	},
 	base::{check_cpu, find_default_model, BaseModel},
 	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
+	grammar::{Constraint, Grammar},
 	model::LlamaConfig,
 	tokenizer::ChatMessage,
 };
@@ -51,8 +54,8 @@ struct Args {
 	/// Zipf adapters of rank 4, 48 requests, budget 16.
 	#[arg(long)]
 	quick: bool,
-	/// Sections to run: any of a, b, c, d.
-	#[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+	/// Sections to run: any of a, b, c, d, e.
+	#[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
 	sections: Vec<String>,
 	/// GGUF base model (default: SmolLM2 from $OPENLEDGER_MODELS).
 	#[arg(long)]
@@ -147,6 +150,14 @@ impl Args {
 /// The single-stream prompt (a and llama.cpp): asks for a long story so greedy decoding does not
 /// end its turn within 128 tokens.
 const STORY: &str = "Write a long story about a dragon who learns to fly, with many details.";
+/// The JSON schemas of the structured-output tests, compiled in e.
+const BENCH_SCHEMAS: [&str; 4] = [
+	r#"{"type":"object","properties":{"name":{"type":"string","maxLength":30},"age":{"type":"integer","minimum":0,"maximum":120},"city":{"type":"string","maxLength":30}},"required":["name","age","city"],"additionalProperties":false}"#,
+	r#"{"type":"object","properties":{"product":{"type":"string","maxLength":30},"price":{"type":"number","minimum":0,"maximum":10000},"currency":{"enum":["EUR","USD","GBP"]},"in_stock":{"type":"boolean"}},"required":["product","price","currency","in_stock"],"additionalProperties":false}"#,
+	r#"{"type":"object","properties":{"title":{"type":"string","maxLength":40},"day":{"type":"string","pattern":"^2026-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9])$"},"guests":{"type":"array","items":{"type":"string","maxLength":15},"maxItems":3},"venue":{"type":"object","properties":{"name":{"type":"string","maxLength":20},"indoor":{"type":"boolean"}},"required":["name","indoor"],"additionalProperties":false}},"required":["title","day","guests","venue"],"additionalProperties":false}"#,
+	r#"{"type":"object","properties":{"city":{"type":"string","maxLength":30},"temperature_c":{"type":"number","minimum":-60,"maximum":60},"conditions":{"enum":["sunny","cloudy","rain","snow"]}},"required":["city","temperature_c","conditions"],"additionalProperties":false}"#,
+];
+
 /// Prompts of the concurrent requests (b, d), one per request, cycled.
 const STORIES: [&str; 8] = [
 	"Write a long story about a dragon who learns to fly, with many details.",
@@ -207,6 +218,15 @@ fn request(
 	max_tokens: usize,
 	adapter: Option<AdapterLease>,
 ) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
+	constrained_request(prompt, max_tokens, adapter, None)
+}
+
+fn constrained_request(
+	prompt: Vec<u32>,
+	max_tokens: usize,
+	adapter: Option<AdapterLease>,
+	constraint: Option<Constraint>,
+) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
 	let (events, rx) = mpsc::unbounded_channel();
 	let request = GenerationRequest {
 		prompt_tokens: prompt,
@@ -214,7 +234,7 @@ fn request(
 		sampling: SamplingParams::default(),
 		stop: Vec::new(),
 		adapter,
-		constraint: None,
+		constraint,
 		events,
 		permit: None,
 	};
@@ -516,6 +536,98 @@ impl Bench {
 		Ok(())
 	}
 
+	/// e: a JSON schema's grammar against free decoding on the same prompts, one stream and
+	/// `concurrency` at once; and how long the schemas of the tests take to compile.
+	async fn constrained(&mut self) -> Result<()> {
+		Self::section("e. constrained decoding");
+		let (runs, new_tokens, n) = (self.sizes.runs, self.sizes.new_tokens, self.args.concurrency);
+		let started = Instant::now();
+		let grammars = self.engine.grammars().map_err(anyhow::Error::msg)?;
+		self.table.info("e. grammar compiler for the vocabulary (once per model)", format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3));
+		let mut compile_ms = Vec::new();
+		for schema in BENCH_SCHEMAS {
+			let grammar = Grammar::JsonSchema(serde_json::from_str(schema)?);
+			for _ in 0..runs {
+				let t = Instant::now();
+				grammars.compile(&grammar)?;
+				compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
+			}
+		}
+		self.table.info(
+			format!("e. grammar compile, the {} test schemas × {runs} (p50, max)", BENCH_SCHEMAS.len()),
+			format!("{:.2} ms, {:.2} ms", median(&compile_ms), percentile(&compile_ms, 100.0)),
+		);
+		// The story goes into one long string: the grammar allows most tokens at each step, the
+		// case where a mask costs the most, and the output never ends before `new_tokens`.
+		let story = Grammar::JsonSchema(serde_json::json!({
+			"type": "object",
+			"properties": {"title": {"type": "string", "maxLength": 60}, "story": {"type": "string"}},
+			"required": ["title", "story"],
+		}));
+		let prompt = chat(&self.base, STORY)?;
+		let constraint = || grammars.compile(&story).map(Some);
+		let one = |constraint: Option<Constraint>| {
+			let (req, rx) = constrained_request(prompt.clone(), new_tokens, None, constraint);
+			let submitted = Instant::now();
+			let engine = self.engine.clone();
+			async move {
+				engine.submit(req)?;
+				collect(submitted, rx).await
+			}
+		};
+		one(constraint()?).await?; // warm-up
+		let (mut free, mut held) = (Vec::new(), Vec::new());
+		for _ in 0..runs {
+			free.push(one(None).await?.decode_tps());
+			held.push(one(constraint()?).await?.decode_tps());
+		}
+		let ratio = median(&held) / median(&free);
+		self.table.info(format!("e. single stream, free decode, {new_tokens} tokens (median of {runs})"), format!("{:.1} tok/s", median(&free)));
+		self.table.goal(
+			"e. single stream, JSON-schema constrained / free",
+			format!("{ratio:.2}× ({:.1} tok/s)", median(&held)),
+			"≥ 0.9×",
+			ratio >= 0.9,
+		);
+		let prompts: Vec<Vec<u32>> = (0..n).map(|i| chat(&self.base, STORIES[i % STORIES.len()])).collect::<Result<_>>()?;
+		let together = |constrain: bool| {
+			let mut pending = Vec::with_capacity(n);
+			for prompt in &prompts {
+				let constraint = if constrain { constraint() } else { Ok(None) };
+				pending.push(constraint.map(|c| constrained_request(prompt.clone(), new_tokens, None, c)));
+			}
+			let engine = self.engine.clone();
+			async move {
+				let mut waiting = Vec::with_capacity(n);
+				for p in pending {
+					let (req, rx) = p?;
+					let submitted = Instant::now();
+					engine.submit(req)?;
+					waiting.push(tokio::spawn(collect(submitted, rx)));
+				}
+				let mut traces = Vec::with_capacity(n);
+				for w in waiting {
+					traces.push(w.await??);
+				}
+				anyhow::Ok(aggregate_decode_tps(&traces))
+			}
+		};
+		let (mut free, mut held) = (Vec::new(), Vec::new());
+		for _ in 0..self.sizes.batch_runs {
+			free.push(together(false).await?);
+			held.push(together(true).await?);
+		}
+		let ratio = median(&held) / median(&free);
+		self.table.info(format!("e. {n} concurrent, free decode: aggregate (median of {})", self.sizes.batch_runs), format!("{:.1} tok/s", median(&free)));
+		self.table.goal(
+			format!("e. {n} concurrent, JSON-schema constrained / free"),
+			format!("{ratio:.2}× ({:.1} tok/s)", median(&held)),
+			"≥ 0.9×",
+			ratio >= 0.9,
+		);
+		Ok(())
+	}
+
 	/// c: cold loads through the cache: page cache warm, then with the file's pages dropped.
 	async fn cold_load(&mut self) -> Result<()> {
 		Self::section("c. adapter cold load");
@@ -774,7 +886,7 @@ async fn run() -> Result<()> {
 		return Ok(());
 	}
 	for s in &args.sections {
-		ensure!(["a", "b", "c", "d"].contains(&s.as_str()), "unknown section `{s}` (use a, b, c, d)");
+		ensure!(["a", "b", "c", "d", "e"].contains(&s.as_str()), "unknown section `{s}` (use a, b, c, d, e)");
 	}
 	let sizes = args.sizes();
 	eprintln!("machine: {}; model {}", machine(), path.display());
@@ -782,7 +894,7 @@ async fn run() -> Result<()> {
 	let mut bench = Bench { args, sizes, base, engine, table: Table::default(), single_tps: None };
 	let started = Instant::now();
 	let run = |s: &str| bench.args.sections.iter().any(|x| x == s);
-	let (a, b, c, d) = (run("a"), run("b"), run("c"), run("d"));
+	let (a, b, c, d, e) = (run("a"), run("b"), run("c"), run("d"), run("e"));
 	if a {
 		bench.single_stream().await?;
 	}
@@ -794,6 +906,9 @@ async fn run() -> Result<()> {
 	}
 	if d {
 		bench.zipf().await?;
+	}
+	if e {
+		bench.constrained().await?;
 	}
 	if !bench.args.keep_adapters {
 		let dir = bench.r16_dir();
