@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end test of the worker through the official `openai` Python client: builds the release
-# worker, then runs scripts/worker_e2e/run.py (the API and structured outputs tests), which starts
+# worker, then runs scripts/worker_e2e/run.py (the API, structured outputs and tool calling tests), which starts
 # the real binary on loopback (SmolLM2 on the CPU, a temporary adapter store) and talks to it over HTTP.
 # Extra arguments go to unittest, e.g. `scripts/worker-e2e.sh -k stream` or
 # `scripts/worker-e2e.sh ApiTest.test_models_list`.

@@ -392,8 +392,8 @@ class ApiTest(WorkerTestCase):
              dict(model=BASE, messages=GERMANY, max_tokens=257)),
             ("logprobs", openai.BadRequestError, 400, dict(param="logprobs"),
              dict(model=BASE, messages=GERMANY, logprobs=True)),
-            ("tools", openai.BadRequestError, 400, dict(param="tools"),
-             dict(model=BASE, messages=GERMANY, tools=[{"type": "function", "function": {"name": "f"}}])),
+            ("legacy functions", openai.BadRequestError, 400, dict(param="functions"),
+             dict(model=BASE, messages=GERMANY, functions=[{"name": "f", "parameters": {"type": "object"}}])),
             ("too many stop sequences", openai.BadRequestError, 400, dict(param="stop"),
              dict(model=BASE, messages=GERMANY, stop=["a", "b", "c", "d", "e"])),
             # A stream is refused before it starts, with a status, not inside a 200 stream.

@@ -20,6 +20,7 @@ use super::{
 		COMPLETIONS_DEFAULT_MAX_TOKENS,
 	},
 	request_log::RequestLog,
+	tools::CallReader,
 	stream, unix_now, AppState, RequestId,
 };
 use crate::metrics::Endpoint;
@@ -76,7 +77,7 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
-		let messages = openai::chat_messages(&request.messages)?;
+		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref())?;
 		let asked = Asked { model: request.model.clone(), spec, input: Input::Chat { request: Box::new(request), messages } };
 		prepare(&state, &log, &headers, &bytes, asked).await
 	}
@@ -115,7 +116,8 @@ pub(super) async fn completions(
 /// adapter (404) before retrieval and tokenizing.
 async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: &[u8], asked: Asked) -> Result<Prepared, ApiError> {
 	let permit = admit(state)?;
-	let constraint = compile_grammar(state, asked.spec.grammar.clone()).await?;
+	let param = if asked.spec.tools.is_some() { "tools" } else { "response_format" };
+	let constraint = compile_grammar(state, asked.spec.grammar.clone(), param).await?;
 	let auth = authorise_payer(state, headers, body, &log.id).await?;
 	let adapter = lease_adapter(state, &asked.model).await?;
 	let training = training_of(state, &asked.model, adapter.as_ref())?;
@@ -181,15 +183,15 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 }
 
 /// Compiles the request's grammar off the async workers (bounded in time and memory by the
-/// engine's limits); a schema the engine cannot honour is a 400 naming `response_format`.
-async fn compile_grammar(state: &AppState, grammar: Option<Grammar>) -> Result<Option<Constraint>, ApiError> {
+/// engine's limits); a schema the engine cannot honour is a 400 naming `param`.
+async fn compile_grammar(state: &AppState, grammar: Option<Grammar>, param: &'static str) -> Result<Option<Constraint>, ApiError> {
 	let Some(grammar) = grammar else { return Ok(None) };
 	let engine = state.inner.engine.clone();
 	blocking(move || {
 		let grammars = engine.grammars().map_err(|e| ApiError::internal(format!("constrained decoding is unavailable: {e}")))?;
 		let constraint = grammars
 			.compile(&grammar)
-			.map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be used: {e}")))?;
+			.map_err(|e| ApiError::invalid(param, format!("the schema cannot be used: {e}")))?;
 		Ok(Some(constraint))
 	})
 	.await
@@ -293,7 +295,8 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
 	let headers = generation_headers(&p.closing);
 	if p.spec.stream {
-		return (headers, stream::respond(state, log, rx, meta, p.spec.include_usage, p.closing)).into_response();
+		let calls = p.spec.tools.as_ref().map(|_| CallReader::default());
+		return (headers, stream::respond(state, log, rx, meta, p.spec.include_usage, calls, p.closing)).into_response();
 	}
 	let (text, finish, usage) = match collect(&mut log, rx).await {
 		Ok(done) => done,
@@ -306,6 +309,9 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 	let body = match log.endpoint() {
 		Endpoint::ChatCompletions => {
 			let mut body = ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
+			if p.spec.tools.is_some() {
+				body.choices[0].read_tool_calls();
+			}
 			body.attribution = finished.attribution;
 			body.receipt_id = finished.receipt_id;
 			Json(body).into_response()

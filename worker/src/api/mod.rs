@@ -13,6 +13,7 @@ pub mod openai;
 mod request_log;
 mod status;
 mod stream;
+mod tools;
 #[cfg(test)]
 mod tests;
 

@@ -23,7 +23,11 @@
 use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, ItemId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{error::ApiError, ApiLimits};
+use super::{
+	error::ApiError,
+	tools::{read_answer, render_calls, render_result, ToolCall, Tooling},
+	ApiLimits,
+};
 use openledger_engine::{
 	engine::{FinishReason, SamplingParams, Usage},
 	grammar::Grammar,
@@ -53,11 +57,12 @@ pub struct ChatCompletionRequest {
 	pub messages: Vec<RequestMessage>,
 	#[serde(flatten)]
 	pub params: CommonParams,
-	/// Chat only; anything but an empty list is refused.
+	/// Functions the model may call (see `tools.rs`).
 	#[serde(default)]
 	pub tools: Option<Vec<serde_json::Value>>,
-	/// The legacy form of tool calling, and the choices of a tool or function: refused unless
-	/// they ask for none.
+	#[serde(default)]
+	pub parallel_tool_calls: Option<bool>,
+	/// The legacy form of tool calling: refused unless it asks for none (use `tools`).
 	#[serde(default)]
 	pub functions: Option<Vec<serde_json::Value>>,
 	#[serde(default)]
@@ -153,6 +158,12 @@ pub struct RequestMessage {
 	/// `null` is allowed (assistant turns in some clients' histories) and reads as empty.
 	#[serde(default)]
 	pub content: Option<MessageContent>,
+	/// An assistant turn's calls.
+	#[serde(default)]
+	pub tool_calls: Option<Vec<ToolCall>>,
+	/// A `tool` turn: the call it answers.
+	#[serde(default)]
+	pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -179,8 +190,11 @@ pub struct GenerationSpec {
 	pub stop: Vec<String>,
 	pub stream: bool,
 	pub include_usage: bool,
-	/// What the output must follow (`response_format`), compiled before the request is charged.
+	/// What the output must follow (`response_format`, or the tools' calls), compiled before
+	/// the request is charged.
 	pub grammar: Option<Grammar>,
+	/// The tools a chat request offers, when it wants them used.
+	pub tools: Option<Tooling>,
 }
 
 impl CommonParams {
@@ -262,6 +276,7 @@ impl CommonParams {
 			stream,
 			include_usage,
 			grammar: response_format(self.response_format.as_ref())?,
+			tools: None,
 		})
 	}
 }
@@ -319,18 +334,24 @@ fn logprobs_requested(value: Option<&serde_json::Value>) -> bool {
 impl ChatCompletionRequest {
 	/// Shared checks plus the chat-only fields.
 	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
-		if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-			return Err(ApiError::invalid("tools", "tool calling is not supported"));
-		}
 		if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-			return Err(ApiError::invalid("functions", "function calling is not supported"));
+			return Err(ApiError::invalid("functions", "the legacy `functions` are not supported; offer them as `tools`"));
 		}
-		for (param, choice) in [("tool_choice", &self.tool_choice), ("function_call", &self.function_call)] {
-			if choice.as_ref().is_some_and(|c| !c.is_null() && !matches!(c.as_str(), Some("none" | "auto"))) {
-				return Err(ApiError::invalid(param, "tool and function calling are not supported"));
+		if self.function_call.as_ref().is_some_and(|c| !c.is_null() && !matches!(c.as_str(), Some("none" | "auto"))) {
+			return Err(ApiError::invalid("function_call", "the legacy `function_call` is not supported; use `tool_choice`"));
+		}
+		let mut spec = self.params.validate(limits)?;
+		spec.tools = Tooling::parse(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
+		if let Some(tools) = &spec.tools {
+			if spec.grammar.is_some() {
+				return Err(ApiError::invalid(
+					"response_format",
+					"a JSON response format cannot be combined with tools; set tool_choice to none or drop the format",
+				));
 			}
+			spec.grammar = Some(tools.grammar());
 		}
-		self.params.validate(limits)
+		Ok(spec)
 	}
 }
 
@@ -359,27 +380,42 @@ impl CompletionRequest {
 
 /// The conversation for the chat template: roles checked, text parts joined with newlines
 /// (as vLLM does), `developer` read as `system`.
-pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+///
+/// With `tools`, the tools' description opens the system message; an assistant turn's
+/// `tool_calls` are written after its text as the model writes calls, and a `tool` turn (whose
+/// `tool_call_id` must name an earlier call) is handed over as a user turn holding the result.
+pub fn chat_messages(messages: &[RequestMessage], tools: Option<&Tooling>) -> Result<Vec<ChatMessage>, ApiError> {
 	if messages.is_empty() {
 		return Err(ApiError::invalid("messages", "messages must not be empty"));
 	}
-	messages
+	let mut call_ids: Vec<&str> = Vec::new();
+	let mut chat: Vec<ChatMessage> = messages
 		.iter()
 		.enumerate()
 		.map(|(i, m)| {
 			let role = match m.role.as_str() {
 				"system" | "developer" => "system",
-				"user" => "user",
+				"user" | "tool" => "user",
 				"assistant" => "assistant",
 				other => {
 					return Err(ApiError::invalid(
 						format!("messages[{i}].role"),
 						format!(
-							"unsupported role `{other}`; expected system, developer, user or assistant"
+							"unsupported role `{other}`; expected system, developer, user, assistant or tool"
 						),
 					))
 				}
 			};
+			if m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) && m.role != "assistant" {
+				return Err(ApiError::invalid(format!("messages[{i}].tool_calls"), "only assistant turns carry tool_calls"));
+			}
+			if m.role == "tool" {
+				match m.tool_call_id.as_deref() {
+					Some(id) if call_ids.contains(&id) => {},
+					Some(_) => return Err(ApiError::invalid(format!("messages[{i}].tool_call_id"), "it matches no earlier tool call")),
+					None => return Err(ApiError::invalid(format!("messages[{i}].tool_call_id"), "a tool turn needs tool_call_id")),
+				}
+			}
 			let content = match &m.content {
 				None => String::new(),
 				Some(MessageContent::Text(text)) => text.clone(),
@@ -405,9 +441,25 @@ pub fn chat_messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, Ap
 					texts.join("\n")
 				}
 			};
+			let content = match (&m.tool_calls, m.role.as_str()) {
+				(Some(calls), _) if !calls.is_empty() => {
+					call_ids.extend(calls.iter().map(|c| c.id.as_str()));
+					[content, render_calls(calls)].join("\n").trim_start().to_owned()
+				},
+				(_, "tool") => render_result(&content),
+				_ => content,
+			};
 			Ok(ChatMessage { role: role.to_owned(), content })
 		})
-		.collect()
+		.collect::<Result<_, _>>()?;
+	if let Some(tools) = tools {
+		let prompt = tools.system_prompt();
+		match chat.first_mut() {
+			Some(first) if first.role == "system" => first.content = format!("{}\n\n{prompt}", first.content),
+			_ => chat.insert(0, ChatMessage { role: "system".into(), content: prompt }),
+		}
+	}
+	Ok(chat)
 }
 
 impl Prompt {
@@ -532,7 +584,10 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
 	pub role: &'static str,
-	pub content: String,
+	/// `null` when the answer is only tool calls.
+	pub content: Option<String>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// `chat.completion.chunk`: the first carries the role, the next ones text, the last the finish
@@ -568,6 +623,27 @@ pub struct Delta<'a> {
 	pub role: Option<&'static str>,
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub content: Option<&'a str>,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A streamed call: its first delta has the index, id, type and name (and empty arguments), the
+/// next ones the index and more of the arguments, as the OpenAI clients reassemble them.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta {
+	pub index: usize,
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub id: Option<String>,
+	#[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+	pub kind: Option<&'static str>,
+	pub function: FunctionDelta,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta {
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub name: Option<String>,
+	pub arguments: String,
 }
 
 /// `text_completion`, whole or as a stream chunk (same shape, as OpenAI sends it).
@@ -597,6 +673,25 @@ pub struct CompletionChoice<'a> {
 	pub finish_reason: Option<&'static str>,
 }
 
+impl ChatChoice {
+	/// Reads the answer's tool calls out of its text: with any, they go to `tool_calls`, the text
+	/// before them stays the content (`null` when there is none), and a finished answer ends with
+	/// `tool_calls`. A call cut short by `max_tokens` is left as text.
+	pub fn read_tool_calls(&mut self) {
+		let text = self.message.content.take().unwrap_or_default();
+		let (content, calls) = read_answer(&text);
+		if calls.is_empty() {
+			self.message.content = Some(text);
+			return;
+		}
+		self.message.content = content;
+		self.message.tool_calls = Some(calls);
+		if self.finish_reason == "stop" {
+			self.finish_reason = "tool_calls";
+		}
+	}
+}
+
 impl ChatCompletion {
 	pub fn new(id: String, created: u64, model: String, text: String, finish: FinishReason, usage: &Usage) -> Self {
 		Self {
@@ -606,7 +701,7 @@ impl ChatCompletion {
 			model,
 			choices: vec![ChatChoice {
 				index: 0,
-				message: AssistantMessage { role: "assistant", content: text },
+				message: AssistantMessage { role: "assistant", content: Some(text), tool_calls: None },
 				logprobs: None,
 				finish_reason: finish.as_openai(),
 			}],

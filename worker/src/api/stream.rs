@@ -16,8 +16,9 @@ use super::{
 	error::ApiError,
 	finish::{engine_vanished, generation_failed, Closing, Finished},
 	handlers::ResponseMeta,
-	openai::{ChatCompletionChunk, Completion, Delta},
+	openai::{ChatCompletionChunk, Completion, Delta, FunctionDelta, ToolCallDelta},
 	request_log::RequestLog,
+	tools::{CallReader, Piece},
 	AppState,
 };
 use crate::metrics::Endpoint;
@@ -34,6 +35,7 @@ pub(super) fn respond(
 	rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	meta: ResponseMeta,
 	include_usage: bool,
+	calls: Option<CallReader>,
 	closing: Closing,
 ) -> Response {
 	let streamer = Streamer {
@@ -45,6 +47,7 @@ pub(super) fn respond(
 		created: meta.created,
 		model: meta.model,
 		include_usage,
+		calls,
 		rx,
 		log,
 		state,
@@ -67,6 +70,8 @@ struct Streamer {
 	created: u64,
 	model: String,
 	include_usage: bool,
+	/// Reads tool calls out of the text, when the request offered tools.
+	calls: Option<CallReader>,
 	/// Dropped before `rx` (fields drop in order): a disconnect is counted before the engine
 	/// can see the closed channel and give the admission permit back.
 	log: RequestLog,
@@ -90,7 +95,7 @@ impl Streamer {
 				&self.id,
 				self.created,
 				&self.model,
-				Delta { role: Some("assistant"), content: Some("") },
+				Delta { role: Some("assistant"), content: Some(""), ..Delta::default() },
 				None,
 			))
 		})
@@ -113,7 +118,7 @@ impl Streamer {
 				if text.is_empty() {
 					Vec::new()
 				} else {
-					vec![self.text_event(&text)]
+					self.text_events(&text)
 				}
 			}
 			Some(GenerationEvent::Done { finish_reason, usage }) => {
@@ -121,15 +126,26 @@ impl Streamer {
 				self.done = true;
 				let text = std::mem::take(&mut self.text);
 				let Some(closing) = self.closing.take() else { return None };
+				let held_back = self.calls.as_mut().map(CallReader::finish).unwrap_or_default();
+				let mut events: Vec<Event> = held_back.into_iter().map(|piece| self.piece_event(piece)).collect();
 				match closing.finish(&self.state, text, &usage).await {
-					Ok((_, finished)) => self.closing_events(finish_reason, &usage, finished),
-					Err(e) => self.fail(e),
+					Ok((_, finished)) => events.extend(self.closing_events(finish_reason, &usage, finished)),
+					Err(e) => events.extend(self.fail(e)),
 				}
+				events
 			}
 			Some(GenerationEvent::Failed(message)) => self.fail(generation_failed(&message)),
 			None => self.fail(engine_vanished()),
 		};
 		Some(events)
+	}
+
+	/// The chunks for new text: the text itself, or what the call reader makes of it.
+	fn text_events(&mut self, text: &str) -> Vec<Event> {
+		match self.calls.as_mut().map(|reader| reader.push(text)) {
+			Some(pieces) => pieces.into_iter().map(|piece| self.piece_event(piece)).collect(),
+			None => vec![self.text_event(text)],
+		}
 	}
 
 	fn text_event(&self, text: &str) -> Event {
@@ -138,12 +154,29 @@ impl Streamer {
 				&self.id,
 				self.created,
 				&self.model,
-				Delta { role: None, content: Some(text) },
+				Delta { content: Some(text), ..Delta::default() },
 				None,
 			))
 		} else {
 			json_event(&Completion::new(&self.id, self.created, &self.model, text, None, None))
 		}
+	}
+
+	/// A piece of an answer with tools: content, or a call's start or arguments.
+	fn piece_event(&self, piece: Piece) -> Event {
+		let call = match piece {
+			Piece::Content(text) => return self.text_event(&text),
+			Piece::CallStart { index, id, name } => ToolCallDelta {
+				index,
+				id: Some(id),
+				kind: Some("function"),
+				function: FunctionDelta { name: Some(name), arguments: String::new() },
+			},
+			Piece::Arguments { index, fragment } =>
+				ToolCallDelta { index, id: None, kind: None, function: FunctionDelta { name: None, arguments: fragment } },
+		};
+		let delta = Delta { tool_calls: Some(vec![call]), ..Delta::default() };
+		json_event(&ChatCompletionChunk::new(&self.id, self.created, &self.model, delta, None))
 	}
 
 	fn closing_events(
@@ -156,6 +189,9 @@ impl Streamer {
 		let mut events = Vec::with_capacity(3);
 		if self.chat {
 			let mut last = ChatCompletionChunk::new(id, created, model, Delta::default(), Some(finish));
+			if finish == FinishReason::Stop && self.calls.as_ref().is_some_and(|c| c.calls() > 0) {
+				last.choices[0].finish_reason = Some("tool_calls");
+			}
 			last.attribution = finished.attribution;
 			last.receipt_id = finished.receipt_id;
 			events.push(json_event(&last));

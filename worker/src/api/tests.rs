@@ -215,13 +215,13 @@ fn messages_are_read_with_content_parts() {
 		{"role": "user", "content": []},
 	]}))
 	.unwrap();
-	let messages = chat_messages(&request.messages).unwrap();
+	let messages = chat_messages(&request.messages, None).unwrap();
 	let pairs: Vec<_> = messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
 	assert_eq!(pairs, [("system", "be brief"), ("user", "one\ntwo"), ("assistant", ""), ("user", "")]);
 
 	let refused = |messages: Value| {
 		let request = chat(json!({"model": "m", "messages": messages})).unwrap();
-		let error = chat_messages(&request.messages).unwrap_err();
+		let error = chat_messages(&request.messages, None).unwrap_err();
 		assert_eq!(error.status, StatusCode::BAD_REQUEST);
 		error.param.unwrap()
 	};
@@ -304,7 +304,7 @@ fn response_shapes() {
 		})
 	);
 
-	let role = serde_json::to_value(ChatCompletionChunk::new("c", 1, "m", Delta { role: Some("assistant"), content: Some("") }, None)).unwrap();
+	let role = serde_json::to_value(ChatCompletionChunk::new("c", 1, "m", Delta { role: Some("assistant"), content: Some(""), ..Delta::default() }, None)).unwrap();
 	assert_eq!(role["object"], "chat.completion.chunk");
 	assert_eq!(role["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
 	assert_eq!(role["choices"][0]["finish_reason"], Value::Null);
