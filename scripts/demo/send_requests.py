@@ -51,6 +51,50 @@ for model, template, datanets, question in REQUESTS:
         "receipt_id": extra_fields["receipt_id"],
     })
 
+def record(question, model, response):
+    extra_fields = response.model_extra or {}
+    log.append({
+        "question": question,
+        "model": model,
+        "prompt_template": None,
+        "usage": {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens},
+        "attribution": extra_fields.get("attribution"),
+        "receipt_id": extra_fields["receipt_id"],
+    })
+
+
+# Structured output: the answer is held to a JSON schema, even from a 135M model.
+question = "Describe a honeybee colony."
+response = client.chat.completions.create(
+    model=base_model,
+    messages=[{"role": "user", "content": question}],
+    max_tokens=80,
+    temperature=0,
+    response_format={"type": "json_schema", "json_schema": {"name": "colony", "strict": True, "schema": {
+        "type": "object",
+        "properties": {"queens": {"type": "integer", "minimum": 0}, "workers": {"type": "integer", "minimum": 0},
+                       "season": {"enum": ["spring", "summer", "autumn", "winter"]}},
+        "required": ["queens", "workers", "season"], "additionalProperties": False}}},
+)
+print(f"[{base_model}, json_schema] {question}\n    → {response.choices[0].message.content}", file=sys.stderr)
+record(question + " (JSON schema)", base_model, response)
+
+# A tool call: the model answers with a call whose arguments follow the tool's schema.
+question = "What is the weather in Oslo?"
+response = client.chat.completions.create(
+    model=base_model,
+    messages=[{"role": "user", "content": question}],
+    max_tokens=60,
+    temperature=0,
+    tools=[{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+    tool_choice="required",
+    parallel_tool_calls=False,
+)
+call = response.choices[0].message.tool_calls[0]
+print(f"[{base_model}, tools] {question}\n    → {call.function.name}({call.function.arguments})", file=sys.stderr)
+record(question + " (tool call)", base_model, response)
+
 # A request paid by a voucher: the payer signs the exact body bytes (max fee 1 OPEN).
 question = "When do bees make honey?"
 body = json.dumps({
