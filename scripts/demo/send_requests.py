@@ -26,6 +26,20 @@ REQUESTS = [
 ]
 
 log = []
+
+
+def record(question, model, response, template=None):
+    extra_fields = response.model_extra or {}
+    log.append({
+        "question": question,
+        "model": model,
+        "prompt_template": template,
+        "usage": {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens},
+        "attribution": extra_fields.get("attribution"),
+        "receipt_id": extra_fields["receipt_id"],
+    })
+
+
 for model, template, datanets, question in REQUESTS:
     extra = {}
     if datanets is not None:
@@ -39,29 +53,9 @@ for model, template, datanets, question in REQUESTS:
         temperature=0,
         extra_body=extra,
     )
-    extra_fields = response.model_extra or {}
     answer = response.choices[0].message.content.strip().replace("\n", " ")
     print(f"[{model}] {question}\n    → {answer[:160]}", file=sys.stderr)
-    log.append({
-        "question": question,
-        "model": model,
-        "prompt_template": template,
-        "usage": {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens},
-        "attribution": extra_fields.get("attribution"),
-        "receipt_id": extra_fields["receipt_id"],
-    })
-
-def record(question, model, response):
-    extra_fields = response.model_extra or {}
-    log.append({
-        "question": question,
-        "model": model,
-        "prompt_template": None,
-        "usage": {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens},
-        "attribution": extra_fields.get("attribution"),
-        "receipt_id": extra_fields["receipt_id"],
-    })
-
+    record(question, model, response, template)
 
 # Structured output: the answer is held to a JSON schema, even from a 135M model.
 question = "Describe a honeybee colony."

@@ -161,6 +161,13 @@ class WorkerTestCase(unittest.TestCase):
         return tmp
 
     @classmethod
+    def start_bare_worker(cls, label: str, *args: str) -> None:
+        """Starts the class's worker on an empty adapter store."""
+        store = cls.make_tmp(f"worker-{label}-") / "store"
+        store.mkdir()
+        cls.start_worker(label, store, *args)
+
+    @classmethod
     def start_worker(cls, label: str, store: Path, *args: str) -> None:
         """Starts the class's worker; it is stopped (killed if need be) after the class, pass or fail."""
         cls.worker = Worker(label, store, *args)

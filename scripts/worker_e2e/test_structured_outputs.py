@@ -79,10 +79,7 @@ class StructuredOutputTest(WorkerTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        tmp = cls.make_tmp("worker-structured-")
-        store = tmp / "store"
-        store.mkdir()
-        cls.start_worker("structured", store, "--max-queue", "16", "--max-tokens", "256")
+        cls.start_bare_worker("structured", "--max-queue", "16", "--max-tokens", "256")
 
     def ask(self, schema_name: str, prompt: str, seed: int, max_tokens: int = 200, **extra):
         return self.client.chat.completions.create(

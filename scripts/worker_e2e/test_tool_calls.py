@@ -61,10 +61,7 @@ class ToolCallTest(WorkerTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        tmp = cls.make_tmp("worker-tools-")
-        store = tmp / "store"
-        store.mkdir()
-        cls.start_worker("tools", store, "--max-queue", "16", "--max-tokens", "256")
+        cls.start_bare_worker("tools", "--max-queue", "16", "--max-tokens", "256")
 
     def assert_valid_calls(self, message, allowed: set[str] | None = None) -> None:
         self.assertTrue(message.tool_calls, message)

@@ -3,35 +3,15 @@
 //! batch; an output cut by `max_tokens` ends with `Length`; a schema the engine cannot honour is
 //! refused when compiled.
 
-use std::sync::OnceLock;
+mod common;
 
-use candle_core::Device;
+use common::{base, chat_prompt, collect, engine};
 use openledger_engine::{
-	base::{find_default_model, BaseModel},
-	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
+	engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
 	grammar::{Grammar, Grammars},
-	tokenizer::ChatMessage,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-
-fn base() -> &'static BaseModel {
-	static BASE: OnceLock<BaseModel> = OnceLock::new();
-	BASE.get_or_init(|| {
-		let path = find_default_model().expect("SmolLM2 must be present: run scripts/setup.sh");
-		BaseModel::load(&path, None, &Device::Cpu).expect("loading SmolLM2")
-	})
-}
-
-fn engine() -> EngineHandle {
-	let base = base();
-	EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions::default())
-}
-
-fn chat_prompt(question: &str) -> Vec<u32> {
-	let messages = [ChatMessage { role: "user".into(), content: question.into() }];
-	base().codec.encode_chat(&messages, true).unwrap()
-}
 
 /// A person: a name, an age, a colour from a list and a list of tags.
 fn person_schema() -> Value {
@@ -65,12 +45,6 @@ fn grammars() -> Grammars {
 	Grammars::new(&base().codec, base().model.config.vocab_size).unwrap()
 }
 
-struct Output {
-	text: String,
-	finish: FinishReason,
-	completion_tokens: usize,
-}
-
 fn submit(engine: &EngineHandle, question: &str, max_tokens: usize, seed: u64, grammar: Option<&Grammar>) -> mpsc::UnboundedReceiver<GenerationEvent> {
 	let (events, rx) = mpsc::unbounded_channel();
 	let sampling = if seed == 0 { SamplingParams::default() } else { SamplingParams { temperature: 1.0, seed, ..SamplingParams::default() } };
@@ -87,19 +61,6 @@ fn submit(engine: &EngineHandle, question: &str, max_tokens: usize, seed: u64, g
 	};
 	engine.submit(request).unwrap();
 	rx
-}
-
-async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output {
-	let mut text = String::new();
-	while let Some(event) = rx.recv().await {
-		match event {
-			GenerationEvent::Text { text: t, .. } => text.push_str(&t),
-			GenerationEvent::Done { finish_reason, usage } =>
-				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
-			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
-		}
-	}
-	panic!("the engine dropped the request without finishing it");
 }
 
 #[tokio::test]

@@ -2,42 +2,16 @@
 //! `scripts/setup.sh` unpacks): coherent greedy answers, sampling controls, stop sequences, and
 //! adapters over the quantized base.
 
-use std::sync::OnceLock;
+mod common;
 
 use candle_core::Device;
+use common::{base, chat_prompt, collect, engine, Output};
 use openledger_engine::{
 	adapters::{write_random_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore},
-	base::{find_default_model, BaseModel},
 	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
 	model::Projection,
-	tokenizer::ChatMessage,
 };
 use tokio::sync::mpsc;
-
-fn base() -> &'static BaseModel {
-	static BASE: OnceLock<BaseModel> = OnceLock::new();
-	BASE.get_or_init(|| {
-		let path = find_default_model().expect("SmolLM2 must be present: run scripts/setup.sh");
-		BaseModel::load(&path, None, &Device::Cpu).expect("loading SmolLM2")
-	})
-}
-
-fn engine() -> EngineHandle {
-	let base = base();
-	EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions::default())
-}
-
-fn chat_prompt(question: &str) -> Vec<u32> {
-	let messages = [ChatMessage { role: "user".into(), content: question.into() }];
-	let text = base().codec.render_chat(&messages, true).unwrap();
-	base().codec.encode(&text).unwrap()
-}
-
-struct Output {
-	text: String,
-	finish: FinishReason,
-	completion_tokens: usize,
-}
 
 fn request(
 	prompt: Vec<u32>,
@@ -48,19 +22,6 @@ fn request(
 ) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
 	let (events, rx) = mpsc::unbounded_channel();
 	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, constraint: None, events, permit: None }, rx)
-}
-
-async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output {
-	let mut text = String::new();
-	while let Some(event) = rx.recv().await {
-		match event {
-			GenerationEvent::Text { text: t, .. } => text.push_str(&t),
-			GenerationEvent::Done { finish_reason, usage } =>
-				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
-			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
-		}
-	}
-	panic!("the engine dropped the request without finishing it");
 }
 
 async fn generate(engine: &EngineHandle, question: &str, max_tokens: usize, sampling: SamplingParams, stop: Vec<String>) -> Output {
