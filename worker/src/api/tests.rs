@@ -15,6 +15,7 @@ use crate::metrics::{Endpoint, Metrics, Outcome};
 use openledger_engine::{
 	adapters::{AdapterError, CacheStats},
 	engine::{EngineClosed, EngineStats, FinishReason, Usage},
+	grammar::Grammar,
 };
 
 async fn response_parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -172,8 +173,13 @@ fn sampling_fields_are_checked() {
 	assert_invalid(chat_spec(json!({"max_tokens": 2049})), "max_tokens");
 	assert_invalid(chat_spec(json!({"max_completion_tokens": 0, "max_tokens": 5})), "max_completion_tokens");
 	assert_invalid(chat_spec(json!({"logprobs": true})), "logprobs");
-	assert_invalid(chat_spec(json!({"tools": [{"type": "function"}]})), "tools");
-	assert_invalid(chat_spec(json!({"response_format": {"type": "json_object"}})), "response_format");
+	assert_invalid(chat_spec(json!({"tools": [{"type": "function"}]})), "tools[0].function");
+	assert_invalid(chat_spec(json!({"response_format": {"type": "json_schema"}})), "response_format.json_schema");
+	assert_invalid(
+		chat_spec(json!({"response_format": {"type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]})),
+		"response_format",
+	);
+	assert_eq!(chat_spec(json!({"response_format": {"type": "json_object"}})).unwrap().grammar, Some(Grammar::JsonObject));
 
 	let spec = chat_spec(json!({
 		"temperature": 0, "top_p": 0.9, "top_k": 40, "seed": 7, "max_tokens": 10, "max_completion_tokens": 20,
@@ -227,7 +233,8 @@ fn messages_are_read_with_content_parts() {
 	};
 	assert_eq!(refused(json!([])), "messages");
 	assert_eq!(refused(json!([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}])), "messages[1].role");
-	assert_eq!(refused(json!([{"role": "tool", "content": "42"}])), "messages[0].role");
+	assert_eq!(refused(json!([{"role": "tool", "content": "42"}])), "messages[0].tool_call_id");
+	assert_eq!(refused(json!([{"role": "user", "content": "a", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])), "messages[0].tool_calls");
 	assert_eq!(
 		refused(json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}])),
 		"messages[0].content[1].type"

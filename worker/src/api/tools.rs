@@ -137,8 +137,10 @@ impl Tooling {
 				ToolChoice::Named(name.to_owned())
 			},
 		};
-		if parsed.is_empty() {
-			return Err(ApiError::invalid("tool_choice", "tool_choice needs tools"));
+		match (parsed.is_empty(), &choice) {
+			(true, ToolChoice::Auto) => return Ok(None),
+			(true, _) => return Err(ApiError::invalid("tool_choice", "tool_choice needs tools")),
+			_ => {},
 		}
 		Ok(Some(Self { tools: parsed, choice, parallel: parallel.unwrap_or(true) }))
 	}
