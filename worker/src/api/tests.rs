@@ -297,6 +297,45 @@ fn token_budget_fits_the_context() {
 
 // --- responses ------------------------------------------------------------------------------
 
+/// A streamed call as the OpenAI clients reassemble it: index, id, type and name first (empty
+/// arguments), then the index and argument fragments only; the whole answer has `content: null`.
+#[test]
+fn tool_call_shapes() {
+	let start = ToolCallDelta {
+		index: 0,
+		id: Some("call_1".into()),
+		kind: Some("function"),
+		function: FunctionDelta { name: Some("add".into()), arguments: String::new() },
+	};
+	let more = ToolCallDelta { index: 0, id: None, kind: None, function: FunctionDelta { name: None, arguments: "{\"a\": 1}".into() } };
+	let chunk = |call| {
+		let delta = Delta { tool_calls: Some(vec![call]), ..Delta::default() };
+		serde_json::to_value(ChatCompletionChunk::new("c", 1, "m", delta, None)).unwrap()["choices"][0]["delta"].clone()
+	};
+	assert_eq!(
+		chunk(start),
+		json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}]})
+	);
+	assert_eq!(chunk(more), json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\": 1}"}}]}));
+
+	let usage = Usage { prompt_tokens: 5, completion_tokens: 9 };
+	let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+	let mut body = ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), text.into(), FinishReason::Stop, &usage);
+	body.choices[0].read_tool_calls();
+	let body = serde_json::to_value(body).unwrap();
+	let message = &body["choices"][0]["message"];
+	assert_eq!(message["content"], Value::Null);
+	assert_eq!(message["tool_calls"][0]["type"], "function");
+	assert_eq!(message["tool_calls"][0]["function"], json!({"name": "add", "arguments": "{\"a\": 1}"}));
+	assert!(message["tool_calls"][0]["id"].as_str().is_some_and(|id| id.starts_with("call_")));
+	assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+	// Cut by max_tokens: no call, the text stays, the reason stays `length`.
+	let mut cut = ChatCompletion::new("c".into(), 9, "m".into(), text[..30].into(), FinishReason::Length, &usage);
+	cut.choices[0].read_tool_calls();
+	assert_eq!(cut.choices[0].message.content.as_deref(), Some(&text[..30]));
+	assert_eq!(cut.choices[0].finish_reason, "length");
+}
+
 #[test]
 fn response_shapes() {
 	let usage = Usage { prompt_tokens: 5, completion_tokens: 3 };
