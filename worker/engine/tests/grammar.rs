@@ -48,7 +48,7 @@ fn grammars() -> Grammars {
 fn submit(engine: &EngineHandle, question: &str, max_tokens: usize, seed: u64, grammar: Option<&Grammar>) -> mpsc::UnboundedReceiver<GenerationEvent> {
 	let (events, rx) = mpsc::unbounded_channel();
 	let sampling = if seed == 0 { SamplingParams::default() } else { SamplingParams { temperature: 1.0, seed, ..SamplingParams::default() } };
-	let constraint = grammar.map(|g| grammars().compile(g).unwrap());
+	let constraint = grammar.map(|g| engine.grammars().unwrap().compile(g).unwrap());
 	let request = GenerationRequest {
 		prompt_tokens: chat_prompt(question),
 		max_tokens,
