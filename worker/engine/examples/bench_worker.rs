@@ -235,6 +235,8 @@ fn constrained_request(
 		stop: Vec::new(),
 		adapter,
 		constraint,
+		choices: 1,
+		logprobs: None,
 		events,
 		permit: None,
 	};
@@ -247,7 +249,7 @@ async fn collect(submitted: Instant, mut rx: mpsc::UnboundedReceiver<GenerationE
 		let now = Instant::now();
 		match event {
 			GenerationEvent::Text { .. } => texts.push(now),
-			GenerationEvent::Done { finish_reason, usage } =>
+			GenerationEvent::Done { finish_reason, usage, .. } =>
 				return Ok(Trace {
 					submitted,
 					texts,

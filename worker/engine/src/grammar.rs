@@ -16,7 +16,7 @@ use llguidance::{
 	JsonCompileOptions, Matcher, ParserFactory,
 };
 
-use crate::tokenizer::TextCodec;
+use crate::tokenizer::Vocabulary;
 
 /// What a constrained sequence must produce.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,20 +61,14 @@ impl std::fmt::Debug for Grammars {
 }
 
 impl Grammars {
-	/// Builds the token trie of `codec`'s vocabulary, `vocab_size` wide (the logits' width, which
-	/// may exceed the tokenizer's: the ids past it are never allowed). Special tokens are marked
-	/// as such, so no grammar's text can produce them.
-	pub fn new(codec: &TextCodec, vocab_size: usize) -> anyhow::Result<Self> {
-		let json: serde_json::Value = serde_json::from_str(
-			&codec.tokenizer().to_string(false).map_err(|e| anyhow::anyhow!("serialising the tokenizer: {e}"))?,
-		)?;
-		let mut words = llguidance::token_bytes_from_tokenizer_json(&json)?;
-		anyhow::ensure!(words.len() <= vocab_size, "the tokenizer has {} tokens, the model {vocab_size}", words.len());
-		words.resize(vocab_size, Vec::new());
-		let eos = codec.eos_token_ids();
+	/// Builds the token trie of the model's vocabulary (its logits' width, which may exceed the
+	/// tokenizer's: the ids past it are never allowed). Special tokens are marked as such, so no
+	/// grammar's text can produce them.
+	pub fn new(vocabulary: &Vocabulary, eos: &[u32]) -> anyhow::Result<Self> {
+		let vocab_size = vocabulary.len();
 		let first_eos = *eos.first().ok_or_else(|| anyhow::anyhow!("constrained decoding needs an end-of-sequence token"))?;
 		let info = TokRxInfo::new(vocab_size as u32, first_eos);
-		let trie = TokTrie::from(&info, &words).with_eos_tokens(eos);
+		let trie = TokTrie::from(&info, vocabulary.marked_words()).with_eos_tokens(eos);
 		// Approximate: masks come from the trie alone; the library then forces no tokens, which
 		// keeps the model's own tokenization of what it writes.
 		let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
@@ -164,6 +158,11 @@ impl Constraint {
 	/// Takes the sampled token; an error means it was not allowed (a bug: it was masked).
 	pub fn accept(&mut self, token: u32) -> Result<(), String> {
 		self.matcher.consume_token(token).map_err(|e| one_line(&e.to_string()))
+	}
+
+	/// An independent copy in the same state, for another answer to the same prompt.
+	pub fn fork(&self) -> Self {
+		Self { matcher: self.matcher.deep_clone() }
 	}
 
 	/// True once nothing more can follow: the output is complete.

@@ -9,6 +9,7 @@ use common::{base, chat_prompt, collect, engine};
 use openledger_engine::{
 	engine::{EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
 	grammar::{Grammar, Grammars},
+	tokenizer::Vocabulary,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -42,7 +43,7 @@ fn check_person(value: &Value) {
 }
 
 fn grammars() -> Grammars {
-	Grammars::new(&base().codec, base().model.config.vocab_size).unwrap()
+	Grammars::new(&Vocabulary::new(&base().codec, base().model.config.vocab_size).unwrap(), base().codec.eos_token_ids()).unwrap()
 }
 
 fn submit(engine: &EngineHandle, question: &str, max_tokens: usize, seed: u64, grammar: Option<&Grammar>) -> mpsc::UnboundedReceiver<GenerationEvent> {
@@ -56,6 +57,8 @@ fn submit(engine: &EngineHandle, question: &str, max_tokens: usize, seed: u64, g
 		stop: Vec::new(),
 		adapter: None,
 		constraint,
+		choices: 1,
+		logprobs: None,
 		events,
 		permit: None,
 	};

@@ -8,8 +8,9 @@ use candle_core::Device;
 use common::{base, chat_prompt, collect, engine, Output};
 use openledger_engine::{
 	adapters::{write_random_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore},
-	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams},
+	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob},
 	model::Projection,
+	tokenizer::Vocabulary,
 };
 use tokio::sync::mpsc;
 
@@ -21,7 +22,7 @@ fn request(
 	adapter: Option<AdapterLease>,
 ) -> (GenerationRequest, mpsc::UnboundedReceiver<GenerationEvent>) {
 	let (events, rx) = mpsc::unbounded_channel();
-	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, constraint: None, events, permit: None }, rx)
+	(GenerationRequest { prompt_tokens: prompt, max_tokens, sampling, stop, adapter, constraint: None, choices: 1, logprobs: None, events, permit: None }, rx)
 }
 
 async fn generate(engine: &EngineHandle, question: &str, max_tokens: usize, sampling: SamplingParams, stop: Vec<String>) -> Output {
@@ -188,5 +189,86 @@ async fn the_request_is_released_and_counted_before_its_client_hears_done() {
 		let stats = engine.stats();
 		assert_eq!(stats.requests_finished_total, round, "round {round}: {stats:?}");
 		assert_eq!(stats.active_sequences, 0, "round {round}: {stats:?}");
+	}
+}
+
+/// Each answer's text and log-probabilities, by choice, once every answer is done.
+async fn collect_answers(mut rx: mpsc::UnboundedReceiver<GenerationEvent>, choices: usize) -> Vec<(String, Vec<TokenLogprob>)> {
+	let mut answers = vec![(String::new(), Vec::new()); choices];
+	let mut done = 0;
+	while let Some(event) = rx.recv().await {
+		match event {
+			GenerationEvent::Text { choice, text, logprobs, .. } => {
+				answers[choice].0.push_str(&text);
+				answers[choice].1.extend(logprobs);
+			},
+			GenerationEvent::Done { .. } => {
+				done += 1;
+				if done == choices {
+					return answers;
+				}
+			},
+			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+		}
+	}
+	panic!("the engine dropped the request after {done} of {choices} answers");
+}
+
+/// `n` answers prefill the prompt once and fork its KV cache; answer `i` is the answer a request
+/// of its own with `seed + i` gets.
+#[tokio::test]
+async fn n_answers_share_the_prompt_and_match_separate_requests() {
+	let engine = engine();
+	let sampling = |seed| SamplingParams { temperature: 1.0, top_p: None, top_k: Some(40), seed };
+	let prompt = chat_prompt("Tell me about your favourite animal.");
+	assert_ne!(prompt.len() % 16, 0, "the fork copies a partly filled block");
+	let (mut req, rx) = request(prompt.clone(), 20, sampling(5), vec![], None);
+	req.choices = 3;
+	engine.submit(req).unwrap();
+	let together: Vec<String> = collect_answers(rx, 3).await.into_iter().map(|(text, _)| text).collect();
+	for (i, text) in together.iter().enumerate() {
+		let (req, rx) = request(prompt.clone(), 20, sampling(5 + i as u64), vec![], None);
+		engine.submit(req).unwrap();
+		assert_eq!(*text, collect(rx).await.text, "answer {i}");
+	}
+	assert!(together.iter().any(|t| *t != together[0]), "different seeds give different answers: {together:?}");
+	assert_eq!(engine.stats().prompt_tokens_total, 4 * prompt.len() as u64, "the 3 answers counted their prompt once");
+}
+
+/// Greedy answers' log-probabilities: the chosen token is the most likely, its log-probability
+/// the top one's, the alternatives in order with at most all the mass, and the tokens spell
+/// the text; the tokens of a stop sequence are not reported.
+#[tokio::test]
+async fn logprobs_name_the_chosen_tokens_and_spell_the_text() {
+	let engine = engine();
+	let codec = &base().codec;
+	let vocabulary = Vocabulary::new(codec, base().model.config.vocab_size).unwrap();
+	let im_end = codec.token_to_id("<|im_end|>").unwrap();
+	assert_eq!(vocabulary.bytes(im_end), b"<|im_end|>", "a special token's name, without llguidance's mark");
+	for stop in [vec![], vec![" is".to_owned()]] {
+		let (mut req, rx) = request(chat_prompt("What is the capital of France?"), 24, SamplingParams::default(), stop.clone(), None);
+		req.logprobs = Some(3);
+		engine.submit(req).unwrap();
+		let (text, logprobs) = collect_answers(rx, 1).await.remove(0);
+		assert!(!logprobs.is_empty());
+		let mut offset = 0;
+		for l in &logprobs {
+			assert_eq!(l.top.len(), 3);
+			assert_eq!((l.top[0].0, l.top[0].1), (l.token, l.logprob), "greedy takes the most likely");
+			assert!(l.top.windows(2).all(|w| w[0].1 >= w[1].1), "{:?}", l.top);
+			let mass: f32 = l.top.iter().map(|t| t.1.exp()).sum();
+			assert!(l.logprob <= 0.0 && mass <= 1.0 + 1e-4, "{l:?}");
+			assert!(l.text_offset >= offset && l.text_offset < text.chars().count().max(1), "{l:?} in {text:?}");
+			offset = l.text_offset;
+		}
+		let tokens: Vec<u32> = logprobs.iter().map(|l| l.token).collect();
+		let spelled = codec.decode(&tokens).unwrap();
+		if stop.is_empty() {
+			assert_eq!(spelled, text);
+			let bytes: Vec<u8> = tokens.iter().flat_map(|&t| vocabulary.bytes(t).to_vec()).collect();
+			assert_eq!(String::from_utf8(bytes).unwrap(), text, "the tokens' bytes spell the text");
+		} else {
+			assert!(spelled.starts_with(&text) && !text.contains(" is"), "{spelled:?} / {text:?}");
+		}
 	}
 }

@@ -286,6 +286,8 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 		stop: p.spec.stop,
 		adapter: p.adapter,
 		constraint: p.constraint,
+		choices: 1,
+		logprobs: None,
 		events,
 		permit: Some(p.permit),
 	};
@@ -360,7 +362,7 @@ async fn collect(
 				log.saw_text();
 				text.push_str(&t);
 			}
-			Some(GenerationEvent::Done { finish_reason, usage }) => {
+			Some(GenerationEvent::Done { finish_reason, usage, .. }) => {
 				log.finished(&usage);
 				return Ok((text, finish_reason, usage));
 			}

@@ -107,7 +107,7 @@ impl Streamer {
 			return None;
 		}
 		let events = match self.rx.recv().await {
-			Some(GenerationEvent::Text { text, completion_tokens }) => {
+			Some(GenerationEvent::Text { text, completion_tokens, .. }) => {
 				self.log.saw_text();
 				if !text.is_empty() {
 					self.sent_tokens = completion_tokens;
@@ -121,7 +121,7 @@ impl Streamer {
 					self.text_events(&text)
 				}
 			}
-			Some(GenerationEvent::Done { finish_reason, usage }) => {
+			Some(GenerationEvent::Done { finish_reason, usage, .. }) => {
 				self.log.finished(&usage);
 				self.done = true;
 				let text = std::mem::take(&mut self.text);

@@ -12,9 +12,13 @@ use std::sync::{
 };
 
 pub use scheduler::EngineOptions;
-pub use types::{FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
+pub use types::{FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, Usage};
 
-use crate::{grammar::Grammars, model::Llama, tokenizer::TextCodec};
+use crate::{
+	grammar::Grammars,
+	model::Llama,
+	tokenizer::{TextCodec, Vocabulary},
+};
 
 /// The engine thread has stopped (shut down or crashed); the HTTP layer answers 503.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +56,8 @@ pub struct EngineHandle {
 	counters: Arc<EngineCounters>,
 	thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 	context_length: usize,
-	/// Built on first use: most requests never ask for a grammar.
+	/// Built on first use: most requests never ask for a grammar or log-probabilities.
+	vocabulary: Arc<OnceLock<Result<Arc<Vocabulary>, String>>>,
 	grammars: Arc<OnceLock<Result<Grammars, String>>>,
 	codec: Arc<TextCodec>,
 	vocab_size: usize,
@@ -77,6 +82,7 @@ impl EngineHandle {
 			counters,
 			thread: Arc::new(std::sync::Mutex::new(Some(thread))),
 			context_length,
+			vocabulary: Arc::default(),
 			grammars: Arc::default(),
 			codec,
 			vocab_size,
@@ -87,7 +93,18 @@ impl EngineHandle {
 	/// for (its token trie takes a moment: call this off the async workers).
 	pub fn grammars(&self) -> Result<Grammars, String> {
 		self.grammars
-			.get_or_init(|| Grammars::new(&self.codec, self.vocab_size).map_err(|e| format!("{e:#}")))
+			.get_or_init(|| {
+				let vocabulary = self.vocabulary()?;
+				Grammars::new(&vocabulary, self.codec.eos_token_ids()).map_err(|e| format!("{e:#}"))
+			})
+			.clone()
+	}
+
+	/// The bytes of every token, read from the tokenizer the first time it is asked for (call
+	/// this off the async workers).
+	pub fn vocabulary(&self) -> Result<Arc<Vocabulary>, String> {
+		self.vocabulary
+			.get_or_init(|| Vocabulary::new(&self.codec, self.vocab_size).map(Arc::new).map_err(|e| format!("{e:#}")))
 			.clone()
 	}
 

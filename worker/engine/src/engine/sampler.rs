@@ -87,6 +87,24 @@ impl Sampler {
 	}
 }
 
+/// The model's log-probability of `token` and of the `top` most likely tokens (most likely
+/// first, ties by id) in one row of raw logits: its log-softmax at temperature 1.
+pub(super) fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+	let max = logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+	let total: f64 = logits.iter().filter(|l| !l.is_nan()).map(|&l| f64::from(l - max).exp()).sum();
+	let log_z = f64::from(max) + total.ln();
+	let logprob = |id: u32| (f64::from(logits[id as usize]) - log_z) as f32;
+	let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+	let by_logit = |a: &u32, b: &u32| descending(logits[*a as usize], logits[*b as usize]).then(a.cmp(b));
+	let top = top.min(ids.len());
+	if top > 0 && top < ids.len() {
+		ids.select_nth_unstable_by(top - 1, by_logit);
+	}
+	ids.truncate(top);
+	ids.sort_unstable_by(by_logit);
+	(logprob(token), ids.into_iter().map(|id| (id, logprob(id))).collect())
+}
+
 /// Larger logits first; NaN last.
 fn descending(a: f32, b: f32) -> Ordering {
 	b.partial_cmp(&a).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
@@ -184,6 +202,23 @@ mod tests {
 		};
 		assert_eq!(draw(11), draw(11));
 		assert_ne!(draw(11), draw(12));
+	}
+
+	#[test]
+	fn logprobs_are_the_log_softmax_with_the_most_likely_first() {
+		let logits = [0.0f32, 2f32.ln(), 4f32.ln(), 8f32.ln(), f32::NEG_INFINITY]; // 1 : 2 : 4 : 8 of 15
+		let (chosen, top) = logprobs(&logits, 1, 3);
+		assert!((chosen - (2.0f32 / 15.0).ln()).abs() < 1e-6, "{chosen}");
+		let expected = [(3, 8.0f32 / 15.0), (2, 4.0 / 15.0), (1, 2.0 / 15.0)];
+		assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [3, 2, 1]);
+		for ((_, got), (_, p)) in top.iter().zip(expected) {
+			assert!((got - p.ln()).abs() < 1e-6, "{got} vs {}", p.ln());
+		}
+		assert_eq!(logprobs(&logits, 4, 0), (f32::NEG_INFINITY, Vec::new()), "a masked-out token");
+		assert_eq!(logprobs(&logits, 0, 9).1.len(), 5, "no more than the vocabulary");
+		// Large logits do not overflow.
+		let (big, _) = logprobs(&[1000.0, 1000.0], 0, 0);
+		assert!((big - 0.5f32.ln()).abs() < 1e-6, "{big}");
 	}
 
 	#[test]

@@ -5,9 +5,15 @@ use std::{
 	time::Instant,
 };
 
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::{sampler::Sampler, EngineCounters, FinishReason, GenerationEvent, GenerationRequest, Usage};
+use super::{
+	sampler::{logprobs, Sampler},
+	EngineCounters, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, Usage,
+};
 use crate::{
+	adapters::AdapterLease,
+	grammar::Constraint,
 	model::{kv_pool::tokens_for, KvCache, KvPool, Llama, SeqStep},
 	tokenizer::{IncrementalDecoder, TextCodec},
 };
@@ -38,8 +44,26 @@ impl Default for EngineOptions {
 	}
 }
 
+/// What the answers of one request share.
+struct Shared {
+	prompt_tokens: Vec<u32>,
+	max_tokens: usize,
+	sampling: SamplingParams,
+	stop: Vec<String>,
+	adapter: Option<AdapterLease>,
+	choices: usize,
+	logprobs: Option<usize>,
+	events: tokio::sync::mpsc::UnboundedSender<GenerationEvent>,
+	/// Given back when the request's last answer is dropped.
+	_permit: Option<OwnedSemaphorePermit>,
+}
+
+/// One answer being generated.
 struct Sequence {
-	request: GenerationRequest,
+	request: Arc<Shared>,
+	/// Which of the request's answers this is.
+	choice: usize,
+	constraint: Option<Constraint>,
 	cache: KvCache,
 	/// Prompt tokens already in the cache.
 	prefilled: usize,
@@ -48,27 +72,76 @@ struct Sequence {
 	generated: usize,
 	sampler: Sampler,
 	decoder: IncrementalDecoder,
-	/// All output text so far, and how much of it was sent.
+	/// All output text so far, and how much of it was sent (bytes), in characters too.
 	text: String,
 	sent: usize,
+	chars: usize,
+	sent_chars: usize,
+	/// Log-probabilities not sent yet.
+	logprobs: Vec<TokenLogprob>,
 	adapter_key: Option<[u8; 32]>,
 }
 
 impl Sequence {
 	fn new(request: GenerationRequest, pool: &KvPool) -> Self {
-		let adapter_key = request.adapter.as_ref().map(|a| a.hash);
+		let GenerationRequest {
+			prompt_tokens,
+			max_tokens,
+			sampling,
+			stop,
+			adapter,
+			constraint,
+			choices,
+			logprobs,
+			events,
+			permit,
+		} = request;
+		let shared = Shared {
+			prompt_tokens,
+			max_tokens,
+			sampling,
+			stop,
+			adapter,
+			choices: choices.max(1),
+			logprobs,
+			events,
+			_permit: permit,
+		};
+		Self::answer(Arc::new(shared), 0, constraint, pool.cache())
+	}
+
+	/// Answer `choice` of `request`, with what is already in `cache`.
+	fn answer(request: Arc<Shared>, choice: usize, constraint: Option<Constraint>, cache: KvCache) -> Self {
+		let mut sampling = request.sampling.clone();
+		sampling.seed = sampling.seed.wrapping_add(choice as u64);
 		Self {
-			cache: pool.cache(),
-			prefilled: 0,
+			adapter_key: request.adapter.as_ref().map(|a| a.hash),
+			choice,
+			constraint,
+			prefilled: cache.len().min(request.prompt_tokens.len()),
+			cache,
 			next_input: None,
 			generated: 0,
-			sampler: Sampler::new(&request.sampling),
+			sampler: Sampler::new(&sampling),
 			decoder: IncrementalDecoder::new(),
 			text: String::new(),
 			sent: 0,
-			adapter_key,
+			chars: 0,
+			sent_chars: 0,
+			logprobs: Vec::new(),
 			request,
 		}
+	}
+
+	/// The request's other answers, once its prompt is in: they share its cached prompt and
+	/// start from the same logits.
+	fn fork_answers(&self) -> candle_core::Result<Vec<Sequence>> {
+		(1..self.request.choices)
+			.map(|choice| {
+				let constraint = self.constraint.as_ref().map(Constraint::fork);
+				Ok(Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?))
+			})
+			.collect()
 	}
 
 	/// Length of the longest suffix of the text that could still grow into a stop sequence:
@@ -89,40 +162,74 @@ impl Sequence {
 		held
 	}
 
-	fn send(&mut self, event: GenerationEvent) -> bool {
+	/// Sends the text from `sent` up to `end`, with the log-probabilities of the tokens whose
+	/// text starts in what has been sent (all that are left when `last`); false when the
+	/// client has gone.
+	fn send_text(&mut self, end: usize, last: bool) -> bool {
+		let piece = self.text[self.sent..end].to_string();
+		self.sent = end;
+		self.sent_chars += piece.chars().count();
+		let ready = if last { self.logprobs.len() } else { self.logprobs.partition_point(|l| l.text_offset < self.sent_chars) };
+		let logprobs = self.logprobs.drain(..ready).collect();
+		let event = GenerationEvent::Text { choice: self.choice, text: piece, completion_tokens: self.generated, logprobs };
 		self.request.events.send(event).is_ok()
 	}
 
-	/// Takes a sampled token; returns `Some(ending)` when the sequence is finished.
-	fn accept(&mut self, codec: &TextCodec, token: u32) -> Option<Ending> {
-		self.accept_token(codec, token).map(Ending::Finished).or_else(|| self.grammar_ending(codec, token))
+	/// Picks the next token from this sequence's row of logits (masked by its grammar) and
+	/// takes it; returns `Some(ending)` when the sequence is finished.
+	fn sample(&mut self, codec: &TextCodec, mut row: Vec<f32>) -> Option<Ending> {
+		// Log-probabilities are the model's: taken before the mask.
+		let raw = (self.constraint.is_some() && self.request.logprobs.is_some()).then(|| row.clone());
+		if let Some(constraint) = &mut self.constraint {
+			if let Err(e) = constraint.mask(&mut row) {
+				return Some(Ending::Failed(format!("constrained decoding failed: {e}")));
+			}
+		}
+		let token = self.sampler.sample(&row);
+		let logprob = self.request.logprobs.map(|top| {
+			let (logprob, top) = logprobs(raw.as_deref().unwrap_or(&row), token, top);
+			TokenLogprob { token, logprob, top, text_offset: 0 }
+		});
+		self.accept_token(codec, token, logprob).map(Ending::Finished).or_else(|| self.grammar_ending(codec, token))
 	}
 
 	/// The end a grammar gives the sequence: finished when its output is complete, failed when
 	/// the token was not the grammar's (it was masked, so that is a bug).
 	fn grammar_ending(&mut self, codec: &TextCodec, token: u32) -> Option<Ending> {
-		let constraint = self.request.constraint.as_mut()?;
+		let constraint = self.constraint.as_mut()?;
 		if let Err(e) = constraint.accept(token) {
 			return Some(Ending::Failed(format!("constrained decoding failed: {e}")));
 		}
 		if !constraint.is_complete() {
 			return None;
 		}
-		if let Ok(Some(rest)) = self.decoder.flush(codec) {
-			self.text.push_str(&rest);
-		}
+		self.flush(codec);
 		Some(Ending::Finished(FinishReason::Stop))
 	}
 
+	/// Takes what the decoder still holds back into the text.
+	fn flush(&mut self, codec: &TextCodec) {
+		if let Ok(Some(rest)) = self.decoder.flush(codec) {
+			self.chars += rest.chars().count();
+			self.text.push_str(&rest);
+		}
+	}
+
 	/// Takes a sampled token into the text; returns `Some(reason)` when that finishes it.
-	fn accept_token(&mut self, codec: &TextCodec, token: u32) -> Option<FinishReason> {
+	fn accept_token(&mut self, codec: &TextCodec, token: u32, logprob: Option<TokenLogprob>) -> Option<FinishReason> {
 		if codec.eos_token_ids().contains(&token) {
 			return Some(FinishReason::Stop);
 		}
 		self.generated += 1;
 		self.next_input = Some(token);
+		if let Some(logprob) = logprob {
+			self.logprobs.push(TokenLogprob { text_offset: self.chars, ..logprob });
+		}
 		match self.decoder.push(codec, token) {
-			Ok(Some(piece)) => self.text.push_str(&piece),
+			Ok(Some(piece)) => {
+				self.chars += piece.chars().count();
+				self.text.push_str(&piece);
+			},
 			Ok(None) => {},
 			Err(e) => tracing::warn!("detokenizing token {token}: {e}"),
 		}
@@ -136,41 +243,38 @@ impl Sequence {
 			.min();
 		if let Some(at) = stop_at {
 			self.text.truncate(at);
+			// The stop sequence's own tokens are not part of the answer.
+			self.chars = self.text.chars().count();
+			let chars = self.chars;
+			self.logprobs.retain(|l| l.text_offset < chars);
 			return Some(FinishReason::Stop);
 		}
 		if self.generated >= self.request.max_tokens {
 			return Some(FinishReason::Length);
 		}
 		let ready = self.text.len() - self.held_back();
-		if ready > self.sent {
-			let piece = self.text[self.sent..ready].to_string();
-			self.sent = ready;
-			if !self.send(GenerationEvent::Text { text: piece, completion_tokens: self.generated }) {
-				// The client went away: finish quietly, nobody is listening.
-				return Some(FinishReason::Stop);
-			}
+		if ready > self.sent && !self.send_text(ready, false) {
+			// The client went away: finish quietly, nobody is listening.
+			return Some(FinishReason::Stop);
 		}
 		None
 	}
 
-	/// The event that ends the request: for a finished sequence the rest of its text is sent
-	/// first, then `Done`.
+	/// The event that ends this answer: for a finished sequence the rest of its text (and
+	/// log-probabilities) is sent first, then `Done`.
 	fn last_event(&mut self, codec: &TextCodec, ending: Ending) -> GenerationEvent {
 		let reason = match ending {
 			Ending::Failed(message) => return GenerationEvent::Failed(message),
 			Ending::Finished(reason) => reason,
 		};
 		if reason == FinishReason::Length {
-			if let Ok(Some(rest)) = self.decoder.flush(codec) {
-				self.text.push_str(&rest);
-			}
+			self.flush(codec);
 		}
-		if self.text.len() > self.sent {
-			let rest = self.text[self.sent..].to_string();
-			self.send(GenerationEvent::Text { text: rest, completion_tokens: self.generated });
+		if self.text.len() > self.sent || !self.logprobs.is_empty() {
+			self.send_text(self.text.len(), true);
 		}
 		let usage = Usage { prompt_tokens: self.request.prompt_tokens.len(), completion_tokens: self.generated };
-		GenerationEvent::Done { finish_reason: reason, usage }
+		GenerationEvent::Done { choice: self.choice, finish_reason: reason, usage }
 	}
 }
 
@@ -293,6 +397,7 @@ pub(super) fn run(
 				continue;
 			},
 		};
+		let mut forks: Vec<(Sequence, Vec<f32>)> = Vec::new();
 		for (row, (i, tokens)) in plan.iter().enumerate() {
 			let seq = &mut active[*i];
 			if seq.next_input.is_none() {
@@ -301,23 +406,34 @@ pub(super) fn run(
 					continue;
 				}
 			}
-			let mut row = match logits.get(row).and_then(|l| l.to_vec1::<f32>()) {
+			let row = match logits.get(row).and_then(|l| l.to_vec1::<f32>()) {
 				Ok(row) => row,
 				Err(e) => {
 					finished.push((*i, Ending::Failed(format!("sampling failed: {e}"))));
 					continue;
 				},
 			};
-			if let Some(constraint) = &mut seq.request.constraint {
-				if let Err(e) = constraint.mask(&mut row) {
-					finished.push((*i, Ending::Failed(format!("constrained decoding failed: {e}"))));
-					continue;
+			// The prompt is in: the request's other answers start here, from the same logits.
+			if seq.next_input.is_none() && seq.request.choices > 1 {
+				match seq.fork_answers() {
+					Ok(answers) => forks.extend(answers.into_iter().map(|answer| (answer, row.clone()))),
+					Err(e) => {
+						finished.push((*i, Ending::Failed(format!("starting the other answers failed: {e}"))));
+						continue;
+					},
 				}
 			}
-			let token = seq.sampler.sample(&row);
 			counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
-			if let Some(ending) = seq.accept(&codec, token) {
+			if let Some(ending) = seq.sample(&codec, row) {
 				finished.push((*i, ending));
+			}
+		}
+		for (mut answer, row) in forks {
+			counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+			let ending = answer.sample(&codec, row);
+			active.push(answer);
+			if let Some(ending) = ending {
+				finished.push((active.len() - 1, ending));
 			}
 		}
 		retire(&mut active, finished, &codec, &counters);

@@ -2,7 +2,9 @@
 //! shared by all sequences, and each sequence keeps a table of the blocks its positions use (as
 //! vLLM's PagedAttention does). Memory follows the tokens actually cached, not each sequence's
 //! longest possible length; a finished sequence's blocks go straight back to the pool, and
-//! nothing is copied when a sequence grows.
+//! nothing is copied when a sequence grows. A forked cache (the `n` answers of one prompt) shares
+//! its parent's full blocks, counted by reference, and copies only the last, partly filled one:
+//! no block is ever written by two sequences.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -54,6 +56,8 @@ struct PoolInner {
 	max_blocks: usize,
 	/// Free block ids, the lowest last so it is taken first.
 	free: Vec<u32>,
+	/// Per block, how many caches use it (0: free).
+	users: Vec<u32>,
 }
 
 impl KvPool {
@@ -61,7 +65,7 @@ impl KvPool {
 	/// allocated until a sequence caches its first token.
 	pub fn new(shape: KvShape, max_tokens: usize, device: &Device) -> Self {
 		let max_blocks = max_tokens.div_ceil(BLOCK_TOKENS).max(1);
-		let inner = PoolInner { shape, device: device.clone(), layers: Vec::new(), capacity: 0, max_blocks, free: Vec::new() };
+		let inner = PoolInner { shape, device: device.clone(), layers: Vec::new(), capacity: 0, max_blocks, free: Vec::new(), users: Vec::new() };
 		Self { inner: Arc::new(Mutex::new(inner)) }
 	}
 
@@ -131,7 +135,22 @@ impl PoolInner {
 				return Err(KvPoolFull { needed: count, free: self.free.len(), max_blocks: self.capacity });
 			}
 		}
-		Ok((0..count).map(|_| self.free.pop().expect("enough blocks checked above")).collect())
+		let taken: Vec<u32> = (0..count).map(|_| self.free.pop().expect("enough blocks checked above")).collect();
+		for &block in &taken {
+			self.users[block as usize] = 1;
+		}
+		Ok(taken)
+	}
+
+	/// One cache less uses each of `blocks`; those nobody uses any more are free again.
+	fn release(&mut self, blocks: impl DoubleEndedIterator<Item = u32>) {
+		for block in blocks.rev() {
+			let users = &mut self.users[block as usize];
+			*users -= 1;
+			if *users == 0 {
+				self.free.push(block);
+			}
+		}
 	}
 
 	/// Reallocates every layer's pools with `capacity` blocks, keeping the blocks in use where
@@ -151,6 +170,7 @@ impl PoolInner {
 		}
 		self.layers = layers;
 		self.free.splice(0..0, (self.capacity as u32..capacity as u32).rev());
+		self.users.resize(capacity, 0);
 		tracing::debug!(blocks = capacity, mib = (capacity * self.block_bytes()) >> 20, "KV cache grown");
 		self.capacity = capacity;
 		Ok(())
@@ -183,6 +203,36 @@ impl KvCache {
 	/// The blocks holding positions `0..len`, in order.
 	pub fn blocks(&self) -> &[u32] {
 		&self.blocks
+	}
+
+	/// A cache holding the same positions, for a second answer to the same prompt: the full
+	/// blocks are shared, the last one if partly filled is copied (both caches write into it).
+	/// Fails when the pool has no block for that copy.
+	pub fn fork(&self) -> Result<KvCache> {
+		let full = self.len / BLOCK_TOKENS;
+		let partial = (self.len % BLOCK_TOKENS != 0).then(|| self.blocks[full]);
+		let (blocks, layers) = {
+			let mut inner = self.pool.lock();
+			let copy = match partial {
+				Some(_) => inner.take(1).map_err(|full| candle_core::Error::Msg(full.to_string()))?,
+				None => Vec::new(),
+			};
+			for &block in &self.blocks[..full] {
+				inner.users[block as usize] += 1;
+			}
+			([&self.blocks[..full], &copy[..]].concat(), inner.layers.clone())
+		};
+		// From here the blocks are the fork's: dropped, it gives them back.
+		let forked = KvCache { pool: self.pool.clone(), blocks, len: self.len };
+		if let Some(from) = partial {
+			let to = forked.blocks[full] as usize;
+			for (k, v) in &layers {
+				for pool in [k, v] {
+					pool.slice_set(&pool.narrow(0, from as usize, 1)?.copy()?, 0, to)?;
+				}
+			}
+		}
+		Ok(forked)
 	}
 
 	/// Makes room for `tokens` more positions, taking blocks from the pool if needed. Either all
@@ -245,7 +295,7 @@ impl KvCache {
 impl Drop for KvCache {
 	fn drop(&mut self) {
 		if !self.blocks.is_empty() {
-			self.pool.lock().free.extend(self.blocks.drain(..).rev());
+			self.pool.lock().release(self.blocks.drain(..));
 		}
 	}
 }
@@ -326,5 +376,56 @@ mod tests {
 		late.reserve(9 * BLOCK_TOKENS).unwrap();
 		assert_eq!(pool.available_blocks(), 0);
 		assert!(early.write(0, &rows(0, 3, 14, false), &rows(0, 3, 14, true)).is_err(), "writing past the reserved blocks");
+	}
+
+	fn fill(cache: &mut KvCache, n: usize, value: bool) {
+		cache.reserve(n).unwrap();
+		for layer in 0..2 {
+			cache.write(layer, &rows(layer, cache.len(), n, value), &rows(layer, cache.len(), n, !value)).unwrap();
+		}
+		cache.advance(n);
+	}
+
+	fn keys(cache: &KvCache, layer: usize) -> Vec<Vec<Vec<f32>>> {
+		let ids = Tensor::new(cache.blocks(), &Device::Cpu).unwrap();
+		cache.gather(layer, &ids, cache.len()).unwrap().0.to_vec3::<f32>().unwrap()
+	}
+
+	/// A fork shares the full blocks and copies the partial one; each side then writes only its
+	/// own blocks, and a shared block is free only once both caches are gone.
+	#[test]
+	fn a_fork_shares_full_blocks_and_copies_the_last() {
+		let pool = pool(1_000);
+		let mut parent = pool.cache();
+		fill(&mut parent, 2 * BLOCK_TOKENS + 5, false);
+		let mut child = parent.fork().unwrap();
+		assert_eq!(child.len(), parent.len());
+		assert_eq!(child.blocks()[..2], parent.blocks()[..2], "full blocks shared");
+		assert_ne!(child.blocks()[2], parent.blocks()[2], "the partial block copied");
+		assert_eq!(pool.used_blocks(), 4);
+		assert_eq!(keys(&child, 1), keys(&parent, 1), "the copy holds the same keys");
+		// The parent goes on with keys, the child with values in the key slots: neither sees the other's.
+		fill(&mut parent, 3, false);
+		fill(&mut child, 3, true);
+		assert_eq!(keys(&parent, 0), rows(0, 0, parent.len(), false).to_vec3::<f32>().unwrap());
+		let child_keys = keys(&child, 0);
+		assert_eq!(child_keys[0][..2 * BLOCK_TOKENS + 5], rows(0, 0, 2 * BLOCK_TOKENS + 5, false).to_vec3::<f32>().unwrap()[0][..]);
+		assert_eq!(child_keys[0][2 * BLOCK_TOKENS + 5..], rows(0, 2 * BLOCK_TOKENS + 5, 3, true).to_vec3::<f32>().unwrap()[0][..]);
+		drop(parent);
+		assert_eq!(pool.used_blocks(), 3, "the shared blocks stay with the child");
+		assert_eq!(keys(&child, 0), child_keys);
+		drop(child);
+		assert_eq!(pool.used_blocks(), 0);
+		// A cache ending on a block boundary forks without a copy; a full pool refuses a copy.
+		let small = self::pool(3 * BLOCK_TOKENS);
+		let mut whole = small.cache();
+		fill(&mut whole, BLOCK_TOKENS, false);
+		let twin = whole.fork().unwrap();
+		assert_eq!((twin.blocks(), small.used_blocks()), (whole.blocks(), 1));
+		let mut partial = small.cache();
+		fill(&mut partial, 2 * BLOCK_TOKENS - 1, false);
+		let refused = partial.fork().err().expect("no block for the copy");
+		assert!(refused.to_string().contains("KV cache is full"), "{refused}");
+		assert_eq!(small.used_blocks(), 3, "a failed fork keeps nothing");
 	}
 }

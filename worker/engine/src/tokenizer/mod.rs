@@ -15,6 +15,7 @@ mod chat;
 mod decode;
 mod gguf;
 mod hf;
+mod vocabulary;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use tokenizers::Tokenizer;
 pub use chat::{ChatError, ChatMessage, DEFAULT_CHAT_TEMPLATE};
 use chat::{chat_environment, LiteralChat, SpecialTexts, IM_END};
 pub use decode::IncrementalDecoder;
+pub use vocabulary::Vocabulary;
 
 /// A model's tokenizer, chat template and special tokens.
 #[derive(Clone)]

@@ -42,7 +42,7 @@ pub async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output
 	while let Some(event) = rx.recv().await {
 		match event {
 			GenerationEvent::Text { text: t, .. } => text.push_str(&t),
-			GenerationEvent::Done { finish_reason, usage } =>
+			GenerationEvent::Done { finish_reason, usage, .. } =>
 				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
 			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
 		}

@@ -1,0 +1,45 @@
+//! The bytes each token id stands for: what a grammar's token trie is built from, and what a
+//! log-probability names (a token may hold part of a character, so its text alone is not enough).
+
+use super::TextCodec;
+
+/// llguidance's mark before a special token's name, which keeps grammars' text from producing it.
+const SPECIAL_MARKER: u8 = 0xff;
+
+/// Every token's bytes, `vocab_size` entries (ids the tokenizer lacks are empty).
+pub struct Vocabulary {
+	words: Vec<Vec<u8>>,
+}
+
+impl Vocabulary {
+	/// Reads the tokenizer's vocabulary (byte-level BPE or SentencePiece), widened to the
+	/// model's `vocab_size` (its logits' width).
+	pub fn new(codec: &TextCodec, vocab_size: usize) -> anyhow::Result<Self> {
+		let json: serde_json::Value = serde_json::from_str(
+			&codec.tokenizer().to_string(false).map_err(|e| anyhow::anyhow!("serialising the tokenizer: {e}"))?,
+		)?;
+		let mut words = llguidance::token_bytes_from_tokenizer_json(&json)?;
+		anyhow::ensure!(words.len() <= vocab_size, "the tokenizer has {} tokens, the model {vocab_size}", words.len());
+		words.resize(vocab_size, Vec::new());
+		Ok(Self { words })
+	}
+
+	/// The bytes of token `id` (a special token's name; empty for an id out of range).
+	pub fn bytes(&self, id: u32) -> &[u8] {
+		let word = self.words.get(id as usize).map_or(&[][..], Vec::as_slice);
+		word.strip_prefix(&[SPECIAL_MARKER]).unwrap_or(word)
+	}
+
+	/// Every token's bytes with special tokens marked, as llguidance's token trie takes them.
+	pub(crate) fn marked_words(&self) -> &[Vec<u8>] {
+		&self.words
+	}
+
+	pub fn len(&self) -> usize {
+		self.words.len()
+	}
+
+	pub fn is_empty(&self) -> bool {
+		self.words.is_empty()
+	}
+}
