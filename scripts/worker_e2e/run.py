@@ -3,6 +3,7 @@
 - test_openai_client: the API (models, chat, completions, adapters, admin, bad requests);
 - test_structured_outputs: `response_format` JSON objects and schemas;
 - test_tool_calls: tools, tool_choice, streamed calls, tool results;
+- test_logprobs: logprobs and several answers (`n`);
 - test_openai_client again: overload, DataNets, p2p, and last the shutdown test (it stops its
   worker).
 
@@ -13,8 +14,9 @@ import sys
 
 from harness import run
 from test_openai_client import ApiTest, DataNetTest, OverloadTest, P2pTest, ShutdownTest
+from test_logprobs import LogprobsTest
 from test_structured_outputs import StructuredOutputTest
 from test_tool_calls import ToolCallTest
 
 if __name__ == "__main__":
-    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))
+    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, LogprobsTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))

@@ -371,8 +371,8 @@ class ApiTest(WorkerTestCase):
         cases = [
             ("unknown model", openai.NotFoundError, 404, dict(code="model_not_found", kind="not_found_error"),
              dict(model="no-such-model", messages=GERMANY)),
-            ("n=2", openai.BadRequestError, 400, dict(param="n", kind="invalid_request_error"),
-             dict(model=BASE, messages=GERMANY, n=2)),
+            ("n=9", openai.BadRequestError, 400, dict(param="n", kind="invalid_request_error"),
+             dict(model=BASE, messages=GERMANY, n=9)),
             ("temperature=5", openai.BadRequestError, 400, dict(param="temperature"),
              dict(model=BASE, messages=GERMANY, temperature=5)),
             ("temperature=-1", openai.BadRequestError, 400, dict(param="temperature"),
@@ -390,8 +390,8 @@ class ApiTest(WorkerTestCase):
              dict(model=BASE, messages=GERMANY, max_tokens=0)),
             ("max_tokens over --max-tokens", openai.BadRequestError, 400, dict(param="max_tokens"),
              dict(model=BASE, messages=GERMANY, max_tokens=257)),
-            ("logprobs", openai.BadRequestError, 400, dict(param="logprobs"),
-             dict(model=BASE, messages=GERMANY, logprobs=True)),
+            ("top_logprobs=21", openai.BadRequestError, 400, dict(param="top_logprobs"),
+             dict(model=BASE, messages=GERMANY, logprobs=True, top_logprobs=21)),
             ("legacy functions", openai.BadRequestError, 400, dict(param="functions"),
              dict(model=BASE, messages=GERMANY, functions=[{"name": "f", "parameters": {"type": "object"}}])),
             ("too many stop sequences", openai.BadRequestError, 400, dict(param="stop"),
@@ -399,8 +399,8 @@ class ApiTest(WorkerTestCase):
             # A stream is refused before it starts, with a status, not inside a 200 stream.
             ("stream: unknown model", openai.NotFoundError, 404, dict(code="model_not_found"),
              dict(model="no-such-model", messages=GERMANY, stream=True)),
-            ("stream: n=2", openai.BadRequestError, 400, dict(param="n"),
-             dict(model=BASE, messages=GERMANY, n=2, stream=True)),
+            ("stream: n=9", openai.BadRequestError, 400, dict(param="n"),
+             dict(model=BASE, messages=GERMANY, n=9, stream=True)),
         ]
         for label, error, status, expect, kwargs in cases:
             with self.subTest(label):

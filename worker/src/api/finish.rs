@@ -87,6 +87,12 @@ pub(super) fn training_shares(provenance: &[(DataNetId, u32)]) -> Vec<TrainingSh
 	provenance.iter().map(|&(datanet, share_ppm)| TrainingShare { datanet, share_ppm }).collect()
 }
 
+/// What the receipt hashes and attribution reads when a request has several answers: their
+/// texts in order, a blank line between them.
+pub(super) fn joined<'a>(texts: impl Iterator<Item = &'a str>) -> String {
+	texts.collect::<Vec<_>>().join("\n\n")
+}
+
 pub(super) fn generation_failed(message: &str) -> ApiError {
 	ApiError::internal(format!("generation failed: {message}"))
 }

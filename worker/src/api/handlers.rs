@@ -10,32 +10,36 @@ use axum::{
 	response::{IntoResponse, Response},
 	Json,
 };
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
 	error::ApiError,
-	finish::{engine_vanished, generation_failed, training_shares, Attributor, Closing},
+	finish::{engine_vanished, generation_failed, joined, training_shares, Attributor, Closing},
+	logprobs,
 	openai::{
-		self, parse_json, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, GenerationSpec,
-		COMPLETIONS_DEFAULT_MAX_TOKENS,
+		self, parse_json, ChatChoice, ChatCompletion, ChatCompletionRequest, Completion, CompletionChoice,
+		CompletionRequest, GenerationSpec, COMPLETIONS_DEFAULT_MAX_TOKENS,
 	},
 	request_log::RequestLog,
-	tools::CallReader,
 	stream, unix_now, AppState, RequestId,
 };
 use crate::metrics::Endpoint;
 use openledger_engine::{
 	adapters::{AdapterError, AdapterLease},
-	engine::{FinishReason, GenerationEvent, GenerationRequest, Usage},
+	engine::{FinishReason, GenerationEvent, GenerationRequest, TokenLogprob, Usage},
 	grammar::{Constraint, Grammar},
-	tokenizer::{ChatError, ChatMessage},
+	tokenizer::{ChatError, ChatMessage, Vocabulary},
 };
 use openledger_knowledge::{
 	attribution::TrainingShare,
 	grounding::GroundingRequest,
 	templates::DEFAULT_TEMPLATE_ID,
 };
-use openledger_ledger::{authorise::Authorisation, keys::hex_hash, REQUEST_HASH_HEADER, VOUCHER_HEADER};
+use openledger_ledger::{
+	authorise::Authorisation, keys::hex_hash, service::LedgerError, REQUEST_HASH_HEADER, VOUCHER_HEADER,
+};
 use openledger_primitives::ContentHash;
 use openledger_tasks::blocking;
 
@@ -60,6 +64,8 @@ struct Prepared {
 	adapter: Option<AdapterLease>,
 	/// The compiled `response_format`, when the output is constrained.
 	constraint: Option<Constraint>,
+	/// The token bytes logprobs are shown with, when they are asked for.
+	vocabulary: Option<Arc<Vocabulary>>,
 	closing: Closing,
 	/// The request's place among those admitted; it goes with the request to the engine.
 	permit: OwnedSemaphorePermit,
@@ -118,6 +124,10 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 	let permit = admit(state)?;
 	let param = if asked.spec.tools.is_some() { "tools" } else { "response_format" };
 	let constraint = compile_grammar(state, asked.spec.grammar.clone(), param).await?;
+	let vocabulary = match asked.spec.logprobs {
+		Some(_) => Some(vocabulary(state).await?),
+		None => None,
+	};
 	let auth = authorise_payer(state, headers, body, &log.id).await?;
 	let adapter = lease_adapter(state, &asked.model).await?;
 	let training = training_of(state, &asked.model, adapter.as_ref())?;
@@ -155,6 +165,8 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 		state.inner.engine.context_length(),
 		param,
 	)?;
+	// The payer's budget covers every answer; each gets an equal part of what it affords.
+	let choices = asked.spec.choices;
 	let charge = match (state.ledger(), auth) {
 		(Some(ledger), Some(auth)) => {
 			let template = attributor
@@ -163,9 +175,19 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 				.filter(|(id, _)| id != DEFAULT_TEMPLATE_ID)
 				.map(|(_, hash)| ContentHash::from(*hash));
 			let adapter = adapter.as_ref().map(|lease| ContentHash::from(lease.hash()));
-			let charge =
-				ledger.charge(auth, adapter, template, attributor.is_some(), prompt_tokens.len(), max_tokens)?;
-			max_tokens = charge.max_tokens();
+			let charge = ledger.charge(
+				auth,
+				adapter,
+				template,
+				attributor.is_some(),
+				prompt_tokens.len(),
+				max_tokens * choices,
+			)?;
+			max_tokens = charge.max_tokens() / choices;
+			if max_tokens == 0 {
+				let short = LedgerError::PaymentRequired(format!("the payer's budget does not cover {choices} answers"));
+				return Err(ApiError::from(short).with_param("n"));
+			}
 			Some(charge)
 		},
 		_ => None,
@@ -177,6 +199,7 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 		spec: asked.spec,
 		adapter,
 		constraint,
+		vocabulary,
 		closing: Closing { attributor, charge },
 		permit,
 	})
@@ -195,6 +218,12 @@ async fn compile_grammar(state: &AppState, grammar: Option<Grammar>, param: &'st
 		Ok(Some(constraint))
 	})
 	.await
+}
+
+/// The model's token bytes, read from the tokenizer the first time (off the async workers).
+async fn vocabulary(state: &AppState) -> Result<Arc<Vocabulary>, ApiError> {
+	let engine = state.inner.engine.clone();
+	blocking(move || engine.vocabulary().map_err(|e| ApiError::internal(format!("logprobs are unavailable: {e}")))).await
 }
 
 /// Admits a request that parsed and validated, before any costly step (the chain lookup,
@@ -286,8 +315,8 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 		stop: p.spec.stop,
 		adapter: p.adapter,
 		constraint: p.constraint,
-		choices: 1,
-		logprobs: None,
+		choices: p.spec.choices,
+		logprobs: p.spec.logprobs,
 		events,
 		permit: Some(p.permit),
 	};
@@ -297,36 +326,63 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
 	let headers = generation_headers(&p.closing);
 	if p.spec.stream {
-		let calls = p.spec.tools.as_ref().map(|_| CallReader::default());
-		return (headers, stream::respond(state, log, rx, meta, p.spec.include_usage, calls, p.closing)).into_response();
+		let answers = stream::Answers { count: p.spec.choices, tools: p.spec.tools.is_some(), vocabulary: p.vocabulary };
+		return (headers, stream::respond(state, log, rx, meta, p.spec.include_usage, answers, p.closing)).into_response();
 	}
-	let (text, finish, usage) = match collect(&mut log, rx).await {
+	let (answers, usage) = match collect(&mut log, rx, p.spec.choices).await {
 		Ok(done) => done,
 		Err(e) => return log.reject(e),
 	};
-	let (text, finished) = match p.closing.finish(&state, text, &usage).await {
-		Ok(done) => done,
+	let finished = match p.closing.finish(&state, joined(answers.iter().map(|a| a.text.as_str())), &usage).await {
+		Ok((_, finished)) => finished,
 		Err(e) => return log.reject(e),
 	};
+	let vocabulary = p.vocabulary.as_deref();
 	let body = match log.endpoint() {
 		Endpoint::ChatCompletions => {
-			let mut body = ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, text, finish, &usage);
-			if p.spec.tools.is_some() {
-				body.choices[0].read_tool_calls();
-			}
+			let choices = answers
+				.into_iter()
+				.enumerate()
+				.map(|(i, answer)| {
+					let mut choice = ChatChoice::new(i, answer.text, answer.finish);
+					choice.logprobs = vocabulary.map(|v| logprobs::chat(v, &answer.logprobs));
+					if p.spec.tools.is_some() {
+						choice.read_tool_calls();
+					}
+					choice
+				})
+				.collect();
+			let mut body = ChatCompletion::new(format!("chatcmpl-{}", meta.id), meta.created, meta.model, choices, &usage);
 			body.attribution = finished.attribution;
 			body.receipt_id = finished.receipt_id;
 			Json(body).into_response()
 		},
 		Endpoint::Completions => {
 			let id = format!("cmpl-{}", meta.id);
-			let mut body = Completion::new(&id, meta.created, &meta.model, &text, Some(finish), Some(&usage));
+			let mut body = Completion::new(&id, meta.created, &meta.model, "", None, Some(&usage));
+			body.choices = answers
+				.iter()
+				.enumerate()
+				.map(|(i, answer)| CompletionChoice {
+					text: &answer.text,
+					index: i as u32,
+					logprobs: vocabulary.map(|v| logprobs::completion(v, &answer.logprobs)),
+					finish_reason: Some(answer.finish.as_openai()),
+				})
+				.collect();
 			body.attribution = finished.attribution;
 			body.receipt_id = finished.receipt_id;
 			Json(body).into_response()
 		},
 	};
 	(headers, body).into_response()
+}
+
+/// One answer of a request, whole.
+struct Answer {
+	text: String,
+	finish: FinishReason,
+	logprobs: Vec<TokenLogprob>,
 }
 
 /// What every response of one generation shares.
@@ -350,26 +406,35 @@ fn generation_headers(closing: &Closing) -> HeaderMap {
 	headers
 }
 
-/// Waits for the whole generation.
+/// Waits for every answer, and adds up their usage (the prompt counted once).
 async fn collect(
 	log: &mut RequestLog,
 	mut rx: mpsc::UnboundedReceiver<GenerationEvent>,
-) -> Result<(String, FinishReason, Usage), ApiError> {
-	let mut text = String::new();
-	loop {
+	choices: usize,
+) -> Result<(Vec<Answer>, Usage), ApiError> {
+	let mut answers: Vec<Answer> =
+		(0..choices).map(|_| Answer { text: String::new(), finish: FinishReason::Stop, logprobs: Vec::new() }).collect();
+	let mut total = Usage { prompt_tokens: 0, completion_tokens: 0 };
+	let mut done = 0;
+	while done < choices {
 		match rx.recv().await {
-			Some(GenerationEvent::Text { text: t, .. }) => {
+			Some(GenerationEvent::Text { choice, text, logprobs, .. }) => {
 				log.saw_text();
-				text.push_str(&t);
-			}
-			Some(GenerationEvent::Done { finish_reason, usage, .. }) => {
-				log.finished(&usage);
-				return Ok((text, finish_reason, usage));
-			}
+				answers[choice].text.push_str(&text);
+				answers[choice].logprobs.extend(logprobs);
+			},
+			Some(GenerationEvent::Done { choice, finish_reason, usage }) => {
+				answers[choice].finish = finish_reason;
+				total.prompt_tokens = usage.prompt_tokens;
+				total.completion_tokens += usage.completion_tokens;
+				done += 1;
+			},
 			Some(GenerationEvent::Failed(message)) => return Err(generation_failed(&message)),
 			None => return Err(engine_vanished()),
 		}
 	}
+	log.finished(&total);
+	Ok((answers, total))
 }
 
 /// The body, or the rejection as an OpenAI error (413 when over `max_body_bytes`).

@@ -9,6 +9,7 @@ mod admin;
 mod error;
 mod finish;
 mod handlers;
+pub mod logprobs;
 pub mod openai;
 mod request_log;
 mod status;

@@ -11,9 +11,12 @@
 //! - `response_format` (both endpoints): `text`, `json_object`, or `json_schema` with a `name`
 //!   of 1–64 `[A-Za-z0-9_-]` and a schema of at most [`MAX_SCHEMA_BYTES`]; a schema the grammar
 //!   engine cannot compile is a 400 too (named `response_format`).
-//! - `n` must be 1; `logprobs`, `echo`, `best_of > 1`, `suffix`, `logit_bias`, tools, functions,
-//!   a `tool_choice` or `function_call` other than `none`/`auto`, and OpenLedger's grounding
-//!   fields on `/v1/completions` are refused rather than silently ignored. Other unknown fields (`user`, `presence_penalty`, `frequency_penalty`, …) are
+//! - `n` in `1..=`[`MAX_CHOICES`]; answer `i` samples with `seed + i`.
+//! - `logprobs`: `true`/`false` on chat with `top_logprobs` in `0..=`[`MAX_TOP_LOGPROBS`] (only
+//!   with `logprobs: true`); a count in that range on completions.
+//! - `echo`, `best_of > 1`, `suffix`, `logit_bias`, the legacy `functions` and a `function_call`
+//!   other than `none`/`auto`, and OpenLedger's grounding fields on `/v1/completions` are
+//!   refused rather than silently ignored. Other unknown fields (`user`, `presence_penalty`, `frequency_penalty`, …) are
 //!   accepted and ignored.
 //!
 //! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
@@ -25,6 +28,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{
 	error::ApiError,
+	logprobs::{ChatLogprobs, CompletionLogprobs, MAX_TOP_LOGPROBS},
 	tools::{read_answer, render_calls, render_result, ToolCall, Tooling},
 	ApiLimits,
 };
@@ -36,6 +40,8 @@ use openledger_engine::{
 
 pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_STOP_BYTES: usize = 256;
+/// The most answers one request may ask for (`n`).
+pub const MAX_CHOICES: usize = 8;
 /// OpenAI's default `max_tokens` for `/v1/completions`.
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -69,6 +75,9 @@ pub struct ChatCompletionRequest {
 	pub function_call: Option<serde_json::Value>,
 	#[serde(default)]
 	pub tool_choice: Option<serde_json::Value>,
+	/// Alternatives to show per token, with `logprobs: true`.
+	#[serde(default)]
+	pub top_logprobs: Option<i64>,
 	/// OpenLedger: DataNets to retrieve context from (besides the adapter's training DataNets).
 	#[serde(default)]
 	pub datanets: Option<Vec<DataNetId>>,
@@ -123,7 +132,7 @@ pub struct CommonParams {
 	pub stream: Option<bool>,
 	pub stream_options: Option<StreamOptions>,
 	pub n: Option<u64>,
-	/// `true` (chat) or a count (completions); only absent/false/0 is accepted.
+	/// `true` (chat) or a count (completions), read by each endpoint's `validate`.
 	pub logprobs: Option<serde_json::Value>,
 	/// Token biases are a hard constraint on the output: only an empty map is accepted.
 	pub logit_bias: Option<serde_json::Value>,
@@ -195,6 +204,10 @@ pub struct GenerationSpec {
 	pub grammar: Option<Grammar>,
 	/// The tools a chat request offers, when it wants them used.
 	pub tools: Option<Tooling>,
+	/// Answers to generate (`n`).
+	pub choices: usize,
+	/// `Some(k)`: each token's log-probability and its `k` most likely alternatives.
+	pub logprobs: Option<usize>,
 }
 
 impl CommonParams {
@@ -203,14 +216,11 @@ impl CommonParams {
 		if self.logit_bias.as_ref().is_some_and(|b| !b.is_null() && b.as_object().is_none_or(|m| !m.is_empty())) {
 			return Err(ApiError::invalid("logit_bias", "logit_bias is not supported"));
 		}
-		if let Some(n) = self.n {
-			if n != 1 {
-				return Err(ApiError::invalid("n", "only n = 1 is supported"));
-			}
-		}
-		if logprobs_requested(self.logprobs.as_ref()) {
-			return Err(ApiError::invalid("logprobs", "logprobs are not supported"));
-		}
+		let choices = match self.n {
+			None => 1,
+			Some(n) if (1..=MAX_CHOICES as u64).contains(&n) => n as usize,
+			Some(_) => return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_CHOICES}"))),
+		};
 		let (param, requested) = match (self.max_completion_tokens, self.max_tokens) {
 			(Some(m), _) => ("max_completion_tokens", Some(m)),
 			(None, m) => ("max_tokens", m),
@@ -277,6 +287,8 @@ impl CommonParams {
 			include_usage,
 			grammar: response_format(self.response_format.as_ref())?,
 			tools: None,
+			choices,
+			logprobs: None,
 		})
 	}
 }
@@ -322,13 +334,12 @@ pub fn valid_name(name: &str) -> bool {
 	(1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn logprobs_requested(value: Option<&serde_json::Value>) -> bool {
-	match value {
-		None | Some(serde_json::Value::Null) => false,
-		Some(serde_json::Value::Bool(b)) => *b,
-		Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
-		Some(_) => true,
-	}
+/// A count of alternatives per token, `0..=MAX_TOP_LOGPROBS`, named `param` in errors.
+fn top_count(value: i64, param: &str) -> Result<usize, ApiError> {
+	usize::try_from(value)
+		.ok()
+		.filter(|&k| k <= MAX_TOP_LOGPROBS)
+		.ok_or_else(|| ApiError::invalid(param, format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}")))
 }
 
 impl ChatCompletionRequest {
@@ -341,6 +352,16 @@ impl ChatCompletionRequest {
 			return Err(ApiError::invalid("function_call", "the legacy `function_call` is not supported; use `tool_choice`"));
 		}
 		let mut spec = self.params.validate(limits)?;
+		let wants_logprobs = match &self.params.logprobs {
+			None | Some(serde_json::Value::Null) => false,
+			Some(serde_json::Value::Bool(b)) => *b,
+			Some(_) => return Err(ApiError::invalid("logprobs", "logprobs must be true or false on chat completions")),
+		};
+		spec.logprobs = match (wants_logprobs, self.top_logprobs) {
+			(false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+			(false, None) => None,
+			(true, top) => Some(top_count(top.unwrap_or(0), "top_logprobs")?),
+		};
 		spec.tools = Tooling::parse(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
 		if let Some(tools) = &spec.tools {
 			if spec.grammar.is_some() {
@@ -374,7 +395,16 @@ impl CompletionRequest {
 		if let Some(param) = grounding {
 			return Err(ApiError::invalid(param, "DataNet retrieval and prompt templates are served on /v1/chat/completions"));
 		}
-		self.params.validate(limits)
+		let mut spec = self.params.validate(limits)?;
+		spec.logprobs = match &self.params.logprobs {
+			None | Some(serde_json::Value::Null) => None,
+			Some(serde_json::Value::Number(n)) => match n.as_i64() {
+				Some(k) => Some(top_count(k, "logprobs")?),
+				None => return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}"))),
+			},
+			Some(_) => return Err(ApiError::invalid("logprobs", "logprobs must be a number of alternatives on completions")),
+		};
+		Ok(spec)
 	}
 }
 
@@ -577,7 +607,7 @@ impl From<&AttributionEntry> for AttributionBody {
 pub struct ChatChoice {
 	pub index: u32,
 	pub message: AssistantMessage,
-	pub logprobs: Option<()>,
+	pub logprobs: Option<ChatLogprobs>,
 	pub finish_reason: &'static str,
 }
 
@@ -613,7 +643,7 @@ pub struct ChatCompletionChunk<'a> {
 pub struct ChunkChoice<'a> {
 	pub index: u32,
 	pub delta: Delta<'a>,
-	pub logprobs: Option<()>,
+	pub logprobs: Option<ChatLogprobs>,
 	pub finish_reason: Option<&'static str>,
 }
 
@@ -669,11 +699,20 @@ pub struct Completion<'a> {
 pub struct CompletionChoice<'a> {
 	pub text: &'a str,
 	pub index: u32,
-	pub logprobs: Option<()>,
+	pub logprobs: Option<CompletionLogprobs>,
 	pub finish_reason: Option<&'static str>,
 }
 
 impl ChatChoice {
+	pub fn new(index: usize, text: String, finish: FinishReason) -> Self {
+		Self {
+			index: index as u32,
+			message: AssistantMessage { role: "assistant", content: Some(text), tool_calls: None },
+			logprobs: None,
+			finish_reason: finish.as_openai(),
+		}
+	}
+
 	/// Reads the answer's tool calls out of its text: with any, they go to `tool_calls`, the text
 	/// before them stays the content (`null` when there is none), and a finished answer ends with
 	/// `tool_calls`. A call cut short by `max_tokens` is left as text.
@@ -693,18 +732,13 @@ impl ChatChoice {
 }
 
 impl ChatCompletion {
-	pub fn new(id: String, created: u64, model: String, text: String, finish: FinishReason, usage: &Usage) -> Self {
+	pub fn new(id: String, created: u64, model: String, choices: Vec<ChatChoice>, usage: &Usage) -> Self {
 		Self {
 			id,
 			object: "chat.completion",
 			created,
 			model,
-			choices: vec![ChatChoice {
-				index: 0,
-				message: AssistantMessage { role: "assistant", content: Some(text), tool_calls: None },
-				logprobs: None,
-				finish_reason: finish.as_openai(),
-			}],
+			choices,
 			usage: usage.into(),
 			attribution: None,
 			receipt_id: None,

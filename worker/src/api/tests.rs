@@ -8,14 +8,16 @@ use serde_json::{json, Value};
 use super::{
 	error::ApiError,
 	admin::constant_time_eq,
+	logprobs,
 	openai::*,
 	ApiLimits,
 };
 use crate::metrics::{Endpoint, Metrics, Outcome};
 use openledger_engine::{
 	adapters::{AdapterError, CacheStats},
-	engine::{EngineClosed, EngineStats, FinishReason, Usage},
+	engine::{EngineClosed, EngineStats, FinishReason, TokenLogprob, Usage},
 	grammar::Grammar,
+	tokenizer::Vocabulary,
 };
 
 async fn response_parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -160,10 +162,44 @@ fn constraints_this_server_cannot_honour_are_refused() {
 	assert!(chat_spec(json!({"logit_bias": null, "tool_choice": "none", "function_call": "auto"})).is_ok());
 }
 
+/// Log-probabilities in both shapes: a token's bytes even when it holds part of a character,
+/// −∞ shown as OpenAI shows it, a special token by its name, alternatives in order.
+#[test]
+fn logprobs_render_in_the_chat_and_completions_shapes() {
+	let mut special = vec![0xff];
+	special.extend(b"<|im_end|>");
+	let vocabulary = Vocabulary::from_words(vec![b"Hel".to_vec(), b"lo".to_vec(), vec![0xe2, 0x82], vec![0xac], special]);
+	let tokens = [
+		TokenLogprob { token: 0, logprob: -0.25, top: vec![(0, -0.25), (4, -2.5)], text_offset: 0 },
+		TokenLogprob { token: 2, logprob: f32::NEG_INFINITY, top: vec![], text_offset: 3 },
+	];
+	let chat = serde_json::to_value(logprobs::chat(&vocabulary, &tokens)).unwrap();
+	assert_eq!(
+		chat["content"][0],
+		json!({"token": "Hel", "logprob": -0.25, "bytes": [72, 101, 108], "top_logprobs": [
+			{"token": "Hel", "logprob": -0.25, "bytes": [72, 101, 108]},
+			{"token": "<|im_end|>", "logprob": -2.5, "bytes": b"<|im_end|>".to_vec()},
+		]})
+	);
+	assert_eq!(chat["content"][1], json!({"token": "\u{fffd}", "logprob": -9999.0, "bytes": [0xe2, 0x82], "top_logprobs": []}));
+	let completion = serde_json::to_value(logprobs::completion(&vocabulary, &tokens)).unwrap();
+	assert_eq!(
+		completion,
+		json!({
+			"tokens": ["Hel", "\u{fffd}"],
+			"token_logprobs": [-0.25, -9999.0],
+			"top_logprobs": [{"Hel": -0.25, "<|im_end|>": -2.5}, {}],
+			"text_offset": [0, 3],
+		})
+	);
+}
+
 #[test]
 fn sampling_fields_are_checked() {
-	assert_invalid(chat_spec(json!({"n": 2})), "n");
+	assert_invalid(chat_spec(json!({"n": 9})), "n");
 	assert_invalid(chat_spec(json!({"n": 0})), "n");
+	assert_eq!(chat_spec(json!({"n": 8})).unwrap().choices, 8);
+	assert_eq!(chat_spec(json!({})).unwrap().choices, 1);
 	assert_invalid(chat_spec(json!({"temperature": 3})), "temperature");
 	assert_invalid(chat_spec(json!({"temperature": -0.1})), "temperature");
 	assert_invalid(chat_spec(json!({"top_p": 0})), "top_p");
@@ -172,7 +208,13 @@ fn sampling_fields_are_checked() {
 	assert_invalid(chat_spec(json!({"max_tokens": 0})), "max_tokens");
 	assert_invalid(chat_spec(json!({"max_tokens": 2049})), "max_tokens");
 	assert_invalid(chat_spec(json!({"max_completion_tokens": 0, "max_tokens": 5})), "max_completion_tokens");
-	assert_invalid(chat_spec(json!({"logprobs": true})), "logprobs");
+	assert_invalid(chat_spec(json!({"logprobs": 2})), "logprobs");
+	assert_invalid(chat_spec(json!({"top_logprobs": 2})), "top_logprobs");
+	assert_invalid(chat_spec(json!({"logprobs": true, "top_logprobs": 21})), "top_logprobs");
+	assert_invalid(chat_spec(json!({"logprobs": true, "top_logprobs": -1})), "top_logprobs");
+	assert_eq!(chat_spec(json!({"logprobs": true, "top_logprobs": 20})).unwrap().logprobs, Some(20));
+	assert_eq!(chat_spec(json!({"logprobs": true})).unwrap().logprobs, Some(0));
+	assert_eq!(chat_spec(json!({"logprobs": false})).unwrap().logprobs, None);
 	assert_invalid(chat_spec(json!({"tools": [{"type": "function"}]})), "tools[0].function");
 	assert_invalid(chat_spec(json!({"response_format": {"type": "json_schema"}})), "response_format.json_schema");
 	assert_invalid(
@@ -266,9 +308,13 @@ fn completion_prompts() {
 	assert_invalid(spec(json!({"echo": true})), "echo");
 	assert_invalid(spec(json!({"best_of": 2})), "best_of");
 	assert_invalid(spec(json!({"suffix": "end"})), "suffix");
-	assert_invalid(spec(json!({"logprobs": 2})), "logprobs");
-	assert!(spec(json!({"logprobs": 0})).is_ok());
-	assert_invalid(spec(json!({"n": 3})), "n");
+	assert_eq!(spec(json!({"logprobs": 2})).unwrap().logprobs, Some(2));
+	assert_eq!(spec(json!({"logprobs": 0})).unwrap().logprobs, Some(0));
+	assert_eq!(spec(json!({"logprobs": null})).unwrap().logprobs, None);
+	assert_invalid(spec(json!({"logprobs": 21})), "logprobs");
+	assert_invalid(spec(json!({"logprobs": true})), "logprobs");
+	assert_invalid(spec(json!({"n": 9})), "n");
+	assert_eq!(spec(json!({"n": 3})).unwrap().choices, 3);
 	// Grounding is for chat: a completion request asking for it is refused, not answered bare.
 	assert_invalid(spec(json!({"datanets": [0]})), "datanets");
 	assert_invalid(spec(json!({"prompt_template": "qa"})), "prompt_template");
@@ -320,7 +366,7 @@ fn tool_call_shapes() {
 
 	let usage = Usage { prompt_tokens: 5, completion_tokens: 9 };
 	let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
-	let mut body = ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), text.into(), FinishReason::Stop, &usage);
+	let mut body = ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), vec![ChatChoice::new(0, text.into(), FinishReason::Stop)], &usage);
 	body.choices[0].read_tool_calls();
 	let body = serde_json::to_value(body).unwrap();
 	let message = &body["choices"][0]["message"];
@@ -330,7 +376,7 @@ fn tool_call_shapes() {
 	assert!(message["tool_calls"][0]["id"].as_str().is_some_and(|id| id.starts_with("call_")));
 	assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
 	// Cut by max_tokens: no call, the text stays, the reason stays `length`.
-	let mut cut = ChatCompletion::new("c".into(), 9, "m".into(), text[..30].into(), FinishReason::Length, &usage);
+	let mut cut = ChatCompletion::new("c".into(), 9, "m".into(), vec![ChatChoice::new(0, text[..30].into(), FinishReason::Length)], &usage);
 	cut.choices[0].read_tool_calls();
 	assert_eq!(cut.choices[0].message.content.as_deref(), Some(&text[..30]));
 	assert_eq!(cut.choices[0].finish_reason, "length");
@@ -339,7 +385,7 @@ fn tool_call_shapes() {
 #[test]
 fn response_shapes() {
 	let usage = Usage { prompt_tokens: 5, completion_tokens: 3 };
-	let body = serde_json::to_value(ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), "hey".into(), FinishReason::Length, &usage))
+	let body = serde_json::to_value(ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), vec![ChatChoice::new(0, "hey".into(), FinishReason::Length)], &usage))
 		.unwrap();
 	assert_eq!(
 		body,
@@ -661,8 +707,8 @@ mod server {
 		assert_eq!(bad_json.json()["error"]["type"], "invalid_request_error");
 		let wrong_type = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": 5})).await;
 		assert_eq!(wrong_type.status, 422);
-		let n2 = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2})).await;
-		assert_eq!((n2.status, n2.json()["error"]["param"].clone()), (400, json!("n")));
+		let n9 = post(addr, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 9})).await;
+		assert_eq!((n9.status, n9.json()["error"]["param"].clone()), (400, json!("n")));
 		let long = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the ".repeat(300)})).await;
 		assert_eq!(long.json()["error"]["code"], "context_length_exceeded", "{}", long.body);
 		for model in ["nobody", "org/model", ""] {
@@ -775,6 +821,61 @@ mod server {
 		stop(server).await;
 		assert_eq!(state.in_flight(), 0);
 		assert!(state.is_draining());
+	}
+
+	/// `n` answers with logprobs, whole and streamed: the same seed gives the same answers both
+	/// ways, each answer has its index, its finish and a logprob per completion token.
+	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+	async fn several_answers_with_logprobs_whole_and_streamed() {
+		let server = start(ApiLimits::default()).await;
+		let addr = server.addr;
+		let ask = json!({
+			"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6,
+			"temperature": 1, "seed": 7, "n": 3, "logprobs": true, "top_logprobs": 2,
+		});
+		let whole = post(addr, "/v1/chat/completions", ask.clone()).await;
+		assert_eq!(whole.status, 200, "{}", whole.body);
+		let body = whole.json();
+		let choices = body["choices"].as_array().unwrap();
+		assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+		let counted: usize = choices.iter().map(|c| c["logprobs"]["content"].as_array().unwrap().len()).sum();
+		assert_eq!(counted as u64, body["usage"]["completion_tokens"].as_u64().unwrap(), "a logprob per completion token");
+		for token in choices.iter().flat_map(|c| c["logprobs"]["content"].as_array().unwrap()) {
+			assert_eq!(token["top_logprobs"].as_array().unwrap().len(), 2, "{token}");
+			assert!(token["logprob"].as_f64().unwrap() <= 0.0);
+		}
+
+		let mut streamed_ask = ask.clone();
+		streamed_ask["stream"] = json!(true);
+		streamed_ask["stream_options"] = json!({"include_usage": true});
+		let streamed = post(addr, "/v1/chat/completions", streamed_ask).await;
+		let data = sse_data(&streamed.body);
+		assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{}", streamed.body);
+		let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+		for (i, choice) in choices.iter().enumerate() {
+			let of = |c: &&Value| c["choices"][0]["index"] == i && c["choices"].as_array().is_some_and(|a| !a.is_empty());
+			let text: String = chunks.iter().filter(of).filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+			assert_eq!(text, choice["message"]["content"].as_str().unwrap(), "answer {i}: same seed, same text");
+			let tokens: usize = chunks.iter().filter(of).filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
+			assert_eq!(tokens, choice["logprobs"]["content"].as_array().unwrap().len(), "answer {i}");
+			let finishes: Vec<&Value> = chunks.iter().filter(of).map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+			assert_eq!(finishes, [&choice["finish_reason"]], "answer {i}");
+		}
+		assert_eq!(chunks.last().unwrap()["usage"], body["usage"]);
+
+		let completion = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "max_tokens": 4, "n": 2, "logprobs": 1})).await;
+		assert_eq!(completion.status, 200, "{}", completion.body);
+		let body = completion.json();
+		for (i, choice) in body["choices"].as_array().unwrap().iter().enumerate() {
+			assert_eq!(choice["index"], i);
+			let logprobs = &choice["logprobs"];
+			let n = logprobs["tokens"].as_array().unwrap().len();
+			for list in ["token_logprobs", "top_logprobs", "text_offset"] {
+				assert_eq!(logprobs[list].as_array().unwrap().len(), n, "{list}");
+			}
+		}
+		assert_eq!(post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "n": 9})).await.status, 400);
+		stop(server).await;
 	}
 
 	#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,12 @@ impl Vocabulary {
 		let mut words = llguidance::token_bytes_from_tokenizer_json(&json)?;
 		anyhow::ensure!(words.len() <= vocab_size, "the tokenizer has {} tokens, the model {vocab_size}", words.len());
 		words.resize(vocab_size, Vec::new());
-		Ok(Self { words })
+		Ok(Self::from_words(words))
+	}
+
+	/// A vocabulary of these tokens' bytes, special ones starting with 0xFF.
+	pub fn from_words(words: Vec<Vec<u8>>) -> Self {
+		Self { words }
 	}
 
 	/// The bytes of token `id` (a special token's name; empty for an id out of range).
