@@ -89,6 +89,25 @@ call = response.choices[0].message.tool_calls[0]
 print(f"[{base_model}, tools] {question}\n    → {call.function.name}({call.function.arguments})", file=sys.stderr)
 record(question + " (tool call)", base_model, response)
 
+# Three answers to one prompt (prefilled once), each with its tokens' log-probabilities.
+question = "Name a flower that bees love."
+response = client.chat.completions.create(
+    model=base_model,
+    messages=[{"role": "user", "content": question}],
+    max_tokens=24,
+    temperature=0.9,
+    seed=4,
+    n=3,
+    logprobs=True,
+    top_logprobs=2,
+)
+for choice in response.choices:
+    tokens = choice.logprobs.content
+    mean = sum(t.logprob for t in tokens) / max(len(tokens), 1)
+    text = choice.message.content.strip().replace("\n", " ")
+    print(f"[{base_model}, n=3 #{choice.index}, mean logprob {mean:.2f}] {question}\n    → {text[:120]}", file=sys.stderr)
+record(question + " (n=3, logprobs)", base_model, response)
+
 # A request paid by a voucher: the payer signs the exact body bytes (max fee 1 OPEN).
 question = "When do bees make honey?"
 body = json.dumps({
