@@ -58,7 +58,7 @@ if [ "${SKIP_LLAMA_CPP:-0}" != 1 ]; then
 		"$OPENLEDGER_VENV/bin/python" -c 'import llama_cpp' || die "llama_cpp does not import after installing"
 	fi
 
-	step "llama.cpp: single-stream greedy decode, $tokens tokens, 2 threads (median of $runs)"
+	step "llama.cpp: single-stream greedy decode, free and JSON-schema constrained, $tokens tokens, 2 threads (median of $runs)"
 	prompts="$(mktemp)"
 	trap 'rm -f "$prompts"' EXIT
 	"$BENCH" --print-prompts >"$prompts"
@@ -66,7 +66,8 @@ if [ "${SKIP_LLAMA_CPP:-0}" != 1 ]; then
 		--model "$MODEL" --prompts "$prompts" --tokens "$tokens" --runs "$runs" --threads 2)"
 	echo "$llama_json"
 	field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])['$1'])" "$llama_json"; }
-	llama_args=(--llama-cpp-tps "$(field decode_tps)" --llama-cpp-prefill-tps "$(field prefill_tps)")
+	llama_args=(--llama-cpp-tps "$(field decode_tps)" --llama-cpp-prefill-tps "$(field prefill_tps)"
+		--llama-cpp-json-tps "$(field json_decode_tps)")
 fi
 
 step "worker benchmark"

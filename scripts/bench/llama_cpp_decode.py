@@ -5,7 +5,9 @@ Loads the same GGUF with llama-cpp-python, feeds the exact prompt token ids the 
 (`bench_worker --print-prompts`), decodes greedily and times the token stream the way the Rust side
 does: decode tokens/s is (tokens - 1) over the time from the first token to the last (EOS is
 ignored: the stream is cut after --tokens tokens), prefill tokens/s is the long prompt's length
-over its time to first token. Prints one JSON object on stdout.
+over its time to first token. The same decode held to the benchmark's JSON schema by llama.cpp's
+own grammar (`LlamaGrammar.from_json_schema`, what llama-cpp-python's `response_format` uses)
+gives the constrained rate. Prints one JSON object on stdout.
 """
 import argparse
 import json
@@ -16,12 +18,15 @@ import time
 import llama_cpp
 
 
-def stream(llm, tokens, n):
+def stream(llm, tokens, n, grammar=None):
     """Times of the first n sampled tokens, and the tokens, after a fresh reset."""
     llm.reset()  # n_tokens = 0: no KV-cache prefix reuse between runs
     started = time.perf_counter()
     times, out = [], []
-    for token in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+    eos = llm.token_eos()
+    for token in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, grammar=grammar):
+        if grammar is not None and token == eos:
+            break  # the grammar is complete
         times.append(time.perf_counter())
         out.append(token)
         if len(out) == n:
@@ -85,6 +90,16 @@ def main():
         started, times, _ = stream(llm, prefill_prompt, 1)
         prefill.append(len(prefill_prompt) / (times[0] - started))
 
+    grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(prompts["story_schema"]), verbose=False)
+    stream(llm, decode_prompt, 16, grammar)  # warm-up
+    constrained, constrained_tokens = [], []
+    for _ in range(args.runs):
+        _, times, out = stream(llm, decode_prompt, args.tokens, grammar)
+        constrained.append((len(times) - 1) / (times[-1] - times[0]))
+        constrained_tokens.append(len(out))
+        print(f"llama.cpp JSON-schema decode run: {constrained[-1]:.1f} tok/s ({len(out)} tokens)", file=sys.stderr)
+    json_text = llm.detokenize(stream(llm, decode_prompt, 48, grammar)[2]).decode("utf-8", "replace")
+
     result = {
         "llama_cpp_python": llama_cpp.__version__,
         "threads": args.threads,
@@ -97,6 +112,10 @@ def main():
         "prefill_tps": statistics.median(prefill),
         "eos_sampled_at": eos_at,
         "decode_text": llm.detokenize(stream(llm, decode_prompt, 24)[2]).decode("utf-8", "replace"),
+        "json_decode_tps": statistics.median(constrained),
+        "json_decode_tps_runs": [round(x, 2) for x in constrained],
+        "json_decode_tokens": constrained_tokens,
+        "json_text": json_text,
     }
     print(json.dumps(result))
 
