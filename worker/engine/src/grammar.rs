@@ -12,7 +12,7 @@ use std::sync::Arc;
 use llguidance::{
 	api::{ParserLimits, TopLevelGrammar},
 	earley::SlicedBiasComputer,
-	toktrie::{ApproximateTokEnv, InferenceCapabilities, TokEnv, TokRxInfo, TokTrie},
+	toktrie::{ApproximateTokEnv, InferenceCapabilities, SimpleVob, TokEnv, TokRxInfo, TokTrie},
 	JsonCompileOptions, Matcher, ParserFactory,
 };
 
@@ -93,7 +93,7 @@ impl Grammars {
 		if let Some(e) = matcher.get_error() {
 			return Err(GrammarError(one_line(&e)));
 		}
-		Ok(Constraint { matcher })
+		Ok(Constraint { matcher, prepared: None })
 	}
 }
 
@@ -122,6 +122,8 @@ fn one_line(message: &str) -> String {
 /// One sequence's grammar state: which tokens may come next, and whether it is complete.
 pub struct Constraint {
 	matcher: Matcher,
+	/// The mask for the next token, computed ahead (while the model runs its forward pass).
+	prepared: Option<Result<SimpleVob, String>>,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -131,10 +133,19 @@ impl std::fmt::Debug for Constraint {
 }
 
 impl Constraint {
+	/// Computes the mask for the next token now, so [`Self::mask`] only applies it: the engine
+	/// calls this on another thread while the forward pass runs.
+	pub fn prepare(&mut self) {
+		if self.prepared.is_none() {
+			self.prepared = Some(self.matcher.compute_mask().map_err(|e| one_line(&e.to_string())));
+		}
+	}
+
 	/// Sets every logit the grammar does not allow next to −∞ (end-of-sequence is allowed only
 	/// where the output is complete). An error means the grammar cannot go on: a limit was hit.
 	pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-		let allowed = self.matcher.compute_mask().map_err(|e| one_line(&e.to_string()))?;
+		self.prepare();
+		let allowed = self.prepared.take().expect("prepared above")?;
 		if allowed.is_zero() {
 			return Err("the grammar allows no token here".to_owned());
 		}
@@ -157,12 +168,13 @@ impl Constraint {
 
 	/// Takes the sampled token; an error means it was not allowed (a bug: it was masked).
 	pub fn accept(&mut self, token: u32) -> Result<(), String> {
+		self.prepared = None;
 		self.matcher.consume_token(token).map_err(|e| one_line(&e.to_string()))
 	}
 
 	/// An independent copy in the same state, for another answer to the same prompt.
 	pub fn fork(&self) -> Self {
-		Self { matcher: self.matcher.deep_clone() }
+		Self { matcher: self.matcher.deep_clone(), prepared: self.prepared.clone() }
 	}
 
 	/// True once nothing more can follow: the output is complete.

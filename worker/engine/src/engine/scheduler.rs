@@ -369,6 +369,8 @@ pub(super) fn run(
 		}
 		let logits = {
 			let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(plan.len());
+			// The grammars of the sequences that sample after this step.
+			let mut masking: Vec<&mut Constraint> = Vec::new();
 			let mut rest: &mut [Sequence] = &mut active;
 			let mut offset = 0;
 			for (i, tokens) in &plan {
@@ -376,17 +378,31 @@ pub(super) fn run(
 				let (seq, tail) = tail.split_first_mut().expect("planned index is in range");
 				offset = i + 1;
 				rest = tail;
+				let samples = seq.next_input.is_some() || seq.prefilled + tokens.len() >= seq.request.prompt_tokens.len();
+				if let (Some(constraint), true) = (seq.constraint.as_mut(), samples) {
+					masking.push(constraint);
+				}
 				steps.push(SeqStep {
 					tokens,
 					adapter: seq.request.adapter.as_deref(),
 					cache: &mut seq.cache,
 				});
 			}
-			// Sampling runs on the host: one copy of all rows' logits per step, not one per row.
-			model
-				.forward(&mut steps)
-				.and_then(|l| l.to_dtype(candle_core::DType::F32))
-				.and_then(|l| l.to_device(&candle_core::Device::Cpu))
+			// The next tokens' masks are computed while the forward pass runs, off its path.
+			std::thread::scope(|scope| {
+				let masks = (!masking.is_empty()).then(|| {
+					scope.spawn(move || masking.into_iter().for_each(Constraint::prepare))
+				});
+				// Sampling runs on the host: one copy of all rows' logits per step, not one per row.
+				let logits = model
+					.forward(&mut steps)
+					.and_then(|l| l.to_dtype(candle_core::DType::F32))
+					.and_then(|l| l.to_device(&candle_core::Device::Cpu));
+				if let Some(Err(panic)) = masks.map(|m| m.join()) {
+					std::panic::resume_unwind(panic);
+				}
+				logits
+			})
 		};
 		let logits = match logits {
 			Ok(logits) => logits,
