@@ -83,7 +83,8 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
-		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref())?;
+		let native_tools = state.inner.codec.template_renders_tools();
+		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref(), native_tools)?;
 		let asked = Asked { model: request.model.clone(), spec, input: Input::Chat { request: Box::new(request), messages } };
 		prepare(&state, &log, &headers, &bytes, asked).await
 	}
@@ -139,8 +140,10 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 				messages = std::mem::take(&mut a.grounded.messages);
 			}
 			let codec = state.inner.codec.clone();
+			// A template that renders tools is handed them; else they are in the system message.
+			let tools = asked.spec.tools.as_ref().filter(|_| codec.template_renders_tools()).map(|t| t.definitions());
 			let tokens = blocking(move || {
-				codec.encode_chat(&messages, true).map_err(|e| match e {
+				codec.encode_chat_with_tools(&messages, tools.as_ref(), true).map_err(|e| match e {
 					ChatError::Template(e) => ApiError::invalid("messages", format!("{e:#}")),
 					ChatError::Tokenizer(e) => ApiError::internal(format!("tokenizing failed: {e:#}")),
 				})

@@ -29,7 +29,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::{
 	error::ApiError,
 	logprobs::{ChatLogprobs, CompletionLogprobs, MAX_TOP_LOGPROBS},
-	tools::{read_answer, render_calls, render_result, ToolCall, Tooling},
+	tools::{read_answer, render_calls, render_result, template_calls, ToolCall, Tooling},
 	ApiLimits,
 };
 use openledger_engine::{
@@ -411,10 +411,16 @@ impl CompletionRequest {
 /// The conversation for the chat template: roles checked, text parts joined with newlines
 /// (as vLLM does), `developer` read as `system`.
 ///
-/// With `tools`, the tools' description opens the system message; an assistant turn's
-/// `tool_calls` are written after its text as the model writes calls, and a `tool` turn (whose
-/// `tool_call_id` must name an earlier call) is handed over as a user turn holding the result.
-pub fn chat_messages(messages: &[RequestMessage], tools: Option<&Tooling>) -> Result<Vec<ChatMessage>, ApiError> {
+/// A `tool` turn's `tool_call_id` must name an earlier call. When the model's chat template
+/// renders tools (`native_tools`), calls and `tool` turns go to it as they are (the tools too,
+/// separately). Else, with `tools`, the tools' description opens the system message; an
+/// assistant turn's `tool_calls` are written after its text as the model writes calls, and a
+/// `tool` turn is handed over as a user turn holding the result.
+pub fn chat_messages(
+	messages: &[RequestMessage],
+	tools: Option<&Tooling>,
+	native_tools: bool,
+) -> Result<Vec<ChatMessage>, ApiError> {
 	if messages.is_empty() {
 		return Err(ApiError::invalid("messages", "messages must not be empty"));
 	}
@@ -471,22 +477,31 @@ pub fn chat_messages(messages: &[RequestMessage], tools: Option<&Tooling>) -> Re
 					texts.join("\n")
 				}
 			};
-			let content = match (&m.tool_calls, m.role.as_str()) {
+			let mut message = ChatMessage::new(role, content);
+			match (&m.tool_calls, m.role.as_str()) {
 				(Some(calls), _) if !calls.is_empty() => {
 					call_ids.extend(calls.iter().map(|c| c.id.as_str()));
-					[content, render_calls(calls)].join("\n").trim_start().to_owned()
+					if native_tools {
+						message.tool_calls = Some(template_calls(calls));
+					} else {
+						message.content = [message.content, render_calls(calls)].join("\n").trim_start().to_owned();
+					}
 				},
-				(_, "tool") => render_result(&content),
-				_ => content,
-			};
-			Ok(ChatMessage { role: role.to_owned(), content })
+				(_, "tool") if native_tools => {
+					message.role = "tool".to_owned();
+					message.tool_call_id = m.tool_call_id.clone();
+				},
+				(_, "tool") => message.content = render_result(&message.content),
+				_ => {},
+			}
+			Ok(message)
 		})
 		.collect::<Result<_, _>>()?;
-	if let Some(tools) = tools {
+	if let Some(tools) = tools.filter(|_| !native_tools) {
 		let prompt = tools.system_prompt();
 		match chat.first_mut() {
 			Some(first) if first.role == "system" => first.content = format!("{}\n\n{prompt}", first.content),
-			_ => chat.insert(0, ChatMessage { role: "system".into(), content: prompt }),
+			_ => chat.insert(0, ChatMessage::new("system", prompt)),
 		}
 	}
 	Ok(chat)

@@ -254,6 +254,28 @@ fn stop_sequences_are_bounded() {
 	assert!(chat_spec(json!({"stop": "x".repeat(MAX_STOP_BYTES)})).is_ok());
 }
 
+/// A template that renders tools gets calls and tool turns as they are and no system prompt of
+/// ours; any other gets the history written as the model writes it, and our system prompt.
+#[test]
+fn tool_history_goes_to_the_template_its_way() {
+	let request = chat(json!({"model": "m", "tool_choice": "auto", "tools": [{"type": "function", "function": {"name": "add"}}], "messages": [
+		{"role": "user", "content": "1+2?"},
+		{"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1, \"b\": 2}"}}]},
+		{"role": "tool", "tool_call_id": "call_1", "content": "3"},
+	]}))
+	.unwrap();
+	let tooling = request.validate(&limits()).unwrap().tools.unwrap();
+	let native = chat_messages(&request.messages, Some(&tooling), true).unwrap();
+	assert_eq!(native.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["user", "assistant", "tool"]);
+	assert_eq!(native[1].tool_calls, Some(json!([{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}])));
+	assert_eq!((native[2].content.as_str(), native[2].tool_call_id.as_deref()), ("3", Some("call_1")));
+	assert_eq!(tooling.definitions(), json!([{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]));
+	let ours = chat_messages(&request.messages, Some(&tooling), false).unwrap();
+	assert_eq!(ours.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["system", "user", "assistant", "user"]);
+	assert!(ours[0].content.contains("<tools>") && ours[2].content.starts_with("<tool_call>") && ours[3].content.starts_with("<tool_response>"));
+	assert!(ours.iter().all(|m| m.tool_calls.is_none() && m.tool_call_id.is_none()));
+}
+
 #[test]
 fn messages_are_read_with_content_parts() {
 	let request = chat(json!({"model": "m", "messages": [
@@ -263,13 +285,13 @@ fn messages_are_read_with_content_parts() {
 		{"role": "user", "content": []},
 	]}))
 	.unwrap();
-	let messages = chat_messages(&request.messages, None).unwrap();
+	let messages = chat_messages(&request.messages, None, false).unwrap();
 	let pairs: Vec<_> = messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
 	assert_eq!(pairs, [("system", "be brief"), ("user", "one\ntwo"), ("assistant", ""), ("user", "")]);
 
 	let refused = |messages: Value| {
 		let request = chat(json!({"model": "m", "messages": messages})).unwrap();
-		let error = chat_messages(&request.messages, None).unwrap_err();
+		let error = chat_messages(&request.messages, None, false).unwrap_err();
 		assert_eq!(error.status, StatusCode::BAD_REQUEST);
 		error.param.unwrap()
 	};

@@ -181,17 +181,27 @@ impl Tooling {
 		))
 	}
 
-	/// What the model is told about the tools, as a system message.
-	pub fn system_prompt(&self) -> String {
-		let mut prompt = String::from(
-			"You may call functions to help with the user's request. The functions, as JSON, are within <tools></tools>:\n<tools>\n",
-		);
-		for tool in self.callable() {
+	/// The tools a call may name, as OpenAI's `tools` list: what a chat template that renders
+	/// tools is given.
+	pub fn definitions(&self) -> Value {
+		let definitions = self.callable().map(|tool| {
 			let mut function = json!({"name": tool.name, "parameters": tool.parameters});
 			if let Some(description) = &tool.description {
 				function["description"] = json!(description);
 			}
-			prompt.push_str(&json!({"type": "function", "function": function}).to_string());
+			json!({"type": "function", "function": function})
+		});
+		Value::Array(definitions.collect())
+	}
+
+	/// What the model is told about the tools, as a system message, when its chat template does
+	/// not render tools itself.
+	pub fn system_prompt(&self) -> String {
+		let mut prompt = String::from(
+			"You may call functions to help with the user's request. The functions, as JSON, are within <tools></tools>:\n<tools>\n",
+		);
+		for definition in self.definitions().as_array().into_iter().flatten() {
+			prompt.push_str(&definition.to_string());
 			prompt.push('\n');
 		}
 		prompt.push_str(
@@ -228,6 +238,16 @@ pub fn render_calls(calls: &[ToolCall]) -> String {
 		})
 		.collect::<Vec<_>>()
 		.join("\n")
+}
+
+/// A past assistant turn's calls as chat templates take them (`message.tool_calls`, arguments
+/// as an object where they parse).
+pub fn template_calls(calls: &[ToolCall]) -> Value {
+	let calls = calls.iter().map(|c| {
+		let arguments = serde_json::from_str::<Value>(&c.function.arguments).unwrap_or_else(|_| json!(c.function.arguments));
+		json!({"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": arguments}})
+	});
+	Value::Array(calls.collect())
 }
 
 /// A tool's result, as the user turn that hands it to the model.

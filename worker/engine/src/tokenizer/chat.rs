@@ -149,15 +149,49 @@ pub enum ChatError {
 }
 
 /// One chat message as the OpenAI API and the chat template see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
 	pub role: String,
 	pub content: String,
+	/// An assistant turn's calls, for a template that renders them: `[{"id", "type":
+	/// "function", "function": {"name", "arguments"}}]`, arguments as an object.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub tool_calls: Option<serde_json::Value>,
+	/// A `tool` turn: the id of the call it answers.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
 	pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-		Self { role: role.into(), content: content.into() }
+		Self { role: role.into(), content: content.into(), ..Self::default() }
+	}
+
+	/// Every text of the message a template may write: its content, and the strings in its calls.
+	fn texts(&self) -> impl Iterator<Item = &str> {
+		std::iter::once(self.content.as_str()).chain(self.tool_calls.iter().flat_map(strings))
+	}
+}
+
+/// Every string in `value` (object keys too).
+fn strings(value: &serde_json::Value) -> Box<dyn Iterator<Item = &str> + '_> {
+	use serde_json::Value;
+	match value {
+		Value::String(s) => Box::new(std::iter::once(s.as_str())),
+		Value::Array(items) => Box::new(items.iter().flat_map(strings)),
+		Value::Object(map) => Box::new(map.iter().flat_map(|(k, v)| std::iter::once(k.as_str()).chain(strings(v)))),
+		_ => Box::new(std::iter::empty()),
+	}
+}
+
+/// `value` with `f` applied to every string in it (object keys too).
+fn map_strings(value: &serde_json::Value, f: &mut impl FnMut(&str) -> String) -> serde_json::Value {
+	use serde_json::Value;
+	match value {
+		Value::String(s) => Value::String(f(s)),
+		Value::Array(items) => Value::Array(items.iter().map(|v| map_strings(v, f)).collect()),
+		Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (f(k), map_strings(v, f))).collect()),
+		other => other.clone(),
 	}
 }
 
@@ -175,10 +209,22 @@ impl TextCodec {
 	/// call, as for any prompt, so pre-tokenizers that treat the start of the text specially
 	/// (a SentencePiece-style prefix space) behave as they would on the plain prompt.
 	pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
-		let holds_special = messages.iter().any(|m| self.specials.matcher.is_match(&m.content));
+		self.encode_chat_with_tools(messages, None, add_generation_prompt)
+	}
+
+	/// [`encode_chat`](Self::encode_chat) with the request's tools (OpenAI's `tools` list) handed
+	/// to a template that renders them; their texts are guarded like the messages'.
+	pub fn encode_chat_with_tools(
+		&self,
+		messages: &[ChatMessage],
+		tools: Option<&serde_json::Value>,
+		add_generation_prompt: bool,
+	) -> Result<Vec<u32>, ChatError> {
+		let holds_special = messages.iter().flat_map(ChatMessage::texts).chain(tools.into_iter().flat_map(strings))
+			.any(|text| self.specials.matcher.is_match(text));
 		match &self.literal {
 			Ok(literal) if holds_special || self.specials.normalized => {
-				self.encode_chat_literally(literal, messages, add_generation_prompt)
+				self.encode_chat_literally(literal, messages, tools, add_generation_prompt)
 			},
 			// A message's special token's text cannot be told from the template's: refuse
 			// rather than read it as the token.
@@ -186,7 +232,7 @@ impl TextCodec {
 				"a message holds a special token's text, which this model's tokenizer cannot encode as text ({reason})"
 			))),
 			_ => {
-				let text = self.render_chat(messages, add_generation_prompt).map_err(ChatError::Template)?;
+				let text = self.render_chat_with_tools(messages, tools, add_generation_prompt).map_err(ChatError::Template)?;
 				self.encode(&text).map_err(ChatError::Tokenizer)
 			},
 		}
@@ -197,30 +243,43 @@ impl TextCodec {
 		&self,
 		literal: &LiteralChat,
 		messages: &[ChatMessage],
+		tools: Option<&serde_json::Value>,
 		add_generation_prompt: bool,
 	) -> Result<Vec<u32>, ChatError> {
-		// A marker tag no message holds: the smallest number not written after MARKER_OPEN.
-		let used: std::collections::HashSet<u64> =
-			messages.iter().flat_map(|m| bracketed_numbers(&m.content, MARKER_OPEN, ':')).collect();
+		// A marker tag no text holds: the smallest number not written after MARKER_OPEN.
+		let used: std::collections::HashSet<u64> = messages
+			.iter()
+			.flat_map(ChatMessage::texts)
+			.chain(tools.into_iter().flat_map(strings))
+			.flat_map(|text| bracketed_numbers(text, MARKER_OPEN, ':'))
+			.collect();
 		let tag = format!("{MARKER_OPEN}{}:", (0u64..).find(|n| !used.contains(n)).expect("some number is free"));
 		let mut literals: Vec<&str> = Vec::new();
+		let mut mark = |text: &str| {
+			let text = break_sentinels(text);
+			let mut marked = String::with_capacity(text.len());
+			let mut at = 0;
+			for found in self.specials.matcher.find_iter(text.as_ref()) {
+				marked.push_str(&text[at..found.start()]);
+				marked.push_str(&format!("{tag}{}{MARKER_CLOSE}", literals.len()));
+				literals.push(self.specials.text(found.pattern()));
+				at = found.end();
+			}
+			marked.push_str(&text[at..]);
+			marked
+		};
 		let stand_ins: Vec<ChatMessage> = messages
 			.iter()
-			.map(|message| {
-				let content = break_sentinels(&message.content);
-				let mut marked = String::with_capacity(content.len());
-				let mut at = 0;
-				for found in self.specials.matcher.find_iter(content.as_ref()) {
-					marked.push_str(&content[at..found.start()]);
-					marked.push_str(&format!("{tag}{}{MARKER_CLOSE}", literals.len()));
-					literals.push(self.specials.text(found.pattern()));
-					at = found.end();
-				}
-				marked.push_str(&content[at..]);
-				ChatMessage { role: message.role.clone(), content: marked }
+			.map(|message| ChatMessage {
+				role: message.role.clone(),
+				content: mark(&message.content),
+				tool_calls: message.tool_calls.as_ref().map(|calls| map_strings(calls, &mut mark)),
+				tool_call_id: message.tool_call_id.clone(),
 			})
 			.collect();
-		let rendered = self.render_chat(&stand_ins, add_generation_prompt).map_err(ChatError::Template)?;
+		let tools = tools.map(|tools| map_strings(tools, &mut mark));
+		let rendered =
+			self.render_chat_with_tools(&stand_ins, tools.as_ref(), add_generation_prompt).map_err(ChatError::Template)?;
 		let mut prompt = String::with_capacity(rendered.len() + 64);
 		let mut rest = rendered.as_str();
 		loop {
@@ -267,9 +326,16 @@ impl TextCodec {
 
 	/// Renders `messages` with the chat template (variables `messages`, `add_generation_prompt`,
 	/// `bos_token`, `eos_token`). The result is meant for [`encode`](Self::encode).
-	pub fn render_chat(
+	pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+		self.render_chat_with_tools(messages, None, add_generation_prompt)
+	}
+
+	/// [`render_chat`](Self::render_chat) with `tools` (OpenAI's list) for a template that
+	/// renders them.
+	pub fn render_chat_with_tools(
 		&self,
 		messages: &[ChatMessage],
+		tools: Option<&serde_json::Value>,
 		add_generation_prompt: bool,
 	) -> Result<String> {
 		let template =
@@ -277,6 +343,7 @@ impl TextCodec {
 		template
 			.render(context! {
 				messages => messages,
+				tools => tools,
 				add_generation_prompt => add_generation_prompt,
 				bos_token => self.bos_token.as_deref().unwrap_or(""),
 				eos_token => self.eos_token.as_deref().unwrap_or(""),

@@ -42,6 +42,8 @@ pub struct TextCodec {
 	chat_template: String,
 	/// False when [`DEFAULT_CHAT_TEMPLATE`] stands in for a missing one.
 	model_has_template: bool,
+	/// The template reads a `tools` variable: it knows how to describe tools to its model.
+	template_renders_tools: bool,
 	bos_token: Option<String>,
 	eos_token: Option<String>,
 	bos_id: Option<u32>,
@@ -82,6 +84,9 @@ impl TextCodec {
 			DEFAULT_CHAT_TEMPLATE.to_owned()
 		};
 		let env = chat_environment(&chat_template)?;
+		let template_renders_tools = env
+			.get_template(chat::TEMPLATE_NAME)
+			.is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
 		let added = tokenizer.get_added_tokens_decoder();
 		// A chat model ends its turn with `<|im_end|>`; stop there even when EOS is another token.
 		if chat_template.contains(IM_END) {
@@ -113,6 +118,7 @@ impl TextCodec {
 			env,
 			chat_template,
 			model_has_template,
+			template_renders_tools,
 			bos_token,
 			eos_token,
 			bos_id,
@@ -185,6 +191,12 @@ impl TextCodec {
 	/// Whether the model brought its own chat template (else [`DEFAULT_CHAT_TEMPLATE`] is used).
 	pub fn has_model_chat_template(&self) -> bool {
 		self.model_has_template
+	}
+
+	/// Whether the chat template describes tools itself (its `tools` variable, as Qwen 2.5's
+	/// and Llama 3.1's do); else tools are described in a system message of our own.
+	pub fn template_renders_tools(&self) -> bool {
+		self.template_renders_tools
 	}
 
 	/// The wrapped `tokenizers` tokenizer.

@@ -26,7 +26,7 @@ pub fn engine() -> EngineHandle {
 
 /// `question` as the user's turn, through the chat template.
 pub fn chat_prompt(question: &str) -> Vec<u32> {
-	let messages = [ChatMessage { role: "user".into(), content: question.into() }];
+	let messages = [ChatMessage::new("user", question)];
 	base().codec.encode_chat(&messages, true).unwrap()
 }
 
