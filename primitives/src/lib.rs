@@ -29,6 +29,8 @@ pub type BaseModelId = u32;
 pub type AdapterId = u32;
 /// Identifies a registered prompt template.
 pub type PromptId = u32;
+/// Identifies a registered MCP tool.
+pub type ToolId = u32;
 /// A block number as receipts and vouchers carry it (the runtime uses `u32` blocks).
 pub type BlockNumber = u32;
 /// blake2-256 of some bytes.

@@ -1,7 +1,7 @@
 //! What the pallets read of one another. The runtime wires each pallet to the others through
 //! these traits, so every pallet can be tested alone with the real pallets it depends on.
 
-use crate::{AdapterId, BaseModelId, DataNetId, ItemId, PromptId};
+use crate::{AdapterId, BaseModelId, DataNetId, ItemId, PromptId, ToolId};
 use alloc::vec::Vec;
 use polkadot_sdk::sp_core::{sr25519, H256};
 
@@ -43,6 +43,15 @@ pub struct PromptView<AccountId, Balance> {
 	pub price_per_call: Balance,
 }
 
+/// The registry's view of an MCP tool.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ToolView<AccountId, Balance> {
+	pub owner: AccountId,
+	/// blake2-256 of the tool's canonical JSON definition (name, description, inputSchema).
+	pub definition_hash: H256,
+	pub price_per_call: Balance,
+}
+
 /// Read access to the registry.
 pub trait RegistryInspect<AccountId, Balance> {
 	/// Whether the base model is registered and active.
@@ -51,6 +60,8 @@ pub trait RegistryInspect<AccountId, Balance> {
 	fn adapter(id: AdapterId) -> Option<AdapterView<AccountId, Balance>>;
 	/// A registered prompt template.
 	fn prompt(id: PromptId) -> Option<PromptView<AccountId, Balance>>;
+	/// A registered MCP tool.
+	fn tool(id: ToolId) -> Option<ToolView<AccountId, Balance>>;
 }
 
 /// The workers pallet's view of a worker that may sign receipts.

@@ -91,6 +91,50 @@ test('DataNets, registry, workers and credit through polkadot.js', async () => {
   assert.equal(credit.amount.toBigInt(), 5n * 10n ** 18n);
 });
 
+// An MCP tool is registered with its endpoint, name and definition hash, priced (a rise waits
+// out the receipt lifetime, a fall is charged at once), transferred and retired, its deposit
+// held and released: all from polkadot.js.
+test('an MCP tool is registered, priced, transferred and retired through polkadot.js', async () => {
+  const { api, dev } = node;
+  const { charlie, dave } = dev;
+  const definition = JSON.stringify({ description: 'The weather now', inputSchema: { type: 'object' }, name: 'get_weather' });
+  const tool = (await api.query.registry.nextToolId()).toNumber();
+  const deposit = api.consts.registry.toolDeposit.toBigInt();
+  const heldBefore = async (who) => (await api.query.balances.holds(who)).filter((h) => h.id.isRegistry && h.id.asRegistry.isToolDeposit)
+    .reduce((sum, h) => sum + h.amount.toBigInt(), 0n);
+  const before = await heldBefore(charlie.address);
+  let r = await send(api, api.tx.registry.registerTool('http://127.0.0.1:9/mcp', 'get_weather', blake2AsHex(definition), 10n ** 15n), charlie);
+  assert.equal(r.error, null, `registerTool: ${r.error}`);
+  assert.equal(findEvent(r.events, 'registry', 'ToolRegistered').data.tool.toNumber(), tool);
+  const stored = (await api.query.registry.tools(tool)).unwrap();
+  assert.equal(stored.definitionHash.toHex(), blake2AsHex(definition));
+  assert.equal(stored.name.toUtf8(), 'get_weather');
+  assert.equal(stored.endpoint.toUtf8(), 'http://127.0.0.1:9/mcp');
+  assert.equal(await heldBefore(charlie.address), before + deposit);
+
+  r = await send(api, api.tx.registry.setToolPrice(tool, 3n * 10n ** 15n), charlie);
+  assert.equal(r.error, null);
+  let priced = (await api.query.registry.tools(tool)).unwrap();
+  assert.equal(priced.pricePerCall.toBigInt(), 3n * 10n ** 15n);
+  assert.equal(priced.priceFloor.price.toBigInt(), 10n ** 15n, 'the rise waits: the old price is the floor');
+  r = await send(api, api.tx.registry.setToolPrice(tool, 10n ** 14n), charlie);
+  priced = (await api.query.registry.tools(tool)).unwrap();
+  assert.equal(priced.priceFloor.price.toBigInt(), 10n ** 14n, 'a fall is charged at once');
+
+  r = await send(api, api.tx.registry.retireTool(tool), dave);
+  assert.equal(r.error, 'registry.NotOwner');
+  r = await send(api, api.tx.registry.transferTool(tool, dave.address), charlie);
+  assert.equal(r.error, null);
+  assert.equal((await api.query.registry.tools(tool)).unwrap().owner.toString(), dave.address);
+  r = await send(api, api.tx.registry.retireTool(tool), dave);
+  assert.equal(r.error, null);
+  findEvent(r.events, 'registry', 'ToolRetired');
+  assert.ok((await api.query.registry.tools(tool)).isNone);
+  assert.equal(await heldBefore(charlie.address), before, 'the deposit went back to who paid it');
+  r = await send(api, api.tx.registry.registerTool('', 'get_weather', blake2AsHex(definition), 1), charlie);
+  assert.equal(r.error, 'registry.EmptyEndpoint');
+});
+
 test('bad input yields the pallet error and the node keeps going', async () => {
   const { api, dev } = node;
   const { bob } = dev;

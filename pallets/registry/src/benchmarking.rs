@@ -1,9 +1,10 @@
 //! Benchmarks of the registry pallet, each at the worst case of its bounds: names, architectures
-//! and uris at their longest, provenance naming `MaxProvenance` distinct existing DataNets.
+//! uris and tool names at their longest, provenance naming `MaxProvenance` distinct existing
+//! DataNets.
 
 use super::*;
 use alloc::{vec, vec::Vec};
-use openledger_primitives::{AdapterId, BaseModelId, DataNetId, PromptId, PPM};
+use openledger_primitives::{AdapterId, BaseModelId, DataNetId, PromptId, ToolId, PPM};
 use polkadot_sdk::{
 	frame_benchmarking::v2::*,
 	frame_support::traits::{
@@ -18,7 +19,8 @@ use polkadot_sdk::{
 /// An account funded for the deposits of a few registrations.
 fn funded<T: Config>(name: &'static str) -> T::AccountId {
 	let who: T::AccountId = account(name, 0, 0);
-	let deposits = T::AdapterDeposit::get().saturating_add(T::PromptDeposit::get());
+	let deposits =
+		T::AdapterDeposit::get().saturating_add(T::PromptDeposit::get()).saturating_add(T::ToolDeposit::get());
 	T::Currency::set_balance(
 		&who,
 		T::Currency::minimum_balance().saturating_add(deposits.saturating_mul(4u32.into())),
@@ -74,6 +76,23 @@ fn prompt<T: Config>(owner: &T::AccountId) -> Result<PromptId, BenchmarkError> {
 		RawOrigin::Signed(owner.clone()).into(),
 		H256::repeat_byte(4),
 		uri::<T>(),
+		1u32.into(),
+	)?;
+	Ok(id)
+}
+
+fn tool_name<T: Config>() -> Vec<u8> {
+	vec![b't'; T::MaxToolNameLen::get() as usize]
+}
+
+/// Registers an MCP tool of `owner` with the longest endpoint and name.
+fn tool<T: Config>(owner: &T::AccountId) -> Result<ToolId, BenchmarkError> {
+	let id = NextToolId::<T>::get();
+	Pallet::<T>::register_tool(
+		RawOrigin::Signed(owner.clone()).into(),
+		uri::<T>(),
+		tool_name::<T>(),
+		H256::repeat_byte(5),
 		1u32.into(),
 	)?;
 	Ok(id)
@@ -260,6 +279,59 @@ mod benchmarks {
 			deposit: T::PromptDeposit::get(),
 		});
 		assert!(T::Currency::balance_on_hold(&HoldReason::PromptDeposit.into(), &owner).is_zero());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn register_tool() -> Result<(), BenchmarkError> {
+		let caller = funded::<T>("caller");
+		let definition_hash = H256::repeat_byte(5);
+		let id = NextToolId::<T>::get();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(caller.clone()), uri::<T>(), tool_name::<T>(), definition_hash, 1u32.into());
+
+		assert_last_event::<T>(Event::ToolRegistered { tool: id, owner: caller.clone(), definition_hash });
+		assert_eq!(T::Currency::balance_on_hold(&HoldReason::ToolDeposit.into(), &caller), T::ToolDeposit::get());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn set_tool_price() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = tool::<T>(&owner)?;
+		let price: BalanceOf<T> = 2u32.into();
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner), id, price);
+
+		assert_last_event::<T>(Event::ToolPriceSet { tool: id, price_per_call: price });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn transfer_tool() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = tool::<T>(&owner)?;
+		let new_owner: T::AccountId = account("new_owner", 0, 0);
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id, new_owner.clone());
+
+		assert_last_event::<T>(Event::ToolTransferred { tool: id, from: owner, to: new_owner });
+		Ok(())
+	}
+
+	#[benchmark]
+	fn retire_tool() -> Result<(), BenchmarkError> {
+		let owner = funded::<T>("owner");
+		let id = tool::<T>(&owner)?;
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(owner.clone()), id);
+
+		assert_last_event::<T>(Event::ToolRetired { tool: id, depositor: owner.clone(), deposit: T::ToolDeposit::get() });
+		assert!(T::Currency::balance_on_hold(&HoldReason::ToolDeposit.into(), &owner).is_zero());
 		Ok(())
 	}
 

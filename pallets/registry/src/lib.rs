@@ -2,8 +2,9 @@
 //!
 //! What inference is paid for. Governance registers the **base models** that workers serve and
 //! retires them. Anyone registers a **LoRA adapter** over an active base model, naming the
-//! DataNets it was trained on with a share of each (its training provenance), or a **prompt
-//! template**; each registration holds a deposit from the caller, released to that same account
+//! DataNets it was trained on with a share of each (its training provenance), a **prompt
+//! template**, or an **MCP tool** (an MCP server's endpoint, the tool's name there and the hash of
+//! its definition, paid per call); each registration holds a deposit from the caller, released to that same account
 //! when the entry is retired, whoever owns the entry by then. Owners set prices and transfer
 //! ownership. The attribution pallet reads the registry through [`RegistryInspect`].
 //!
@@ -38,8 +39,8 @@ pub mod pallet {
 	use super::*;
 	use alloc::vec::Vec;
 	use openledger_primitives::{
-		traits::{AdapterView, DataNetsInspect, PromptView, RegistryInspect},
-		AdapterId, BaseModelId, ContentHash, DataNetId, PromptId, PPM,
+		traits::{AdapterView, DataNetsInspect, PromptView, RegistryInspect, ToolView},
+		AdapterId, BaseModelId, ContentHash, DataNetId, PromptId, ToolId, PPM,
 	};
 	use polkadot_sdk::{
 		frame_support::{
@@ -76,6 +77,8 @@ pub mod pallet {
 			type RuntimeHoldReason = ();
 			type AdapterDeposit = ConstUint<1_000>;
 			type PromptDeposit = ConstUint<1_000>;
+			type ToolDeposit = ConstUint<1_000>;
+			type MaxToolNameLen = ConstU32<16>;
 			type MaxNameLen = ConstU32<16>;
 			type MaxArchitectureLen = ConstU32<16>;
 			type MaxUriLen = ConstU32<32>;
@@ -108,13 +111,20 @@ pub mod pallet {
 		#[pallet::constant]
 		#[pallet::no_default_bounds]
 		type PromptDeposit: Get<BalanceOf<Self>>;
+		/// Held from the caller for every MCP tool.
+		#[pallet::constant]
+		#[pallet::no_default_bounds]
+		type ToolDeposit: Get<BalanceOf<Self>>;
+		/// The longest MCP tool name.
+		#[pallet::constant]
+		type MaxToolNameLen: Get<u32>;
 		/// The longest base model name.
 		#[pallet::constant]
 		type MaxNameLen: Get<u32>;
 		/// The longest base model architecture.
 		#[pallet::constant]
 		type MaxArchitectureLen: Get<u32>;
-		/// The longest adapter or prompt uri.
+		/// The longest adapter or prompt uri, or tool endpoint.
 		#[pallet::constant]
 		type MaxUriLen: Get<u32>;
 		/// The highest LoRA rank an adapter may declare.
@@ -144,6 +154,9 @@ pub mod pallet {
 		/// The deposit of a prompt template, held from whoever registered it.
 		#[codec(index = 1)]
 		PromptDeposit,
+		/// The deposit of an MCP tool, held from whoever registered it.
+		#[codec(index = 2)]
+		ToolDeposit,
 	}
 
 	/// The id the next base model gets.
@@ -167,6 +180,14 @@ pub mod pallet {
 
 	#[pallet::storage]
 	pub type Prompts<T: Config> = StorageMap<_, Blake2_128Concat, PromptId, PromptOf<T>>;
+
+	/// The id the next MCP tool gets.
+	#[pallet::storage]
+	pub type NextToolId<T> = StorageValue<_, ToolId, ValueQuery>;
+
+	/// Registered MCP tools.
+	#[pallet::storage]
+	pub type Tools<T: Config> = StorageMap<_, Blake2_128Concat, ToolId, ToolOf<T>>;
 
 	#[pallet::event]
 	#[pallet::generate_deposit(pub(super) fn deposit_event)]
@@ -196,6 +217,14 @@ pub mod pallet {
 		PromptTransferred { prompt: PromptId, from: T::AccountId, to: T::AccountId },
 		/// A prompt template was removed and `deposit` released to `depositor`.
 		PromptRetired { prompt: PromptId, depositor: T::AccountId, deposit: BalanceOf<T> },
+		/// An MCP tool was registered and its deposit held from `owner`.
+		ToolRegistered { tool: ToolId, owner: T::AccountId, definition_hash: ContentHash },
+		/// An MCP tool's price per call was changed.
+		ToolPriceSet { tool: ToolId, price_per_call: BalanceOf<T> },
+		/// An MCP tool changed owner; its deposit stays with its depositor.
+		ToolTransferred { tool: ToolId, from: T::AccountId, to: T::AccountId },
+		/// An MCP tool was removed and `deposit` released to `depositor`.
+		ToolRetired { tool: ToolId, depositor: T::AccountId, deposit: BalanceOf<T> },
 	}
 
 	#[pallet::error]
@@ -208,6 +237,12 @@ pub mod pallet {
 		UnknownAdapter,
 		/// No prompt template has this id.
 		UnknownPrompt,
+		/// No MCP tool has this id.
+		UnknownTool,
+		/// The tool name is empty or longer than `MaxToolNameLen`.
+		BadToolName,
+		/// The tool endpoint is empty.
+		EmptyEndpoint,
 		/// Only the entry's owner may do this.
 		NotOwner,
 		/// The base model name is longer than `MaxNameLen`.
@@ -245,6 +280,8 @@ pub mod pallet {
 			assert!(T::MaxProvenance::get() <= PPM, "every provenance share is at least 1 ppm");
 			assert!(!T::AdapterDeposit::get().is_zero(), "adapters need a deposit");
 			assert!(!T::PromptDeposit::get().is_zero(), "prompt templates need a deposit");
+			assert!(!T::ToolDeposit::get().is_zero(), "MCP tools need a deposit");
+			assert!(T::MaxToolNameLen::get() > 0, "an MCP tool must be able to have a name");
 		}
 
 		#[cfg(feature = "try-runtime")]
@@ -556,6 +593,116 @@ pub mod pallet {
 			});
 			Ok(())
 		}
+
+		/// Registers an MCP tool, owned by the caller, and holds `ToolDeposit` from them.
+		///
+		/// - `endpoint`: the MCP server's URL (Streamable HTTP), 1 to `MaxUriLen` bytes.
+		/// - `name`: the tool's name on that server, 1 to `MaxToolNameLen` bytes.
+		/// - `definition_hash`: blake2-256 of the tool's canonical JSON definition (its name,
+		///   description and inputSchema): a worker refuses the tool when the server's differs.
+		/// - `price_per_call`: charged in every receipt for each call made.
+		///
+		/// Emits `ToolRegistered`. Errors: `EmptyEndpoint`, `UriTooLong`, `BadToolName`,
+		/// `IdsExhausted`, `InsufficientBalance`. O(1).
+		#[pallet::call_index(10)]
+		#[pallet::weight(T::WeightInfo::register_tool())]
+		pub fn register_tool(
+			origin: OriginFor<T>,
+			endpoint: Vec<u8>,
+			name: Vec<u8>,
+			definition_hash: ContentHash,
+			price_per_call: BalanceOf<T>,
+		) -> DispatchResult {
+			let owner = ensure_signed(origin)?;
+			ensure!(!endpoint.is_empty(), Error::<T>::EmptyEndpoint);
+			let endpoint: BoundedVec<u8, T::MaxUriLen> =
+				endpoint.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+			ensure!(!name.is_empty(), Error::<T>::BadToolName);
+			let name: BoundedVec<u8, T::MaxToolNameLen> =
+				name.try_into().map_err(|_| Error::<T>::BadToolName)?;
+			let id = NextToolId::<T>::get();
+			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
+			let deposit = T::ToolDeposit::get();
+			T::Currency::hold(&HoldReason::ToolDeposit.into(), &owner, deposit)
+				.map_err(|_| Error::<T>::InsufficientBalance)?;
+			Tools::<T>::insert(
+				id,
+				Tool {
+					owner: owner.clone(),
+					depositor: owner.clone(),
+					deposit,
+					endpoint,
+					name,
+					definition_hash,
+					price_per_call,
+					price_floor: Default::default(),
+				},
+			);
+			NextToolId::<T>::put(next);
+			Self::deposit_event(Event::ToolRegistered { tool: id, owner, definition_hash });
+			Ok(())
+		}
+
+		/// Sets an MCP tool's price per call. The tool's owner only. A fall is charged at once; a
+		/// rise `PriceHold` blocks later, so receipts signed at the old price settle at it.
+		///
+		/// Emits `ToolPriceSet`. Errors: `UnknownTool`, `NotOwner`. O(1).
+		#[pallet::call_index(11)]
+		#[pallet::weight(T::WeightInfo::set_tool_price())]
+		pub fn set_tool_price(
+			origin: OriginFor<T>,
+			tool: ToolId,
+			price_per_call: BalanceOf<T>,
+		) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Tools::<T>::try_mutate(tool, |entry| {
+				let t = entry.as_mut().ok_or(Error::<T>::UnknownTool)?;
+				ensure!(t.owner == who, Error::<T>::NotOwner);
+				t.price_floor.set(&mut t.price_per_call, price_per_call, Self::now(), T::PriceHold::get());
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::ToolPriceSet { tool, price_per_call });
+			Ok(())
+		}
+
+		/// Makes `new_owner` the MCP tool's owner. The deposit stays held from the account that
+		/// paid it. The tool's owner only.
+		///
+		/// Emits `ToolTransferred`. Errors: `UnknownTool`, `NotOwner`. O(1).
+		#[pallet::call_index(12)]
+		#[pallet::weight(T::WeightInfo::transfer_tool())]
+		pub fn transfer_tool(origin: OriginFor<T>, tool: ToolId, new_owner: T::AccountId) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			Tools::<T>::try_mutate(tool, |entry| {
+				let t = entry.as_mut().ok_or(Error::<T>::UnknownTool)?;
+				ensure!(t.owner == who, Error::<T>::NotOwner);
+				t.owner = new_owner.clone();
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::ToolTransferred { tool, from: who, to: new_owner });
+			Ok(())
+		}
+
+		/// Removes an MCP tool and releases its deposit to the account that paid it. The tool's
+		/// owner only.
+		///
+		/// Emits `ToolRetired`. Errors: `UnknownTool`, `NotOwner`. O(1).
+		#[pallet::call_index(13)]
+		#[pallet::weight(T::WeightInfo::retire_tool())]
+		pub fn retire_tool(origin: OriginFor<T>, tool: ToolId) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let entry = Tools::<T>::get(tool).ok_or(Error::<T>::UnknownTool)?;
+			ensure!(entry.owner == who, Error::<T>::NotOwner);
+			T::Currency::release(
+				&HoldReason::ToolDeposit.into(),
+				&entry.depositor,
+				entry.deposit,
+				Precision::Exact,
+			)?;
+			Tools::<T>::remove(tool);
+			Self::deposit_event(Event::ToolRetired { tool, depositor: entry.depositor, deposit: entry.deposit });
+			Ok(())
+		}
 	}
 
 	impl<T: Config> Pallet<T> {
@@ -597,8 +744,8 @@ pub mod pallet {
 			for (id, _) in BaseModels::<T>::iter() {
 				ensure!(id < NextBaseModelId::<T>::get(), "base model id at or above the next id");
 			}
-			// Per depositor: (adapter deposits, prompt deposits).
-			let mut held: BTreeMap<T::AccountId, (BalanceOf<T>, BalanceOf<T>)> = BTreeMap::new();
+			// Per depositor: (adapter deposits, prompt deposits, tool deposits).
+			let mut held: BTreeMap<T::AccountId, (BalanceOf<T>, BalanceOf<T>, BalanceOf<T>)> = BTreeMap::new();
 			for (id, adapter) in Adapters::<T>::iter() {
 				ensure!(id < NextAdapterId::<T>::get(), "adapter id at or above the next id");
 				ensure!(
@@ -642,7 +789,17 @@ pub mod pallet {
 				);
 				held.entry(prompt.depositor).or_default().1 += prompt.deposit;
 			}
-			for (who, (adapters, prompts)) in held {
+			for (id, tool) in Tools::<T>::iter() {
+				ensure!(id < NextToolId::<T>::get(), "tool id at or above the next id");
+				ensure!(!tool.endpoint.is_empty() && !tool.name.is_empty(), "a tool without endpoint or name");
+				ensure!(
+					tool.price_floor.price <= tool.price_per_call &&
+						tool.price_floor.until <= Self::now().saturating_add(T::PriceHold::get()),
+					"a tool's price floor is above its price or held too long"
+				);
+				held.entry(tool.depositor).or_default().2 += tool.deposit;
+			}
+			for (who, (adapters, prompts, tools)) in held {
 				ensure!(
 					T::Currency::balance_on_hold(&HoldReason::AdapterDeposit.into(), &who) ==
 						adapters,
@@ -652,6 +809,10 @@ pub mod pallet {
 					T::Currency::balance_on_hold(&HoldReason::PromptDeposit.into(), &who) ==
 						prompts,
 					"prompt hold differs from recorded prompt deposits"
+				);
+				ensure!(
+					T::Currency::balance_on_hold(&HoldReason::ToolDeposit.into(), &who) == tools,
+					"tool hold differs from recorded tool deposits"
 				);
 			}
 			Ok(())
@@ -678,6 +839,14 @@ pub mod pallet {
 				owner: p.owner,
 				template_hash: p.template_hash,
 				price_per_call: p.price_floor.charged(p.price_per_call, Self::now()),
+			})
+		}
+
+		fn tool(id: ToolId) -> Option<ToolView<T::AccountId, BalanceOf<T>>> {
+			Tools::<T>::get(id).map(|t| ToolView {
+				owner: t.owner,
+				definition_hash: t.definition_hash,
+				price_per_call: t.price_floor.charged(t.price_per_call, Self::now()),
 			})
 		}
 	}

@@ -21,6 +21,8 @@ pub const ENDOWMENT: Balance = 1_000_000;
 pub const POOR_ENDOWMENT: Balance = 150;
 pub const ADAPTER_DEPOSIT: Balance = 500;
 pub const PROMPT_DEPOSIT: Balance = 200;
+pub const TOOL_DEPOSIT: Balance = 300;
+pub const MAX_TOOL_NAME_LEN: u32 = 12;
 pub const DATANET_DEPOSIT: Balance = 1_000;
 /// Blocks a price rise waits before it is charged.
 pub const PRICE_HOLD: u64 = 10;
@@ -57,6 +59,7 @@ parameter_types! {
 	pub const DataNetDeposit: Balance = DATANET_DEPOSIT;
 	pub const AdapterDeposit: Balance = ADAPTER_DEPOSIT;
 	pub const PromptDeposit: Balance = PROMPT_DEPOSIT;
+	pub const ToolDeposit: Balance = TOOL_DEPOSIT;
 	pub const PriceHold: u64 = PRICE_HOLD;
 }
 
@@ -74,6 +77,8 @@ impl pallet_registry::Config for Test {
 	type DataNets = DataNets;
 	type AdapterDeposit = AdapterDeposit;
 	type PromptDeposit = PromptDeposit;
+	type ToolDeposit = ToolDeposit;
+	type MaxToolNameLen = ConstU32<MAX_TOOL_NAME_LEN>;
 	type MaxNameLen = ConstU32<MAX_NAME_LEN>;
 	type MaxArchitectureLen = ConstU32<MAX_ARCHITECTURE_LEN>;
 	type MaxUriLen = ConstU32<MAX_URI_LEN>;

@@ -2,11 +2,11 @@
 
 use crate::{
 	mock::*, Adapters, BaseModels, Error, Event, HoldReason, NextAdapterId, NextBaseModelId,
-	NextPromptId, Prompts,
+	NextPromptId, NextToolId, Prompts, Tools,
 };
 use openledger_primitives::{
 	content_hash,
-	traits::{AdapterView, PromptView, RegistryInspect},
+	traits::{AdapterView, PromptView, RegistryInspect, ToolView},
 	DataNetId, PPM,
 };
 use polkadot_sdk::{
@@ -483,6 +483,101 @@ fn retiring_releases_the_deposit_recorded_not_the_current_constant() {
 	});
 }
 
+fn definition() -> openledger_primitives::ContentHash {
+	content_hash(br#"{"description":"The weather now","inputSchema":{"type":"object"},"name":"get_weather"}"#)
+}
+
+fn tool(who: AccountId) -> u32 {
+	let id = NextToolId::<Test>::get();
+	assert_ok!(Registry::register_tool(
+		RuntimeOrigin::signed(who),
+		b"https://mcp.example/mcp".to_vec(),
+		b"get_weather".to_vec(),
+		definition(),
+		PRICE
+	));
+	id
+}
+
+#[test]
+fn tool_registration_holds_deposit() {
+	run(|| {
+		let id = tool(ALICE);
+		System::assert_last_event(Event::ToolRegistered { tool: id, owner: ALICE, definition_hash: definition() }.into());
+		let stored = Tools::<Test>::get(id).unwrap();
+		assert_eq!((stored.owner, stored.depositor, stored.deposit), (ALICE, ALICE, TOOL_DEPOSIT));
+		assert_eq!((stored.endpoint.to_vec(), stored.name.to_vec()), (b"https://mcp.example/mcp".to_vec(), b"get_weather".to_vec()));
+		assert_eq!(held(HoldReason::ToolDeposit, ALICE), TOOL_DEPOSIT);
+		assert_eq!(held(HoldReason::PromptDeposit, ALICE), 0);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - TOOL_DEPOSIT);
+		assert_eq!(NextToolId::<Test>::get(), id + 1);
+		assert_eq!(Registry::tool(id), Some(ToolView { owner: ALICE, definition_hash: definition(), price_per_call: PRICE }));
+		assert_eq!(Registry::tool(id + 1), None);
+		assert_ok!(Registry::do_try_state());
+	});
+}
+
+#[test]
+fn tool_registration_rejects_bad_input() {
+	run(|| {
+		let call = |origin, endpoint: &[u8], name: &[u8]| {
+			Registry::register_tool(origin, endpoint.to_vec(), name.to_vec(), definition(), PRICE)
+		};
+		assert_noop!(call(RuntimeOrigin::none(), b"u", b"t"), DispatchError::BadOrigin);
+		assert_noop!(call(RuntimeOrigin::root(), b"u", b"t"), DispatchError::BadOrigin);
+		let alice = || RuntimeOrigin::signed(ALICE);
+		assert_noop!(call(alice(), b"", b"t"), Error::<Test>::EmptyEndpoint);
+		assert_noop!(call(alice(), &[b'u'; MAX_URI_LEN as usize + 1], b"t"), Error::<Test>::UriTooLong);
+		assert_noop!(call(alice(), b"u", b""), Error::<Test>::BadToolName);
+		assert_noop!(call(alice(), b"u", &[b't'; MAX_TOOL_NAME_LEN as usize + 1]), Error::<Test>::BadToolName);
+		assert_noop!(call(RuntimeOrigin::signed(POOR), b"u", b"t"), Error::<Test>::InsufficientBalance);
+		assert_ok!(call(alice(), &[b'u'; MAX_URI_LEN as usize], &[b't'; MAX_TOOL_NAME_LEN as usize]));
+		NextToolId::<Test>::put(u32::MAX);
+		assert_noop!(call(alice(), b"u", b"t"), Error::<Test>::IdsExhausted);
+		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - TOOL_DEPOSIT);
+	});
+}
+
+/// Only the owner prices, transfers or retires a tool; a price rise waits out the hold as for
+/// adapters and prompts; the deposit stays with, and returns to, the account that paid it.
+#[test]
+fn a_tool_is_priced_transferred_and_retired_by_its_owner() {
+	run(|| {
+		let id = tool(ALICE);
+		let bob = || RuntimeOrigin::signed(BOB);
+		let alice = || RuntimeOrigin::signed(ALICE);
+		assert_noop!(Registry::set_tool_price(RuntimeOrigin::none(), id, 3), DispatchError::BadOrigin);
+		assert_noop!(Registry::set_tool_price(bob(), id, 3), Error::<Test>::NotOwner);
+		assert_noop!(Registry::set_tool_price(alice(), id + 1, 3), Error::<Test>::UnknownTool);
+		assert_ok!(Registry::set_tool_price(alice(), id, PRICE * 2));
+		System::assert_last_event(Event::ToolPriceSet { tool: id, price_per_call: PRICE * 2 }.into());
+		assert_eq!(Registry::tool(id).unwrap().price_per_call, PRICE, "the rise waits");
+		System::set_block_number(1 + PRICE_HOLD);
+		assert_eq!(Registry::tool(id).unwrap().price_per_call, PRICE * 2);
+		assert_ok!(Registry::set_tool_price(alice(), id, 1));
+		assert_eq!(Registry::tool(id).unwrap().price_per_call, 1, "a fall at once");
+
+		assert_noop!(Registry::transfer_tool(bob(), id, BOB), Error::<Test>::NotOwner);
+		assert_noop!(Registry::transfer_tool(alice(), id + 1, BOB), Error::<Test>::UnknownTool);
+		assert_ok!(Registry::transfer_tool(alice(), id, BOB));
+		System::assert_last_event(Event::ToolTransferred { tool: id, from: ALICE, to: BOB }.into());
+		assert_eq!(Registry::tool(id).unwrap().owner, BOB);
+		assert_eq!((held(HoldReason::ToolDeposit, ALICE), held(HoldReason::ToolDeposit, BOB)), (TOOL_DEPOSIT, 0));
+		assert_noop!(Registry::set_tool_price(alice(), id, 2), Error::<Test>::NotOwner);
+		assert_noop!(Registry::retire_tool(alice(), id), Error::<Test>::NotOwner);
+		assert_ok!(Registry::do_try_state());
+
+		assert_noop!(Registry::retire_tool(bob(), id + 1), Error::<Test>::UnknownTool);
+		assert_ok!(Registry::retire_tool(bob(), id));
+		System::assert_last_event(Event::ToolRetired { tool: id, depositor: ALICE, deposit: TOOL_DEPOSIT }.into());
+		assert!(Tools::<Test>::get(id).is_none());
+		assert_eq!(Registry::tool(id), None);
+		assert_eq!((Balances::balance(&ALICE), held(HoldReason::ToolDeposit, ALICE)), (ENDOWMENT, 0));
+		assert_noop!(Registry::retire_tool(bob(), id), Error::<Test>::UnknownTool);
+		assert_ok!(Registry::do_try_state());
+	});
+}
+
 #[test]
 fn try_state_detects_broken_invariants() {
 	run(|| {
@@ -515,5 +610,24 @@ fn try_state_detects_broken_invariants() {
 		NextBaseModelId::<Test>::put(0);
 		assert!(Registry::do_try_state().is_err());
 		NextBaseModelId::<Test>::put(1);
+		let t = tool(ALICE);
+		let original = Tools::<Test>::get(t).unwrap();
+		for change in [
+			&(|t: &mut crate::ToolOf<Test>| t.deposit = TOOL_DEPOSIT + 1) as &dyn Fn(&mut crate::ToolOf<Test>),
+			&|t| t.depositor = BOB,
+			&|t| t.name = Default::default(),
+			&|t| t.price_floor.price = PRICE + 1,
+		] {
+			let mut broken = original.clone();
+			change(&mut broken);
+			Tools::<Test>::insert(t, broken);
+			assert!(Registry::do_try_state().is_err());
+			Tools::<Test>::insert(t, original.clone());
+			assert_ok!(Registry::do_try_state());
+		}
+		NextToolId::<Test>::put(t);
+		assert!(Registry::do_try_state().is_err());
+		NextToolId::<Test>::put(t + 1);
+		assert_ok!(Registry::do_try_state());
 	});
 }

@@ -106,3 +106,38 @@ pub type PromptOf<T> = Prompt<
 	frame_system::pallet_prelude::BlockNumberFor<T>,
 	<T as Config>::MaxUriLen,
 >;
+
+/// An MCP tool: a function an MCP server at `endpoint` offers as `name`, whose definition the
+/// worker checks against `definition_hash` before offering it to a model, paid per call.
+#[derive(Clone, PartialEq, Eq, Debug, Encode, Decode, MaxEncodedLen, TypeInfo)]
+#[scale_info(skip_type_params(MaxUri, MaxToolName))]
+pub struct Tool<AccountId, Balance, BlockNumber, MaxUri, MaxToolName>
+where
+	MaxUri: Get<u32>,
+	MaxToolName: Get<u32>,
+{
+	/// Receives the tool's price for every call and may change, transfer or retire it.
+	pub owner: AccountId,
+	/// The account the deposit is held from and released to.
+	pub depositor: AccountId,
+	/// Held from `depositor`.
+	pub deposit: Balance,
+	/// The MCP server's URL (Streamable HTTP).
+	pub endpoint: BoundedVec<u8, MaxUri>,
+	/// The tool's name on that server.
+	pub name: BoundedVec<u8, MaxToolName>,
+	/// blake2-256 of the tool's canonical JSON definition (name, description, inputSchema).
+	pub definition_hash: ContentHash,
+	/// The price set; a rise is charged only `PriceHold` blocks later (see `price_floor`).
+	pub price_per_call: Balance,
+	/// What is charged below the price set while a change is recent.
+	pub price_floor: PriceFloor<Balance, BlockNumber>,
+}
+
+pub type ToolOf<T> = Tool<
+	<T as frame_system::Config>::AccountId,
+	BalanceOf<T>,
+	frame_system::pallet_prelude::BlockNumberFor<T>,
+	<T as Config>::MaxUriLen,
+	<T as Config>::MaxToolNameLen,
+>;

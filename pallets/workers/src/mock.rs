@@ -2,8 +2,8 @@
 
 use crate as pallet_workers;
 use openledger_primitives::{
-	traits::{AdapterView, PromptView, RegistryInspect},
-	AdapterId, BaseModelId, PromptId,
+	traits::{AdapterView, PromptView, RegistryInspect, ToolView},
+	AdapterId, BaseModelId, PromptId, ToolId,
 };
 use polkadot_sdk::{
 	frame_support::{
@@ -69,6 +69,10 @@ impl RegistryInspect<AccountId, Balance> for TestRegistry {
 	}
 
 	fn prompt(_id: PromptId) -> Option<PromptView<AccountId, Balance>> {
+		None
+	}
+
+	fn tool(_id: ToolId) -> Option<ToolView<AccountId, Balance>> {
 		None
 	}
 }

@@ -180,6 +180,7 @@ impl pallet_datanets::Config for Runtime {
 parameter_types! {
 	pub const AdapterDeposit: Balance = UNIT;
 	pub const PromptDeposit: Balance = UNIT;
+	pub const ToolDeposit: Balance = UNIT;
 }
 
 impl pallet_registry::Config for Runtime {
@@ -189,6 +190,9 @@ impl pallet_registry::Config for Runtime {
 	type DataNets = DataNets;
 	type AdapterDeposit = AdapterDeposit;
 	type PromptDeposit = PromptDeposit;
+	type ToolDeposit = ToolDeposit;
+	// MCP's limit on a tool's name.
+	type MaxToolNameLen = ConstU32<128>;
 	type MaxNameLen = ConstU32<64>;
 	type MaxArchitectureLen = ConstU32<32>;
 	type MaxUriLen = ConstU32<256>;
