@@ -5,6 +5,7 @@
 #   openledger-knowledge (DataNets, attribution, templates) → openledger-engine
 #   openledger-engine (model, kernels, scheduler, adapters) → openledger-primitives
 #   openledger-engine, openledger-ledger, openledger-worker → openledger-tasks (the blocking pool)
+#   openledger-mcp (the MCP client) → openledger-primitives; nothing of the worker's
 #
 # and that the lower layers stay free of what belongs above them: no HTTP server, p2p or chain
 # client in the engine or the knowledge crate, no inference in the ledger. Cargo already refuses a
@@ -35,3 +36,4 @@ check openledger-engine "${ABOVE_ENGINE[@]}" "${SERVICES[@]}"
 check openledger-knowledge openledger-ledger openledger-worker "${SERVICES[@]}"
 check openledger-tasks openledger-primitives openledger-engine openledger-knowledge openledger-ledger openledger-worker
 check openledger-ledger openledger-engine openledger-knowledge openledger-worker axum libp2p candle-core
+check openledger-mcp openledger-engine openledger-knowledge openledger-ledger openledger-worker axum libp2p subxt candle-core

@@ -14,7 +14,7 @@ step "unit, pallet, benchmark and try-state tests"
 # The node is tested end to end below, as a release binary, not rebuilt here for tests.
 cargo test --workspace --no-fail-fast \
 	--exclude openledger-node --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
-	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks \
+	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp \
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings}
 
 step "the worker's crates depend on each other one way (scripts/check-layers.sh)"

