@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the worker's crates depend on each other one way only:
 #
-#   openledger-worker (HTTP API, p2p, CLI) → openledger-ledger, openledger-knowledge
+#   openledger-worker (HTTP API, p2p, CLI) → openledger-ledger, openledger-knowledge, openledger-mcp
 #   openledger-knowledge (DataNets, attribution, templates) → openledger-engine
 #   openledger-engine (model, kernels, scheduler, adapters) → openledger-primitives
 #   openledger-engine, openledger-ledger, openledger-worker → openledger-tasks (the blocking pool)

@@ -4,6 +4,7 @@
 - test_structured_outputs: `response_format` JSON objects and schemas;
 - test_tool_calls: tools, tool_choice, streamed calls, tool results;
 - test_logprobs: logprobs and several answers (`n`);
+- test_mcp: an MCP tool's definition hash, read from a real MCP server;
 - test_openai_client again: overload, DataNets, p2p, and last the shutdown test (it stops its
   worker).
 
@@ -15,8 +16,9 @@ import sys
 from harness import run
 from test_openai_client import ApiTest, DataNetTest, OverloadTest, P2pTest, ShutdownTest
 from test_logprobs import LogprobsTest
+from test_mcp import McpDefinitionTest
 from test_structured_outputs import StructuredOutputTest
 from test_tool_calls import ToolCallTest
 
 if __name__ == "__main__":
-    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, LogprobsTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))
+    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, LogprobsTest, McpDefinitionTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))

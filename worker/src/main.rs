@@ -25,6 +25,7 @@ use openledger_worker::{
 	cli::{
 		datanet::DatanetCommand,
 		ledger::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand, ACCOUNT_ENV, SESSION_ENV},
+		mcp::McpCommand,
 	},
 	p2p,
 };
@@ -58,6 +59,9 @@ enum Command {
 	/// Inspect, export or resubmit the receipts outbox.
 	#[command(subcommand)]
 	Outbox(OutboxCommand),
+	/// MCP tools: read a tool's definition and the hash to register it with.
+	#[command(subcommand)]
+	Mcp(McpCommand),
 	/// Write a tiny random float Llama in HF layout (for tests and benchmarks).
 	TinyModel {
 		#[arg(long)]
@@ -550,6 +554,7 @@ fn run(cli: Cli) -> Result<()> {
 		Command::Chain(command) => openledger_worker::cli::ledger::run_chain(command),
 		Command::Voucher(command) => openledger_worker::cli::ledger::run_voucher(command),
 		Command::Outbox(command) => openledger_worker::cli::ledger::run_outbox(command),
+		Command::Mcp(command) => openledger_worker::cli::mcp::run(command),
 		Command::TinyModel { out, seed } => {
 			let config = testing::write_tiny_llama(&out, &testing::TinyLlamaSpec::default(), seed)?;
 			println!("wrote a {}-layer tiny Llama to {}", config.num_layers, out.display());
