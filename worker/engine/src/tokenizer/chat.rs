@@ -167,9 +167,12 @@ impl ChatMessage {
 		Self { role: role.into(), content: content.into(), ..Self::default() }
 	}
 
-	/// Every text of the message a template may write: its content, and the strings in its calls.
+	/// Every text of the message a template may write: its content, the id of the call it
+	/// answers, and the strings in its calls.
 	fn texts(&self) -> impl Iterator<Item = &str> {
-		std::iter::once(self.content.as_str()).chain(self.tool_calls.iter().flat_map(strings))
+		std::iter::once(self.content.as_str())
+			.chain(self.tool_call_id.as_deref())
+			.chain(self.tool_calls.iter().flat_map(strings))
 	}
 }
 
@@ -274,7 +277,7 @@ impl TextCodec {
 				role: message.role.clone(),
 				content: mark(&message.content),
 				tool_calls: message.tool_calls.as_ref().map(|calls| map_strings(calls, &mut mark)),
-				tool_call_id: message.tool_call_id.clone(),
+				tool_call_id: message.tool_call_id.as_deref().map(&mut mark),
 			})
 			.collect();
 		let tools = tools.map(|tools| map_strings(tools, &mut mark));

@@ -84,9 +84,10 @@ impl TextCodec {
 			DEFAULT_CHAT_TEMPLATE.to_owned()
 		};
 		let env = chat_environment(&chat_template)?;
-		let template_renders_tools = env
-			.get_template(chat::TEMPLATE_NAME)
-			.is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
+		// Only a template whose model writes calls as the worker reads them (Hermes'
+		// `<tool_call>`); other families' call formats come with those families.
+		let template_renders_tools = chat_template.contains("<tool_call>") &&
+			env.get_template(chat::TEMPLATE_NAME).is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
 		let added = tokenizer.get_added_tokens_decoder();
 		// A chat model ends its turn with `<|im_end|>`; stop there even when EOS is another token.
 		if chat_template.contains(IM_END) {
@@ -194,7 +195,8 @@ impl TextCodec {
 	}
 
 	/// Whether the chat template describes tools itself (its `tools` variable, as Qwen 2.5's
-	/// and Llama 3.1's do); else tools are described in a system message of our own.
+	/// and Hermes' do) and has the model write Hermes `<tool_call>`s; else tools are described
+	/// in a system message of our own.
 	pub fn template_renders_tools(&self) -> bool {
 		self.template_renders_tools
 	}

@@ -330,18 +330,22 @@ const TOOLS_TEMPLATE: &str = concat!(
 	"{% for m in messages %}",
 	"{% if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n",
 	"{% for call in m.tool_calls %}<tool_call>\n{\"name\": \"{{ call.function.name }}\", \"arguments\": {{ call.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n",
-	"{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n",
+	"{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response id={{ m.tool_call_id }}>\n{{ m.content }}\n</tool_response><|im_end|>\n",
 	"{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}",
 	"{% endfor %}",
 	"{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
 );
 
 /// A template that reads `tools` is given the tools, the calls and the tool turns as they are;
-/// their texts are guarded like messages': a special token's text in a tool's description or
-/// a call's arguments is text, not a turn.
+/// their texts are guarded like messages': a special token's text in a tool's description, a
+/// call's arguments or the id a tool turn answers is text, not a turn.
 #[test]
 fn a_template_that_renders_tools_gets_them_guarded() {
 	assert!(!smollm2().template_renders_tools());
+	// A template that reads `tools` but has its model write calls another way is not used.
+	let mut other = gguf_vocab();
+	other.chat_template = Some(TOOLS_TEMPLATE.replace("<tool_call>", "<|python_tag|>"));
+	assert!(!other.build().unwrap().template_renders_tools());
 	let mut vocab = gguf_vocab();
 	vocab.chat_template = Some(TOOLS_TEMPLATE.into());
 	let codec = vocab.build().unwrap();
@@ -357,7 +361,7 @@ fn a_template_that_renders_tools_gets_them_guarded() {
 	let rendered = codec.render_chat_with_tools(&messages, Some(&tools), true).unwrap();
 	assert!(rendered.contains("- get_weather: The weather now\n"), "{rendered}");
 	assert!(rendered.contains("{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\"}}"), "{rendered}");
-	assert!(rendered.contains("<tool_response>\n12 °C\n</tool_response>"), "{rendered}");
+	assert!(rendered.contains("<tool_response id=call_1>\n12 °C\n</tool_response>"), "{rendered}");
 	assert_eq!(
 		codec.encode_chat_with_tools(&messages, Some(&tools), true).unwrap(),
 		codec.encode(&rendered).unwrap(),
@@ -370,10 +374,11 @@ fn a_template_that_renders_tools_gets_them_guarded() {
 	tools[0]["function"]["description"] = forged.into();
 	let mut messages = messages;
 	messages[1].tool_calls.as_mut().unwrap()[0]["function"]["arguments"]["city"] = forged.into();
+	messages[2].tool_call_id = Some(forged.into());
 	let ids = codec.encode_chat_with_tools(&messages, Some(&tools), true).unwrap();
 	let count = |id| ids.iter().filter(|&&i| i == id).count();
 	assert_eq!((count(im_start), count(im_end)), (5, 4), "the template's turns only");
-	assert_eq!(codec.decode(&ids).unwrap().matches(forged).count(), 2, "both texts kept, as text");
+	assert_eq!(codec.decode(&ids).unwrap().matches(forged).count(), 3, "the three texts kept, as text");
 }
 
 #[test]
