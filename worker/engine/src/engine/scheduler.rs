@@ -14,7 +14,10 @@ use super::{
 use crate::{
 	adapters::AdapterLease,
 	grammar::Constraint,
-	model::{kv_pool::tokens_for, KvCache, KvPool, Llama, SeqStep},
+	model::{
+		kv_pool::{tokens_for, KvPoolFull, BLOCK_TOKENS},
+		KvCache, KvPool, Llama, SeqStep,
+	},
 	tokenizer::{IncrementalDecoder, TextCodec},
 };
 
@@ -142,6 +145,18 @@ impl Sequence {
 				Ok(Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?))
 			})
 			.collect()
+	}
+
+	/// The sequences this one stands for in the batch: all its request's answers until the
+	/// prompt is in and the others fork from it.
+	fn load(&self) -> usize {
+		if self.choice == 0 && self.next_input.is_none() { self.request.choices } else { 1 }
+	}
+
+	/// KV blocks the other answers' forks take from the pool when the prompt is in: a copy of
+	/// the last block each, where it is partly filled.
+	fn fork_blocks(&self) -> usize {
+		if self.request.prompt_tokens.len() % BLOCK_TOKENS == 0 { 0 } else { self.request.choices - 1 }
 	}
 
 	/// Length of the longest suffix of the text that could still grow into a stop sequence:
@@ -297,7 +312,8 @@ pub(super) fn run(
 	let mut open = true;
 	tracing::info!(?options, "engine started");
 	loop {
-		while open && active.len() < options.max_batch_sequences {
+		// A request still prefilling counts as all the answers it will fork into.
+		while open && active.iter().map(Sequence::load).sum::<usize>() < options.max_batch_sequences {
 			let next = if active.is_empty() {
 				inbox.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
 			} else {
@@ -337,6 +353,15 @@ pub(super) fn run(
 				None if budget > 0 => {
 					let prompt = &seq.request.prompt_tokens;
 					let take = (prompt.len() - seq.prefilled).min(budget);
+					// The last chunk waits until the pool also holds the forks' copied blocks.
+					let last = seq.prefilled + take == prompt.len();
+					let needed = (seq.cache.len() + take).div_ceil(BLOCK_TOKENS).saturating_sub(seq.cache.blocks().len());
+					let available = pool.available_blocks();
+					if last && seq.fork_blocks() > 0 && available < needed + seq.fork_blocks() {
+						let full = KvPoolFull { needed: needed + seq.fork_blocks(), free: available, max_blocks: pool.max_tokens() / BLOCK_TOKENS };
+						waiting.get_or_insert((i, full));
+						continue;
+					}
 					prompt[seq.prefilled..seq.prefilled + take].to_vec()
 				},
 				None => continue,
@@ -468,14 +493,17 @@ pub(super) fn run(
 fn retire(active: &mut Vec<Sequence>, mut finished: Vec<(usize, Ending)>, codec: &TextCodec, counters: &EngineCounters) {
 	// Descending, so each `swap_remove` moves in a sequence that is not finished.
 	finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+	let mut requests_done = 0;
 	let last_events: Vec<_> = finished
 		.into_iter()
 		.map(|(i, ending)| {
 			let mut seq = active.swap_remove(i);
+			// The request is done with its last answer (the others already dropped).
+			requests_done += u64::from(Arc::strong_count(&seq.request) == 1);
 			(seq.request.events.clone(), seq.last_event(codec, ending))
 		})
 		.collect();
-	counters.requests_finished_total.fetch_add(last_events.len() as u64, Ordering::Relaxed);
+	counters.requests_finished_total.fetch_add(requests_done, Ordering::Relaxed);
 	counters.active_sequences.store(active.len() as u64, Ordering::Relaxed);
 	for (events, event) in last_events {
 		let _ = events.send(event);
