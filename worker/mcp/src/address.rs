@@ -57,14 +57,25 @@ fn classify_v4(ip: Ipv4Addr) -> Reach {
 }
 
 fn classify_v6(ip: Ipv6Addr) -> Reach {
-	let first = ip.segments()[0];
+	let segments = ip.segments();
+	let first = segments[0];
+	if first == 0x2002 {
+		// 6to4 carries an IPv4 address, reached through a relay: judged as that address.
+		let [a, b] = segments[1].to_be_bytes();
+		let [c, d] = segments[2].to_be_bytes();
+		return classify_v4(Ipv4Addr::new(a, b, c, d));
+	}
 	if ip.is_loopback() {
 		Reach::Loopback
 	} else if first & 0xfe00 == 0xfc00 {
 		Reach::Private
 	} else if first & 0xffc0 == 0xfe80 {
 		Reach::LinkLocal
-	} else if ip.is_unspecified() || ip.is_multicast() || first == 0x2001 && ip.segments()[1] == 0x0db8 || first & 0xe000 != 0x2000 {
+	} else if ip.is_unspecified() ||
+		ip.is_multicast() ||
+		(first == 0x2001 && (segments[1] < 0x0200 || segments[1] == 0x0db8)) || // IETF (Teredo), documentation
+		first & 0xe000 != 0x2000
+	{
 		// Outside 2000::/3 (global unicast) nothing is a public server.
 		Reach::Special
 	} else {
@@ -80,10 +91,10 @@ pub struct Endpoint {
 	pub addr: SocketAddr,
 }
 
-/// Parses `endpoint` (an `http://` URL) and resolves its host; the first address it resolves to
-/// must be public, or any address at all when `allow_private` (the operator's
-/// `--mcp-allow-private`). Every address the name resolves to is checked, so a name cannot
-/// hide a private address behind a public one.
+/// Parses `endpoint` (an `http://` URL) and resolves its host. Every address the name resolves
+/// to must be public — or, when `allow_private` (the operator's `--mcp-allow-private`), at
+/// least not special — so a name cannot hide a private address behind a public one; requests
+/// then go to the first.
 pub async fn resolve(endpoint: &str, allow_private: bool) -> Result<Endpoint, McpError> {
 	let url = reqwest::Url::parse(endpoint).map_err(|e| McpError::BadEndpoint(format!("`{endpoint}` is not a URL: {e}")))?;
 	if url.scheme() != "http" {
@@ -103,14 +114,10 @@ pub async fn resolve(endpoint: &str, allow_private: bool) -> Result<Endpoint, Mc
 			.collect(),
 	};
 	let first = *addrs.first().ok_or_else(|| McpError::Unreachable(format!("{host} resolves to no address")))?;
-	if !allow_private {
-		if let Some(refused) = addrs.iter().find(|a| classify(a.ip()) != Reach::Public) {
-			return Err(McpError::AddressRefused(format!(
-				"{host} resolves to {} ({:?}); private, loopback and link-local endpoints need --mcp-allow-private",
-				refused.ip(),
-				classify(refused.ip())
-			)));
-		}
+	let refuse = |reach: Reach| reach == Reach::Special || (!allow_private && reach != Reach::Public);
+	if let Some(refused) = addrs.iter().find(|a| refuse(classify(a.ip()))) {
+		let hint = if allow_private { "never a server's address" } else { "private, loopback and link-local endpoints need --mcp-allow-private" };
+		return Err(McpError::AddressRefused(format!("{host} resolves to {} ({:?}); {hint}", refused.ip(), classify(refused.ip()))));
 	}
 	Ok(Endpoint { url, host, addr: first })
 }
@@ -147,6 +154,10 @@ mod tests {
 			("172.32.0.1", Reach::Public),
 			("100.128.0.1", Reach::Public),
 			("2606:4700::1111", Reach::Public),
+			("2002:a9fe:a9fe::1", Reach::LinkLocal),
+			("2002:0a00:0001::", Reach::Private),
+			("2002:0808:0808::", Reach::Public),
+			("2001:0:4136:e378::1", Reach::Special),
 		];
 		for (ip, reach) in cases {
 			assert_eq!(classify(ip.parse().unwrap()), *reach, "{ip}");
@@ -160,6 +171,8 @@ mod tests {
 			let refused = resolve(endpoint, false).await.unwrap_err();
 			assert!(matches!(refused, McpError::AddressRefused(_)), "{endpoint}: {refused}");
 		}
+		let special = resolve("http://0.0.0.0:9/mcp", true).await.unwrap_err();
+		assert!(matches!(special, McpError::AddressRefused(_)), "never a server, even when private ones are allowed: {special}");
 		let allowed = resolve("http://127.0.0.1:9/mcp", true).await.unwrap();
 		assert_eq!((allowed.host.as_str(), allowed.addr), ("127.0.0.1", "127.0.0.1:9".parse().unwrap()));
 		for bad in ["ftp://127.0.0.1/", "https://127.0.0.1/", "http://user:pw@127.0.0.1/", "not a url", "http://"] {

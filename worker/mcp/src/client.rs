@@ -64,7 +64,7 @@ pub struct Session {
 impl Session {
 	/// Checks `endpoint` (see [`address::resolve`]) and opens a session with its server.
 	pub async fn connect(endpoint: &str, limits: Limits) -> Result<Self, McpError> {
-		let resolved = address::resolve(endpoint, limits.allow_private).await?;
+		let resolved = bounded(limits.request_timeout, "resolving the endpoint", address::resolve(endpoint, limits.allow_private)).await?;
 		let http = reqwest::Client::builder()
 			.redirect(reqwest::redirect::Policy::none())
 			.no_proxy()
