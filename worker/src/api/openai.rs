@@ -355,6 +355,8 @@ impl ChatCompletionRequest {
 		let wants_logprobs = match &self.params.logprobs {
 			None | Some(serde_json::Value::Null) => false,
 			Some(serde_json::Value::Bool(b)) => *b,
+			// What some clients send for "none", accepted before logprobs were served.
+			Some(serde_json::Value::Number(n)) if n.as_f64() == Some(0.0) => false,
 			Some(_) => return Err(ApiError::invalid("logprobs", "logprobs must be true or false on chat completions")),
 		};
 		spec.logprobs = match (wants_logprobs, self.top_logprobs) {
@@ -397,7 +399,7 @@ impl CompletionRequest {
 		}
 		let mut spec = self.params.validate(limits)?;
 		spec.logprobs = match &self.params.logprobs {
-			None | Some(serde_json::Value::Null) => None,
+			None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
 			Some(serde_json::Value::Number(n)) => match n.as_i64() {
 				Some(k) => Some(top_count(k, "logprobs")?),
 				None => return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}"))),

@@ -335,6 +335,7 @@ fn completion_prompts() {
 	assert_eq!(spec(json!({"logprobs": null})).unwrap().logprobs, None);
 	assert_invalid(spec(json!({"logprobs": 21})), "logprobs");
 	assert_invalid(spec(json!({"logprobs": true})), "logprobs");
+	assert_eq!(spec(json!({"logprobs": false})).unwrap().logprobs, None);
 	assert_invalid(spec(json!({"n": 9})), "n");
 	assert_eq!(spec(json!({"n": 3})).unwrap().choices, 3);
 	// Grounding is for chat: a completion request asking for it is refused, not answered bare.
