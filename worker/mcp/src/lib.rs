@@ -4,9 +4,11 @@
 //! ([`Session`]). Endpoints are checked before anything is sent ([`address`]).
 
 pub mod address;
+pub mod catalog;
 mod client;
 pub mod definition;
 
+pub use catalog::{Catalog, RegisteredTool};
 pub use client::{CallOutcome, Limits, Session};
 
 /// Why an MCP tool could not be used.
