@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{
+	agent,
 	error::ApiError,
 	finish::{engine_vanished, generation_failed, joined, training_shares, Attributor, Closing},
 	logprobs,
@@ -23,7 +24,9 @@ use super::{
 		CompletionRequest, GenerationSpec, COMPLETIONS_DEFAULT_MAX_TOKENS,
 	},
 	request_log::RequestLog,
-	stream, unix_now, AppState, RequestId,
+	stream,
+	tools::Tooling,
+	unix_now, AppState, RequestId,
 };
 use crate::metrics::Endpoint;
 use openledger_engine::{
@@ -83,15 +86,34 @@ pub(super) async fn chat_completions(
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
+		if request.wants_mcp_tools() {
+			return Err(Deferred::ToolLoop(Box::new((request, spec))));
+		}
 		let native_tools = state.inner.codec.template_renders_tools();
 		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref(), native_tools)?;
 		let asked = Asked { model: request.model.clone(), spec, input: Input::Chat { request: Box::new(request), messages } };
-		prepare(&state, &log, &headers, &bytes, asked).await
+		Ok(prepare(&state, &log, &headers, &bytes, asked).await?)
 	}
 	.await;
 	match prepared {
 		Ok(prepared) => generate(state, log, prepared).await,
-		Err(e) => log.reject(e),
+		Err(Deferred::ToolLoop(asked)) => {
+			let (request, spec) = *asked;
+			agent::chat(state, log, request, spec).await
+		},
+		Err(Deferred::Refused(e)) => log.reject(e),
+	}
+}
+
+/// A chat request not served by the one-generation way: refused, or one for the MCP tool loop.
+enum Deferred {
+	Refused(ApiError),
+	ToolLoop(Box<(ChatCompletionRequest, GenerationSpec)>),
+}
+
+impl From<ApiError> for Deferred {
+	fn from(e: ApiError) -> Self {
+		Self::Refused(e)
 	}
 }
 
@@ -139,16 +161,7 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 				// Attribution needs what was retrieved, not the rendered messages.
 				messages = std::mem::take(&mut a.grounded.messages);
 			}
-			let codec = state.inner.codec.clone();
-			// A template that renders tools is handed them; else they are in the system message.
-			let tools = asked.spec.tools.as_ref().filter(|_| codec.template_renders_tools()).map(|t| t.definitions());
-			let tokens = blocking(move || {
-				codec.encode_chat_with_tools(&messages, tools.as_ref(), true).map_err(|e| match e {
-					ChatError::Template(e) => ApiError::invalid("messages", format!("{e:#}")),
-					ChatError::Tokenizer(e) => ApiError::internal(format!("tokenizing failed: {e:#}")),
-				})
-			})
-			.await?;
+			let tokens = encode_chat(state, messages, asked.spec.tools.as_ref()).await?;
 			(tokens, attributor, None, "messages")
 		},
 		Input::Prompt(prompt) => {
@@ -208,9 +221,23 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 	})
 }
 
+/// Renders the conversation with the model's chat template and tokenizes it (off the async
+/// workers). A template that renders tools is handed them; else they are in the system message.
+pub(super) async fn encode_chat(state: &AppState, messages: Vec<ChatMessage>, tools: Option<&Tooling>) -> Result<Vec<u32>, ApiError> {
+	let codec = state.inner.codec.clone();
+	let tools = tools.filter(|_| codec.template_renders_tools()).map(Tooling::definitions);
+	blocking(move || {
+		codec.encode_chat_with_tools(&messages, tools.as_ref(), true).map_err(|e| match e {
+			ChatError::Template(e) => ApiError::invalid("messages", format!("{e:#}")),
+			ChatError::Tokenizer(e) => ApiError::internal(format!("tokenizing failed: {e:#}")),
+		})
+	})
+	.await
+}
+
 /// Compiles the request's grammar off the async workers (bounded in time and memory by the
 /// engine's limits); a schema the engine cannot honour is a 400 naming `param`.
-async fn compile_grammar(state: &AppState, grammar: Option<Grammar>, param: &'static str) -> Result<Option<Constraint>, ApiError> {
+pub(super) async fn compile_grammar(state: &AppState, grammar: Option<Grammar>, param: &'static str) -> Result<Option<Constraint>, ApiError> {
 	let Some(grammar) = grammar else { return Ok(None) };
 	let engine = state.inner.engine.clone();
 	blocking(move || {
@@ -231,7 +258,7 @@ async fn vocabulary(state: &AppState) -> Result<Arc<Vocabulary>, ApiError> {
 
 /// Admits a request that parsed and validated, before any costly step (the chain lookup,
 /// retrieval, tokenizing a long prompt): a full server answers 429 at once, without that work.
-fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+pub(super) fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 	state.inner.admission.clone().try_acquire_owned().map_err(|_| ApiError::queue_full())
 }
 
@@ -255,7 +282,7 @@ async fn authorise_payer(
 
 /// The base model's name means no adapter; any other name is an adapter, loaded (off the engine
 /// thread) and leased here. A lease keeps it resident until the engine drops it.
-async fn lease_adapter(state: &AppState, model: &str) -> Result<Option<AdapterLease>, ApiError> {
+pub(super) async fn lease_adapter(state: &AppState, model: &str) -> Result<Option<AdapterLease>, ApiError> {
 	if model == state.inner.model_name {
 		return Ok(None);
 	}
@@ -269,7 +296,7 @@ async fn lease_adapter(state: &AppState, model: &str) -> Result<Option<AdapterLe
 
 /// The adapter's training provenance, whose DataNets are searched and paid: the chain's record
 /// on a chain (404 for an adapter not registered there), else the worker's provenance file.
-fn training_of(state: &AppState, model: &str, adapter: Option<&AdapterLease>) -> Result<Vec<TrainingShare>, ApiError> {
+pub(super) fn training_of(state: &AppState, model: &str, adapter: Option<&AdapterLease>) -> Result<Vec<TrainingShare>, ApiError> {
 	let Some(adapter) = adapter else { return Ok(Vec::new()) };
 	if let Some(ledger) = state.ledger() {
 		return Ok(training_shares(&ledger.adapter_provenance(&ContentHash::from(adapter.hash()))?));
@@ -280,7 +307,7 @@ fn training_of(state: &AppState, model: &str, adapter: Option<&AdapterLease>) ->
 /// Retrieves the request's DataNet context and applies its prompt template (off the async
 /// workers: it embeds the question). `None` when the request names no DataNet or template and
 /// its adapter has no training provenance: it is served as plain chat.
-async fn ground(
+pub(super) async fn ground(
 	state: &AppState,
 	request: &ChatCompletionRequest,
 	messages: &[ChatMessage],
@@ -382,10 +409,10 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 }
 
 /// One answer of a request, whole.
-struct Answer {
-	text: String,
-	finish: FinishReason,
-	logprobs: Vec<TokenLogprob>,
+pub(super) struct Answer {
+	pub text: String,
+	pub finish: FinishReason,
+	pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What every response of one generation shares.
@@ -410,7 +437,7 @@ fn generation_headers(closing: &Closing) -> HeaderMap {
 }
 
 /// Waits for every answer, and adds up their usage (the prompt counted once).
-async fn collect(
+pub(super) async fn collect(
 	log: &mut RequestLog,
 	mut rx: mpsc::UnboundedReceiver<GenerationEvent>,
 	choices: usize,

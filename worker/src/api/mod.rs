@@ -6,6 +6,7 @@
 //! HTTP handler returns.
 
 mod admin;
+mod agent;
 mod error;
 mod finish;
 mod handlers;
@@ -38,6 +39,7 @@ use axum::{
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+pub use agent::McpSettings;
 pub use error::ApiError;
 
 use crate::metrics::Metrics;
@@ -87,6 +89,8 @@ struct Inner {
 	knowledge: std::sync::RwLock<Option<Arc<Knowledge>>>,
 	/// The chain: authorisation, pricing and receipts; `None` serves without charging.
 	ledger: Option<Arc<Ledger>>,
+	/// The MCP tools requests may opt into; `None` answers `mcp_tools` with 404.
+	mcp: Option<McpSettings>,
 	/// Other workers and their resident adapters, once the worker is on the p2p network.
 	peers: std::sync::OnceLock<crate::p2p::Peers>,
 	draining: AtomicBool,
@@ -120,6 +124,7 @@ impl AppState {
 				admin_api_key: admin_api_key.filter(|k| !k.is_empty()),
 				knowledge: std::sync::RwLock::new(None),
 				ledger: None,
+				mcp: None,
 				peers: std::sync::OnceLock::new(),
 				draining: AtomicBool::new(false),
 				metrics: Metrics::new(),
@@ -161,6 +166,18 @@ impl AppState {
 	pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
 		Arc::get_mut(&mut self.inner).expect("with_ledger is called before the state is shared").ledger = Some(ledger);
 		self
+	}
+
+	/// Lets requests call the MCP tools of `settings` (`mcp_tools`). Call before the state is
+	/// cloned.
+	pub fn with_mcp(mut self, settings: McpSettings) -> Self {
+		Arc::get_mut(&mut self.inner).expect("with_mcp is called before the state is shared").mcp = Some(settings);
+		self
+	}
+
+	/// The MCP tools served, if any.
+	pub(crate) fn mcp(&self) -> Option<&McpSettings> {
+		self.inner.mcp.as_ref()
 	}
 
 	/// Answers `/v1/peers` from `peers` from now on (once; a second call changes nothing).

@@ -21,9 +21,11 @@
 //!
 //! OpenLedger's extension fields of a chat request — `datanets`, `prompt_template`,
 //! `retrieval_top_k` — ground it in DataNets (see `openledger_knowledge::grounding`); the response then carries
-//! an `attribution` list (on the final chunk when streaming).
+//! an `attribution` list (on the final chunk when streaming). `mcp_tools` and `max_tool_calls`
+//! let the worker call MCP tools for the request (`agent.rs`); the response then lists the calls
+//! in `mcp_calls`, and `attribution` names each tool whose calls succeeded.
 
-use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, ItemId};
+use openledger_primitives::{AttributionEntry, AttributionSource, DataNetId, ItemId, ToolId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{
@@ -87,12 +89,25 @@ pub struct ChatCompletionRequest {
 	/// OpenLedger: how many DataNet items to retrieve (default: the worker's setting).
 	#[serde(default)]
 	pub retrieval_top_k: Option<usize>,
+	/// OpenLedger: ids of the worker's MCP tools the model may call; the worker calls them
+	/// (see `agent.rs`).
+	#[serde(default)]
+	pub mcp_tools: Option<Vec<ToolId>>,
+	/// OpenLedger: the most MCP tool calls the worker makes for the request (default and cap:
+	/// the worker's setting).
+	#[serde(default)]
+	pub max_tool_calls: Option<u64>,
 }
 
 impl ChatCompletionRequest {
 	/// Whether the request asks for DataNet context or a prompt template.
 	pub fn wants_grounding(&self) -> bool {
 		self.datanets.as_ref().is_some_and(|d| !d.is_empty()) || self.prompt_template.is_some()
+	}
+
+	/// Whether the request opts into the worker's MCP tools.
+	pub fn wants_mcp_tools(&self) -> bool {
+		self.mcp_tools.as_ref().is_some_and(|t| !t.is_empty())
 	}
 }
 
@@ -161,7 +176,7 @@ pub enum Prompt {
 	Batch(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct RequestMessage {
 	pub role: String,
 	/// `null` is allowed (assistant turns in some clients' histories) and reads as empty.
@@ -175,14 +190,14 @@ pub struct RequestMessage {
 	pub tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum MessageContent {
 	Text(String),
 	Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct ContentPart {
 	#[serde(rename = "type")]
 	pub kind: String,
@@ -364,6 +379,10 @@ impl ChatCompletionRequest {
 			(false, None) => None,
 			(true, top) => Some(top_count(top.unwrap_or(0), "top_logprobs")?),
 		};
+		if self.wants_mcp_tools() {
+			// The request's tools are read with the MCP tools' definitions, once fetched.
+			return Ok(spec);
+		}
 		spec.tools = Tooling::parse(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
 		if let Some(tools) = &spec.tools {
 			if spec.grammar.is_some() {
@@ -595,18 +614,34 @@ pub struct ChatCompletion {
 	/// OpenLedger: the id of the signed receipt (present when the worker is on a chain).
 	#[serde(skip_serializing_if = "Option::is_none")]
 	pub receipt_id: Option<String>,
+	/// OpenLedger: the MCP tool calls the worker made for the request, in order (present when
+	/// it asked for `mcp_tools`).
+	#[serde(skip_serializing_if = "Option::is_none")]
+	pub mcp_calls: Option<Vec<McpCallBody>>,
 }
 
 /// One attribution entry as the API shows it: the same entry the receipt carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AttributionBody {
-	/// `retrieval`, `span` or `training`.
-	pub source: &'static str,
-	pub datanet: DataNetId,
-	/// The item's on-chain id; absent for `training`.
-	#[serde(skip_serializing_if = "Option::is_none")]
-	pub item: Option<ItemId>,
-	pub weight_ppm: u32,
+#[serde(untagged)]
+pub enum AttributionBody {
+	/// What the answer owes a DataNet: `source` is `retrieval`, `span` or `training`.
+	Data {
+		source: &'static str,
+		datanet: DataNetId,
+		/// The item's on-chain id; absent for `training`.
+		#[serde(skip_serializing_if = "Option::is_none")]
+		item: Option<ItemId>,
+		weight_ppm: u32,
+	},
+	/// An MCP tool the answer used (`source` is `tool`): its id and how many of its calls
+	/// succeeded, each of which costs its price.
+	Tool { source: &'static str, tool: ToolId, calls: u32 },
+}
+
+impl AttributionBody {
+	pub fn tool(tool: ToolId, calls: u32) -> Self {
+		Self::Tool { source: "tool", tool, calls }
+	}
 }
 
 impl From<&AttributionEntry> for AttributionBody {
@@ -616,8 +651,25 @@ impl From<&AttributionEntry> for AttributionBody {
 			AttributionSource::Span => "span",
 			AttributionSource::Training => "training",
 		};
-		Self { source, datanet: e.datanet, item: e.item, weight_ppm: e.weight_ppm }
+		Self::Data { source, datanet: e.datanet, item: e.item, weight_ppm: e.weight_ppm }
 	}
+}
+
+/// A call the worker made to an MCP tool for the request, and what came of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct McpCallBody {
+	/// The call's id, as the tool turn that answered it names it.
+	pub id: String,
+	pub tool: ToolId,
+	pub name: String,
+	/// The arguments the model wrote: a JSON object, as a string.
+	pub arguments: String,
+	/// What the model was shown: the tool's result, or why the call failed.
+	pub result: String,
+	/// The call failed (the server said so, timed out, was unreachable, or answered nonsense).
+	pub is_error: bool,
+	/// The call is paid for: it succeeded.
+	pub billed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -759,6 +811,7 @@ impl ChatCompletion {
 			usage: usage.into(),
 			attribution: None,
 			receipt_id: None,
+			mcp_calls: None,
 		}
 	}
 }

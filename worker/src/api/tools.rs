@@ -29,6 +29,8 @@ pub const MAX_TOOLS_BYTES: usize = 64 << 10;
 pub const MAX_PARALLEL_CALLS: usize = 8;
 
 const OPEN: &str = "<tool_call>\n";
+/// Free text that never opens a call.
+const TEXT: &str = "TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/";
 const CLOSE: &str = "}\n</tool_call>";
 const NAME_PREFIX: &str = "{\"name\": \"";
 const ARGUMENTS_PREFIX: &str = "\", \"arguments\": ";
@@ -47,6 +49,9 @@ pub enum ToolChoice {
 	Auto,
 	Required,
 	Named(String),
+	/// The tools are described but no call may be made: the last round of an MCP tool loop,
+	/// once its calls or its time are spent.
+	Off,
 }
 
 /// The tools a request offers and how it wants them used; `None` from [`Tooling::parse`] when it
@@ -78,6 +83,17 @@ impl Tooling {
 	/// Checks `tools`, `tool_choice` and `parallel_tool_calls`; each fault is a 400 naming its
 	/// field.
 	pub fn parse(tools: Option<&[Value]>, choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<Self>, ApiError> {
+		Self::parse_with(tools, Vec::new(), choice, parallel)
+	}
+
+	/// [`Tooling::parse`], with `offered` (the worker's MCP tools a request opted into) after the
+	/// request's own tools; `tool_choice` may name either.
+	pub fn parse_with(
+		tools: Option<&[Value]>,
+		offered: Vec<Tool>,
+		choice: Option<&Value>,
+		parallel: Option<bool>,
+	) -> Result<Option<Self>, ApiError> {
 		let tools = tools.unwrap_or_default();
 		if tools.len() > MAX_TOOLS {
 			return Err(ApiError::invalid("tools", format!("at most {MAX_TOOLS} tools may be offered")));
@@ -113,6 +129,12 @@ impl Tooling {
 			};
 			parsed.push(Tool { name: function.name, description: function.description, parameters });
 		}
+		for tool in offered {
+			if parsed.iter().any(|t| t.name == tool.name) {
+				return Err(ApiError::invalid("mcp_tools", format!("two tools are called `{}`", tool.name)));
+			}
+			parsed.push(tool);
+		}
 		let choice = match choice.filter(|c| !c.is_null()) {
 			None if parsed.is_empty() => return Ok(None),
 			None => ToolChoice::Auto,
@@ -145,6 +167,11 @@ impl Tooling {
 		Ok(Some(Self { tools: parsed, choice, parallel: parallel.unwrap_or(true) }))
 	}
 
+	/// The same tools used another way.
+	pub fn with_choice(&self, choice: ToolChoice) -> Self {
+		Self { choice, ..self.clone() }
+	}
+
 	/// The tools a call may name: all of them, or the one `tool_choice` names.
 	fn callable(&self) -> impl Iterator<Item = &Tool> {
 		self.tools.iter().filter(|t| match &self.choice {
@@ -171,12 +198,13 @@ impl Tooling {
 		let start = match self.choice {
 			ToolChoice::Auto => format!("start: TEXT | TEXT_THEN_CALL body \"\\n</tool_call>\" {more}"),
 			ToolChoice::Required | ToolChoice::Named(_) => format!("start: call {more}"),
+			ToolChoice::Off => return Grammar::Lark(format!("start: TEXT\n{TEXT}\n")),
 		};
 		Grammar::Lark(format!(
 			"{start}\n\
 			 call: \"<tool_call>\\n\" body \"\\n</tool_call>\"\n\
 			 body: %json {body}\n\
-			 TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/\n\
+			 {TEXT}\n\
 			 TEXT_THEN_CALL: TEXT \"<tool_call>\\n\"\n"
 		))
 	}
@@ -436,6 +464,31 @@ mod tests {
 		assert_eq!(Tooling::parse(Some(&tools()), Some(&named), Some(false)).unwrap().unwrap().choice, ToolChoice::Named("add".into()));
 		assert_eq!(Tooling::parse(Some(&tools()), Some(&json!("none")), None).unwrap(), None);
 		assert_eq!(Tooling::parse(None, None, None).unwrap(), None);
+	}
+
+	#[test]
+	fn offered_tools_join_the_requests_and_may_be_named() {
+		let offered = Tool { name: "get_time".into(), description: None, parameters: json!({"type": "object"}) };
+		let named = json!({"type": "function", "function": {"name": "get_time"}});
+		let t = Tooling::parse_with(Some(&tools()), vec![offered.clone()], Some(&named), None).unwrap().unwrap();
+		assert_eq!(t.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["get_weather", "add", "get_time"]);
+		assert_eq!(t.choice, ToolChoice::Named("get_time".into()));
+		// Offered tools alone are tools enough for `required`.
+		let alone = Tooling::parse_with(None, vec![offered.clone()], Some(&json!("required")), None).unwrap().unwrap();
+		assert_eq!(alone.choice, ToolChoice::Required);
+		let clash = Tool { name: "add".into(), ..offered };
+		assert_eq!(Tooling::parse_with(Some(&tools()), vec![clash], None, None).unwrap_err().param.as_deref(), Some("mcp_tools"));
+	}
+
+	#[test]
+	fn with_calls_off_the_grammar_is_text_alone() {
+		let t = Tooling::parse(Some(&tools()), None, None).unwrap().unwrap();
+		let Grammar::Lark(auto) = t.grammar() else { panic!("a Lark grammar") };
+		assert!(auto.contains("call"));
+		let Grammar::Lark(off) = t.with_choice(ToolChoice::Off).grammar() else { panic!("a Lark grammar") };
+		assert_eq!(off, format!("start: TEXT\n{TEXT}\n"));
+		// The tools are still described: the conversation may hold their calls.
+		assert_eq!(t.with_choice(ToolChoice::Off).system_prompt(), t.system_prompt());
 	}
 
 	#[test]
