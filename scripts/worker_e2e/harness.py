@@ -74,7 +74,7 @@ class Worker:
         ]
         # The admin key comes from the environment (or a mode-600 file), never a flag.
         env = dict(os.environ, NO_COLOR="1", OPENLEDGER_ADMIN_API_KEY=ADMIN_KEY)
-        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_LOG", "info,rmcp=warn")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         started = time.monotonic()

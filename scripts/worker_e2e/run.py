@@ -4,7 +4,8 @@
 - test_structured_outputs: `response_format` JSON objects and schemas;
 - test_tool_calls: tools, tool_choice, streamed calls, tool results;
 - test_logprobs: logprobs and several answers (`n`);
-- test_mcp: an MCP tool's definition hash, read from a real MCP server;
+- test_mcp: an MCP tool's definition hash, read from a real MCP server, and the worker's tool
+  loop through the client: calls made, failures not billed, changed and refused tools;
 - test_openai_client again: overload, DataNets, p2p, and last the shutdown test (it stops its
   worker).
 
@@ -16,9 +17,9 @@ import sys
 from harness import run
 from test_openai_client import ApiTest, DataNetTest, OverloadTest, P2pTest, ShutdownTest
 from test_logprobs import LogprobsTest
-from test_mcp import McpDefinitionTest
+from test_mcp import McpDefinitionTest, McpRefusedEndpointTest, McpToolLoopTest
 from test_structured_outputs import StructuredOutputTest
 from test_tool_calls import ToolCallTest
 
 if __name__ == "__main__":
-    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, LogprobsTest, McpDefinitionTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))
+    sys.exit(run([ApiTest, StructuredOutputTest, ToolCallTest, LogprobsTest, McpDefinitionTest, McpToolLoopTest, McpRefusedEndpointTest, OverloadTest, DataNetTest, P2pTest, ShutdownTest]))

@@ -18,10 +18,11 @@ use openledger_ledger::{
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
 };
+use openledger_mcp::{Catalog, Limits as McpLimits};
 use openledger_tasks::blocking;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use openledger_worker::{
-	api::{self, ApiLimits, AppState},
+	api::{self, ApiLimits, AppState, McpSettings},
 	cli::{
 		datanet::DatanetCommand,
 		ledger::{load_key, sync_items, ChainCommand, KeyCommand, OutboxCommand, VoucherCommand, ACCOUNT_ENV, SESSION_ENV},
@@ -171,6 +172,23 @@ struct ServeArgs {
 	/// registry's provenance is used.
 	#[arg(long, requires = "datanets", conflicts_with = "chain")]
 	provenance: Option<PathBuf>,
+	/// MCP tools requests may call (`mcp_tools` in a chat request), off the chain: a JSON list
+	/// of `{"id": N, "endpoint": "http://…", "tool": "<name>", "price": "<planck>"}`, each with
+	/// an optional `definition_hash` (`mcp definition`) the served definition must have.
+	#[arg(long, conflicts_with = "chain")]
+	mcp_tools: Option<PathBuf>,
+	/// Allow MCP endpoints on loopback, private and link-local addresses (refused by default).
+	#[arg(long, requires = "mcp_tools")]
+	mcp_allow_private: bool,
+	/// Seconds each request to an MCP server (connecting, listing, calling) may take.
+	#[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+	mcp_timeout_secs: u64,
+	/// The most MCP tool calls one request may make (`max_tool_calls` asks for fewer).
+	#[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+	mcp_max_calls: u64,
+	/// Seconds one request's tool loop may run; past it the model answers without calling.
+	#[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+	mcp_loop_secs: u64,
 	#[command(flatten)]
 	ledger: LedgerArgs,
 }
@@ -315,6 +333,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		api_limits,
 		admin_api_key(args.admin_api_key_file.as_deref())?,
 	);
+	let state = match &args.mcp_tools {
+		Some(path) => {
+			let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+			let catalog = Catalog::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+			tracing::info!("MCP tools from {}: {}", path.display(), catalog.len());
+			let limits = McpLimits {
+				allow_private: args.mcp_allow_private,
+				request_timeout: Duration::from_secs(args.mcp_timeout_secs),
+				..McpLimits::default()
+			};
+			state.with_mcp(McpSettings {
+				catalog,
+				limits,
+				max_calls: args.mcp_max_calls as usize,
+				loop_time: Duration::from_secs(args.mcp_loop_secs),
+			})
+		},
+		None => state,
+	};
 	let mut submitter = None;
 	let state = match &args.ledger.chain {
 		Some(url) => {
@@ -567,7 +604,8 @@ fn main() -> ExitCode {
 	openledger_engine::model::pin_cpu_threads();
 	tracing_subscriber::fmt()
 		.with_env_filter(
-			tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+			// rmcp logs every MCP session's start and end at info: a tool loop's noise.
+			tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rmcp=warn".into()),
 		)
 		.with_writer(std::io::stderr)
 		.init();
