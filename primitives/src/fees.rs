@@ -1,14 +1,14 @@
 //! The fee of a receipt and its split, as a pure function so the runtime, the worker and anyone
 //! re-checking a payout compute the same numbers.
 //!
-//! `fee = tokens × (worker rate + adapter rate) / 1000 + prompt price + retrieval price × items`,
-//! each term rounded down. Of every part the protocol share goes to the treasury; of the adapter
-//! part's remainder the data share goes to the adapter's training DataNets (by provenance share,
+//! `fee = tokens × (worker rate + adapter rate) / 1000 + prompt price + retrieval price × items
+//! + Σ tool price × calls`, each term rounded down. Of every part the protocol share goes to the
+//! treasury; each tool's remainder goes to its owner; of the adapter part's remainder the data share goes to the adapter's training DataNets (by provenance share,
 //! then equally per accepted item); the retrieval part's remainder goes to the contributors of
 //! the attributed items by weight. Every rounding remainder goes to the treasury, so the payouts
 //! always sum to the fee exactly.
 
-use crate::{DataNetId, ItemId, PPM};
+use crate::{DataNetId, ItemId, ToolId, PPM};
 use alloc::vec::Vec;
 use polkadot_sdk::sp_arithmetic::{
 	traits::AtLeast32BitUnsigned,
@@ -21,6 +21,8 @@ pub enum Payee {
 	Worker,
 	AdapterOwner,
 	PromptOwner,
+	/// The owner of an MCP tool the request called.
+	ToolOwner(ToolId),
 	/// The training-reward pool of a DataNet, shared equally by its accepted items.
 	TrainingPool(DataNetId),
 	/// The contributor of an attributed item.
@@ -44,7 +46,16 @@ pub struct WeightedItem {
 	pub weight_ppm: u32,
 }
 
-/// Everything the fee depends on, all read from chain state except the token counts and items.
+/// An MCP tool a request called: its calls that succeeded and its price per call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ToolCharge<Balance> {
+	pub tool: ToolId,
+	pub calls: u32,
+	pub price_per_call: Balance,
+}
+
+/// Everything the fee depends on, all read from chain state except the token counts, items and
+/// tool calls.
 #[derive(Clone, Debug)]
 pub struct FeeInputs<'a, Balance> {
 	pub tokens: u64,
@@ -56,6 +67,7 @@ pub struct FeeInputs<'a, Balance> {
 	pub retrieval_price: Balance,
 	pub items: &'a [WeightedItem],
 	pub training: &'a [TrainingSource],
+	pub tools: &'a [ToolCharge<Balance>],
 	pub protocol_share: Permill,
 	pub data_share: Permill,
 }
@@ -99,8 +111,15 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 		.retrieval_price
 		.checked_mul(&B::from(inputs.items.len() as u32))
 		.ok_or(FeeError::Overflow)?;
-	let fee = worker_part
-		.checked_add(&adapter_part)
+	let mut tool_parts: Vec<(ToolId, B)> = Vec::with_capacity(inputs.tools.len());
+	for charge in inputs.tools {
+		let part = charge.price_per_call.checked_mul(&B::from(charge.calls)).ok_or(FeeError::Overflow)?;
+		tool_parts.push((charge.tool, part));
+	}
+	let fee = tool_parts
+		.iter()
+		.try_fold(worker_part, |f, (_, part)| f.checked_add(part))
+		.and_then(|f| f.checked_add(&adapter_part))
 		.and_then(|f| f.checked_add(&inputs.prompt_price))
 		.and_then(|f| f.checked_add(&retrieval_part))
 		.ok_or(FeeError::Overflow)?;
@@ -115,6 +134,9 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 
 	pay(Payee::Worker, after_protocol(worker_part));
 	pay(Payee::PromptOwner, after_protocol(inputs.prompt_price));
+	for (tool, part) in tool_parts {
+		pay(Payee::ToolOwner(tool), after_protocol(part));
+	}
 
 	let adapter_net = after_protocol(adapter_part);
 	let data_part = inputs.data_share.mul_floor(adapter_net);
@@ -168,7 +190,8 @@ pub fn split_fee<B: AtLeast32BitUnsigned + Copy>(
 /// most `max_items` items, since `split_fee` rounds each of its terms down.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FeeLimit<B> {
-	/// The parts that do not depend on tokens: the prompt price and retrieval at the most items.
+	/// The parts that do not depend on tokens: the prompt price, retrieval at the most items and
+	/// the most the tool calls can cost.
 	pub fixed: B,
 	/// Worker and adapter rate per 1000 tokens.
 	pub rate_per_1k: B,
@@ -180,6 +203,11 @@ impl<B: AtLeast32BitUnsigned + Copy> FeeLimit<B> {
 			fixed: prompt_price.saturating_add(retrieval_price.saturating_mul(B::from(max_items))),
 			rate_per_1k: worker_rate_per_1k.saturating_add(adapter_rate_per_1k),
 		}
+	}
+
+	/// The same limit, with tool calls that may cost up to `tool_cost` more.
+	pub fn with_tool_cost(self, tool_cost: B) -> Self {
+		Self { fixed: self.fixed.saturating_add(tool_cost), ..self }
 	}
 
 	/// The most a receipt for `tokens` tokens (prompt and completion) can cost; the balance
@@ -220,6 +248,7 @@ mod tests {
 			retrieval_price: 50,
 			items,
 			training,
+			tools: &[],
 			protocol_share: Permill::from_percent(10),
 			data_share: Permill::from_percent(50),
 		}
@@ -251,6 +280,26 @@ mod tests {
 		// protocol 150 + 300 + 10 + 10, training rounding 5, retrieval rounding 1
 		assert_eq!(amount(&split, Payee::Treasury), 470 + 5 + 1);
 		assert_eq!(split.payouts.iter().map(|(_, a)| a).sum::<u128>(), split.fee);
+	}
+
+	#[test]
+	fn each_tool_owner_gets_price_times_calls_less_the_protocol_share() {
+		let tools = [
+			ToolCharge { tool: 7, calls: 3, price_per_call: 1_000u128 },
+			ToolCharge { tool: 9, calls: 1, price_per_call: 33 },
+		];
+		let without = split_fee(&inputs(&[], &[])).unwrap();
+		let split = split_fee(&FeeInputs { tools: &tools, ..inputs(&[], &[]) }).unwrap();
+		assert_eq!(split.fee, without.fee + 3_000 + 33);
+		assert_eq!(amount(&split, Payee::ToolOwner(7)), 2_700);
+		// 10 % of 33 is 3.3, floored: 30 to the owner, 3 to the treasury.
+		assert_eq!(amount(&split, Payee::ToolOwner(9)), 30);
+		assert_eq!(amount(&split, Payee::Treasury), amount(&without, Payee::Treasury) + 300 + 3);
+		assert_eq!(split.payouts.iter().map(|(_, a)| a).sum::<u128>(), split.fee);
+		let limit = FeeLimit::new(1_000u128, 2_000, 100, 50, 0).with_tool_cost(3_033);
+		assert!(split.fee <= limit.max_fee(1_500));
+		let huge = [ToolCharge { tool: 1, calls: 2, price_per_call: u128::MAX / 2 + 1 }];
+		assert_eq!(split_fee(&FeeInputs { tools: &huge, ..inputs(&[], &[]) }), Err(FeeError::Overflow));
 	}
 
 	#[test]

@@ -46,6 +46,11 @@ pub const MAX_ATTRIBUTION_ENTRIES: u32 = 32;
 /// Bound type for [`MAX_ATTRIBUTION_ENTRIES`].
 pub type MaxAttributionEntries = ConstU32<MAX_ATTRIBUTION_ENTRIES>;
 
+/// The most MCP tools one receipt may name (a worker offers at most this many per request).
+pub const MAX_TOOL_ENTRIES: u32 = 16;
+/// Bound type for [`MAX_TOOL_ENTRIES`].
+pub type MaxToolEntries = ConstU32<MAX_TOOL_ENTRIES>;
+
 /// Domain tag prefixed to every signed receipt, so a receipt signature means nothing elsewhere.
 pub const RECEIPT_DOMAIN: &[u8] = b"openledger/receipt/v1";
 /// Domain tag prefixed to every signed voucher.
@@ -120,6 +125,16 @@ impl AttributionEntry {
 	}
 }
 
+/// An MCP tool a request used: how many of its calls succeeded, each paid the tool's price.
+#[derive(
+	Clone, Copy, PartialEq, Eq, Debug, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo,
+)]
+pub struct ToolUse {
+	pub tool: ToolId,
+	/// At least one; failed calls are not counted.
+	pub calls: u32,
+}
+
 /// The attribution receipt a worker signs for every request it serves.
 ///
 /// The runtime never trusts a fee from the worker: it recomputes the fee from on-chain prices and
@@ -142,6 +157,8 @@ pub struct Receipt<AccountId> {
 	pub prompt_tokens: u32,
 	pub completion_tokens: u32,
 	pub attribution: BoundedVec<AttributionEntry, MaxAttributionEntries>,
+	/// The MCP tools the request called, each named once.
+	pub tools: BoundedVec<ToolUse, MaxToolEntries>,
 	/// The last block at which this receipt may be settled.
 	pub expires_at: BlockNumber,
 }
@@ -263,6 +280,7 @@ mod tests {
 					weight_ppm: 400_000,
 				},
 			]),
+			tools: Default::default(),
 			expires_at: 100,
 		}
 	}

@@ -53,6 +53,7 @@ fn batch(count: u32, entries: u32, shared: bool, voucher: bool) -> Vec<pallet_at
 					prompt_tokens: 300,
 					completion_tokens: 700,
 					attribution: BoundedVec::truncate_from(attribution),
+					tools: Default::default(),
 					expires_at: 100,
 				},
 				signature: sr25519::Signature::from_raw([0; 64]),

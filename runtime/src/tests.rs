@@ -98,6 +98,7 @@ fn receipt_settles_under_the_runtime_configuration() {
 				AttributionEntry { source: AttributionSource::Training, datanet: 0, item: None, weight_ppm: 300_000 },
 				AttributionEntry { source: AttributionSource::Retrieval, datanet: 0, item: Some(0), weight_ppm: 700_000 },
 			]),
+			tools: Default::default(),
 			expires_at: 100,
 		};
 		let genesis = System::block_hash(0);

@@ -244,6 +244,7 @@ impl<T: Config> Market<T> {
 			prompt_tokens: 1_000,
 			completion_tokens: 1_000,
 			attribution: BoundedVec::truncate_from(attribution),
+			tools: Default::default(),
 			expires_at: self.expires_at,
 		};
 		let signed_voucher = Voucher {

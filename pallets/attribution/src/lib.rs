@@ -366,7 +366,7 @@ pub mod pallet {
 		/// adapter and prompt with an earlier one in the batch cost only what they add.
 		///
 		/// Emits one event per receipt, then `BatchProcessed`. Errors: `EmptyBatch`.
-		/// O(receipts × attribution entries).
+		/// O(receipts × (attribution entries + tool entries)).
 		#[pallet::call_index(4)]
 		#[pallet::weight(Pallet::<T>::batch_weight(receipts))]
 		pub fn submit_receipts(
@@ -454,7 +454,9 @@ pub mod pallet {
 			let mut record_sets = alloc::collections::BTreeSet::new();
 			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
 				let receipt = &signed.receipt;
-				let entries = receipt.attribution.len() as u32;
+				// A tool entry costs what an item entry does, measured by `submit_receipt(a)`:
+				// one registry read and one payout to its owner.
+				let entries = receipt.attribution.len() as u32 + receipt.tools.len() as u32;
 				let context = (
 					&receipt.worker,
 					&receipt.payer,

@@ -176,6 +176,7 @@ pub enum Role {
 	Worker,
 	AdapterOwner,
 	PromptOwner,
+	ToolOwner,
 	ContributorA,
 	ContributorB,
 	DataNetOwner,
@@ -183,11 +184,12 @@ pub enum Role {
 	Other,
 }
 
-pub const ROLES: [Role; 9] = [
+pub const ROLES: [Role; 10] = [
 	Role::Payer,
 	Role::Worker,
 	Role::AdapterOwner,
 	Role::PromptOwner,
+	Role::ToolOwner,
 	Role::ContributorA,
 	Role::ContributorB,
 	Role::DataNetOwner,
@@ -201,6 +203,7 @@ pub fn account(role: Role) -> AccountId {
 		Role::Worker => Sr25519Keyring::Bob.to_account_id(),
 		Role::AdapterOwner => Sr25519Keyring::Charlie.to_account_id(),
 		Role::PromptOwner => Sr25519Keyring::Dave.to_account_id(),
+		Role::ToolOwner => AccountId32::new([5; 32]),
 		Role::ContributorA => Sr25519Keyring::Eve.to_account_id(),
 		Role::ContributorB => Sr25519Keyring::Ferdie.to_account_id(),
 		Role::DataNetOwner => Sr25519Keyring::One.to_account_id(),
@@ -237,6 +240,8 @@ pub const ITEM_PENDING: u32 = 2;
 pub const BASE_MODEL: u32 = 0;
 pub const ADAPTER: u32 = 0;
 pub const PROMPT: u32 = 0;
+pub const TOOL: u32 = 0;
+pub const TOOL_PRICE: Balance = 30;
 
 // The fee of `receipt(..)` with the world's prices, computed by hand:
 // 1000 tokens × 1000/1k (worker) + 1000 × 2000/1k (adapter) + 500 (prompt) + 2 items × 100.
@@ -288,6 +293,7 @@ pub fn receipt(n: u8) -> Receipt<AccountId> {
 			entry(AttributionSource::Retrieval, Some(ITEM_A), 480_000),
 			entry(AttributionSource::Span, Some(ITEM_B), 320_000),
 		]),
+		tools: Default::default(),
 		expires_at: 100,
 	}
 }
@@ -321,6 +327,9 @@ fn build_world() {
 		b"ipfs://adapter".to_vec(), vec![(DATANET, 500_000)], 2_000,
 	));
 	assert_ok!(Registry::register_prompt(signed(Role::PromptOwner), template_hash(), b"ipfs://prompt".to_vec(), 500));
+	assert_ok!(Registry::register_tool(
+		signed(Role::ToolOwner), b"http://tools.example/mcp".to_vec(), b"get_weather".to_vec(), content_hash(b"definition"), TOOL_PRICE,
+	));
 	register_worker(1_000);
 	assert_ok!(crate::Pallet::<Test>::deposit(signed(Role::Payer), CREDIT));
 	assert_ok!(crate::Pallet::<Test>::set_allowance(signed(Role::Payer), account(Role::Worker), ALLOWANCE));

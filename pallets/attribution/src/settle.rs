@@ -18,9 +18,11 @@ use alloc::{
 	vec::Vec,
 };
 use openledger_primitives::{
-	fees::{split_fee, FeeInputs, Payee, TrainingSource, WeightedItem},
-	traits::{AdapterView, DataNetsInspect, PromptView, RegistryInspect, TrainingRewards, WorkerView, WorkersInspect},
-	AdapterId, AttributionSource, BaseModelId, DataNetId, ItemId, PromptId, Receipt, PPM,
+	fees::{split_fee, FeeInputs, Payee, ToolCharge, TrainingSource, WeightedItem},
+	traits::{
+		AdapterView, DataNetsInspect, PromptView, RegistryInspect, ToolView, TrainingRewards, WorkerView, WorkersInspect,
+	},
+	AdapterId, AttributionSource, BaseModelId, DataNetId, ItemId, PromptId, Receipt, ToolId, PPM,
 };
 use polkadot_sdk::{
 	frame_support::{
@@ -52,6 +54,7 @@ pub(crate) struct Lookups<T: Config> {
 	/// Each adapter with its training DataNets' shares and accepted counts.
 	adapters: BTreeMap<AdapterId, Option<(AdapterView<T::AccountId, BalanceOf<T>>, Vec<TrainingSource>)>>,
 	prompts: BTreeMap<PromptId, Option<PromptView<T::AccountId, BalanceOf<T>>>>,
+	tools: BTreeMap<ToolId, Option<ToolView<T::AccountId, BalanceOf<T>>>>,
 	/// Each accepted item's contributor.
 	items: BTreeMap<(DataNetId, ItemId), Option<T::AccountId>>,
 }
@@ -422,6 +425,22 @@ impl<T: Config> Pallet<T> {
 				},
 			}
 		}
+		// Tools: each named once, with at least one call, and registered.
+		let mut tools: Vec<ToolCharge<BalanceOf<T>>> = Vec::with_capacity(receipt.tools.len());
+		let mut tool_owners: BTreeMap<ToolId, T::AccountId> = BTreeMap::new();
+		for used in receipt.tools.iter() {
+			if used.calls == 0 || tool_owners.contains_key(&used.tool) {
+				return Err(RejectReason::InvalidToolEntry);
+			}
+			let tool = lookups
+				.tools
+				.entry(used.tool)
+				.or_insert_with(|| T::Registry::tool(used.tool))
+				.as_ref()
+				.ok_or(RejectReason::UnknownTool)?;
+			tool_owners.insert(used.tool, tool.owner.clone());
+			tools.push(ToolCharge { tool: used.tool, calls: used.calls, price_per_call: tool.price_per_call });
+		}
 		let (retrieval_price, protocol_share, data_share) = *lookups
 			.fee_params
 			.get_or_insert_with(|| (RetrievalPrice::<T>::get(), ProtocolShare::<T>::get(), DataShare::<T>::get()));
@@ -433,6 +452,7 @@ impl<T: Config> Pallet<T> {
 			retrieval_price,
 			items: &items,
 			training,
+			tools: &tools,
 			protocol_share,
 			data_share,
 		})
@@ -473,6 +493,7 @@ impl<T: Config> Pallet<T> {
 					adapter.map(|a| a.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
 				Payee::PromptOwner =>
 					prompt.map(|p| p.owner.clone()).ok_or(RejectReason::PayoutFailed)?,
+				Payee::ToolOwner(tool) => tool_owners.get(tool).cloned().ok_or(RejectReason::PayoutFailed)?,
 				Payee::TrainingPool(datanet) => {
 					training.push((*datanet, *amount));
 					T::DataNets::reward_pool_account()

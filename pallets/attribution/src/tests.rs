@@ -7,7 +7,7 @@ use crate::{
 };
 use openledger_primitives::{
 	content_hash, signing_payload, Receipt, SignedReceipt,
-	SignedVoucher, Voucher, RECEIPT_DOMAIN, VOUCHER_DOMAIN,
+	SignedVoucher, ToolUse, Voucher, RECEIPT_DOMAIN, VOUCHER_DOMAIN,
 };
 use polkadot_sdk::{
 	frame_support::{
@@ -208,6 +208,48 @@ fn valid_receipt_pays_everyone_their_share() {
 		assert_eq!(DataNets::unclaimed_rewards(DATANET, ITEM_A), EXPECTED_TRAINING_POOL / 2);
 		assert_eq!(Balances::total_issuance(), issuance);
 		assert_eq!(Allowances::<Test>::get(account(Role::Payer), account(Role::Worker)), Some(ALLOWANCE - EXPECTED_FEE));
+	});
+}
+
+fn with_tools(mut r: Receipt<AccountId>, tools: &[(u32, u32)]) -> Receipt<AccountId> {
+	r.tools = BoundedVec::truncate_from(tools.iter().map(|&(tool, calls)| ToolUse { tool, calls }).collect());
+	r
+}
+
+/// A receipt naming 3 calls of the tool costs 3 × its price more; the owner gets that less the
+/// protocol share (10 %), the treasury the share, and nobody else's payout changes.
+#[test]
+fn a_tool_owner_is_paid_price_times_calls() {
+	run(|| {
+		let before: Vec<(Role, Balance)> = ROLES.iter().map(|r| (*r, Balances::total_balance(&account(*r)))).collect();
+		let issuance = Balances::total_issuance();
+		submit(&account(Role::Worker), vec![sign(with_tools(receipt(1), &[(TOOL, 3)]))]);
+		System::assert_last_event(Event::BatchProcessed { settled: 1, rejected: 0 }.into());
+		let tool_fee = 3 * TOOL_PRICE;
+		assert_eq!(last_fee(), Some(EXPECTED_FEE + tool_fee));
+		for (role, was) in before {
+			let now = Balances::total_balance(&account(role));
+			match role {
+				Role::Payer => assert_eq!(was - now, EXPECTED_FEE + tool_fee),
+				Role::ToolOwner => assert_eq!(now - was, tool_fee - tool_fee / 10),
+				Role::Treasury => assert_eq!(now - was, expected_payout(role) + tool_fee / 10),
+				_ => assert_eq!(now - was, expected_payout(role), "{role:?}"),
+			}
+		}
+		assert_eq!(Balances::total_issuance(), issuance);
+		Attribution::do_try_state().unwrap();
+	});
+}
+
+#[test]
+fn receipt_naming_an_unknown_repeated_or_uncalled_tool_is_rejected() {
+	run(|| {
+		assert_rejected(sign(with_tools(receipt(1), &[(TOOL + 9, 1)])), RejectReason::UnknownTool);
+		assert_rejected(sign(with_tools(receipt(2), &[(TOOL, 1), (TOOL, 2)])), RejectReason::InvalidToolEntry);
+		assert_rejected(sign(with_tools(receipt(3), &[(TOOL, 0)])), RejectReason::InvalidToolEntry);
+		// A retired tool is paid no more.
+		assert_ok!(Registry::retire_tool(RuntimeOrigin::signed(account(Role::ToolOwner)), TOOL));
+		assert_rejected(sign(with_tools(receipt(4), &[(TOOL, 1)])), RejectReason::UnknownTool);
 	});
 }
 
@@ -646,7 +688,7 @@ fn pruning_passes_a_bounded_number_of_empty_blocks() {
 
 mod properties {
 	use super::*;
-	use openledger_primitives::fees::{split_fee, FeeInputs, TrainingSource, WeightedItem};
+	use openledger_primitives::fees::{split_fee, FeeInputs, ToolCharge, TrainingSource, WeightedItem};
 	use proptest::prelude::*;
 
 	proptest! {
@@ -663,6 +705,7 @@ mod properties {
 			retrieval_price in 0u128..1_000_000_000_000_000,
 			weights in proptest::collection::vec(0u32..1_000_000, 0..8),
 			shares in proptest::collection::vec((1u32..600_000, 0u32..50), 0..4),
+			tools in proptest::collection::vec((0u32..100, 0u128..1_000_000_000_000_000_000), 0..4),
 			protocol in 0u32..1_000_000,
 			data in 0u32..1_000_000,
 		) {
@@ -670,9 +713,11 @@ mod properties {
 				.map(|(i, w)| WeightedItem { datanet: 0, item: i as u32, weight_ppm: *w }).collect();
 			let training: Vec<TrainingSource> = shares.iter().enumerate()
 				.map(|(i, (s, n))| TrainingSource { datanet: i as u32, share_ppm: *s, accepted_items: *n }).collect();
+			let tools: Vec<ToolCharge<u128>> = tools.iter().enumerate()
+				.map(|(i, (calls, price))| ToolCharge { tool: i as u32, calls: *calls, price_per_call: *price }).collect();
 			let inputs = FeeInputs {
 				tokens, worker_rate_per_1k: worker_rate, adapter_rate_per_1k: adapter_rate,
-				prompt_price, retrieval_price, items: &items, training: &training,
+				prompt_price, retrieval_price, items: &items, training: &training, tools: &tools,
 				protocol_share: Permill::from_parts(protocol), data_share: Permill::from_parts(data),
 			};
 			let split = split_fee(&inputs).unwrap();
@@ -683,6 +728,7 @@ mod properties {
 				match payee {
 					Payee::Worker => prop_assert!(worker_rate > 0 && tokens > 0),
 					Payee::PromptOwner => prop_assert!(prompt_price > 0),
+					Payee::ToolOwner(t) => prop_assert!(tools[*t as usize].calls > 0 && tools[*t as usize].price_per_call > 0),
 					Payee::AdapterOwner | Payee::TrainingPool(_) => prop_assert!(adapter_rate > 0 && tokens > 0),
 					Payee::Contributor(_, i) => prop_assert!(retrieval_price > 0 && weights[*i as usize] > 0),
 					Payee::Treasury => {},
@@ -703,6 +749,7 @@ mod properties {
 			data in 0u32..1_000_000,
 			split_a in 1u32..799_999,
 			tokens in 1u32..10_000,
+			tool_calls in 0u32..5,
 		) {
 			let mut ok = Ok(());
 			run(|| {
@@ -713,6 +760,9 @@ mod properties {
 				r.completion_tokens = tokens;
 				r.attribution[1].weight_ppm = split_a;
 				r.attribution[2].weight_ppm = 800_000 - split_a;
+				if tool_calls > 0 {
+					r = with_tools(r, &[(TOOL, tool_calls)]);
+				}
 				let issuance = Balances::total_issuance();
 				let mut all = everyone();
 				all.push(pool());

@@ -82,6 +82,10 @@ pub enum RejectReason {
 	FeeOverflow,
 	/// Paying out failed (e.g. a recipient account cannot receive).
 	PayoutFailed,
+	/// An MCP tool the receipt names is not registered (or was retired).
+	UnknownTool,
+	/// A tool entry names a tool twice or counts no calls.
+	InvalidToolEntry,
 }
 
 impl From<DispatchError> for RejectReason {

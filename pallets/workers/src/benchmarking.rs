@@ -105,6 +105,7 @@ fn largest_receipt<T: Config>(worker: &T::AccountId, output: &[u8]) -> ReceiptOf
 		prompt_tokens: u32::MAX,
 		completion_tokens: u32::MAX,
 		attribution: BoundedVec::truncate_from(entries),
+		tools: Default::default(),
 		expires_at: u32::MAX,
 	}
 }

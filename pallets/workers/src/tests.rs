@@ -72,6 +72,7 @@ fn receipt(worker: AccountId, request: &[u8], output: &[u8]) -> ReceiptOf<Test> 
 			item: Some(1),
 			weight_ppm: 1_000_000,
 		}]),
+		tools: Default::default(),
 		expires_at: 50,
 	}
 }

@@ -383,6 +383,7 @@ mod tests {
 				retrieval_price: retrieval,
 				items: &weighted,
 				training: &[TrainingSource { datanet: 0, share_ppm: 600_000, accepted_items: 3 }],
+				tools: &[],
 				protocol_share: Permill::from_percent(5),
 				data_share: Permill::from_percent(30),
 			})

@@ -105,6 +105,7 @@ pub fn sign_receipt(
 		prompt_tokens: served.prompt_tokens,
 		completion_tokens: served.completion_tokens,
 		attribution: BoundedVec::<_, MaxAttributionEntries>::truncate_from(served.attribution),
+		tools: Default::default(),
 		expires_at: served.expires_at,
 	};
 	let signature = session.sign(&receipt.signing_payload(genesis));
