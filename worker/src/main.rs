@@ -174,11 +174,12 @@ struct ServeArgs {
 	provenance: Option<PathBuf>,
 	/// MCP tools requests may call (`mcp_tools` in a chat request), off the chain: a JSON list
 	/// of `{"id": N, "endpoint": "http://…", "tool": "<name>", "price": "<planck>"}`, each with
-	/// an optional `definition_hash` (`mcp definition`) the served definition must have.
+	/// an optional `definition_hash` (`mcp definition`) the served definition must have. With
+	/// `--chain` the registry's tools are used.
 	#[arg(long, conflicts_with = "chain")]
 	mcp_tools: Option<PathBuf>,
 	/// Allow MCP endpoints on loopback, private and link-local addresses (refused by default).
-	#[arg(long, requires = "mcp_tools")]
+	#[arg(long)]
 	mcp_allow_private: bool,
 	/// Seconds each request to an MCP server (connecting, listing, calling) may take.
 	#[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -333,11 +334,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		api_limits,
 		admin_api_key(args.admin_api_key_file.as_deref())?,
 	);
-	let state = match &args.mcp_tools {
+	// On a chain the registry's tools are served; off it, those of the operator's file.
+	let catalog = match &args.mcp_tools {
 		Some(path) => {
 			let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
 			let catalog = Catalog::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
 			tracing::info!("MCP tools from {}: {}", path.display(), catalog.len());
+			Some(catalog)
+		},
+		None => args.ledger.chain.is_some().then(Catalog::default),
+	};
+	let state = match catalog {
+		Some(catalog) => {
 			let limits = McpLimits {
 				allow_private: args.mcp_allow_private,
 				request_timeout: Duration::from_secs(args.mcp_timeout_secs),

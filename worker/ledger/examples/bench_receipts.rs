@@ -36,6 +36,7 @@ fn served(n: u64, payer: &Sr25519Key, worker: &Sr25519Key, genesis: &ContentHash
 		prompt_tokens: 200,
 		completion_tokens: 128,
 		attribution,
+		tools: Vec::new(),
 		expires_at: 10_000,
 		voucher: Some(sign_voucher(payer, worker.account(), body.as_bytes(), 1 << 60, 10_000, genesis)),
 	}

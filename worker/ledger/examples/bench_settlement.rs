@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
 						prompt_tokens: 100,
 						completion_tokens: 100,
 						attribution: Vec::new(),
+						tools: Vec::new(),
 						expires_at,
 						voucher: None,
 					};

@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use openledger_primitives::{AdapterId, BaseModelId, ContentHash, DataNetId, ItemId, PromptId};
+use openledger_primitives::{AdapterId, BaseModelId, ContentHash, DataNetId, ItemId, PromptId, ToolId};
 use polkadot_sdk::{sp_core::sr25519, sp_runtime::AccountId32};
 use subxt::{
 	config::RpcConfigFor,
@@ -144,6 +144,19 @@ pub struct PromptInfo {
 	pub price_per_call: Balance,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolInfo {
+	pub owner: AccountId32,
+	/// The MCP server's URL, as registered (bytes that may not be UTF-8).
+	pub endpoint: Vec<u8>,
+	/// The tool's name on that server.
+	pub name: Vec<u8>,
+	pub definition_hash: ContentHash,
+	/// The price set (a rise is charged only after the registry's hold, so never less than what
+	/// settlement charges).
+	pub price_per_call: Balance,
+}
+
 /// What the worker needs of chain state to accept, price and sign a request.
 #[derive(Clone, Debug, Default)]
 pub struct ChainSnapshot {
@@ -156,6 +169,8 @@ pub struct ChainSnapshot {
 	pub adapters: HashMap<ContentHash, AdapterInfo>,
 	/// Registered prompts by template hash.
 	pub prompts: HashMap<ContentHash, PromptInfo>,
+	/// Registered MCP tools by id.
+	pub tools: HashMap<ToolId, ToolInfo>,
 	pub retrieval_price: Balance,
 	pub max_receipt_lifetime: u32,
 	pub max_receipts_per_batch: u32,
@@ -304,6 +319,20 @@ impl ChainClient {
 			if info.id < slot.id {
 				*slot = info;
 			}
+		}
+		let mut tools = storage.entry(runtime::storage().registry().tools())?.iter(()).await?;
+		while let Some(kv) = tools.next().await {
+			let kv = kv?;
+			let (id,) = kv.key()?.decode()?;
+			let t = kv.value().decode()?;
+			let info = ToolInfo {
+				owner: account(&t.owner),
+				endpoint: t.endpoint.0,
+				name: t.name.0,
+				definition_hash: h256(t.definition_hash),
+				price_per_call: t.price_per_call,
+			};
+			snapshot.tools.insert(id, info);
 		}
 		snapshot.retrieval_price = storage.fetch(runtime::storage().attribution().retrieval_price(), ()).await?.decode()?;
 		let constants = at.constants();

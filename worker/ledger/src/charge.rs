@@ -6,19 +6,44 @@
 use std::{collections::HashMap, sync::Arc};
 
 use openledger_primitives::{
-	fees::FeeLimit, AttributionEntry, BaseModelId, ContentHash, DataNetId, MAX_ATTRIBUTION_ENTRIES,
+	fees::FeeLimit, AttributionEntry, BaseModelId, ContentHash, DataNetId, ToolId, ToolUse, MAX_ATTRIBUTION_ENTRIES,
 };
 use openledger_tasks::blocking;
 use polkadot_sdk::sp_runtime::AccountId32;
 
 use super::{
 	authorise::Authorisation,
-	chain::{AdapterInfo, ChainSnapshot},
+	chain::{AdapterInfo, ChainSnapshot, ToolInfo},
 	keys::hex_hash,
 	outbox::OutboxError,
 	service::{Ledger, LedgerError},
 	sign_receipt, Balance, Served,
 };
+
+/// The MCP tools a request may call, as its charge prices them: each tool's price per call and
+/// the most calls the request makes in all. The charge holds what the dearest tool would cost at
+/// every call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolBudget {
+	pub prices: Vec<(ToolId, Balance)>,
+	pub max_calls: u32,
+}
+
+impl ToolBudget {
+	/// The most the calls can cost.
+	pub fn max_cost(&self) -> Balance {
+		let dearest = self.prices.iter().map(|(_, price)| *price).max().unwrap_or(0);
+		dearest.saturating_mul(Balance::from(self.max_calls))
+	}
+
+	/// Whether `used` names only these tools, each once, within the calls allowed.
+	fn covers(&self, used: &[ToolUse]) -> bool {
+		let calls: u64 = used.iter().map(|u| u64::from(u.calls)).sum();
+		let known = used.iter().all(|u| self.prices.iter().any(|(id, _)| *id == u.tool));
+		let distinct = used.iter().enumerate().all(|(i, u)| used[..i].iter().all(|v| v.tool != u.tool));
+		known && distinct && calls <= u64::from(self.max_calls)
+	}
+}
 
 /// A request priced against on-chain rates.
 #[derive(Clone, Debug)]
@@ -31,6 +56,7 @@ struct Priced {
 	/// free).
 	max_total_tokens: u64,
 	limit: FeeLimit<Balance>,
+	tools: ToolBudget,
 }
 
 /// A charged request: who pays, at what prices, and the budget held for it. Dropped without
@@ -54,6 +80,11 @@ impl Charge {
 		self.max_tokens
 	}
 
+	/// The tools' prices: what the tool entries of the receipt will cost.
+	pub fn tools(&self) -> &ToolBudget {
+		&self.priced.tools
+	}
+
 	/// The adapter's training DataNets and their shares, as the chain records them.
 	pub fn provenance(&self) -> &[(DataNetId, u32)] {
 		&self.priced.provenance
@@ -67,8 +98,13 @@ impl Charge {
 		prompt_tokens: usize,
 		completion_tokens: usize,
 		attribution: Vec<AttributionEntry>,
+		tools: Vec<ToolUse>,
 	) -> Result<ContentHash, LedgerError> {
 		let ledger = self.ledger.clone();
+		// Held for at most these calls: more would take the fee past what was reserved.
+		if !self.priced.tools.covers(&tools) {
+			return Err(LedgerError::PaymentRequired(format!("the tool calls {tools:?} are more than the request's charge covers")));
+		}
 		// A receipt past its expiry would be rejected: the authorisation lapsed while the answer
 		// was generated (the chain fell behind, or the request ran long).
 		let best = ledger.view.best_block();
@@ -88,6 +124,7 @@ impl Charge {
 			prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
 			completion_tokens: u32::try_from(completion_tokens).unwrap_or(u32::MAX),
 			attribution,
+			tools,
 			expires_at: self.auth.expires_at,
 			voucher: self.auth.voucher,
 		};
@@ -112,27 +149,34 @@ impl Charge {
 }
 
 impl Ledger {
-	/// Prices a request by the hashes of the adapter and template files it uses, caps its
-	/// `max_tokens` to what the payer's budget pays for, and holds its most possible fee from
-	/// that budget: 404 for an adapter or template not registered on chain, 402 when the budget
-	/// does not cover the prompt.
+	/// Prices a request by the hashes of the adapter and template files it uses and the MCP tools
+	/// it may call, caps its `max_tokens` to what the payer's budget pays for, and holds its most
+	/// possible fee from that budget: 404 for an adapter or template not registered on chain, 402
+	/// when the budget does not cover the prompt.
+	#[allow(clippy::too_many_arguments)]
 	pub fn charge(
 		self: &Arc<Self>,
 		auth: Authorisation,
 		adapter: Option<ContentHash>,
 		template: Option<ContentHash>,
 		grounded: bool,
+		tools: ToolBudget,
 		prompt_tokens: usize,
 		max_tokens: usize,
 	) -> Result<Charge, LedgerError> {
 		let available = auth.per_request.min(auth.shared.saturating_sub(self.committed(&auth.payer)));
-		let priced =
-			price_request(&self.view.snapshot(), self.base_model, available, adapter, template, grounded, prompt_tokens)?;
+		let asked = PricedAsk { adapter, template, grounded, tools, prompt_tokens };
+		let priced = price_request(&self.view.snapshot(), self.base_model, available, asked)?;
 		let affordable = usize::try_from(priced.max_total_tokens).unwrap_or(usize::MAX).saturating_sub(prompt_tokens);
 		let max_tokens = max_tokens.min(affordable);
 		let total = u64::try_from(prompt_tokens.saturating_add(max_tokens)).unwrap_or(u64::MAX);
 		let reservation = self.reserve(&auth, priced.limit.max_fee(total))?;
 		Ok(Charge { ledger: self.clone(), auth, priced, max_tokens, reservation })
+	}
+
+	/// The MCP tool registered under `id`, as the chain was last read.
+	pub fn tool(&self, id: ToolId) -> Option<ToolInfo> {
+		self.view.snapshot().tools.get(&id).cloned()
 	}
 
 	/// The training provenance the chain records for the adapter whose weights have this hash:
@@ -237,19 +281,21 @@ fn registered_adapter<'a>(
 	})
 }
 
+/// What a request uses, to be priced.
+struct PricedAsk {
+	adapter: Option<ContentHash>,
+	template: Option<ContentHash>,
+	grounded: bool,
+	tools: ToolBudget,
+	prompt_tokens: usize,
+}
+
 /// Prices a request against `snapshot`: the adapter and prompt must be registered (by the hashes
 /// of the files the worker serves), and `budget` must cover the fixed parts and the prompt. The retrieval part is
 /// counted for the most items a receipt may name, so span matches found after generation can
-/// never push the fee past the budget.
-fn price_request(
-	snapshot: &ChainSnapshot,
-	base_model: BaseModelId,
-	budget: Balance,
-	adapter_hash: Option<ContentHash>,
-	template_hash: Option<ContentHash>,
-	grounded: bool,
-	prompt_tokens: usize,
-) -> Result<Priced, LedgerError> {
+/// never push the fee past the budget; the tools' part for every call at the dearest tool.
+fn price_request(snapshot: &ChainSnapshot, base_model: BaseModelId, budget: Balance, asked: PricedAsk) -> Result<Priced, LedgerError> {
+	let PricedAsk { adapter: adapter_hash, template: template_hash, grounded, tools, prompt_tokens } = asked;
 	let worker_rate = snapshot.worker.as_ref().map_or(0, |w| w.compute_price_per_1k_tokens);
 	let adapter = adapter_hash.map(|hash| registered_adapter(snapshot, base_model, &hash)).transpose()?;
 	let prompt = match template_hash {
@@ -264,7 +310,8 @@ fn price_request(
 		prompt.map_or(0, |p| p.price_per_call),
 		snapshot.retrieval_price,
 		if grounded { MAX_ATTRIBUTION_ENTRIES } else { 0 },
-	);
+	)
+	.with_tool_cost(tools.max_cost());
 	let Some(max_total_tokens) = limit.max_tokens(budget) else {
 		return Err(LedgerError::PaymentRequired(format!(
 			"the authorised {budget} does not cover this request's fixed price {}",
@@ -282,6 +329,7 @@ fn price_request(
 		provenance: adapter.map(|a| a.provenance.clone()).unwrap_or_default(),
 		max_total_tokens,
 		limit,
+		tools,
 	})
 }
 
@@ -295,6 +343,10 @@ mod tests {
 	};
 	use polkadot_sdk::sp_runtime::Permill;
 	use proptest::prelude::*;
+
+	fn ask(adapter: Option<ContentHash>, template: Option<ContentHash>, grounded: bool, prompt_tokens: usize) -> PricedAsk {
+		PricedAsk { adapter, template, grounded, tools: ToolBudget::default(), prompt_tokens }
+	}
 
 	fn snapshot(worker_rate: Balance, adapter_rate: Balance, prompt_price: Balance, retrieval: Balance) -> ChainSnapshot {
 		let mut s = ChainSnapshot { retrieval_price: retrieval, max_receipt_lifetime: 100, ..ChainSnapshot::default() };
@@ -326,17 +378,17 @@ mod tests {
 	fn unregistered_adapters_and_prompts_are_not_served() {
 		let s = snapshot(10, 10, 10, 1);
 		let unknown = Some(ContentHash::repeat_byte(7));
-		assert!(matches!(price_request(&s, 0, 1_000_000, unknown, None, false, 5), Err(LedgerError::NotRegistered("model", _))));
+		assert!(matches!(price_request(&s, 0, 1_000_000, ask(unknown, None, false, 5)), Err(LedgerError::NotRegistered("model", _))));
 		assert!(matches!(
-			price_request(&s, 0, 1_000_000, None, unknown, false, 5),
+			price_request(&s, 0, 1_000_000, ask(None, unknown, false, 5)),
 			Err(LedgerError::NotRegistered("prompt_template", _))
 		));
 		// Registered, but for another base model.
 		assert!(matches!(
-			price_request(&s, 1, 1_000_000, Some(ContentHash::repeat_byte(1)), None, false, 5),
+			price_request(&s, 1, 1_000_000, ask(Some(ContentHash::repeat_byte(1)), None, false, 5)),
 			Err(LedgerError::NotRegistered("model", _))
 		));
-		let priced = price_request(&s, 0, 1_000_000, Some(ContentHash::repeat_byte(1)), Some(ContentHash::repeat_byte(2)), false, 5).unwrap();
+		let priced = price_request(&s, 0, 1_000_000, ask(Some(ContentHash::repeat_byte(1)), Some(ContentHash::repeat_byte(2)), false, 5)).unwrap();
 		assert_eq!(priced.adapter, Some((4, ContentHash::repeat_byte(1))));
 		assert_eq!(priced.prompt, Some((9, ContentHash::repeat_byte(2))));
 		assert_eq!(priced.provenance, vec![(0, 600_000)]);
@@ -346,10 +398,25 @@ mod tests {
 	fn a_budget_below_the_fixed_price_or_the_prompt_is_payment_required() {
 		let s = snapshot(1_000, 0, 500, 0);
 		let template = Some(ContentHash::repeat_byte(2));
-		assert!(matches!(price_request(&s, 0, 499, None, template, false, 1), Err(LedgerError::PaymentRequired(_))));
+		assert!(matches!(price_request(&s, 0, 499, ask(None, template, false, 1)), Err(LedgerError::PaymentRequired(_))));
 		// 600 - 500 = 100 pays for 100 tokens at 1000 per 1k; a 100-token prompt leaves none.
-		assert!(matches!(price_request(&s, 0, 600, None, template, false, 100), Err(LedgerError::PaymentRequired(_))));
-		assert_eq!(price_request(&s, 0, 600, None, template, false, 99).unwrap().max_total_tokens, 100);
+		assert!(matches!(price_request(&s, 0, 600, ask(None, template, false, 100)), Err(LedgerError::PaymentRequired(_))));
+		assert_eq!(price_request(&s, 0, 600, ask(None, template, false, 99)).unwrap().max_total_tokens, 100);
+	}
+
+	#[test]
+	fn tool_calls_are_held_at_the_dearest_tools_price() {
+		let s = snapshot(1_000, 0, 0, 0);
+		let tools = ToolBudget { prices: vec![(3, 40), (4, 70)], max_calls: 2 };
+		assert_eq!(tools.max_cost(), 140);
+		let with_tools = |budget| price_request(&s, 0, budget, PricedAsk { tools: tools.clone(), ..ask(None, None, false, 10) });
+		assert!(matches!(with_tools(139), Err(LedgerError::PaymentRequired(_))));
+		// 240 - 140 = 100 pays for 100 tokens.
+		assert_eq!(with_tools(240).unwrap().max_total_tokens, 100);
+		assert!(tools.covers(&[ToolUse { tool: 3, calls: 1 }, ToolUse { tool: 4, calls: 1 }]));
+		assert!(!tools.covers(&[ToolUse { tool: 3, calls: 3 }]), "more calls than held for");
+		assert!(!tools.covers(&[ToolUse { tool: 5, calls: 1 }]), "a tool not priced");
+		assert!(!tools.covers(&[ToolUse { tool: 3, calls: 1 }, ToolUse { tool: 3, calls: 1 }]), "a tool named twice");
 	}
 
 	proptest! {
@@ -370,7 +437,7 @@ mod tests {
 			let s = snapshot(worker_rate, adapter_rate, prompt_price, retrieval);
 			let adapter = use_adapter.then(|| ContentHash::repeat_byte(1));
 			let template = use_prompt.then(|| ContentHash::repeat_byte(2));
-			let Ok(priced) = price_request(&s, 0, budget, adapter, template, true, prompt_tokens) else { return Ok(()) };
+			let Ok(priced) = price_request(&s, 0, budget, ask(adapter, template, true, prompt_tokens)) else { return Ok(()) };
 			let tokens = priced.max_total_tokens.min(1 << 20);
 			prop_assert!(tokens > prompt_tokens as u64);
 			let weighted: Vec<WeightedItem> =

@@ -13,7 +13,9 @@ pub mod submitter;
 pub mod view;
 
 use codec::{Decode, Encode};
-use openledger_primitives::{content_hash, AttributionEntry, BlockNumber, ContentHash, MaxAttributionEntries};
+use openledger_primitives::{
+	content_hash, AttributionEntry, BlockNumber, ContentHash, MaxAttributionEntries, MaxToolEntries, ToolUse,
+};
 use polkadot_sdk::sp_runtime::{AccountId32, BoundedVec, MultiSignature};
 
 pub use openledger_primitives::Balance;
@@ -82,6 +84,8 @@ pub struct Served {
 	pub prompt_tokens: u32,
 	pub completion_tokens: u32,
 	pub attribution: Vec<AttributionEntry>,
+	/// The MCP tools called, each once, with its successful calls.
+	pub tools: Vec<ToolUse>,
 	pub expires_at: BlockNumber,
 	pub voucher: Option<SignedVoucher>,
 }
@@ -105,7 +109,7 @@ pub fn sign_receipt(
 		prompt_tokens: served.prompt_tokens,
 		completion_tokens: served.completion_tokens,
 		attribution: BoundedVec::<_, MaxAttributionEntries>::truncate_from(served.attribution),
-		tools: Default::default(),
+		tools: BoundedVec::<_, MaxToolEntries>::truncate_from(served.tools),
 		expires_at: served.expires_at,
 	};
 	let signature = session.sign(&receipt.signing_payload(genesis));
@@ -126,6 +130,7 @@ pub(crate) fn test_receipt(n: u8) -> SignedReceipt {
 		prompt_tokens: 10,
 		completion_tokens: u32::from(n),
 		attribution: Vec::new(),
+		tools: Vec::new(),
 		expires_at: 100,
 		voucher: None,
 	};

@@ -20,7 +20,7 @@ use std::{
 };
 
 use axum::{
-	http::StatusCode,
+	http::{HeaderMap, StatusCode},
 	response::{IntoResponse, Response},
 	Json,
 };
@@ -30,11 +30,14 @@ use tokio::sync::mpsc;
 
 use super::{
 	error::ApiError,
-	finish::Closing,
-	handlers::{admit, collect, compile_grammar, encode_chat, ground, lease_adapter, training_of, Answer},
+	finish::{Attributor, Closing},
+	handlers::{
+		admit, authorise_payer, charge, collect, compile_grammar, encode_chat, generation_headers, ground, lease_adapter,
+		training_of, Answer, Priced,
+	},
 	openai::{
-		self, valid_name, AttributionBody, ChatChoice, ChatCompletion, ChatCompletionRequest, GenerationSpec, McpCallBody,
-		MessageContent, RequestMessage,
+		self, valid_name, ChatChoice, ChatCompletion, ChatCompletionRequest, GenerationSpec, McpCallBody, MessageContent,
+		RequestMessage,
 	},
 	request_log::RequestLog,
 	tools::{read_answer, Tool, ToolCall, ToolChoice, Tooling},
@@ -42,14 +45,18 @@ use super::{
 };
 use openledger_engine::{
 	adapters::AdapterLease,
-	engine::{GenerationRequest, Usage},
+	engine::{FinishReason, GenerationRequest, Usage},
 	tokenizer::ChatMessage,
 };
+use openledger_ledger::{
+	authorise::Authorisation,
+	charge::{Charge, ToolBudget},
+};
 use openledger_mcp::{definition::definition_hash, Catalog, Limits, McpError, RegisteredTool, Session};
-use openledger_primitives::ToolId;
+use openledger_primitives::{ToolId, ToolUse, MAX_TOOL_ENTRIES};
 
-/// The most MCP tools one request may name.
-pub const MAX_MCP_TOOLS: usize = 16;
+/// The most MCP tools one request may name: as many as a receipt can pay.
+pub const MAX_MCP_TOOLS: usize = MAX_TOOL_ENTRIES as usize;
 
 /// How a worker serves MCP tools (`serve --mcp-tools`).
 #[derive(Clone, Debug)]
@@ -78,8 +85,15 @@ struct OpenTool {
 }
 
 /// Serves a chat request that opts into MCP tools.
-pub(super) async fn chat(state: AppState, mut log: RequestLog, request: ChatCompletionRequest, spec: GenerationSpec) -> Response {
-	match serve(&state, &mut log, request, spec).await {
+pub(super) async fn chat(
+	state: AppState,
+	mut log: RequestLog,
+	headers: &HeaderMap,
+	body: &[u8],
+	request: ChatCompletionRequest,
+	spec: GenerationSpec,
+) -> Response {
+	match serve(&state, &mut log, headers, body, request, spec).await {
 		Ok(response) => response,
 		Err(e) => log.reject(e),
 	}
@@ -88,6 +102,8 @@ pub(super) async fn chat(state: AppState, mut log: RequestLog, request: ChatComp
 async fn serve(
 	state: &AppState,
 	log: &mut RequestLog,
+	headers: &HeaderMap,
+	body: &[u8],
 	request: ChatCompletionRequest,
 	spec: GenerationSpec,
 ) -> Result<Response, ApiError> {
@@ -117,38 +133,59 @@ async fn serve(
 		return Err(ApiError::invalid("tool_choice", "tool_choice none leaves the MCP tools unused; drop mcp_tools"));
 	}
 	// Unknown ids are refused before anything is admitted or any server is called.
-	let registered = ids
-		.iter()
-		.map(|&id| {
-			settings.catalog.get(id).cloned().ok_or_else(|| {
-				ApiError::not_found(format!("this worker offers no MCP tool {id}")).with_param("mcp_tools").with_code("tool_not_found")
-			})
-		})
-		.collect::<Result<Vec<_>, _>>()?;
+	let registered = ids.iter().map(|&id| registered_tool(state, settings, id)).collect::<Result<Vec<_>, _>>()?;
 	let permit = admit(state)?;
+	// Paid for before any server is called.
+	let auth = authorise_payer(state, headers, body, &log.id).await?;
+	let started = Instant::now();
 	let tools = open_tools(settings, registered).await?;
-	let looped = run_loop(state, log, settings, &request, &spec, &tools, max_calls).await;
+	let opened = started.elapsed();
+	let mut looped = run_loop(state, log, settings, &request, &spec, &tools, max_calls, auth).await;
+	let mcp_names: Vec<String> = tools.iter().map(|t| t.offered.name.clone()).collect();
+	let closing_started = Instant::now();
 	join_all(tools.into_iter().map(|t| t.session.close())).await;
-	drop(permit);
-	let (answer, usage, calls, attributor) = looped?;
+	if let Ok(looped) = &mut looped {
+		looped.times.mcp += opened + closing_started.elapsed();
+		looped.times.log(&log.id, started.elapsed(), looped.calls.len());
+	}
+	let Looped { answer, usage, calls, closing, .. } = looped?;
 
-	let offered: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
-	let (text, finished) = Closing { attributor, charge: None }.finish(state, answer.text, &usage).await?;
+	let headers = generation_headers(&closing);
+	let (text, finished) = closing.finish(state, answer.text, &usage).await?;
+	drop(permit);
 	let mut choice = ChatChoice::new(0, text, answer.finish);
 	choice.read_tool_calls();
 	// Calls of MCP tools in a last answer that also calls the client's own were made here.
 	if let Some(own) = choice.message.tool_calls.take() {
-		let own: Vec<ToolCall> = own.into_iter().filter(|c| !offered.contains(&c.function.name.as_str())).collect();
+		let own: Vec<ToolCall> = own.into_iter().filter(|c| !mcp_names.contains(&c.function.name)).collect();
 		choice.message.tool_calls = (!own.is_empty()).then_some(own);
 	}
-	let mut attribution = finished.attribution.unwrap_or_default();
-	attribution.extend(billed_calls(&calls).into_iter().map(|(tool, n)| AttributionBody::tool(tool, n)));
 	let mut body = ChatCompletion::new(format!("chatcmpl-{}", log.id), unix_now(), request.model, vec![choice], &usage);
-	body.attribution = (!attribution.is_empty()).then_some(attribution);
+	body.attribution = finished.attribution;
 	body.receipt_id = finished.receipt_id;
 	body.mcp_calls = Some(calls);
 	log.finished(&usage);
-	Ok(Json(body).into_response())
+	Ok((headers, Json(body)).into_response())
+}
+
+/// The tool registered under `id`: on a chain, the registry's (as last read); else the
+/// operator's catalog. 404 for an id neither knows.
+fn registered_tool(state: &AppState, settings: &McpSettings, id: ToolId) -> Result<RegisteredTool, ApiError> {
+	let not_found =
+		|| ApiError::not_found(format!("no MCP tool {id} is registered for this worker")).with_param("mcp_tools").with_code("tool_not_found");
+	let Some(ledger) = state.ledger() else { return settings.catalog.get(id).cloned().ok_or_else(not_found) };
+	let info = ledger.tool(id).ok_or_else(not_found)?;
+	// Registered bytes that are not UTF-8 name no URL or tool a server could have.
+	let text = |bytes: Vec<u8>, what: &str| {
+		String::from_utf8(bytes).map_err(|_| unusable(id, McpError::BadEndpoint(format!("the registered {what} is not UTF-8"))))
+	};
+	Ok(RegisteredTool {
+		id,
+		endpoint: text(info.endpoint, "endpoint")?,
+		tool: text(info.name, "tool name")?,
+		price: info.price_per_call,
+		definition_hash: Some(info.definition_hash.0),
+	})
 }
 
 fn check_ids(ids: &[ToolId]) -> Result<(), ApiError> {
@@ -239,9 +276,36 @@ fn unusable(id: ToolId, e: McpError) -> ApiError {
 	}
 }
 
-type Looped = (Answer, Usage, Vec<McpCallBody>, Option<super::finish::Attributor>);
+/// What the loop leaves: the last answer, the usage of all rounds, the calls made, and what
+/// closes the request (attribution, the charge, the tools to pay).
+struct Looped {
+	answer: Answer,
+	usage: Usage,
+	calls: Vec<McpCallBody>,
+	closing: Closing,
+	times: Times,
+}
 
-/// The rounds of the loop; the last answer, the usage of all rounds, the calls made.
+/// Where a loop's time went: the model's rounds and the MCP servers (sessions opened, calls,
+/// sessions closed); the rest is the worker's own overhead (rendering, tokenizing, grammars).
+#[derive(Default)]
+struct Times {
+	model: Duration,
+	mcp: Duration,
+}
+
+impl Times {
+	fn log(&self, id: &str, total: Duration, calls: usize) {
+		let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+		let overhead = total.saturating_sub(self.model + self.mcp);
+		tracing::info!(id, calls, model_ms = ms(self.model), mcp_ms = ms(self.mcp), overhead_ms = ms(overhead), "tool loop");
+	}
+}
+
+/// The rounds of the loop. On a chain the request is charged once its first prompt is known, for
+/// the tokens of every round and every call at the dearest tool's price; the rounds then stay
+/// within the tokens that charge holds.
+#[allow(clippy::too_many_arguments)]
 async fn run_loop(
 	state: &AppState,
 	log: &mut RequestLog,
@@ -250,6 +314,7 @@ async fn run_loop(
 	spec: &GenerationSpec,
 	tools: &[OpenTool],
 	max_calls: usize,
+	mut auth: Option<Authorisation>,
 ) -> Result<Looped, ApiError> {
 	let offered = tools.iter().map(|t| t.offered.clone()).collect();
 	let tooling = Tooling::parse_with(request.tools.as_deref(), offered, request.tool_choice.as_ref(), request.parallel_tool_calls)?
@@ -273,13 +338,16 @@ async fn run_loop(
 	let mut turns: Vec<RequestMessage> = Vec::new();
 	let mut calls: Vec<McpCallBody> = Vec::new();
 	let mut usage = Usage { prompt_tokens: 0, completion_tokens: 0 };
+	let mut charged: Option<(Option<Charge>, Option<usize>)> = None;
+	let mut last: Option<Answer> = None;
+	let mut times = Times::default();
 	loop {
 		let spent = calls.len() >= max_calls || Instant::now() >= deadline;
 		let round = tooling.with_choice(if spent { ToolChoice::Off } else { choice });
 		let constraint = compile_grammar(state, Some(round.grammar()), "tools").await?;
 		let messages = with_turns(&grounded, &request.messages, &turns, &described, native)?;
 		let prompt = encode_chat(state, messages, Some(&described)).await?;
-		let max_tokens = openai::token_budget(
+		let mut max_tokens = openai::token_budget(
 			prompt.len(),
 			spec.max_tokens,
 			None,
@@ -287,16 +355,44 @@ async fn run_loop(
 			state.inner.engine.context_length(),
 			"messages",
 		)?;
+		let (_, token_cap) = match &charged {
+			Some(charged) => charged,
+			None => {
+				// Every round may be as long as this one, and every later prompt as long as this
+				// one plus what came before it; the cap below keeps the rounds to what is held.
+				let rounds = max_calls + 1;
+				let asked = (max_tokens * rounds).saturating_add(prompt.len().saturating_mul(max_calls));
+				let prices = tools.iter().map(|t| (t.registered.id, t.registered.price)).collect();
+				let budget = ToolBudget { prices, max_calls: max_calls as u32 };
+				let priced = Priced { adapter: adapter.as_ref(), attributor: attributor.as_ref(), tools: budget };
+				let charge = charge(state, auth.take(), priced, prompt.len(), asked)?;
+				let cap = charge.as_ref().map(|c| prompt.len() + c.max_tokens());
+				charged.insert((charge, cap))
+			},
+		};
+		if let Some(cap) = *token_cap {
+			let room = cap.saturating_sub(usage.prompt_tokens + usage.completion_tokens + prompt.len());
+			if room == 0 {
+				// The payer's budget ends the loop: the last answer stands, cut short.
+				let mut answer = last.expect("the first round always has room");
+				answer.finish = FinishReason::Length;
+				return Ok(looped(answer, usage, calls, attributor, charged, times));
+			}
+			max_tokens = max_tokens.min(room);
+		}
+		let generating = Instant::now();
 		let (answer, round_usage) = generate_once(state, log, prompt, max_tokens, spec, adapter.clone(), constraint).await?;
+		times.model += generating.elapsed();
 		usage.prompt_tokens += round_usage.prompt_tokens;
 		usage.completion_tokens += round_usage.completion_tokens;
 		let (content, answer_calls) = read_answer(&answer.text);
 		let (mcp, own): (Vec<ToolCall>, Vec<ToolCall>) =
 			answer_calls.into_iter().partition(|c| tools.iter().any(|t| t.offered.name == c.function.name));
 		if mcp.is_empty() {
-			return Ok((answer, usage, calls, attributor));
+			return Ok(looped(answer, usage, calls, attributor, charged, times));
 		}
 		let room = max_calls - calls.len();
+		let calling = Instant::now();
 		let outcomes = join_all(mcp.iter().enumerate().map(|(i, call)| async move {
 			if i >= room {
 				return (format!("error: this request's {max_calls} tool calls are spent; answer without calling"), true, false);
@@ -305,6 +401,7 @@ async fn run_loop(
 			call_tool(tool, call).await
 		}))
 		.await;
+		times.mcp += calling.elapsed();
 		turns.push(RequestMessage {
 			role: "assistant".into(),
 			content: content.map(MessageContent::Text),
@@ -336,10 +433,24 @@ async fn run_loop(
 		}
 		if !own.is_empty() {
 			// The client's own tools were called too: the answer, with those calls, is its to act on.
-			return Ok((answer, usage, calls, attributor));
+			return Ok(looped(answer, usage, calls, attributor, charged, times));
 		}
+		last = Some(answer);
 		choice = ToolChoice::Auto;
 	}
+}
+
+fn looped(
+	answer: Answer,
+	usage: Usage,
+	calls: Vec<McpCallBody>,
+	attributor: Option<Attributor>,
+	charged: Option<(Option<Charge>, Option<usize>)>,
+	times: Times,
+) -> Looped {
+	let tools = billed_calls(&calls).into_iter().map(|(tool, calls)| ToolUse { tool, calls }).collect();
+	let charge = charged.and_then(|(charge, _)| charge);
+	Looped { answer, usage, calls, closing: Closing { attributor, charge, tools }, times }
 }
 
 /// Calls one tool: what the model is shown, whether the call failed, whether it is billed.

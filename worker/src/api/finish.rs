@@ -10,7 +10,7 @@ use openledger_knowledge::{
 	grounding::{Grounded, Knowledge},
 };
 use openledger_ledger::{charge::Charge, keys::hex_hash};
-use openledger_primitives::{content_hash, AttributionEntry, DataNetId};
+use openledger_primitives::{content_hash, AttributionEntry, DataNetId, ToolUse};
 use openledger_tasks::blocking;
 
 /// A grounded request's attribution, computed once the whole answer is known.
@@ -37,6 +37,9 @@ pub(super) struct Closing {
 	pub attributor: Option<Attributor>,
 	/// Set when the worker charges for the request (it is on a chain).
 	pub charge: Option<Charge>,
+	/// The MCP tools the request called, with their successful calls: paid in the receipt and
+	/// named in the attribution.
+	pub tools: Vec<ToolUse>,
 }
 
 /// What the last response (or the last chunk of a stream) carries besides the answer.
@@ -72,12 +75,18 @@ impl Closing {
 			Some(charge) => {
 				let hash = content_hash(output.as_bytes());
 				let entries = attribution.clone().unwrap_or_default();
-				let id = charge.issue(hash, usage.prompt_tokens, usage.completion_tokens, entries).await?;
+				let tools = self.tools.clone();
+				let id = charge.issue(hash, usage.prompt_tokens, usage.completion_tokens, entries, tools).await?;
 				Some(hex_hash(&id))
 			},
 			None => None,
 		};
-		let attribution = attribution.map(|entries| entries.iter().map(AttributionBody::from).collect());
+		let mut attribution: Option<Vec<AttributionBody>> =
+			attribution.map(|entries| entries.iter().map(AttributionBody::from).collect());
+		if !self.tools.is_empty() {
+			let tools = self.tools.iter().map(|used| AttributionBody::tool(used.tool, used.calls));
+			attribution.get_or_insert_with(Vec::new).extend(tools);
+		}
 		Ok((output, Finished { attribution, receipt_id }))
 	}
 }

@@ -41,7 +41,11 @@ use openledger_knowledge::{
 	templates::DEFAULT_TEMPLATE_ID,
 };
 use openledger_ledger::{
-	authorise::Authorisation, keys::hex_hash, service::LedgerError, REQUEST_HASH_HEADER, VOUCHER_HEADER,
+	authorise::Authorisation,
+	charge::{Charge, ToolBudget},
+	keys::hex_hash,
+	service::LedgerError,
+	REQUEST_HASH_HEADER, VOUCHER_HEADER,
 };
 use openledger_primitives::ContentHash;
 use openledger_tasks::blocking;
@@ -87,7 +91,7 @@ pub(super) async fn chat_completions(
 		log.model = openledger_engine::printable(&request.model);
 		let spec = request.validate(state.limits())?;
 		if request.wants_mcp_tools() {
-			return Err(Deferred::ToolLoop(Box::new((request, spec))));
+			return Err(Deferred::ToolLoop(Box::new((request, spec, bytes))));
 		}
 		let native_tools = state.inner.codec.template_renders_tools();
 		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref(), native_tools)?;
@@ -98,8 +102,8 @@ pub(super) async fn chat_completions(
 	match prepared {
 		Ok(prepared) => generate(state, log, prepared).await,
 		Err(Deferred::ToolLoop(asked)) => {
-			let (request, spec) = *asked;
-			agent::chat(state, log, request, spec).await
+			let (request, spec, bytes) = *asked;
+			agent::chat(state, log, &headers, &bytes, request, spec).await
 		},
 		Err(Deferred::Refused(e)) => log.reject(e),
 	}
@@ -108,7 +112,8 @@ pub(super) async fn chat_completions(
 /// A chat request not served by the one-generation way: refused, or one for the MCP tool loop.
 enum Deferred {
 	Refused(ApiError),
-	ToolLoop(Box<(ChatCompletionRequest, GenerationSpec)>),
+	/// With the body, which a voucher signs.
+	ToolLoop(Box<(ChatCompletionRequest, GenerationSpec, Bytes)>),
 }
 
 impl From<ApiError> for Deferred {
@@ -183,31 +188,15 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 	)?;
 	// The payer's budget covers every answer; each gets an equal part of what it affords.
 	let choices = asked.spec.choices;
-	let charge = match (state.ledger(), auth) {
-		(Some(ledger), Some(auth)) => {
-			let template = attributor
-				.as_ref()
-				.map(|a| &a.grounded.template)
-				.filter(|(id, _)| id != DEFAULT_TEMPLATE_ID)
-				.map(|(_, hash)| ContentHash::from(*hash));
-			let adapter = adapter.as_ref().map(|lease| ContentHash::from(lease.hash()));
-			let charge = ledger.charge(
-				auth,
-				adapter,
-				template,
-				attributor.is_some(),
-				prompt_tokens.len(),
-				max_tokens * choices,
-			)?;
-			max_tokens = charge.max_tokens() / choices;
-			if max_tokens == 0 {
-				let short = LedgerError::PaymentRequired(format!("the payer's budget does not cover {choices} answers"));
-				return Err(ApiError::from(short).with_param("n"));
-			}
-			Some(charge)
-		},
-		_ => None,
-	};
+	let priced = Priced { adapter: adapter.as_ref(), attributor: attributor.as_ref(), tools: ToolBudget::default() };
+	let charge = charge(state, auth, priced, prompt_tokens.len(), max_tokens * choices)?;
+	if let Some(charge) = &charge {
+		max_tokens = charge.max_tokens() / choices;
+		if max_tokens == 0 {
+			let short = LedgerError::PaymentRequired(format!("the payer's budget does not cover {choices} answers"));
+			return Err(ApiError::from(short).with_param("n"));
+		}
+	}
 	Ok(Prepared {
 		model: asked.model,
 		prompt_tokens,
@@ -216,9 +205,36 @@ async fn prepare(state: &AppState, log: &RequestLog, headers: &HeaderMap, body: 
 		adapter,
 		constraint,
 		vocabulary,
-		closing: Closing { attributor, charge },
+		closing: Closing { attributor, charge, tools: Vec::new() },
 		permit,
 	})
+}
+
+/// What a request uses that its charge prices.
+pub(super) struct Priced<'a> {
+	pub adapter: Option<&'a AdapterLease>,
+	pub attributor: Option<&'a Attributor>,
+	pub tools: ToolBudget,
+}
+
+/// Prices the request on chain and holds its most possible fee for `prompt_tokens` and at most
+/// `max_tokens` more (see `Ledger::charge`); `None` when the worker does not charge.
+pub(super) fn charge(
+	state: &AppState,
+	auth: Option<Authorisation>,
+	priced: Priced<'_>,
+	prompt_tokens: usize,
+	max_tokens: usize,
+) -> Result<Option<Charge>, ApiError> {
+	let (Some(ledger), Some(auth)) = (state.ledger(), auth) else { return Ok(None) };
+	let template = priced
+		.attributor
+		.map(|a| &a.grounded.template)
+		.filter(|(id, _)| id != DEFAULT_TEMPLATE_ID)
+		.map(|(_, hash)| ContentHash::from(*hash));
+	let adapter = priced.adapter.map(|lease| ContentHash::from(lease.hash()));
+	let grounded = priced.attributor.is_some();
+	Ok(Some(ledger.charge(auth, adapter, template, grounded, priced.tools, prompt_tokens, max_tokens)?))
 }
 
 /// Renders the conversation with the model's chat template and tokenizes it (off the async
@@ -263,7 +279,7 @@ pub(super) fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> 
 }
 
 /// Who pays for this request: `None` when the worker does not charge; 402 when nobody does.
-async fn authorise_payer(
+pub(super) async fn authorise_payer(
 	state: &AppState,
 	headers: &HeaderMap,
 	body: &[u8],
@@ -426,7 +442,7 @@ pub(super) struct ResponseMeta {
 /// Headers of a generation response, sent before the first token for streams (`x-request-id`
 /// is added by the middleware for every response). The receipt's id depends on the answer, so
 /// it comes in the body; the request hash it will carry is known now.
-fn generation_headers(closing: &Closing) -> HeaderMap {
+pub(super) fn generation_headers(closing: &Closing) -> HeaderMap {
 	let mut headers = HeaderMap::new();
 	if let Some(charge) = &closing.charge {
 		if let Ok(value) = hex_hash(&charge.request_hash()).parse() {
