@@ -928,6 +928,10 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		let mut two_expiries = shared.clone();
 		two_expiries[4].receipt.expires_at += 1;
 		assert_eq!(Attribution::batch_weight(&two_expiries), weight + record_set);
+		// Each tool entry is charged as an item entry is: one registry read, one payout.
+		let entry = <() as WeightInfo>::submit_receipt(1) - <() as WeightInfo>::submit_receipt(0);
+		let with_tools = [sign(with_tools(receipt(1), &[(TOOL, 2), (TOOL + 1, 1)]))];
+		assert_eq!(Attribution::batch_weight(&with_tools), alone + entry.saturating_mul(2));
 	});
 }
 
