@@ -154,9 +154,15 @@ async function expectedPayouts(record) {
     fee += prompt.pricePerCall.toBigInt();
     add(prompt.owner.toString(), afterProtocol(prompt.pricePerCall.toBigInt()));
   }
+  for (const entry of record.attribution.filter((e) => e.source === 'tool')) {
+    const tool = (await api.query.registry.tools(entry.tool)).unwrap();
+    const part = tool.pricePerCall.toBigInt() * BigInt(entry.calls);
+    fee += part;
+    add(tool.owner.toString(), afterProtocol(part));
+  }
   const weights = new Map();
   for (const entry of record.attribution) {
-    if (entry.source === 'training') continue;
+    if (entry.source === 'training' || entry.source === 'tool') continue;
     weights.set(entry.item, (weights.get(entry.item) ?? 0n) + BigInt(entry.weight_ppm));
   }
   const retrievalPart = retrievalPrice * BigInt(weights.size);
@@ -245,6 +251,55 @@ test('requests over adapters, prompts and DataNets settle and pay exactly what t
   assert.equal(creditBefore - (await credit(node.dev.alice.address)), charged, 'the payer is charged the fees, no more');
   const paid = [...expected.values()].reduce((a, b) => a + b, 0n);
   assert.equal(paid, charged, 'the total paid equals the total charged');
+});
+
+test('an MCP tool registered on chain is called for a request; its owner is paid price × calls', async () => {
+  const { api } = node;
+  // A real MCP server (the official Python SDK) on a loopback port, registered by Eve.
+  const [port] = await freePorts(1);
+  const server = spawn(join(process.env.OPENLEDGER_VENV, 'bin', 'python'),
+    [new URL('../mcp/weather_server.py', import.meta.url).pathname, String(port)], { stdio: 'ignore' });
+  try {
+    const endpoint = `http://127.0.0.1:${port}/mcp`;
+    let definition = null;
+    for (let i = 0; i < 120 && !definition; i++) {
+      try {
+        definition = JSON.parse(cli('mcp', 'definition', '--endpoint', endpoint, '--tool', 'get_weather', '--allow-private'));
+      } catch { await new Promise((r) => setTimeout(r, 500)); }
+    }
+    assert.ok(definition, 'the MCP server came up');
+    const price = 7n * 10n ** 15n;
+    const owner = node.dev.eve;
+    const r = await send(api, api.tx.registry.registerTool(endpoint, 'get_weather', definition.definition_hash, price), owner);
+    assert.equal(r.error, null, `registerTool: ${r.error}`);
+    const tool = findEvent(r.events, 'registry', 'ToolRegistered').data.tool.toNumber();
+    // The worker calls loopback endpoints only when told to.
+    await stopWorker();
+    worker = await startWorker(['--mcp-allow-private']);
+    const ownerBefore = await free(owner.address);
+    const creditBefore = await credit(node.dev.alice.address);
+    const response = await client().chat.completions.create({
+      model: 'SmolLM2-135M-Instruct', messages: [{ role: 'user', content: 'What is the weather in Oslo?' }],
+      max_tokens: 60, temperature: 0, tool_choice: 'required', mcp_tools: [tool], max_tool_calls: 1,
+    });
+    const calls = response.mcp_calls;
+    assert.equal(calls.length, 1, JSON.stringify(calls));
+    assert.equal(calls[0].billed, true, JSON.stringify(calls[0]));
+    assert.deepEqual(response.attribution.filter((e) => e.source === 'tool'), [{ source: 'tool', tool, calls: 1 }]);
+    const record = { receiptId: response.receipt_id, usage: response.usage, attribution: response.attribution, model: 'SmolLM2-135M-Instruct' };
+    delivered.push(record);
+    const settled = await waitSettled([record.receiptId]);
+    const { fee, pay } = await expectedPayouts(record);
+    const onChain = settled.get(record.receiptId);
+    assert.equal(onChain.fee, fee, 'the fee includes the tool\'s price per call');
+    assert.deepEqual(new Map([...onChain.payouts].sort()), new Map([...pay].sort()));
+    const protocol = BigInt((await api.query.attribution.protocolShare()).toNumber());
+    assert.equal((await free(owner.address)) - ownerBefore, price - (price * protocol) / PPM, 'the owner gets price × calls less the protocol share');
+    assert.equal(creditBefore - (await credit(node.dev.alice.address)), fee, 'the payer is charged the fee');
+    assert.equal([...onChain.payouts.values()].reduce((a, b) => a + b, 0n), fee, 'the total paid equals the total charged');
+  } finally {
+    server.kill();
+  }
 });
 
 test('a contribution accepted while the worker runs is served and paid without a restart', async () => {
