@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: on a fresh machine, sets up and builds everything, starts a dev chain and a worker
 # on the real SmolLM2 model, builds a DataNet from the documents in scripts/demo/datanet,
-# registers a base model, adapters, a prompt and the worker, funds a payer, sends chat requests
-# through the OpenAI API and prints who was paid what, read back from the chain. Then it keeps the
+# registers a base model, adapters, a prompt, an MCP tool and the worker, funds a payer, sends chat
+# requests through the OpenAI API and prints who was paid what, read back from the chain. Then it keeps the
 # node and worker running for you to explore, until Ctrl-C.
 #
 #   scripts/demo.sh            (OPENLEDGER_DEMO_EXIT=1 to stop after the table)
@@ -22,6 +22,7 @@ demo_ports 9944 8000
 start_node
 prepare_content
 setup_chain
+start_mcp_tool
 start_worker
 
 step "sending chat requests through the OpenAI client"
@@ -44,6 +45,7 @@ The dev chain and the worker keep running:
   OpenAI client:     OpenAI(base_url="$WORKER_URL/v1", api_key="$DEMO_API_KEY")
                      client.chat.completions.create(model="nature-tutor", messages=[...],
                          extra_body={"datanets": [0], "prompt_template": "qa"})
+                     MCP tool: extra_body={"mcp_tools": [$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tool"])' "$DEMO_DIR/tool.json")]}
   logs:              $DEMO_DIR/node.log, $DEMO_DIR/worker.log
 Press Ctrl-C to stop.
 INFO

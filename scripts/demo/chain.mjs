@@ -2,16 +2,18 @@
 //   node chain.mjs setup DIR   registers what DIR holds (model, DataNet items, adapters, prompt),
 //                              funds the worker and the payer; prints the ids as JSON
 //   node chain.mjs allow DIR   the payer's allowance for the registered worker
+//   node chain.mjs tool DIR ENDPOINT HASH  Bob registers the MCP tool get_weather at ENDPOINT
+//                              with its definition hash; prints {"tool": id}
 //   node chain.mjs report DIR  the payout table of the requests in DIR/requests.json, from chain
 // The chain is at $OPENLEDGER_WS.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect } from '../e2e/lib.mjs';
+import { connect, findEvent, send } from '../e2e/lib.mjs';
 import { OPEN, blake2AsHex, palletAccount, setupLedger, setAllowance, settledReceipts, formatOpen } from '../e2e/ledger.mjs';
 
-const [command, dir] = process.argv.slice(2);
+const [command, dir, ...rest] = process.argv.slice(2);
 if (!command || !dir) {
-  console.error('usage: node chain.mjs setup|allow|report DIR');
+  console.error('usage: node chain.mjs setup|allow|report DIR | tool DIR ENDPOINT HASH');
   process.exit(2);
 }
 const models = process.env.OPENLEDGER_MODELS ?? '/var/tmp/openledger-models';
@@ -20,7 +22,7 @@ const { api, dev, keyring } = node;
 const fileHash = (path) => blake2AsHex(readFileSync(path));
 const worker = keyring.addFromUri(process.env.OPENLEDGER_ACCOUNT_KEY ?? '//OpenLedgerWorker');
 const names = new Map([
-  [dev.alice.address, 'Alice (payer)'], [dev.bob.address, 'Bob (DataNet owner)'],
+  [dev.alice.address, 'Alice (payer)'], [dev.bob.address, 'Bob (DataNet and MCP tool owner)'],
   [dev.charlie.address, 'Charlie (contributor)'], [dev.dave.address, 'Dave (contributor)'],
   [dev.eve.address, 'Eve (adapter owner)'], [dev.ferdie.address, 'Ferdie (prompt owner)'],
   [worker.address, 'worker'], [palletAccount('py/trsry'), 'treasury'],
@@ -51,6 +53,13 @@ try {
   } else if (command === 'allow') {
     await setAllowance(node, dev.alice, worker.address, 50n * OPEN);
     console.error(`Alice allows worker ${worker.address} up to 50 OPEN`);
+  } else if (command === 'tool') {
+    const [endpoint, hash] = rest;
+    const r = await send(api, api.tx.registry.registerTool(endpoint, 'get_weather', hash, OPEN / 200n), dev.bob);
+    if (r.error) throw new Error(`registerTool: ${r.error}`);
+    const tool = findEvent(r.events, 'registry', 'ToolRegistered').data.tool.toNumber();
+    console.error(`Bob registers MCP tool ${tool} (get_weather at ${endpoint}) at 0.005 OPEN per call`);
+    console.log(JSON.stringify({ tool }));
   } else if (command === 'report') {
     const ids = JSON.parse(readFileSync(join(dir, 'ids.json'), 'utf8'));
     const requests = JSON.parse(readFileSync(join(dir, 'requests.json'), 'utf8'));
@@ -62,9 +71,12 @@ try {
       const receipt = settled.get(r.receipt_id);
       console.log(`• "${r.question}"`);
       console.log(`  adapter: ${r.model}   prompt: ${r.prompt_template ?? '-'}   tokens: ${r.usage.prompt_tokens}+${r.usage.completion_tokens}   receipt ${r.receipt_id.slice(0, 18)}…`);
-      const attributed = (r.attribution ?? []).map((e) => (e.item === undefined
-        ? `training of DataNet ${e.datanet} (${(e.weight_ppm / 1e4).toFixed(1)}%)`
-        : `${itemName.get(e.item) ?? `item ${e.item}`} [${e.source}] (${(e.weight_ppm / 1e4).toFixed(1)}%)`));
+      const attributed = (r.attribution ?? []).map((e) => {
+        if (e.source === 'tool') return `MCP tool ${e.tool} (${e.calls} paid call${e.calls === 1 ? '' : 's'})`;
+        return e.item === undefined
+          ? `training of DataNet ${e.datanet} (${(e.weight_ppm / 1e4).toFixed(1)}%)`
+          : `${itemName.get(e.item) ?? `item ${e.item}`} [${e.source}] (${(e.weight_ppm / 1e4).toFixed(1)}%)`;
+      });
       console.log(`  attributed: ${attributed.length ? attributed.join(', ') : 'nothing'}`);
       if (!receipt) {
         console.log('  NOT SETTLED');

@@ -16,6 +16,7 @@ export OPENLEDGER_SESSION_KEY="//OpenLedgerWorker//session"
 DEMO_API_KEY="demo-payer-key"
 node_pid=""
 worker_pid=""
+mcp_pid=""
 
 port_free() { [ "$1" != 0 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -76,6 +77,25 @@ setup_chain() {
 	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" allow "$DEMO_DIR" >&2
 }
 
+# A real MCP server (the official Python SDK) with a weather tool, registered on chain by Bob
+# through polkadot.js with the definition hash the worker's CLI reads from it.
+start_mcp_tool() {
+	step "starting an MCP server (scripts/mcp/weather_server.py) and registering its get_weather tool"
+	local port endpoint hash
+	port="$(free_ports 1)"
+	endpoint="http://127.0.0.1:$port/mcp"
+	"$OPENLEDGER_VENV/bin/python" "$REPO_ROOT/scripts/mcp/weather_server.py" "$port" >"$DEMO_DIR/mcp.log" 2>&1 &
+	mcp_pid=$!
+	for _ in $(seq 1 120); do
+		hash="$("$WORKER_BIN" mcp definition --endpoint "$endpoint" --tool get_weather --allow-private 2>/dev/null \
+			| python3 -c 'import json,sys; print(json.load(sys.stdin)["definition_hash"])')" && break
+		kill -0 "$mcp_pid" 2>/dev/null || { tail -n 20 "$DEMO_DIR/mcp.log" >&2; die "the MCP server exited"; }
+		sleep 0.5
+	done
+	[ -n "$hash" ] || die "the MCP server did not come up"
+	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" tool "$DEMO_DIR" "$endpoint" "$hash" >"$DEMO_DIR/tool.json"
+}
+
 start_worker() {
 	step "starting the worker on SmolLM2-135M ($WORKER_URL)"
 	local base_model
@@ -83,7 +103,7 @@ start_worker() {
 	"$WORKER_BIN" serve --listen "127.0.0.1:$WORKER_PORT" --adapters "$DEMO_DIR/adapters" \
 		--datanets "$DEMO_DIR/datanets" --templates "$DEMO_DIR/templates" \
 		--chain "$CHAIN_WS" --base-model-id "$base_model" --outbox "$DEMO_DIR/outbox.redb" \
-		--api-keys "$DEMO_DIR/api-keys.json" --max-tokens 256 >>"$DEMO_DIR/worker.log" 2>&1 &
+		--api-keys "$DEMO_DIR/api-keys.json" --max-tokens 256 --mcp-allow-private >>"$DEMO_DIR/worker.log" 2>&1 &
 	worker_pid=$!
 	wait_http "$WORKER_URL/health" "$worker_pid" "$DEMO_DIR/worker.log" "the worker"
 }
@@ -91,6 +111,7 @@ start_worker() {
 stop_all() {
 	# Each may be gone already (a test restarts the node; node.pid names the live one).
 	if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
+	if [ -n "$mcp_pid" ]; then kill "$mcp_pid" 2>/dev/null || true; fi
 	if [ -f "$DEMO_DIR/node.pid" ]; then
 		local pid; pid="$(cat "$DEMO_DIR/node.pid")"
 		kill "$pid" 2>/dev/null || true

@@ -108,6 +108,25 @@ for choice in response.choices:
     print(f"[{base_model}, n=3 #{choice.index}, mean logprob {mean:.2f}] {question}\n    → {text[:120]}", file=sys.stderr)
 record(question + " (n=3, logprobs)", base_model, response)
 
+# An MCP tool registered on chain (Bob's get_weather): the worker calls it for the model and the
+# receipt pays Bob its price per successful call.
+with open(os.path.join(demo_dir, "tool.json")) as f:
+    tool = json.load(f)["tool"]
+question = "What is the weather in Oslo?"
+response = client.chat.completions.create(
+    model=base_model,
+    messages=[{"role": "user", "content": question}],
+    max_tokens=120,
+    temperature=0,
+    tool_choice="required",
+    extra_body={"mcp_tools": [tool], "max_tool_calls": 1},
+)
+for call in response.model_extra["mcp_calls"]:
+    print(f"[{base_model}, MCP tool {call['tool']}] {call['name']}({call['arguments']}) → {call['result']}"
+          f"{'' if call['billed'] else ' (failed, not billed)'}", file=sys.stderr)
+print(f"    → {(response.choices[0].message.content or '').strip()[:160]}", file=sys.stderr)
+record(question + " (MCP tool)", base_model, response)
+
 # A request paid by a voucher: the payer signs the exact body bytes (max fee 1 OPEN).
 question = "When do bees make honey?"
 body = json.dumps({
