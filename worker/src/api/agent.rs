@@ -347,14 +347,25 @@ async fn run_loop(
 		let constraint = compile_grammar(state, Some(round.grammar()), "tools").await?;
 		let messages = with_turns(&grounded, &request.messages, &turns, &described, native)?;
 		let prompt = encode_chat(state, messages, Some(&described)).await?;
-		let mut max_tokens = openai::token_budget(
+		let budget = openai::token_budget(
 			prompt.len(),
 			spec.max_tokens,
 			None,
 			state.limits(),
 			state.inner.engine.context_length(),
 			"messages",
-		)?;
+		);
+		let mut max_tokens = match budget {
+			Ok(max_tokens) => max_tokens,
+			// The calls' results filled the context: the last answer stands, cut short.
+			Err(e) => match last.take() {
+				Some(mut answer) => {
+					answer.finish = FinishReason::Length;
+					return Ok(looped(answer, usage, calls, attributor, charged, times));
+				},
+				None => return Err(e),
+			},
+		};
 		let (_, token_cap) = match &charged {
 			Some(charged) => charged,
 			None => {
@@ -374,7 +385,7 @@ async fn run_loop(
 			let room = cap.saturating_sub(usage.prompt_tokens + usage.completion_tokens + prompt.len());
 			if room == 0 {
 				// The payer's budget ends the loop: the last answer stands, cut short.
-				let mut answer = last.expect("the first round always has room");
+				let mut answer = last.expect("the charge leaves the first round room");
 				answer.finish = FinishReason::Length;
 				return Ok(looped(answer, usage, calls, attributor, charged, times));
 			}
