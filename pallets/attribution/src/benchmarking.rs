@@ -1,15 +1,15 @@
 //! Benchmarks of every call at the worst case of its bounds. A benchmarked receipt names the most
 //! attribution entries, each a distinct accepted item of a distinct contributor, an adapter with
-//! the most training DataNets, a prompt and a payer's voucher: every check and every transfer a
-//! receipt can cost.
+//! the most training DataNets, a prompt, the most tool entries (each a tool of its own owner) and a
+//! payer's voucher: every check and every transfer a receipt can cost.
 
 use crate::*;
 use alloc::{vec, vec::Vec};
 use core::marker::PhantomData;
 use openledger_primitives::{
 	content_hash, AdapterId, AttributionEntry, AttributionSource, BaseModelId, DataNetId,
-	ItemId, PromptId, Receipt, SignedReceipt, SignedVoucher, Voucher, MAX_ATTRIBUTION_ENTRIES,
-	PPM,
+	ItemId, PromptId, Receipt, SignedReceipt, SignedVoucher, ToolId, ToolUse, Voucher,
+	MAX_ATTRIBUTION_ENTRIES, MAX_TOOL_ENTRIES, PPM,
 };
 use polkadot_sdk::{
 	frame_benchmarking::v2::*,
@@ -35,14 +35,16 @@ pub struct BenchmarkWorld {
 	pub prompt: (PromptId, H256),
 	/// Accepted items, each of a different contributor.
 	pub items: Vec<(DataNetId, ItemId)>,
+	/// Registered MCP tools, each of a different owner.
+	pub tools: Vec<ToolId>,
 }
 
 /// Builds the sibling pallets' state a benchmarked receipt needs.
 pub trait BenchmarkHelper<AccountId> {
 	/// Registers `worker` as an active worker signing with `session_key`, a base model it
 	/// serves, an adapter on it whose provenance names the most DataNets allowed, a prompt, and
-	/// `items` accepted items of distinct contributors.
-	fn setup_world(worker: &AccountId, session_key: sr25519::Public, items: u32) -> BenchmarkWorld;
+	/// `items` accepted items of distinct contributors and `tools` tools of distinct owners.
+	fn setup_world(worker: &AccountId, session_key: sr25519::Public, items: u32, tools: u32) -> BenchmarkWorld;
 }
 
 /// Builds the world through the real DataNets, registry and workers pallets; used by the test
@@ -57,7 +59,7 @@ impl<T> BenchmarkHelper<T::AccountId> for SiblingPallets<T>
 where
 	T: pallet_datanets::Config + pallet_registry::Config + pallet_workers::Config,
 {
-	fn setup_world(worker: &T::AccountId, session_key: sr25519::Public, items: u32) -> BenchmarkWorld {
+	fn setup_world(worker: &T::AccountId, session_key: sr25519::Public, items: u32, tools: u32) -> BenchmarkWorld {
 		use pallet_datanets::Pallet as DataNets;
 		use pallet_registry::Pallet as Registry;
 		use pallet_workers::Pallet as Workers;
@@ -150,6 +152,24 @@ where
 			Registry::<T>::register_prompt(signed::<T>(&creator), prompt.1, vec![], 1_000u32.into()),
 			"register_prompt",
 		);
+		let tools = (0..tools)
+			.map(|i| {
+				let owner: T::AccountId = account("tool-owner", i, 0);
+				rich(&owner);
+				let id = pallet_registry::NextToolId::<T>::get();
+				expect(
+					Registry::<T>::register_tool(
+						signed::<T>(&owner),
+						b"https://tools.example/mcp".to_vec(),
+						b"lookup".to_vec(),
+						content_hash(&i.to_le_bytes()),
+						1_000u32.into(),
+					),
+					"register_tool",
+				);
+				id
+			})
+			.collect();
 		rich(worker);
 		expect(
 			Workers::<T>::register(
@@ -162,7 +182,7 @@ where
 			),
 			"register worker",
 		);
-		BenchmarkWorld { base_model, adapter, prompt, items: accepted }
+		BenchmarkWorld { base_model, adapter, prompt, items: accepted, tools }
 	}
 }
 
@@ -189,7 +209,8 @@ fn sign(key: &sr25519::Public, payload: &[u8]) -> sr25519::Signature {
 
 /// A worker, a payer and a registry world at the worst case of their bounds (an adapter whose
 /// provenance names the most DataNets, a prompt, `MAX_ATTRIBUTION_ENTRIES` accepted items of
-/// distinct contributors), and signed receipts between them.
+/// distinct contributors, `MAX_TOOL_ENTRIES` tools of distinct owners), and signed receipts
+/// between them.
 struct Market<T: Config> {
 	worker: T::AccountId,
 	session_key: sr25519::Public,
@@ -204,7 +225,7 @@ impl<T: Config> Market<T> {
 	fn new() -> Self {
 		let worker: T::AccountId = account("worker", 0, 0);
 		let session_key = polkadot_sdk::sp_io::crypto::sr25519_generate(KEY_TYPE, None);
-		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES);
+		let world = T::BenchmarkHelper::setup_world(&worker, session_key, MAX_ATTRIBUTION_ENTRIES, MAX_TOOL_ENTRIES);
 		let (payer_key, payer) = funded_payer::<T>();
 		Pallet::<T>::set_allowance(RawOrigin::Signed(payer.clone()).into(), worker.clone(), plenty::<T>())
 			.unwrap_or_else(|e| panic!("setting the allowance failed: {e:?}"));
@@ -216,9 +237,10 @@ impl<T: Config> Market<T> {
 	}
 
 	/// Request number `request`'s receipt, with `entries` retrieval entries (distinct accepted
-	/// items), the adapter and the prompt; paid by a payer's voucher (two signatures to check)
-	/// or, without `voucher`, from the payer's allowance for the worker.
-	fn receipt(&self, request: u32, entries: u32, voucher: bool) -> SignedReceiptOf<T> {
+	/// items), `tools` tool entries (distinct tools), the adapter and the prompt; paid by a
+	/// payer's voucher (two signatures to check) or, without `voucher`, from the payer's
+	/// allowance for the worker.
+	fn receipt(&self, request: u32, entries: u32, tools: u32, voucher: bool) -> SignedReceiptOf<T> {
 		let attribution: Vec<AttributionEntry> = self
 			.world
 			.items
@@ -233,6 +255,8 @@ impl<T: Config> Market<T> {
 				weight_ppm: PPM / entries + if i == 0 { PPM % entries } else { 0 },
 			})
 			.collect();
+		let tools: Vec<ToolUse> =
+			self.world.tools.iter().take(tools as usize).map(|&tool| ToolUse { tool, calls: 2 }).collect();
 		let receipt = Receipt {
 			worker: self.worker.clone(),
 			payer: self.payer.clone(),
@@ -244,7 +268,7 @@ impl<T: Config> Market<T> {
 			prompt_tokens: 1_000,
 			completion_tokens: 1_000,
 			attribution: BoundedVec::truncate_from(attribution),
-			tools: Default::default(),
+			tools: BoundedVec::truncate_from(tools),
 			expires_at: self.expires_at,
 		};
 		let signed_voucher = Voucher {
@@ -270,7 +294,7 @@ fn shared_batch<T: Config>(
 	voucher: bool,
 ) -> Result<(T::AccountId, BoundedVec<SignedReceiptOf<T>, T::MaxReceiptsPerBatch>), BenchmarkError> {
 	let market = Market::<T>::new();
-	let receipts: Vec<_> = (0..n).map(|i| market.receipt(i, 0, voucher)).collect();
+	let receipts: Vec<_> = (0..n).map(|i| market.receipt(i, 0, 0, voucher)).collect();
 	let receipts = BoundedVec::try_from(receipts).map_err(|_| BenchmarkError::Weightless)?;
 	Ok((market.worker, receipts))
 }
@@ -344,12 +368,16 @@ mod benchmarks {
 	}
 
 	/// One receipt carrying `a` attribution entries, each a distinct accepted item of a distinct
-	/// contributor, with an adapter of full provenance, a prompt and a voucher: a receipt whose
+	/// contributor, and `t` tool entries, each a distinct tool of a distinct owner, with an adapter
+	/// of full provenance, a prompt and a voucher: a receipt whose
 	/// context nothing in its batch has read before (`Pallet::batch_weight`).
 	#[benchmark]
-	fn submit_receipt(a: Linear<0, MAX_ATTRIBUTION_ENTRIES>) -> Result<(), BenchmarkError> {
+	fn submit_receipt(
+		a: Linear<0, MAX_ATTRIBUTION_ENTRIES>,
+		t: Linear<0, MAX_TOOL_ENTRIES>,
+	) -> Result<(), BenchmarkError> {
 		let market = Market::<T>::new();
-		let receipts = BoundedVec::try_from(vec![market.receipt(0, a, true)]).map_err(|_| BenchmarkError::Weightless)?;
+		let receipts = BoundedVec::try_from(vec![market.receipt(0, a, t, true)]).map_err(|_| BenchmarkError::Weightless)?;
 		#[extrinsic_call]
 		submit_receipts(RawOrigin::Signed(market.worker.clone()), receipts);
 		frame_system::Pallet::<T>::assert_last_event(

@@ -438,13 +438,13 @@ pub mod pallet {
 		/// the context is charged what it adds to a batch that already read the context (the
 		/// slope of [`WeightInfo::submit_receipts_shared`] for allowance receipts, of
 		/// [`WeightInfo::submit_receipts_shared_vouchers`] for voucher receipts) plus its
-		/// attribution entries at the cold per-entry rate of `submit_receipt`, since its items
-		/// may be new. Each (expiry, worker) record set the batch touches is charged reading and
+		/// attribution and tool entries at the cold per-entry rates of `submit_receipt`, since
+		/// its items and tools may be new. Each (expiry, worker) record set the batch touches is charged reading and
 		/// writing a full set ([`WeightInfo::record_settled`]) and removing it when it expires
 		/// (pruning is paid for when its work is made, so it always fits the block that does it).
 		pub fn batch_weight(receipts: &[SignedReceiptOf<T>]) -> Weight {
 			let db = T::DbWeight::get();
-			let alone = |entries: u32| T::WeightInfo::submit_receipt(entries);
+			let alone = |entries: u32, tools: u32| T::WeightInfo::submit_receipt(entries, tools);
 			let slope = |weight: fn(u32) -> Weight| weight(2).saturating_sub(weight(1));
 			let with_allowance = slope(T::WeightInfo::submit_receipts_shared);
 			let with_voucher = slope(T::WeightInfo::submit_receipts_shared_vouchers);
@@ -454,9 +454,8 @@ pub mod pallet {
 			let mut record_sets = alloc::collections::BTreeSet::new();
 			let total = receipts.iter().fold(Weight::zero(), |total, signed| {
 				let receipt = &signed.receipt;
-				// A tool entry costs what an item entry does, measured by `submit_receipt(a)`:
-				// one registry read and one payout to its owner.
-				let entries = receipt.attribution.len() as u32 + receipt.tools.len() as u32;
+				let entries = receipt.attribution.len() as u32;
+				let tools = receipt.tools.len() as u32;
 				let context = (
 					&receipt.worker,
 					&receipt.payer,
@@ -465,10 +464,10 @@ pub mod pallet {
 				);
 				let voucher = signed.voucher.is_some();
 				let mut weight = if contexts.insert(context) {
-					alone(entries)
+					alone(entries, tools)
 				} else {
 					(if voucher { with_voucher } else { with_allowance })
-						.saturating_add(alone(entries).saturating_sub(alone(0)))
+						.saturating_add(alone(entries, tools).saturating_sub(alone(0, 0)))
 				};
 				if !voucher && allowances.insert((&receipt.payer, &receipt.worker)) {
 					weight = weight.saturating_add(db.reads_writes(1, 1));
@@ -479,7 +478,7 @@ pub mod pallet {
 				total.saturating_add(weight)
 			});
 			if receipts.is_empty() {
-				alone(0)
+				alone(0, 0)
 			} else {
 				total
 			}

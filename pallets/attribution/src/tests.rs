@@ -896,7 +896,7 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		use crate::WeightInfo;
 		let db = <<Test as polkadot_sdk::frame_system::Config>::DbWeight as polkadot_sdk::frame_support::traits::Get<polkadot_sdk::frame_support::weights::RuntimeDbWeight>>::get();
 		// The receipts are paid from an allowance: alone, each also reads it and writes it back.
-		let context = <() as WeightInfo>::submit_receipt(3) + db.reads_writes(1, 1);
+		let context = <() as WeightInfo>::submit_receipt(3, 0) + db.reads_writes(1, 1);
 		// Every receipt here has one worker and expiry: one record set, read, written and pruned.
 		let record_set = Attribution::record_set_weight();
 		assert_eq!(
@@ -928,8 +928,9 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		let mut two_expiries = shared.clone();
 		two_expiries[4].receipt.expires_at += 1;
 		assert_eq!(Attribution::batch_weight(&two_expiries), weight + record_set);
-		// Each tool entry is charged as an item entry is: one registry read, one payout.
-		let entry = <() as WeightInfo>::submit_receipt(1) - <() as WeightInfo>::submit_receipt(0);
+		// Each tool entry is charged at the measured per-tool rate.
+		let entry = <() as WeightInfo>::submit_receipt(0, 1) - <() as WeightInfo>::submit_receipt(0, 0);
+		assert!(entry.ref_time() > 0);
 		let with_tools = [sign(with_tools(receipt(1), &[(TOOL, 2), (TOOL + 1, 1)]))];
 		assert_eq!(Attribution::batch_weight(&with_tools), alone + entry.saturating_mul(2));
 	});
@@ -945,7 +946,7 @@ fn the_first_allowance_receipt_after_a_voucher_pays_for_the_allowance() {
 		assert!(db.reads_writes(1, 1).ref_time() > 0);
 		let first = receipt(1);
 		let opened = vec![with_voucher(first.clone(), voucher(&first, EXPECTED_FEE), &payer_pair())];
-		let entries = <() as WeightInfo>::submit_receipt(3) - <() as WeightInfo>::submit_receipt(0);
+		let entries = <() as WeightInfo>::submit_receipt(3, 0) - <() as WeightInfo>::submit_receipt(0, 0);
 		let allowance_slope =
 			<() as WeightInfo>::submit_receipts_shared(2) - <() as WeightInfo>::submit_receipts_shared(1);
 		let further = allowance_slope + entries;

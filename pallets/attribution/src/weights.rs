@@ -3,6 +3,8 @@
 //!
 //! Benchmark CLI 64.0.0, 2026-12-01; steps 20, repeat 10;
 //! CPU `Intel(R) Xeon(R) Processor`; wasm execution `Compiled`; chain `None`.
+//! Except `submit_receipt`, re-measured alone when receipts gained tool entries: 2026-12-07;
+//! steps 50, repeat 20; CPU `AMD EPYC` (about twice the Xeon's time per receipt).
 
 #![cfg_attr(rustfmt, rustfmt_skip)]
 #![allow(unused_parens)]
@@ -18,7 +20,7 @@ pub trait WeightInfo {
 	fn withdraw() -> Weight;
 	fn claim_withdrawal() -> Weight;
 	fn set_allowance() -> Weight;
-	fn submit_receipt(a: u32, ) -> Weight;
+	fn submit_receipt(a: u32, t: u32, ) -> Weight;
 	fn submit_receipts_shared(n: u32, ) -> Weight;
 	fn submit_receipts_shared_vouchers(n: u32, ) -> Weight;
 	fn set_fee_params() -> Weight;
@@ -103,6 +105,8 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Registry::Prompts` (`max_values`: None, `max_size`: Some(426), added: 2901, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:32 w:0)
 	/// Proof: `DataNets::Contributions` (`max_values`: None, `max_size`: Some(137), added: 2612, mode: `MaxEncodedLen`)
+	/// Storage: `Registry::Tools` (r:16 w:0)
+	/// Proof: `Registry::Tools` (`max_values`: None, `max_size`: Some(556), added: 3031, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::RetrievalPrice` (r:1 w:0)
 	/// Proof: `Attribution::RetrievalPrice` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::ProtocolShare` (r:1 w:0)
@@ -110,27 +114,33 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Attribution::DataShare` (r:1 w:0)
 	/// Proof: `Attribution::DataShare` (`max_values`: Some(1), `max_size`: Some(4), added: 499, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
-	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
-	/// Storage: `System::Account` (r:37 w:37)
+	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(193), added: 2668, mode: `MaxEncodedLen`)
+	/// Storage: `System::Account` (r:53 w:53)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::RewardPerItem` (r:16 w:16)
 	/// Proof: `DataNets::RewardPerItem` (`max_values`: None, `max_size`: Some(36), added: 2511, mode: `MaxEncodedLen`)
 	/// Storage: `Attribution::TotalCredit` (r:1 w:1)
 	/// Proof: `Attribution::TotalCredit` (`max_values`: Some(1), `max_size`: Some(16), added: 511, mode: `MaxEncodedLen`)
 	/// The range of component `a` is `[0, 32]`.
-	fn submit_receipt(a: u32, ) -> Weight {
+	/// The range of component `t` is `[0, 16]`.
+	fn submit_receipt(a: u32, t: u32, ) -> Weight {
 		// Proof Size summary in bytes:
-		//  Measured:  `4632 + a * (189 ±0)`
-		//  Estimated: `527817 + a * (2612 ±0)`
-		// Minimum execution time: 451_314_000 picoseconds.
-		Weight::from_parts(485_559_120, 527817)
-			// Standard Error: 82_974
-			.saturating_add(Weight::from_parts(40_730_067, 0).saturating_mul(a.into()))
+		//  Measured:  `5837 + a * (182 ±0) + t * (244 ±0)`
+		//  Estimated: `527817 + a * (2612 ±0) + t * (3031 ±0)`
+		// Minimum execution time: 2_182_461_000 picoseconds.
+		Weight::from_parts(980_594_440, 527817)
+			// Standard Error: 179_342
+			.saturating_add(Weight::from_parts(81_299_432, 0).saturating_mul(a.into()))
+			// Standard Error: 350_702
+			.saturating_add(Weight::from_parts(78_006_301, 0).saturating_mul(t.into()))
 			.saturating_add(T::DbWeight::get().reads(48_u64))
 			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(a.into())))
+			.saturating_add(T::DbWeight::get().reads((2_u64).saturating_mul(t.into())))
 			.saturating_add(T::DbWeight::get().writes(24_u64))
 			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(a.into())))
+			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(t.into())))
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
+			.saturating_add(Weight::from_parts(0, 3031).saturating_mul(t.into()))
 	}
 	/// Storage: `System::BlockHash` (r:1 w:0)
 	/// Proof: `System::BlockHash` (`max_values`: None, `max_size`: Some(44), added: 2519, mode: `MaxEncodedLen`)
@@ -285,14 +295,18 @@ impl WeightInfo for () {
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
-	fn submit_receipt(a: u32, ) -> Weight {
-		Weight::from_parts(485_559_120, 527817)
-			.saturating_add(Weight::from_parts(40_730_067, 0).saturating_mul(a.into()))
+	fn submit_receipt(a: u32, t: u32, ) -> Weight {
+		Weight::from_parts(980_594_440, 527817)
+			.saturating_add(Weight::from_parts(81_299_432, 0).saturating_mul(a.into()))
+			.saturating_add(Weight::from_parts(78_006_301, 0).saturating_mul(t.into()))
 			.saturating_add(RocksDbWeight::get().reads(48_u64))
 			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(a.into())))
+			.saturating_add(RocksDbWeight::get().reads((2_u64).saturating_mul(t.into())))
 			.saturating_add(RocksDbWeight::get().writes(24_u64))
 			.saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(a.into())))
+			.saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(t.into())))
 			.saturating_add(Weight::from_parts(0, 2612).saturating_mul(a.into()))
+			.saturating_add(Weight::from_parts(0, 3031).saturating_mul(t.into()))
 	}
 	fn submit_receipts_shared(n: u32, ) -> Weight {
 		Weight::from_parts(535_977_594, 527817)
