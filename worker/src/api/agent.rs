@@ -397,18 +397,24 @@ async fn run_loop(
 		usage.prompt_tokens += round_usage.prompt_tokens;
 		usage.completion_tokens += round_usage.completion_tokens;
 		let (content, answer_calls) = read_answer(&answer.text);
-		let (mcp, own): (Vec<ToolCall>, Vec<ToolCall>) =
-			answer_calls.into_iter().partition(|c| tools.iter().any(|t| t.offered.name == c.function.name));
+		// Each call of an MCP tool beside its tool; the rest are the client's own.
+		let mut mcp: Vec<(ToolCall, &OpenTool)> = Vec::new();
+		let mut own: Vec<ToolCall> = Vec::new();
+		for call in answer_calls {
+			match tools.iter().find(|t| t.offered.name == call.function.name) {
+				Some(tool) => mcp.push((call, tool)),
+				None => own.push(call),
+			}
+		}
 		if mcp.is_empty() {
 			return Ok(looped(answer, usage, calls, attributor, charged, times));
 		}
 		let room = max_calls - calls.len();
 		let calling = Instant::now();
-		let outcomes = join_all(mcp.iter().enumerate().map(|(i, call)| async move {
+		let outcomes = join_all(mcp.iter().enumerate().map(|(i, (call, tool))| async move {
 			if i >= room {
 				return (format!("error: this request's {max_calls} tool calls are spent; answer without calling"), true, false);
 			}
-			let tool = tools.iter().find(|t| t.offered.name == call.function.name).expect("partitioned by name");
 			call_tool(tool, call).await
 		}))
 		.await;
@@ -416,11 +422,10 @@ async fn run_loop(
 		turns.push(RequestMessage {
 			role: "assistant".into(),
 			content: content.map(MessageContent::Text),
-			tool_calls: Some(mcp.clone()),
+			tool_calls: Some(mcp.iter().map(|(call, _)| call.clone()).collect()),
 			tool_call_id: None,
 		});
-		for (i, (call, (result, is_error, billed))) in mcp.into_iter().zip(outcomes).enumerate() {
-			let tool = tools.iter().find(|t| t.offered.name == call.function.name).expect("partitioned by name");
+		for (i, ((call, tool), (result, is_error, billed))) in mcp.into_iter().zip(outcomes).enumerate() {
 			tracing::debug!(id = %log.id, tool = tool.registered.id, is_error, "MCP tool called");
 			turns.push(RequestMessage {
 				role: "tool".into(),
