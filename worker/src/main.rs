@@ -18,7 +18,7 @@ use openledger_ledger::{
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
 };
-use openledger_mcp::{Catalog, Limits as McpLimits};
+use openledger_mcp::{Catalog, ExtraRoots, Limits as McpLimits};
 use openledger_tasks::blocking;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use openledger_worker::{
@@ -181,6 +181,10 @@ struct ServeArgs {
 	/// Allow MCP endpoints on loopback, private and link-local addresses (refused by default).
 	#[arg(long)]
 	mcp_allow_private: bool,
+	/// CA certificates (PEM) trusted for https MCP endpoints besides the system's roots: a
+	/// private CA's.
+	#[arg(long)]
+	mcp_ca_file: Option<PathBuf>,
 	/// Seconds each request to an MCP server (connecting, listing, calling) may take.
 	#[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
 	mcp_timeout_secs: u64,
@@ -346,9 +350,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	};
 	let state = match catalog {
 		Some(catalog) => {
+			let extra_roots = args.mcp_ca_file.as_deref().map(ExtraRoots::from_file).transpose()?.unwrap_or_default();
 			let limits = McpLimits {
 				allow_private: args.mcp_allow_private,
 				request_timeout: Duration::from_secs(args.mcp_timeout_secs),
+				extra_roots,
 				..McpLimits::default()
 			};
 			state.with_mcp(McpSettings {

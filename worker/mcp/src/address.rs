@@ -91,20 +91,20 @@ pub struct Endpoint {
 	pub addr: SocketAddr,
 }
 
-/// Parses `endpoint` (an `http://` URL) and resolves its host. Every address the name resolves
+/// Parses `endpoint` (an `http://` or `https://` URL) and resolves its host. Every address the name resolves
 /// to must be public — or, when `allow_private` (the operator's `--mcp-allow-private`), at
 /// least not special — so a name cannot hide a private address behind a public one; requests
 /// then go to the first.
 pub async fn resolve(endpoint: &str, allow_private: bool) -> Result<Endpoint, McpError> {
 	let url = reqwest::Url::parse(endpoint).map_err(|e| McpError::BadEndpoint(format!("`{endpoint}` is not a URL: {e}")))?;
-	if url.scheme() != "http" {
-		return Err(McpError::BadEndpoint(format!("`{endpoint}`: only http:// MCP endpoints are supported")));
+	if url.scheme() != "http" && url.scheme() != "https" {
+		return Err(McpError::BadEndpoint(format!("`{endpoint}`: MCP endpoints are http:// or https:// URLs")));
 	}
 	if !url.username().is_empty() || url.password().is_some() {
 		return Err(McpError::BadEndpoint(format!("`{endpoint}` carries credentials")));
 	}
 	let host = url.host_str().ok_or_else(|| McpError::BadEndpoint(format!("`{endpoint}` has no host")))?.to_owned();
-	let port = url.port_or_known_default().unwrap_or(80);
+	let port = url.port_or_known_default().ok_or_else(|| McpError::BadEndpoint(format!("`{endpoint}` has no port")))?;
 	let bare = host.trim_start_matches('[').trim_end_matches(']');
 	let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
 		Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -175,7 +175,9 @@ mod tests {
 		assert!(matches!(special, McpError::AddressRefused(_)), "never a server, even when private ones are allowed: {special}");
 		let allowed = resolve("http://127.0.0.1:9/mcp", true).await.unwrap();
 		assert_eq!((allowed.host.as_str(), allowed.addr), ("127.0.0.1", "127.0.0.1:9".parse().unwrap()));
-		for bad in ["ftp://127.0.0.1/", "https://127.0.0.1/", "http://user:pw@127.0.0.1/", "not a url", "http://"] {
+		let https = resolve("https://127.0.0.1/mcp", true).await.unwrap();
+		assert_eq!(https.addr, "127.0.0.1:443".parse().unwrap(), "https's own port");
+		for bad in ["ftp://127.0.0.1/", "ws://127.0.0.1/", "http://user:pw@127.0.0.1/", "not a url", "http://"] {
 			assert!(matches!(resolve(bad, true).await, Err(McpError::BadEndpoint(_))), "{bad}");
 		}
 	}

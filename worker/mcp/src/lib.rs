@@ -9,14 +9,17 @@ mod client;
 pub mod definition;
 
 pub use catalog::{Catalog, RegisteredTool};
-pub use client::{CallOutcome, Limits, Session};
+pub use client::{CallOutcome, ExtraRoots, Limits, Session};
 
 /// Why an MCP tool could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum McpError {
-	/// The endpoint is not a usable `http://` URL.
+	/// The endpoint is not a usable `http://` or `https://` URL.
 	#[error("bad MCP endpoint: {0}")]
 	BadEndpoint(String),
+	/// A CA certificate the operator gave could not be read.
+	#[error("bad CA certificate: {0}")]
+	BadCertificate(String),
 	/// The endpoint is on a network the worker does not call (see [`address::Reach`]).
 	#[error("MCP endpoint refused: {0}")]
 	AddressRefused(String),

@@ -1,13 +1,14 @@
 //! The client against a real MCP server: the official Python SDK (`mcp` on PyPI) over Streamable
 //! HTTP, `scripts/mcp/weather_server.py`, started on a loopback port for the test (the Python
-//! venv comes from `scripts/setup.sh`).
+//! venv comes from `scripts/setup.sh`), over http and over https.
 
 use std::{
-	path::PathBuf,
+	ffi::OsStr,
+	path::{Path, PathBuf},
 	time::{Duration, Instant},
 };
 
-use openledger_mcp::{definition::definition_hash, Limits, McpError, Session};
+use openledger_mcp::{definition::definition_hash, ExtraRoots, Limits, McpError, Session};
 use serde_json::{json, Map, Value};
 
 struct Server {
@@ -22,13 +23,18 @@ fn python() -> PathBuf {
 	python
 }
 
-/// Starts the weather server on a free loopback port and waits until it accepts connections.
-async fn start() -> Server {
+fn script(name: &str) -> PathBuf {
+	PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mcp").join(name)
+}
+
+/// Starts the weather server on a free loopback port (`tls`: its certificate and key) and waits
+/// until it accepts connections.
+async fn start(tls: &[&OsStr]) -> Server {
 	let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-	let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mcp/weather_server.py");
 	let process = tokio::process::Command::new(python())
-		.arg(script)
+		.arg(script("weather_server.py"))
 		.arg(port.to_string())
+		.args(tls)
 		.stdout(std::process::Stdio::null())
 		.stderr(std::process::Stdio::null())
 		.kill_on_drop(true)
@@ -48,7 +54,7 @@ fn args(value: Value) -> Map<String, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_python_mcp_server_is_read_called_and_bounded() {
-	let server = start().await;
+	let server = start(&[]).await;
 	let endpoint = format!("http://127.0.0.1:{}/mcp", server.port);
 	// By default a loopback endpoint is refused before anything is sent.
 	let refused = Session::connect(&endpoint, Limits::default()).await.err().expect("loopback refused");
@@ -89,4 +95,41 @@ async fn a_server_that_is_down_is_unreachable_quickly() {
 	let down = Session::connect(&format!("http://127.0.0.1:{port}/mcp"), limits).await.err().expect("nothing listens");
 	assert!(matches!(down, McpError::Unreachable(_) | McpError::Timeout(_)), "{down}");
 	assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed (`scripts/mcp/test_certs.py`).
+fn certificates(dir: &Path) {
+	let status = std::process::Command::new(python()).arg(script("test_certs.py")).arg(dir).status().unwrap();
+	assert!(status.success(), "writing the test certificates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_is_trusted_only_through_a_known_root() {
+	let dir = tempfile::tempdir().unwrap();
+	certificates(dir.path());
+	let server = start(&[dir.path().join("server.pem").as_os_str(), dir.path().join("server.key").as_os_str()]).await;
+	let endpoint = format!("https://127.0.0.1:{}/mcp", server.port);
+	let limits = Limits { allow_private: true, request_timeout: Duration::from_secs(5), ..Limits::default() };
+	// The system's roots do not know the test CA: the certificate is refused, nothing is called.
+	let unknown = Session::connect(&endpoint, limits.clone()).await.err().expect("a certificate of an unknown CA");
+	assert!(matches!(unknown, McpError::Unreachable(_)) && unknown.to_string().contains("UnknownIssuer"), "{unknown}");
+
+	let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+	let trusted = Limits { extra_roots: ExtraRoots::from_pem(&ca).unwrap(), ..limits.clone() };
+	let session = Session::connect(&endpoint, trusted.clone()).await.unwrap();
+	assert_eq!(session.definition("get_weather").await.unwrap()["name"], "get_weather");
+	let oslo = session.call("get_weather", args(json!({"city": "Oslo"}))).await.unwrap();
+	assert!(!oslo.is_error && oslo.text.starts_with("Oslo: "), "{oslo:?}");
+	session.close().await;
+	// Plain http to the TLS port is no session either.
+	let plain = Session::connect(&format!("http://127.0.0.1:{}/mcp", server.port), trusted).await.err().expect("http to https");
+	assert!(matches!(plain, McpError::Unreachable(_) | McpError::Protocol(_)), "{plain}");
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_refused() {
+	for pem in [&b""[..], b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
+		let refused = ExtraRoots::from_pem(pem).unwrap_err();
+		assert!(matches!(refused, McpError::BadCertificate(_)), "{refused}");
+	}
 }

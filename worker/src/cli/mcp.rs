@@ -1,10 +1,10 @@
 //! `openledger-worker mcp`: what a tool's registrant needs from its MCP server.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use openledger_mcp::{definition, Limits, Session};
+use openledger_mcp::{definition, ExtraRoots, Limits, Session};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -13,7 +13,7 @@ pub enum McpCommand {
 	/// `definition_hash` covers (name, description, inputSchema; keys sorted) and that hash, for
 	/// `registry.register_tool`.
 	Definition {
-		/// The MCP server's Streamable HTTP endpoint, e.g. http://host:8000/mcp.
+		/// The MCP server's Streamable HTTP endpoint, e.g. https://host/mcp.
 		#[arg(long)]
 		endpoint: String,
 		/// The tool's name on that server.
@@ -22,6 +22,9 @@ pub enum McpCommand {
 		/// Allow a loopback, private or link-local endpoint (refused by default).
 		#[arg(long)]
 		allow_private: bool,
+		/// CA certificates (PEM) trusted for an https endpoint besides the system's roots.
+		#[arg(long)]
+		ca_file: Option<PathBuf>,
 		/// Seconds each request to the server may take.
 		#[arg(long, default_value_t = 10)]
 		timeout_secs: u64,
@@ -29,8 +32,9 @@ pub enum McpCommand {
 }
 
 pub fn run(command: McpCommand) -> Result<()> {
-	let McpCommand::Definition { endpoint, tool, allow_private, timeout_secs } = command;
-	let limits = Limits { allow_private, request_timeout: Duration::from_secs(timeout_secs), ..Limits::default() };
+	let McpCommand::Definition { endpoint, tool, allow_private, ca_file, timeout_secs } = command;
+	let extra_roots = ca_file.as_deref().map(ExtraRoots::from_file).transpose()?.unwrap_or_default();
+	let limits = Limits { allow_private, request_timeout: Duration::from_secs(timeout_secs), extra_roots, ..Limits::default() };
 	let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
 	let served = runtime.block_on(async {
 		let session = Session::connect(&endpoint, limits).await?;
