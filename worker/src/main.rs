@@ -18,7 +18,7 @@ use openledger_ledger::{
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
 };
-use openledger_mcp::{Catalog, ExtraRoots, Limits as McpLimits};
+use openledger_mcp::{Catalog, Limits as McpLimits, TrustedRoots};
 use openledger_tasks::blocking;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use openledger_worker::{
@@ -350,11 +350,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	};
 	let state = match catalog {
 		Some(catalog) => {
-			let extra_roots = args.mcp_ca_file.as_deref().map(ExtraRoots::from_file).transpose()?.unwrap_or_default();
+			let roots = args.mcp_ca_file.as_deref().map(TrustedRoots::with_file).transpose()?.unwrap_or_default();
 			let limits = McpLimits {
 				allow_private: args.mcp_allow_private,
 				request_timeout: Duration::from_secs(args.mcp_timeout_secs),
-				extra_roots,
+				roots,
 				..McpLimits::default()
 			};
 			state.with_mcp(McpSettings {

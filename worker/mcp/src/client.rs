@@ -4,7 +4,7 @@
 //! connection is pinned to the address the endpoint was checked at. An https endpoint's
 //! certificate is checked against the system's roots and any the operator adds.
 
-use std::{fmt, sync::Once, time::Duration};
+use std::time::Duration;
 
 use rmcp::{
 	model::{
@@ -20,7 +20,7 @@ use rmcp::{
 };
 use serde_json::Value;
 
-use crate::{address, McpError};
+use crate::{address, McpError, TrustedRoots};
 
 /// Bounds on what one session may cost the worker.
 #[derive(Clone, Debug)]
@@ -33,9 +33,8 @@ pub struct Limits {
 	pub max_result_chars: usize,
 	/// Loopback, private and link-local endpoints are allowed (`--mcp-allow-private`).
 	pub allow_private: bool,
-	/// Certificate authorities trusted for https endpoints besides the system's
-	/// (`--mcp-ca-file`: a private CA).
-	pub extra_roots: ExtraRoots,
+	/// What an https endpoint's certificate must chain to (`--mcp-ca-file` adds a private CA).
+	pub roots: TrustedRoots,
 }
 
 impl Default for Limits {
@@ -45,57 +44,9 @@ impl Default for Limits {
 			max_message_bytes: 1 << 20,
 			max_result_chars: 16_384,
 			allow_private: false,
-			extra_roots: ExtraRoots::default(),
+			roots: TrustedRoots::default(),
 		}
 	}
-}
-
-/// CA certificates trusted besides the system's roots.
-#[derive(Clone, Default)]
-pub struct ExtraRoots(Vec<reqwest::Certificate>);
-
-impl ExtraRoots {
-	/// The certificates of a PEM file (one or more), each parsed as a trust anchor now so a
-	/// broken file stops the worker at start rather than failing every https call.
-	pub fn from_pem(pem: &[u8]) -> Result<Self, McpError> {
-		use rustls::pki_types::{pem::PemObject, CertificateDer};
-		let bad = |e: &dyn fmt::Display| McpError::BadCertificate(e.to_string());
-		let ders = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&format!("not PEM: {e}")))?;
-		if ders.is_empty() {
-			return Err(bad(&"no certificate in the file"));
-		}
-		let mut anchors = rustls::RootCertStore::empty();
-		let mut certificates = Vec::with_capacity(ders.len());
-		for der in ders {
-			certificates.push(reqwest::Certificate::from_der(&der).map_err(|e| bad(&e))?);
-			anchors.add(der).map_err(|e| bad(&format!("not a usable CA certificate: {e}")))?;
-		}
-		Ok(Self(certificates))
-	}
-
-	/// The certificates of the PEM file at `path`.
-	pub fn from_file(path: &std::path::Path) -> Result<Self, McpError> {
-		let pem = std::fs::read(path).map_err(|e| McpError::BadCertificate(format!("reading {}: {e}", path.display())))?;
-		Self::from_pem(&pem).map_err(|e| match e {
-			McpError::BadCertificate(why) => McpError::BadCertificate(format!("{}: {why}", path.display())),
-			other => other,
-		})
-	}
-}
-
-impl fmt::Debug for ExtraRoots {
-	fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-		write!(f, "ExtraRoots({} certificates)", self.0.len())
-	}
-}
-
-/// rustls's cryptography is ring's, built for the worker already; it is installed as the
-/// process default before the first client is built (a default set elsewhere is kept).
-fn install_tls_provider() {
-	static INSTALL: Once = Once::new();
-	INSTALL.call_once(|| {
-		let _ = rustls::crypto::ring::default_provider().install_default();
-	});
 }
 
 /// Pages of `tools/list` read at most while looking for a tool.
@@ -126,16 +77,12 @@ impl Session {
 	/// Checks `endpoint` (see [`address::resolve`]) and opens a session with its server.
 	pub async fn connect(endpoint: &str, limits: Limits) -> Result<Self, McpError> {
 		let resolved = bounded(limits.request_timeout, "resolving the endpoint", address::resolve(endpoint, limits.allow_private)).await?;
-		install_tls_provider();
-		let mut http = reqwest::Client::builder()
+		let http = reqwest::Client::builder()
 			.redirect(reqwest::redirect::Policy::none())
 			.no_proxy()
 			.resolve(&resolved.host, resolved.addr)
-			.connect_timeout(limits.request_timeout);
-		for root in &limits.extra_roots.0 {
-			http = http.add_root_certificate(root.clone());
-		}
-		let http = http
+			.connect_timeout(limits.request_timeout)
+			.tls_backend_preconfigured(limits.roots.client_config()?)
 			.build()
 			.map_err(|e| McpError::Unreachable(format!("building the HTTP client: {e}")))?;
 		let config = StreamableHttpClientTransportConfig::with_uri(resolved.url.as_str())
@@ -145,23 +92,7 @@ impl Session {
 		let transport = StreamableHttpClientTransport::with_client(http, config);
 		let client = ClientConfig::new(ClientCapabilities::default(), Implementation::new("openledger-worker", env!("CARGO_PKG_VERSION")));
 		let service = bounded(limits.request_timeout, "connecting", async {
-			client.serve(transport).await.map_err(|e| {
-				let why = match &e {
-					// The transport's own words name its Rust type; the causes say what happened.
-					ClientInitializeError::TransportError { error, context } => {
-						let inner = &*error.error;
-						// rmcp does not chain the HTTP client's error as a source: the refused
-						// certificate is only in reqwest's causes.
-						let why = match inner.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
-							Some(StreamableHttpError::Client(http)) => with_causes(http),
-							_ => with_causes(inner),
-						};
-						format!("{why}, when {context}")
-					},
-					other => with_causes(other),
-				};
-				McpError::Unreachable(format!("{endpoint}: {why}"))
-			})
+			client.serve(transport).await.map_err(|e| McpError::Unreachable(format!("{endpoint}: {}", init_failure(&e))))
 		})
 		.await?;
 		let version = service.peer_info().map(|info| info.protocol_version.clone());
@@ -230,6 +161,23 @@ impl Session {
 
 	fn failed(&self, what: &str, e: rmcp::ServiceError) -> McpError {
 		McpError::Protocol(format!("{} {what}: {e}", self.endpoint))
+	}
+}
+
+/// Why a session could not be opened. The transport's own words name its Rust type; the causes
+/// say what happened. rmcp does not chain the HTTP client's error as a source, so a refused
+/// certificate is read from reqwest's causes.
+fn init_failure(e: &ClientInitializeError) -> String {
+	match e {
+		ClientInitializeError::TransportError { error, context } => {
+			let inner = &*error.error;
+			let why = match inner.downcast_ref::<StreamableHttpError<reqwest::Error>>() {
+				Some(StreamableHttpError::Client(http)) => with_causes(http),
+				_ => with_causes(inner),
+			};
+			format!("{why}, when {context}")
+		},
+		other => with_causes(other),
 	}
 }
 

@@ -7,9 +7,11 @@ pub mod address;
 pub mod catalog;
 mod client;
 pub mod definition;
+mod tls;
 
 pub use catalog::{Catalog, RegisteredTool};
-pub use client::{CallOutcome, ExtraRoots, Limits, Session};
+pub use client::{CallOutcome, Limits, Session};
+pub use tls::TrustedRoots;
 
 /// Why an MCP tool could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

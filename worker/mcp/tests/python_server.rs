@@ -8,7 +8,7 @@ use std::{
 	time::{Duration, Instant},
 };
 
-use openledger_mcp::{definition::definition_hash, ExtraRoots, Limits, McpError, Session};
+use openledger_mcp::{definition::definition_hash, Limits, McpError, Session, TrustedRoots};
 use serde_json::{json, Map, Value};
 
 struct Server {
@@ -115,7 +115,7 @@ async fn an_https_server_is_trusted_only_through_a_known_root() {
 	assert!(matches!(unknown, McpError::Unreachable(_)) && unknown.to_string().contains("UnknownIssuer"), "{unknown}");
 
 	let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-	let trusted = Limits { extra_roots: ExtraRoots::from_pem(&ca).unwrap(), ..limits.clone() };
+	let trusted = Limits { roots: TrustedRoots::with_pem(&ca).unwrap(), ..limits.clone() };
 	let session = Session::connect(&endpoint, trusted.clone()).await.unwrap();
 	assert_eq!(session.definition("get_weather").await.unwrap()["name"], "get_weather");
 	let oslo = session.call("get_weather", args(json!({"city": "Oslo"}))).await.unwrap();
@@ -129,7 +129,7 @@ async fn an_https_server_is_trusted_only_through_a_known_root() {
 #[test]
 fn a_ca_file_without_certificates_is_refused() {
 	for pem in [&b""[..], b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
-		let refused = ExtraRoots::from_pem(pem).unwrap_err();
+		let refused = TrustedRoots::with_pem(pem).unwrap_err();
 		assert!(matches!(refused, McpError::BadCertificate(_)), "{refused}");
 	}
 }

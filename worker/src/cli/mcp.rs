@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use openledger_mcp::{definition, ExtraRoots, Limits, Session};
+use openledger_mcp::{definition, Limits, Session, TrustedRoots};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -33,8 +33,8 @@ pub enum McpCommand {
 
 pub fn run(command: McpCommand) -> Result<()> {
 	let McpCommand::Definition { endpoint, tool, allow_private, ca_file, timeout_secs } = command;
-	let extra_roots = ca_file.as_deref().map(ExtraRoots::from_file).transpose()?.unwrap_or_default();
-	let limits = Limits { allow_private, request_timeout: Duration::from_secs(timeout_secs), extra_roots, ..Limits::default() };
+	let roots = ca_file.as_deref().map(TrustedRoots::with_file).transpose()?.unwrap_or_default();
+	let limits = Limits { allow_private, request_timeout: Duration::from_secs(timeout_secs), roots, ..Limits::default() };
 	let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
 	let served = runtime.block_on(async {
 		let session = Session::connect(&endpoint, limits).await?;
