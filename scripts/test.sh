@@ -13,7 +13,7 @@ step "unit, pallet, benchmark and try-state tests"
 # runtime/upgrade) are left out, so neither substrate-wasm-builder nor its C++ is compiled here.
 # The node is tested end to end below, as a release binary, not rebuilt here for tests.
 cargo test --workspace --no-fail-fast \
-	--exclude openledger-node --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
+	--exclude openledger-node --exclude openledger-node-cli --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
 	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp \
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings}
 

@@ -1,11 +1,6 @@
 //! `openledger-node`: a validator or full node of an OpenLedger chain.
 
-mod chain_spec;
-mod cli;
-mod command;
-mod rpc;
-mod service;
-
-fn main() -> polkadot_sdk::sc_cli::Result<()> {
-	command::run()
+fn main() -> openledger_node_cli::Result<()> {
+	// Set by build.rs: the package version and the commit.
+	openledger_node_cli::run(env!("SUBSTRATE_CLI_IMPL_VERSION"))
 }

@@ -11,7 +11,10 @@ use polkadot_sdk::{
 	sc_consensus_grandpa, sc_network,
 	sc_service::PartialComponents,
 };
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
+
+/// The node's version with the commit it was built from, which the binary gives [`run`].
+static IMPL_VERSION: OnceLock<String> = OnceLock::new();
 
 impl SubstrateCli for Cli {
 	fn impl_name() -> String {
@@ -19,11 +22,11 @@ impl SubstrateCli for Cli {
 	}
 
 	fn impl_version() -> String {
-		env!("SUBSTRATE_CLI_IMPL_VERSION").into()
+		IMPL_VERSION.get().cloned().unwrap_or_else(|| env!("CARGO_PKG_VERSION").into())
 	}
 
 	fn description() -> String {
-		env!("CARGO_PKG_DESCRIPTION").into()
+		"The OpenLedger node: Aura + GRANDPA for real networks, instant seal with finality for --dev.".into()
 	}
 
 	fn author() -> String {
@@ -47,8 +50,10 @@ impl SubstrateCli for Cli {
 	}
 }
 
-/// Parses the command line and runs it.
-pub fn run() -> sc_cli::Result<()> {
+/// Parses the command line and runs it; `impl_version` is what `--version` and the
+/// `system_version` RPC say (the binary's version and commit).
+pub fn run(impl_version: &str) -> sc_cli::Result<()> {
+	let _ = IMPL_VERSION.set(impl_version.to_owned());
 	let cli = Cli::from_args();
 
 	match &cli.subcommand {
