@@ -9,9 +9,10 @@ use common::{base, chat_prompt, collect, engine, Output};
 use openledger_engine::{
 	adapters::{write_random_adapter, AdapterCache, AdapterLease, AdapterLimits, AdapterStore},
 	engine::{EngineHandle, EngineOptions, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob},
-	model::Projection,
+	model::{Projection, SeqStep},
 	tokenizer::Vocabulary,
 };
+use openledger_engine::model::kv_pool::BLOCK_TOKENS;
 use tokio::sync::mpsc;
 
 fn request(
@@ -269,6 +270,34 @@ async fn logprobs_name_the_chosen_tokens_and_spell_the_text() {
 			assert_eq!(String::from_utf8(bytes).unwrap(), text, "the tokens' bytes spell the text");
 		} else {
 			assert!(spelled.starts_with(&text) && !text.contains(" is"), "{spelled:?} / {text:?}");
+		}
+	}
+}
+
+/// A prompt's logits are the same, bit for bit, however it is cut into chunks (a long prompt's
+/// chunks, a reused prefix, the last token decoded alone), with and without an adapter: the
+/// 8-bit activations turned the last-bit differences of shape-dependent sums into logits 1 %
+/// apart, and a repeated prompt could answer differently.
+#[tokio::test]
+async fn a_prompt_cut_into_chunks_gives_the_same_logits_bit_for_bit() {
+	let tmp = tempfile::tempdir().unwrap();
+	let lease = adapters(tmp.path(), &[(3, false)]).await.remove(0);
+	let model = &base().model;
+	let prompt = chat_prompt("Name a color, then a fruit, then a city.");
+	for adapter in [None, Some(&*lease)] {
+		let whole = model.logits_alone(&prompt, adapter).unwrap().to_vec1::<f32>().unwrap();
+		for cuts in [vec![BLOCK_TOKENS], vec![2 * BLOCK_TOKENS], vec![prompt.len() - 1], vec![5, 21, prompt.len() - 2]] {
+			let pool = model.kv_pool(prompt.len());
+			let mut cache = pool.cache();
+			let mut logits = None;
+			let mut from = 0;
+			for to in cuts.iter().copied().chain([prompt.len()]) {
+				let step = SeqStep { tokens: &prompt[from..to], cache: &mut cache, adapter };
+				logits = Some(model.forward(&mut [step]).unwrap());
+				from = to;
+			}
+			let chunked = logits.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+			assert!(whole == chunked, "cut at {cuts:?}, adapter {}", adapter.is_some());
 		}
 	}
 }

@@ -1,8 +1,12 @@
-//! Attention of one new token against its sequence's cache, on the CPU, in plain loops.
+//! Attention of a sequence's new tokens against its cache, on the CPU, in plain loops.
 //!
 //! A decode step's attention is a few thousand multiply-adds per head; as some twenty candle ops
 //! (reshapes, copies, two small gemms, softmax) its fixed costs were most of the time a step spent
-//! outside the projections. Prefill chunks keep candle's batched path, whose gemms pay off there.
+//! outside the projections. Prompt chunks take the same loops, one token at a time: a token's
+//! attention is then the same sum in the same order however the prompt was cut into chunks, or
+//! whether its start was reused from the prefix cache. With candle's gemms it was not (their
+//! summation order depends on the shapes), and the activations' 8-bit quantization turned the
+//! last-bit differences into logits 1 % apart: a repeated prompt could answer differently.
 
 use super::kv_pool::BLOCK_TOKENS;
 
@@ -43,31 +47,36 @@ impl CacheView<'_> {
 }
 
 /// Shapes of one attention call.
+#[derive(Clone, Copy)]
 pub struct Heads {
 	pub query_heads: usize,
 	pub kv_heads: usize,
 	pub head_dim: usize,
-	/// Cached positions, the new token's included.
+	/// Cached positions, the new tokens' included.
 	pub len: usize,
 }
 
-/// `softmax(q·Kᵀ / √d)·V` for one token's query heads (`query_heads × head_dim`), grouped-query:
-/// query head `h` reads kv head `h / (query_heads / kv_heads)`. Heads are split over candle's CPU
-/// pool. Returns `query_heads × head_dim`.
-pub fn attend(q: &[f32], keys: &CacheView, values: &CacheView, heads: &Heads) -> Vec<f32> {
+/// `softmax(q·Kᵀ / √d)·V` for the query heads of a sequence's `rows` new tokens (`rows ×
+/// query_heads × head_dim`; the last is at position `len - 1`, each attends to the positions up
+/// to its own), grouped-query: query head `h` reads kv head `h / (query_heads / kv_heads)`. The
+/// (token, head) pairs are split over candle's CPU pool. Returns `rows × query_heads × head_dim`.
+pub fn attend(q: &[f32], rows: usize, keys: &CacheView, values: &CacheView, heads: &Heads) -> Vec<f32> {
 	let Heads { query_heads, kv_heads, head_dim, len } = *heads;
 	let group = query_heads / kv_heads;
 	let scale = 1.0 / (head_dim as f32).sqrt();
-	let mut out = vec![0f32; query_heads * head_dim];
+	let mut out = vec![0f32; rows * query_heads * head_dim];
 	let out_ptr = OutPtr(out.as_mut_ptr());
-	candle_core::utils::barrier_pool().execute_chunked(query_heads, |range| {
+	candle_core::utils::barrier_pool().execute_chunked(rows * query_heads, |range| {
 		let out_ptr = &out_ptr;
 		let mut scores = vec![0f32; len];
-		for h in range {
+		for item in range {
+			let (row, h) = (item / query_heads, item % query_heads);
+			let seen = Heads { len: len - (rows - 1 - row), ..*heads };
 			let g = h / group;
-			let query = &q[h * head_dim..(h + 1) * head_dim];
+			let query = &q[item * head_dim..(item + 1) * head_dim];
+			let scores = &mut scores[..seen.len];
 			let mut max = f32::NEG_INFINITY;
-			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, heads)) {
+			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, &seen)) {
 				*score = dot(query, key) * scale;
 				max = max.max(*score);
 			}
@@ -76,10 +85,10 @@ pub fn attend(q: &[f32], keys: &CacheView, values: &CacheView, heads: &Heads) ->
 				*score = (*score - max).exp();
 				total += *score;
 			}
-			// Safety: head `h`'s slice of `out` is written by this work item alone, and
-			// `execute_chunked` returns only after every item is done.
-			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(h * head_dim), head_dim) };
-			for (&weight, value) in scores.iter().zip(values.head_rows(g, heads)) {
+			// Safety: this (token, head)'s slice of `out` is written by this work item alone,
+			// and `execute_chunked` returns only after every item is done.
+			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * head_dim), head_dim) };
+			for (&weight, value) in scores.iter().zip(values.head_rows(g, &seen)) {
 				let weight = weight / total;
 				for (o, &v) in head_out.iter_mut().zip(value) {
 					*o += weight * v;

@@ -282,14 +282,14 @@ impl Llama {
 			_ => None,
 		};
 		let batched = |i: usize| decode.as_ref().is_some_and(|d| d.steps.binary_search(&i).is_ok());
-		// Block tables for the steps that gather their cache (all but the batched decode steps
-		// and the CPU's one-token loops), made once per step for every layer.
+		// Block tables for the steps that gather their cache (on the GPU, all but the batched
+		// decode steps; the CPU attends in loops), made once per step for every layer.
 		let gathers = steps
 			.iter()
 			.zip(&spans)
 			.enumerate()
 			.map(|(i, (step, &(_, n, pos)))| {
-				if batched(i) || (n == 1 && self.device.is_cpu()) {
+				if batched(i) || self.device.is_cpu() {
 					return Ok(None);
 				}
 				let block_ids = Tensor::new(step.cache.blocks(), &self.device)?;
@@ -419,7 +419,7 @@ impl Llama {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
 		let Some(gather) = gather else {
-			return self.attention_one_token(cache, l, q, k, v, pos);
+			return self.attention_in_loops(cache, l, q, k, v, pos);
 		};
 		let rep = nh / nkv;
 		let cos = self.cos.narrow(0, pos, n)?;
@@ -454,27 +454,22 @@ impl Llama {
 		out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 	}
 
-	/// [`Self::attention`] for a single new token on the CPU (every decode step): rotary
-	/// embedding and attention over the cache in plain loops, reading the cache in place.
-	fn attention_one_token(
-		&self,
-		cache: &KvCache,
-		l: usize,
-		q: &Tensor,
-		k: &Tensor,
-		v: &Tensor,
-		pos: usize,
-	) -> Result<Tensor> {
+	/// [`Self::attention`] on the CPU (every step there): rotary embedding and attention over
+	/// the cache in plain loops, one token at a time, reading the cache in place. Each token's
+	/// result is the same whatever the chunk it came in (see [`decode_attention`]).
+	fn attention_in_loops(&self, cache: &KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
 		let c = &self.config;
-		let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
 		let half = hd / 2;
-		let (cos, sin) = (&self.cos_rows[pos * half..][..half], &self.sin_rows[pos * half..][..half]);
 		let mut q = q.flatten_all()?.to_vec1::<f32>()?;
 		let mut k = k.flatten_all()?.to_vec1::<f32>()?;
-		decode_attention::rope_in_place(&mut q, hd, cos, sin, c.rope_interleaved);
-		decode_attention::rope_in_place(&mut k, hd, cos, sin, c.rope_interleaved);
-		let k = Tensor::from_vec(k, (nkv, 1, hd), &self.device)?;
-		let v = v.reshape((nkv, 1, hd))?;
+		for (t, (q_row, k_row)) in q.chunks_exact_mut(nh * hd).zip(k.chunks_exact_mut(nkv * hd)).enumerate() {
+			let (cos, sin) = (&self.cos_rows[(pos + t) * half..][..half], &self.sin_rows[(pos + t) * half..][..half]);
+			decode_attention::rope_in_place(q_row, hd, cos, sin, c.rope_interleaved);
+			decode_attention::rope_in_place(k_row, hd, cos, sin, c.rope_interleaved);
+		}
+		let k = Tensor::from_vec(k, (n, nkv, hd), &self.device)?.transpose(0, 1)?;
+		let v = v.reshape((n, nkv, hd))?.transpose(0, 1)?;
 		cache.write(l, &k, &v)?;
 		let (pool_k, pool_v) = cache.layer_pools(l)?;
 		let (k_storage, k_layout) = pool_k.storage_and_layout();
@@ -486,9 +481,9 @@ impl Llama {
 		};
 		let keys = CacheView { data: &k_data[k_layout.start_offset()..], blocks: cache.blocks() };
 		let values = CacheView { data: &v_data[v_layout.start_offset()..], blocks: cache.blocks() };
-		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + 1 };
-		let out = decode_attention::attend(&q, &keys, &values, &heads);
-		Tensor::from_vec(out, (1, nh * hd), &self.device)
+		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + n };
+		let out = decode_attention::attend(&q, n, &keys, &values, &heads);
+		Tensor::from_vec(out, (n, nh * hd), &self.device)
 	}
 
 	/// Vocabulary logits for `tokens` run alone from an empty cache: the reference path tests

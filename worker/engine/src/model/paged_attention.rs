@@ -177,7 +177,7 @@ impl CustomOp1 for Attend {
 			let keys = CacheView { data: &k[k_layout.start_offset()..], blocks };
 			let values = CacheView { data: &v[v_layout.start_offset()..], blocks };
 			let shape = Heads { query_heads: heads, kv_heads, head_dim, len: lens[s] as usize };
-			out.extend(decode_attention::attend(&q[s * width..(s + 1) * width], &keys, &values, &shape));
+			out.extend(decode_attention::attend(&q[s * width..(s + 1) * width], 1, &keys, &values, &shape));
 		}
 		Ok((CpuStorage::F32(out), q_layout.shape().clone()))
 	}
