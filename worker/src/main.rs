@@ -104,6 +104,11 @@ struct ServeArgs {
 	/// the full context length). It grows with use up to this limit.
 	#[arg(long)]
 	kv_cache_tokens: Option<usize>,
+	/// Compute every prompt whole: no reuse of the cached blocks of earlier prompts that start
+	/// the same way. Reuse lets one client tell from its time to first token whether another
+	/// sent a prompt with the same start; turn it off where that matters more than speed.
+	#[arg(long)]
+	no_prefix_cache: bool,
 	/// Largest `max_tokens` a request may ask for.
 	#[arg(long, default_value_t = 2048)]
 	max_tokens: usize,
@@ -325,6 +330,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 		EngineOptions {
 			max_batch_sequences: args.max_batch.max(1),
 			kv_cache_tokens: args.kv_cache_tokens,
+			prefix_cache: !args.no_prefix_cache,
 			..EngineOptions::default()
 		},
 	);

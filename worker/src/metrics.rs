@@ -220,8 +220,13 @@ impl Metrics {
 		);
 		out.counter(
 			"openledger_worker_engine_prompt_tokens_total",
-			"Prompt tokens the engine prefilled.",
+			"Prompt tokens the engine took in, cached ones included.",
 			engine.prompt_tokens_total as f64,
+		);
+		out.counter(
+			"openledger_worker_engine_prompt_tokens_cached_total",
+			"Prompt tokens whose keys and values were reused from an earlier prompt (prefix cache).",
+			engine.prompt_tokens_cached_total as f64,
 		);
 		out.counter(
 			"openledger_worker_engine_generated_tokens_total",

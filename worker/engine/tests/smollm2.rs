@@ -12,7 +12,7 @@ use openledger_engine::{
 	model::{Projection, SeqStep},
 	tokenizer::Vocabulary,
 };
-use openledger_engine::model::kv_pool::BLOCK_TOKENS;
+use openledger_engine::{model::kv_pool::BLOCK_TOKENS, tokenizer::ChatMessage};
 use tokio::sync::mpsc;
 
 fn request(
@@ -272,6 +272,55 @@ async fn logprobs_name_the_chosen_tokens_and_spell_the_text() {
 			assert!(spelled.starts_with(&text) && !text.contains(" is"), "{spelled:?} / {text:?}");
 		}
 	}
+}
+
+/// A prompt that starts like an earlier one reuses that prompt's kept blocks, under the same
+/// adapter only, and answers exactly as an engine that computes every prompt whole: a shared
+/// system prompt, a longer conversation over the same start, and a repeated prompt.
+#[tokio::test]
+async fn a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks_and_answers_the_same() {
+	let tmp = tempfile::tempdir().unwrap();
+	let lease = adapters(tmp.path(), &[(5, false)]).await.remove(0);
+	let base = base();
+	let whole = EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions { prefix_cache: false, ..EngineOptions::default() });
+	let engine = engine();
+	let system = "You are a terse assistant for a travel agency. Answer in one short sentence, name the city, never apologise, and do not ask questions back.";
+	let chat = |turns: &[&str]| {
+		let mut messages = vec![ChatMessage::new("system", system)];
+		messages.extend(turns.iter().enumerate().map(|(i, t)| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, *t)));
+		base.codec.encode_chat(&messages, true).unwrap()
+	};
+	let first = chat(&["Where is the Eiffel tower?"]);
+	let second = chat(&["Where is the Colosseum?"]);
+	let longer = chat(&["Where is the Eiffel tower?", "It is in Paris.", "And the Brandenburg Gate?"]);
+	let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+	assert!(shared >= 2 * BLOCK_TOKENS, "the system prompt fills blocks: {shared} tokens shared");
+	let run = |engine: &EngineHandle, prompt: &[u32], adapter: Option<AdapterLease>| {
+		let (req, rx) = request(prompt.to_vec(), 12, SamplingParams::default(), vec![], adapter);
+		engine.submit(req).unwrap();
+		collect(rx)
+	};
+	let blocks = |tokens: usize| tokens / BLOCK_TOKENS * BLOCK_TOKENS;
+	// Each case: the prompt, its adapter, and the tokens it finds kept by the cases before it
+	// (a repeated prompt leaves its last token to compute, for the first answer token's logits).
+	let cases = [
+		(&first, None, 0),
+		(&second, None, blocks(shared)),
+		(&longer, None, blocks(first.len())),
+		(&first, None, blocks(first.len() - 1)),
+		(&first, Some(lease.clone()), 0),
+		(&second, Some(lease), blocks(shared)),
+	];
+	let mut reused_total = 0;
+	for (i, (prompt, adapter, cached)) in cases.into_iter().enumerate() {
+		let reused = run(&engine, prompt, adapter.clone()).await;
+		let computed = run(&whole, prompt, adapter).await;
+		assert_eq!(reused.text, computed.text, "case {i}");
+		assert_eq!((reused.cached_tokens, computed.cached_tokens), (cached, 0), "case {i}: tokens reused");
+		reused_total += cached as u64;
+	}
+	assert_eq!(engine.stats().prompt_tokens_cached_total, reused_total);
+	assert_eq!(whole.stats().prompt_tokens_cached_total, 0);
 }
 
 /// A prompt's logits are the same, bit for bit, however it is cut into chunks (a long prompt's

@@ -337,7 +337,7 @@ async fn run_loop(
 	let mut choice = tooling.choice.clone();
 	let mut turns: Vec<RequestMessage> = Vec::new();
 	let mut calls: Vec<McpCallBody> = Vec::new();
-	let mut usage = Usage { prompt_tokens: 0, completion_tokens: 0 };
+	let mut usage = Usage::default();
 	let mut charged: Option<(Option<Charge>, Option<usize>)> = None;
 	let mut last: Option<Answer> = None;
 	let mut times = Times::default();
@@ -395,6 +395,7 @@ async fn run_loop(
 		let (answer, round_usage) = generate_once(state, log, prompt, max_tokens, spec, adapter.clone(), constraint).await?;
 		times.model += generating.elapsed();
 		usage.prompt_tokens += round_usage.prompt_tokens;
+		usage.cached_tokens += round_usage.cached_tokens;
 		usage.completion_tokens += round_usage.completion_tokens;
 		let (content, answer_calls) = read_answer(&answer.text);
 		// Each call of an MCP tool beside its tool; the rest are the client's own.

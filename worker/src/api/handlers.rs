@@ -460,7 +460,7 @@ pub(super) async fn collect(
 ) -> Result<(Vec<Answer>, Usage), ApiError> {
 	let mut answers: Vec<Answer> =
 		(0..choices).map(|_| Answer { text: String::new(), finish: FinishReason::Stop, logprobs: Vec::new() }).collect();
-	let mut total = Usage { prompt_tokens: 0, completion_tokens: 0 };
+	let mut total = Usage::default();
 	let mut done = 0;
 	while done < choices {
 		match rx.recv().await {
@@ -472,6 +472,7 @@ pub(super) async fn collect(
 			Some(GenerationEvent::Done { choice, finish_reason, usage }) => {
 				answers[choice].finish = finish_reason;
 				total.prompt_tokens = usage.prompt_tokens;
+				total.cached_tokens = usage.cached_tokens;
 				total.completion_tokens += usage.completion_tokens;
 				done += 1;
 			},

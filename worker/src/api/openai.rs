@@ -587,6 +587,13 @@ pub struct UsageBody {
 	pub prompt_tokens: usize,
 	pub completion_tokens: usize,
 	pub total_tokens: usize,
+	pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// How many prompt tokens were reused from an earlier prompt's cache (OpenAI's field name).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PromptTokensDetails {
+	pub cached_tokens: usize,
 }
 
 impl From<&Usage> for UsageBody {
@@ -595,6 +602,7 @@ impl From<&Usage> for UsageBody {
 			prompt_tokens: u.prompt_tokens,
 			completion_tokens: u.completion_tokens,
 			total_tokens: u.prompt_tokens + u.completion_tokens,
+			prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
 		}
 	}
 }

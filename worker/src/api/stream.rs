@@ -72,7 +72,7 @@ pub(super) fn respond(
 		closing: Some(closing),
 		texts: vec![String::new(); count],
 		sent_tokens: vec![0; count],
-		usage: Usage { prompt_tokens: 0, completion_tokens: 0 },
+		usage: Usage::default(),
 		left: count,
 	};
 	let opening = streamer.opening();
@@ -141,6 +141,7 @@ impl Streamer {
 			},
 			Some(GenerationEvent::Done { choice, finish_reason, usage }) => {
 				self.usage.prompt_tokens = usage.prompt_tokens;
+				self.usage.cached_tokens = usage.cached_tokens;
 				self.usage.completion_tokens += usage.completion_tokens;
 				self.left -= 1;
 				let held_back = self.calls.as_mut().map(|c| c[choice].finish()).unwrap_or_default();
@@ -280,7 +281,7 @@ impl Drop for Streamer {
 		}
 		// Dropped as the runtime itself shuts down: nothing can run the receipt any more.
 		let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-		let usage = Usage { prompt_tokens: self.log.prompt_tokens, completion_tokens: sent_tokens };
+		let usage = Usage { prompt_tokens: self.log.prompt_tokens, completion_tokens: sent_tokens, ..Usage::default() };
 		let (state, text, id) = (self.state.clone(), joined(self.texts.iter().map(String::as_str)), self.id.clone());
 		let tasks = self.state.tasks().clone();
 		tasks.spawn_on(async move {

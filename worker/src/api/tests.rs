@@ -387,7 +387,7 @@ fn tool_call_shapes() {
 	);
 	assert_eq!(chunk(more), json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\": 1}"}}]}));
 
-	let usage = Usage { prompt_tokens: 5, completion_tokens: 9 };
+	let usage = Usage { prompt_tokens: 5, completion_tokens: 9, cached_tokens: 0 };
 	let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
 	let mut body = ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), vec![ChatChoice::new(0, text.into(), FinishReason::Stop)], &usage);
 	body.choices[0].read_tool_calls();
@@ -407,7 +407,7 @@ fn tool_call_shapes() {
 
 #[test]
 fn response_shapes() {
-	let usage = Usage { prompt_tokens: 5, completion_tokens: 3 };
+	let usage = Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 0 };
 	let body = serde_json::to_value(ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), vec![ChatChoice::new(0, "hey".into(), FinishReason::Length)], &usage))
 		.unwrap();
 	assert_eq!(
@@ -415,7 +415,7 @@ fn response_shapes() {
 		json!({
 			"id": "chatcmpl-1", "object": "chat.completion", "created": 9, "model": "m",
 			"choices": [{"index": 0, "message": {"role": "assistant", "content": "hey"}, "logprobs": null, "finish_reason": "length"}],
-			"usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+			"usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 0}},
 		})
 	);
 
@@ -695,6 +695,15 @@ mod server {
 	}
 
 	/// The `data:` payloads of an SSE body.
+	/// The usage of a request that repeats an earlier one: the same, but for the prompt's whole
+	/// blocks (all but its last token) reused from the prefix cache.
+	fn repeated(usage: &Value) -> Value {
+		let mut usage = usage.clone();
+		let prompt = usage["prompt_tokens"].as_u64().unwrap();
+		usage["prompt_tokens_details"]["cached_tokens"] = json!((prompt - 1) / 16 * 16);
+		usage
+	}
+
 	fn sse_data(body: &str) -> Vec<String> {
 		body.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).map(str::to_owned).collect()
 	}
@@ -819,7 +828,7 @@ mod server {
 		assert_eq!(text, body["choices"][0]["message"]["content"].as_str().unwrap(), "greedy: same text streamed or not");
 		let usage_chunk = chunks.last().unwrap();
 		assert_eq!(usage_chunk["choices"], json!([]));
-		assert_eq!(usage_chunk["usage"], body["usage"]);
+		assert_eq!(usage_chunk["usage"], repeated(&body["usage"]));
 		assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], finish);
 
 		// A message holding a marker's text is served, the marker counted as the text it is.
@@ -884,7 +893,7 @@ mod server {
 			let finishes: Vec<&Value> = chunks.iter().filter(of).map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
 			assert_eq!(finishes, [&choice["finish_reason"]], "answer {i}");
 		}
-		assert_eq!(chunks.last().unwrap()["usage"], body["usage"]);
+		assert_eq!(chunks.last().unwrap()["usage"], repeated(&body["usage"]));
 
 		let completion = post(addr, "/v1/completions", json!({"model": "tiny", "prompt": "the", "max_tokens": 4, "n": 2, "logprobs": 1})).await;
 		assert_eq!(completion.status, 200, "{}", completion.body);

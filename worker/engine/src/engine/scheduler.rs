@@ -15,7 +15,7 @@ use crate::{
 	adapters::AdapterLease,
 	grammar::Constraint,
 	model::{
-		kv_pool::{tokens_for, KvPoolFull, BLOCK_TOKENS},
+		kv_pool::{tokens_for, KvPoolFull, PrefixKey, BLOCK_TOKENS},
 		KvCache, KvPool, Llama, SeqStep,
 	},
 	tokenizer::{IncrementalDecoder, TextCodec},
@@ -32,6 +32,10 @@ pub struct EngineOptions {
 	/// sequence at the model's context length, so the cache never limits a request. The pool
 	/// grows with use up to this, whatever the default.
 	pub kv_cache_tokens: Option<usize>,
+	/// Reuse the cached blocks of earlier prompts that start the same way, under the same
+	/// adapter (see [`crate::model::kv_pool`]). Off, every prompt is computed whole; on, a
+	/// client can tell from the time to the first token whether a prefix was asked for recently.
+	pub prefix_cache: bool,
 }
 
 impl EngineOptions {
@@ -43,7 +47,7 @@ impl EngineOptions {
 
 impl Default for EngineOptions {
 	fn default() -> Self {
-		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256, kv_cache_tokens: None }
+		Self { max_batch_sequences: 16, prefill_chunk_tokens: 256, kv_cache_tokens: None, prefix_cache: true }
 	}
 }
 
@@ -56,6 +60,8 @@ struct Shared {
 	adapter: Option<AdapterLease>,
 	choices: usize,
 	logprobs: Option<usize>,
+	/// Prompt tokens found in the pool's kept blocks.
+	cached_tokens: usize,
 	events: tokio::sync::mpsc::UnboundedSender<GenerationEvent>,
 	/// Given back when the request's last answer is dropped.
 	_permit: Option<OwnedSemaphorePermit>,
@@ -83,10 +89,13 @@ struct Sequence {
 	/// Log-probabilities not sent yet.
 	logprobs: Vec<TokenLogprob>,
 	adapter_key: Option<[u8; 32]>,
+	/// The keys of the prompt's full blocks, kept in the pool once the prompt is in (empty
+	/// without the prefix cache, and for the other answers of a request).
+	prefix: Vec<PrefixKey>,
 }
 
 impl Sequence {
-	fn new(request: GenerationRequest, pool: &KvPool) -> Self {
+	fn new(request: GenerationRequest, pool: &KvPool, prefix_cache: bool) -> Self {
 		let GenerationRequest {
 			prompt_tokens,
 			max_tokens,
@@ -99,6 +108,13 @@ impl Sequence {
 			events,
 			permit,
 		} = request;
+		let prefix = match prefix_cache {
+			true => pool.prefix_keys(adapter.as_ref().map(|a| &a.hash), &prompt_tokens),
+			false => Vec::new(),
+		};
+		// At least the prompt's last token is computed: its logits give the first answer token.
+		let reusable = (prompt_tokens.len().saturating_sub(1) / BLOCK_TOKENS).min(prefix.len());
+		let cache = pool.cache_with_prefix(&prefix[..reusable]);
 		let shared = Shared {
 			prompt_tokens,
 			max_tokens,
@@ -107,10 +123,11 @@ impl Sequence {
 			adapter,
 			choices: choices.max(1),
 			logprobs,
+			cached_tokens: cache.len(),
 			events,
 			_permit: permit,
 		};
-		Self::answer(Arc::new(shared), 0, constraint, pool.cache())
+		Self { prefix, ..Self::answer(Arc::new(shared), 0, constraint, cache) }
 	}
 
 	/// Answer `choice` of `request`, with what is already in `cache`.
@@ -132,6 +149,7 @@ impl Sequence {
 			chars: 0,
 			sent_chars: 0,
 			logprobs: Vec::new(),
+			prefix: Vec::new(),
 			request,
 		}
 	}
@@ -288,7 +306,11 @@ impl Sequence {
 		if self.text.len() > self.sent || !self.logprobs.is_empty() {
 			self.send_text(self.text.len(), true);
 		}
-		let usage = Usage { prompt_tokens: self.request.prompt_tokens.len(), completion_tokens: self.generated };
+		let usage = Usage {
+			prompt_tokens: self.request.prompt_tokens.len(),
+			completion_tokens: self.generated,
+			cached_tokens: self.request.cached_tokens,
+		};
 		GenerationEvent::Done { choice: self.choice, finish_reason: reason, usage }
 	}
 }
@@ -323,7 +345,9 @@ pub(super) fn run(
 				Ok(request) => {
 					counters.waiting_requests.fetch_sub(1, Ordering::Relaxed);
 					counters.prompt_tokens_total.fetch_add(request.prompt_tokens.len() as u64, Ordering::Relaxed);
-					active.push(Sequence::new(request, &pool));
+					let seq = Sequence::new(request, &pool, options.prefix_cache);
+					counters.prompt_tokens_cached_total.fetch_add(seq.request.cached_tokens as u64, Ordering::Relaxed);
+					active.push(seq);
 				},
 				Err(mpsc::TryRecvError::Empty) => break,
 				Err(mpsc::TryRecvError::Disconnected) => open = false,
@@ -446,6 +470,8 @@ pub(super) fn run(
 				if seq.prefilled < seq.request.prompt_tokens.len() {
 					continue;
 				}
+				// The prompt is in: its full blocks are kept for the prompts that start the same.
+				pool.keep_prefix(&seq.cache, &std::mem::take(&mut seq.prefix));
 			}
 			let row = match logits.get(row).and_then(|l| l.to_vec1::<f32>()) {
 				Ok(row) => row,

@@ -63,10 +63,13 @@ impl FinishReason {
 	}
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
 	pub prompt_tokens: usize,
 	pub completion_tokens: usize,
+	/// Prompt tokens whose keys and values were reused from an earlier prompt, not computed
+	/// (a part of `prompt_tokens`).
+	pub cached_tokens: usize,
 }
 
 /// A generated token's log-probability under the model: the log-softmax of its logits at

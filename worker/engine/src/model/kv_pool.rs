@@ -5,8 +5,18 @@
 //! nothing is copied when a sequence grows. A forked cache (the `n` answers of one prompt) shares
 //! its parent's full blocks, counted by reference, and copies only the last, partly filled one:
 //! no block is ever written by two sequences.
+//!
+//! The pool also keeps the full blocks of finished prompts for reuse (prefix caching, as vLLM
+//! does): a later prompt that starts with the same tokens, under the same adapter, takes those
+//! blocks instead of computing them again, so a system prompt or the tool definitions every
+//! request of an agent repeats are prefilled once. Kept blocks nobody uses are taken back, least
+//! recently used first, only when the pool is full.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+	collections::{BTreeMap, HashMap},
+	hash::{BuildHasher, Hasher, RandomState},
+	sync::{Arc, Mutex, MutexGuard},
+};
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -40,10 +50,17 @@ pub struct KvShape {
 	pub head_dim: usize,
 }
 
+/// Names a full block of a prompt by everything that decides its keys and values: the adapter
+/// and every token up to the block's end. Two keyed 64-bit hashes, so a client cannot make
+/// two prompts collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixKey(u128);
+
 /// A shared handle to the block pool; clones are the same pool.
 #[derive(Clone)]
 pub struct KvPool {
 	inner: Arc<Mutex<PoolInner>>,
+	hashers: Arc<[RandomState; 2]>,
 }
 
 struct PoolInner {
@@ -56,8 +73,16 @@ struct PoolInner {
 	max_blocks: usize,
 	/// Free block ids, the lowest last so it is taken first.
 	free: Vec<u32>,
-	/// Per block, how many caches use it (0: free).
+	/// Per block, how many caches use it (0: free or kept idle).
 	users: Vec<u32>,
+	/// Prompt blocks kept for reuse, by key, and per block its key while kept.
+	kept: HashMap<PrefixKey, u32>,
+	key_of: Vec<Option<PrefixKey>>,
+	/// Kept blocks no cache uses, by the tick they were released at (the oldest is taken back
+	/// first), and per block its tick while idle.
+	idle: BTreeMap<u64, u32>,
+	idle_since: Vec<u64>,
+	tick: u64,
 }
 
 impl KvPool {
@@ -65,8 +90,21 @@ impl KvPool {
 	/// allocated until a sequence caches its first token.
 	pub fn new(shape: KvShape, max_tokens: usize, device: &Device) -> Self {
 		let max_blocks = max_tokens.div_ceil(BLOCK_TOKENS).max(1);
-		let inner = PoolInner { shape, device: device.clone(), layers: Vec::new(), capacity: 0, max_blocks, free: Vec::new(), users: Vec::new() };
-		Self { inner: Arc::new(Mutex::new(inner)) }
+		let inner = PoolInner {
+			shape,
+			device: device.clone(),
+			layers: Vec::new(),
+			capacity: 0,
+			max_blocks,
+			free: Vec::new(),
+			users: Vec::new(),
+			kept: HashMap::new(),
+			key_of: Vec::new(),
+			idle: BTreeMap::new(),
+			idle_since: Vec::new(),
+			tick: 0,
+		};
+		Self { inner: Arc::new(Mutex::new(inner)), hashers: Arc::new([RandomState::new(), RandomState::new()]) }
 	}
 
 	fn lock(&self) -> MutexGuard<'_, PoolInner> {
@@ -92,12 +130,64 @@ impl KvPool {
 	/// Blocks in use by sequences.
 	pub fn used_blocks(&self) -> usize {
 		let inner = self.lock();
-		inner.capacity - inner.free.len()
+		inner.capacity - inner.free.len() - inner.idle.len()
 	}
 
-	/// Blocks that could still be taken, free or not yet allocated.
+	/// Prompt blocks kept for reuse, in use or not.
+	pub fn kept_blocks(&self) -> usize {
+		self.lock().kept.len()
+	}
+
+	/// Blocks that could still be taken: free, kept but idle, or not yet allocated.
 	pub fn available_blocks(&self) -> usize {
 		self.lock().available()
+	}
+
+	/// The keys of the full blocks of `tokens` read under `adapter` (its content hash; `None`
+	/// for the base model).
+	pub fn prefix_keys(&self, adapter: Option<&[u8; 32]>, tokens: &[u32]) -> Vec<PrefixKey> {
+		let mut previous = 0u128;
+		tokens
+			.chunks_exact(BLOCK_TOKENS)
+			.map(|block| {
+				let [low, high] = [0, 1].map(|i| {
+					let mut h = self.hashers[i].build_hasher();
+					h.write_u128(previous);
+					h.write(adapter.map_or(&[0u8; 32][..], |a| &a[..]));
+					h.write_u8(u8::from(adapter.is_some()));
+					block.iter().for_each(|&t| h.write_u32(t));
+					h.finish()
+				});
+				previous = u128::from(high) << 64 | u128::from(low);
+				PrefixKey(previous)
+			})
+			.collect()
+	}
+
+	/// A cache that starts with the longest run of `keys`' blocks the pool keeps (empty when
+	/// the first is not kept). Its blocks are full, so it never writes them.
+	pub fn cache_with_prefix(&self, keys: &[PrefixKey]) -> KvCache {
+		let mut inner = self.lock();
+		let mut blocks = Vec::new();
+		for key in keys {
+			let Some(&block) = inner.kept.get(key) else { break };
+			inner.share(block);
+			blocks.push(block);
+		}
+		KvCache { pool: self.clone(), len: blocks.len() * BLOCK_TOKENS, blocks }
+	}
+
+	/// Keeps `cache`'s first `keys.len()` blocks, which hold those prompt blocks, for reuse
+	/// (those whose key is kept already stay as they are).
+	pub fn keep_prefix(&self, cache: &KvCache, keys: &[PrefixKey]) {
+		debug_assert!(keys.len() * BLOCK_TOKENS <= cache.len, "only written blocks are kept");
+		let mut inner = self.lock();
+		for (key, &block) in keys.iter().zip(&cache.blocks) {
+			if inner.key_of[block as usize].is_none() && !inner.kept.contains_key(key) {
+				inner.kept.insert(*key, block);
+				inner.key_of[block as usize] = Some(*key);
+			}
+		}
 	}
 
 	/// Layer `layer`'s key and value pools (cheap handles to the shared storage).
@@ -116,24 +206,33 @@ impl PoolInner {
 	}
 
 	fn available(&self) -> usize {
-		self.free.len() + self.max_blocks - self.capacity
+		self.free.len() + self.idle.len() + self.max_blocks - self.capacity
 	}
 
-	/// Takes `count` blocks, growing the pool if it must; all or none.
+	/// Takes `count` blocks, growing the pool if it must and then taking back idle kept
+	/// blocks, the least recently used first; all or none.
 	fn take(&mut self, count: usize) -> std::result::Result<Vec<u32>, KvPoolFull> {
 		let available = self.available();
 		if count > available {
 			return Err(KvPoolFull { needed: count, free: available, max_blocks: self.max_blocks });
 		}
-		if count > self.free.len() {
+		if count > self.free.len() && self.capacity < self.max_blocks {
 			let wanted = self.capacity - self.free.len() + count;
 			let grown = wanted.max(FIRST_BLOCKS).max(2 * self.capacity).min(self.max_blocks);
 			// An allocation failure (device memory) is reported as the pool being full: the
 			// scheduler then treats it as it treats the limit.
 			if let Err(e) = self.grow(grown) {
 				tracing::warn!("growing the KV cache to {grown} blocks failed: {e}");
-				return Err(KvPoolFull { needed: count, free: self.free.len(), max_blocks: self.capacity });
+				if count > self.free.len() + self.idle.len() {
+					return Err(KvPoolFull { needed: count, free: self.free.len() + self.idle.len(), max_blocks: self.capacity });
+				}
 			}
+		}
+		while self.free.len() < count {
+			let (_, block) = self.idle.pop_first().expect("enough blocks checked above");
+			let key = self.key_of[block as usize].take().expect("an idle block is kept");
+			self.kept.remove(&key);
+			self.free.push(block);
 		}
 		let taken: Vec<u32> = (0..count).map(|_| self.free.pop().expect("enough blocks checked above")).collect();
 		for &block in &taken {
@@ -142,13 +241,29 @@ impl PoolInner {
 		Ok(taken)
 	}
 
-	/// One cache less uses each of `blocks`; those nobody uses any more are free again.
+	/// One more cache uses `block` (kept and idle until now, or in use).
+	fn share(&mut self, block: u32) {
+		if self.users[block as usize] == 0 {
+			self.idle.remove(&self.idle_since[block as usize]);
+		}
+		self.users[block as usize] += 1;
+	}
+
+	/// One cache less uses each of `blocks`; those nobody uses any more are free again, or
+	/// idle if kept. A sequence's later blocks go idle first, so they are taken back before
+	/// the blocks of the prefix they continue.
 	fn release(&mut self, blocks: impl DoubleEndedIterator<Item = u32>) {
 		for block in blocks.rev() {
 			let users = &mut self.users[block as usize];
 			*users -= 1;
 			if *users == 0 {
-				self.free.push(block);
+				if self.key_of[block as usize].is_some() {
+					self.tick += 1;
+					self.idle.insert(self.tick, block);
+					self.idle_since[block as usize] = self.tick;
+				} else {
+					self.free.push(block);
+				}
 			}
 		}
 	}
@@ -171,6 +286,8 @@ impl PoolInner {
 		self.layers = layers;
 		self.free.splice(0..0, (self.capacity as u32..capacity as u32).rev());
 		self.users.resize(capacity, 0);
+		self.key_of.resize(capacity, None);
+		self.idle_since.resize(capacity, 0);
 		tracing::debug!(blocks = capacity, mib = (capacity * self.block_bytes()) >> 20, "KV cache grown");
 		self.capacity = capacity;
 		Ok(())
@@ -218,7 +335,7 @@ impl KvCache {
 				None => Vec::new(),
 			};
 			for &block in &self.blocks[..full] {
-				inner.users[block as usize] += 1;
+				inner.share(block);
 			}
 			([&self.blocks[..full], &copy[..]].concat(), inner.layers.clone())
 		};
@@ -427,5 +544,50 @@ mod tests {
 		let refused = partial.fork().err().expect("no block for the copy");
 		assert!(refused.to_string().contains("KV cache is full"), "{refused}");
 		assert_eq!(small.used_blocks(), 3, "a failed fork keeps nothing");
+	}
+
+	/// A kept prompt prefix is found by a later cache under the same adapter only and shared
+	/// without a copy; idle kept blocks count as available and are taken back, the last block
+	/// of a prefix first, only when the pool is full; a kept block in use is never taken.
+	#[test]
+	fn kept_prefixes_are_reused_and_taken_back_only_when_the_pool_is_full() {
+		let pool = pool(4 * BLOCK_TOKENS);
+		let tokens: Vec<u32> = (0..2 * BLOCK_TOKENS as u32 + 8).collect();
+		let prefix = pool.prefix_keys(None, &tokens);
+		assert_eq!(prefix.len(), 2, "full blocks only");
+		let mut longer = tokens.clone();
+		longer.extend(100..120);
+		assert_eq!(pool.prefix_keys(None, &longer)[..2], prefix[..], "a longer prompt starts with the same prefix");
+		let adapter = pool.prefix_keys(Some(&[7; 32]), &tokens);
+		let mut other = tokens.clone();
+		other[0] = 99;
+		let other = pool.prefix_keys(None, &other);
+		for (i, key) in prefix.iter().enumerate() {
+			assert!(adapter[i] != *key && other[i] != *key, "another adapter or first token changes every key");
+		}
+
+		let mut first = pool.cache();
+		fill(&mut first, tokens.len(), false);
+		pool.keep_prefix(&first, &prefix);
+		assert_eq!(pool.kept_blocks(), 2);
+		let second = pool.cache_with_prefix(&prefix);
+		assert_eq!((second.len(), second.blocks()), (2 * BLOCK_TOKENS, &first.blocks()[..2]));
+		assert_eq!(keys(&second, 1), rows(1, 0, 2 * BLOCK_TOKENS, false).to_vec3::<f32>().unwrap());
+		assert_eq!(pool.used_blocks(), 3, "shared, not copied");
+		assert!(pool.cache_with_prefix(&adapter).is_empty() && pool.cache_with_prefix(&other).is_empty());
+		drop((first, second));
+		assert_eq!((pool.used_blocks(), pool.kept_blocks(), pool.available_blocks()), (0, 2, 4));
+
+		let reused = pool.cache_with_prefix(&prefix[..1]);
+		assert_eq!(keys(&reused, 0), rows(0, 0, BLOCK_TOKENS, false).to_vec3::<f32>().unwrap(), "kept while idle");
+		let mut big = pool.cache();
+		let refused = big.reserve(4 * BLOCK_TOKENS).unwrap_err();
+		assert_eq!((refused.needed, refused.free), (4, 3), "the kept block in use is not taken");
+		drop(reused);
+		big.reserve(3 * BLOCK_TOKENS).unwrap();
+		assert_eq!(pool.kept_blocks(), 1, "one idle block taken back");
+		assert_eq!(pool.cache_with_prefix(&prefix).len(), BLOCK_TOKENS, "the prefix's first block is the one left");
+		big.reserve(4 * BLOCK_TOKENS).unwrap();
+		assert_eq!((pool.kept_blocks(), pool.available_blocks()), (0, 0));
 	}
 }

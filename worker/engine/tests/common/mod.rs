@@ -34,6 +34,9 @@ pub struct Output {
 	pub text: String,
 	pub finish: FinishReason,
 	pub completion_tokens: usize,
+	/// Prompt tokens reused from an earlier prompt's kept blocks (not every test binary reads it).
+	#[allow(dead_code)]
+	pub cached_tokens: usize,
 }
 
 /// The whole text of a generation, once it is done; a failure fails the test.
@@ -43,7 +46,7 @@ pub async fn collect(mut rx: mpsc::UnboundedReceiver<GenerationEvent>) -> Output
 		match event {
 			GenerationEvent::Text { text: t, .. } => text.push_str(&t),
 			GenerationEvent::Done { finish_reason, usage, .. } =>
-				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens },
+				return Output { text, finish: finish_reason, completion_tokens: usage.completion_tokens, cached_tokens: usage.cached_tokens },
 			GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
 		}
 	}
