@@ -187,7 +187,7 @@ impl Tooling {
 			.map(|t| {
 				json!({
 					"type": "object",
-					"properties": {"name": {"const": t.name}, "arguments": t.parameters},
+					"properties": {"name": {"const": t.name}, "arguments": generated_arguments(&t.parameters)},
 					"required": ["name", "arguments"],
 					"additionalProperties": false
 				})
@@ -443,9 +443,44 @@ pub fn read_answer(text: &str) -> (Option<String>, Vec<ToolCall>) {
 	(content, calls)
 }
 
+/// The schema a call's arguments are generated under: the tool's own, except that an arguments
+/// object that lists its `properties` and says nothing of any others gets only those. JSON Schema
+/// allows other keys there, and a small model given the room invents parameters until
+/// `max_tokens` cuts the call (MCP servers' generated schemas leave them open); what it writes
+/// under this stays valid under the tool's schema. Schemas that combine others (`allOf`, `$ref`,
+/// ...) are left as they are: their properties may be declared elsewhere.
+fn generated_arguments(parameters: &Value) -> Value {
+	let mut arguments = parameters.clone();
+	if let Some(object) = arguments.as_object_mut() {
+		let open = ["additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "$ref", "if"];
+		if object.contains_key("properties") && !open.iter().any(|key| object.contains_key(*key)) {
+			object.insert("additionalProperties".into(), Value::Bool(false));
+		}
+	}
+	arguments
+}
+
 #[cfg(test)]
 mod tests {
 	use super::*;
+
+	#[test]
+	fn calls_name_only_the_declared_parameters_unless_the_schema_opens_others() {
+		let declared = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+		assert_eq!(generated_arguments(&declared)["additionalProperties"], json!(false));
+		for kept in [
+			json!({"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": true}),
+			json!({"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "number"}}),
+			json!({"type": "object", "properties": {"a": {}}, "allOf": [{"properties": {"b": {}}}]}),
+			json!({"type": "object"}),
+		] {
+			assert_eq!(generated_arguments(&kept), kept);
+		}
+		let t = Tooling::parse(Some(&tools()), None, None).unwrap().unwrap();
+		let Grammar::Lark(grammar) = t.grammar() else { panic!("a Lark grammar") };
+		// Keys sorted, or in the order written, as serde_json is built.
+		assert!(grammar.contains(r#""required":["city"],"additionalProperties":false"#) || grammar.contains(r#""additionalProperties":false,"properties":{"city""#), "{grammar}");
+	}
 
 	fn tools() -> Vec<Value> {
 		vec![
