@@ -223,6 +223,8 @@ class WorkerTestCase(unittest.TestCase):
         self.assertEqual(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens)
         if max_tokens is not None:
             self.assertLessEqual(usage.completion_tokens, max_tokens)
+        cached = usage.prompt_tokens_details.cached_tokens
+        self.assertTrue(0 <= cached < usage.prompt_tokens and cached % 16 == 0, usage)
 
 
 def run(cases: list[type[unittest.TestCase]]) -> int:

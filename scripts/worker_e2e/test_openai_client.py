@@ -113,7 +113,26 @@ class ApiTest(WorkerTestCase):
         # Greedy decoding is deterministic.
         again = self.greedy_chat(BASE, GERMANY, 32)
         self.assertEqual(again.choices[0].message.content, choice.message.content)
-        self.assertEqual(again.usage, response.usage)
+        self.assertEqual((again.usage.prompt_tokens, again.usage.completion_tokens),
+                         (response.usage.prompt_tokens, response.usage.completion_tokens))
+
+    def test_a_prompt_start_asked_before_is_reused_and_reported(self):
+        # A system prompt no other test sends, so the first request finds nothing kept.
+        system = {"role": "system", "content": "You answer questions about the geography of Peru, briefly, in one sentence."}
+        lima = [system, {"role": "user", "content": "Where is Lima?"}]
+        first = self.greedy_chat(BASE, lima, 16)
+        self.assertEqual(first.usage.prompt_tokens_details.cached_tokens, 0)
+        # Asked again, every whole block of the prompt but the last token's is reused; greedy
+        # decoding gives the same answer either way.
+        again = self.greedy_chat(BASE, lima, 16)
+        prompt = first.usage.prompt_tokens
+        self.assertEqual(again.usage.prompt_tokens_details.cached_tokens, (prompt - 1) // 16 * 16)
+        self.assertEqual(again.choices[0].message.content, first.choices[0].message.content)
+        # Another question after the same system prompt reuses the blocks they share.
+        cusco = self.greedy_chat(BASE, [system, {"role": "user", "content": "Where is Cusco?"}], 16)
+        self.assertGreaterEqual(cusco.usage.prompt_tokens_details.cached_tokens, 16)
+        self.assertLess(cusco.usage.prompt_tokens_details.cached_tokens, (prompt - 1) // 16 * 16 + 1)
+        self.assert_usage_consistent(cusco.usage, 16)
 
     def test_chat_max_tokens_cuts_at_length(self):
         response = self.greedy_chat(BASE, GERMANY, 5)
