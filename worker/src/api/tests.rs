@@ -694,7 +694,6 @@ mod server {
 		request(addr, "POST", path, &[("Content-Type", "application/json")], &body.to_string()).await
 	}
 
-	/// The `data:` payloads of an SSE body.
 	/// The usage of a request that repeats an earlier one: the same, but for the prompt's whole
 	/// blocks (all but its last token) reused from the prefix cache.
 	fn repeated(usage: &Value) -> Value {
@@ -704,6 +703,7 @@ mod server {
 		usage
 	}
 
+	/// The `data:` payloads of an SSE body.
 	fn sse_data(body: &str) -> Vec<String> {
 		body.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).map(str::to_owned).collect()
 	}

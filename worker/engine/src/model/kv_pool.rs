@@ -9,8 +9,9 @@
 //! The pool also keeps the full blocks of finished prompts for reuse (prefix caching, as vLLM
 //! does): a later prompt that starts with the same tokens, under the same adapter, takes those
 //! blocks instead of computing them again, so a system prompt or the tool definitions every
-//! request of an agent repeats are prefilled once. Kept blocks nobody uses are taken back, least
-//! recently used first, only when the pool is full.
+//! request of an agent repeats are prefilled once. Kept blocks nobody uses stay in the pool's
+//! free room and are taken back, least recently used first, before the pool grows: the cache
+//! never makes the pool larger than the sequences in it would.
 
 use std::{
 	collections::{BTreeMap, HashMap},
@@ -143,9 +144,9 @@ impl KvPool {
 		self.lock().available()
 	}
 
-	/// The keys of the full blocks of `tokens` read under `adapter` (its content hash; `None`
-	/// for the base model).
-	pub fn prefix_keys(&self, adapter: Option<&[u8; 32]>, tokens: &[u32]) -> Vec<PrefixKey> {
+	/// The keys of the full blocks of `tokens` read under `adapter` (its
+	/// [`LoraAdapter::kv_identity`](super::LoraAdapter::kv_identity); `None` for the base model).
+	pub fn prefix_keys(&self, adapter: Option<&[u8]>, tokens: &[u32]) -> Vec<PrefixKey> {
 		let mut previous = 0u128;
 		tokens
 			.chunks_exact(BLOCK_TOKENS)
@@ -153,8 +154,9 @@ impl KvPool {
 				let [low, high] = [0, 1].map(|i| {
 					let mut h = self.hashers[i].build_hasher();
 					h.write_u128(previous);
-					h.write(adapter.map_or(&[0u8; 32][..], |a| &a[..]));
 					h.write_u8(u8::from(adapter.is_some()));
+					h.write_usize(adapter.map_or(0, <[u8]>::len));
+					h.write(adapter.unwrap_or_default());
 					block.iter().for_each(|&t| h.write_u32(t));
 					h.finish()
 				});
@@ -209,30 +211,28 @@ impl PoolInner {
 		self.free.len() + self.idle.len() + self.max_blocks - self.capacity
 	}
 
-	/// Takes `count` blocks, growing the pool if it must and then taking back idle kept
-	/// blocks, the least recently used first; all or none.
+	/// Takes `count` blocks: free ones, then idle kept ones taken back (the least recently used
+	/// first), and only then new ones, growing the pool; all or none.
 	fn take(&mut self, count: usize) -> std::result::Result<Vec<u32>, KvPoolFull> {
 		let available = self.available();
 		if count > available {
 			return Err(KvPoolFull { needed: count, free: available, max_blocks: self.max_blocks });
 		}
-		if count > self.free.len() && self.capacity < self.max_blocks {
+		while self.free.len() < count {
+			let Some((_, block)) = self.idle.pop_first() else { break };
+			let key = self.key_of[block as usize].take().expect("an idle block is kept");
+			self.kept.remove(&key);
+			self.free.push(block);
+		}
+		if count > self.free.len() {
 			let wanted = self.capacity - self.free.len() + count;
 			let grown = wanted.max(FIRST_BLOCKS).max(2 * self.capacity).min(self.max_blocks);
 			// An allocation failure (device memory) is reported as the pool being full: the
 			// scheduler then treats it as it treats the limit.
 			if let Err(e) = self.grow(grown) {
 				tracing::warn!("growing the KV cache to {grown} blocks failed: {e}");
-				if count > self.free.len() + self.idle.len() {
-					return Err(KvPoolFull { needed: count, free: self.free.len() + self.idle.len(), max_blocks: self.capacity });
-				}
+				return Err(KvPoolFull { needed: count, free: self.free.len(), max_blocks: self.capacity });
 			}
-		}
-		while self.free.len() < count {
-			let (_, block) = self.idle.pop_first().expect("enough blocks checked above");
-			let key = self.key_of[block as usize].take().expect("an idle block is kept");
-			self.kept.remove(&key);
-			self.free.push(block);
 		}
 		let taken: Vec<u32> = (0..count).map(|_| self.free.pop().expect("enough blocks checked above")).collect();
 		for &block in &taken {
@@ -548,9 +548,9 @@ mod tests {
 
 	/// A kept prompt prefix is found by a later cache under the same adapter only and shared
 	/// without a copy; idle kept blocks count as available and are taken back, the last block
-	/// of a prefix first, only when the pool is full; a kept block in use is never taken.
+	/// of a prefix first, before the pool grows; a kept block in use is never taken.
 	#[test]
-	fn kept_prefixes_are_reused_and_taken_back_only_when_the_pool_is_full() {
+	fn kept_prefixes_are_reused_and_taken_back_before_the_pool_grows() {
 		let pool = pool(4 * BLOCK_TOKENS);
 		let tokens: Vec<u32> = (0..2 * BLOCK_TOKENS as u32 + 8).collect();
 		let prefix = pool.prefix_keys(None, &tokens);
@@ -558,7 +558,7 @@ mod tests {
 		let mut longer = tokens.clone();
 		longer.extend(100..120);
 		assert_eq!(pool.prefix_keys(None, &longer)[..2], prefix[..], "a longer prompt starts with the same prefix");
-		let adapter = pool.prefix_keys(Some(&[7; 32]), &tokens);
+		let adapter = pool.prefix_keys(Some(&[7; 36]), &tokens);
 		let mut other = tokens.clone();
 		other[0] = 99;
 		let other = pool.prefix_keys(None, &other);
@@ -589,5 +589,20 @@ mod tests {
 		assert_eq!(pool.cache_with_prefix(&prefix).len(), BLOCK_TOKENS, "the prefix's first block is the one left");
 		big.reserve(4 * BLOCK_TOKENS).unwrap();
 		assert_eq!((pool.kept_blocks(), pool.available_blocks()), (0, 0));
+
+		// Below its limit the pool takes idle kept blocks back before it grows.
+		let roomy = self::pool(1_000 * BLOCK_TOKENS);
+		let mut kept = roomy.cache();
+		fill(&mut kept, 2 * BLOCK_TOKENS, false);
+		roomy.keep_prefix(&kept, &roomy.prefix_keys(None, &tokens[..2 * BLOCK_TOKENS]));
+		drop(kept);
+		let allocated = roomy.allocated_bytes();
+		assert_eq!((allocated, roomy.kept_blocks()), (FIRST_BLOCKS * 2 * 2 * 2 * BLOCK_TOKENS * 4 * 4, 2));
+		let mut filling = roomy.cache();
+		filling.reserve((FIRST_BLOCKS - 1) * BLOCK_TOKENS).unwrap();
+		assert_eq!((roomy.allocated_bytes(), roomy.kept_blocks()), (allocated, 1), "one kept block taken back, no growth");
+		filling.reserve(FIRST_BLOCKS * BLOCK_TOKENS + 1).unwrap();
+		assert_eq!(roomy.kept_blocks(), 0, "all taken back before growing");
+		assert!(roomy.allocated_bytes() > allocated);
 	}
 }

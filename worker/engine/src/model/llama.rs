@@ -80,7 +80,7 @@ pub struct Llama {
 	lm_head: BaseLinear,
 	cos: Tensor,
 	sin: Tensor,
-	/// `cos` and `sin` as plain rows (`[max_position][head_dim / 2]`), for one-token attention.
+	/// `cos` and `sin` as plain rows (`[max_position][head_dim / 2]`), for the CPU's attention loops.
 	cos_rows: Vec<f32>,
 	sin_rows: Vec<f32>,
 	device: Device,

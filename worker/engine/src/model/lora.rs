@@ -278,6 +278,17 @@ struct DevicePairs {
 }
 
 impl LoraAdapter {
+	/// What decides the keys and values the adapter gives a prompt: its weights' hash and every
+	/// pair's scale (an `adapter_config.json` with another alpha over the same weights scales
+	/// them differently). The prefix cache keys kept blocks by it.
+	pub fn kv_identity(&self) -> Vec<u8> {
+		let mut identity = self.hash.to_vec();
+		for weights in self.layers.iter().flatten().flatten() {
+			identity.extend(weights.scale.to_bits().to_le_bytes());
+		}
+		identity
+	}
+
 	/// An adapter over `layers`, whose weights live on `device`.
 	pub fn new(
 		hash: [u8; 32],
