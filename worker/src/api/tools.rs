@@ -447,13 +447,31 @@ pub fn read_answer(text: &str) -> (Option<String>, Vec<ToolCall>) {
 /// object that lists its `properties` and says nothing of any others gets only those. JSON Schema
 /// allows other keys there, and a small model given the room invents parameters until
 /// `max_tokens` cuts the call (MCP servers' generated schemas leave them open); what it writes
-/// under this stays valid under the tool's schema. Schemas that combine others (`allOf`, `$ref`,
-/// ...) are left as they are: their properties may be declared elsewhere.
+/// under this stays valid under the tool's schema. Schemas that may declare properties elsewhere
+/// (`allOf`, `$ref`, `dependentSchemas`, ...) or require one they do not list are left as they are.
 fn generated_arguments(parameters: &Value) -> Value {
+	const ELSEWHERE: [&str; 12] = [
+		"additionalProperties",
+		"patternProperties",
+		"unevaluatedProperties",
+		"allOf",
+		"anyOf",
+		"oneOf",
+		"$ref",
+		"$dynamicRef",
+		"if",
+		"dependentSchemas",
+		"dependentRequired",
+		"dependencies",
+	];
 	let mut arguments = parameters.clone();
 	if let Some(object) = arguments.as_object_mut() {
-		let open = ["additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "$ref", "if"];
-		if object.contains_key("properties") && !open.iter().any(|key| object.contains_key(*key)) {
+		let declared = object.get("properties").and_then(Value::as_object);
+		// A required name it does not list is a schema's mistake; closing it would make every
+		// call impossible, so it is left as it is.
+		let listed = |name: &Value| name.as_str().is_some_and(|n| declared.is_some_and(|d| d.contains_key(n)));
+		let required_listed = object.get("required").and_then(Value::as_array).is_none_or(|names| names.iter().all(listed));
+		if declared.is_some() && required_listed && !ELSEWHERE.iter().any(|key| object.contains_key(*key)) {
 			object.insert("additionalProperties".into(), Value::Bool(false));
 		}
 	}
@@ -472,6 +490,8 @@ mod tests {
 			json!({"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": true}),
 			json!({"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "number"}}),
 			json!({"type": "object", "properties": {"a": {}}, "allOf": [{"properties": {"b": {}}}]}),
+			json!({"type": "object", "properties": {"a": {}}, "dependentSchemas": {"a": {"properties": {"b": {}}}}}),
+			json!({"type": "object", "properties": {"a": {}}, "required": ["a", "b"]}),
 			json!({"type": "object"}),
 		] {
 			assert_eq!(generated_arguments(&kept), kept);
