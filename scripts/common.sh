@@ -27,6 +27,20 @@ WORKER_PACKAGES=(-p openledger-worker -p openledger-engine -p openledger-knowled
 build_node() { cargo build --release "${NODE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 build_worker() { cargo build --release "${WORKER_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 build_release() { build_node && build_worker; }
+# The spec-bumped runtime that the chain end-to-end tests upgrade to. Built with the node's
+# invocation, so every dependency keeps its features and only openledger-runtime-upgrade is new.
+# Its wasm build shares the node's wasm target directory (same profile, target and flags): only
+# the runtime crate is compiled again for wasm, not its ~300 dependencies. Its blob has a
+# directory of its own, so the node's runtime is never replaced.
+UPGRADE_WASM="$CARGO_TARGET_DIR/release/wbuild/openledger-runtime-upgrade/openledger_runtime_upgrade.compact.compressed.wasm"
+build_upgrade_runtime() {
+	local wbuild="$CARGO_TARGET_DIR/release/wbuild"
+	mkdir -p "$wbuild/openledger-runtime-wasm/target" "$wbuild/openledger-runtime-upgrade"
+	[ -L "$wbuild/openledger-runtime-upgrade/target" ] \
+		|| { rm -rf "$wbuild/openledger-runtime-upgrade/target"; ln -s ../openledger-runtime-wasm/target "$wbuild/openledger-runtime-upgrade/target"; }
+	build_node -q -p openledger-runtime-upgrade
+	[ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Prints N distinct free loopback TCP ports on one line. They are bound all at once: ports asked

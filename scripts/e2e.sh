@@ -8,17 +8,12 @@ NODE_BIN="$CARGO_TARGET_DIR/release/openledger-node"
 E2E="$REPO_ROOT/scripts/e2e"
 [ -d "$E2E/node_modules/@polkadot/api" ] || (cd "$E2E" && npm ci --no-audit --no-fund)
 
-step "building the upgrade runtime (this runtime with its spec version + 1)"
-# Built with the node's invocation, so every dependency keeps its features and only
-# openledger-runtime-upgrade is new. Its wasm build shares the node's wasm target directory (same
-# profile, target and flags): only the runtime crate is compiled again for wasm, not its ~300
-# dependencies. Its blob has a directory of its own, so the node's runtime is never replaced.
-wbuild="$CARGO_TARGET_DIR/release/wbuild"
-mkdir -p "$wbuild/openledger-runtime-wasm/target" "$wbuild/openledger-runtime-upgrade"
-[ -L "$wbuild/openledger-runtime-upgrade/target" ] \
-	|| { rm -rf "$wbuild/openledger-runtime-upgrade/target"; ln -s ../openledger-runtime-wasm/target "$wbuild/openledger-runtime-upgrade/target"; }
-build_node -q -p openledger-runtime-upgrade
-UPGRADE_WASM="$wbuild/openledger-runtime-upgrade/openledger_runtime_upgrade.compact.compressed.wasm"
+# scripts/test.sh builds it with the release build and runs this script beside the pallet tests,
+# whose cargo holds the target directory's lock: OPENLEDGER_UPGRADE_BUILT=1 says it is built.
+if [ "${OPENLEDGER_UPGRADE_BUILT:-0}" != 1 ]; then
+	step "building the upgrade runtime (this runtime with its spec version + 1)"
+	build_upgrade_runtime
+fi
 [ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
 
 work="$(mktemp -d)"
