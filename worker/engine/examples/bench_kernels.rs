@@ -1,7 +1,10 @@
-//! Time of one base-model projection on the CPU, per kernel and batch size: the worker's Q4_1
-//! kernel against candle's `QMatMul` on the same quantized weights (SmolLM2-135M's shapes and formats).
+//! Time of one base-model projection on the CPU, per kernel and batch size: the worker's kernels
+//! against candle's `QMatMul` on the same quantized weights: SmolLM2-135M's shapes and formats
+//! (Q4_1, Q8_0), then its q/o shape in the other formats of 32-element blocks.
 //!
-//! cargo run --release -p openledger-worker --example bench_kernels
+//! cargo run --release -p openledger-engine --example bench_kernels [FILTER]
+//!
+//! With FILTER, only the shapes whose name or format contains it.
 //!
 //! Prints a Markdown table: shape, rows of input, microseconds per call (median of many), the
 //! ratio, and the weight bytes streamed per second by ours.
@@ -37,10 +40,19 @@ fn main() -> anyhow::Result<()> {
 		("gate, up", GgmlDType::Q4_1, 1536, 576),
 		("down", GgmlDType::Q4_1, 576, 1536),
 		("output head", GgmlDType::Q8_0, 49152, 576),
+		// What a Q4_K_M or Q5_K_M file holds where a width is not a multiple of 256 (SmolLM2's
+		// 576, Gemma 3 270M's 640), and the legacy Q4_0.
+		("q, o", GgmlDType::Q4_0, 576, 576),
+		("q, o", GgmlDType::Q5_0, 576, 576),
+		("q, o", GgmlDType::Q5_1, 576, 576),
 	];
+	let filter = std::env::args().nth(1).unwrap_or_default();
 	println!("| weights (out × in) | input rows | ours µs | candle µs | candle / ours | ours GB/s of weights |");
 	println!("|---|---:|---:|---:|---:|---:|");
 	for (name, dtype, rows, cols) in shapes {
+		if !name.contains(&filter) && !format!("{dtype:?}").contains(&filter) {
+			continue;
+		}
 		let w = Tensor::randn(0f32, 0.05, (rows, cols), &Device::Cpu)?;
 		let q = QTensor::quantize(&w, dtype)?;
 		let bytes = q.storage_size_in_bytes() as f64;

@@ -1,25 +1,67 @@
-//! `x · Wᵀ` on the CPU for the GGUF block formats of the bundled SmolLM2: Q4_1 projections and a
-//! Q8_0 embedding that doubles as the output head.
+//! `x · Wᵀ` on the CPU for GGUF's blocks of 32: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
 //!
-//! candle 0.11 computes Q4_1 dot products with its scalar reference code (it has no SIMD path for
-//! this type), which made them four fifths of a decode step. These kernels follow ggml's scheme:
-//! activations are quantized per block of 32 to i8 with an f32 scale; each weight block is widened
-//! to 32 bytes once and multiplied (u8 × i8, AVX-VNNI's `vpdpbusd` where the CPU has it) against a
-//! tile of up to four activation rows, so a batch of sequences reads each weight block once per
-//! tile instead of once per row. Work is split over pairs of weight rows on candle's persistent
-//! CPU pool.
+//! candle 0.11 computes Q4_1, Q5_0 and Q5_1 dot products with its scalar reference code (it has
+//! no SIMD path for these types), which made them four fifths of a decode step. These kernels
+//! follow ggml's scheme: activations are quantized per block of 32 to i8 with an f32 scale; each
+//! weight block is widened to 32 bytes once and multiplied (u8 × i8, AVX-VNNI's `vpdpbusd` where
+//! the CPU has it) against a tile of up to four activation rows, so a batch of sequences reads
+//! each weight block once per tile instead of once per row. Work is split over pairs of weight
+//! rows on candle's persistent CPU pool. The K-quants (Q4_K, Q5_K, Q6_K) are left to candle,
+//! whose AVX2 dot products for them were as fast as tiled kernels written here (docs/worker.md).
 
 use candle_core::{
 	quantized::{GgmlDType, QTensor},
 	Device, Result, Tensor,
 };
 
-/// Weights per quantization block (both weight formats and the activations' Q8 blocks).
+/// Calls `$kernel::<C, R>(isa, w, rows, sums)` for `columns` (1 or 2) weight rows and the 1 to
+/// 4 activation rows of `tile`; the kernels are specialised on both counts.
+macro_rules! dispatch_tile {
+	($($kernel:ident)::+, $isa:expr, $w:expr, $columns:expr, $tile:expr, $blocks_per_row:expr, $sums:expr) => {{
+		let (w, tile, blocks_per_row) = ($w, $tile, $blocks_per_row);
+		let row = |r: usize| &tile[r * blocks_per_row..(r + 1) * blocks_per_row];
+		match ($columns, tile.len() / blocks_per_row) {
+			(1, 1) => $($kernel)::+::<1, 1>($isa, [w[0]], [row(0)], $sums),
+			(1, 2) => $($kernel)::+::<1, 2>($isa, [w[0]], [row(0), row(1)], $sums),
+			(1, 3) => $($kernel)::+::<1, 3>($isa, [w[0]], [row(0), row(1), row(2)], $sums),
+			(1, _) => $($kernel)::+::<1, 4>($isa, [w[0]], [row(0), row(1), row(2), row(3)], $sums),
+			(_, 1) => $($kernel)::+::<2, 1>($isa, w, [row(0)], $sums),
+			(_, 2) => $($kernel)::+::<2, 2>($isa, w, [row(0), row(1)], $sums),
+			(_, 3) => $($kernel)::+::<2, 3>($isa, w, [row(0), row(1), row(2)], $sums),
+			(_, _) => $($kernel)::+::<2, 4>($isa, w, [row(0), row(1), row(2), row(3)], $sums),
+		}
+	}};
+}
+
+/// `$name::<C, R>(isa, w, rows, sums)`: the kernel of one weight format for the CPU's instruction
+/// set.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_isa {
+	($name:ident, $avx2:ident, $vnni:ident) => {
+		/// `sums[c][r] = w[c] · rows[r]`.
+		///
+		/// Safety: the CPU has `isa`'s features; every row has as many blocks as `w[c]`.
+		pub unsafe fn $name<const C: usize, const R: usize>(
+			isa: Isa,
+			w: [&[u8]; C],
+			rows: [&[Q8Block]; R],
+			sums: &mut [[f32; ROW_TILE]; 2],
+		) {
+			match isa {
+				Isa::Avx2 => $avx2::<C, R>(w, rows, sums),
+				Isa::AvxVnni => $vnni::<C, R>(w, rows, sums),
+			}
+		}
+	};
+}
+
+/// Weights per quantization block (every weight format here and the activations' Q8 blocks).
 const BLOCK: usize = 32;
 /// Activation rows multiplied against one decoded weight block.
 const ROW_TILE: usize = 4;
 
-/// 32 activations as `d · q`; `sum` is `d · Σq`, which a Q4_1 weight block's minimum multiplies.
+/// 32 activations as `d · q`; `sum` is `d · Σq`, which a weight block's minimum (or offset)
+/// multiplies.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Q8Block {
@@ -28,19 +70,39 @@ struct Q8Block {
 	qs: [i8; BLOCK],
 }
 
-/// The weight block formats with a kernel here.
+/// The weight block formats with a kernel here; `d` and `m` are f16s, q the stored quant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
-	/// f16 scale, f16 minimum, 16 bytes of nibbles: `w = d·q + m`, q in 0..16.
+	/// d, 16 bytes of nibbles: `w = d·(q − 8)`, q in 0..16.
+	Q4_0,
+	/// d, m, 16 bytes of nibbles: `w = d·q + m`, q in 0..16.
 	Q4_1,
-	/// f16 scale, 32 signed bytes: `w = d·q`.
+	/// d, 32 high bits, 16 bytes of nibbles: `w = d·(q − 16)`, q in 0..32.
+	Q5_0,
+	/// d, m, 32 high bits, 16 bytes of nibbles: `w = d·q + m`, q in 0..32.
+	Q5_1,
+	/// d, 32 signed bytes: `w = d·q`.
 	Q8_0,
 }
 
 impl Format {
+	fn of(dtype: GgmlDType) -> Option<Self> {
+		Some(match dtype {
+			GgmlDType::Q4_0 => Self::Q4_0,
+			GgmlDType::Q4_1 => Self::Q4_1,
+			GgmlDType::Q5_0 => Self::Q5_0,
+			GgmlDType::Q5_1 => Self::Q5_1,
+			GgmlDType::Q8_0 => Self::Q8_0,
+			_ => return None,
+		})
+	}
+
 	fn block_bytes(self) -> usize {
 		match self {
+			Self::Q4_0 => 18,
 			Self::Q4_1 => 20,
+			Self::Q5_0 => 22,
+			Self::Q5_1 => 24,
 			Self::Q8_0 => 34,
 		}
 	}
@@ -55,14 +117,10 @@ pub struct QuantMatrix {
 }
 
 impl QuantMatrix {
-	/// Takes a CPU Q4_1 or Q8_0 tensor whose rows are whole blocks; `None` for anything else
-	/// (another type or device), which the caller leaves to candle.
+	/// Takes a CPU tensor of a format above whose rows are whole blocks; `None` for anything
+	/// else (another type or device), which the caller leaves to candle.
 	pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-		let format = match t.dtype() {
-			GgmlDType::Q4_1 => Format::Q4_1,
-			GgmlDType::Q8_0 => Format::Q8_0,
-			_ => return Ok(None),
-		};
+		let Some(format) = Format::of(t.dtype()) else { return Ok(None) };
 		let (rows, cols) = t.shape().dims2()?;
 		if !t.device().is_cpu() || cols % BLOCK != 0 {
 			return Ok(None);
@@ -177,30 +235,17 @@ fn dot_tile(
 	blocks_per_row: usize,
 	sums: &mut [[f32; ROW_TILE]; 2],
 ) {
-	let rows = tile.len() / blocks_per_row;
 	#[cfg(target_arch = "x86_64")]
 	if let Some(isa) = simd::isa() {
-		let row = |r: usize| &tile[r * blocks_per_row..(r + 1) * blocks_per_row];
-		macro_rules! dispatch {
-			($kernel:ident) => {
-				// Safety: `isa` checked the CPU features; every slice has `blocks_per_row` blocks.
-				unsafe {
-					match (columns, rows) {
-						(1, 1) => simd::$kernel::<1, 1>(isa, [w[0]], [row(0)], sums),
-						(1, 2) => simd::$kernel::<1, 2>(isa, [w[0]], [row(0), row(1)], sums),
-						(1, 3) => simd::$kernel::<1, 3>(isa, [w[0]], [row(0), row(1), row(2)], sums),
-						(1, _) => simd::$kernel::<1, 4>(isa, [w[0]], [row(0), row(1), row(2), row(3)], sums),
-						(_, 1) => simd::$kernel::<2, 1>(isa, w, [row(0)], sums),
-						(_, 2) => simd::$kernel::<2, 2>(isa, w, [row(0), row(1)], sums),
-						(_, 3) => simd::$kernel::<2, 3>(isa, w, [row(0), row(1), row(2)], sums),
-						(_, _) => simd::$kernel::<2, 4>(isa, w, [row(0), row(1), row(2), row(3)], sums),
-					}
-				}
-			};
-		}
-		match format {
-			Format::Q4_1 => dispatch!(q4_1),
-			Format::Q8_0 => dispatch!(q8_0),
+		// Safety: `isa` checked the CPU features; every row has `blocks_per_row` blocks.
+		unsafe {
+			match format {
+				Format::Q4_0 => dispatch_tile!(simd::q4_0, isa, w, columns, tile, blocks_per_row, sums),
+				Format::Q4_1 => dispatch_tile!(simd::q4_1, isa, w, columns, tile, blocks_per_row, sums),
+				Format::Q5_0 => dispatch_tile!(simd::q5_0, isa, w, columns, tile, blocks_per_row, sums),
+				Format::Q5_1 => dispatch_tile!(simd::q5_1, isa, w, columns, tile, blocks_per_row, sums),
+				Format::Q8_0 => dispatch_tile!(simd::q8_0, isa, w, columns, tile, blocks_per_row, sums),
+			}
 		}
 		return;
 	}
@@ -213,26 +258,31 @@ fn dot_tile(
 
 /// The reference: what the SIMD kernels compute, one block at a time.
 fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
+	let f16 = |wb: &[u8], at: usize| half::f16::from_le_bytes([wb[at], wb[at + 1]]).to_f32();
+	// Element j of the nibble formats is byte j's low nibble, element j + 16 its high nibble; the
+	// five-bit formats add bit j of `high` as the fifth bit.
+	let nibbles = |qs: &[u8], high: u32, xb: &Q8Block| {
+		let mut products = 0i32;
+		for (j, &byte) in qs.iter().enumerate() {
+			let low = (byte & 0x0F) as i32 | (((high >> j) & 1) << 4) as i32;
+			let up = (byte >> 4) as i32 | (((high >> (j + 16)) & 1) << 4) as i32;
+			products += low * xb.qs[j] as i32 + up * xb.qs[j + BLOCK / 2] as i32;
+		}
+		products
+	};
+	let high_bits = |wb: &[u8], at: usize| u32::from_le_bytes([wb[at], wb[at + 1], wb[at + 2], wb[at + 3]]);
 	let mut total = 0f32;
 	for (wb, xb) in w.chunks_exact(format.block_bytes()).zip(x) {
-		let d = half::f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-		let mut products = 0i32;
-		match format {
-			Format::Q4_1 => {
-				for (j, &byte) in wb[4..].iter().enumerate() {
-					products +=
-						(byte & 0x0F) as i32 * xb.qs[j] as i32 + (byte >> 4) as i32 * xb.qs[j + BLOCK / 2] as i32;
-				}
-				let min = half::f16::from_le_bytes([wb[2], wb[3]]).to_f32();
-				total += min * xb.sum;
-			},
-			Format::Q8_0 => {
-				for (&q, &x) in wb[2..].iter().zip(&xb.qs) {
-					products += q as i8 as i32 * x as i32;
-				}
-			},
-		}
-		total += d * xb.d * products as f32;
+		let d = f16(wb, 0);
+		// (Σ q·x over the block, what multiplies `xb.sum`: the minimum or −offset·d.)
+		let (products, min) = match format {
+			Format::Q4_0 => (nibbles(&wb[2..], 0, xb), -8.0 * d),
+			Format::Q4_1 => (nibbles(&wb[4..], 0, xb), f16(wb, 2)),
+			Format::Q5_0 => (nibbles(&wb[6..], high_bits(wb, 2), xb), -16.0 * d),
+			Format::Q5_1 => (nibbles(&wb[8..], high_bits(wb, 4), xb), f16(wb, 2)),
+			Format::Q8_0 => (wb[2..].iter().zip(&xb.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum(), 0.0),
+		};
+		total += d * xb.d * products as f32 + min * xb.sum;
 	}
 	total
 }
@@ -245,7 +295,7 @@ mod simd {
 
 	/// How far ahead of each weight row's current block to prefetch (decode on SmolLM2 ran at
 	/// 1.0×, 1.17×, 1.29× and 1.45× of no prefetch at 0.4, 0.8, 1.5 and 3–6 KiB).
-	const PREFETCH_BYTES: usize = 4096;
+	pub(super) const PREFETCH_BYTES: usize = 4096;
 
 	/// The instruction sets with a kernel: AVX-VNNI's fused u8 × i8 dot product where present.
 	#[derive(Clone, Copy)]
@@ -306,34 +356,81 @@ mod simd {
 				}
 				for c in 0..C {
 					for r in 0..R {
-						let v = acc[c][r];
-						let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-						let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-						let single = _mm_add_ss(pair, _mm_movehdup_ps(pair));
-						sums[c][r] = _mm_cvtss_f32(single) + min_terms[c][r];
+						sums[c][r] = hsum(acc[c][r]) + min_terms[c][r];
 					}
 				}
 			}
 		};
 	}
 
+	/// The sum of the eight lanes.
+	#[inline(always)]
+	pub(super) unsafe fn hsum(v: __m256) -> f32 {
+		let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+		let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+		_mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+	}
+
 	/// The f16 at `p` as f32, loaded with the next two bytes (a 16-bit load into a vector
 	/// register made the whole kernel a third slower).
 	#[inline(always)]
-	unsafe fn f16_at(p: *const u8) -> f32 {
+	pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
 		_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32))))
 	}
 
-	/// Q4_1: the 16 packed bytes widen to [low nibbles | high nibbles], the activations' order
+	/// The 16 packed bytes at `p` widened to [low nibbles | high nibbles], the activations' order
 	/// (elements j and j + 16 share a byte).
 	#[inline(always)]
-	unsafe fn q4_1_decode(p: *const u8) -> (f32, f32, __m256i) {
-		// The scale and the minimum are adjacent f16s: one load and one conversion for both.
-		let scale_min = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-		let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
+	unsafe fn nibbles(p: *const u8) -> __m256i {
+		let packed = _mm_loadu_si128(p as *const __m128i);
 		let nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-		let weights = _mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F));
-		(_mm_cvtss_f32(scale_min), _mm_cvtss_f32(_mm_movehdup_ps(scale_min)), weights)
+		_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F))
+	}
+
+	/// The 32 bits at `p` as 32 bytes, 16 where the bit is set: the five-bit formats' fifth bits.
+	#[inline(always)]
+	unsafe fn fifth_bits(p: *const u8) -> __m256i {
+		let bits = _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
+		// Byte i takes the bit's byte (i / 8), then keeps bit i % 8.
+		let spread = _mm256_shuffle_epi8(
+			bits,
+			_mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+		);
+		let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+		_mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask), _mm256_set1_epi8(16))
+	}
+
+	/// The adjacent f16s at `p` (scale, minimum) as f32s: one load and one conversion for both.
+	#[inline(always)]
+	unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+		let pair = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+		(_mm_cvtss_f32(pair), _mm_cvtss_f32(_mm_movehdup_ps(pair)))
+	}
+
+	// Each decoding gives (scale, what multiplies the activations' sum, the weights as 32 u8).
+	/// Q4_0: `d·(q − 8)`, the offset through the activations' sum.
+	#[inline(always)]
+	unsafe fn q4_0_decode(p: *const u8) -> (f32, f32, __m256i) {
+		let d = f16_at(p);
+		(d, -8.0 * d, nibbles(p.add(2)))
+	}
+
+	#[inline(always)]
+	unsafe fn q4_1_decode(p: *const u8) -> (f32, f32, __m256i) {
+		let (d, m) = f16_pair(p);
+		(d, m, nibbles(p.add(4)))
+	}
+
+	#[inline(always)]
+	unsafe fn q5_0_decode(p: *const u8) -> (f32, f32, __m256i) {
+		let d = f16_at(p);
+		(d, -16.0 * d, _mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2))))
+	}
+
+	#[inline(always)]
+	unsafe fn q5_1_decode(p: *const u8) -> (f32, f32, __m256i) {
+		let (d, m) = f16_pair(p);
+		(d, m, _mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))))
 	}
 
 	/// Q8_0: signed weights, multiplied as |w| × (x with w's sign) to fit u8 × i8.
@@ -342,19 +439,32 @@ mod simd {
 		(f16_at(p), 0.0, _mm256_loadu_si256(p.add(2) as *const __m256i))
 	}
 
-	// maddubs sums u8 × i8 pairs into i16 without saturating here (at most 2·15·128 for Q4_1,
-	// 2·127·127 for Q8_0), then madd sums pairs of those into i32.
-	kernel!(q4_1_avx2, "avx2,fma,f16c", 20, |p| q4_1_decode(p), |w, x| {
+	/// Unsigned weights (every format but Q8_0) times signed activations, eight i32 sums.
+	#[inline(always)]
+	unsafe fn unsigned_avx2(w: __m256i, x: __m256i) -> __m256i {
 		_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
-	});
-	kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", 20, |p| q4_1_decode(p), |w, x| {
+	}
+
+	#[inline(always)]
+	unsafe fn unsigned_vnni(w: __m256i, x: __m256i) -> __m256i {
 		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
-	});
+	}
+
+	// maddubs sums u8 × i8 pairs into i16 without saturating here (at most 2·31·128 for the
+	// five-bit formats, 2·127·127 for Q8_0), then madd sums pairs of those into i32.
+	kernel!(q4_0_avx2, "avx2,fma,f16c", 18, |p| q4_0_decode(p), |w, x| unsigned_avx2(w, x));
+	kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", 18, |p| q4_0_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q4_1_avx2, "avx2,fma,f16c", 20, |p| q4_1_decode(p), |w, x| unsigned_avx2(w, x));
+	kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", 20, |p| q4_1_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q5_0_avx2, "avx2,fma,f16c", 22, |p| q5_0_decode(p), |w, x| unsigned_avx2(w, x));
+	kernel!(q5_0_vnni, "avx2,fma,f16c,avxvnni", 22, |p| q5_0_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q5_1_avx2, "avx2,fma,f16c", 24, |p| q5_1_decode(p), |w, x| unsigned_avx2(w, x));
+	kernel!(q5_1_vnni, "avx2,fma,f16c,avxvnni", 24, |p| q5_1_decode(p), |w, x| unsigned_vnni(w, x));
 	kernel!(q8_0_avx2, "avx2,fma,f16c", 34, |p| q8_0_decode(p), |w, x| {
-		_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1))
+		unsigned_avx2(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 	});
 	kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", 34, |p| q8_0_decode(p), |w, x| {
-		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+		unsigned_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 	});
 
 	/// [`super::quantize_row`] in AVX2: the same scale, rounding and sums, eight lanes at a time.
@@ -391,33 +501,11 @@ mod simd {
 		}
 	}
 
-	/// `sums[c][r] = w[c] · rows[r]` for Q4_1 weights.
-	///
-	/// Safety: the CPU has `isa`'s features; every row has as many blocks as `w[c]`.
-	pub unsafe fn q4_1<const C: usize, const R: usize>(
-		isa: Isa,
-		w: [&[u8]; C],
-		rows: [&[Q8Block]; R],
-		sums: &mut [[f32; ROW_TILE]; 2],
-	) {
-		match isa {
-			Isa::Avx2 => q4_1_avx2::<C, R>(w, rows, sums),
-			Isa::AvxVnni => q4_1_vnni::<C, R>(w, rows, sums),
-		}
-	}
-
-	/// `sums[c][r] = w[c] · rows[r]` for Q8_0 weights; the same safety contract as [`q4_1`].
-	pub unsafe fn q8_0<const C: usize, const R: usize>(
-		isa: Isa,
-		w: [&[u8]; C],
-		rows: [&[Q8Block]; R],
-		sums: &mut [[f32; ROW_TILE]; 2],
-	) {
-		match isa {
-			Isa::Avx2 => q8_0_avx2::<C, R>(w, rows, sums),
-			Isa::AvxVnni => q8_0_vnni::<C, R>(w, rows, sums),
-		}
-	}
+	by_isa!(q4_0, q4_0_avx2, q4_0_vnni);
+	by_isa!(q4_1, q4_1_avx2, q4_1_vnni);
+	by_isa!(q5_0, q5_0_avx2, q5_0_vnni);
+	by_isa!(q5_1, q5_1_avx2, q5_1_vnni);
+	by_isa!(q8_0, q8_0_avx2, q8_0_vnni);
 }
 
 #[cfg(test)]
@@ -442,39 +530,48 @@ mod tests {
 		a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
 	}
 
+	/// Every format with a kernel.
+	const FORMATS: [GgmlDType; 5] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0];
+
+	/// The scalar reference's `x · Wᵀ`, on activations quantized as the kernels quantize them.
+	fn scalar_reference(weights: &QuantMatrix, input: &[f32]) -> Vec<f32> {
+		let mut expected = Vec::new();
+		for x in input.chunks_exact(weights.cols) {
+			let mut q = vec![Q8Block::default(); weights.cols / BLOCK];
+			quantize_row(x, &mut q);
+			for j in 0..weights.rows {
+				expected.push(dot_scalar(weights.format, weights.weight_row(j), &q));
+			}
+		}
+		expected
+	}
+
 	/// The SIMD tiles equal the scalar reference on the same quantized activations, for every
-	/// tile shape: one or two weight rows (an odd row count), ragged last row tiles.
+	/// format and tile shape: one or two weight rows (an odd row count), ragged last row tiles.
 	#[test]
 	fn simd_kernels_match_the_scalar_reference() {
 		let mut rng = StdRng::seed_from_u64(7);
 		let (rows, cols) = (37, 576);
-		for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+		for dtype in FORMATS {
 			let weights = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, dtype, rows, cols)).unwrap().unwrap();
 			for m in [1, 2, 3, 4, 5, 9] {
 				let input = random(&mut rng, m * cols);
 				let mut out = vec![0f32; m * rows];
 				weights.matmul(&input, m, &mut out);
-				let mut expected = Vec::with_capacity(m * rows);
-				for x in input.chunks_exact(cols) {
-					let mut q = vec![Q8Block::default(); cols / BLOCK];
-					quantize_row(x, &mut q);
-					for j in 0..rows {
-						expected.push(dot_scalar(weights.format, weights.weight_row(j), &q));
-					}
-				}
-				let error = max_relative_error(&out, &expected);
+				let error = max_relative_error(&out, &scalar_reference(&weights, &input));
 				assert!(error < 1e-5, "{dtype:?}, m = {m}: relative error {error}");
 			}
 		}
 	}
 
 	/// Against the dequantized float product, at least as close as candle's own quantized matmul:
-	/// both differ from it only by rounding the activations to 8 bits.
+	/// both differ from it only by rounding the activations to 8 bits. This also pins each
+	/// format's layout to candle's dequantization, written independently of ours.
 	#[test]
 	fn matches_candle_and_the_float_product() {
 		let mut rng = StdRng::seed_from_u64(11);
 		let (rows, cols, m) = (96, 1536, 6);
-		for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+		for dtype in FORMATS {
 			let q = quantized_weights(&mut rng, dtype, rows, cols);
 			let float_weights = q.dequantize(&Device::Cpu).unwrap();
 			let ours = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
@@ -519,7 +616,10 @@ mod tests {
 	#[test]
 	fn other_types_are_left_to_candle() {
 		let w = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-		let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-		assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none());
+		for dtype in [GgmlDType::Q2K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16] {
+			let q = QTensor::quantize(&w, dtype).unwrap();
+			assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
+		}
 	}
+
 }
