@@ -112,8 +112,8 @@ pub type UncheckedExtrinsic =
 	generic::UncheckedExtrinsic<Address, RuntimeCall, Signature, TxExtension>;
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
 
-/// Migrations beyond the pallets' own.
-type Migrations = ();
+/// Storage migrations, each a no-op on a chain whose pallet is already at its version.
+type Migrations = (pallet_datanets::migrations::v1::MigrateToV1<Runtime>,);
 
 pub type Executive = frame_executive::Executive<
 	Runtime,

@@ -19,6 +19,7 @@ pub use weights::WeightInfo;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+pub mod migrations;
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
@@ -48,7 +49,11 @@ pub mod pallet {
 		},
 	};
 
+	/// Version 1: `ContentIndex` hashes its content-hash key ([`migrations::v1`]).
+	const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
 	#[pallet::pallet]
+	#[pallet::storage_version(STORAGE_VERSION)]
 	pub struct Pallet<T>(_);
 
 	/// Test defaults for [`Config`], so that the mocks of the pallets built on this one name only
@@ -162,10 +167,11 @@ pub mod pallet {
 		ContributionOf<T>,
 	>;
 
-	/// Content hash → item, so a DataNet never holds the same content twice.
+	/// Content hash → item, so a DataNet never holds the same content twice. Both keys are
+	/// hashed: the content hash is the contributor's choice.
 	#[pallet::storage]
 	pub type ContentIndex<T> =
-		StorageDoubleMap<_, Blake2_128Concat, DataNetId, Identity, ContentHash, ItemId>;
+		StorageDoubleMap<_, Blake2_128Concat, DataNetId, Blake2_128Concat, ContentHash, ItemId>;
 
 	/// Training reward paid so far to each accepted item of a DataNet (cumulative, per item).
 	#[pallet::storage]

@@ -363,3 +363,44 @@ fn try_state_catches_a_closing_datanet_left_empty_and_a_stale_reward_index() {
 		RewardPerItem::<Test>::remove(id + 7);
 	});
 }
+
+#[test]
+fn content_index_hashes_the_contributors_hash() {
+	run(|| {
+		let id = create(OWNER);
+		contribute(ALICE, id, "a");
+		// Under the Identity hasher the key ended in the hash itself, placed wherever its
+		// contributor chose; now a Blake2-128 of it comes first.
+		let hash = item_hash("a");
+		let key = ContentIndex::<Test>::hashed_key_for(id, hash);
+		let suffix = [polkadot_sdk::sp_io::hashing::blake2_128(hash.as_bytes()).as_slice(), hash.as_bytes()].concat();
+		assert!(key.ends_with(&suffix));
+	});
+}
+
+#[test]
+fn the_v1_migration_rehashes_every_entry_once() {
+	use crate::migrations::v1::{v0, MigrateToV1};
+	use polkadot_sdk::frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+	run(|| {
+		let id = create(OWNER);
+		let items: Vec<_> = ["a", "b", "c"].iter().map(|text| (item_hash(text), contribute(ALICE, id, text))).collect();
+		// The chain as version 0 left it.
+		for &(hash, item) in &items {
+			ContentIndex::<Test>::remove(id, hash);
+			v0::ContentIndex::<Test>::insert(id, hash, item);
+		}
+		StorageVersion::new(0).put::<DataNets>();
+		assert_eq!(ContentIndex::<Test>::get(id, items[0].0), None);
+
+		MigrateToV1::<Test>::on_runtime_upgrade();
+		assert_eq!(DataNets::on_chain_storage_version(), StorageVersion::new(1));
+		for &(hash, item) in &items {
+			assert_eq!(ContentIndex::<Test>::get(id, hash), Some(item));
+		}
+		assert_eq!(ContentIndex::<Test>::iter_prefix(id).count(), items.len());
+		// A second run finds version 1 and leaves the index alone.
+		MigrateToV1::<Test>::on_runtime_upgrade();
+		assert_eq!(ContentIndex::<Test>::iter_prefix(id).count(), items.len());
+	});
+}

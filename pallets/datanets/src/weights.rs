@@ -81,7 +81,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `DataNets::DataNets` (r:1 w:1)
 	/// Proof: `DataNets::DataNets` (`max_values`: None, `max_size`: Some(1032), added: 3507, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:1 w:1)
-	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(72), added: 2547, mode: `MaxEncodedLen`)
 	/// Storage: `Balances::Holds` (r:1 w:1)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::Contributions` (r:0 w:1)
@@ -119,7 +119,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `System::Account` (r:2 w:2)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:0 w:1)
-	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(72), added: 2547, mode: `MaxEncodedLen`)
 	fn reject() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `1621`
@@ -140,7 +140,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:2 w:2)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:0 w:1)
-	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(72), added: 2547, mode: `MaxEncodedLen`)
 	fn withdraw_contribution() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `1681`
@@ -193,7 +193,7 @@ impl<T: polkadot_sdk::frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Storage: `Balances::Holds` (r:2 w:2)
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(175), added: 2650, mode: `MaxEncodedLen`)
 	/// Storage: `DataNets::ContentIndex` (r:0 w:1)
-	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(56), added: 2531, mode: `MaxEncodedLen`)
+	/// Proof: `DataNets::ContentIndex` (`max_values`: None, `max_size`: Some(72), added: 2547, mode: `MaxEncodedLen`)
 	fn reap_item() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `1821`
