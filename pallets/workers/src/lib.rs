@@ -12,6 +12,9 @@
 //! is marked slashed (it may sign nothing more and can only unbond). Each (worker, request) can be
 //! reported once. A key the worker rotated away from stays evidence for `UnbondingDelay`, so a
 //! worker cannot settle a receipt, rotate, and settle another for the same request unpunished.
+//! Evidence has an age limit too: `UnbondingDelay` after the later of its receipts expired, when
+//! neither can settle any more, it proves nothing that could still cost a payer. A worker that
+//! lost its records of what it signed is exposed for that long, and no longer.
 //! Governance may also slash any amount of a stake.
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -50,7 +53,7 @@ pub mod pallet {
 		frame_system::{self, pallet_prelude::*},
 		sp_core::{sr25519, H256},
 		sp_runtime::{
-			traits::{CheckedAdd, CheckedSub, Verify, Zero},
+			traits::{CheckedAdd, CheckedSub, SaturatedConversion, Saturating, Verify, Zero},
 			ArithmeticError,
 			Perbill,
 		},
@@ -266,6 +269,8 @@ pub mod pallet {
 		/// The worker has `MaxRetiredKeys` old session keys that are still evidence; it can
 		/// rotate again once the oldest one's `UnbondingDelay` has passed.
 		TooManyRetiredKeys,
+		/// Both receipts expired more than `UnbondingDelay` ago: too old to prove anything.
+		EvidenceExpired,
 	}
 
 	#[pallet::hooks]
@@ -509,10 +514,11 @@ pub mod pallet {
 		///   by the worker's current session key or a key it retired less than `UnbondingDelay`
 		///   ago (the two may differ).
 		///
-		/// Works on an active, unbonding or already slashed worker; each (worker, request) once.
+		/// Works on an active, unbonding or already slashed worker; each (worker, request) once;
+		/// until `UnbondingDelay` after the later receipt's `expires_at`.
 		///
-		/// Emits `WorkerEquivocated`. Errors: `NotEquivocation`, `UnknownWorker`,
-		/// `AlreadyReported`, `BadSignature`, `NothingToSlash`.
+		/// Emits `WorkerEquivocated`. Errors: `NotEquivocation`, `EvidenceExpired`,
+		/// `UnknownWorker`, `AlreadyReported`, `BadSignature`, `NothingToSlash`.
 		/// O(attribution entries × `MaxRetiredKeys`).
 		#[pallet::call_index(7)]
 		#[pallet::weight(T::WeightInfo::report_equivocation())]
@@ -529,6 +535,11 @@ pub mod pallet {
 					first.request_hash == second.request_hash &&
 					first.id() != second.id(),
 				Error::<T>::NotEquivocation
+			);
+			let last_expiry: BlockNumberFor<T> = first.expires_at.max(second.expires_at).saturated_into();
+			ensure!(
+				frame_system::Pallet::<T>::block_number() <= last_expiry.saturating_add(T::UnbondingDelay::get()),
+				Error::<T>::EvidenceExpired
 			);
 			let (who, request_hash) = (first.worker.clone(), first.request_hash);
 			let mut worker = Workers::<T>::get(&who).ok_or(Error::<T>::UnknownWorker)?;
@@ -643,7 +654,7 @@ pub mod pallet {
 		/// within their bounds; retired keys belong to registered workers, oldest first.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-			use polkadot_sdk::{frame_support::traits::fungible::InspectHold, sp_runtime::Saturating};
+			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
 			let mut workers = 0u32;
 			let now = frame_system::Pallet::<T>::block_number();
 			for (who, worker) in Workers::<T>::iter() {

@@ -712,3 +712,22 @@ fn try_state_catches_a_stake_that_is_not_held() {
 		RetiredKeys::<Test>::remove(ALICE);
 	});
 }
+
+#[test]
+fn equivocation_evidence_expires_an_unbonding_delay_after_its_receipts() {
+	run(|| {
+		register(ALICE, Sr25519Keyring::Alice, 5_000);
+		// What a worker that lost its outbox might sign: a second receipt for a request it
+		// answered long ago, whose first receipt a payer kept.
+		let (first, s1, mut second, _) = equivocation(ALICE, Sr25519Keyring::Alice, b"request 1");
+		second.expires_at = first.expires_at - 10;
+		let s2 = sign(Sr25519Keyring::Alice, &second);
+		System::set_block_number(first.expires_at as u64 + UNBONDING_DELAY + 1);
+		assert_noop!(report(CHARLIE, &first, s1, &second, s2), Error::<Test>::EvidenceExpired);
+		assert_noop!(report(CHARLIE, &second, s2, &first, s1), Error::<Test>::EvidenceExpired);
+		// The last block of the window still takes it.
+		System::set_block_number(first.expires_at as u64 + UNBONDING_DELAY);
+		assert_ok!(report(CHARLIE, &first, s1, &second, s2));
+		assert_eq!(WorkerStore::<Test>::get(ALICE).unwrap().status, WorkerStatus::Slashed);
+	});
+}
