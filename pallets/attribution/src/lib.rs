@@ -132,6 +132,20 @@ pub mod pallet {
 		BalanceOf<T>,
 	>;
 
+	/// Allowance cuts waiting out a receipt's lifetime: (payer, worker) → the lowered amount and
+	/// the block from which receipts settle against it. Until then they settle against the
+	/// allowance as it was, so a payer cannot lower it between being served and the receipt
+	/// settling; workers serve new requests within the lowered amount at once.
+	#[pallet::storage]
+	pub type AllowanceCuts<T: Config> = StorageDoubleMap<
+		_,
+		Blake2_128Concat,
+		T::AccountId,
+		Blake2_128Concat,
+		T::AccountId,
+		(BalanceOf<T>, BlockNumberFor<T>),
+	>;
+
 	/// How many allowances each payer has set; no entry for none.
 	#[pallet::storage]
 	pub type AllowanceCount<T: Config> =
@@ -196,6 +210,14 @@ pub mod pallet {
 		CreditWithdrawn { payer: T::AccountId, amount: BalanceOf<T> },
 		/// A payer set (or, with zero, removed) a worker's allowance.
 		AllowanceSet { payer: T::AccountId, worker: T::AccountId, amount: BalanceOf<T> },
+		/// A payer lowered a worker's allowance: receipts settle against `amount` from block
+		/// `from` on, against the allowance as it was until then.
+		AllowanceCutScheduled {
+			payer: T::AccountId,
+			worker: T::AccountId,
+			amount: BalanceOf<T>,
+			from: BlockNumberFor<T>,
+		},
 		/// A receipt was verified and its fee paid out: `payouts` is what each recipient got from
 		/// the payer's credit (the batch pays them in one transfer per recipient when it ends).
 		ReceiptSettled {
@@ -318,15 +340,33 @@ pub mod pallet {
 		/// the allowance. A new allowance holds `AllowanceDeposit` from the caller, and removing
 		/// it releases its share of what is held for allowances.
 		///
-		/// Emits `AllowanceSet`. Errors: `TooManyAllowances`, `InsufficientBalance`. O(1).
+		/// A raise (or a new allowance) applies at once and drops a scheduled cut. A cut (any
+		/// amount below what is left, zero included) waits out `MaxReceiptLifetime`: receipts of
+		/// requests served before it still settle against the allowance as it was. Once the cut
+		/// binds, setting the same amount again makes it the allowance (zero: removes it and
+		/// releases its deposit).
+		///
+		/// Emits `AllowanceSet` or `AllowanceCutScheduled`. Errors: `TooManyAllowances`,
+		/// `InsufficientBalance`. O(1).
 		#[pallet::call_index(3)]
-		#[pallet::weight(T::WeightInfo::set_allowance())]
+		// The benchmark predates the cuts: their read and write are added until it is rerun.
+		#[pallet::weight(T::WeightInfo::set_allowance().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn set_allowance(
 			origin: OriginFor<T>,
 			worker: T::AccountId,
 			amount: BalanceOf<T>,
 		) -> DispatchResult {
 			let payer = ensure_signed(origin)?;
+			if let Some(left) = Self::allowance(&payer, &worker) {
+				if amount < left {
+					let from = frame_system::Pallet::<T>::block_number()
+						.saturating_add(T::MaxReceiptLifetime::get());
+					AllowanceCuts::<T>::insert(&payer, &worker, (amount, from));
+					Self::deposit_event(Event::AllowanceCutScheduled { payer, worker, amount, from });
+					return Ok(());
+				}
+			}
+			AllowanceCuts::<T>::remove(&payer, &worker);
 			let existed = Allowances::<T>::contains_key(&payer, &worker);
 			let count = AllowanceCount::<T>::get(&payer);
 			let deposit = HoldReason::AllowanceDeposit.into();
@@ -423,6 +463,16 @@ pub mod pallet {
 	}
 
 	impl<T: Config> Pallet<T> {
+		/// What is left of the payer's allowance for `worker` for settling receipts now: a
+		/// scheduled cut counts once it binds. `None`: no allowance.
+		pub fn allowance(payer: &T::AccountId, worker: &T::AccountId) -> Option<BalanceOf<T>> {
+			let left = Allowances::<T>::get(payer, worker)?;
+			Some(match AllowanceCuts::<T>::get(payer, worker) {
+				Some((cut, from)) if frame_system::Pallet::<T>::block_number() >= from => left.min(cut),
+				_ => left,
+			})
+		}
+
 		/// The payer's credit: what is held for receipts.
 		pub fn credit(payer: &T::AccountId) -> BalanceOf<T> {
 			T::Currency::balance_on_hold(&HoldReason::Credit.into(), payer)
@@ -469,8 +519,9 @@ pub mod pallet {
 					(if voucher { with_voucher } else { with_allowance })
 						.saturating_add(alone(entries, tools).saturating_sub(alone(0, 0)))
 				};
+				// The allowance and a scheduled cut read, the allowance written back.
 				if !voucher && allowances.insert((&receipt.payer, &receipt.worker)) {
-					weight = weight.saturating_add(db.reads_writes(1, 1));
+					weight = weight.saturating_add(db.reads_writes(2, 1));
 				}
 				if record_sets.insert((receipt.expires_at, &receipt.worker)) {
 					weight = weight.saturating_add(record_set);
@@ -555,6 +606,11 @@ pub mod pallet {
 			}
 			for (payer, _) in Allowances::<T>::iter_keys() {
 				ensure!(AllowanceCount::<T>::contains_key(&payer), "allowances without a count");
+			}
+			let hold_ends = frame_system::Pallet::<T>::block_number().saturating_add(T::MaxReceiptLifetime::get());
+			for (payer, worker, (_, from)) in AllowanceCuts::<T>::iter() {
+				ensure!(Allowances::<T>::contains_key(&payer, &worker), "a cut outlived its allowance");
+				ensure!(from <= hold_ends, "a cut waits longer than a receipt's lifetime");
 			}
 			// One pass over every account for both kinds of hold.
 			let mut credit_held = BalanceOf::<T>::zero();

@@ -211,7 +211,7 @@ impl<T: Config> Batch<T> {
 			let (left, _) = *self
 				.allowances
 				.entry((payer.clone(), receipt.worker.clone()))
-				.or_insert_with(|| (Allowances::<T>::get(payer, &receipt.worker), false));
+				.or_insert_with(|| (Pallet::<T>::allowance(payer, &receipt.worker), false));
 			match left {
 				None => return Err(RejectReason::NotAuthorised),
 				Some(left) if fee > left => return Err(RejectReason::FeeExceedsAuthorisation),

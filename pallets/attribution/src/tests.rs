@@ -2,7 +2,7 @@
 //! settled or rejected, with balances asserted after each step.
 
 use crate::{
-	mock::*, Allowances, AllowanceCount, DataShare, Error, Event, HoldReason, PendingWithdrawals,
+	mock::*, AllowanceCuts, Allowances, AllowanceCount, DataShare, Error, Event, HoldReason, PendingWithdrawals,
 	PruneCursor, RejectReason, RetrievalPrice, Settled, TotalCredit,
 };
 use openledger_primitives::{
@@ -114,7 +114,7 @@ fn allowances_are_set_removed_and_bounded() {
 		// Changing an existing allowance is not a new one.
 		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 7));
 		assert_eq!(deposits(&payer), 2 * ALLOWANCE_DEPOSIT);
-		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 0));
+		cut_allowance(&payer, account(Role::Other), 0);
 		assert!(Allowances::<Test>::get(&payer, account(Role::Other)).is_none());
 		assert_eq!(AllowanceCount::<Test>::get(&payer), 1);
 		assert_eq!(deposits(&payer), ALLOWANCE_DEPOSIT);
@@ -122,6 +122,81 @@ fn allowances_are_set_removed_and_bounded() {
 		assert_ok!(Attribution::set_allowance(signed.clone(), account(Role::Other), 0));
 		assert_eq!((AllowanceCount::<Test>::get(&payer), deposits(&payer)), (1, ALLOWANCE_DEPOSIT));
 		assert_ok!(Attribution::set_allowance(signed, account(Role::Treasury), 5));
+	});
+}
+
+/// Lowers `payer`'s allowance for `worker` to `amount` and lets the cut bind: a receipt's lifetime
+/// later the same call makes it the allowance (zero: removes it). The clock then goes back, so
+/// the test's receipts are still live.
+fn cut_allowance(payer: &AccountId, worker: AccountId, amount: Balance) {
+	let origin = || RuntimeOrigin::signed(payer.clone());
+	assert_ok!(Attribution::set_allowance(origin(), worker.clone(), amount));
+	let now = System::block_number();
+	System::set_block_number(now + MAX_LIFETIME);
+	assert_ok!(Attribution::set_allowance(origin(), worker.clone(), amount));
+	assert!(!AllowanceCuts::<Test>::contains_key(payer, &worker));
+	System::set_block_number(now);
+}
+
+/// A payer served from its allowance lowers it to zero before the receipt settles: the receipt
+/// still settles against the allowance as it was. Once the cut binds (a receipt's lifetime
+/// later) receipts settle against the lowered amount, and the same call removes the allowance.
+#[test]
+fn an_allowance_cut_waits_out_the_receipt_lifetime() {
+	run(|| {
+		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
+		let origin = || RuntimeOrigin::signed(payer.clone());
+		let served = sign(receipt(1));
+		let cut_at = System::block_number();
+		assert_ok!(Attribution::set_allowance(origin(), worker.clone(), 0));
+		System::assert_last_event(
+			Event::AllowanceCutScheduled { payer: payer.clone(), worker: worker.clone(), amount: 0, from: cut_at + MAX_LIFETIME }
+				.into(),
+		);
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), Some(ALLOWANCE));
+		submit(&worker, vec![served]);
+		assert_eq!(last_fee(), Some(EXPECTED_FEE), "{:?}", last_reason());
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), Some(ALLOWANCE - EXPECTED_FEE));
+
+		System::set_block_number(cut_at + MAX_LIFETIME);
+		let mut later = receipt(2);
+		later.expires_at = (cut_at + MAX_LIFETIME + 10) as u32;
+		assert_rejected(sign(later), RejectReason::FeeExceedsAuthorisation);
+		assert_ok!(Attribution::set_allowance(origin(), worker.clone(), 0));
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), None);
+		assert!(!AllowanceCuts::<Test>::contains_key(&payer, &worker));
+		assert_eq!(deposits(&payer), 0);
+	});
+}
+
+#[test]
+fn a_raise_applies_at_once_and_drops_a_scheduled_cut() {
+	run(|| {
+		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
+		let origin = || RuntimeOrigin::signed(payer.clone());
+		assert_ok!(Attribution::set_allowance(origin(), worker.clone(), 1));
+		assert!(AllowanceCuts::<Test>::contains_key(&payer, &worker));
+		// A second cut replaces the first, and its hold starts again.
+		System::set_block_number(5);
+		assert_ok!(Attribution::set_allowance(origin(), worker.clone(), 2));
+		assert_eq!(AllowanceCuts::<Test>::get(&payer, &worker), Some((2, 5 + MAX_LIFETIME)));
+		assert_ok!(Attribution::set_allowance(origin(), worker.clone(), 2 * ALLOWANCE));
+		System::assert_last_event(Event::AllowanceSet { payer: payer.clone(), worker: worker.clone(), amount: 2 * ALLOWANCE }.into());
+		assert_eq!(Allowances::<Test>::get(&payer, &worker), Some(2 * ALLOWANCE));
+		assert!(!AllowanceCuts::<Test>::contains_key(&payer, &worker));
+	});
+}
+
+#[test]
+fn try_state_catches_a_cut_without_its_allowance() {
+	run(|| {
+		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
+		AllowanceCuts::<Test>::insert(&payer, account(Role::Other), (0, 1));
+		assert!(Attribution::do_try_state().is_err());
+		AllowanceCuts::<Test>::remove(&payer, account(Role::Other));
+		AllowanceCuts::<Test>::insert(&payer, &worker, (0, System::block_number() + MAX_LIFETIME + 1));
+		assert!(Attribution::do_try_state().is_err());
+		AllowanceCuts::<Test>::remove(&payer, &worker);
 	});
 }
 
@@ -137,7 +212,7 @@ fn an_allowance_holds_a_deposit_until_it_is_removed() {
 		let free = Balances::balance(&payer);
 		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 5));
 		assert_eq!((deposits(&payer), Balances::balance(&payer)), (ALLOWANCE_DEPOSIT, free - ALLOWANCE_DEPOSIT));
-		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 0));
+		cut_allowance(&payer, account(Role::Worker), 0);
 		assert_eq!((deposits(&payer), Balances::balance(&payer)), (0, free));
 		assert!(!AllowanceCount::<Test>::contains_key(&payer), "no count is left behind");
 		// Whoever cannot pay the deposit gets no allowance.
@@ -152,8 +227,8 @@ fn an_allowance_holds_a_deposit_until_it_is_removed() {
 		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 5));
 		assert_ok!(Attribution::set_allowance(signed(), account(Role::Treasury), 5));
 		assert_ok!(Balances::hold(&HoldReason::AllowanceDeposit.into(), &payer, 3));
-		assert_ok!(Attribution::set_allowance(signed(), account(Role::Worker), 0));
-		assert_ok!(Attribution::set_allowance(signed(), account(Role::Treasury), 0));
+		cut_allowance(&payer, account(Role::Worker), 0);
+		cut_allowance(&payer, account(Role::Treasury), 0);
 		assert_eq!((deposits(&payer), Balances::balance(&payer)), (0, free));
 	});
 }
@@ -492,7 +567,7 @@ fn receipt_with_bad_attribution_is_rejected() {
 #[test]
 fn receipt_without_authorisation_is_rejected() {
 	run(|| {
-		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), 0));
+		cut_allowance(&account(Role::Payer), account(Role::Worker), 0);
 		assert_rejected(sign(receipt(1)), RejectReason::NotAuthorised);
 		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), EXPECTED_FEE - 1));
 		assert_rejected(sign(receipt(2)), RejectReason::FeeExceedsAuthorisation);
@@ -512,7 +587,7 @@ fn with_voucher(r: Receipt<AccountId>, v: Voucher<AccountId, Balance>, signer: &
 fn voucher_authorises_exactly_its_request() {
 	run(|| {
 		// No allowance: only vouchers authorise.
-		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(account(Role::Payer)), account(Role::Worker), 0));
+		cut_allowance(&account(Role::Payer), account(Role::Worker), 0);
 		let payer = payer_pair();
 		let r = receipt(1);
 		assert_rejected(with_voucher(r.clone(), voucher(&r, EXPECTED_FEE - 1), &payer), RejectReason::FeeExceedsAuthorisation);
@@ -875,7 +950,7 @@ fn a_payout_one_payer_cannot_make_rejects_its_receipt_alone() {
 fn allowance_is_checked_against_what_the_batch_already_spent() {
 	run(|| {
 		let (payer, worker) = (account(Role::Payer), account(Role::Worker));
-		assert_ok!(Attribution::set_allowance(RuntimeOrigin::signed(payer.clone()), worker.clone(), 2 * EXPECTED_FEE + 1));
+		cut_allowance(&payer, worker.clone(), 2 * EXPECTED_FEE + 1);
 		let receipts: Vec<_> = (1..=3).map(|n| sign(receipt(n))).collect();
 		let third = receipts[2].receipt.id();
 		submit(&worker, receipts);
@@ -895,8 +970,9 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 	run(|| {
 		use crate::WeightInfo;
 		let db = <<Test as polkadot_sdk::frame_system::Config>::DbWeight as polkadot_sdk::frame_support::traits::Get<polkadot_sdk::frame_support::weights::RuntimeDbWeight>>::get();
-		// The receipts are paid from an allowance: alone, each also reads it and writes it back.
-		let context = <() as WeightInfo>::submit_receipt(3, 0) + db.reads_writes(1, 1);
+		// The receipts are paid from an allowance: alone, each also reads it and any scheduled cut,
+		// and writes it back.
+		let context = <() as WeightInfo>::submit_receipt(3, 0) + db.reads_writes(2, 1);
 		// Every receipt here has one worker and expiry: one record set, read, written and pruned.
 		let record_set = Attribution::record_set_weight();
 		assert_eq!(
@@ -916,14 +992,18 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 		assert!(weight.ref_time() < alone.saturating_mul(5).ref_time(), "{weight:?} vs 5 × {alone:?}");
 		assert!(weight.ref_time() > alone.ref_time());
 		assert_eq!(Attribution::batch_weight(&shared[..1]), alone);
-		// A further receipt paid by voucher checks one more signature than one paid by allowance.
+		// A further receipt paid by voucher checks one more signature than one paid by allowance
+		// (whose batch alone reads the allowance, once).
 		let by_voucher: Vec<_> = (1..=5)
 			.map(|n| {
 				let r = receipt(n);
 				with_voucher(r.clone(), voucher(&r, EXPECTED_FEE), &payer_pair())
 			})
 			.collect();
-		assert!(Attribution::batch_weight(&by_voucher).ref_time() > Attribution::batch_weight(&shared).ref_time());
+		assert!(
+			Attribution::batch_weight(&by_voucher).ref_time() >
+				(Attribution::batch_weight(&shared) - db.reads_writes(2, 1)).ref_time()
+		);
 		// Each further record set (expiry and worker) is charged too.
 		let mut two_expiries = shared.clone();
 		two_expiries[4].receipt.expires_at += 1;
@@ -937,13 +1017,14 @@ fn receipts_sharing_a_context_weigh_less_than_alone() {
 }
 
 /// A context opened by a voucher receipt has not read the allowance: the first receipt after it
-/// paid from the allowance is charged the read and the write-back, and only the first.
+/// paid from the allowance is charged the reads (the allowance and a scheduled cut) and the
+/// write-back, and only the first.
 #[test]
 fn the_first_allowance_receipt_after_a_voucher_pays_for_the_allowance() {
 	run(|| {
 		use crate::WeightInfo;
 		let db = <<Test as polkadot_sdk::frame_system::Config>::DbWeight as polkadot_sdk::frame_support::traits::Get<polkadot_sdk::frame_support::weights::RuntimeDbWeight>>::get();
-		assert!(db.reads_writes(1, 1).ref_time() > 0);
+		assert!(db.reads_writes(2, 1).ref_time() > 0);
 		let first = receipt(1);
 		let opened = vec![with_voucher(first.clone(), voucher(&first, EXPECTED_FEE), &payer_pair())];
 		let entries = <() as WeightInfo>::submit_receipt(3, 0) - <() as WeightInfo>::submit_receipt(0, 0);
@@ -954,12 +1035,12 @@ fn the_first_allowance_receipt_after_a_voucher_pays_for_the_allowance() {
 		batch.push(sign(receipt(2)));
 		assert_eq!(
 			Attribution::batch_weight(&batch),
-			Attribution::batch_weight(&opened) + further + db.reads_writes(1, 1)
+			Attribution::batch_weight(&opened) + further + db.reads_writes(2, 1)
 		);
 		batch.push(sign(receipt(3)));
 		assert_eq!(
 			Attribution::batch_weight(&batch),
-			Attribution::batch_weight(&opened) + further.saturating_mul(2) + db.reads_writes(1, 1)
+			Attribution::batch_weight(&opened) + further.saturating_mul(2) + db.reads_writes(2, 1)
 		);
 	});
 }
