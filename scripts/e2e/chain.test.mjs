@@ -92,8 +92,8 @@ test('DataNets, registry, workers and credit through polkadot.js', async () => {
 });
 
 // An MCP tool is registered with its endpoint, name and definition hash, priced (a rise waits
-// out the receipt lifetime, a fall is charged at once), transferred and retired, its deposit
-// held and released: all from polkadot.js.
+// out the receipt lifetime, a fall is charged at once), transferred and retired (marked for a
+// receipt's lifetime, its deposit still held): all from polkadot.js.
 test('an MCP tool is registered, priced, transferred and retired through polkadot.js', async () => {
   const { api, dev } = node;
   const { charlie, dave } = dev;
@@ -126,11 +126,19 @@ test('an MCP tool is registered, priced, transferred and retired through polkado
   r = await send(api, api.tx.registry.transferTool(tool, dave.address), charlie);
   assert.equal(r.error, null);
   assert.equal((await api.query.registry.tools(tool)).unwrap().owner.toString(), dave.address);
+  // Retiring marks it for a receipt's lifetime (receipts of requests served before still pay
+  // its owner); only then can the owner remove it and have the deposit released.
+  const lifetime = api.consts.attribution.maxReceiptLifetime.toNumber();
   r = await send(api, api.tx.registry.retireTool(tool), dave);
   assert.equal(r.error, null);
-  findEvent(r.events, 'registry', 'ToolRetired');
-  assert.ok((await api.query.registry.tools(tool)).isNone);
-  assert.equal(await heldBefore(charlie.address), before, 'the deposit went back to who paid it');
+  const retiring = findEvent(r.events, 'registry', 'ToolRetiring').data;
+  const block = (await api.rpc.chain.getHeader(r.blockHash)).number.toNumber();
+  assert.equal(retiring.until.toNumber(), block + lifetime);
+  assert.ok((await api.query.registry.tools(tool)).isSome, 'still registered while it retires');
+  assert.equal((await api.query.registry.retiring({ Tool: tool })).unwrap().toNumber(), block + lifetime);
+  r = await send(api, api.tx.registry.retireTool(tool), dave);
+  assert.equal(r.error, 'registry.StillRetiring');
+  assert.equal(await heldBefore(charlie.address), before + deposit, 'the deposit stays held meanwhile');
   r = await send(api, api.tx.registry.registerTool('', 'get_weather', blake2AsHex(definition), 1), charlie);
   assert.equal(r.error, 'registry.EmptyEndpoint');
 });

@@ -322,10 +322,34 @@ fn receipt_naming_an_unknown_repeated_or_uncalled_tool_is_rejected() {
 		assert_rejected(sign(with_tools(receipt(1), &[(TOOL + 9, 1)])), RejectReason::UnknownTool);
 		assert_rejected(sign(with_tools(receipt(2), &[(TOOL, 1), (TOOL, 2)])), RejectReason::InvalidToolEntry);
 		assert_rejected(sign(with_tools(receipt(3), &[(TOOL, 0)])), RejectReason::InvalidToolEntry);
-		// A retired tool is paid no more.
-		assert_ok!(Registry::retire_tool(RuntimeOrigin::signed(account(Role::ToolOwner)), TOOL));
-		assert_rejected(sign(with_tools(receipt(4), &[(TOOL, 1)])), RejectReason::UnknownTool);
+		// A retired tool pays what was served before until it is removed, then no more.
+		paid_until_removed(
+			|| Registry::retire_tool(RuntimeOrigin::signed(account(Role::ToolOwner)), TOOL),
+			|n| with_tools(receipt(n), &[(TOOL, 1)]),
+			RejectReason::UnknownTool,
+		);
 	});
+}
+
+/// Retires an entry with `retire` and checks both halves: a receipt (`receipt(4)`) of a request
+/// served before settles while the entry retires, paying as before; once the entry is removed
+/// (the same call a receipt's lifetime later) a receipt naming it (`receipt(5)`) is refused with
+/// `reason`.
+fn paid_until_removed(
+	retire: impl Fn() -> polkadot_sdk::sp_runtime::DispatchResult,
+	receipt: impl Fn(u8) -> Receipt<AccountId>,
+	reason: RejectReason,
+) {
+	assert_ok!(retire());
+	System::reset_events();
+	submit(&account(Role::Worker), vec![sign(receipt(4))]);
+	assert!(last_fee().is_some(), "a receipt served before the retirement settles: {:?}", last_reason());
+	let removable = System::block_number() + MAX_LIFETIME;
+	System::set_block_number(removable);
+	assert_ok!(retire());
+	let mut later = receipt(5);
+	later.expires_at = (removable + 10) as u32;
+	assert_rejected(sign(later), reason);
 }
 
 /// The fee of the last receipt settled.
@@ -513,19 +537,18 @@ fn receipt_naming_unaccepted_item_is_rejected() {
 	});
 }
 
-/// What was registered when the request was served but is gone by settlement is refused: a
-/// retired adapter or prompt, a withdrawn item, a worker that started unbonding, a session key
-/// rotated away. (Each on a fresh chain: each change is for good.)
+/// A retired adapter or prompt pays the receipts of requests served before until it is removed,
+/// a receipt's lifetime later. What is gone by settlement is refused: a removed adapter or
+/// prompt, a withdrawn item, a worker that started unbonding, a session key rotated away. (Each
+/// on a fresh chain: each change is for good.)
 #[test]
-fn receipt_naming_what_was_retired_withdrawn_or_rotated_away_is_rejected() {
+fn receipt_naming_what_was_removed_withdrawn_or_rotated_away_is_rejected() {
 	let signed = |role| RuntimeOrigin::signed(account(role));
 	run(|| {
-		assert_ok!(Registry::retire_adapter(signed(Role::AdapterOwner), ADAPTER));
-		assert_rejected(sign(receipt(1)), RejectReason::UnknownAdapter);
+		paid_until_removed(|| Registry::retire_adapter(signed(Role::AdapterOwner), ADAPTER), receipt, RejectReason::UnknownAdapter);
 	});
 	run(|| {
-		assert_ok!(Registry::retire_prompt(signed(Role::PromptOwner), PROMPT));
-		assert_rejected(sign(receipt(1)), RejectReason::UnknownPrompt);
+		paid_until_removed(|| Registry::retire_prompt(signed(Role::PromptOwner), PROMPT), receipt, RejectReason::UnknownPrompt);
 	});
 	run(|| {
 		assert_ok!(DataNets::withdraw_contribution(signed(Role::ContributorA), DATANET, ITEM_A));

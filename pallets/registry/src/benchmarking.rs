@@ -205,6 +205,10 @@ mod benchmarks {
 	fn retire_adapter() -> Result<(), BenchmarkError> {
 		let owner = funded::<T>("owner");
 		let id = adapter::<T>(&owner)?;
+		// The second step, which releases the deposit and removes the entry: the costlier one.
+		Pallet::<T>::retire_adapter(RawOrigin::Signed(owner.clone()).into(), id)?;
+		let now = frame_system::Pallet::<T>::block_number();
+		frame_system::Pallet::<T>::set_block_number(now + T::PriceHold::get());
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(owner.clone()), id);
@@ -269,6 +273,10 @@ mod benchmarks {
 	fn retire_prompt() -> Result<(), BenchmarkError> {
 		let owner = funded::<T>("owner");
 		let id = prompt::<T>(&owner)?;
+		// The second step, which releases the deposit and removes the entry: the costlier one.
+		Pallet::<T>::retire_prompt(RawOrigin::Signed(owner.clone()).into(), id)?;
+		let now = frame_system::Pallet::<T>::block_number();
+		frame_system::Pallet::<T>::set_block_number(now + T::PriceHold::get());
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(owner.clone()), id);
@@ -326,6 +334,10 @@ mod benchmarks {
 	fn retire_tool() -> Result<(), BenchmarkError> {
 		let owner = funded::<T>("owner");
 		let id = tool::<T>(&owner)?;
+		// The second step, which releases the deposit and removes the entry: the costlier one.
+		Pallet::<T>::retire_tool(RawOrigin::Signed(owner.clone()).into(), id)?;
+		let now = frame_system::Pallet::<T>::block_number();
+		frame_system::Pallet::<T>::set_block_number(now + T::PriceHold::get());
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(owner.clone()), id);

@@ -8,6 +8,12 @@
 //! when the entry is retired, whoever owns the entry by then. Owners set prices and transfer
 //! ownership. The attribution pallet reads the registry through [`RegistryInspect`].
 //!
+//! Adapters, prompts and tools retire in two steps, so retiring one never voids the receipts of
+//! requests served with it: the owner's first `retire_*` call marks it retiring (workers stop
+//! serving it; receipts naming it still settle, paying its owner as before) for `PriceHold`, a
+//! receipt's longest lifetime; the same call once that has passed removes it and releases its
+//! deposit.
+//!
 //! [`RegistryInspect`]: openledger_primitives::traits::RegistryInspect
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -51,7 +57,10 @@ pub mod pallet {
 			},
 		},
 		frame_system::pallet_prelude::*,
-		sp_runtime::{traits::Zero, SaturatedConversion},
+		sp_runtime::{
+			traits::{Saturating, Zero},
+			SaturatedConversion,
+		},
 	};
 
 	#[pallet::pallet]
@@ -189,6 +198,12 @@ pub mod pallet {
 	#[pallet::storage]
 	pub type Tools<T: Config> = StorageMap<_, Blake2_128Concat, ToolId, ToolOf<T>>;
 
+	/// Entries their owners retired, each with the block from which it can be removed: until
+	/// then it still pays the receipts of requests served before its retirement, and workers no
+	/// longer serve it.
+	#[pallet::storage]
+	pub type Retiring<T: Config> = StorageMap<_, Blake2_128Concat, Entry, BlockNumberFor<T>>;
+
 	#[pallet::event]
 	#[pallet::generate_deposit(pub(super) fn deposit_event)]
 	pub enum Event<T: Config> {
@@ -207,6 +222,9 @@ pub mod pallet {
 		AdapterPriceSet { adapter: AdapterId, price_per_1k_tokens: BalanceOf<T> },
 		/// An adapter changed owner; its deposit stays with its depositor.
 		AdapterTransferred { adapter: AdapterId, from: T::AccountId, to: T::AccountId },
+		/// An adapter's owner retired it: workers stop serving it, receipts naming it settle
+		/// as before, and from block `until` the owner can remove it.
+		AdapterRetiring { adapter: AdapterId, until: BlockNumberFor<T> },
 		/// An adapter was removed and `deposit` released to `depositor`.
 		AdapterRetired { adapter: AdapterId, depositor: T::AccountId, deposit: BalanceOf<T> },
 		/// A prompt template was registered and its deposit held from `owner`.
@@ -215,6 +233,8 @@ pub mod pallet {
 		PromptPriceSet { prompt: PromptId, price_per_call: BalanceOf<T> },
 		/// A prompt template changed owner; its deposit stays with its depositor.
 		PromptTransferred { prompt: PromptId, from: T::AccountId, to: T::AccountId },
+		/// A prompt template's owner retired it (see `AdapterRetiring`).
+		PromptRetiring { prompt: PromptId, until: BlockNumberFor<T> },
 		/// A prompt template was removed and `deposit` released to `depositor`.
 		PromptRetired { prompt: PromptId, depositor: T::AccountId, deposit: BalanceOf<T> },
 		/// An MCP tool was registered and its deposit held from `owner`.
@@ -223,6 +243,8 @@ pub mod pallet {
 		ToolPriceSet { tool: ToolId, price_per_call: BalanceOf<T> },
 		/// An MCP tool changed owner; its deposit stays with its depositor.
 		ToolTransferred { tool: ToolId, from: T::AccountId, to: T::AccountId },
+		/// An MCP tool's owner retired it (see `AdapterRetiring`).
+		ToolRetiring { tool: ToolId, until: BlockNumberFor<T> },
 		/// An MCP tool was removed and `deposit` released to `depositor`.
 		ToolRetired { tool: ToolId, depositor: T::AccountId, deposit: BalanceOf<T> },
 	}
@@ -267,6 +289,9 @@ pub mod pallet {
 		InsufficientBalance,
 		/// No more ids can be issued.
 		IdsExhausted,
+		/// The entry is retiring: it can be removed once a receipt's lifetime has passed since
+		/// its retirement, not before.
+		StillRetiring,
 	}
 
 	#[pallet::hooks]
@@ -457,28 +482,32 @@ pub mod pallet {
 			Ok(())
 		}
 
-		/// Removes an adapter and releases its deposit to the account that paid it. The adapter's
-		/// owner only.
+		/// Retires an adapter. The adapter's owner only. The first call marks it retiring:
+		/// workers stop serving it, and receipts naming it still settle, paying its owner, for
+		/// `PriceHold` blocks. The same call once they have passed removes it and releases its
+		/// deposit to the account that paid it.
 		///
-		/// Emits `AdapterRetired`. Errors: `UnknownAdapter`, `NotOwner`. O(1).
+		/// Emits `AdapterRetiring`, then `AdapterRetired`. Errors: `UnknownAdapter`, `NotOwner`,
+		/// `StillRetiring`. O(1).
 		#[pallet::call_index(5)]
-		#[pallet::weight(T::WeightInfo::retire_adapter())]
+		// The benchmark predates the retirement mark: its read and write are added until it is
+		// rerun.
+		#[pallet::weight(T::WeightInfo::retire_adapter().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn retire_adapter(origin: OriginFor<T>, adapter: AdapterId) -> DispatchResult {
 			let who = ensure_signed(origin)?;
 			let entry = Adapters::<T>::get(adapter).ok_or(Error::<T>::UnknownAdapter)?;
 			ensure!(entry.owner == who, Error::<T>::NotOwner);
-			T::Currency::release(
-				&HoldReason::AdapterDeposit.into(),
-				&entry.depositor,
-				entry.deposit,
-				Precision::Exact,
-			)?;
-			Adapters::<T>::remove(adapter);
-			Self::deposit_event(Event::AdapterRetired {
-				adapter,
-				depositor: entry.depositor,
-				deposit: entry.deposit,
-			});
+			match Self::retirement_step(Entry::Adapter(adapter), HoldReason::AdapterDeposit, &entry.depositor, entry.deposit)? {
+				Some(until) => Self::deposit_event(Event::AdapterRetiring { adapter, until }),
+				None => {
+					Adapters::<T>::remove(adapter);
+					Self::deposit_event(Event::AdapterRetired {
+						adapter,
+						depositor: entry.depositor,
+						deposit: entry.deposit,
+					});
+				},
+			}
 			Ok(())
 		}
 
@@ -569,28 +598,28 @@ pub mod pallet {
 			Ok(())
 		}
 
-		/// Removes a prompt template and releases its deposit to the account that paid it. The
+		/// Retires a prompt template in two steps, as `retire_adapter` does an adapter. The
 		/// template's owner only.
 		///
-		/// Emits `PromptRetired`. Errors: `UnknownPrompt`, `NotOwner`. O(1).
+		/// Emits `PromptRetiring`, then `PromptRetired`. Errors: `UnknownPrompt`, `NotOwner`,
+		/// `StillRetiring`. O(1).
 		#[pallet::call_index(9)]
-		#[pallet::weight(T::WeightInfo::retire_prompt())]
+		#[pallet::weight(T::WeightInfo::retire_prompt().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn retire_prompt(origin: OriginFor<T>, prompt: PromptId) -> DispatchResult {
 			let who = ensure_signed(origin)?;
 			let entry = Prompts::<T>::get(prompt).ok_or(Error::<T>::UnknownPrompt)?;
 			ensure!(entry.owner == who, Error::<T>::NotOwner);
-			T::Currency::release(
-				&HoldReason::PromptDeposit.into(),
-				&entry.depositor,
-				entry.deposit,
-				Precision::Exact,
-			)?;
-			Prompts::<T>::remove(prompt);
-			Self::deposit_event(Event::PromptRetired {
-				prompt,
-				depositor: entry.depositor,
-				deposit: entry.deposit,
-			});
+			match Self::retirement_step(Entry::Prompt(prompt), HoldReason::PromptDeposit, &entry.depositor, entry.deposit)? {
+				Some(until) => Self::deposit_event(Event::PromptRetiring { prompt, until }),
+				None => {
+					Prompts::<T>::remove(prompt);
+					Self::deposit_event(Event::PromptRetired {
+						prompt,
+						depositor: entry.depositor,
+						deposit: entry.deposit,
+					});
+				},
+			}
 			Ok(())
 		}
 
@@ -683,24 +712,24 @@ pub mod pallet {
 			Ok(())
 		}
 
-		/// Removes an MCP tool and releases its deposit to the account that paid it. The tool's
+		/// Retires an MCP tool in two steps, as `retire_adapter` does an adapter. The tool's
 		/// owner only.
 		///
-		/// Emits `ToolRetired`. Errors: `UnknownTool`, `NotOwner`. O(1).
+		/// Emits `ToolRetiring`, then `ToolRetired`. Errors: `UnknownTool`, `NotOwner`,
+		/// `StillRetiring`. O(1).
 		#[pallet::call_index(13)]
-		#[pallet::weight(T::WeightInfo::retire_tool())]
+		#[pallet::weight(T::WeightInfo::retire_tool().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn retire_tool(origin: OriginFor<T>, tool: ToolId) -> DispatchResult {
 			let who = ensure_signed(origin)?;
 			let entry = Tools::<T>::get(tool).ok_or(Error::<T>::UnknownTool)?;
 			ensure!(entry.owner == who, Error::<T>::NotOwner);
-			T::Currency::release(
-				&HoldReason::ToolDeposit.into(),
-				&entry.depositor,
-				entry.deposit,
-				Precision::Exact,
-			)?;
-			Tools::<T>::remove(tool);
-			Self::deposit_event(Event::ToolRetired { tool, depositor: entry.depositor, deposit: entry.deposit });
+			match Self::retirement_step(Entry::Tool(tool), HoldReason::ToolDeposit, &entry.depositor, entry.deposit)? {
+				Some(until) => Self::deposit_event(Event::ToolRetiring { tool, until }),
+				None => {
+					Tools::<T>::remove(tool);
+					Self::deposit_event(Event::ToolRetired { tool, depositor: entry.depositor, deposit: entry.deposit });
+				},
+			}
 			Ok(())
 		}
 	}
@@ -708,6 +737,30 @@ pub mod pallet {
 	impl<T: Config> Pallet<T> {
 		fn now() -> BlockNumberFor<T> {
 			polkadot_sdk::frame_system::Pallet::<T>::block_number()
+		}
+
+		/// A retirement's step: the first marks `entry` retiring for `PriceHold` and gives the
+		/// block it ends at; once that block is reached the next releases `deposit` to
+		/// `depositor`, forgets the mark and gives `None`, for the caller to remove the entry.
+		fn retirement_step(
+			entry: Entry,
+			reason: HoldReason,
+			depositor: &T::AccountId,
+			deposit: BalanceOf<T>,
+		) -> Result<Option<BlockNumberFor<T>>, DispatchError> {
+			match Retiring::<T>::get(entry) {
+				None => {
+					let until = Self::now().saturating_add(T::PriceHold::get());
+					Retiring::<T>::insert(entry, until);
+					Ok(Some(until))
+				},
+				Some(until) => {
+					ensure!(Self::now() >= until, Error::<T>::StillRetiring);
+					T::Currency::release(&reason.into(), depositor, deposit, Precision::Exact)?;
+					Retiring::<T>::remove(entry);
+					Ok(None)
+				},
+			}
 		}
 
 		/// Checks a provenance list, in order: its length, every share, their sum, duplicates,
@@ -736,11 +789,12 @@ pub mod pallet {
 		}
 
 		/// Invariants: ids lie below their counters, adapters name registered base models, ranks
-		/// and provenance respect their bounds, and holds equal the deposits recorded.
+		/// and provenance respect their bounds, retirement marks name entries and end within
+		/// `PriceHold`, and holds equal the deposits recorded.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use alloc::collections::btree_map::BTreeMap;
-			use polkadot_sdk::{frame_support::traits::fungible::InspectHold, sp_runtime::Saturating};
+			use polkadot_sdk::frame_support::traits::fungible::InspectHold;
 			for (id, _) in BaseModels::<T>::iter() {
 				ensure!(id < NextBaseModelId::<T>::get(), "base model id at or above the next id");
 			}
@@ -798,6 +852,15 @@ pub mod pallet {
 					"a tool's price floor is above its price or held too long"
 				);
 				held.entry(tool.depositor).or_default().2 += tool.deposit;
+			}
+			for (entry, until) in Retiring::<T>::iter() {
+				let exists = match entry {
+					Entry::Adapter(id) => Adapters::<T>::contains_key(id),
+					Entry::Prompt(id) => Prompts::<T>::contains_key(id),
+					Entry::Tool(id) => Tools::<T>::contains_key(id),
+				};
+				ensure!(exists, "a retirement mark outlived its entry");
+				ensure!(until <= Self::now().saturating_add(T::PriceHold::get()), "a retirement held too long");
 			}
 			for (who, (adapters, prompts, tools)) in held {
 				ensure!(

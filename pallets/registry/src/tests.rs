@@ -1,8 +1,8 @@
 //! Behaviour of every call: success with balances and holds, wrong origin, each error.
 
 use crate::{
-	mock::*, Adapters, BaseModels, Error, Event, HoldReason, NextAdapterId, NextBaseModelId,
-	NextPromptId, NextToolId, Prompts, Tools,
+	mock::*, Adapters, BaseModels, Entry, Error, Event, HoldReason, NextAdapterId, NextBaseModelId,
+	NextPromptId, NextToolId, Prompts, Retiring, Tools,
 };
 use openledger_primitives::{
 	content_hash,
@@ -19,6 +19,13 @@ use polkadot_sdk::{
 };
 
 const PRICE: Balance = 7;
+
+/// Retires an entry all the way: the first call marks it, the hold passes, the second removes it.
+fn retire_fully(retire: impl Fn() -> polkadot_sdk::sp_runtime::DispatchResult) {
+	assert_ok!(retire());
+	System::set_block_number(System::block_number() + PRICE_HOLD);
+	assert_ok!(retire());
+}
 
 fn held(reason: HoldReason, who: AccountId) -> Balance {
 	Balances::balance_on_hold(&reason.into(), &who)
@@ -169,7 +176,7 @@ fn retired_base_model_takes_no_new_adapters() {
 		// The adapter registered before stays, with its deposit, until its owner retires it.
 		assert!(Registry::adapter(0).is_some());
 		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
-		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), 0));
+		retire_fully(|| Registry::retire_adapter(RuntimeOrigin::signed(ALICE), 0));
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
 	});
 }
@@ -303,7 +310,7 @@ fn transferred_adapter_keeps_its_deposit_with_the_depositor() {
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id), Error::<Test>::NotOwner);
 		assert_ok!(Registry::set_adapter_price(RuntimeOrigin::signed(BOB), id, 1));
 		// Retiring it releases the deposit to the depositor, not the owner.
-		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(BOB), id));
+		retire_fully(|| Registry::retire_adapter(RuntimeOrigin::signed(BOB), id));
 		System::assert_last_event(
 			Event::AdapterRetired { adapter: id, depositor: ALICE, deposit: ADAPTER_DEPOSIT }.into(),
 		);
@@ -323,7 +330,7 @@ fn retired_adapter_is_removed_and_its_deposit_released() {
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::none(), id), DispatchError::BadOrigin);
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(BOB), id), Error::<Test>::NotOwner);
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), other + 1), Error::<Test>::UnknownAdapter);
-		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		retire_fully(|| Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
 		System::assert_last_event(
 			Event::AdapterRetired { adapter: id, depositor: ALICE, deposit: ADAPTER_DEPOSIT }.into(),
 		);
@@ -437,7 +444,7 @@ fn transferred_prompt_keeps_its_deposit_with_the_depositor() {
 		assert_eq!(held(HoldReason::PromptDeposit, BOB), 0);
 		assert_noop!(Registry::set_prompt_price(RuntimeOrigin::signed(ALICE), id, 1), Error::<Test>::NotOwner);
 		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id), Error::<Test>::NotOwner);
-		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(BOB), id));
+		retire_fully(|| Registry::retire_prompt(RuntimeOrigin::signed(BOB), id));
 		System::assert_last_event(
 			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT }.into(),
 		);
@@ -454,7 +461,7 @@ fn retired_prompt_is_removed_and_its_deposit_released() {
 		assert_noop!(Registry::retire_prompt(RuntimeOrigin::none(), id), DispatchError::BadOrigin);
 		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(BOB), id), Error::<Test>::NotOwner);
 		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id + 1), Error::<Test>::UnknownPrompt);
-		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
+		retire_fully(|| Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
 		System::assert_last_event(
 			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT }.into(),
 		);
@@ -474,7 +481,7 @@ fn retiring_releases_the_deposit_recorded_not_the_current_constant() {
 		assert_ok!(<Balances as MutateHold<_>>::hold(&HoldReason::PromptDeposit.into(), &ALICE, 50));
 		Prompts::<Test>::mutate(id, |p| p.as_mut().unwrap().deposit = PROMPT_DEPOSIT + 50);
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT - 50);
-		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
+		retire_fully(|| Registry::retire_prompt(RuntimeOrigin::signed(ALICE), id));
 		System::assert_last_event(
 			Event::PromptRetired { prompt: id, depositor: ALICE, deposit: PROMPT_DEPOSIT + 50 }.into(),
 		);
@@ -568,7 +575,7 @@ fn a_tool_is_priced_transferred_and_retired_by_its_owner() {
 		assert_ok!(Registry::do_try_state());
 
 		assert_noop!(Registry::retire_tool(bob(), id + 1), Error::<Test>::UnknownTool);
-		assert_ok!(Registry::retire_tool(bob(), id));
+		retire_fully(|| Registry::retire_tool(bob(), id));
 		System::assert_last_event(Event::ToolRetired { tool: id, depositor: ALICE, deposit: TOOL_DEPOSIT }.into());
 		assert!(Tools::<Test>::get(id).is_none());
 		assert_eq!(Registry::tool(id), None);
@@ -629,5 +636,51 @@ fn try_state_detects_broken_invariants() {
 		assert!(Registry::do_try_state().is_err());
 		NextToolId::<Test>::put(t + 1);
 		assert_ok!(Registry::do_try_state());
+	});
+}
+
+/// Retiring never voids receipts of requests served before it: the first call only marks the
+/// entry (workers stop serving it; the chain still prices and pays it, to its owner), and the
+/// owner can remove it once a receipt's lifetime has passed.
+#[test]
+fn a_retired_entry_keeps_paying_for_a_receipt_lifetime() {
+	run(|| {
+		let id = adapter(ALICE);
+		let retired_at = System::block_number();
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		System::assert_last_event(Event::AdapterRetiring { adapter: id, until: retired_at + PRICE_HOLD }.into());
+		assert_eq!(Retiring::<Test>::get(Entry::Adapter(id)), Some(retired_at + PRICE_HOLD));
+		let view = Registry::adapter(id).expect("a retiring adapter still settles receipts");
+		assert_eq!(view.owner, ALICE);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), ADAPTER_DEPOSIT);
+		System::set_block_number(retired_at + PRICE_HOLD - 1);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id), Error::<Test>::StillRetiring);
+		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(BOB), id), Error::<Test>::NotOwner);
+		assert_ok!(Registry::do_try_state());
+		System::set_block_number(retired_at + PRICE_HOLD);
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		assert_eq!(Registry::adapter(id), None);
+		assert_eq!(Retiring::<Test>::get(Entry::Adapter(id)), None);
+		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 0);
+
+		// Prompts and tools the same way.
+		let p = prompt(ALICE);
+		assert_ok!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), p));
+		System::assert_last_event(Event::PromptRetiring { prompt: p, until: retired_at + 2 * PRICE_HOLD }.into());
+		assert!(Registry::prompt(p).is_some());
+		assert_noop!(Registry::retire_prompt(RuntimeOrigin::signed(ALICE), p), Error::<Test>::StillRetiring);
+	});
+}
+
+#[test]
+fn try_state_catches_a_retirement_mark_without_its_entry() {
+	run(|| {
+		Retiring::<Test>::insert(Entry::Tool(99), System::block_number());
+		assert!(Registry::do_try_state().is_err());
+		Retiring::<Test>::remove(Entry::Tool(99));
+		let p = prompt(ALICE);
+		Retiring::<Test>::insert(Entry::Prompt(p), System::block_number() + PRICE_HOLD + 1);
+		assert!(Registry::do_try_state().is_err());
+		Retiring::<Test>::remove(Entry::Prompt(p));
 	});
 }

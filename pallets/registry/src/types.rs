@@ -2,7 +2,7 @@
 
 use crate::Config;
 use codec::{Decode, Encode, MaxEncodedLen};
-use openledger_primitives::{price::PriceFloor, BaseModelId, ContentHash, DataNetId};
+use openledger_primitives::{price::PriceFloor, AdapterId, BaseModelId, ContentHash, DataNetId, PromptId, ToolId};
 use polkadot_sdk::{
 	frame_support::{
 		traits::{fungible::Inspect, Get},
@@ -141,3 +141,11 @@ pub type ToolOf<T> = Tool<
 	<T as Config>::MaxUriLen,
 	<T as Config>::MaxToolNameLen,
 >;
+
+/// A registration that retires in two steps ([`crate::Retiring`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Encode, Decode, MaxEncodedLen, TypeInfo)]
+pub enum Entry {
+	Adapter(AdapterId),
+	Prompt(PromptId),
+	Tool(ToolId),
+}
