@@ -109,7 +109,7 @@ impl Sequence {
 			permit,
 		} = request;
 		let prefix = match prefix_cache {
-			true => pool.prefix_keys(adapter.as_ref().map(|a| a.kv_identity()).as_deref(), &prompt_tokens),
+			true => pool.prefix_keys(adapter.as_ref().map(|a| a.kv_identity()), &prompt_tokens),
 			false => Vec::new(),
 		};
 		// At least the prompt's last token is computed: its logits give the first answer token.

@@ -264,6 +264,8 @@ pub struct LoraAdapter {
 	pub resident_bytes: usize,
 	/// On a CUDA device: where the batched kernels find this adapter's pairs.
 	device_pairs: Option<DevicePairs>,
+	/// [`Self::kv_identity`], computed once at load: the scheduler asks for it per request.
+	kv_identity: Vec<u8>,
 }
 
 /// An adapter's table of LoRA pairs in device memory, one entry per layer and projection, for
@@ -281,12 +283,8 @@ impl LoraAdapter {
 	/// What decides the keys and values the adapter gives a prompt: its weights' hash and every
 	/// pair's scale (an `adapter_config.json` with another alpha over the same weights scales
 	/// them differently). The prefix cache keys kept blocks by it.
-	pub fn kv_identity(&self) -> Vec<u8> {
-		let mut identity = self.hash.to_vec();
-		for weights in self.layers.iter().flatten().flatten() {
-			identity.extend(weights.scale.to_bits().to_le_bytes());
-		}
-		identity
+	pub fn kv_identity(&self) -> &[u8] {
+		&self.kv_identity
 	}
 
 	/// An adapter over `layers`, whose weights live on `device`.
@@ -310,7 +308,11 @@ impl LoraAdapter {
 			},
 			_ => None,
 		};
-		Ok(Self { hash, rank, layers, resident_bytes, device_pairs })
+		let mut kv_identity = hash.to_vec();
+		for weights in layers.iter().flatten().flatten() {
+			kv_identity.extend(weights.scale.to_bits().to_le_bytes());
+		}
+		Ok(Self { hash, rank, layers, resident_bytes, device_pairs, kv_identity })
 	}
 
 	pub fn weights(&self, layer: usize, projection: Projection) -> Option<&LoraWeights> {
