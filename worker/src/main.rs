@@ -357,6 +357,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let state = match catalog {
 		Some(catalog) => {
 			let roots = args.mcp_ca_file.as_deref().map(TrustedRoots::with_file).transpose()?.unwrap_or_default();
+			let prepared = roots.clone();
+			if let Err(e) = tokio::task::spawn_blocking(move || prepared.prepare()).await.context("reading the CA store")? {
+				tracing::warn!("MCP tools will not be reachable: {e}");
+			}
 			let limits = McpLimits {
 				allow_private: args.mcp_allow_private,
 				request_timeout: Duration::from_secs(args.mcp_timeout_secs),

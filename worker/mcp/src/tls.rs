@@ -46,6 +46,13 @@ impl TrustedRoots {
 		})
 	}
 
+	/// Builds the client configuration now (it reads and parses the system's CA store, which
+	/// takes milliseconds): call it once at start, off the async runtime's threads, so no
+	/// request pays for it and a missing CA store is reported before the first call.
+	pub fn prepare(&self) -> Result<(), McpError> {
+		self.client_config().map(drop)
+	}
+
 	/// The client configuration, built on first use. rustls's cryptography is ring's, which the
 	/// worker builds for its chain client already; it is named here, not installed process-wide.
 	pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, McpError> {
