@@ -362,6 +362,19 @@ test('a voucher pays for exactly its request, once', async () => {
   assert.equal(again.status, 409, 'a voucher pays for one request');
   const settled = await waitSettled([answer.receipt_id]);
   assert.equal(settled.get(answer.receipt_id).fee, (await expectedPayouts(delivered.at(-1))).fee);
+  // A worker that lost its outbox still refuses the replay: it asks the chain, whose replay
+  // records hold the settled request, instead of signing a second receipt (equivocation).
+  await stopWorker();
+  const lost = workerArgs().map((a) => (a === join(dir, 'outbox.redb') ? join(dir, 'lost-outbox.redb') : a));
+  worker = await spawnWorker(lost, workerUrl);
+  try {
+    const replay = await send(body);
+    assert.equal(replay.status, 409, 'the chain remembers the settled voucher');
+    assert.equal((await replay.json()).error.code, 'request_already_served');
+  } finally {
+    await stopWorker();
+    worker = await startWorker();
+  }
 });
 
 test('one voucher body sent four times at once is served once; the copies get 409 before any text', async () => {

@@ -223,7 +223,8 @@ struct LedgerArgs {
 	#[arg(long, default_value = "worker-outbox.redb")]
 	outbox: PathBuf,
 	/// Blocks a judged receipt is kept in the outbox after it expires, for audit and export
-	/// (then forgotten; the chain takes it no more). 432000 blocks: 30 days of 6 s blocks.
+	/// (then forgotten; the chain takes it no more). 432000 blocks: 30 days of 6 s blocks. Never
+	/// less than the chain's equivocation evidence window (its workers' unbonding delay).
 	#[arg(long, default_value_t = 432_000)]
 	outbox_keep_blocks: u32,
 	/// Payers who pay by allowance: a JSON object `{"<api key>": "<payer SS58>"}`; clients

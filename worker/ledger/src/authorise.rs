@@ -114,6 +114,11 @@ impl Ledger {
 			if self.outbox.has_request(&voucher.request_hash)? {
 				return Err(served_already());
 			}
+			// And on chain, so a worker that lost its outbox does not serve a settled voucher
+			// again and sign a second receipt for its request (provable equivocation).
+			if self.view.chain().settled(&self.account, voucher.expires_at, &voucher.request_hash).await? {
+				return Err(served_already());
+			}
 			let funds = self.view.chain().payer_funds(&voucher.payer, &self.account).await?;
 			if funds.credit.saturating_sub(self.committed(&voucher.payer)) == 0 || voucher.max_fee == 0 {
 				return Err(LedgerError::PaymentRequired(format!(

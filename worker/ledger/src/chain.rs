@@ -176,6 +176,9 @@ pub struct ChainSnapshot {
 	pub max_receipts_per_batch: u32,
 	/// The least stake a worker needs for its receipts to be accepted.
 	pub min_stake: Balance,
+	/// How long after a receipt expires it still proves equivocation (the workers pallet's
+	/// `UnbondingDelay`); 0 until the chain's constants are read.
+	pub evidence_window: u32,
 }
 
 /// A payer's means to pay this worker right now.
@@ -339,6 +342,7 @@ impl ChainClient {
 		snapshot.max_receipt_lifetime = constants.entry(runtime::constants().attribution().max_receipt_lifetime())?;
 		snapshot.max_receipts_per_batch = constants.entry(runtime::constants().attribution().max_receipts_per_batch())?;
 		snapshot.min_stake = constants.entry(runtime::constants().workers().min_stake())?;
+		snapshot.evidence_window = constants.entry(runtime::constants().workers().unbonding_delay())?;
 		Ok(snapshot)
 	}
 
@@ -375,6 +379,21 @@ impl ChainClient {
 			.map(|h| h.amount)
 			.sum();
 		Ok(PayerFunds { credit, allowance })
+	}
+
+	/// Whether the chain settled a receipt of `worker` for `request_hash` expiring at
+	/// `expires_at`: its replay records, which hold until that block has passed.
+	pub async fn settled(&self, worker: &AccountId32, expires_at: u32, request_hash: &ContentHash) -> Result<bool, ChainError> {
+		let at = self.at_best().await?;
+		let Some(set) = at
+			.storage()
+			.try_fetch(runtime::storage().attribution().settled(), (expires_at, to_subxt_account(worker)))
+			.await?
+		else {
+			return Ok(false);
+		};
+		let hashes = set.decode()?.0;
+		Ok(hashes.binary_search_by(|h| h.0.cmp(&request_hash.0)).is_ok())
 	}
 
 	/// The accepted items of `datanet`: (content hash, item id).

@@ -8,8 +8,8 @@
 //!   resubmission, until [`Outbox::prune_expired`] forgets it;
 //! - `queue`: sequence number → receipt id, the receipts still to submit, oldest first;
 //! - `outcomes`: receipt id → SCALE [`Outcome`];
-//! - `requests`: request hash → receipt id, so one request never yields two receipts (kept for
-//!   good for vouchers, whose request hash is the body's);
+//! - `requests`: request hash → receipt id, so one request never yields two receipts (kept as
+//!   long as the receipt);
 //! - `meta`: the chain (genesis hash) the outbox belongs to and the next sequence number.
 
 use std::path::Path;
@@ -297,13 +297,14 @@ impl Outbox {
 
 	/// Forgets the judged receipts that expired before block `before`, with their outcomes: the
 	/// chain takes an expired receipt no more. Queued receipts stay, whatever their expiry, until
-	/// the chain has judged them. The request record of an allowance-paid receipt goes too (its
-	/// hash covers a random request id); a voucher's stays, because its hash is the body's alone:
-	/// the same body with a new voucher would otherwise get a second receipt for the request,
-	/// which anyone could prove as equivocation with the first. Returns how many receipts went.
+	/// the chain has judged them. Their request records go too. A voucher's request hash is the
+	/// body's alone, so once its record is gone the same body with a new voucher gets a second
+	/// receipt for the request: the caller passes a `before` at least the chain's evidence
+	/// window in the past, after which the two no longer prove equivocation. Returns how many
+	/// receipts went.
 	pub fn prune_expired(&self, before: u32) -> Result<u64, OutboxError> {
 		// Found in a read transaction, so the scan holds up no append; removed in small writes.
-		let expired: Vec<(Vec<u8>, Option<ContentHash>)> = {
+		let expired: Vec<(Vec<u8>, ContentHash)> = {
 			let tx = self.db.begin_read()?;
 			let (outcomes, receipts) = (tx.open_table(OUTCOMES)?, tx.open_table(RECEIPTS)?);
 			let mut expired = Vec::new();
@@ -313,7 +314,7 @@ impl Outbox {
 				let signed = SignedReceipt::decode(&mut bytes.value())
 					.map_err(|_| OutboxError::Corrupt(format!("0x{}", hex::encode(&id))))?;
 				if signed.receipt.expires_at < before {
-					expired.push((id, signed.voucher.is_none().then_some(signed.receipt.request_hash)));
+					expired.push((id, signed.receipt.request_hash));
 				}
 			}
 			expired
@@ -326,9 +327,7 @@ impl Outbox {
 				for (id, request) in batch {
 					outcomes.remove(id.as_slice())?;
 					receipts.remove(id.as_slice())?;
-					if let Some(request) = request {
-						requests.remove(key(request))?;
-					}
+					requests.remove(key(request))?;
 				}
 			}
 			tx.commit()?;
@@ -436,8 +435,9 @@ mod tests {
 		assert_eq!(outbox.queued(10).unwrap()[0].receipt, queued);
 		assert_eq!(outbox.prune_expired(100).unwrap(), 0);
 
-		// A voucher's receipt goes, but its request record stays: the same body with a new
-		// voucher must still be refused.
+		// A voucher's request record stays while its receipt does, so the same body with a new
+		// voucher is refused; it goes with the receipt (the caller's cut is past the evidence
+		// window then).
 		let mut vouched = expiring(5, 70);
 		let payer = crate::keys::Sr25519Key::from_suri("//Alice").unwrap();
 		let worker = vouched.receipt.worker.clone();
@@ -445,11 +445,12 @@ mod tests {
 		outbox.append(&vouched).unwrap();
 		let q = outbox.queued(10).unwrap().into_iter().find(|q| q.receipt == vouched).unwrap();
 		outbox.record(&[(q.seq, q.id, Outcome::Settled { block: 41 })]).unwrap();
-		assert_eq!(outbox.prune_expired(100).unwrap(), 1);
-		assert!(outbox.has_request(&vouched.receipt.request_hash).unwrap());
+		assert_eq!(outbox.prune_expired(70).unwrap(), 0);
 		let mut again = expiring(5, 900);
 		again.receipt.completion_tokens += 1;
 		assert!(matches!(outbox.append(&again), Err(OutboxError::DuplicateRequest(_))));
+		assert_eq!(outbox.prune_expired(100).unwrap(), 1);
+		assert!(!outbox.has_request(&vouched.receipt.request_hash).unwrap());
 	}
 
 	#[test]

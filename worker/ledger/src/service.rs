@@ -193,13 +193,16 @@ impl Ledger {
 		&self.outbox
 	}
 
-	/// Forgets, off the async workers, the judged receipts that expired `outbox_keep_blocks`
-	/// before block `now`, so the outbox of a worker that runs for months stays bounded.
+	/// Forgets, off the async workers, the judged receipts that expired `outbox_keep_blocks` (at
+	/// least the chain's evidence window) before block `now`, so the outbox of a worker that runs for months stays bounded.
 	fn prune_outbox(&self, now: u32) {
 		if self.pruning.swap(true, Ordering::AcqRel) {
 			return;
 		}
-		let (outbox, before) = (self.outbox.clone(), now.saturating_sub(self.outbox_keep_blocks));
+		let Some(before) = prune_cut(now, self.outbox_keep_blocks, self.view.snapshot().evidence_window) else {
+			return;
+		};
+		let outbox = self.outbox.clone();
 		let pruning = self.pruning.clone();
 		tokio::task::spawn_blocking(move || {
 			match outbox.prune_expired(before) {
@@ -210,6 +213,14 @@ impl Ledger {
 			pruning.store(false, Ordering::Release);
 		});
 	}
+}
+
+/// The expiry block before which judged receipts may be forgotten at block `now`: `keep_blocks`
+/// back, and never less than the chain's `evidence_window` (a voucher's request record goes with
+/// its receipt, and until the window has passed a second receipt for that request would prove
+/// equivocation). None while the window is unknown (0: the chain's constants not read yet).
+fn prune_cut(now: u32, keep_blocks: u32, evidence_window: u32) -> Option<u32> {
+	(evidence_window > 0).then(|| now.saturating_sub(keep_blocks.max(evidence_window)))
 }
 
 /// Whether the chain, as `snapshot` has it, accepts receipts from `account` signed by `session`
@@ -260,6 +271,17 @@ pub fn check_standing(
 mod tests {
 	use super::*;
 	use crate::chain::WorkerInfo;
+
+	#[test]
+	fn receipts_outlive_the_evidence_window_whatever_the_keep_setting() {
+		// 30 days kept, 7 days of evidence: the setting decides.
+		assert_eq!(prune_cut(1_000_000, 432_000, 100_800), Some(568_000));
+		// An operator keeping a day still keeps what a report could use.
+		assert_eq!(prune_cut(1_000_000, 14_400, 100_800), Some(899_200));
+		assert_eq!(prune_cut(50, 14_400, 100_800), Some(0));
+		// Nothing goes before the chain has said how long the window is.
+		assert_eq!(prune_cut(1_000_000, 14_400, 0), None);
+	}
 
 	#[test]
 	fn standing_lapses_with_the_stake_the_key_the_status_or_the_base_model() {
