@@ -364,12 +364,16 @@ impl ChainClient {
 		let at = self.at_best().await?;
 		let storage = at.storage();
 		let payer = to_subxt_account(payer);
-		let allowance = match storage
-			.try_fetch(runtime::storage().attribution().allowances(), (payer, to_subxt_account(worker)))
-			.await?
-		{
+		let key = (payer.clone(), to_subxt_account(worker));
+		let allowance = match storage.try_fetch(runtime::storage().attribution().allowances(), key.clone()).await? {
 			Some(v) => v.decode()?,
 			None => 0,
+		};
+		// A cut binds the payer's receipts only a receipt's lifetime from now, but it says what
+		// the payer wants served from now on.
+		let allowance = match storage.try_fetch(runtime::storage().attribution().allowance_cuts(), key).await? {
+			Some(cut) => allowance.min(cut.decode()?.0),
+			None => allowance,
 		};
 		let holds = storage.fetch(runtime::storage().balances().holds(), (payer,)).await?.decode()?;
 		let credit = holds
