@@ -8,7 +8,11 @@
 //! and the receipt lifetime. Payer credit and allowances change with every request, so they are
 //! read when a request arrives.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+	collections::{HashMap, HashSet},
+	sync::Arc,
+	time::Duration,
+};
 
 use openledger_primitives::{AdapterId, BaseModelId, ContentHash, DataNetId, ItemId, PromptId, ToolId};
 use polkadot_sdk::{sp_core::sr25519, sp_runtime::AccountId32};
@@ -295,10 +299,25 @@ impl ChainClient {
 			let model = kv.value().decode()?;
 			snapshot.base_models.insert(id, (h256(model.weights_hash), model.active));
 		}
+		// What its owner retired still pays for requests served before, but is served no more.
+		let (mut retired_adapters, mut retired_prompts, mut retired_tools) = (HashSet::new(), HashSet::new(), HashSet::new());
+		let mut marks = storage.entry(runtime::storage().registry().retiring())?.iter(()).await?;
+		while let Some(kv) = marks.next().await {
+			use runtime::runtime_types::pallet_registry::types::Entry;
+			let (entry,) = kv?.key()?.decode()?;
+			match entry {
+				Entry::Adapter(id) => retired_adapters.insert(id),
+				Entry::Prompt(id) => retired_prompts.insert(id),
+				Entry::Tool(id) => retired_tools.insert(id),
+			};
+		}
 		let mut adapters = storage.entry(runtime::storage().registry().adapters())?.iter(()).await?;
 		while let Some(kv) = adapters.next().await {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
+			if retired_adapters.contains(&id) {
+				continue;
+			}
 			let a = kv.value().decode()?;
 			let info = AdapterInfo {
 				id,
@@ -316,6 +335,9 @@ impl ChainClient {
 		while let Some(kv) = prompts.next().await {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
+			if retired_prompts.contains(&id) {
+				continue;
+			}
 			let p = kv.value().decode()?;
 			let info = PromptInfo { id, owner: account(&p.owner), price_per_call: p.price_per_call };
 			let slot = snapshot.prompts.entry(h256(p.template_hash)).or_insert_with(|| info.clone());
@@ -327,6 +349,9 @@ impl ChainClient {
 		while let Some(kv) = tools.next().await {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
+			if retired_tools.contains(&id) {
+				continue;
+			}
 			let t = kv.value().decode()?;
 			let info = ToolInfo {
 				owner: account(&t.owner),
