@@ -384,7 +384,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 			let (ledger, task) = Ledger::start(config, settling.clone()).await?;
 			submitter = Some(task);
 			if let Some(root) = &args.datanets {
-				for (datanet, recorded, accepted) in sync_items(ledger.view().chain(), root).await? {
+				for (datanet, recorded, accepted) in sync_items(ledger.view().chain(), root, |_| true).await? {
 					tracing::info!("DataNet {datanet}: {recorded} local items accepted on chain (of {accepted})");
 				}
 			}
@@ -495,18 +495,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	Ok(())
 }
 
-/// Keeps the served items in step with the chain: when contributions are accepted, rejected or
-/// withdrawn, records the new ids in the local indexes and reloads the DataNets.
+/// Keeps the served items in step with the chain: when items of a served DataNet are accepted
+/// or removed, records the new ids in its local index and reloads that DataNet (the others, and
+/// the embedder, are kept). At most one reload per [`DATANET_RELOAD_EVERY`]: changes meanwhile
+/// are taken together, so a curator accepting an item per block costs one reload a period.
 async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: KnowledgeConfig) {
 	let mut changed = ledger.view().datanets_changed();
+	let mut next_reload = tokio::time::Instant::now();
 	while changed.changed().await.is_ok() {
 		// Curators often accept several items in a row: take them in one reload.
-		tokio::time::sleep(Duration::from_millis(500)).await;
-		changed.borrow_and_update();
+		tokio::time::sleep_until(next_reload.max(tokio::time::Instant::now() + Duration::from_millis(500))).await;
+		let changes = ledger.view().take_datanet_changes();
+		let Some(knowledge) = state.knowledge() else { continue };
+		let served: std::collections::BTreeSet<_> = knowledge.datanets().filter(|&d| changes.touches(d)).collect();
+		if served.is_empty() {
+			continue;
+		}
+		next_reload = tokio::time::Instant::now() + DATANET_RELOAD_EVERY;
 		let reload = async {
-			let synced = sync_items(ledger.view().chain(), &config.datanet_root).await?;
-			let opening = config.clone();
-			let knowledge = blocking(move || Knowledge::open(opening)).await?;
+			let synced = sync_items(ledger.view().chain(), &config.datanet_root, |d| served.contains(&d)).await?;
+			let datanets = served.clone();
+			let knowledge = blocking(move || knowledge.reload(&datanets)).await?;
 			state.replace_knowledge(Arc::new(knowledge));
 			anyhow::Ok(synced)
 		};
@@ -520,6 +529,9 @@ async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: Knowledge
 		}
 	}
 }
+
+/// The shortest time between two reloads of the DataNets after chain changes.
+const DATANET_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// The admin API key, from its file or `OPENLEDGER_ADMIN_API_KEY`; `None` turns the admin API off.
 fn admin_api_key(file: Option<&std::path::Path>) -> Result<Option<String>> {

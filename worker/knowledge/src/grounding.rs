@@ -6,8 +6,9 @@
 //! shown to the model nor paid, so it is left out of retrieval and span search alike.
 
 use std::{
-	collections::BTreeMap,
+	collections::{BTreeMap, BTreeSet},
 	path::{Path, PathBuf},
+	sync::Arc,
 	time::Instant,
 };
 
@@ -123,12 +124,13 @@ pub struct Grounded {
 /// The served DataNets with their embedder, span indexes and templates. Shared by all requests.
 pub struct Knowledge {
 	config: KnowledgeConfig,
-	embedder: Embedder,
+	/// Shared with the [`Knowledge::reload`]s that follow: the model is loaded once.
+	embedder: Arc<Embedder>,
 	retriever: Retriever,
 	/// One span index per DataNet, so a request's spans are looked for in its DataNets only and
 	/// anyone holding those DataNets' accepted items can re-check them.
-	spans: BTreeMap<DataNetId, SpanIndex>,
-	templates: Option<TemplateStore>,
+	spans: BTreeMap<DataNetId, Arc<SpanIndex>>,
+	templates: Option<Arc<TemplateStore>>,
 	default_template: PromptTemplate,
 }
 
@@ -136,12 +138,43 @@ impl Knowledge {
 	/// Loads every DataNet index under the root (checking each against the embedder's model)
 	/// and builds their span indexes.
 	pub fn open(config: KnowledgeConfig) -> Result<Self> {
+		let embedder = Arc::new(Embedder::load_default(config.embedder_dir.as_deref())?);
+		let templates = config.template_root.as_deref().map(TemplateStore::open).transpose()?.map(Arc::new);
+		Self::build(config, embedder, templates, None)
+	}
+
+	/// The same DataNets again, with the indexes of `changed` read anew (their items accepted
+	/// or removed on chain) and everything else (the embedder, the templates, the other
+	/// DataNets' indexes and span indexes) shared with `self`: one DataNet's change costs that
+	/// DataNet's reload, not every DataNet's and the embedder's.
+	pub fn reload(&self, changed: &BTreeSet<DataNetId>) -> Result<Self> {
+		let kept = self
+			.retriever
+			.indexes()
+			.iter()
+			.filter(|index| !changed.contains(&index.datanet()))
+			.map(|index| (index.datanet(), (index.clone(), self.spans[&index.datanet()].clone())))
+			.collect();
+		Self::build(self.config.clone(), self.embedder.clone(), self.templates.clone(), Some(kept))
+	}
+
+	/// Opens the DataNets under the root, taking the indexes in `kept` as they are.
+	fn build(
+		config: KnowledgeConfig,
+		embedder: Arc<Embedder>,
+		templates: Option<Arc<TemplateStore>>,
+		mut kept: Option<BTreeMap<DataNetId, (Arc<DataNetIndex>, Arc<SpanIndex>)>>,
+	) -> Result<Self> {
 		let started = Instant::now();
-		let embedder = Embedder::load_default(config.embedder_dir.as_deref())?;
 		let ids = list_datanets(&config.datanet_root)?;
 		let mut indexes = Vec::with_capacity(ids.len());
 		let mut spans = BTreeMap::new();
 		for (n, &id) in ids.iter().enumerate() {
+			if let Some((index, span_index)) = kept.as_mut().and_then(|kept| kept.remove(&id)) {
+				spans.insert(id, span_index);
+				indexes.push(index);
+				continue;
+			}
 			let index = DataNetIndex::open_for_model(&config.datanet_root, id, embedder.model())?;
 			let served: Vec<_> = index.items().iter().filter_map(|i| Some((id, i.chain_item?, i.text.as_str()))).collect();
 			let unregistered = index.len() - served.len();
@@ -157,11 +190,11 @@ impl Knowledge {
 				n + 1,
 				ids.len()
 			);
-			spans.insert(id, span_index);
-			indexes.push(index);
+			spans.insert(id, Arc::new(span_index));
+			indexes.push(Arc::new(index));
 		}
-		let retriever = Retriever::new(indexes)?.with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
-		let templates = config.template_root.as_deref().map(TemplateStore::open).transpose()?;
+		let retriever =
+			Retriever::shared(indexes)?.with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
 		tracing::info!(datanets = ids.len(), elapsed_ms = started.elapsed().as_millis() as u64, "DataNets ready");
 		Ok(Self { config, embedder, retriever, spans, templates, default_template: PromptTemplate::default_template() })
 	}
@@ -251,5 +284,51 @@ impl Knowledge {
 		let spans: Vec<_> =
 			grounded.datanets.iter().filter_map(|d| self.spans.get(d)).flat_map(|index| index.find_spans(output)).collect();
 		combine(&grounded.retrieved, &span_hits(&spans), &grounded.training, &self.config.policy)
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use crate::datanets::{ingest_dir, IndexWriter, IngestOptions};
+
+	/// DataNets 1 and 2 of one document each; only DataNet 1's item has an on-chain id.
+	fn two_datanets(root: &Path, embedder: &Embedder) -> PathBuf {
+		let index_root = root.join("index");
+		for (id, text) in [(1, "Bees dance to show where the flowers are."), (2, "Sourdough needs a fed starter.")] {
+			let docs = root.join(format!("docs{id}"));
+			std::fs::create_dir_all(&docs).unwrap();
+			std::fs::write(docs.join("doc.txt"), text).unwrap();
+			ingest_dir(&docs, &index_root, id, embedder, &IngestOptions::default()).unwrap();
+		}
+		set_chain_items(&index_root, 1, embedder, 10);
+		index_root
+	}
+
+	fn set_chain_items(index_root: &Path, datanet: DataNetId, embedder: &Embedder, first: u32) {
+		let mut writer = IndexWriter::open(index_root, datanet, embedder.model()).unwrap();
+		let ids: Vec<_> = writer.items().enumerate().map(|(i, r)| (r.hash, first + i as u32)).collect();
+		writer.set_chain_items(&ids).unwrap();
+	}
+
+	/// A reload reads the changed DataNets' indexes anew and shares the rest, the embedder
+	/// included, with the knowledge it replaces.
+	#[test]
+	fn a_reload_reads_only_the_changed_datanets() {
+		let dir = tempfile::tempdir().unwrap();
+		let embedder = Embedder::load_default(None).unwrap();
+		let index_root = two_datanets(dir.path(), &embedder);
+		let before = Knowledge::open(KnowledgeConfig::new(index_root.clone())).unwrap();
+		let nothing_served = before.spans[&2].token_count();
+
+		set_chain_items(&index_root, 2, &embedder, 20);
+		let unchanged = before.reload(&BTreeSet::new()).unwrap();
+		assert_eq!(unchanged.spans[&2].token_count(), nothing_served, "a DataNet not named is not read again");
+		let after = before.reload(&BTreeSet::from([2])).unwrap();
+		assert!(after.spans[&2].token_count() > nothing_served, "DataNet 2's accepted item is served");
+		assert!(Arc::ptr_eq(&before.embedder, &after.embedder));
+		assert!(Arc::ptr_eq(&before.spans[&1], &after.spans[&1]));
+		assert!(Arc::ptr_eq(&before.retriever.indexes()[0], &after.retriever.indexes()[0]));
+		assert!(!Arc::ptr_eq(&before.spans[&2], &after.spans[&2]));
 	}
 }

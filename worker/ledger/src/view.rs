@@ -4,7 +4,7 @@
 //! the ledger only reads it.
 
 use std::{
-	collections::HashMap,
+	collections::{BTreeSet, HashMap},
 	sync::{
 		atomic::{AtomicU32, AtomicU64, Ordering},
 		Arc, RwLock,
@@ -12,11 +12,12 @@ use std::{
 	time::{Duration, Instant},
 };
 
+use openledger_primitives::DataNetId;
 use polkadot_sdk::sp_runtime::AccountId32;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{ChainClient, ChainError, ChainSnapshot, WorkerInfo};
+use super::chain::{runtime, to_subxt_account, ChainClient, ChainError, ChainSnapshot, WorkerInfo};
 
 /// How long the registered workers read for the p2p listing are used before being read again.
 const WORKERS_TTL: Duration = Duration::from_secs(30);
@@ -29,9 +30,8 @@ pub struct ChainView {
 	snapshot: RwLock<Arc<ChainSnapshot>>,
 	/// The best block seen whose price changes the snapshot holds (receipts expire from it).
 	best_block: AtomicU32,
-	/// Bumped when a block's events change DataNet contributions (accepted, rejected, withdrawn,
-	/// reaped from a closing DataNet).
-	datanets_changed: watch::Sender<u64>,
+	/// The DataNets whose accepted items changed since the DataNets' follower last took them.
+	datanets_changed: watch::Sender<DataNetChanges>,
 	/// Every registered worker, when it was read and the value of `workers_changed` then (see
 	/// [`ChainView::workers`]).
 	workers: tokio::sync::Mutex<Option<(Instant, u64, Arc<HashMap<AccountId32, WorkerInfo>>)>>,
@@ -46,7 +46,7 @@ impl ChainView {
 			account,
 			best_block: AtomicU32::new(snapshot.block),
 			snapshot: RwLock::new(Arc::new(snapshot)),
-			datanets_changed: watch::channel(0).0,
+			datanets_changed: watch::channel(DataNetChanges::default()).0,
 			workers: Default::default(),
 			workers_changed: AtomicU64::new(0),
 		}
@@ -65,10 +65,20 @@ impl ChainView {
 		self.best_block.load(Ordering::Relaxed).max(self.snapshot().block)
 	}
 
-	/// Changes whenever a block's events touch DataNet contributions: the served items' ids
-	/// should be synced again.
-	pub fn datanets_changed(&self) -> watch::Receiver<u64> {
+	/// Changes whenever a block's events accept or remove DataNet items: the served items' ids
+	/// should be synced again ([`Self::take_datanet_changes`] says which DataNets').
+	pub fn datanets_changed(&self) -> watch::Receiver<DataNetChanges> {
 		self.datanets_changed.subscribe()
+	}
+
+	/// The DataNets changed since the last call, forgotten here.
+	pub fn take_datanet_changes(&self) -> DataNetChanges {
+		let mut taken = DataNetChanges::default();
+		self.datanets_changed.send_if_modified(|pending| {
+			taken = std::mem::take(pending);
+			false
+		});
+		taken
 	}
 
 	/// Every registered worker, read again after a block with a workers-pallet event, and at
@@ -103,6 +113,7 @@ impl ChainView {
 	/// block's events touch registrations or prices (or cannot be read). Calls `on_block` with
 	/// each block's number. Resubscribes after a lost connection.
 	pub(crate) async fn follow(self: Arc<Self>, shutdown: CancellationToken, mut on_block: impl FnMut(u32)) {
+		let own = to_subxt_account(&self.account);
 		loop {
 			let mut blocks = match self.chain.api().stream_best_blocks().await {
 				Ok(blocks) => blocks,
@@ -124,27 +135,26 @@ impl ChainView {
 				};
 				let Some(Ok(block)) = block else { break };
 				let number = u32::try_from(block.number()).unwrap_or(u32::MAX);
-				let (registry, workers, datanets) = match block.at().await {
+				let changes = match block.at().await {
 					Ok(at) => match at.events().fetch().await {
-						Ok(events) => events.iter().fold((false, false, false), |(registry, workers, datanets), e| match e {
-							Ok(e) => (
-								registry || matches!(e.pallet_name(), "Registry" | "Workers") || e.event_name() == "FeeParamsSet",
-								workers || e.pallet_name() == "Workers",
-								datanets || e.pallet_name() == "DataNets",
-							),
-							Err(_) => (true, true, true),
+						Ok(events) => events.iter().fold(Changes::default(), |mut changes, e| {
+							match e.and_then(|e| e.decode_as::<runtime::Event>()) {
+								Ok(event) => changes.note(&event, &own),
+								Err(_) => changes = Changes::unknown(),
+							}
+							changes
 						}),
-						Err(_) => (true, true, true),
+						Err(_) => Changes::unknown(),
 					},
-					Err(_) => (true, true, true),
+					Err(_) => Changes::unknown(),
 				};
-				stale |= registry;
+				stale |= changes.snapshot;
 				on_block(number);
-				if workers {
+				if changes.workers {
 					self.workers_changed.fetch_add(1, Ordering::Relaxed);
 				}
-				if datanets {
-					self.datanets_changed.send_modify(|n| *n += 1);
+				if !changes.datanets.is_empty() {
+					self.datanets_changed.send_modify(|pending| pending.merge(changes.datanets));
 				}
 				if stale {
 					match self.chain.snapshot(&self.account).await {
@@ -175,5 +185,128 @@ impl ChainView {
 			}
 			tracing::debug!("best-block subscription ended; resubscribing");
 		}
+	}
+}
+
+/// DataNets whose accepted items changed: one was accepted, or reaped from a closing DataNet, or
+/// the DataNet closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataNetChanges {
+	/// Every DataNet: a block whose events could not be read.
+	pub all: bool,
+	pub ids: BTreeSet<DataNetId>,
+}
+
+impl DataNetChanges {
+	pub fn is_empty(&self) -> bool {
+		!self.all && self.ids.is_empty()
+	}
+
+	/// Whether `datanet` may have changed.
+	pub fn touches(&self, datanet: DataNetId) -> bool {
+		self.all || self.ids.contains(&datanet)
+	}
+
+	fn merge(&mut self, other: DataNetChanges) {
+		self.all |= other.all;
+		self.ids.extend(other.ids);
+	}
+}
+
+/// What a block's events make the worker read again. Only what it holds: an event that changes
+/// nothing it serves (a DataNet's metadata, another worker's stake, a transfer) costs nothing,
+/// so nobody can keep every worker reloading with cheap calls.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Changes {
+	/// The snapshot: registrations and prices in the registry, the fee parameters, this
+	/// worker's own registration.
+	snapshot: bool,
+	/// Some worker's registration (what peers' announcements are checked against).
+	workers: bool,
+	datanets: DataNetChanges,
+}
+
+impl Changes {
+	/// A block whose events could not be read: anything may have changed.
+	fn unknown() -> Self {
+		Self { snapshot: true, workers: true, datanets: DataNetChanges { all: true, ids: BTreeSet::new() } }
+	}
+
+	fn note(&mut self, event: &runtime::Event, own: &subxt::utils::AccountId32) {
+		use runtime::{attribution::Event as Attribution, data_nets::Event as DataNets, workers::Event as Workers, Event};
+		match event {
+			Event::Registry(_) | Event::Attribution(Attribution::FeeParamsSet { .. }) => self.snapshot = true,
+			Event::Workers(event) => {
+				self.workers = true;
+				let worker = match event {
+					Workers::WorkerRegistered { worker, .. } |
+					Workers::WorkerUpdated { worker } |
+					Workers::StakeBonded { worker, .. } |
+					Workers::SessionKeyRotated { worker, .. } |
+					Workers::Unbonded { worker, .. } |
+					Workers::WorkerRemoved { worker, .. } |
+					Workers::WorkerSlashed { worker, .. } |
+					Workers::WorkerEquivocated { worker, .. } => worker,
+				};
+				self.snapshot |= worker == own;
+			},
+			Event::DataNets(
+				DataNets::ContributionAccepted { datanet, .. } |
+				DataNets::ContributionReaped { datanet, .. } |
+				DataNets::DataNetClosed { datanet, .. },
+			) => {
+				self.datanets.ids.insert(*datanet);
+			},
+			_ => {},
+		}
+	}
+}
+
+#[cfg(test)]
+mod tests {
+	use super::*;
+	use runtime::{attribution::Event as Attribution, data_nets::Event as DataNets, registry::Event as Registry, workers::Event as Workers, Event};
+
+	fn changes(events: &[Event], own: &subxt::utils::AccountId32) -> Changes {
+		let mut changes = Changes::default();
+		for event in events {
+			changes.note(event, own);
+		}
+		changes
+	}
+
+	#[test]
+	fn only_what_the_worker_holds_makes_it_read_again() {
+		let own = subxt::utils::AccountId32([1; 32]);
+		let other = subxt::utils::AccountId32([2; 32]);
+		// A storm of cheap calls that change nothing the worker serves.
+		let storm = [
+			Event::DataNets(DataNets::DataNetUpdated { datanet: 3 }),
+			Event::DataNets(DataNets::ContributionWithdrawn { datanet: 3, item: 1 }),
+			Event::Workers(Workers::WorkerUpdated { worker: other.clone() }),
+		];
+		let seen = changes(&storm, &own);
+		assert!(!seen.snapshot && seen.datanets.is_empty(), "{seen:?}");
+		assert!(seen.workers, "another worker's change is for the p2p listing only");
+
+		let seen = changes(&[Event::Workers(Workers::WorkerUpdated { worker: own.clone() })], &own);
+		assert!(seen.snapshot, "its own registration is in the snapshot");
+		let seen = changes(&[Event::Registry(Registry::PromptPriceSet { prompt: 4, price_per_call: 9 })], &own);
+		assert!(seen.snapshot && !seen.workers);
+		let fees = Event::Attribution(Attribution::FeeParamsSet {
+			protocol_share: runtime::runtime_types::sp_arithmetic::per_things::Permill(1),
+			data_share: runtime::runtime_types::sp_arithmetic::per_things::Permill(2),
+			retrieval_price: 3,
+		});
+		assert!(changes(&[fees], &own).snapshot);
+
+		let accepted = [
+			Event::DataNets(DataNets::ContributionAccepted { datanet: 5, item: 1, curator: other.clone() }),
+			Event::DataNets(DataNets::ContributionReaped { datanet: 6, item: 2 }),
+		];
+		let seen = changes(&accepted, &own);
+		assert_eq!(seen.datanets.ids, BTreeSet::from([5, 6]));
+		assert!(seen.datanets.touches(5) && !seen.datanets.touches(7) && !seen.snapshot);
+		assert!(Changes::unknown().datanets.touches(7));
 	}
 }

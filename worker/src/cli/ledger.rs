@@ -321,7 +321,7 @@ pub fn run_chain(command: ChainCommand) -> Result<()> {
 			},
 			ChainCommand::SyncItems { chain, datanets } => {
 				let client = connect(&chain).await?;
-				for (datanet, recorded, accepted) in sync_items(&client, &datanets).await? {
+				for (datanet, recorded, accepted) in sync_items(&client, &datanets, |_| true).await? {
 					println!("DataNet {datanet}: {recorded} local items have chain ids ({accepted} accepted on chain)");
 				}
 			},
@@ -330,11 +330,15 @@ pub fn run_chain(command: ChainCommand) -> Result<()> {
 	})
 }
 
-/// Records the ids of accepted items in every local DataNet index under `root`: (DataNet, local
-/// items with an id, items accepted on chain).
-pub async fn sync_items(client: &ChainClient, root: &std::path::Path) -> Result<Vec<(DataNetId, usize, usize)>> {
+/// Records the ids of accepted items in the local DataNet indexes under `root` that `wanted`
+/// picks: (DataNet, local items with an id, items accepted on chain).
+pub async fn sync_items(
+	client: &ChainClient,
+	root: &std::path::Path,
+	wanted: impl Fn(DataNetId) -> bool,
+) -> Result<Vec<(DataNetId, usize, usize)>> {
 	let mut out = Vec::new();
-	for datanet in list_datanets(root)? {
+	for datanet in list_datanets(root)?.into_iter().filter(|&d| wanted(d)) {
 		let accepted = client.accepted_items(datanet).await?;
 		let root = root.to_path_buf();
 		let count = accepted.len();

@@ -7,7 +7,7 @@
 //! scans are split across threads. Exact search is the design's first step: an approximate
 //! index comes only when measurements ask for one.
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, sync::Arc};
 
 use anyhow::Result;
 use openledger_primitives::{AttributionEntry, AttributionSource, ContentHash, DataNetId, ItemId, PPM};
@@ -107,7 +107,8 @@ impl TopK {
 
 /// Searches a set of DataNet indexes built with one embedding model.
 pub struct Retriever {
-	indexes: Vec<DataNetIndex>,
+	/// Shared, so a reload keeps the DataNets that did not change (`Knowledge::reload`).
+	indexes: Vec<Arc<DataNetIndex>>,
 	threads: usize,
 }
 
@@ -118,6 +119,11 @@ impl Retriever {
 	/// Refuses indexes built with different models (their vectors are not comparable) and two
 	/// indexes of the same DataNet.
 	pub fn new(indexes: Vec<DataNetIndex>) -> Result<Self, IndexError> {
+		Self::shared(indexes.into_iter().map(Arc::new).collect())
+	}
+
+	/// [`Self::new`] over indexes shared with another retriever.
+	pub fn shared(indexes: Vec<Arc<DataNetIndex>>) -> Result<Self, IndexError> {
 		for pair in indexes.windows(2) {
 			if pair[0].model().fingerprint != pair[1].model().fingerprint || pair[0].dim() != pair[1].dim() {
 				return Err(IndexError::MixedModels { a: pair[0].dir().into(), b: pair[1].dir().into() });
@@ -140,7 +146,7 @@ impl Retriever {
 		self
 	}
 
-	pub fn indexes(&self) -> &[DataNetIndex] {
+	pub fn indexes(&self) -> &[Arc<DataNetIndex>] {
 		&self.indexes
 	}
 
