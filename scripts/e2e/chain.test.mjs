@@ -178,7 +178,7 @@ test('a transfer pays the fee polkadot.js quoted, a fraction of a milli-OPEN', a
   console.log(`# a transfer costs ${paid} planck (${Number(paid) / 1e15} milli-OPEN)`);
 });
 
-test('an owner closes a DataNet: contributions stop, anyone reaps the items, the deposit comes back', async () => {
+test('an owner closes a DataNet: contributions stop, anyone reaps the items (accepted ones after a hold), the deposit comes back', async () => {
   const { api, dev } = node;
   const { bob, charlie, dave } = dev;
   const held = async (who) => (await api.query.balances.holds(who)).filter((h) => h.id.isDataNets)
@@ -189,21 +189,46 @@ test('an owner closes a DataNet: contributions stop, anyone reaps the items, the
   assert.equal(r.error, null);
   r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex('closing item'), 12), charlie);
   const item = findEvent(r.events, 'dataNets', 'Contributed').data.item.toNumber();
-  assert.equal((await send(api, api.tx.dataNets.accept(datanet, item), dave)).error, null);
+  // An accepted item leaves in two steps: it still counts as accepted for a receipt's lifetime.
+  r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex('accepted item'), 14), charlie);
+  const accepted = findEvent(r.events, 'dataNets', 'Contributed').data.item.toNumber();
+  assert.equal((await send(api, api.tx.dataNets.accept(datanet, accepted), dave)).error, null);
+  r = await send(api, api.tx.dataNets.withdrawContribution(datanet, accepted), charlie);
+  assert.equal(r.error, null);
+  const leaving = findEvent(r.events, 'dataNets', 'ContributionLeaving').data;
+  const leftAt = (await api.rpc.chain.getHeader(r.blockHash)).number.toNumber();
+  assert.equal(leaving.until.toNumber(), leftAt + api.consts.attribution.maxReceiptLifetime.toNumber());
+  assert.ok((await api.query.dataNets.contributions(datanet, accepted)).unwrap().status.isAccepted, 'still accepted');
+  assert.equal((await send(api, api.tx.dataNets.withdrawContribution(datanet, accepted), charlie)).error, 'dataNets.StillLeaving');
 
   assert.equal((await send(api, api.tx.dataNets.closeDatanet(datanet), bob)).error, 'dataNets.NotOwner');
+  // A DataNet whose items are pending closes as soon as they are reaped.
+  const other = (await api.query.dataNets.nextDataNetId()).toNumber();
+  assert.equal((await send(api, api.tx.dataNets.createDatanet('closing', blake2AsHex('meta3'), 'ipfs://m3', 'CC0', 10n ** 16n), dave)).error, null);
+  r = await send(api, api.tx.dataNets.contribute(other, blake2AsHex('closing item'), 12), charlie);
+  const pendingItem = findEvent(r.events, 'dataNets', 'Contributed').data.item.toNumber();
   r = await send(api, api.tx.dataNets.closeDatanet(datanet), dave);
+  assert.equal(findEvent(r.events, 'dataNets', 'ClosingStarted').data.liveItems.toNumber(), 2);
+  r = await send(api, api.tx.dataNets.closeDatanet(other), dave);
   assert.equal(findEvent(r.events, 'dataNets', 'ClosingStarted').data.liveItems.toNumber(), 1);
   assert.equal((await api.query.dataNets.dataNets(datanet)).unwrap().closing.isTrue, true);
   r = await send(api, api.tx.dataNets.contribute(datanet, blake2AsHex('too late'), 8), charlie);
   assert.equal(r.error, 'dataNets.DataNetClosing');
 
+  // Anyone reaps: a pending item goes at once; the leaving accepted item only after its hold,
+  // so the first DataNet stays, closing, for a receipt's lifetime.
   r = await send(api, api.tx.dataNets.reapItem(datanet, item), bob);
   assert.equal(r.error, null);
   findEvent(r.events, 'dataNets', 'ContributionReaped');
+  assert.equal((await send(api, api.tx.dataNets.reapItem(datanet, accepted), bob)).error, 'dataNets.StillLeaving');
+  assert.ok((await api.query.dataNets.dataNets(datanet)).isSome);
+  // The other's last item reaped, it is removed and its deposit released.
+  r = await send(api, api.tx.dataNets.reapItem(other, pendingItem), bob);
+  assert.equal(r.error, null);
   const closed = findEvent(r.events, 'dataNets', 'DataNetClosed').data;
   assert.equal(closed.owner.toString(), dave.address);
-  assert.ok((await api.query.dataNets.dataNets(datanet)).isNone);
-  assert.equal(await held(dave.address), heldBefore, 'the owner\'s deposit is released');
-  assert.equal((await send(api, api.tx.dataNets.reapItem(datanet, item), bob)).error, 'dataNets.UnknownDataNet');
+  assert.ok((await api.query.dataNets.dataNets(other)).isNone);
+  assert.equal(await held(dave.address), heldBefore + api.consts.dataNets.dataNetDeposit.toBigInt(),
+    'the closed DataNet\'s deposit is released; the closing one\'s is held');
+  assert.equal((await send(api, api.tx.dataNets.reapItem(other, pendingItem), bob)).error, 'dataNets.UnknownDataNet');
 });

@@ -68,6 +68,7 @@ parameter_types! {
 impl pallet_datanets::Config for Test {
 	type Currency = Balances;
 	type Treasury = TreasuryAccount;
+	type LeaveHold = PriceHold;
 }
 
 #[derive_impl(pallet_registry::config_preludes::TestDefaultConfig)]

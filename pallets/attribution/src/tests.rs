@@ -537,10 +537,10 @@ fn receipt_naming_unaccepted_item_is_rejected() {
 	});
 }
 
-/// A retired adapter or prompt pays the receipts of requests served before until it is removed,
-/// a receipt's lifetime later. What is gone by settlement is refused: a removed adapter or
-/// prompt, a withdrawn item, a worker that started unbonding, a session key rotated away. (Each
-/// on a fresh chain: each change is for good.)
+/// A retired adapter or prompt, and a withdrawn accepted item, pay the receipts of requests
+/// served before until they are removed, a receipt's lifetime later. What is gone by settlement
+/// is refused: a removed adapter, prompt or item, a worker that started unbonding, a session key
+/// rotated away. (Each on a fresh chain: each change is for good.)
 #[test]
 fn receipt_naming_what_was_removed_withdrawn_or_rotated_away_is_rejected() {
 	let signed = |role| RuntimeOrigin::signed(account(role));
@@ -551,8 +551,7 @@ fn receipt_naming_what_was_removed_withdrawn_or_rotated_away_is_rejected() {
 		paid_until_removed(|| Registry::retire_prompt(signed(Role::PromptOwner), PROMPT), receipt, RejectReason::UnknownPrompt);
 	});
 	run(|| {
-		assert_ok!(DataNets::withdraw_contribution(signed(Role::ContributorA), DATANET, ITEM_A));
-		assert_rejected(sign(receipt(1)), RejectReason::UnacceptedItem);
+		paid_until_removed(|| DataNets::withdraw_contribution(signed(Role::ContributorA), DATANET, ITEM_A), receipt, RejectReason::UnacceptedItem);
 	});
 	run(|| {
 		assert_ok!(Workers::unbond(signed(Role::Worker)));

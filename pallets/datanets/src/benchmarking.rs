@@ -18,6 +18,12 @@ use polkadot_sdk::{
 	sp_runtime::traits::{Saturating, Zero},
 };
 
+/// Moves the chain past an accepted item's leaving hold.
+fn pass_leave_hold<T: Config>() {
+	let now = frame_system::Pallet::<T>::block_number();
+	frame_system::Pallet::<T>::set_block_number(now.saturating_add(T::LeaveHold::get()));
+}
+
 /// Funds `who` for the deposits of a few DataNets and contributions.
 fn fund<T: Config>(who: &T::AccountId) {
 	let deposits = T::DataNetDeposit::get().saturating_add(T::MinContributionDeposit::get());
@@ -267,6 +273,9 @@ mod benchmarks {
 		fund::<T>(&caller);
 		let (id, item, _reward) = rewarded_item::<T>(&caller)?;
 		start_closing::<T>(id)?;
+		// The removing step, after the leaving mark's hold: the costlier one.
+		Pallet::<T>::withdraw_contribution(RawOrigin::Signed(caller.clone()).into(), id, item)?;
+		pass_leave_hold::<T>();
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(caller.clone()), id, item);
@@ -322,6 +331,8 @@ mod benchmarks {
 		let (id, item, reward) = rewarded_item::<T>(&contributor)?;
 		start_closing::<T>(id)?;
 		let caller: T::AccountId = whitelisted_caller();
+		Pallet::<T>::reap_item(RawOrigin::Signed(caller.clone()).into(), id, item)?;
+		pass_leave_hold::<T>();
 
 		#[extrinsic_call]
 		_(RawOrigin::Signed(caller), id, item);

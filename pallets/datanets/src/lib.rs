@@ -10,6 +10,11 @@
 //! contributions and curation, then anyone reaps the items (`reap_item`: rewards paid, deposits
 //! released in full), and the last item to go takes the DataNet with it and releases the owner's
 //! deposit. A DataNet with no items closes at once.
+//!
+//! An accepted item leaves (withdrawn or reaped) in two steps too, so that its going never voids
+//! the receipts of requests it served: the first call marks it leaving for `LeaveHold` blocks (a
+//! receipt's longest lifetime), during which it still counts as accepted and workers stop
+//! serving it; the same call once they have passed removes it. A pending item goes at once.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
@@ -92,6 +97,7 @@ pub mod pallet {
 			type MaxCurators = ConstU32<2>;
 			type MaxItemsPerDataNet = ConstU32<64>;
 			type MaxItemBytes = ConstU64<1_000>;
+			type LeaveHold = ConstUint<10>;
 			type WeightInfo = ();
 		}
 	}
@@ -136,6 +142,12 @@ pub mod pallet {
 		/// The largest item, in bytes, a contribution may declare.
 		#[pallet::constant]
 		type MaxItemBytes: Get<u64>;
+		/// How long an accepted item that is withdrawn or reaped still counts as accepted before
+		/// it can be removed: at least a receipt's longest lifetime, so that every receipt of a
+		/// request it served can still settle.
+		#[pallet::constant]
+		#[pallet::no_default_bounds]
+		type LeaveHold: Get<BlockNumberFor<Self>>;
 		type WeightInfo: WeightInfo;
 	}
 
@@ -172,6 +184,12 @@ pub mod pallet {
 	#[pallet::storage]
 	pub type ContentIndex<T> =
 		StorageDoubleMap<_, Blake2_128Concat, DataNetId, Blake2_128Concat, ContentHash, ItemId>;
+
+	/// Accepted items on their way out (withdrawn, or reaped from a closing DataNet), each with
+	/// the block from which it can be removed. Until then it still counts as accepted.
+	#[pallet::storage]
+	pub type Leaving<T: Config> =
+		StorageDoubleMap<_, Blake2_128Concat, DataNetId, Twox64Concat, ItemId, BlockNumberFor<T>>;
 
 	/// Training reward paid so far to each accepted item of a DataNet (cumulative, per item).
 	#[pallet::storage]
@@ -219,6 +237,9 @@ pub mod pallet {
 		ContributionRejected { datanet: DataNetId, item: ItemId, forfeited: BalanceOf<T> },
 		/// An item was withdrawn by its contributor and its deposit released.
 		ContributionWithdrawn { datanet: DataNetId, item: ItemId },
+		/// An accepted item is leaving (withdrawn or reaped): it still counts as accepted until
+		/// block `until`, from which the same call removes it.
+		ContributionLeaving { datanet: DataNetId, item: ItemId, until: BlockNumberFor<T> },
 		/// The owner began closing a DataNet that still holds `live_items` items.
 		ClosingStarted { datanet: DataNetId, live_items: u32 },
 		/// An item of a closing DataNet was removed and its deposit released in full.
@@ -275,6 +296,9 @@ pub mod pallet {
 		DataNetClosing,
 		/// Only the items of a closing DataNet can be reaped.
 		NotClosing,
+		/// The accepted item is leaving: it can be removed once `LeaveHold` has passed since
+		/// it was withdrawn or reaped, not before.
+		StillLeaving,
 	}
 
 	#[pallet::hooks]
@@ -532,10 +556,17 @@ pub mod pallet {
 		/// unclaimed training rewards are paid first. The contributor only. The last item of a
 		/// closing DataNet takes the DataNet with it (`DataNetClosed`).
 		///
-		/// Emits `ContributionWithdrawn` (and `RewardsClaimed` when rewards were paid). Errors:
-		/// `UnknownDataNet`, `UnknownItem`, `NotContributor`. O(1).
+		/// A pending item goes at once. An accepted item goes in two steps: the first call marks
+		/// it leaving (`ContributionLeaving`) for `LeaveHold` blocks, during which it still counts
+		/// as accepted, so receipts of requests it served settle and pay its contributor, and
+		/// workers stop serving it; the same call once they have passed removes it.
+		///
+		/// Emits `ContributionLeaving`, or `ContributionWithdrawn` (and `RewardsClaimed` when
+		/// rewards were paid). Errors: `UnknownDataNet`, `UnknownItem`, `NotContributor`,
+		/// `StillLeaving`. O(1).
 		#[pallet::call_index(7)]
-		#[pallet::weight(T::WeightInfo::withdraw_contribution())]
+		// The benchmark predates the leaving mark: its read and write are added until it is rerun.
+		#[pallet::weight(T::WeightInfo::withdraw_contribution().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn withdraw_contribution(
 			origin: OriginFor<T>,
 			datanet: DataNetId,
@@ -546,6 +577,9 @@ pub mod pallet {
 			let mut contribution =
 				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
 			ensure!(contribution.contributor == who, Error::<T>::NotContributor);
+			if !Self::leave_step(datanet, item, &contribution)? {
+				return Ok(());
+			}
 			Self::settle_and_remove(&mut net, datanet, item, &mut contribution)?;
 			Self::deposit_event(Event::ContributionWithdrawn { datanet, item });
 			Self::store_or_close(datanet, net)
@@ -594,18 +628,23 @@ pub mod pallet {
 
 		/// Removes an item of a closing DataNet: its unclaimed training rewards are paid to its
 		/// contributor and its deposit is released in full (the contributor did nothing wrong).
-		/// Anyone may call it. The last item takes the DataNet with it (`DataNetClosed`).
+		/// Anyone may call it. The last item takes the DataNet with it (`DataNetClosed`). An
+		/// accepted item goes in two steps, as in `withdraw_contribution`.
 		///
-		/// Emits `ContributionReaped` (and `RewardsClaimed` when rewards were paid). Errors:
-		/// `UnknownDataNet`, `NotClosing`, `UnknownItem`. O(1).
+		/// Emits `ContributionLeaving`, or `ContributionReaped` (and `RewardsClaimed` when
+		/// rewards were paid). Errors: `UnknownDataNet`, `NotClosing`, `UnknownItem`,
+		/// `StillLeaving`. O(1).
 		#[pallet::call_index(10)]
-		#[pallet::weight(T::WeightInfo::reap_item())]
+		#[pallet::weight(T::WeightInfo::reap_item().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
 		pub fn reap_item(origin: OriginFor<T>, datanet: DataNetId, item: ItemId) -> DispatchResult {
 			ensure_signed(origin)?;
 			let mut net = DataNets::<T>::get(datanet).ok_or(Error::<T>::UnknownDataNet)?;
 			ensure!(net.closing, Error::<T>::NotClosing);
 			let mut contribution =
 				Contributions::<T>::get(datanet, item).ok_or(Error::<T>::UnknownItem)?;
+			if !Self::leave_step(datanet, item, &contribution)? {
+				return Ok(());
+			}
 			Self::settle_and_remove(&mut net, datanet, item, &mut contribution)?;
 			Self::deposit_event(Event::ContributionReaped { datanet, item });
 			Self::store_or_close(datanet, net)
@@ -682,6 +721,29 @@ pub mod pallet {
 			ContentIndex::<T>::remove(datanet, contribution.content_hash);
 		}
 
+		/// A leaving step for the item: whether it may be removed now. A pending item may; an
+		/// accepted one is first marked leaving until `LeaveHold` from now (false), and may be
+		/// removed from that block on, when the mark goes.
+		fn leave_step(datanet: DataNetId, item: ItemId, contribution: &ContributionOf<T>) -> Result<bool, DispatchError> {
+			if contribution.status != ContributionStatus::Accepted {
+				return Ok(true);
+			}
+			let now = polkadot_sdk::frame_system::Pallet::<T>::block_number();
+			match Leaving::<T>::get(datanet, item) {
+				None => {
+					let until = now.saturating_add(T::LeaveHold::get());
+					Leaving::<T>::insert(datanet, item, until);
+					Self::deposit_event(Event::ContributionLeaving { datanet, item, until });
+					Ok(false)
+				},
+				Some(until) => {
+					ensure!(now >= until, Error::<T>::StillLeaving);
+					Leaving::<T>::remove(datanet, item);
+					Ok(true)
+				},
+			}
+		}
+
 		/// Removes an item its contributor is owed nothing more for: an accepted item's unclaimed
 		/// rewards are paid, and the whole deposit is released.
 		fn settle_and_remove(
@@ -723,7 +785,8 @@ pub mod pallet {
 		}
 
 		/// Invariants: item counters match storage, every content hash indexes its item, holds
-		/// equal the deposits recorded, and the reward pool covers every unclaimed reward.
+		/// equal the deposits recorded, leaving marks name accepted items and end within
+		/// `LeaveHold`, and the reward pool covers every unclaimed reward.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
 			use alloc::collections::btree_map::BTreeMap;
@@ -760,6 +823,14 @@ pub mod pallet {
 				RewardPerItem::<T>::iter_keys().all(DataNets::<T>::contains_key),
 				"a reward index outlived its DataNet"
 			);
+			let hold_ends = polkadot_sdk::frame_system::Pallet::<T>::block_number().saturating_add(T::LeaveHold::get());
+			for (id, item, until) in Leaving::<T>::iter() {
+				ensure!(
+					Contributions::<T>::get(id, item).is_some_and(|c| c.status == ContributionStatus::Accepted),
+					"a leaving mark names no accepted item"
+				);
+				ensure!(until <= hold_ends, "an item leaving for longer than LeaveHold");
+			}
 			for (who, deposits) in held {
 				let on_hold = T::Currency::balance_on_hold(&HoldReason::DataNetDeposit.into(), &who) +
 					T::Currency::balance_on_hold(&HoldReason::ContributionDeposit.into(), &who);

@@ -20,6 +20,7 @@ pub const TREASURY: AccountId = 99;
 pub const ENDOWMENT: Balance = 1_000_000;
 pub const DATANET_DEPOSIT: Balance = 1_000;
 pub const CONTRIBUTION_DEPOSIT: Balance = 100;
+pub const LEAVE_HOLD: u64 = 10;
 
 frame_support::construct_runtime!(
 	pub enum Test {
@@ -64,6 +65,7 @@ impl pallet_datanets::Config for Test {
 	type MaxCurators = ConstU32<2>;
 	type MaxItemsPerDataNet = ConstU32<3>;
 	type MaxItemBytes = frame_support::traits::ConstU64<1_000>;
+	type LeaveHold = frame_support::traits::ConstU64<LEAVE_HOLD>;
 	type WeightInfo = ();
 }
 

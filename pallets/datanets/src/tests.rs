@@ -26,6 +26,13 @@ fn contribute(who: AccountId, datanet: u32, text: &str) -> u32 {
 	item
 }
 
+/// Lets an accepted item leave all the way: the call marks it, the hold passes, the call removes it.
+fn leave_fully(leave: impl Fn() -> polkadot_sdk::sp_runtime::DispatchResult) {
+	assert_ok!(leave());
+	System::set_block_number(System::block_number() + LEAVE_HOLD);
+	assert_ok!(leave());
+}
+
 fn held(reason: HoldReason, who: AccountId) -> Balance {
 	Balances::balance_on_hold(&reason.into(), &who)
 }
@@ -242,7 +249,7 @@ fn accepted_items_share_training_rewards_equally() {
 		assert_eq!(DataNets::unclaimed_rewards(id, pending), 10);
 		assert_eq!(DataNets::unclaimed_rewards(id, b), 160);
 		// Withdrawing an accepted item pays its rewards and releases its deposit.
-		assert_ok!(DataNets::withdraw_contribution(RuntimeOrigin::signed(BOB), id, b));
+		leave_fully(|| DataNets::withdraw_contribution(RuntimeOrigin::signed(BOB), id, b));
 		assert_eq!(Balances::balance(&BOB), ENDOWMENT - CONTRIBUTION_DEPOSIT + 160);
 		assert_eq!(DataNets::accepted_item(id, b), None);
 		assert_eq!(<DataNets as DataNetsInspect<_>>::accepted_count(id), 2);
@@ -309,7 +316,7 @@ fn a_closing_datanet_is_reaped_item_by_item() {
 		assert_eq!(held(HoldReason::DataNetDeposit, OWNER), DATANET_DEPOSIT);
 
 		// The last item: its rewards and deposit to the contributor, then the DataNet goes.
-		assert_ok!(DataNets::reap_item(RuntimeOrigin::signed(CURATOR), id, accepted));
+		leave_fully(|| DataNets::reap_item(RuntimeOrigin::signed(CURATOR), id, accepted));
 		System::assert_has_event(Event::RewardsClaimed { datanet: id, item: accepted, contributor: ALICE, amount: 50 }.into());
 		System::assert_has_event(Event::ContributionReaped { datanet: id, item: accepted }.into());
 		System::assert_last_event(Event::DataNetClosed { datanet: id, owner: OWNER, deposit: DATANET_DEPOSIT }.into());
@@ -402,5 +409,48 @@ fn the_v1_migration_rehashes_every_entry_once() {
 		// A second run finds version 1 and leaves the index alone.
 		MigrateToV1::<Test>::on_runtime_upgrade();
 		assert_eq!(ContentIndex::<Test>::iter_prefix(id).count(), items.len());
+	});
+}
+
+/// An accepted item that is withdrawn still counts as accepted for `LeaveHold` blocks (receipts
+/// of requests it served still settle and pay its contributor); then the same call removes it.
+#[test]
+fn an_accepted_item_leaves_in_two_steps() {
+	use crate::Leaving;
+	run(|| {
+		let id = create(OWNER);
+		let item = contribute(ALICE, id, "a");
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, item));
+		let at = System::block_number();
+		assert_ok!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), id, item));
+		System::assert_last_event(Event::ContributionLeaving { datanet: id, item, until: at + LEAVE_HOLD }.into());
+		assert_eq!(Leaving::<Test>::get(id, item), Some(at + LEAVE_HOLD));
+		assert_eq!(DataNets::accepted_item(id, item).map(|(who, _)| who), Some(ALICE), "still accepted");
+		assert_eq!(<DataNets as DataNetsInspect<_>>::accepted_count(id), 1);
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), CONTRIBUTION_DEPOSIT);
+		System::set_block_number(at + LEAVE_HOLD - 1);
+		assert_noop!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), id, item), Error::<Test>::StillLeaving);
+		DataNets::do_try_state().unwrap();
+		System::set_block_number(at + LEAVE_HOLD);
+		assert_ok!(DataNets::withdraw_contribution(RuntimeOrigin::signed(ALICE), id, item));
+		System::assert_last_event(Event::ContributionWithdrawn { datanet: id, item }.into());
+		assert_eq!(DataNets::accepted_item(id, item), None);
+		assert!(!Leaving::<Test>::contains_key(id, item));
+		assert_eq!(held(HoldReason::ContributionDeposit, ALICE), 0);
+	});
+}
+
+#[test]
+fn try_state_catches_a_leaving_mark_without_an_accepted_item() {
+	use crate::Leaving;
+	run(|| {
+		let id = create(OWNER);
+		let item = contribute(ALICE, id, "a");
+		Leaving::<Test>::insert(id, item, System::block_number());
+		assert!(DataNets::do_try_state().is_err(), "a pending item cannot be leaving");
+		assert_ok!(DataNets::accept(RuntimeOrigin::signed(OWNER), id, item));
+		Leaving::<Test>::insert(id, item, System::block_number() + LEAVE_HOLD + 1);
+		assert!(DataNets::do_try_state().is_err());
+		Leaving::<Test>::remove(id, item);
 	});
 }

@@ -174,6 +174,8 @@ impl pallet_datanets::Config for Runtime {
 	type MaxCurators = ConstU32<16>;
 	type MaxItemsPerDataNet = ConstU32<1_000_000>;
 	type MaxItemBytes = ConstU64<{ 16 * 1024 * 1024 }>;
+	// A withdrawn or reaped item still pays every receipt of a request it served.
+	type LeaveHold = MaxReceiptLifetime;
 	type WeightInfo = pallet_datanets::weights::SubstrateWeight<Runtime>;
 }
 
