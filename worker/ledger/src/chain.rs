@@ -425,14 +425,24 @@ impl ChainClient {
 		Ok(hashes.binary_search_by(|h| h.0.cmp(&request_hash.0)).is_ok())
 	}
 
-	/// The accepted items of `datanet`: (content hash, item id).
+	/// The accepted items of `datanet` that are not leaving: (content hash, item id). A leaving
+	/// item still pays for what it served, but is served no more.
 	pub async fn accepted_items(&self, datanet: DataNetId) -> Result<Vec<(ContentHash, ItemId)>, ChainError> {
 		let at = self.at_best().await?;
+		let mut leaving = HashSet::new();
+		let mut marks = at.storage().entry(runtime::storage().data_nets().leaving())?.iter((datanet,)).await?;
+		while let Some(kv) = marks.next().await {
+			let (_, item) = kv?.key()?.decode()?;
+			leaving.insert(item);
+		}
 		let mut items = at.storage().entry(runtime::storage().data_nets().contributions())?.iter((datanet,)).await?;
 		let mut out = Vec::new();
 		while let Some(kv) = items.next().await {
 			let kv = kv?;
 			let (_, item) = kv.key()?.decode()?;
+			if leaving.contains(&item) {
+				continue;
+			}
 			let c = kv.value().decode()?;
 			if matches!(c.status, ContributionStatus::Accepted) {
 				out.push((h256(c.content_hash), item));

@@ -188,8 +188,9 @@ impl ChainView {
 	}
 }
 
-/// DataNets whose accepted items changed: one was accepted, or reaped from a closing DataNet, or
-/// the DataNet closed.
+/// DataNets whose served items changed: one was accepted, or started leaving (withdrawn, or
+/// reaped from a closing DataNet), or the DataNet closed. An item's removal, a hold later,
+/// changes nothing served: it left the served set when it started leaving.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DataNetChanges {
 	/// Every DataNet: a block whose events could not be read.
@@ -252,7 +253,7 @@ impl Changes {
 			},
 			Event::DataNets(
 				DataNets::ContributionAccepted { datanet, .. } |
-				DataNets::ContributionReaped { datanet, .. } |
+				DataNets::ContributionLeaving { datanet, .. } |
 				DataNets::DataNetClosed { datanet, .. },
 			) => {
 				self.datanets.ids.insert(*datanet);
@@ -302,7 +303,8 @@ mod tests {
 
 		let accepted = [
 			Event::DataNets(DataNets::ContributionAccepted { datanet: 5, item: 1, curator: other.clone() }),
-			Event::DataNets(DataNets::ContributionReaped { datanet: 6, item: 2 }),
+			Event::DataNets(DataNets::ContributionLeaving { datanet: 6, item: 2, until: 99 }),
+			Event::DataNets(DataNets::ContributionReaped { datanet: 7, item: 3 }),
 		];
 		let seen = changes(&accepted, &own);
 		assert_eq!(seen.datanets.ids, BTreeSet::from([5, 6]));
