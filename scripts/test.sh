@@ -55,3 +55,8 @@ step "worker end to end: the official openai Python client against a running wor
 
 step "receipts end to end: dev node, worker on SmolLM2, openai client, polkadot.js"
 "$REPO_ROOT/scripts/ledger-e2e.sh"
+
+step "the soak, short: two workers killed and a node restarted under mixed clients for 30 s"
+# The full soak is 10 minutes (scripts/soak.sh; docs/benchmarks.md); this one checks its
+# invariants on every change: nothing delivered unpaid, nothing paid twice, issuance exact.
+"$REPO_ROOT/scripts/soak.sh" 30
