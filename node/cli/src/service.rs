@@ -73,13 +73,28 @@ pub fn new_partial(config: &Configuration) -> Result<Service, ServiceError> {
 		telemetry
 	});
 	let select_chain = sc_consensus::LongestChain::new(backend.clone());
+	// The dev chain seals a block for every transaction the pool imports, one chain with no
+	// forks: it keeps the single-state pool, at the command line's default limits. Under instant
+	// seal the fork-aware pool's background task has ended ("Essential task `txpool-background`
+	// failed", which stops the node) during a burst of transactions at start.
+	let pool_options = match is_dev(config) {
+		true => sc_transaction_pool::TransactionPoolOptions::new_with_params(
+			8192,
+			20 * 1024 * 1024,
+			None,
+			sc_transaction_pool::TransactionPoolType::SingleState,
+			true,
+			false,
+		),
+		false => config.transaction_pool.clone(),
+	};
 	let transaction_pool = Arc::from(
 		sc_transaction_pool::Builder::new(
 			task_manager.spawn_essential_handle(),
 			client.clone(),
 			config.role.is_authority().into(),
 		)
-		.with_options(config.transaction_pool.clone())
+		.with_options(pool_options)
 		.with_prometheus(config.prometheus_registry())
 		.build(),
 	);
