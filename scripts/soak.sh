@@ -63,9 +63,7 @@ run_worker() {
 }
 
 restart_node() {
-	local pid; pid="$(cat "$DEMO_DIR/node.pid")"
-	kill "$pid" 2>/dev/null || true
-	for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	stop_node
 	# Not a phase of the test command: kept out of its phase log (scripts/ci-times.sh).
 	OPENLEDGER_PHASE_LOG="" start_node >/dev/null 2>&1
 }

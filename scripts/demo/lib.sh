@@ -108,16 +108,20 @@ start_worker() {
 	wait_http "$WORKER_URL/health" "$worker_pid" "$DEMO_DIR/worker.log" "the worker"
 }
 
+# Stops the node node.pid names (a test may have restarted it).
+stop_node() {
+	[ -f "$DEMO_DIR/node.pid" ] || return 0
+	local pid; pid="$(cat "$DEMO_DIR/node.pid")"
+	kill "$pid" 2>/dev/null || true
+	# Not necessarily our child, so `wait` cannot see it: poll until it has closed its database.
+	for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+}
+
 stop_all() {
 	# Each may be gone already (a test restarts the node; node.pid names the live one).
 	if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
 	if [ -n "$mcp_pid" ]; then kill "$mcp_pid" 2>/dev/null || true; fi
-	if [ -f "$DEMO_DIR/node.pid" ]; then
-		local pid; pid="$(cat "$DEMO_DIR/node.pid")"
-		kill "$pid" 2>/dev/null || true
-		# Not necessarily our child, so `wait` cannot see it: poll until it has closed its database.
-		for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-	fi
+	stop_node
 	if [ -n "$node_pid" ]; then kill "$node_pid" 2>/dev/null || true; fi
 	wait 2>/dev/null || true
 }
