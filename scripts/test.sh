@@ -5,18 +5,43 @@ cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/setup.sh"
 
-step "building the node (embeds the wasm runtime) and the worker (release)"
-build_release
+# The pallet and runtime tests, in the debug profile: primitives, the four pallets (unit,
+# property, benchmark and try-state tests), the runtime. The wasm runtime is not needed by them:
+# the crates that build it (runtime/wasm, runtime/upgrade) are left out, and the node is tested end
+# to end below as a release binary, not rebuilt here for tests.
+pallet_tests=(cargo test --workspace --no-fail-fast
+	--exclude openledger-node --exclude openledger-node-cli --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade
+	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp
+	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings})
+
+# What runs beside the builds is logged here and shown when it is joined.
+pallet_build_log="$(mktemp)" pallet_log="$(mktemp)" chain_log="$(mktemp)"
+trap 'rm -f "$pallet_build_log" "$pallet_log" "$chain_log"' EXIT
+
+# The node's release build leaves a core idle for minutes at a time (the runtime's wasm build,
+# then the node crate, each mostly one process), so the pallet tests' debug build runs beside it
+# at a lower priority. Cargo locks one profile's directory, not the whole target directory, so
+# the two builds do not wait for each other.
+step "building the node (release, embeds the wasm runtime), the pallet tests' debug build beside it"
+nice -n 10 "${pallet_tests[@]}" --no-run >"$pallet_build_log" 2>&1 &
+pallet_build_pid=$!
+build_node
 
 step "building the upgrade runtime (this runtime with its spec version + 1)"
 build_upgrade_runtime
 
-# The chain's end-to-end tests mostly wait for blocks: they run beside the pallet tests, whose
-# build and run keep both cores busy. Their output is shown when they are joined; the pallet
-# tests run at a lower priority so the nodes under test keep their block times.
-chain_log="$(mktemp)"
-trap 'rm -f "$chain_log"' EXIT
-step "end-to-end tests with real nodes and polkadot.js, in the background (joined after the pallet tests)"
+step "waiting for the pallet tests' build"
+pallet_build=0
+wait "$pallet_build_pid" || pallet_build=$?
+if [ "$pallet_build" != 0 ]; then
+	tail -n 60 "$pallet_build_log" | sed 's/^/  | /'
+	die "the pallet and runtime tests did not build (the end of their build log is above)"
+fi
+
+# The chain's end-to-end tests mostly wait for blocks, and the pallet tests are now built: both
+# run beside the worker's release build, which with them keeps both cores busy. The build and the
+# pallet tests run at a lower priority so the nodes under test keep their block times.
+step "building the worker (release), the chain end to end and the pallet tests beside it"
 (
 	started=$(date +%s)
 	status=0
@@ -25,22 +50,27 @@ step "end-to-end tests with real nodes and polkadot.js, in the background (joine
 	exit "$status"
 ) >"$chain_log" 2>&1 &
 chain_pid=$!
+(
+	started=$(date +%s)
+	status=0
+	nice -n 10 "${pallet_tests[@]}" || status=$?
+	echo "the pallet tests took $(( $(date +%s) - started )) s (exit $status)"
+	exit "$status"
+) >"$pallet_log" 2>&1 &
+pallet_pid=$!
+worker=0
+nice -n 10 bash -c "source '$REPO_ROOT/scripts/common.sh'; build_worker" || worker=$?
 
-step "unit, pallet, benchmark and try-state tests (the chain end to end beside them)"
-# The wasm runtime is not needed by these tests: the crates that build it (runtime/wasm,
-# runtime/upgrade) are left out, so neither substrate-wasm-builder nor its C++ is compiled here.
-# The node is tested end to end below, as a release binary, not rebuilt here for tests.
-pallets=0
-nice -n 10 cargo test --workspace --no-fail-fast \
-	--exclude openledger-node --exclude openledger-node-cli --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade \
-	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp \
-	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings} || pallets=$?
-
-step "end-to-end tests with real nodes and polkadot.js: waiting for them, then their output"
-chain=0
+step "unit, pallet, benchmark and try-state tests, and the chain end to end: waiting for them, then their output"
+pallets=0 chain=0
+wait "$pallet_pid" || pallets=$?
 wait "$chain_pid" || chain=$?
+echo "unit, pallet, benchmark and try-state tests:"
+sed 's/^/  | /' "$pallet_log"
+echo "end-to-end tests with real nodes and polkadot.js:"
 sed 's/^/  | /' "$chain_log"
-[ "$pallets" = 0 ] || die "the unit, pallet, benchmark or try-state tests failed (above)"
+[ "$worker" = 0 ] || die "the worker did not build (above)"
+[ "$pallets" = 0 ] || die "the unit, pallet, benchmark or try-state tests failed (their output is above, indented)"
 [ "$chain" = 0 ] || die "the chain end-to-end tests failed (their output is above, indented)"
 
 step "the worker's crates depend on each other one way (scripts/check-layers.sh)"
