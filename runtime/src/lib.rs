@@ -113,7 +113,10 @@ pub type UncheckedExtrinsic =
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
 
 /// Storage migrations, each a no-op on a chain whose pallet is already at its version.
-type Migrations = (pallet_datanets::migrations::v1::MigrateToV1<Runtime>,);
+type Migrations = (
+	pallet_datanets::migrations::v1::MigrateToV1<Runtime>,
+	pallet_registry::migrations::v1::MigrateToV1<Runtime>,
+);
 
 pub type Executive = frame_executive::Executive<
 	Runtime,

@@ -56,6 +56,7 @@ fn receipt_settles_under_the_runtime_configuration() {
 	use openledger_primitives::{
 		content_hash, item_hash, AttributionEntry, AttributionSource, Receipt, SignedReceipt,
 	};
+	use pallet_registry::RegistrationKind;
 	use polkadot_sdk::{
 		frame_support::{assert_ok, traits::fungible::InspectHold, BoundedVec},
 		sp_core::{sr25519, Pair},
@@ -78,8 +79,11 @@ fn receipt_settles_under_the_runtime_configuration() {
 		assert_ok!(DataNets::contribute(signed(&contributor), 0, item_hash("OpenLedger pays contributors."), 29));
 		assert_ok!(DataNets::accept(signed(&owner), 0, 0));
 		assert_ok!(Registry::register_base_model(RuntimeOrigin::root(), b"SmolLM2-135M".to_vec(), b"llama".to_vec(), content_hash(b"gguf")));
-		assert_ok!(Registry::register_adapter(signed(&creator), 0, content_hash(b"lora"), content_hash(b"cfg"), 16, vec![], vec![(0, 1_000_000)], UNIT / 1_000));
-		assert_ok!(Registry::register_prompt(signed(&creator), content_hash(b"tpl"), vec![], UNIT / 100));
+		let salt = [0; 32];
+		Registry::commit_for_test(&creator, RegistrationKind::Adapter, &content_hash(b"lora"), &salt);
+		assert_ok!(Registry::register_adapter(signed(&creator), 0, content_hash(b"lora"), content_hash(b"cfg"), 16, vec![], vec![(0, 1_000_000)], UNIT / 1_000, salt));
+		Registry::commit_for_test(&creator, RegistrationKind::Prompt, &content_hash(b"tpl"), &salt);
+		assert_ok!(Registry::register_prompt(signed(&creator), content_hash(b"tpl"), vec![], UNIT / 100, salt));
 		assert_ok!(Workers::register(signed(&worker), session.public(), b"http://127.0.0.1:8080".to_vec(), vec![0], UNIT / 1_000, crate::configs::MinStake::get()));
 		assert_ok!(Attribution::deposit(signed(&payer), 100 * UNIT));
 		assert_ok!(Attribution::set_allowance(signed(&payer), worker.clone(), 10 * UNIT));

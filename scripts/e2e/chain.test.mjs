@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Keyring } from '@polkadot/keyring';
 import { blake2AsHex } from '@polkadot/util-crypto';
-import { useDevNode, send, findEvent } from './lib.mjs';
+import { useDevNode, send, findEvent, commitRegistration } from './lib.mjs';
 
 const node = useDevNode();
 
@@ -61,15 +61,26 @@ test('DataNets, registry, workers and credit through polkadot.js', async () => {
   findEvent(r.events, 'registry', 'BaseModelRegistered');
 
   const adapter = (await api.query.registry.nextAdapterId()).toNumber();
-  r = await send(api, api.tx.registry.registerAdapter(baseModel, blake2AsHex('lora'), blake2AsHex('cfg'), 16, 'ipfs://lora', [[datanet, 600_000]], 10n ** 15n), charlie);
+  const loraSalt = await commitRegistration(api, charlie, 'adapter', blake2AsHex('lora'));
+  r = await send(api, api.tx.registry.registerAdapter(baseModel, blake2AsHex('lora'), blake2AsHex('cfg'), 16, 'ipfs://lora', [[datanet, 600_000]], 10n ** 15n, loraSalt), charlie);
   assert.equal(r.error, null);
   findEvent(r.events, 'registry', 'AdapterRegistered');
   const stored = (await api.query.registry.adapters(adapter)).unwrap();
   assert.equal(stored.owner.toString(), charlie.address);
   assert.equal(stored.provenance[0][1].toNumber(), 600_000);
 
+  // A weights hash names one adapter: another account, committed in time, cannot take it; nor
+  // can anyone register without a commitment (one seen in the pool would come too late).
+  const squatSalt = await commitRegistration(api, dave, 'adapter', blake2AsHex('lora'));
+  r = await send(api, api.tx.registry.registerAdapter(baseModel, blake2AsHex('lora'), blake2AsHex('cfg'), 16, '', [], 1, squatSalt), dave);
+  assert.equal(r.error, 'registry.HashTaken');
+  r = await send(api, api.tx.registry.registerAdapter(baseModel, blake2AsHex('lora2'), blake2AsHex('cfg'), 16, '', [], 1, squatSalt), dave);
+  assert.equal(r.error, 'registry.NoCommitment');
+  assert.equal((await api.query.registry.adapterByHash(blake2AsHex('lora'))).unwrap().toNumber(), adapter);
+
   const prompt = (await api.query.registry.nextPromptId()).toNumber();
-  r = await send(api, api.tx.registry.registerPrompt(blake2AsHex('template'), 'ipfs://tpl', 10n ** 16n), charlie);
+  const templateSalt = await commitRegistration(api, charlie, 'prompt', blake2AsHex('template'));
+  r = await send(api, api.tx.registry.registerPrompt(blake2AsHex('template'), 'ipfs://tpl', 10n ** 16n, templateSalt), charlie);
   assert.equal(r.error, null);
   assert.equal((await api.query.registry.prompts(prompt)).unwrap().templateHash.toHex(), blake2AsHex('template'));
 
@@ -150,7 +161,7 @@ test('bad input yields the pallet error and the node keeps going', async () => {
   const r = await send(api, api.tx.dataNets.contribute(999_999, blake2AsHex('orphan'), 6), bob);
   assert.equal(r.error, 'dataNets.UnknownDataNet');
   findEvent(r.events, 'system', 'ExtrinsicFailed');
-  const r2 = await send(api, api.tx.registry.registerAdapter(0, blake2AsHex('x'), blake2AsHex('y'), 0, '', [], 1), bob);
+  const r2 = await send(api, api.tx.registry.registerAdapter(0, blake2AsHex('x'), blake2AsHex('y'), 0, '', [], 1, new Uint8Array(32)), bob);
   assert.equal(r2.error, 'registry.RankOutOfRange');
   const after = (await api.rpc.chain.getHeader()).number.toNumber();
   assert.ok(after > before, `blocks kept coming (${before} → ${after})`);

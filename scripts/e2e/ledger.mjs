@@ -1,9 +1,9 @@
 // The ledger side of the demo and of the receipt tests: registers a base model, a DataNet with
 // accepted items, adapters, prompts and funds a payer, through polkadot.js as a user would; and
 // reads settled receipts and their payouts back from the chain.
-import { send, findEvent } from './lib.mjs';
+import { send, findEvent, registrationCommitment } from './lib.mjs';
 
-import { encodeAddress } from '@polkadot/util-crypto';
+import { encodeAddress, randomAsU8a } from '@polkadot/util-crypto';
 import { stringToU8a, u8aConcat } from '@polkadot/util';
 
 export { blake2AsHex } from '@polkadot/util-crypto';
@@ -70,12 +70,23 @@ export async function setupLedger({ api, dev }, plan) {
   });
   await sendAll(api, [...items.values()].map(({ item }) => [api.tx.dataNets.accept(datanet, item), owner]));
 
-  const adapterTxs = plan.adapters.map((a) => [
+  // Adapters and prompts register in two steps: a commitment first, the registration with its
+  // salt in a later block (the registry's defence against front-running).
+  const salts = [...plan.adapters, ...plan.prompts].map(() => randomAsU8a(32));
+  const commitments = [
+    ...plan.adapters.map((a, n) => [a.owner, 'adapter', a.weightsHash, salts[n]]),
+    ...plan.prompts.map((p, n) => [p.owner, 'prompt', p.hash, salts[plan.adapters.length + n]]),
+  ].map(([owner, kind, hash, salt]) => [api.tx.registry.commitRegistration(registrationCommitment(kind, owner.address, hash, salt)), owner]);
+  await sendAll(api, commitments);
+  const adapterTxs = plan.adapters.map((a, n) => [
     api.tx.registry.registerAdapter(baseModel, a.weightsHash, a.configHash, a.rank, `file://${a.name}`,
-      a.provenance.map(([, ppm]) => [datanet, ppm]), a.pricePer1k),
+      a.provenance.map(([, ppm]) => [datanet, ppm]), a.pricePer1k, salts[n]),
     a.owner,
   ]);
-  const promptTxs = plan.prompts.map((p) => [api.tx.registry.registerPrompt(p.hash, `file://${p.name}.json`, p.price), p.owner]);
+  const promptTxs = plan.prompts.map((p, n) => [
+    api.tx.registry.registerPrompt(p.hash, `file://${p.name}.json`, p.price, salts[plan.adapters.length + n]),
+    p.owner,
+  ]);
   const fundTxs = [
     [api.tx.balances.transferKeepAlive(plan.worker.address, plan.worker.funds), alice],
     [api.tx.attribution.deposit(plan.payer.credit), plan.payer.pair],

@@ -3,7 +3,8 @@ import { before, after } from 'node:test';
 import { createServer } from 'node:net';
 import { ApiPromise, WsProvider } from '@polkadot/api';
 import { Keyring } from '@polkadot/keyring';
-import { cryptoWaitReady } from '@polkadot/util-crypto';
+import { blake2AsU8a, cryptoWaitReady, decodeAddress, randomAsU8a } from '@polkadot/util-crypto';
+import { hexToU8a, u8aConcat } from '@polkadot/util';
 
 export async function connect(url = process.env.OPENLEDGER_WS) {
   if (!url) throw new Error('set OPENLEDGER_WS to the node\'s ws:// address');
@@ -41,6 +42,26 @@ export function send(api, tx, signer, timeoutMs = 60_000) {
 }
 
 // The first event `section.method` among `events`, or throws listing what was there.
+// A registration's commitment, as the registry pallet computes it (`registration_commitment`):
+// blake2-256 of the kind's byte (0 adapter, 1 prompt template), the registrant's 32 account bytes,
+// the hash to register and a 32-byte salt.
+export function registrationCommitment(kind, address, hash, salt) {
+  const byte = { adapter: 0, prompt: 1 }[kind];
+  if (byte === undefined) throw new Error(`no registration kind ${kind}`);
+  return blake2AsU8a(u8aConcat(new Uint8Array([byte]), decodeAddress(address), hexToU8a(hash), salt));
+}
+
+// The first of a registration's two transactions: commits `signer` to registering `hash` as
+// `kind` ('adapter' or 'prompt') under a fresh salt, which nobody else can learn the hash from.
+// Resolves with the salt once the commitment is final; the registration, sent after, is then in
+// a later block, as the pallet's `CommitmentDelay` of one block asks.
+export async function commitRegistration(api, signer, kind, hash) {
+  const salt = randomAsU8a(32);
+  const r = await send(api, api.tx.registry.commitRegistration(registrationCommitment(kind, signer.address, hash, salt)), signer);
+  if (r.error) throw new Error(`registry.commitRegistration: ${r.error}`);
+  return salt;
+}
+
 export function findEvent(events, section, method) {
   const found = events.find((e) => e.section === section && e.method === method);
   if (!found) {

@@ -11,6 +11,7 @@ use openledger_primitives::{
 	ItemId, PromptId, Receipt, SignedReceipt, SignedVoucher, ToolId, ToolUse, Voucher,
 	MAX_ATTRIBUTION_ENTRIES, MAX_TOOL_ENTRIES, PPM,
 };
+use pallet_registry::RegistrationKind;
 use polkadot_sdk::{
 	frame_benchmarking::v2::*,
 	frame_support::{
@@ -134,6 +135,8 @@ where
 		rich(&creator);
 		let adapter = (pallet_registry::NextAdapterId::<T>::get(), content_hash(b"weights"));
 		let share = PPM / provenance_len;
+		let salt = [0; 32];
+		Registry::<T>::commit_for_test(&creator, RegistrationKind::Adapter, &adapter.1, &salt);
 		expect(
 			Registry::<T>::register_adapter(
 				signed::<T>(&creator),
@@ -144,12 +147,14 @@ where
 				vec![],
 				(0..provenance_len).map(|i| (first + i, share)).collect(),
 				1_000u32.into(),
+				salt,
 			),
 			"register_adapter",
 		);
 		let prompt = (pallet_registry::NextPromptId::<T>::get(), content_hash(b"template"));
+		Registry::<T>::commit_for_test(&creator, RegistrationKind::Prompt, &prompt.1, &salt);
 		expect(
-			Registry::<T>::register_prompt(signed::<T>(&creator), prompt.1, vec![], 1_000u32.into()),
+			Registry::<T>::register_prompt(signed::<T>(&creator), prompt.1, vec![], 1_000u32.into(), salt),
 			"register_prompt",
 		);
 		let tools = (0..tools)

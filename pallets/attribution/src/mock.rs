@@ -5,6 +5,7 @@ use crate as pallet_attribution;
 use openledger_primitives::{
 	content_hash, item_hash, AttributionEntry, AttributionSource, Receipt, SignedReceipt,
 };
+use pallet_registry::RegistrationKind;
 use polkadot_sdk::{
 	frame_support::{
 		self, assert_ok, derive_impl, parameter_types,
@@ -77,6 +78,8 @@ impl pallet_registry::Config for Test {
 	type GovernanceOrigin = EnsureRoot<AccountId>;
 	type DataNets = DataNets;
 	type PriceHold = PriceHold;
+	type CommitmentDelay = ConstU64<1>;
+	type CommitmentLifetime = ConstU64<10>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = RegistryBenchmarkHelper;
 }
@@ -323,11 +326,14 @@ fn build_world() {
 	for name in [&b"smollm2"[..], b"other", b"unserved"] {
 		assert_ok!(Registry::register_base_model(RuntimeOrigin::root(), name.to_vec(), b"llama".to_vec(), content_hash(name)));
 	}
+	let salt = [0; 32];
+	Registry::commit_for_test(&account(Role::AdapterOwner), RegistrationKind::Adapter, &adapter_hash(), &salt);
 	assert_ok!(Registry::register_adapter(
 		signed(Role::AdapterOwner), BASE_MODEL, adapter_hash(), content_hash(b"adapter_config.json"), 16,
-		b"ipfs://adapter".to_vec(), vec![(DATANET, 500_000)], 2_000,
+		b"ipfs://adapter".to_vec(), vec![(DATANET, 500_000)], 2_000, salt,
 	));
-	assert_ok!(Registry::register_prompt(signed(Role::PromptOwner), template_hash(), b"ipfs://prompt".to_vec(), 500));
+	Registry::commit_for_test(&account(Role::PromptOwner), RegistrationKind::Prompt, &template_hash(), &salt);
+	assert_ok!(Registry::register_prompt(signed(Role::PromptOwner), template_hash(), b"ipfs://prompt".to_vec(), 500, salt));
 	assert_ok!(Registry::register_tool(
 		signed(Role::ToolOwner), b"http://tools.example/mcp".to_vec(), b"get_weather".to_vec(), content_hash(b"definition"), TOOL_PRICE,
 	));

@@ -28,6 +28,9 @@ fn funded<T: Config>(name: &'static str) -> T::AccountId {
 	who
 }
 
+/// The salt of every registration commitment here.
+const SALT: [u8; 32] = [7; 32];
+
 fn uri<T: Config>() -> Vec<u8> {
 	vec![b'u'; T::MaxUriLen::get() as usize]
 }
@@ -56,15 +59,18 @@ fn provenance<T: Config>(p: u32) -> Vec<(DataNetId, u32)> {
 fn adapter<T: Config>(owner: &T::AccountId) -> Result<AdapterId, BenchmarkError> {
 	let base = base_model::<T>()?;
 	let id = NextAdapterId::<T>::get();
+	let weights_hash = H256::repeat_byte(2);
+	Pallet::<T>::commit_for_test(owner, RegistrationKind::Adapter, &weights_hash, &SALT);
 	Pallet::<T>::register_adapter(
 		RawOrigin::Signed(owner.clone()).into(),
 		base,
-		H256::repeat_byte(2),
+		weights_hash,
 		H256::repeat_byte(3),
 		T::MaxRank::get(),
 		uri::<T>(),
 		provenance::<T>(T::MaxProvenance::get()),
 		1u32.into(),
+		SALT,
 	)?;
 	Ok(id)
 }
@@ -72,11 +78,14 @@ fn adapter<T: Config>(owner: &T::AccountId) -> Result<AdapterId, BenchmarkError>
 /// Registers a prompt template of `owner` with the longest uri.
 fn prompt<T: Config>(owner: &T::AccountId) -> Result<PromptId, BenchmarkError> {
 	let id = NextPromptId::<T>::get();
+	let template_hash = H256::repeat_byte(4);
+	Pallet::<T>::commit_for_test(owner, RegistrationKind::Prompt, &template_hash, &SALT);
 	Pallet::<T>::register_prompt(
 		RawOrigin::Signed(owner.clone()).into(),
-		H256::repeat_byte(4),
+		template_hash,
 		uri::<T>(),
 		1u32.into(),
+		SALT,
 	)?;
 	Ok(id)
 }
@@ -145,6 +154,7 @@ mod benchmarks {
 		let provenance = provenance::<T>(p);
 		let weights_hash = H256::repeat_byte(2);
 		let id = NextAdapterId::<T>::get();
+		Pallet::<T>::commit_for_test(&caller, RegistrationKind::Adapter, &weights_hash, &SALT);
 
 		#[extrinsic_call]
 		_(
@@ -156,6 +166,7 @@ mod benchmarks {
 			uri::<T>(),
 			provenance,
 			1u32.into(),
+			SALT,
 		);
 
 		assert_last_event::<T>(Event::AdapterRegistered {
@@ -227,9 +238,10 @@ mod benchmarks {
 		let caller = funded::<T>("caller");
 		let template_hash = H256::repeat_byte(4);
 		let id = NextPromptId::<T>::get();
+		Pallet::<T>::commit_for_test(&caller, RegistrationKind::Prompt, &template_hash, &SALT);
 
 		#[extrinsic_call]
-		_(RawOrigin::Signed(caller.clone()), template_hash, uri::<T>(), 1u32.into());
+		_(RawOrigin::Signed(caller.clone()), template_hash, uri::<T>(), 1u32.into(), SALT);
 
 		assert_last_event::<T>(Event::PromptRegistered {
 			prompt: id,
@@ -344,6 +356,26 @@ mod benchmarks {
 
 		assert_last_event::<T>(Event::ToolRetired { tool: id, depositor: owner.clone(), deposit: T::ToolDeposit::get() });
 		assert!(T::Currency::balance_on_hold(&HoldReason::ToolDeposit.into(), &owner).is_zero());
+		Ok(())
+	}
+
+	#[benchmark]
+	fn commit_registration() -> Result<(), BenchmarkError> {
+		// The worst case: the caller has all the commitments it may but one, each compared.
+		let caller = funded::<T>("caller");
+		for i in 1..T::MaxCommitments::get() {
+			Pallet::<T>::commit_registration(
+				RawOrigin::Signed(caller.clone()).into(),
+				H256::from_low_u64_be(i.into()),
+			)?;
+		}
+		let commitment = H256::repeat_byte(9);
+
+		#[extrinsic_call]
+		_(RawOrigin::Signed(caller.clone()), commitment);
+
+		assert_last_event::<T>(Event::RegistrationCommitted { who: caller.clone(), commitment });
+		assert_eq!(Commitments::<T>::get(&caller).map(|c| c.len() as u32), Some(T::MaxCommitments::get()));
 		Ok(())
 	}
 

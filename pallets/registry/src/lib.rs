@@ -14,6 +14,15 @@
 //! receipt's longest lifetime; the same call once that has passed removes it and releases its
 //! deposit.
 //!
+//! A weights hash names one adapter and a template hash one prompt template, so a worker that
+//! loads a file knows the one registration to pay. Registering one takes two transactions, so
+//! that nobody who sees it in the transaction pool can register the hash first: the registrant
+//! first commits to the registration (`commit_registration`, blake2-256 of the registration's
+//! kind, the registrant, the hash and a secret salt, which tells nobody which hash it is), then,
+//! at least `CommitmentDelay` blocks later and within `CommitmentLifetime`, registers it with
+//! the salt. The chain cannot know who made a file: whoever registers a hash first owns it.
+//! `docs/pallets/registry.md` says what that means for publishers and operators.
+//!
 //! [`RegistryInspect`]: openledger_primitives::traits::RegistryInspect
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -24,6 +33,7 @@ pub use weights::WeightInfo;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+pub mod migrations;
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
@@ -57,13 +67,19 @@ pub mod pallet {
 			},
 		},
 		frame_system::pallet_prelude::*,
+		sp_core::H256,
+		sp_io::hashing::blake2_256,
 		sp_runtime::{
 			traits::{Saturating, Zero},
 			SaturatedConversion,
 		},
 	};
 
+	/// Version 1 indexes adapters and prompt templates by their hash ([`migrations::v1`]).
+	const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
 	#[pallet::pallet]
+	#[pallet::storage_version(STORAGE_VERSION)]
 	pub struct Pallet<T>(_);
 
 	/// Test defaults for [`Config`], so that the mocks of the pallets built on this one name only
@@ -93,6 +109,7 @@ pub mod pallet {
 			type MaxUriLen = ConstU32<32>;
 			type MaxRank = ConstU32<64>;
 			type MaxProvenance = ConstU32<4>;
+			type MaxCommitments = ConstU32<4>;
 			type WeightInfo = ();
 		}
 	}
@@ -147,6 +164,18 @@ pub mod pallet {
 		#[pallet::constant]
 		#[pallet::no_default]
 		type PriceHold: Get<BlockNumberFor<Self>>;
+		/// How many blocks a registration waits after its commitment: at least one, so that a
+		/// registration seen in the transaction pool cannot be committed to and made first.
+		#[pallet::constant]
+		#[pallet::no_default]
+		type CommitmentDelay: Get<BlockNumberFor<Self>>;
+		/// How long after it was made a commitment can be used.
+		#[pallet::constant]
+		#[pallet::no_default]
+		type CommitmentLifetime: Get<BlockNumberFor<Self>>;
+		/// The most commitments one account may have waiting.
+		#[pallet::constant]
+		type MaxCommitments: Get<u32>;
 		type WeightInfo: WeightInfo;
 		/// Creates the DataNets that benchmarks name in provenance.
 		#[cfg(feature = "runtime-benchmarks")]
@@ -204,6 +233,24 @@ pub mod pallet {
 	#[pallet::storage]
 	pub type Retiring<T: Config> = StorageMap<_, Blake2_128Concat, Entry, BlockNumberFor<T>>;
 
+	/// The adapter each weights hash names: one per hash.
+	#[pallet::storage]
+	pub type AdapterByHash<T> = StorageMap<_, Blake2_128Concat, ContentHash, AdapterId>;
+
+	/// The prompt template each template hash names: one per hash.
+	#[pallet::storage]
+	pub type PromptByHash<T> = StorageMap<_, Blake2_128Concat, ContentHash, PromptId>;
+
+	/// Each account's registration commitments not used yet, with the block each was made at.
+	/// Expired ones are dropped when the account commits again.
+	#[pallet::storage]
+	pub type Commitments<T: Config> = StorageMap<
+		_,
+		Blake2_128Concat,
+		T::AccountId,
+		BoundedVec<(H256, BlockNumberFor<T>), T::MaxCommitments>,
+	>;
+
 	#[pallet::event]
 	#[pallet::generate_deposit(pub(super) fn deposit_event)]
 	pub enum Event<T: Config> {
@@ -247,6 +294,8 @@ pub mod pallet {
 		ToolRetiring { tool: ToolId, until: BlockNumberFor<T> },
 		/// An MCP tool was removed and `deposit` released to `depositor`.
 		ToolRetired { tool: ToolId, depositor: T::AccountId, deposit: BalanceOf<T> },
+		/// `who` committed to a registration it can make from `CommitmentDelay` blocks on.
+		RegistrationCommitted { who: T::AccountId, commitment: H256 },
 	}
 
 	#[pallet::error]
@@ -292,6 +341,16 @@ pub mod pallet {
 		/// The entry is retiring: it can be removed once a receipt's lifetime has passed since
 		/// its retirement, not before.
 		StillRetiring,
+		/// Another adapter has this weights hash, or another prompt template this template hash.
+		HashTaken,
+		/// The caller has no commitment to this registration (or it expired): commit first.
+		NoCommitment,
+		/// The commitment was made less than `CommitmentDelay` blocks ago.
+		CommitmentTooRecent,
+		/// The caller already has this commitment waiting.
+		AlreadyCommitted,
+		/// The caller has `MaxCommitments` commitments waiting.
+		TooManyCommitments,
 	}
 
 	#[pallet::hooks]
@@ -307,6 +366,15 @@ pub mod pallet {
 			assert!(!T::PromptDeposit::get().is_zero(), "prompt templates need a deposit");
 			assert!(!T::ToolDeposit::get().is_zero(), "MCP tools need a deposit");
 			assert!(T::MaxToolNameLen::get() > 0, "an MCP tool must be able to have a name");
+			assert!(
+				!T::CommitmentDelay::get().is_zero(),
+				"a registration must come at least a block after its commitment"
+			);
+			assert!(
+				T::CommitmentLifetime::get() >= T::CommitmentDelay::get(),
+				"a commitment must be usable before it expires"
+			);
+			assert!(T::MaxCommitments::get() > 0, "an account must be able to commit");
 		}
 
 		#[cfg(feature = "try-runtime")]
@@ -382,14 +450,21 @@ pub mod pallet {
 		///   `MaxProvenance` entries, each DataNet existing and named once, each share above zero,
 		///   the shares summing to at most 1 000 000. May be empty.
 		/// - `price_per_1k_tokens`: what a user pays the owner per 1000 tokens.
+		/// - `salt`: the salt of the caller's commitment to this registration
+		///   ([`Pallet::registration_commitment`] with `RegistrationKind::Adapter` and
+		///   `weights_hash`), made with `commit_registration` at least `CommitmentDelay` blocks
+		///   before; the commitment is used up.
 		///
 		/// Emits `AdapterRegistered`. Errors: `UriTooLong`, `RankOutOfRange`,
 		/// `TooManyProvenanceEntries`, `ZeroShare`, `SharesOverHundredPercent`,
 		/// `DuplicateProvenance`, `UnknownDataNet`, `UnknownBaseModel`, `BaseModelRetired`,
-		/// `IdsExhausted`, `InsufficientBalance`. O(P log P) in the provenance length P, with P
-		/// DataNet reads.
+		/// `HashTaken`, `NoCommitment`, `CommitmentTooRecent`, `IdsExhausted`,
+		/// `InsufficientBalance`. O(P log P) in the provenance length P, with P DataNet reads.
 		#[pallet::call_index(2)]
-		#[pallet::weight(T::WeightInfo::register_adapter(provenance.len().saturated_into()))]
+		// The benchmark predates the hash index and the commitment: their reads and writes are
+		// added until it is rerun.
+		#[pallet::weight(T::WeightInfo::register_adapter(provenance.len().saturated_into())
+			.saturating_add(T::DbWeight::get().reads_writes(2, 2)))]
 		pub fn register_adapter(
 			origin: OriginFor<T>,
 			base_model: BaseModelId,
@@ -399,6 +474,7 @@ pub mod pallet {
 			uri: Vec<u8>,
 			provenance: Vec<(DataNetId, u32)>,
 			price_per_1k_tokens: BalanceOf<T>,
+			salt: [u8; 32],
 		) -> DispatchResult {
 			let owner = ensure_signed(origin)?;
 			let uri: BoundedVec<u8, T::MaxUriLen> =
@@ -407,6 +483,8 @@ pub mod pallet {
 			let provenance = Self::checked_provenance(provenance)?;
 			let model = BaseModels::<T>::get(base_model).ok_or(Error::<T>::UnknownBaseModel)?;
 			ensure!(model.active, Error::<T>::BaseModelRetired);
+			ensure!(!AdapterByHash::<T>::contains_key(weights_hash), Error::<T>::HashTaken);
+			Self::use_commitment(&owner, RegistrationKind::Adapter, &weights_hash, &salt)?;
 			let id = NextAdapterId::<T>::get();
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
 			let deposit = T::AdapterDeposit::get();
@@ -428,6 +506,7 @@ pub mod pallet {
 					price_floor: Default::default(),
 				},
 			);
+			AdapterByHash::<T>::insert(weights_hash, id);
 			NextAdapterId::<T>::put(next);
 			Self::deposit_event(Event::AdapterRegistered {
 				adapter: id,
@@ -501,6 +580,12 @@ pub mod pallet {
 				Some(until) => Self::deposit_event(Event::AdapterRetiring { adapter, until }),
 				None => {
 					Adapters::<T>::remove(adapter);
+					// A chain older than the index may hold other adapters with this hash.
+					AdapterByHash::<T>::mutate_exists(entry.weights_hash, |id| {
+						if *id == Some(adapter) {
+							*id = None;
+						}
+					});
 					Self::deposit_event(Event::AdapterRetired {
 						adapter,
 						depositor: entry.depositor,
@@ -517,20 +602,26 @@ pub mod pallet {
 		/// - `template_hash`: blake2-256 of the template text.
 		/// - `uri`: where the template can be fetched, at most `MaxUriLen` bytes.
 		/// - `price_per_call`: what a user pays the owner per request that uses the template.
+		/// - `salt`: the salt of the caller's commitment to this registration (as for
+		///   `register_adapter`, with `RegistrationKind::Prompt` and `template_hash`).
 		///
-		/// Emits `PromptRegistered`. Errors: `UriTooLong`, `IdsExhausted`,
-		/// `InsufficientBalance`. O(1).
+		/// Emits `PromptRegistered`. Errors: `UriTooLong`, `HashTaken`, `NoCommitment`,
+		/// `CommitmentTooRecent`, `IdsExhausted`, `InsufficientBalance`. O(1).
 		#[pallet::call_index(6)]
-		#[pallet::weight(T::WeightInfo::register_prompt())]
+		// The benchmark predates the hash index and the commitment (see `register_adapter`).
+		#[pallet::weight(T::WeightInfo::register_prompt().saturating_add(T::DbWeight::get().reads_writes(2, 2)))]
 		pub fn register_prompt(
 			origin: OriginFor<T>,
 			template_hash: ContentHash,
 			uri: Vec<u8>,
 			price_per_call: BalanceOf<T>,
+			salt: [u8; 32],
 		) -> DispatchResult {
 			let owner = ensure_signed(origin)?;
 			let uri: BoundedVec<u8, T::MaxUriLen> =
 				uri.try_into().map_err(|_| Error::<T>::UriTooLong)?;
+			ensure!(!PromptByHash::<T>::contains_key(template_hash), Error::<T>::HashTaken);
+			Self::use_commitment(&owner, RegistrationKind::Prompt, &template_hash, &salt)?;
 			let id = NextPromptId::<T>::get();
 			let next = id.checked_add(1).ok_or(Error::<T>::IdsExhausted)?;
 			let deposit = T::PromptDeposit::get();
@@ -548,6 +639,7 @@ pub mod pallet {
 					price_floor: Default::default(),
 				},
 			);
+			PromptByHash::<T>::insert(template_hash, id);
 			NextPromptId::<T>::put(next);
 			Self::deposit_event(Event::PromptRegistered { prompt: id, owner, template_hash });
 			Ok(())
@@ -613,6 +705,11 @@ pub mod pallet {
 				Some(until) => Self::deposit_event(Event::PromptRetiring { prompt, until }),
 				None => {
 					Prompts::<T>::remove(prompt);
+					PromptByHash::<T>::mutate_exists(entry.template_hash, |id| {
+						if *id == Some(prompt) {
+							*id = None;
+						}
+					});
 					Self::deposit_event(Event::PromptRetired {
 						prompt,
 						depositor: entry.depositor,
@@ -732,11 +829,97 @@ pub mod pallet {
 			}
 			Ok(())
 		}
+
+		/// Commits the caller to a registration without saying which:
+		/// `commitment` is [`Pallet::registration_commitment`] of the registration's kind, the
+		/// caller, the hash to register and a salt the caller keeps secret until it registers,
+		/// at least `CommitmentDelay` blocks and at most `CommitmentLifetime` blocks from now.
+		/// Any signed account. The caller's expired commitments are dropped first.
+		///
+		/// Emits `RegistrationCommitted`. Errors: `AlreadyCommitted`, `TooManyCommitments`.
+		/// O(`MaxCommitments`).
+		#[pallet::call_index(14)]
+		#[pallet::weight(T::WeightInfo::commit_registration())]
+		pub fn commit_registration(origin: OriginFor<T>, commitment: H256) -> DispatchResult {
+			let who = ensure_signed(origin)?;
+			let now = Self::now();
+			Commitments::<T>::try_mutate(&who, |waiting| {
+				let list = waiting.get_or_insert_with(Default::default);
+				list.retain(|(_, made)| !Self::commitment_expired(*made, now));
+				ensure!(list.iter().all(|(c, _)| *c != commitment), Error::<T>::AlreadyCommitted);
+				list.try_push((commitment, now)).map_err(|_| Error::<T>::TooManyCommitments)?;
+				Ok::<_, DispatchError>(())
+			})?;
+			Self::deposit_event(Event::RegistrationCommitted { who, commitment });
+			Ok(())
+		}
 	}
 
 	impl<T: Config> Pallet<T> {
 		fn now() -> BlockNumberFor<T> {
 			polkadot_sdk::frame_system::Pallet::<T>::block_number()
+		}
+
+		/// What `commit_registration` takes for a registration of `hash` by `who` with `salt`:
+		/// blake2-256 of the SCALE encoding of `(kind, who, hash, salt)` — for an AccountId32
+		/// chain, the kind's byte (0 adapter, 1 prompt template), the 32 account bytes, the 32
+		/// hash bytes and the 32 salt bytes, concatenated.
+		pub fn registration_commitment(
+			kind: RegistrationKind,
+			who: &T::AccountId,
+			hash: &ContentHash,
+			salt: &[u8; 32],
+		) -> H256 {
+			H256(blake2_256(&(kind, who, hash, salt).encode()))
+		}
+
+		fn commitment_expired(made: BlockNumberFor<T>, now: BlockNumberFor<T>) -> bool {
+			now > made.saturating_add(T::CommitmentLifetime::get())
+		}
+
+		/// Uses up `who`'s commitment to registering `hash` with `salt`.
+		fn use_commitment(
+			who: &T::AccountId,
+			kind: RegistrationKind,
+			hash: &ContentHash,
+			salt: &[u8; 32],
+		) -> DispatchResult {
+			let commitment = Self::registration_commitment(kind, who, hash, salt);
+			let now = Self::now();
+			Commitments::<T>::try_mutate_exists(who, |waiting| {
+				let list = waiting.as_mut().ok_or(Error::<T>::NoCommitment)?;
+				let at = list
+					.iter()
+					.position(|(c, made)| *c == commitment && !Self::commitment_expired(*made, now))
+					.ok_or(Error::<T>::NoCommitment)?;
+				ensure!(
+					now >= list[at].1.saturating_add(T::CommitmentDelay::get()),
+					Error::<T>::CommitmentTooRecent
+				);
+				list.remove(at);
+				if list.is_empty() {
+					*waiting = None;
+				}
+				Ok(())
+			})
+		}
+
+		/// Makes `who`'s commitment to registering `hash` with `salt` usable now, as if made
+		/// `CommitmentDelay` blocks ago (moving the block number up to `CommitmentDelay` if it
+		/// is below): for the tests and benchmarks of the pallets that register adapters and
+		/// prompts.
+		#[cfg(any(feature = "std", feature = "runtime-benchmarks"))]
+		pub fn commit_for_test(who: &T::AccountId, kind: RegistrationKind, hash: &ContentHash, salt: &[u8; 32]) {
+			let delay = T::CommitmentDelay::get();
+			if Self::now() < delay {
+				polkadot_sdk::frame_system::Pallet::<T>::set_block_number(delay);
+			}
+			let commitment = Self::registration_commitment(kind, who, hash, salt);
+			let made = Self::now().saturating_sub(delay);
+			Commitments::<T>::mutate(who, |waiting| {
+				let list = waiting.get_or_insert_with(Default::default);
+				list.try_push((commitment, made)).expect("room for a test commitment");
+			});
 		}
 
 		/// A retirement's step: the first marks `entry` retiring for `PriceHold` and gives the
@@ -789,7 +972,8 @@ pub mod pallet {
 		}
 
 		/// Invariants: ids lie below their counters, adapters name registered base models, ranks
-		/// and provenance respect their bounds, retirement marks name entries and end within
+		/// and provenance respect their bounds, the hash indexes name entries with that hash and
+		/// every entry's hash is indexed, retirement marks name entries and end within
 		/// `PriceHold`, and holds equal the deposits recorded.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
@@ -852,6 +1036,35 @@ pub mod pallet {
 					"a tool's price floor is above its price or held too long"
 				);
 				held.entry(tool.depositor).or_default().2 += tool.deposit;
+			}
+			for (hash, id) in AdapterByHash::<T>::iter() {
+				ensure!(
+					Adapters::<T>::get(id).is_some_and(|a| a.weights_hash == hash),
+					"a weights hash indexes an adapter without that hash"
+				);
+			}
+			for (id, adapter) in Adapters::<T>::iter() {
+				// Older chains may hold several adapters with one hash: the index names one.
+				ensure!(
+					AdapterByHash::<T>::get(adapter.weights_hash).is_some_and(|indexed| indexed <= id),
+					"an adapter's weights hash is not indexed"
+				);
+			}
+			for (hash, id) in PromptByHash::<T>::iter() {
+				ensure!(
+					Prompts::<T>::get(id).is_some_and(|p| p.template_hash == hash),
+					"a template hash indexes a prompt without that hash"
+				);
+			}
+			for (id, prompt) in Prompts::<T>::iter() {
+				ensure!(
+					PromptByHash::<T>::get(prompt.template_hash).is_some_and(|indexed| indexed <= id),
+					"a prompt's template hash is not indexed"
+				);
+			}
+			for (_, waiting) in Commitments::<T>::iter() {
+				ensure!(!waiting.is_empty(), "an empty commitment list is stored");
+				ensure!(waiting.iter().all(|(_, made)| *made <= Self::now()), "a commitment made in the future");
 			}
 			for (entry, until) in Retiring::<T>::iter() {
 				let exists = match entry {

@@ -31,6 +31,10 @@ pub const MAX_ARCHITECTURE_LEN: u32 = 8;
 pub const MAX_URI_LEN: u32 = 32;
 pub const MAX_RANK: u32 = 64;
 pub const MAX_PROVENANCE: u32 = 3;
+/// Blocks from a registration's commitment to the registration.
+pub const COMMITMENT_DELAY: u64 = 1;
+pub const COMMITMENT_LIFETIME: u64 = 5;
+pub const MAX_COMMITMENTS: u32 = 3;
 
 frame_support::construct_runtime!(
 	pub enum Test {
@@ -61,6 +65,8 @@ parameter_types! {
 	pub const PromptDeposit: Balance = PROMPT_DEPOSIT;
 	pub const ToolDeposit: Balance = TOOL_DEPOSIT;
 	pub const PriceHold: u64 = PRICE_HOLD;
+	pub const CommitmentDelay: u64 = COMMITMENT_DELAY;
+	pub const CommitmentLifetime: u64 = COMMITMENT_LIFETIME;
 }
 
 #[derive_impl(pallet_datanets::config_preludes::TestDefaultConfig)]
@@ -85,6 +91,9 @@ impl pallet_registry::Config for Test {
 	type MaxRank = ConstU32<MAX_RANK>;
 	type PriceHold = PriceHold;
 	type MaxProvenance = ConstU32<MAX_PROVENANCE>;
+	type CommitmentDelay = CommitmentDelay;
+	type CommitmentLifetime = CommitmentLifetime;
+	type MaxCommitments = ConstU32<MAX_COMMITMENTS>;
 	type WeightInfo = ();
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = DataNetsHelper;

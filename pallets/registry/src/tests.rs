@@ -1,8 +1,9 @@
 //! Behaviour of every call: success with balances and holds, wrong origin, each error.
 
 use crate::{
-	mock::*, Adapters, BaseModels, Entry, Error, Event, HoldReason, NextAdapterId, NextBaseModelId,
-	NextPromptId, NextToolId, Prompts, Retiring, Tools,
+	mock::*, AdapterByHash, Adapters, BaseModels, Commitments, Entry, Error, Event, HoldReason,
+	NextAdapterId, NextBaseModelId, NextPromptId, NextToolId, PromptByHash, Prompts,
+	RegistrationKind, Retiring, Tools,
 };
 use openledger_primitives::{
 	content_hash,
@@ -31,16 +32,33 @@ fn held(reason: HoldReason, who: AccountId) -> Balance {
 	Balances::balance_on_hold(&reason.into(), &who)
 }
 
-fn weights() -> H256 {
-	content_hash(b"adapter_model.safetensors")
+/// The salt of the tests' registration commitments.
+const SALT: [u8; 32] = [7; 32];
+
+/// The weights hash of the adapter that gets id `id` (each adapter has its own).
+fn weights_of(id: u32) -> H256 {
+	content_hash(&[b"adapter_model.safetensors".as_slice(), &id.to_le_bytes()].concat())
+}
+
+/// Commits `who` to registering the next adapter id's weights, usable at once.
+fn commit_adapter(who: AccountId) {
+	let hash = weights_of(NextAdapterId::<Test>::get());
+	Registry::commit_for_test(&who, RegistrationKind::Adapter, &hash, &SALT);
+}
+
+/// Commits `who` to registering the next prompt id's template, usable at once.
+fn commit_prompt(who: AccountId) {
+	let hash = template_of(NextPromptId::<Test>::get());
+	Registry::commit_for_test(&who, RegistrationKind::Prompt, &hash, &SALT);
 }
 
 fn config() -> H256 {
 	content_hash(b"adapter_config.json")
 }
 
-fn template() -> H256 {
-	content_hash(b"You are a helpful assistant.")
+/// The template hash of the prompt that gets id `id`.
+fn template_of(id: u32) -> H256 {
+	content_hash(&[b"You are a helpful assistant.".as_slice(), &id.to_le_bytes()].concat())
 }
 
 fn base_model() -> u32 {
@@ -78,12 +96,13 @@ fn register_adapter(
 	Registry::register_adapter(
 		RuntimeOrigin::signed(who),
 		base,
-		weights(),
+		weights_of(NextAdapterId::<Test>::get()),
 		config(),
 		rank,
 		uri.to_vec(),
 		provenance.to_vec(),
 		PRICE,
+		SALT,
 	)
 }
 
@@ -92,18 +111,20 @@ fn adapter(who: AccountId) -> u32 {
 	let base = base_model();
 	let net = datanet();
 	let id = NextAdapterId::<Test>::get();
+	commit_adapter(who);
 	assert_ok!(register_adapter(who, base, 8, b"ipfs://lora", &[(net, 400_000)]));
 	id
 }
 
+fn register_prompt(who: AccountId, uri: &[u8]) -> DispatchResult {
+	let hash = template_of(NextPromptId::<Test>::get());
+	Registry::register_prompt(RuntimeOrigin::signed(who), hash, uri.to_vec(), PRICE, SALT)
+}
+
 fn prompt(who: AccountId) -> u32 {
 	let id = NextPromptId::<Test>::get();
-	assert_ok!(Registry::register_prompt(
-		RuntimeOrigin::signed(who),
-		template(),
-		b"ipfs://prompt".to_vec(),
-		PRICE
-	));
+	commit_prompt(who);
+	assert_ok!(register_prompt(who, b"ipfs://prompt"));
 	id
 }
 
@@ -163,6 +184,7 @@ fn retired_base_model_takes_no_new_adapters() {
 	run(|| {
 		let base = base_model();
 		let net = datanet();
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, base, 8, b"u", &[(net, 1)]));
 		assert_noop!(Registry::retire_base_model(RuntimeOrigin::signed(OWNER), base), DispatchError::BadOrigin);
 		assert_noop!(Registry::retire_base_model(RuntimeOrigin::root(), 9), Error::<Test>::UnknownBaseModel);
@@ -187,9 +209,10 @@ fn adapter_registration_holds_deposit_and_records_provenance() {
 		let base = base_model();
 		let (a, b) = (datanet(), datanet());
 		let id = NextAdapterId::<Test>::get();
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, base, 16, b"ipfs://lora", &[(b, 600_000), (a, 400_000)]));
 		System::assert_last_event(
-			Event::AdapterRegistered { adapter: id, owner: ALICE, base_model: base, weights_hash: weights() }
+			Event::AdapterRegistered { adapter: id, owner: ALICE, base_model: base, weights_hash: weights_of(id) }
 				.into(),
 		);
 		let stored = Adapters::<Test>::get(id).unwrap();
@@ -204,7 +227,7 @@ fn adapter_registration_holds_deposit_and_records_provenance() {
 			Some(AdapterView {
 				owner: ALICE,
 				base_model: base,
-				weights_hash: weights(),
+				weights_hash: weights_of(id),
 				price_per_1k_tokens: PRICE,
 				provenance: vec![(b, 600_000), (a, 400_000)],
 			})
@@ -218,8 +241,10 @@ fn adapter_provenance_may_be_empty_or_exactly_one_hundred_percent() {
 	run(|| {
 		let base = base_model();
 		let nets: Vec<DataNetId> = (0..MAX_PROVENANCE).map(|_| datanet()).collect();
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, base, 1, b"", &[]));
 		let full = [(nets[0], 500_000), (nets[1], 499_999), (nets[2], 1)];
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, base, MAX_RANK, &[b'u'; MAX_URI_LEN as usize], &full));
 		assert_eq!(Registry::adapter(0).unwrap().provenance, vec![]);
 		assert_eq!(Registry::adapter(1).unwrap().provenance, full.to_vec());
@@ -234,14 +259,18 @@ fn adapter_registration_rejects_bad_input() {
 		let base = base_model();
 		let (a, b) = (datanet(), datanet());
 		let long_uri = [b'u'; MAX_URI_LEN as usize + 1];
+		let hash = weights_of(0);
 		assert_noop!(
-			Registry::register_adapter(RuntimeOrigin::none(), base, weights(), config(), 8, vec![], vec![], PRICE),
+			Registry::register_adapter(RuntimeOrigin::none(), base, hash, config(), 8, vec![], vec![], PRICE, SALT),
 			DispatchError::BadOrigin
 		);
 		assert_noop!(
-			Registry::register_adapter(RuntimeOrigin::root(), base, weights(), config(), 8, vec![], vec![], PRICE),
+			Registry::register_adapter(RuntimeOrigin::root(), base, hash, config(), 8, vec![], vec![], PRICE, SALT),
 			DispatchError::BadOrigin
 		);
+		// Committed, so that each call below fails for the reason it tests.
+		commit_adapter(ALICE);
+		commit_adapter(POOR);
 		assert_noop!(register_adapter(ALICE, base + 1, 8, b"u", &[(a, 1)]), Error::<Test>::UnknownBaseModel);
 		assert_noop!(register_adapter(ALICE, base, 8, &long_uri, &[(a, 1)]), Error::<Test>::UriTooLong);
 		assert_noop!(register_adapter(ALICE, base, 0, b"u", &[(a, 1)]), Error::<Test>::RankOutOfRange);
@@ -269,6 +298,7 @@ fn adapter_registration_rejects_bad_input() {
 		);
 		assert_noop!(register_adapter(POOR, base, 8, b"u", &[(a, 1)]), Error::<Test>::InsufficientBalance);
 		NextAdapterId::<Test>::put(u32::MAX);
+		commit_adapter(ALICE);
 		assert_noop!(register_adapter(ALICE, base, 8, b"u", &[(a, 1)]), Error::<Test>::IdsExhausted);
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT);
 		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 0);
@@ -325,6 +355,7 @@ fn retired_adapter_is_removed_and_its_deposit_released() {
 	run(|| {
 		let id = adapter(ALICE);
 		let other = NextAdapterId::<Test>::get();
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, 0, 4, b"u", &[]));
 		assert_eq!(held(HoldReason::AdapterDeposit, ALICE), 2 * ADAPTER_DEPOSIT);
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::none(), id), DispatchError::BadOrigin);
@@ -340,6 +371,7 @@ fn retired_adapter_is_removed_and_its_deposit_released() {
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - ADAPTER_DEPOSIT);
 		assert_noop!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id), Error::<Test>::UnknownAdapter);
 		// Ids are never reused.
+		commit_adapter(ALICE);
 		assert_ok!(register_adapter(ALICE, 0, 4, b"u", &[]));
 		assert_eq!(NextAdapterId::<Test>::get(), other + 2);
 	});
@@ -350,7 +382,7 @@ fn prompt_registration_holds_deposit() {
 	run(|| {
 		let id = prompt(ALICE);
 		System::assert_last_event(
-			Event::PromptRegistered { prompt: id, owner: ALICE, template_hash: template() }.into(),
+			Event::PromptRegistered { prompt: id, owner: ALICE, template_hash: template_of(id) }.into(),
 		);
 		let stored = Prompts::<Test>::get(id).unwrap();
 		assert_eq!((stored.owner, stored.depositor, stored.deposit), (ALICE, ALICE, PROMPT_DEPOSIT));
@@ -361,7 +393,7 @@ fn prompt_registration_holds_deposit() {
 		assert_eq!(NextPromptId::<Test>::get(), id + 1);
 		assert_eq!(
 			Registry::prompt(id),
-			Some(PromptView { owner: ALICE, template_hash: template(), price_per_call: PRICE })
+			Some(PromptView { owner: ALICE, template_hash: template_of(id), price_per_call: PRICE })
 		);
 		assert_eq!(Registry::prompt(id + 1), None);
 	});
@@ -370,9 +402,14 @@ fn prompt_registration_holds_deposit() {
 #[test]
 fn prompt_registration_rejects_bad_input() {
 	run(|| {
-		let call = |origin, uri: &[u8]| Registry::register_prompt(origin, template(), uri.to_vec(), PRICE);
+		let call = |origin, uri: &[u8]| {
+			let hash = template_of(NextPromptId::<Test>::get());
+			Registry::register_prompt(origin, hash, uri.to_vec(), PRICE, SALT)
+		};
 		assert_noop!(call(RuntimeOrigin::none(), b"u"), DispatchError::BadOrigin);
 		assert_noop!(call(RuntimeOrigin::root(), b"u"), DispatchError::BadOrigin);
+		commit_prompt(ALICE);
+		commit_prompt(POOR);
 		assert_noop!(
 			call(RuntimeOrigin::signed(ALICE), &[b'u'; MAX_URI_LEN as usize + 1]),
 			Error::<Test>::UriTooLong
@@ -380,6 +417,7 @@ fn prompt_registration_rejects_bad_input() {
 		assert_noop!(call(RuntimeOrigin::signed(POOR), b"u"), Error::<Test>::InsufficientBalance);
 		assert_ok!(call(RuntimeOrigin::signed(ALICE), &[b'u'; MAX_URI_LEN as usize]));
 		NextPromptId::<Test>::put(u32::MAX);
+		commit_prompt(ALICE);
 		assert_noop!(call(RuntimeOrigin::signed(ALICE), b"u"), Error::<Test>::IdsExhausted);
 		assert_eq!(Balances::balance(&ALICE), ENDOWMENT - PROMPT_DEPOSIT);
 	});
@@ -682,5 +720,152 @@ fn try_state_catches_a_retirement_mark_without_its_entry() {
 		Retiring::<Test>::insert(Entry::Prompt(p), System::block_number() + PRICE_HOLD + 1);
 		assert!(Registry::do_try_state().is_err());
 		Retiring::<Test>::remove(Entry::Prompt(p));
+	});
+}
+
+/// Commits `who` to registering `hash` as `kind` through the call, at the current block.
+fn commit(who: AccountId, kind: RegistrationKind, hash: H256, salt: [u8; 32]) -> DispatchResult {
+	let commitment = Registry::registration_commitment(kind, &who, &hash, &salt);
+	Registry::commit_registration(RuntimeOrigin::signed(who), commitment)
+}
+
+fn register_adapter_with(who: AccountId, base: u32, hash: H256, salt: [u8; 32]) -> DispatchResult {
+	Registry::register_adapter(RuntimeOrigin::signed(who), base, hash, config(), 8, vec![], vec![], PRICE, salt)
+}
+
+#[test]
+fn a_registration_waits_a_block_after_its_commitment() {
+	run(|| {
+		let base = base_model();
+		let hash = weights_of(0);
+		// No commitment: the hash seen in a pending registration cannot be registered first.
+		assert_noop!(register_adapter_with(BOB, base, hash, SALT), Error::<Test>::NoCommitment);
+		assert_ok!(commit(BOB, RegistrationKind::Adapter, hash, SALT));
+		System::assert_last_event(
+			Event::RegistrationCommitted {
+				who: BOB,
+				commitment: Registry::registration_commitment(RegistrationKind::Adapter, &BOB, &hash, &SALT),
+			}
+			.into(),
+		);
+		// In the block of the commitment: too early.
+		assert_noop!(register_adapter_with(BOB, base, hash, SALT), Error::<Test>::CommitmentTooRecent);
+		System::set_block_number(System::block_number() + COMMITMENT_DELAY);
+		// The commitment is bound to its account, salt, kind and hash.
+		assert_noop!(register_adapter_with(ALICE, base, hash, SALT), Error::<Test>::NoCommitment);
+		assert_noop!(register_adapter_with(BOB, base, hash, [8; 32]), Error::<Test>::NoCommitment);
+		assert_noop!(register_adapter_with(BOB, base, weights_of(1), SALT), Error::<Test>::NoCommitment);
+		assert_noop!(
+			Registry::register_prompt(RuntimeOrigin::signed(BOB), hash, vec![], PRICE, SALT),
+			Error::<Test>::NoCommitment
+		);
+		assert_ok!(register_adapter_with(BOB, base, hash, SALT));
+		assert_eq!(AdapterByHash::<Test>::get(hash), Some(0));
+		// Used up: it registers once.
+		assert_eq!(Commitments::<Test>::get(BOB), None);
+	});
+}
+
+#[test]
+fn a_commitment_expires() {
+	run(|| {
+		let base = base_model();
+		let hash = weights_of(0);
+		assert_ok!(commit(BOB, RegistrationKind::Adapter, hash, SALT));
+		System::set_block_number(System::block_number() + COMMITMENT_LIFETIME + 1);
+		assert_noop!(register_adapter_with(BOB, base, hash, SALT), Error::<Test>::NoCommitment);
+		// At the end of its lifetime it is still good.
+		assert_ok!(commit(BOB, RegistrationKind::Adapter, hash, [1; 32]));
+		System::set_block_number(System::block_number() + COMMITMENT_LIFETIME);
+		assert_ok!(register_adapter_with(BOB, base, hash, [1; 32]));
+	});
+}
+
+#[test]
+fn commitments_are_bounded_per_account_and_expired_ones_make_room() {
+	run(|| {
+		for i in 0..MAX_COMMITMENTS {
+			assert_ok!(commit(BOB, RegistrationKind::Prompt, template_of(i), SALT));
+		}
+		assert_noop!(commit(BOB, RegistrationKind::Prompt, template_of(9), SALT), Error::<Test>::TooManyCommitments);
+		// Another account has room of its own.
+		assert_ok!(commit(ALICE, RegistrationKind::Prompt, template_of(9), SALT));
+		System::set_block_number(System::block_number() + 1);
+		assert_noop!(commit(ALICE, RegistrationKind::Prompt, template_of(9), SALT), Error::<Test>::AlreadyCommitted);
+		// Once they have expired, committing again drops them.
+		System::set_block_number(System::block_number() + COMMITMENT_LIFETIME);
+		assert_ok!(commit(BOB, RegistrationKind::Prompt, template_of(9), SALT));
+		assert_eq!(Commitments::<Test>::get(BOB).map(|c| c.len()), Some(1));
+	});
+}
+
+#[test]
+fn a_hash_names_one_adapter_and_one_prompt_until_retired() {
+	run(|| {
+		let base = base_model();
+		let id = adapter(ALICE);
+		let hash = Adapters::<Test>::get(id).unwrap().weights_hash;
+		assert_eq!(AdapterByHash::<Test>::get(hash), Some(id));
+		// Another account, committed in time, still cannot take the hash, on any base model.
+		let other_base = base_model();
+		assert_ok!(commit(BOB, RegistrationKind::Adapter, hash, SALT));
+		System::set_block_number(System::block_number() + COMMITMENT_DELAY);
+		assert_noop!(register_adapter_with(BOB, other_base, hash, SALT), Error::<Test>::HashTaken);
+		assert_noop!(register_adapter_with(ALICE, base, hash, SALT), Error::<Test>::HashTaken);
+		// Retiring keeps it taken until the entry is gone.
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		assert_noop!(register_adapter_with(BOB, other_base, hash, SALT), Error::<Test>::HashTaken);
+		System::set_block_number(System::block_number() + PRICE_HOLD);
+		assert_ok!(Registry::retire_adapter(RuntimeOrigin::signed(ALICE), id));
+		assert_eq!(AdapterByHash::<Test>::get(hash), None);
+		assert_ok!(commit(BOB, RegistrationKind::Adapter, hash, SALT));
+		System::set_block_number(System::block_number() + COMMITMENT_DELAY);
+		assert_ok!(register_adapter_with(BOB, other_base, hash, SALT));
+		assert_eq!(AdapterByHash::<Test>::get(hash), Some(id + 1));
+
+		let prompt_id = prompt(ALICE);
+		let template_hash = template_of(prompt_id);
+		assert_eq!(PromptByHash::<Test>::get(template_hash), Some(prompt_id));
+		assert_ok!(commit(BOB, RegistrationKind::Prompt, template_hash, SALT));
+		System::set_block_number(System::block_number() + COMMITMENT_DELAY);
+		assert_noop!(
+			Registry::register_prompt(RuntimeOrigin::signed(BOB), template_hash, vec![], PRICE, SALT),
+			Error::<Test>::HashTaken
+		);
+		retire_fully(|| Registry::retire_prompt(RuntimeOrigin::signed(ALICE), prompt_id));
+		assert_eq!(PromptByHash::<Test>::get(template_hash), None);
+		// The commitment expired meanwhile (the hold is longer than its lifetime).
+		assert_ok!(commit(BOB, RegistrationKind::Prompt, template_hash, SALT));
+		System::set_block_number(System::block_number() + COMMITMENT_DELAY);
+		assert_ok!(Registry::register_prompt(RuntimeOrigin::signed(BOB), template_hash, vec![], PRICE, SALT));
+		assert_eq!(PromptByHash::<Test>::get(template_hash), Some(prompt_id + 1));
+	});
+}
+
+#[test]
+fn the_v1_migration_indexes_the_lowest_id_of_each_hash() {
+	use crate::migrations::v1::MigrateToV1;
+	use polkadot_sdk::frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+	run(|| {
+		let first = adapter(ALICE);
+		let second = adapter(BOB);
+		let prompt_id = prompt(ALICE);
+		// The chain as version 0 left it: no index, and two adapters with one hash.
+		let shared = Adapters::<Test>::get(first).unwrap().weights_hash;
+		Adapters::<Test>::mutate(second, |a| a.as_mut().unwrap().weights_hash = shared);
+		let _ = AdapterByHash::<Test>::clear(u32::MAX, None);
+		let _ = PromptByHash::<Test>::clear(u32::MAX, None);
+		StorageVersion::new(0).put::<Registry>();
+		assert!(Registry::do_try_state().is_err());
+
+		MigrateToV1::<Test>::on_runtime_upgrade();
+		assert_eq!(Registry::on_chain_storage_version(), StorageVersion::new(1));
+		assert_eq!(AdapterByHash::<Test>::get(shared), Some(first));
+		assert_eq!(AdapterByHash::<Test>::iter().count(), 1);
+		assert_eq!(PromptByHash::<Test>::get(template_of(prompt_id)), Some(prompt_id));
+		assert_ok!(Registry::do_try_state());
+		// Retiring the duplicate leaves the index naming the first.
+		retire_fully(|| Registry::retire_adapter(RuntimeOrigin::signed(BOB), second));
+		assert_eq!(AdapterByHash::<Test>::get(shared), Some(first));
 	});
 }

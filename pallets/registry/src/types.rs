@@ -149,3 +149,12 @@ pub enum Entry {
 	Prompt(PromptId),
 	Tool(ToolId),
 }
+
+/// What a registration commitment is for: its first byte in the committed encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Encode, Decode, MaxEncodedLen, TypeInfo)]
+pub enum RegistrationKind {
+	/// An adapter, committed with its weights hash.
+	Adapter,
+	/// A prompt template, committed with its template hash.
+	Prompt,
+}

@@ -201,6 +201,11 @@ impl pallet_registry::Config for Runtime {
 	type MaxRank = ConstU32<256>;
 	type MaxProvenance = ConstU32<16>;
 	type PriceHold = MaxReceiptLifetime;
+	// One block is enough that a registration seen in the pool cannot be committed to in time;
+	// a day to register after committing.
+	type CommitmentDelay = ConstU32<1>;
+	type CommitmentLifetime = ConstU32<DAYS>;
+	type MaxCommitments = ConstU32<8>;
 	type WeightInfo = pallet_registry::weights::SubstrateWeight<Runtime>;
 	#[cfg(feature = "runtime-benchmarks")]
 	type BenchmarkHelper = benchmark_helpers::CreateDataNets;

@@ -234,8 +234,13 @@ impl Changes {
 	}
 
 	fn note(&mut self, event: &runtime::Event, own: &subxt::utils::AccountId32) {
-		use runtime::{attribution::Event as Attribution, data_nets::Event as DataNets, workers::Event as Workers, Event};
+		use runtime::{
+			attribution::Event as Attribution, data_nets::Event as DataNets, registry::Event as Registry,
+			workers::Event as Workers, Event,
+		};
 		match event {
+			// Anyone can commit to a registration, and it changes nothing registered.
+			Event::Registry(Registry::RegistrationCommitted { .. }) => {},
 			Event::Registry(_) | Event::Attribution(Attribution::FeeParamsSet { .. }) => self.snapshot = true,
 			Event::Workers(event) => {
 				self.workers = true;
@@ -285,6 +290,7 @@ mod tests {
 			Event::DataNets(DataNets::DataNetUpdated { datanet: 3 }),
 			Event::DataNets(DataNets::ContributionWithdrawn { datanet: 3, item: 1 }),
 			Event::Workers(Workers::WorkerUpdated { worker: other.clone() }),
+			Event::Registry(Registry::RegistrationCommitted { who: other.clone(), commitment: Default::default() }),
 		];
 		let seen = changes(&storm, &own);
 		assert!(!seen.snapshot && seen.datanets.is_empty(), "{seen:?}");
