@@ -14,6 +14,7 @@ use openledger_engine::{
 };
 use openledger_knowledge::grounding::{read_provenance, Knowledge, KnowledgeConfig};
 use openledger_ledger::{
+	charge::Pins,
 	keys::{parse_account, read_secret_file},
 	service::{Ledger, LedgerConfig},
 	submitter::SubmitterOptions,
@@ -238,6 +239,14 @@ struct LedgerArgs {
 	/// settles them with `outbox resubmit`).
 	#[arg(long)]
 	no_submit: bool,
+	/// Bill only these adapter ids (comma-separated; default: any registered for the base
+	/// model). An adapter file whose weights hash the chain gives another id — registered by
+	/// someone else first, or again after the vetted one retired — gets a 404 instead.
+	#[arg(long, value_delimiter = ',')]
+	adapter_ids: Option<Vec<u32>>,
+	/// Bill only these prompt template ids (comma-separated), as `--adapter-ids` for adapters.
+	#[arg(long, value_delimiter = ',')]
+	prompt_ids: Option<Vec<u32>>,
 }
 
 #[derive(Subcommand)]
@@ -575,6 +584,10 @@ async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Pat
 		submitter: SubmitterOptions { batch: args.receipt_batch, ..SubmitterOptions::default() },
 		submit: !args.no_submit,
 		outbox_keep_blocks: args.outbox_keep_blocks,
+		pins: Pins {
+			adapters: args.adapter_ids.as_ref().map(|ids| ids.iter().copied().collect()),
+			prompts: args.prompt_ids.as_ref().map(|ids| ids.iter().copied().collect()),
+		},
 	})
 }
 

@@ -169,7 +169,8 @@ pub struct ChainSnapshot {
 	pub worker: Option<WorkerInfo>,
 	/// Base model id → (weights hash, active).
 	pub base_models: HashMap<BaseModelId, (ContentHash, bool)>,
-	/// Registered adapters by weights hash (the first registered wins if two share a hash).
+	/// Registered adapters by weights hash (one per hash; on a chain from before the registry's
+	/// hash index, the lowest id of those sharing one, as the index names it).
 	pub adapters: HashMap<ContentHash, AdapterInfo>,
 	/// Registered prompts by template hash.
 	pub prompts: HashMap<ContentHash, PromptInfo>,

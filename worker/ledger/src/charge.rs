@@ -3,10 +3,14 @@
 //! exceed what the payer authorised), and issued as a signed receipt into the outbox before the
 //! answer is complete.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+	collections::{HashMap, HashSet},
+	sync::Arc,
+};
 
 use openledger_primitives::{
-	fees::FeeLimit, AttributionEntry, BaseModelId, ContentHash, DataNetId, ToolId, ToolUse, MAX_ATTRIBUTION_ENTRIES,
+	fees::FeeLimit, AdapterId, AttributionEntry, BaseModelId, ContentHash, DataNetId, PromptId, ToolId, ToolUse,
+	MAX_ATTRIBUTION_ENTRIES,
 };
 use openledger_tasks::blocking;
 use polkadot_sdk::sp_runtime::AccountId32;
@@ -19,6 +23,17 @@ use super::{
 	service::{Ledger, LedgerError},
 	sign_receipt, Balance, Served,
 };
+
+/// The registrations an operator has vetted. With ids given, the worker bills only those: a
+/// file whose hash names another registration (one a squatter made first, or one made after the
+/// vetted one was retired) is refused with a 404 instead of paying whoever registered it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pins {
+	/// `None`: every adapter registered for the base model.
+	pub adapters: Option<HashSet<AdapterId>>,
+	/// `None`: every registered prompt template.
+	pub prompts: Option<HashSet<PromptId>>,
+}
 
 /// The MCP tools a request may call, as its charge prices them: each tool's price per call and
 /// the most calls the request makes in all. The charge holds what the dearest tool would cost at
@@ -166,7 +181,7 @@ impl Ledger {
 	) -> Result<Charge, LedgerError> {
 		let available = auth.per_request.min(auth.shared.saturating_sub(self.committed(&auth.payer)));
 		let asked = PricedAsk { adapter, template, grounded, tools, prompt_tokens };
-		let priced = price_request(&self.view.snapshot(), self.base_model, available, asked)?;
+		let priced = price_request(&self.view.snapshot(), self.base_model, &self.pins, available, asked)?;
 		let affordable = usize::try_from(priced.max_total_tokens).unwrap_or(usize::MAX).saturating_sub(prompt_tokens);
 		let max_tokens = max_tokens.min(affordable);
 		let total = u64::try_from(prompt_tokens.saturating_add(max_tokens)).unwrap_or(u64::MAX);
@@ -184,7 +199,7 @@ impl Ledger {
 	/// worker's base model, before any work is done for the request.
 	pub fn adapter_provenance(&self, adapter: &ContentHash) -> Result<Vec<(DataNetId, u32)>, LedgerError> {
 		let snapshot = self.view.snapshot();
-		registered_adapter(&snapshot, self.base_model, adapter).map(|a| a.provenance.clone())
+		registered_adapter(&snapshot, self.base_model, &self.pins, adapter).map(|a| a.provenance.clone())
 	}
 
 	/// Holds `amount` of the payer's budget for a priced request (see [`Commitments`]), or 402
@@ -270,15 +285,27 @@ impl Drop for Reservation {
 }
 
 /// The adapter registered on chain for `base_model` with these weights; 404 (the `model` field's
-/// fault) when there is none.
+/// fault) when there is none, or when it is not one of the pinned ids.
 fn registered_adapter<'a>(
 	snapshot: &'a ChainSnapshot,
 	base_model: BaseModelId,
+	pins: &Pins,
 	hash: &ContentHash,
 ) -> Result<&'a AdapterInfo, LedgerError> {
-	snapshot.adapters.get(hash).filter(|a| a.base_model == base_model).ok_or_else(|| {
+	let adapter = snapshot.adapters.get(hash).filter(|a| a.base_model == base_model).ok_or_else(|| {
 		LedgerError::NotRegistered("model", format!("adapter {} is not registered on chain for base model {base_model}", hex_hash(hash)))
-	})
+	})?;
+	match &pins.adapters {
+		Some(ids) if !ids.contains(&adapter.id) => Err(LedgerError::NotRegistered(
+			"model",
+			format!(
+				"adapter {} is registered on chain as adapter {}, which is not among the ids this worker serves (--adapter-ids)",
+				hex_hash(hash),
+				adapter.id
+			),
+		)),
+		_ => Ok(adapter),
+	}
 }
 
 /// What a request uses, to be priced.
@@ -294,14 +321,33 @@ struct PricedAsk {
 /// of the files the worker serves), and `budget` must cover the fixed parts and the prompt. The retrieval part is
 /// counted for the most items a receipt may name, so span matches found after generation can
 /// never push the fee past the budget; the tools' part for every call at the dearest tool.
-fn price_request(snapshot: &ChainSnapshot, base_model: BaseModelId, budget: Balance, asked: PricedAsk) -> Result<Priced, LedgerError> {
+fn price_request(
+	snapshot: &ChainSnapshot,
+	base_model: BaseModelId,
+	pins: &Pins,
+	budget: Balance,
+	asked: PricedAsk,
+) -> Result<Priced, LedgerError> {
 	let PricedAsk { adapter: adapter_hash, template: template_hash, grounded, tools, prompt_tokens } = asked;
 	let worker_rate = snapshot.worker.as_ref().map_or(0, |w| w.compute_price_per_1k_tokens);
-	let adapter = adapter_hash.map(|hash| registered_adapter(snapshot, base_model, &hash)).transpose()?;
+	let adapter = adapter_hash.map(|hash| registered_adapter(snapshot, base_model, pins, &hash)).transpose()?;
 	let prompt = match template_hash {
-		Some(hash) => Some(snapshot.prompts.get(&hash).ok_or_else(|| {
-			LedgerError::NotRegistered("prompt_template", format!("prompt template {} is not registered on chain", hex_hash(&hash)))
-		})?),
+		Some(hash) => {
+			let prompt = snapshot.prompts.get(&hash).ok_or_else(|| {
+				LedgerError::NotRegistered("prompt_template", format!("prompt template {} is not registered on chain", hex_hash(&hash)))
+			})?;
+			if pins.prompts.as_ref().is_some_and(|ids| !ids.contains(&prompt.id)) {
+				return Err(LedgerError::NotRegistered(
+					"prompt_template",
+					format!(
+						"prompt template {} is registered on chain as prompt {}, which is not among the ids this worker serves (--prompt-ids)",
+						hex_hash(&hash),
+						prompt.id
+					),
+				));
+			}
+			Some(prompt)
+		},
 		None => None,
 	};
 	let limit = FeeLimit::new(
@@ -378,30 +424,54 @@ mod tests {
 	fn unregistered_adapters_and_prompts_are_not_served() {
 		let s = snapshot(10, 10, 10, 1);
 		let unknown = Some(ContentHash::repeat_byte(7));
-		assert!(matches!(price_request(&s, 0, 1_000_000, ask(unknown, None, false, 5)), Err(LedgerError::NotRegistered("model", _))));
+		assert!(matches!(price_request(&s, 0, &Pins::default(), 1_000_000, ask(unknown, None, false, 5)), Err(LedgerError::NotRegistered("model", _))));
 		assert!(matches!(
-			price_request(&s, 0, 1_000_000, ask(None, unknown, false, 5)),
+			price_request(&s, 0, &Pins::default(), 1_000_000, ask(None, unknown, false, 5)),
 			Err(LedgerError::NotRegistered("prompt_template", _))
 		));
 		// Registered, but for another base model.
 		assert!(matches!(
-			price_request(&s, 1, 1_000_000, ask(Some(ContentHash::repeat_byte(1)), None, false, 5)),
+			price_request(&s, 1, &Pins::default(), 1_000_000, ask(Some(ContentHash::repeat_byte(1)), None, false, 5)),
 			Err(LedgerError::NotRegistered("model", _))
 		));
-		let priced = price_request(&s, 0, 1_000_000, ask(Some(ContentHash::repeat_byte(1)), Some(ContentHash::repeat_byte(2)), false, 5)).unwrap();
+		let priced = price_request(&s, 0, &Pins::default(), 1_000_000, ask(Some(ContentHash::repeat_byte(1)), Some(ContentHash::repeat_byte(2)), false, 5)).unwrap();
 		assert_eq!(priced.adapter, Some((4, ContentHash::repeat_byte(1))));
 		assert_eq!(priced.prompt, Some((9, ContentHash::repeat_byte(2))));
 		assert_eq!(priced.provenance, vec![(0, 600_000)]);
 	}
 
 	#[test]
+	fn pinned_ids_are_the_only_ones_billed() {
+		let s = snapshot(10, 10, 10, 1);
+		let (adapter, template) = (Some(ContentHash::repeat_byte(1)), Some(ContentHash::repeat_byte(2)));
+		// The snapshot has adapter 4 and prompt 9 for these hashes.
+		let others = Pins { adapters: Some(HashSet::from([3])), prompts: Some(HashSet::from([8])) };
+		let refused = |asked| match price_request(&s, 0, &others, 1_000_000, asked) {
+			Err(LedgerError::NotRegistered(field, message)) => (field, message),
+			other => panic!("not refused: {:?}", other.map(|p| p.adapter)),
+		};
+		let (field, message) = refused(ask(adapter, None, false, 5));
+		assert_eq!(field, "model");
+		assert!(message.contains("adapter 4") && message.contains("--adapter-ids"), "{message}");
+		let (field, message) = refused(ask(None, template, false, 5));
+		assert_eq!(field, "prompt_template");
+		assert!(message.contains("prompt 9") && message.contains("--prompt-ids"), "{message}");
+		// Pinned to theirs, both are billed; an empty pin of the other kind does not matter.
+		let theirs = Pins { adapters: Some(HashSet::from([3, 4])), prompts: Some(HashSet::from([9])) };
+		let priced = price_request(&s, 0, &theirs, 1_000_000, ask(adapter, template, false, 5)).unwrap();
+		assert_eq!((priced.adapter.map(|a| a.0), priced.prompt.map(|p| p.0)), (Some(4), Some(9)));
+		let adapters_only = Pins { adapters: Some(HashSet::from([4])), prompts: None };
+		assert!(price_request(&s, 0, &adapters_only, 1_000_000, ask(adapter, template, false, 5)).is_ok());
+	}
+
+	#[test]
 	fn a_budget_below_the_fixed_price_or_the_prompt_is_payment_required() {
 		let s = snapshot(1_000, 0, 500, 0);
 		let template = Some(ContentHash::repeat_byte(2));
-		assert!(matches!(price_request(&s, 0, 499, ask(None, template, false, 1)), Err(LedgerError::PaymentRequired(_))));
+		assert!(matches!(price_request(&s, 0, &Pins::default(), 499, ask(None, template, false, 1)), Err(LedgerError::PaymentRequired(_))));
 		// 600 - 500 = 100 pays for 100 tokens at 1000 per 1k; a 100-token prompt leaves none.
-		assert!(matches!(price_request(&s, 0, 600, ask(None, template, false, 100)), Err(LedgerError::PaymentRequired(_))));
-		assert_eq!(price_request(&s, 0, 600, ask(None, template, false, 99)).unwrap().max_total_tokens, 100);
+		assert!(matches!(price_request(&s, 0, &Pins::default(), 600, ask(None, template, false, 100)), Err(LedgerError::PaymentRequired(_))));
+		assert_eq!(price_request(&s, 0, &Pins::default(), 600, ask(None, template, false, 99)).unwrap().max_total_tokens, 100);
 	}
 
 	#[test]
@@ -409,7 +479,7 @@ mod tests {
 		let s = snapshot(1_000, 0, 0, 0);
 		let tools = ToolBudget { prices: vec![(3, 40), (4, 70)], max_calls: 2 };
 		assert_eq!(tools.max_cost(), 140);
-		let with_tools = |budget| price_request(&s, 0, budget, PricedAsk { tools: tools.clone(), ..ask(None, None, false, 10) });
+		let with_tools = |budget| price_request(&s, 0, &Pins::default(), budget, PricedAsk { tools: tools.clone(), ..ask(None, None, false, 10) });
 		assert!(matches!(with_tools(139), Err(LedgerError::PaymentRequired(_))));
 		// 240 - 140 = 100 pays for 100 tokens.
 		assert_eq!(with_tools(240).unwrap().max_total_tokens, 100);
@@ -437,7 +507,7 @@ mod tests {
 			let s = snapshot(worker_rate, adapter_rate, prompt_price, retrieval);
 			let adapter = use_adapter.then(|| ContentHash::repeat_byte(1));
 			let template = use_prompt.then(|| ContentHash::repeat_byte(2));
-			let Ok(priced) = price_request(&s, 0, budget, ask(adapter, template, true, prompt_tokens)) else { return Ok(()) };
+			let Ok(priced) = price_request(&s, 0, &Pins::default(), budget, ask(adapter, template, true, prompt_tokens)) else { return Ok(()) };
 			let tokens = priced.max_total_tokens.min(1 << 20);
 			prop_assert!(tokens > prompt_tokens as u64);
 			let weighted: Vec<WeightedItem> =

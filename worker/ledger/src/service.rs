@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
 	chain::{ChainClient, ChainError, ChainSnapshot},
-	charge::Commitments,
+	charge::{Commitments, Pins},
 	keys::{hex_hash, Sr25519Key},
 	outbox::{Outbox, OutboxError},
 	submitter::{Submitter, SubmitterOptions},
@@ -48,6 +48,8 @@ pub struct LedgerConfig {
 	pub submit: bool,
 	/// Judged receipts are kept this many blocks past their expiry, then forgotten.
 	pub outbox_keep_blocks: u32,
+	/// The adapter and prompt ids the operator lets this worker bill.
+	pub pins: Pins,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,7 @@ pub struct Ledger {
 	pub(crate) submits: bool,
 	/// The request hashes of the vouchers being served now (see `VoucherClaim`).
 	pub(crate) claims: std::sync::Mutex<HashSet<ContentHash>>,
+	pub(crate) pins: Pins,
 	outbox_keep_blocks: u32,
 	/// Whether an outbox pruning is running (one at a time).
 	pruning: Arc<AtomicBool>,
@@ -134,6 +137,7 @@ impl Ledger {
 			submits: config.submit,
 			claims: Default::default(),
 			outbox_keep_blocks: config.outbox_keep_blocks,
+			pins: config.pins,
 			pruning: Default::default(),
 			wakeup: wakeup.clone(),
 		});
