@@ -357,7 +357,8 @@ pub mod pallet {
 			amount: BalanceOf<T>,
 		) -> DispatchResult {
 			let payer = ensure_signed(origin)?;
-			if let Some(left) = Self::allowance(&payer, &worker) {
+			let current = Self::allowance(&payer, &worker);
+			if let Some(left) = current {
 				if amount < left {
 					let from = frame_system::Pallet::<T>::block_number()
 						.saturating_add(T::MaxReceiptLifetime::get());
@@ -367,7 +368,7 @@ pub mod pallet {
 				}
 			}
 			AllowanceCuts::<T>::remove(&payer, &worker);
-			let existed = Allowances::<T>::contains_key(&payer, &worker);
+			let existed = current.is_some();
 			let count = AllowanceCount::<T>::get(&payer);
 			let deposit = HoldReason::AllowanceDeposit.into();
 			if amount.is_zero() {
