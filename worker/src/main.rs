@@ -505,7 +505,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// Keeps the served items in step with the chain: when items of a served DataNet are accepted
-/// or removed, records the new ids in its local index and reloads that DataNet (the others, and
+/// or start leaving, records the new ids in its local index and reloads that DataNet (the others, and
 /// the embedder, are kept). At most one reload per [`DATANET_RELOAD_EVERY`]: changes meanwhile
 /// are taken together, so a curator accepting an item per block costs one reload a period.
 async fn follow_datanets(ledger: Arc<Ledger>, state: AppState, config: KnowledgeConfig) {
