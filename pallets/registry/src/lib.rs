@@ -972,8 +972,9 @@ pub mod pallet {
 		}
 
 		/// Invariants: ids lie below their counters, adapters name registered base models, ranks
-		/// and provenance respect their bounds, the hash indexes name entries with that hash and
-		/// every entry's hash is indexed, retirement marks name entries and end within
+		/// and provenance respect their bounds, the hash indexes name entries with that hash
+		/// (every entry registered since version 1 is indexed by construction; an older chain's
+		/// duplicates are not, see [`migrations::v1`]), retirement marks name entries and end within
 		/// `PriceHold`, and holds equal the deposits recorded.
 		#[cfg(any(feature = "try-runtime", feature = "std"))]
 		pub fn do_try_state() -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
@@ -1043,23 +1044,10 @@ pub mod pallet {
 					"a weights hash indexes an adapter without that hash"
 				);
 			}
-			for (id, adapter) in Adapters::<T>::iter() {
-				// Older chains may hold several adapters with one hash: the index names one.
-				ensure!(
-					AdapterByHash::<T>::get(adapter.weights_hash).is_some_and(|indexed| indexed <= id),
-					"an adapter's weights hash is not indexed"
-				);
-			}
 			for (hash, id) in PromptByHash::<T>::iter() {
 				ensure!(
 					Prompts::<T>::get(id).is_some_and(|p| p.template_hash == hash),
 					"a template hash indexes a prompt without that hash"
-				);
-			}
-			for (id, prompt) in Prompts::<T>::iter() {
-				ensure!(
-					PromptByHash::<T>::get(prompt.template_hash).is_some_and(|indexed| indexed <= id),
-					"a prompt's template hash is not indexed"
 				);
 			}
 			for (_, waiting) in Commitments::<T>::iter() {

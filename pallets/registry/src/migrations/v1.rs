@@ -1,7 +1,9 @@
 //! Version 1 indexes adapters by weights hash and prompt templates by template hash
 //! (`AdapterByHash`, `PromptByHash`), so that a hash names one registration. A chain at version 0
 //! may hold several entries with one hash; workers billed the lowest id among them, so the index
-//! names that one, and the others stay until their owners retire them.
+//! names that one. The others are not indexed, so workers (which bill what the index names) no
+//! longer serve them; they stay, paying the receipts already signed, until their owners retire
+//! them.
 
 use crate::{AdapterByHash, Adapters, Config, Pallet, PromptByHash, Prompts};
 use polkadot_sdk::frame_support::{
@@ -41,7 +43,14 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for IndexHashes<T> {
 
 	#[cfg(feature = "try-runtime")]
 	fn post_upgrade(_: Vec<u8>) -> Result<(), polkadot_sdk::sp_runtime::TryRuntimeError> {
-		// Every entry's hash is indexed, to an entry with that hash (`do_try_state` checks both).
+		// Every entry's hash is indexed (`do_try_state` checks that each index entry names an
+		// entry with its hash).
+		for (_, adapter) in Adapters::<T>::iter() {
+			ensure!(AdapterByHash::<T>::contains_key(adapter.weights_hash), "an adapter's hash is not indexed");
+		}
+		for (_, prompt) in Prompts::<T>::iter() {
+			ensure!(PromptByHash::<T>::contains_key(prompt.template_hash), "a template's hash is not indexed");
+		}
 		Pallet::<T>::do_try_state()
 	}
 }
