@@ -592,6 +592,29 @@ test('on the p2p network, a peer vouched for by a registered worker\'s session k
   }
 });
 
+// A registry event makes the worker read again the entry it names (not the whole registry): a
+// template its owner retires is refused within a few blocks, and what it served still settles.
+test('a prompt template retired while the worker runs is refused without a restart', async () => {
+  const { api, dev } = node;
+  if (!worker) worker = await startWorker();
+  const served = await ask('SmolLM2-135M-Instruct', 'What does a DataNet hold?', { template: 'qa', maxTokens: 4 });
+  const r = await send(api, api.tx.registry.retirePrompt(ids.prompts.qa), dev.ferdie);
+  assert.equal(r.error, null, `retirePrompt: ${r.error}`);
+  findEvent(r.events, 'registry', 'PromptRetiring');
+  let refused = null;
+  for (let i = 0; i < 60 && !refused; i++) {
+    try {
+      await ask('SmolLM2-135M-Instruct', 'What does a DataNet hold?', { template: 'qa', maxTokens: 4 });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    } catch (e) {
+      refused = e;
+    }
+  }
+  assert.equal(refused?.status, 404, String(refused));
+  assert.equal(refused.error?.code, 'not_registered_on_chain', refused.message);
+  await waitSettled(delivered.filter((d) => d.template === 'qa').map((d) => d.receiptId).concat(served.receiptId));
+});
+
 test('the outbox holds every delivered answer\'s receipt, each judged', async () => {
   await stopWorker();
   const stats = JSON.parse(cli('outbox', 'stats', '--outbox', join(dir, 'outbox.redb')));

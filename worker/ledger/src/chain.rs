@@ -9,7 +9,7 @@
 //! read when a request arrives.
 
 use std::{
-	collections::{HashMap, HashSet},
+	collections::{BTreeSet, HashMap, HashSet},
 	sync::Arc,
 	time::Duration,
 };
@@ -161,6 +161,14 @@ pub struct ToolInfo {
 	pub price_per_call: Balance,
 }
 
+/// A registration that an event named, to be read again ([`ChainClient::refresh`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RegistryEntry {
+	Adapter(AdapterId),
+	Prompt(PromptId),
+	Tool(ToolId),
+}
+
 /// What the worker needs of chain state to accept, price and sign a request.
 #[derive(Clone, Debug, Default)]
 pub struct ChainSnapshot {
@@ -169,10 +177,9 @@ pub struct ChainSnapshot {
 	pub worker: Option<WorkerInfo>,
 	/// Base model id → (weights hash, active).
 	pub base_models: HashMap<BaseModelId, (ContentHash, bool)>,
-	/// Registered adapters by weights hash (one per hash; on a chain from before the registry's
-	/// hash index, the lowest id of those sharing one, as the index names it).
+	/// Registered adapters by weights hash: the one the registry's hash index names.
 	pub adapters: HashMap<ContentHash, AdapterInfo>,
-	/// Registered prompts by template hash.
+	/// Registered prompts by template hash: the one the registry's hash index names.
 	pub prompts: HashMap<ContentHash, PromptInfo>,
 	/// Registered MCP tools by id.
 	pub tools: HashMap<ToolId, ToolInfo>,
@@ -207,6 +214,10 @@ fn h256(h: subxt::utils::H256) -> ContentHash {
 	ContentHash::from(h.0)
 }
 
+fn to_subxt_h256(h: &ContentHash) -> subxt::utils::H256 {
+	subxt::utils::H256(h.0)
+}
+
 fn account(a: &subxt::utils::AccountId32) -> AccountId32 {
 	AccountId32::from(a.0)
 }
@@ -218,6 +229,33 @@ fn worker_info(w: runtime::runtime_types::pallet_workers::types::Worker<Balance,
 		serves: w.serves.0,
 		stake: w.stake,
 		active: matches!(w.status, WorkerStatus::Active),
+	}
+}
+
+use runtime::runtime_types::pallet_registry::types as registry_types;
+
+fn adapter_info(id: AdapterId, a: registry_types::Adapter<subxt::utils::AccountId32, Balance, u32>) -> (ContentHash, AdapterInfo) {
+	let info = AdapterInfo {
+		id,
+		owner: account(&a.owner),
+		base_model: a.base_model,
+		price_per_1k_tokens: a.price_per_1k_tokens,
+		provenance: a.provenance.0,
+	};
+	(h256(a.weights_hash), info)
+}
+
+fn prompt_info(id: PromptId, p: registry_types::Prompt<subxt::utils::AccountId32, Balance, u32>) -> (ContentHash, PromptInfo) {
+	(h256(p.template_hash), PromptInfo { id, owner: account(&p.owner), price_per_call: p.price_per_call })
+}
+
+fn tool_info(t: registry_types::Tool<subxt::utils::AccountId32, Balance, u32>) -> ToolInfo {
+	ToolInfo {
+		owner: account(&t.owner),
+		endpoint: t.endpoint.0,
+		name: t.name.0,
+		definition_hash: h256(t.definition_hash),
+		price_per_call: t.price_per_call,
 	}
 }
 
@@ -312,39 +350,37 @@ impl ChainClient {
 				Entry::Tool(id) => retired_tools.insert(id),
 			};
 		}
+		// A hash names the one entry the registry's index gives it (on a chain older than the
+		// index, other entries may share the hash: they are not billed).
+		let mut indexed_adapters = HashSet::new();
+		let mut index = storage.entry(runtime::storage().registry().adapter_by_hash())?.iter(()).await?;
+		while let Some(kv) = index.next().await {
+			indexed_adapters.insert(kv?.value().decode()?);
+		}
+		let mut indexed_prompts = HashSet::new();
+		let mut index = storage.entry(runtime::storage().registry().prompt_by_hash())?.iter(()).await?;
+		while let Some(kv) = index.next().await {
+			indexed_prompts.insert(kv?.value().decode()?);
+		}
 		let mut adapters = storage.entry(runtime::storage().registry().adapters())?.iter(()).await?;
 		while let Some(kv) = adapters.next().await {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
-			if retired_adapters.contains(&id) {
+			if retired_adapters.contains(&id) || !indexed_adapters.contains(&id) {
 				continue;
 			}
-			let a = kv.value().decode()?;
-			let info = AdapterInfo {
-				id,
-				owner: account(&a.owner),
-				base_model: a.base_model,
-				price_per_1k_tokens: a.price_per_1k_tokens,
-				provenance: a.provenance.0,
-			};
-			let slot = snapshot.adapters.entry(h256(a.weights_hash)).or_insert_with(|| info.clone());
-			if info.id < slot.id {
-				*slot = info;
-			}
+			let (hash, info) = adapter_info(id, kv.value().decode()?);
+			snapshot.adapters.insert(hash, info);
 		}
 		let mut prompts = storage.entry(runtime::storage().registry().prompts())?.iter(()).await?;
 		while let Some(kv) = prompts.next().await {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
-			if retired_prompts.contains(&id) {
+			if retired_prompts.contains(&id) || !indexed_prompts.contains(&id) {
 				continue;
 			}
-			let p = kv.value().decode()?;
-			let info = PromptInfo { id, owner: account(&p.owner), price_per_call: p.price_per_call };
-			let slot = snapshot.prompts.entry(h256(p.template_hash)).or_insert_with(|| info.clone());
-			if info.id < slot.id {
-				*slot = info;
-			}
+			let (hash, info) = prompt_info(id, kv.value().decode()?);
+			snapshot.prompts.insert(hash, info);
 		}
 		let mut tools = storage.entry(runtime::storage().registry().tools())?.iter(()).await?;
 		while let Some(kv) = tools.next().await {
@@ -353,15 +389,7 @@ impl ChainClient {
 			if retired_tools.contains(&id) {
 				continue;
 			}
-			let t = kv.value().decode()?;
-			let info = ToolInfo {
-				owner: account(&t.owner),
-				endpoint: t.endpoint.0,
-				name: t.name.0,
-				definition_hash: h256(t.definition_hash),
-				price_per_call: t.price_per_call,
-			};
-			snapshot.tools.insert(id, info);
+			snapshot.tools.insert(id, tool_info(kv.value().decode()?));
 		}
 		snapshot.retrieval_price = storage.fetch(runtime::storage().attribution().retrieval_price(), ()).await?.decode()?;
 		let constants = at.constants();
@@ -370,6 +398,53 @@ impl ChainClient {
 		snapshot.min_stake = constants.entry(runtime::constants().workers().min_stake())?;
 		snapshot.evidence_window = constants.entry(runtime::constants().workers().unbonding_delay())?;
 		Ok(snapshot)
+	}
+
+	/// `snapshot` with `entries` read again at the best block, each as it is there: changed,
+	/// retiring (no longer served) or gone. What a registry event names costs a few reads, not
+	/// a read of the whole registry.
+	pub async fn refresh(&self, snapshot: &ChainSnapshot, entries: &BTreeSet<RegistryEntry>) -> Result<ChainSnapshot, ChainError> {
+		use runtime::runtime_types::pallet_registry::types::Entry;
+		let at = self.at_best().await?;
+		let storage = at.storage();
+		let registry = runtime::storage().registry();
+		let mut next = snapshot.clone();
+		next.block = u32::try_from(at.block_number()).unwrap_or(u32::MAX);
+		for &entry in entries {
+			let mark = match entry {
+				RegistryEntry::Adapter(id) => Entry::Adapter(id),
+				RegistryEntry::Prompt(id) => Entry::Prompt(id),
+				RegistryEntry::Tool(id) => Entry::Tool(id),
+			};
+			let retiring = storage.try_fetch(registry.retiring(), (mark,)).await?.is_some();
+			match entry {
+				RegistryEntry::Adapter(id) => {
+					next.adapters.retain(|_, a| a.id != id);
+					let Some(a) = storage.try_fetch(registry.adapters(), (id,)).await?.filter(|_| !retiring) else { continue };
+					let (hash, info) = adapter_info(id, a.decode()?);
+					let indexed = storage.try_fetch(registry.adapter_by_hash(), (to_subxt_h256(&hash),)).await?;
+					if indexed.map(|i| i.decode()).transpose()? == Some(id) {
+						next.adapters.insert(hash, info);
+					}
+				},
+				RegistryEntry::Prompt(id) => {
+					next.prompts.retain(|_, p| p.id != id);
+					let Some(p) = storage.try_fetch(registry.prompts(), (id,)).await?.filter(|_| !retiring) else { continue };
+					let (hash, info) = prompt_info(id, p.decode()?);
+					let indexed = storage.try_fetch(registry.prompt_by_hash(), (to_subxt_h256(&hash),)).await?;
+					if indexed.map(|i| i.decode()).transpose()? == Some(id) {
+						next.prompts.insert(hash, info);
+					}
+				},
+				RegistryEntry::Tool(id) => {
+					next.tools.remove(&id);
+					if let Some(t) = storage.try_fetch(registry.tools(), (id,)).await?.filter(|_| !retiring) {
+						next.tools.insert(id, tool_info(t.decode()?));
+					}
+				},
+			}
+		}
+		Ok(next)
 	}
 
 	/// Every registered worker, at the best block.

@@ -17,7 +17,7 @@ use polkadot_sdk::sp_runtime::AccountId32;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::chain::{runtime, to_subxt_account, ChainClient, ChainError, ChainSnapshot, WorkerInfo};
+use super::chain::{runtime, to_subxt_account, ChainClient, ChainError, ChainSnapshot, RegistryEntry, WorkerInfo};
 
 /// How long the registered workers read for the p2p listing are used before being read again.
 const WORKERS_TTL: Duration = Duration::from_secs(30);
@@ -109,8 +109,9 @@ impl ChainView {
 		}
 	}
 
-	/// Follows the best chain: notes each block's number, and re-reads the snapshot when a
-	/// block's events touch registrations or prices (or cannot be read). Calls `on_block` with
+	/// Follows the best chain: notes each block's number, reads again the registrations a
+	/// block's events name, and the whole snapshot when they touch what is not read entry by
+	/// entry (base models, fee parameters, this worker) or cannot be read. Calls `on_block` with
 	/// each block's number. Resubscribes after a lost connection.
 	pub(crate) async fn follow(self: Arc<Self>, shutdown: CancellationToken, mut on_block: impl FnMut(u32)) {
 		let own = to_subxt_account(&self.account);
@@ -126,6 +127,8 @@ impl ChainView {
 				},
 			};
 			let mut stale = true;
+			// Registrations named by events and not read again yet.
+			let mut pending = BTreeSet::new();
 			// Warned once when the snapshot falls behind, told once when it catches up.
 			let mut warned = false;
 			loop {
@@ -149,6 +152,7 @@ impl ChainView {
 					Err(_) => Changes::unknown(),
 				};
 				stale |= changes.snapshot;
+				pending.extend(changes.entries);
 				on_block(number);
 				if changes.workers {
 					self.workers_changed.fetch_add(1, Ordering::Relaxed);
@@ -156,11 +160,17 @@ impl ChainView {
 				if !changes.datanets.is_empty() {
 					self.datanets_changed.send_modify(|pending| pending.merge(changes.datanets));
 				}
-				if stale {
-					match self.chain.snapshot(&self.account).await {
+				if stale || !pending.is_empty() {
+					let read = if stale {
+						self.chain.snapshot(&self.account).await
+					} else {
+						self.chain.refresh(&self.snapshot(), &pending).await
+					};
+					match read {
 						Ok(snapshot) => {
 							*self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
 							stale = false;
+							pending.clear();
 							if std::mem::take(&mut warned) {
 								tracing::info!(block = number, "chain snapshot current again");
 							}
@@ -179,7 +189,7 @@ impl ChainView {
 				// moves only once the snapshot holds every price change up to it: a receipt then
 				// expires before any rise it was not priced with is charged (a rise waits a
 				// receipt's lifetime from its block).
-				if !stale {
+				if !stale && pending.is_empty() {
 					self.best_block.fetch_max(number, Ordering::Relaxed);
 				}
 			}
@@ -219,9 +229,10 @@ impl DataNetChanges {
 /// so nobody can keep every worker reloading with cheap calls.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Changes {
-	/// The snapshot: registrations and prices in the registry, the fee parameters, this
-	/// worker's own registration.
+	/// The whole snapshot: base models, the fee parameters, this worker's own registration.
 	snapshot: bool,
+	/// Adapters, prompt templates and tools whose registration changed.
+	entries: BTreeSet<RegistryEntry>,
 	/// Some worker's registration (what peers' announcements are checked against).
 	workers: bool,
 	datanets: DataNetChanges,
@@ -230,7 +241,12 @@ struct Changes {
 impl Changes {
 	/// A block whose events could not be read: anything may have changed.
 	fn unknown() -> Self {
-		Self { snapshot: true, workers: true, datanets: DataNetChanges { all: true, ids: BTreeSet::new() } }
+		Self {
+			snapshot: true,
+			entries: BTreeSet::new(),
+			workers: true,
+			datanets: DataNetChanges { all: true, ids: BTreeSet::new() },
+		}
 	}
 
 	fn note(&mut self, event: &runtime::Event, own: &subxt::utils::AccountId32) {
@@ -239,9 +255,33 @@ impl Changes {
 			workers::Event as Workers, Event,
 		};
 		match event {
-			// Anyone can commit to a registration, and it changes nothing registered.
-			Event::Registry(Registry::RegistrationCommitted { .. }) => {},
-			Event::Registry(_) | Event::Attribution(Attribution::FeeParamsSet { .. }) => self.snapshot = true,
+			Event::Registry(event) => match event {
+				// Anyone can commit to a registration, and it changes nothing registered.
+				Registry::RegistrationCommitted { .. } => {},
+				Registry::BaseModelRegistered { .. } | Registry::BaseModelRetired { .. } => self.snapshot = true,
+				Registry::AdapterRegistered { adapter, .. } |
+				Registry::AdapterPriceSet { adapter, .. } |
+				Registry::AdapterTransferred { adapter, .. } |
+				Registry::AdapterRetiring { adapter, .. } |
+				Registry::AdapterRetired { adapter, .. } => {
+					self.entries.insert(RegistryEntry::Adapter(*adapter));
+				},
+				Registry::PromptRegistered { prompt, .. } |
+				Registry::PromptPriceSet { prompt, .. } |
+				Registry::PromptTransferred { prompt, .. } |
+				Registry::PromptRetiring { prompt, .. } |
+				Registry::PromptRetired { prompt, .. } => {
+					self.entries.insert(RegistryEntry::Prompt(*prompt));
+				},
+				Registry::ToolRegistered { tool, .. } |
+				Registry::ToolPriceSet { tool, .. } |
+				Registry::ToolTransferred { tool, .. } |
+				Registry::ToolRetiring { tool, .. } |
+				Registry::ToolRetired { tool, .. } => {
+					self.entries.insert(RegistryEntry::Tool(*tool));
+				},
+			},
+			Event::Attribution(Attribution::FeeParamsSet { .. }) => self.snapshot = true,
 			Event::Workers(event) => {
 				self.workers = true;
 				let worker = match event {
@@ -293,13 +333,26 @@ mod tests {
 			Event::Registry(Registry::RegistrationCommitted { who: other.clone(), commitment: Default::default() }),
 		];
 		let seen = changes(&storm, &own);
-		assert!(!seen.snapshot && seen.datanets.is_empty(), "{seen:?}");
+		assert!(!seen.snapshot && seen.entries.is_empty() && seen.datanets.is_empty(), "{seen:?}");
 		assert!(seen.workers, "another worker's change is for the p2p listing only");
 
 		let seen = changes(&[Event::Workers(Workers::WorkerUpdated { worker: own.clone() })], &own);
 		assert!(seen.snapshot, "its own registration is in the snapshot");
-		let seen = changes(&[Event::Registry(Registry::PromptPriceSet { prompt: 4, price_per_call: 9 })], &own);
-		assert!(seen.snapshot && !seen.workers);
+		// A registry event names what to read again, not the whole registry.
+		let named = [
+			Event::Registry(Registry::PromptPriceSet { prompt: 4, price_per_call: 9 }),
+			Event::Registry(Registry::AdapterRetiring { adapter: 2, until: 99 }),
+			Event::Registry(Registry::ToolTransferred { tool: 7, from: other.clone(), to: own.clone() }),
+			Event::Registry(Registry::AdapterPriceSet { adapter: 2, price_per_1k_tokens: 1 }),
+		];
+		let seen = changes(&named, &own);
+		assert!(!seen.snapshot && !seen.workers);
+		assert_eq!(
+			seen.entries,
+			BTreeSet::from([RegistryEntry::Adapter(2), RegistryEntry::Prompt(4), RegistryEntry::Tool(7)])
+		);
+		let base = Event::Registry(Registry::BaseModelRetired { base_model: 0 });
+		assert!(changes(&[base], &own).snapshot);
 		let fees = Event::Attribution(Attribution::FeeParamsSet {
 			protocol_share: runtime::runtime_types::sp_arithmetic::per_things::Permill(1),
 			data_share: runtime::runtime_types::sp_arithmetic::per_things::Permill(2),
