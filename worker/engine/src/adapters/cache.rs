@@ -64,10 +64,29 @@ struct Loaded {
 	host_copy: Option<Arc<HostAdapter>>,
 }
 
-/// A resident adapter and when it was last used (nanoseconds since the cache's epoch).
+/// What the cache measures idleness with: nanoseconds since it was made, or in tests a clock
+/// they move by hand, so that idleness is tested without waiting on the machine's timing.
+#[derive(Clone)]
+enum Clock {
+	Real(Instant),
+	#[cfg(test)]
+	Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+	fn now_ns(&self) -> u64 {
+		match self {
+			Self::Real(epoch) => epoch.elapsed().as_nanos() as u64,
+			#[cfg(test)]
+			Self::Manual(ns) => ns.load(Ordering::Relaxed),
+		}
+	}
+}
+
+/// A resident adapter and when it was last used (on the cache's clock).
 struct Resident {
 	adapter: LoraAdapter,
-	epoch: Instant,
+	clock: Clock,
 	last_used: AtomicU64,
 	/// The cache's: told whenever a lease ends, for requests waiting for room.
 	room_freed: Arc<Notify>,
@@ -75,7 +94,7 @@ struct Resident {
 
 impl Resident {
 	fn touch(&self) {
-		self.last_used.store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+		self.last_used.store(self.clock.now_ns(), Ordering::Relaxed);
 	}
 }
 
@@ -299,7 +318,7 @@ struct Inner {
 	base: LlamaConfig,
 	device: Device,
 	limits: AdapterLimits,
-	epoch: Instant,
+	clock: Clock,
 	state: Mutex<State>,
 	room_freed: Arc<Notify>,
 }
@@ -321,6 +340,10 @@ impl AdapterCache {
 	/// An empty cache over `store` for adapters of `base`, placed on `device`. Register names
 	/// with [`scan`](Self::scan) and [`register`](Self::register).
 	pub fn new(store: AdapterStore, base: LlamaConfig, limits: AdapterLimits, device: Device) -> Self {
+		Self::with_clock(store, base, limits, device, Clock::Real(Instant::now()))
+	}
+
+	fn with_clock(store: AdapterStore, base: LlamaConfig, limits: AdapterLimits, device: Device, clock: Clock) -> Self {
 		let state = State::default();
 		Self {
 			inner: Arc::new(Inner {
@@ -328,7 +351,7 @@ impl AdapterCache {
 				base,
 				device,
 				limits,
-				epoch: Instant::now(),
+				clock,
 				state: Mutex::new(state),
 				room_freed: Arc::new(Notify::new()),
 			}),
@@ -631,7 +654,7 @@ impl AdapterCache {
 		let evicted = state.make_room(bytes, limits)?;
 		let entry = Arc::new(Resident {
 			adapter,
-			epoch: self.inner.epoch,
+			clock: self.inner.clock.clone(),
 			last_used: AtomicU64::new(0),
 			room_freed: self.inner.room_freed.clone(),
 		});
@@ -643,7 +666,7 @@ impl AdapterCache {
 
 	/// Drops every unleased adapter unused for at least `idle_for`; returns how many.
 	pub fn evict_idle(&self, idle_for: Duration) -> usize {
-		let now = self.inner.epoch.elapsed().as_nanos() as u64;
+		let now = self.inner.clock.now_ns();
 		let idle_ns = idle_for.as_nanos().min(u64::MAX as u128) as u64;
 		let mut state = self.inner.lock();
 		let stale: Vec<[u8; 32]> = state
@@ -757,9 +780,13 @@ mod tests {
 		}
 
 		async fn cache(&self, max_resident: usize, max_resident_bytes: usize) -> AdapterCache {
+			self.cache_on(max_resident, max_resident_bytes, Clock::Real(Instant::now())).await
+		}
+
+		async fn cache_on(&self, max_resident: usize, max_resident_bytes: usize, clock: Clock) -> AdapterCache {
 			let limits = AdapterLimits { max_resident, max_resident_bytes, full_wait: Duration::ZERO, ..Default::default() };
 			let store = AdapterStore::open(&self.root).unwrap();
-			let cache = AdapterCache::new(store, tiny_config(false), limits, Device::Cpu);
+			let cache = AdapterCache::with_clock(store, tiny_config(false), limits, Device::Cpu, clock);
 			cache.scan().await.unwrap();
 			cache
 		}
@@ -957,11 +984,10 @@ mod tests {
 		assert!(started.elapsed() < Duration::from_secs(5));
 		first.abort();
 		let _ = first.await;
-		// An abandoned wait gives its place back.
+		// An abandoned wait gives its place back: c waits (it is not refused as above).
 		let c = cache.clone();
 		let again = tokio::spawn(async move { c.acquire("c").await });
-		tokio::time::sleep(Duration::from_millis(300)).await;
-		assert!(!again.is_finished(), "c waits: the aborted waiter's place was given back");
+		until_full_waits(&cache, 3).await;
 		drop(b);
 		drop(again.await.unwrap().expect("c gets b's room"));
 
@@ -1004,19 +1030,26 @@ mod tests {
 		let fx = Fixture::new();
 		fx.adapter("a", 1);
 		fx.adapter("b", 2);
-		let cache = fx.cache(4, 1 << 30).await;
+		let ms = |n: u64| n * 1_000_000;
+		let time = Arc::new(AtomicU64::new(0));
+		let cache = fx.cache_on(4, 1 << 30, Clock::Manual(time.clone())).await;
 		let a = cache.acquire("a").await.unwrap();
 		drop(cache.acquire("b").await.unwrap());
-		tokio::time::sleep(Duration::from_millis(30)).await;
+		time.store(ms(30), Ordering::Relaxed);
 		assert_eq!(cache.evict_idle(Duration::from_secs(60)), 0, "nothing idle that long");
-		assert_eq!(cache.evict_idle(Duration::from_millis(20)), 1, "only the unleased one");
+		assert_eq!(cache.evict_idle(Duration::from_millis(31)), 0, "b is idle 30 ms, not 31");
+		assert_eq!(cache.evict_idle(Duration::from_millis(30)), 1, "only the unleased one");
 		assert_eq!(resident(&cache), ["a"]);
 		// Dropping the lease counts as a use: not idle yet.
 		drop(a);
-		assert_eq!(cache.evict_idle(Duration::from_millis(20)), 0);
+		assert_eq!(cache.evict_idle(Duration::from_millis(1)), 0);
+		time.store(ms(40), Ordering::Relaxed);
 		let reaper = tokio::spawn(cache.idle_reaper(Duration::from_millis(10), Duration::from_millis(5)));
-		tokio::time::sleep(Duration::from_millis(100)).await;
-		assert!(resident(&cache).is_empty());
+		let deadline = Instant::now() + Duration::from_secs(10);
+		while !resident(&cache).is_empty() {
+			assert!(Instant::now() < deadline, "the reaper unloaded nothing");
+			tokio::time::sleep(Duration::from_millis(5)).await;
+		}
 		assert_eq!(cache.stats().evictions, 2);
 		// The reaper ends once the cache is gone.
 		drop(cache);
