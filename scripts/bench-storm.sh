@@ -3,14 +3,17 @@
 # chain and worker, then BLOCKS blocks of DataNet events that change nothing it serves (another
 # DataNet's metadata, pending contributions: scripts/bench/storm.mjs), then one that does (an
 # item of its DataNet accepted). Prints the worker's CPU time over the storm and its DataNet
-# reloads. WORKER_BIN=path measures another build of the worker against the same chain.
-#   bash scripts/bench-storm.sh [BLOCKS]      (default 60)
+# reloads. Then a registry storm: TOOLS MCP tools registered, and BLOCKS blocks of one tool's
+# price changes and registration commitments; prints the worker's CPU time over it.
+# WORKER_BIN=path measures another build of the worker against the same chain.
+#   bash scripts/bench-storm.sh [BLOCKS] [TOOLS]      (defaults 60, 200)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 worker_override="${WORKER_BIN:-}"
 source "$REPO_ROOT/scripts/demo/lib.sh"
 cd "$REPO_ROOT"
 WORKER_BIN="${worker_override:-$WORKER_BIN}"
 BLOCKS="${1:-60}"
+TOOLS="${2:-200}"
 [ -x "$NODE_BIN" ] && [ -x "$WORKER_BIN" ] || die "build first: source scripts/common.sh; build_node; build_worker"
 
 DEMO_DIR="$(mktemp -d "${TMPDIR:-/tmp}/openledger-storm.XXXXXX")"
@@ -50,3 +53,19 @@ print("|---:|---:|---:|---:|---:|")
 print(f"| {storm['blocks']} | {storm['seconds']:.1f} | {cpu:.2f} | {r1 - r0} | {r2 - r1} |")
 PY
 [ "$reloads_after" -gt "$reloads_storm" ] || die "the worker did not reload its DataNet after an item was accepted"
+
+step "a registry of $TOOLS MCP tools, then $BLOCKS blocks of one tool's price changes and registration commitments"
+OPENLEDGER_WS="$CHAIN_WS" node "$REPO_ROOT/scripts/bench/storm.mjs" tools "$TOOLS"
+sleep 6
+cpu_before="$(cpu_ticks)"
+registry="$(OPENLEDGER_WS="$CHAIN_WS" node "$REPO_ROOT/scripts/bench/storm.mjs" registry "$BLOCKS")"
+sleep 6
+cpu_after="$(cpu_ticks)"
+python3 - "$registry" "$cpu_before" "$cpu_after" "$ticks" "$TOOLS" <<'PY'
+import json, sys
+storm = json.loads(sys.argv[1])
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
+print("| registry entries | blocks | storm s | worker CPU s (storm + 6 s) |")
+print("|---:|---:|---:|---:|")
+print(f"| {sys.argv[5]} tools and the demo's | {storm['blocks']} | {storm['seconds']:.1f} | {cpu:.2f} |")
+PY
