@@ -59,7 +59,8 @@ chain_pid=$!
 ) >"$pallet_log" 2>&1 &
 pallet_pid=$!
 worker=0
-nice -n 10 bash -c "source '$REPO_ROOT/scripts/common.sh'; build_worker" || worker=$?
+# A subshell lowers its own priority, so the build keeps common.sh's functions and settings.
+(renice -n 10 -p "$BASHPID" >/dev/null && build_worker) || worker=$?
 
 step "unit, pallet, benchmark and try-state tests, and the chain end to end: waiting for them, then their output"
 pallets=0 chain=0
