@@ -77,6 +77,14 @@ sed 's/^/  | /' "$chain_log"
 step "the worker's crates depend on each other one way (scripts/check-layers.sh)"
 "$REPO_ROOT/scripts/check-layers.sh"
 
+# The cuda build is type-checked beside the remaining steps, at the lowest priority: it mostly
+# runs nvcc on candle's kernels, one file at a time, in a target directory of its own.
+# In a process group of its own, so a failing step stops it with everything it started.
+cuda_log="$(mktemp)"
+setsid nice -n 19 "$REPO_ROOT/scripts/check-cuda.sh" >"$cuda_log" 2>&1 &
+cuda_pid=$!
+trap 'kill -- -"$cuda_pid" 2>/dev/null; rm -f "$pallet_build_log" "$pallet_log" "$chain_log" "$cuda_log"' EXIT
+
 step "worker tests: engine, knowledge, ledger and the binary (release: they run the real SmolLM2 model)"
 # The same packages as build_worker, so the release build's artifacts serve the tests.
 cargo test --release "${WORKER_PACKAGES[@]}" --no-fail-fast ${OPENLEDGER_CARGO_TIMINGS:+--timings}
@@ -91,3 +99,9 @@ step "the soak, short: two workers killed and a node restarted under mixed clien
 # The full soak is 10 minutes (scripts/soak.sh; docs/benchmarks.md); this one checks its
 # invariants on every change: nothing delivered unpaid, nothing paid twice, issuance exact.
 "$REPO_ROOT/scripts/soak.sh" 30
+
+step "the cuda build type-checks (scripts/check-cuda.sh): waiting for it, then its output"
+cuda=0
+wait "$cuda_pid" || cuda=$?
+grep -vE '^ +(Compiling|Checking|Downloaded|Downloading) ' "$cuda_log" | sed 's/^/  | /'
+[ "$cuda" = 0 ] || die "the cuda build does not type-check (its output is above, indented)"
