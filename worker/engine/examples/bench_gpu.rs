@@ -28,7 +28,7 @@ use clap::Parser;
 use openledger_engine::{
 	adapters::{bench_adapter_name, ensure_random_adapters, load_adapter, AdapterLimits, FloatDtype, ADAPTER_WEIGHTS_FILE},
 	base::parse_device,
-	model::{kv_pool, lora::BATCHED_MAX_RANK, HostAdapter, Llama, LoraAdapter, SeqStep},
+	model::{kv_pool, lora::BATCHED_MAX_RANK, Architecture, HostAdapter, Llama, LoraAdapter, SeqStep},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -75,6 +75,7 @@ struct Args {
 fn spec(name: &str) -> Result<TinyLlamaSpec> {
 	Ok(match name {
 		"smollm2-135m" => TinyLlamaSpec {
+			architecture: Architecture::Llama,
 			vocab_size: 49_152,
 			hidden_size: 576,
 			intermediate_size: 1536,
@@ -84,6 +85,7 @@ fn spec(name: &str) -> Result<TinyLlamaSpec> {
 			max_position: 8192,
 		},
 		"llama-1b" => TinyLlamaSpec {
+			architecture: Architecture::Llama,
 			vocab_size: 32_000,
 			hidden_size: 2048,
 			intermediate_size: 5632,

@@ -16,7 +16,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 
-use crate::{model::LlamaConfig, tokenizer::DEFAULT_CHAT_TEMPLATE};
+use crate::{
+	model::{Architecture, LlamaConfig},
+	tokenizer::DEFAULT_CHAT_TEMPLATE,
+};
 
 /// The special tokens of the tiny tokenizer, with ids 0, 1, 2.
 pub const TINY_SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -45,6 +48,8 @@ pub const TINY_EOS_ID: u32 = 2;
 /// Shape of the tiny model. `vocab_size` must be at least [`tiny_tokenizer_len`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TinyLlamaSpec {
+	/// The family: Qwen 2 adds q, k and v biases, Qwen 3 per-head q and k norms.
+	pub architecture: Architecture,
 	pub vocab_size: usize,
 	pub hidden_size: usize,
 	pub intermediate_size: usize,
@@ -57,6 +62,7 @@ pub struct TinyLlamaSpec {
 impl Default for TinyLlamaSpec {
 	fn default() -> Self {
 		Self {
+			architecture: Architecture::Llama,
 			vocab_size: 300,
 			hidden_size: 64,
 			intermediate_size: 128,
@@ -77,6 +83,7 @@ pub fn tiny_tokenizer_len() -> usize {
 /// [`write_tiny_llama`] writes for `spec`.
 pub fn tiny_config(spec: &TinyLlamaSpec) -> LlamaConfig {
 	LlamaConfig {
+		architecture: spec.architecture,
 		vocab_size: spec.vocab_size,
 		hidden_size: spec.hidden_size,
 		intermediate_size: spec.intermediate_size,
@@ -85,6 +92,7 @@ pub fn tiny_config(spec: &TinyLlamaSpec) -> LlamaConfig {
 		num_kv_heads: spec.num_kv_heads,
 		head_dim: spec.hidden_size / spec.num_heads.max(1),
 		rope_theta: 10_000.0,
+		rope_freq_factors: None,
 		rms_norm_eps: 1e-5,
 		max_position: spec.max_position,
 		rope_interleaved: false,
@@ -114,8 +122,12 @@ pub fn write_tiny_llama(dir: &Path, spec: &TinyLlamaSpec, seed: u64) -> Result<L
 		fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 	};
 	let config_json = json!({
-		"architectures": ["LlamaForCausalLM"],
-		"model_type": "llama",
+		"architectures": [match spec.architecture {
+			Architecture::Llama => "LlamaForCausalLM",
+			Architecture::Qwen2 => "Qwen2ForCausalLM",
+			Architecture::Qwen3 => "Qwen3ForCausalLM",
+		}],
+		"model_type": spec.architecture.name(),
 		"vocab_size": spec.vocab_size,
 		"hidden_size": spec.hidden_size,
 		"intermediate_size": spec.intermediate_size,
@@ -129,7 +141,7 @@ pub fn write_tiny_llama(dir: &Path, spec: &TinyLlamaSpec, seed: u64) -> Result<L
 		"rope_scaling": null,
 		"max_position_embeddings": spec.max_position,
 		"tie_word_embeddings": false,
-		"attention_bias": false,
+		"attention_bias": spec.architecture.qkv_bias(),
 		"mlp_bias": false,
 		"bos_token_id": 1,
 		"eos_token_id": TINY_EOS_ID,
@@ -174,6 +186,8 @@ fn write_weights(path: &Path, c: &LlamaConfig, seed: u64) -> Result<()> {
 	let (h, i) = (c.hidden_size, c.intermediate_size);
 	linear(&mut rng, "model.embed_tokens.weight".into(), c.vocab_size, h);
 	let mut norms = Vec::new();
+	// The families' biases and per-head norms.
+	let mut vectors: Vec<(String, Vec<f32>)> = Vec::new();
 	for layer in 0..c.num_layers {
 		let p = format!("model.layers.{layer}");
 		linear(&mut rng, format!("{p}.self_attn.q_proj.weight"), q_dim, h);
@@ -185,12 +199,27 @@ fn write_weights(path: &Path, c: &LlamaConfig, seed: u64) -> Result<()> {
 		linear(&mut rng, format!("{p}.mlp.down_proj.weight"), h, i);
 		norms.push(format!("{p}.input_layernorm.weight"));
 		norms.push(format!("{p}.post_attention_layernorm.weight"));
+		if c.architecture.qkv_bias() {
+			for (name, width) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim)] {
+				let values = (0..width).map(|_| rng.random_range(-0.5f32..0.5));
+				vectors.push((format!("{p}.self_attn.{name}_proj.bias"), values.collect()));
+			}
+		}
+		if c.architecture.qk_norm() {
+			for name in ["q_norm", "k_norm"] {
+				let values = (0..c.head_dim).map(|_| 1.0 + rng.random_range(-0.5f32..0.5));
+				vectors.push((format!("{p}.self_attn.{name}.weight"), values.collect()));
+			}
+		}
 	}
 	norms.push("model.norm.weight".into());
 	linear(&mut rng, "lm_head.weight".into(), c.vocab_size, h);
 	for name in norms {
 		let values = (0..h).map(|_| 1.0 + rng.random_range(-0.1f32..0.1));
 		tensors.push((name, vec![h], values.flat_map(f32::to_le_bytes).collect()));
+	}
+	for (name, values) in vectors {
+		tensors.push((name, vec![values.len()], values.into_iter().flat_map(f32::to_le_bytes).collect()));
 	}
 	let views = tensors
 		.iter()

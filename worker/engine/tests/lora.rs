@@ -1,12 +1,13 @@
 //! LoRA applied unmerged equals the merged model; a zero-B adapter is the base exactly; mixed
-//! adapters in one ragged batch give what each gives alone. On a tiny random float Llama.
+//! adapters in one ragged batch give what each gives alone. On a tiny random float Llama (and,
+//! for the merge, one of each family).
 
 use std::{collections::HashMap, path::Path};
 
 use candle_core::{Device, Tensor};
 use openledger_engine::{
 	adapters::{load_adapter, write_random_adapter, write_random_adapter_as, AdapterLimits, FloatDtype},
-	model::{kv_pool, KvCache, Llama, LoraAdapter, Projection, SeqStep},
+	model::{kv_pool, Architecture, KvCache, Llama, LoraAdapter, Projection, SeqStep},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
 
@@ -14,7 +15,11 @@ const RANK: usize = 8;
 const ALPHA: f64 = 16.0;
 
 fn tiny_model(dir: &Path) -> Llama {
-	write_tiny_llama(dir, &TinyLlamaSpec::default(), 7).expect("writing the tiny model");
+	tiny_model_of(dir, Architecture::Llama)
+}
+
+fn tiny_model_of(dir: &Path, architecture: Architecture) -> Llama {
+	write_tiny_llama(dir, &TinyLlamaSpec { architecture, ..TinyLlamaSpec::default() }, 7).expect("writing the tiny model");
 	Llama::from_hf_dir(dir, &Device::Cpu, |_, _| {}).expect("loading the tiny model")
 }
 
@@ -59,8 +64,14 @@ fn write_merged(base_dir: &Path, adapter_dir: &Path, out: &Path, scale: f64) {
 
 #[test]
 fn unmerged_lora_equals_merged_model() {
+	for architecture in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+		unmerged_lora_equals_merged_model_of(architecture);
+	}
+}
+
+fn unmerged_lora_equals_merged_model_of(architecture: Architecture) {
 	let tmp = tempfile::tempdir().unwrap();
-	let model = tiny_model(&tmp.path().join("base"));
+	let model = tiny_model_of(&tmp.path().join("base"), architecture);
 	let prompt: Vec<u32> = vec![5, 17, 42, 99, 3, 250, 7, 61];
 	for rslora in [false, true] {
 		let adapter_dir = tmp.path().join(format!("adapter-{rslora}"));
@@ -74,7 +85,7 @@ fn unmerged_lora_equals_merged_model() {
 		let reference = merged.logits_alone(&prompt, None).unwrap();
 		let base = model.logits_alone(&prompt, None).unwrap();
 		let err = max_relative_error(&unmerged, &reference);
-		assert!(err <= 1e-4, "rslora={rslora}: unmerged vs merged relative error {err}");
+		assert!(err <= 1e-4, "{architecture:?}, rslora={rslora}: unmerged vs merged relative error {err}");
 		// The adapter must matter, or the comparison above proves nothing.
 		assert!(max_relative_error(&base, &reference) > 1e-2, "the adapter changes the output");
 	}

@@ -132,11 +132,12 @@ pub fn hash_hex(hash: &[u8; 32]) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_util {
-	use crate::model::LlamaConfig;
+	use crate::model::{Architecture, LlamaConfig};
 
 	/// A Llama small enough to generate adapters for in microseconds, with GQA (4 heads over 2).
 	pub fn tiny_config(rope_interleaved: bool) -> LlamaConfig {
 		LlamaConfig {
+			architecture: Architecture::Llama,
 			vocab_size: 32,
 			hidden_size: 16,
 			intermediate_size: 24,
@@ -145,6 +146,7 @@ pub(crate) mod test_util {
 			num_kv_heads: 2,
 			head_dim: 4,
 			rope_theta: 10_000.0,
+			rope_freq_factors: None,
 			rms_norm_eps: 1e-5,
 			max_position: 64,
 			rope_interleaved,

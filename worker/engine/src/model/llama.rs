@@ -69,6 +69,10 @@ struct Layer {
 	ffn_norm: Tensor,
 	/// Indexed by [`Projection::index`].
 	proj: [BaseLinear; 7],
+	/// The q, k and v projections' biases (Qwen 2).
+	qkv_bias: Option<[Tensor; 3]>,
+	/// The per-head RMS norms of q and k (Qwen 3).
+	qk_norm: Option<[Tensor; 2]>,
 }
 
 /// Base weights, immutable after loading; shared by the engine thread and nothing else.
@@ -128,7 +132,8 @@ impl Llama {
 			std::fs::File::open(path).with_context(|| format!("opening model {}", path.display()))?;
 		let content = gguf_file::Content::read(&mut file)
 			.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
-		let config = LlamaConfig::from_gguf(&content)?;
+		let mut config = LlamaConfig::from_gguf(&content)?;
+		let arch = config.architecture;
 		let mut tensor = |name: &str| {
 			content
 				.tensor(&mut file, name, device)
@@ -142,6 +147,16 @@ impl Llama {
 			Err(_) => BaseLinear::from_qtensor(embed_q)?,
 		};
 		let norm = norm_vec(tensor("output_norm.weight")?)?;
+		// Llama 3's rope scaling, as llama.cpp's converter writes it.
+		if let Ok(factors) = tensor("rope_freqs.weight") {
+			let factors = factors.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+			let scaled = match config.rope_freq_factors.take() {
+				Some(linear) => factors.iter().zip(linear).map(|(a, b)| a * b).collect(),
+				None => factors,
+			};
+			config.rope_freq_factors = Some(scaled);
+			config = config.validated()?;
+		}
 		let mut layers = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
 			let mut q = |suffix: &str| -> anyhow::Result<BaseLinear> {
@@ -156,10 +171,21 @@ impl Llama {
 				q("ffn_up")?,
 				q("ffn_down")?,
 			];
+			let mut vector = |name: &str| norm_vec(tensor(&format!("blk.{i}.{name}"))?).map_err(anyhow::Error::from);
+			let qkv_bias = match arch.qkv_bias() {
+				true => Some([vector("attn_q.bias")?, vector("attn_k.bias")?, vector("attn_v.bias")?]),
+				false => None,
+			};
+			let qk_norm = match arch.qk_norm() {
+				true => Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?]),
+				false => None,
+			};
 			layers.push(Layer {
-				attn_norm: norm_vec(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
-				ffn_norm: norm_vec(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
+				attn_norm: vector("attn_norm.weight")?,
+				ffn_norm: vector("ffn_norm.weight")?,
 				proj,
+				qkv_bias,
+				qk_norm,
 			});
 			progress(i + 1, config.num_layers);
 		}
@@ -194,10 +220,21 @@ impl Llama {
 				let w = lvb.get((fan_out, fan_in), &format!("{}.weight", p.module_path()))?;
 				proj.push(BaseLinear::from_float(w)?);
 			}
+			let bias = |p: Projection| lvb.get(c.projection_dims(p).1, &format!("{}.bias", p.module_path()));
+			let qkv_bias = match c.architecture.qkv_bias() {
+				true => Some([bias(Projection::Q)?, bias(Projection::K)?, bias(Projection::V)?]),
+				false => None,
+			};
+			let qk_norm = match c.architecture.qk_norm() {
+				true => Some([lvb.get(c.head_dim, "self_attn.q_norm.weight")?, lvb.get(c.head_dim, "self_attn.k_norm.weight")?]),
+				false => None,
+			};
 			layers.push(Layer {
 				attn_norm: lvb.get(c.hidden_size, "input_layernorm.weight")?,
 				ffn_norm: lvb.get(c.hidden_size, "post_attention_layernorm.weight")?,
 				proj: proj.try_into().map_err(|_| anyhow::anyhow!("seven projections"))?,
+				qkv_bias,
+				qk_norm,
 			});
 			progress(i + 1, c.num_layers);
 		}
@@ -214,8 +251,7 @@ impl Llama {
 		device: &Device,
 	) -> anyhow::Result<Self> {
 		let half = config.head_dim / 2;
-		let inv_freq: Vec<f32> =
-			(0..half).map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / config.head_dim as f32)).collect();
+		let inv_freq = config.rope_inverse_frequencies();
 		let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
 		let positions = Tensor::arange(0u32, config.max_position as u32, device)?
 			.to_dtype(DType::F32)?
@@ -301,9 +337,7 @@ impl Llama {
 		let eps = c.rms_norm_eps as f32;
 		for (l, layer) in self.layers.iter().enumerate() {
 			let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-			let q = self.project(layer, l, Projection::Q, &h, &adapters)?;
-			let k = self.project(layer, l, Projection::K, &h, &adapters)?;
-			let v = self.project(layer, l, Projection::V, &h, &adapters)?;
+			let (q, k, v) = self.attention_inputs(layer, l, &h, &adapters)?;
 			let decoded = decode
 				.as_ref()
 				.map(|batch| self.decode_attention(batch, steps[batch.steps[0]].cache, l, &q, &k, &v))
@@ -343,6 +377,30 @@ impl Llama {
 		let last = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
 		let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
 		self.lm_head.forward(&last)
+	}
+
+	/// The q, k and v rows of a layer's attention, before the rotary embedding: the projections
+	/// with their LoRA deltas, then the family's bias (Qwen 2) or per-head norm (Qwen 3).
+	fn attention_inputs(&self, layer: &Layer, l: usize, h: &Tensor, adapters: &RowAdapters) -> Result<(Tensor, Tensor, Tensor)> {
+		let c = &self.config;
+		let mut q = self.project(layer, l, Projection::Q, h, adapters)?;
+		let mut k = self.project(layer, l, Projection::K, h, adapters)?;
+		let mut v = self.project(layer, l, Projection::V, h, adapters)?;
+		if let Some([bq, bk, bv]) = &layer.qkv_bias {
+			q = q.broadcast_add(bq)?;
+			k = k.broadcast_add(bk)?;
+			v = v.broadcast_add(bv)?;
+		}
+		if let Some([q_norm, k_norm]) = &layer.qk_norm {
+			let per_head = |t: Tensor, norm: &Tensor| -> Result<Tensor> {
+				let (rows, width) = t.dims2()?;
+				let heads = t.reshape((rows * width / c.head_dim, c.head_dim))?;
+				candle_nn::ops::rms_norm(&heads, norm, c.rms_norm_eps as f32)?.reshape((rows, width))
+			};
+			q = per_head(q, q_norm)?;
+			k = per_head(k, k_norm)?;
+		}
+		Ok((q, k, v))
 	}
 
 	/// `W·x` for all rows, plus each row's LoRA delta.

@@ -14,7 +14,7 @@ mod lora_host;
 mod paged_attention;
 pub mod quant;
 
-pub use config::LlamaConfig;
+pub use config::{Architecture, LlamaConfig};
 pub use kv_pool::{KvCache, KvPool, KvPoolFull};
 pub use llama::{Llama, SeqStep};
 pub use lora::{LoraAdapter, LoraWeights, Projection};
