@@ -14,9 +14,21 @@ pallet_tests=(cargo test --workspace --no-fail-fast
 	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings})
 
-# What runs beside the builds is logged here and shown when it is joined.
-pallet_build_log="$(mktemp)" pallet_log="$(mktemp)" chain_log="$(mktemp)"
-trap 'rm -f "$pallet_build_log" "$pallet_log" "$chain_log"' EXIT
+# What runs beside the builds is logged here and shown when it is joined; what still runs when
+# a step fails is stopped with everything it started (each runs in a process group of its own).
+pallet_build_log="$(mktemp)" pallet_log="$(mktemp)" chain_log="$(mktemp)" llama_log="$(mktemp)" cuda_log="$(mktemp)"
+llama_pid='' cuda_pid=''
+cleanup() {
+	local pid
+	for pid in $llama_pid $cuda_pid; do kill -- -"$pid" 2>/dev/null || true; done
+	rm -f "$pallet_build_log" "$pallet_log" "$chain_log" "$llama_log" "$cuda_log"
+}
+trap cleanup EXIT
+
+# llama.cpp, the reference engine of the model-family checks, compiles (once per machine)
+# beside the node's build, at a lower priority.
+OPENLEDGER_PHASE_LOG="" setsid nice -n 10 "$REPO_ROOT/scripts/families-check.sh" --install-only >"$llama_log" 2>&1 &
+llama_pid=$!
 
 # The node's release build leaves a core idle for minutes at a time (the runtime's wasm build,
 # then the node crate, each mostly one process), so the pallet tests' debug build runs beside it
@@ -79,15 +91,19 @@ step "the worker's crates depend on each other one way (scripts/check-layers.sh)
 
 # The cuda build is type-checked beside the remaining steps, at the lowest priority: it mostly
 # runs nvcc on candle's kernels, one file at a time, in a target directory of its own.
-# In a process group of its own, so a failing step stops it with everything it started.
-cuda_log="$(mktemp)"
-setsid nice -n 19 "$REPO_ROOT/scripts/check-cuda.sh" >"$cuda_log" 2>&1 &
+OPENLEDGER_PHASE_LOG="" setsid nice -n 19 "$REPO_ROOT/scripts/check-cuda.sh" >"$cuda_log" 2>&1 &
 cuda_pid=$!
-trap 'kill -- -"$cuda_pid" 2>/dev/null; rm -f "$pallet_build_log" "$pallet_log" "$chain_log" "$cuda_log"' EXIT
 
 step "worker tests: engine, knowledge, ledger and the binary (release: they run the real SmolLM2 model)"
 # The same packages as build_worker, so the release build's artifacts serve the tests.
 cargo test --release "${WORKER_PACKAGES[@]}" --no-fail-fast ${OPENLEDGER_CARGO_TIMINGS:+--timings}
+
+step "model families against llama.cpp (scripts/families-check.sh), once llama.cpp is built"
+llama=0
+wait "$llama_pid" || llama=$?
+grep -vE '^ +\[[0-9]+/[0-9]+\]' "$llama_log" | sed 's/^/  | /'
+[ "$llama" = 0 ] || die "llama-cpp-python did not install (its output is above, indented)"
+"$REPO_ROOT/scripts/families-check.sh"
 
 step "worker end to end: the official openai Python client against a running worker"
 "$REPO_ROOT/scripts/worker-e2e.sh"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The model families against llama.cpp: tiny random-weight GGUF models of every architecture,
+# weight type and rope variant the engine runs, scored by both engines over the same tokens
+# (scripts/families/compare.py says what is compared and how closely). Prints a table; fails if
+# any case differs beyond its tolerance.
+#
+#   scripts/families-check.sh [--case NAME ...]
+#   scripts/families-check.sh --install-only     # only build llama-cpp-python (once per machine)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+
+[ -x "$OPENLEDGER_VENV/bin/python" ] || "$REPO_ROOT/scripts/setup.sh"
+step "llama-cpp-python $LLAMA_CPP_VERSION in $OPENLEDGER_VENV"
+install_llama_cpp
+[ "${1:-}" != --install-only ] || exit 0
+
+step "building the engine's logits example (release)"
+# In the worker's invocation, so its dependencies keep the worker build's features.
+build_worker -q --example logits
+
+step "model families: this engine against llama.cpp"
+"$OPENLEDGER_VENV/bin/python" scripts/families/compare.py --logits "$CARGO_TARGET_DIR/release/examples/logits" "$@"

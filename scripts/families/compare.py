@@ -1,0 +1,376 @@
+"""This engine against llama.cpp on tiny random-weight models of every family it runs.
+
+For each case (a family, a weight type, a rope variant) it writes a small GGUF file with the
+`gguf` package (random weights from a fixed seed), has llama.cpp (llama-cpp-python) continue a
+random prompt greedily, and scores the whole sequence with both engines: llama.cpp in one batch,
+this engine's `logits` example with the prompt as one chunk and the continuation one decode step
+at a time, on the GGUF file and, for float weights, on the same weights written in HF layout
+(config.json and safetensors). It then checks, at every position from the prompt's last:
+
+  * log-probabilities: the largest difference over the vocabulary is within the case's
+    tolerance (the engines quantize activations and sum in different orders);
+  * the next token: ours is llama.cpp's, except where llama.cpp's two best are within MARGIN of
+    each other, where ours must be one of the two.
+
+Prints a table and exits non-zero if any case fails.
+
+    python compare.py --logits PATH/TO/examples/logits [--work DIR] [--case NAME ...]
+"""
+
+import argparse
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import gguf
+import numpy as np
+from llama_cpp import Llama
+
+# Where llama.cpp's top two log-probabilities are closer than this, either is a right answer.
+FLOAT_MARGIN = 0.05
+# Float weights: the engines differ only in summation order and the exponentials.
+FLOAT_TOLERANCE = 0.005
+# Quantized weights: each engine quantizes activations its own way, so each is judged by its
+# distance from the same weights run in float; ours must be no farther than this times
+# llama.cpp's. Near ties are wider for the same reason.
+QUANT_ERROR_RATIO = 1.25
+QUANT_MARGIN = 0.3
+VOCAB = 512
+PROMPT = 24
+CONTINUATION = 40
+# Shapes: two layers, grouped-query attention (4 heads over 2), widths that are multiples of 256.
+HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 512, 2, 4, 2, 64
+CONTEXT = 128
+
+
+def byte_tokens():
+    """GPT-2's printable stand-ins for the 256 bytes, so llama.cpp's byte-level BPE loads."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def llama3_factors(head_dim, theta, factor, low, high, original):
+    """Llama 3.1's rope frequency factors, as transformers and llama.cpp's converter compute them."""
+    out = []
+    for i in range(head_dim // 2):
+        wavelen = 2 * math.pi * theta ** (2 * i / head_dim)
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+# name: (architecture, weight type, rope variant)
+CASES = {
+    "llama-f32": ("llama", "F32", None),
+    "llama-q8_0": ("llama", "Q8_0", None),
+    "llama-q4_1": ("llama", "Q4_1", None),
+    "llama3-rope-f32": ("llama", "F32", "llama3"),
+    "llama-linear-rope-f32": ("llama", "F32", "linear"),
+    "qwen2-f32": ("qwen2", "F32", None),
+    "qwen2-q8_0": ("qwen2", "Q8_0", None),
+    "qwen3-f32": ("qwen3", "F32", None),
+    "qwen3-q8_0": ("qwen3", "Q8_0", None),
+}
+
+
+def random_model(arch, rope, seed):
+    """Random weights under their HF names, and the HF config that goes with them."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows, cols, scale):
+        return (rng.standard_normal((rows, cols)) * scale / math.sqrt(cols)).astype(np.float32)
+
+    def vector(size, mean, spread):
+        return (mean + spread * rng.standard_normal(size)).astype(np.float32)
+
+    q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+    t = {"model.embed_tokens.weight": rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32),
+         "model.norm.weight": vector(HIDDEN, 1.0, 0.1)}
+    # Qwen 3's small models tie the output to the embeddings: no output tensor.
+    if arch != "qwen3":
+        t["lm_head.weight"] = matrix(VOCAB, HIDDEN, 3.0)
+    for i in range(LAYERS):
+        b = f"model.layers.{i}"
+        t[f"{b}.input_layernorm.weight"] = vector(HIDDEN, 1.0, 0.1)
+        t[f"{b}.post_attention_layernorm.weight"] = vector(HIDDEN, 1.0, 0.1)
+        # Sharpish attention (q·k larger than the weights' usual scale gives), so the rotary
+        # embedding decides what is attended to.
+        t[f"{b}.self_attn.q_proj.weight"] = matrix(q_width, HIDDEN, 1.5)
+        t[f"{b}.self_attn.k_proj.weight"] = matrix(kv_width, HIDDEN, 1.5)
+        t[f"{b}.self_attn.v_proj.weight"] = matrix(kv_width, HIDDEN, 1.0)
+        t[f"{b}.self_attn.o_proj.weight"] = matrix(HIDDEN, q_width, 1.0)
+        t[f"{b}.mlp.gate_proj.weight"] = matrix(FFN, HIDDEN, 1.0)
+        t[f"{b}.mlp.up_proj.weight"] = matrix(FFN, HIDDEN, 1.0)
+        t[f"{b}.mlp.down_proj.weight"] = matrix(HIDDEN, FFN, 1.0)
+        if arch == "qwen2":
+            for p, width in (("q", q_width), ("k", kv_width), ("v", kv_width)):
+                t[f"{b}.self_attn.{p}_proj.bias"] = vector(width, 0.0, 0.5)
+        if arch == "qwen3":
+            t[f"{b}.self_attn.q_norm.weight"] = vector(HEAD_DIM, 1.0, 0.2)
+            t[f"{b}.self_attn.k_norm.weight"] = vector(HEAD_DIM, 1.0, 0.2)
+    scaling = None
+    if rope == "llama3":
+        scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}
+    elif rope == "linear":
+        scaling = {"rope_type": "linear", "factor": 4.0}
+    config = {"model_type": arch, "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
+              "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+              "head_dim": HEAD_DIM, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": CONTEXT, "rope_scaling": scaling,
+              "tie_word_embeddings": arch == "qwen3"}
+    return t, config
+
+
+def write_hf(directory, tensors, config):
+    """`config.json` and `model.safetensors` (the format written by hand: a JSON header, then
+    the raw little-endian data)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    header, offset = {}, 0
+    for name, array in tensors.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for array in tensors.values():
+            f.write(array.astype("<f4").tobytes())
+
+
+def interleave_rope_rows(w, heads):
+    """llama.cpp's converter's permutation of Llama's q and k rows: each head's half-split pairs
+    (i, i + d/2) become adjacent rows (2i, 2i + 1), for its interleaved rotary embedding."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, arch, weight_type, rope, tensors, config):
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_block_count(LAYERS)
+    w.add_context_length(CONTEXT)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_key_length(HEAD_DIM)
+    w.add_value_length(HEAD_DIM)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(VOCAB)
+    if rope == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(config["rope_scaling"]["factor"])
+    tokens = byte_tokens() + [f"<t{i}>" for i in range(VOCAB - 256 - 1)] + ["ab"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
+    w.add_token_merges(["a b"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_add_bos_token(False)
+
+    def matrix(name, data):
+        if weight_type == "F32":
+            w.add_tensor(name, data)
+        else:
+            qtype = gguf.GGMLQuantizationType[weight_type]
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+    t = tensors
+    # The embeddings stay f32: both engines dequantize them to look rows up.
+    w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    if "lm_head.weight" in t:
+        matrix("output.weight", t["lm_head.weight"])
+    if rope == "llama3":
+        s = config["rope_scaling"]
+        factors = llama3_factors(HEAD_DIM, config["rope_theta"], s["factor"], s["low_freq_factor"],
+                                 s["high_freq_factor"], s["original_max_position_embeddings"])
+        assert factors.min() == 1.0 and factors.max() == 8.0, "the bands must all occur"
+        w.add_tensor("rope_freqs.weight", factors)
+    for i in range(LAYERS):
+        b, g = f"model.layers.{i}", f"blk.{i}"
+        q, k = t[f"{b}.self_attn.q_proj.weight"], t[f"{b}.self_attn.k_proj.weight"]
+        if arch == "llama":
+            q, k = interleave_rope_rows(q, HEADS), interleave_rope_rows(k, KV_HEADS)
+        w.add_tensor(f"{g}.attn_norm.weight", t[f"{b}.input_layernorm.weight"])
+        w.add_tensor(f"{g}.ffn_norm.weight", t[f"{b}.post_attention_layernorm.weight"])
+        matrix(f"{g}.attn_q.weight", q)
+        matrix(f"{g}.attn_k.weight", k)
+        matrix(f"{g}.attn_v.weight", t[f"{b}.self_attn.v_proj.weight"])
+        matrix(f"{g}.attn_output.weight", t[f"{b}.self_attn.o_proj.weight"])
+        matrix(f"{g}.ffn_gate.weight", t[f"{b}.mlp.gate_proj.weight"])
+        matrix(f"{g}.ffn_up.weight", t[f"{b}.mlp.up_proj.weight"])
+        matrix(f"{g}.ffn_down.weight", t[f"{b}.mlp.down_proj.weight"])
+        if arch == "qwen2":
+            for p in "qkv":
+                w.add_tensor(f"{g}.attn_{p}.bias", t[f"{b}.self_attn.{p}_proj.bias"])
+        if arch == "qwen3":
+            w.add_tensor(f"{g}.attn_q_norm.weight", t[f"{b}.self_attn.q_norm.weight"])
+            w.add_tensor(f"{g}.attn_k_norm.weight", t[f"{b}.self_attn.k_norm.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp(path):
+    # f32 keys and values, as ours: llama.cpp's default f16 cache would be a difference of its own.
+    return Llama(model_path=path, n_ctx=CONTEXT, n_batch=CONTEXT, n_threads=2, logits_all=True,
+                 type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
+
+
+def log_softmax(logits):
+    logits = np.array(logits, dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def llama_cpp_continuation(path, prompt):
+    """`prompt` and llama.cpp's greedy continuation of it."""
+    llm = llama_cpp(path)
+    llm.eval(prompt)
+    sequence = list(prompt)
+    for _ in range(CONTINUATION):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        sequence.append(nxt)
+        llm.eval([nxt])
+    return sequence
+
+
+def llama_cpp_logprobs(path, sequence):
+    """llama.cpp's log-probabilities at every position of `sequence` from the prompt's last, in one batch."""
+    llm = llama_cpp(path)
+    llm.eval(sequence)
+    return log_softmax(llm.scores[: len(sequence)])[PROMPT - 1 :]
+
+
+def our_logprobs(binary, path, sequence, work):
+    """Ours at the same positions: the prompt as one chunk, then one decode step per token."""
+    out = os.path.join(work, "ours.f32")
+    ids = ",".join(map(str, sequence))
+    subprocess.run([binary, path, out, ids, str(PROMPT)], check=True)
+    ours = np.fromfile(out, dtype="<f4").astype(np.float64)
+    return ours.reshape(-1, VOCAB)
+
+
+def tokens_agree(ours, theirs, margin):
+    """(near ties, first position where the argmaxes part, positions where ours is wrong): ours
+    must be llama.cpp's best token, or its second where the two are within `margin`."""
+    near_ties = wrong = 0
+    first_part = None
+    for pos in range(len(theirs)):
+        top2 = np.argsort(theirs[pos])[::-1][:2]
+        mine = int(np.argmax(ours[pos]))
+        tie = theirs[pos][top2[0]] - theirs[pos][top2[1]] < margin
+        near_ties += tie
+        if mine != top2[0]:
+            first_part = pos if first_part is None else first_part
+            if not (tie and mine == top2[1]):
+                wrong += 1
+    return near_ties, first_part, wrong
+
+
+def run_case(name, binary, work, seed):
+    """llama.cpp on the case's GGUF file against ours on the same file and, for float weights,
+    on the same weights in HF layout (config.json and safetensors, q and k rows not permuted).
+    Quantized weights are also judged against the same weights dequantized and run in float by
+    llama.cpp: both engines quantize activations, so neither is the truth."""
+    arch, weight_type, rope = CASES[name]
+    tensors, config = random_model(arch, rope, seed)
+    path = os.path.join(work, f"{name}.gguf")
+    write_gguf(path, arch, weight_type, rope, tensors, config)
+    rng = np.random.default_rng(seed + 1)
+    prompt = [int(t) for t in rng.integers(2, VOCAB, PROMPT)]
+    sequence = llama_cpp_continuation(path, prompt)
+    theirs = llama_cpp_logprobs(path, sequence)
+    sources = [("GGUF", path)]
+    if weight_type == "F32":
+        hf_dir = os.path.join(work, f"{name}-hf")
+        write_hf(hf_dir, tensors, config)
+        sources.append(("HF safetensors", hf_dir))
+        exact = theirs
+    else:
+        qtype = gguf.GGMLQuantizationType[weight_type]
+        dequantized = {k: gguf.quants.dequantize(gguf.quants.quantize(v, qtype), qtype)
+                       if v.ndim == 2 and k != "model.embed_tokens.weight" else v for k, v in tensors.items()}
+        float_path = os.path.join(work, f"{name}-dequantized.gguf")
+        write_gguf(float_path, arch, "F32", rope, dequantized, config)
+        exact = llama_cpp_logprobs(float_path, sequence)
+    theirs_error = float(np.abs(theirs - exact).max())
+    rows = []
+    for source, model in sources:
+        ours = our_logprobs(binary, model, sequence, work)
+        assert ours.shape == theirs.shape, f"{ours.shape} rows of log-probabilities against {theirs.shape}"
+        difference = float(np.abs(ours - theirs).max())
+        if weight_type == "F32":
+            ours_error, margin = difference, FLOAT_MARGIN
+            ok_numbers = difference <= FLOAT_TOLERANCE
+        else:
+            ours_error, margin = float(np.abs(ours - exact).max()), QUANT_MARGIN
+            ok_numbers = ours_error <= QUANT_ERROR_RATIO * theirs_error + 0.02
+        near_ties, first_part, wrong = tokens_agree(ours, theirs, margin)
+        ok = ok_numbers and wrong == 0
+        rows.append((ok, {
+            "case": name,
+            "ours from": source,
+            "positions": len(theirs),
+            "max Δ log p, ours − llama.cpp": f"{difference:.4f}",
+            "llama.cpp − float": "-" if weight_type == "F32" else f"{theirs_error:.3f}",
+            "ours − float": "-" if weight_type == "F32" else f"{ours_error:.3f}",
+            "near ties": near_ties,
+            "first other token": "-" if first_part is None else PROMPT - 1 + first_part,
+            "wrong tokens": wrong,
+            "result": "ok" if ok else "FAIL",
+        }))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logits", required=True, help="the engine's `logits` example binary")
+    parser.add_argument("--work", help="where the models are written (default: a temporary directory)")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or temporary
+        os.makedirs(work, exist_ok=True)
+        rows, failed = [], 0
+        for name in args.case or CASES:
+            for ok, row in run_case(name, args.logits, work, args.seed):
+                failed += not ok
+                rows.append(row)
+                print(f"{name} ({row['ours from']}): {row['result']}", file=sys.stderr, flush=True)
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(row[h]) for h in header) + " |")
+    if failed:
+        sys.exit(f"{failed} of {len(rows)} comparisons differ from llama.cpp beyond their tolerance")
+
+
+if __name__ == "__main__":
+    main()
