@@ -389,7 +389,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 	let mut submitter = None;
 	let state = match &args.ledger.chain {
 		Some(url) => {
-			let config = ledger_config(url, &args.ledger, &model_file).await?;
+			let config = ledger_config(url, &args.ledger, &model_file, base.config.architecture.name()).await?;
 			let (ledger, task) = Ledger::start(config, settling.clone()).await?;
 			submitter = Some(task);
 			if let Some(root) = &args.datanets {
@@ -558,7 +558,7 @@ fn admin_api_key(file: Option<&std::path::Path>) -> Result<Option<String>> {
 	Ok(Some(key.to_owned()))
 }
 
-async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path) -> Result<LedgerConfig> {
+async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Path, architecture: &str) -> Result<LedgerConfig> {
 	let base_model = args.base_model_id.context("--chain needs --base-model-id")?;
 	let account = load_key(args.account_key_file.as_ref(), ACCOUNT_ENV).context("the worker's account key")?;
 	let session = load_key(args.session_key_file.as_ref(), SESSION_ENV).context("the worker's session key")?;
@@ -579,6 +579,7 @@ async fn ledger_config(url: &str, args: &LedgerArgs, model_file: &std::path::Pat
 		session,
 		base_model,
 		base_model_hash,
+		base_model_architecture: architecture.to_owned(),
 		outbox: args.outbox.clone(),
 		api_keys,
 		submitter: SubmitterOptions { batch: args.receipt_batch, ..SubmitterOptions::default() },

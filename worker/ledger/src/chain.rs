@@ -169,14 +169,22 @@ pub enum RegistryEntry {
 	Tool(ToolId),
 }
 
+/// A registered base model, as the worker checks its own file against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseModelInfo {
+	pub weights_hash: ContentHash,
+	/// The model family its registrant named (`llama`, `qwen2`, …).
+	pub architecture: String,
+	pub active: bool,
+}
+
 /// What the worker needs of chain state to accept, price and sign a request.
 #[derive(Clone, Debug, Default)]
 pub struct ChainSnapshot {
 	/// The best block when this was read.
 	pub block: u32,
 	pub worker: Option<WorkerInfo>,
-	/// Base model id → (weights hash, active).
-	pub base_models: HashMap<BaseModelId, (ContentHash, bool)>,
+	pub base_models: HashMap<BaseModelId, BaseModelInfo>,
 	/// Registered adapters by weights hash: the one the registry's hash index names.
 	pub adapters: HashMap<ContentHash, AdapterInfo>,
 	/// Registered prompts by template hash: the one the registry's hash index names.
@@ -336,7 +344,8 @@ impl ChainClient {
 			let kv = kv?;
 			let (id,) = kv.key()?.decode()?;
 			let model = kv.value().decode()?;
-			snapshot.base_models.insert(id, (h256(model.weights_hash), model.active));
+			let architecture = String::from_utf8_lossy(&model.architecture.0).into_owned();
+			snapshot.base_models.insert(id, BaseModelInfo { weights_hash: h256(model.weights_hash), architecture, active: model.active });
 		}
 		// What its owner retired still pays for requests served before, but is served no more.
 		let (mut retired_adapters, mut retired_prompts, mut retired_tools) = (HashSet::new(), HashSet::new(), HashSet::new());

@@ -39,6 +39,8 @@ pub struct LedgerConfig {
 	pub base_model: BaseModelId,
 	/// The base model file, whose blake2-256 must equal the registered weights hash.
 	pub base_model_hash: ContentHash,
+	/// The file's model family (`llama`, `qwen2`, …), which must be the registered architecture.
+	pub base_model_architecture: String,
 	pub outbox: PathBuf,
 	/// API keys of payers who pay by allowance: `Authorization: Bearer <key>` → payer.
 	pub api_keys: HashMap<String, AccountId32>,
@@ -80,8 +82,9 @@ pub struct Ledger {
 	pub(crate) account: AccountId32,
 	pub(crate) session: Sr25519Key,
 	pub(crate) base_model: BaseModelId,
-	/// The served base model file's hash, which must stay the registered one.
+	/// The served base model file's hash and family, which must stay the registered ones.
 	base_model_hash: ContentHash,
+	base_model_architecture: String,
 	pub(crate) outbox: Arc<Outbox>,
 	pub(crate) api_keys: HashMap<String, AccountId32>,
 	/// What each payer's requests may still cost before the chain settles them.
@@ -110,8 +113,8 @@ impl Ledger {
 		let genesis = chain.genesis();
 		let account = config.account.account();
 		let snapshot = chain.snapshot(&account).await?;
-		check_standing(&snapshot, &config.account.account(), &config.session, config.base_model, &config.base_model_hash)
-			.map_err(anyhow::Error::msg)?;
+		let served = ServedBase { id: config.base_model, weights_hash: &config.base_model_hash, architecture: &config.base_model_architecture };
+		check_standing(&snapshot, &config.account.account(), &config.session, &served).map_err(anyhow::Error::msg)?;
 		let outbox = Arc::new(Outbox::open(&config.outbox, genesis)?);
 		let stats = outbox.stats()?;
 		tracing::info!(
@@ -131,6 +134,7 @@ impl Ledger {
 			session: config.session,
 			base_model: config.base_model,
 			base_model_hash: config.base_model_hash,
+			base_model_architecture: config.base_model_architecture,
 			outbox: outbox.clone(),
 			api_keys: config.api_keys,
 			commitments: Default::default(),
@@ -185,7 +189,8 @@ impl Ledger {
 	/// every paid request, against the snapshot the chain view keeps current, so a worker whose
 	/// stake, key or registration lapses stops taking requests it could not be paid for.
 	pub fn standing(&self) -> Result<(), String> {
-		check_standing(&self.view.snapshot(), &self.account, &self.session, self.base_model, &self.base_model_hash)
+		let served = ServedBase { id: self.base_model, weights_hash: &self.base_model_hash, architecture: &self.base_model_architecture };
+		check_standing(&self.view.snapshot(), &self.account, &self.session, &served)
 	}
 
 	/// The chain as this worker follows it: prices, registrations, the best block.
@@ -227,17 +232,19 @@ fn prune_cut(now: u32, keep_blocks: u32, evidence_window: u32) -> Option<u32> {
 	(evidence_window > 0).then(|| now.saturating_sub(keep_blocks.max(evidence_window)))
 }
 
+/// The base model a worker serves: its id on chain, and its file's hash and family.
+pub struct ServedBase<'a> {
+	pub id: BaseModelId,
+	pub weights_hash: &'a ContentHash,
+	pub architecture: &'a str,
+}
+
 /// Whether the chain, as `snapshot` has it, accepts receipts from `account` signed by `session`
-/// for `base_model` served from a file with `base_model_hash`: registered with that session key,
-/// active with at least the minimum stake, serving that base model, which is registered, active
-/// and has that weights hash. The reason, when not, says how to fix it.
-pub fn check_standing(
-	snapshot: &ChainSnapshot,
-	account: &AccountId32,
-	session: &Sr25519Key,
-	base_model: BaseModelId,
-	base_model_hash: &ContentHash,
-) -> Result<(), String> {
+/// for the `served` base model: registered with that session key, active with at least the
+/// minimum stake, serving that base model, which is registered, active, and has the file's
+/// weights hash and family. The reason, when not, says how to fix it.
+pub fn check_standing(snapshot: &ChainSnapshot, account: &AccountId32, session: &Sr25519Key, served: &ServedBase) -> Result<(), String> {
+	let base_model = served.id;
 	let Some(worker) = &snapshot.worker else {
 		return Err(format!("account {account} is not registered as a worker; run `openledger-worker chain register` first"));
 	};
@@ -261,11 +268,15 @@ pub fn check_standing(
 	}
 	match snapshot.base_models.get(&base_model) {
 		None => Err(format!("base model {base_model} is not registered on chain")),
-		Some((_, false)) => Err(format!("base model {base_model} is retired")),
-		Some((hash, true)) if hash != base_model_hash => Err(format!(
+		Some(model) if !model.active => Err(format!("base model {base_model} is retired")),
+		Some(model) if &model.weights_hash != served.weights_hash => Err(format!(
 			"the base model file's hash {} is not base model {base_model}'s registered weights hash {}",
-			hex_hash(base_model_hash),
-			hex_hash(hash)
+			hex_hash(served.weights_hash),
+			hex_hash(&model.weights_hash)
+		)),
+		Some(model) if !model.architecture.eq_ignore_ascii_case(served.architecture) => Err(format!(
+			"the base model file is a `{}` model, but base model {base_model} is registered as `{}`",
+			served.architecture, model.architecture
 		)),
 		Some(_) => Ok(()),
 	}
@@ -274,7 +285,7 @@ pub fn check_standing(
 #[cfg(test)]
 mod tests {
 	use super::*;
-	use crate::chain::WorkerInfo;
+	use crate::chain::{BaseModelInfo, WorkerInfo};
 
 	#[test]
 	fn receipts_outlive_the_evidence_window_whatever_the_keep_setting() {
@@ -293,8 +304,9 @@ mod tests {
 		let account = Sr25519Key::from_suri("//Worker").unwrap().account();
 		let model_hash = ContentHash::repeat_byte(5);
 		let mut snapshot = ChainSnapshot { min_stake: 100, ..ChainSnapshot::default() };
-		snapshot.base_models.insert(0, (model_hash, true));
-		let check = |s: &ChainSnapshot| check_standing(s, &account, &session, 0, &model_hash);
+		snapshot.base_models.insert(0, BaseModelInfo { weights_hash: model_hash, architecture: "llama".into(), active: true });
+		let served = ServedBase { id: 0, weights_hash: &model_hash, architecture: "llama" };
+		let check = |s: &ChainSnapshot| check_standing(s, &account, &session, &served);
 		assert!(check(&snapshot).unwrap_err().contains("not registered as a worker"));
 		snapshot.worker = Some(WorkerInfo {
 			session_key: session.public(),
@@ -314,7 +326,8 @@ mod tests {
 		lapsed(|s| s.worker.as_mut().unwrap().active = false, "not active");
 		lapsed(|s| s.worker.as_mut().unwrap().session_key = Default::default(), "rotate it");
 		lapsed(|s| s.worker.as_mut().unwrap().serves = vec![1], "not registered to serve base model 0");
-		lapsed(|s| s.base_models.get_mut(&0).unwrap().1 = false, "retired");
-		lapsed(|s| s.base_models.get_mut(&0).unwrap().0 = ContentHash::repeat_byte(6), "registered weights hash");
+		lapsed(|s| s.base_models.get_mut(&0).unwrap().active = false, "retired");
+		lapsed(|s| s.base_models.get_mut(&0).unwrap().weights_hash = ContentHash::repeat_byte(6), "registered weights hash");
+		lapsed(|s| s.base_models.get_mut(&0).unwrap().architecture = "qwen2".into(), "a `llama` model, but base model 0 is registered as `qwen2`");
 	}
 }
