@@ -14,9 +14,10 @@ step "llama-cpp-python $LLAMA_CPP_VERSION in $OPENLEDGER_VENV"
 install_llama_cpp
 [ "${1:-}" != --install-only ] || exit 0
 
-step "building the engine's logits example (release)"
+step "building the engine's logits and tokenize examples (release)"
 # In the worker's invocation, so its dependencies keep the worker build's features.
-build_worker -q --example logits
+build_worker -q --example logits --example tokenize
 
 step "model families: this engine against llama.cpp"
-"$OPENLEDGER_VENV/bin/python" scripts/families/compare.py --logits "$CARGO_TARGET_DIR/release/examples/logits" "$@"
+"$OPENLEDGER_VENV/bin/python" scripts/families/compare.py --logits "$CARGO_TARGET_DIR/release/examples/logits" \
+	--tokenize "$CARGO_TARGET_DIR/release/examples/tokenize" "$@"

@@ -14,7 +14,11 @@ at a time, on the GGUF file and, for float weights, on the same weights written 
 
 Prints a table and exits non-zero if any case fails.
 
-    python compare.py --logits PATH/TO/examples/logits [--work DIR] [--case NAME ...]
+Then the same for tokenizers read from GGUF metadata alone: SentencePiece vocabularies (with and
+without the space before the text), each text's tokens and their decoding against llama.cpp's.
+
+    python compare.py --logits PATH/TO/examples/logits --tokenize PATH/TO/examples/tokenize
+                      [--work DIR] [--case NAME ...]
 """
 
 import argparse
@@ -347,30 +351,141 @@ def run_case(name, binary, work, seed):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logits", required=True, help="the engine's `logits` example binary")
-    parser.add_argument("--work", help="where the models are written (default: a temporary directory)")
-    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temporary:
-        work = args.work or temporary
-        os.makedirs(work, exist_ok=True)
-        rows, failed = [], 0
-        for name in args.case or CASES:
-            for ok, row in run_case(name, args.logits, work, args.seed):
-                failed += not ok
-                rows.append(row)
-                print(f"{name} ({row['ours from']}): {row['result']}", file=sys.stderr, flush=True)
+# SentencePiece vocabularies read from GGUF metadata alone: a small vocabulary learnt from this
+# text, with and without the space before the text (Llama 2 and Mistral have it, Gemma not).
+SPM_CORPUS = """the quick brown fox jumps over the lazy dog. the dog sleeps; the fox runs.
+Tokenizers split text into pieces: the pieces are words, parts of words and single letters.
+numbers like 2024 and 3.14 stay digits, and   runs of spaces stay spaces.
+"""
+SPM_TEXTS = [
+    "the quick brown fox",
+    " the lazy dog sleeps",
+    "Tokenizers split   text\ninto pieces.",
+    "héllo wörld — naïve café",
+    "日本語のテキスト and emoji 🦊🐶",
+    "numbers: 2024, 3.14, -7",
+    "  leading and trailing spaces  ",
+    "\n\nnew lines\tand tabs\n",
+    "x",
+    "",
+    "the</s> control token's text in the middle",
+]
+
+
+def spm_vocabulary():
+    """(tokens, scores, types) of a SentencePiece-style vocabulary: control and unknown tokens,
+    the 256 byte tokens, every character of the corpus, and its frequent pieces (up to 6
+    characters, `▁` for spaces) scored by frequency."""
+    text = "▁" + SPM_CORPUS.replace(" ", "▁").replace("\n", "▁")
+    counts = {}
+    for length in range(2, 7):
+        for i in range(len(text) - length + 1):
+            piece = text[i:i + length]
+            if "▁" in piece[1:]:
+                continue
+            counts[piece] = counts.get(piece, 0) + 1
+    pieces = sorted((p for p, c in counts.items() if c >= 2), key=lambda p: (-counts[p], p))[:300]
+    chars = sorted(set(text))
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(pieces))
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-100.0 - i for i in range(len(chars))]
+    scores += [-float(i) for i in range(len(pieces))]
+    return tokens, scores, types
+
+
+def write_spm_gguf(path, add_space_prefix):
+    tokens, scores, types = spm_vocabulary()
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(1)
+    w.add_context_length(CONTEXT)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_add_space_prefix(add_space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def compare_tokenizers(tokenize_binary, work):
+    """Rows of the tokenizer table: ours against llama.cpp's tokens and decoding of each text."""
+    rows = []
+    for name, prefix in (("sentencepiece, space prefix", True), ("sentencepiece, no prefix", False)):
+        path = os.path.join(work, f"spm-{prefix}.gguf")
+        write_spm_gguf(path, prefix)
+        llm = Llama(model_path=path, vocab_only=True, verbose=False)
+        lines = "".join(json.dumps(t) + "\n" for t in SPM_TEXTS)
+        out = subprocess.run([tokenize_binary, path], input=lines, capture_output=True, text=True, check=True)
+        answers = out.stdout.splitlines()
+        same_ids = same_text = 0
+        for i, text in enumerate(SPM_TEXTS):
+            ours, our_text = json.loads(answers[2 * i]), json.loads(answers[2 * i + 1])
+            theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+            their_text = llm.detokenize(theirs).decode(errors="replace")
+            # llama-cpp-python keeps the space the text was given; ours takes it off again, as
+            # transformers does, so what comes back is what went in.
+            if prefix and their_text.startswith(" "):
+                their_text = their_text[1:]
+            if ours == theirs:
+                same_ids += 1
+            else:
+                print(f"{name}: {text!r}: ours {ours}, llama.cpp {theirs}", file=sys.stderr)
+            if our_text == their_text:
+                same_text += 1
+            else:
+                print(f"{name}: {text!r} decodes to {our_text!r} here, {their_text!r} in llama.cpp", file=sys.stderr)
+        ok = same_ids == same_text == len(SPM_TEXTS)
+        rows.append((ok, {"tokenizer": name, "texts": len(SPM_TEXTS), "same tokens": same_ids,
+                          "same decoding": same_text, "result": "ok" if ok else "FAIL"}))
+    return rows
+
+
+def print_table(rows):
     header = list(rows[0])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(row[h]) for h in header) + " |")
-    if failed:
-        sys.exit(f"{failed} of {len(rows)} comparisons differ from llama.cpp beyond their tolerance")
 
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logits", required=True, help="the engine's `logits` example binary")
+    parser.add_argument("--tokenize", required=True, help="the engine's `tokenize` example binary")
+    parser.add_argument("--work", help="where the models are written (default: a temporary directory)")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    failed = 0
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or temporary
+        os.makedirs(work, exist_ok=True)
+        rows = []
+        for name in args.case or CASES:
+            for ok, row in run_case(name, args.logits, work, args.seed):
+                failed += not ok
+                rows.append(row)
+                print(f"{name} ({row['ours from']}): {row['result']}", file=sys.stderr, flush=True)
+        tokenizer_rows = []
+        for ok, row in compare_tokenizers(args.tokenize, work):
+            failed += not ok
+            tokenizer_rows.append(row)
+    print_table(rows)
+    print()
+    print_table(tokenizer_rows)
+    if failed:
+        sys.exit(f"{failed} comparisons differ from llama.cpp beyond their tolerance")
 
 if __name__ == "__main__":
     main()

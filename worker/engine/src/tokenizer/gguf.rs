@@ -2,8 +2,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
+use std::collections::HashMap;
+
 use tokenizers::{
+	decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as DecoderSequence, strip::Strip, DecoderWrapper},
 	models::bpe::{Vocab, BPE},
+	normalizers::{prepend::Prepend, replace::Replace, NormalizerWrapper, Sequence as NormalizerSequence},
 	pre_tokenizers::{
 		byte_level::ByteLevel,
 		digits::Digits,
@@ -16,8 +20,12 @@ use tokenizers::{
 use super::TextCodec;
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
+pub(super) const TOKEN_TYPE_UNKNOWN: i64 = 2;
 pub(super) const TOKEN_TYPE_CONTROL: i64 = 3;
 pub(super) const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// SentencePiece's word boundary: spaces are this character in its vocabulary.
+const SPM_SPACE: char = '\u{2581}';
 
 /// Regexes of HF's Llama 3 and Qwen2 `tokenizer.json` pre-tokenizers (`Split`, then a
 /// regex-less `ByteLevel`).
@@ -39,6 +47,10 @@ pub(super) struct GgufVocab {
 	pub(super) tokens: Vec<String>,
 	pub(super) types: Vec<i64>,
 	pub(super) merges: Vec<String>,
+	/// SentencePiece's: each token's score (its merge priority).
+	pub(super) scores: Vec<f32>,
+	/// SentencePiece's: whether text is read with a space before it.
+	pub(super) add_space_prefix: bool,
 	pub(super) bos_id: Option<u32>,
 	pub(super) eos_id: Option<u32>,
 	pub(super) eot_id: Option<u32>,
@@ -80,7 +92,8 @@ impl GgufVocab {
 				})
 				.collect()
 		};
-		let tokens = if model == "gpt2" { strings("tokenizer.ggml.tokens")? } else { Vec::new() };
+		let known = matches!(model.as_str(), "gpt2" | "llama");
+		let tokens = if known { strings("tokenizer.ggml.tokens")? } else { Vec::new() };
 		let types = match md.get("tokenizer.ggml.token_type") {
 			Some(v) => v
 				.to_vec()
@@ -91,10 +104,20 @@ impl GgufVocab {
 			None => Vec::new(),
 		};
 		let merges = if model == "gpt2" { strings("tokenizer.ggml.merges")? } else { Vec::new() };
-		let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+		let flag = |key: &str, default: bool| match md.get(key) {
 			Some(Value::Bool(b)) => *b,
 			Some(other) => integer(other).is_some_and(|i| i != 0),
-			None => false,
+			None => default,
+		};
+		let add_bos = flag("tokenizer.ggml.add_bos_token", false);
+		let scores = match md.get("tokenizer.ggml.scores") {
+			Some(v) if model == "llama" => v
+				.to_vec()
+				.map_err(|e| anyhow!("GGUF `tokenizer.ggml.scores` is not an array: {e}"))?
+				.iter()
+				.map(|v| v.to_f32().map_err(|e| anyhow!("GGUF `tokenizer.ggml.scores` holds a non-number: {e}")))
+				.collect::<Result<Vec<_>>>()?,
+			_ => Vec::new(),
 		};
 		Ok(Self {
 			model,
@@ -102,6 +125,9 @@ impl GgufVocab {
 			tokens,
 			types,
 			merges,
+			scores,
+			// llama.cpp reads SentencePiece text with a space before it unless told otherwise.
+			add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
 			bos_id: id("tokenizer.ggml.bos_token_id")?,
 			eos_id: id("tokenizer.ggml.eos_token_id")?,
 			eot_id: id("tokenizer.ggml.eot_token_id")?,
@@ -111,38 +137,17 @@ impl GgufVocab {
 	}
 
 	pub(super) fn build(self) -> Result<TextCodec> {
-		if self.model != "gpt2" {
-			bail!(
-				"GGUF tokenizer model `{}` is not supported: only byte-level BPE (`gpt2`) tokenizers are read from \
-				 GGUF metadata; use an HF model directory with a tokenizer.json for other tokenizers",
-				self.model
-			);
-		}
-		let pre = self.pre.as_deref().context(
-			"GGUF metadata has no `tokenizer.ggml.pre`, so its pre-tokenizer is unknown (re-convert it with a recent llama.cpp)",
-		)?;
-		let pre_tokenizer = pre_tokenizer_for(pre)?;
 		if !self.types.is_empty() && self.types.len() != self.tokens.len() {
 			bail!("GGUF has {} tokens but {} token types", self.tokens.len(), self.types.len());
 		}
-		let vocab: Vocab =
-			self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-		let merges = self
-			.merges
-			.iter()
-			.enumerate()
-			.map(|(i, m)| {
-				split_merge(m).with_context(|| format!("GGUF merge {i} `{m}` is not two tokens"))
-			})
-			.collect::<Result<Vec<_>>>()?;
-		let bpe = BPE::builder()
-			.vocab_and_merges(vocab, merges)
-			.build()
-			.map_err(|e| anyhow!("GGUF vocabulary and merges do not form a BPE model: {e}"))?;
-		let mut tokenizer = Tokenizer::new(bpe);
-		tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-		tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
-		tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
+		let mut tokenizer = match self.model.as_str() {
+			"gpt2" => self.byte_level_bpe()?,
+			"llama" => self.sentencepiece()?,
+			other => bail!(
+				"GGUF tokenizer model `{other}` is not supported: byte-level BPE (`gpt2`) and SentencePiece (`llama`) \
+				 tokenizers are read from GGUF metadata; use an HF model directory with a tokenizer.json for others"
+			),
+		};
 		// Control tokens are HF's special added tokens (matched whole in text, dropped when
 		// decoding); user-defined ones are its non-special added tokens (matched whole, decoded
 		// as text), which is how llama.cpp's converter assigned the two types.
@@ -175,12 +180,103 @@ impl GgufVocab {
 	}
 }
 
+impl GgufVocab {
+	/// Byte-level BPE (`gpt2`): the file's merges, and the pre-tokenizer `tokenizer.ggml.pre`
+	/// names.
+	fn byte_level_bpe(&self) -> Result<Tokenizer> {
+		let pre = self.pre.as_deref().context(
+			"GGUF metadata has no `tokenizer.ggml.pre`, so its pre-tokenizer is unknown (re-convert it with a recent llama.cpp)",
+		)?;
+		let pre_tokenizer = pre_tokenizer_for(pre)?;
+		let vocab: Vocab =
+			self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+		let merges = self
+			.merges
+			.iter()
+			.enumerate()
+			.map(|(i, m)| {
+				split_merge(m).with_context(|| format!("GGUF merge {i} `{m}` is not two tokens"))
+			})
+			.collect::<Result<Vec<_>>>()?;
+		let bpe = BPE::builder()
+			.vocab_and_merges(vocab, merges)
+			.build()
+			.map_err(|e| anyhow!("GGUF vocabulary and merges do not form a BPE model: {e}"))?;
+		let mut tokenizer = Tokenizer::new(bpe);
+		tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+		tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
+		tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
+		Ok(tokenizer)
+	}
+
+	/// SentencePiece (`llama`: Llama 2, Mistral, Gemma), which GGUF gives as tokens and scores
+	/// with no merges. llama.cpp merges the adjacent pair whose joined text is the best-scoring
+	/// token, leftmost first, and spells what no token covers in byte tokens (`<0x0A>`). That is
+	/// a BPE whose merges are ranked by the score of what they make, with byte fallback, as
+	/// `transformers` converts SentencePiece models. Spaces become `▁`, with one before the
+	/// text when the file says so.
+	fn sentencepiece(&self) -> Result<Tokenizer> {
+		if self.scores.len() != self.tokens.len() {
+			bail!("GGUF has {} SentencePiece tokens but {} scores", self.tokens.len(), self.scores.len());
+		}
+		let kind = |i: usize| self.types.get(i).copied().unwrap_or(TOKEN_TYPE_NORMAL);
+		let vocab: HashMap<&str, usize> = self.tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).rev().collect();
+		// Every way of making a normal or user-defined token from two others, best score
+		// first; equal scores by the pieces' ids, as transformers orders them.
+		let mut merges: Vec<(f32, usize, usize)> = Vec::new();
+		for (id, token) in self.tokens.iter().enumerate() {
+			if !matches!(kind(id), TOKEN_TYPE_NORMAL | TOKEN_TYPE_USER_DEFINED) {
+				continue;
+			}
+			let mut local: Vec<(usize, usize)> = token
+				.char_indices()
+				.skip(1)
+				.filter_map(|(at, _)| Some((*vocab.get(&token[..at])?, *vocab.get(&token[at..])?)))
+				.collect();
+			local.sort_unstable();
+			merges.extend(local.into_iter().map(|(left, right)| (self.scores[id], left, right)));
+		}
+		merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+		let merges = merges.into_iter().map(|(_, l, r)| (self.tokens[l].clone(), self.tokens[r].clone())).collect();
+		let vocab: Vocab = self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+		let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+		if let Some(unknown) = (0..self.tokens.len()).find(|&i| kind(i) == TOKEN_TYPE_UNKNOWN) {
+			bpe = bpe.unk_token(self.tokens[unknown].clone());
+		}
+		let bpe = bpe.build().map_err(|e| anyhow!("GGUF SentencePiece vocabulary does not form a BPE model: {e}"))?;
+		let mut tokenizer = Tokenizer::new(bpe);
+		let space = |from: &str, to: &str| Replace::new(from, to).map_err(|e| anyhow!("{e}"));
+		// llama.cpp puts a space before the text and after every special token in it, even
+		// where the text starts with one; the normalizer runs on each stretch between special
+		// tokens.
+		let mut normalizers = Vec::new();
+		if self.add_space_prefix {
+			normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPM_SPACE.to_string())));
+		}
+		normalizers.push(NormalizerWrapper::Replace(space(" ", &SPM_SPACE.to_string())?));
+		tokenizer
+			.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+			.map_err(|e| anyhow!("SentencePiece normalizer: {e}"))?;
+		let mut decoders = vec![
+			DecoderWrapper::Replace(space(&SPM_SPACE.to_string(), " ")?),
+			DecoderWrapper::ByteFallback(ByteFallback::new()),
+			DecoderWrapper::Fuse(Fuse::new()),
+		];
+		if self.add_space_prefix {
+			decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+		}
+		tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+		Ok(tokenizer)
+	}
+}
+
 impl TextCodec {
 	/// Builds the tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model =
 	/// "gpt2"`) from `tokenizer.ggml.tokens` and `tokenizer.ggml.merges`, with the pre-tokenizer
 	/// `tokenizer.ggml.pre` names (SmolLM/StarCoder's digit split + GPT-2 regex, GPT-2, Llama 3,
-	/// Qwen2), control tokens as special tokens, and the file's `tokenizer.chat_template` (else
-	/// [`DEFAULT_CHAT_TEMPLATE`]). SentencePiece (`llama`) and other GGUF tokenizers are refused.
+	/// Qwen2), or SentencePiece (`"llama"`) from the tokens and `tokenizer.ggml.scores`; control
+	/// tokens as special tokens, and the file's `tokenizer.chat_template` (else
+	/// [`DEFAULT_CHAT_TEMPLATE`]). Other GGUF tokenizers are refused.
 	pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
 		GgufVocab::read(content)?.build()
 	}

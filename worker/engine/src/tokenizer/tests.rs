@@ -409,9 +409,13 @@ fn add_bos_prepends_once() {
 #[test]
 fn unsupported_tokenizers_are_refused() {
 	let mut vocab = gguf_vocab();
-	vocab.model = "llama".into();
+	vocab.model = "rwkv".into();
 	let err = vocab.build().unwrap_err().to_string();
-	assert!(err.contains("`llama` is not supported") && err.contains("gpt2"), "{err}");
+	assert!(err.contains("`rwkv` is not supported") && err.contains("SentencePiece (`llama`)"), "{err}");
+	let mut vocab = sentencepiece_vocab(true);
+	vocab.scores.pop();
+	let err = vocab.build().unwrap_err().to_string();
+	assert!(err.contains("268 SentencePiece tokens but 267 scores"), "{err}");
 	let mut vocab = gguf_vocab();
 	vocab.pre = Some("mystery".into());
 	let err = vocab.build().unwrap_err().to_string();
@@ -470,4 +474,54 @@ fn incremental_decoder_flushes_an_incomplete_character() {
 	assert_eq!(decoder.text(), format!("{out}{tail}"));
 	assert_eq!(decoder.text(), codec.decode(head).unwrap());
 	assert_eq!(decoder.flush(&codec).unwrap(), None);
+}
+
+/// A SentencePiece vocabulary as GGUF carries one: unknown, BOS, EOS, the byte tokens, then
+/// pieces with their scores.
+fn sentencepiece_vocab(add_space_prefix: bool) -> GgufVocab {
+	let pieces = [("\u{2581}", -1.0), ("t", -2.0), ("h", -3.0), ("e", -4.0), ("he", -5.0), ("\u{2581}t", -6.0), ("\u{2581}the", -7.0), ("a", -8.0), ("\u{2581}a", -9.0)];
+	let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+	let mut types = vec![2, 3, 3];
+	tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+	types.extend([6; 256]);
+	let mut scores = vec![0.0; tokens.len()];
+	for (piece, score) in pieces {
+		tokens.push(piece.into());
+		types.push(1);
+		scores.push(score);
+	}
+	GgufVocab {
+		model: "llama".into(),
+		pre: None,
+		tokens,
+		types,
+		merges: Vec::new(),
+		scores,
+		add_space_prefix,
+		bos_id: Some(1),
+		eos_id: Some(2),
+		eot_id: None,
+		add_bos: false,
+		chat_template: None,
+	}
+}
+
+#[test]
+fn sentencepiece_merges_by_score_and_falls_back_to_bytes() {
+	let codec = sentencepiece_vocab(true).build().unwrap();
+	let id = |piece: &str| 259 + ["\u{2581}", "t", "h", "e", "he", "\u{2581}t", "\u{2581}the", "a", "\u{2581}a"].iter().position(|p| *p == piece).unwrap() as u32;
+	// "▁the": ▁+t (score -6) before h+e (-5)? No: h+e scores higher and merges first, then
+	// ▁t + he makes ▁the.
+	assert_eq!(codec.encode("the").unwrap(), vec![id("\u{2581}the")]);
+	assert_eq!(codec.encode("the a").unwrap(), vec![id("\u{2581}the"), id("\u{2581}a")]);
+	// What no piece covers is spelt in byte tokens: "é" is 0xC3 0xA9.
+	assert_eq!(codec.encode("é").unwrap(), vec![id("\u{2581}"), 3 + 0xC3, 3 + 0xA9]);
+	// The space before the text comes off again when decoding; the bytes make "é" again.
+	assert_eq!(codec.decode(&codec.encode("the é a").unwrap()).unwrap(), "the é a");
+	// Control tokens in text are matched whole, and the text after one gets its space too.
+	assert_eq!(codec.encode("a</s>a").unwrap(), vec![id("\u{2581}a"), 2, id("\u{2581}a")]);
+
+	let gemma_like = sentencepiece_vocab(false).build().unwrap();
+	assert_eq!(gemma_like.encode("the").unwrap(), vec![id("t"), id("he")]);
+	assert_eq!(gemma_like.decode(&gemma_like.encode(" the a").unwrap()).unwrap(), " the a");
 }
