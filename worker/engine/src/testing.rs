@@ -94,6 +94,9 @@ pub fn tiny_config(spec: &TinyLlamaSpec) -> LlamaConfig {
 		rope_theta: 10_000.0,
 		rope_freq_factors: None,
 		rms_norm_eps: 1e-5,
+		sliding_window: None,
+		attention_scale: 1.0 / ((spec.hidden_size / spec.num_heads.max(1)) as f32).sqrt(),
+		final_logit_softcap: None,
 		max_position: spec.max_position,
 		rope_interleaved: false,
 	}
@@ -126,8 +129,9 @@ pub fn write_tiny_llama(dir: &Path, spec: &TinyLlamaSpec, seed: u64) -> Result<L
 			Architecture::Llama => "LlamaForCausalLM",
 			Architecture::Qwen2 => "Qwen2ForCausalLM",
 			Architecture::Qwen3 => "Qwen3ForCausalLM",
+			Architecture::Gemma3 => "Gemma3ForCausalLM",
 		}],
-		"model_type": spec.architecture.name(),
+		"model_type": if spec.architecture == Architecture::Gemma3 { "gemma3_text" } else { spec.architecture.name() },
 		"vocab_size": spec.vocab_size,
 		"hidden_size": spec.hidden_size,
 		"intermediate_size": spec.intermediate_size,
@@ -199,6 +203,10 @@ fn write_weights(path: &Path, c: &LlamaConfig, seed: u64) -> Result<()> {
 		linear(&mut rng, format!("{p}.mlp.down_proj.weight"), h, i);
 		norms.push(format!("{p}.input_layernorm.weight"));
 		norms.push(format!("{p}.post_attention_layernorm.weight"));
+		if c.architecture.post_norms() {
+			norms.push(format!("{p}.pre_feedforward_layernorm.weight"));
+			norms.push(format!("{p}.post_feedforward_layernorm.weight"));
+		}
 		if c.architecture.qkv_bias() {
 			for (name, width) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim)] {
 				let values = (0..width).map(|_| rng.random_range(-0.5f32..0.5));
@@ -214,8 +222,10 @@ fn write_weights(path: &Path, c: &LlamaConfig, seed: u64) -> Result<()> {
 	}
 	norms.push("model.norm.weight".into());
 	linear(&mut rng, "lm_head.weight".into(), c.vocab_size, h);
+	// Gemma stores its norms as offsets from 1.
+	let one = if c.architecture.post_norms() { 0.0 } else { 1.0 };
 	for name in norms {
-		let values = (0..h).map(|_| 1.0 + rng.random_range(-0.1f32..0.1));
+		let values = (0..h).map(|_| one + rng.random_range(-0.1f32..0.1));
 		tensors.push((name, vec![h], values.flat_map(f32::to_le_bytes).collect()));
 	}
 	for (name, values) in vectors {

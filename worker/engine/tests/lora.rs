@@ -64,7 +64,7 @@ fn write_merged(base_dir: &Path, adapter_dir: &Path, out: &Path, scale: f64) {
 
 #[test]
 fn unmerged_lora_equals_merged_model() {
-	for architecture in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+	for architecture in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3, Architecture::Gemma3] {
 		unmerged_lora_equals_merged_model_of(architecture);
 	}
 }

@@ -148,6 +148,9 @@ pub(crate) mod test_util {
 			rope_theta: 10_000.0,
 			rope_freq_factors: None,
 			rms_norm_eps: 1e-5,
+			sliding_window: None,
+			attention_scale: 0.5,
+			final_logit_softcap: None,
 			max_position: 64,
 			rope_interleaved,
 		}

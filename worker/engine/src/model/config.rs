@@ -17,11 +17,15 @@ pub enum Architecture {
 	Qwen2,
 	/// Qwen 3: q and k RMS-normed per head before the rotary embedding.
 	Qwen3,
+	/// Gemma 3: Qwen 3's per-head norms, norms after attention and the MLP too, GeGLU, embeddings
+	/// scaled by √hidden, and layers that attend within a sliding window with a rope base of their
+	/// own (five in six), between layers that attend to everything.
+	Gemma3,
 }
 
 impl Architecture {
 	/// What [`Self::from_gguf_name`] and [`Self::from_hf`] accept, for error messages.
-	pub const SUPPORTED: &'static str = "llama (Llama 1–3.x, Mistral, SmolLM), qwen2 (Qwen 2, 2.5), qwen3 (Qwen 3)";
+	pub const SUPPORTED: &'static str = "llama (Llama 1–3.x, Mistral, SmolLM), qwen2 (Qwen 2, 2.5), qwen3 (Qwen 3), gemma3 (Gemma 3)";
 
 	/// The family of a GGUF `general.architecture`.
 	pub fn from_gguf_name(name: &str) -> Result<Self> {
@@ -29,6 +33,7 @@ impl Architecture {
 			"llama" => Self::Llama,
 			"qwen2" => Self::Qwen2,
 			"qwen3" => Self::Qwen3,
+			"gemma3" => Self::Gemma3,
 			other => bail!("model architecture `{other}` is not supported (supported: {})", Self::SUPPORTED),
 		})
 	}
@@ -39,6 +44,7 @@ impl Architecture {
 			"llama" | "mistral" => Self::Llama,
 			"qwen2" => Self::Qwen2,
 			"qwen3" => Self::Qwen3,
+			"gemma3_text" => Self::Gemma3,
 			other => bail!("config.json model_type `{other}` is not supported (supported: {})", Self::SUPPORTED),
 		})
 	}
@@ -49,6 +55,7 @@ impl Architecture {
 			Self::Llama => "llama",
 			Self::Qwen2 => "qwen2",
 			Self::Qwen3 => "qwen3",
+			Self::Gemma3 => "gemma3",
 		}
 	}
 
@@ -59,7 +66,23 @@ impl Architecture {
 
 	/// Whether q and k are RMS-normed per head (each its own weights) before the rotary embedding.
 	pub fn qk_norm(self) -> bool {
-		self == Self::Qwen3
+		matches!(self, Self::Qwen3 | Self::Gemma3)
+	}
+
+	/// Whether the outputs of attention and of the MLP are RMS-normed before the residual adds
+	/// them (Gemma's sandwich norms).
+	pub fn post_norms(self) -> bool {
+		self == Self::Gemma3
+	}
+
+	/// Whether the MLP gates with GELU (tanh approximation) rather than SiLU.
+	pub fn gelu_gate(self) -> bool {
+		self == Self::Gemma3
+	}
+
+	/// Whether the token embeddings are multiplied by √hidden before the first layer.
+	pub fn scaled_embeddings(self) -> bool {
+		self == Self::Gemma3
 	}
 
 	/// Whether a GGUF file of this family rotates interleaved pairs: llama.cpp's converter
@@ -67,6 +90,23 @@ impl Architecture {
 	/// families in HF's half-split ("neox") layout.
 	fn gguf_rope_interleaved(self) -> bool {
 		self == Self::Llama
+	}
+}
+
+/// Sliding-window attention: which layers use it, over how many positions, with what rope base.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+	pub size: usize,
+	/// One per layer: whether it attends within the window.
+	pub local: Vec<bool>,
+	pub rope_theta: f32,
+}
+
+impl SlidingWindow {
+	/// Gemma 3's layout: of every `pattern` layers, all but the last are local.
+	fn every(pattern: usize, num_layers: usize, size: usize, rope_theta: f32) -> Self {
+		let local = (0..num_layers).map(|l| pattern == 0 || l % pattern < pattern - 1).collect();
+		Self { size, local, rope_theta }
 	}
 }
 
@@ -87,6 +127,13 @@ pub struct LlamaConfig {
 	/// A GGUF file carries Llama 3's as the tensor `rope_freqs.weight` (read with the weights).
 	pub rope_freq_factors: Option<Vec<f32>>,
 	pub rms_norm_eps: f64,
+	/// Layers that attend only to the last `size` positions (a token's own included), and the
+	/// rope base they use; the other layers attend to everything with `rope_theta`.
+	pub sliding_window: Option<SlidingWindow>,
+	/// What q·k is multiplied by: 1/√head_dim, except where the family says otherwise.
+	pub attention_scale: f32,
+	/// Gemma 2's cap on the logits (`cap · tanh(logit / cap)`), where a model has one.
+	pub final_logit_softcap: Option<f32>,
 	/// Longest sequence (prompt + completion) the model accepts.
 	pub max_position: usize,
 	/// GGUF Llama weights have the rows of `q` and `k` permuted for the interleaved RoPE layout
@@ -141,18 +188,37 @@ impl LlamaConfig {
 				other => bail!("rope scaling `{other}` is not supported (supported: llama3, linear)"),
 			},
 		};
+		let num_layers = u("block_count")?;
+		let float = |suffix: &str| content.metadata.get(&key(suffix)).map(|v| v.to_f32()).transpose();
+		let sliding_window = match (architecture, u("attention.sliding_window").ok().filter(|&w| w > 0)) {
+			(Architecture::Gemma3, Some(size)) => {
+				// llama.cpp's defaults for Gemma 3: five local layers in six, rope base 10 000.
+				let pattern = u("attention.sliding_window_pattern").unwrap_or(6);
+				Some(SlidingWindow::every(pattern, num_layers, size, float("rope.freq_base_swa")?.unwrap_or(10_000.0)))
+			},
+			(_, Some(size)) => bail!("the model attends within a sliding window of {size} tokens, which is supported for gemma3 only"),
+			(_, None) => None,
+		};
 		Self {
 			architecture,
 			vocab_size,
 			hidden_size,
 			intermediate_size: u("feed_forward_length")?,
-			num_layers: u("block_count")?,
+			num_layers,
 			num_heads,
 			num_kv_heads: u("attention.head_count_kv").unwrap_or(num_heads),
 			head_dim,
-			rope_theta: get(&key("rope.freq_base")).and_then(|v| Ok(v.to_f32()?)).unwrap_or(10_000.0),
+			rope_theta: float("rope.freq_base")?.unwrap_or(10_000.0),
 			rope_freq_factors,
 			rms_norm_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()? as f64,
+			sliding_window,
+			// Gemma 3 27B scales by hidden / heads, not its head dimension (llama.cpp tells it by
+			// its 62 layers; the file does not say).
+			attention_scale: match (architecture, num_layers) {
+				(Architecture::Gemma3, 62) => 1.0 / ((hidden_size / num_heads) as f32).sqrt(),
+				_ => 1.0 / (head_dim as f32).sqrt(),
+			},
+			final_logit_softcap: float("final_logit_softcapping")?.filter(|&c| c > 0.0),
 			max_position: u("context_length")?,
 			rope_interleaved: architecture.gguf_rope_interleaved(),
 		}
@@ -184,6 +250,12 @@ impl LlamaConfig {
 			sliding_window: Option<usize>,
 			#[serde(default)]
 			use_sliding_window: Option<bool>,
+			/// Gemma 3's: which layers attend within the window, their rope base, the query scale.
+			layer_types: Option<Vec<String>>,
+			sliding_window_pattern: Option<usize>,
+			rope_local_base_freq: Option<f32>,
+			query_pre_attn_scalar: Option<f32>,
+			final_logit_softcapping: Option<f32>,
 		}
 		fn default_model_type() -> String {
 			"llama".into()
@@ -200,14 +272,28 @@ impl LlamaConfig {
 		let hf: Hf = serde_json::from_str(json).context("config.json is not a decoder's config")?;
 		let architecture = Architecture::from_hf(&hf.model_type)?;
 		let window = match architecture {
-			Architecture::Llama => hf.sliding_window,
+			Architecture::Llama | Architecture::Gemma3 => hf.sliding_window,
 			Architecture::Qwen2 | Architecture::Qwen3 => hf.sliding_window.filter(|_| hf.use_sliding_window == Some(true)),
 		};
-		if let Some(window) = window.filter(|&w| w < hf.max_position_embeddings) {
-			bail!(
-				"config.json attends within a sliding window of {window} tokens, which this worker does not implement (models without one are supported)"
-			);
-		}
+		let sliding_window = match window.filter(|&w| w < hf.max_position_embeddings) {
+			None => None,
+			Some(size) if architecture == Architecture::Gemma3 => {
+				let theta = hf.rope_local_base_freq.unwrap_or(10_000.0);
+				Some(match &hf.layer_types {
+					Some(types) => {
+						let local = types.iter().map(|t| t == "sliding_attention").collect::<Vec<_>>();
+						if local.len() != hf.num_hidden_layers {
+							bail!("config.json names {} layer types for {} layers", local.len(), hf.num_hidden_layers);
+						}
+						SlidingWindow { size, local, rope_theta: theta }
+					},
+					None => SlidingWindow::every(hf.sliding_window_pattern.unwrap_or(6), hf.num_hidden_layers, size, theta),
+				})
+			},
+			Some(window) => bail!(
+				"config.json attends within a sliding window of {window} tokens, which this worker implements for gemma3 only (models without one are supported)"
+			),
+		};
 		let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
 		Self {
 			architecture,
@@ -221,6 +307,9 @@ impl LlamaConfig {
 			rope_theta: hf.rope_theta,
 			rope_freq_factors: hf_rope_factors(hf.rope_scaling.as_ref(), head_dim, hf.rope_theta)?,
 			rms_norm_eps: hf.rms_norm_eps,
+			sliding_window,
+			attention_scale: 1.0 / hf.query_pre_attn_scalar.unwrap_or(head_dim as f32).sqrt(),
+			final_logit_softcap: hf.final_logit_softcapping.filter(|&c| c > 0.0),
 			max_position: hf.max_position_embeddings,
 			rope_interleaved: false,
 		}
@@ -237,6 +326,11 @@ impl LlamaConfig {
 		if self.vocab_size == 0 || self.num_layers == 0 || self.max_position == 0 {
 			bail!("vocabulary, layer count and context length must be positive");
 		}
+		if let Some(window) = &self.sliding_window {
+			if window.size == 0 || window.local.len() != self.num_layers {
+				bail!("the sliding window must be positive and name every layer");
+			}
+		}
 		if let Some(factors) = &self.rope_freq_factors {
 			if factors.len() != self.head_dim / 2 || factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
 				bail!("the rope frequency factors must be {} positive numbers", self.head_dim / 2);
@@ -245,7 +339,8 @@ impl LlamaConfig {
 		Ok(self)
 	}
 
-	/// The rotary embedding's angle per position for each pair of a head's dimensions.
+	/// The rotary embedding's angle per position for each pair of a head's dimensions, in the
+	/// layers that attend to everything.
 	pub fn rope_inverse_frequencies(&self) -> Vec<f32> {
 		(0..self.head_dim / 2)
 			.map(|i| {
@@ -253,6 +348,17 @@ impl LlamaConfig {
 				unscaled / self.rope_freq_factors.as_ref().map_or(1.0, |f| f[i])
 			})
 			.collect()
+	}
+
+	/// The same in the sliding-window layers: their own base, unscaled (as llama.cpp has it).
+	pub fn local_rope_inverse_frequencies(&self) -> Option<Vec<f32>> {
+		let window = self.sliding_window.as_ref()?;
+		Some((0..self.head_dim / 2).map(|i| 1.0 / window.rope_theta.powf(2.0 * i as f32 / self.head_dim as f32)).collect())
+	}
+
+	/// Whether layer `l` attends within the sliding window, and the window's size.
+	pub fn window_of(&self, l: usize) -> Option<usize> {
+		self.sliding_window.as_ref().filter(|w| w.local[l]).map(|w| w.size)
 	}
 }
 
@@ -359,8 +465,8 @@ mod tests {
 		assert_eq!(hf(serde_json::json!({"model_type": "mistral", "sliding_window": null})).unwrap().architecture, Architecture::Llama);
 		let qwen = hf(serde_json::json!({"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": false})).unwrap();
 		assert_eq!(qwen.architecture, Architecture::Qwen2);
-		let gemma = hf(serde_json::json!({"model_type": "gemma3_text"})).unwrap_err();
-		assert!(gemma.to_string().contains("`gemma3_text` is not supported (supported: llama"), "{gemma}");
+		let phi = hf(serde_json::json!({"model_type": "phi3"})).unwrap_err();
+		assert!(phi.to_string().contains("`phi3` is not supported (supported: llama"), "{phi}");
 	}
 
 	#[test]

@@ -54,16 +54,21 @@ pub struct Heads {
 	pub head_dim: usize,
 	/// Cached positions, the new tokens' included.
 	pub len: usize,
+	/// Each token attends to this many positions at most, its own included (sliding-window
+	/// layers); `None`: to all before it.
+	pub window: Option<usize>,
+	/// What q·k is multiplied by (1/√head_dim for most families).
+	pub scale: f32,
 }
 
 /// `softmax(q·Kᵀ / √d)·V` for the query heads of a sequence's `rows` new tokens (`rows ×
 /// query_heads × head_dim`; the last is at position `len - 1`, each attends to the positions up
-/// to its own), grouped-query: query head `h` reads kv head `h / (query_heads / kv_heads)`. The
-/// (token, head) pairs are split over candle's CPU pool. Returns `rows × query_heads × head_dim`.
+/// to its own, or the last `window` of them), grouped-query: query head `h` reads kv head `h /
+/// (query_heads / kv_heads)`. The (token, head) pairs are split over candle's CPU pool. Returns
+/// `rows × query_heads × head_dim`.
 pub fn attend(q: &[f32], rows: usize, keys: &CacheView, values: &CacheView, heads: &Heads) -> Vec<f32> {
-	let Heads { query_heads, kv_heads, head_dim, len } = *heads;
+	let Heads { query_heads, kv_heads, head_dim, len, window, scale } = *heads;
 	let group = query_heads / kv_heads;
-	let scale = 1.0 / (head_dim as f32).sqrt();
 	let mut out = vec![0f32; rows * query_heads * head_dim];
 	let out_ptr = OutPtr(out.as_mut_ptr());
 	candle_core::utils::barrier_pool().execute_chunked(rows * query_heads, |range| {
@@ -72,11 +77,13 @@ pub fn attend(q: &[f32], rows: usize, keys: &CacheView, values: &CacheView, head
 		for item in range {
 			let (row, h) = (item / query_heads, item % query_heads);
 			let seen = Heads { len: len - (rows - 1 - row), ..*heads };
+			// The positions before the window are skipped.
+			let first = window.map_or(0, |w| seen.len.saturating_sub(w));
 			let g = h / group;
 			let query = &q[item * head_dim..(item + 1) * head_dim];
-			let scores = &mut scores[..seen.len];
+			let scores = &mut scores[..seen.len - first];
 			let mut max = f32::NEG_INFINITY;
-			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, &seen)) {
+			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, &seen).skip(first)) {
 				*score = dot(query, key) * scale;
 				max = max.max(*score);
 			}
@@ -88,7 +95,7 @@ pub fn attend(q: &[f32], rows: usize, keys: &CacheView, values: &CacheView, head
 			// Safety: this (token, head)'s slice of `out` is written by this work item alone,
 			// and `execute_chunked` returns only after every item is done.
 			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * head_dim), head_dim) };
-			for (&weight, value) in scores.iter().zip(values.head_rows(g, &seen)) {
+			for (&weight, value) in scores.iter().zip(values.head_rows(g, &seen).skip(first)) {
 				let weight = weight / total;
 				for (o, &v) in head_out.iter_mut().zip(value) {
 					*o += weight * v;

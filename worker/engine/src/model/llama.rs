@@ -71,8 +71,10 @@ struct Layer {
 	proj: [BaseLinear; 7],
 	/// The q, k and v projections' biases (Qwen 2).
 	qkv_bias: Option<[Tensor; 3]>,
-	/// The per-head RMS norms of q and k (Qwen 3).
+	/// The per-head RMS norms of q and k (Qwen 3, Gemma 3).
 	qk_norm: Option<[Tensor; 2]>,
+	/// The RMS norms of attention's and the MLP's outputs before the residual adds them (Gemma 3).
+	post_norms: Option<[Tensor; 2]>,
 }
 
 /// Base weights, immutable after loading; shared by the engine thread and nothing else.
@@ -87,6 +89,8 @@ pub struct Llama {
 	/// `cos` and `sin` as plain rows (`[max_position][head_dim / 2]`), for the CPU's attention loops.
 	cos_rows: Vec<f32>,
 	sin_rows: Vec<f32>,
+	/// The same for the sliding-window layers' rope base (Gemma 3), which run in those loops only.
+	local_rows: Option<(Vec<f32>, Vec<f32>)>,
 	device: Device,
 	/// Whether a step's one-token sequences share one batched attention op per layer (the GPU
 	/// path) rather than the CPU's per-sequence loops.
@@ -180,12 +184,18 @@ impl Llama {
 				true => Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?]),
 				false => None,
 			};
+			// llama.cpp's converter has already added Gemma's 1 to its norm weights.
+			let post_norms = match arch.post_norms() {
+				true => Some([vector("post_attention_norm.weight")?, vector("post_ffw_norm.weight")?]),
+				false => None,
+			};
 			layers.push(Layer {
 				attn_norm: vector("attn_norm.weight")?,
 				ffn_norm: vector("ffn_norm.weight")?,
 				proj,
 				qkv_bias,
 				qk_norm,
+				post_norms,
 			});
 			progress(i + 1, config.num_layers);
 		}
@@ -225,20 +235,30 @@ impl Llama {
 				true => Some([bias(Projection::Q)?, bias(Projection::K)?, bias(Projection::V)?]),
 				false => None,
 			};
+			let norm = |size: usize, name: &str| hf_norm(&lvb, c, size, name);
 			let qk_norm = match c.architecture.qk_norm() {
-				true => Some([lvb.get(c.head_dim, "self_attn.q_norm.weight")?, lvb.get(c.head_dim, "self_attn.k_norm.weight")?]),
+				true => Some([norm(c.head_dim, "self_attn.q_norm.weight")?, norm(c.head_dim, "self_attn.k_norm.weight")?]),
 				false => None,
 			};
+			// Gemma names its four norms by place: the MLP's input norm is `pre_feedforward`.
+			let (ffn_norm, post_norms) = match c.architecture.post_norms() {
+				true => (
+					norm(c.hidden_size, "pre_feedforward_layernorm.weight")?,
+					Some([norm(c.hidden_size, "post_attention_layernorm.weight")?, norm(c.hidden_size, "post_feedforward_layernorm.weight")?]),
+				),
+				false => (norm(c.hidden_size, "post_attention_layernorm.weight")?, None),
+			};
 			layers.push(Layer {
-				attn_norm: lvb.get(c.hidden_size, "input_layernorm.weight")?,
-				ffn_norm: lvb.get(c.hidden_size, "post_attention_layernorm.weight")?,
+				attn_norm: norm(c.hidden_size, "input_layernorm.weight")?,
+				ffn_norm,
 				proj: proj.try_into().map_err(|_| anyhow::anyhow!("seven projections"))?,
 				qkv_bias,
 				qk_norm,
+				post_norms,
 			});
 			progress(i + 1, c.num_layers);
 		}
-		let norm = vb.get(c.hidden_size, "model.norm.weight")?;
+		let norm = hf_norm(&vb, c, c.hidden_size, "model.norm.weight")?;
 		Self::assemble(config, embed, layers, norm, BaseLinear::from_float(lm_head)?, device)
 	}
 
@@ -250,6 +270,15 @@ impl Llama {
 		lm_head: BaseLinear,
 		device: &Device,
 	) -> anyhow::Result<Self> {
+		// The GPU's attention kernels know neither windows nor other scales yet.
+		if config.architecture == crate::model::Architecture::Gemma3 && !device.is_cpu() {
+			bail!("Gemma 3 (sliding-window attention) runs on the CPU only for now; serve it with --device cpu");
+		}
+		// Gemma scales the embeddings by √hidden: done once here, not per token.
+		let embed = match config.architecture.scaled_embeddings() {
+			true => (embed * (config.hidden_size as f64).sqrt())?,
+			false => embed,
+		};
 		let half = config.head_dim / 2;
 		let inv_freq = config.rope_inverse_frequencies();
 		let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
@@ -258,7 +287,17 @@ impl Llama {
 			.reshape((config.max_position, 1))?;
 		let angles = positions.matmul(&inv_freq)?;
 		let (cos, sin) = (angles.cos()?, angles.sin()?);
+		let local_rows = match config.local_rope_inverse_frequencies() {
+			Some(inv_freq) => {
+				let rows = |f: fn(f32) -> f32| -> Vec<f32> {
+					(0..config.max_position).flat_map(|p| inv_freq.iter().map(move |w| f(p as f32 * w))).collect()
+				};
+				Some((rows(f32::cos), rows(f32::sin)))
+			},
+			None => None,
+		};
 		Ok(Self {
+			local_rows,
 			cos_rows: cos.flatten_all()?.to_vec1()?,
 			sin_rows: sin.flatten_all()?.to_vec1()?,
 			cos,
@@ -309,7 +348,7 @@ impl Llama {
 		let longest = decoding.iter().map(|(_, _, c)| c.len() + 1).max().unwrap_or(0);
 		let decode = match decoding.first() {
 			Some((_, _, first))
-				if self.batched_decode &&
+				if self.batched_decode && c.sliding_window.is_none() &&
 					decoding.iter().all(|(_, _, c)| c.same_pool(first)) &&
 					DecodeBatch::takes(&self.device, longest, c.head_dim) =>
 			{
@@ -363,12 +402,17 @@ impl Llama {
 					if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? }
 				},
 			};
-			x = (x + self.project(layer, l, Projection::O, &attn, &adapters)?)?;
+			let post_norm = |t: Tensor, i: usize| match &layer.post_norms {
+				Some(norms) => candle_nn::ops::rms_norm(&t, &norms[i], eps),
+				None => Ok(t),
+			};
+			x = (x + post_norm(self.project(layer, l, Projection::O, &attn, &adapters)?, 0)?)?;
 			let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
 			let gate = self.project(layer, l, Projection::Gate, &h, &adapters)?;
 			let up = self.project(layer, l, Projection::Up, &h, &adapters)?;
-			let act = (candle_nn::ops::silu(&gate)? * up)?;
-			x = (x + self.project(layer, l, Projection::Down, &act, &adapters)?)?;
+			let gate = if c.architecture.gelu_gate() { gate.gelu()? } else { candle_nn::ops::silu(&gate)? };
+			let act = (gate * up)?;
+			x = (x + post_norm(self.project(layer, l, Projection::Down, &act, &adapters)?, 1)?)?;
 		}
 		for (step, &(_, n, _)) in steps.iter_mut().zip(spans.iter()) {
 			step.cache.advance(n);
@@ -376,7 +420,11 @@ impl Llama {
 		let last: Vec<u32> = spans.iter().map(|&(start, n, _)| (start + n - 1) as u32).collect();
 		let last = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
 		let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-		self.lm_head.forward(&last)
+		let logits = self.lm_head.forward(&last)?;
+		match c.final_logit_softcap {
+			Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
+			None => Ok(logits),
+		}
 	}
 
 	/// The q, k and v rows of a layer's attention, before the rotary embedding: the projections
@@ -502,7 +550,7 @@ impl Llama {
 		};
 		// Heads h = g·rep + r use kv head g: rows of one group are (r, t) pairs.
 		let q = q.reshape((nkv, rep * n, hd))?;
-		let scale = 1.0 / (hd as f64).sqrt();
+		let scale = c.attention_scale as f64;
 		let mut att = (q.matmul(&k_all.t()?)? * scale)?; // [nkv, rep·n, pos + n]
 		if let Some(mask) = &gather.mask {
 			att = att.broadcast_add(mask)?;
@@ -521,8 +569,13 @@ impl Llama {
 		let half = hd / 2;
 		let mut q = q.flatten_all()?.to_vec1::<f32>()?;
 		let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+		let window = c.window_of(l);
+		let (cos_rows, sin_rows) = match (&self.local_rows, window) {
+			(Some((cos, sin)), Some(_)) => (cos, sin),
+			_ => (&self.cos_rows, &self.sin_rows),
+		};
 		for (t, (q_row, k_row)) in q.chunks_exact_mut(nh * hd).zip(k.chunks_exact_mut(nkv * hd)).enumerate() {
-			let (cos, sin) = (&self.cos_rows[(pos + t) * half..][..half], &self.sin_rows[(pos + t) * half..][..half]);
+			let (cos, sin) = (&cos_rows[(pos + t) * half..][..half], &sin_rows[(pos + t) * half..][..half]);
 			decode_attention::rope_in_place(q_row, hd, cos, sin, c.rope_interleaved);
 			decode_attention::rope_in_place(k_row, hd, cos, sin, c.rope_interleaved);
 		}
@@ -539,7 +592,7 @@ impl Llama {
 		};
 		let keys = CacheView { data: &k_data[k_layout.start_offset()..], blocks: cache.blocks() };
 		let values = CacheView { data: &v_data[v_layout.start_offset()..], blocks: cache.blocks() };
-		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + n };
+		let heads = Heads { query_heads: nh, kv_heads: nkv, head_dim: hd, len: pos + n, window, scale: c.attention_scale };
 		let out = decode_attention::attend(&q, n, &keys, &values, &heads);
 		Tensor::from_vec(out, (n, nh * hd), &self.device)
 	}
@@ -556,4 +609,13 @@ impl Llama {
 /// Greedy index of the largest logit (ties to the lowest id).
 pub fn argmax(logits: &Tensor) -> Result<u32> {
 	logits.argmax(D::Minus1)?.to_scalar::<u32>()
+}
+
+/// An HF norm weight; Gemma stores it as an offset from 1 (its RMS norm multiplies by 1 + w).
+fn hf_norm(vb: &candle_nn::VarBuilder, config: &LlamaConfig, size: usize, name: &str) -> Result<Tensor> {
+	let w = vb.get(size, name)?;
+	match config.architecture.post_norms() {
+		true => w + 1.0,
+		false => Ok(w),
+	}
 }

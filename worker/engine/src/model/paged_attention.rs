@@ -176,7 +176,8 @@ impl CustomOp1 for Attend {
 			let blocks = &tables[s][..(lens[s] as usize).div_ceil(BLOCK_TOKENS)];
 			let keys = CacheView { data: &k[k_layout.start_offset()..], blocks };
 			let values = CacheView { data: &v[v_layout.start_offset()..], blocks };
-			let shape = Heads { query_heads: heads, kv_heads, head_dim, len: lens[s] as usize };
+			// The batched path is not taken by the families that scale otherwise or use a window.
+			let shape = Heads { query_heads: heads, kv_heads, head_dim, len: lens[s] as usize, window: None, scale: 1.0 / (head_dim as f32).sqrt() };
 			out.extend(decode_attention::attend(&q[s * width..(s + 1) * width], 1, &keys, &values, &shape));
 		}
 		Ok((CpuStorage::F32(out), q_layout.shape().clone()))
