@@ -22,8 +22,22 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = concat!(
 	"{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
 );
 
-/// The ChatML end-of-turn marker: chat models stop on it even where it is not the EOS token.
-pub(super) const IM_END: &str = "<|im_end|>";
+/// Gemma's turn format, for Gemma GGUF files that carry no template: `<start_of_turn>{role}\n`,
+/// the content, `<end_of_turn>\n`; the assistant's role is `model`, and a system message is put
+/// at the head of the first user turn, as Gemma's own template does.
+pub const GEMMA_CHAT_TEMPLATE: &str = concat!(
+	"{{ bos_token }}",
+	"{% set system = messages[0]['content'] + '\n\n' if messages and messages[0]['role'] == 'system' else '' %}",
+	"{% for message in messages if message['role'] != 'system' %}",
+	"{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}",
+	"{{ (system if loop.first else '') + message['content'] | trim }}{{ '<end_of_turn>\n' }}",
+	"{% endfor %}",
+	"{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+);
+
+/// End-of-turn markers (ChatML's, Gemma's): chat models stop on them even where they are not
+/// the EOS token.
+pub(super) const TURN_ENDS: [&str; 2] = ["<|im_end|>", "<end_of_turn>"];
 pub(super) const TEMPLATE_NAME: &str = "chat_template";
 /// Around the markers [`TextCodec::encode_chat`] puts where a message holds a special token's
 /// text, and around its sentinel tokens' indexes: Unicode noncharacters, which no tokenizer

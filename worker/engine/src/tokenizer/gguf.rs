@@ -17,7 +17,7 @@ use tokenizers::{
 	AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
-use super::TextCodec;
+use super::{chat::GEMMA_CHAT_TEMPLATE, TextCodec};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
@@ -132,7 +132,11 @@ impl GgufVocab {
 			eos_id: id("tokenizer.ggml.eos_token_id")?,
 			eot_id: id("tokenizer.ggml.eot_token_id")?,
 			add_bos,
-			chat_template: string("tokenizer.chat_template")?,
+			// Some Gemma files come without their template; Gemma's turn format stands in.
+			chat_template: match string("tokenizer.chat_template")? {
+				None if string("general.architecture")?.as_deref() == Some("gemma3") => Some(GEMMA_CHAT_TEMPLATE.to_owned()),
+				template => template,
+			},
 		})
 	}
 

@@ -26,7 +26,7 @@ use minijinja::Environment;
 use tokenizers::Tokenizer;
 
 pub use chat::{ChatError, ChatMessage, DEFAULT_CHAT_TEMPLATE};
-use chat::{chat_environment, LiteralChat, SpecialTexts, IM_END};
+use chat::{chat_environment, LiteralChat, SpecialTexts, TURN_ENDS};
 pub use decode::IncrementalDecoder;
 pub use vocabulary::Vocabulary;
 
@@ -89,9 +89,10 @@ impl TextCodec {
 		let template_renders_tools = chat_template.contains("<tool_call>") &&
 			env.get_template(chat::TEMPLATE_NAME).is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
 		let added = tokenizer.get_added_tokens_decoder();
-		// A chat model ends its turn with `<|im_end|>`; stop there even when EOS is another token.
-		if chat_template.contains(IM_END) {
-			if let Some((&id, _)) = added.iter().find(|(_, t)| t.special && t.content == IM_END) {
+		// A chat model ends its turn with a marker (`<|im_end|>`, `<end_of_turn>`); stop there
+		// even when EOS is another token.
+		for marker in TURN_ENDS.into_iter().filter(|m| chat_template.contains(m)) {
+			if let Some((&id, _)) = added.iter().find(|(_, t)| t.special && t.content == marker) {
 				eos_ids.push(id);
 			}
 		}

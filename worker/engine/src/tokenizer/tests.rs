@@ -525,3 +525,22 @@ fn sentencepiece_merges_by_score_and_falls_back_to_bytes() {
 	assert_eq!(gemma_like.encode("the").unwrap(), vec![id("t"), id("he")]);
 	assert_eq!(gemma_like.decode(&gemma_like.encode(" the a").unwrap()).unwrap(), " the a");
 }
+
+#[test]
+fn gemma_turns_render_and_end_the_answer() {
+	let mut vocab = sentencepiece_vocab(false);
+	for marker in ["<start_of_turn>", "<end_of_turn>"] {
+		vocab.tokens.push(marker.into());
+		vocab.types.push(3);
+		vocab.scores.push(0.0);
+	}
+	vocab.chat_template = Some(GEMMA_CHAT_TEMPLATE.into());
+	let end_of_turn = vocab.tokens.len() as u32 - 1;
+	let codec = vocab.build().unwrap();
+	let messages = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", " hi "), ChatMessage::new("assistant", "a"), ChatMessage::new("user", "the")];
+	assert_eq!(
+		codec.render_chat(&messages, true).unwrap(),
+		"<s><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n<start_of_turn>user\nthe<end_of_turn>\n<start_of_turn>model\n"
+	);
+	assert!(codec.eos_token_ids().contains(&end_of_turn), "{:?}", codec.eos_token_ids());
+}
