@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The model families against llama.cpp: tiny random-weight GGUF models of every architecture,
 # weight type and rope variant the engine runs, scored by both engines over the same tokens
-# (scripts/families/compare.py says what is compared and how closely). Prints a table; fails if
-# any case differs beyond its tolerance.
+# (scripts/families/compare.py says what is compared and how closely), SentencePiece tokenizers,
+# and the real Gemma 3 270M over 20 prompts. Prints tables; fails if anything differs beyond
+# its tolerance.
 #
 #   scripts/families-check.sh [--case NAME ...]
 #   scripts/families-check.sh --install-only     # only build llama-cpp-python (once per machine)
@@ -19,5 +20,7 @@ step "building the engine's logits and tokenize examples (release)"
 build_worker -q --example logits --example tokenize
 
 step "model families: this engine against llama.cpp"
+GEMMA="$OPENLEDGER_MODELS/gemma3/gemma-3-270m-q4_k_m.gguf"
+[ -f "$GEMMA" ] || die "$GEMMA is missing (scripts/setup.sh fetches it)"
 "$OPENLEDGER_VENV/bin/python" scripts/families/compare.py --logits "$CARGO_TARGET_DIR/release/examples/logits" \
-	--tokenize "$CARGO_TARGET_DIR/release/examples/tokenize" "$@"
+	--tokenize "$CARGO_TARGET_DIR/release/examples/tokenize" --real-model "$GEMMA" "$@"

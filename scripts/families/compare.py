@@ -90,7 +90,12 @@ CASES = {
     "qwen2-q8_0": ("qwen2", "Q8_0", None),
     "qwen3-f32": ("qwen3", "F32", None),
     "qwen3-q8_0": ("qwen3", "Q8_0", None),
+    "gemma3-f32": ("gemma3", "F32", None),
+    "gemma3-q8_0": ("gemma3", "Q8_0", None),
 }
+# Gemma 3's sliding window, small enough to matter within the 64 tokens: its first layer
+# attends to the last 8 positions (rope base 10 000), its second to all (rope base 1 000 000).
+GEMMA_WINDOW = 8
 
 
 def random_model(arch, rope, seed):
@@ -104,15 +109,20 @@ def random_model(arch, rope, seed):
         return (mean + spread * rng.standard_normal(size)).astype(np.float32)
 
     q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+    # Gemma's norms are stored as offsets from 1 (its RMS norm multiplies by 1 + w).
+    one = 0.0 if arch == "gemma3" else 1.0
     t = {"model.embed_tokens.weight": rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32),
-         "model.norm.weight": vector(HIDDEN, 1.0, 0.1)}
-    # Qwen 3's small models tie the output to the embeddings: no output tensor.
-    if arch != "qwen3":
+         "model.norm.weight": vector(HIDDEN, one, 0.1)}
+    # Qwen 3's and Gemma 3's small models tie the output to the embeddings: no output tensor.
+    if arch not in ("qwen3", "gemma3"):
         t["lm_head.weight"] = matrix(VOCAB, HIDDEN, 3.0)
     for i in range(LAYERS):
         b = f"model.layers.{i}"
-        t[f"{b}.input_layernorm.weight"] = vector(HIDDEN, 1.0, 0.1)
-        t[f"{b}.post_attention_layernorm.weight"] = vector(HIDDEN, 1.0, 0.1)
+        t[f"{b}.input_layernorm.weight"] = vector(HIDDEN, one, 0.1)
+        t[f"{b}.post_attention_layernorm.weight"] = vector(HIDDEN, one, 0.1)
+        if arch == "gemma3":
+            t[f"{b}.pre_feedforward_layernorm.weight"] = vector(HIDDEN, one, 0.1)
+            t[f"{b}.post_feedforward_layernorm.weight"] = vector(HIDDEN, one, 0.1)
         # Sharpish attention (q·k larger than the weights' usual scale gives), so the rotary
         # embedding decides what is attended to.
         t[f"{b}.self_attn.q_proj.weight"] = matrix(q_width, HIDDEN, 1.5)
@@ -125,9 +135,9 @@ def random_model(arch, rope, seed):
         if arch == "qwen2":
             for p, width in (("q", q_width), ("k", kv_width), ("v", kv_width)):
                 t[f"{b}.self_attn.{p}_proj.bias"] = vector(width, 0.0, 0.5)
-        if arch == "qwen3":
-            t[f"{b}.self_attn.q_norm.weight"] = vector(HEAD_DIM, 1.0, 0.2)
-            t[f"{b}.self_attn.k_norm.weight"] = vector(HEAD_DIM, 1.0, 0.2)
+        if arch in ("qwen3", "gemma3"):
+            t[f"{b}.self_attn.q_norm.weight"] = vector(HEAD_DIM, one, 0.2)
+            t[f"{b}.self_attn.k_norm.weight"] = vector(HEAD_DIM, one, 0.2)
     scaling = None
     if rope == "llama3":
         scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -138,7 +148,11 @@ def random_model(arch, rope, seed):
               "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
               "head_dim": HEAD_DIM, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
               "max_position_embeddings": CONTEXT, "rope_scaling": scaling,
-              "tie_word_embeddings": arch == "qwen3"}
+              "tie_word_embeddings": arch in ("qwen3", "gemma3")}
+    if arch == "gemma3":
+        config.update({"model_type": "gemma3_text", "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                       "sliding_window": GEMMA_WINDOW, "layer_types": ["sliding_attention", "full_attention"],
+                       "query_pre_attn_scalar": HEAD_DIM, "hidden_activation": "gelu_pytorch_tanh"})
     return t, config
 
 
@@ -178,9 +192,12 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
     w.add_key_length(HEAD_DIM)
     w.add_value_length(HEAD_DIM)
     w.add_rope_dimension_count(HEAD_DIM)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(config["rope_theta"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(VOCAB)
+    if arch == "gemma3":
+        w.add_sliding_window(GEMMA_WINDOW)
+        w.add_uint32("gemma3.attention.sliding_window_pattern", 2)
     if rope == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(config["rope_scaling"]["factor"])
@@ -202,9 +219,12 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
             w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
     t = tensors
+    # llama.cpp's converter adds Gemma's 1 to its norm weights.
+    one = 1.0 if arch == "gemma3" else 0.0
+    norm = lambda name: (t[name] + one).astype(np.float32)
     # The embeddings stay f32: both engines dequantize them to look rows up.
     w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", t["model.norm.weight"])
+    w.add_tensor("output_norm.weight", norm("model.norm.weight"))
     if "lm_head.weight" in t:
         matrix("output.weight", t["lm_head.weight"])
     if rope == "llama3":
@@ -218,8 +238,13 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
         q, k = t[f"{b}.self_attn.q_proj.weight"], t[f"{b}.self_attn.k_proj.weight"]
         if arch == "llama":
             q, k = interleave_rope_rows(q, HEADS), interleave_rope_rows(k, KV_HEADS)
-        w.add_tensor(f"{g}.attn_norm.weight", t[f"{b}.input_layernorm.weight"])
-        w.add_tensor(f"{g}.ffn_norm.weight", t[f"{b}.post_attention_layernorm.weight"])
+        w.add_tensor(f"{g}.attn_norm.weight", norm(f"{b}.input_layernorm.weight"))
+        if arch == "gemma3":
+            w.add_tensor(f"{g}.post_attention_norm.weight", norm(f"{b}.post_attention_layernorm.weight"))
+            w.add_tensor(f"{g}.ffn_norm.weight", norm(f"{b}.pre_feedforward_layernorm.weight"))
+            w.add_tensor(f"{g}.post_ffw_norm.weight", norm(f"{b}.post_feedforward_layernorm.weight"))
+        else:
+            w.add_tensor(f"{g}.ffn_norm.weight", t[f"{b}.post_attention_layernorm.weight"])
         matrix(f"{g}.attn_q.weight", q)
         matrix(f"{g}.attn_k.weight", k)
         matrix(f"{g}.attn_v.weight", t[f"{b}.self_attn.v_proj.weight"])
@@ -230,9 +255,9 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
         if arch == "qwen2":
             for p in "qkv":
                 w.add_tensor(f"{g}.attn_{p}.bias", t[f"{b}.self_attn.{p}_proj.bias"])
-        if arch == "qwen3":
-            w.add_tensor(f"{g}.attn_q_norm.weight", t[f"{b}.self_attn.q_norm.weight"])
-            w.add_tensor(f"{g}.attn_k_norm.weight", t[f"{b}.self_attn.k_norm.weight"])
+        if arch in ("qwen3", "gemma3"):
+            w.add_tensor(f"{g}.attn_q_norm.weight", norm(f"{b}.self_attn.q_norm.weight"))
+            w.add_tensor(f"{g}.attn_k_norm.weight", norm(f"{b}.self_attn.k_norm.weight"))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -451,6 +476,95 @@ def compare_tokenizers(tokenize_binary, work):
     return rows
 
 
+# The real Gemma 3 270M (Q4_K_M) against llama.cpp: prompts tokenized by both, continued
+# greedily by llama.cpp, scored by both.
+REAL_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "In 1969, astronauts landed on",
+    "A haiku about autumn leaves:\n",
+    "The quick brown fox",
+    "To make a cup of tea, first",
+    "Photosynthesis is the process by which",
+    "Les montagnes de Suisse sont",
+    "The largest planet in our solar system is",
+    "SELECT name, age FROM users WHERE",
+    "My favourite book is",
+    "The theory of relativity states that",
+    "Ingredients for pancakes: flour, eggs,",
+    "Q: What is 12 times 12?\nA:",
+    "The Great Wall of China was built",
+    "Dear customer, thank you for your order.",
+    "日本の首都は",
+]
+REAL_TOKENS = 64
+# Where llama.cpp's best tokens are closer than this, the engines' quantized arithmetic may pick
+# any of them: SmolLM2 and Gemma 3 part from llama.cpp where its best two or three are within
+# about 0.2 of each other, and move a chosen token's log-probability by up to about 0.35.
+REAL_MARGIN = 0.3
+
+
+def compare_real_model(path, logits_binary, tokenize_binary, work):
+    """Rows for the real model: per prompt, whether both tokenize it alike, and where (if
+    anywhere) our greedy token first differs from llama.cpp's, and whether that is a near tie."""
+    llm = Llama(model_path=path, n_ctx=256, n_batch=256, n_threads=2, logits_all=True,
+                type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
+    lines = "".join(json.dumps(p) + "\n" for p in REAL_PROMPTS)
+    ours_tokens = subprocess.run([tokenize_binary, path], input=lines, capture_output=True, text=True, check=True)
+    ours_tokens = [json.loads(line) for line in ours_tokens.stdout.splitlines()[0::2]]
+    runs = []
+    for prompt in REAL_PROMPTS:
+        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        llm.reset()
+        llm.eval(tokens)
+        sequence = list(tokens)
+        for _ in range(REAL_TOKENS):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            sequence.append(nxt)
+            llm.eval([nxt])
+        theirs = log_softmax(llm.scores[len(tokens) - 1 : len(sequence)])
+        runs.append((tokens, sequence, theirs))
+    sequences = os.path.join(work, "real-sequences.txt")
+    with open(sequences, "w") as f:
+        for tokens, sequence, _ in runs:
+            f.write(f"{len(tokens)}:{','.join(map(str, sequence))}\n")
+    out = os.path.join(work, "real-ours.f32")
+    subprocess.run([logits_binary, path, out, "@" + sequences], check=True)
+    vocab = runs[0][2].shape[1]
+    ours_all = np.fromfile(out, dtype="<f4").astype(np.float64).reshape(-1, vocab)
+    rows, at = [], 0
+    for prompt, mine_tokens, (tokens, sequence, theirs) in zip(REAL_PROMPTS, ours_tokens, runs):
+        ours = ours_all[at : at + len(theirs)]
+        at += len(theirs)
+        # Up to where our greedy choice first differs from llama.cpp's: there ours must be one of
+        # llama.cpp's near-best, within REAL_MARGIN of its best. After it, free generations part.
+        part, verdict = None, "identical"
+        for pos in range(len(theirs)):
+            best = int(np.argmax(theirs[pos]))
+            mine = int(np.argmax(ours[pos]))
+            if mine != best:
+                margin = theirs[pos][best] - theirs[pos][mine]
+                rank = int((theirs[pos] > theirs[pos][mine]).sum()) + 1
+                near = margin < REAL_MARGIN
+                part, verdict = pos, f"parts at {pos}: llama.cpp's {rank}{'nd' if rank == 2 else 'rd' if rank == 3 else 'th'}, {margin:.3f} below{'' if near else ' — NOT a near tie'}"
+                break
+        checked = len(theirs) if part is None else part + 1
+        difference = max(abs(ours[i][sequence[len(tokens) + i]] - theirs[i][sequence[len(tokens) + i]])
+                         for i in range(min(checked, len(theirs) - 1)))
+        ok = mine_tokens == tokens and (part is None or near)
+        rows.append((ok, {
+            "prompt": prompt[:28].replace("\n", "\\n") + ("…" if len(prompt) > 28 else ""),
+            "same tokens": "yes" if mine_tokens == tokens else "NO",
+            "greedy": verdict,
+            "max Δ log p of llama.cpp's token, to there": f"{difference:.3f}",
+            "result": "ok" if ok else "FAIL",
+        }))
+    return rows
+
+
 def print_table(rows):
     header = list(rows[0])
     print("| " + " | ".join(header) + " |")
@@ -466,6 +580,7 @@ def main():
     parser.add_argument("--work", help="where the models are written (default: a temporary directory)")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--real-model", help="a real GGUF model to compare over 20 prompts (Gemma 3 270M in the tests)")
     args = parser.parse_args()
     failed = 0
     with tempfile.TemporaryDirectory() as temporary:
@@ -481,9 +596,19 @@ def main():
         for ok, row in compare_tokenizers(args.tokenize, work):
             failed += not ok
             tokenizer_rows.append(row)
+        real_rows = []
+        if args.real_model:
+            for ok, row in compare_real_model(args.real_model, args.logits, args.tokenize, work):
+                failed += not ok
+                real_rows.append(row)
     print_table(rows)
     print()
     print_table(tokenizer_rows)
+    if real_rows:
+        print()
+        print(f"{os.path.basename(args.real_model)}, {len(real_rows)} prompts, {REAL_TOKENS} greedy tokens each:")
+        print()
+        print_table(real_rows)
     if failed:
         sys.exit(f"{failed} comparisons differ from llama.cpp beyond their tolerance")
 
