@@ -48,7 +48,7 @@ PROMPT = 24
 CONTINUATION = 40
 # Shapes: two layers, grouped-query attention (4 heads over 2), widths that are multiples of 256.
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 512, 2, 4, 2, 64
-CONTEXT = 128
+CONTEXT = 256
 
 
 def byte_tokens():
