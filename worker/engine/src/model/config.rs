@@ -192,9 +192,23 @@ impl LlamaConfig {
 		let float = |suffix: &str| content.metadata.get(&key(suffix)).map(|v| v.to_f32()).transpose();
 		let sliding_window = match (architecture, u("attention.sliding_window").ok().filter(|&w| w > 0)) {
 			(Architecture::Gemma3, Some(size)) => {
-				// llama.cpp's defaults for Gemma 3: five local layers in six, rope base 10 000.
-				let pattern = u("attention.sliding_window_pattern").unwrap_or(6);
-				Some(SlidingWindow::every(pattern, num_layers, size, float("rope.freq_base_swa")?.unwrap_or(10_000.0)))
+				// llama.cpp's defaults for Gemma 3: five local layers in six, rope base 10 000. The
+				// pattern is a number, or one flag per layer.
+				let theta = float("rope.freq_base_swa")?.unwrap_or(10_000.0);
+				Some(match content.metadata.get(&key("attention.sliding_window_pattern")) {
+					Some(gguf_file::Value::Array(flags)) => {
+						let local = flags
+							.iter()
+							.map(|f| match f {
+								gguf_file::Value::Bool(b) => Ok(*b),
+								other => Ok(other.to_u32()? != 0),
+							})
+							.collect::<Result<Vec<_>>>()?;
+						SlidingWindow { size, local, rope_theta: theta }
+					},
+					Some(pattern) => SlidingWindow::every(pattern.to_u32()? as usize, num_layers, size, theta),
+					None => SlidingWindow::every(6, num_layers, size, theta),
+				})
 			},
 			(_, Some(size)) => bail!("the model attends within a sliding window of {size} tokens, which is supported for gemma3 only"),
 			(_, None) => None,
@@ -215,7 +229,7 @@ impl LlamaConfig {
 			// Gemma 3 27B scales by hidden / heads, not its head dimension (llama.cpp tells it by
 			// its 62 layers; the file does not say).
 			attention_scale: match (architecture, num_layers) {
-				(Architecture::Gemma3, 62) => 1.0 / ((hidden_size / num_heads) as f32).sqrt(),
+				(Architecture::Gemma3, 62) => 1.0 / ((hidden_size / num_heads.max(1)) as f32).sqrt(),
 				_ => 1.0 / (head_dim as f32).sqrt(),
 			},
 			final_logit_softcap: float("final_logit_softcapping")?.filter(|&c| c > 0.0),
@@ -276,8 +290,9 @@ impl LlamaConfig {
 			Architecture::Qwen2 | Architecture::Qwen3 => hf.sliding_window.filter(|_| hf.use_sliding_window == Some(true)),
 		};
 		let sliding_window = match window.filter(|&w| w < hf.max_position_embeddings) {
-			None => None,
-			Some(size) if architecture == Architecture::Gemma3 => {
+			// Gemma's local layers keep their rope base even where the window spans the context.
+			_ if architecture == Architecture::Gemma3 => {
+				let size = window.unwrap_or(hf.max_position_embeddings);
 				let theta = hf.rope_local_base_freq.unwrap_or(10_000.0);
 				Some(match &hf.layer_types {
 					Some(types) => {
@@ -290,6 +305,7 @@ impl LlamaConfig {
 					None => SlidingWindow::every(hf.sliding_window_pattern.unwrap_or(6), hf.num_hidden_layers, size, theta),
 				})
 			},
+			None => None,
 			Some(window) => bail!(
 				"config.json attends within a sliding window of {window} tokens, which this worker implements for gemma3 only (models without one are supported)"
 			),
@@ -467,6 +483,23 @@ mod tests {
 		assert_eq!(qwen.architecture, Architecture::Qwen2);
 		let phi = hf(serde_json::json!({"model_type": "phi3"})).unwrap_err();
 		assert!(phi.to_string().contains("`phi3` is not supported (supported: llama"), "{phi}");
+	}
+
+	#[test]
+	fn gemma3_local_layers_keep_their_rope_base_even_with_a_window_over_the_context() {
+		let config = hf(serde_json::json!({
+			"model_type": "gemma3_text", "sliding_window": 512, "max_position_embeddings": 256,
+			"layer_types": ["sliding_attention", "full_attention"], "rope_local_base_freq": 10000.0,
+			"query_pre_attn_scalar": 16,
+		}))
+		.unwrap();
+		let window = config.sliding_window.as_ref().unwrap();
+		assert_eq!((window.local.as_slice(), window.rope_theta), ([true, false].as_slice(), 10_000.0));
+		assert_eq!((config.window_of(0), config.window_of(1)), (Some(512), None));
+		assert_eq!(config.attention_scale, 0.25);
+		assert_eq!(config.local_rope_inverse_frequencies().unwrap()[1], 1.0 / 10_000f32.powf(2.0 / 16.0));
+		let wrong = hf(serde_json::json!({"model_type": "gemma3_text", "sliding_window": 8, "layer_types": ["sliding_attention"]}));
+		assert!(wrong.unwrap_err().to_string().contains("1 layer types for 2 layers"));
 	}
 
 	#[test]

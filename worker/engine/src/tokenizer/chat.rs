@@ -24,15 +24,23 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = concat!(
 
 /// Gemma's turn format, for Gemma GGUF files that carry no template: `<start_of_turn>{role}\n`,
 /// the content, `<end_of_turn>\n`; the assistant's role is `model`, and a system message is put
-/// at the head of the first user turn, as Gemma's own template does.
+/// at the head of the first user turn, as Gemma's own template does. What Gemma's turns cannot
+/// say is an error, as in its own template: a system message that is not first or has no user
+/// turn after it, turns that do not alternate from the user's, other roles (`tool`).
 pub const GEMMA_CHAT_TEMPLATE: &str = concat!(
 	"{{ bos_token }}",
-	"{% set system = messages[0]['content'] + '\n\n' if messages and messages[0]['role'] == 'system' else '' %}",
-	"{% for message in messages if message['role'] != 'system' %}",
-	"{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}",
-	"{{ (system if loop.first else '') + message['content'] | trim }}{{ '<end_of_turn>\n' }}",
+	"{% set leading_system = messages and messages[0]['role'] == 'system' %}",
+	"{% set system = messages[0]['content'] + '\\n\\n' if leading_system else '' %}",
+	"{% set turns = messages[1:] if leading_system else messages %}",
+	"{% if not turns %}{{ raise_exception('Gemma needs a user turn (after an optional first system message)') }}{% endif %}",
+	"{% for message in turns %}",
+	"{% if message['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') %}",
+	"{{ raise_exception('Gemma turns must alternate user, assistant, user, … after an optional first system message') }}",
+	"{% endif %}",
+	"{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\\n' }}",
+	"{{ (system if loop.first else '') + message['content'] | trim }}{{ '<end_of_turn>\\n' }}",
 	"{% endfor %}",
-	"{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+	"{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
 );
 
 /// End-of-turn markers (ChatML's, Gemma's): chat models stop on them even where they are not

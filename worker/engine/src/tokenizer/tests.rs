@@ -543,4 +543,14 @@ fn gemma_turns_render_and_end_the_answer() {
 		"<s><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n<start_of_turn>user\nthe<end_of_turn>\n<start_of_turn>model\n"
 	);
 	assert!(codec.eos_token_ids().contains(&end_of_turn), "{:?}", codec.eos_token_ids());
+	// What Gemma's turns cannot say is an error, not a message quietly dropped.
+	for bad in [
+		vec![ChatMessage::new("system", "Be brief.")],
+		vec![ChatMessage::new("user", "hi"), ChatMessage::new("system", "late")],
+		vec![ChatMessage::new("user", "hi"), ChatMessage::new("tool", "42")],
+		vec![ChatMessage::new("assistant", "first")],
+	] {
+		let err = codec.render_chat(&bad, true).unwrap_err();
+		assert!(format!("{err:#}").contains("Gemma"), "{err:#}");
+	}
 }
