@@ -22,9 +22,10 @@ cuda_toolkit headers
 step "cargo check of the worker and the engine, every target, --features cuda (sm_$CUDA_COMPUTE_CAP)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo check --all-targets -p openledger-worker -p openledger-engine --features openledger-worker/cuda \
-	--message-format short ${OPENLEDGER_CARGO_TIMINGS:+--timings} 2>&1 | tee "$log"
-[ "${PIPESTATUS[0]}" = 0 ] || die "the cuda build does not compile (above)"
+if ! cargo check --all-targets -p openledger-worker -p openledger-engine --features openledger-worker/cuda \
+	--message-format short ${OPENLEDGER_CARGO_TIMINGS:+--timings} 2>&1 | tee "$log"; then
+	die "the cuda build does not compile (above)"
+fi
 # Dependencies' warnings are capped by cargo; what is left names a file of this workspace.
 if grep -E '^(worker|runtime|pallets|primitives|node)/[^ ]*: warning' "$log"; then
 	die "the cuda build compiles with warnings (above)"

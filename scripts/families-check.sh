@@ -2,7 +2,7 @@
 # The model families against llama.cpp: tiny random-weight GGUF models of every architecture,
 # weight type and rope variant the engine runs, scored by both engines over the same tokens
 # (scripts/families/compare.py says what is compared and how closely), SentencePiece tokenizers,
-# and the real Gemma 3 270M over 20 prompts. Prints tables; fails if anything differs beyond
+# and the real Gemma 3 270M over 21 prompts. Prints tables; fails if anything differs beyond
 # its tolerance.
 #
 #   scripts/families-check.sh [--case NAME ...]

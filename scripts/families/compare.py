@@ -477,7 +477,7 @@ def compare_tokenizers(tokenize_binary, work):
 
 
 # The real Gemma 3 270M (Q4_K_M) against llama.cpp: prompts tokenized by both, continued
-# greedily by llama.cpp, scored by both.
+# greedily by llama.cpp, scored by both (20 short ones, then a long one).
 REAL_PROMPTS = [
     "The capital of France is",
     "Once upon a time, in a small village by the sea,",
@@ -500,6 +500,13 @@ REAL_PROMPTS = [
     "Dear customer, thank you for your order.",
     "日本の首都は",
 ]
+# And one prompt longer than Gemma 3's 512-position window, so its local layers' limit is in play.
+_COLORS, _ANIMALS = ["red", "blue", "green", "white", "black"], ["fox", "owl", "bear", "deer", "hare", "wolf"]
+_CITIES = ["Lyon", "Oslo", "Quito", "Hanoi", "Perth", "Cusco", "Dakar"]
+REAL_PROMPTS.append(
+    " ".join(f"Fact {i}: the {_COLORS[i % 5]} {_ANIMALS[i % 6]} lives in {_CITIES[i % 7]}." for i in range(70))
+    + " Question: where does the blue owl live? Answer:"
+)
 REAL_TOKENS = 64
 # Where llama.cpp's best tokens are closer than this, the engines' quantized arithmetic may pick
 # any of them: SmolLM2 and Gemma 3 part from llama.cpp where its best two or three are within
@@ -510,7 +517,7 @@ REAL_MARGIN = 0.3
 def compare_real_model(path, logits_binary, tokenize_binary, work):
     """Rows for the real model: per prompt, whether both tokenize it alike, and where (if
     anywhere) our greedy token first differs from llama.cpp's, and whether that is a near tie."""
-    llm = Llama(model_path=path, n_ctx=256, n_batch=256, n_threads=2, logits_all=True,
+    llm = Llama(model_path=path, n_ctx=1280, n_batch=1280, n_threads=2, logits_all=True,
                 type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
     lines = "".join(json.dumps(p) + "\n" for p in REAL_PROMPTS)
     ours_tokens = subprocess.run([tokenize_binary, path], input=lines, capture_output=True, text=True, check=True)
@@ -580,7 +587,7 @@ def main():
     parser.add_argument("--work", help="where the models are written (default: a temporary directory)")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--real-model", help="a real GGUF model to compare over 20 prompts (Gemma 3 270M in the tests)")
+    parser.add_argument("--real-model", help="a real GGUF model to compare over 21 prompts (Gemma 3 270M in the tests)")
     args = parser.parse_args()
     failed = 0
     with tempfile.TemporaryDirectory() as temporary:
