@@ -223,7 +223,7 @@ fn write_weights(path: &Path, c: &LlamaConfig, seed: u64) -> Result<()> {
 	norms.push("model.norm.weight".into());
 	linear(&mut rng, "lm_head.weight".into(), c.vocab_size, h);
 	// Gemma stores its norms as offsets from 1.
-	let one = if c.architecture.post_norms() { 0.0 } else { 1.0 };
+	let one = if c.architecture.hf_norms_offset_from_one() { 0.0 } else { 1.0 };
 	for name in norms {
 		let values = (0..h).map(|_| one + rng.random_range(-0.1f32..0.1));
 		tensors.push((name, vec![h], values.flat_map(f32::to_le_bytes).collect()));

@@ -80,6 +80,12 @@ impl Architecture {
 		self == Self::Gemma3
 	}
 
+	/// Whether HF files store the RMS norms' weights as offsets from 1 (GGUF files have the 1
+	/// added by llama.cpp's converter).
+	pub fn hf_norms_offset_from_one(self) -> bool {
+		self == Self::Gemma3
+	}
+
 	/// Whether the token embeddings are multiplied by √hidden before the first layer.
 	pub fn scaled_embeddings(self) -> bool {
 		self == Self::Gemma3

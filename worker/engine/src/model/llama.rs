@@ -279,29 +279,15 @@ impl Llama {
 			true => (embed * (config.hidden_size as f64).sqrt())?,
 			false => embed,
 		};
-		let half = config.head_dim / 2;
-		let inv_freq = config.rope_inverse_frequencies();
-		let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-		let positions = Tensor::arange(0u32, config.max_position as u32, device)?
-			.to_dtype(DType::F32)?
-			.reshape((config.max_position, 1))?;
-		let angles = positions.matmul(&inv_freq)?;
-		let (cos, sin) = (angles.cos()?, angles.sin()?);
-		let local_rows = match config.local_rope_inverse_frequencies() {
-			Some(inv_freq) => {
-				let rows = |f: fn(f32) -> f32| -> Vec<f32> {
-					(0..config.max_position).flat_map(|p| inv_freq.iter().map(move |w| f(p as f32 * w))).collect()
-				};
-				Some((rows(f32::cos), rows(f32::sin)))
-			},
-			None => None,
-		};
+		let shape = (config.max_position, config.head_dim / 2);
+		let (cos_rows, sin_rows) = rope_rows(&config.rope_inverse_frequencies(), config.max_position);
+		let local_rows = config.local_rope_inverse_frequencies().map(|inv_freq| rope_rows(&inv_freq, config.max_position));
 		Ok(Self {
 			local_rows,
-			cos_rows: cos.flatten_all()?.to_vec1()?,
-			sin_rows: sin.flatten_all()?.to_vec1()?,
-			cos,
-			sin,
+			cos: Tensor::from_slice(&cos_rows, shape, device)?,
+			sin: Tensor::from_slice(&sin_rows, shape, device)?,
+			cos_rows,
+			sin_rows,
 			config,
 			embed,
 			layers,
@@ -611,10 +597,17 @@ pub fn argmax(logits: &Tensor) -> Result<u32> {
 	logits.argmax(D::Minus1)?.to_scalar::<u32>()
 }
 
+/// The rotary embedding's cosines and sines for positions `0..positions`, one row of
+/// `inv_freq.len()` per position.
+fn rope_rows(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {
+	let angles = || (0..positions).flat_map(|p| inv_freq.iter().map(move |w| p as f32 * w));
+	(angles().map(f32::cos).collect(), angles().map(f32::sin).collect())
+}
+
 /// An HF norm weight; Gemma stores it as an offset from 1 (its RMS norm multiplies by 1 + w).
 fn hf_norm(vb: &candle_nn::VarBuilder, config: &LlamaConfig, size: usize, name: &str) -> Result<Tensor> {
 	let w = vb.get(size, name)?;
-	match config.architecture.post_norms() {
+	match config.architecture.hf_norms_offset_from_one() {
 		true => w + 1.0,
 		false => Ok(w),
 	}
