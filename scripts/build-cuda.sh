@@ -18,9 +18,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$REPO_ROOT/scripts/cuda-toolkit.sh"
 cd "$REPO_ROOT"
-
-export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-/var/tmp/openledger-cuda-target}"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 cuda_toolkit link
 
 step "building openledger-worker --features cuda for sm_$CUDA_COMPUTE_CAP into $CARGO_TARGET_DIR"

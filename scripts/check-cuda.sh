@@ -14,9 +14,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$REPO_ROOT/scripts/cuda-toolkit.sh"
 cd "$REPO_ROOT"
-
-export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-/var/tmp/openledger-cuda-target}"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 cuda_toolkit headers
 
 step "cargo check of the worker and the engine, every target, --features cuda (sm_$CUDA_COMPUTE_CAP)"

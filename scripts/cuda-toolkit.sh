@@ -8,7 +8,13 @@
 #                          with a stub of the driver (scripts/build-cuda.sh)
 #
 # Environment: OPENLEDGER_CUDA_VENV, where the wheels are installed (default
-# /var/tmp/openledger-cuda-venv). Exports CUDA_ROOT, CUDA_PATH and PATH; `link` also LIBRARY_PATH.
+# /var/tmp/openledger-cuda-venv); CUDA_TARGET_DIR, the cuda builds' cargo target directory, kept
+# apart from the CPU build's so neither invalidates the other (default
+# /var/tmp/openledger-cuda-target); CUDA_COMPUTE_CAP (default 90: H100, H200). Sourcing it points
+# CARGO_TARGET_DIR there; `cuda_toolkit` exports CUDA_ROOT, CUDA_PATH and PATH, `link` also
+# LIBRARY_PATH.
+export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-/var/tmp/openledger-cuda-target}"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 CUDA_RELEASE=13.0
 CUDA_VENV="${OPENLEDGER_CUDA_VENV:-/var/tmp/openledger-cuda-venv}"
 CUDA_HEADER_WHEELS=(nvidia-cuda-nvcc nvidia-cuda-crt nvidia-nvvm nvidia-cuda-runtime nvidia-cuda-cccl)
