@@ -264,9 +264,9 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
     w.close()
 
 
-def llama_cpp(path):
+def llama_cpp(path, context=CONTEXT):
     # f32 keys and values, as ours: llama.cpp's default f16 cache would be a difference of its own.
-    return Llama(model_path=path, n_ctx=CONTEXT, n_batch=CONTEXT, n_threads=2, logits_all=True,
+    return Llama(model_path=path, n_ctx=context, n_batch=context, n_threads=2, logits_all=True,
                  type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
 
 
@@ -276,12 +276,12 @@ def log_softmax(logits):
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
 
-def llama_cpp_continuation(path, prompt):
-    """`prompt` and llama.cpp's greedy continuation of it."""
-    llm = llama_cpp(path)
+def llama_cpp_continuation(llm, prompt, count):
+    """`prompt` and llama.cpp's greedy continuation of it by `count` tokens, from an empty cache."""
+    llm.reset()
     llm.eval(prompt)
     sequence = list(prompt)
-    for _ in range(CONTINUATION):
+    for _ in range(count):
         nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         sequence.append(nxt)
         llm.eval([nxt])
@@ -332,7 +332,7 @@ def run_case(name, binary, work, seed):
     write_gguf(path, arch, weight_type, rope, tensors, config)
     rng = np.random.default_rng(seed + 1)
     prompt = [int(t) for t in rng.integers(2, VOCAB, PROMPT)]
-    sequence = llama_cpp_continuation(path, prompt)
+    sequence = llama_cpp_continuation(llama_cpp(path), prompt, CONTINUATION)
     theirs = llama_cpp_logprobs(path, sequence)
     sources = [("GGUF", path)]
     if weight_type == "F32":
@@ -517,21 +517,14 @@ REAL_MARGIN = 0.3
 def compare_real_model(path, logits_binary, tokenize_binary, work):
     """Rows for the real model: per prompt, whether both tokenize it alike, and where (if
     anywhere) our greedy token first differs from llama.cpp's, and whether that is a near tie."""
-    llm = Llama(model_path=path, n_ctx=1280, n_batch=1280, n_threads=2, logits_all=True,
-                type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
+    llm = llama_cpp(path, context=1280)
     lines = "".join(json.dumps(p) + "\n" for p in REAL_PROMPTS)
     ours_tokens = subprocess.run([tokenize_binary, path], input=lines, capture_output=True, text=True, check=True)
     ours_tokens = [json.loads(line) for line in ours_tokens.stdout.splitlines()[0::2]]
     runs = []
     for prompt in REAL_PROMPTS:
         tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        llm.reset()
-        llm.eval(tokens)
-        sequence = list(tokens)
-        for _ in range(REAL_TOKENS):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            sequence.append(nxt)
-            llm.eval([nxt])
+        sequence = llama_cpp_continuation(llm, tokens, REAL_TOKENS)
         theirs = log_softmax(llm.scores[len(tokens) - 1 : len(sequence)])
         runs.append((tokens, sequence, theirs))
     sequences = os.path.join(work, "real-sequences.txt")
