@@ -41,13 +41,16 @@ build_upgrade_runtime() {
 	build_node -q -p openledger-runtime-upgrade
 	[ -f "$UPGRADE_WASM" ] || die "no upgrade runtime at $UPGRADE_WASM"
 }
-# llama.cpp, the reference engine for tokens and speed, as llama-cpp-python (built from source into
-# the venv: several minutes of C++ on 2 cores, once per machine). The CPU's SIMD flags are named
-# one by one instead of GGML_NATIVE, which dies with SIGILL on the AMX Xeons of some VMs; the
-# flags it was built with are recorded beside it, so a build for another CPU is redone.
+# llama.cpp, the reference engine for tokens and speed: llama-cpp-python's Python bindings, and
+# the llama.cpp sources its sdist vendors built with cmake into $LLAMA_CPP_DIR/build (once per
+# machine). Only the targets asked for are built: the bindings need the `llama` library alone,
+# not the `common` library that a pip build of the package compiles too (half its C++). The CPU's
+# SIMD flags are named one by one instead of GGML_NATIVE, which dies with SIGILL on the AMX Xeons
+# of some VMs; the flags the build was configured with are recorded, so another CPU's is redone.
 LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_DIR="${OPENLEDGER_LLAMA_CPP_DIR:-/var/tmp/openledger-llama.cpp-$LLAMA_CPP_VERSION}"
 llama_cpp_cmake_args() {
-	local args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" flag option
+	local args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" flag option
 	local flags; flags=" $(grep -m1 '^flags' /proc/cpuinfo) "
 	for pair in avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512vbmi:AVX512_VBMI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
 		flag="${pair%%:*}" option="${pair#*:}"
@@ -55,25 +58,53 @@ llama_cpp_cmake_args() {
 	done
 	echo "$args"
 }
+LLAMA_CPP_SDIST="$LLAMA_CPP_DIR/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
+build_llama_cpp() { # cmake target...
+	local src="$LLAMA_CPP_DIR/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" build="$LLAMA_CPP_DIR/build"
+	local args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}"
+	if [ ! -f "$src/CMakeLists.txt" ]; then
+		mkdir -p "$LLAMA_CPP_DIR"
+		"$OPENLEDGER_VENV/bin/pip" download --quiet --no-deps --no-binary llama-cpp-python --dest "$LLAMA_CPP_DIR" \
+			"llama-cpp-python==$LLAMA_CPP_VERSION" || die "downloading llama-cpp-python's sdist failed"
+		tar -xzf "$LLAMA_CPP_SDIST" -C "$LLAMA_CPP_DIR" || die "unpacking $LLAMA_CPP_SDIST failed"
+	fi
+	"$OPENLEDGER_VENV/bin/pip" install --quiet 'cmake>=3.21,<5' ninja || die "installing cmake and ninja failed"
+	if [ "$(cat "$build/openledger-cmake-args" 2>/dev/null)" != "$args" ]; then
+		rm -rf "$build"
+		# Shared libraries that find each other where they are copied ($ORIGIN); no curl, tests
+		# or examples. The tools (llama-server) are configured, built only when asked for.
+		PATH="$OPENLEDGER_VENV/bin:$PATH" cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+			-DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
+			-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $args >"$LLAMA_CPP_DIR/configure.log" 2>&1 \
+			|| { tail -n 30 "$LLAMA_CPP_DIR/configure.log" >&2; die "configuring llama.cpp failed ($LLAMA_CPP_DIR/configure.log)"; }
+		echo "$args" >"$build/openledger-cmake-args"
+	fi
+	echo "building llama.cpp ($*; $args)"
+	# ninja's [n/total] lines, shortened to the file, are the progress.
+	PATH="$OPENLEDGER_VENV/bin:$PATH" cmake --build "$build" --target "$@" -j "$(nproc)" 2>&1 \
+		| awk '/^\[[0-9]+\/[0-9]+\]/ {print "  " $1, $NF; fflush(); next} {print; fflush()}' \
+		|| die "building llama.cpp's $* failed (above)"
+}
 install_llama_cpp() {
-	local args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}" record="$OPENLEDGER_VENV/llama-cpp-cmake-args"
+	local record="$OPENLEDGER_VENV/llama-cpp-cmake-args" args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}"
 	if "$OPENLEDGER_VENV/bin/python" -c "import llama_cpp, gguf, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null \
 		&& [ "$(cat "$record" 2>/dev/null)" = "$args" ]; then
 		echo "llama-cpp-python $LLAMA_CPP_VERSION already installed ($args)"
 		return 0
 	fi
-	echo "building llama-cpp-python $LLAMA_CPP_VERSION from source ($args; several minutes on 2 cores)"
-	# pip -v streams the build; keep only ninja's [n/total] lines (shortened to the source file).
-	CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-		"$OPENLEDGER_VENV/bin/pip" install -v --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
-		| awk '/^ *\[[0-9]+\/[0-9]+\]/ {print "  " $1, $NF; fflush(); next}
-			/Successfully installed|ERROR|[Ee]rror:/ {print; fflush()}' \
-		|| die "installing llama-cpp-python failed (rerun with pip -v to see why)"
-	# Its own dependencies, and the gguf writer the model-family checks use.
+	build_llama_cpp llama
+	# The package itself without its C++ (LLAMA_BUILD=OFF), then the libraries just built where
+	# it loads them from, its own dependencies, and the gguf writer the model-family checks use.
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" "$OPENLEDGER_VENV/bin/pip" install --quiet --force-reinstall --no-deps \
+		"$LLAMA_CPP_SDIST" || die "installing llama-cpp-python failed"
+	local lib_dir
+	lib_dir="$("$OPENLEDGER_VENV/bin/python" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llama_cpp").origin))')/lib"
+	mkdir -p "$lib_dir"
+	cp -a "$LLAMA_CPP_DIR/build/bin/"lib*.so* "$lib_dir/" || die "no llama.cpp libraries in $LLAMA_CPP_DIR/build/bin"
 	"$OPENLEDGER_VENV/bin/pip" install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION" gguf==0.19.0 \
 		|| die "installing llama-cpp-python's dependencies failed"
 	"$OPENLEDGER_VENV/bin/python" -c 'import llama_cpp, gguf' || die "llama_cpp does not import after installing"
-	echo "$args" > "$record"
+	echo "$args" >"$record"
 }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
