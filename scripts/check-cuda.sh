@@ -15,6 +15,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$REPO_ROOT/scripts/cuda-toolkit.sh"
 cd "$REPO_ROOT"
 cuda_toolkit headers
+# candle's build script compiles its static kernels through this nvcc: PTX only, unoptimized.
+export NVCC="$REPO_ROOT/scripts/nvcc-check.sh"
 
 step "cargo check of the worker and the engine, every target, --features cuda (sm_$CUDA_COMPUTE_CAP)"
 log="$(mktemp)"
