@@ -41,6 +41,11 @@ impl DenseMatrix {
 		Ok(Some(Self { weight: weight.clone(), rows, cols }))
 	}
 
+	/// Weight rows `ids`, `[ids.len(), cols]`.
+	pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+		self.weight.index_select(&Tensor::new(ids, self.weight.device())?, 0)
+	}
+
 	/// candle's product, for many rows.
 	fn gemm(&self, x: &Tensor) -> Result<Tensor> {
 		QMatMul::Tensor(self.weight.clone()).forward(x)

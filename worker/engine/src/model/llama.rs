@@ -17,7 +17,8 @@ use super::{
 	kv_pool::{KvCache, KvPool, KvShape},
 	lora::{self, RowAdapters},
 	paged_attention::DecodeBatch,
-	quant::QuantMatrix,
+	quant::{self, QuantMatrix},
+	rope::{Rope, StepAngles},
 	LlamaConfig, LoraAdapter, Projection,
 };
 
@@ -51,6 +52,19 @@ impl BaseLinear {
 		}
 	}
 
+	/// Weight rows `ids` as f32, `[ids.len(), in features]` on the CPU: token embeddings, looked
+	/// up in a table stored like a projection, or in the output projection where they are tied.
+	fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+		match self {
+			Self::Quantized(m) => m.dequantize_rows(ids),
+			Self::Dense(m) => m.rows(ids),
+			Self::Candle(QMatMul::QTensor(t)) => quant::qtensor_rows(t, ids),
+			Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+				t.index_select(&Tensor::new(ids, t.device())?, 0)?.to_dtype(DType::F32)
+			},
+		}
+	}
+
 	/// `x · Wᵀ` for `rows` rows of f32 input on the CPU, as a row-major vector.
 	fn forward_rows(&self, xs: &[f32], rows: usize) -> Result<Vec<f32>> {
 		match self {
@@ -77,31 +91,39 @@ struct Layer {
 	post_norms: Option<[Tensor; 2]>,
 }
 
+/// The token embeddings. Quantized ones stay as the file stores them on the CPU, where only the
+/// rows a step looks up are dequantized: Gemma 3's 262,144 × 640 table is 671 MB in f32.
+enum Embeddings {
+	/// The whole table as f32 on the device: float weights, and quantized ones on the GPU, where
+	/// a lookup is one gather.
+	Table(Tensor),
+	/// Stored like a projection's weights.
+	Stored(BaseLinear),
+	/// The output projection's weights (tied embeddings).
+	Tied,
+}
+
 /// Base weights, immutable after loading; shared by the engine thread and nothing else.
 pub struct Llama {
 	pub config: LlamaConfig,
-	embed: Tensor,
+	embeddings: Embeddings,
 	layers: Vec<Layer>,
 	norm: Tensor,
 	lm_head: BaseLinear,
-	cos: Tensor,
-	sin: Tensor,
-	/// `cos` and `sin` as plain rows (`[max_position][head_dim / 2]`), for the CPU's attention loops.
-	cos_rows: Vec<f32>,
-	sin_rows: Vec<f32>,
-	/// The same for the sliding-window layers' rope base (Gemma 3), which run in those loops only.
-	local_rows: Option<(Vec<f32>, Vec<f32>)>,
+	rope: Rope,
 	device: Device,
 	/// Whether a step's one-token sequences share one batched attention op per layer (the GPU
 	/// path) rather than the CPU's per-sequence loops.
 	batched_decode: bool,
 }
 
-/// What a step that gathers its cache needs in every layer: its block table on the device and
-/// its causal mask.
+/// What a step that gathers its cache needs in every layer: its block table on the device, its
+/// causal mask and its rows' rotary angles (`[n, head_dim / 2]`).
 struct Gather {
 	block_ids: Tensor,
 	mask: Option<Tensor>,
+	cos: Tensor,
+	sin: Tensor,
 }
 
 /// One sequence's part of a step.
@@ -144,11 +166,12 @@ impl Llama {
 				.with_context(|| format!("GGUF tensor `{name}` is missing or unreadable"))
 		};
 		let norm_vec = |t: candle_core::quantized::QTensor| t.dequantize(device);
-		let embed_q = tensor("token_embd.weight")?;
-		let embed = embed_q.dequantize(device)?;
-		let lm_head = match tensor("output.weight") {
-			Ok(output) => BaseLinear::from_qtensor(output)?,
-			Err(_) => BaseLinear::from_qtensor(embed_q)?,
+		let embed = tensor("token_embd.weight")?;
+		// Without `output.weight`, the output projection is the embedding table (tied).
+		let (embeddings, lm_head) = match (tensor("output.weight").ok(), device.is_cpu()) {
+			(output, false) => (Embeddings::Table(embed.dequantize(device)?), BaseLinear::from_qtensor(output.unwrap_or(embed))?),
+			(Some(output), true) => (Embeddings::Stored(BaseLinear::from_qtensor(embed)?), BaseLinear::from_qtensor(output)?),
+			(None, true) => (Embeddings::Tied, BaseLinear::from_qtensor(embed)?),
 		};
 		let norm = norm_vec(tensor("output_norm.weight")?)?;
 		// Llama 3's rope scaling, as llama.cpp's converter writes it.
@@ -199,7 +222,7 @@ impl Llama {
 			});
 			progress(i + 1, config.num_layers);
 		}
-		Self::assemble(config, embed, layers, norm, lm_head, device)
+		Self::assemble(config, embeddings, layers, norm, lm_head, device)
 	}
 
 	/// Loads an HF-layout float Llama: `config.json` and `model.safetensors` (f32, f16 or bf16;
@@ -216,10 +239,10 @@ impl Llama {
 		let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
 		let c = &config;
 		let embed = vb.get((c.vocab_size, c.hidden_size), "model.embed_tokens.weight")?;
-		let lm_head = if vb.contains_tensor("lm_head.weight") {
-			vb.get((c.vocab_size, c.hidden_size), "lm_head.weight")?
-		} else {
-			embed.clone()
+		let (embeddings, lm_head) = match vb.contains_tensor("lm_head.weight") {
+			true => (Embeddings::Table(embed), vb.get((c.vocab_size, c.hidden_size), "lm_head.weight")?),
+			false if device.is_cpu() => (Embeddings::Tied, embed),
+			false => (Embeddings::Table(embed.clone()), embed),
 		};
 		let mut layers = Vec::with_capacity(c.num_layers);
 		for i in 0..c.num_layers {
@@ -259,12 +282,12 @@ impl Llama {
 			progress(i + 1, c.num_layers);
 		}
 		let norm = hf_norm(&vb, c, c.hidden_size, "model.norm.weight")?;
-		Self::assemble(config, embed, layers, norm, BaseLinear::from_float(lm_head)?, device)
+		Self::assemble(config, embeddings, layers, norm, BaseLinear::from_float(lm_head)?, device)
 	}
 
 	fn assemble(
 		config: LlamaConfig,
-		embed: Tensor,
+		embeddings: Embeddings,
 		layers: Vec<Layer>,
 		norm: Tensor,
 		lm_head: BaseLinear,
@@ -274,22 +297,10 @@ impl Llama {
 		if config.architecture == crate::model::Architecture::Gemma3 && !device.is_cpu() {
 			bail!("Gemma 3 (sliding-window attention) runs on the CPU only for now; serve it with --device cpu");
 		}
-		// Gemma scales the embeddings by √hidden: done once here, not per token.
-		let embed = match config.architecture.scaled_embeddings() {
-			true => (embed * (config.hidden_size as f64).sqrt())?,
-			false => embed,
-		};
-		let shape = (config.max_position, config.head_dim / 2);
-		let (cos_rows, sin_rows) = rope_rows(&config.rope_inverse_frequencies(), config.max_position);
-		let local_rows = config.local_rope_inverse_frequencies().map(|inv_freq| rope_rows(&inv_freq, config.max_position));
 		Ok(Self {
-			local_rows,
-			cos: Tensor::from_slice(&cos_rows, shape, device)?,
-			sin: Tensor::from_slice(&sin_rows, shape, device)?,
-			cos_rows,
-			sin_rows,
+			rope: Rope::new(&config),
 			config,
-			embed,
+			embeddings,
 			layers,
 			norm,
 			lm_head,
@@ -323,6 +334,7 @@ impl Llama {
 			adapters.push(step.tokens.len(), step.adapter);
 		}
 		adapters.prepare(&self.device)?;
+		let angles = self.rope.step(&spans);
 		// One-token steps whose caches share a pool attend together, on the GPU path.
 		let decoding: Vec<(usize, usize, &KvCache)> = steps
 			.iter()
@@ -338,7 +350,7 @@ impl Llama {
 					decoding.iter().all(|(_, _, c)| c.same_pool(first)) &&
 					DecodeBatch::takes(&self.device, longest, c.head_dim) =>
 			{
-				Some(DecodeBatch::new(&decoding, &self.cos, &self.sin, &self.device)?)
+				Some(DecodeBatch::new(&decoding, &angles.global, &self.device)?)
 			},
 			_ => None,
 		};
@@ -349,16 +361,22 @@ impl Llama {
 			.iter()
 			.zip(&spans)
 			.enumerate()
-			.map(|(i, (step, &(_, n, pos)))| {
+			.map(|(i, (step, &(start, n, pos)))| {
 				if batched(i) || self.device.is_cpu() {
 					return Ok(None);
 				}
 				let block_ids = Tensor::new(step.cache.blocks(), &self.device)?;
-				Ok(Some(Gather { block_ids, mask: self.causal_mask(n, pos)? }))
+				let (cos, sin) = angles.global.rows(start, n);
+				let shape = (n, angles.global.half());
+				Ok(Some(Gather {
+					block_ids,
+					mask: self.causal_mask(n, pos)?,
+					cos: Tensor::from_slice(cos, shape, &self.device)?,
+					sin: Tensor::from_slice(sin, shape, &self.device)?,
+				}))
 			})
 			.collect::<Result<Vec<_>>>()?;
-		let ids = Tensor::new(tokens.as_slice(), &self.device)?;
-		let mut x = self.embed.index_select(&ids, 0)?;
+		let mut x = self.embed(&tokens)?;
 		let eps = c.rms_norm_eps as f32;
 		for (l, layer) in self.layers.iter().enumerate() {
 			let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
@@ -381,7 +399,9 @@ impl Llama {
 							},
 							_ => {
 								let rows = |t: &Tensor| t.narrow(0, start, n);
-								outs.push(self.attention(&*step.cache, gather.as_ref(), l, &rows(&q)?, &rows(&k)?, &rows(&v)?, pos)?);
+								let qkv = [rows(&q)?, rows(&k)?, rows(&v)?];
+								let cpu_angles = (&angles, start);
+								outs.push(self.attention(&*step.cache, gather.as_ref(), cpu_angles, l, &qkv, pos)?);
 							},
 						}
 					}
@@ -410,6 +430,19 @@ impl Llama {
 		match c.final_logit_softcap {
 			Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
 			None => Ok(logits),
+		}
+	}
+
+	/// The embeddings of `tokens`, `[tokens, hidden]`; Gemma scales them by √hidden.
+	fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+		let rows = match &self.embeddings {
+			Embeddings::Table(table) => table.index_select(&Tensor::new(tokens, &self.device)?, 0)?,
+			Embeddings::Stored(table) => table.rows(tokens)?,
+			Embeddings::Tied => self.lm_head.rows(tokens)?,
+		};
+		match self.config.architecture.scaled_embeddings() {
+			true => rows * (self.config.hidden_size as f64).sqrt(),
+			false => Ok(rows),
 		}
 	}
 
@@ -494,34 +527,33 @@ impl Llama {
 		batch.attend(&q, &k_pool, &v_pool)
 	}
 
-	/// Causal self-attention of one sequence's `n` new rows at position `pos` against its cache.
-	/// Query heads are grouped by the key/value head they share, so grouped-query attention needs
-	/// no copy of the keys.
-	#[allow(clippy::too_many_arguments)]
+	/// Causal self-attention of one sequence's `n` new rows (`qkv`) at position `pos` against
+	/// its cache: gathered from it on the GPU, in loops on the CPU, where the rows' angles are
+	/// those of the step's rows from `start` in `angles`. Query heads are grouped by the
+	/// key/value head they share, so grouped-query attention needs no copy of the keys.
 	fn attention(
 		&self,
 		cache: &KvCache,
 		gather: Option<&Gather>,
+		(angles, start): (&StepAngles, usize),
 		l: usize,
-		q: &Tensor,
-		k: &Tensor,
-		v: &Tensor,
+		[q, k, v]: &[Tensor; 3],
 		pos: usize,
 	) -> Result<Tensor> {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
 		let Some(gather) = gather else {
-			return self.attention_in_loops(cache, l, q, k, v, pos);
+			let (cos, sin) = angles.of_layer(c.window_of(l).is_some()).rows(start, n);
+			return self.attention_in_loops(cache, l, [q, k, v], (cos, sin), pos);
 		};
 		let rep = nh / nkv;
-		let cos = self.cos.narrow(0, pos, n)?;
-		let sin = self.sin.narrow(0, pos, n)?;
+		let (cos, sin) = (&gather.cos, &gather.sin);
 		let rope = |t: &Tensor, heads: usize| -> Result<Tensor> {
 			let t = t.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
 			let t = if c.rope_interleaved {
-				candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+				candle_nn::rotary_emb::rope_i(&t, cos, sin)?
 			} else {
-				candle_nn::rotary_emb::rope(&t, &cos, &sin)?
+				candle_nn::rotary_emb::rope(&t, cos, sin)?
 			};
 			t.squeeze(0)
 		};
@@ -546,22 +578,26 @@ impl Llama {
 		out.reshape((nh, n, hd))?.transpose(0, 1)?.reshape((n, nh * hd))
 	}
 
-	/// [`Self::attention`] on the CPU (every step there): rotary embedding and attention over
-	/// the cache in plain loops, one token at a time, reading the cache in place. Each token's
-	/// result is the same whatever the chunk it came in (see [`decode_attention`]).
-	fn attention_in_loops(&self, cache: &KvCache, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+	/// [`Self::attention`] on the CPU (every step there): rotary embedding (`cos`, `sin`: a row
+	/// of `head_dim / 2` for each of the `n` rows) and attention over the cache in plain loops,
+	/// one token at a time, reading the cache in place. Each token's result is the same whatever
+	/// the chunk it came in (see [`decode_attention`]).
+	fn attention_in_loops(
+		&self,
+		cache: &KvCache,
+		l: usize,
+		[q, k, v]: [&Tensor; 3],
+		(cos_rows, sin_rows): (&[f32], &[f32]),
+		pos: usize,
+	) -> Result<Tensor> {
 		let c = &self.config;
 		let (n, hd, nh, nkv) = (q.dim(0)?, c.head_dim, c.num_heads, c.num_kv_heads);
 		let half = hd / 2;
 		let mut q = q.flatten_all()?.to_vec1::<f32>()?;
 		let mut k = k.flatten_all()?.to_vec1::<f32>()?;
 		let window = c.window_of(l);
-		let (cos_rows, sin_rows) = match (&self.local_rows, window) {
-			(Some((cos, sin)), Some(_)) => (cos, sin),
-			_ => (&self.cos_rows, &self.sin_rows),
-		};
 		for (t, (q_row, k_row)) in q.chunks_exact_mut(nh * hd).zip(k.chunks_exact_mut(nkv * hd)).enumerate() {
-			let (cos, sin) = (&cos_rows[(pos + t) * half..][..half], &sin_rows[(pos + t) * half..][..half]);
+			let (cos, sin) = (&cos_rows[t * half..][..half], &sin_rows[t * half..][..half]);
 			decode_attention::rope_in_place(q_row, hd, cos, sin, c.rope_interleaved);
 			decode_attention::rope_in_place(k_row, hd, cos, sin, c.rope_interleaved);
 		}
@@ -595,13 +631,6 @@ impl Llama {
 /// Greedy index of the largest logit (ties to the lowest id).
 pub fn argmax(logits: &Tensor) -> Result<u32> {
 	logits.argmax(D::Minus1)?.to_scalar::<u32>()
-}
-
-/// The rotary embedding's cosines and sines for positions `0..positions`, one row of
-/// `inv_freq.len()` per position.
-fn rope_rows(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {
-	let angles = || (0..positions).flat_map(|p| inv_freq.iter().map(move |w| p as f32 * w));
-	(angles().map(f32::cos).collect(), angles().map(f32::sin).collect())
 }
 
 /// An HF norm weight; Gemma stores it as an offset from 1 (its RMS norm multiplies by 1 + w).

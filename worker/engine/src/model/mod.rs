@@ -13,6 +13,7 @@ mod lora_cuda;
 mod lora_host;
 mod paged_attention;
 pub mod quant;
+mod rope;
 
 pub use config::{Architecture, LlamaConfig};
 pub use kv_pool::{KvCache, KvPool, KvPoolFull};

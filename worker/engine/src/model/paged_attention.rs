@@ -8,6 +8,7 @@ use super::{
 	decode_attention::{self, CacheView, Heads},
 	kernels,
 	kv_pool::{KvCache, BLOCK_TOKENS},
+	rope::Angles,
 };
 
 /// The decoding sequences of one step, as the batched ops want them.
@@ -41,8 +42,8 @@ impl DecodeBatch {
 
 
 	/// `decoding`: (step index, row in the token matrix, cache) of each one-token step; the
-	/// caches hold their blocks for the new token already. `cos`, `sin`: the model's tables.
-	pub fn new(decoding: &[(usize, usize, &KvCache)], cos: &Tensor, sin: &Tensor, device: &Device) -> Result<Self> {
+	/// caches hold their blocks for the new token already. `angles`: the step's rows' angles.
+	pub fn new(decoding: &[(usize, usize, &KvCache)], angles: &Angles, device: &Device) -> Result<Self> {
 		let count = decoding.len();
 		let max_blocks = decoding.iter().map(|(_, _, c)| c.blocks().len()).max().unwrap_or(0).max(1);
 		let mut tables = vec![0u32; count * max_blocks];
@@ -57,15 +58,18 @@ impl DecodeBatch {
 		let lens: Vec<u32> = positions.iter().map(|p| p + 1).collect();
 		let max_len = lens.iter().copied().max().unwrap_or(0) as usize;
 		let rows: Vec<u32> = decoding.iter().map(|&(_, row, _)| row as u32).collect();
-		let at = |angles: &Tensor| -> Result<Tensor> {
-			let half = angles.dim(1)?;
-			angles.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?.reshape((count, 1, half))
-		};
+		let (mut cos, mut sin) = (Vec::with_capacity(count * angles.half()), Vec::with_capacity(count * angles.half()));
+		for &(_, row, _) in decoding {
+			let (c, s) = angles.rows(row, 1);
+			cos.extend_from_slice(c);
+			sin.extend_from_slice(s);
+		}
+		let shape = (count, 1, angles.half());
 		Ok(Self {
 			steps: decoding.iter().map(|&(step, _, _)| step).collect(),
 			rows: Tensor::new(rows.as_slice(), device)?,
-			cos: at(cos)?,
-			sin: at(sin)?,
+			cos: Tensor::from_vec(cos, shape, device)?,
+			sin: Tensor::from_vec(sin, shape, device)?,
 			slots: Tensor::new(slots.as_slice(), device)?,
 			tables: Tensor::from_vec(tables, (count, max_blocks), device)?,
 			lens: Tensor::new(lens.as_slice(), device)?,
@@ -278,7 +282,6 @@ mod cuda {
 
 #[cfg(test)]
 mod tests {
-	use candle_core::DType;
 	use rand::{rngs::StdRng, Rng, SeedableRng};
 
 	use super::*;
@@ -330,9 +333,10 @@ mod tests {
 				caches.push(cache);
 			}
 			let decoding: Vec<(usize, usize, &KvCache)> = caches.iter().enumerate().map(|(i, c)| (i, i, c)).collect();
-			let longest = lengths.iter().copied().max().unwrap();
-			let angles = Tensor::zeros((longest, head_dim / 2), DType::F32, device).unwrap();
-			let batch = DecodeBatch::new(&decoding, &angles, &angles, device).unwrap();
+			// Rotary angles at each new token's position (the batch carries them; this test's
+			// queries and keys are given after rotation).
+			let angles = Angles::new(&vec![0.5; head_dim / 2], lengths.iter().map(|len| len - 1));
+			let batch = DecodeBatch::new(&decoding, &angles, device).unwrap();
 			let count = lengths.len();
 			let mut tensor = |shape: (usize, usize, usize)| Tensor::from_vec(random(shape.0 * shape.1 * shape.2), shape, device).unwrap();
 			let (new_k, new_v, q) = (tensor((count, kv_heads, head_dim)), tensor((count, kv_heads, head_dim)), tensor((count, heads, head_dim)));

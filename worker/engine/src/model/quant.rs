@@ -97,6 +97,32 @@ impl Format {
 		})
 	}
 
+	/// One block's 32 weights, in the layout [`dot_scalar`] reads.
+	fn dequantize_block(self, block: &[u8], out: &mut [f32]) {
+		let f16 = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+		let high = |at: usize| u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+		let d = f16(0);
+		// Element j is byte j's low nibble, element j + 16 its high nibble, with bits j and j + 16
+		// of `high` as their fifth bits; each value is (q − offset)·d, or q·d + m.
+		let mut nibbles = |qs: &[u8], high: u32, value: &dyn Fn(i32) -> f32| {
+			for (j, &byte) in qs.iter().enumerate() {
+				out[j] = value((byte & 0x0F) as i32 | (((high >> j) & 1) << 4) as i32);
+				out[j + BLOCK / 2] = value((byte >> 4) as i32 | (((high >> (j + 16)) & 1) << 4) as i32);
+			}
+		};
+		match self {
+			Self::Q4_0 => nibbles(&block[2..], 0, &|q| (q - 8) as f32 * d),
+			Self::Q4_1 => nibbles(&block[4..], 0, &|q| q as f32 * d + f16(2)),
+			Self::Q5_0 => nibbles(&block[6..], high(2), &|q| (q - 16) as f32 * d),
+			Self::Q5_1 => nibbles(&block[8..], high(4), &|q| q as f32 * d + f16(2)),
+			Self::Q8_0 => {
+				for (x, &q) in out.iter_mut().zip(&block[2..]) {
+					*x = q as i8 as f32 * d;
+				}
+			},
+		}
+	}
+
 	fn block_bytes(self) -> usize {
 		match self {
 			Self::Q4_0 => 18,
@@ -157,6 +183,21 @@ impl QuantMatrix {
 		Ok(out)
 	}
 
+	/// Weight rows `ids` as f32s, `[ids.len(), cols]`: the rows a step looks up when this is a
+	/// token embedding table, dequantized as llama.cpp dequantizes them.
+	pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor> {
+		let mut out = vec![0f32; ids.len() * self.cols];
+		for (&id, out) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+			if id as usize >= self.rows {
+				candle_core::bail!("token id {id} is outside the {} rows of the embedding table", self.rows);
+			}
+			for (block, out) in self.weight_row(id as usize).chunks_exact(self.format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
+				self.format.dequantize_block(block, out);
+			}
+		}
+		Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
+	}
+
 	fn weight_row(&self, j: usize) -> &[u8] {
 		let bytes = self.cols / BLOCK * self.format.block_bytes();
 		&self.blocks[j * bytes..(j + 1) * bytes]
@@ -193,6 +234,27 @@ impl QuantMatrix {
 			}
 		});
 	}
+}
+
+/// Rows `ids` of a CPU tensor of any GGUF type, `[ids.len(), cols]` f32, through candle's
+/// dequantization: token embeddings stored in a type without a kernel here (the K-quants, f16).
+pub fn qtensor_rows(t: &QTensor, ids: &[u32]) -> Result<Tensor> {
+	let (rows, cols) = t.shape().dims2()?;
+	let dtype = t.dtype();
+	if cols % dtype.block_size() != 0 {
+		candle_core::bail!("{dtype:?} rows of {cols} are not whole blocks");
+	}
+	let row_bytes = cols / dtype.block_size() * dtype.type_size();
+	let data = t.data()?;
+	let mut out = Vec::with_capacity(ids.len() * cols);
+	for &id in ids {
+		if id as usize >= rows {
+			candle_core::bail!("token id {id} is outside the {rows} rows of the embedding table");
+		}
+		let row = &data[id as usize * row_bytes..][..row_bytes];
+		out.extend_from_slice(dtype.from_data(std::borrow::Cow::Borrowed(row)).dequantize(cols)?.as_slice::<f32>()?);
+	}
+	Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)
 }
 
 /// The output pointer, shared by the pool's threads, each writing its own elements.
@@ -611,6 +673,31 @@ mod tests {
 		assert_eq!(ours.forward(&x).unwrap().dims(), &[2, 3, 8]);
 		let wrong = Tensor::zeros((2, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
 		assert!(ours.forward(&wrong).is_err());
+	}
+
+	/// Looked-up rows equal candle's dequantization of the whole table, for every format with a
+	/// kernel here and for those left to candle; an id past the table is an error.
+	#[test]
+	fn looked_up_rows_equal_the_dequantized_table() {
+		let mut rng = StdRng::seed_from_u64(13);
+		let (rows, cols, ids) = (40, 512, [0u32, 39, 7, 7, 21]);
+		for dtype in FORMATS.into_iter().chain([GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F16]) {
+			let q = quantized_weights(&mut rng, dtype, rows, cols);
+			let table = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+			let want: Vec<f32> = ids.iter().flat_map(|&id| table[id as usize].clone()).collect();
+			let got = match QuantMatrix::from_qtensor(&q).unwrap() {
+				Some(ours) => {
+					assert!(ours.dequantize_rows(&[rows as u32]).is_err());
+					ours.dequantize_rows(&ids).unwrap()
+				},
+				None => {
+					assert!(qtensor_rows(&q, &[rows as u32]).is_err());
+					qtensor_rows(&q, &ids).unwrap()
+				},
+			};
+			assert_eq!(got.dims(), &[ids.len(), cols]);
+			assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "{dtype:?}");
+		}
 	}
 
 	#[test]
