@@ -3,9 +3,10 @@
 //! candle 0.11 computes Q4_1, Q5_0 and Q5_1 dot products with its scalar reference code (it has
 //! no SIMD path for these types), which made them four fifths of a decode step. These kernels
 //! follow ggml's scheme: activations are quantized per block of 32 to i8 with an f32 scale; each
-//! weight block is widened to 32 bytes once and multiplied (u8 × i8, AVX-VNNI's `vpdpbusd` where
-//! the CPU has it) against a tile of up to four activation rows, so a batch of sequences reads
-//! each weight block once per tile instead of once per row. Work is split over pairs of weight
+//! weight block is widened to 32 bytes once and multiplied (u8 × i8: `vpdpbusd` where the CPU has
+//! AVX-VNNI or AVX-512 VNNI, AVX2's two multiplies otherwise, chosen at run time) against a tile of
+//! up to four activation rows, so a batch of sequences reads each weight block once per tile
+//! instead of once per row. Work is split over pairs of weight
 //! rows on candle's persistent CPU pool. The K-quants (Q4_K, Q5_K, Q6_K) are left to candle,
 //! whose AVX2 dot products for them were as fast as tiled kernels written here (docs/worker.md).
 
@@ -37,7 +38,7 @@ macro_rules! dispatch_tile {
 /// set.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_isa {
-	($name:ident, $avx2:ident, $vnni:ident) => {
+	($name:ident, $avx2:ident, $vnni:ident, $avx512_vnni:ident) => {
 		/// `sums[c][r] = w[c] · rows[r]`.
 		///
 		/// Safety: the CPU has `isa`'s features; every row has as many blocks as `w[c]`.
@@ -50,9 +51,22 @@ macro_rules! by_isa {
 			match isa {
 				Isa::Avx2 => $avx2::<C, R>(w, rows, sums),
 				Isa::AvxVnni => $vnni::<C, R>(w, rows, sums),
+				Isa::Avx512Vnni => $avx512_vnni::<C, R>(w, rows, sums),
 			}
 		}
 	};
+}
+
+#[cfg(target_arch = "x86_64")]
+use simd::{isa, Isa};
+
+/// Off x86-64 there are no SIMD kernels: the scalar reference runs.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+enum Isa {}
+#[cfg(not(target_arch = "x86_64"))]
+fn isa() -> Option<Isa> {
+	None
 }
 
 /// Weights per quantization block (every weight format here and the activations' Q8 blocks).
@@ -203,8 +217,14 @@ impl QuantMatrix {
 		&self.blocks[j * bytes..(j + 1) * bytes]
 	}
 
-	/// `out[m, rows] = input[m, cols] · Wᵀ`.
+	/// `out[m, rows] = input[m, cols] · Wᵀ`, with the CPU's fastest kernels.
 	fn matmul(&self, input: &[f32], m: usize, out: &mut [f32]) {
+		self.matmul_on(isa(), input, m, out)
+	}
+
+	/// [`Self::matmul`] with the kernels of `isa` (the scalar reference for `None`), which the
+	/// CPU must run.
+	fn matmul_on(&self, isa: Option<Isa>, input: &[f32], m: usize, out: &mut [f32]) {
 		let blocks_per_row = self.cols / BLOCK;
 		let mut quantized = vec![Q8Block::default(); m * blocks_per_row];
 		for (row, q) in input.chunks_exact(self.cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
@@ -222,7 +242,7 @@ impl QuantMatrix {
 				for tile_start in (0..m).step_by(ROW_TILE) {
 					let tile = &quantized[tile_start * blocks_per_row..(tile_start + ROW_TILE).min(m) * blocks_per_row];
 					let mut sums = [[0f32; ROW_TILE]; 2];
-					dot_tile(self.format, w, columns, tile, blocks_per_row, &mut sums);
+					dot_tile(isa, self.format, w, columns, tile, blocks_per_row, &mut sums);
 					for (c, column) in sums.iter().enumerate().take(columns) {
 						for (r, &s) in column.iter().enumerate().take(tile.len() / blocks_per_row) {
 							// Safety: each (row, column) of `out` is written by exactly one work
@@ -290,6 +310,7 @@ fn quantize_row_scalar(x: &[f32], out: &mut [Q8Block]) {
 /// Dot products of one or two weight rows (`w`) with each activation row of `tile` (1 to 4 rows
 /// of `blocks_per_row` blocks): `sums[c][r]`.
 fn dot_tile(
+	isa: Option<Isa>,
 	format: Format,
 	w: [&[u8]; 2],
 	columns: usize,
@@ -298,8 +319,8 @@ fn dot_tile(
 	sums: &mut [[f32; ROW_TILE]; 2],
 ) {
 	#[cfg(target_arch = "x86_64")]
-	if let Some(isa) = simd::isa() {
-		// Safety: `isa` checked the CPU features; every row has `blocks_per_row` blocks.
+	if let Some(isa) = isa {
+		// Safety: `isa` is one the CPU runs; every row has `blocks_per_row` blocks.
 		unsafe {
 			match format {
 				Format::Q4_0 => dispatch_tile!(simd::q4_0, isa, w, columns, tile, blocks_per_row, sums),
@@ -311,6 +332,8 @@ fn dot_tile(
 		}
 		return;
 	}
+	#[cfg(not(target_arch = "x86_64"))]
+	let _ = isa;
 	for c in 0..columns {
 		for (r, x) in tile.chunks_exact(blocks_per_row).enumerate() {
 			sums[c][r] = dot_scalar(format, w[c], x);
@@ -359,24 +382,36 @@ mod simd {
 	/// 1.0×, 1.17×, 1.29× and 1.45× of no prefetch at 0.4, 0.8, 1.5 and 3–6 KiB).
 	pub(super) const PREFETCH_BYTES: usize = 4096;
 
-	/// The instruction sets with a kernel: AVX-VNNI's fused u8 × i8 dot product where present.
-	#[derive(Clone, Copy)]
+	/// The instruction sets with a kernel: the fused u8 × i8 dot product `vpdpbusd` where the CPU
+	/// has it, in AVX-VNNI's encoding (Intel's recent cores) or AVX-512 VNNI's on 256-bit
+	/// registers (AMD's Zen 4 and 5, Intel's Xeons), else AVX2's two multiplies.
+	#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 	pub enum Isa {
 		Avx2,
 		AvxVnni,
+		Avx512Vnni,
 	}
 
+	/// The fastest instruction set this CPU runs, `None` without AVX2 (the scalar code then).
 	pub fn isa() -> Option<Isa> {
 		static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-		*ISA.get_or_init(|| {
-			let avx2 =
-				is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-			match (avx2, is_x86_feature_detected!("avxvnni")) {
-				(true, true) => Some(Isa::AvxVnni),
-				(true, false) => Some(Isa::Avx2),
-				_ => None,
+		*ISA.get_or_init(|| supported().last().copied())
+	}
+
+	/// Every instruction set this CPU runs, slowest first (the tests run each).
+	pub fn supported() -> Vec<Isa> {
+		let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+		let mut isas = Vec::new();
+		if avx2 {
+			isas.push(Isa::Avx2);
+			if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+				isas.push(Isa::Avx512Vnni);
 			}
-		})
+			if is_x86_feature_detected!("avxvnni") {
+				isas.push(Isa::AvxVnni);
+			}
+		}
+		isas
 	}
 
 	/// One kernel per weight format and instruction set: the same loop around a different block
@@ -512,21 +547,33 @@ mod simd {
 		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
 	}
 
+	#[inline(always)]
+	unsafe fn unsigned_avx512_vnni(w: __m256i, x: __m256i) -> __m256i {
+		_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+	}
+
 	// maddubs sums u8 × i8 pairs into i16 without saturating here (at most 2·31·128 for the
 	// five-bit formats, 2·127·127 for Q8_0), then madd sums pairs of those into i32.
 	kernel!(q4_0_avx2, "avx2,fma,f16c", 18, |p| q4_0_decode(p), |w, x| unsigned_avx2(w, x));
 	kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", 18, |p| q4_0_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q4_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 18, |p| q4_0_decode(p), |w, x| unsigned_avx512_vnni(w, x));
 	kernel!(q4_1_avx2, "avx2,fma,f16c", 20, |p| q4_1_decode(p), |w, x| unsigned_avx2(w, x));
 	kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", 20, |p| q4_1_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q4_1_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 20, |p| q4_1_decode(p), |w, x| unsigned_avx512_vnni(w, x));
 	kernel!(q5_0_avx2, "avx2,fma,f16c", 22, |p| q5_0_decode(p), |w, x| unsigned_avx2(w, x));
 	kernel!(q5_0_vnni, "avx2,fma,f16c,avxvnni", 22, |p| q5_0_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q5_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 22, |p| q5_0_decode(p), |w, x| unsigned_avx512_vnni(w, x));
 	kernel!(q5_1_avx2, "avx2,fma,f16c", 24, |p| q5_1_decode(p), |w, x| unsigned_avx2(w, x));
 	kernel!(q5_1_vnni, "avx2,fma,f16c,avxvnni", 24, |p| q5_1_decode(p), |w, x| unsigned_vnni(w, x));
+	kernel!(q5_1_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 24, |p| q5_1_decode(p), |w, x| unsigned_avx512_vnni(w, x));
 	kernel!(q8_0_avx2, "avx2,fma,f16c", 34, |p| q8_0_decode(p), |w, x| {
 		unsigned_avx2(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 	});
 	kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", 34, |p| q8_0_decode(p), |w, x| {
 		unsigned_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+	});
+	kernel!(q8_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 34, |p| q8_0_decode(p), |w, x| {
+		unsigned_avx512_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 	});
 
 	/// [`super::quantize_row`] in AVX2: the same scale, rounding and sums, eight lanes at a time.
@@ -563,11 +610,11 @@ mod simd {
 		}
 	}
 
-	by_isa!(q4_0, q4_0_avx2, q4_0_vnni);
-	by_isa!(q4_1, q4_1_avx2, q4_1_vnni);
-	by_isa!(q5_0, q5_0_avx2, q5_0_vnni);
-	by_isa!(q5_1, q5_1_avx2, q5_1_vnni);
-	by_isa!(q8_0, q8_0_avx2, q8_0_vnni);
+	by_isa!(q4_0, q4_0_avx2, q4_0_vnni, q4_0_avx512_vnni);
+	by_isa!(q4_1, q4_1_avx2, q4_1_vnni, q4_1_avx512_vnni);
+	by_isa!(q5_0, q5_0_avx2, q5_0_vnni, q5_0_avx512_vnni);
+	by_isa!(q5_1, q5_1_avx2, q5_1_vnni, q5_1_avx512_vnni);
+	by_isa!(q8_0, q8_0_avx2, q8_0_vnni, q8_0_avx512_vnni);
 }
 
 #[cfg(test)]
@@ -608,20 +655,28 @@ mod tests {
 		expected
 	}
 
-	/// The SIMD tiles equal the scalar reference on the same quantized activations, for every
-	/// format and tile shape: one or two weight rows (an odd row count), ragged last row tiles.
+	/// The SIMD tiles of every instruction set this CPU runs equal the scalar reference on the
+	/// same quantized activations, for every format and tile shape: one or two weight rows (an
+	/// odd row count), ragged last row tiles.
+	#[cfg(target_arch = "x86_64")]
 	#[test]
 	fn simd_kernels_match_the_scalar_reference() {
 		let mut rng = StdRng::seed_from_u64(7);
 		let (rows, cols) = (37, 576);
+		let isas = simd::supported();
+		eprintln!("instruction sets with kernels on this CPU: {isas:?}");
+		assert_eq!(isa(), isas.last().copied(), "the fastest one is used");
 		for dtype in FORMATS {
 			let weights = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, dtype, rows, cols)).unwrap().unwrap();
 			for m in [1, 2, 3, 4, 5, 9] {
 				let input = random(&mut rng, m * cols);
-				let mut out = vec![0f32; m * rows];
-				weights.matmul(&input, m, &mut out);
-				let error = max_relative_error(&out, &scalar_reference(&weights, &input));
-				assert!(error < 1e-5, "{dtype:?}, m = {m}: relative error {error}");
+				let expected = scalar_reference(&weights, &input);
+				for &isa in &isas {
+					let mut out = vec![0f32; m * rows];
+					weights.matmul_on(Some(isa), &input, m, &mut out);
+					let error = max_relative_error(&out, &expected);
+					assert!(error < 1e-5, "{dtype:?} on {isa:?}, m = {m}: relative error {error}");
+				}
 			}
 		}
 	}
