@@ -214,6 +214,11 @@ impl Metrics {
 
 		out.gauge("openledger_worker_engine_active_sequences", "Sequences in the running batch.", engine.active_sequences as f64);
 		out.gauge(
+			"openledger_worker_engine_kv_cache_bytes",
+			"Bytes the paged key/value cache has allocated; it grows with use up to its limit.",
+			engine.kv_cache_bytes as f64,
+		);
+		out.gauge(
 			"openledger_worker_engine_waiting_requests",
 			"Requests submitted to the engine and not yet running.",
 			engine.waiting_requests as f64,

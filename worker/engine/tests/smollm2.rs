@@ -128,6 +128,7 @@ async fn mixed_adapters_batched_match_each_alone() {
 	assert_eq!(together, alone);
 	let stats = engine.stats();
 	assert!(stats.steps_total < 2 * 4 * 17, "batching shared steps: {stats:?}");
+	assert!(stats.kv_cache_bytes > 0, "the KV cache in use is counted: {stats:?}");
 }
 
 #[test]

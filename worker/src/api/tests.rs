@@ -512,7 +512,7 @@ fn metrics_text_parses() {
 		7,
 	);
 	metrics.observe_generation(Endpoint::Completions, Outcome::Disconnected, std::time::Duration::from_millis(3), None, 0, 0);
-	let engine = EngineStats { active_sequences: 2, step_seconds_total: 0.125, ..Default::default() };
+	let engine = EngineStats { active_sequences: 2, step_seconds_total: 0.125, kv_cache_bytes: 3 << 20, ..Default::default() };
 	let cache = CacheStats { hits: 4, resident_bytes: 1 << 20, resident_count: 1, load_seconds_total: 0.5, ..Default::default() };
 	let text = metrics.render(&engine, &cache, 3, 64);
 	let samples = parse_exposition(&text);
@@ -535,6 +535,7 @@ fn metrics_text_parses() {
 	assert_eq!(get("openledger_worker_queue_capacity", &[]), 64.0);
 	assert_eq!(get("openledger_worker_engine_active_sequences", &[]), 2.0);
 	assert_eq!(get("openledger_worker_engine_step_seconds_total", &[]), 0.125);
+	assert_eq!(get("openledger_worker_engine_kv_cache_bytes", &[]), 3145728.0);
 	assert_eq!(get("openledger_worker_adapter_cache_hits_total", &[]), 4.0);
 	assert_eq!(get("openledger_worker_adapter_resident_bytes", &[]), 1048576.0);
 	assert_eq!(get("openledger_worker_adapter_resident", &[]), 1.0);

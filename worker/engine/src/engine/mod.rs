@@ -36,6 +36,8 @@ pub struct EngineCounters {
 	pub requests_finished_total: AtomicU64,
 	pub steps_total: AtomicU64,
 	pub step_micros_total: AtomicU64,
+	/// Bytes the paged KV cache has allocated (it grows with use, up to its limit).
+	pub kv_cache_bytes: AtomicU64,
 }
 
 /// A snapshot of [`EngineCounters`].
@@ -49,6 +51,7 @@ pub struct EngineStats {
 	pub requests_finished_total: u64,
 	pub steps_total: u64,
 	pub step_seconds_total: f64,
+	pub kv_cache_bytes: u64,
 }
 
 /// Cheap to clone; dropping every handle lets the engine finish its work and exit.
@@ -137,6 +140,7 @@ impl EngineHandle {
 			requests_finished_total: c.requests_finished_total.load(Ordering::Relaxed),
 			steps_total: c.steps_total.load(Ordering::Relaxed),
 			step_seconds_total: c.step_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+			kv_cache_bytes: c.kv_cache_bytes.load(Ordering::Relaxed),
 		}
 	}
 

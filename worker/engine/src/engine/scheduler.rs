@@ -506,6 +506,7 @@ pub(super) fn run(
 		retire(&mut active, finished, &codec, &counters);
 		counters.steps_total.fetch_add(1, Ordering::Relaxed);
 		counters.step_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+		counters.kv_cache_bytes.store(pool.allocated_bytes() as u64, Ordering::Relaxed);
 	}
 	counters.active_sequences.store(0, Ordering::Relaxed);
 	tracing::info!("engine stopped: no more requests");
