@@ -1,6 +1,7 @@
 //! Time of one base-model projection on the CPU, per kernel and batch size: the worker's kernels
 //! against candle's `QMatMul` on the same quantized weights: SmolLM2-135M's shapes and formats
-//! (Q4_1, Q8_0), then its q/o shape in the other formats of 32-element blocks.
+//! (Q4_1, Q8_0), a 1B Llama 3's in the Q4_K_M mix (Q4_K, Q6_K) and Q5_K, then SmolLM2's q/o
+//! shape in the other formats of 32-element blocks.
 //!
 //! cargo run --release -p openledger-engine --example bench_kernels [FILTER]
 //!
@@ -40,6 +41,14 @@ fn main() -> anyhow::Result<()> {
 		("gate, up", GgmlDType::Q4_1, 1536, 576),
 		("down", GgmlDType::Q4_1, 576, 1536),
 		("output head", GgmlDType::Q8_0, 49152, 576),
+		// Llama 3.2 1B (hidden 2048, 8 KV heads of 64, FFN 8192) in Q4_K_M: Q4_K, with Q6_K for
+		// some layers' v and down and for the output head (128256 rows there; a quarter here).
+		("1B q, o", GgmlDType::Q4K, 2048, 2048),
+		("1B v", GgmlDType::Q6K, 512, 2048),
+		("1B gate, up", GgmlDType::Q4K, 8192, 2048),
+		("1B down", GgmlDType::Q6K, 2048, 8192),
+		("1B down, Q5_K_M", GgmlDType::Q5K, 2048, 8192),
+		("1B output head / 4", GgmlDType::Q6K, 32064, 2048),
 		// What a Q4_K_M or Q5_K_M file holds where a width is not a multiple of 256 (SmolLM2's
 		// 576, Gemma 3 270M's 640), and the legacy Q4_0.
 		("q, o", GgmlDType::Q4_0, 576, 576),

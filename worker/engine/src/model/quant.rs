@@ -1,4 +1,5 @@
-//! `x · Wᵀ` on the CPU for GGUF's blocks of 32: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
+//! `x · Wᵀ` on the CPU for GGUF's block formats: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (blocks of 32)
+//! here, the K-quants Q4_K, Q5_K and Q6_K (super-blocks of 256, the Q4_K_M mix) in [`k`].
 //!
 //! candle 0.11 computes Q4_1, Q5_0 and Q5_1 dot products with its scalar reference code (it has
 //! no SIMD path for these types), which made them four fifths of a decode step. These kernels
@@ -7,8 +8,9 @@
 //! AVX-VNNI or AVX-512 VNNI, AVX2's two multiplies otherwise, chosen at run time) against a tile of
 //! up to four activation rows, so a batch of sequences reads each weight block once per tile
 //! instead of once per row. Work is split over pairs of weight
-//! rows on candle's persistent CPU pool. The K-quants (Q4_K, Q5_K, Q6_K) are left to candle,
-//! whose AVX2 dot products for them were as fast as tiled kernels written here (docs/worker.md).
+//! rows on candle's persistent CPU pool. For the K-quants candle 0.11 keeps a second, repacked
+//! copy of every tensor beside the file's (a Q4_K_M model held twice); these kernels read the
+//! file's layout.
 
 use candle_core::{
 	quantized::{GgmlDType, QTensor},
@@ -69,7 +71,9 @@ fn isa() -> Option<Isa> {
 	None
 }
 
-/// Weights per quantization block (every weight format here and the activations' Q8 blocks).
+mod k;
+
+/// Weights per quantization block of the 32-element formats and the activations' Q8 blocks.
 const BLOCK: usize = 32;
 /// Activation rows multiplied against one decoded weight block.
 const ROW_TILE: usize = 4;
@@ -97,6 +101,11 @@ enum Format {
 	Q5_1,
 	/// d, 32 signed bytes: `w = d·q`.
 	Q8_0,
+	/// Super-blocks of 256 with 6-bit scales and minimums per 32 ([`k`]).
+	Q4K,
+	Q5K,
+	/// Super-blocks of 256 with signed 8-bit scales per 16 ([`k`]).
+	Q6K,
 }
 
 impl Format {
@@ -107,6 +116,9 @@ impl Format {
 			GgmlDType::Q5_0 => Self::Q5_0,
 			GgmlDType::Q5_1 => Self::Q5_1,
 			GgmlDType::Q8_0 => Self::Q8_0,
+			GgmlDType::Q4K => Self::Q4K,
+			GgmlDType::Q5K => Self::Q5K,
+			GgmlDType::Q6K => Self::Q6K,
 			_ => return None,
 		})
 	}
@@ -134,6 +146,7 @@ impl Format {
 					*x = q as i8 as f32 * d;
 				}
 			},
+			Self::Q4K | Self::Q5K | Self::Q6K => unreachable!("{self:?} is read from its tiles"),
 		}
 	}
 
@@ -144,16 +157,35 @@ impl Format {
 			Self::Q5_0 => 22,
 			Self::Q5_1 => 24,
 			Self::Q8_0 => 34,
+			Self::Q4K => 144,
+			Self::Q5K => 176,
+			Self::Q6K => 210,
+		}
+	}
+
+	/// Weights per block.
+	fn block_len(self) -> usize {
+		match self {
+			Self::Q4K | Self::Q5K | Self::Q6K => k::QK_K,
+			_ => BLOCK,
 		}
 	}
 }
 
-/// A quantized weight matrix `[rows (out features), cols (in features)]` in GGUF's block layout.
+/// A quantized weight matrix `[rows (out features), cols (in features)]`.
 pub struct QuantMatrix {
 	format: Format,
 	rows: usize,
 	cols: usize,
-	blocks: Vec<u8>,
+	weights: Weights,
+}
+
+/// How a [`QuantMatrix`] holds its weights.
+enum Weights {
+	/// GGUF's blocks of 32, row after row.
+	Rows(Vec<u8>),
+	/// The K-quants, in tiles of 8 rows.
+	Tiles(k::Tiles),
 }
 
 impl QuantMatrix {
@@ -162,14 +194,18 @@ impl QuantMatrix {
 	pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
 		let Some(format) = Format::of(t.dtype()) else { return Ok(None) };
 		let (rows, cols) = t.shape().dims2()?;
-		if !t.device().is_cpu() || cols % BLOCK != 0 {
+		if !t.device().is_cpu() || cols % format.block_len() != 0 {
 			return Ok(None);
 		}
-		let blocks = t.data()?.into_owned();
-		if blocks.len() != rows * cols / BLOCK * format.block_bytes() {
-			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", blocks.len());
+		let data = t.data()?;
+		if data.len() != rows * cols / format.block_len() * format.block_bytes() {
+			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", data.len());
 		}
-		Ok(Some(Self { format, rows, cols, blocks }))
+		let weights = match format.block_len() {
+			k::QK_K => Weights::Tiles(k::Tiles::pack(format, rows, cols, &data)),
+			_ => Weights::Rows(data.into_owned()),
+		};
+		Ok(Some(Self { format, rows, cols, weights }))
 	}
 
 	/// `x · Wᵀ` for `x` of shape `[.., cols]`.
@@ -205,16 +241,23 @@ impl QuantMatrix {
 			if id as usize >= self.rows {
 				candle_core::bail!("token id {id} is outside the {} rows of the embedding table", self.rows);
 			}
-			for (block, out) in self.weight_row(id as usize).chunks_exact(self.format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
-				self.format.dequantize_block(block, out);
+			match &self.weights {
+				Weights::Rows(_) => {
+					for (block, out) in self.weight_row(id as usize).chunks_exact(self.format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
+						self.format.dequantize_block(block, out);
+					}
+				},
+				Weights::Tiles(tiles) => tiles.dequantize_row(id as usize, out),
 			}
 		}
 		Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
 	}
 
+	/// Row `j`'s blocks of 32 (the K-quants' rows are interleaved in tiles).
 	fn weight_row(&self, j: usize) -> &[u8] {
+		let Weights::Rows(blocks) = &self.weights else { unreachable!("{:?} rows are tiled", self.format) };
 		let bytes = self.cols / BLOCK * self.format.block_bytes();
-		&self.blocks[j * bytes..(j + 1) * bytes]
+		&blocks[j * bytes..(j + 1) * bytes]
 	}
 
 	/// `out[m, rows] = input[m, cols] · Wᵀ`, with the CPU's fastest kernels.
@@ -225,6 +268,9 @@ impl QuantMatrix {
 	/// [`Self::matmul`] with the kernels of `isa` (the scalar reference for `None`), which the
 	/// CPU must run.
 	fn matmul_on(&self, isa: Option<Isa>, input: &[f32], m: usize, out: &mut [f32]) {
+		if let Weights::Tiles(tiles) = &self.weights {
+			return tiles.matmul(isa, input, m, out);
+		}
 		let blocks_per_row = self.cols / BLOCK;
 		let mut quantized = vec![Q8Block::default(); m * blocks_per_row];
 		for (row, q) in input.chunks_exact(self.cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
@@ -328,6 +374,7 @@ fn dot_tile(
 				Format::Q5_0 => dispatch_tile!(simd::q5_0, isa, w, columns, tile, blocks_per_row, sums),
 				Format::Q5_1 => dispatch_tile!(simd::q5_1, isa, w, columns, tile, blocks_per_row, sums),
 				Format::Q8_0 => dispatch_tile!(simd::q8_0, isa, w, columns, tile, blocks_per_row, sums),
+				Format::Q4K | Format::Q5K | Format::Q6K => unreachable!("{format:?} takes Q8K activations"),
 			}
 		}
 		return;
@@ -366,6 +413,7 @@ fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
 			Format::Q5_0 => (nibbles(&wb[6..], high_bits(wb, 2), xb), -16.0 * d),
 			Format::Q5_1 => (nibbles(&wb[8..], high_bits(wb, 4), xb), f16(wb, 2)),
 			Format::Q8_0 => (wb[2..].iter().zip(&xb.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum(), 0.0),
+			Format::Q4K | Format::Q5K | Format::Q6K => unreachable!("{format:?} takes Q8K activations"),
 		};
 		total += d * xb.d * products as f32 + min * xb.sum;
 	}
@@ -639,41 +687,62 @@ mod tests {
 		a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
 	}
 
-	/// Every format with a kernel.
-	const FORMATS: [GgmlDType; 5] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0];
+	/// Every format with a kernel, each with a width its blocks divide (the K-quants need 256).
+	const FORMATS: [(GgmlDType, usize); 8] = [
+		(GgmlDType::Q4_0, 576),
+		(GgmlDType::Q4_1, 576),
+		(GgmlDType::Q5_0, 576),
+		(GgmlDType::Q5_1, 576),
+		(GgmlDType::Q8_0, 576),
+		(GgmlDType::Q4K, 512),
+		(GgmlDType::Q5K, 768),
+		(GgmlDType::Q6K, 512),
+	];
 
-	/// The scalar reference's `x · Wᵀ`, on activations quantized as the kernels quantize them.
-	fn scalar_reference(weights: &QuantMatrix, input: &[f32]) -> Vec<f32> {
+	/// The scalar reference's `x · Wᵀ` on the file's blocks of `q`, with the activations quantized
+	/// as the kernels quantize them.
+	fn scalar_reference(q: &QTensor, input: &[f32]) -> Vec<f32> {
+		let format = Format::of(q.dtype()).unwrap();
+		let (rows, cols) = q.shape().dims2().unwrap();
+		let data = q.data().unwrap();
+		let row_bytes = cols / format.block_len() * format.block_bytes();
+		let weight_row = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
 		let mut expected = Vec::new();
-		for x in input.chunks_exact(weights.cols) {
-			let mut q = vec![Q8Block::default(); weights.cols / BLOCK];
-			quantize_row(x, &mut q);
-			for j in 0..weights.rows {
-				expected.push(dot_scalar(weights.format, weights.weight_row(j), &q));
+		for x in input.chunks_exact(cols) {
+			if format.block_len() == k::QK_K {
+				let mut q = vec![k::Q8KBlock::default(); cols / k::QK_K];
+				k::quantize_row(x, &mut q);
+				expected.extend((0..rows).map(|j| k::dot_scalar(format, weight_row(j), &q)));
+			} else {
+				let mut q = vec![Q8Block::default(); cols / BLOCK];
+				quantize_row(x, &mut q);
+				expected.extend((0..rows).map(|j| dot_scalar(format, weight_row(j), &q)));
 			}
 		}
 		expected
 	}
 
-	/// The SIMD tiles of every instruction set this CPU runs equal the scalar reference on the
-	/// same quantized activations, for every format and tile shape: one or two weight rows (an
-	/// odd row count), ragged last row tiles.
+	/// The SIMD kernels of every instruction set this CPU runs, and the scalar code, equal the
+	/// scalar reference on the file's layout for the same quantized activations, for every format
+	/// and tile shape: one or two weight rows, a last K-quant tile of 5 rows (37 rows), ragged
+	/// activation row tiles.
 	#[cfg(target_arch = "x86_64")]
 	#[test]
 	fn simd_kernels_match_the_scalar_reference() {
 		let mut rng = StdRng::seed_from_u64(7);
-		let (rows, cols) = (37, 576);
+		let rows = 37;
 		let isas = simd::supported();
 		eprintln!("instruction sets with kernels on this CPU: {isas:?}");
 		assert_eq!(isa(), isas.last().copied(), "the fastest one is used");
-		for dtype in FORMATS {
-			let weights = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, dtype, rows, cols)).unwrap().unwrap();
+		for (dtype, cols) in FORMATS {
+			let q = quantized_weights(&mut rng, dtype, rows, cols);
+			let weights = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
 			for m in [1, 2, 3, 4, 5, 9] {
 				let input = random(&mut rng, m * cols);
-				let expected = scalar_reference(&weights, &input);
-				for &isa in &isas {
+				let expected = scalar_reference(&q, &input);
+				for isa in std::iter::once(None).chain(isas.iter().copied().map(Some)) {
 					let mut out = vec![0f32; m * rows];
-					weights.matmul_on(Some(isa), &input, m, &mut out);
+					weights.matmul_on(isa, &input, m, &mut out);
 					let error = max_relative_error(&out, &expected);
 					assert!(error < 1e-5, "{dtype:?} on {isa:?}, m = {m}: relative error {error}");
 				}
@@ -688,7 +757,7 @@ mod tests {
 	fn matches_candle_and_the_float_product() {
 		let mut rng = StdRng::seed_from_u64(11);
 		let (rows, cols, m) = (96, 1536, 6);
-		for dtype in FORMATS {
+		for (dtype, _) in FORMATS {
 			let q = quantized_weights(&mut rng, dtype, rows, cols);
 			let float_weights = q.dequantize(&Device::Cpu).unwrap();
 			let ours = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
@@ -705,6 +774,35 @@ mod tests {
 		}
 	}
 
+	/// Q6_K's scales are signed bytes: a block whose scale is −128, and Q4_K scales and minimums
+	/// at their 6-bit maximum, still give the float product of what candle dequantizes.
+	#[test]
+	fn extreme_k_scales_match_the_float_product() {
+		let mut rng = StdRng::seed_from_u64(13);
+		let (rows, cols, m) = (4, 512, 3);
+		for (dtype, at, span, value) in [(GgmlDType::Q6K, 192, 1, 0x80u8), (GgmlDType::Q4K, 4, 12, 0xFF)] {
+			let q = quantized_weights(&mut rng, dtype, rows, cols);
+			let mut bytes = q.data().unwrap().into_owned();
+			// The first block of every row: a Q6_K scale byte, or Q4_K's 12 packed bytes (all ones
+			// make every scale and minimum 63).
+			let block_bytes = Format::of(dtype).unwrap().block_bytes();
+			for row in 0..rows {
+				let block = row * cols / k::QK_K * block_bytes;
+				bytes[block + at..block + at + span].fill(value);
+			}
+			let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &Device::Cpu).unwrap();
+			let float_weights = q.dequantize(&Device::Cpu).unwrap();
+			let ours = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+			let x = Tensor::from_vec(random(&mut rng, m * cols), (m, cols), &Device::Cpu).unwrap();
+			let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+			let got = flat(ours.forward(&x).unwrap());
+			let exact = flat(x.matmul(&float_weights.t().unwrap()).unwrap());
+			let error = max_relative_error(&got, &exact);
+			assert!(error < 1e-2, "{dtype:?} with extreme scales: {error}");
+			assert!(max_relative_error(&got, &scalar_reference(&q, &flat(x))) < 1e-5);
+		}
+	}
+
 	#[test]
 	fn simd_quantization_matches_the_scalar_one() {
 		let mut rng = StdRng::seed_from_u64(5);
@@ -717,6 +815,21 @@ mod tests {
 		quantize_row(&x, &mut fast);
 		for (a, b) in fast.iter().zip(&scalar) {
 			assert_eq!((a.d, a.sum, a.qs), (b.d, b.sum, b.qs));
+		}
+	}
+
+	/// The K-quants' activation blocks: the same values, rounding and sums by either path.
+	#[test]
+	fn simd_k_quantization_matches_the_scalar_one() {
+		let mut rng = StdRng::seed_from_u64(6);
+		let mut x = random(&mut rng, 3 * k::QK_K);
+		x[k::QK_K..2 * k::QK_K].fill(0.0);
+		let mut scalar = vec![k::Q8KBlock::default(); 3];
+		k::quantize_row_scalar(&x, &mut scalar);
+		let mut fast = vec![k::Q8KBlock::default(); 3];
+		k::quantize_row(&x, &mut fast);
+		for (a, b) in fast.iter().zip(&scalar) {
+			assert_eq!((a.d, a.qs, a.bsums, a.bsums32), (b.d, b.qs, b.bsums, b.bsums32));
 		}
 	}
 
@@ -736,7 +849,7 @@ mod tests {
 	fn looked_up_rows_equal_the_dequantized_table() {
 		let mut rng = StdRng::seed_from_u64(13);
 		let (rows, cols, ids) = (40, 512, [0u32, 39, 7, 7, 21]);
-		for dtype in FORMATS.into_iter().chain([GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F16]) {
+		for dtype in FORMATS.map(|(dtype, _)| dtype).into_iter().chain([GgmlDType::Q3K, GgmlDType::F16]) {
 			let q = quantized_weights(&mut rng, dtype, rows, cols);
 			let table = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
 			let want: Vec<f32> = ids.iter().flat_map(|&id| table[id as usize].clone()).collect();
@@ -758,7 +871,7 @@ mod tests {
 	#[test]
 	fn other_types_are_left_to_candle() {
 		let w = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-		for dtype in [GgmlDType::Q2K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16] {
+		for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q8K, GgmlDType::F16] {
 			let q = QTensor::quantize(&w, dtype).unwrap();
 			assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
 		}
