@@ -160,22 +160,40 @@ impl Llama {
 			.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
 		let mut config = LlamaConfig::from_gguf(&content)?;
 		let arch = config.architecture;
-		let mut tensor = |name: &str| {
+		let tensor = |file: &mut std::fs::File, name: &str| {
 			content
-				.tensor(&mut file, name, device)
+				.tensor(file, name, device)
 				.with_context(|| format!("GGUF tensor `{name}` is missing or unreadable"))
 		};
-		let norm_vec = |t: candle_core::quantized::QTensor| t.dequantize(device);
-		let embed = tensor("token_embd.weight")?;
-		// Without `output.weight`, the output projection is the embedding table (tied).
-		let (embeddings, lm_head) = match (tensor("output.weight").ok(), device.is_cpu()) {
-			(output, false) => (Embeddings::Table(embed.dequantize(device)?), BaseLinear::from_qtensor(output.unwrap_or(embed))?),
-			(Some(output), true) => (Embeddings::Stored(BaseLinear::from_qtensor(embed)?), BaseLinear::from_qtensor(output)?),
-			(None, true) => (Embeddings::Tied, BaseLinear::from_qtensor(embed)?),
+		// On the CPU, a projection the worker's kernels take is read straight into their layout.
+		let projection = |file: &mut std::fs::File, name: &str| -> anyhow::Result<BaseLinear> {
+			if let (true, Some(info)) = (device.is_cpu(), content.tensor_infos.get(name)) {
+				let offset = content.tensor_data_offset + info.offset;
+				let read = QuantMatrix::read(info.ggml_dtype, &info.shape, file, offset)
+					.with_context(|| format!("reading GGUF tensor `{name}`"))?;
+				if let Some(m) = read {
+					return Ok(BaseLinear::Quantized(m));
+				}
+			}
+			Ok(BaseLinear::from_qtensor(tensor(file, name)?)?)
 		};
-		let norm = norm_vec(tensor("output_norm.weight")?)?;
+		// Without `output.weight`, the output projection is the embedding table (tied).
+		let has_output = content.tensor_infos.contains_key("output.weight");
+		let (embeddings, lm_head) = match (has_output, device.is_cpu()) {
+			(_, false) => {
+				let table = tensor(&mut file, "token_embd.weight")?.dequantize(device)?;
+				let head = projection(&mut file, if has_output { "output.weight" } else { "token_embd.weight" })?;
+				(Embeddings::Table(table), head)
+			},
+			(true, true) => {
+				(Embeddings::Stored(projection(&mut file, "token_embd.weight")?), projection(&mut file, "output.weight")?)
+			},
+			(false, true) => (Embeddings::Tied, projection(&mut file, "token_embd.weight")?),
+		};
+		let norm_vec = |t: candle_core::quantized::QTensor| t.dequantize(device);
+		let norm = norm_vec(tensor(&mut file, "output_norm.weight")?)?;
 		// Llama 3's rope scaling, as llama.cpp's converter writes it.
-		if let Ok(factors) = tensor("rope_freqs.weight") {
+		if let Ok(factors) = tensor(&mut file, "rope_freqs.weight") {
 			let factors = factors.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
 			let scaled = match config.rope_freq_factors.take() {
 				Some(linear) => factors.iter().zip(linear).map(|(a, b)| a * b).collect(),
@@ -186,9 +204,7 @@ impl Llama {
 		}
 		let mut layers = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
-			let mut q = |suffix: &str| -> anyhow::Result<BaseLinear> {
-				Ok(BaseLinear::from_qtensor(tensor(&format!("blk.{i}.{suffix}.weight"))?)?)
-			};
+			let mut q = |suffix: &str| projection(&mut file, &format!("blk.{i}.{suffix}.weight"));
 			let proj = [
 				q("attn_q")?,
 				q("attn_k")?,
@@ -198,7 +214,7 @@ impl Llama {
 				q("ffn_up")?,
 				q("ffn_down")?,
 			];
-			let mut vector = |name: &str| norm_vec(tensor(&format!("blk.{i}.{name}"))?).map_err(anyhow::Error::from);
+			let mut vector = |name: &str| norm_vec(tensor(&mut file, &format!("blk.{i}.{name}"))?).map_err(anyhow::Error::from);
 			let qkv_bias = match arch.qkv_bias() {
 				true => Some([vector("attn_q.bias")?, vector("attn_k.bias")?, vector("attn_v.bias")?]),
 				false => None,

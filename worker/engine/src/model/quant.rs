@@ -12,6 +12,11 @@
 //! copy of every tensor beside the file's (a Q4_K_M model held twice); these kernels read the
 //! file's layout.
 
+use std::{
+	borrow::Cow,
+	io::{Read, Seek, SeekFrom},
+};
+
 use candle_core::{
 	quantized::{GgmlDType, QTensor},
 	Device, Result, Tensor,
@@ -192,12 +197,33 @@ impl QuantMatrix {
 	/// Takes a CPU tensor of a format above whose rows are whole blocks; `None` for anything
 	/// else (another type or device), which the caller leaves to candle.
 	pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-		let Some(format) = Format::of(t.dtype()) else { return Ok(None) };
-		let (rows, cols) = t.shape().dims2()?;
-		if !t.device().is_cpu() || cols % format.block_len() != 0 {
+		let Some((format, rows, cols)) = Self::kernel_for(t.dtype(), t.shape())? else { return Ok(None) };
+		if !t.device().is_cpu() {
 			return Ok(None);
 		}
-		let data = t.data()?;
+		Self::from_blocks(format, rows, cols, t.data()?).map(Some)
+	}
+
+	/// Reads a tensor of GGUF type `dtype` and shape `shape` (candle's order) from `offset` of
+	/// `file` straight into its final layout, without the copies candle's `QTensor` makes on
+	/// the way (the file's bytes, then a typed copy); `None` for a type without a kernel here.
+	pub fn read(dtype: GgmlDType, shape: &candle_core::Shape, file: &mut (impl Read + Seek), offset: u64) -> Result<Option<Self>> {
+		let Some((format, rows, cols)) = Self::kernel_for(dtype, shape)? else { return Ok(None) };
+		let mut bytes = vec![0u8; rows * cols / format.block_len() * format.block_bytes()];
+		file.seek(SeekFrom::Start(offset))?;
+		file.read_exact(&mut bytes)?;
+		Self::from_blocks(format, rows, cols, Cow::Owned(bytes)).map(Some)
+	}
+
+	/// The format and (rows, cols) of a matrix whose rows are whole blocks of a format with a
+	/// kernel here.
+	fn kernel_for(dtype: GgmlDType, shape: &candle_core::Shape) -> Result<Option<(Format, usize, usize)>> {
+		let Some(format) = Format::of(dtype) else { return Ok(None) };
+		let (rows, cols) = shape.dims2()?;
+		Ok((cols % format.block_len() == 0).then_some((format, rows, cols)))
+	}
+
+	fn from_blocks(format: Format, rows: usize, cols: usize, data: Cow<[u8]>) -> Result<Self> {
 		if data.len() != rows * cols / format.block_len() * format.block_bytes() {
 			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", data.len());
 		}
@@ -205,7 +231,7 @@ impl QuantMatrix {
 			k::QK_K => Weights::Tiles(k::Tiles::pack(format, rows, cols, &data)),
 			_ => Weights::Rows(data.into_owned()),
 		};
-		Ok(Some(Self { format, rows, cols, weights }))
+		Ok(Self { format, rows, cols, weights })
 	}
 
 	/// `x · Wᵀ` for `x` of shape `[.., cols]`.
@@ -866,6 +892,27 @@ mod tests {
 			assert_eq!(got.dims(), &[ids.len(), cols]);
 			assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "{dtype:?}");
 		}
+	}
+
+	/// Reading a tensor's bytes from a file gives the matrix built from candle's `QTensor`; a
+	/// file cut short is an error, a type without a kernel `None`.
+	#[test]
+	fn reading_from_a_file_equals_the_qtensor() {
+		let mut rng = StdRng::seed_from_u64(17);
+		let (rows, cols, m) = (20, 512, 3);
+		let input = random(&mut rng, m * cols);
+		for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+			let q = quantized_weights(&mut rng, dtype, rows, cols);
+			let mut file = vec![0xAAu8; 100];
+			file.extend_from_slice(&q.data().unwrap());
+			let read = QuantMatrix::read(dtype, q.shape(), &mut std::io::Cursor::new(&file), 100).unwrap().unwrap();
+			let built = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
+			assert_eq!(read.matmul_rows(&input, m).unwrap(), built.matmul_rows(&input, m).unwrap(), "{dtype:?}");
+			let short = &file[..file.len() - 1];
+			assert!(QuantMatrix::read(dtype, q.shape(), &mut std::io::Cursor::new(short), 100).is_err());
+		}
+		let f16 = quantized_weights(&mut rng, GgmlDType::F16, rows, cols);
+		assert!(QuantMatrix::read(GgmlDType::F16, f16.shape(), &mut std::io::Cursor::new(vec![0u8; 0]), 0).unwrap().is_none());
 	}
 
 	#[test]
