@@ -7,9 +7,9 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{context, Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::AddedToken;
 
-use super::TextCodec;
+use super::{SharedTokenizer, TextCodec};
 
 /// The template used when a model brings none: plain ChatML, each message as
 /// `<|im_start|>{role}\n{content}<|im_end|>\n`, then `<|im_start|>assistant\n` when a generation
@@ -131,13 +131,13 @@ impl SpecialTexts {
 /// template's own special tokens are written.
 #[derive(Clone)]
 pub(super) struct LiteralChat {
-	pub(super) tokenizer: Tokenizer,
+	pub(super) tokenizer: SharedTokenizer,
 	/// Sentinel token id → the special token's id.
 	pub(super) sentinel_ids: HashMap<u32, u32>,
 }
 
 impl LiteralChat {
-	pub(super) fn new(tokenizer: &Tokenizer, specials: &SpecialTexts) -> Result<Self> {
+	pub(super) fn new(tokenizer: &SharedTokenizer, specials: &SpecialTexts) -> Result<Self> {
 		let mut literal = tokenizer.clone();
 		literal.set_encode_special_tokens(true);
 		let sentinels: Vec<AddedToken> = specials

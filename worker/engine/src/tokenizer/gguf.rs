@@ -14,10 +14,10 @@ use tokenizers::{
 		sequence::Sequence,
 		split::{Split, SplitPattern},
 	},
-	AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+	AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
-use super::{chat::GEMMA_CHAT_TEMPLATE, TextCodec};
+use super::{chat::GEMMA_CHAT_TEMPLATE, SharedModel, SharedTokenizer, TextCodec};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
@@ -187,7 +187,7 @@ impl GgufVocab {
 impl GgufVocab {
 	/// Byte-level BPE (`gpt2`): the file's merges, and the pre-tokenizer `tokenizer.ggml.pre`
 	/// names.
-	fn byte_level_bpe(&self) -> Result<Tokenizer> {
+	fn byte_level_bpe(&self) -> Result<SharedTokenizer> {
 		let pre = self.pre.as_deref().context(
 			"GGUF metadata has no `tokenizer.ggml.pre`, so its pre-tokenizer is unknown (re-convert it with a recent llama.cpp)",
 		)?;
@@ -206,7 +206,7 @@ impl GgufVocab {
 			.vocab_and_merges(vocab, merges)
 			.build()
 			.map_err(|e| anyhow!("GGUF vocabulary and merges do not form a BPE model: {e}"))?;
-		let mut tokenizer = Tokenizer::new(bpe);
+		let mut tokenizer = SharedTokenizer::new(SharedModel::new(bpe));
 		tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
 		tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
 		tokenizer.with_post_processor(Some(ByteLevel::new(false, true, true)));
@@ -219,7 +219,7 @@ impl GgufVocab {
 	/// a BPE whose merges are ranked by the score of what they make, with byte fallback, as
 	/// `transformers` converts SentencePiece models. Spaces become `▁`, with one before the
 	/// text when the file says so.
-	fn sentencepiece(&self) -> Result<Tokenizer> {
+	fn sentencepiece(&self) -> Result<SharedTokenizer> {
 		if self.scores.len() != self.tokens.len() {
 			bail!("GGUF has {} SentencePiece tokens but {} scores", self.tokens.len(), self.scores.len());
 		}
@@ -248,7 +248,7 @@ impl GgufVocab {
 			bpe = bpe.unk_token(self.tokens[unknown].clone());
 		}
 		let bpe = bpe.build().map_err(|e| anyhow!("GGUF SentencePiece vocabulary does not form a BPE model: {e}"))?;
-		let mut tokenizer = Tokenizer::new(bpe);
+		let mut tokenizer = SharedTokenizer::new(SharedModel::new(bpe));
 		let space = |from: &str, to: &str| Replace::new(from, to).map_err(|e| anyhow!("{e}"));
 		// llama.cpp puts a space before the text and after every special token in it, even
 		// where the text starts with one; the normalizer runs on each stretch between special

@@ -3,9 +3,7 @@
 use std::{fs, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokenizers::Tokenizer;
-
-use super::TextCodec;
+use super::{SharedTokenizer, TextCodec};
 
 impl TextCodec {
 	/// Loads an HF model directory: `tokenizer.json` (required); `tokenizer_config.json`
@@ -14,7 +12,7 @@ impl TextCodec {
 	/// `transformers`); `generation_config.json` (optional: `eos_token_id`, one id or a list).
 	pub fn from_hf_dir(dir: &Path) -> Result<Self> {
 		let tokenizer_path = dir.join("tokenizer.json");
-		let tokenizer = Tokenizer::from_file(&tokenizer_path)
+		let tokenizer = SharedTokenizer::from_file(&tokenizer_path)
 			.map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_path.display()))?;
 		let config = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
 		let generation = read_json_opt(&dir.join("generation_config.json"))?.unwrap_or_default();

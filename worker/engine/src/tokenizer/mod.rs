@@ -1,20 +1,22 @@
 //! Text ⇄ token ids, the chat template, and streaming detokenization.
 //!
 //! A [`TextCodec`] is built either from the tokenizer a GGUF file carries in its metadata
-//! ([`TextCodec::from_gguf`]; byte-level BPE models only, the `gpt2` kind) or from an HF model
-//! directory ([`TextCodec::from_hf_dir`]). Either way it wraps a `tokenizers::Tokenizer`, the
-//! model's Jinja chat template (rendered with minijinja the way `transformers` renders it:
-//! `trim_blocks` and `lstrip_blocks` on, Python string methods available, `raise_exception`
-//! defined) and the ids that end a generation.
+//! ([`TextCodec::from_gguf`]: byte-level BPE, the `gpt2` kind, and SentencePiece, `llama`) or
+//! from an HF model directory ([`TextCodec::from_hf_dir`]). Either way it wraps a `tokenizers`
+//! tokenizer, the model's Jinja chat template (rendered with minijinja the way `transformers`
+//! renders it: `trim_blocks` and `lstrip_blocks` on, Python string methods available,
+//! `raise_exception` defined) and the ids that end a generation.
 //!
 //! The module's files, one job each: `gguf.rs` reads a GGUF file's vocabulary, `hf.rs` an HF
 //! model directory, `chat.rs` renders and encodes chats (only the template makes control
-//! tokens), `decode.rs` detokenizes as tokens stream out.
+//! tokens), `decode.rs` detokenizes as tokens stream out, `shared.rs` lets the codec's two
+//! tokenizers hold one vocabulary.
 
 mod chat;
 mod decode;
 mod gguf;
 mod hf;
+mod shared;
 mod vocabulary;
 #[cfg(test)]
 mod tests;
@@ -23,7 +25,7 @@ use std::fmt;
 
 use anyhow::{anyhow, Result};
 use minijinja::Environment;
-use tokenizers::Tokenizer;
+pub use shared::{SharedModel, SharedTokenizer};
 
 pub use chat::{ChatError, ChatMessage, DEFAULT_CHAT_TEMPLATE};
 use chat::{chat_environment, LiteralChat, SpecialTexts, TURN_ENDS};
@@ -33,7 +35,7 @@ pub use vocabulary::Vocabulary;
 /// A model's tokenizer, chat template and special tokens.
 #[derive(Clone)]
 pub struct TextCodec {
-	tokenizer: Tokenizer,
+	tokenizer: SharedTokenizer,
 	specials: SpecialTexts,
 	/// For chats whose messages hold special tokens' texts; the reason when this tokenizer
 	/// cannot have it (such chats are then refused).
@@ -69,7 +71,7 @@ impl fmt::Debug for TextCodec {
 
 impl TextCodec {
 	fn assemble(
-		tokenizer: Tokenizer,
+		tokenizer: SharedTokenizer,
 		chat_template: Option<String>,
 		bos_token: Option<String>,
 		eos_token: Option<String>,
@@ -203,7 +205,7 @@ impl TextCodec {
 	}
 
 	/// The wrapped `tokenizers` tokenizer.
-	pub fn tokenizer(&self) -> &Tokenizer {
+	pub fn tokenizer(&self) -> &SharedTokenizer {
 		&self.tokenizer
 	}
 }

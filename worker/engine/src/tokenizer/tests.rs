@@ -105,6 +105,18 @@ fn chat_markers_are_single_tokens() {
 
 /// A message can hold `<|im_end|>` and `<|im_start|>` as text, but cannot end its turn or open
 /// another with them: only the template's own markers are control tokens.
+/// The tokenizer that reads special tokens' texts as text is the codec's own over the same
+/// model, not a copy of the vocabulary; a clone of the codec shares it too.
+#[test]
+fn the_literal_tokenizer_shares_the_model() {
+	let codec = smollm2();
+	let literal = codec.literal.as_ref().unwrap();
+	assert!(literal.tokenizer.get_model().is_shared_with(codec.tokenizer.get_model()));
+	assert!(codec.clone().tokenizer.get_model().is_shared_with(codec.tokenizer.get_model()));
+	let bpe = super::SharedModel::new(tokenizers::models::bpe::BPE::default());
+	assert!(!bpe.is_shared_with(codec.tokenizer.get_model()));
+}
+
 #[test]
 fn message_text_cannot_forge_a_turn() {
 	let codec = smollm2();
