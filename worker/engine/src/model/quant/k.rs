@@ -111,6 +111,7 @@ fn scales_and_mins(packed: &[u8]) -> [u8; 16] {
 }
 
 /// The unsigned quant of element `e` (0..256) of a Q4_K (`fifth` empty) or Q5_K block.
+#[cfg(test)]
 fn q45_k_quant(nibbles: &[u8], fifth: Option<&[u8]>, e: usize) -> i32 {
 	let (chunk, l) = (e / 64, e % 64);
 	let byte = nibbles[32 * chunk + l % 32];
@@ -120,6 +121,7 @@ fn q45_k_quant(nibbles: &[u8], fifth: Option<&[u8]>, e: usize) -> i32 {
 }
 
 /// The unsigned 6-bit quant of element `e` of a Q6_K block (subtract 32 for its value).
+#[cfg(test)]
 fn q6_k_quant(block: &[u8], e: usize) -> i32 {
 	let (half, p) = (e / 128, e % 128);
 	let (ql, qh) = (&block[64 * half..], &block[128 + 32 * half..]);
@@ -258,17 +260,41 @@ impl Tiles {
 
 /// Writes one file block of row `r` of its tile into `tile` (one super-block's part).
 fn pack_block(format: Format, l: TileLayout, block: &[u8], r: usize, tile: &mut [u8]) {
-	let low_nibbles = |tile: &mut [u8], e: usize, q: i32| {
-		let (g, j) = (e / 8, e % 8);
-		tile[(g * TILE_ROWS + r) * 4 + j % 4] |= ((q & 15) as u8) << (4 * (j / 4));
+	// The low 4 bits of group g's 8 elements are 8 consecutive bytes' nibbles in the file
+	// (bytes 32c.. of Q4_K's chunk c, ql's 64h + 32(k % 2).. of Q6_K's half h, quarter k):
+	// byte j of the tile takes elements j and j + 4.
+	let nibbles = match format {
+		Format::Q6K => &block[..128],
+		Format::Q5K => &block[48..],
+		_ => &block[16..],
 	};
+	let source = |g: usize| match format {
+		Format::Q6K => (64 * (g / 16) + 32 * (g % 16 / 4 % 2) + 8 * (g % 4), 4 * (g % 16 / 8)),
+		_ => (32 * (g / 8) + 8 * (g % 4), 4 * (g % 8 / 4)),
+	};
+	for g in 0..QK_K / 8 {
+		let (at, shift) = source(g);
+		let src = &nibbles[at..at + 8];
+		let dst = &mut tile[(g * TILE_ROWS + r) * 4..][..4];
+		for j in 0..4 {
+			dst[j] = ((src[j] >> shift) & 15) | (((src[j + 4] >> shift) & 15) << 4);
+		}
+	}
 	match format {
 		Format::Q6K => {
-			for e in 0..QK_K {
-				let q = q6_k_quant(block, e);
-				low_nibbles(tile, e, q);
-				let (g, i, j) = (e / 16, e % 16 / 4, e % 4);
-				tile[l.high + (g * TILE_ROWS + r) * 4 + j] |= ((q >> 4) as u8) << (2 * i);
+			// Bits 2i, 2i + 1 of tile byte j of group g: the top bits of element 16g + 4i + j,
+			// bit pair k of qh byte 32h + l for element 128h + 32k + l.
+			let qh = &block[128..192];
+			for g in 0..16 {
+				for j in 0..4 {
+					let mut byte = 0;
+					for i in 0..4 {
+						let e = 16 * g + 4 * i + j;
+						let (half, k, l) = (e / 128, e % 128 / 32, e % 32);
+						byte |= ((qh[32 * half + l] >> (2 * k)) & 3) << (2 * i);
+					}
+					tile[l.high + (g * TILE_ROWS + r) * 4 + j] = byte;
+				}
 			}
 			for g in 0..16 {
 				tile[l.scales + g * TILE_ROWS + r] = block[192 + g];
@@ -276,16 +302,18 @@ fn pack_block(format: Format, l: TileLayout, block: &[u8], r: usize, tile: &mut 
 			tile[l.d + 2 * r..l.d + 2 * r + 2].copy_from_slice(&block[208..210]);
 		},
 		_ => {
-			let (fifth, nibbles) = match format {
-				Format::Q5K => (Some(&block[16..48]), &block[48..]),
-				_ => (None, &block[16..]),
-			};
-			for e in 0..QK_K {
-				let q = q45_k_quant(nibbles, fifth, e);
-				low_nibbles(tile, e, q);
-				if format == Format::Q5K {
-					let (s, i, j) = (e / 32, e % 32 / 8, e % 8);
-					tile[l.high + (s * TILE_ROWS + r) * 4 + j % 4] |= ((q >> 4) as u8) << (2 * i + j / 4);
+			if format == Format::Q5K {
+				// Element 32s + 8i + j's fifth bit is bit s of the file's byte 8i + j.
+				let fifth = &block[16..48];
+				for s in 0..8 {
+					for j in 0..4 {
+						let mut byte = 0;
+						for i in 0..4 {
+							byte |= ((fifth[8 * i + j] >> s) & 1) << (2 * i);
+							byte |= ((fifth[8 * i + j + 4] >> s) & 1) << (2 * i + 1);
+						}
+						tile[l.high + (s * TILE_ROWS + r) * 4 + j] = byte;
+					}
 				}
 			}
 			let sm = scales_and_mins(&block[4..16]);
