@@ -1,16 +1,14 @@
 //! `x · Wᵀ` on the CPU for GGUF's block formats: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (blocks of 32)
-//! here, the K-quants Q4_K, Q5_K and Q6_K (super-blocks of 256, the Q4_K_M mix) in [`k`].
+//! and the K-quants Q4_K, Q5_K and Q6_K (super-blocks of 256, [`k`]; a Q4_K_M file holds Q4_K,
+//! Q6_K and, where a width is not a multiple of 256, Q5_0 or Q8_0).
 //!
-//! candle 0.11 computes Q4_1, Q5_0 and Q5_1 dot products with its scalar reference code (it has
-//! no SIMD path for these types), which made them four fifths of a decode step. These kernels
-//! follow ggml's scheme: activations are quantized per block of 32 to i8 with an f32 scale; each
-//! weight block is widened to 32 bytes once and multiplied (u8 × i8: `vpdpbusd` where the CPU has
-//! AVX-VNNI or AVX-512 VNNI, AVX2's two multiplies otherwise, chosen at run time) against a tile of
-//! up to four activation rows, so a batch of sequences reads each weight block once per tile
-//! instead of once per row. Work is split over pairs of weight
-//! rows on candle's persistent CPU pool. For the K-quants candle 0.11 keeps a second, repacked
-//! copy of every tensor beside the file's (a Q4_K_M model held twice); these kernels read the
-//! file's layout.
+//! candle 0.11 has no SIMD path for Q4_1, Q5_0, Q5_1 or Q5_K, and for Q4_K and Q6_K keeps a
+//! second, repacked copy of every tensor beside the file's. These kernels follow ggml's scheme:
+//! activations are quantized per block to i8 with an f32 scale, and multiplied against weights
+//! re-laid at load in tiles of 8 rows ([`tiles`]) with u8 × i8 dot products (`vpdpbusd` where the
+//! CPU has AVX-VNNI or AVX-512 VNNI, AVX2's two multiplies otherwise, chosen at run time), each
+//! tile against up to four activation rows, so a batch of sequences reads the weights once per
+//! four rows.
 
 use std::{
 	borrow::Cow,
@@ -21,48 +19,6 @@ use candle_core::{
 	quantized::{GgmlDType, QTensor},
 	Device, Result, Tensor,
 };
-
-/// Calls `$kernel::<C, R>(isa, w, rows, sums)` for `columns` (1 or 2) weight rows and the 1 to
-/// 4 activation rows of `tile`; the kernels are specialised on both counts.
-macro_rules! dispatch_tile {
-	($($kernel:ident)::+, $isa:expr, $w:expr, $columns:expr, $tile:expr, $blocks_per_row:expr, $sums:expr) => {{
-		let (w, tile, blocks_per_row) = ($w, $tile, $blocks_per_row);
-		let row = |r: usize| &tile[r * blocks_per_row..(r + 1) * blocks_per_row];
-		match ($columns, tile.len() / blocks_per_row) {
-			(1, 1) => $($kernel)::+::<1, 1>($isa, [w[0]], [row(0)], $sums),
-			(1, 2) => $($kernel)::+::<1, 2>($isa, [w[0]], [row(0), row(1)], $sums),
-			(1, 3) => $($kernel)::+::<1, 3>($isa, [w[0]], [row(0), row(1), row(2)], $sums),
-			(1, _) => $($kernel)::+::<1, 4>($isa, [w[0]], [row(0), row(1), row(2), row(3)], $sums),
-			(_, 1) => $($kernel)::+::<2, 1>($isa, w, [row(0)], $sums),
-			(_, 2) => $($kernel)::+::<2, 2>($isa, w, [row(0), row(1)], $sums),
-			(_, 3) => $($kernel)::+::<2, 3>($isa, w, [row(0), row(1), row(2)], $sums),
-			(_, _) => $($kernel)::+::<2, 4>($isa, w, [row(0), row(1), row(2), row(3)], $sums),
-		}
-	}};
-}
-
-/// `$name::<C, R>(isa, w, rows, sums)`: the kernel of one weight format for the CPU's instruction
-/// set.
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_isa {
-	($name:ident, $avx2:ident, $vnni:ident, $avx512_vnni:ident) => {
-		/// `sums[c][r] = w[c] · rows[r]`.
-		///
-		/// Safety: the CPU has `isa`'s features; every row has as many blocks as `w[c]`.
-		pub unsafe fn $name<const C: usize, const R: usize>(
-			isa: Isa,
-			w: [&[u8]; C],
-			rows: [&[Q8Block]; R],
-			sums: &mut [[f32; ROW_TILE]; 2],
-		) {
-			match isa {
-				Isa::Avx2 => $avx2::<C, R>(w, rows, sums),
-				Isa::AvxVnni => $vnni::<C, R>(w, rows, sums),
-				Isa::Avx512Vnni => $avx512_vnni::<C, R>(w, rows, sums),
-			}
-		}
-	};
-}
 
 #[cfg(target_arch = "x86_64")]
 use simd::{isa, Isa};
@@ -77,11 +33,10 @@ fn isa() -> Option<Isa> {
 }
 
 mod k;
+mod tiles;
 
 /// Weights per quantization block of the 32-element formats and the activations' Q8 blocks.
 const BLOCK: usize = 32;
-/// Activation rows multiplied against one decoded weight block.
-const ROW_TILE: usize = 4;
 
 /// 32 activations as `d · q`; `sum` is `d · Σq`, which a weight block's minimum (or offset)
 /// multiplies.
@@ -128,33 +83,6 @@ impl Format {
 		})
 	}
 
-	/// One block's 32 weights, in the layout [`dot_scalar`] reads.
-	fn dequantize_block(self, block: &[u8], out: &mut [f32]) {
-		let f16 = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
-		let high = |at: usize| u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
-		let d = f16(0);
-		// Element j is byte j's low nibble, element j + 16 its high nibble, with bits j and j + 16
-		// of `high` as their fifth bits; each value is (q − offset)·d, or q·d + m.
-		let mut nibbles = |qs: &[u8], high: u32, value: &dyn Fn(i32) -> f32| {
-			for (j, &byte) in qs.iter().enumerate() {
-				out[j] = value((byte & 0x0F) as i32 | (((high >> j) & 1) << 4) as i32);
-				out[j + BLOCK / 2] = value((byte >> 4) as i32 | (((high >> (j + 16)) & 1) << 4) as i32);
-			}
-		};
-		match self {
-			Self::Q4_0 => nibbles(&block[2..], 0, &|q| (q - 8) as f32 * d),
-			Self::Q4_1 => nibbles(&block[4..], 0, &|q| q as f32 * d + f16(2)),
-			Self::Q5_0 => nibbles(&block[6..], high(2), &|q| (q - 16) as f32 * d),
-			Self::Q5_1 => nibbles(&block[8..], high(4), &|q| q as f32 * d + f16(2)),
-			Self::Q8_0 => {
-				for (x, &q) in out.iter_mut().zip(&block[2..]) {
-					*x = q as i8 as f32 * d;
-				}
-			},
-			Self::Q4K | Self::Q5K | Self::Q6K => unreachable!("{self:?} is read from its tiles"),
-		}
-	}
-
 	fn block_bytes(self) -> usize {
 		match self {
 			Self::Q4_0 => 18,
@@ -177,20 +105,9 @@ impl Format {
 	}
 }
 
-/// A quantized weight matrix `[rows (out features), cols (in features)]`.
+/// A quantized weight matrix `[rows (out features), cols (in features)]`, in tiles of 8 rows.
 pub struct QuantMatrix {
-	format: Format,
-	rows: usize,
-	cols: usize,
-	weights: Weights,
-}
-
-/// How a [`QuantMatrix`] holds its weights.
-enum Weights {
-	/// GGUF's blocks of 32, row after row.
-	Rows(Vec<u8>),
-	/// The K-quants, in tiles of 8 rows.
-	Tiles(k::Tiles),
+	tiles: tiles::Tiles,
 }
 
 impl QuantMatrix {
@@ -227,34 +144,30 @@ impl QuantMatrix {
 		if data.len() != rows * cols / format.block_len() * format.block_bytes() {
 			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", data.len());
 		}
-		let weights = match format.block_len() {
-			k::QK_K => Weights::Tiles(k::Tiles::pack(format, rows, cols, &data)),
-			_ => Weights::Rows(data.into_owned()),
-		};
-		Ok(Self { format, rows, cols, weights })
+		Ok(Self { tiles: tiles::Tiles::pack(format, rows, cols, &data) })
 	}
 
 	/// `x · Wᵀ` for `x` of shape `[.., cols]`.
 	pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
 		let dims = x.dims();
 		let Some((&k, lead)) = dims.split_last() else { candle_core::bail!("matmul of a scalar") };
-		if k != self.cols {
-			candle_core::bail!("matmul: the input has {k} features, the weights {}", self.cols);
+		if k != self.tiles.cols {
+			candle_core::bail!("matmul: the input has {k} features, the weights {}", self.tiles.cols);
 		}
 		let m: usize = lead.iter().product();
 		let input = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
 		let out = self.matmul_rows(&input, m)?;
 		let mut shape = lead.to_vec();
-		shape.push(self.rows);
+		shape.push(self.tiles.rows);
 		Tensor::from_vec(out, shape, &Device::Cpu)
 	}
 
 	/// `input · Wᵀ` for `m` rows of `cols` inputs, as a row-major `[m, rows]` vector.
 	pub fn matmul_rows(&self, input: &[f32], m: usize) -> Result<Vec<f32>> {
-		if input.len() != m * self.cols {
-			candle_core::bail!("matmul: {} inputs for {m} rows of {}", input.len(), self.cols);
+		if input.len() != m * self.tiles.cols {
+			candle_core::bail!("matmul: {} inputs for {m} rows of {}", input.len(), self.tiles.cols);
 		}
-		let mut out = vec![0f32; m * self.rows];
+		let mut out = vec![0f32; m * self.tiles.rows];
 		self.matmul(input, m, &mut out);
 		Ok(out)
 	}
@@ -262,28 +175,14 @@ impl QuantMatrix {
 	/// Weight rows `ids` as f32s, `[ids.len(), cols]`: the rows a step looks up when this is a
 	/// token embedding table, dequantized as llama.cpp dequantizes them.
 	pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor> {
-		let mut out = vec![0f32; ids.len() * self.cols];
-		for (&id, out) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
-			if id as usize >= self.rows {
-				candle_core::bail!("token id {id} is outside the {} rows of the embedding table", self.rows);
+		let mut out = vec![0f32; ids.len() * self.tiles.cols];
+		for (&id, out) in ids.iter().zip(out.chunks_exact_mut(self.tiles.cols)) {
+			if id as usize >= self.tiles.rows {
+				candle_core::bail!("token id {id} is outside the {} rows of the embedding table", self.tiles.rows);
 			}
-			match &self.weights {
-				Weights::Rows(_) => {
-					for (block, out) in self.weight_row(id as usize).chunks_exact(self.format.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
-						self.format.dequantize_block(block, out);
-					}
-				},
-				Weights::Tiles(tiles) => tiles.dequantize_row(id as usize, out),
-			}
+			self.tiles.dequantize_row(id as usize, out);
 		}
-		Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
-	}
-
-	/// Row `j`'s blocks of 32 (the K-quants' rows are interleaved in tiles).
-	fn weight_row(&self, j: usize) -> &[u8] {
-		let Weights::Rows(blocks) = &self.weights else { unreachable!("{:?} rows are tiled", self.format) };
-		let bytes = self.cols / BLOCK * self.format.block_bytes();
-		&blocks[j * bytes..(j + 1) * bytes]
+		Tensor::from_vec(out, (ids.len(), self.tiles.cols), &Device::Cpu)
 	}
 
 	/// `out[m, rows] = input[m, cols] · Wᵀ`, with the CPU's fastest kernels.
@@ -294,37 +193,7 @@ impl QuantMatrix {
 	/// [`Self::matmul`] with the kernels of `isa` (the scalar reference for `None`), which the
 	/// CPU must run.
 	fn matmul_on(&self, isa: Option<Isa>, input: &[f32], m: usize, out: &mut [f32]) {
-		if let Weights::Tiles(tiles) = &self.weights {
-			return tiles.matmul(isa, input, m, out);
-		}
-		let blocks_per_row = self.cols / BLOCK;
-		let mut quantized = vec![Q8Block::default(); m * blocks_per_row];
-		for (row, q) in input.chunks_exact(self.cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
-			quantize_row(row, q);
-		}
-		let n = self.rows;
-		let out_ptr = SyncPtr(out.as_mut_ptr());
-		let pool = candle_core::utils::barrier_pool();
-		pool.execute_chunked(n.div_ceil(2), |weight_row_pairs| {
-			let out_ptr = &out_ptr;
-			for pair in weight_row_pairs {
-				let first = pair * 2;
-				let columns = (n - first).min(2);
-				let w = [self.weight_row(first), self.weight_row(first + columns - 1)];
-				for tile_start in (0..m).step_by(ROW_TILE) {
-					let tile = &quantized[tile_start * blocks_per_row..(tile_start + ROW_TILE).min(m) * blocks_per_row];
-					let mut sums = [[0f32; ROW_TILE]; 2];
-					dot_tile(isa, self.format, w, columns, tile, blocks_per_row, &mut sums);
-					for (c, column) in sums.iter().enumerate().take(columns) {
-						for (r, &s) in column.iter().enumerate().take(tile.len() / blocks_per_row) {
-							// Safety: each (row, column) of `out` is written by exactly one work
-							// item, and `execute_chunked` returns only after every item is done.
-							unsafe { *out_ptr.0.add((tile_start + r) * n + first + c) = s };
-						}
-					}
-				}
-			}
-		});
+		self.tiles.matmul(isa, input, m, out)
 	}
 }
 
@@ -379,42 +248,8 @@ fn quantize_row_scalar(x: &[f32], out: &mut [Q8Block]) {
 	}
 }
 
-/// Dot products of one or two weight rows (`w`) with each activation row of `tile` (1 to 4 rows
-/// of `blocks_per_row` blocks): `sums[c][r]`.
-fn dot_tile(
-	isa: Option<Isa>,
-	format: Format,
-	w: [&[u8]; 2],
-	columns: usize,
-	tile: &[Q8Block],
-	blocks_per_row: usize,
-	sums: &mut [[f32; ROW_TILE]; 2],
-) {
-	#[cfg(target_arch = "x86_64")]
-	if let Some(isa) = isa {
-		// Safety: `isa` is one the CPU runs; every row has `blocks_per_row` blocks.
-		unsafe {
-			match format {
-				Format::Q4_0 => dispatch_tile!(simd::q4_0, isa, w, columns, tile, blocks_per_row, sums),
-				Format::Q4_1 => dispatch_tile!(simd::q4_1, isa, w, columns, tile, blocks_per_row, sums),
-				Format::Q5_0 => dispatch_tile!(simd::q5_0, isa, w, columns, tile, blocks_per_row, sums),
-				Format::Q5_1 => dispatch_tile!(simd::q5_1, isa, w, columns, tile, blocks_per_row, sums),
-				Format::Q8_0 => dispatch_tile!(simd::q8_0, isa, w, columns, tile, blocks_per_row, sums),
-				Format::Q4K | Format::Q5K | Format::Q6K => unreachable!("{format:?} takes Q8K activations"),
-			}
-		}
-		return;
-	}
-	#[cfg(not(target_arch = "x86_64"))]
-	let _ = isa;
-	for c in 0..columns {
-		for (r, x) in tile.chunks_exact(blocks_per_row).enumerate() {
-			sums[c][r] = dot_scalar(format, w[c], x);
-		}
-	}
-}
-
-/// The reference: what the SIMD kernels compute, one block at a time.
+/// The reference on the file's layout, one block at a time: what the tiles must compute.
+#[cfg(test)]
 fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
 	let f16 = |wb: &[u8], at: usize| half::f16::from_le_bytes([wb[at], wb[at + 1]]).to_f32();
 	// Element j of the nibble formats is byte j's low nibble, element j + 16 its high nibble; the
@@ -450,7 +285,7 @@ fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
 mod simd {
 	use std::arch::x86_64::*;
 
-	use super::{Q8Block, ROW_TILE};
+	use super::Q8Block;
 
 	/// How far ahead of each weight row's current block to prefetch (decode on SmolLM2 ran at
 	/// 1.0×, 1.17×, 1.29× and 1.45× of no prefetch at 0.4, 0.8, 1.5 and 3–6 KiB).
@@ -488,168 +323,6 @@ mod simd {
 		isas
 	}
 
-	/// One kernel per weight format and instruction set: the same loop around a different block
-	/// decoding and 32-byte u8 × i8 dot product. Each weight block is decoded once and multiplied
-	/// against every row's block; two weight rows at a time keep independent accumulators in
-	/// flight. `$decode` turns the block pointer `$p` into (scale, minimum, the weights `$w` as
-	/// 32 bytes); `$products` turns `$w` and the activations `$x` into eight i32 sums.
-	macro_rules! kernel {
-		(
-			$name:ident, $features:literal, $block_bytes:literal,
-			|$p:ident| $decode:expr,
-			|$w:ident, $x:ident| $products:expr
-		) => {
-			#[target_feature(enable = $features)]
-			unsafe fn $name<const C: usize, const R: usize>(
-				w: [&[u8]; C],
-				rows: [&[Q8Block]; R],
-				sums: &mut [[f32; ROW_TILE]; 2],
-			) {
-				let mut acc = [[_mm256_setzero_ps(); R]; C];
-				let mut min_terms = [[0f32; R]; C];
-				let blocks = w[0].len() / $block_bytes;
-				for b in 0..blocks {
-					for c in 0..C {
-						let $p = w[c].as_ptr().add(b * $block_bytes);
-						// The weights stream from L3 or memory, in runs too short for the hardware
-						// prefetcher to catch up: ask for what comes a few KiB ahead.
-						_mm_prefetch::<_MM_HINT_T0>($p.add(PREFETCH_BYTES) as *const i8);
-						let (scale, min, $w): (f32, f32, __m256i) = $decode;
-						for r in 0..R {
-							let xb = rows[r].get_unchecked(b);
-							let $x = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-							let products: __m256i = $products;
-							acc[c][r] =
-								_mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(scale * xb.d), acc[c][r]);
-							min_terms[c][r] += min * xb.sum;
-						}
-					}
-				}
-				for c in 0..C {
-					for r in 0..R {
-						sums[c][r] = hsum(acc[c][r]) + min_terms[c][r];
-					}
-				}
-			}
-		};
-	}
-
-	/// The sum of the eight lanes.
-	#[inline(always)]
-	pub(super) unsafe fn hsum(v: __m256) -> f32 {
-		let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-		let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-		_mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
-	}
-
-	/// The f16 at `p` as f32, loaded with the next two bytes (a 16-bit load into a vector
-	/// register made the whole kernel a third slower).
-	#[inline(always)]
-	pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
-		_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32))))
-	}
-
-	/// The 16 packed bytes at `p` widened to [low nibbles | high nibbles], the activations' order
-	/// (elements j and j + 16 share a byte).
-	#[inline(always)]
-	unsafe fn nibbles(p: *const u8) -> __m256i {
-		let packed = _mm_loadu_si128(p as *const __m128i);
-		let nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-		_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F))
-	}
-
-	/// The 32 bits at `p` as 32 bytes, 16 where the bit is set: the five-bit formats' fifth bits.
-	#[inline(always)]
-	unsafe fn fifth_bits(p: *const u8) -> __m256i {
-		let bits = _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32));
-		// Byte i takes the bit's byte (i / 8), then keeps bit i % 8.
-		let spread = _mm256_shuffle_epi8(
-			bits,
-			_mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
-		);
-		let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-		_mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask), _mm256_set1_epi8(16))
-	}
-
-	/// The adjacent f16s at `p` (scale, minimum) as f32s: one load and one conversion for both.
-	#[inline(always)]
-	unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
-		let pair = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-		(_mm_cvtss_f32(pair), _mm_cvtss_f32(_mm_movehdup_ps(pair)))
-	}
-
-	// Each decoding gives (scale, what multiplies the activations' sum, the weights as 32 u8).
-	/// Q4_0: `d·(q − 8)`, the offset through the activations' sum.
-	#[inline(always)]
-	unsafe fn q4_0_decode(p: *const u8) -> (f32, f32, __m256i) {
-		let d = f16_at(p);
-		(d, -8.0 * d, nibbles(p.add(2)))
-	}
-
-	#[inline(always)]
-	unsafe fn q4_1_decode(p: *const u8) -> (f32, f32, __m256i) {
-		let (d, m) = f16_pair(p);
-		(d, m, nibbles(p.add(4)))
-	}
-
-	#[inline(always)]
-	unsafe fn q5_0_decode(p: *const u8) -> (f32, f32, __m256i) {
-		let d = f16_at(p);
-		(d, -16.0 * d, _mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2))))
-	}
-
-	#[inline(always)]
-	unsafe fn q5_1_decode(p: *const u8) -> (f32, f32, __m256i) {
-		let (d, m) = f16_pair(p);
-		(d, m, _mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))))
-	}
-
-	/// Q8_0: signed weights, multiplied as |w| × (x with w's sign) to fit u8 × i8.
-	#[inline(always)]
-	unsafe fn q8_0_decode(p: *const u8) -> (f32, f32, __m256i) {
-		(f16_at(p), 0.0, _mm256_loadu_si256(p.add(2) as *const __m256i))
-	}
-
-	/// Unsigned weights (every format but Q8_0) times signed activations, eight i32 sums.
-	#[inline(always)]
-	unsafe fn unsigned_avx2(w: __m256i, x: __m256i) -> __m256i {
-		_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
-	}
-
-	#[inline(always)]
-	unsafe fn unsigned_vnni(w: __m256i, x: __m256i) -> __m256i {
-		_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
-	}
-
-	#[inline(always)]
-	unsafe fn unsigned_avx512_vnni(w: __m256i, x: __m256i) -> __m256i {
-		_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
-	}
-
-	// maddubs sums u8 × i8 pairs into i16 without saturating here (at most 2·31·128 for the
-	// five-bit formats, 2·127·127 for Q8_0), then madd sums pairs of those into i32.
-	kernel!(q4_0_avx2, "avx2,fma,f16c", 18, |p| q4_0_decode(p), |w, x| unsigned_avx2(w, x));
-	kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", 18, |p| q4_0_decode(p), |w, x| unsigned_vnni(w, x));
-	kernel!(q4_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 18, |p| q4_0_decode(p), |w, x| unsigned_avx512_vnni(w, x));
-	kernel!(q4_1_avx2, "avx2,fma,f16c", 20, |p| q4_1_decode(p), |w, x| unsigned_avx2(w, x));
-	kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", 20, |p| q4_1_decode(p), |w, x| unsigned_vnni(w, x));
-	kernel!(q4_1_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 20, |p| q4_1_decode(p), |w, x| unsigned_avx512_vnni(w, x));
-	kernel!(q5_0_avx2, "avx2,fma,f16c", 22, |p| q5_0_decode(p), |w, x| unsigned_avx2(w, x));
-	kernel!(q5_0_vnni, "avx2,fma,f16c,avxvnni", 22, |p| q5_0_decode(p), |w, x| unsigned_vnni(w, x));
-	kernel!(q5_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 22, |p| q5_0_decode(p), |w, x| unsigned_avx512_vnni(w, x));
-	kernel!(q5_1_avx2, "avx2,fma,f16c", 24, |p| q5_1_decode(p), |w, x| unsigned_avx2(w, x));
-	kernel!(q5_1_vnni, "avx2,fma,f16c,avxvnni", 24, |p| q5_1_decode(p), |w, x| unsigned_vnni(w, x));
-	kernel!(q5_1_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 24, |p| q5_1_decode(p), |w, x| unsigned_avx512_vnni(w, x));
-	kernel!(q8_0_avx2, "avx2,fma,f16c", 34, |p| q8_0_decode(p), |w, x| {
-		unsigned_avx2(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-	});
-	kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", 34, |p| q8_0_decode(p), |w, x| {
-		unsigned_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-	});
-	kernel!(q8_0_avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 34, |p| q8_0_decode(p), |w, x| {
-		unsigned_avx512_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-	});
-
 	/// [`super::quantize_row`] in AVX2: the same scale, rounding and sums, eight lanes at a time.
 	///
 	/// Safety: the CPU has AVX2 and FMA.
@@ -683,12 +356,6 @@ mod simd {
 			block.sum = d * sum as f32;
 		}
 	}
-
-	by_isa!(q4_0, q4_0_avx2, q4_0_vnni, q4_0_avx512_vnni);
-	by_isa!(q4_1, q4_1_avx2, q4_1_vnni, q4_1_avx512_vnni);
-	by_isa!(q5_0, q5_0_avx2, q5_0_vnni, q5_0_avx512_vnni);
-	by_isa!(q5_1, q5_1_avx2, q5_1_vnni, q5_1_avx512_vnni);
-	by_isa!(q8_0, q8_0_avx2, q8_0_vnni, q8_0_avx512_vnni);
 }
 
 #[cfg(test)]
