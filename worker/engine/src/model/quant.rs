@@ -10,10 +10,7 @@
 //! tile against up to four activation rows, so a batch of sequences reads the weights once per
 //! four rows.
 
-use std::{
-	borrow::Cow,
-	io::{Read, Seek, SeekFrom},
-};
+use std::io::{Read, Seek, SeekFrom};
 
 use candle_core::{
 	quantized::{GgmlDType, QTensor},
@@ -118,18 +115,22 @@ impl QuantMatrix {
 		if !t.device().is_cpu() {
 			return Ok(None);
 		}
-		Self::from_blocks(format, rows, cols, t.data()?).map(Some)
+		let data = t.data()?;
+		if data.len() != rows * cols / format.block_len() * format.block_bytes() {
+			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", data.len());
+		}
+		Ok(Some(Self { tiles: tiles::Tiles::pack(format, rows, cols, &data) }))
 	}
 
 	/// Reads a tensor of GGUF type `dtype` and shape `shape` (candle's order) from `offset` of
-	/// `file` straight into its final layout, without the copies candle's `QTensor` makes on
-	/// the way (the file's bytes, then a typed copy); `None` for a type without a kernel here.
+	/// `file` straight into its tiles, 8 rows at a time, without the copies candle's `QTensor`
+	/// makes on the way (the file's bytes, then a typed copy); `None` for a type without a kernel
+	/// here.
 	pub fn read(dtype: GgmlDType, shape: &candle_core::Shape, file: &mut (impl Read + Seek), offset: u64) -> Result<Option<Self>> {
 		let Some((format, rows, cols)) = Self::kernel_for(dtype, shape)? else { return Ok(None) };
-		let mut bytes = vec![0u8; rows * cols / format.block_len() * format.block_bytes()];
 		file.seek(SeekFrom::Start(offset))?;
-		file.read_exact(&mut bytes)?;
-		Self::from_blocks(format, rows, cols, Cow::Owned(bytes)).map(Some)
+		let tiles = tiles::Tiles::pack_from(format, rows, cols, |chunk| file.read_exact(chunk))?;
+		Ok(Some(Self { tiles }))
 	}
 
 	/// The format and (rows, cols) of a matrix whose rows are whole blocks of a format with a
@@ -138,13 +139,6 @@ impl QuantMatrix {
 		let Some(format) = Format::of(dtype) else { return Ok(None) };
 		let (rows, cols) = shape.dims2()?;
 		Ok((cols % format.block_len() == 0).then_some((format, rows, cols)))
-	}
-
-	fn from_blocks(format: Format, rows: usize, cols: usize, data: Cow<[u8]>) -> Result<Self> {
-		if data.len() != rows * cols / format.block_len() * format.block_bytes() {
-			candle_core::bail!("{format:?} tensor of shape ({rows}, {cols}) has {} bytes", data.len());
-		}
-		Ok(Self { tiles: tiles::Tiles::pack(format, rows, cols, &data) })
 	}
 
 	/// `x · Wᵀ` for `x` of shape `[.., cols]`.

@@ -75,16 +75,38 @@ pub(super) struct Tiles {
 impl Tiles {
 	/// Re-lays the file's blocks (`rows` rows of `cols / block_len` blocks).
 	pub(super) fn pack(format: Format, rows: usize, cols: usize, file: &[u8]) -> Self {
+		let mut rest = file;
+		Self::pack_from(format, rows, cols, |chunk| {
+			let (head, tail) = rest.split_at(chunk.len());
+			chunk.copy_from_slice(head);
+			rest = tail;
+			Ok(())
+		})
+		.expect("copying from a slice of the right length")
+	}
+
+	/// [`Self::pack`] from `read`, which fills each buffer it is given with the file's next
+	/// bytes: 8 rows at a time, so a tensor read from a file is never held twice.
+	pub(super) fn pack_from(
+		format: Format,
+		rows: usize,
+		cols: usize,
+		mut read: impl FnMut(&mut [u8]) -> std::io::Result<()>,
+	) -> std::io::Result<Self> {
 		let (l, blocks_per_row) = (layout(format), cols / format.block_len());
+		let row_bytes = blocks_per_row * format.block_bytes();
 		let mut bytes = vec![0u8; rows.div_ceil(TILE_ROWS) * blocks_per_row * l.bytes];
-		for (row, blocks) in file.chunks_exact(blocks_per_row * format.block_bytes()).enumerate() {
-			let r = row % TILE_ROWS;
-			for (b, block) in blocks.chunks_exact(format.block_bytes()).enumerate() {
-				let tile = &mut bytes[((row / TILE_ROWS) * blocks_per_row + b) * l.bytes..][..l.bytes];
-				pack_block(format, l, block, r, tile);
+		let mut chunk = vec![0u8; TILE_ROWS * row_bytes];
+		for (t, tile) in bytes.chunks_exact_mut(blocks_per_row * l.bytes).enumerate() {
+			let chunk = &mut chunk[..(rows - t * TILE_ROWS).min(TILE_ROWS) * row_bytes];
+			read(chunk)?;
+			for (r, blocks) in chunk.chunks_exact(row_bytes).enumerate() {
+				for (block, tile) in blocks.chunks_exact(format.block_bytes()).zip(tile.chunks_exact_mut(l.bytes)) {
+					pack_block(format, l, block, r, tile);
+				}
 			}
 		}
-		Self { format, rows, cols, bytes }
+		Ok(Self { format, rows, cols, bytes })
 	}
 
 	fn blocks_per_row(&self) -> usize {
