@@ -35,13 +35,15 @@ mod tiles;
 /// Weights per quantization block of the 32-element formats and the activations' Q8 blocks.
 const BLOCK: usize = 32;
 
-/// 32 activations as `d · q`; `sum` is `d · Σq`, which a weight block's minimum (or offset)
-/// multiplies.
+/// 32 activations as `d · q`; `sum` is `d · Σq`, which Q4_1's and Q5_1's minimum multiplies, and
+/// `qsum` is `Σq`, from which Q4_0's and Q5_0's offset is taken in integers (exactly, as
+/// llama.cpp does, rather than as a second float product that nearly cancels the first).
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Q8Block {
 	d: f32,
 	sum: f32,
+	qsum: i32,
 	qs: [i8; BLOCK],
 }
 
@@ -239,6 +241,7 @@ fn quantize_row_scalar(x: &[f32], out: &mut [Q8Block]) {
 		}
 		block.d = d;
 		block.sum = d * sum as f32;
+		block.qsum = sum;
 	}
 }
 
@@ -261,11 +264,11 @@ fn dot_scalar(format: Format, w: &[u8], x: &[Q8Block]) -> f32 {
 	let mut total = 0f32;
 	for (wb, xb) in w.chunks_exact(format.block_bytes()).zip(x) {
 		let d = f16(wb, 0);
-		// (Σ q·x over the block, what multiplies `xb.sum`: the minimum or −offset·d.)
+		// (Σ w·x over the block in integers, what multiplies `xb.sum`: the minimum.)
 		let (products, min) = match format {
-			Format::Q4_0 => (nibbles(&wb[2..], 0, xb), -8.0 * d),
+			Format::Q4_0 => (nibbles(&wb[2..], 0, xb) - 8 * xb.qsum, 0.0),
 			Format::Q4_1 => (nibbles(&wb[4..], 0, xb), f16(wb, 2)),
-			Format::Q5_0 => (nibbles(&wb[6..], high_bits(wb, 2), xb), -16.0 * d),
+			Format::Q5_0 => (nibbles(&wb[6..], high_bits(wb, 2), xb) - 16 * xb.qsum, 0.0),
 			Format::Q5_1 => (nibbles(&wb[8..], high_bits(wb, 4), xb), f16(wb, 2)),
 			Format::Q8_0 => (wb[2..].iter().zip(&xb.qs).map(|(&q, &x)| q as i8 as i32 * x as i32).sum(), 0.0),
 			Format::Q4K | Format::Q5K | Format::Q6K => unreachable!("{format:?} takes Q8K activations"),
@@ -348,6 +351,7 @@ mod simd {
 			let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
 			block.d = d;
 			block.sum = d * sum as f32;
+			block.qsum = sum;
 		}
 	}
 }
@@ -501,7 +505,7 @@ mod tests {
 		let mut fast = vec![Q8Block::default(); 4];
 		quantize_row(&x, &mut fast);
 		for (a, b) in fast.iter().zip(&scalar) {
-			assert_eq!((a.d, a.sum, a.qs), (b.d, b.sum, b.qs));
+			assert_eq!((a.d, a.sum, a.qsum, a.qs), (b.d, b.sum, b.qsum, b.qs));
 		}
 	}
 

@@ -422,18 +422,19 @@ fn dot_tile_32(isa: Option<Isa>, format: Format, tile: &[u8], x: &[Q8Block], blo
 	}
 }
 
-/// Row `i` of a tile · one activation row, in the kernels' steps: `d·d_x·Σq·x` plus the
-/// minimum (or −offset·d) times the activations' sum, per block.
+/// Row `i` of a tile · one activation row, in the kernels' steps: `d·d_x·Σw·x` (the offset of
+/// Q4_0 and Q5_0 taken off in integers) plus Q4_1's and Q5_1's minimum times the activations'
+/// sum, per block.
 fn tile_dot_scalar_32(format: Format, l: TileLayout, tile: &[u8], i: usize, x: &[Q8Block]) -> f32 {
 	let mut total = 0f32;
 	for (block, xb) in tile.chunks_exact(l.bytes).zip(x) {
 		let products: i32 = (0..BLOCK).map(|e| tile_quant(format, l, block, i, e) * xb.qs[e] as i32).sum();
 		let d = f16_at(block, l.d + 2 * i);
-		let min = match format {
-			Format::Q4_0 => -8.0 * d,
-			Format::Q5_0 => -16.0 * d,
-			Format::Q4_1 | Format::Q5_1 => f16_at(block, l.mins + 2 * i),
-			_ => 0.0,
+		let (products, min) = match format {
+			Format::Q4_0 => (products - 8 * xb.qsum, 0.0),
+			Format::Q5_0 => (products - 16 * xb.qsum, 0.0),
+			Format::Q4_1 | Format::Q5_1 => (products, f16_at(block, l.mins + 2 * i)),
+			_ => (products, 0.0),
 		};
 		total += d * xb.d * products as f32 + min * xb.sum;
 	}
@@ -649,8 +650,9 @@ mod simd {
 	}
 
 	/// Q4_0, Q4_1 (`FIVE` false) and Q5_0, Q5_1: per block of 32, four vectors of nibbles (plus
-	/// one of fifth bits) against each activation row's 4-element broadcasts; the minimum (or
-	/// −8·d, −16·d) meets the activations' sum.
+	/// one of fifth bits) against each activation row's 4-element broadcasts; Q4_0's and Q5_0's
+	/// offset (8, 16) comes off the integer sums, Q4_1's and Q5_1's minimum meets the
+	/// activations' sum.
 	macro_rules! kernel_q45_32 {
 		($name:ident, $features:literal, $dot:ident) => {
 			#[target_feature(enable = $features)]
@@ -687,11 +689,16 @@ mod simd {
 						}
 					}
 					let d = f16x8(p.add(l.d));
-					let min = if MIN { f16x8(p.add(l.mins)) } else { _mm256_mul_ps(d, _mm256_set1_ps(if FIVE { -16.0 } else { -8.0 })) };
 					for r in 0..R {
 						let xb = rows[r].get_unchecked(b);
+						if !MIN {
+							let offset = if FIVE { 16 } else { 8 };
+							isum[r] = _mm256_sub_epi32(isum[r], _mm256_set1_epi32(offset * xb.qsum));
+						}
 						acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(d, _mm256_set1_ps(xb.d)), acc[r]);
-						acc[r] = _mm256_fmadd_ps(min, _mm256_set1_ps(xb.sum), acc[r]);
+						if MIN {
+							acc[r] = _mm256_fmadd_ps(f16x8(p.add(l.mins)), _mm256_set1_ps(xb.sum), acc[r]);
+						}
 					}
 				}
 				for r in 0..R {
