@@ -64,41 +64,51 @@ pub struct Heads {
 /// `softmax(q·Kᵀ / √d)·V` for the query heads of a sequence's `rows` new tokens (`rows ×
 /// query_heads × head_dim`; the last is at position `len - 1`, each attends to the positions up
 /// to its own, or the last `window` of them), grouped-query: query head `h` reads kv head `h /
-/// (query_heads / kv_heads)`. The (token, head) pairs are split over candle's CPU pool. Returns
-/// `rows × query_heads × head_dim`.
+/// (query_heads / kv_heads)`. The (token, kv head) pairs are split over candle's CPU pool; the
+/// query heads sharing a kv head are scored together, so each cached row is read once for all
+/// of them (each head's sums are the same, in the same order, as alone). Returns `rows ×
+/// query_heads × head_dim`.
 pub fn attend(q: &[f32], rows: usize, keys: &CacheView, values: &CacheView, heads: &Heads) -> Vec<f32> {
 	let Heads { query_heads, kv_heads, head_dim, len, window, scale } = *heads;
 	let group = query_heads / kv_heads;
 	let mut out = vec![0f32; rows * query_heads * head_dim];
 	let out_ptr = OutPtr(out.as_mut_ptr());
-	candle_core::utils::barrier_pool().execute_chunked(rows * query_heads, |range| {
+	candle_core::utils::barrier_pool().execute_chunked(rows * kv_heads, |range| {
 		let out_ptr = &out_ptr;
-		let mut scores = vec![0f32; len];
+		let (mut scores, mut totals) = (vec![0f32; group * len], vec![0f32; group]);
 		for item in range {
-			let (row, h) = (item / query_heads, item % query_heads);
+			let (row, g) = (item / kv_heads, item % kv_heads);
 			let seen = Heads { len: len - (rows - 1 - row), ..*heads };
 			// The positions before the window are skipped.
 			let first = window.map_or(0, |w| seen.len.saturating_sub(w));
-			let g = h / group;
-			let query = &q[item * head_dim..(item + 1) * head_dim];
-			let scores = &mut scores[..seen.len - first];
-			let mut max = f32::NEG_INFINITY;
-			for (score, key) in scores.iter_mut().zip(keys.head_rows(g, &seen).skip(first)) {
-				*score = dot(query, key) * scale;
-				max = max.max(*score);
+			let n = seen.len - first;
+			// Query head `g·group + i` of this token, and its scores.
+			let first_head = row * query_heads + g * group;
+			let query = |i: usize| &q[(first_head + i) * head_dim..(first_head + i + 1) * head_dim];
+			let scores = &mut scores[..group * n];
+			for (t, key) in keys.head_rows(g, &seen).skip(first).enumerate() {
+				for i in 0..group {
+					scores[i * n + t] = dot(query(i), key) * scale;
+				}
 			}
-			let mut total = 0f32;
-			for score in scores.iter_mut() {
-				*score = (*score - max).exp();
-				total += *score;
+			totals.fill(0.0);
+			for (i, scores) in scores.chunks_exact_mut(n).enumerate() {
+				let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+				for score in scores.iter_mut() {
+					*score = (*score - max).exp();
+					totals[i] += *score;
+				}
 			}
-			// Safety: this (token, head)'s slice of `out` is written by this work item alone,
-			// and `execute_chunked` returns only after every item is done.
-			let head_out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(item * head_dim), head_dim) };
-			for (&weight, value) in scores.iter().zip(values.head_rows(g, &seen).skip(first)) {
-				let weight = weight / total;
-				for (o, &v) in head_out.iter_mut().zip(value) {
-					*o += weight * v;
+			// Safety: this (token, kv head)'s query heads' slice of `out` is written by this work
+			// item alone, and `execute_chunked` returns only after every item is done.
+			let heads_out =
+				unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(first_head * head_dim), group * head_dim) };
+			for (t, value) in values.head_rows(g, &seen).skip(first).enumerate() {
+				for (i, head_out) in heads_out.chunks_exact_mut(head_dim).enumerate() {
+					let weight = scores[i * n + t] / totals[i];
+					for (o, &v) in head_out.iter_mut().zip(value) {
+						*o += weight * v;
+					}
 				}
 			}
 		}
