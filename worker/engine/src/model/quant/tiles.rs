@@ -346,78 +346,75 @@ fn scale_min(l: TileLayout, block: &[u8], r: usize, s: usize) -> (u8, u8) {
 	(block[l.scales + s * TILE_ROWS + r], block[l.mins + (s / 2 * TILE_ROWS + r) * 2 + s % 2])
 }
 
+/// Calls `simd::$kernel::<R>(isa, tile, rows, sums)` with the R (1 to 4) activation rows of `x`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+	($kernel:ident, $isa:expr, $tile:expr, $x:expr, $blocks_per_row:expr, $sums:expr) => {{
+		let (x, blocks_per_row) = ($x, $blocks_per_row);
+		let row = |r: usize| &x[r * blocks_per_row..(r + 1) * blocks_per_row];
+		// Safety: `isa` is one the CPU runs; the tile has `blocks_per_row` blocks of the format's
+		// layout, as does every row.
+		unsafe {
+			match x.len() / blocks_per_row {
+				1 => simd::$kernel::<1>($isa, $tile, [row(0)], $sums),
+				2 => simd::$kernel::<2>($isa, $tile, [row(0), row(1)], $sums),
+				3 => simd::$kernel::<3>($isa, $tile, [row(0), row(1), row(2)], $sums),
+				_ => simd::$kernel::<4>($isa, $tile, [row(0), row(1), row(2), row(3)], $sums),
+			}
+		}
+	}};
+}
+
 /// `sums[r][i]` = row i of `tile` · activation row r of `x` (1 to 4 rows of `blocks_per_row`
 /// blocks), for the K-quants.
 fn dot_tile_k(isa: Option<Isa>, format: Format, tile: &[u8], x: &[Q8KBlock], blocks_per_row: usize, sums: &mut Sums) {
 	#[cfg(target_arch = "x86_64")]
 	if let Some(isa) = isa {
-		let row = |r: usize| &x[r * blocks_per_row..(r + 1) * blocks_per_row];
-		macro_rules! rows {
-			($kernel:ident) => {
-				// Safety: `isa` is one the CPU runs; the tile has `blocks_per_row` super-blocks of
-				// the format's layout, as does every row.
-				unsafe {
-					match x.len() / blocks_per_row {
-						1 => simd::$kernel::<1>(isa, tile, [row(0)], sums),
-						2 => simd::$kernel::<2>(isa, tile, [row(0), row(1)], sums),
-						3 => simd::$kernel::<3>(isa, tile, [row(0), row(1), row(2)], sums),
-						_ => simd::$kernel::<4>(isa, tile, [row(0), row(1), row(2), row(3)], sums),
-					}
-				}
-			};
-		}
 		match format {
-			Format::Q4K => rows!(q4_k),
-			Format::Q5K => rows!(q5_k),
-			Format::Q6K => rows!(q6_k),
+			Format::Q4K => by_rows!(q4_k, isa, tile, x, blocks_per_row, sums),
+			Format::Q5K => by_rows!(q5_k, isa, tile, x, blocks_per_row, sums),
+			Format::Q6K => by_rows!(q6_k, isa, tile, x, blocks_per_row, sums),
 			_ => unreachable!("{format:?} is not a K-quant"),
 		}
 		return;
 	}
 	#[cfg(not(target_arch = "x86_64"))]
 	let _ = isa;
-	let l = layout(format);
-	for (r, x) in x.chunks_exact(blocks_per_row).enumerate() {
-		for (i, sum) in sums[r].iter_mut().enumerate() {
-			*sum = tile_dot_scalar(format, l, tile, i, x);
-		}
-	}
+	dot_tile_scalar(format, tile, x, blocks_per_row, sums, tile_dot_scalar);
 }
 
 /// [`dot_tile_k`] for the formats of 32-element blocks.
 fn dot_tile_32(isa: Option<Isa>, format: Format, tile: &[u8], x: &[Q8Block], blocks_per_row: usize, sums: &mut Sums) {
 	#[cfg(target_arch = "x86_64")]
 	if let Some(isa) = isa {
-		let row = |r: usize| &x[r * blocks_per_row..(r + 1) * blocks_per_row];
-		macro_rules! rows {
-			($kernel:ident) => {
-				// Safety: as in `dot_tile_k`.
-				unsafe {
-					match x.len() / blocks_per_row {
-						1 => simd::$kernel::<1>(isa, tile, [row(0)], sums),
-						2 => simd::$kernel::<2>(isa, tile, [row(0), row(1)], sums),
-						3 => simd::$kernel::<3>(isa, tile, [row(0), row(1), row(2)], sums),
-						_ => simd::$kernel::<4>(isa, tile, [row(0), row(1), row(2), row(3)], sums),
-					}
-				}
-			};
-		}
 		match format {
-			Format::Q4_0 => rows!(q4_0),
-			Format::Q4_1 => rows!(q4_1),
-			Format::Q5_0 => rows!(q5_0),
-			Format::Q5_1 => rows!(q5_1),
-			Format::Q8_0 => rows!(q8_0),
+			Format::Q4_0 => by_rows!(q4_0, isa, tile, x, blocks_per_row, sums),
+			Format::Q4_1 => by_rows!(q4_1, isa, tile, x, blocks_per_row, sums),
+			Format::Q5_0 => by_rows!(q5_0, isa, tile, x, blocks_per_row, sums),
+			Format::Q5_1 => by_rows!(q5_1, isa, tile, x, blocks_per_row, sums),
+			Format::Q8_0 => by_rows!(q8_0, isa, tile, x, blocks_per_row, sums),
 			_ => unreachable!("{format:?} takes Q8K activations"),
 		}
 		return;
 	}
 	#[cfg(not(target_arch = "x86_64"))]
 	let _ = isa;
+	dot_tile_scalar(format, tile, x, blocks_per_row, sums, tile_dot_scalar_32);
+}
+
+/// The scalar path: `dot` for every (activation row, tile row).
+fn dot_tile_scalar<A>(
+	format: Format,
+	tile: &[u8],
+	x: &[A],
+	blocks_per_row: usize,
+	sums: &mut Sums,
+	dot: fn(Format, TileLayout, &[u8], usize, &[A]) -> f32,
+) {
 	let l = layout(format);
 	for (r, x) in x.chunks_exact(blocks_per_row).enumerate() {
 		for (i, sum) in sums[r].iter_mut().enumerate() {
-			*sum = tile_dot_scalar_32(format, l, tile, i, x);
+			*sum = dot(format, l, tile, i, x);
 		}
 	}
 }
