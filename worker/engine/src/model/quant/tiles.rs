@@ -1,9 +1,10 @@
 //! Every weight format's matrix re-laid at load in tiles of 8 rows (the layout of llama.cpp's and
-//! candle's repacked GEMM kernels, but with scales kept as bytes, so a tile is no bigger than the
-//! file's eight rows of blocks and replaces them): a 32-byte vector holds 4 weights of each of the
-//! 8 rows, and one u8 × i8 dot product against 4 broadcast activations gives all 8 rows' partial
-//! sums, with no horizontal sums and no shuffles. Work is split over tiles on candle's CPU pool,
-//! each tile multiplied against up to 4 activation rows at a time.
+//! candle's repacked GEMM kernels, but with scales kept as bytes, so a tile is as small as the
+//! file's eight rows of blocks, 3 % larger for Q4_K and Q5_K, and replaces them rather than
+//! standing beside them): a 32-byte vector holds 4 weights of each of the 8 rows, and one u8 × i8
+//! dot product against 4 broadcast activations gives all 8 rows' partial sums, with no horizontal
+//! sums and no shuffles. Work is split over tiles on candle's CPU pool, each tile multiplied
+//! against up to 4 activation rows at a time.
 //!
 //! Per tile and block (the file layouts are in `quant.rs` and `k.rs`):
 //! - Q4_0, Q4_1, Q5_0, Q5_1 (blocks of 32): `qs` [4 groups of 8 elements][8 rows][4 bytes], byte j
@@ -19,8 +20,9 @@
 //!   d f16 [8].
 //!
 //! The integer sums are exact: a block's (a K-quant sub-block's or group's) products are summed
-//! in i32 and, for the K-quants, multiplied by its scale before one conversion to f32 per block;
-//! minimums and offsets (Q4_0's 8, Q6_K's 32, ...) are applied through the activations' sums.
+//! in i32 and, for the K-quants, multiplied by its scale before one conversion to f32 per block.
+//! Offsets (Q4_0's 8, Q5_0's 16, Q6_K's 32) come off those sums through the activations' integer
+//! sums; minimums (Q4_1, Q5_1, Q4_K, Q5_K) meet the activations' sums once per block.
 
 use super::{
 	k::{self, Q8KBlock, QK_K},
