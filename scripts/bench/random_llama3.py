@@ -19,7 +19,7 @@ import llama_cpp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "families"))
-from compare import byte_tokens, interleave_rope_rows, llama3_factors  # noqa: E402
+from compare import add_byte_level_vocabulary, interleave_rope_rows, llama3_factors  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB = 2048, 16, 32, 8, 8192, 49152
 HEAD_DIM = HIDDEN // HEADS
@@ -47,12 +47,7 @@ def write_f16(path, seed):
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(VOCAB)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    tokens = byte_tokens() + [f"<t{i}>" for i in range(VOCAB - 256 - 1)] + ["ab"]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
-    w.add_token_merges(["a b"])
+    add_byte_level_vocabulary(w, VOCAB)
     w.add_bos_token_id(VOCAB - 2)
     w.add_eos_token_id(VOCAB - 3)
     w.add_add_bos_token(False)

@@ -64,6 +64,17 @@ def byte_tokens():
     return [chars[b] for b in range(256)]
 
 
+def add_byte_level_vocabulary(w, vocab):
+    """A `gpt2` vocabulary of `vocab` tokens: the 256 bytes, placeholders, and "ab" from the one
+    merge, so both engines load a byte-level BPE without a real model's tokenizer."""
+    tokens = byte_tokens() + [f"<t{i}>" for i in range(vocab - 256 - 1)] + ["ab"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * vocab)
+    w.add_token_merges(["a b"])
+
+
 def llama3_factors(head_dim, theta, factor, low, high, original):
     """Llama 3.1's rope frequency factors, as transformers and llama.cpp's converter compute them."""
     out = []
@@ -201,12 +212,7 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
     if rope == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(config["rope_scaling"]["factor"])
-    tokens = byte_tokens() + [f"<t{i}>" for i in range(VOCAB - 256 - 1)] + ["ab"]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
-    w.add_token_merges(["a b"])
+    add_byte_level_vocabulary(w, VOCAB)
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
