@@ -28,6 +28,7 @@ impl SharedModel {
 	}
 
 	/// Whether `other` is this very model, not a copy.
+	#[cfg(test)]
 	pub fn is_shared_with(&self, other: &Self) -> bool {
 		Arc::ptr_eq(&self.0, &other.0)
 	}
