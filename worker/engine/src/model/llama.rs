@@ -76,6 +76,24 @@ impl BaseLinear {
 			},
 		}
 	}
+
+	/// [`Self::forward_rows`] of one input by several projections: in one dispatch where all
+	/// are the worker's quantized matrices taking the same quantized input, else one by one.
+	fn forward_rows_many(bases: &[&Self], xs: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
+		let quantized: Option<Vec<&QuantMatrix>> = bases
+			.iter()
+			.map(|base| match base {
+				Self::Quantized(m) => Some(m),
+				_ => None,
+			})
+			.collect();
+		if let Some(quantized) = quantized {
+			if let Some(outs) = QuantMatrix::matmul_rows_many(&quantized, xs, rows)? {
+				return Ok(outs);
+			}
+		}
+		bases.iter().map(|base| base.forward_rows(xs, rows)).collect()
+	}
 }
 
 struct Layer {
@@ -430,8 +448,7 @@ impl Llama {
 			};
 			x = (x + post_norm(self.project(layer, l, Projection::O, &attn, &adapters)?, 0)?)?;
 			let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-			let gate = self.project(layer, l, Projection::Gate, &h, &adapters)?;
-			let up = self.project(layer, l, Projection::Up, &h, &adapters)?;
+			let [gate, up] = self.project_many(layer, l, [Projection::Gate, Projection::Up], &h, &adapters)?;
 			let gate = if c.architecture.gelu_gate() { gate.gelu()? } else { candle_nn::ops::silu(&gate)? };
 			let act = (gate * up)?;
 			x = (x + post_norm(self.project(layer, l, Projection::Down, &act, &adapters)?, 1)?)?;
@@ -466,9 +483,7 @@ impl Llama {
 	/// with their LoRA deltas, then the family's bias (Qwen 2) or per-head norm (Qwen 3).
 	fn attention_inputs(&self, layer: &Layer, l: usize, h: &Tensor, adapters: &RowAdapters) -> Result<(Tensor, Tensor, Tensor)> {
 		let c = &self.config;
-		let mut q = self.project(layer, l, Projection::Q, h, adapters)?;
-		let mut k = self.project(layer, l, Projection::K, h, adapters)?;
-		let mut v = self.project(layer, l, Projection::V, h, adapters)?;
+		let [mut q, mut k, mut v] = self.project_many(layer, l, [Projection::Q, Projection::K, Projection::V], h, adapters)?;
 		if let Some([bq, bk, bv]) = &layer.qkv_bias {
 			q = q.broadcast_add(bq)?;
 			k = k.broadcast_add(bk)?;
@@ -488,18 +503,40 @@ impl Llama {
 
 	/// `W·x` for all rows, plus each row's LoRA delta.
 	fn project(&self, layer: &Layer, l: usize, projection: Projection, x: &Tensor, adapters: &RowAdapters) -> Result<Tensor> {
-		let base = &layer.proj[projection.index()];
-		if self.device.is_cpu() {
-			// On the CPU the deltas are added in place, row by row, to the base output: no
-			// per-group slicing and concatenation of tensors.
-			let (rows, in_features) = x.dims2()?;
-			let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-			let mut out = base.forward_rows(&xs, rows)?;
+		let [out] = self.project_many(layer, l, [projection], x, adapters)?;
+		Ok(out)
+	}
+
+	/// [`Self::project`] for several projections of the same input (q, k and v; gate and up).
+	fn project_many<const N: usize>(
+		&self,
+		layer: &Layer,
+		l: usize,
+		projections: [Projection; N],
+		x: &Tensor,
+		adapters: &RowAdapters,
+	) -> Result<[Tensor; N]> {
+		let bases = projections.map(|p| &layer.proj[p.index()]);
+		if !self.device.is_cpu() {
+			let mut outs = Vec::with_capacity(N);
+			for (base, projection) in bases.iter().zip(projections) {
+				outs.push(adapters.add_deltas(base.forward(x)?, x, l, projection)?);
+			}
+			return Ok(outs.try_into().expect("one output per projection"));
+		}
+		// On the CPU the projections share one dispatch of the pool (see `forward_rows_many`),
+		// and the deltas are added in place, row by row, to the base outputs: no per-group
+		// slicing and concatenation of tensors.
+		let (rows, in_features) = x.dims2()?;
+		let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+		let outs = BaseLinear::forward_rows_many(&bases, &xs, rows)?;
+		let mut tensors = Vec::with_capacity(N);
+		for (mut out, projection) in outs.into_iter().zip(projections) {
 			let out_features = out.len() / rows;
 			lora::add_row_deltas(&xs, in_features, &mut out, out_features, &adapters.row_weights(l, projection))?;
-			return Tensor::from_vec(out, (rows, out_features), &self.device);
+			tensors.push(Tensor::from_vec(out, (rows, out_features), &self.device)?);
 		}
-		adapters.add_deltas(base.forward(x)?, x, l, projection)
+		Ok(tensors.try_into().expect("one output per projection"))
 	}
 
 	/// The causal mask of `n` new rows at position `pos` for every query head of a kv group,

@@ -168,6 +168,25 @@ impl QuantMatrix {
 		Ok(out)
 	}
 
+	/// [`Self::matmul_rows`] of one input by several matrices, in one dispatch of the CPU pool
+	/// with the input quantized once (see `Tiles::matmul_many`); `None` where they do not take
+	/// the same quantized input (different widths, or K-quants beside formats of 32-element
+	/// blocks).
+	pub fn matmul_rows_many(matrices: &[&Self], input: &[f32], m: usize) -> Result<Option<Vec<Vec<f32>>>> {
+		let tiles: Vec<&tiles::Tiles> = matrices.iter().map(|w| &w.tiles).collect();
+		if tiles.is_empty() || !tiles::Tiles::fuse(&tiles) {
+			return Ok(None);
+		}
+		if input.len() != m * tiles[0].cols {
+			candle_core::bail!("matmul: {} inputs for {m} rows of {}", input.len(), tiles[0].cols);
+		}
+		let mut outs: Vec<Vec<f32>> = tiles.iter().map(|w| vec![0f32; m * w.rows]).collect();
+		let mut products: Vec<(&tiles::Tiles, &mut [f32])> =
+			tiles.iter().zip(outs.iter_mut()).map(|(w, out)| (*w, out.as_mut_slice())).collect();
+		tiles::Tiles::matmul_many(isa(), &mut products, input, m);
+		Ok(Some(outs))
+	}
+
 	/// Weight rows `ids` as f32s, `[ids.len(), cols]`: the rows a step looks up when this is a
 	/// token embedding table, dequantized as llama.cpp dequantizes them.
 	pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor> {
@@ -463,6 +482,36 @@ mod tests {
 			assert!(ours_error <= candle_error * 1.25, "{dtype:?}: ours {ours_error}, candle {candle_error}");
 			assert!(max_relative_error(&got, &by_candle) < 1e-2);
 		}
+	}
+
+	/// Products taken together in one dispatch equal each taken alone, bit for bit, whatever
+	/// their formats and row counts (a tile padded with zero rows among them); matrices that do
+	/// not share a quantized input are refused.
+	#[test]
+	fn fused_products_equal_separate_ones() {
+		let mut rng = StdRng::seed_from_u64(17);
+		let (cols, m) = (512, 5);
+		let x = random(&mut rng, m * cols);
+		for group in [
+			&[(GgmlDType::Q4K, 40), (GgmlDType::Q6K, 13), (GgmlDType::Q5K, 8)][..],
+			&[(GgmlDType::Q4_0, 24), (GgmlDType::Q8_0, 7), (GgmlDType::Q5_1, 16)][..],
+		] {
+			let matrices: Vec<QuantMatrix> = group
+				.iter()
+				.map(|&(dtype, rows)| QuantMatrix::from_qtensor(&quantized_weights(&mut rng, dtype, rows, cols)).unwrap().unwrap())
+				.collect();
+			let refs: Vec<&QuantMatrix> = matrices.iter().collect();
+			let fused = QuantMatrix::matmul_rows_many(&refs, &x, m).unwrap().expect("one quantized input");
+			for (w, got) in matrices.iter().zip(&fused) {
+				assert_eq!(got, &w.matmul_rows(&x, m).unwrap());
+			}
+		}
+		let k = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, GgmlDType::Q4K, 8, cols)).unwrap().unwrap();
+		let block32 = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, GgmlDType::Q8_0, 8, cols)).unwrap().unwrap();
+		let wider = QuantMatrix::from_qtensor(&quantized_weights(&mut rng, GgmlDType::Q4K, 8, 2 * cols)).unwrap().unwrap();
+		assert!(QuantMatrix::matmul_rows_many(&[&k, &block32], &x, m).unwrap().is_none());
+		assert!(QuantMatrix::matmul_rows_many(&[&k, &wider], &x, m).unwrap().is_none());
+		assert!(QuantMatrix::matmul_rows_many(&[&k, &k], &x[1..], m).is_err());
 	}
 
 	/// Q6_K's scales are signed bytes: a block whose scale is −128, and Q4_K scales and minimums

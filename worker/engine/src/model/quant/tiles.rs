@@ -166,44 +166,65 @@ impl Tiles {
 	/// `out[m, rows] = input[m, cols] · Wᵀ` with the kernels of `isa` (the scalar code for
 	/// `None`), which the CPU must run.
 	pub(super) fn matmul(&self, isa: Option<Isa>, input: &[f32], m: usize, out: &mut [f32]) {
-		match self.format.block_len() {
-			QK_K => self.matmul_with(isa, input, m, out, k::quantize_row, dot_tile_k),
-			_ => self.matmul_with(isa, input, m, out, super::quantize_row, dot_tile_32),
+		Self::matmul_many(isa, &mut [(self, out)], input, m)
+	}
+
+	/// Whether [`Self::matmul_many`] takes these matrices together: the same inputs, quantized
+	/// the same way.
+	pub(super) fn fuse(matrices: &[&Self]) -> bool {
+		matrices.windows(2).all(|w| w[0].cols == w[1].cols && w[0].format.block_len() == w[1].format.block_len())
+	}
+
+	/// [`Self::matmul`] of one input by several matrices ([`Self::fuse`]), each into its own
+	/// output: the input is quantized once and all their tiles are shared out in one dispatch
+	/// of the pool, so the threads wait for each other once (a layer's q, k and v; gate and up).
+	pub(super) fn matmul_many(isa: Option<Isa>, products: &mut [(&Self, &mut [f32])], input: &[f32], m: usize) {
+		debug_assert!(Self::fuse(&products.iter().map(|(w, _)| *w).collect::<Vec<_>>()));
+		match products[0].0.format.block_len() {
+			QK_K => Self::matmul_with(isa, products, input, m, k::quantize_row, dot_tile_k),
+			_ => Self::matmul_with(isa, products, input, m, super::quantize_row, dot_tile_32),
 		}
 	}
 
-	/// [`Self::matmul`] with the activations quantized to `A` blocks by `quantize` and each tile
-	/// multiplied by `dot`.
+	/// [`Self::matmul_many`] with the activations quantized to `A` blocks by `quantize` and each
+	/// tile multiplied by `dot`.
 	fn matmul_with<A: Copy + Default + Send + Sync>(
-		&self,
 		isa: Option<Isa>,
+		products: &mut [(&Self, &mut [f32])],
 		input: &[f32],
 		m: usize,
-		out: &mut [f32],
 		quantize: fn(&[f32], &mut [A]),
 		dot: fn(Option<Isa>, Format, &[u8], &[A], usize, &mut Sums),
 	) {
-		let blocks_per_row = self.blocks_per_row();
+		let (cols, blocks_per_row) = (products[0].0.cols, products[0].0.blocks_per_row());
 		let mut quantized = vec![A::default(); m * blocks_per_row];
-		for (row, q) in input.chunks_exact(self.cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
+		for (row, q) in input.chunks_exact(cols).zip(quantized.chunks_exact_mut(blocks_per_row)) {
 			quantize(row, q);
 		}
-		let n = self.rows;
-		let out_ptr = SyncPtr(out.as_mut_ptr());
-		candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
-			let out_ptr = &out_ptr;
-			for t in tiles {
-				let tile = self.tile(t);
+		// Work item i is tile i - first[p] of product p, the last p with first[p] <= i.
+		let mut first = Vec::with_capacity(products.len());
+		let mut items = 0;
+		for (w, _) in products.iter() {
+			first.push(items);
+			items += w.rows.div_ceil(TILE_ROWS);
+		}
+		let targets: Vec<(&Self, SyncPtr)> = products.iter_mut().map(|(w, out)| (*w, SyncPtr(out.as_mut_ptr()))).collect();
+		candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+			for item in range {
+				let p = first.partition_point(|&f| f <= item) - 1;
+				let (w, out_ptr) = (targets[p].0, &targets[p].1);
+				let (t, n) = (item - first[p], w.rows);
+				let tile = w.tile(t);
 				for tile_start in (0..m).step_by(ROW_TILE) {
 					let x = &quantized[tile_start * blocks_per_row..(tile_start + ROW_TILE).min(m) * blocks_per_row];
 					let mut sums = [[0f32; TILE_ROWS]; ROW_TILE];
-					dot(isa, self.format, tile, x, blocks_per_row, &mut sums);
-					let first = t * TILE_ROWS;
+					dot(isa, w.format, tile, x, blocks_per_row, &mut sums);
+					let first_row = t * TILE_ROWS;
 					for (r, row_sums) in sums.iter().enumerate().take(x.len() / blocks_per_row) {
-						for (i, &s) in row_sums.iter().enumerate().take(n - first) {
-							// Safety: each (row, column) of `out` is written by exactly one work
-							// item, and `execute_chunked` returns only after every item is done.
-							unsafe { *out_ptr.0.add((tile_start + r) * n + first + i) = s };
+						for (i, &s) in row_sums.iter().enumerate().take(n - first_row) {
+							// Safety: each (row, column) of each output is written by exactly one
+							// work item, and `execute_chunked` returns only after every item is done.
+							unsafe { *out_ptr.0.add((tile_start + r) * n + first_row + i) = s };
 						}
 					}
 				}
