@@ -53,10 +53,15 @@ impl BaseModel {
 			let content = gguf_file::Content::read(&mut file)
 				.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
 			let codec = TextCodec::from_gguf(&content)?;
+			// The metadata (a large vocabulary's tokens and scores: 32 MB for Gemma 3) is not
+			// kept while the weights load, nor what building the tokenizer freed.
+			drop(content);
+			return_freed_memory();
 			(Llama::from_gguf(path, device, progress)?, codec)
 		} else {
 			bail!("model path {} does not exist", path.display());
 		};
+		return_freed_memory();
 		let name = name.unwrap_or(if path.ends_with(SMOLLM2_GGUF) { SMOLLM2_NAME.into() } else { default_name });
 		tracing::info!(
 			"base model `{name}` loaded from {} in {:.1} s ({} layers, context {})",
@@ -66,6 +71,17 @@ impl BaseModel {
 			model.config.max_position
 		);
 		Ok(Self { name, config: model.config.clone(), model: Arc::new(model), codec: Arc::new(codec), source: path.into() })
+	}
+}
+
+/// Returns the heap that loading freed to the OS. Building a tokenizer and reading metadata
+/// free many small allocations among ones that stay, which `free` keeps for reuse: about 75 MB
+/// of Gemma 3's resident set, after its 262,144-token vocabulary, until this.
+fn return_freed_memory() {
+	#[cfg(all(target_os = "linux", target_env = "gnu"))]
+	// Safety: `malloc_trim` only releases free pages of glibc's own heap.
+	unsafe {
+		libc::malloc_trim(0);
 	}
 }
 

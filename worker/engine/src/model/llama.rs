@@ -174,9 +174,11 @@ impl Llama {
 	pub fn from_gguf(path: &Path, device: &Device, mut progress: impl FnMut(usize, usize)) -> anyhow::Result<Self> {
 		let mut file =
 			std::fs::File::open(path).with_context(|| format!("opening model {}", path.display()))?;
-		let content = gguf_file::Content::read(&mut file)
+		let mut content = gguf_file::Content::read(&mut file)
 			.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
 		let mut config = LlamaConfig::from_gguf(&content)?;
+		// The tokenizer's arrays are read by the codec, not here: not kept while the weights load.
+		content.metadata.retain(|key, _| !key.starts_with("tokenizer."));
 		let arch = config.architecture;
 		let tensor = |file: &mut std::fs::File, name: &str| {
 			content
