@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokenizers::{
 	decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as DecoderSequence, strip::Strip, DecoderWrapper},
@@ -17,15 +17,17 @@ use tokenizers::{
 	AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
-use super::{chat::GEMMA_CHAT_TEMPLATE, SharedModel, SharedTokenizer, TextCodec};
+use super::{
+	chat::GEMMA_CHAT_TEMPLATE,
+	sentencepiece::{SentencePiece, SPM_SPACE},
+	SharedModel, SharedTokenizer, TextCodec,
+};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub(super) const TOKEN_TYPE_NORMAL: i64 = 1;
 pub(super) const TOKEN_TYPE_UNKNOWN: i64 = 2;
 pub(super) const TOKEN_TYPE_CONTROL: i64 = 3;
 pub(super) const TOKEN_TYPE_USER_DEFINED: i64 = 4;
-/// SentencePiece's word boundary: spaces are this character in its vocabulary.
-const SPM_SPACE: char = '\u{2581}';
 
 /// Regexes of HF's Llama 3 and Qwen2 `tokenizer.json` pre-tokenizers (`Split`, then a
 /// regex-less `ByteLevel`).
@@ -214,41 +216,11 @@ impl GgufVocab {
 	}
 
 	/// SentencePiece (`llama`: Llama 2, Mistral, Gemma), which GGUF gives as tokens and scores
-	/// with no merges. llama.cpp merges the adjacent pair whose joined text is the best-scoring
-	/// token, leftmost first, and spells what no token covers in byte tokens (`<0x0A>`). That is
-	/// a BPE whose merges are ranked by the score of what they make, with byte fallback, as
-	/// `transformers` converts SentencePiece models. Spaces become `▁`, with one before the
-	/// text when the file says so.
+	/// with no merges, tokenized as llama.cpp does ([`SentencePiece`]). Spaces become `▁`, with
+	/// one before the text when the file says so.
 	fn sentencepiece(&self) -> Result<SharedTokenizer> {
-		if self.scores.len() != self.tokens.len() {
-			bail!("GGUF has {} SentencePiece tokens but {} scores", self.tokens.len(), self.scores.len());
-		}
-		let kind = |i: usize| self.types.get(i).copied().unwrap_or(TOKEN_TYPE_NORMAL);
-		let vocab: HashMap<&str, usize> = self.tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).rev().collect();
-		// Every way of making a normal or user-defined token from two others, best score
-		// first; equal scores by the pieces' ids, as transformers orders them.
-		let mut merges: Vec<(f32, usize, usize)> = Vec::new();
-		for (id, token) in self.tokens.iter().enumerate() {
-			if !matches!(kind(id), TOKEN_TYPE_NORMAL | TOKEN_TYPE_USER_DEFINED) {
-				continue;
-			}
-			let mut local: Vec<(usize, usize)> = token
-				.char_indices()
-				.skip(1)
-				.filter_map(|(at, _)| Some((*vocab.get(&token[..at])?, *vocab.get(&token[at..])?)))
-				.collect();
-			local.sort_unstable();
-			merges.extend(local.into_iter().map(|(left, right)| (self.scores[id], left, right)));
-		}
-		merges.sort_by(|a, b| b.0.total_cmp(&a.0));
-		let merges = merges.into_iter().map(|(_, l, r)| (self.tokens[l].clone(), self.tokens[r].clone())).collect();
-		let vocab: Vocab = self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-		let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
-		if let Some(unknown) = (0..self.tokens.len()).find(|&i| kind(i) == TOKEN_TYPE_UNKNOWN) {
-			bpe = bpe.unk_token(self.tokens[unknown].clone());
-		}
-		let bpe = bpe.build().map_err(|e| anyhow!("GGUF SentencePiece vocabulary does not form a BPE model: {e}"))?;
-		let mut tokenizer = SharedTokenizer::new(SharedModel::new(bpe));
+		let model = SentencePiece::new(&self.tokens, &self.scores, &self.types)?;
+		let mut tokenizer = SharedTokenizer::new(SharedModel::SentencePiece(Arc::new(model)));
 		let space = |from: &str, to: &str| Replace::new(from, to).map_err(|e| anyhow!("{e}"));
 		// llama.cpp puts a space before the text and after every special token in it, even
 		// where the text starts with one; the normalizer runs on each stretch between special

@@ -10,12 +10,14 @@
 //! The module's files, one job each: `gguf.rs` reads a GGUF file's vocabulary, `hf.rs` an HF
 //! model directory, `chat.rs` renders and encodes chats (only the template makes control
 //! tokens), `decode.rs` detokenizes as tokens stream out, `shared.rs` lets the codec's two
-//! tokenizers hold one vocabulary.
+//! tokenizers hold one vocabulary, `sentencepiece.rs` tokenizes a GGUF SentencePiece vocabulary,
+//! `vocabulary.rs` gives each token's bytes.
 
 mod chat;
 mod decode;
 mod gguf;
 mod hf;
+mod sentencepiece;
 mod shared;
 mod vocabulary;
 #[cfg(test)]

@@ -538,6 +538,44 @@ fn sentencepiece_merges_by_score_and_falls_back_to_bytes() {
 	assert_eq!(gemma_like.decode(&gemma_like.encode(" the a").unwrap()).unwrap(), " the a");
 }
 
+/// Of two pairs making equally scored tokens, the leftmost merges first (llama.cpp's order);
+/// a control token's text is never made by merging, however well it scores.
+#[test]
+fn sentencepiece_ties_merge_leftmost_and_never_make_control_tokens() {
+	let mut vocab = sentencepiece_vocab(false);
+	for (piece, kind, score) in [("ab", 1, -1.0), ("ba", 1, -1.0), ("<c>", 3, 0.0), ("<", 1, -2.0), ("c>", 1, -2.0), ("b", 1, -3.0)] {
+		vocab.tokens.push(piece.into());
+		vocab.types.push(kind);
+		vocab.scores.push(score);
+	}
+	let codec = vocab.build().unwrap();
+	let id = |piece: &str| codec.token_to_id(piece).unwrap();
+	assert_eq!(codec.encode("aba").unwrap(), vec![id("ab"), id("a")]);
+	assert_eq!(codec.encode("bab").unwrap(), vec![id("ba"), id("b")]);
+	// `<c>` in text is matched whole as a special token, but merging `<` and `c>` (the model,
+	// which sees text between special tokens) stops there.
+	let model_ids = |text: &str| -> Vec<u32> {
+		tokenizers::Model::tokenize(codec.tokenizer.get_model(), text).unwrap().iter().map(|t| t.id).collect()
+	};
+	assert_eq!(model_ids("<c>"), vec![id("<"), id("c>")]);
+	assert_eq!(codec.encode("<c>").unwrap(), vec![id("<c>")]);
+}
+
+/// The bytes of each token, read straight from a GGUF SentencePiece vocabulary: `▁` as a space,
+/// byte tokens as their byte, control tokens marked so grammars' text cannot make them.
+#[test]
+fn sentencepiece_vocabulary_bytes() {
+	let codec = sentencepiece_vocab(true).build().unwrap();
+	let vocabulary = super::Vocabulary::new(&codec, 300).unwrap();
+	assert_eq!(vocabulary.len(), 300);
+	let id = |piece: &str| codec.token_to_id(piece).unwrap();
+	assert_eq!(vocabulary.bytes(id("\u{2581}the")), b" the");
+	assert_eq!(vocabulary.bytes(id("<0x0A>")), b"\n");
+	assert_eq!(vocabulary.bytes(2), b"</s>");
+	assert_eq!(vocabulary.marked_words()[2], b"\xff</s>");
+	assert_eq!(vocabulary.bytes(299), b"");
+}
+
 #[test]
 fn gemma_turns_render_and_end_the_answer() {
 	let mut vocab = sentencepiece_vocab(false);
