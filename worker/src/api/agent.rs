@@ -154,7 +154,7 @@ async fn serve(
 	let (text, finished) = closing.finish(state, answer.text, &usage).await?;
 	drop(permit);
 	let mut choice = ChatChoice::new(0, text, answer.finish);
-	choice.read_tool_calls();
+	choice.read_tool_calls(state.inner.codec.call_format());
 	// Calls of MCP tools in a last answer that also calls the client's own were made here.
 	if let Some(own) = choice.message.tool_calls.take() {
 		let own: Vec<ToolCall> = own.into_iter().filter(|c| !mcp_names.contains(&c.function.name)).collect();
@@ -318,11 +318,12 @@ async fn run_loop(
 ) -> Result<Looped, ApiError> {
 	let offered = tools.iter().map(|t| t.offered.clone()).collect();
 	let tooling = Tooling::parse_with(request.tools.as_deref(), offered, request.tool_choice.as_ref(), request.parallel_tool_calls)?
-		.ok_or_else(|| ApiError::invalid("mcp_tools", "no tool is offered"))?;
+		.ok_or_else(|| ApiError::invalid("mcp_tools", "no tool is offered"))?
+		.in_format(state.inner.codec.call_format());
 	// Every round describes every tool (the conversation holds calls of any of them); the
 	// grammar says which may be called now.
 	let described = tooling.with_choice(ToolChoice::Auto);
-	let native = state.inner.codec.template_renders_tools();
+	let native = state.inner.codec.native_call_format().is_some();
 	let first = openai::chat_messages(&request.messages, Some(&described), native)?;
 	let adapter = lease_adapter(state, &request.model).await?;
 	let training = training_of(state, &request.model, adapter.as_ref())?;
@@ -397,7 +398,7 @@ async fn run_loop(
 		usage.prompt_tokens += round_usage.prompt_tokens;
 		usage.cached_tokens += round_usage.cached_tokens;
 		usage.completion_tokens += round_usage.completion_tokens;
-		let (content, answer_calls) = read_answer(&answer.text);
+		let (content, answer_calls) = read_answer(&answer.text, tooling.format);
 		// Each call of an MCP tool beside its tool; the rest are the client's own.
 		let mut mcp: Vec<(ToolCall, &OpenTool)> = Vec::new();
 		let mut own: Vec<ToolCall> = Vec::new();

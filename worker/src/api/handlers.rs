@@ -89,11 +89,11 @@ pub(super) async fn chat_completions(
 		let bytes = body_bytes(&state, body)?;
 		let request: ChatCompletionRequest = parse_json(&bytes)?;
 		log.model = openledger_engine::printable(&request.model);
-		let spec = request.validate(state.limits())?;
+		let spec = request.validate(state.limits(), state.inner.codec.call_format())?;
 		if request.wants_mcp_tools() {
 			return Err(Deferred::ToolLoop(Box::new((request, spec, bytes))));
 		}
-		let native_tools = state.inner.codec.template_renders_tools();
+		let native_tools = state.inner.codec.native_call_format().is_some();
 		let messages = openai::chat_messages(&request.messages, spec.tools.as_ref(), native_tools)?;
 		let asked = Asked { model: request.model.clone(), spec, input: Input::Chat { request: Box::new(request), messages } };
 		Ok(prepare(&state, &log, &headers, &bytes, asked).await?)
@@ -241,7 +241,7 @@ pub(super) fn charge(
 /// workers). A template that renders tools is handed them; else they are in the system message.
 pub(super) async fn encode_chat(state: &AppState, messages: Vec<ChatMessage>, tools: Option<&Tooling>) -> Result<Vec<u32>, ApiError> {
 	let codec = state.inner.codec.clone();
-	let tools = tools.filter(|_| codec.template_renders_tools()).map(Tooling::definitions);
+	let tools = tools.filter(|_| codec.native_call_format().is_some()).map(Tooling::definitions);
 	blocking(move || {
 		codec.encode_chat_with_tools(&messages, tools.as_ref(), true).map_err(|e| match e {
 			ChatError::Template(e) => ApiError::invalid("messages", format!("{e:#}")),
@@ -372,7 +372,7 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 	let meta = ResponseMeta { id: log.id.clone(), created: unix_now(), model: p.model };
 	let headers = generation_headers(&p.closing);
 	if p.spec.stream {
-		let answers = stream::Answers { count: p.spec.choices, tools: p.spec.tools.is_some(), vocabulary: p.vocabulary };
+		let answers = stream::Answers { count: p.spec.choices, tools: p.spec.tools.as_ref().map(|t| t.format), vocabulary: p.vocabulary };
 		return (headers, stream::respond(state, log, rx, meta, p.spec.include_usage, answers, p.closing)).into_response();
 	}
 	let (answers, usage) = match collect(&mut log, rx, p.spec.choices).await {
@@ -392,8 +392,8 @@ async fn generate(state: AppState, mut log: RequestLog, p: Prepared) -> Response
 				.map(|(i, answer)| {
 					let mut choice = ChatChoice::new(i, answer.text, answer.finish);
 					choice.logprobs = vocabulary.map(|v| logprobs::chat(v, &answer.logprobs));
-					if p.spec.tools.is_some() {
-						choice.read_tool_calls();
+					if let Some(tools) = &p.spec.tools {
+						choice.read_tool_calls(tools.format);
 					}
 					choice
 				})

@@ -37,7 +37,7 @@ use super::{
 use openledger_engine::{
 	engine::{FinishReason, SamplingParams, Usage},
 	grammar::Grammar,
-	tokenizer::ChatMessage,
+	tokenizer::{CallFormat, ChatMessage},
 };
 
 pub const MAX_STOP_SEQUENCES: usize = 4;
@@ -358,8 +358,8 @@ fn top_count(value: i64, param: &str) -> Result<usize, ApiError> {
 }
 
 impl ChatCompletionRequest {
-	/// Shared checks plus the chat-only fields.
-	pub fn validate(&self, limits: &ApiLimits) -> Result<GenerationSpec, ApiError> {
+	/// Shared checks plus the chat-only fields; tools are called in `calls`, the model's format.
+	pub fn validate(&self, limits: &ApiLimits, calls: CallFormat) -> Result<GenerationSpec, ApiError> {
 		if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
 			return Err(ApiError::invalid("functions", "the legacy `functions` are not supported; offer them as `tools`"));
 		}
@@ -383,7 +383,8 @@ impl ChatCompletionRequest {
 			// The request's tools are read with the MCP tools' definitions, once fetched.
 			return Ok(spec);
 		}
-		spec.tools = Tooling::parse(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
+		spec.tools = Tooling::parse(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?
+			.map(|tools| tools.in_format(calls));
 		if let Some(tools) = &spec.tools {
 			if spec.grammar.is_some() {
 				return Err(ApiError::invalid(
@@ -793,9 +794,9 @@ impl ChatChoice {
 	/// Reads the answer's tool calls out of its text: with any, they go to `tool_calls`, the text
 	/// before them stays the content (`null` when there is none), and a finished answer ends with
 	/// `tool_calls`. A call cut short by `max_tokens` is left as text.
-	pub fn read_tool_calls(&mut self) {
+	pub fn read_tool_calls(&mut self, format: CallFormat) {
 		let text = self.message.content.take().unwrap_or_default();
-		let (content, calls) = read_answer(&text);
+		let (content, calls) = read_answer(&text, format);
 		if calls.is_empty() {
 			self.message.content = Some(text);
 			return;

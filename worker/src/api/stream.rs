@@ -25,15 +25,15 @@ use super::{
 use crate::metrics::Endpoint;
 use openledger_engine::{
 	engine::{FinishReason, GenerationEvent, TokenLogprob, Usage},
-	tokenizer::Vocabulary,
+	tokenizer::{CallFormat, Vocabulary},
 };
 
 /// What the stream needs to know about a request's answers.
 pub(super) struct Answers {
 	/// How many (`n`).
 	pub count: usize,
-	/// Whether tool calls are read out of the text (the request offered tools).
-	pub tools: bool,
+	/// The format tool calls are read out of the text in, when the request offered tools.
+	pub tools: Option<CallFormat>,
 	/// Set when the request asked for logprobs.
 	pub vocabulary: Option<Arc<Vocabulary>>,
 }
@@ -63,7 +63,7 @@ pub(super) fn respond(
 		created: meta.created,
 		model: meta.model,
 		include_usage,
-		calls: answers.tools.then(|| (0..count).map(|_| CallReader::default()).collect()),
+		calls: answers.tools.map(|format| (0..count).map(|_| CallReader::new(format)).collect()),
 		vocabulary: answers.vocabulary,
 		rx,
 		log,

@@ -17,7 +17,7 @@ use openledger_engine::{
 	adapters::{AdapterError, CacheStats},
 	engine::{EngineClosed, EngineStats, FinishReason, TokenLogprob, Usage},
 	grammar::Grammar,
-	tokenizer::Vocabulary,
+	tokenizer::{CallFormat, Vocabulary},
 };
 
 async fn response_parts(error: ApiError) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -39,7 +39,7 @@ fn chat(body: Value) -> Result<ChatCompletionRequest, ApiError> {
 fn chat_spec(extra: Value) -> Result<GenerationSpec, ApiError> {
 	let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
 	body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-	chat(body)?.validate(&limits())
+	chat(body)?.validate(&limits(), CallFormat::Hermes)
 }
 
 fn assert_invalid(result: Result<GenerationSpec, ApiError>, param: &str) {
@@ -264,7 +264,7 @@ fn tool_history_goes_to_the_template_its_way() {
 		{"role": "tool", "tool_call_id": "call_1", "content": "3"},
 	]}))
 	.unwrap();
-	let tooling = request.validate(&limits()).unwrap().tools.unwrap();
+	let tooling = request.validate(&limits(), CallFormat::Hermes).unwrap().tools.unwrap();
 	let native = chat_messages(&request.messages, Some(&tooling), true).unwrap();
 	assert_eq!(native.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["user", "assistant", "tool"]);
 	assert_eq!(native[1].tool_calls, Some(json!([{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}])));
@@ -390,7 +390,7 @@ fn tool_call_shapes() {
 	let usage = Usage { prompt_tokens: 5, completion_tokens: 9, cached_tokens: 0 };
 	let text = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call>";
 	let mut body = ChatCompletion::new("chatcmpl-1".into(), 9, "m".into(), vec![ChatChoice::new(0, text.into(), FinishReason::Stop)], &usage);
-	body.choices[0].read_tool_calls();
+	body.choices[0].read_tool_calls(CallFormat::Hermes);
 	let body = serde_json::to_value(body).unwrap();
 	let message = &body["choices"][0]["message"];
 	assert_eq!(message["content"], Value::Null);
@@ -400,7 +400,7 @@ fn tool_call_shapes() {
 	assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
 	// Cut by max_tokens: no call, the text stays, the reason stays `length`.
 	let mut cut = ChatCompletion::new("c".into(), 9, "m".into(), vec![ChatChoice::new(0, text[..30].into(), FinishReason::Length)], &usage);
-	cut.choices[0].read_tool_calls();
+	cut.choices[0].read_tool_calls(CallFormat::Hermes);
 	assert_eq!(cut.choices[0].message.content.as_deref(), Some(&text[..30]));
 	assert_eq!(cut.choices[0].finish_reason, "length");
 }

@@ -3,7 +3,8 @@
 //! `parameters`; the answer is read back into `tool_calls`.
 //!
 //! The calls are written the way Hermes-format models (Qwen 2.5, Hermes, SmolLM2 fine-tunes)
-//! write them, as text:
+//! write them, as text, and so is any model whose template does not describe tools itself (our
+//! system prompt asks for this format):
 //!
 //! ```text
 //! <tool_call>
@@ -13,14 +14,20 @@
 //!
 //! With `tool_choice: "auto"` the model writes free text until it writes `<tool_call>`, and
 //! from there the grammar holds it to a call; `required` (or a named function) starts the answer
-//! with a call. The grammar fixes the JSON's layout, which is what lets [`CallReader`] read
-//! calls as they stream: the name is known before the arguments, which then stream as fragments.
+//! with a call. A Llama 3.1+ template describes tools itself and asks for its own format, the
+//! whole answer one object, `{"name": "get_weather", "parameters": {"city": "Oslo"}}`: then
+//! the answer is text or one call ([`CallFormat`]). The grammar fixes the JSON's layout, which is
+//! what lets [`CallReader`] read calls as they stream: the name is known before the arguments,
+//! which then stream as fragments.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{error::ApiError, openai::valid_name};
-use openledger_engine::grammar::{json_layout, Grammar};
+use openledger_engine::{
+	grammar::{json_layout, Grammar},
+	tokenizer::CallFormat,
+};
 
 /// The most tools one request may offer, and the largest tool list, serialised.
 pub const MAX_TOOLS: usize = 64;
@@ -34,6 +41,11 @@ const TEXT: &str = "TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/";
 const CLOSE: &str = "}\n</tool_call>";
 const NAME_PREFIX: &str = "{\"name\": \"";
 const ARGUMENTS_PREFIX: &str = "\", \"arguments\": ";
+/// Llama 3's: the name after this, then the arguments (its "parameters").
+const PARAMETERS_PREFIX: &str = "\", \"parameters\": ";
+/// Llama 3's free text: anything that does not start with `{`, as a call does (the lexer takes
+/// the longest lexeme, so text that could go on as a call's opening would never give way to it).
+const LLAMA3_TEXT: &str = "LLAMA3_TEXT: /(?s:.*)/ & ~/\\{(?s:.*)/";
 
 /// One function the model may call.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +73,9 @@ pub struct Tooling {
 	pub tools: Vec<Tool>,
 	pub choice: ToolChoice,
 	pub parallel: bool,
+	/// How the model writes calls: Hermes' unless its template asks for another
+	/// ([`Self::in_format`]).
+	pub format: CallFormat,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,12 +179,18 @@ impl Tooling {
 			(true, _) => return Err(ApiError::invalid("tool_choice", "tool_choice needs tools")),
 			_ => {},
 		}
-		Ok(Some(Self { tools: parsed, choice, parallel: parallel.unwrap_or(true) }))
+		Ok(Some(Self { tools: parsed, choice, parallel: parallel.unwrap_or(true), format: CallFormat::Hermes }))
 	}
 
 	/// The same tools used another way.
 	pub fn with_choice(&self, choice: ToolChoice) -> Self {
 		Self { choice, ..self.clone() }
+	}
+
+	/// The same tools, called in `format` (the model's own, where its template describes
+	/// tools).
+	pub fn in_format(self, format: CallFormat) -> Self {
+		Self { format, ..self }
 	}
 
 	/// The tools a call may name: all of them, or the one `tool_choice` names.
@@ -180,20 +201,29 @@ impl Tooling {
 		})
 	}
 
-	/// The grammar of the answer: free text or calls (`auto`), or calls only.
-	pub fn grammar(&self) -> Grammar {
+	/// The schema of one call: an object with the name of one of the callable tools and its
+	/// arguments under `arguments_key`.
+	fn call_schema(&self, arguments_key: &str) -> Value {
 		let calls: Vec<Value> = self
 			.callable()
 			.map(|t| {
 				json!({
 					"type": "object",
-					"properties": {"name": {"const": t.name}, "arguments": generated_arguments(&t.parameters)},
-					"required": ["name", "arguments"],
+					"properties": {"name": {"const": t.name}, arguments_key: generated_arguments(&t.parameters)},
+					"required": ["name", arguments_key],
 					"additionalProperties": false
 				})
 			})
 			.collect();
-		let body = json_layout(json!({"anyOf": calls}));
+		json_layout(json!({"anyOf": calls}))
+	}
+
+	/// The grammar of the answer: free text or calls (`auto`), or calls only.
+	pub fn grammar(&self) -> Grammar {
+		if self.format == CallFormat::Llama3 {
+			return self.llama3_grammar();
+		}
+		let body = self.call_schema("arguments");
 		let more = if self.parallel { format!("(\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1) } else { String::new() };
 		let start = match self.choice {
 			ToolChoice::Auto => format!("start: TEXT | TEXT_THEN_CALL body \"\\n</tool_call>\" {more}"),
@@ -207,6 +237,18 @@ impl Tooling {
 			 {TEXT}\n\
 			 TEXT_THEN_CALL: TEXT \"<tool_call>\\n\"\n"
 		))
+	}
+
+	/// [`Self::grammar`] in Llama 3's format: text, or one call as the whole answer (its template
+	/// takes one call to a turn, so `parallel_tool_calls` makes no second).
+	fn llama3_grammar(&self) -> Grammar {
+		let body = self.call_schema("parameters");
+		let start = match self.choice {
+			ToolChoice::Auto => "start: LLAMA3_TEXT | call",
+			ToolChoice::Required | ToolChoice::Named(_) => "start: call",
+			ToolChoice::Off => "start: LLAMA3_TEXT",
+		};
+		Grammar::Lark(format!("{start}\ncall: %json {body}\n{LLAMA3_TEXT}\n"))
 	}
 
 	/// The tools a call may name, as OpenAI's `tools` list: what a chat template that renders
@@ -301,6 +343,8 @@ pub enum Piece {
 #[derive(Debug, PartialEq)]
 enum Reading {
 	Text,
+	/// Llama 3's answer once it is known not to be a call: content to the end.
+	Content,
 	Name,
 	Arguments,
 	/// After a call: another call, or the end.
@@ -311,92 +355,143 @@ enum Reading {
 /// into the start of a call is held back until it is known not to.
 #[derive(Debug)]
 pub struct CallReader {
+	format: CallFormat,
 	reading: Reading,
 	buffer: String,
 	calls: usize,
-}
-
-impl Default for CallReader {
-	fn default() -> Self {
-		Self { reading: Reading::Text, buffer: String::new(), calls: 0 }
-	}
+	/// Llama 3's arguments so far: its call has no closing marker, so only the end of the
+	/// answer tells whether they are whole.
+	arguments: String,
 }
 
 impl CallReader {
+	pub fn new(format: CallFormat) -> Self {
+		Self { format, reading: Reading::Text, buffer: String::new(), calls: 0, arguments: String::new() }
+	}
+
 	/// The pieces `text` completes.
 	pub fn push(&mut self, text: &str) -> Vec<Piece> {
 		self.buffer.push_str(text);
 		let mut pieces = Vec::new();
-		loop {
-			let progressed = match self.reading {
-				Reading::Text => match self.buffer.find(OPEN) {
-					Some(at) => {
-						let content = self.buffer[..at].trim_end().to_owned();
-						if !content.is_empty() {
-							pieces.push(Piece::Content(content));
-						}
-						self.buffer.drain(..at + OPEN.len());
-						self.reading = Reading::Name;
-						true
-					},
-					None => {
-						// Whitespace is held too: before a call it is dropped.
-						let keep = held_back(&self.buffer, OPEN);
-						let ready = self.buffer[..self.buffer.len() - keep].trim_end().len();
-						if ready > 0 {
-							pieces.push(Piece::Content(self.buffer.drain(..ready).collect()));
-						}
-						false
-					},
-				},
-				Reading::Name => {
-					let name_end = self.buffer.strip_prefix(NAME_PREFIX).and_then(|rest| rest.find(ARGUMENTS_PREFIX));
-					match name_end {
-						Some(len) => {
-							let name = self.buffer[NAME_PREFIX.len()..NAME_PREFIX.len() + len].to_owned();
-							self.buffer.drain(..NAME_PREFIX.len() + len + ARGUMENTS_PREFIX.len());
-							pieces.push(Piece::CallStart { index: self.calls, id: call_id(), name });
-							self.reading = Reading::Arguments;
-							true
-						},
-						None => false,
+		while match self.format {
+			CallFormat::Hermes => self.step_hermes(&mut pieces),
+			CallFormat::Llama3 => self.step_llama3(&mut pieces),
+		} {}
+		pieces
+	}
+
+	/// Reads what it can of a Hermes answer; whether it should be called again.
+	fn step_hermes(&mut self, pieces: &mut Vec<Piece>) -> bool {
+		match self.reading {
+			Reading::Text | Reading::Content => match self.buffer.find(OPEN) {
+				Some(at) => {
+					let content = self.buffer[..at].trim_end().to_owned();
+					if !content.is_empty() {
+						pieces.push(Piece::Content(content));
 					}
+					self.buffer.drain(..at + OPEN.len());
+					self.reading = Reading::Name;
+					true
 				},
-				// JSON strings cannot hold a raw newline, so the first "}\n</tool_call>" ends it.
-				Reading::Arguments => match self.buffer.find(CLOSE) {
-					Some(at) => {
-						let fragment: String = self.buffer.drain(..at).collect();
-						self.buffer.drain(..CLOSE.len());
-						if !fragment.is_empty() {
-							pieces.push(Piece::Arguments { index: self.calls, fragment });
-						}
-						self.calls += 1;
-						self.reading = Reading::Between;
-						true
-					},
-					None => {
-						let ready = self.buffer.len().saturating_sub(CLOSE.len());
-						let ready = (0..=ready).rev().find(|&i| self.buffer.is_char_boundary(i)).unwrap_or(0);
-						if ready > 0 {
-							pieces.push(Piece::Arguments { index: self.calls, fragment: self.buffer.drain(..ready).collect() });
-						}
-						false
-					},
-				},
-				Reading::Between => {
-					let next = format!("\n{OPEN}");
-					if self.buffer.starts_with(&next) {
-						self.buffer.drain(..next.len());
-						self.reading = Reading::Name;
-						true
-					} else {
-						false
+				None => {
+					// Whitespace is held too: before a call it is dropped.
+					let keep = held_back(&self.buffer, OPEN);
+					let ready = self.buffer[..self.buffer.len() - keep].trim_end().len();
+					if ready > 0 {
+						pieces.push(Piece::Content(self.buffer.drain(..ready).collect()));
 					}
+					false
 				},
-			};
-			if !progressed {
-				return pieces;
-			}
+			},
+			Reading::Name => self.read_name(ARGUMENTS_PREFIX, pieces),
+			// JSON strings cannot hold a raw newline, so the first "}\n</tool_call>" ends it.
+			Reading::Arguments => match self.buffer.find(CLOSE) {
+				Some(at) => {
+					let fragment: String = self.buffer.drain(..at).collect();
+					self.buffer.drain(..CLOSE.len());
+					if !fragment.is_empty() {
+						pieces.push(Piece::Arguments { index: self.calls, fragment });
+					}
+					self.calls += 1;
+					self.reading = Reading::Between;
+					true
+				},
+				None => {
+					self.stream_arguments(CLOSE.len(), pieces);
+					false
+				},
+			},
+			Reading::Between => {
+				let next = format!("\n{OPEN}");
+				if self.buffer.starts_with(&next) {
+					self.buffer.drain(..next.len());
+					self.reading = Reading::Name;
+					true
+				} else {
+					false
+				}
+			},
+		}
+	}
+
+	/// Reads what it can of a Llama 3 answer: a call from its first character, or content.
+	fn step_llama3(&mut self, pieces: &mut Vec<Piece>) -> bool {
+		match self.reading {
+			Reading::Text if self.buffer.starts_with(NAME_PREFIX) => {
+				self.buffer.drain(..NAME_PREFIX.len());
+				self.reading = Reading::Name;
+				true
+			},
+			Reading::Text if NAME_PREFIX.starts_with(self.buffer.as_str()) => false,
+			Reading::Text => {
+				self.reading = Reading::Content;
+				true
+			},
+			Reading::Content | Reading::Between => {
+				if !self.buffer.is_empty() {
+					pieces.push(Piece::Content(std::mem::take(&mut self.buffer)));
+				}
+				false
+			},
+			Reading::Name => self.read_name(PARAMETERS_PREFIX, pieces),
+			// The call's closing brace is held back: it ends the answer.
+			Reading::Arguments => {
+				let before = pieces.len();
+				self.stream_arguments(1, pieces);
+				if let Some(Piece::Arguments { fragment, .. }) = pieces.get(before) {
+					self.arguments.push_str(fragment);
+				}
+				false
+			},
+		}
+	}
+
+	/// A call's name, once the text before its arguments (`between`) is in.
+	fn read_name(&mut self, between: &str, pieces: &mut Vec<Piece>) -> bool {
+		let name_end = self.buffer.strip_prefix(NAME_PREFIX).and_then(|rest| rest.find(between));
+		// Llama 3's opening was taken off with the text that told it from content.
+		let (prefix, name_end) = match (self.format, name_end) {
+			(CallFormat::Hermes, Some(len)) => (NAME_PREFIX.len(), len),
+			(CallFormat::Llama3, _) => match self.buffer.find(between) {
+				Some(len) => (0, len),
+				None => return false,
+			},
+			(CallFormat::Hermes, None) => return false,
+		};
+		let name = self.buffer[prefix..prefix + name_end].to_owned();
+		self.buffer.drain(..prefix + name_end + between.len());
+		pieces.push(Piece::CallStart { index: self.calls, id: call_id(), name });
+		self.reading = Reading::Arguments;
+		true
+	}
+
+	/// Streams the arguments read so far, but for the last `keep` bytes, which may begin what
+	/// closes them.
+	fn stream_arguments(&mut self, keep: usize, pieces: &mut Vec<Piece>) {
+		let ready = self.buffer.len().saturating_sub(keep);
+		let ready = (0..=ready).rev().find(|&i| self.buffer.is_char_boundary(i)).unwrap_or(0);
+		if ready > 0 {
+			pieces.push(Piece::Arguments { index: self.calls, fragment: self.buffer.drain(..ready).collect() });
 		}
 	}
 
@@ -404,7 +499,22 @@ impl CallReader {
 	pub fn finish(&mut self) -> Vec<Piece> {
 		let rest = std::mem::take(&mut self.buffer);
 		match self.reading {
-			Reading::Text if !rest.is_empty() => vec![Piece::Content(rest)],
+			Reading::Text | Reading::Content if !rest.is_empty() => vec![Piece::Content(rest)],
+			// Llama 3's call is whole if what is left is the rest of its arguments and the
+			// brace that closes the call.
+			Reading::Arguments if self.format == CallFormat::Llama3 => {
+				let Some(fragment) = rest.strip_suffix('}') else { return Vec::new() };
+				self.arguments.push_str(fragment);
+				if serde_json::from_str::<Value>(&self.arguments).is_err() {
+					return Vec::new();
+				}
+				self.calls += 1;
+				self.reading = Reading::Between;
+				match fragment.is_empty() {
+					true => Vec::new(),
+					false => vec![Piece::Arguments { index: self.calls - 1, fragment: fragment.to_owned() }],
+				}
+			},
 			_ => Vec::new(),
 		}
 	}
@@ -423,9 +533,10 @@ fn held_back(text: &str, marker: &str) -> usize {
 		.unwrap_or(0)
 }
 
-/// A whole answer read at once: its content (`None` when empty) and its complete calls.
-pub fn read_answer(text: &str) -> (Option<String>, Vec<ToolCall>) {
-	let mut reader = CallReader::default();
+/// A whole answer in `format` read at once: its content (`None` when empty) and its complete
+/// calls.
+pub fn read_answer(text: &str, format: CallFormat) -> (Option<String>, Vec<ToolCall>) {
+	let mut reader = CallReader::new(format);
 	let mut pieces = reader.push(text);
 	pieces.extend(reader.finish());
 	let mut content = String::new();
@@ -569,14 +680,14 @@ mod tests {
 	#[test]
 	fn reads_content_and_calls_whole_and_in_any_split() {
 		let answer = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo}\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>";
-		let (content, calls) = read_answer(answer);
+		let (content, calls) = read_answer(answer, CallFormat::Hermes);
 		assert_eq!(content.as_deref(), Some("Let me look."));
 		assert_eq!(calls.len(), 2);
 		assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("get_weather", "{\"city\": \"Oslo}\"}"));
 		assert_eq!((calls[1].function.name.as_str(), calls[1].function.arguments.as_str()), ("add", "{}"));
 		// Streamed in pieces of every size, the same content and calls, names before arguments.
 		for size in 1..answer.len() {
-			let mut reader = CallReader::default();
+			let mut reader = CallReader::new(CallFormat::Hermes);
 			let mut pieces = Vec::new();
 			for chunk in answer.as_bytes().chunks(size) {
 				pieces.extend(reader.push(std::str::from_utf8(chunk).unwrap()));
@@ -596,8 +707,8 @@ mod tests {
 
 	#[test]
 	fn text_without_calls_is_content_and_a_cut_call_is_not_a_call() {
-		assert_eq!(read_answer("Just text <tool"), (Some("Just text <tool".into()), vec![]));
-		let (content, calls) = read_answer("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1");
+		assert_eq!(read_answer("Just text <tool", CallFormat::Hermes), (Some("Just text <tool".into()), vec![]));
+		let (content, calls) = read_answer("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1", CallFormat::Hermes);
 		assert_eq!((content, calls.len()), (None, 0));
 	}
 
@@ -606,8 +717,91 @@ mod tests {
 		let call = ToolCall { id: "call_1".into(), kind: "function".into(), function: FunctionCall { name: "add".into(), arguments: "{\"a\":1}".into() } };
 		let rendered = render_calls(&[call]);
 		assert_eq!(rendered, "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\":1}}\n</tool_call>");
-		let (_, calls) = read_answer(&rendered);
+		let (_, calls) = read_answer(&rendered, CallFormat::Hermes);
 		assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("add", "{\"a\":1}"));
 		assert!(render_result("42").starts_with("<tool_response>\n42"));
+	}
+
+	/// Pieces of `answer` read in `format`, streamed in chunks of `size` bytes.
+	fn streamed(answer: &str, format: CallFormat, size: usize) -> Vec<Piece> {
+		let mut reader = CallReader::new(format);
+		let mut pieces = Vec::new();
+		let mut rest = answer;
+		while !rest.is_empty() {
+			let mut at = size.min(rest.len());
+			while !rest.is_char_boundary(at) {
+				at += 1;
+			}
+			pieces.extend(reader.push(&rest[..at]));
+			rest = &rest[at..];
+		}
+		pieces.extend(reader.finish());
+		pieces
+	}
+
+	#[test]
+	fn reads_llama3_calls_whole_and_in_any_split() {
+		let answer = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo}\", \"note\": \"é\"}}";
+		let (content, calls) = read_answer(answer, CallFormat::Llama3);
+		assert_eq!(content, None);
+		assert_eq!(calls.len(), 1);
+		assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("get_weather", "{\"city\": \"Oslo}\", \"note\": \"é\"}"));
+		for size in 1..answer.len() {
+			let pieces = streamed(answer, CallFormat::Llama3, size);
+			assert!(matches!(&pieces[0], Piece::CallStart { index: 0, name, .. } if name == "get_weather"), "size {size}: {pieces:?}");
+			let args: String = pieces.iter().filter_map(|p| if let Piece::Arguments { fragment, .. } = p { Some(fragment.as_str()) } else { None }).collect();
+			assert_eq!(args, calls[0].function.arguments, "size {size}");
+			assert!(!pieces.iter().any(|p| matches!(p, Piece::Content(_))), "size {size}");
+		}
+		// Text is content, even text that mentions a call later or starts like one and stops.
+		for text in ["It is sunny.", "Call {\"name\": \"add\"}", "{\"na", "{\"names\": 1}", ""] {
+			let expected = (!text.is_empty()).then(|| text.to_owned());
+			assert_eq!(read_answer(text, CallFormat::Llama3), (expected.clone(), vec![]), "{text}");
+			for size in 1..text.len().max(2) {
+				let content: String = streamed(text, CallFormat::Llama3, size).iter().map(|p| match p {
+					Piece::Content(c) => c.as_str(),
+					other => panic!("{other:?} in {text}"),
+				}).collect();
+				assert_eq!(content, text, "size {size}");
+			}
+		}
+		// A call cut short by `max_tokens` (its arguments unclosed, or the call's brace missing) is
+		// not a call.
+		for cut in ["{\"name\": \"add\", \"parameters\": {\"a\": 1", "{\"name\": \"add\", \"parameters\": {}", "{\"name\": \"add\", \"parameters\": {\"a\": \"}\"}"] {
+			assert_eq!(read_answer(cut, CallFormat::Llama3).1, vec![], "{cut}");
+		}
+	}
+
+	/// The Llama 3 grammar, compiled for a real vocabulary, takes a call to an offered tool as the
+	/// whole answer, or text not starting with `{` (then the end of the answer); not two calls,
+	/// nor a call to a tool it does not offer.
+	#[test]
+	fn the_llama3_grammar_takes_one_call_or_text() {
+		let path = openledger_engine::base::find_default_model().unwrap();
+		let mut file = std::fs::File::open(&path).unwrap();
+		let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+		let codec = openledger_engine::tokenizer::TextCodec::from_gguf(&content).unwrap();
+		let vocabulary = openledger_engine::tokenizer::Vocabulary::new(&codec, codec.vocab_size()).unwrap();
+		let grammars = openledger_engine::grammar::Grammars::new(&vocabulary, codec.eos_token_ids()).unwrap();
+		let takes = |tooling: &Tooling, text: &str| -> bool {
+			let mut constraint = grammars.compile(&tooling.grammar()).unwrap();
+			let eos = codec.eos_token_ids()[0];
+			codec.encode(text).unwrap().into_iter().all(|id| constraint.accept(id).is_ok()) &&
+				(constraint.is_complete() || constraint.accept(eos).is_ok() && constraint.is_complete())
+		};
+		let auto = Tooling::parse(Some(&tools()), None, None).unwrap().unwrap().in_format(CallFormat::Llama3);
+		let call = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
+		assert!(takes(&auto, call));
+		assert!(takes(&auto, "It is sunny in Oslo."));
+		assert!(!takes(&auto, &format!("{call}\n{call}")));
+		assert!(!takes(&auto, "{\"name\": \"get_time\", \"parameters\": {}}"));
+		assert!(!takes(&auto, "{\"other\": 1}"), "text does not start as a call does");
+		assert!(!takes(&auto, "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}"));
+		let required = auto.with_choice(ToolChoice::Required);
+		assert!(takes(&required, call));
+		assert!(!takes(&required, "It is sunny in Oslo."));
+		let off = auto.with_choice(ToolChoice::Off);
+		assert!(!takes(&off, call));
+		assert!(takes(&off, "It is sunny in Oslo."));
 	}
 }

@@ -34,6 +34,31 @@ use chat::{chat_environment, LiteralChat, SpecialTexts, TURN_ENDS};
 pub use decode::IncrementalDecoder;
 pub use vocabulary::Vocabulary;
 
+/// How a model writes a tool call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallFormat {
+	/// Hermes' (Qwen 2.5, Hermes, SmolLM2's fine-tunes, and any model told by our own system
+	/// prompt): `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, several to an answer.
+	Hermes,
+	/// Llama 3.1's and later: the whole answer one `{"name": …, "parameters": {…}}`, one call to an
+	/// answer (its template refuses more).
+	Llama3,
+}
+
+impl CallFormat {
+	/// The format a chat template that describes tools asks its model for, by the words it
+	/// uses to ask.
+	fn of_template(template: &str) -> Option<Self> {
+		if template.contains("<tool_call>") {
+			Some(Self::Hermes)
+		} else if template.contains(r#""parameters": dictionary of argument name"#) {
+			Some(Self::Llama3)
+		} else {
+			None
+		}
+	}
+}
+
 /// A model's tokenizer, chat template and special tokens.
 #[derive(Clone)]
 pub struct TextCodec {
@@ -46,8 +71,8 @@ pub struct TextCodec {
 	chat_template: String,
 	/// False when [`DEFAULT_CHAT_TEMPLATE`] stands in for a missing one.
 	model_has_template: bool,
-	/// The template reads a `tools` variable: it knows how to describe tools to its model.
-	template_renders_tools: bool,
+	/// How the template has its model write calls, when it describes tools itself.
+	native_call_format: Option<CallFormat>,
 	bos_token: Option<String>,
 	eos_token: Option<String>,
 	bos_id: Option<u32>,
@@ -88,10 +113,10 @@ impl TextCodec {
 			DEFAULT_CHAT_TEMPLATE.to_owned()
 		};
 		let env = chat_environment(&chat_template)?;
-		// Only a template whose model writes calls as the worker reads them (Hermes'
-		// `<tool_call>`); other families' call formats come with those families.
-		let template_renders_tools = chat_template.contains("<tool_call>") &&
+		// Only a template whose model writes calls in a format the worker reads.
+		let reads_tools =
 			env.get_template(chat::TEMPLATE_NAME).is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
+		let native_call_format = reads_tools.then(|| CallFormat::of_template(&chat_template)).flatten();
 		let added = tokenizer.get_added_tokens_decoder();
 		// A chat model ends its turn with a marker (`<|im_end|>`, `<end_of_turn>`); stop there
 		// even when EOS is another token.
@@ -124,7 +149,7 @@ impl TextCodec {
 			env,
 			chat_template,
 			model_has_template,
-			template_renders_tools,
+			native_call_format,
 			bos_token,
 			eos_token,
 			bos_id,
@@ -199,11 +224,17 @@ impl TextCodec {
 		self.model_has_template
 	}
 
-	/// Whether the chat template describes tools itself (its `tools` variable, as Qwen 2.5's
-	/// and Hermes' do) and has the model write Hermes `<tool_call>`s; else tools are described
-	/// in a system message of our own.
-	pub fn template_renders_tools(&self) -> bool {
-		self.template_renders_tools
+	/// The format the chat template has its model write calls in, when the template describes
+	/// tools itself (its `tools` variable: Qwen 2.5's, Hermes', Llama 3.1's and later); `None`
+	/// when tools are described in a system message of our own, with Hermes calls.
+	pub fn native_call_format(&self) -> Option<CallFormat> {
+		self.native_call_format
+	}
+
+	/// The format the model's calls are asked for and read in: its template's own, else
+	/// Hermes', which our system prompt asks for.
+	pub fn call_format(&self) -> CallFormat {
+		self.native_call_format.unwrap_or(CallFormat::Hermes)
 	}
 
 	/// The wrapped `tokenizers` tokenizer.

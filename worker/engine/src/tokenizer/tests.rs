@@ -353,15 +353,15 @@ const TOOLS_TEMPLATE: &str = concat!(
 /// call's arguments or the id a tool turn answers is text, not a turn.
 #[test]
 fn a_template_that_renders_tools_gets_them_guarded() {
-	assert!(!smollm2().template_renders_tools());
+	assert_eq!(smollm2().native_call_format(), None);
 	// A template that reads `tools` but has its model write calls another way is not used.
 	let mut other = gguf_vocab();
 	other.chat_template = Some(TOOLS_TEMPLATE.replace("<tool_call>", "<|python_tag|>"));
-	assert!(!other.build().unwrap().template_renders_tools());
+	assert_eq!(other.build().unwrap().native_call_format(), None);
 	let mut vocab = gguf_vocab();
 	vocab.chat_template = Some(TOOLS_TEMPLATE.into());
 	let codec = vocab.build().unwrap();
-	assert!(codec.template_renders_tools());
+	assert_eq!(codec.native_call_format(), Some(super::CallFormat::Hermes));
 	let tools = serde_json::json!([{"type": "function", "function": {
 		"name": "get_weather", "description": "The weather now", "parameters": {"type": "object"}}}]);
 	let mut call = ChatMessage::new("assistant", "");
@@ -391,6 +391,45 @@ fn a_template_that_renders_tools_gets_them_guarded() {
 	let count = |id| ids.iter().filter(|&&i| i == id).count();
 	assert_eq!((count(im_start), count(im_end)), (5, 4), "the template's turns only");
 	assert_eq!(codec.decode(&ids).unwrap().matches(forged).count(), 3, "the three texts kept, as text");
+}
+
+/// Llama 3.1's way with tools, in the words its template uses: the tools as JSON in the first
+/// user turn, asked for as `{"name": …, "parameters": …}`, a call as that object, a result as
+/// an `ipython` turn.
+const LLAMA3_TOOLS_TEMPLATE: &str = concat!(
+	"{% if not tools is defined %}{% set tools = none %}{% endif %}",
+	"{% for m in messages %}",
+	"{% if loop.first and tools is not none %}<|im_start|>user\n",
+	"Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.\n",
+	"{% for t in tools %}{{ t | tojson }}\n{% endfor %}{{ m.content }}<|im_end|>\n",
+	"{% elif m.tool_calls %}<|im_start|>assistant\n",
+	"{\"name\": \"{{ m.tool_calls[0].function.name }}\", \"parameters\": {{ m.tool_calls[0].function.arguments | tojson }}}<|im_end|>\n",
+	"{% elif m.role == 'tool' %}<|im_start|>ipython\n{{ m.content }}<|im_end|>\n",
+	"{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}",
+	"{% endfor %}",
+	"{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+);
+
+#[test]
+fn a_llama3_template_gets_its_own_call_format() {
+	let mut vocab = gguf_vocab();
+	vocab.chat_template = Some(LLAMA3_TOOLS_TEMPLATE.into());
+	let codec = vocab.build().unwrap();
+	assert_eq!(codec.native_call_format(), Some(super::CallFormat::Llama3));
+	let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+	let mut call = ChatMessage::new("assistant", "");
+	call.tool_calls = Some(serde_json::json!([{"id": "call_1", "type": "function",
+		"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]));
+	let messages = [ChatMessage::new("user", "Weather in Oslo?"), call, ChatMessage::new("tool", "12 °C")];
+	let rendered = codec.render_chat_with_tools(&messages, Some(&tools), true).unwrap();
+	assert!(rendered.contains("{\"name\": \"get_weather\", \"parameters\": {\"city\":\"Oslo\"}}"), "{rendered}");
+	assert!(rendered.contains("<|im_start|>ipython\n12 °C<|im_end|>"), "{rendered}");
+	// Without tools it is the plain chat, and no format is claimed for a template that asks for
+	// none it knows.
+	assert!(!codec.render_chat(&messages[..1], true).unwrap().contains("parameters"));
+	let mut unknown = gguf_vocab();
+	unknown.chat_template = Some(LLAMA3_TOOLS_TEMPLATE.replace("\"parameters\": dictionary", "\"args\": dictionary"));
+	assert_eq!(unknown.build().unwrap().native_call_format(), None);
 }
 
 #[test]
