@@ -12,6 +12,12 @@ at a time, on the GGUF file and, for float weights, on the same weights written 
   * the next token: ours is llama.cpp's, except where llama.cpp's two best are within MARGIN of
     each other, where ours must be one of the two.
 
+Then the float cases' HF files, in f32 and in bf16, against Hugging Face transformers: its
+log-probabilities of a fixed random sequence (its best 8 tokens at each position), computed
+once by transformers_reference.py and committed, within the float tolerance, and the same
+next tokens (but near ties). So the HF path is also held to the library that defines HF's
+formats, not only to llama.cpp on our own conversion of them.
+
 Prints a table and exits non-zero if any case fails.
 
 Then the same for tokenizers read from GGUF metadata alone: SentencePiece vocabularies (with and
@@ -22,6 +28,7 @@ without the space before the text), each text's tokens and their decoding agains
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -32,7 +39,6 @@ import tempfile
 
 import gguf
 import numpy as np
-from llama_cpp import Llama
 
 # Where llama.cpp's top two log-probabilities are closer than this, either is a right answer.
 FLOAT_MARGIN = 0.05
@@ -104,6 +110,10 @@ CASES = {
     "gemma3-f32": ("gemma3", "F32", None),
     "gemma3-q8_0": ("gemma3", "Q8_0", None),
 }
+# transformers' log-probabilities for the float cases in HF layout (f32 and bf16), written once
+# by transformers_reference.py: the best REFERENCE_TOP tokens' at each position.
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transformers_reference.json")
+REFERENCE_TOP = 8
 # Gemma 3's sliding window, small enough to matter within the 64 tokens: its first layer
 # attends to the last 8 positions (rope base 10 000), its second to all (rope base 1 000 000).
 GEMMA_WINDOW = 8
@@ -167,22 +177,45 @@ def random_model(arch, rope, seed):
     return t, config
 
 
-def write_hf(directory, tensors, config):
-    """`config.json` and `model.safetensors` (the format written by hand: a JSON header, then
-    the raw little-endian data)."""
+def reference_sequence(seed):
+    """The tokens transformers and ours score in the HF comparison: random, so it needs no engine
+    to continue a prompt."""
+    return [int(t) for t in np.random.default_rng(seed + 2).integers(2, VOCAB, PROMPT + CONTINUATION)]
+
+
+def weights_hash(tensors):
+    """SHA-256 of a model's weights, names and shapes: what tells a stale reference."""
+    h = hashlib.sha256()
+    for name, array in tensors.items():
+        h.update(f"{name}{array.shape}".encode())
+        h.update(array.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def bf16_bits(array):
+    """The bfloat16 nearest each f32 (ties to even), as its 16 bits."""
+    bits = array.astype("<f4").view("<u4").astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+
+
+def write_hf(directory, tensors, config, dtype="F32"):
+    """`config.json` and `model.safetensors` in `dtype` (F32 or BF16; the format written by
+    hand: a JSON header, then the raw little-endian data)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
+    data = {name: (array.astype("<f4") if dtype == "F32" else bf16_bits(array)).tobytes() for name, array in tensors.items()}
     header, offset = {}, 0
     for name, array in tensors.items():
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
+        size = len(data[name])
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     with open(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
-        for array in tensors.values():
-            f.write(array.astype("<f4").tobytes())
+        for chunk in data.values():
+            f.write(chunk)
 
 
 def interleave_rope_rows(w, heads):
@@ -271,6 +304,7 @@ def write_gguf(path, arch, weight_type, rope, tensors, config):
 
 
 def llama_cpp(path, context=CONTEXT):
+    from llama_cpp import Llama  # here, so the transformers reference script needs no llama.cpp
     # f32 keys and values, as ours: llama.cpp's default f16 cache would be a difference of its own.
     return Llama(model_path=path, n_ctx=context, n_batch=context, n_threads=2, logits_all=True,
                  type_k=gguf.GGMLQuantizationType.F32, type_v=gguf.GGMLQuantizationType.F32, verbose=False)
@@ -382,6 +416,41 @@ def run_case(name, binary, work, seed):
     return rows
 
 
+def compare_transformers(binary, work):
+    """Rows of the HF table: ours on each float case's HF files, f32 and bf16, against the
+    committed transformers log-probabilities at its best tokens, position by position."""
+    with open(REFERENCE) as f:
+        reference = json.load(f)
+    rows = []
+    for entry in reference["cases"]:
+        arch, _, rope = CASES[entry["case"]]
+        tensors, config = random_model(arch, rope, reference["seed"])
+        if weights_hash(tensors) != entry["weights_sha256"]:
+            sys.exit(f"{REFERENCE} is stale for {entry['case']}: re-run transformers_reference.py")
+        directory = os.path.join(work, f"{entry['case']}-{entry['dtype'].lower()}-hf")
+        write_hf(directory, tensors, config, entry["dtype"])
+        ours = our_logprobs(binary, directory, entry["sequence"], work)
+        ids, theirs = np.array(entry["top_ids"]), np.array(entry["top_logprobs"])
+        assert ours.shape[0] == len(ids), f"{ours.shape[0]} positions against {len(ids)}"
+        difference = float(np.abs(np.take_along_axis(ours, ids, axis=1) - theirs).max())
+        near_ties = wrong = 0
+        for pos in range(len(ids)):
+            mine, tie = int(np.argmax(ours[pos])), theirs[pos][0] - theirs[pos][1] < FLOAT_MARGIN
+            near_ties += tie
+            wrong += mine != ids[pos][0] and not (tie and mine == ids[pos][1])
+        ok = difference <= FLOAT_TOLERANCE and wrong == 0
+        rows.append((ok, {
+            "case": entry["case"],
+            "HF weights": entry["dtype"].lower(),
+            "positions": len(ids),
+            f"max Δ log p of transformers' best {REFERENCE_TOP}": f"{difference:.4f}",
+            "near ties": near_ties,
+            "wrong tokens": wrong,
+            "result": "ok" if ok else "FAIL",
+        }))
+    return rows, f"transformers {reference['transformers']}, torch {reference['torch']}"
+
+
 # SentencePiece vocabularies read from GGUF metadata alone: a small vocabulary learnt from this
 # text, with and without the space before the text (Llama 2 and Mistral have it, Gemma not).
 SPM_CORPUS = """the quick brown fox jumps over the lazy dog. the dog sleeps; the fox runs.
@@ -455,6 +524,7 @@ def compare_tokenizers(tokenize_binary, work):
     for name, prefix in (("sentencepiece, space prefix", True), ("sentencepiece, no prefix", False)):
         path = os.path.join(work, f"spm-{prefix}.gguf")
         write_spm_gguf(path, prefix)
+        from llama_cpp import Llama
         llm = Llama(model_path=path, vocab_only=True, verbose=False)
         lines = "".join(json.dumps(t) + "\n" for t in SPM_TEXTS)
         out = subprocess.run([tokenize_binary, path], input=lines, capture_output=True, text=True, check=True)
@@ -598,6 +668,12 @@ def main():
                 failed += not ok
                 rows.append(row)
                 print(f"{name} ({row['ours from']}): {row['result']}", file=sys.stderr, flush=True)
+        transformers_rows, versions = [], ""
+        if not args.case:
+            scored, versions = compare_transformers(args.logits, work)
+            for ok, row in scored:
+                failed += not ok
+                transformers_rows.append(row)
         tokenizer_rows = []
         for ok, row in compare_tokenizers(args.tokenize, work):
             failed += not ok
@@ -608,6 +684,11 @@ def main():
                 failed += not ok
                 real_rows.append(row)
     print_table(rows)
+    if transformers_rows:
+        print()
+        print(f"The float cases in HF layout against {versions} (CPU, float32; committed reference):")
+        print()
+        print_table(transformers_rows)
     print()
     print_table(tokenizer_rows)
     if real_rows:
@@ -616,7 +697,7 @@ def main():
         print()
         print_table(real_rows)
     if failed:
-        sys.exit(f"{failed} comparisons differ from llama.cpp beyond their tolerance")
+        sys.exit(f"{failed} comparisons differ from llama.cpp or transformers beyond their tolerance")
 
 if __name__ == "__main__":
     main()
