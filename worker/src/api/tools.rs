@@ -403,7 +403,7 @@ impl CallReader {
 					false
 				},
 			},
-			Reading::Name => self.read_name(ARGUMENTS_PREFIX, pieces),
+			Reading::Name => self.read_name(pieces),
 			// JSON strings cannot hold a raw newline, so the first "}\n</tool_call>" ends it.
 			Reading::Arguments => match self.buffer.find(CLOSE) {
 				Some(at) => {
@@ -453,7 +453,7 @@ impl CallReader {
 				}
 				false
 			},
-			Reading::Name => self.read_name(PARAMETERS_PREFIX, pieces),
+			Reading::Name => self.read_name(pieces),
 			// The call's closing brace is held back: it ends the answer.
 			Reading::Arguments => {
 				let before = pieces.len();
@@ -466,20 +466,17 @@ impl CallReader {
 		}
 	}
 
-	/// A call's name, once the text before its arguments (`between`) is in.
-	fn read_name(&mut self, between: &str, pieces: &mut Vec<Piece>) -> bool {
-		let name_end = self.buffer.strip_prefix(NAME_PREFIX).and_then(|rest| rest.find(between));
-		// Llama 3's opening was taken off with the text that told it from content.
-		let (prefix, name_end) = match (self.format, name_end) {
-			(CallFormat::Hermes, Some(len)) => (NAME_PREFIX.len(), len),
-			(CallFormat::Llama3, _) => match self.buffer.find(between) {
-				Some(len) => (0, len),
-				None => return false,
-			},
-			(CallFormat::Hermes, None) => return false,
+	/// A call's name, once the text between it and its arguments is in.
+	fn read_name(&mut self, pieces: &mut Vec<Piece>) -> bool {
+		// Hermes' `{"name": "` is still in the buffer; Llama 3's went with the text that told
+		// the call from content.
+		let (prefix, between) = match self.format {
+			CallFormat::Hermes => (NAME_PREFIX, ARGUMENTS_PREFIX),
+			CallFormat::Llama3 => ("", PARAMETERS_PREFIX),
 		};
-		let name = self.buffer[prefix..prefix + name_end].to_owned();
-		self.buffer.drain(..prefix + name_end + between.len());
+		let Some(len) = self.buffer.strip_prefix(prefix).and_then(|rest| rest.find(between)) else { return false };
+		let name = self.buffer[prefix.len()..prefix.len() + len].to_owned();
+		self.buffer.drain(..prefix.len() + len + between.len());
 		pieces.push(Piece::CallStart { index: self.calls, id: call_id(), name });
 		self.reading = Reading::Arguments;
 		true
