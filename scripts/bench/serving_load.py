@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 
 import openai
@@ -64,7 +65,8 @@ async def one_request(args, index, adapter, results):
     done = time.perf_counter()
     await client.close()
     tokens = usage.completion_tokens if usage is not None else chunks
-    results.append({"ttft": (first or done) - started, "tokens": tokens, "seconds": done - started, "usage": usage is not None})
+    results.append({"ttft": (first or done) - started, "tokens": tokens, "seconds": done - started, "usage": usage is not None,
+                    "started": started, "index": index})
 
 
 async def client_loop(args, c, results):
@@ -80,6 +82,11 @@ async def run(args):
     started = time.perf_counter()
     await asyncio.gather(*(client_loop(args, c, results) for c in range(args.concurrency)))
     wall = time.perf_counter() - started
+    if args.trace:
+        # Each request: when it was sent (from the run's start) and its time to first token.
+        for r in sorted(results, key=lambda r: r["started"]):
+            print(f"request {r['index']:3d}: sent at {1e3 * (r['started'] - started):8.0f} ms, "
+                  f"first token after {1e3 * r['ttft']:6.0f} ms", file=sys.stderr)
     ttfts = sorted(r["ttft"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     p99 = ttfts[min(len(ttfts) - 1, int(round(0.99 * (len(ttfts) - 1))))]
@@ -106,6 +113,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--requests", type=int, default=3, help="requests per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--trace", action="store_true", help="print each request's send time and time to first token (stderr)")
     asyncio.run(run(ap.parse_args()))
 
 
