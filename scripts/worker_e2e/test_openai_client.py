@@ -128,6 +128,12 @@ class ApiTest(WorkerTestCase):
         prompt = first.usage.prompt_tokens
         self.assertEqual(again.usage.prompt_tokens_details.cached_tokens, (prompt - 1) // 16 * 16)
         self.assertEqual(again.choices[0].message.content, first.choices[0].message.content)
+        # The next turn starts with the prompt and the answer: the answer's blocks were kept too.
+        answer = {"role": "assistant", "content": first.choices[0].message.content}
+        turn = self.greedy_chat(BASE, lima + [answer, {"role": "user", "content": "And how high is it?"}], 16)
+        reach = (prompt + first.usage.completion_tokens - 1) // 16 * 16
+        self.assertGreater(reach, (prompt - 1) // 16 * 16, "the answer completes a block")
+        self.assertEqual(turn.usage.prompt_tokens_details.cached_tokens, reach)
         # Another question after the same system prompt reuses the blocks they share.
         cusco = self.greedy_chat(BASE, [system, {"role": "user", "content": "Where is Cusco?"}], 16)
         self.assertGreaterEqual(cusco.usage.prompt_tokens_details.cached_tokens, 16)

@@ -105,9 +105,10 @@ struct ServeArgs {
 	/// the full context length). It grows with use up to this limit.
 	#[arg(long)]
 	kv_cache_tokens: Option<usize>,
-	/// Compute every prompt whole: no reuse of the cached blocks of earlier prompts that start
-	/// the same way. Reuse lets one client tell from its time to first token whether another
-	/// sent a prompt with the same start; turn it off where that matters more than speed.
+	/// Compute every prompt whole: no reuse of the cached blocks of earlier prompts and answers
+	/// that start the same way. Reuse lets one client tell from its time to first token whether
+	/// another sent a prompt with the same start, or got an answer that starts so; turn it off
+	/// where that matters more than speed.
 	#[arg(long)]
 	no_prefix_cache: bool,
 	/// Largest `max_tokens` a request may ask for.

@@ -324,6 +324,37 @@ async fn a_prompt_that_starts_like_an_earlier_one_reuses_its_blocks_and_answers_
 	assert_eq!(whole.stats().prompt_tokens_cached_total, 0);
 }
 
+/// A finished answer's blocks are kept with its prompt's: the next turn, which starts with the
+/// prompt and the answer, finds both and answers as an engine that computes it whole.
+#[tokio::test]
+async fn the_next_turn_reuses_the_answers_blocks() {
+	let base = base();
+	let whole = EngineHandle::spawn(base.model.clone(), base.codec.clone(), EngineOptions { prefix_cache: false, ..EngineOptions::default() });
+	let engine = engine();
+	let first = chat_prompt("Tell me about the history of the city of Rome, in detail.");
+	let (mut req, rx) = request(first.clone(), 40, SamplingParams::default(), vec![], None);
+	req.logprobs = Some(0);
+	engine.submit(req).unwrap();
+	let answer: Vec<u32> = collect_answers(rx, 1).await.remove(0).1.iter().map(|l| l.token).collect();
+	assert!(answer.len() >= 2 * BLOCK_TOKENS, "the answer fills blocks: {} tokens", answer.len());
+	// The next turn: the prompt, the answer, then more (as a chat template would continue).
+	let mut next = first.clone();
+	next.extend(&answer);
+	next.extend(chat_prompt("And of Milan?"));
+	// The cache holds every token but the last sampled one, which was never fed back.
+	let kept = (first.len() + answer.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS;
+	let run = |engine: &EngineHandle, prompt: Vec<u32>| {
+		let (req, rx) = request(prompt, 12, SamplingParams::default(), vec![], None);
+		engine.submit(req).unwrap();
+		collect(rx)
+	};
+	let reused = run(&engine, next.clone()).await;
+	let computed = run(&whole, next).await;
+	assert_eq!(reused.cached_tokens, kept, "prompt and answer blocks reused");
+	assert!(kept > first.len(), "more than the prompt's own blocks");
+	assert_eq!(reused.text, computed.text);
+}
+
 /// A prompt's logits are the same, bit for bit, however it is cut into chunks (a long prompt's
 /// chunks, a reused prefix, the last token decoded alone), with and without an adapter: the
 /// 8-bit activations turned the last-bit differences of shape-dependent sums into logits 1 %

@@ -32,9 +32,10 @@ pub struct EngineOptions {
 	/// sequence at the model's context length, so the cache never limits a request. The pool
 	/// grows with use up to this, whatever the default.
 	pub kv_cache_tokens: Option<usize>,
-	/// Reuse the cached blocks of earlier prompts that start the same way, under the same
-	/// adapter (see [`crate::model::kv_pool`]). Off, every prompt is computed whole; on, a
-	/// client can tell from the time to the first token whether a prefix was asked for recently.
+	/// Reuse the cached blocks of earlier prompts, and their answers, that start the same way,
+	/// under the same adapter (see [`crate::model::kv_pool`]). Off, every prompt is computed
+	/// whole; on, a client can tell from the time to the first token whether a prefix was asked
+	/// for (or answered) recently.
 	pub prefix_cache: bool,
 }
 
@@ -92,6 +93,11 @@ struct Sequence {
 	/// The keys of the prompt's full blocks, kept in the pool once the prompt is in (empty
 	/// without the prefix cache, and for the other answers of a request).
 	prefix: Vec<PrefixKey>,
+	/// The answer's tokens so far, each fed back as the next input.
+	output: Vec<u32>,
+	/// Whether the blocks of the finished prompt and answer are kept for reuse (the prefix
+	/// cache is on).
+	keep_blocks: bool,
 }
 
 impl Sequence {
@@ -127,7 +133,7 @@ impl Sequence {
 			events,
 			_permit: permit,
 		};
-		Self { prefix, ..Self::answer(Arc::new(shared), 0, constraint, cache) }
+		Self { prefix, keep_blocks: prefix_cache, ..Self::answer(Arc::new(shared), 0, constraint, cache) }
 	}
 
 	/// Answer `choice` of `request`, with what is already in `cache`.
@@ -150,6 +156,8 @@ impl Sequence {
 			sent_chars: 0,
 			logprobs: Vec::new(),
 			prefix: Vec::new(),
+			output: Vec::new(),
+			keep_blocks: false,
 			request,
 		}
 	}
@@ -160,7 +168,8 @@ impl Sequence {
 		(1..self.request.choices)
 			.map(|choice| {
 				let constraint = self.constraint.as_ref().map(Constraint::fork);
-				Ok(Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?))
+				let answer = Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?);
+				Ok(Self { keep_blocks: self.keep_blocks, ..answer })
 			})
 			.collect()
 	}
@@ -255,6 +264,7 @@ impl Sequence {
 		}
 		self.generated += 1;
 		self.next_input = Some(token);
+		self.output.push(token);
 		if let Some(logprob) = logprob {
 			self.logprobs.push(TokenLogprob { text_offset: self.chars, ..logprob });
 		}
@@ -291,6 +301,18 @@ impl Sequence {
 			return Some(FinishReason::Stop);
 		}
 		None
+	}
+
+	/// Keeps the full blocks of the prompt and the answer so far for reuse: a chat's next turn,
+	/// or an agent's next round, starts with both.
+	fn keep_answer_blocks(&self, pool: &KvPool) {
+		if !self.keep_blocks {
+			return;
+		}
+		let prompt = &self.request.prompt_tokens;
+		let tokens: Vec<u32> = prompt.iter().chain(&self.output).take(self.cache.len()).copied().collect();
+		let adapter = self.request.adapter.as_ref().map(|a| a.kv_identity());
+		pool.keep_prefix(&self.cache, &pool.prefix_keys(adapter, &tokens));
 	}
 
 	/// The event that ends this answer: for a finished sequence the rest of its text (and
@@ -413,7 +435,7 @@ pub(super) fn run(
 			if let (Some((i, full)), true) = (waiting, finished.is_empty()) {
 				finished.push((i, Ending::Failed(format!("the prompt does not fit: {full}"))));
 			}
-			retire(&mut active, finished, &codec, &counters);
+			retire(&mut active, finished, &codec, &counters, &pool);
 			continue;
 		}
 		let logits = {
@@ -458,7 +480,7 @@ pub(super) fn run(
 			Err(e) => {
 				tracing::error!("forward pass failed: {e}");
 				finished.extend(plan.iter().map(|(i, _)| (*i, Ending::Failed(format!("inference failed: {e}")))));
-				retire(&mut active, finished, &codec, &counters);
+				retire(&mut active, finished, &codec, &counters, &pool);
 				continue;
 			},
 		};
@@ -503,7 +525,7 @@ pub(super) fn run(
 				finished.push((active.len() - 1, ending));
 			}
 		}
-		retire(&mut active, finished, &codec, &counters);
+		retire(&mut active, finished, &codec, &counters, &pool);
 		counters.steps_total.fetch_add(1, Ordering::Relaxed);
 		counters.step_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 		counters.kv_cache_bytes.store(pool.allocated_bytes() as u64, Ordering::Relaxed);
@@ -517,7 +539,13 @@ pub(super) fn run(
 /// and KV blocks given back) and counted, so a client holding its answer finds the worker
 /// already free of it: a client sending requests one after another is never refused for its
 /// own previous request, and `/metrics` read after an answer counts it.
-fn retire(active: &mut Vec<Sequence>, mut finished: Vec<(usize, Ending)>, codec: &TextCodec, counters: &EngineCounters) {
+fn retire(
+	active: &mut Vec<Sequence>,
+	mut finished: Vec<(usize, Ending)>,
+	codec: &TextCodec,
+	counters: &EngineCounters,
+	pool: &KvPool,
+) {
 	// Descending, so each `swap_remove` moves in a sequence that is not finished.
 	finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
 	let mut requests_done = 0;
@@ -525,6 +553,9 @@ fn retire(active: &mut Vec<Sequence>, mut finished: Vec<(usize, Ending)>, codec:
 		.into_iter()
 		.map(|(i, ending)| {
 			let mut seq = active.swap_remove(i);
+			if matches!(ending, Ending::Finished(_)) {
+				seq.keep_answer_blocks(pool);
+			}
 			// The request is done with its last answer (the others already dropped).
 			requests_done += u64::from(Arc::strong_count(&seq.request) == 1);
 			(seq.request.events.clone(), seq.last_event(codec, ending))

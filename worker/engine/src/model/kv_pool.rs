@@ -6,10 +6,11 @@
 //! its parent's full blocks, counted by reference, and copies only the last, partly filled one:
 //! no block is ever written by two sequences.
 //!
-//! The pool also keeps the full blocks of finished prompts for reuse (prefix caching, as vLLM
-//! does): a later prompt that starts with the same tokens, under the same adapter, takes those
-//! blocks instead of computing them again, so a system prompt or the tool definitions every
-//! request of an agent repeats are prefilled once. Kept blocks nobody uses stay in the pool's
+//! The pool also keeps the full blocks of finished prompts, and of prompts with their answers,
+//! for reuse (prefix caching, as vLLM does): a later prompt that starts with the same tokens,
+//! under the same adapter, takes those blocks instead of computing them again, so a system
+//! prompt, the tool definitions every request of an agent repeats, or the last turn of a chat
+//! are prefilled once. Kept blocks nobody uses stay in the pool's
 //! free room and are taken back, least recently used first, before the pool grows: the cache
 //! never makes the pool larger than the sequences in it would.
 
