@@ -171,11 +171,22 @@ impl Llama {
 	}
 
 	/// Loads a GGUF Llama (quantized or not). `progress` is called with (layers loaded, total).
-	pub fn from_gguf(path: &Path, device: &Device, mut progress: impl FnMut(usize, usize)) -> anyhow::Result<Self> {
+	pub fn from_gguf(path: &Path, device: &Device, progress: impl FnMut(usize, usize)) -> anyhow::Result<Self> {
 		let mut file =
 			std::fs::File::open(path).with_context(|| format!("opening model {}", path.display()))?;
-		let mut content = gguf_file::Content::read(&mut file)
+		let content = gguf_file::Content::read(&mut file)
 			.map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+		Self::from_gguf_content(content, &mut file, device, progress)
+	}
+
+	/// [`Self::from_gguf`] from the file's metadata already read (`content`), its tensors from
+	/// `file`: a caller that read the metadata for the tokenizer does not read it twice.
+	pub fn from_gguf_content(
+		mut content: gguf_file::Content,
+		file: &mut std::fs::File,
+		device: &Device,
+		mut progress: impl FnMut(usize, usize),
+	) -> anyhow::Result<Self> {
 		let mut config = LlamaConfig::from_gguf(&content)?;
 		// The tokenizer's arrays are read by the codec, not here: not kept while the weights load.
 		content.metadata.retain(|key, _| !key.starts_with("tokenizer."));
@@ -201,19 +212,19 @@ impl Llama {
 		let has_output = content.tensor_infos.contains_key("output.weight");
 		let (embeddings, lm_head) = match (has_output, device.is_cpu()) {
 			(_, false) => {
-				let table = tensor(&mut file, "token_embd.weight")?.dequantize(device)?;
-				let head = projection(&mut file, if has_output { "output.weight" } else { "token_embd.weight" })?;
+				let table = tensor(file, "token_embd.weight")?.dequantize(device)?;
+				let head = projection(file, if has_output { "output.weight" } else { "token_embd.weight" })?;
 				(Embeddings::Table(table), head)
 			},
 			(true, true) => {
-				(Embeddings::Stored(projection(&mut file, "token_embd.weight")?), projection(&mut file, "output.weight")?)
+				(Embeddings::Stored(projection(file, "token_embd.weight")?), projection(file, "output.weight")?)
 			},
-			(false, true) => (Embeddings::Tied, projection(&mut file, "token_embd.weight")?),
+			(false, true) => (Embeddings::Tied, projection(file, "token_embd.weight")?),
 		};
 		let norm_vec = |t: candle_core::quantized::QTensor| t.dequantize(device);
-		let norm = norm_vec(tensor(&mut file, "output_norm.weight")?)?;
+		let norm = norm_vec(tensor(file, "output_norm.weight")?)?;
 		// Llama 3's rope scaling, as llama.cpp's converter writes it.
-		if let Ok(factors) = tensor(&mut file, "rope_freqs.weight") {
+		if let Ok(factors) = tensor(file, "rope_freqs.weight") {
 			let factors = factors.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
 			let scaled = match config.rope_freq_factors.take() {
 				Some(linear) => factors.iter().zip(linear).map(|(a, b)| a * b).collect(),
@@ -224,7 +235,7 @@ impl Llama {
 		}
 		let mut layers = Vec::with_capacity(config.num_layers);
 		for i in 0..config.num_layers {
-			let mut q = |suffix: &str| projection(&mut file, &format!("blk.{i}.{suffix}.weight"));
+			let mut q = |suffix: &str| projection(file, &format!("blk.{i}.{suffix}.weight"));
 			let proj = [
 				q("attn_q")?,
 				q("attn_k")?,
@@ -234,7 +245,7 @@ impl Llama {
 				q("ffn_up")?,
 				q("ffn_down")?,
 			];
-			let mut vector = |name: &str| norm_vec(tensor(&mut file, &format!("blk.{i}.{name}"))?).map_err(anyhow::Error::from);
+			let mut vector = |name: &str| norm_vec(tensor(file, &format!("blk.{i}.{name}"))?).map_err(anyhow::Error::from);
 			let qkv_bias = match arch.qkv_bias() {
 				true => Some([vector("attn_q.bias")?, vector("attn_k.bias")?, vector("attn_v.bias")?]),
 				false => None,
