@@ -79,7 +79,6 @@ struct Sequence {
 	prefilled: usize,
 	/// The sampled token to feed next, once the prompt is in.
 	next_input: Option<u32>,
-	generated: usize,
 	sampler: Sampler,
 	decoder: IncrementalDecoder,
 	/// All output text so far, and how much of it was sent (bytes), in characters too.
@@ -95,9 +94,6 @@ struct Sequence {
 	prefix: Vec<PrefixKey>,
 	/// The answer's tokens so far, each fed back as the next input.
 	output: Vec<u32>,
-	/// Whether the blocks of the finished prompt and answer are kept for reuse (the prefix
-	/// cache is on).
-	keep_blocks: bool,
 }
 
 impl Sequence {
@@ -133,7 +129,7 @@ impl Sequence {
 			events,
 			_permit: permit,
 		};
-		Self { prefix, keep_blocks: prefix_cache, ..Self::answer(Arc::new(shared), 0, constraint, cache) }
+		Self { prefix, ..Self::answer(Arc::new(shared), 0, constraint, cache) }
 	}
 
 	/// Answer `choice` of `request`, with what is already in `cache`.
@@ -147,7 +143,6 @@ impl Sequence {
 			prefilled: cache.len().min(request.prompt_tokens.len()),
 			cache,
 			next_input: None,
-			generated: 0,
 			sampler: Sampler::new(&sampling),
 			decoder: IncrementalDecoder::new(),
 			text: String::new(),
@@ -157,7 +152,6 @@ impl Sequence {
 			logprobs: Vec::new(),
 			prefix: Vec::new(),
 			output: Vec::new(),
-			keep_blocks: false,
 			request,
 		}
 	}
@@ -168,8 +162,7 @@ impl Sequence {
 		(1..self.request.choices)
 			.map(|choice| {
 				let constraint = self.constraint.as_ref().map(Constraint::fork);
-				let answer = Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?);
-				Ok(Self { keep_blocks: self.keep_blocks, ..answer })
+				Ok(Self::answer(self.request.clone(), choice, constraint, self.cache.fork()?))
 			})
 			.collect()
 	}
@@ -213,7 +206,7 @@ impl Sequence {
 		self.sent_chars += piece.chars().count();
 		let ready = if last { self.logprobs.len() } else { self.logprobs.partition_point(|l| l.text_offset < self.sent_chars) };
 		let logprobs = self.logprobs.drain(..ready).collect();
-		let event = GenerationEvent::Text { choice: self.choice, text: piece, completion_tokens: self.generated, logprobs };
+		let event = GenerationEvent::Text { choice: self.choice, text: piece, completion_tokens: self.output.len(), logprobs };
 		self.request.events.send(event).is_ok()
 	}
 
@@ -262,7 +255,6 @@ impl Sequence {
 		if codec.eos_token_ids().contains(&token) {
 			return Some(FinishReason::Stop);
 		}
-		self.generated += 1;
 		self.next_input = Some(token);
 		self.output.push(token);
 		if let Some(logprob) = logprob {
@@ -292,7 +284,7 @@ impl Sequence {
 			self.logprobs.retain(|l| l.text_offset < chars);
 			return Some(FinishReason::Stop);
 		}
-		if self.generated >= self.request.max_tokens {
+		if self.output.len() >= self.request.max_tokens {
 			return Some(FinishReason::Length);
 		}
 		let ready = self.text.len() - self.held_back();
@@ -306,9 +298,6 @@ impl Sequence {
 	/// Keeps the full blocks of the prompt and the answer so far for reuse: a chat's next turn,
 	/// or an agent's next round, starts with both.
 	fn keep_answer_blocks(&self, pool: &KvPool) {
-		if !self.keep_blocks {
-			return;
-		}
 		let prompt = &self.request.prompt_tokens;
 		let tokens: Vec<u32> = prompt.iter().chain(&self.output).take(self.cache.len()).copied().collect();
 		let adapter = self.request.adapter.as_ref().map(|a| a.kv_identity());
@@ -330,7 +319,7 @@ impl Sequence {
 		}
 		let usage = Usage {
 			prompt_tokens: self.request.prompt_tokens.len(),
-			completion_tokens: self.generated,
+			completion_tokens: self.output.len(),
 			cached_tokens: self.request.cached_tokens,
 		};
 		GenerationEvent::Done { choice: self.choice, finish_reason: reason, usage }
@@ -354,6 +343,8 @@ pub(super) fn run(
 ) {
 	let mut active: Vec<Sequence> = Vec::new();
 	let mut open = true;
+	// Where finished answers' blocks are kept for reuse: the pool, with the prefix cache on.
+	let keep = options.prefix_cache.then_some(&pool);
 	tracing::info!(?options, "engine started");
 	loop {
 		// A request still prefilling counts as all the answers it will fork into.
@@ -435,7 +426,7 @@ pub(super) fn run(
 			if let (Some((i, full)), true) = (waiting, finished.is_empty()) {
 				finished.push((i, Ending::Failed(format!("the prompt does not fit: {full}"))));
 			}
-			retire(&mut active, finished, &codec, &counters, &pool);
+			retire(&mut active, finished, &codec, &counters, keep);
 			continue;
 		}
 		let logits = {
@@ -480,7 +471,7 @@ pub(super) fn run(
 			Err(e) => {
 				tracing::error!("forward pass failed: {e}");
 				finished.extend(plan.iter().map(|(i, _)| (*i, Ending::Failed(format!("inference failed: {e}")))));
-				retire(&mut active, finished, &codec, &counters, &pool);
+				retire(&mut active, finished, &codec, &counters, keep);
 				continue;
 			},
 		};
@@ -525,7 +516,7 @@ pub(super) fn run(
 				finished.push((active.len() - 1, ending));
 			}
 		}
-		retire(&mut active, finished, &codec, &counters, &pool);
+		retire(&mut active, finished, &codec, &counters, keep);
 		counters.steps_total.fetch_add(1, Ordering::Relaxed);
 		counters.step_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 		counters.kv_cache_bytes.store(pool.allocated_bytes() as u64, Ordering::Relaxed);
@@ -538,13 +529,14 @@ pub(super) fn run(
 /// last event goes out only once the sequence is dropped (its admission permit, adapter lease
 /// and KV blocks given back) and counted, so a client holding its answer finds the worker
 /// already free of it: a client sending requests one after another is never refused for its
-/// own previous request, and `/metrics` read after an answer counts it.
+/// own previous request, and `/metrics` read after an answer counts it. A finished answer's
+/// blocks are kept in `keep`, the pool, when given.
 fn retire(
 	active: &mut Vec<Sequence>,
 	mut finished: Vec<(usize, Ending)>,
 	codec: &TextCodec,
 	counters: &EngineCounters,
-	pool: &KvPool,
+	keep: Option<&KvPool>,
 ) {
 	// Descending, so each `swap_remove` moves in a sequence that is not finished.
 	finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
@@ -553,7 +545,7 @@ fn retire(
 		.into_iter()
 		.map(|(i, ending)| {
 			let mut seq = active.swap_remove(i);
-			if matches!(ending, Ending::Finished(_)) {
+			if let (Some(pool), Ending::Finished(_)) = (keep, &ending) {
 				seq.keep_answer_blocks(pool);
 			}
 			// The request is done with its last answer (the others already dropped).
