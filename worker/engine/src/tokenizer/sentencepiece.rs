@@ -89,20 +89,19 @@ impl SentencePiece {
 		}
 		let mut by_text: Vec<u32> = (0..tokens.len() as u32).collect();
 		by_text.sort_by(|&a, &b| tokens[a as usize].cmp(&tokens[b as usize]).then(a.cmp(&b)));
-		let mut byte_ids = [None; 256];
-		for (byte, id) in byte_ids.iter_mut().enumerate() {
-			let name = format!("<0x{byte:02X}>");
-			*id = tokens.iter().position(|t| *t == name).map(|i| i as u32);
-		}
-		Ok(Self {
+		let mut model = Self {
 			text,
 			ends,
 			scores: scores.to_vec(),
 			by_text,
 			mergeable: (0..tokens.len()).map(|i| matches!(kind(i), TOKEN_TYPE_NORMAL | TOKEN_TYPE_USER_DEFINED)).collect(),
-			byte_ids,
+			byte_ids: [None; 256],
 			unknown: (0..tokens.len()).find(|&i| kind(i) == TOKEN_TYPE_UNKNOWN).map(|i| i as u32),
-		})
+		};
+		for byte in 0..=255u8 {
+			model.byte_ids[byte as usize] = model.id(&format!("<0x{byte:02X}>"));
+		}
+		Ok(model)
 	}
 
 	fn token(&self, id: u32) -> Option<&str> {
