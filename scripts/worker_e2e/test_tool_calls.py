@@ -60,12 +60,8 @@ WORDS = [
 ]
 
 
-class ToolCallTest(WorkerTestCase):
-    """One worker; eight requests at a time share its decode steps."""
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.start_bare_worker("tools", "--max-queue", "16", "--max-tokens", "256")
+class CallTestCase(WorkerTestCase):
+    """What both tool-call classes check of an answer's calls."""
 
     def assert_valid_calls(self, message, allowed: set[str] | None = None) -> None:
         self.assertTrue(message.tool_calls, message)
@@ -74,6 +70,14 @@ class ToolCallTest(WorkerTestCase):
             self.assertTrue(call.id.startswith("call_"), call.id)
             self.assertIn(call.function.name, allowed or PARAMETERS)
             jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+
+
+class ToolCallTest(CallTestCase):
+    """One worker; eight requests at a time share its decode steps."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.start_bare_worker("tools", "--max-queue", "16", "--max-tokens", "256")
 
     def test_forced_calls_validate_for_100_prompts(self):
         jobs = []
@@ -179,7 +183,7 @@ class ToolCallTest(WorkerTestCase):
         self.assert_still_serving()
 
 
-class Llama3ToolCallTest(WorkerTestCase):
+class Llama3ToolCallTest(CallTestCase):
     """Meta's Llama 3.2 chat template (as llama.cpp's sources keep it) on SmolLM2's weights: the
     worker hands the tools to the template, which asks for Llama 3's format, the whole answer one
     `{"name": …, "parameters": …}`, and reads the calls back in it. The weights are not Llama 3's;
@@ -200,11 +204,7 @@ class Llama3ToolCallTest(WorkerTestCase):
 
     def assert_one_valid_call(self, message, name: str | None = None) -> None:
         self.assertEqual(len(message.tool_calls or []), 1, message)
-        call = message.tool_calls[0]
-        self.assertTrue(call.id.startswith("call_"), call.id)
-        if name:
-            self.assertEqual(call.function.name, name)
-        jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+        self.assert_valid_calls(message, {name} if name else None)
 
     def test_forced_calls_are_one_valid_call_each(self):
         named = {"type": "function", "function": {"name": "search_books"}}
