@@ -22,6 +22,9 @@ use super::{
 	LlamaConfig, LoraAdapter, Projection,
 };
 
+mod frozen;
+pub use frozen::FrozenLayer;
+
 /// A base projection `x · Wᵀ`: the worker's CPU kernels where they apply, candle otherwise.
 enum BaseLinear {
 	Quantized(QuantMatrix),

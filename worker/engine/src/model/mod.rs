@@ -13,11 +13,12 @@ mod lora_cuda;
 mod lora_host;
 mod paged_attention;
 pub mod quant;
-mod rope;
+pub mod rope;
 
 pub use config::{Architecture, LlamaConfig};
 pub use kv_pool::{KvCache, KvPool, KvPoolFull};
-pub use llama::{Llama, SeqStep};
+pub use decode_attention::rope_in_place;
+pub use llama::{FrozenLayer, Llama, SeqStep};
 pub use lora::{LoraAdapter, LoraWeights, Projection};
 pub use lora_host::HostAdapter;
 

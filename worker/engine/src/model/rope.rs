@@ -40,7 +40,7 @@ impl Rope {
 
 impl Angles {
 	/// The angles of `positions`, a row each.
-	pub(super) fn new(inv_freq: &[f32], positions: impl Iterator<Item = usize>) -> Self {
+	pub fn new(inv_freq: &[f32], positions: impl Iterator<Item = usize>) -> Self {
 		let (mut cos, mut sin) = (Vec::new(), Vec::new());
 		for p in positions {
 			for w in inv_freq {
