@@ -2,6 +2,7 @@
 # Checks that the worker's crates depend on each other one way only:
 #
 #   openledger-worker (HTTP API, p2p, CLI) → openledger-ledger, openledger-knowledge, openledger-mcp
+#   openledger-factory (training adapters from DataNets) → openledger-knowledge, openledger-engine
 #   openledger-knowledge (DataNets, attribution, templates) → openledger-engine
 #   openledger-engine (model, kernels, scheduler, adapters) → openledger-primitives
 #   openledger-engine, openledger-ledger, openledger-worker → openledger-tasks (the blocking pool)
@@ -30,10 +31,11 @@ check() {
 	echo "$crate: $(wc -l <<<"$deps") crates, none of: $*"
 }
 
-ABOVE_ENGINE=(openledger-knowledge openledger-ledger openledger-worker)
+ABOVE_ENGINE=(openledger-knowledge openledger-factory openledger-ledger openledger-worker)
 SERVICES=(axum libp2p subxt subxt-signer redb)
 check openledger-engine "${ABOVE_ENGINE[@]}" "${SERVICES[@]}"
-check openledger-knowledge openledger-ledger openledger-worker "${SERVICES[@]}"
+check openledger-knowledge openledger-ledger openledger-worker openledger-factory "${SERVICES[@]}"
+check openledger-factory openledger-ledger openledger-worker openledger-mcp "${SERVICES[@]}"
 check openledger-tasks openledger-primitives openledger-engine openledger-knowledge openledger-ledger openledger-worker
 check openledger-ledger openledger-engine openledger-knowledge openledger-worker axum libp2p candle-core
 check openledger-mcp openledger-engine openledger-knowledge openledger-ledger openledger-worker axum libp2p subxt candle-core

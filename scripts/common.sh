@@ -23,7 +23,7 @@ step() {
 # they share being compiled twice. Every script builds and tests through these lists, so the
 # artifacts of one step serve the next.
 NODE_PACKAGES=(-p openledger-node)
-WORKER_PACKAGES=(-p openledger-worker -p openledger-engine -p openledger-knowledge -p openledger-ledger -p openledger-tasks -p openledger-mcp)
+WORKER_PACKAGES=(-p openledger-worker -p openledger-engine -p openledger-knowledge -p openledger-factory -p openledger-ledger -p openledger-tasks -p openledger-mcp)
 build_node() { cargo build --release "${NODE_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 build_worker() { cargo build --release "${WORKER_PACKAGES[@]}" ${OPENLEDGER_CARGO_TIMINGS:+--timings} "$@"; }
 build_release() { build_node && build_worker; }
