@@ -263,6 +263,30 @@ impl TextCodec {
 		}
 	}
 
+	/// Token ids of a document's text where every special token's text is ordinary text: what a
+	/// model is trained on from a DataNet item, which must no more write control tokens than a
+	/// chat message can. BOS where the model asks for it; no EOS.
+	pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+		if !self.specials.matcher.is_match(text) && !self.specials.normalized {
+			return self.encode(text);
+		}
+		let literal = self.literal.as_ref().map_err(|reason| {
+			anyhow!("the text holds a special token's text, which this model's tokenizer cannot encode as text ({reason})")
+		})?;
+		let encoding = literal
+			.tokenizer
+			.encode(break_sentinels(text).as_ref(), false)
+			.map_err(|e| anyhow!("tokenization failed: {e}"))?;
+		if let Some(id) = encoding.get_ids().iter().find(|id| self.specials.ids.contains(id)) {
+			bail!(
+				"this model's tokenizer reads the text `{}` as a special token",
+				self.tokenizer.id_to_token(*id).unwrap_or_default()
+			);
+		}
+		let encoding = literal.tokenizer.post_process(encoding, None, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+		Ok(self.with_bos(encoding.get_ids().to_vec()))
+	}
+
 	/// [`encode_chat`](Self::encode_chat)'s way for messages that hold a special token's text.
 	pub(super) fn encode_chat_literally(
 		&self,
