@@ -3,7 +3,11 @@
 //! own over f32 products (candle's autograd would form every frozen weight's gradient too), and
 //! written in PEFT's format with a manifest of every item trained on.
 
+pub mod data;
 pub mod linalg;
 pub mod lora;
+pub mod manifest;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod train;

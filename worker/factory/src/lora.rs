@@ -40,6 +40,10 @@ pub struct LoraLayout {
 	/// `by_layer[l][projection.index()]`: the slot's index in `slots`.
 	by_layer: Vec<[Option<usize>; 7]>,
 	len: usize,
+	/// GGUF Llama weights have q's and k's rows permuted for the interleaved rotary embedding
+	/// (llama.cpp's converter): `B` of q and k trains in that order and is written back in
+	/// HF's. The query and key heads, where so.
+	gguf_heads: Option<(usize, usize)>,
 }
 
 /// One slot's `A` and `B`, borrowed from a flat vector.
@@ -66,7 +70,8 @@ impl LoraLayout {
 			}
 			by_layer.push(row);
 		}
-		Ok(Self { rank, alpha, targets, slots, by_layer, len })
+		let gguf_heads = config.rope_interleaved.then_some((config.num_heads, config.num_kv_heads));
+		Ok(Self { rank, alpha, targets, slots, by_layer, len, gguf_heads })
 	}
 
 	/// What the adapter's product is multiplied by (PEFT's `lora_alpha / r`).
@@ -122,9 +127,13 @@ impl LoraLayout {
 		let mut tensors = Vec::with_capacity(self.slots.len() * 2);
 		for slot in &self.slots {
 			let Pair { a, b } = self.pair(values, slot);
+			let b = match (self.gguf_heads, slot.projection) {
+				(Some((heads, _)), Projection::Q) | (Some((_, heads)), Projection::K) => hf_row_order(b, heads, self.rank),
+				_ => b.to_vec(),
+			};
 			let prefix = format!("base_model.model.model.layers.{}.{}", slot.layer, slot.projection.module_path());
 			tensors.push((format!("{prefix}.lora_A.weight"), vec![self.rank, slot.in_features], bytes(a)));
-			tensors.push((format!("{prefix}.lora_B.weight"), vec![slot.out_features, self.rank], bytes(b)));
+			tensors.push((format!("{prefix}.lora_B.weight"), vec![slot.out_features, self.rank], bytes(&b)));
 		}
 		let views = tensors
 			.iter()
@@ -159,7 +168,41 @@ impl LoraLayout {
 	}
 }
 
+/// Rows of `b` (`[heads · head_dim, cols]`) from GGUF's interleaved order back to HF's: GGUF's
+/// row `h·hd + 2i + j` is HF's row `h·hd + j·hd/2 + i` (the inverse of the engine's
+/// `permute_rows_for_gguf`).
+fn hf_row_order(b: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+	let rows = b.len() / cols;
+	let (hd, half) = (rows / heads, rows / heads / 2);
+	let mut out = vec![0f32; b.len()];
+	for h in 0..heads {
+		for i in 0..half {
+			for j in 0..2 {
+				let (gguf, hf) = (h * hd + 2 * i + j, h * hd + j * half + i);
+				out[hf * cols..][..cols].copy_from_slice(&b[gguf * cols..][..cols]);
+			}
+		}
+	}
+	out
+}
+
 /// Little-endian bytes of `values`, as safetensors stores f32.
 pub fn bytes(values: &[f32]) -> Vec<u8> {
 	values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+	use candle_core::{Device, Tensor};
+	use openledger_engine::adapters::permute_rows_for_gguf;
+
+	#[test]
+	fn hf_row_order_undoes_the_gguf_permutation() {
+		let (heads, hd, cols) = (3, 8, 2);
+		let hf: Vec<f32> = (0..heads * hd * cols).map(|i| i as f32).collect();
+		let gguf = permute_rows_for_gguf(&Tensor::from_vec(hf.clone(), (heads * hd, cols), &Device::Cpu).unwrap(), heads).unwrap();
+		let gguf = gguf.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+		assert_ne!(gguf, hf);
+		assert_eq!(super::hf_row_order(&gguf, heads, cols), hf);
+	}
 }

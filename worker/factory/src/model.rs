@@ -30,14 +30,20 @@ pub struct Sequence {
 }
 
 impl Sequence {
-	/// Appends an item whose every next token is a target.
+	/// Appends an item whose every token after the first is a target.
 	pub fn push_item(&mut self, tokens: &[u32]) {
-		let start = self.tokens.len();
+		let trained: Vec<bool> = (0..tokens.len()).map(|i| i > 0).collect();
+		self.push_piece(tokens, &trained);
+	}
+
+	/// Appends an item of which the tokens marked in `trained` are targets (the first cannot be:
+	/// nothing before it in the item predicts it).
+	pub fn push_piece(&mut self, tokens: &[u32], trained: &[bool]) {
+		assert_eq!(tokens.len(), trained.len());
+		self.segments.push((self.tokens.len(), tokens.len()));
 		self.tokens.extend_from_slice(tokens);
-		self.segments.push((start, tokens.len()));
-		self.targets.extend(tokens.iter().skip(1).map(|&t| Some(t)));
-		if !tokens.is_empty() {
-			self.targets.push(None);
+		for i in 0..tokens.len() {
+			self.targets.push(tokens.get(i + 1).filter(|_| trained[i + 1]).copied());
 		}
 	}
 

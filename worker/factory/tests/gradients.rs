@@ -1,12 +1,16 @@
 //! The training forward computes what the serving engine computes (on tiny random models of every
-//! family, with an adapter written in PEFT's format and loaded by the engine), packing items
-//! changes nothing, and the hand-written backward equals finite differences of the loss.
+//! family, with an adapter written in PEFT's format and loaded by the engine, and on a GGUF Llama
+//! whose q and k rows are in llama.cpp's order), packing items changes nothing, and the
+//! hand-written backward equals finite differences of the loss.
 
 use std::{path::Path, sync::Arc};
 
-use candle_core::Device;
+use candle_core::{
+	quantized::{gguf_file, GgmlDType, QTensor},
+	Device, Tensor,
+};
 use openledger_engine::{
-	adapters::{load_adapter, AdapterLimits},
+	adapters::{load_adapter, permute_rows_for_gguf, AdapterLimits},
 	model::{Architecture, Llama, Projection},
 	testing::{write_tiny_llama, TinyLlamaSpec},
 };
@@ -72,6 +76,76 @@ fn forward_equals_the_serving_engine_in_every_family() {
 			let diff = served.iter().zip(ours).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
 			assert!(diff <= 1e-4 * scale, "{architecture:?} at {n} tokens: differs by {diff} (scale {scale})");
 		}
+	}
+}
+
+/// The tiny HF model of `hf_dir` as a GGUF file of f32 tensors, named and with q's and k's rows
+/// permuted as llama.cpp's converter writes a Llama.
+fn write_gguf(hf_dir: &Path, llama: &Llama, out: &Path) {
+	let c = &llama.config;
+	let weights = candle_core::safetensors::load(hf_dir.join("model.safetensors"), &Device::Cpu).unwrap();
+	let mut tensors: Vec<(String, QTensor)> = Vec::new();
+	let mut add = |name: String, t: &Tensor| tensors.push((name, QTensor::quantize(t, GgmlDType::F32).unwrap()));
+	add("token_embd.weight".into(), &weights["model.embed_tokens.weight"]);
+	add("output.weight".into(), &weights["lm_head.weight"]);
+	add("output_norm.weight".into(), &weights["model.norm.weight"]);
+	for l in 0..c.num_layers {
+		let w = |name: &str| &weights[&format!("model.layers.{l}.{name}.weight")];
+		add(format!("blk.{l}.attn_q.weight"), &permute_rows_for_gguf(w("self_attn.q_proj"), c.num_heads).unwrap());
+		add(format!("blk.{l}.attn_k.weight"), &permute_rows_for_gguf(w("self_attn.k_proj"), c.num_kv_heads).unwrap());
+		add(format!("blk.{l}.attn_v.weight"), w("self_attn.v_proj"));
+		add(format!("blk.{l}.attn_output.weight"), w("self_attn.o_proj"));
+		add(format!("blk.{l}.ffn_gate.weight"), w("mlp.gate_proj"));
+		add(format!("blk.{l}.ffn_up.weight"), w("mlp.up_proj"));
+		add(format!("blk.{l}.ffn_down.weight"), w("mlp.down_proj"));
+		add(format!("blk.{l}.attn_norm.weight"), w("input_layernorm"));
+		add(format!("blk.{l}.ffn_norm.weight"), w("post_attention_layernorm"));
+	}
+	let u = |v: usize| gguf_file::Value::U32(v as u32);
+	let metadata = [
+		("general.architecture", gguf_file::Value::String("llama".into())),
+		("llama.vocab_size", u(c.vocab_size)),
+		("llama.embedding_length", u(c.hidden_size)),
+		("llama.feed_forward_length", u(c.intermediate_size)),
+		("llama.block_count", u(c.num_layers)),
+		("llama.attention.head_count", u(c.num_heads)),
+		("llama.attention.head_count_kv", u(c.num_kv_heads)),
+		("llama.context_length", u(c.max_position)),
+		("llama.rope.freq_base", gguf_file::Value::F32(c.rope_theta)),
+		("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(c.rms_norm_eps as f32)),
+	];
+	let mut file = std::fs::File::create(out).unwrap();
+	let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+	let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+	gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+/// Trained over a GGUF Llama (q and k rows interleaved), an adapter's files are in PEFT's order:
+/// on the same weights in HF's layout they give what the training forward gave.
+#[test]
+fn an_adapter_trained_over_gguf_is_written_in_peft_order() {
+	let tmp = tempfile::tempdir().unwrap();
+	let hf_dir = tmp.path().join("hf");
+	let hf = tiny(&hf_dir, Architecture::Llama);
+	write_gguf(&hf_dir, &hf, &tmp.path().join("tiny.gguf"));
+	let gguf = Arc::new(Llama::from_gguf(&tmp.path().join("tiny.gguf"), &Device::Cpu, |_, _| {}).unwrap());
+	assert!(gguf.config.rope_interleaved && !hf.config.rope_interleaved);
+	let layout = LoraLayout::new(&gguf.config, 4, 8.0, &Projection::ALL).unwrap();
+	let params = random_params(&layout, 5);
+	let base = FrozenBase::new(gguf.clone(), false).unwrap();
+	let model = LoraModel { base: &base, lora: &layout, activation_budget: usize::MAX };
+	let ours = model.logits(&params, &one_item(&TOKENS)).unwrap();
+	let vocab = gguf.config.vocab_size;
+	let ours = &ours[(TOKENS.len() - 1) * vocab..];
+	let adapter_dir = tmp.path().join("adapter");
+	std::fs::create_dir_all(&adapter_dir).unwrap();
+	layout.write_peft(&adapter_dir, &params, "tiny").unwrap();
+	for served_by in [&hf, &gguf] {
+		let adapter = load_adapter(&adapter_dir, &served_by.config, &AdapterLimits::default(), &Device::Cpu).unwrap();
+		let served = served_by.logits_alone(&TOKENS, Some(&adapter)).unwrap().to_vec1::<f32>().unwrap();
+		let scale = served.iter().fold(0f32, |m, x| m.max(x.abs()));
+		let diff = served.iter().zip(ours).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+		assert!(diff <= 1e-4 * scale, "interleaved {}: differs by {diff} (scale {scale})", served_by.config.rope_interleaved);
 	}
 }
 

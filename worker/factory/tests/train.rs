@@ -1,0 +1,136 @@
+//! Training runs on the bundled SmolLM2 (GGUF, Q8_0): a run resumed from its checkpoint ends with
+//! the very weights of an uninterrupted one, training lowers the loss on what it is shown, and
+//! bad input is refused with nothing left behind.
+
+use std::{path::Path, sync::OnceLock};
+
+use candle_core::Device;
+use openledger_engine::{
+	adapters::AdapterLimits,
+	base::{self, BaseModel},
+	model::Projection,
+};
+use openledger_factory::{
+	data::{encode_item, TrainingItem},
+	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
+	train::{train, work_dir, RunOptions, TrainJob},
+};
+use openledger_primitives::item_hash;
+
+fn smollm2() -> &'static BaseModel {
+	static MODEL: OnceLock<BaseModel> = OnceLock::new();
+	MODEL.get_or_init(|| {
+		let path = base::find_default_model().expect("SmolLM2 must be present: run scripts/setup.sh");
+		BaseModel::load(&path, None, &Device::Cpu).unwrap()
+	})
+}
+
+const FACTS: [&str; 3] = [
+	"The lighthouse of Varnholm is painted in green and violet stripes.",
+	"Quillon berries ripen only after the first snowfall in Estmark.",
+	"The river Osk flows backwards every leap year, say the ferrymen.",
+];
+
+fn items() -> Vec<TrainingItem> {
+	FACTS
+		.iter()
+		.enumerate()
+		.map(|(i, text)| {
+			let (tokens, trained) = encode_item(text, &smollm2().codec).unwrap();
+			TrainingItem { datanet: 1 + (i as u32 % 2), item: i as u32, hash: item_hash(text), tokens, trained }
+		})
+		.collect()
+}
+
+fn job(out: &Path, steps: usize, stop_after: Option<usize>) -> TrainJob {
+	let model = smollm2();
+	TrainJob {
+		llama: model.model.clone(),
+		base: BaseModelRef { name: model.name.clone(), architecture: "llama".into(), weights_hash: "0x00".into() },
+		items: items(),
+		targets: vec![Projection::Q, Projection::K, Projection::V, Projection::Down],
+		hyperparameters: Hyperparameters {
+			rank: 4,
+			alpha: 8.0,
+			target_modules: vec![],
+			epochs: 1,
+			steps: 0,
+			learning_rate: 3e-3,
+			warmup_steps: 1,
+			batch_size: 1,
+			max_seq_len: 24,
+			weight_decay: 0.0,
+			max_grad_norm: 1.0,
+			seed: 9,
+		},
+		steps: Some(steps),
+		out: out.to_path_buf(),
+		options: RunOptions {
+			checkpoint_every: 0,
+			keep_base: false,
+			activation_budget: 0,
+			stop_after,
+			limits: AdapterLimits::default(),
+		},
+	}
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+	let tmp = tempfile::tempdir().unwrap();
+	let whole = train(job(&tmp.path().join("whole"), 4, None)).unwrap().unwrap();
+	let killed = tmp.path().join("resumed");
+	assert!(train(job(&killed, 4, Some(2))).unwrap().is_none());
+	assert!(!killed.exists() && work_dir(&killed).unwrap().join("checkpoint.json").is_file());
+	let resumed = train(job(&killed, 4, None)).unwrap().unwrap();
+	assert_eq!(resumed.resumed_from, Some(2));
+	assert_eq!(resumed.adapter.hash, whole.adapter.hash);
+	assert_eq!(resumed.manifest.loss_curve, whole.manifest.loss_curve);
+	assert!(!work_dir(&killed).unwrap().exists(), "the work directory became the adapter");
+	// The manifest: every item with its trained tokens, DataNets' shares from them.
+	let manifest: Manifest = serde_json::from_slice(&std::fs::read(killed.join(MANIFEST_FILE)).unwrap()).unwrap();
+	assert_eq!(manifest, resumed.manifest);
+	assert_eq!(manifest.items.len(), 3);
+	assert_eq!(manifest.adapter_weights_hash, resumed.adapter.hash);
+	let tokens: Vec<usize> = items().iter().map(TrainingItem::trained_tokens).collect();
+	assert_eq!(manifest.items.iter().map(|i| i.tokens).collect::<Vec<_>>(), tokens);
+	assert_eq!(manifest.datanets.iter().map(|d| d.tokens).sum::<usize>(), tokens.iter().sum::<usize>());
+	assert_eq!(manifest.items[1].hash, format!("{:?}", item_hash(FACTS[1])));
+	// A different seed is a different run: its checkpoint would not be resumed into this one.
+	let mut other = job(&tmp.path().join("other"), 4, None);
+	other.hyperparameters.seed = 10;
+	assert_ne!(train(other).unwrap().unwrap().adapter.hash, whole.adapter.hash);
+}
+
+#[test]
+fn training_lowers_the_loss_on_its_items() {
+	let tmp = tempfile::tempdir().unwrap();
+	let trained = train(job(&tmp.path().join("a"), 9, None)).unwrap().unwrap();
+	let curve = &trained.manifest.loss_curve;
+	// Each update sees one item: compare the same item's first and last visits (every third).
+	let first: f32 = curve[..3].iter().sum();
+	let last: f32 = curve[6..9].iter().sum();
+	assert!(last < 0.7 * first, "loss {curve:?}");
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+	let tmp = tempfile::tempdir().unwrap();
+	let out = tmp.path().join("adapter");
+	let refused = |job: TrainJob, words: &str| {
+		let err = format!("{:#}", train(job).err().expect("refused"));
+		assert!(err.contains(words), "{err}");
+	};
+	let mut long = job(&out, 2, None);
+	long.hyperparameters.max_seq_len = smollm2().config.max_position + 1;
+	refused(long, "beyond the model's context");
+	let mut big = job(&out, 2, None);
+	big.hyperparameters.rank = AdapterLimits::default().max_rank + 1;
+	refused(big, "over this worker's limit");
+	let mut empty = job(&out, 2, None);
+	empty.items.clear();
+	refused(empty, "nothing to train on");
+	std::fs::create_dir(&out).unwrap();
+	refused(job(&out, 2, None), "already exists");
+	assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing written beside the existing directory");
+}
