@@ -279,6 +279,9 @@ enum AdapterCommand {
 	},
 	/// Print an adapter's hash, rank, targets and sizes as JSON.
 	Inspect { dir: PathBuf },
+	/// Train a LoRA adapter over the base model on DataNets' accepted items (PEFT files and a
+	/// training manifest).
+	Train(openledger_worker::cli::train::TrainArgs),
 }
 
 fn parse_targets(list: &str) -> Result<Vec<Projection>> {
@@ -632,6 +635,10 @@ fn run(cli: Cli) -> Result<()> {
 			let info = adapters::write_random_adapter_as(dtype, &out, &config, rank, alpha, &targets, seed, zero_b, rslora)?;
 			println!("{}", serde_json::to_string_pretty(&info)?);
 			Ok(())
+		},
+		Command::Adapter(AdapterCommand::Train(args)) => {
+			let targets = parse_targets(&args.targets)?;
+			openledger_worker::cli::train::run(args, targets)
 		},
 		Command::Adapter(AdapterCommand::Inspect { dir }) => {
 			let info = adapters::inspect(&dir)?;

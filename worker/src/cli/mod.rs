@@ -1,6 +1,7 @@
 //! Subcommands that are not `serve`: DataNet indexes, the ledger's keys, chain, vouchers and
-//! outbox, and MCP tools' definitions.
+//! outbox, MCP tools' definitions, and training adapters.
 
 pub mod datanet;
 pub mod ledger;
 pub mod mcp;
+pub mod train;

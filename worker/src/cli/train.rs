@@ -1,0 +1,144 @@
+//! `openledger-worker adapter train`: a LoRA adapter trained over the base model on DataNets'
+//! accepted items, written in PEFT's format with its training manifest.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use openledger_engine::{
+	adapters::AdapterLimits,
+	base::{self, BaseModel},
+	model::Projection,
+};
+use openledger_factory::{
+	data::load_items,
+	manifest::{BaseModelRef, Hyperparameters},
+	train::{train, RunOptions, TrainJob},
+};
+use openledger_primitives::DataNetId;
+
+#[derive(Args)]
+pub struct TrainArgs {
+	/// The base model (GGUF file or HF directory; default: the bundled SmolLM2).
+	#[arg(long)]
+	pub base: Option<PathBuf>,
+	/// The DataNet index root (`datanet ingest --index`).
+	#[arg(long)]
+	pub index: PathBuf,
+	/// A DataNet to train on (repeatable); only its accepted items (with on-chain ids) are used.
+	#[arg(long = "datanet", required = true)]
+	pub datanets: Vec<DataNetId>,
+	/// The adapter's directory, created at the end (must not exist).
+	#[arg(long)]
+	pub out: PathBuf,
+	#[arg(long, default_value_t = 16)]
+	pub rank: usize,
+	#[arg(long, default_value_t = 32.0)]
+	pub alpha: f64,
+	/// Comma-separated among q,k,v,o,gate,up,down (or their `_proj` names).
+	#[arg(long, default_value = "q,k,v,o,gate,up,down")]
+	pub targets: String,
+	/// Passes over the items (ignored where --steps is given).
+	#[arg(long, default_value_t = 1)]
+	pub epochs: usize,
+	/// Optimizer updates, overriding --epochs (the items are cycled, reshuffled each pass).
+	#[arg(long)]
+	pub steps: Option<usize>,
+	#[arg(long, default_value_t = 2e-4)]
+	pub lr: f64,
+	/// Updates over which the learning rate rises from 0 (then it decays along a cosine).
+	#[arg(long, default_value_t = 0)]
+	pub warmup_steps: usize,
+	/// Packed sequences per update.
+	#[arg(long, default_value_t = 4)]
+	pub batch_size: usize,
+	/// Tokens per packed sequence; longer items are cut.
+	#[arg(long, default_value_t = 512)]
+	pub max_seq_len: usize,
+	#[arg(long, default_value_t = 0.0)]
+	pub weight_decay: f64,
+	/// Clip the gradients' global norm to this (0: no clipping).
+	#[arg(long, default_value_t = 1.0)]
+	pub max_grad_norm: f64,
+	#[arg(long, default_value_t = 0)]
+	pub seed: u64,
+	/// Save a checkpoint every this many updates (0: never); a rerun of the same command
+	/// resumes from it.
+	#[arg(long, default_value_t = 20)]
+	pub checkpoint_every: usize,
+	/// Dequantize each base layer when used instead of once (QLoRA's memory, slower).
+	#[arg(long)]
+	pub dequantize_per_use: bool,
+	/// MiB of layer activations kept per sequence; layers beyond are recomputed.
+	#[arg(long, default_value_t = 2048)]
+	pub activation_memory: usize,
+	/// The largest rank accepted (the worker's adapter limit).
+	#[arg(long, default_value_t = AdapterLimits::default().max_rank)]
+	pub max_rank: usize,
+}
+
+pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
+	let path = match args.base {
+		Some(path) => path,
+		None => base::find_default_model()?,
+	};
+	// Refuse what can be refused before the model loads.
+	anyhow::ensure!(!args.out.exists(), "{} already exists; choose another --out or remove it", args.out.display());
+	let weights_hash = base::weights_hash(&path)?;
+	let model = BaseModel::load(&path, None, &Device::Cpu)?;
+	let items = load_items(&args.index, &args.datanets, &model.codec)?;
+	tracing::info!("training on {} accepted items of DataNets {:?}", items.len(), args.datanets);
+	let hyperparameters = Hyperparameters {
+		rank: args.rank,
+		alpha: args.alpha,
+		target_modules: targets.iter().map(|p| p.peft_name().to_string()).collect(),
+		epochs: args.epochs,
+		steps: 0,
+		learning_rate: args.lr,
+		warmup_steps: args.warmup_steps,
+		batch_size: args.batch_size,
+		max_seq_len: args.max_seq_len,
+		weight_decay: args.weight_decay,
+		max_grad_norm: args.max_grad_norm,
+		seed: args.seed,
+	};
+	let job = TrainJob {
+		llama: model.model.clone(),
+		base: BaseModelRef {
+			name: model.name.clone(),
+			architecture: model.config.architecture.name().into(),
+			weights_hash: format!("{weights_hash:?}"),
+		},
+		items,
+		targets,
+		hyperparameters,
+		steps: args.steps,
+		out: args.out.clone(),
+		options: RunOptions {
+			checkpoint_every: args.checkpoint_every,
+			keep_base: !args.dequantize_per_use,
+			activation_budget: args.activation_memory << 20,
+			stop_after: None,
+			limits: AdapterLimits { max_rank: args.max_rank, ..AdapterLimits::default() },
+		},
+	};
+	let trained = train(job)?.context("the run stopped before its end")?;
+	let m = &trained.manifest;
+	let summary = serde_json::json!({
+		"adapter": args.out,
+		"hash": trained.adapter.hash,
+		"manifest_hash": format!("{:?}", trained.manifest_hash),
+		"base_model": m.base_model,
+		"items": m.items.len(),
+		"datanets": m.datanets,
+		"provenance_ppm": m.shares_ppm(),
+		"updates": m.hyperparameters.steps,
+		"loss_first": m.loss_curve.first(),
+		"loss_last": m.loss_curve.last(),
+		"tokens_per_second": (trained.tokens_per_second * 10.0).round() / 10.0,
+		"resumed_from": trained.resumed_from,
+	});
+	println!("{}", serde_json::to_string_pretty(&summary)?);
+	Ok(())
+}
