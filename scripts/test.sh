@@ -11,7 +11,7 @@ cd "$REPO_ROOT"
 # to end below as a release binary, not rebuilt here for tests.
 pallet_tests=(cargo test --workspace --no-fail-fast
 	--exclude openledger-node --exclude openledger-node-cli --exclude openledger-runtime-wasm --exclude openledger-runtime-upgrade
-	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp
+	--exclude openledger-worker --exclude openledger-engine --exclude openledger-knowledge --exclude openledger-factory --exclude openledger-ledger --exclude openledger-tasks --exclude openledger-mcp
 	--features runtime-benchmarks,try-runtime ${OPENLEDGER_CARGO_TIMINGS:+--timings})
 
 # What runs beside the builds is logged here and shown when it is joined; what still runs when
