@@ -282,6 +282,9 @@ enum AdapterCommand {
 	/// Train a LoRA adapter over the base model on DataNets' accepted items (PEFT files and a
 	/// training manifest).
 	Train(openledger_worker::cli::train::TrainArgs),
+	/// Check an adapter's training manifest against its files and the chain's accepted items;
+	/// prints the DataNet shares (ppm) it registers with.
+	VerifyManifest(openledger_worker::cli::train::VerifyManifestArgs),
 }
 
 fn parse_targets(list: &str) -> Result<Vec<Projection>> {
@@ -640,6 +643,7 @@ fn run(cli: Cli) -> Result<()> {
 			let targets = parse_targets(&args.targets)?;
 			openledger_worker::cli::train::run(args, targets)
 		},
+		Command::Adapter(AdapterCommand::VerifyManifest(args)) => openledger_worker::cli::train::verify_manifest(args),
 		Command::Adapter(AdapterCommand::Inspect { dir }) => {
 			let info = adapters::inspect(&dir)?;
 			println!("{}", serde_json::to_string_pretty(&info)?);

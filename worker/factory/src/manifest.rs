@@ -2,9 +2,10 @@
 //! DataNet shares are computed from the tokens actually trained on, and anyone holding the
 //! DataNets' accepted items can check every entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use openledger_primitives::{DataNetId, ItemId};
+use anyhow::{bail, ensure, Result};
+use openledger_primitives::{ContentHash, DataNetId, ItemId};
 use serde::{Deserialize, Serialize};
 
 /// The file's name in an adapter's directory.
@@ -87,6 +88,28 @@ impl Manifest {
 		by_datanet.into_values().collect()
 	}
 
+	/// Checks the manifest against the chain's accepted items of its DataNets (`accepted`:
+	/// (content hash, item id) per DataNet): every item it names is accepted with that hash, and
+	/// its DataNet shares are the sums of its items.
+	pub fn check_items(&self, accepted: &BTreeMap<DataNetId, Vec<(ContentHash, ItemId)>>) -> Result<()> {
+		ensure!(self.format == MANIFEST_FORMAT, "the manifest's format `{}` is not {MANIFEST_FORMAT}", self.format);
+		ensure!(!self.items.is_empty(), "the manifest names no items");
+		let by_id: BTreeMap<DataNetId, HashMap<ItemId, ContentHash>> = accepted
+			.iter()
+			.map(|(datanet, items)| (*datanet, items.iter().map(|(hash, id)| (*id, *hash)).collect()))
+			.collect();
+		for item in &self.items {
+			let Some(on_chain) = by_id.get(&item.datanet).and_then(|items| items.get(&item.item)) else {
+				bail!("item {} of DataNet {} is not an accepted item on chain", item.item, item.datanet);
+			};
+			if format!("{on_chain:?}") != item.hash {
+				bail!("item {} of DataNet {} has hash {} on chain, not the manifest's {}", item.item, item.datanet, format!("{on_chain:?}"), item.hash);
+			}
+		}
+		ensure!(Self::shares_of(&self.items) == self.datanets, "the manifest's DataNet shares are not the sums of its items");
+		Ok(())
+	}
+
 	/// Each DataNet's share in parts per million of the tokens trained on, the largest
 	/// remainders rounded up so that they sum to exactly 1,000,000.
 	pub fn shares_ppm(&self) -> Vec<(DataNetId, u32)> {
@@ -122,7 +145,32 @@ mod tests {
 		let items = [item(1, 10), item(2, 10), item(2, 5), item(3, 5)];
 		let datanets = Manifest::shares_of(&items);
 		assert_eq!(datanets.iter().map(|d| (d.datanet, d.items, d.tokens)).collect::<Vec<_>>(), [(1, 1, 10), (2, 2, 15), (3, 1, 5)]);
-		let manifest = Manifest {
+		let manifest = sample(items.to_vec());
+		let ppm = manifest.shares_ppm();
+		assert_eq!(ppm, [(1, 333_333), (2, 500_000), (3, 166_667)]);
+		assert_eq!(ppm.iter().map(|s| s.1).sum::<u32>(), 1_000_000);
+	}
+
+	#[test]
+	fn items_are_checked_against_the_accepted_ones() {
+		let hash = |b: u8| ContentHash::repeat_byte(b);
+		let item = |datanet, item, b| ManifestItem { datanet, item, hash: format!("{:?}", hash(b)), tokens: 5 };
+		let items = vec![item(1, 10, 1), item(2, 20, 2)];
+		let mut manifest = sample(items.clone());
+		let accepted: BTreeMap<_, _> = [(1, vec![(hash(1), 10), (hash(9), 11)]), (2, vec![(hash(2), 20)])].into_iter().collect();
+		manifest.check_items(&accepted).unwrap();
+		let mut missing = accepted.clone();
+		missing.get_mut(&2).unwrap().clear();
+		assert!(manifest.check_items(&missing).unwrap_err().to_string().contains("item 20 of DataNet 2 is not an accepted item"));
+		let mut other_hash = accepted.clone();
+		other_hash.get_mut(&1).unwrap()[0].0 = hash(7);
+		assert!(manifest.check_items(&other_hash).unwrap_err().to_string().contains("has hash"));
+		manifest.datanets[0].tokens += 1;
+		assert!(manifest.check_items(&accepted).unwrap_err().to_string().contains("not the sums"));
+	}
+
+	fn sample(items: Vec<ManifestItem>) -> Manifest {
+		Manifest {
 			format: MANIFEST_FORMAT.into(),
 			base_model: BaseModelRef { name: String::new(), architecture: String::new(), weights_hash: String::new() },
 			adapter_weights_hash: String::new(),
@@ -140,13 +188,10 @@ mod tests {
 				max_grad_norm: 0.0,
 				seed: 0,
 			},
-			datanets,
-			items: items.to_vec(),
+			datanets: Manifest::shares_of(&items),
+			items,
 			tokens_processed: 0,
 			loss_curve: vec![],
-		};
-		let ppm = manifest.shares_ppm();
-		assert_eq!(ppm, [(1, 333_333), (2, 500_000), (3, 166_667)]);
-		assert_eq!(ppm.iter().map(|s| s.1).sum::<u32>(), 1_000_000);
+		}
 	}
 }

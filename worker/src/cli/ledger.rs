@@ -223,11 +223,11 @@ pub enum OutboxCommand {
 	},
 }
 
-fn runtime_builder() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime_builder() -> Result<tokio::runtime::Runtime> {
 	tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
-async fn connect(args: &ChainArgs) -> Result<ChainClient> {
+pub(crate) async fn connect(args: &ChainArgs) -> Result<ChainClient> {
 	Ok(ChainClient::connect_patiently(&args.chain, Duration::from_secs(30)).await?)
 }
 

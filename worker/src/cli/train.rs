@@ -1,22 +1,25 @@
 //! `openledger-worker adapter train`: a LoRA adapter trained over the base model on DataNets'
-//! accepted items, written in PEFT's format with its training manifest.
+//! accepted items, written in PEFT's format with its training manifest; `adapter
+//! verify-manifest`: that manifest checked against the chain.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Args;
 use openledger_engine::{
-	adapters::AdapterLimits,
+	adapters::{self, AdapterLimits},
 	base::{self, BaseModel},
 	model::Projection,
 };
 use openledger_factory::{
 	data::load_items,
-	manifest::{BaseModelRef, Hyperparameters},
+	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
 	train::{train, RunOptions, TrainJob},
 };
 use openledger_primitives::DataNetId;
+
+use super::ledger::{connect, runtime_builder, ChainArgs};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -138,6 +141,50 @@ pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
 		"loss_last": m.loss_curve.last(),
 		"tokens_per_second": (trained.tokens_per_second * 10.0).round() / 10.0,
 		"resumed_from": trained.resumed_from,
+	});
+	println!("{}", serde_json::to_string_pretty(&summary)?);
+	Ok(())
+}
+
+#[derive(Args)]
+pub struct VerifyManifestArgs {
+	/// The adapter's directory: its PEFT files and `training_manifest.json`.
+	#[arg(long)]
+	pub adapter: PathBuf,
+	#[command(flatten)]
+	pub chain: ChainArgs,
+}
+
+/// Checks an adapter's training manifest against its files and the chain: the weights are the
+/// ones it names, every item is an accepted item of its DataNet with the hash it gives, and the
+/// DataNet shares are its items' sums. Prints the shares in ppm, as `registry.registerAdapter`
+/// takes the provenance.
+pub fn verify_manifest(args: VerifyManifestArgs) -> Result<()> {
+	let path = args.adapter.join(MANIFEST_FILE);
+	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+		.with_context(|| format!("{} is not a training manifest", path.display()))?;
+	let adapter = adapters::inspect(&args.adapter)?;
+	anyhow::ensure!(
+		adapter.hash == manifest.adapter_weights_hash,
+		"the adapter's weights hash {} is not the manifest's {}",
+		adapter.hash,
+		manifest.adapter_weights_hash
+	);
+	let accepted = runtime_builder()?.block_on(async {
+		let client = connect(&args.chain).await?;
+		let mut accepted = BTreeMap::new();
+		for share in &manifest.datanets {
+			accepted.insert(share.datanet, client.accepted_items(share.datanet).await?);
+		}
+		anyhow::Ok(accepted)
+	})?;
+	manifest.check_items(&accepted)?;
+	let summary = serde_json::json!({
+		"verified": true,
+		"adapter_hash": adapter.hash,
+		"items": manifest.items.len(),
+		"datanets": manifest.datanets,
+		"provenance_ppm": manifest.shares_ppm(),
 	});
 	println!("{}", serde_json::to_string_pretty(&summary)?);
 	Ok(())
