@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: on a fresh machine, sets up and builds everything, starts a dev chain and a worker
 # on the real SmolLM2 model, builds a DataNet from the documents in scripts/demo/datanet,
-# registers a base model, adapters, a prompt, an MCP tool and the worker, funds a payer, sends chat
+# registers a base model, adapters, a prompt, an MCP tool and the worker, trains an adapter on the
+# DataNet's accepted items and registers it with the provenance its manifest computes, funds a payer, sends chat
 # requests through the OpenAI API and prints who was paid what, read back from the chain. Then it keeps the
 # node and worker running for you to explore, until Ctrl-C.
 #
@@ -22,6 +23,7 @@ demo_ports 9944 8000
 start_node
 prepare_content
 setup_chain
+train_adapter
 start_mcp_tool
 start_worker
 

@@ -2,18 +2,20 @@
 //   node chain.mjs setup DIR   registers what DIR holds (model, DataNet items, adapters, prompt),
 //                              funds the worker and the payer; prints the ids as JSON
 //   node chain.mjs allow DIR   the payer's allowance for the registered worker
+//   node chain.mjs adapter DIR NAME  Eve registers the trained adapter DIR/adapters/NAME with the
+//                              provenance of its verified manifest (DIR/manifest-verified.json)
 //   node chain.mjs tool DIR ENDPOINT HASH  Bob registers the MCP tool get_weather at ENDPOINT
 //                              with its definition hash; prints {"tool": id}
 //   node chain.mjs report DIR  the payout table of the requests in DIR/requests.json, from chain
 // The chain is at $OPENLEDGER_WS.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, findEvent, send } from '../e2e/lib.mjs';
+import { commitRegistration, connect, findEvent, send } from '../e2e/lib.mjs';
 import { OPEN, blake2AsHex, palletAccount, setupLedger, setAllowance, settledReceipts, formatOpen } from '../e2e/ledger.mjs';
 
 const [command, dir, ...rest] = process.argv.slice(2);
 if (!command || !dir) {
-  console.error('usage: node chain.mjs setup|allow|report DIR | tool DIR ENDPOINT HASH');
+  console.error('usage: node chain.mjs setup|allow|report DIR | adapter DIR NAME | tool DIR ENDPOINT HASH');
   process.exit(2);
 }
 const models = process.env.OPENLEDGER_MODELS ?? '/var/tmp/openledger-models';
@@ -53,6 +55,20 @@ try {
   } else if (command === 'allow') {
     await setAllowance(node, dev.alice, worker.address, 50n * OPEN);
     console.error(`Alice allows worker ${worker.address} up to 50 OPEN`);
+  } else if (command === 'adapter') {
+    const [name] = rest;
+    const ids = JSON.parse(readFileSync(join(dir, 'ids.json'), 'utf8'));
+    const verified = JSON.parse(readFileSync(join(dir, 'manifest-verified.json'), 'utf8'));
+    const weightsHash = fileHash(join(dir, 'adapters', name, 'adapter_model.safetensors'));
+    const configHash = fileHash(join(dir, 'adapters', name, 'adapter_config.json'));
+    const rank = JSON.parse(readFileSync(join(dir, 'adapters', name, 'adapter_config.json'), 'utf8')).r;
+    const salt = await commitRegistration(api, dev.eve, 'adapter', weightsHash);
+    const r = await send(api, api.tx.registry.registerAdapter(ids.baseModel, weightsHash, configHash, rank, `file://${name}`,
+      verified.provenance_ppm, OPEN / 50n, salt), dev.eve);
+    if (r.error) throw new Error(`registerAdapter: ${r.error}`);
+    const adapter = findEvent(r.events, 'registry', 'AdapterRegistered').data[0].toNumber();
+    const shares = verified.provenance_ppm.map(([d, ppm]) => `DataNet ${d} ${(ppm / 1e4).toFixed(1)}%`).join(', ');
+    console.error(`Eve registers trained adapter ${adapter} (${name}): provenance from its manifest, ${shares}; ${verified.items} items checked on chain`);
   } else if (command === 'tool') {
     const [endpoint, hash] = rest;
     const r = await send(api, api.tx.registry.registerTool(endpoint, 'get_weather', hash, OPEN / 200n), dev.bob);

@@ -77,6 +77,24 @@ setup_chain() {
 	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" allow "$DEMO_DIR" >&2
 }
 
+# ModelFactory: an adapter trained on DataNet 0's accepted items (their on-chain ids synced into
+# the index first), its training manifest checked against the chain, and Eve's registration of it
+# with the provenance the manifest computes.
+train_adapter() {
+	step "training an adapter on DataNet 0's accepted items (adapter train)"
+	"$WORKER_BIN" chain sync-items --chain "$CHAIN_WS" --datanets "$DEMO_DIR/datanets" >&2
+	"$WORKER_BIN" adapter train --index "$DEMO_DIR/datanets" --datanet 0 --out "$DEMO_DIR/adapters/notes-scholar" \
+		--rank 8 --steps 12 --batch-size 2 --max-seq-len 128 --lr 1e-3 --warmup-steps 2 >"$DEMO_DIR/trained.json"
+	python3 - "$DEMO_DIR/trained.json" >&2 <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+print(f"  loss {t['loss_first']:.2f} -> {t['loss_last']:.2f} over {t['updates']} updates, {t['tokens_per_second']} tokens/s")
+PY
+	step "checking its training manifest against the chain and registering it with that provenance"
+	"$WORKER_BIN" adapter verify-manifest --chain "$CHAIN_WS" --adapter "$DEMO_DIR/adapters/notes-scholar" >"$DEMO_DIR/manifest-verified.json"
+	OPENLEDGER_WS="$CHAIN_WS" node "$DEMO_SRC/chain.mjs" adapter "$DEMO_DIR" notes-scholar >&2
+}
+
 # A real MCP server (the official Python SDK) with a weather tool, registered on chain by Bob
 # through polkadot.js with the definition hash the worker's CLI reads from it.
 start_mcp_tool() {

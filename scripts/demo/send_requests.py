@@ -23,6 +23,8 @@ REQUESTS = [
     ("kitchen-helper", "qa", [0], "How hot should the oven be for sourdough bread?"),
     (base_model, None, [0], "Why are spring tides larger than neap tides?"),
     ("nature-tutor", None, None, "Say hello to the bees in one sentence."),
+    # The adapter trained on DataNet 0's items, asked without retrieval: its training pays them.
+    ("notes-scholar", None, None, "How do honeybees tell each other where food is?"),
 ]
 
 log = []
