@@ -11,6 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 use openledger_engine::model::{rope::Angles, FrozenLayer, Llama, LlamaConfig, Projection};
 
 use crate::{
@@ -480,32 +481,35 @@ impl LoraModel<'_> {
 		let mut x = Vec::with_capacity(ROWS_AT_ONCE * h);
 		let mut logits = vec![0f32; ROWS_AT_ONCE * vocab];
 		let mut dx = vec![0f32; ROWS_AT_ONCE * h];
-		let mut cap_slope = vec![0f32; if c.final_logit_softcap.is_some() { vocab } else { 0 }];
 		for chunk in rows.chunks(ROWS_AT_ONCE) {
 			let n = chunk.len();
 			x.clear();
 			chunk.iter().for_each(|&(i, _)| x.extend_from_slice(&hf[i * h..][..h]));
 			let logits = &mut logits[..n * vocab];
 			matmul(Out::new(logits, n, vocab), Mat::new(&x, n, h), head.t(), 1.0, false);
-			for (row, &(_, target)) in logits.chunks_exact_mut(vocab).zip(chunk) {
-				// Capped logits z = cap · tanh(l / cap) (Gemma 2's), whose dz/dl = 1 − tanh².
-				if let Some(cap) = c.final_logit_softcap {
-					for (z, d) in row.iter_mut().zip(cap_slope.iter_mut()) {
-						let t = (*z / cap).tanh();
-						(*z, *d) = (cap * t, 1.0 - t * t);
+			// Each row: its loss, and its logits turned into d loss / d logits in place.
+			let softcap = c.final_logit_softcap;
+			let losses: Vec<f64> = logits
+				.par_chunks_exact_mut(vocab)
+				.zip(chunk.par_iter())
+				.map(|(row, &(_, target))| {
+					// Capped logits z = cap · tanh(l / cap) (Gemma 2's), whose dz/dl = 1 − tanh².
+					if let Some(cap) = softcap {
+						row.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
 					}
-				}
-				let lse = log_sum_exp(row);
-				let t = target as usize;
-				sum += lse - row[t] as f64;
-				for z in row.iter_mut() {
-					*z = ((*z as f64 - lse).exp() as f32) * scale;
-				}
-				row[t] -= scale;
-				if c.final_logit_softcap.is_some() {
-					row.iter_mut().zip(&cap_slope).for_each(|(z, d)| *z *= d);
-				}
-			}
+					let lse = log_sum_exp(row);
+					let t = target as usize;
+					let z_target = row[t];
+					for z in row.iter_mut() {
+						let p = (*z - lse as f32).exp() * scale;
+						// Through the cap: 1 − tanh² from the capped value itself, (z / cap)².
+						*z = softcap.map_or(p, |cap| p * (1.0 - (*z / cap) * (*z / cap)));
+					}
+					row[t] -= scale * softcap.map_or(1.0, |cap| 1.0 - (z_target / cap) * (z_target / cap));
+					lse - z_target as f64
+				})
+				.collect();
+			sum += losses.iter().sum::<f64>();
 			let dx = &mut dx[..n * h];
 			matmul(Out::new(dx, n, h), Mat::new(logits, n, vocab), head, 1.0, false);
 			for (d, &(i, _)) in dx.chunks_exact(h).zip(chunk) {
@@ -518,5 +522,5 @@ impl LoraModel<'_> {
 
 fn log_sum_exp(row: &[f32]) -> f64 {
 	let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-	max + row.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln()
+	max + row.iter().map(|&z| (z - max as f32).exp() as f64).sum::<f64>().ln()
 }

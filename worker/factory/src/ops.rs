@@ -6,10 +6,14 @@ use rayon::prelude::*;
 
 use crate::linalg::{matmul, Mat, Out};
 
+/// Rows per task of the elementwise passes: enough work to be worth a hand-off.
+const ROWS_PER_TASK: usize = 16;
+
 /// `y = x / rms(x) · w` per row of `dim`; returns each row's 1 / rms for the backward.
 pub fn rms_norm(x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32]) -> Vec<f32> {
-	x.chunks_exact(dim)
-		.zip(y.chunks_exact_mut(dim))
+	x.par_chunks_exact(dim)
+		.zip(y.par_chunks_exact_mut(dim))
+		.with_min_len(ROWS_PER_TASK)
 		.map(|(x, y)| {
 			let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / dim as f32 + eps).sqrt();
 			for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
@@ -23,30 +27,41 @@ pub fn rms_norm(x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32]) -> Ve
 /// Adds to `dx` the gradient through [`rms_norm`] of `dy`:
 /// `r·w·dy − x · r³/dim · Σ(w·dy·x)` with `r` = 1 / rms.
 pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dim: usize, dx: &mut [f32]) {
-	for (((x, dy), dx), &r) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)).zip(inv_rms) {
-		let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, dy), w)| x * dy * w).sum();
-		let c = r * r * r * dot / dim as f32;
-		for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
-			*dx += r * w * dy - x * c;
-		}
-	}
+	x.par_chunks_exact(dim)
+		.zip(dy.par_chunks_exact(dim))
+		.zip(dx.par_chunks_exact_mut(dim))
+		.zip(inv_rms.par_iter())
+		.with_min_len(ROWS_PER_TASK)
+		.for_each(|(((x, dy), dx), &r)| {
+			let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, dy), w)| x * dy * w).sum();
+			let c = r * r * r * dot / dim as f32;
+			for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+				*dx += r * w * dy - x * c;
+			}
+		});
 }
 
 /// Rotates every head of each row by its position's angles (`cos`, `sin`: `head_dim / 2` per
 /// row); `inverse` rotates back, which is also the rotation's backward.
 pub fn rope(x: &mut [f32], width: usize, head_dim: usize, cos: &[f32], sin: &[f32], interleaved: bool, inverse: bool) {
 	let half = head_dim / 2;
-	let mut neg = vec![0f32; half];
-	for ((row, cos), sin) in x.chunks_exact_mut(width).zip(cos.chunks_exact(half)).zip(sin.chunks_exact(half)) {
-		let sin = match inverse {
-			true => {
-				neg.iter_mut().zip(sin).for_each(|(n, s)| *n = -s);
-				&neg[..]
+	x.par_chunks_exact_mut(width)
+		.zip(cos.par_chunks_exact(half))
+		.zip(sin.par_chunks_exact(half))
+		.with_min_len(ROWS_PER_TASK)
+		.for_each_init(
+			|| vec![0f32; half],
+			|neg, ((row, cos), sin)| {
+				let sin = match inverse {
+					true => {
+						neg.iter_mut().zip(sin).for_each(|(n, s)| *n = -s);
+						&neg[..]
+					},
+					false => sin,
+				};
+				openledger_engine::model::rope_in_place(row, head_dim, cos, sin, interleaved);
 			},
-			false => sin,
-		};
-		openledger_engine::model::rope_in_place(row, head_dim, cos, sin, interleaved);
-	}
+		);
 }
 
 /// The MLP's gate: SiLU, or GELU's tanh approximation (Gemma).
@@ -58,20 +73,32 @@ pub enum Gate {
 
 const GELU_C: f32 = 0.797_884_6; // √(2/π)
 
+/// Elements per task of the gate's passes.
+const ELEMENTS_PER_TASK: usize = 8 * 1024;
+
 impl Gate {
 	/// `act = gate(g) · u`.
 	pub fn forward(self, g: &[f32], u: &[f32], act: &mut [f32]) {
-		for ((a, &g), &u) in act.iter_mut().zip(g).zip(u) {
-			*a = self.value(g) * u;
-		}
+		act.par_chunks_mut(ELEMENTS_PER_TASK).zip(g.par_chunks(ELEMENTS_PER_TASK)).zip(u.par_chunks(ELEMENTS_PER_TASK)).for_each(
+			|((act, g), u)| {
+				for ((a, &g), &u) in act.iter_mut().zip(g).zip(u) {
+					*a = self.value(g) * u;
+				}
+			},
+		);
 	}
 
 	/// From `dact`, the gradients of `g` and `u` (overwritten).
 	pub fn backward(self, g: &[f32], u: &[f32], dact: &[f32], dg: &mut [f32], du: &mut [f32]) {
-		for ((((dg, du), &g), &u), &da) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dact) {
-			*du = da * self.value(g);
-			*dg = da * u * self.derivative(g);
-		}
+		let n = ELEMENTS_PER_TASK;
+		dg.par_chunks_mut(n).zip(du.par_chunks_mut(n)).zip(g.par_chunks(n)).zip(u.par_chunks(n)).zip(dact.par_chunks(n)).for_each(
+			|((((dg, du), g), u), dact)| {
+				for ((((dg, du), &g), &u), &da) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dact) {
+					*du = da * self.value(g);
+					*dg = da * u * self.derivative(g);
+				}
+			},
+		);
 	}
 
 	fn value(self, g: f32) -> f32 {
