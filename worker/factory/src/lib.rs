@@ -10,4 +10,5 @@ pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod testing;
 pub mod train;
