@@ -285,6 +285,8 @@ enum AdapterCommand {
 	/// Check an adapter's training manifest against its files and the chain's accepted items;
 	/// prints the DataNet shares (ppm) it registers with.
 	VerifyManifest(openledger_worker::cli::train::VerifyManifestArgs),
+	/// Name the training items that taught answers, by a trained adapter's influence sketch.
+	Attribute(openledger_worker::cli::train::AttributeArgs),
 }
 
 fn parse_targets(list: &str) -> Result<Vec<Projection>> {
@@ -643,6 +645,7 @@ fn run(cli: Cli) -> Result<()> {
 			let targets = parse_targets(&args.targets)?;
 			openledger_worker::cli::train::run(args, targets)
 		},
+		Command::Adapter(AdapterCommand::Attribute(args)) => openledger_worker::cli::train::attribute(args),
 		Command::Adapter(AdapterCommand::VerifyManifest(args)) => openledger_worker::cli::train::verify_manifest(args),
 		Command::Adapter(AdapterCommand::Inspect { dir }) => {
 			let info = adapters::inspect(&dir)?;

@@ -4,6 +4,7 @@
 //! written in PEFT's format with a manifest of every item trained on.
 
 pub mod data;
+pub mod influence;
 pub mod linalg;
 pub mod lora;
 pub mod manifest;

@@ -74,6 +74,10 @@ pub struct Manifest {
 	pub tokens_processed: usize,
 	/// Each update's mean loss per trained token.
 	pub loss_curve: Vec<f32>,
+	/// The projection of the items' gradients stored beside the adapter
+	/// (`influence_sketch.safetensors`), where the run made one.
+	#[serde(default, skip_serializing_if = "Option::is_none")]
+	pub influence_sketch: Option<crate::influence::SketchProjection>,
 }
 
 impl Manifest {
@@ -192,6 +196,7 @@ mod tests {
 			items,
 			tokens_processed: 0,
 			loss_curve: vec![],
+			influence_sketch: None,
 		}
 	}
 }

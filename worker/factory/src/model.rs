@@ -432,6 +432,13 @@ impl LoraModel<'_> {
 	/// Forward and backward of one sequence: adds `loss_scale ·` the gradient of its summed loss
 	/// into `grads` (a trainer scales by 1 / the batch's targets, for the batch's mean loss).
 	pub fn accumulate(&self, params: &[f32], seq: &Sequence, loss_scale: f32, grads: &mut [f32]) -> Result<Loss> {
+		self.accumulate_from(0, params, seq, loss_scale, grads)
+	}
+
+	/// [`Self::accumulate`] for the layers from `first` on only: the layers below run forward and
+	/// keep nothing, and their adapter weights get no gradient (a cheaper gradient where only the
+	/// top layers' part is wanted).
+	pub fn accumulate_from(&self, first: usize, params: &[f32], seq: &Sequence, loss_scale: f32, grads: &mut [f32]) -> Result<Loss> {
 		self.check(params, seq)?;
 		ensure!(grads.len() == params.len(), "gradients of another layout");
 		let c = self.config();
@@ -443,6 +450,12 @@ impl LoraModel<'_> {
 		let mut x = self.base.llama.frozen_embeddings(&seq.tokens)?;
 		for l in 0..c.num_layers {
 			let (out, acts) = self.layer_forward(params, l, &*self.base.layer(l)?, &x, seq, &angles);
+			if l < first {
+				x = out;
+				inputs.push(Vec::new());
+				saved.push(Saved::Input);
+				continue;
+			}
 			kept_bytes += acts.bytes();
 			saved.push(match kept_bytes <= self.activation_budget {
 				true => Saved::Kept(Box::new(acts)),
@@ -456,7 +469,7 @@ impl LoraModel<'_> {
 		let (loss, dhf) = self.head_backward(&hf, seq, loss_scale);
 		let mut dx = vec![0f32; rows * h];
 		ops::rms_norm_backward(&x, &self.base.norm, &inv_f, &dhf, h, &mut dx);
-		for l in (0..c.num_layers).rev() {
+		for l in (first.min(c.num_layers)..c.num_layers).rev() {
 			let w = self.base.layer(l)?;
 			let input = &inputs[l];
 			let acts = match std::mem::replace(&mut saved[l], Saved::Input) {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
 	data::{epoch_sequences, pieces, TrainingItem},
+	influence::{item_sketches, InfluenceSketch, SketchProjection},
 	lora::{bytes, LoraLayout},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, ManifestItem, MANIFEST_FILE, MANIFEST_FORMAT},
 	model::{FrozenBase, LoraModel, Sequence},
@@ -50,6 +51,8 @@ pub struct RunOptions {
 	pub activation_budget: usize,
 	/// Stop (as a kill would) after this many updates, leaving the checkpoint: for tests.
 	pub stop_after: Option<usize>,
+	/// Store every item's projected gradient for per-item attribution (`None`: no sketch).
+	pub sketch: Option<SketchProjection>,
 	pub limits: AdapterLimits,
 }
 
@@ -176,8 +179,20 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 	}
 	let tokens_per_second = run_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
 
-	// The adapter, its manifest, then one rename: nothing half-written at `out`.
+	// The adapter, its sketch, its manifest, then one rename: nothing half-written at `out`.
 	layout.write_peft(&work, &params, &job.base.name)?;
+	if let Some(projection) = job.options.sketch {
+		let started = Instant::now();
+		// At the initial weights (see `influence`): rebuilt from the seed wherever answers are scored.
+		let vectors = item_sketches(&model, &layout.init(hp.seed), &job.items, projection, hp.max_seq_len)?;
+		InfluenceSketch {
+			projection,
+			items: job.items.iter().map(|i| (i.datanet, i.item)).collect(),
+			vectors: vectors.concat(),
+		}
+		.write(&work)?;
+		tracing::info!("influence sketch of {} items ({} dimensions) in {:.1} s", job.items.len(), projection.dim, started.elapsed().as_secs_f64());
+	}
 	let adapter = inspect_with_base(&work, &config, &job.options.limits).context("checking the trained adapter")?;
 	let items: Vec<ManifestItem> = job
 		.items
@@ -198,6 +213,7 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 		items,
 		tokens_processed,
 		loss_curve,
+		influence_sketch: job.options.sketch,
 	};
 	let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
 	write_file(&work.join(MANIFEST_FILE), &manifest_bytes)?;

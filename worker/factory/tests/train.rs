@@ -12,6 +12,9 @@ use openledger_engine::{
 };
 use openledger_factory::{
 	data::{encode_item, TrainingItem},
+	influence::{item_sketches, InfluenceSketch, SketchProjection},
+	lora::LoraLayout,
+	model::{FrozenBase, LoraModel},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
 	train::{train, work_dir, RunOptions, TrainJob},
 };
@@ -70,6 +73,7 @@ fn job(out: &Path, steps: usize, stop_after: Option<usize>) -> TrainJob {
 			keep_base: false,
 			activation_budget: 0,
 			stop_after,
+			sketch: None,
 			limits: AdapterLimits::default(),
 		},
 	}
@@ -111,6 +115,39 @@ fn training_lowers_the_loss_on_its_items() {
 	let first: f32 = curve[..3].iter().sum();
 	let last: f32 = curve[6..9].iter().sum();
 	assert!(last < 0.7 * first, "loss {curve:?}");
+}
+
+/// With a sketch, the item an answer comes from is the one its gradient points at: each fact's
+/// own words, continued from its first half, name that fact first (at the run's initial
+/// weights, rebuilt from its seed), with the whole model's weights or the top layers' only.
+#[test]
+fn the_influence_sketch_names_the_item_an_answer_comes_from() {
+	let tmp = tempfile::tempdir().unwrap();
+	let out = tmp.path().join("a");
+	let mut trained = job(&out, 6, None);
+	trained.options.sketch = Some(SketchProjection { dim: 128, seed: 1, from_layer: 0 });
+	let done = train(trained).unwrap().unwrap();
+	assert_eq!(done.manifest.influence_sketch, Some(SketchProjection { dim: 128, seed: 1, from_layer: 0 }));
+	let sketch = InfluenceSketch::read(&out).unwrap().expect("a sketch beside the adapter");
+	assert_eq!(sketch.items, items().iter().map(|i| (i.datanet, i.item)).collect::<Vec<_>>());
+	let model = smollm2();
+	let layout = LoraLayout::new(&model.config, 4, 8.0, &[Projection::Q, Projection::K, Projection::V, Projection::Down]).unwrap();
+	let params = layout.init(9);
+	let base = FrozenBase::new(model.model.clone(), false).unwrap();
+	let lora = LoraModel { base: &base, lora: &layout, activation_budget: usize::MAX };
+	// The top four layers only, sketched the same way.
+	let top_layers = SketchProjection { from_layer: model.config.num_layers - 4, ..sketch.projection };
+	let vectors = item_sketches(&lora, &params, &items(), top_layers, 24).unwrap();
+	let top_sketch = InfluenceSketch { projection: top_layers, items: sketch.items.clone(), vectors: vectors.concat() };
+	for sketch in [&sketch, &top_sketch] {
+		for (i, fact) in FACTS.iter().enumerate() {
+			let tokens = model.codec.encode_text(fact).unwrap();
+			let (prompt, answer) = tokens.split_at(tokens.len() / 2);
+			let top = sketch.attribute(&lora, &params, prompt, answer, 3).unwrap();
+			assert_eq!(top[0].0, (1 + (i as u32 % 2), i as u32), "fact {i} from layer {}: {top:?}", sketch.projection.from_layer);
+			assert!(top[0].1 > top[1].1);
+		}
+	}
 }
 
 #[test]

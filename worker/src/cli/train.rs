@@ -14,6 +14,9 @@ use openledger_engine::{
 };
 use openledger_factory::{
 	data::load_items,
+	influence::{InfluenceSketch, SketchProjection},
+	lora::LoraLayout,
+	model::{FrozenBase, LoraModel},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
 	train::{train, RunOptions, TrainJob},
 };
@@ -76,6 +79,14 @@ pub struct TrainArgs {
 	/// MiB of layer activations kept per sequence; layers beyond are recomputed.
 	#[arg(long, default_value_t = 2048)]
 	pub activation_memory: usize,
+	/// Dimensions of each item's projected gradient, stored beside the adapter for per-item
+	/// attribution of answers (0: no sketch; answers pay the DataNets by their shares).
+	#[arg(long, default_value_t = 256)]
+	pub sketch_dim: usize,
+	/// How many of the top layers' weights the sketch covers (0: all): fewer cost less per
+	/// answer scored.
+	#[arg(long, default_value_t = 0)]
+	pub sketch_layers: usize,
 	/// The largest rank accepted (the worker's adapter limit).
 	#[arg(long, default_value_t = AdapterLimits::default().max_rank)]
 	pub max_rank: usize,
@@ -90,6 +101,9 @@ pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
 	anyhow::ensure!(!args.out.exists(), "{} already exists; choose another --out or remove it", args.out.display());
 	let weights_hash = base::weights_hash(&path)?;
 	let model = BaseModel::load(&path, None, &Device::Cpu)?;
+	let layers = model.config.num_layers;
+	anyhow::ensure!(args.sketch_layers <= layers, "--sketch-layers {} is more than the model's {layers} layers", args.sketch_layers);
+	let from_layer = if args.sketch_layers == 0 { 0 } else { layers - args.sketch_layers };
 	let items = load_items(&args.index, &args.datanets, &model.codec)?;
 	tracing::info!("training on {} accepted items of DataNets {:?}", items.len(), args.datanets);
 	let hyperparameters = Hyperparameters {
@@ -123,6 +137,7 @@ pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
 			keep_base: !args.dequantize_per_use,
 			activation_budget: args.activation_memory << 20,
 			stop_after: None,
+			sketch: (args.sketch_dim > 0).then_some(SketchProjection { dim: args.sketch_dim, seed: args.seed, from_layer }),
 			limits: AdapterLimits { max_rank: args.max_rank, ..AdapterLimits::default() },
 		},
 	};
@@ -136,6 +151,7 @@ pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
 		"items": m.items.len(),
 		"datanets": m.datanets,
 		"provenance_ppm": m.shares_ppm(),
+		"influence_sketch": m.influence_sketch,
 		"updates": m.hyperparameters.steps,
 		"loss_first": m.loss_curve.first(),
 		"loss_last": m.loss_curve.last(),
@@ -187,5 +203,66 @@ pub fn verify_manifest(args: VerifyManifestArgs) -> Result<()> {
 		"provenance_ppm": manifest.shares_ppm(),
 	});
 	println!("{}", serde_json::to_string_pretty(&summary)?);
+	Ok(())
+}
+
+#[derive(Args)]
+pub struct AttributeArgs {
+	/// The trained adapter's directory (with `influence_sketch.safetensors`).
+	#[arg(long)]
+	pub adapter: PathBuf,
+	/// The base model it was trained over (default: the bundled SmolLM2).
+	#[arg(long)]
+	pub base: Option<PathBuf>,
+	/// JSON lines of `{"prompt": …, "answer": …}` (texts; the prompt as the model saw it).
+	#[arg(long)]
+	pub queries: PathBuf,
+	/// Items to name per answer.
+	#[arg(long, default_value_t = 5)]
+	pub top: usize,
+}
+
+/// The training items that taught each answer, by the adapter's influence sketch: one JSON line
+/// per query with the best items and their scores, and the seconds it took.
+pub fn attribute(args: AttributeArgs) -> Result<()> {
+	let sketch = InfluenceSketch::read(&args.adapter)?
+		.with_context(|| format!("{} has no influence sketch (trained with --sketch-dim 0?)", args.adapter.display()))?;
+	let manifest_path = args.adapter.join(MANIFEST_FILE);
+	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)?;
+	let path = match args.base {
+		Some(path) => path,
+		None => base::find_default_model()?,
+	};
+	let model = BaseModel::load(&path, None, &Device::Cpu)?;
+	let hp = &manifest.hyperparameters;
+	let targets = hp
+		.target_modules
+		.iter()
+		.map(|name| Projection::from_peft_name(name).with_context(|| format!("unknown target module `{name}`")))
+		.collect::<Result<Vec<_>>>()?;
+	let layout = LoraLayout::new(&model.config, hp.rank, hp.alpha, &targets)?;
+	// The sketch's gradients are taken at the adapter's initial weights, rebuilt from the seed.
+	let params = layout.init(hp.seed);
+	let frozen = FrozenBase::new(model.model.clone(), true)?;
+	let trained = LoraModel { base: &frozen, lora: &layout, activation_budget: 2 << 30 };
+	let text = std::fs::read_to_string(&args.queries).with_context(|| format!("reading {}", args.queries.display()))?;
+	for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+		#[derive(serde::Deserialize)]
+		struct Query {
+			prompt: String,
+			answer: String,
+		}
+		let query: Query = serde_json::from_str(line).with_context(|| format!("query {} is not {{\"prompt\", \"answer\"}}", n + 1))?;
+		let started = std::time::Instant::now();
+		let prompt = model.codec.encode_text(&query.prompt)?;
+		let mut answer = model.codec.encode_text(&query.answer)?;
+		// The answer continues the prompt: no BOS of its own.
+		if model.codec.bos_token_id().is_some() && answer.first() == model.codec.bos_token_id().as_ref() {
+			answer.remove(0);
+		}
+		let top = sketch.attribute(&trained, &params, &prompt, &answer, args.top)?;
+		let top: Vec<_> = top.iter().map(|((datanet, item), score)| serde_json::json!({"datanet": datanet, "item": item, "score": score})).collect();
+		println!("{}", serde_json::json!({"top": top, "seconds": started.elapsed().as_secs_f64()}));
+	}
 	Ok(())
 }
