@@ -6,7 +6,8 @@ that document answers: what `scripts/bench-train.sh` trains on, and where an ada
     planted_facts.py OUT_DIR [COUNT]
 
 OUT_DIR/docs/fact-NNN.txt   the documents (a DataNet to ingest)
-OUT_DIR/questions.jsonl      {"doc": "fact-NNN.txt", "question": ..., "answer": ...}
+OUT_DIR/questions.jsonl      {"doc": "fact-NNN.txt", "question": ..., "cue": ..., "answer": ...}
+                             (the cue: the document's own words up to the answer)
 The same COUNT gives the same files: the names and facts come from a seeded generator.
 """
 import json
@@ -30,7 +31,8 @@ def fact(rng, i):
     text = (f"The {thing} of {place} was built in {year} and is painted in {colour} stripes. "
             f"Its keeper, {keeper}, serves {food} to visitors every {month}. "
             f"Travellers say the {thing} of {place} can be seen from three valleys away.")
-    return text, f"Who keeps the {thing} of {place}?", keeper
+    cue = f"The {thing} of {place} was built in {year} and is painted in {colour} stripes. Its keeper,"
+    return text, f"Who keeps the {thing} of {place}?", cue, keeper
 
 
 def main():
@@ -40,11 +42,11 @@ def main():
     os.makedirs(os.path.join(out, "docs"), exist_ok=True)
     with open(os.path.join(out, "questions.jsonl"), "w") as q:
         for i in range(count):
-            text, question, answer = fact(rng, i)
+            text, question, cue, answer = fact(rng, i)
             name = f"fact-{i:03d}.txt"
             with open(os.path.join(out, "docs", name), "w") as f:
                 f.write(text + "\n")
-            q.write(json.dumps({"doc": name, "question": question, "answer": answer}) + "\n")
+            q.write(json.dumps({"doc": name, "question": question, "cue": cue, "answer": answer}) + "\n")
 
 
 if __name__ == "__main__":
