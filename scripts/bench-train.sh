@@ -7,7 +7,7 @@
 # for $EFFECT_EPOCHS epochs (default 15) over the planted facts, and every fact asked without
 # retrieval of the base and of the adapter (scripts/factory/planted_effect.py), and each of the
 # adapter's completions attributed to the items by its influence sketch ($SKETCH_LAYERS top layers,
-# default 0: all). Prints tables; see docs/benchmarks.md.
+# default 4; 0: all). Prints tables; see docs/benchmarks.md.
 #
 #   scripts/bench-train.sh [RUNS] [UPDATES] [SEQ_LEN] [RANK]
 #
@@ -58,7 +58,7 @@ step "the adapter's effect: $EFFECT_EPOCHS epochs over the planted facts, then e
 started=$(date +%s)
 "$WORKER" adapter train --base "$MODEL" --index "$WORK/index" --datanet 1 --out "$WORK/effect/planted" --rank "$RANK" \
 	--alpha $((2 * RANK)) --epochs "$EFFECT_EPOCHS" --batch-size 1 --max-seq-len "$SEQ_LEN" --lr 2e-3 --warmup-steps 5 \
-	--checkpoint-every 0 --sketch-layers "${SKETCH_LAYERS:-0}" >"$WORK/effect-train.json" 2>"$WORK/effect-train.log" \
+	--checkpoint-every 0 --sketch-layers "${SKETCH_LAYERS:-4}" >"$WORK/effect-train.json" 2>"$WORK/effect-train.log" \
 	|| { tail -n 20 "$WORK/effect-train.log" >&2; die "adapter train failed"; }
 echo "$(( $(date +%s) - started ))" >"$WORK/effect-seconds"
 port="$(free_ports 1)"
