@@ -22,7 +22,7 @@ impl<'a> Mat<'a> {
 	/// Columns `0..cols` of a matrix whose rows are `stride` apart (a head's columns of a
 	/// `[tokens, heads · head_dim]` buffer, starting at `data`'s first element).
 	pub fn strided(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-		assert!(rows == 0 || cols == 0 || (rows - 1) * stride + cols <= data.len(), "matrix beyond its buffer");
+		assert!(fits(data.len(), rows, cols, stride), "matrix beyond its buffer");
 		Self { data, rows, cols, row_stride: stride, col_stride: 1 }
 	}
 
@@ -46,9 +46,16 @@ impl<'a> Out<'a> {
 	}
 
 	pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
-		assert!(rows == 0 || cols == 0 || (rows - 1) * stride + cols <= data.len(), "output beyond its buffer");
+		// Rows that overlapped would be written by several threads at once.
+		assert!(rows <= 1 || stride >= cols, "output rows overlap");
+		assert!(fits(data.len(), rows, cols, stride), "output beyond its buffer");
 		Self { data, rows, cols, stride }
 	}
+}
+
+/// Whether `rows × cols` with rows `stride` apart lies within `len` elements (no overflow).
+fn fits(len: usize, rows: usize, cols: usize, stride: usize) -> bool {
+	rows == 0 || cols == 0 || (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(cols)).is_some_and(|end| end <= len)
 }
 
 /// Products below this many multiply-adds run on the calling thread: splitting them costs more

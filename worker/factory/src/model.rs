@@ -6,13 +6,18 @@
 //! A [`Sequence`] packs several items into one run of rows; each item attends only to itself and
 //! its positions start at 0, so packing changes nothing but speed. Layers' activations are kept
 //! while they fit a budget; the others keep only their input and are recomputed in the backward
-//! (gradient checkpointing), so memory stays bounded at any sequence length and depth.
+//! (gradient checkpointing), so the activations' memory stays within the budget at any depth
+//! (attention's probabilities, one `len × len` matrix per item and head, grow with the square
+//! of the sequence length: `--max-seq-len` bounds them).
 
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
-use openledger_engine::model::{rope::Angles, FrozenLayer, Llama, LlamaConfig, Projection};
+use openledger_engine::model::{
+	rope::{Rope, StepAngles},
+	FrozenLayer, Llama, LlamaConfig, Projection,
+};
 
 use crate::{
 	linalg::{matmul, Mat, Out},
@@ -151,27 +156,11 @@ enum Saved {
 	Input,
 }
 
-/// The rotary angles of a sequence's rows (positions restart at each item).
-struct RowAngles {
-	global: Angles,
-	local: Option<Angles>,
-}
-
-impl RowAngles {
-	fn new(config: &LlamaConfig, seq: &Sequence) -> Self {
-		let positions = || seq.segments.iter().flat_map(|&(_, n)| 0..n);
-		Self {
-			global: Angles::new(&config.rope_inverse_frequencies(), positions()),
-			local: config.local_rope_inverse_frequencies().map(|f| Angles::new(&f, positions())),
-		}
-	}
-
-	fn of_layer(&self, windowed: bool) -> &Angles {
-		match (&self.local, windowed) {
-			(Some(local), true) => local,
-			_ => &self.global,
-		}
-	}
+/// The rotary angles of a sequence's rows (positions restart at each item), for the global base
+/// and the sliding-window layers' own.
+fn row_angles(config: &LlamaConfig, seq: &Sequence) -> StepAngles {
+	let spans: Vec<(usize, usize, usize)> = seq.segments.iter().map(|&(start, n)| (start, n, 0)).collect();
+	Rope::new(config).step(&spans)
 }
 
 /// The loss of a sequence and, where asked, its gradients.
@@ -247,7 +236,7 @@ impl LoraModel<'_> {
 	}
 
 	/// One layer forward from `x`; returns its output and what its backward needs.
-	fn layer_forward(&self, params: &[f32], l: usize, w: &FrozenLayer, x: &[f32], seq: &Sequence, angles: &RowAngles) -> (Vec<f32>, LayerActs) {
+	fn layer_forward(&self, params: &[f32], l: usize, w: &FrozenLayer, x: &[f32], seq: &Sequence, angles: &StepAngles) -> (Vec<f32>, LayerActs) {
 		let c = self.config();
 		let (rows, h, hd, eps) = (seq.len(), c.hidden_size, c.head_dim, c.rms_norm_eps as f32);
 		let heads = self.heads(l);
@@ -321,7 +310,7 @@ impl LoraModel<'_> {
 		a: &LayerActs,
 		dout: Vec<f32>,
 		seq: &Sequence,
-		angles: &RowAngles,
+		angles: &StepAngles,
 	) -> Vec<f32> {
 		let c = self.config();
 		let (rows, h, hd) = (seq.len(), c.hidden_size, c.head_dim);
@@ -376,7 +365,12 @@ impl LoraModel<'_> {
 		let c = self.config();
 		ensure!(params.len() == self.lora.len(), "{} adapter weights for a layout of {}", params.len(), self.lora.len());
 		ensure!(!seq.is_empty() && seq.targets.len() == seq.len(), "a sequence needs tokens and a target slot for each");
-		ensure!(seq.segments.iter().map(|s| s.1).sum::<usize>() == seq.len(), "segments do not cover the sequence");
+		let mut next = 0;
+		for &(start, len) in &seq.segments {
+			ensure!(start == next && len > 0, "segments must be non-empty and follow each other");
+			next += len;
+		}
+		ensure!(next == seq.len(), "segments do not cover the sequence");
 		let longest = seq.segments.iter().map(|s| s.1).max().unwrap_or(0);
 		ensure!(longest <= c.max_position, "an item of {longest} tokens is beyond the model's context of {}", c.max_position);
 		ensure!(seq.tokens.iter().all(|&t| (t as usize) < c.vocab_size), "a token id is beyond the vocabulary");
@@ -385,7 +379,7 @@ impl LoraModel<'_> {
 
 	/// The last layer's output (before the final norm) for every row.
 	fn hidden(&self, params: &[f32], seq: &Sequence) -> Result<Vec<f32>> {
-		let angles = RowAngles::new(self.config(), seq);
+		let angles = row_angles(self.config(), seq);
 		let mut x = self.base.llama.frozen_embeddings(&seq.tokens)?;
 		for l in 0..self.config().num_layers {
 			x = self.layer_forward(params, l, &*self.base.layer(l)?, &x, seq, &angles).0;
@@ -443,7 +437,7 @@ impl LoraModel<'_> {
 		ensure!(grads.len() == params.len(), "gradients of another layout");
 		let c = self.config();
 		let (rows, h) = (seq.len(), c.hidden_size);
-		let angles = RowAngles::new(c, seq);
+		let angles = row_angles(c, seq);
 		let mut inputs = Vec::with_capacity(c.num_layers);
 		let mut saved = Vec::with_capacity(c.num_layers);
 		let mut kept_bytes = 0;
