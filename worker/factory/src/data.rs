@@ -62,7 +62,7 @@ pub fn load_items(index_root: &Path, datanets: &[DataNetId], codec: &TextCodec) 
 /// An item's tokens and which are trained on: a chat's assistant turns, or a document's every
 /// token after the first, with the model's end-of-text token after it.
 pub fn encode_item(text: &str, codec: &TextCodec) -> Result<(Vec<u32>, Vec<bool>)> {
-	if let Some(messages) = chat_messages(text) {
+	if let Some(messages) = chat_messages(text)? {
 		return encode_chat_item(&messages, codec);
 	}
 	let mut tokens = codec.encode_text(text)?;
@@ -72,16 +72,18 @@ pub fn encode_item(text: &str, codec: &TextCodec) -> Result<(Vec<u32>, Vec<bool>
 	Ok((tokens, trained))
 }
 
-/// The messages of a chat-format item, if it is one.
-fn chat_messages(text: &str) -> Option<Vec<ChatMessage>> {
+/// The messages of a chat-format item, if it is one: a JSON object with `messages`. One whose
+/// messages cannot be read is an error, not a document of JSON to train on.
+fn chat_messages(text: &str) -> Result<Option<Vec<ChatMessage>>> {
 	if !text.trim_start().starts_with('{') {
-		return None;
+		return Ok(None);
 	}
-	#[derive(serde::Deserialize)]
-	struct Chat {
-		messages: Vec<ChatMessage>,
-	}
-	serde_json::from_str::<Chat>(text).ok().filter(|c| !c.messages.is_empty()).map(|c| c.messages)
+	let Ok(object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) else { return Ok(None) };
+	let Some(messages) = object.get("messages") else { return Ok(None) };
+	let messages: Vec<ChatMessage> = serde_json::from_value(messages.clone())
+		.context("a chat item's `messages` must be a list of {\"role\", \"content\"} with text content")?;
+	ensure!(!messages.is_empty(), "a chat item has no messages");
+	Ok(Some(messages))
 }
 
 /// A chat's tokens with its assistant turns marked: the tokens each assistant message adds to
@@ -100,6 +102,10 @@ fn encode_chat_item(messages: &[ChatMessage], codec: &TextCodec) -> Result<(Vec<
 		);
 		trained[before.len()..through.len()].fill(true);
 	}
+	// Nothing before the first token predicts it.
+	if let Some(first) = trained.first_mut() {
+		*first = false;
+	}
 	ensure!(trained.iter().any(|&t| t), "the chat has no assistant message to train on");
 	Ok((tokens, trained))
 }
@@ -115,6 +121,7 @@ pub struct Piece {
 /// Every item cut into pieces of at most `max_len` tokens (each piece starts afresh at position
 /// 0; its first token is context only), dropping pieces with nothing to train on.
 pub fn pieces(items: &[TrainingItem], max_len: usize) -> Vec<Piece> {
+	assert!(max_len >= 2, "a piece needs room for a token and its successor");
 	let mut out = Vec::new();
 	for (i, item) in items.iter().enumerate() {
 		let mut start = 0;
@@ -130,22 +137,40 @@ pub fn pieces(items: &[TrainingItem], max_len: usize) -> Vec<Piece> {
 	out
 }
 
+/// A packed sequence and the item each of its segments comes from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Packed {
+	pub seq: Sequence,
+	/// Per segment, the index of its item.
+	pub items: Vec<usize>,
+}
+
+impl Packed {
+	/// Each segment's item and the tokens the loss covers in it.
+	pub fn trained_per_item(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+		self.seq.segments.iter().zip(&self.items).map(|(&(start, len), &item)| {
+			(item, self.seq.targets[start..start + len].iter().filter(|t| t.is_some()).count())
+		})
+	}
+}
+
 /// An epoch's sequences: the pieces in an order drawn from `seed` and `epoch`, packed greedily
 /// into sequences of at most `max_len` tokens.
-pub fn epoch_sequences(items: &[TrainingItem], pieces: &[Piece], max_len: usize, seed: u64, epoch: usize) -> Vec<Sequence> {
+pub fn epoch_sequences(items: &[TrainingItem], pieces: &[Piece], max_len: usize, seed: u64, epoch: usize) -> Vec<Packed> {
 	let mut order: Vec<&Piece> = pieces.iter().collect();
 	order.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
 	let mut sequences = Vec::new();
-	let mut current = Sequence::default();
+	let mut current = Packed::default();
 	for piece in order {
-		if current.len() + piece.len > max_len && !current.is_empty() {
+		if current.seq.len() + piece.len > max_len && !current.seq.is_empty() {
 			sequences.push(std::mem::take(&mut current));
 		}
 		let item = &items[piece.item];
 		let range = piece.start..piece.start + piece.len;
-		current.push_piece(&item.tokens[range.clone()], &item.trained[range]);
+		current.seq.push_piece(&item.tokens[range.clone()], &item.trained[range]);
+		current.items.push(piece.item);
 	}
-	if !current.is_empty() {
+	if !current.seq.is_empty() {
 		sequences.push(current);
 	}
 	sequences
@@ -190,11 +215,15 @@ mod tests {
 		let items: Vec<_> = (2..12).map(|n| item(n, 0)).collect();
 		let cut = pieces(&items, 8);
 		let seqs = epoch_sequences(&items, &cut, 8, 5, 0);
-		assert!(seqs.iter().all(|s| s.len() <= 8));
-		let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+		assert!(seqs.iter().all(|s| s.seq.len() <= 8 && s.items.len() == s.seq.segments.len()));
+		let tokens: usize = seqs.iter().map(|s| s.seq.len()).sum();
 		assert_eq!(tokens, cut.iter().map(|p| p.len).sum::<usize>());
-		let targets: usize = seqs.iter().map(|s| s.target_count()).sum();
+		let targets: usize = seqs.iter().map(|s| s.seq.target_count()).sum();
 		assert_eq!(targets, cut.iter().map(|p| p.len - 1).sum::<usize>());
+		// Each item's trained tokens, counted by segment, once an epoch.
+		let mut per_item = vec![0; items.len()];
+		seqs.iter().flat_map(Packed::trained_per_item).for_each(|(i, n)| per_item[i] += n);
+		assert_eq!(per_item, items.iter().map(TrainingItem::trained_tokens).collect::<Vec<_>>());
 		// Another epoch, another order; the same epoch, the same.
 		assert_eq!(epoch_sequences(&items, &cut, 8, 5, 0), seqs);
 		assert_ne!(epoch_sequences(&items, &cut, 8, 5, 1), seqs);

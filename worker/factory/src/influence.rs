@@ -20,7 +20,7 @@ use openledger_primitives::{DataNetId, ItemId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-	data::TrainingItem,
+	data::{pieces, TrainingItem},
 	lora::bytes,
 	model::{LoraModel, Sequence},
 };
@@ -78,17 +78,26 @@ fn sketch(model: &LoraModel, params: &[f32], seq: &Sequence, projection: &Sketch
 	Ok(projection.project_tail(&grads, start))
 }
 
-/// Every item's projected gradient at `params` (items longer than `max_len` from their start).
-pub fn item_sketches(model: &LoraModel, params: &[f32], items: &[TrainingItem], projection: SketchProjection, max_len: usize) -> Result<Vec<Vec<f32>>> {
-	items
-		.iter()
-		.map(|item| {
-			let n = item.tokens.len().min(max_len);
-			let mut seq = Sequence::default();
-			seq.push_piece(&item.tokens[..n], &item.trained[..n]);
-			sketch(model, params, &seq, &projection)
-		})
-		.collect()
+/// Every item's projected gradient at `params`: of its mean loss over all its trained tokens,
+/// its pieces of at most `max_len` tokens (as it was trained) side by side in one sequence.
+/// Items with nothing to train on get no sketch; returns the sketched items' indexes and vectors.
+pub fn item_sketches(model: &LoraModel, params: &[f32], items: &[TrainingItem], projection: SketchProjection, max_len: usize) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
+	let mut sketched = Vec::new();
+	let mut vectors = Vec::new();
+	for (i, item) in items.iter().enumerate() {
+		let mut seq = Sequence::default();
+		for piece in pieces(std::slice::from_ref(item), max_len) {
+			let range = piece.start..piece.start + piece.len;
+			seq.push_piece(&item.tokens[range.clone()], &item.trained[range]);
+		}
+		if seq.target_count() == 0 {
+			continue;
+		}
+		let vector = sketch(model, params, &seq, &projection).with_context(|| format!("sketching DataNet {} item {}", item.datanet, item.item))?;
+		sketched.push(i);
+		vectors.push(vector);
+	}
+	Ok((sketched, vectors))
 }
 
 /// The stored sketch: which items, and their projected gradients.
@@ -148,6 +157,7 @@ impl InfluenceSketch {
 		let mut seq = Sequence::default();
 		seq.push_piece(&tokens, &trained);
 		let query = sketch(model, params, &seq, &self.projection)?;
+		ensure!(query.iter().any(|&v| v != 0.0), "the answer's gradient is zero over the sketched layers: nothing to rank by");
 		let mut scored: Vec<((DataNetId, ItemId), f32)> = self
 			.items
 			.iter()

@@ -49,7 +49,7 @@ pub struct ManifestItem {
 	pub item: ItemId,
 	/// The item's content hash, `0x`-hex, as the chain stores it.
 	pub hash: String,
-	/// Tokens of the item the loss covered (once per epoch).
+	/// Tokens of the item the loss covered over the run's updates (each time it was seen).
 	pub tokens: usize,
 }
 
@@ -102,7 +102,9 @@ impl Manifest {
 			.iter()
 			.map(|(datanet, items)| (*datanet, items.iter().map(|(hash, id)| (*id, *hash)).collect()))
 			.collect();
+		let mut seen = std::collections::HashSet::new();
 		for item in &self.items {
+			ensure!(seen.insert((item.datanet, item.item)), "item {} of DataNet {} is listed twice", item.item, item.datanet);
 			let Some(on_chain) = by_id.get(&item.datanet).and_then(|items| items.get(&item.item)) else {
 				bail!("item {} of DataNet {} is not an accepted item on chain", item.item, item.datanet);
 			};
@@ -169,6 +171,10 @@ mod tests {
 		let mut other_hash = accepted.clone();
 		other_hash.get_mut(&1).unwrap()[0].0 = hash(7);
 		assert!(manifest.check_items(&other_hash).unwrap_err().to_string().contains("has hash"));
+		let mut twice = manifest.clone();
+		twice.items.push(twice.items[0].clone());
+		twice.datanets = Manifest::shares_of(&twice.items);
+		assert!(twice.check_items(&accepted).unwrap_err().to_string().contains("listed twice"));
 		manifest.datanets[0].tokens += 1;
 		assert!(manifest.check_items(&accepted).unwrap_err().to_string().contains("not the sums"));
 	}

@@ -4,6 +4,7 @@
 
 use std::{
 	fs,
+	io::Write,
 	path::{Path, PathBuf},
 	sync::Arc,
 	time::Instant,
@@ -18,7 +19,7 @@ use openledger_primitives::ContentHash;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-	data::{epoch_sequences, pieces, TrainingItem},
+	data::{epoch_sequences, pieces, Packed, TrainingItem},
 	influence::{item_sketches, InfluenceSketch, SketchProjection},
 	lora::{bytes, LoraLayout},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, ManifestItem, MANIFEST_FILE, MANIFEST_FORMAT},
@@ -79,8 +80,8 @@ struct CheckpointState {
 	tokens_processed: usize,
 }
 
-const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
-const CHECKPOINT_STATE: &str = "checkpoint.json";
+/// The checkpoint's file in the work directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
 /// The directory a run works in until it renames it to `out`: beside it, hidden.
 pub fn work_dir(out: &Path) -> Result<PathBuf> {
@@ -94,14 +95,18 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 	let config = job.llama.config.clone();
 	ensure!(!job.out.exists(), "{} already exists; choose another --out or remove it", job.out.display());
 	ensure!(hp.rank <= job.options.limits.max_rank, "rank {} is over this worker's limit of {}", hp.rank, job.options.limits.max_rank);
+	ensure!(hp.max_seq_len >= 2, "--max-seq-len must be at least 2 (a token and the one it predicts)");
 	ensure!(
-		(2..=config.max_position).contains(&hp.max_seq_len),
+		hp.max_seq_len <= config.max_position,
 		"--max-seq-len {} is beyond the model's context of {} tokens",
 		hp.max_seq_len,
 		config.max_position
 	);
-	ensure!(hp.batch_size > 0 && hp.epochs > 0, "batch size and epochs must be positive");
+	ensure!(hp.batch_size > 0, "the batch size must be positive");
+	ensure!(hp.epochs > 0 || job.steps.is_some(), "epochs must be positive (or give --steps)");
 	ensure!(hp.learning_rate > 0.0 && hp.learning_rate.is_finite(), "the learning rate must be positive");
+	ensure!(hp.weight_decay >= 0.0 && hp.weight_decay.is_finite(), "the weight decay must be 0 or more");
+	ensure!(hp.max_grad_norm >= 0.0 && hp.max_grad_norm.is_finite(), "--max-grad-norm must be 0 (no clipping) or more");
 	let layout = LoraLayout::new(&config, hp.rank, hp.alpha, &job.targets)?;
 	let cut = pieces(&job.items, hp.max_seq_len);
 	ensure!(!cut.is_empty(), "the items hold nothing to train on");
@@ -110,21 +115,25 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 	let first_epoch = epoch_sequences(&job.items, &cut, hp.max_seq_len, hp.seed, 0);
 	let total_steps = job.steps.unwrap_or_else(|| (first_epoch.len() * hp.epochs).div_ceil(hp.batch_size));
 	ensure!(total_steps > 0, "nothing to train: 0 updates");
-	let mut stream: Vec<Sequence> = first_epoch;
+	let mut stream: Vec<Packed> = first_epoch;
 	let mut epoch = 1;
 	while stream.len() < total_steps * hp.batch_size {
 		stream.extend(epoch_sequences(&job.items, &cut, hp.max_seq_len, hp.seed, epoch));
 		epoch += 1;
 	}
+	stream.truncate(total_steps * hp.batch_size);
 	let mut hp = hp.clone();
 	hp.steps = total_steps;
-	let fingerprint = fingerprint(&job, &hp);
+	let fingerprint = fingerprint(&job, &hp, &layout);
 
 	let work = work_dir(&job.out)?;
 	let (mut params, mut adam, mut loss_curve, mut tokens_processed, start) = match read_checkpoint(&work, &fingerprint, &layout)? {
 		Some((params, state)) => {
 			tracing::info!("resuming from the checkpoint at update {}/{total_steps} in {}", state.step, work.display());
-			(params, state.adam, state.loss_curve, state.tokens_processed, state.step)
+			// The constants from the flags, not read back through decimal text.
+			let mut adam = AdamW::new(layout.len(), hp.weight_decay);
+			(adam.step, adam.m, adam.v) = (state.adam.step, state.adam.m, state.adam.v);
+			(params, adam, state.loss_curve, state.tokens_processed, state.step)
 		},
 		None => {
 			if work.exists() {
@@ -137,25 +146,41 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 
 	let base = FrozenBase::new(job.llama.clone(), job.options.keep_base)?;
 	let model = LoraModel { base: &base, lora: &layout, activation_budget: job.options.activation_budget };
+	// The influence sketch depends on the initial weights only (see `influence`): made first, so
+	// an item it cannot sketch stops the run before the training, not after.
+	let sketch = match job.options.sketch {
+		Some(projection) => {
+			let started = Instant::now();
+			let (sketched, vectors) = item_sketches(&model, &layout.init(hp.seed), &job.items, projection, hp.max_seq_len)?;
+			tracing::info!("influence sketch of {} items ({} dimensions) in {:.1} s", sketched.len(), projection.dim, started.elapsed().as_secs_f64());
+			Some(InfluenceSketch {
+				projection,
+				items: sketched.iter().map(|&i| (job.items[i].datanet, job.items[i].item)).collect(),
+				vectors: vectors.concat(),
+			})
+		},
+		None => None,
+	};
 	let started = Instant::now();
 	let mut run_tokens = 0;
 	let mut last_report = Instant::now();
 	let mut grads = vec![0f32; layout.len()];
 	for step in start..total_steps {
-		let batch = &stream[step * hp.batch_size..(step + 1) * hp.batch_size];
-		let targets: usize = batch.iter().map(Sequence::target_count).sum();
+		let batch: Vec<&Sequence> = stream[step * hp.batch_size..(step + 1) * hp.batch_size].iter().map(|p| &p.seq).collect();
+		let targets: usize = batch.iter().map(|s| s.target_count()).sum();
 		grads.iter_mut().for_each(|g| *g = 0.0);
 		let mut loss = 0f64;
-		for seq in batch {
+		for seq in &batch {
 			loss += model.accumulate(&params, seq, 1.0 / targets as f32, &mut grads)?.sum;
 		}
 		let mean_loss = (loss / targets as f64) as f32;
 		ensure!(mean_loss.is_finite(), "the loss is {mean_loss} at update {}: lower the learning rate", step + 1);
 		let grad_norm = clip_global_norm(&mut grads, hp.max_grad_norm);
+		ensure!(grad_norm.is_finite(), "the gradient's norm is {grad_norm} at update {}: lower the learning rate", step + 1);
 		let lr = learning_rate(step, total_steps, hp.warmup_steps, hp.learning_rate);
 		adam.update(&mut params, &grads, lr);
 		loss_curve.push(mean_loss);
-		let tokens: usize = batch.iter().map(Sequence::len).sum();
+		let tokens: usize = batch.iter().map(|s| s.len()).sum();
 		tokens_processed += tokens;
 		run_tokens += tokens;
 		let done = step + 1;
@@ -181,28 +206,20 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 
 	// The adapter, its sketch, its manifest, then one rename: nothing half-written at `out`.
 	layout.write_peft(&work, &params, &job.base.name)?;
-	if let Some(projection) = job.options.sketch {
-		let started = Instant::now();
-		// At the initial weights (see `influence`): rebuilt from the seed wherever answers are scored.
-		let vectors = item_sketches(&model, &layout.init(hp.seed), &job.items, projection, hp.max_seq_len)?;
-		InfluenceSketch {
-			projection,
-			items: job.items.iter().map(|i| (i.datanet, i.item)).collect(),
-			vectors: vectors.concat(),
-		}
-		.write(&work)?;
-		tracing::info!("influence sketch of {} items ({} dimensions) in {:.1} s", job.items.len(), projection.dim, started.elapsed().as_secs_f64());
+	if let Some(sketch) = &sketch {
+		sketch.write(&work)?;
 	}
 	let adapter = inspect_with_base(&work, &config, &job.options.limits).context("checking the trained adapter")?;
+	// What the loss covered of each item over the updates actually made; items never reached
+	// (a run of fewer updates than an epoch) are not in the manifest.
+	let mut trained = vec![0usize; job.items.len()];
+	stream.iter().flat_map(Packed::trained_per_item).for_each(|(i, n)| trained[i] += n);
 	let items: Vec<ManifestItem> = job
 		.items
 		.iter()
-		.map(|item| ManifestItem {
-			datanet: item.datanet,
-			item: item.item,
-			hash: format!("{:?}", item.hash),
-			tokens: item.trained_tokens(),
-		})
+		.zip(&trained)
+		.filter(|(_, &tokens)| tokens > 0)
+		.map(|(item, &tokens)| ManifestItem { datanet: item.datanet, item: item.item, hash: format!("{:?}", item.hash), tokens })
 		.collect();
 	let manifest = Manifest {
 		format: MANIFEST_FORMAT.into(),
@@ -213,13 +230,11 @@ pub fn train(job: TrainJob) -> Result<Option<Trained>> {
 		items,
 		tokens_processed,
 		loss_curve,
-		influence_sketch: job.options.sketch,
+		influence_sketch: sketch.map(|s| s.projection),
 	};
 	let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
 	write_file(&work.join(MANIFEST_FILE), &manifest_bytes)?;
-	for name in [CHECKPOINT_WEIGHTS, CHECKPOINT_STATE] {
-		let _ = fs::remove_file(work.join(name));
-	}
+	let _ = fs::remove_file(work.join(CHECKPOINT_FILE));
 	fs::rename(&work, &job.out).with_context(|| format!("moving {} to {}", work.display(), job.out.display()))?;
 	Ok(Some(Trained {
 		adapter,
@@ -236,55 +251,72 @@ fn bar(done: usize, total: usize) -> String {
 	format!("[{}{}]", "#".repeat(filled), "·".repeat(20 - filled))
 }
 
-fn fingerprint(job: &TrainJob, hp: &Hyperparameters) -> String {
-	let items: Vec<(u32, u32, String)> = job.items.iter().map(|i| (i.datanet, i.item, format!("{:?}", i.hash))).collect();
-	let targets: Vec<&str> = job.targets.iter().map(|p| p.peft_name()).collect();
-	let identity = serde_json::json!({ "base": job.base.weights_hash, "hyperparameters": hp, "targets": targets, "items": items });
+/// Everything that determines the weights: the base (its weights and shape), every item's
+/// tokens and trained marks, the hyper-parameters and the adapter's layout.
+fn fingerprint(job: &TrainJob, hp: &Hyperparameters, layout: &LoraLayout) -> String {
+	let items: Vec<(u32, u32, String)> = job
+		.items
+		.iter()
+		.map(|i| {
+			let mut bytes: Vec<u8> = i.tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+			bytes.extend(i.trained.iter().map(|&t| t as u8));
+			(i.datanet, i.item, format!("{:?}", openledger_primitives::content_hash(&bytes)))
+		})
+		.collect();
+	let targets: Vec<&str> = layout.targets.iter().map(|p| p.peft_name()).collect();
+	let identity = serde_json::json!({
+		"base": job.base.weights_hash,
+		"config": format!("{:?}", job.llama.config),
+		"hyperparameters": hp,
+		"targets": targets,
+		"items": items,
+	});
 	format!("{:?}", openledger_primitives::content_hash(identity.to_string().as_bytes()))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file, synced, and a rename.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 	let tmp = path.with_extension("tmp");
-	fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-	fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+	let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+	file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+	fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+	if let Some(dir) = path.parent() {
+		fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+	}
+	Ok(())
 }
 
+/// One file, replaced in one rename: the weights and AdamW's moments as tensors, the rest of
+/// the state in its metadata.
 fn write_checkpoint(work: &Path, params: &[f32], state: &CheckpointState) -> Result<()> {
 	let tensors = [("params", bytes(params)), ("adam_m", bytes(&state.adam.m)), ("adam_v", bytes(&state.adam.v))];
 	let views = tensors
 		.iter()
 		.map(|(name, data)| Ok((*name, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![data.len() / 4], data)?)))
 		.collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-	let weights = safetensors::serialize(views, None)?;
-	write_file(&work.join(CHECKPOINT_WEIGHTS), &weights)?;
-	// The state last: it names the update the weights belong to, and carries their hash.
-	let mut state_json = serde_json::to_value(state)?;
-	state_json["weights_hash"] = format!("{:?}", openledger_primitives::content_hash(&weights)).into();
-	write_file(&work.join(CHECKPOINT_STATE), &serde_json::to_vec_pretty(&state_json)?)
+	let metadata = [("state".to_string(), serde_json::to_string(state)?)].into_iter().collect();
+	write_file(&work.join(CHECKPOINT_FILE), &safetensors::serialize(views, Some(metadata))?)
 }
 
 /// The checkpoint in `work` if it belongs to this run (same fingerprint); another run's is an
 /// error, so that nothing is resumed into the wrong adapter.
 fn read_checkpoint(work: &Path, fingerprint: &str, layout: &LoraLayout) -> Result<Option<(Vec<f32>, CheckpointState)>> {
-	let state_path = work.join(CHECKPOINT_STATE);
-	if !state_path.is_file() {
+	let path = work.join(CHECKPOINT_FILE);
+	if !path.is_file() {
 		return Ok(None);
 	}
-	let state_json: serde_json::Value = serde_json::from_slice(&fs::read(&state_path)?)
-		.with_context(|| format!("reading {}", state_path.display()))?;
-	let mut state: CheckpointState = serde_json::from_value(state_json.clone())
-		.with_context(|| format!("reading {}", state_path.display()))?;
+	let unreadable = || format!("{} is unreadable; remove {} to start afresh", path.display(), work.display());
+	let bytes = fs::read(&path).with_context(unreadable)?;
+	let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(unreadable)?;
+	let state = meta.metadata().as_ref().and_then(|m| m.get("state")).with_context(unreadable)?;
+	let mut state: CheckpointState = serde_json::from_str(state).with_context(unreadable)?;
 	if state.fingerprint != fingerprint {
 		bail!(
 			"{} holds the checkpoint of a different training run (other items, base or flags); remove it to start afresh",
 			work.display()
 		);
 	}
-	let weights = fs::read(work.join(CHECKPOINT_WEIGHTS)).with_context(|| format!("reading the checkpoint in {}", work.display()))?;
-	let hash = format!("{:?}", openledger_primitives::content_hash(&weights));
-	ensure!(state_json["weights_hash"] == hash, "the checkpoint in {} is damaged (its weights do not match its state)", work.display());
-	let st = safetensors::SafeTensors::deserialize(&weights)?;
+	let st = safetensors::SafeTensors::deserialize(&bytes).with_context(unreadable)?;
 	let vector = |name: &str| -> Result<Vec<f32>> {
 		let data = st.tensor(name)?.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect::<Vec<_>>();
 		ensure!(data.len() == layout.len(), "the checkpoint's `{name}` has {} values for {}", data.len(), layout.len());

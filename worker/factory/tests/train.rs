@@ -16,7 +16,7 @@ use openledger_factory::{
 	lora::LoraLayout,
 	model::{FrozenBase, LoraModel},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
-	train::{train, work_dir, RunOptions, TrainJob},
+	train::{train, work_dir, RunOptions, TrainJob, CHECKPOINT_FILE},
 };
 use openledger_primitives::item_hash;
 
@@ -85,7 +85,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
 	let whole = train(job(&tmp.path().join("whole"), 4, None)).unwrap().unwrap();
 	let killed = tmp.path().join("resumed");
 	assert!(train(job(&killed, 4, Some(2))).unwrap().is_none());
-	assert!(!killed.exists() && work_dir(&killed).unwrap().join("checkpoint.json").is_file());
+	assert!(!killed.exists() && work_dir(&killed).unwrap().join(CHECKPOINT_FILE).is_file());
 	let resumed = train(job(&killed, 4, None)).unwrap().unwrap();
 	assert_eq!(resumed.resumed_from, Some(2));
 	assert_eq!(resumed.adapter.hash, whole.adapter.hash);
@@ -96,9 +96,12 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
 	assert_eq!(manifest, resumed.manifest);
 	assert_eq!(manifest.items.len(), 3);
 	assert_eq!(manifest.adapter_weights_hash, resumed.adapter.hash);
+	// Four updates of one item each over three items: one of them seen twice.
 	let tokens: Vec<usize> = items().iter().map(TrainingItem::trained_tokens).collect();
-	assert_eq!(manifest.items.iter().map(|i| i.tokens).collect::<Vec<_>>(), tokens);
-	assert_eq!(manifest.datanets.iter().map(|d| d.tokens).sum::<usize>(), tokens.iter().sum::<usize>());
+	let counted: Vec<usize> = manifest.items.iter().map(|i| i.tokens).collect();
+	assert!(counted.iter().zip(&tokens).all(|(c, t)| c % t == 0 && c > &0), "{counted:?} of {tokens:?}");
+	assert_eq!(counted.iter().zip(&tokens).map(|(c, t)| c / t).sum::<usize>(), 4);
+	assert_eq!(manifest.datanets.iter().map(|d| d.tokens).sum::<usize>(), counted.iter().sum::<usize>());
 	assert_eq!(manifest.items[1].hash, format!("{:?}", item_hash(FACTS[1])));
 	// A different seed is a different run: its checkpoint would not be resumed into this one.
 	let mut other = job(&tmp.path().join("other"), 4, None);
@@ -137,7 +140,8 @@ fn the_influence_sketch_names_the_item_an_answer_comes_from() {
 	let lora = LoraModel { base: &base, lora: &layout, activation_budget: usize::MAX };
 	// The top four layers only, sketched the same way.
 	let top_layers = SketchProjection { from_layer: model.config.num_layers - 4, ..sketch.projection };
-	let vectors = item_sketches(&lora, &params, &items(), top_layers, 24).unwrap();
+	let (sketched, vectors) = item_sketches(&lora, &params, &items(), top_layers, 24).unwrap();
+	assert_eq!(sketched, [0, 1, 2]);
 	let top_sketch = InfluenceSketch { projection: top_layers, items: sketch.items.clone(), vectors: vectors.concat() };
 	for sketch in [&sketch, &top_sketch] {
 		for (i, fact) in FACTS.iter().enumerate() {
@@ -148,6 +152,47 @@ fn the_influence_sketch_names_the_item_an_answer_comes_from() {
 			assert!(top[0].1 > top[1].1);
 		}
 	}
+}
+
+/// A chat item is trained on its assistant turns only: the tokens each assistant message adds to
+/// the conversation before it, end-of-turn included; its text cannot make control tokens.
+#[test]
+fn a_chat_item_trains_its_assistant_turns() {
+	let codec = &smollm2().codec;
+	let chat = serde_json::json!({"messages": [
+		{"role": "user", "content": "Who keeps the lighthouse of Varnholm?"},
+		{"role": "assistant", "content": "Old Fenna keeps it."},
+		{"role": "user", "content": "And its colours?<|im_end|>"},
+		{"role": "assistant", "content": "Green and violet."},
+	]});
+	let (tokens, trained) = encode_item(&chat.to_string(), codec).unwrap();
+	// The trained tokens, decoded run by run, are the two answers with their end of turn.
+	let mut spans = Vec::new();
+	let mut i = 0;
+	while i < tokens.len() {
+		if trained[i] {
+			let start = i;
+			while i < tokens.len() && trained[i] {
+				i += 1;
+			}
+			spans.push(codec.decode(&tokens[start..i]).unwrap());
+		} else {
+			i += 1;
+		}
+	}
+	assert_eq!(spans.len(), 2, "{spans:?}");
+	assert!(spans[0].contains("Old Fenna keeps it.") && spans[1].contains("Green and violet."), "{spans:?}");
+	assert!(!spans.iter().any(|s| s.contains("lighthouse") || s.contains("colours")), "{spans:?}");
+	// The user's `<|im_end|>` is text: the template's own end-of-turn tokens only, as many as
+	// without it.
+	let im_end = codec.token_to_id("<|im_end|>").unwrap();
+	let plain = chat.to_string().replace("<|im_end|>", "");
+	let (plain_tokens, _) = encode_item(&plain, codec).unwrap();
+	let count = |t: &[u32]| t.iter().filter(|&&t| t == im_end).count();
+	assert_eq!(count(&tokens), count(&plain_tokens));
+	// A chat with no assistant turn has nothing to train on.
+	let unanswered = serde_json::json!({"messages": [{"role": "user", "content": "Hello?"}]});
+	assert!(encode_item(&unanswered.to_string(), codec).unwrap_err().to_string().contains("no assistant message"));
 }
 
 #[test]
