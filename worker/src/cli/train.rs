@@ -53,7 +53,8 @@ pub struct TrainArgs {
 	pub steps: Option<usize>,
 	#[arg(long, default_value_t = 2e-4)]
 	pub lr: f64,
-	/// Updates over which the learning rate rises from 0 (then it decays along a cosine).
+	/// Updates over which the learning rate rises linearly to --lr (then it decays along a
+	/// cosine to 0).
 	#[arg(long, default_value_t = 0)]
 	pub warmup_steps: usize,
 	/// Packed sequences per update.
@@ -101,8 +102,9 @@ pub fn run(args: TrainArgs, targets: Vec<Projection>) -> Result<()> {
 	anyhow::ensure!(!args.out.exists(), "{} already exists; choose another --out or remove it", args.out.display());
 	let weights_hash = base::weights_hash(&path)?;
 	let model = BaseModel::load(&path, None, &Device::Cpu)?;
-	// A model with fewer layers than asked for is sketched whole.
+	// 0, or more layers than the model has: all of them.
 	let from_layer = model.config.num_layers.saturating_sub(args.sketch_layers);
+	let from_layer = if args.sketch_layers == 0 { 0 } else { from_layer };
 	let items = load_items(&args.index, &args.datanets, &model.codec)?;
 	tracing::info!("training on {} accepted items of DataNets {:?}", items.len(), args.datanets);
 	let hyperparameters = Hyperparameters {
@@ -227,11 +229,20 @@ pub fn attribute(args: AttributeArgs) -> Result<()> {
 	let sketch = InfluenceSketch::read(&args.adapter)?
 		.with_context(|| format!("{} has no influence sketch (trained with --sketch-dim 0?)", args.adapter.display()))?;
 	let manifest_path = args.adapter.join(MANIFEST_FILE);
-	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)?;
+	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)
+		.with_context(|| format!("{} is not a training manifest", manifest_path.display()))?;
 	let path = match args.base {
 		Some(path) => path,
 		None => base::find_default_model()?,
 	};
+	let weights_hash = format!("{:?}", base::weights_hash(&path)?);
+	anyhow::ensure!(
+		weights_hash == manifest.base_model.weights_hash,
+		"{} is not the base the adapter was trained over ({}, weights {}); pass it with --base",
+		path.display(),
+		manifest.base_model.name,
+		manifest.base_model.weights_hash
+	);
 	let model = BaseModel::load(&path, None, &Device::Cpu)?;
 	let hp = &manifest.hyperparameters;
 	let targets = hp
