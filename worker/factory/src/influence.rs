@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
 	data::{pieces, TrainingItem},
-	lora::bytes,
+	lora::{bytes, floats},
 	model::{LoraModel, Sequence},
 };
 
@@ -144,7 +144,7 @@ impl InfluenceSketch {
 		let st = safetensors::SafeTensors::deserialize(&bytes)?;
 		let t = st.tensor("sketch")?;
 		ensure!(t.shape() == [header.items.len(), header.projection.dim], "{}: sketch of the wrong shape", path.display());
-		let vectors = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+		let vectors = floats(t.data());
 		Ok(Some(Self { projection: header.projection, items: header.items, vectors }))
 	}
 

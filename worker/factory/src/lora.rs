@@ -191,6 +191,11 @@ pub fn bytes(values: &[f32]) -> Vec<u8> {
 	values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The f32 values of safetensors' little-endian bytes: the inverse of [`bytes`].
+pub fn floats(bytes: &[u8]) -> Vec<f32> {
+	bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+}
+
 #[cfg(test)]
 mod tests {
 	use candle_core::{Device, Tensor};

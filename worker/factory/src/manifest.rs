@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use openledger_primitives::{ContentHash, DataNetId, ItemId};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
+	/// The manifest in an adapter's directory.
+	pub fn read(adapter_dir: &std::path::Path) -> Result<Self> {
+		let path = adapter_dir.join(MANIFEST_FILE);
+		let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+		serde_json::from_slice(&bytes).with_context(|| format!("{} is not a training manifest", path.display()))
+	}
+
 	/// The DataNets' shares from their items' tokens.
 	pub fn shares_of(items: &[ManifestItem]) -> Vec<DataNetShare> {
 		let mut by_datanet: BTreeMap<DataNetId, DataNetShare> = BTreeMap::new();

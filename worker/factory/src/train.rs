@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
 	data::{epoch_sequences, pieces, Packed, TrainingItem},
 	influence::{item_sketches, InfluenceSketch, SketchProjection},
-	lora::{bytes, LoraLayout},
+	lora::{bytes, floats, LoraLayout},
 	manifest::{BaseModelRef, Hyperparameters, Manifest, ManifestItem, MANIFEST_FILE, MANIFEST_FORMAT},
 	model::{FrozenBase, LoraModel, Sequence},
 	optim::{clip_global_norm, learning_rate, AdamW},
@@ -318,7 +318,7 @@ fn read_checkpoint(work: &Path, fingerprint: &str, layout: &LoraLayout) -> Resul
 	}
 	let st = safetensors::SafeTensors::deserialize(&bytes).with_context(unreadable)?;
 	let vector = |name: &str| -> Result<Vec<f32>> {
-		let data = st.tensor(name)?.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect::<Vec<_>>();
+		let data = floats(st.tensor(name)?.data());
 		ensure!(data.len() == layout.len(), "the checkpoint's `{name}` has {} values for {}", data.len(), layout.len());
 		Ok(data)
 	};

@@ -17,7 +17,7 @@ use openledger_factory::{
 	influence::{InfluenceSketch, SketchProjection},
 	lora::LoraLayout,
 	model::{FrozenBase, LoraModel},
-	manifest::{BaseModelRef, Hyperparameters, Manifest, MANIFEST_FILE},
+	manifest::{BaseModelRef, Hyperparameters, Manifest},
 	train::{train, RunOptions, TrainJob},
 };
 use openledger_primitives::DataNetId;
@@ -177,9 +177,7 @@ pub struct VerifyManifestArgs {
 /// DataNet shares are its items' sums. Prints the shares in ppm, as `registry.registerAdapter`
 /// takes the provenance.
 pub fn verify_manifest(args: VerifyManifestArgs) -> Result<()> {
-	let path = args.adapter.join(MANIFEST_FILE);
-	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
-		.with_context(|| format!("{} is not a training manifest", path.display()))?;
+	let manifest = Manifest::read(&args.adapter)?;
 	let adapter = adapters::inspect(&args.adapter)?;
 	anyhow::ensure!(
 		adapter.hash == manifest.adapter_weights_hash,
@@ -228,9 +226,7 @@ pub struct AttributeArgs {
 pub fn attribute(args: AttributeArgs) -> Result<()> {
 	let sketch = InfluenceSketch::read(&args.adapter)?
 		.with_context(|| format!("{} has no influence sketch (trained with --sketch-dim 0?)", args.adapter.display()))?;
-	let manifest_path = args.adapter.join(MANIFEST_FILE);
-	let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?)
-		.with_context(|| format!("{} is not a training manifest", manifest_path.display()))?;
+	let manifest = Manifest::read(&args.adapter)?;
 	let path = match args.base {
 		Some(path) => path,
 		None => base::find_default_model()?,
